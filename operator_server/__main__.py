@@ -1,0 +1,3 @@
+from operator_server.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""Settings: one schema, four sources (default < file < env < flag).
+
+Every key is declared once, in ``SettingsSchema``; the TOML file, the
+``OPERATOR_SERVER_<KEY>`` environment variables and the ``--key`` CLI flags are all
+derived from it, so they cannot drift apart.  A nested table such as ``[store]``
+becomes ``store.path`` in messages, ``OPERATOR_SERVER_STORE_PATH`` in the
+environment and ``--store-path`` on the command line.
+
+Loading fails with ``ConfigError`` naming the key; the CLI turns that into exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from operator_server.errors import describe_validation
+
+ENV_PREFIX = "OPERATOR_SERVER_"
+LAYER_NAMES = ("main_ai", "senior_escalation", "operator_delegate")
+DEFAULT_LAYERS = list(LAYER_NAMES)
+# The shipped spawn-directive template, used when ``directive_template`` is empty.
+BUILTIN_DIRECTIVE = Path(__file__).resolve().parent.parent / "config" / "spawn-directive.txt"
+
+
+class ConfigError(Exception):
+    """A setting is unknown or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    path: str = "data/operator-server.sqlite"
+    retention_s: float = 7 * 24 * 3600
+    max_interruptions: int = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7786
+    public_url: str = ""
+    secret: str = ""
+    api_token: str = ""
+    log_level: str = "info"
+    log_format: str = "auto"
+    capability_ttl_s: float = 1800
+    max_body_bytes: int = 1024 * 1024
+    max_frame_bytes: int = 1024 * 1024
+    max_wait_s: float = 300
+    default_layers: tuple[str, ...] = tuple(DEFAULT_LAYERS)
+    default_max_attempts: int = 1
+    reconnect_grace_s: float = 30
+    ask_timeout_s: float = 300
+    hook_timeout_s: float = 60
+    spawn_timeout_s: float = 1800
+    heartbeat_s: float = 20
+    session_idle_ttl_s: float = 3600
+    sweep_interval_s: float = 30
+    outbound_queue_max: int = 1024
+    allowed_origins: tuple[str, ...] = ()
+    directive_template: str = ""
+    shutdown_timeout_s: float = 10
+    store: StoreSettings = field(default_factory=StoreSettings)
+
+    @property
+    def directive_template_path(self) -> Path:
+        return Path(self.directive_template) if self.directive_template else BUILTIN_DIRECTIVE
+
+
+_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+_NON_NEGATIVE = validate.Range(min=0)
+_POSITIVE = validate.Range(min=0, min_inclusive=False)
+
+
+def _seconds(default: float, *, allow_zero: bool = True) -> fields.Float:
+    return fields.Float(
+        load_default=default,
+        allow_nan=False,
+        validate=_NON_NEGATIVE if allow_zero else _POSITIVE,
+    )
+
+
+class StoreSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    path = fields.String(load_default=StoreSettings.path, validate=validate.Length(min=1))
+    retention_s = _seconds(StoreSettings.retention_s)
+    max_interruptions = fields.Integer(
+        load_default=StoreSettings.max_interruptions, validate=validate.Range(min=0)
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> StoreSettings:
+        return StoreSettings(**data)
+
+
+class SettingsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    host = fields.String(load_default=Settings.host, validate=validate.Length(min=1))
+    port = fields.Integer(load_default=Settings.port, validate=validate.Range(min=0, max=65535))
+    public_url = fields.String(load_default="", validate=lambda v: not v or _URL(v))
+    secret = fields.String(load_default="")
+    api_token = fields.String(load_default="")
+    log_level = fields.String(
+        load_default="info", validate=validate.OneOf(["debug", "info", "warning", "error"])
+    )
+    log_format = fields.String(
+        load_default="auto", validate=validate.OneOf(["auto", "json", "console"])
+    )
+    capability_ttl_s = _seconds(Settings.capability_ttl_s, allow_zero=False)
+    max_body_bytes = fields.Integer(
+        load_default=Settings.max_body_bytes, validate=validate.Range(min=1024)
+    )
+    max_frame_bytes = fields.Integer(
+        load_default=Settings.max_frame_bytes, validate=validate.Range(min=1024)
+    )
+    max_wait_s = _seconds(Settings.max_wait_s)
+    default_layers = fields.List(
+        fields.String(validate=validate.OneOf(LAYER_NAMES)), load_default=DEFAULT_LAYERS
+    )
+    default_max_attempts = fields.Integer(
+        load_default=Settings.default_max_attempts, validate=validate.Range(min=1, max=100)
+    )
+    reconnect_grace_s = _seconds(Settings.reconnect_grace_s)
+    ask_timeout_s = _seconds(Settings.ask_timeout_s)
+    hook_timeout_s = _seconds(Settings.hook_timeout_s)
+    spawn_timeout_s = _seconds(Settings.spawn_timeout_s)
+    heartbeat_s = _seconds(Settings.heartbeat_s)
+    session_idle_ttl_s = _seconds(Settings.session_idle_ttl_s)
+    sweep_interval_s = _seconds(Settings.sweep_interval_s, allow_zero=False)
+    outbound_queue_max = fields.Integer(
+        load_default=Settings.outbound_queue_max, validate=validate.Range(min=1)
+    )
+    allowed_origins = fields.List(fields.String(), load_default=list)
+    directive_template = fields.String(load_default="")
+    shutdown_timeout_s = _seconds(Settings.shutdown_timeout_s)
+    store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
+
+    @validates_schema
+    def _checks(self, data: dict[str, Any], **_: Any) -> None:
+        layers = data.get("default_layers", [])
+        if len(set(layers)) != len(layers):
+            raise ValidationError("a layer may appear only once", "default_layers")
+        if not data.get("api_token") and not _is_loopback(data.get("host", "")):
+            raise ValidationError(
+                f"required when host {data.get('host')!r} is not a loopback address "
+                "(anyone on the network could drive the task API)",
+                "api_token",
+            )
+        template = data.get("directive_template")
+        if template and not Path(template).is_file():
+            raise ValidationError(f"file not found: {template}", "directive_template")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> Settings:
+        data["default_layers"] = tuple(data["default_layers"])
+        data["allowed_origins"] = tuple(data["allowed_origins"])
+        return Settings(**data)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def setting_keys() -> list[tuple[str, fields.Field]]:
+    """Every settable key as a dotted name with its field, in declaration order."""
+    keys: list[tuple[str, fields.Field]] = []
+    for name, fld in SettingsSchema().fields.items():
+        if isinstance(fld, fields.Nested):
+            nested = fld.schema
+            keys.extend((f"{name}.{sub}", subfld) for sub, subfld in nested.fields.items())
+        else:
+            keys.append((name, fld))
+    return keys
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+def _coerce_text(fld: fields.Field, raw: str) -> Any:
+    """Env vars and flags are strings; lists take JSON or comma-separated text."""
+    if isinstance(fld, fields.List):
+        text = raw.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return raw  # let the schema report the bad value
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return raw
+
+
+def _put(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        tree.setdefault(head, {})
+        if isinstance(tree[head], dict):
+            _put(tree[head], rest, value)
+    else:
+        tree[head] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config: file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid TOML: {exc}") from exc
+
+
+def load_settings(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the sources (later wins) and validate the result.
+
+    ``flags`` maps dotted keys to the raw text given on the command line;
+    ``overrides`` (for tests) maps dotted keys to already-typed values.
+    """
+    env = os.environ if env is None else env
+    known = dict(setting_keys())
+    tree: dict[str, Any] = read_file(file) if file else {}
+
+    from_env: dict[str, Any] = {}
+    known_env = {env_name(key): key for key in known}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = known_env.get(name)
+        if key is None:
+            raise ConfigError(f"{name}: unknown setting (no key matches this variable)")
+        _put(from_env, key, _coerce_text(known[key], raw))
+    tree = _merge(tree, from_env)
+
+    from_flags: dict[str, Any] = {}
+    for key, raw in (flags or {}).items():
+        _put(from_flags, key, _coerce_text(known[key], raw))
+    tree = _merge(tree, from_flags)
+
+    typed: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown setting")
+        _put(
+            typed,
+            key,
+            list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value,
+        )
+    tree = _merge(tree, typed)
+
+    try:
+        settings: Settings = SettingsSchema().load(tree)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(describe_validation(exc.messages))) from exc
+    return settings

@@ -1,0 +1,300 @@
+"""The engine: owns the registries, the tasks, and every dispatch.
+
+A task's run is one background task (``task:<id>``) looping over attempts;
+``dispatch_attempt`` runs one attempt through the middleware chain with a fresh
+capability, and always records how it ended.  A task never stays ``running``
+after its run ended: the run's done-callback settles anything it could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import structlog
+
+from operator_server.background import Background
+from operator_server.config import Settings
+from operator_server.engine.agents import AgentTable
+from operator_server.engine.capabilities import CapabilityIssuer, Claims
+from operator_server.engine.faces import (
+    AttemptContext,
+    Kind,
+    Operator,
+    OperatorInfo,
+    SeniorBridge,
+    SpawnHook,
+    WorkerResult,
+    current_request,
+)
+from operator_server.engine.middleware import build_chain
+from operator_server.engine.registries import Registry, RoleAliases
+from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
+from operator_server.errors import AttemptFailed, Code
+from operator_server.logs import get_logger
+
+log = get_logger(__name__)
+
+# A hook that must be told when a task changes state (the store, later); it
+# is called synchronously so ordering is exact.
+TaskListener = Callable[[Task], None]
+
+
+class Engine:
+    def __init__(self, settings: Settings, background: Background) -> None:
+        self.settings = settings
+        self.background = background
+        self.senior_bridges: Registry[SeniorBridge] = Registry("senior_bridge")
+        self.spawn_hooks: Registry[SpawnHook] = Registry("spawn_hook")
+        self.operators: Registry[Operator] = Registry("operator")
+        self.roles = RoleAliases()
+        self.agents = AgentTable()
+        secret = settings.secret.encode() if settings.secret else self._random_secret()
+        self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
+        self.tasks: dict[str, Task] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._contexts: dict[str, AttemptContext] = {}
+        self._accepting = True
+
+    @staticmethod
+    def _random_secret() -> bytes:
+        log.warning(
+            "no secret configured: using a random one; capabilities will not survive a "
+            "restart (set `secret` or OPERATOR_SERVER_SECRET)"
+        )
+        return secrets.token_bytes(32)
+
+    # -- registries -------------------------------------------------------
+
+    def register_operator(self, sid: str, face: Any) -> None:
+        """Register one object under ``sid`` in all three registries."""
+        self.senior_bridges.register(sid, face)
+        self.spawn_hooks.register(sid, face)
+        self.operators.register(sid, face)
+
+    def unregister_operator(self, sid: str) -> None:
+        self.senior_bridges.unregister(sid)
+        self.spawn_hooks.unregister(sid)
+        self.operators.unregister(sid)
+        self.roles.release(sid)
+
+    def resolve_operator_info(self, task: Task) -> OperatorInfo:
+        """Look up, live, who serves this dispatch of ``task``."""
+        spec = task.operator
+        if spec is None:
+            return OperatorInfo()
+        found: dict[str, Any] = {}
+        for face, registry in (
+            ("senior_bridge", self.senior_bridges),
+            ("spawn_hook", self.spawn_hooks),
+            ("backend", self.operators),
+        ):
+            name = spec.face_names()[face]
+            if name is None:
+                continue
+            key = name if registry.get(name) is not None else self.roles.resolve(name)
+            item = registry.get(key) if key is not None else None
+            if item is None:
+                raise AttemptFailed(
+                    Code.OPERATOR_NOT_FOUND,
+                    f"{face} {name!r} is not registered (no operator session or role by that name)",
+                )
+            found[face], found[f"{face}_id"] = item, key
+        return OperatorInfo(**found)
+
+    # -- tasks ------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        agent: str,
+        directive: Any,
+        system: str | None = None,
+        operator: OperatorSpec | None = None,
+        layers: tuple[str, ...] | None = None,
+        max_attempts: int | None = None,
+        parent_task_id: str | None = None,
+    ) -> Task:
+        """Create a task and start dispatching it.  Raises ``AttemptFailed``
+        with ``unknown_agent`` when nobody could ever serve it."""
+        names_operator = operator is not None and operator.names_anyone()
+        if not names_operator and self.agents.get(agent) is None:
+            raise AttemptFailed(
+                Code.UNKNOWN_AGENT,
+                f"agent {agent!r} is not a local agent (known: "
+                f"{', '.join(self.agents.names())}) and the task names no operator",
+            )
+        kind = (operator.kind if operator else None) or (
+            Kind.MAIN_AI if names_operator else Kind.AUTOMATE
+        )
+        task = Task(
+            agent=agent,
+            directive=directive,
+            system=system,
+            operator=operator,
+            layers=layers if layers is not None else self.settings.default_layers,
+            kind=kind,
+            max_attempts=max_attempts or self.settings.default_max_attempts,
+            parent_task_id=parent_task_id,
+        )
+        self.adopt(task)
+        return task
+
+    def adopt(self, task: Task) -> None:
+        """Track ``task`` and start its run (new, or recovered after a restart)."""
+        self.tasks[task.id] = task
+        parent = self._contexts.get(task.parent_task_id or "")
+        parent_req = parent.open_request if parent else None
+        run = self.background.spawn(self._run(task, parent_req), name=f"task:{task.id}")
+        self._runs[task.id] = run
+        run.add_done_callback(lambda _: self._settle(task))
+
+    def iter_tasks(self, status: TaskStatus | None = None) -> Iterator[Task]:
+        return (t for t in self.tasks.values() if status is None or t.status is status)
+
+    async def _run(self, task: Task, parent_req: str | None) -> None:
+        structlog.contextvars.bind_contextvars(task_id=task.id)
+        if parent_req is not None:
+            current_request.set(parent_req)
+        try:
+            while True:
+                record = await self.dispatch_attempt(task)
+                if record.status is TaskStatus.PASSED or task.attempt >= task.max_attempts:
+                    break
+                log.info("retrying", attempt=task.attempt, after=str(record.status))
+            task.finish(record.status, result=record.result, error=record.error)
+            log.info("task finished", status=str(task.status), attempt=task.attempt)
+        except asyncio.CancelledError:
+            reason = task.cancel_reason or "cancelled"
+            task.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
+            log.info("task cancelled", reason=reason)
+        finally:
+            self.capabilities.forget_task(task.id)
+
+    def _settle(self, task: Task) -> None:
+        """The run ended; if it never got to record that (cancelled before it
+        started, or crashed), record it here."""
+        self._runs.pop(task.id, None)
+        if not task.status.terminal:
+            reason = task.cancel_reason or "dispatch ended unexpectedly"
+            code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
+            status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
+            task.finish(status, error=AttemptFailed(code, reason))
+
+    async def dispatch_attempt(self, task: Task) -> AttemptRecord:
+        """Run the next attempt of ``task`` through the middleware chain."""
+        record = task.start_attempt()
+        structlog.contextvars.bind_contextvars(attempt=record.number)
+        grant = self.capabilities.mint(task.id, record.number)
+        ctx = AttemptContext(
+            task_id=task.id,
+            attempt=record.number,
+            agent=task.agent,
+            system=task.system,
+            prompt=task.directive,
+            kind=task.kind,
+            capability_token=grant.token,
+            worker_handle=grant.handle,
+            tail=record.tail,
+            fire_and_forget=self._fire_and_forget,
+        )
+        self._contexts[task.id] = ctx
+        log.info("attempt started", kind=str(task.kind))
+        try:
+            ctx.operator = info = self.resolve_operator_info(task)
+            record.served_by = {
+                face: sid
+                for face, sid in (
+                    ("senior_bridge", info.senior_bridge_id),
+                    ("spawn_hook", info.spawn_hook_id),
+                    ("backend", info.backend_id),
+                )
+                if sid is not None
+            }
+            result = await build_chain(task.layers, self._run_local_agent)(ctx)
+        except AttemptFailed as exc:
+            record.finish(TaskStatus.FAILED, error=exc)
+            log.info("attempt failed", code=exc.code, message=exc.message)
+        except asyncio.CancelledError:
+            reason = task.cancel_reason or "cancelled"
+            record.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
+            raise
+        except Exception as exc:  # a bug in an agent or face must not wedge the task
+            log.exception("attempt crashed")
+            record.finish(
+                TaskStatus.FAILED,
+                error=AttemptFailed(Code.AGENT_CRASHED, f"{type(exc).__name__}: {exc}"),
+            )
+        else:
+            status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+            record.finish(status, result=result)
+            log.info("attempt ended", status=str(status))
+        finally:
+            self.capabilities.revoke(grant)
+            self._contexts.pop(task.id, None)
+            task.touch()
+        return record
+
+    async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:
+        agent = self.agents.get(ctx.agent)
+        if agent is None:
+            raise AttemptFailed(Code.AGENT_NOT_REGISTERED, f"agent not registered: {ctx.agent}")
+        ctx.tail.append_final(await agent(ctx), "agent")
+        return ctx.tail.decide()
+
+    def _fire_and_forget(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        task_id = structlog.contextvars.get_contextvars().get("task_id")
+        self.background.spawn(coro, name=f"{what}:{task_id}")
+
+    # -- worker side ------------------------------------------------------
+
+    def worker_view(self, claims: Claims) -> dict[str, Any]:
+        task = self.tasks[claims.task_id]
+        view = {
+            "task_id": task.id,
+            "attempt": claims.attempt,
+            "agent": task.agent,
+            "prompt": task.directive,
+        }
+        if task.system is not None:
+            view["system"] = task.system
+        return view
+
+    def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:
+        """A worker's HTTP post: authoritative for its (still running) attempt."""
+        record = self.tasks[claims.task_id].current
+        assert record is not None and record.number == claims.attempt
+        record.tail.append_final(result, "worker")
+        log.info(
+            "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
+        )
+
+    # -- cancel and shutdown ---------------------------------------------
+
+    async def cancel(self, task_id: str, reason: str) -> bool:
+        """Stop the task's run; True when it was still going."""
+        task = self.tasks[task_id]
+        run = self._runs.get(task_id)
+        if task.status.terminal or run is None:
+            return False
+        task.cancel_reason = reason
+        run.cancel(reason)
+        # Withdrawal (cancel frames, revocation) is quick; the caller sees the end state.
+        await asyncio.wait({run}, timeout=5)
+        return True
+
+    async def shutdown(self, reason: str = "server shutting down") -> None:
+        """Stop taking tasks and cancel every run with ``reason``."""
+        self._accepting = False
+        runs = list(self._runs.items())
+        for task_id, run in runs:
+            self.tasks[task_id].cancel_reason = reason
+            run.cancel(reason)
+        if runs:
+            await asyncio.wait([run for _, run in runs], timeout=self.settings.shutdown_timeout_s)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting

@@ -1,0 +1,78 @@
+"""The middleware chain an attempt runs through, outermost first.
+
+Each layer is ``async (ctx, call_next) -> WorkerResult``; the innermost
+``call_next`` runs a local agent.  The default order
+``main_ai -> senior_escalation -> operator_delegate`` means: the spawn hook gates
+everything, the senior sees the settled result, and the operator (or local
+agent) does the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+from operator_server.engine.faces import AttemptContext, WorkerResult
+from operator_server.errors import AttemptFailed, Code
+
+Next = Callable[[AttemptContext], Awaitable[WorkerResult]]
+Middleware = Callable[[AttemptContext, Next], Awaitable[WorkerResult]]
+
+
+async def main_ai(ctx: AttemptContext, call_next: Next) -> WorkerResult:
+    """Gate the spawn with ``SpawnHook.before``; report with a fire-and-forget ``after``."""
+    hook = ctx.operator.spawn_hook
+    if hook is None or not ctx.kind.fires_spawn_hooks:
+        return await call_next(ctx)
+    verdict = await hook.before(ctx)
+    if not verdict.ok:
+        reason = verdict.reason or "no reason given"
+        raise AttemptFailed(Code.SPAWN_REJECTED, f"spawn rejected: {reason}")
+    result = await call_next(ctx)
+    if ctx.fire_and_forget is not None:
+        ctx.fire_and_forget(hook.after(ctx, result), "hook-after")
+    return result
+
+
+async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResult:
+    """On ``ok=false`` ask the senior; its answer overrides the verdict."""
+    result = await call_next(ctx)
+    senior = ctx.operator.senior_bridge
+    if result.ok or senior is None:
+        return result
+    answer = await senior.ask(
+        ctx.task_id, {"reason": "worker reported ok=false", "value": result.value}
+    )
+    return WorkerResult({"original": result.value, "senior_answer": answer}, ok=True)
+
+
+async def operator_delegate(ctx: AttemptContext, call_next: Next) -> WorkerResult:
+    """Hand the attempt to the operator backend when one resolves."""
+    backend = ctx.operator.backend
+    if backend is None:
+        return await call_next(ctx)
+    ack = await backend.execute(ctx, ctx.system, ctx.prompt, ctx.capability_token)
+    if ack is not None:
+        ctx.tail.offer_ack(ack)
+    return ctx.tail.decide()
+
+
+MIDDLEWARE: dict[str, Middleware] = {
+    "main_ai": main_ai,
+    "senior_escalation": senior_escalation,
+    "operator_delegate": operator_delegate,
+}
+
+
+def build_chain(layers: Sequence[str], terminal: Next) -> Next:
+    """Compose ``layers`` (outermost first) around ``terminal``."""
+    chain = terminal
+    for name in reversed(layers):
+        chain = _bind(MIDDLEWARE[name], chain)
+    return chain
+
+
+def _bind(layer: Middleware, call_next: Next) -> Next:
+    async def step(ctx: AttemptContext) -> WorkerResult:
+        return await layer(ctx, call_next)
+
+    return step

@@ -1,0 +1,221 @@
+"""Tasks, their attempts, and each attempt's output tail.
+
+Plain data owned by the engine.  ``as_dict`` is the task JSON every HTTP route
+returns (documented in the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from operator_server.engine.faces import Kind, WorkerResult
+from operator_server.errors import AttemptFailed, Code
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PASSED = "passed"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """Who serves a task: a sid or role for all three faces, or one per face.
+
+    Each name is looked up at dispatch time, first as a sid, then as a role.
+    """
+
+    sid: str | None = None
+    role: str | None = None
+    senior_bridge: str | None = None
+    spawn_hook: str | None = None
+    backend: str | None = None
+    kind: Kind | None = None
+
+    def face_names(self) -> dict[str, str | None]:
+        everyone = self.sid or self.role
+        return {
+            "senior_bridge": self.senior_bridge or everyone,
+            "spawn_hook": self.spawn_hook or everyone,
+            "backend": self.backend or everyone,
+        }
+
+    def names_anyone(self) -> bool:
+        return any(self.face_names().values())
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if v is not None and k != "kind"}
+        if self.kind is not None:
+            out["kind"] = str(self.kind)
+        return out
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    kind: str  # "final" decides the attempt; "output" is recorded only
+    source: str  # "worker" | "ack" | "halt" | "agent" | "senior"
+    value: Any
+    ok: bool
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "value": self.value,
+            "ok": self.ok,
+            "at": iso(self.at),
+        }
+
+
+class OutputTail:
+    """Ordered output of one (task, attempt).  The last ``final`` decides.
+
+    A worker's HTTP post is authoritative: once one exists, an operator's
+    ``spawn_ack`` value is recorded as plain output and does not decide.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[OutputEvent] = []
+
+    def append_final(self, result: WorkerResult, source: str) -> None:
+        self.events.append(OutputEvent("final", source, result.value, result.ok, time.time()))
+
+    def offer_ack(self, result: WorkerResult) -> None:
+        if result.halted:
+            self.append_final(result, "halt")
+        elif any(e.kind == "final" and e.source == "worker" for e in self.events):
+            self.events.append(OutputEvent("output", "ack", result.value, result.ok, time.time()))
+        else:
+            self.append_final(result, "ack")
+
+    def decide(self) -> WorkerResult:
+        for event in reversed(self.events):
+            if event.kind == "final":
+                return WorkerResult(event.value, event.ok)
+        raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
+
+
+@dataclass
+class AttemptRecord:
+    number: int
+    started_at: float = field(default_factory=time.time)
+    status: TaskStatus = TaskStatus.RUNNING
+    ended_at: float | None = None
+    result: WorkerResult | None = None
+    error: AttemptFailed | None = None
+    tail: OutputTail = field(default_factory=OutputTail)
+    served_by: dict[str, str] = field(default_factory=dict)
+
+    def finish(
+        self,
+        status: TaskStatus,
+        *,
+        result: WorkerResult | None = None,
+        error: AttemptFailed | None = None,
+    ) -> None:
+        self.status, self.result, self.error, self.ended_at = status, result, error, time.time()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.number,
+            "status": str(self.status),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "result": self.result.as_dict() if self.result else None,
+            "error": self.error.as_dict() if self.error else None,
+            "served_by": self.served_by,
+            "outputs": [e.as_dict() for e in self.tail.events],
+        }
+
+
+def new_task_id() -> str:
+    return f"t-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Task:
+    agent: str
+    directive: Any
+    system: str | None
+    operator: OperatorSpec | None
+    layers: tuple[str, ...]
+    kind: Kind
+    max_attempts: int
+    parent_task_id: str | None = None
+    id: str = field(default_factory=new_task_id)
+    status: TaskStatus = TaskStatus.PENDING
+    attempt: int = 0
+    result: WorkerResult | None = None
+    error: AttemptFailed | None = None
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    cancel_reason: str | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def current(self) -> AttemptRecord | None:
+        return self.attempts[-1] if self.attempts else None
+
+    def touch(self) -> None:
+        self.updated_at = time.time()
+
+    def start_attempt(self) -> AttemptRecord:
+        self.attempt += 1
+        record = AttemptRecord(self.attempt)
+        self.attempts.append(record)
+        self.status = TaskStatus.RUNNING
+        self.touch()
+        return record
+
+    def finish(
+        self,
+        status: TaskStatus,
+        *,
+        result: WorkerResult | None = None,
+        error: AttemptFailed | None = None,
+    ) -> None:
+        assert status.terminal
+        self.status, self.result, self.error = status, result, error
+        self.touch()
+        self.finished.set()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": str(self.status),
+            "agent": self.agent,
+            "kind": str(self.kind),
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "result": self.result.as_dict() if self.result else None,
+            "error": self.error.as_dict() if self.error else None,
+            "directive": self.directive,
+            "system": self.system,
+            "operator": self.operator.as_dict() if self.operator else None,
+            "layers": list(self.layers),
+            "parent_task_id": self.parent_task_id,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "attempts": [a.as_dict() for a in self.attempts],
+        }

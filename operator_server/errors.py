@@ -1,0 +1,117 @@
+"""Error codes and the one error type per layer.
+
+Every error a user can see carries a stable ``code`` (the constants below) and a
+human ``message``.  Each layer raises its own type; exactly one place per surface
+turns it into wire form: ``http/errors.py`` for HTTP responses, the operator
+session for WebSocket ``error`` frames, and the engine for a task's ``error``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class Code(StrEnum):
+    # HTTP request problems
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    TOO_LARGE = "too_large"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ORIGIN = "origin_not_allowed"
+    UNKNOWN_AGENT = "unknown_agent"
+    TASK_NOT_FOUND = "task_not_found"
+    TASK_FINISHED = "task_finished"
+    OPERATOR_NOT_FOUND = "operator_not_found"
+    ROLES_CONFLICT = "roles_conflict"
+    STORE_FAILED = "store_failed"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+    # Worker credentials
+    MISSING_CREDENTIAL = "missing_credential"
+    INVALID_CAPABILITY = "invalid_capability"
+    CAPABILITY_EXPIRED = "capability_expired"
+    CAPABILITY_REVOKED = "capability_revoked"
+    UNKNOWN_HANDLE = "unknown_handle"
+    WRONG_TASK = "wrong_task"
+    WRONG_ATTEMPT = "wrong_attempt"
+    SCOPE_DENIED = "scope_denied"
+
+    # Attempt outcomes (a task's ``error.code``)
+    SPAWN_REJECTED = "spawn_rejected"
+    AGENT_NOT_REGISTERED = "agent_not_registered"
+    NO_FINAL_RESULT = "no_final_result"
+    OPERATOR_ERROR = "operator_error"
+    OPERATOR_TIMEOUT = "operator_timeout"
+    OPERATOR_UNAVAILABLE = "operator_unavailable"
+    OPERATOR_DELETED = "operator_deleted"
+    OPERATOR_EXPIRED = "operator_expired"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    AGENT_CRASHED = "agent_crashed"
+
+    # WebSocket frames from the client
+    BAD_MESSAGE = "bad_message"
+    UNKNOWN_REQ_ID = "unknown_req_id"
+    ALREADY_ANSWERED = "already_answered"
+    WRONG_REPLY = "wrong_reply"
+
+
+class CodedError(Exception):
+    """Base: a stable code, a message a user can act on, and optional detail."""
+
+    def __init__(self, code: Code | str, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.detail}
+
+
+class ApiError(CodedError):
+    """HTTP layer: carries the status the response should have."""
+
+    def __init__(self, status: int, code: Code | str, message: str, **detail: Any) -> None:
+        super().__init__(code, message, **detail)
+        self.status = status
+
+
+class AttemptFailed(CodedError):
+    """Engine layer: why an attempt (and possibly its task) failed."""
+
+
+class CapabilityError(CodedError):
+    """Worker credential refused; ``forbidden`` distinguishes 403 from 401."""
+
+    def __init__(self, code: Code, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(code, message)
+        self.forbidden = forbidden
+
+
+class ProtocolError(CodedError):
+    """WebSocket layer: a client frame the server could not use."""
+
+    def __init__(self, code: Code, message: str, req_id: str | None = None) -> None:
+        super().__init__(code, message)
+        self.req_id = req_id
+
+
+def describe_validation(messages: Any, prefix: str = "") -> list[str]:
+    """Flatten marshmallow's nested messages into ``field.sub: message`` lines."""
+    if isinstance(messages, dict):
+        lines: list[str] = []
+        for key, value in messages.items():
+            if key == "_schema":
+                name = prefix or "body"
+            else:
+                name = f"{prefix}.{key}" if prefix else str(key)
+            lines.extend(describe_validation(value, name))
+        return lines
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [f"{prefix}: {' '.join(messages)}"]
+    return [f"{prefix}: {messages}"]

@@ -1,0 +1,1 @@
+"""REST handlers: tasks, worker endpoints, health, and the error mapping they share."""

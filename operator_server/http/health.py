@@ -1,0 +1,33 @@
+"""Liveness, with enough numbers to see the daemon is doing something."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from aiohttp import web
+
+from operator_server import __version__
+from operator_server.appkeys import DIRECTORY, ENGINE
+
+routes = web.RouteTableDef()
+_STARTED = time.monotonic()
+
+
+@routes.get("/v1/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    directory = request.app[DIRECTORY]
+    statuses = Counter(str(t.status) for t in engine.tasks.values())
+    return web.json_response(
+        {
+            "status": "ok" if engine.accepting else "shutting_down",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - _STARTED, 3),
+            "tasks": dict(statuses),
+            "operators": {
+                "sessions": len(directory.sessions),
+                "connected": sum(1 for s in directory.sessions.values() if s.connected),
+            },
+        }
+    )

@@ -1,0 +1,186 @@
+"""Task routes: create, list, read (with long-poll), cancel.
+
+When ``api_token`` is configured, each of these needs
+``Authorization: Bearer <api_token>``; with no token configured the daemon is
+loopback-only (start-up refuses otherwise) and the routes are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from operator_server.appkeys import ENGINE, SETTINGS
+from operator_server.config import LAYER_NAMES
+from operator_server.engine import Kind
+from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
+from operator_server.errors import ApiError, AttemptFailed, Code
+from operator_server.http.requests import query, read_json, require_bearer
+from operator_server.http.requests import validate as load
+
+routes = web.RouteTableDef()
+
+_NAME = validate.Length(min=1, max=200)
+
+
+class OperatorSpecSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    sid = fields.String(validate=_NAME)
+    role = fields.String(validate=_NAME)
+    senior_bridge = fields.String(validate=_NAME)
+    spawn_hook = fields.String(validate=_NAME)
+    backend = fields.String(validate=_NAME)
+    kind = fields.Enum(Kind, by_value=True)
+
+    @validates_schema
+    def _one_target(self, data: dict[str, Any], **_: Any) -> None:
+        if "sid" in data and "role" in data:
+            raise ValidationError("give either sid or role, not both", "role")
+        if not data:
+            raise ValidationError("name a sid, a role, or a face (senior_bridge, ...)")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> OperatorSpec:
+        return OperatorSpec(**data)
+
+
+class TaskRequestSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    agent = fields.String(required=True, validate=_NAME)
+    directive = fields.Raw(required=True, allow_none=False)
+    system = fields.String(allow_none=True)
+    operator = fields.Nested(OperatorSpecSchema, allow_none=True)
+    layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
+    max_attempts = fields.Integer(validate=validate.Range(min=1, max=100))
+    parent_task_id = fields.String(validate=_NAME)
+
+    @validates_schema
+    def _unique_layers(self, data: dict[str, Any], **_: Any) -> None:
+        layers = data.get("layers") or []
+        if len(set(layers)) != len(layers):
+            raise ValidationError("a layer may appear only once", "layers")
+
+
+class ListQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    status = fields.Enum(TaskStatus, by_value=True)
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    after = fields.String()
+
+
+class GetQuerySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(min=0))
+
+
+def _guard(request: web.Request) -> None:
+    token = request.app[SETTINGS].api_token
+    if token:
+        require_bearer(request, token, "api_token")
+
+
+def _task(request: web.Request) -> Task:
+    task_id = request.match_info["task_id"]
+    task = request.app[ENGINE].tasks.get(task_id)
+    if task is None:
+        raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+    return task
+
+
+@routes.post("/v1/tasks")
+async def create_task(request: web.Request) -> web.Response:
+    _guard(request)
+    engine = request.app[ENGINE]
+    if not engine.accepting:
+        raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
+    body = load(TaskRequestSchema(), await read_json(request))
+    if (parent := body.get("parent_task_id")) and parent not in engine.tasks:
+        raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
+    try:
+        task = engine.submit(
+            agent=body["agent"],
+            directive=body["directive"],
+            system=body.get("system"),
+            operator=body.get("operator"),
+            layers=tuple(body["layers"]) if "layers" in body else None,
+            max_attempts=body.get("max_attempts"),
+            parent_task_id=parent,
+        )
+    except AttemptFailed as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    location = f"/v1/tasks/{task.id}"
+    return web.json_response(task.as_dict(), status=202, headers={"Location": location})
+
+
+@routes.get("/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    _guard(request)
+    q = query(request, ListQuerySchema())
+    tasks = list(request.app[ENGINE].iter_tasks(q.get("status")))
+    start = 0
+    if "after" in q:
+        ids = [t.id for t in tasks]
+        if q["after"] not in ids:
+            raise ApiError(400, Code.BAD_REQUEST, f"after: {q['after']!r} is not in this listing")
+        start = ids.index(q["after"]) + 1
+    page = tasks[start : start + q["limit"]]
+    more = start + len(page) < len(tasks)
+    return web.json_response(
+        {"tasks": [t.as_dict() for t in page], "next": page[-1].id if more and page else None}
+    )
+
+
+@routes.get("/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    _guard(request)
+    task = _task(request)
+    wait = query(request, GetQuerySchema())["wait"]
+    limit = request.app[SETTINGS].max_wait_s
+    if wait > limit:
+        raise ApiError(400, Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
+    if wait and not task.status.terminal:
+        try:
+            async with asyncio.timeout(wait):
+                await task.finished.wait()
+        except TimeoutError:
+            pass  # answer with the task as it is now
+    return web.json_response(task.as_dict())
+
+
+@routes.post("/v1/tasks/{task_id}/cancel")
+async def cancel_task(request: web.Request) -> web.Response:
+    _guard(request)
+    task = _task(request)
+    reason = "cancelled by request"
+    if request.can_read_body:
+        body: Any = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
+            raise ApiError(400, Code.BAD_REQUEST, 'body: expected {"reason": "<text>"}')
+        reason = body.get("reason") or reason
+    if not await request.app[ENGINE].cancel(task.id, reason):
+        raise ApiError(
+            409,
+            Code.TASK_FINISHED,
+            f"task {task.id} already ended with status {task.status}",
+            task=task.as_dict(),
+        )
+    return web.json_response(task.as_dict())

@@ -1,0 +1,1 @@
+"""Operators over WebSocket: login, wire protocol, session, socket pump."""

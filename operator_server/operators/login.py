@@ -1,0 +1,150 @@
+"""REST-like operator session resource and its WebSocket upgrade.
+
+``POST /v1/operators`` mints; ``GET``/``DELETE /v1/operators/{sid}`` and
+``GET /v1/operators/{sid}/ws`` need the session's token, checked in the order:
+401 (missing, empty or not Bearer) -> 404 (unknown sid) -> 401 (mismatch).  On
+the upgrade the token may instead come as the subprotocol ``bearer.<token>``
+(browsers cannot set headers on a WebSocket); it is echoed back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from operator_server.appkeys import BACKGROUND, DIRECTORY, SETTINGS
+from operator_server.engine.registries import RolesConflict
+from operator_server.engine.tasks import iso
+from operator_server.errors import ApiError, Code
+from operator_server.http.requests import bearer_of, read_json, require_bearer
+from operator_server.http.requests import validate as load
+from operator_server.operators.pump import SocketPump
+from operator_server.operators.session import WSOperatorSession
+
+routes = web.RouteTableDef()
+SUBPROTOCOL_PREFIX = "bearer."
+
+
+class MintSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    roles = fields.List(fields.String(validate=validate.Length(max=200)), load_default=list)
+    desc = fields.String(load_default="", validate=validate.Length(max=2000))
+
+    @validates("roles")
+    def _roles(self, roles: list[str], **_: Any) -> None:
+        if any(not r.strip() for r in roles):
+            raise ValidationError("role names must not be empty")
+        dupes = sorted({r for r in roles if roles.count(r) > 1})
+        if dupes:
+            raise ValidationError(f"duplicate role(s): {', '.join(dupes)}")
+
+
+def _subprotocol_token(request: web.Request) -> tuple[str | None, str | None]:
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    for proto in (p.strip() for p in offered.split(",")):
+        if proto.startswith(SUBPROTOCOL_PREFIX):
+            return proto[len(SUBPROTOCOL_PREFIX) :] or None, proto
+    return None, None
+
+
+def _authorize(
+    request: web.Request, *, websocket: bool = False
+) -> tuple[WSOperatorSession, str | None]:
+    token, subprotocol = bearer_of(request), None
+    if token is None and websocket:
+        token, subprotocol = _subprotocol_token(request)
+    if token is None:
+        raise ApiError(
+            401, Code.UNAUTHORIZED, "send Authorization: Bearer <token> (the token from the mint)"
+        )
+    sid = request.match_info["sid"]
+    session = request.app[DIRECTORY].sessions.get(sid)
+    if session is None:
+        raise ApiError(404, Code.OPERATOR_NOT_FOUND, f"no operator session {sid!r}")
+    if not session.verify_token(token):
+        raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
+    return session, subprotocol
+
+
+def session_view(session: WSOperatorSession) -> dict[str, Any]:
+    return {
+        "sid": session.sid,
+        "roles": session.roles,
+        "desc": session.desc,
+        "connected": session.connected,
+        "pending": len(session.pending),
+        "created_at": iso(session.created_at),
+        "last_seen_at": iso(session.last_seen_at),
+    }
+
+
+@routes.post("/v1/operators")
+async def mint_operator(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if settings.api_token:
+        # With an API token configured, seating an operator is an admin act too:
+        # otherwise anyone who can reach the port could claim roles and receive work.
+        require_bearer(request, settings.api_token, "api_token")
+    body = load(MintSchema(), await read_json(request) if request.can_read_body else {})
+    try:
+        session, token = request.app[DIRECTORY].mint(body["roles"], body["desc"])
+    except RolesConflict as exc:
+        conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
+        raise ApiError(
+            409, Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
+        ) from None
+    body = {"sid": session.sid, "token": token, "roles": session.roles}
+    return web.json_response(body, status=201, headers={"Location": f"/v1/operators/{session.sid}"})
+
+
+@routes.get("/v1/operators/{sid}")
+async def operator_info(request: web.Request) -> web.Response:
+    session, _ = _authorize(request)
+    return web.json_response(session_view(session))
+
+
+@routes.delete("/v1/operators/{sid}")
+async def delete_operator(request: web.Request) -> web.Response:
+    session, _ = _authorize(request)
+    request.app[DIRECTORY].remove(session.sid, Code.OPERATOR_DELETED, "operator session deleted")
+    return web.Response(status=204)
+
+
+@routes.get("/v1/operators/{sid}/ws")
+async def operator_socket(request: web.Request) -> web.WebSocketResponse:
+    session, subprotocol = _authorize(request, websocket=True)
+    settings = request.app[SETTINGS]
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in settings.allowed_origins:
+        raise ApiError(403, Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat_s or None,
+        protocols=(subprotocol,) if subprotocol else (),
+        # aiohttp closes the socket past this; frames between max_frame_bytes and
+        # it get a ``too_large`` error frame and the socket stays up.
+        max_msg_size=settings.max_frame_bytes * 4,
+    )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(400, Code.BAD_REQUEST, "expected a WebSocket upgrade request")
+    await ws.prepare(request)
+    pump = SocketPump(
+        ws,
+        request.transport,
+        queue_max=settings.outbound_queue_max,
+        max_frame_bytes=settings.max_frame_bytes,
+        background=request.app[BACKGROUND],
+        name=session.sid,
+        log=session.log,
+    )
+    session.attach(pump, f"{request.scheme}://{request.host}")
+    try:
+        await pump.read_loop(session.handle_text)
+    finally:
+        session.detach(pump)
+        pump.close(1000, "bye")
+        await pump.wait_closed(settings.shutdown_timeout_s)
+    return ws

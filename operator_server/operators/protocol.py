@@ -1,0 +1,255 @@
+"""The WebSocket wire format, declared once for the server and the client library.
+
+Text frames, one JSON object each, tagged by ``type``.  Each frame type has one
+marshmallow schema here (``SERVER_FRAMES`` / ``CLIENT_FRAMES``), one builder
+function, and both sides parse with ``parse_frame``.  Builders make plain dicts
+(no schema round trip on the hot path); the tests check every builder's output
+against its schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from operator_server.errors import Code, ProtocolError, describe_validation
+from operator_server.wire import StrictBoolean
+
+# req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
+REQ_KIND = {"ask": "ask", "hook_before": "hb", "hook_after": "ha", "spawn": "spawn"}
+# Which request each reply answers.
+REPLY_TO = {
+    "answer": "ask",
+    "hook_ack": "hook_before",
+    "spawn_ack": "spawn",
+    "spawn_halt": "spawn",
+}
+
+
+class _Frame(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class _Request(_Frame):
+    req_id = fields.String(required=True, validate=validate.Length(min=1))
+    parent_req_id = fields.String()
+    task_id = fields.String(required=True)
+
+
+class AskFrame(_Request):
+    question = fields.Raw(required=True, allow_none=True)
+
+
+class HookBeforeFrame(_Request):
+    agent = fields.String(required=True)
+    attempt = fields.Integer(required=True)
+
+
+class HookAfterFrame(HookBeforeFrame):
+    result = fields.Dict(required=True)
+
+
+class SpawnFrame(HookBeforeFrame):
+    capability_token = fields.String(required=True)
+    worker_handle = fields.String(required=True)
+    directive = fields.String(required=True)
+
+
+class CancelFrame(_Frame):
+    req_id = fields.String(required=True)
+    reason = fields.String(required=True)
+
+
+class ErrorFrame(_Frame):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    req_id = fields.String()
+
+
+class _Reply(_Frame):
+    req_id = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class AnswerFrame(_Reply):
+    value = fields.Raw(required=True, allow_none=True)
+
+
+class HookAckFrame(_Reply):
+    ok = StrictBoolean(required=True)
+    reason = fields.String(allow_none=True)
+
+
+class SpawnAckFrame(_Reply):
+    value = fields.Raw(load_default=dict, allow_none=True)
+    ok = StrictBoolean(load_default=True)
+    error = fields.String(allow_none=True)
+
+
+class SpawnHaltFrame(_Reply):
+    reason = fields.String(allow_none=True)
+    value = fields.Raw(allow_none=True)
+
+
+SERVER_FRAMES: dict[str, Schema] = {
+    "ask": AskFrame(),
+    "hook_before": HookBeforeFrame(),
+    "hook_after": HookAfterFrame(),
+    "spawn": SpawnFrame(),
+    "cancel": CancelFrame(),
+    "error": ErrorFrame(),
+}
+CLIENT_FRAMES: dict[str, Schema] = {
+    "answer": AnswerFrame(),
+    "hook_ack": HookAckFrame(),
+    "spawn_ack": SpawnAckFrame(),
+    "spawn_halt": SpawnHaltFrame(),
+}
+
+
+def parse_frame(text: str | bytes, table: dict[str, Schema]) -> tuple[str, dict[str, Any]]:
+    """Decode and validate one frame; ``ProtocolError`` says what is wrong."""
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(Code.BAD_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(Code.BAD_MESSAGE, "frame must be a JSON object")
+    req_id = data.get("req_id") if isinstance(data.get("req_id"), str) else None
+    kind = data.pop("type", None)
+    schema = table.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        known = ", ".join(table)
+        raise ProtocolError(
+            Code.BAD_MESSAGE, f"type: {kind!r} is not a known frame type ({known})", req_id
+        )
+    try:
+        return kind, schema.load(data)
+    except ValidationError as exc:
+        message = "; ".join(describe_validation(exc.messages))
+        raise ProtocolError(Code.BAD_MESSAGE, message, req_id) from None
+
+
+def parse_client_frame(text: str | bytes) -> tuple[str, dict[str, Any]]:
+    return parse_frame(text, CLIENT_FRAMES)
+
+
+def parse_server_frame(text: str | bytes) -> tuple[str, dict[str, Any]]:
+    return parse_frame(text, SERVER_FRAMES)
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"))
+
+
+# -- server -> client ------------------------------------------------------
+
+
+def _request(kind: str, req_id: str, parent_req_id: str | None, **body: Any) -> dict[str, Any]:
+    frame = {"type": kind, "req_id": req_id, **body}
+    if parent_req_id is not None:
+        frame["parent_req_id"] = parent_req_id
+    return frame
+
+
+def ask_frame(
+    req_id: str, task_id: str, question: Any, parent_req_id: str | None = None
+) -> dict[str, Any]:
+    return _request("ask", req_id, parent_req_id, task_id=task_id, question=question)
+
+
+def hook_before_frame(
+    req_id: str, task_id: str, agent: str, attempt: int, parent_req_id: str | None = None
+) -> dict[str, Any]:
+    return _request(
+        "hook_before", req_id, parent_req_id, task_id=task_id, agent=agent, attempt=attempt
+    )
+
+
+def hook_after_frame(
+    req_id: str,
+    task_id: str,
+    agent: str,
+    attempt: int,
+    result: dict[str, Any],
+    parent_req_id: str | None = None,
+) -> dict[str, Any]:
+    return _request(
+        "hook_after",
+        req_id,
+        parent_req_id,
+        task_id=task_id,
+        agent=agent,
+        attempt=attempt,
+        result=result,
+    )
+
+
+def spawn_frame(
+    req_id: str,
+    task_id: str,
+    agent: str,
+    attempt: int,
+    capability_token: str,
+    worker_handle: str,
+    directive: str,
+    parent_req_id: str | None = None,
+) -> dict[str, Any]:
+    return _request(
+        "spawn",
+        req_id,
+        parent_req_id,
+        task_id=task_id,
+        agent=agent,
+        attempt=attempt,
+        capability_token=capability_token,
+        worker_handle=worker_handle,
+        directive=directive,
+    )
+
+
+def cancel_frame(req_id: str, reason: str) -> dict[str, Any]:
+    return {"type": "cancel", "req_id": req_id, "reason": reason}
+
+
+def error_frame(code: str, message: str, req_id: str | None = None) -> dict[str, Any]:
+    frame = {"type": "error", "code": code, "message": message}
+    if req_id is not None:
+        frame["req_id"] = req_id
+    return frame
+
+
+# -- client -> server ------------------------------------------------------
+
+
+def answer_frame(req_id: str, value: Any) -> dict[str, Any]:
+    return {"type": "answer", "req_id": req_id, "value": value}
+
+
+def hook_ack_frame(req_id: str, ok: bool, reason: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "hook_ack", "req_id": req_id, "ok": ok}
+    if reason is not None:
+        frame["reason"] = reason
+    return frame
+
+
+def spawn_ack_frame(
+    req_id: str, value: Any = None, ok: bool = True, error: str | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "spawn_ack", "req_id": req_id, "ok": ok}
+    if value is not None:
+        frame["value"] = value
+    if error is not None:
+        frame["error"] = error
+    return frame
+
+
+def spawn_halt_frame(req_id: str, reason: str | None = None, value: Any = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "spawn_halt", "req_id": req_id}
+    if reason is not None:
+        frame["reason"] = reason
+    if value is not None:
+        frame["value"] = value
+    return frame

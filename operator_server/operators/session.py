@@ -1,0 +1,337 @@
+"""``WSOperatorSession``: one operator, three faces, any number of sockets over time.
+
+The session owns its pending requests; a socket (``SocketPump``) only carries
+frames.  That split is what makes reconnects lose nothing:
+
+* A request issued while a socket is attached is written at once and waits for
+  its reply, across disconnects, until its face's reply timeout (0 = none), a
+  cancel, or the session's end.
+* A request issued while no socket is attached waits ``reconnect_grace_s`` for
+  one, then fails with ``operator_unavailable``.
+* ``attach`` re-sends every unanswered request in issue order before anything
+  new can be queued, and a newer socket replaces an older one; ``detach`` from a
+  socket that was already replaced changes nothing.
+* The first reply to a ``req_id`` wins; a duplicate gets ``already_answered``.
+* A withdrawn request (cancel, timeout) is told to the operator with ``cancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from operator_server.config import Settings
+from operator_server.engine.faces import AttemptContext, HookVerdict, WorkerResult, current_request
+from operator_server.errors import AttemptFailed, Code, ProtocolError
+from operator_server.logs import get_logger
+from operator_server.operators import protocol as p
+from operator_server.operators.directive import DirectiveTemplate
+from operator_server.operators.pump import SocketPump
+
+log = get_logger(__name__)
+# How many answered req_ids to remember for ``already_answered``.
+ANSWERED_MEMORY = 4096
+Reply = tuple[str, dict[str, Any]]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class PendingRequest:
+    req_id: str
+    kind: str
+    task_id: str
+    frame: dict[str, Any]
+    future: asyncio.Future[Reply]
+    expects_reply: bool = True
+    delivered: bool = False
+    grace: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class WSOperatorSession:
+    """SeniorBridge + SpawnHook + Operator over one operator's sockets."""
+
+    def __init__(
+        self,
+        *,
+        sid: str,
+        token_hash: str,
+        roles: list[str],
+        desc: str,
+        settings: Settings,
+        directive: DirectiveTemplate,
+        created_at: float | None = None,
+        last_seen_at: float | None = None,
+    ) -> None:
+        self.sid = sid
+        self.token_hash = token_hash
+        self.roles = roles
+        self.desc = desc
+        self.created_at = created_at or time.time()
+        self.last_seen_at = last_seen_at or self.created_at
+        self.pending: dict[str, PendingRequest] = {}
+        self._settings = settings
+        self._directive = directive
+        self._answered: OrderedDict[str, None] = OrderedDict()
+        self._pump: SocketPump | None = None
+        self._base_url = settings.public_url
+        self._ended: AttemptFailed | None = None
+        self.log = log.bind(sid=sid)
+
+    # -- identity and sockets --------------------------------------------
+
+    def verify_token(self, token: str) -> bool:
+        return hmac.compare_digest(hash_token(token), self.token_hash)
+
+    @property
+    def connected(self) -> bool:
+        return self._pump is not None
+
+    def idle_since(self) -> float | None:
+        """When the session was last seen, if no socket is attached."""
+        return None if self._pump is not None else self.last_seen_at
+
+    def attach(self, pump: SocketPump, base_url: str) -> None:
+        """Make ``pump`` the session's socket and replay what is unanswered."""
+        old, self._pump = self._pump, pump
+        self.last_seen_at = time.time()
+        if not self._settings.public_url:
+            self._base_url = base_url
+        if old is not None:
+            old.close(4000, "replaced by a newer connection for this session")
+            self.log.info("socket replaced by a newer one")
+        replayed = 0
+        for req in list(self.pending.values()):
+            if req.grace is not None:
+                req.grace.cancel()
+                req.grace = None
+            replayed += req.delivered
+            self._deliver(req)
+        self.log.info("socket attached", pending=len(self.pending), replayed=replayed)
+
+    def detach(self, pump: SocketPump) -> None:
+        """Forget ``pump`` — unless a newer socket already took its place."""
+        if self._pump is not pump:
+            return
+        self._pump = None
+        self.last_seen_at = time.time()
+        self.log.info("socket detached", pending=len(self.pending))
+
+    def close_socket(self, code: int, reason: str) -> SocketPump | None:
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.close(code, reason)
+        return pump
+
+    def end(self, error: AttemptFailed, close_code: int, reason: str) -> SocketPump | None:
+        """Tear down: withdraw and fail every pending request, close the socket."""
+        self._ended = error
+        for req in list(self.pending.values()):
+            self._withdraw(req, reason)
+            if not req.future.done():
+                req.future.set_exception(error)
+        self.pending.clear()
+        self.log.info("session ended", code=error.code)
+        return self.close_socket(close_code, reason)
+
+    # -- requests ---------------------------------------------------------
+
+    def _deliver(self, req: PendingRequest) -> None:
+        if self._pump is None or not self._pump.send(req.frame):
+            return
+        req.delivered = True
+        if not req.expects_reply:
+            self._forget(req)
+            if not req.future.done():
+                req.future.set_result(("delivered", {}))
+
+    def _forget(self, req: PendingRequest) -> None:
+        self.pending.pop(req.req_id, None)
+        if req.grace is not None:
+            req.grace.cancel()
+            req.grace = None
+
+    def _give_up(self, req: PendingRequest) -> None:
+        """Reconnect grace ran out for a request that never reached a socket."""
+        req.grace = None
+        if req.req_id not in self.pending or req.delivered:
+            return
+        self._forget(req)
+        grace = self._settings.reconnect_grace_s
+        if not req.future.done():
+            req.future.set_exception(
+                AttemptFailed(
+                    Code.OPERATOR_UNAVAILABLE,
+                    f"operator {self.sid} was not connected within {grace:g}s "
+                    f"(reconnect_grace_s) to receive {req.kind}",
+                )
+            )
+
+    def _withdraw(self, req: PendingRequest, reason: str) -> None:
+        self._forget(req)
+        if req.delivered and self._pump is not None:
+            self._pump.send(p.cancel_frame(req.req_id, reason))
+
+    async def _request(
+        self,
+        kind: str,
+        task_id: str,
+        build: Callable[[str, str | None], dict[str, Any]],
+        timeout: float,
+        *,
+        expects_reply: bool = True,
+        ctx: AttemptContext | None = None,
+    ) -> Reply:
+        if self._ended is not None:
+            raise self._ended
+        req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{uuid.uuid4()}"
+        loop = asyncio.get_running_loop()
+        req = PendingRequest(
+            req_id,
+            kind,
+            task_id,
+            build(req_id, current_request.get()),
+            loop.create_future(),
+            expects_reply,
+        )
+        self.pending[req_id] = req
+        if self._pump is not None:
+            self._deliver(req)
+        if not req.delivered:
+            req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
+        if ctx is not None:
+            ctx.open_request = req_id
+        try:
+            async with asyncio.timeout(timeout or None):
+                return await req.future
+        except TimeoutError:
+            self._withdraw(req, f"no reply within {timeout:g}s")
+            self.log.info("request timed out", req_id=req_id, task_id=task_id, kind=kind)
+            raise AttemptFailed(
+                Code.OPERATOR_TIMEOUT,
+                f"operator {self.sid} did not answer {kind} within {timeout:g}s",
+            ) from None
+        except asyncio.CancelledError as exc:
+            self._withdraw(req, str(exc.args[0]) if exc.args and exc.args[0] else "cancelled")
+            raise
+        finally:
+            self._forget(req)
+            if ctx is not None:
+                ctx.open_request = None
+
+    # -- frames from the operator ----------------------------------------
+
+    def handle_text(self, text: str) -> None:
+        """One client frame; problems go back as an ``error`` frame."""
+        self.last_seen_at = time.time()
+        try:
+            kind, data = p.parse_client_frame(text)
+            self._resolve(kind, data)
+        except ProtocolError as exc:
+            self.log.info("bad frame from operator", code=exc.code, req_id=exc.req_id)
+            if self._pump is not None:
+                self._pump.send(p.error_frame(exc.code, exc.message, exc.req_id))
+
+    def _resolve(self, kind: str, data: dict[str, Any]) -> None:
+        req_id = data["req_id"]
+        req = self.pending.get(req_id)
+        if req is None:
+            if req_id in self._answered:
+                raise ProtocolError(
+                    Code.ALREADY_ANSWERED,
+                    f"{req_id} was already answered; the first reply won and this one changed "
+                    "nothing",
+                    req_id,
+                )
+            raise ProtocolError(
+                Code.UNKNOWN_REQ_ID,
+                f"{req_id} is not pending (never issued, withdrawn, or timed out)",
+                req_id,
+            )
+        if p.REPLY_TO.get(kind) != req.kind:
+            raise ProtocolError(
+                Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req_id
+            )
+        self._answered[req_id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        self._forget(req)
+        if not req.future.done():
+            req.future.set_result((kind, data))
+
+    # -- the three faces --------------------------------------------------
+
+    async def ask(self, task_id: str, question: Any) -> Any:
+        _, reply = await self._request(
+            "ask",
+            task_id,
+            lambda req_id, parent: p.ask_frame(req_id, task_id, question, parent),
+            self._settings.ask_timeout_s,
+        )
+        return reply["value"]
+
+    async def before(self, ctx: AttemptContext) -> HookVerdict:
+        _, reply = await self._request(
+            "hook_before",
+            ctx.task_id,
+            lambda req_id, parent: p.hook_before_frame(
+                req_id, ctx.task_id, ctx.agent, ctx.attempt, parent
+            ),
+            self._settings.hook_timeout_s,
+        )
+        return HookVerdict(reply["ok"], reply.get("reason"))
+
+    async def after(self, ctx: AttemptContext, result: WorkerResult) -> None:
+        await self._request(
+            "hook_after",
+            ctx.task_id,
+            lambda req_id, parent: p.hook_after_frame(
+                req_id, ctx.task_id, ctx.agent, ctx.attempt, result.as_dict(), parent
+            ),
+            0,
+            expects_reply=False,
+        )
+
+    async def execute(
+        self, ctx: AttemptContext, system: str | None, prompt: Any, capability: str
+    ) -> WorkerResult | None:
+        # ``system`` and ``prompt`` stay server-side: the sub-agent fetches them
+        # with its credential ("thin control").
+        directive = self._directive.render(
+            base_url=self._base_url or "http://127.0.0.1",
+            task_id=ctx.task_id,
+            attempt=ctx.attempt,
+            agent=ctx.agent,
+            worker_handle=ctx.worker_handle,
+        )
+        kind, reply = await self._request(
+            "spawn",
+            ctx.task_id,
+            lambda req_id, parent: p.spawn_frame(
+                req_id,
+                ctx.task_id,
+                ctx.agent,
+                ctx.attempt,
+                capability,
+                ctx.worker_handle,
+                directive,
+                parent,
+            ),
+            self._settings.spawn_timeout_s,
+            ctx=ctx,
+        )
+        if kind == "spawn_halt":
+            value = {"halted": True, "reason": reply.get("reason"), "value": reply.get("value")}
+            return WorkerResult(value, ok=True, halted=True)
+        if reply.get("error"):
+            raise AttemptFailed(Code.OPERATOR_ERROR, f"operator reported: {reply['error']}")
+        return WorkerResult(reply["value"], reply["ok"])

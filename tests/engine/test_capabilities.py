@@ -1,0 +1,201 @@
+"""Worker credentials over real HTTP: every way a capability is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from operator_server.engine import AttemptContext, WorkerResult
+from tests.conftest import Server, create_task, engine_of, wait_task
+from tests.fakes import FakeOperator
+
+
+class Parked:
+    """An operator whose attempts wait until released, exposing their credentials."""
+
+    def __init__(self) -> None:
+        self.contexts: list[AttemptContext] = []
+        self.arrived = asyncio.Condition()
+        self.release: dict[int, asyncio.Future[WorkerResult | None]] = {}
+
+    async def execute(self, ctx: AttemptContext, cap: str) -> WorkerResult | None:
+        fut: asyncio.Future[WorkerResult | None] = asyncio.get_running_loop().create_future()
+        self.release[ctx.attempt] = fut
+        async with self.arrived:
+            self.contexts.append(ctx)
+            self.arrived.notify_all()
+        return await fut
+
+    async def attempt(self, n: int) -> AttemptContext:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.contexts) >= n), 3)
+        return self.contexts[n - 1]
+
+
+async def start_parked(client: TestClient[Any, Any], **task: Any) -> tuple[Parked, dict[str, Any]]:
+    parked = Parked()
+    engine_of(client).register_operator("op-parked", FakeOperator(execute=parked.execute))
+    body = {"agent": "coder", "operator": {"sid": "op-parked"}, "layers": ["operator_delegate"]}
+    body.update(task)
+    return parked, await create_task(client, **body)
+
+
+def bearer(cred: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {cred}"}
+
+
+async def error_of(resp: Any) -> tuple[int, str]:
+    body = await resp.json()
+    return resp.status, body["error"]["code"]
+
+
+async def test_token_and_handle_both_fetch_the_prompt(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client, directive={"spec": 1}, system="be brief")
+    ctx = await parked.attempt(1)
+    for cred in (ctx.capability_token, ctx.worker_handle):
+        resp = await client.get("/v1/worker/prompt", headers=bearer(cred))
+        assert resp.status == 200
+        assert await resp.json() == {
+            "task_id": task["id"],
+            "attempt": 1,
+            "agent": "coder",
+            "system": "be brief",
+            "prompt": {"spec": 1},
+        }
+    assert ctx.worker_handle.startswith("wh-") and len(ctx.worker_handle) == 3 + 32
+    parked.release[1].set_result(WorkerResult("ok"))
+
+
+async def test_missing_credential_is_401(server: Server) -> None:
+    client = await server()
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Basic abc"}):
+        resp = await client.get("/v1/worker/prompt", headers=headers)
+        assert await error_of(resp) == (401, "missing_credential")
+
+
+async def test_tampered_signature_is_401(server: Server) -> None:
+    client = await server()
+    parked, _ = await start_parked(client)
+    ctx = await parked.attempt(1)
+    claims = json.loads(base64.urlsafe_b64decode(ctx.capability_token + "=="))
+    claims["task_id"] = "t-someone-else"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    resp = await client.get("/v1/worker/prompt", headers=bearer(forged))
+    assert await error_of(resp) == (401, "invalid_capability")
+    garbage = await client.get("/v1/worker/prompt", headers=bearer("not-base64-!!"))
+    assert await error_of(garbage) == (401, "invalid_capability")
+    parked.release[1].set_result(WorkerResult("ok"))
+
+
+async def test_expired_capability_is_401(server: Server) -> None:
+    client = await server()
+    parked, _ = await start_parked(client)
+    ctx = await parked.attempt(1)
+    # Move the issuer's clock past the TTL instead of sleeping for half an hour.
+    expire_at = json.loads(base64.urlsafe_b64decode(ctx.capability_token + "=="))["expire_at"]
+    engine_of(client).capabilities._clock = lambda: expire_at + 1
+    for cred in (ctx.capability_token, ctx.worker_handle):
+        resp = await client.get("/v1/worker/prompt", headers=bearer(cred))
+        assert await error_of(resp) == (401, "capability_expired")
+    parked.release[1].set_result(WorkerResult("ok"))
+
+
+async def test_wrong_task_is_403(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client)
+    other = await create_task(client, agent="echo")
+    ctx = await parked.attempt(1)
+    resp = await client.get(
+        "/v1/worker/prompt", params={"task_id": other["id"]}, headers=bearer(ctx.worker_handle)
+    )
+    assert await error_of(resp) == (403, "wrong_task")
+    resp = await client.post(
+        "/v1/worker/result",
+        json={"value": 1, "task_id": other["id"]},
+        headers=bearer(ctx.capability_token),
+    )
+    assert await error_of(resp) == (403, "wrong_task")
+    ok = await client.get(
+        "/v1/worker/prompt", params={"task_id": task["id"]}, headers=bearer(ctx.worker_handle)
+    )
+    assert ok.status == 200
+    parked.release[1].set_result(WorkerResult("ok"))
+
+
+async def test_a_late_worker_of_attempt_1_cannot_write_into_attempt_2(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client, max_attempts=2)
+    first = await parked.attempt(1)
+    parked.release[1].set_result(WorkerResult("no", ok=False))
+    second = await parked.attempt(2)
+    resp = await client.post(
+        "/v1/worker/result", json={"value": "late"}, headers=bearer(first.capability_token)
+    )
+    assert await error_of(resp) == (403, "wrong_attempt")
+    # The handle of attempt 1 is gone altogether.
+    resp = await client.post(
+        "/v1/worker/result", json={"value": "late"}, headers=bearer(first.worker_handle)
+    )
+    assert await error_of(resp) == (401, "unknown_handle")
+    posted = await client.post(
+        "/v1/worker/result", json={"value": "fresh"}, headers=bearer(second.worker_handle)
+    )
+    assert posted.status == 200
+    assert await posted.json() == {"accepted": True, "task_id": task["id"], "attempt": 2}
+    parked.release[2].set_result(None)
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": "fresh", "ok": True}
+
+
+async def test_a_capability_used_after_its_attempt_ended_is_403(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+    parked.release[1].set_result(WorkerResult("done"))
+    await wait_task(client, task["id"])
+    resp = await client.get("/v1/worker/prompt", headers=bearer(ctx.capability_token))
+    assert await error_of(resp) == (403, "capability_revoked")
+    resp = await client.get("/v1/worker/prompt", headers=bearer(ctx.worker_handle))
+    assert await error_of(resp) == (401, "unknown_handle")
+
+
+async def test_unknown_handle_is_401(server: Server) -> None:
+    client = await server()
+    resp = await client.get("/v1/worker/prompt", headers=bearer("wh-" + "0" * 32))
+    assert await error_of(resp) == (401, "unknown_handle")
+
+
+async def test_submit_takes_raw_text_as_the_final_result(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+    resp = await client.post(
+        "/v1/worker/submit",
+        params={"ok": "false"},
+        data=b"could not finish\n",
+        headers=bearer(ctx.worker_handle),
+    )
+    assert resp.status == 200
+    parked.release[1].set_result(None)
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": "could not finish\n", "ok": False}
+
+
+async def test_the_last_worker_final_decides(server: Server) -> None:
+    client = await server()
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+    for value in ("draft", "final"):
+        resp = await client.post(
+            "/v1/worker/result", json={"value": value}, headers=bearer(ctx.worker_handle)
+        )
+        assert resp.status == 200
+    parked.release[1].set_result(WorkerResult("ack"))
+    done = await wait_task(client, task["id"])
+    assert done["result"]["value"] == "final"

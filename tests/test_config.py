@@ -1,0 +1,101 @@
+"""Configuration: sources, precedence, and start-up refusals that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from operator_server.cli import main
+from operator_server.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_config_file_loads_and_matches_the_defaults() -> None:
+    shipped = load_settings(file=REPO / "config" / "operator-server.toml", env={})
+    assert shipped == load_settings(env={})
+    assert shipped.port == 7786 and shipped.host == "127.0.0.1"
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 1111\nask_timeout_s = 5\n[store]\npath = 'a.db'\n")
+    env = {"OPERATOR_SERVER_PORT": "2222", "OPERATOR_SERVER_STORE_PATH": "b.db"}
+    settings = load_settings(file=path, env=env, flags={"port": "3333"})
+    assert settings.port == 3333
+    assert settings.ask_timeout_s == 5
+    assert settings.store.path == "b.db"
+    assert load_settings(file=path, env=env).port == 2222
+    assert load_settings(file=path, env={}).port == 1111
+
+
+def test_list_values_from_env_take_commas_or_json() -> None:
+    env = {"OPERATOR_SERVER_DEFAULT_LAYERS": "main_ai, operator_delegate"}
+    assert load_settings(env=env).default_layers == ("main_ai", "operator_delegate")
+    env = {"OPERATOR_SERVER_ALLOWED_ORIGINS": '["https://a.example"]'}
+    assert load_settings(env=env).allowed_origins == ("https://a.example",)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("colour = 'red'\n", {}, "colour"),
+        ("[store]\nflavour = 1\n", {}, "store.flavour"),
+        ("port = 'abc'\n", {}, "port"),
+        ("port = 70000\n", {}, "port"),
+        ("", {"OPERATOR_SERVER_ASK_TIMEOUT_S": "-1"}, "ask_timeout_s"),
+        ("", {"OPERATOR_SERVER_COLOUR": "red"}, "OPERATOR_SERVER_COLOUR"),
+        ("default_layers = ['main_ai', 'bogus']\n", {}, "default_layers"),
+        ("log_level = 'loud'\n", {}, "log_level"),
+        ("public_url = 'not a url'\n", {}, "public_url"),
+        ("host = '0.0.0.0'\n", {}, "api_token"),
+        ("directive_template = '/no/such/file'\n", {}, "directive_template"),
+        ("port = \n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(file=write(tmp_path, text), env=env)
+
+
+def test_a_public_host_is_allowed_with_an_api_token() -> None:
+    settings = load_settings(env={}, flags={"host": "0.0.0.0", "api_token": "t"})
+    assert settings.host == "0.0.0.0"
+
+
+def test_cli_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--config", str(write(tmp_path, "colour = 1\n"))]) == 2
+    assert "colour" in capsys.readouterr().err
+    assert main(["--port", "nope"]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_directive_template_with_unknown_placeholders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    template = tmp_path / "t.txt"
+    template.write_text("call {base_url} with {password}")
+    assert main(["--directive-template", str(template)]) == 2
+    err = capsys.readouterr().err
+    assert "directive_template" in err and "password" in err
+
+
+def test_the_daemon_process_exits_2_on_a_bad_key(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "operator_server", "--config", str(write(tmp_path, "bogus = 1\n"))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "bogus" in proc.stderr

@@ -1,0 +1,47 @@
+"""A bare WebSocket operator for tests: raw frames over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import ClientWebSocketResponse, WSMsgType
+from aiohttp.test_utils import TestClient
+
+
+async def mint(client: TestClient[Any, Any], roles: list[str] | None = None) -> tuple[str, str]:
+    resp = await client.post("/v1/operators", json={"roles": roles or []})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    return body["sid"], body["token"]
+
+
+async def connect(
+    client: TestClient[Any, Any], sid: str, token: str, **kwargs: Any
+) -> ClientWebSocketResponse:
+    return await client.ws_connect(
+        f"/v1/operators/{sid}/ws", headers={"Authorization": f"Bearer {token}"}, **kwargs
+    )
+
+
+async def recv(ws: ClientWebSocketResponse, timeout: float = 5) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r}"
+    frame: dict[str, Any] = json.loads(msg.data)
+    return frame
+
+
+async def expect(ws: ClientWebSocketResponse, kind: str, timeout: float = 5) -> dict[str, Any]:
+    frame = await recv(ws, timeout)
+    assert frame["type"] == kind, f"expected {kind}, got {frame}"
+    return frame
+
+
+async def no_frame(ws: ClientWebSocketResponse, within: float = 0.2) -> None:
+    """Assert nothing arrives for a short while (the socket stays quiet and open)."""
+    try:
+        msg = await asyncio.wait_for(ws.receive(), within)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected frame {msg.type} {msg.data!r}")
