@@ -73,7 +73,8 @@ class Settings:
     heartbeat_s: float = 20
     session_idle_ttl_s: float = 3600
     sweep_interval_s: float = 30
-    outbound_queue_max: int = 1024
+    outbound_queue_max: int = 8192
+    write_timeout_s: float = 10
     allowed_origins: tuple[str, ...] = ()
     directive_template: str = ""
     shutdown_timeout_s: float = 10
@@ -151,6 +152,7 @@ class SettingsSchema(Schema):
     outbound_queue_max = fields.Integer(
         load_default=Settings.outbound_queue_max, validate=validate.Range(min=1)
     )
+    write_timeout_s = _seconds(Settings.write_timeout_s)
     allowed_origins = fields.List(fields.String(), load_default=list)
     directive_template = fields.String(load_default="")
     shutdown_timeout_s = _seconds(Settings.shutdown_timeout_s)

@@ -45,3 +45,13 @@ async def no_frame(ws: ClientWebSocketResponse, within: float = 0.2) -> None:
     except TimeoutError:
         return
     raise AssertionError(f"unexpected frame {msg.type} {msg.data!r}")
+
+
+async def eventually(condition: Any, within: float = 5, what: str = "condition") -> None:
+    """Wait until ``condition()`` holds (server state observed from outside)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not happen within {within}s")
+        await asyncio.sleep(0.01)

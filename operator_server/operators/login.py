@@ -135,6 +135,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         ws,
         request.transport,
         queue_max=settings.outbound_queue_max,
+        write_timeout_s=settings.write_timeout_s,
         max_frame_bytes=settings.max_frame_bytes,
         background=request.app[BACKGROUND],
         name=session.sid,

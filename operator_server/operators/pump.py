@@ -1,16 +1,19 @@
 """One socket's plumbing: the read loop, a bounded outbound queue, one writer task.
 
 The request handler owns the read loop (``read_loop``); the writer task is the only
-code that writes to the socket.  ``send`` never blocks: when the queue is full the
-peer is not reading, and it is disconnected (its session keeps every pending
-request for the next connection) instead of letting server memory grow.  After
-``close`` sending is a no-op; frames queued before it are still written, then the
-close frame.
+code that writes to the socket.  ``send`` never blocks.  A peer that stops reading
+shows up as a write that stays blocked (its TCP window is full): past
+``write_timeout_s`` it is disconnected, and so is a peer whose queue reaches the
+hard cap ``outbound_queue_max`` — its session keeps every pending request for the
+next connection, and server memory stays bounded.  Bursts below the cap are fine.
+After ``close`` sending is a no-op; frames queued before it are still written,
+then the close frame.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +33,7 @@ class SocketPump:
         transport: asyncio.BaseTransport | None,
         *,
         queue_max: int,
+        write_timeout_s: float,
         max_frame_bytes: int,
         background: Background,
         name: str,
@@ -37,8 +41,12 @@ class SocketPump:
     ) -> None:
         self.ws = ws
         self._transport = transport
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(queue_max)
+        # A deque rather than asyncio.Queue so a replay can go past the cap (see send).
+        self._frames: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self._cap = queue_max
         self._max_frame = max_frame_bytes
+        self._write_timeout = write_timeout_s or None
         self._log = log
         self._closing = False
         self._close_code = 1000
@@ -49,20 +57,25 @@ class SocketPump:
     def closing(self) -> bool:
         return self._closing
 
-    def send(self, frame: dict[str, Any]) -> bool:
-        """Queue a frame; False when it will not be written."""
+    def send(self, frame: dict[str, Any], *, replay: bool = False) -> bool:
+        """Queue a frame; False when it will not be written.
+
+        A replay is not held to the cap: those frames already sit in the
+        session's memory, and capping them would disconnect every reconnect of a
+        session with many requests pending.
+        """
         if self._closing:
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        if len(self._frames) >= self._cap and not replay:
             self._log.warning(
-                "peer is not reading: outbound queue is full, disconnecting",
-                queued=self._queue.qsize(),
+                "peer is not reading: outbound queue reached outbound_queue_max, disconnecting",
+                queued=len(self._frames),
             )
             self._closing = True
             self._writer.cancel("peer not reading")
             return False
+        self._frames.append(frame)
+        self._ready.set()
         return True
 
     def close(self, code: int, reason: str) -> None:
@@ -71,10 +84,8 @@ class SocketPump:
             return
         self._closing = True
         self._close_code, self._close_reason = code, reason
-        try:
-            self._queue.put_nowait(_CLOSE)
-        except asyncio.QueueFull:
-            self._writer.cancel(reason)
+        self._frames.append(_CLOSE)
+        self._ready.set()
 
     async def wait_closed(self, timeout: float) -> None:
         await asyncio.wait({self._writer}, timeout=timeout)
@@ -82,10 +93,21 @@ class SocketPump:
     async def _write_loop(self) -> None:
         try:
             while True:
-                frame = await self._queue.get()
+                if not self._frames:
+                    self._ready.clear()
+                    await self._ready.wait()
+                frame = self._frames.popleft()
                 if frame is _CLOSE:
                     break
-                await self.ws.send_str(encode(frame))
+                async with asyncio.timeout(self._write_timeout):
+                    await self.ws.send_str(encode(frame))
+        except TimeoutError:
+            self._log.warning(
+                "peer is not reading: a write stayed blocked past write_timeout_s, disconnecting",
+                queued=len(self._frames),
+            )
+            self._abort()
+            return
         except asyncio.CancelledError:
             # Stuck behind a peer that does not read, or shutting down: drop the
             # connection without waiting on it.

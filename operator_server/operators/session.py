@@ -115,7 +115,7 @@ class WSOperatorSession:
                 req.grace.cancel()
                 req.grace = None
             replayed += req.delivered
-            self._deliver(req)
+            self._deliver(req, replay=True)
         self.log.info("socket attached", pending=len(self.pending), replayed=replayed)
 
     def detach(self, pump: SocketPump) -> None:
@@ -145,8 +145,8 @@ class WSOperatorSession:
 
     # -- requests ---------------------------------------------------------
 
-    def _deliver(self, req: PendingRequest) -> None:
-        if self._pump is None or not self._pump.send(req.frame):
+    def _deliver(self, req: PendingRequest, *, replay: bool = False) -> None:
+        if self._pump is None or not self._pump.send(req.frame, replay=replay):
             return
         req.delivered = True
         if not req.expects_reply:

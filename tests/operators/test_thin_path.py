@@ -1,0 +1,170 @@
+"""The whole thin path and each reply kind, through real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Server, create_task, wait_task
+from tests.wsop import connect, expect, mint, no_frame
+
+
+async def seated(client: TestClient[Any, Any], roles: list[str] | None = None) -> tuple[str, Any]:
+    sid, token = await mint(client, roles)
+    return sid, await connect(client, sid, token)
+
+
+async def test_mint_connect_hook_spawn_worker_ack_after_passed(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", directive="build it", operator={"sid": sid})
+
+    hook = await expect(ws, "hook_before")
+    assert hook["req_id"].startswith(f"{sid}-hb-")
+    assert hook["task_id"] == task["id"] and hook["agent"] == "coder" and hook["attempt"] == 1
+    assert "parent_req_id" not in hook
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+
+    spawn = await expect(ws, "spawn")
+    assert spawn["req_id"].startswith(f"{sid}-spawn-")
+    handle = spawn["worker_handle"]
+    assert handle.startswith("wh-") and spawn["capability_token"]
+    base = str(client.make_url("")).rstrip("/")
+    assert f"{base}/v1/worker/prompt" in spawn["directive"]
+    assert handle in spawn["directive"]
+    assert "build it" not in str(spawn)  # thin control: the prompt travels over HTTP
+
+    auth = {"Authorization": f"Bearer {handle}"}
+    prompt = await (await client.get("/v1/worker/prompt", headers=auth)).json()
+    assert prompt == {"task_id": task["id"], "attempt": 1, "agent": "coder", "prompt": "build it"}
+    posted = await client.post("/v1/worker/result", json={"value": {"built": True}}, headers=auth)
+    assert posted.status == 200
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
+
+    after = await expect(ws, "hook_after")
+    assert after["req_id"].startswith(f"{sid}-ha-")
+    assert after["result"] == {"value": {"built": True}, "ok": True}
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    assert done["result"] == {"value": {"built": True}, "ok": True}
+    await no_frame(ws)
+
+
+async def answer_hook(ws: Any, ok: bool = True, reason: str | None = None) -> None:
+    hook = await expect(ws, "hook_before")
+    frame: dict[str, Any] = {"type": "hook_ack", "req_id": hook["req_id"], "ok": ok}
+    if reason:
+        frame["reason"] = reason
+    await ws.send_json(frame)
+
+
+async def test_hook_rejection_over_the_socket_fails_the_task(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws, ok=False, reason="too risky")
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed"
+    assert done["error"] == {"code": "spawn_rejected", "message": "spawn rejected: too risky"}
+    await no_frame(ws)  # no spawn followed
+
+
+async def test_ok_false_is_escalated_by_ask_and_the_answer_overrides(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client, ["main"])
+    task = await create_task(client, agent="coder", operator={"role": "main"})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    await ws.send_json(
+        {"type": "spawn_ack", "req_id": spawn["req_id"], "value": "tests fail", "ok": False}
+    )
+    ask = await expect(ws, "ask")
+    assert ask["req_id"].startswith(f"{sid}-ask-") and ask["task_id"] == task["id"]
+    assert ask["question"] == {"reason": "worker reported ok=false", "value": "tests fail"}
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": "accept as is"})
+    after = await expect(ws, "hook_after")
+    expected = {"original": "tests fail", "senior_answer": "accept as is"}
+    assert after["result"] == {"value": expected, "ok": True}
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed" and done["result"]["value"] == expected
+
+
+async def test_spawn_halt_ends_the_attempt_ok_and_beats_a_worker_post(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    await client.post("/v1/worker/result", json={"value": "partial"}, headers=auth)
+    await ws.send_json(
+        {"type": "spawn_halt", "req_id": spawn["req_id"], "reason": "enough", "value": 3}
+    )
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    assert done["result"]["value"] == {"halted": True, "reason": "enough", "value": 3}
+
+
+async def test_spawn_ack_with_error_fails_the_attempt(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "error": "no GPU"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed"
+    assert done["error"] == {"code": "operator_error", "message": "operator reported: no GPU"}
+
+
+async def test_spawn_ack_value_is_the_result_when_no_worker_posted(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {"n": 7}})
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": {"n": 7}, "ok": True}
+
+
+async def test_a_child_task_started_during_a_spawn_carries_parent_req_id(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    parent = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    child = await create_task(
+        client, agent="helper", operator={"sid": sid}, parent_task_id=parent["id"]
+    )
+    hook = await expect(ws, "hook_before")
+    assert hook["task_id"] == child["id"]
+    assert hook["parent_req_id"] == spawn["req_id"]
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 1})
+    assert (await wait_task(client, parent["id"]))["status"] == "passed"
+    assert (await wait_task(client, child["id"]))["parent_task_id"] == parent["id"]
+
+
+async def test_one_socket_serves_many_tasks_concurrently(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    tasks = [
+        await create_task(client, agent="coder", directive=i, operator={"sid": sid})
+        for i in range(20)
+    ]
+    answered = 0
+    while answered < 20:
+        frame = await asyncio.wait_for(ws.receive_json(), 5)
+        if frame["type"] == "hook_before":
+            await ws.send_json({"type": "hook_ack", "req_id": frame["req_id"], "ok": True})
+        elif frame["type"] == "spawn":
+            await ws.send_json(
+                {"type": "spawn_ack", "req_id": frame["req_id"], "value": frame["task_id"]}
+            )
+            answered += 1
+    for task in tasks:
+        done = await wait_task(client, task["id"])
+        assert done["result"]["value"] == task["id"]
