@@ -74,7 +74,10 @@ class _Reply(_Frame):
 
 
 class AnswerFrame(_Reply):
-    value = fields.Raw(required=True, allow_none=True)
+    value = fields.Raw(load_default=None, allow_none=True)
+    # Beyond the seed: the senior could not answer; the ask fails instead of
+    # an empty answer silently overriding an ok=false result.
+    error = fields.String(allow_none=True)
 
 
 class HookAckFrame(_Reply):
@@ -224,8 +227,11 @@ def error_frame(code: str, message: str, req_id: str | None = None) -> dict[str,
 # -- client -> server ------------------------------------------------------
 
 
-def answer_frame(req_id: str, value: Any) -> dict[str, Any]:
-    return {"type": "answer", "req_id": req_id, "value": value}
+def answer_frame(req_id: str, value: Any, error: str | None = None) -> dict[str, Any]:
+    frame = {"type": "answer", "req_id": req_id, "value": value}
+    if error is not None:
+        frame["error"] = error
+    return frame
 
 
 def hook_ack_frame(req_id: str, ok: bool, reason: str | None = None) -> dict[str, Any]:

@@ -277,6 +277,8 @@ class WSOperatorSession:
             lambda req_id, parent: p.ask_frame(req_id, task_id, question, parent),
             self._settings.ask_timeout_s,
         )
+        if reply.get("error"):
+            raise AttemptFailed(Code.OPERATOR_ERROR, f"senior reported: {reply['error']}")
         return reply["value"]
 
     async def before(self, ctx: AttemptContext) -> HookVerdict:

@@ -168,3 +168,39 @@ async def test_one_socket_serves_many_tasks_concurrently(server: Server) -> None
     for task in tasks:
         done = await wait_task(client, task["id"])
         assert done["result"]["value"] == task["id"]
+
+
+async def test_an_answer_with_error_fails_the_attempt_instead_of_approving(server: Server) -> None:
+    client = await server()
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 0, "ok": False})
+    ask = await expect(ws, "ask")
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "error": "senior crashed"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed"
+    assert done["error"] == {"code": "operator_error", "message": "senior reported: senior crashed"}
+
+
+async def test_logs_carry_task_and_request_ids_and_never_a_credential(server: Server) -> None:
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    client = await server(hook_timeout_s=0.2)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        resp = await client.post("/v1/operators", json={})
+        op = await resp.json()
+        ws = await connect(client, op["sid"], op["token"])
+        task = await create_task(client, agent="coder", operator={"sid": op["sid"]})
+        await expect(ws, "hook_before")
+        await expect(ws, "cancel")  # timed out
+        done = await wait_task(client, task["id"])
+        assert done["error"]["code"] == "operator_timeout"
+    text = repr(logs)
+    assert op["token"] not in text
+    engine_task = [e for e in logs if e.get("task_id") == task["id"]]
+    assert any(e["event"] == "attempt started" and e["attempt"] == 1 for e in engine_task)
+    timed_out = [e for e in logs if e["event"] == "request timed out"]
+    assert timed_out and timed_out[0]["sid"] == op["sid"] and timed_out[0]["req_id"]
