@@ -30,6 +30,9 @@ fmt: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
+demo: $(BIN)/.installed
+	$(BIN)/python -m operator_server.demo
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

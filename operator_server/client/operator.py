@@ -1,0 +1,312 @@
+"""``OperatorClient``: one operator session, kept connected, answering by handler.
+
+Handlers are coroutines taking the request frame (a dict) and returning the
+reply's content:
+
+* ``on_ask(frame) -> value``
+* ``on_hook_before(frame) -> bool | (bool, reason)``  (no handler: approve)
+* ``on_hook_after(frame) -> None``                    (no reply is sent)
+* ``on_spawn(frame) -> value | Ack(value, ok) | Halt(reason, value)``
+* ``on_cancel(frame) -> None``                        (the request's handler is cancelled first)
+
+A handler that raises never leaves the server waiting: the reply becomes a
+failure (``spawn_ack`` with ``error``, ``hook_ack`` with ``ok=false``, ``answer``
+with ``error``).
+
+After a drop the client reconnects with the same sid and token (never a
+re-mint), with exponential backoff and jitter.  The server replays what is
+unanswered; the client runs each ``req_id``'s handler once and re-sends a reply
+it already made, so a replay is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from operator_server.client.errors import RequestFailed
+from operator_server.client.http import _Http
+from operator_server.errors import ProtocolError
+from operator_server.logs import get_logger
+from operator_server.operators import protocol as p
+
+log = get_logger(__name__)
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+REPLY_MEMORY = 4096
+
+
+@dataclass(frozen=True)
+class Ack:
+    """An explicit ``spawn_ack``: ``value`` (default ``{}``) and ``ok``."""
+
+    value: Any = None
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A deliberate stop: ``spawn_halt``."""
+
+    reason: str | None = None
+    value: Any = None
+
+
+class SessionGone(Exception):
+    """The server no longer knows this session (deleted or expired)."""
+
+
+class OperatorClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        sid: str | None = None,
+        token: str | None = None,
+        roles: list[str] | tuple[str, ...] = (),
+        desc: str = "",
+        api_token: str | None = None,
+        on_ask: Handler | None = None,
+        on_hook_before: Handler | None = None,
+        on_hook_after: Handler | None = None,
+        on_spawn: Handler | None = None,
+        on_cancel: Handler | None = None,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 10.0,
+        heartbeat_s: float | None = 30.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._api = _Http(base_url, api_token, session)
+        self.base_url = self._api.base_url
+        self.sid, self.token = sid, token
+        self.roles, self.desc = list(roles), desc
+        self.handlers: dict[str, Handler | None] = {
+            "ask": on_ask,
+            "hook_before": on_hook_before,
+            "hook_after": on_hook_after,
+            "spawn": on_spawn,
+            "cancel": on_cancel,
+        }
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self._heartbeat = heartbeat_s
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.errors: list[dict[str, Any]] = []  # error frames the server sent us
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._handling: dict[str, asyncio.Task[None]] = {}  # req_id -> its handler run
+        self._tasks: set[asyncio.Task[None]] = set()  # every task this client started
+        self._replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._stopping = False
+
+    # -- session ----------------------------------------------------------
+
+    async def join(self) -> None:
+        """Mint a session unless this client was given one."""
+        if self.sid is not None:
+            return
+        body = await self._api.request(
+            "POST", "/v1/operators", json={"roles": self.roles, "desc": self.desc}
+        )
+        self.sid, self.token, self.roles = body["sid"], body["token"], body["roles"]
+
+    async def start(self, timeout: float = 10) -> None:
+        """Join, connect, and return once the first socket is up."""
+        await self.join()
+        self._runner = asyncio.create_task(self._run(), name=f"operator-client:{self.sid}")
+        connected = asyncio.create_task(self.connected.wait())
+        done, _ = await asyncio.wait(
+            {self._runner, connected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if connected not in done:
+            connected.cancel()
+            if self._runner in done:
+                self._runner.result()  # raises why it stopped
+            raise TimeoutError(f"could not connect to {self.base_url} within {timeout}s")
+
+    async def wait_closed(self) -> None:
+        """Until the client stops (``close``/``leave``, or the session is gone)."""
+        if self._runner is not None:
+            await self._runner
+
+    async def leave(self) -> None:
+        """Delete the session on the server, then close."""
+        if self.sid is not None and self.token is not None:
+            try:
+                await self._api.request(
+                    "DELETE",
+                    f"/v1/operators/{self.sid}",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+            except RequestFailed as exc:
+                if exc.status != 404:
+                    raise
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the socket; the session stays on the server."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        await self._api.close()
+
+    # -- connection loop -------------------------------------------------
+
+    def _delay(self, failures: int) -> float:
+        low, high = self._backoff
+        return min(high, low * 2**failures) * random.uniform(0.5, 1.0)
+
+    async def _run(self) -> None:
+        failures = 0
+        http = await self._api._http()
+        url = f"{self.base_url}/v1/operators/{self.sid}/ws"
+        while not self._stopping:
+            try:
+                ws = await http.ws_connect(
+                    url,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    heartbeat=self._heartbeat,
+                    max_msg_size=0,
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status in (401, 404):
+                    raise SessionGone(f"session {self.sid}: {exc.status} {exc.message}") from exc
+                failures += 1
+            except (aiohttp.ClientConnectionError, OSError):
+                failures += 1
+            else:
+                failures = 0
+                await self._serve_socket(ws)
+                if self._stopping:
+                    break
+            await asyncio.sleep(self._delay(failures))
+
+    async def _serve_socket(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self.connects += 1
+        self.connected.set()
+        log.info("operator connected", sid=self.sid, connects=self.connects)
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._on_text(msg.data)
+        finally:
+            self._ws = None
+            self.connected.clear()
+            log.info("operator disconnected", sid=self.sid, code=ws.close_code)
+
+    # -- frames ------------------------------------------------------------
+
+    def _on_text(self, text: str) -> None:
+        try:
+            kind, frame = p.parse_server_frame(text)
+        except ProtocolError as exc:
+            log.warning("unreadable frame from server", code=exc.code, error=exc.message)
+            return
+        frame["type"] = kind
+        if kind == "error":
+            self.errors.append(frame)
+            log.warning("server refused a frame", code=frame["code"], error=frame["message"])
+            return
+        req_id = frame["req_id"]
+        if kind == "cancel":
+            running = self._handling.pop(req_id, None)
+            if running is not None:
+                running.cancel()
+            self._spawn(self._notify("cancel", frame), f"cancel:{req_id}")
+            return
+        if kind == "hook_after":
+            self._spawn(self._notify("hook_after", frame), f"hook_after:{req_id}")
+            return
+        if req_id in self._replies:  # a replay of something already answered
+            self._spawn(self._send(self._replies[req_id]), f"resend:{req_id}")
+        elif req_id not in self._handling:  # else: a replay of one still being handled
+            self._handling[req_id] = self._spawn(self._answer(kind, frame), f"{kind}:{req_id}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _notify(self, kind: str, frame: dict[str, Any]) -> None:
+        handler = self.handlers[kind]
+        if handler is None:
+            return
+        try:
+            await handler(frame)
+        except Exception:
+            log.exception("operator handler failed", kind=kind, req_id=frame.get("req_id"))
+
+    async def _answer(self, kind: str, frame: dict[str, Any]) -> None:
+        req_id = frame["req_id"]
+        try:
+            reply = await self._reply_for(kind, frame)
+        except asyncio.CancelledError:
+            return  # withdrawn by the server: no reply is owed
+        finally:
+            self._handling.pop(req_id, None)
+        self._replies[req_id] = reply
+        if len(self._replies) > REPLY_MEMORY:
+            self._replies.popitem(last=False)
+        await self._send(reply)
+
+    async def _reply_for(self, kind: str, frame: dict[str, Any]) -> dict[str, Any]:
+        req_id = frame["req_id"]
+        handler = self.handlers[kind]
+        try:
+            if handler is None:
+                return _default_reply(kind, req_id)
+            result = await handler(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("operator handler failed", kind=kind, req_id=req_id)
+            return _failure_reply(kind, req_id, f"{type(exc).__name__}: {exc}")
+        return _success_reply(kind, req_id, result)
+
+    async def _send(self, frame: dict[str, Any]) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return  # kept in _replies; re-sent when the server replays the request
+        # A send lost to a dropping socket is the same case: the replay asks again.
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_str(p.encode(frame))
+
+
+def _default_reply(kind: str, req_id: str) -> dict[str, Any]:
+    if kind == "hook_before":
+        return p.hook_ack_frame(req_id, True)
+    return _failure_reply(kind, req_id, f"this operator has no handler for {kind}")
+
+
+def _failure_reply(kind: str, req_id: str, error: str) -> dict[str, Any]:
+    if kind == "ask":
+        return p.answer_frame(req_id, None, error=error)
+    if kind == "hook_before":
+        return p.hook_ack_frame(req_id, False, error)
+    return p.spawn_ack_frame(req_id, ok=False, error=error)
+
+
+def _success_reply(kind: str, req_id: str, result: Any) -> dict[str, Any]:
+    if kind == "ask":
+        return p.answer_frame(req_id, result)
+    if kind == "hook_before":
+        ok, reason = result if isinstance(result, tuple) else (bool(result), None)
+        return p.hook_ack_frame(req_id, ok, reason)
+    if isinstance(result, Halt):
+        return p.spawn_halt_frame(req_id, result.reason, result.value)
+    if isinstance(result, Ack):
+        return p.spawn_ack_frame(req_id, result.value, result.ok)
+    return p.spawn_ack_frame(req_id, result)

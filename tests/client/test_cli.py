@@ -1,0 +1,134 @@
+"""The command-line tools as real processes against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.wsop import eventually
+
+CLI = [sys.executable, "-m", "operator_server"]
+
+
+def base(client: TestClient[Any, Any]) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+async def run_cli(*args: str) -> tuple[int, Any, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, json.loads(out) if out.strip() else None, err.decode()
+
+
+async def start_operator(client: TestClient[Any, Any], *args: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "operator",
+        "--url",
+        base(client),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert b"waiting for work" in line, line
+    return proc
+
+
+async def stop(proc: asyncio.subprocess.Process) -> bytes:
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None
+    rest = await asyncio.wait_for(proc.stdout.read(), 30)
+    assert await proc.wait() == 0
+    return rest
+
+
+async def test_ready_made_operator_runs_exec_as_the_sub_agent(server: Server) -> None:
+    client = await server()
+    script = 'read line; echo "got: $line for $TASK_ID via ${WORKER_HANDLE%%-*}"'
+    proc = await start_operator(client, "--role", "main", "--exec", script)
+    task = await create_task(client, agent="shell", directive="hello", operator={"role": "main"})
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["status"] == "passed"
+    assert done["result"] == {"value": f"got: hello for {task['id']} via wh\n", "ok": True}
+    sid = done["attempts"][0]["served_by"]["backend"]
+    rest = await stop(proc)
+    assert b"left" in rest
+    assert sid not in directory_of(client).sessions  # Ctrl-C left cleanly
+
+
+async def test_a_failing_command_blocks_the_task(server: Server) -> None:
+    client = await server()
+    proc = await start_operator(client, "--role", "runner", "--exec", "echo broken; exit 3")
+    task = await create_task(
+        client,
+        agent="shell",
+        directive="x",
+        operator={"backend": "runner", "spawn_hook": "runner"},
+    )
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": "broken\n", "ok": False}
+    await stop(proc)
+
+
+async def test_with_no_terminal_an_ask_fails_instead_of_approving(server: Server) -> None:
+    client = await server()
+    proc = await start_operator(client, "--role", "main", "--exec", "exit 1")
+    task = await create_task(client, agent="shell", directive="x", operator={"role": "main"})
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["status"] == "failed"
+    assert (
+        done["error"]["message"]
+        == "senior reported: RuntimeError: no person at the terminal to answer"
+    )
+    await stop(proc)
+
+
+async def test_approve_none_rejects_every_spawn(server: Server) -> None:
+    client = await server()
+    proc = await start_operator(client, "--role", "gate", "--approve", "none")
+    task = await create_task(client, agent="x", directive="x", operator={"role": "gate"})
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["error"]["message"] == "spawn rejected: rejected by the operator (--approve none)"
+    await stop(proc)
+
+
+async def test_task_commands_against_a_real_server(server: Server) -> None:
+    client = await server()
+    url = ["--url", base(client)]
+    code, created, _ = await run_cli(
+        "task", "create", *url, "--agent", "echo", "--directive", '{"n": 1}', "--wait", "10"
+    )
+    assert code == 0 and created["status"] == "passed" and created["result"]["value"] == {"n": 1}
+    code, got, _ = await run_cli("task", "get", *url, created["id"])
+    assert code == 0 and got["id"] == created["id"]
+    code, listed, _ = await run_cli("task", "list", *url, "--status", "passed")
+    assert code == 0 and [t["id"] for t in listed["tasks"]] == [created["id"]]
+    code, _, err = await run_cli("task", "cancel", *url, created["id"])
+    assert code == 1 and json.loads(err)["error"]["code"] == "task_finished"
+    code, _, err = await run_cli("task", "create", *url, "--agent", "nope", "--directive", "x")
+    assert code == 1 and json.loads(err)["error"]["code"] == "unknown_agent"
+
+
+async def test_task_cancel_command_stops_a_running_task(server: Server) -> None:
+    client = await server()
+    sid = (await (await client.post("/v1/operators", json={})).json())["sid"]
+    task = await create_task(client, agent="x", operator={"sid": sid})
+    await eventually(lambda: len(directory_of(client).sessions[sid].pending) == 1)
+    code, cancelled, _ = await run_cli(
+        "task", "cancel", "--url", base(client), task["id"], "--reason", "from the cli"
+    )
+    assert code == 0 and cancelled["status"] == "cancelled"
+    assert cancelled["error"]["message"] == "from the cli"
