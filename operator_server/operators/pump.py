@@ -46,7 +46,12 @@ class SocketPump:
         self._ready = asyncio.Event()
         self._cap = queue_max
         self._max_frame = max_frame_bytes
-        self._write_timeout = write_timeout_s or None
+        self._write_timeout = write_timeout_s
+        # Stall watchdog: one timer per period rather than a timeout per frame
+        # (a per-frame timeout was a large share of an ask's cost).
+        self._writing = False
+        self._writes_done = 0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._log = log
         self._closing = False
         self._close_code = 1000
@@ -99,15 +104,12 @@ class SocketPump:
                 frame = self._frames.popleft()
                 if frame is _CLOSE:
                     break
-                async with asyncio.timeout(self._write_timeout):
-                    await self.ws.send_str(encode(frame))
-        except TimeoutError:
-            self._log.warning(
-                "peer is not reading: a write stayed blocked past write_timeout_s, disconnecting",
-                queued=len(self._frames),
-            )
-            self._abort()
-            return
+                self._writing = True
+                if self._watchdog is None and self._write_timeout:
+                    self._arm_watchdog()
+                await self.ws.send_str(encode(frame))
+                self._writing = False
+                self._writes_done += 1
         except asyncio.CancelledError:
             # Stuck behind a peer that does not read, or shutting down: drop the
             # connection without waiting on it.
@@ -117,8 +119,32 @@ class SocketPump:
             self._log.info("socket write failed", error=str(exc))
             self._abort()
             return
+        finally:
+            self._writing = False
+            if self._watchdog is not None:
+                self._watchdog.cancel()
         if not self.ws.closed:
             await self.ws.close(code=self._close_code, message=self._close_reason.encode()[:120])
+
+    def _arm_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_later(self._write_timeout, self._check_stall, self._writes_done)
+
+    def _check_stall(self, writes_then: int) -> None:
+        """A write in progress and none finished for a whole period: the peer is not reading.
+
+        A stall is therefore caught between one and two ``write_timeout_s`` after it starts.
+        """
+        self._watchdog = None
+        if self._writing and self._writes_done == writes_then:
+            self._log.warning(
+                "peer is not reading: a write stayed blocked past write_timeout_s, disconnecting",
+                queued=len(self._frames),
+            )
+            self._closing = True
+            self._writer.cancel("peer not reading")
+        elif self._writing or self._frames:
+            self._arm_watchdog()
 
     def _abort(self) -> None:
         self._closing = True

@@ -154,3 +154,46 @@ def test_every_builder_makes_a_frame_its_schema_accepts() -> None:
         assert kind == frame["type"]
     assert set(p.SERVER_FRAMES) == {f["type"] for f in server_frames}
     assert set(p.CLIENT_FRAMES) == {f["type"] for f in client_frames}
+
+
+def _mutations(frame: dict[str, Any]) -> list[dict[str, Any]]:
+    """The frame, and variants with each key dropped, nulled, retyped, plus an extra key."""
+    body = {k: v for k, v in frame.items() if k != "type"}
+    out = [body, {**body, "extra": 1}]
+    for key in body:
+        out.append({k: v for k, v in body.items() if k != key})
+        for odd in (None, True, 1, 1.5, "", "s", [], {}, "1"):
+            out.append({**body, key: odd})
+    return out
+
+
+def test_the_fast_path_agrees_with_the_schemas_on_every_frame() -> None:
+    from marshmallow import ValidationError
+
+    samples = [
+        p.ask_frame("r", "t", {"q": 1}, parent_req_id="r0"),
+        p.hook_before_frame("r", "t", "a", 1),
+        p.hook_after_frame("r", "t", "a", 1, {"value": 1, "ok": True}),
+        p.spawn_frame("r", "t", "a", 1, "cap", "wh-1", "do it"),
+        p.cancel_frame("r", "why"),
+        p.error_frame("bad_json", "m", "r"),
+        p.answer_frame("r", {"v": 1}, error="e"),
+        p.hook_ack_frame("r", True, "fine"),
+        p.spawn_ack_frame("r", {"x": 1}, ok=False, error="boom"),
+        p.spawn_halt_frame("r", "stop", 3),
+    ]
+    checked = 0
+    for sample in samples:
+        schema = {**p.SERVER_FRAMES, **p.CLIENT_FRAMES}[sample["type"]]
+        fast = p._FAST[id(schema)]
+        assert fast.usable
+        for data in _mutations(sample):
+            quick = fast(dict(data))
+            try:
+                slow: Any = schema.load(dict(data))
+            except ValidationError:
+                slow = None
+            if quick is not None:  # the fast path may decline, but never disagree
+                assert quick == slow, (sample["type"], data)
+                checked += 1
+    assert checked > len(samples)  # it does take the common frames
