@@ -1,18 +1,21 @@
 """Assemble the aiohttp ``Application``: app-wide objects, routes, lifecycle.
 
-Start-up starts the periodic sweep; shutdown, in order: stop taking tasks and
-cancel every run (each task ends ``cancelled`` with the reason, operators get
-``cancel`` frames), close every socket with 1001, then cancel and await every
-remaining background task.
+Start-up, before the server listens: open the store (running migrations) and
+recover sessions and tasks from it, then start the periodic sweep.  Shutdown, in
+order: stop taking tasks and cancel every run (each task ends ``cancelled`` with
+the reason, operators get ``cancel`` frames), close every socket with 1001,
+cancel and await every remaining background task, and last flush and close the
+store so every state change made on the way down is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
-from operator_server.appkeys import BACKGROUND, DIRECTORY, ENGINE, SETTINGS
+from operator_server.appkeys import BACKGROUND, DIRECTORY, ENGINE, SETTINGS, STORE
 from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
@@ -22,6 +25,8 @@ from operator_server.logs import get_logger
 from operator_server.operators import login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
+from operator_server.recovery import recover
+from operator_server.store import Store, StoreError, open_store
 
 log = get_logger(__name__)
 SHUTDOWN_REASON = "server shutting down"
@@ -35,9 +40,12 @@ def load_directive(settings: Settings) -> DirectiveTemplate:
         raise ConfigError(f"directive_template: {path}: {exc}") from exc
 
 
-def build_app(settings: Settings, directive: DirectiveTemplate | None = None) -> web.Application:
+def build_app(
+    settings: Settings, directive: DirectiveTemplate | None = None, store: Store | None = None
+) -> web.Application:
     background = Background()
-    engine = Engine(settings, background)
+    store = store or open_store(settings)
+    engine = Engine(settings, background, store)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
 
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
@@ -45,24 +53,43 @@ def build_app(settings: Settings, directive: DirectiveTemplate | None = None) ->
     app[BACKGROUND] = background
     app[ENGINE] = engine
     app[DIRECTORY] = directory
+    app[STORE] = store
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
     app.add_routes(login.routes)
+    app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_shutdown.append(_shutdown)
     return app
 
 
-async def _sweep_forever(directory: OperatorDirectory, interval: float) -> None:
+async def _open_and_recover(app: web.Application) -> None:
+    await app[STORE].open()
+    await recover(app[ENGINE], app[DIRECTORY], app[STORE])
+
+
+async def sweep_once(app: web.Application) -> None:
+    """Expire idle sessions and forget finished tasks past ``store.retention_s``."""
+    await app[DIRECTORY].sweep()
+    old = app[ENGINE].expire_finished(time.time())
+    if old:
+        try:
+            await app[STORE].delete_tasks(old)
+        except StoreError as exc:  # they come back after a restart and go next time
+            log.error("could not delete expired tasks", count=len(old), error=str(exc))
+        log.info("expired finished tasks", count=len(old))
+
+
+async def _sweep_forever(app: web.Application) -> None:
+    interval = app[SETTINGS].sweep_interval_s
     while True:
         await asyncio.sleep(interval)
-        directory.sweep()
+        await sweep_once(app)
 
 
 async def _start_sweeper(app: web.Application) -> None:
-    interval = app[SETTINGS].sweep_interval_s
-    app[BACKGROUND].spawn(_sweep_forever(app[DIRECTORY], interval), name="sweeper")
+    app[BACKGROUND].spawn(_sweep_forever(app), name="sweeper")
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -70,4 +97,5 @@ async def _shutdown(app: web.Application) -> None:
     await app[ENGINE].shutdown(SHUTDOWN_REASON)
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
     await app[BACKGROUND].close(SHUTDOWN_REASON)
+    await app[STORE].close()
     log.info("shut down")

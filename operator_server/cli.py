@@ -191,6 +191,7 @@ def task_main(args: argparse.Namespace) -> int:
 def serve_main(args: argparse.Namespace) -> int:
     from operator_server.app import build_app, load_directive
     from operator_server.logs import configure_logging, get_logger
+    from operator_server.store import StoreError
 
     flags = {
         name[len(CONFIG_DEST) :]: value
@@ -207,14 +208,18 @@ def serve_main(args: argparse.Namespace) -> int:
     log = get_logger("operator_server")
     app = build_app(settings, directive)
     log.info("starting", host=settings.host, port=settings.port, version=__version__)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda text: log.info("listening", url=f"http://{settings.host}:{settings.port}"),
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            print=lambda text: log.info("listening", url=f"http://{settings.host}:{settings.port}"),
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )
+    except StoreError as exc:
+        print(f"operator-server: store: {exc}", file=sys.stderr)
+        return 1
     log.info("stopped")
     return 0
 

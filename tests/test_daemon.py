@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -32,8 +33,8 @@ class Daemon:
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-async def start_daemon(*args: str) -> Daemon:
-    port = free_port()
+async def start_daemon(*args: str, port: int | None = None) -> Daemon:
+    port = port or free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "operator_server", "serve", "--port", str(port), *args],
         stdout=subprocess.PIPE,
@@ -54,8 +55,10 @@ async def start_daemon(*args: str) -> Daemon:
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Daemon]:
-    d = await start_daemon("--secret", "s", "--log-format", "json")
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    d = await start_daemon(
+        "--secret", "s", "--log-format", "json", "--store-path", str(tmp_path / "d.sqlite")
+    )
     yield d
     if d.proc.poll() is None:
         d.proc.kill()

@@ -4,13 +4,17 @@ A task's run is one background task (``task:<id>``) looping over attempts;
 ``dispatch_attempt`` runs one attempt through the middleware chain with a fresh
 capability, and always records how it ended.  A task never stays ``running``
 after its run ended: the run's done-callback settles anything it could not.
+
+Persistence: creating a task is a durable write (the 202 means it is on disk);
+every later transition is queued to the store in order (``_changed``), and
+``recover_task`` decides what a restart does with each stored task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import structlog
@@ -34,18 +38,16 @@ from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
 from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
+from operator_server.store import Store
 
 log = get_logger(__name__)
 
-# A hook that must be told when a task changes state (the store, later); it
-# is called synchronously so ordering is exact.
-TaskListener = Callable[[Task], None]
-
 
 class Engine:
-    def __init__(self, settings: Settings, background: Background) -> None:
+    def __init__(self, settings: Settings, background: Background, store: Store) -> None:
         self.settings = settings
         self.background = background
+        self.store = store
         self.senior_bridges: Registry[SeniorBridge] = Registry("senior_bridge")
         self.spawn_hooks: Registry[SpawnHook] = Registry("spawn_hook")
         self.operators: Registry[Operator] = Registry("operator")
@@ -106,7 +108,7 @@ class Engine:
 
     # -- tasks ------------------------------------------------------------
 
-    def submit(
+    async def submit(
         self,
         *,
         agent: str,
@@ -117,8 +119,12 @@ class Engine:
         max_attempts: int | None = None,
         parent_task_id: str | None = None,
     ) -> Task:
-        """Create a task and start dispatching it.  Raises ``AttemptFailed``
-        with ``unknown_agent`` when nobody could ever serve it."""
+        """Create a task, store it durably, and start dispatching it.
+
+        Raises ``AttemptFailed`` (``unknown_agent``) when nobody could ever serve
+        it, and ``StoreError`` when it could not be saved — then nothing of it
+        stays in memory.
+        """
         names_operator = operator is not None and operator.names_anyone()
         if not names_operator and self.agents.get(agent) is None:
             raise AttemptFailed(
@@ -139,8 +145,63 @@ class Engine:
             max_attempts=max_attempts or self.settings.default_max_attempts,
             parent_task_id=parent_task_id,
         )
+        await self.store.put_task(task.to_record())
         self.adopt(task)
         return task
+
+    def _changed(self, task: Task) -> None:
+        self.store.put_task_soon(task.to_record())
+
+    def recover_task(self, task: Task) -> None:
+        """Take back a task read from the store at start-up.
+
+        Finished tasks are kept as they are.  An attempt that was in flight when
+        the process died is marked ``interrupted`` and the task is re-dispatched
+        as a new attempt; interruptions do not use up ``max_attempts``, but more
+        than ``store.max_interruptions`` of them fail the task (``interrupted``).
+        """
+        self.tasks[task.id] = task
+        if task.status.terminal:
+            return
+        limit = self.settings.store.max_interruptions
+        current = task.current
+        cut_short = current is not None and not current.status.terminal
+        if current is not None and cut_short:
+            current.finish(
+                TaskStatus.FAILED,
+                error=AttemptFailed(Code.INTERRUPTED, "the server stopped during this attempt"),
+            )
+            task.interruptions += 1
+        if task.interruptions > limit:
+            task.finish(
+                TaskStatus.FAILED,
+                error=AttemptFailed(
+                    Code.INTERRUPTED,
+                    f"interrupted by {task.interruptions} restarts "
+                    f"(store.max_interruptions = {limit})",
+                ),
+            )
+        elif (
+            current is not None
+            and not cut_short
+            and (current.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts)
+        ):
+            # The last attempt had ended; only the task's own ending was lost.
+            task.finish(current.status, result=current.result, error=current.error)
+        else:
+            task.status = TaskStatus.PENDING
+            log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
+            self.adopt(task)
+            return
+        self._changed(task)
+
+    def expire_finished(self, now: float) -> list[str]:
+        """Forget finished tasks older than ``store.retention_s``; their ids."""
+        cutoff = now - self.settings.store.retention_s
+        old = [t.id for t in self.tasks.values() if t.status.terminal and t.updated_at < cutoff]
+        for task_id in old:
+            del self.tasks[task_id]
+        return old
 
     def adopt(self, task: Task) -> None:
         """Track ``task`` and start its run (new, or recovered after a restart)."""
@@ -161,14 +222,16 @@ class Engine:
         try:
             while True:
                 record = await self.dispatch_attempt(task)
-                if record.status is TaskStatus.PASSED or task.attempt >= task.max_attempts:
+                if record.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts:
                     break
                 log.info("retrying", attempt=task.attempt, after=str(record.status))
             task.finish(record.status, result=record.result, error=record.error)
+            self._changed(task)
             log.info("task finished", status=str(task.status), attempt=task.attempt)
         except asyncio.CancelledError:
             reason = task.cancel_reason or "cancelled"
             task.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
+            self._changed(task)
             log.info("task cancelled", reason=reason)
         finally:
             self.capabilities.forget_task(task.id)
@@ -182,10 +245,12 @@ class Engine:
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             task.finish(status, error=AttemptFailed(code, reason))
+            self._changed(task)
 
     async def dispatch_attempt(self, task: Task) -> AttemptRecord:
         """Run the next attempt of ``task`` through the middleware chain."""
         record = task.start_attempt()
+        self._changed(task)
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = self.capabilities.mint(task.id, record.number)
         ctx = AttemptContext(
@@ -235,6 +300,7 @@ class Engine:
             self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
             task.touch()
+            self._changed(task)
         return record
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:

@@ -86,6 +86,14 @@ class OutputEvent:
             "at": iso(self.at),
         }
 
+    def to_record(self) -> list[Any]:
+        return [self.kind, self.source, self.value, self.ok, self.at]
+
+    @classmethod
+    def from_record(cls, rec: list[Any]) -> OutputEvent:
+        kind, source, value, ok, at = rec
+        return cls(kind, source, value, bool(ok), float(at))
+
 
 class OutputTail:
     """Ordered output of one (task, attempt).  The last ``final`` decides.
@@ -147,6 +155,48 @@ class AttemptRecord:
             "outputs": [e.as_dict() for e in self.tail.events],
         }
 
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "status": str(self.status),
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "result": _result_record(self.result),
+            "error": self.error.as_dict() if self.error else None,
+            "served_by": self.served_by,
+            "tail": [e.to_record() for e in self.tail.events],
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> AttemptRecord:
+        tail = OutputTail()
+        tail.events = [OutputEvent.from_record(e) for e in rec["tail"]]
+        return cls(
+            number=int(rec["number"]),
+            started_at=float(rec["started_at"]),
+            status=TaskStatus(rec["status"]),
+            ended_at=rec["ended_at"],
+            result=_result_from(rec["result"]),
+            error=_error_from(rec["error"]),
+            tail=tail,
+            served_by=dict(rec["served_by"]),
+        )
+
+
+def _result_record(result: WorkerResult | None) -> dict[str, Any] | None:
+    return None if result is None else {"value": result.value, "ok": result.ok}
+
+
+def _result_from(rec: dict[str, Any] | None) -> WorkerResult | None:
+    return None if rec is None else WorkerResult(rec["value"], bool(rec["ok"]))
+
+
+def _error_from(rec: dict[str, Any] | None) -> AttemptFailed | None:
+    if rec is None:
+        return None
+    detail = {k: v for k, v in rec.items() if k not in ("code", "message")}
+    return AttemptFailed(rec["code"], rec["message"], **detail)
+
 
 def new_task_id() -> str:
     return f"t-{uuid.uuid4().hex}"
@@ -171,6 +221,8 @@ class Task:
     updated_at: float = field(default_factory=time.time)
     attempts: list[AttemptRecord] = field(default_factory=list)
     cancel_reason: str | None = None
+    # Restarts that cut an attempt short; they do not use up max_attempts.
+    interruptions: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -200,6 +252,65 @@ class Task:
         self.touch()
         self.finished.set()
 
+    @property
+    def attempts_used(self) -> int:
+        return self.attempt - self.interruptions
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to restore the task after a restart."""
+        return {
+            "id": self.id,
+            "status": str(self.status),
+            "agent": self.agent,
+            "directive": self.directive,
+            "system": self.system,
+            "operator": self.operator.as_dict() if self.operator else None,
+            "layers": list(self.layers),
+            "kind": str(self.kind),
+            "max_attempts": self.max_attempts,
+            "parent_task_id": self.parent_task_id,
+            "attempt": self.attempt,
+            "result": _result_record(self.result),
+            "error": self.error.as_dict() if self.error else None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": [a.to_record() for a in self.attempts],
+            "cancel_reason": self.cancel_reason,
+            "interruptions": self.interruptions,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Task:
+        operator = rec["operator"]
+        if operator is not None:
+            operator = OperatorSpec(
+                **{k: v for k, v in operator.items() if k != "kind"},
+                kind=Kind(operator["kind"]) if "kind" in operator else None,
+            )
+        task = cls(
+            agent=rec["agent"],
+            directive=rec["directive"],
+            system=rec["system"],
+            operator=operator,
+            layers=tuple(rec["layers"]),
+            kind=Kind(rec["kind"]),
+            max_attempts=int(rec["max_attempts"]),
+            parent_task_id=rec["parent_task_id"],
+            id=rec["id"],
+            status=TaskStatus(rec["status"]),
+            attempt=int(rec["attempt"]),
+            result=_result_from(rec["result"]),
+            error=_error_from(rec["error"]),
+            created_at=float(rec["created_at"]),
+            updated_at=float(rec["updated_at"]),
+            attempts=[AttemptRecord.from_record(a) for a in rec["attempts"]],
+            cancel_reason=rec["cancel_reason"],
+            interruptions=int(rec["interruptions"]),
+        )
+        if task.status.terminal:
+            task.finished.set()
+        return task
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -208,6 +319,7 @@ class Task:
             "kind": str(self.kind),
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
+            "interruptions": self.interruptions,
             "result": self.result.as_dict() if self.result else None,
             "error": self.error.as_dict() if self.error else None,
             "directive": self.directive,

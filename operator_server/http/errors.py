@@ -15,6 +15,7 @@ from aiohttp import web
 from operator_server.appkeys import SETTINGS
 from operator_server.errors import ApiError, CapabilityError, Code
 from operator_server.logs import get_logger
+from operator_server.store import StoreError
 
 log = get_logger(__name__)
 
@@ -46,6 +47,13 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.forbidden:
             return error_response(403, exc.code, exc.message)
         return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+    except StoreError as exc:
+        log.error("store write failed", method=request.method, path=request.path, error=str(exc))
+        return error_response(
+            503,
+            Code.STORE_FAILED,
+            f"could not save the change, so nothing was changed: {exc}",
+        )
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         return error_response(

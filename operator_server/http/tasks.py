@@ -116,7 +116,7 @@ async def create_task(request: web.Request) -> web.Response:
     if (parent := body.get("parent_task_id")) and parent not in engine.tasks:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
-        task = engine.submit(
+        task = await engine.submit(
             agent=body["agent"],
             directive=body["directive"],
             system=body.get("system"),

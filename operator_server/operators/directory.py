@@ -3,6 +3,10 @@
 A session is registered into the engine's three registries under its sid the
 moment it is minted — never by the connect path — and unregistered (roles
 released, pending requests failed, socket closed) when it is deleted or expires.
+
+Mint and delete are durable: the store write happens before the answer, and a
+failed write leaves memory as it was (a failed mint releases its roles).  At
+start-up ``restore`` brings back stored sessions before the server listens.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import uuid
 
 from operator_server.config import Settings
 from operator_server.engine import Engine
+from operator_server.engine.registries import RolesConflict
 from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession, hash_token
+from operator_server.store import SessionRecord, StoreError
 
 log = get_logger(__name__)
 
@@ -30,26 +36,76 @@ class OperatorDirectory:
         self.directive = directive
         self.sessions: dict[str, WSOperatorSession] = {}
 
-    def mint(self, roles: list[str], desc: str) -> tuple[WSOperatorSession, str]:
-        """A new session and its token.  Raises ``RolesConflict`` and takes nothing."""
+    async def mint(self, roles: list[str], desc: str) -> tuple[WSOperatorSession, str]:
+        """A new session and its token, on disk.
+
+        Raises ``RolesConflict`` or ``StoreError``; either way nothing is taken.
+        """
         sid = f"op-{uuid.uuid4()}"
         token = secrets.token_urlsafe(32)  # 256 bits
         self.engine.roles.claim(sid, roles)
-        session = WSOperatorSession(
-            sid=sid,
-            token_hash=hash_token(token),
-            roles=list(roles),
-            desc=desc,
-            settings=self.settings,
-            directive=self.directive,
-        )
-        self.add(session)
+        session = self._session(SessionRecord(sid, hash_token(token), list(roles), desc, 0, 0))
+        self._add(session)
+        try:
+            await self.engine.store.put_session(self.record_of(session))
+        except StoreError:
+            self.sessions.pop(sid)
+            self.engine.unregister_operator(sid)
+            raise
         log.info("operator minted", sid=sid, roles=roles)
         return session, token
 
-    def add(self, session: WSOperatorSession) -> None:
+    def _session(self, record: SessionRecord) -> WSOperatorSession:
+        return WSOperatorSession(
+            sid=record.sid,
+            token_hash=record.token_sha256,
+            roles=record.roles,
+            desc=record.desc,
+            settings=self.settings,
+            directive=self.directive,
+            created_at=record.created_at or None,
+            last_seen_at=record.last_seen_at or None,
+        )
+
+    @staticmethod
+    def record_of(session: WSOperatorSession) -> SessionRecord:
+        return SessionRecord(
+            session.sid,
+            session.token_hash,
+            session.roles,
+            session.desc,
+            session.created_at,
+            session.last_seen_at,
+        )
+
+    def _add(self, session: WSOperatorSession) -> None:
         self.sessions[session.sid] = session
         self.engine.register_operator(session.sid, session)
+
+    def restore(self, record: SessionRecord, now: float) -> bool:
+        """Bring back a stored session; False when it has expired or clashes."""
+        ttl = self.settings.session_idle_ttl_s
+        if ttl and now - record.last_seen_at >= ttl:
+            log.info("stored session expired while the server was down", sid=record.sid)
+            return False
+        try:
+            self.engine.roles.claim(record.sid, record.roles)
+        except RolesConflict as exc:
+            log.warning(
+                "stored session skipped: its roles are taken", sid=record.sid, error=str(exc)
+            )
+            return False
+        self._add(self._session(record))
+        return True
+
+    def seen(self, session: WSOperatorSession) -> None:
+        """Record that the session was just seen (socket attached or detached)."""
+        self.engine.store.touch_session_soon(session.sid, session.last_seen_at)
+
+    async def delete(self, sid: str, code: Code, message: str) -> SocketPump | None:
+        """Forget the session on disk first, then everywhere in memory."""
+        await self.engine.store.delete_session(sid)
+        return self.remove(sid, code, message)
 
     def remove(
         self, sid: str, code: Code, message: str, close_code: int = 1000
@@ -70,12 +126,27 @@ class OperatorDirectory:
             if (idle := s.idle_since()) is not None and now - idle >= ttl
         ]
 
-    def sweep(self) -> list[str]:
-        """Tear down sessions idle with no socket for ``session_idle_ttl_s``."""
-        gone = self.expired()
+    async def sweep(self) -> list[str]:
+        """Tear down sessions idle with no socket for ``session_idle_ttl_s``.
+
+        Connected sessions are touched on disk, so after a crash their idle time
+        counts from the last sweep, not from when they connected.
+        """
+        now = time.time()
+        for session in self.sessions.values():
+            if session.connected:
+                session.last_seen_at = now
+                self.seen(session)
+        gone = self.expired(now)
+        ttl = self.settings.session_idle_ttl_s
         for sid in gone:
-            ttl = self.settings.session_idle_ttl_s
-            self.remove(sid, Code.OPERATOR_EXPIRED, f"session idle with no socket for {ttl:g}s")
+            try:
+                await self.delete(
+                    sid, Code.OPERATOR_EXPIRED, f"session idle with no socket for {ttl:g}s"
+                )
+            except StoreError as exc:
+                log.error("could not expire session; will retry", sid=sid, error=str(exc))
+                continue
             log.info("operator session expired", sid=sid)
         return gone
 

@@ -91,7 +91,7 @@ async def mint_operator(request: web.Request) -> web.Response:
         require_bearer(request, settings.api_token, "api_token")
     body = load(MintSchema(), await read_json(request) if request.can_read_body else {})
     try:
-        session, token = request.app[DIRECTORY].mint(body["roles"], body["desc"])
+        session, token = await request.app[DIRECTORY].mint(body["roles"], body["desc"])
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
         raise ApiError(
@@ -110,7 +110,9 @@ async def operator_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/operators/{sid}")
 async def delete_operator(request: web.Request) -> web.Response:
     session, _ = _authorize(request)
-    request.app[DIRECTORY].remove(session.sid, Code.OPERATOR_DELETED, "operator session deleted")
+    await request.app[DIRECTORY].delete(
+        session.sid, Code.OPERATOR_DELETED, "operator session deleted"
+    )
     return web.Response(status=204)
 
 
@@ -141,11 +143,14 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         name=session.sid,
         log=session.log,
     )
+    directory = request.app[DIRECTORY]
     session.attach(pump, f"{request.scheme}://{request.host}")
+    directory.seen(session)
     try:
         await pump.read_loop(session.handle_text)
     finally:
         session.detach(pump)
+        directory.seen(session)
         pump.close(1000, "bye")
         await pump.wait_closed(settings.shutdown_timeout_s)
     return ws

@@ -1,0 +1,61 @@
+"""Start-up recovery: bring stored sessions and tasks back before listening.
+
+Sessions come first, so that a task re-dispatched here resolves its operator;
+the operator then sees the new attempt's requests when it reconnects (they wait
+``reconnect_grace_s`` for it).  A row that cannot be decoded is skipped with a
+warning naming it — one bad row never stops the server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from operator_server.engine import Engine
+from operator_server.engine.tasks import Task
+from operator_server.logs import get_logger
+from operator_server.operators.directory import OperatorDirectory
+from operator_server.store import Store
+
+log = get_logger(__name__)
+
+
+async def recover(engine: Engine, directory: OperatorDirectory, store: Store) -> dict[str, Any]:
+    now = time.time()
+    restored = dropped = skipped = 0
+    for row in await store.load_sessions():
+        if row.error is not None:
+            log.warning(
+                "skipping a stored session that cannot be decoded", sid=row.key, error=row.error
+            )
+            skipped += 1
+        elif directory.restore(row.value, now):
+            restored += 1
+        else:
+            await store.delete_session(row.key)
+            dropped += 1
+    tasks = redispatched = 0
+    for row in await store.load_tasks():
+        try:
+            if row.error is not None:
+                raise ValueError(row.error)
+            task = Task.from_record(row.value)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
+            )
+            skipped += 1
+            continue
+        was_open = not task.status.terminal
+        engine.recover_task(task)
+        tasks += 1
+        redispatched += was_open and not task.status.terminal
+    summary = {
+        "sessions": restored,
+        "sessions_dropped": dropped,
+        "tasks": tasks,
+        "redispatched": redispatched,
+        "skipped_rows": skipped,
+    }
+    log.info("recovered stored state", **summary)
+    return summary

@@ -1,0 +1,28 @@
+"""Durable state: operator sessions and tasks.
+
+``open_store(settings)`` picks the implementation: SQLite for a file path (the
+default, ``data/operator-server.sqlite``), a process-local ``MemoryStore`` for
+``":memory:"``.
+"""
+
+from operator_server.config import Settings
+from operator_server.store.base import Row, SessionRecord, Store, StoreError
+from operator_server.store.memory import MemoryStore
+from operator_server.store.sqlite import SQLiteStore
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store.path == ":memory:":
+        return MemoryStore()
+    return SQLiteStore(settings.store.path)
+
+
+__all__ = [
+    "MemoryStore",
+    "Row",
+    "SQLiteStore",
+    "SessionRecord",
+    "Store",
+    "StoreError",
+    "open_store",
+]

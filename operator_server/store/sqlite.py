@@ -1,0 +1,298 @@
+"""SQLite, behind one thread, with group commit.
+
+Every operation goes through one queue to one thread that owns the connection,
+so order is exactly the order of the calls.  The thread takes what is queued
+(up to ``BATCH``) and runs it in one transaction — one commit, one fsync, for
+many writes under load — with a savepoint per operation so a failing one fails
+alone.  Durable callers are answered after the commit.
+
+WAL journal, ``synchronous=FULL`` (a committed write survives power loss, not
+only a crash), a busy timeout, the file created with mode 0600, and the schema
+versioned in ``PRAGMA user_version`` with forward migrations run at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operator_server.logs import get_logger
+from operator_server.store.base import Row, SessionRecord, Store, StoreError
+
+log = get_logger(__name__)
+BATCH = 512
+BUSY_TIMEOUT_MS = 5000
+
+# Forward migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE operator_sessions (
+        sid          TEXT PRIMARY KEY,
+        token_sha256 TEXT NOT NULL,
+        roles        TEXT NOT NULL,
+        desc         TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        last_seen_at REAL NOT NULL
+    );
+    CREATE TABLE tasks (
+        id         TEXT PRIMARY KEY,
+        status     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        data       TEXT NOT NULL
+    );
+    CREATE INDEX tasks_by_status ON tasks (status, updated_at);
+    """,
+]
+
+Work = Callable[[sqlite3.Connection], Any]
+
+
+@dataclass
+class _Op:
+    work: Work
+    future: asyncio.Future[Any] | None  # None: a "soon" write
+    what: str
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start the thread; it opens the file and runs the migrations."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="store-sqlite", daemon=True)
+        self._thread.start()
+        await self._call(_migrate, "migrate")
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Create it ourselves so it is 0600 from the first byte; SQLite gives its
+        # -wal and -shm files the same mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    async def close(self) -> None:
+        """Write everything queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    # -- the thread -------------------------------------------------------
+
+    def _work(self) -> None:
+        try:
+            conn: sqlite3.Connection | None = self._connect()
+            broken: StoreError | None = None
+        except (OSError, sqlite3.Error) as exc:
+            conn, broken = None, StoreError(f"cannot open {self.path}: {exc}")
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            if conn is None:
+                for op in batch:
+                    self._deliver(op, False, broken)
+            else:
+                self._run_batch(conn, batch)
+        if conn is not None:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op.work(conn)))
+                    conn.execute("RELEASE op")
+                except (sqlite3.Error, ValueError, TypeError) as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, StoreError(f"{op.what}: {exc}")))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"commit failed: {exc}")
+            outcomes = [(False, error)] * len(batch)
+        for op, (ok, value) in zip(batch, outcomes, strict=True):
+            self._deliver(op, ok, value)
+
+    def _deliver(self, op: _Op, ok: bool, value: Any) -> None:
+        assert self._loop is not None
+        if op.future is not None:
+            fut = op.future
+            if ok:
+                self._loop.call_soon_threadsafe(_settle, fut, value, None)
+            else:
+                self._loop.call_soon_threadsafe(_settle, fut, None, value)
+        elif not ok:
+            self._loop.call_soon_threadsafe(
+                lambda: log.error("background store write failed", what=op.what, error=str(value))
+            )
+
+    # -- queueing ---------------------------------------------------------
+
+    async def _call(self, work: Work, what: str) -> Any:
+        if self._thread is None or self._loop is None:
+            raise StoreError("the store is not open")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put(_Op(work, fut, what))
+        return await fut
+
+    def _soon(self, work: Work, what: str) -> None:
+        if self._thread is None:
+            log.error("store write after close dropped", what=what)
+            return
+        self._queue.put(_Op(work, None, what))
+
+    # -- operations -------------------------------------------------------
+
+    async def put_session(self, record: SessionRecord) -> None:
+        row = (
+            record.sid,
+            record.token_sha256,
+            json.dumps(record.roles),
+            record.desc,
+            record.created_at,
+            record.last_seen_at,
+        )
+        await self._call(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO operator_sessions VALUES (?,?,?,?,?,?)", row
+            ),
+            f"save session {record.sid}",
+        )
+
+    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
+        self._soon(
+            lambda c: c.execute(
+                "UPDATE operator_sessions SET last_seen_at = ? WHERE sid = ?", (last_seen_at, sid)
+            ),
+            f"touch session {sid}",
+        )
+
+    async def delete_session(self, sid: str) -> None:
+        await self._call(
+            lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = ?", (sid,)),
+            f"delete session {sid}",
+        )
+
+    async def load_sessions(self) -> list[Row]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT * FROM operator_sessions ORDER BY created_at").fetchall(),
+            "load sessions",
+        )
+        out = []
+        for sid, token_sha256, roles, desc, created_at, last_seen_at in rows:
+            try:
+                record = SessionRecord(
+                    sid, token_sha256, list(json.loads(roles)), desc, created_at, last_seen_at
+                )
+            except (ValueError, TypeError) as exc:
+                out.append(Row(sid, None, f"cannot decode: {exc}"))
+            else:
+                out.append(Row(sid, record))
+        return out
+
+    @staticmethod
+    def _task_row(record: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            record["id"],
+            record["status"],
+            record["created_at"],
+            record["updated_at"],
+            json.dumps(record, separators=(",", ":")),
+        )
+
+    async def put_task(self, record: dict[str, Any]) -> None:
+        row = self._task_row(record)
+        await self._call(
+            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
+            f"save task {record['id']}",
+        )
+
+    def put_task_soon(self, record: dict[str, Any]) -> None:
+        row = self._task_row(record)  # snapshot now, on the caller's thread
+        self._soon(
+            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
+            f"save task {record['id']}",
+        )
+
+    async def load_tasks(self) -> list[Row]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT id, data FROM tasks ORDER BY created_at").fetchall(),
+            "load tasks",
+        )
+        out = []
+        for task_id, data in rows:
+            try:
+                out.append(Row(task_id, json.loads(data)))
+            except (ValueError, TypeError) as exc:
+                out.append(Row(task_id, None, f"cannot decode: {exc}"))
+        return out
+
+    async def delete_tasks(self, task_ids: list[str]) -> None:
+        if not task_ids:
+            return
+        await self._call(
+            lambda c: c.executemany("DELETE FROM tasks WHERE id = ?", [(t,) for t in task_ids]),
+            f"delete {len(task_ids)} tasks",
+        )
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise sqlite3.DatabaseError(
+            f"database schema version {version} is newer than this server knows "
+            f"({len(MIGRATIONS)}); refusing to touch it"
+        )
+    for target in range(version, len(MIGRATIONS)):
+        for statement in MIGRATIONS[target].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {target + 1}")
+    return len(MIGRATIONS)
