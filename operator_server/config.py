@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from marshmallow import (
-    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -99,9 +98,6 @@ def _seconds(default: float, *, allow_zero: bool = True) -> fields.Float:
 
 
 class StoreSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     path = fields.String(load_default=StoreSettings.path, validate=validate.Length(min=1))
     retention_s = _seconds(StoreSettings.retention_s)
     max_interruptions = fields.Integer(
@@ -114,9 +110,6 @@ class StoreSchema(Schema):
 
 
 class SettingsSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     host = fields.String(load_default=Settings.host, validate=validate.Length(min=1))
     port = fields.Integer(load_default=Settings.port, validate=validate.Range(min=0, max=65535))
     public_url = fields.String(load_default="", validate=lambda v: not v or _URL(v))

@@ -41,6 +41,18 @@ def wait_health(url: str, ready: str, condition: object = None) -> None:
     raise SystemExit(f"timed out waiting: {ready}")
 
 
+def create_task(url: str, *args: str) -> None:
+    """``operator-server task create ... --wait 20``, and print how it ended."""
+    out = subprocess.run(
+        [*CLI, "task", "create", "--url", url, *args, "--wait", "20"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    task = json.loads(out)
+    print(f"    status={task['status']} result={task['result']}", flush=True)
+
+
 def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -64,49 +76,9 @@ def main() -> int:
         wait_health(url, "the operator to connect", lambda h: h["operators"]["connected"] == 1)
         for directive in ("hello from the demo", "every spawn is a real process"):
             step(f"operator-server task create --role demo --directive {directive!r} --wait 20")
-            out = subprocess.run(
-                [
-                    *CLI,
-                    "task",
-                    "create",
-                    "--url",
-                    url,
-                    "--agent",
-                    "shell",
-                    "--role",
-                    "demo",
-                    "--directive",
-                    directive,
-                    "--wait",
-                    "20",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            task = json.loads(out)
-            print(f"    status={task['status']} result={task['result']}")
+            create_task(url, "--agent", "shell", "--role", "demo", "--directive", directive)
         step("a task with no operator is served by the built-in echo agent")
-        out = subprocess.run(
-            [
-                *CLI,
-                "task",
-                "create",
-                "--url",
-                url,
-                "--agent",
-                "echo",
-                "--directive",
-                '{"echo": "me"}',
-                "--wait",
-                "5",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        task = json.loads(out)
-        print(f"    status={task['status']} result={task['result']}")
+        create_task(url, "--agent", "echo", "--directive", '{"echo": "me"}')
     finally:
         step("stopping")
         for proc in (operator, daemon):

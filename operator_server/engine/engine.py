@@ -312,7 +312,7 @@ class Engine:
 
     def _fire_and_forget(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         task_id = structlog.contextvars.get_contextvars().get("task_id")
-        self.background.spawn(coro, name=f"{what}:{task_id}")
+        self.background.spawn(_report_failure(coro, what), name=f"{what}:{task_id}")
 
     # -- worker side ------------------------------------------------------
 
@@ -364,3 +364,11 @@ class Engine:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+
+async def _report_failure(coro: Coroutine[Any, Any, Any], what: str) -> None:
+    """Nobody awaits fire-and-forget work, so say here when it did not happen."""
+    try:
+        await coro
+    except AttemptFailed as exc:
+        log.warning(f"{what} not delivered", code=exc.code, message=exc.message)

@@ -12,7 +12,6 @@ from typing import Any
 
 from aiohttp import web
 from marshmallow import (
-    RAISE,
     Schema,
     ValidationError,
     fields,
@@ -35,9 +34,6 @@ _NAME = validate.Length(min=1, max=200)
 
 
 class OperatorSpecSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     sid = fields.String(validate=_NAME)
     role = fields.String(validate=_NAME)
     senior_bridge = fields.String(validate=_NAME)
@@ -58,9 +54,6 @@ class OperatorSpecSchema(Schema):
 
 
 class TaskRequestSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     agent = fields.String(required=True, validate=_NAME)
     directive = fields.Raw(required=True, allow_none=False)
     system = fields.String(allow_none=True)
@@ -77,18 +70,12 @@ class TaskRequestSchema(Schema):
 
 
 class ListQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     status = fields.Enum(TaskStatus, by_value=True)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     after = fields.String()
 
 
 class GetQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(min=0))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from marshmallow import RAISE, Schema, fields
+from marshmallow import Schema, fields
 
 from operator_server.appkeys import ENGINE
 from operator_server.engine import WorkerResult
@@ -22,25 +22,16 @@ routes = web.RouteTableDef()
 
 
 class PromptQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     task_id = fields.String()
 
 
 class ResultSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     value = fields.Raw(required=True, allow_none=True)
     ok = StrictBoolean(load_default=True)
     task_id = fields.String()
 
 
 class SubmitQuerySchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     ok = fields.Boolean(load_default=True)
     task_id = fields.String()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from operator_server.appkeys import BACKGROUND, DIRECTORY, SETTINGS
 from operator_server.engine.registries import RolesConflict
@@ -28,9 +28,6 @@ SUBPROTOCOL_PREFIX = "bearer."
 
 
 class MintSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
     roles = fields.List(fields.String(validate=validate.Length(max=200)), load_default=list)
     desc = fields.String(load_default="", validate=validate.Length(max=2000))
 

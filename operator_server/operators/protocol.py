@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
+from marshmallow import Schema, ValidationError, fields, missing, validate
 
 from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import StrictBoolean
@@ -29,8 +29,8 @@ REPLY_TO = {
 
 
 class _Frame(Schema):
-    class Meta:
-        unknown = RAISE
+    """Every frame.  marshmallow's default ``unknown = RAISE`` applies, as to every
+    schema in this project: an undeclared field is an error that names it."""
 
 
 class _Request(_Frame):

@@ -270,3 +270,35 @@ async def test_a_burst_past_the_queue_cap_disconnects_and_the_replay_still_gets_
         ask = await expect(ws2, "ask")
         await ws2.send_json({"type": "answer", "req_id": ask["req_id"], "value": ask["question"]})
     assert await asyncio.wait_for(asyncio.gather(*callers), 10) == list(range(50))
+
+
+async def test_a_hook_after_that_cannot_be_delivered_is_logged_not_lost_silently(
+    server: Server,
+) -> None:
+    from structlog.contextvars import merge_contextvars
+
+    client = await server(reconnect_grace_s=0.2)
+    hook_sid, hook_token = await mint(client)
+    backend_sid, backend_token = await mint(client)
+    hook_ws = await connect(client, hook_sid, hook_token)
+    backend_ws = await connect(client, backend_sid, backend_token)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        task = await create_task(
+            client, agent="coder", operator={"spawn_hook": hook_sid, "backend": backend_sid}
+        )
+        hook = await expect(hook_ws, "hook_before")
+        await hook_ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+        spawn = await expect(backend_ws, "spawn")
+        await hook_ws.close()  # the hook's operator leaves before the attempt ends
+        hook_session = directory_of(client).sessions[hook_sid]
+        await eventually(lambda: not hook_session.connected)
+        await backend_ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 1})
+        done = await wait_task(client, task["id"])
+        assert done["status"] == "passed"
+        await eventually(
+            lambda: any(e["event"] == "hook-after not delivered" for e in logs), what="warning"
+        )
+    warning = next(e for e in logs if e["event"] == "hook-after not delivered")
+    assert warning["log_level"] == "warning" and warning["code"] == "operator_unavailable"
+    assert warning["task_id"] == task["id"]
+    assert hook_session.pending == {}
