@@ -5,8 +5,9 @@ A task's run is one background task (``task:<id>``) looping over attempts;
 capability, and always records how it ended.  A task never stays ``running``
 after its run ended: the run's done-callback settles anything it could not.
 
-Persistence: creating a task is a durable write (the 202 means it is on disk);
-every later transition is queued to the store in order (``_changed``), and
+Persistence: creating a task and starting an attempt are durable writes (the
+202 means it is on disk; no operator hears of an attempt before its start is);
+every other transition is queued to the store in order (``_changed``), and
 ``recover_task`` decides what a restart does with each stored task.
 """
 
@@ -38,7 +39,7 @@ from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
 from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
-from operator_server.store import Store
+from operator_server.store import Store, StoreError
 
 log = get_logger(__name__)
 
@@ -250,7 +251,6 @@ class Engine:
     async def dispatch_attempt(self, task: Task) -> AttemptRecord:
         """Run the next attempt of ``task`` through the middleware chain."""
         record = task.start_attempt()
-        self._changed(task)
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = self.capabilities.mint(task.id, record.number)
         ctx = AttemptContext(
@@ -268,6 +268,15 @@ class Engine:
         self._contexts[task.id] = ctx
         log.info("attempt started", kind=str(task.kind))
         try:
+            # Durable before anyone is asked to work on it: a crash from here on
+            # is then always seen as an interruption of this attempt, and counted
+            # (otherwise a task that kills the server could retry forever).
+            try:
+                await self.store.put_task(task.to_record())
+            except StoreError as exc:
+                raise AttemptFailed(
+                    Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
+                ) from exc
             ctx.operator = info = self.resolve_operator_info(task)
             record.served_by = {
                 face: sid

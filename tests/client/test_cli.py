@@ -132,3 +132,49 @@ async def test_task_cancel_command_stops_a_running_task(server: Server) -> None:
     )
     assert code == 0 and cancelled["status"] == "cancelled"
     assert cancelled["error"]["message"] == "from the cli"
+
+
+async def test_approve_ask_lets_the_person_at_the_terminal_decide(server: Server) -> None:
+    import os
+    import pty
+
+    client = await server()
+    controller, terminal = pty.openpty()  # a real terminal on stdin: isatty() is true
+    proc = await asyncio.create_subprocess_exec(
+        *CLI,
+        "operator",
+        "--url",
+        base(client),
+        "--role",
+        "gate",
+        "--approve",
+        "ask",
+        "--exec",
+        "cat",
+        stdin=terminal,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    os.close(terminal)
+    assert proc.stdout is not None
+    try:
+        assert b"waiting for work" in await asyncio.wait_for(proc.stdout.readline(), 30)
+
+        async def decide(answer: bytes) -> None:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)  # type: ignore[union-attr]
+            assert b"approve spawn of" in line and b"[y/N]" in line, line
+            os.write(controller, answer)
+
+        no = await create_task(client, agent="a", directive="x", operator={"role": "gate"})
+        await decide(b"n\n")
+        done = await wait_task(client, no["id"], wait=20)
+        assert done["error"]["message"] == "spawn rejected: rejected at the terminal"
+
+        yes = await create_task(client, agent="a", directive="typed yes", operator={"role": "gate"})
+        await decide(b"y\n")
+        done = await wait_task(client, yes["id"], wait=20)
+        assert done["status"] == "passed" and done["result"]["value"] == "typed yes"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 30)
+        os.close(controller)

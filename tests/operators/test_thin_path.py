@@ -204,3 +204,13 @@ async def test_logs_carry_task_and_request_ids_and_never_a_credential(server: Se
     assert any(e["event"] == "attempt started" and e["attempt"] == 1 for e in engine_task)
     timed_out = [e for e in logs if e["event"] == "request timed out"]
     assert timed_out and timed_out[0]["sid"] == op["sid"] and timed_out[0]["req_id"]
+
+
+async def test_the_directive_names_the_configured_public_url(server: Server) -> None:
+    client = await server(public_url="https://ops.example:8443/")
+    sid, ws = await seated(client)
+    await create_task(client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"])
+    spawn = await expect(ws, "spawn")
+    assert "https://ops.example:8443/v1/worker/prompt" in spawn["directive"]
+    assert "https://ops.example:8443/v1/worker/result" in spawn["directive"]
+    assert f"Bearer {spawn['worker_handle']}" in spawn["directive"]

@@ -233,3 +233,46 @@ async def test_an_unopenable_store_stops_start_up_with_the_reason(tmp_path: Path
     with pytest.raises(StoreError, match="cannot open"):
         await store.open()
     await store.close()
+
+
+async def test_an_attempt_is_on_disk_before_any_operator_hears_of_it(
+    server: Server, db: Path
+) -> None:
+    client = await server(store__path=str(db))
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await expect(ws, "hook_before")
+    # Read the file from outside, as a restart would, at the moment the operator is asked.
+    conn = sqlite3.connect(db)
+    status, data = conn.execute(
+        "SELECT status, data FROM tasks WHERE id = ?", (task["id"],)
+    ).fetchone()
+    conn.close()
+    assert status == "running" and '"attempt":1' in data
+
+
+async def test_a_failed_attempt_start_write_fails_the_attempt_with_store_failed(
+    server: Server, db: Path
+) -> None:
+    client = await server(store__path=str(db), max_wait_s=30)
+    sid, _ = await mint(client)
+    store = client.app[STORE]  # type: ignore[index]
+    assert isinstance(store, SQLiteStore)
+    # The task's creation commits; everything after it fails.
+    engine = engine_of(client)
+    real_put = store.put_task
+    calls = 0
+
+    async def put_then_break(record: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        await real_put(record)
+        if calls == 1:
+            await make_read_only(client)
+
+    store.put_task = put_then_break  # type: ignore[method-assign]
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "store_failed"
+    assert engine.tasks[task["id"]].status == "failed"
