@@ -60,6 +60,14 @@ async def answer_hook(ws: Any, ok: bool = True, reason: str | None = None) -> No
     await ws.send_json(frame)
 
 
+async def spawned(client: TestClient[Any, Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """A seated operator holding the spawn of a fresh task: (socket, task, spawn frame)."""
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid})
+    await answer_hook(ws)
+    return ws, task, await expect(ws, "spawn")
+
+
 async def test_hook_rejection_over_the_socket_fails_the_task(server: Server) -> None:
     client = await server()
     sid, ws = await seated(client)
@@ -93,10 +101,7 @@ async def test_ok_false_is_escalated_by_ask_and_the_answer_overrides(server: Ser
 
 async def test_spawn_halt_ends_the_attempt_ok_and_beats_a_worker_post(server: Server) -> None:
     client = await server()
-    sid, ws = await seated(client)
-    task = await create_task(client, agent="coder", operator={"sid": sid})
-    await answer_hook(ws)
-    spawn = await expect(ws, "spawn")
+    ws, task, spawn = await spawned(client)
     auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
     await client.post("/v1/worker/result", json={"value": "partial"}, headers=auth)
     await ws.send_json(
@@ -109,10 +114,7 @@ async def test_spawn_halt_ends_the_attempt_ok_and_beats_a_worker_post(server: Se
 
 async def test_spawn_ack_with_error_fails_the_attempt(server: Server) -> None:
     client = await server()
-    sid, ws = await seated(client)
-    task = await create_task(client, agent="coder", operator={"sid": sid})
-    await answer_hook(ws)
-    spawn = await expect(ws, "spawn")
+    ws, task, spawn = await spawned(client)
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "error": "no GPU"})
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed"
@@ -121,10 +123,7 @@ async def test_spawn_ack_with_error_fails_the_attempt(server: Server) -> None:
 
 async def test_spawn_ack_value_is_the_result_when_no_worker_posted(server: Server) -> None:
     client = await server()
-    sid, ws = await seated(client)
-    task = await create_task(client, agent="coder", operator={"sid": sid})
-    await answer_hook(ws)
-    spawn = await expect(ws, "spawn")
+    ws, task, spawn = await spawned(client)
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {"n": 7}})
     done = await wait_task(client, task["id"])
     assert done["result"] == {"value": {"n": 7}, "ok": True}
@@ -172,10 +171,7 @@ async def test_one_socket_serves_many_tasks_concurrently(server: Server) -> None
 
 async def test_an_answer_with_error_fails_the_attempt_instead_of_approving(server: Server) -> None:
     client = await server()
-    sid, ws = await seated(client)
-    task = await create_task(client, agent="coder", operator={"sid": sid})
-    await answer_hook(ws)
-    spawn = await expect(ws, "spawn")
+    ws, task, spawn = await spawned(client)
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 0, "ok": False})
     ask = await expect(ws, "ask")
     await ws.send_json({"type": "answer", "req_id": ask["req_id"], "error": "senior crashed"})
