@@ -309,7 +309,8 @@ class Engine:
             self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
             task.touch()
-            self._changed(task)
+        # Not stored here: every caller's next step stores the task (the next
+        # attempt's durable start, or the run's end), with no await in between.
         return record
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:

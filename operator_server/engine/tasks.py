@@ -149,8 +149,8 @@ class AttemptRecord:
             "status": str(self.status),
             "started_at": iso(self.started_at),
             "ended_at": iso(self.ended_at),
-            "result": self.result.as_dict() if self.result else None,
-            "error": self.error.as_dict() if self.error else None,
+            "result": _result_record(self.result),
+            "error": _error_record(self.error),
             "served_by": self.served_by,
             "outputs": [e.as_dict() for e in self.tail.events],
         }
@@ -162,7 +162,7 @@ class AttemptRecord:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "result": _result_record(self.result),
-            "error": self.error.as_dict() if self.error else None,
+            "error": _error_record(self.error),
             "served_by": self.served_by,
             "tail": [e.to_record() for e in self.tail.events],
         }
@@ -184,7 +184,11 @@ class AttemptRecord:
 
 
 def _result_record(result: WorkerResult | None) -> dict[str, Any] | None:
-    return None if result is None else {"value": result.value, "ok": result.ok}
+    return None if result is None else result.as_dict()
+
+
+def _error_record(error: AttemptFailed | None) -> dict[str, Any] | None:
+    return None if error is None else error.as_dict()
 
 
 def _result_from(rec: dict[str, Any] | None) -> WorkerResult | None:
@@ -271,7 +275,7 @@ class Task:
             "parent_task_id": self.parent_task_id,
             "attempt": self.attempt,
             "result": _result_record(self.result),
-            "error": self.error.as_dict() if self.error else None,
+            "error": _error_record(self.error),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "attempts": [a.to_record() for a in self.attempts],
@@ -320,8 +324,8 @@ class Task:
             "attempt": self.attempt,
             "max_attempts": self.max_attempts,
             "interruptions": self.interruptions,
-            "result": self.result.as_dict() if self.result else None,
-            "error": self.error.as_dict() if self.error else None,
+            "result": _result_record(self.result),
+            "error": _error_record(self.error),
             "directive": self.directive,
             "system": self.system,
             "operator": self.operator.as_dict() if self.operator else None,

@@ -43,14 +43,15 @@ class OperatorDirectory:
         """
         sid = f"op-{uuid.uuid4()}"
         token = secrets.token_urlsafe(32)  # 256 bits
+        now = time.time()
+        record = SessionRecord(sid, hash_token(token), list(roles), desc, now, now)
         self.engine.roles.claim(sid, roles)
-        session = self._session(SessionRecord(sid, hash_token(token), list(roles), desc, 0, 0))
+        session = self._session(record)
         self._add(session)
         try:
-            await self.engine.store.put_session(self.record_of(session))
+            await self.engine.store.put_session(record)
         except StoreError:
-            self.sessions.pop(sid)
-            self.engine.unregister_operator(sid)
+            self._drop(sid)
             raise
         log.info("operator minted", sid=sid, roles=roles)
         return session, token
@@ -63,19 +64,8 @@ class OperatorDirectory:
             desc=record.desc,
             settings=self.settings,
             directive=self.directive,
-            created_at=record.created_at or None,
-            last_seen_at=record.last_seen_at or None,
-        )
-
-    @staticmethod
-    def record_of(session: WSOperatorSession) -> SessionRecord:
-        return SessionRecord(
-            session.sid,
-            session.token_hash,
-            session.roles,
-            session.desc,
-            session.created_at,
-            session.last_seen_at,
+            created_at=record.created_at,
+            last_seen_at=record.last_seen_at,
         )
 
     def _add(self, session: WSOperatorSession) -> None:
@@ -111,9 +101,14 @@ class OperatorDirectory:
         self, sid: str, code: Code, message: str, close_code: int = 1000
     ) -> SocketPump | None:
         """Unregister everywhere, fail what is pending, close the socket."""
+        session = self._drop(sid)
+        return session.end(AttemptFailed(code, message), close_code, message)
+
+    def _drop(self, sid: str) -> WSOperatorSession:
+        """Out of the directory, the three registries and the role map."""
         session = self.sessions.pop(sid)
         self.engine.unregister_operator(sid)
-        return session.end(AttemptFailed(code, message), close_code, message)
+        return session
 
     def expired(self, now: float | None = None) -> list[str]:
         ttl = self.settings.session_idle_ttl_s

@@ -229,28 +229,25 @@ class SQLiteStore(Store):
         return out
 
     @staticmethod
-    def _task_row(record: dict[str, Any]) -> tuple[Any, ...]:
-        return (
+    def _task_write(record: dict[str, Any]) -> tuple[Work, str]:
+        """The write for ``record``, snapshotted now, on the caller's thread."""
+        row = (
             record["id"],
             record["status"],
             record["created_at"],
             record["updated_at"],
             json.dumps(record, separators=(",", ":")),
         )
+        return (
+            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
+            f"save task {record['id']}",
+        )
 
     async def put_task(self, record: dict[str, Any]) -> None:
-        row = self._task_row(record)
-        await self._call(
-            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
-            f"save task {record['id']}",
-        )
+        await self._call(*self._task_write(record))
 
     def put_task_soon(self, record: dict[str, Any]) -> None:
-        row = self._task_row(record)  # snapshot now, on the caller's thread
-        self._soon(
-            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
-            f"save task {record['id']}",
-        )
+        self._soon(*self._task_write(record))
 
     async def load_tasks(self) -> list[Row]:
         rows = await self._call(
