@@ -27,7 +27,7 @@ from bench.common import (
     table,
     windowed,
 )
-from operator_server.appkeys import DIRECTORY
+from operator_server.operators.keys import DIRECTORY
 
 Ask = Callable[[str, Any], Awaitable[Any]]
 WINDOWS = ((1, 4000), (100, 30000))

@@ -18,7 +18,7 @@ from bench.common import (
     table,
     windowed,
 )
-from operator_server.appkeys import DIRECTORY
+from operator_server.operators.keys import DIRECTORY
 
 SESSIONS = 1000
 ASKS = 20000

@@ -15,7 +15,7 @@ import time
 
 from aiohttp import web
 
-from operator_server.appkeys import BACKGROUND, DIRECTORY, ENGINE, SETTINGS, STORE
+from operator_server.appkeys import BACKGROUND, ENGINE, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
@@ -25,6 +25,7 @@ from operator_server.logs import get_logger
 from operator_server.operators import login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
+from operator_server.operators.keys import DIRECTORY
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
 
@@ -53,6 +54,7 @@ def build_app(
     app[BACKGROUND] = background
     app[ENGINE] = engine
     app[DIRECTORY] = directory
+    app[OPERATOR_COUNTS] = directory.counts
     app[STORE] = store
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)

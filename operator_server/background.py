@@ -38,9 +38,6 @@ class Background:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("background task crashed", task=task.get_name(), exc_info=exc)
 
-    def names(self) -> list[str]:
-        return sorted(t.get_name() for t in self._tasks)
-
     async def close(self, reason: str = "server shutting down") -> None:
         """Cancel every task still running and wait for all of them to end."""
         self._closed = True

@@ -10,10 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from operator_server.app import build_app
-from operator_server.appkeys import DIRECTORY, ENGINE
+from operator_server.appkeys import ENGINE
 from operator_server.config import Settings, load_settings
 from operator_server.engine import Engine
 from operator_server.operators.directory import OperatorDirectory
+from operator_server.operators.keys import DIRECTORY
 
 # Short enough to keep the suite quick, long enough not to fire by accident.
 FAST = {

@@ -38,7 +38,7 @@ class FakeOperator:
         self.cancelled = asyncio.Event()
         self.last_ctx: AttemptContext | None = None
 
-    async def ask(self, task_id: str, question: Any) -> Any:
+    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
         self.questions.append((task_id, question))
         return self.answer
 

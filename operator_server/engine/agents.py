@@ -22,9 +22,6 @@ class AgentTable:
     def __init__(self) -> None:
         self._agents: dict[str, Agent] = {"echo": echo}
 
-    def register(self, name: str, agent: Agent) -> None:
-        self._agents[name] = agent
-
     def get(self, name: str) -> Agent | None:
         return self._agents.get(name)
 

@@ -26,13 +26,13 @@ from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
 from operator_server.engine.faces import (
     AttemptContext,
+    Face,
     Kind,
     Operator,
     OperatorInfo,
     SeniorBridge,
     SpawnHook,
     WorkerResult,
-    current_request,
 )
 from operator_server.engine.middleware import build_chain
 from operator_server.engine.registries import Registry, RoleAliases
@@ -49,9 +49,14 @@ class Engine:
         self.settings = settings
         self.background = background
         self.store = store
-        self.senior_bridges: Registry[SeniorBridge] = Registry("senior_bridge")
-        self.spawn_hooks: Registry[SpawnHook] = Registry("spawn_hook")
-        self.operators: Registry[Operator] = Registry("operator")
+        self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
+        self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
+        self.operators: Registry[Operator] = Registry(Face.BACKEND)
+        self.registries: dict[Face, Registry[Any]] = {
+            Face.SENIOR_BRIDGE: self.senior_bridges,
+            Face.SPAWN_HOOK: self.spawn_hooks,
+            Face.BACKEND: self.operators,
+        }
         self.roles = RoleAliases()
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
@@ -73,14 +78,12 @@ class Engine:
 
     def register_operator(self, sid: str, face: Any) -> None:
         """Register one object under ``sid`` in all three registries."""
-        self.senior_bridges.register(sid, face)
-        self.spawn_hooks.register(sid, face)
-        self.operators.register(sid, face)
+        for registry in self.registries.values():
+            registry.register(sid, face)
 
     def unregister_operator(self, sid: str) -> None:
-        self.senior_bridges.unregister(sid)
-        self.spawn_hooks.unregister(sid)
-        self.operators.unregister(sid)
+        for registry in self.registries.values():
+            registry.unregister(sid)
         self.roles.release(sid)
 
     def resolve_operator_info(self, task: Task) -> OperatorInfo:
@@ -88,24 +91,20 @@ class Engine:
         spec = task.operator
         if spec is None:
             return OperatorInfo()
-        found: dict[str, Any] = {}
-        for face, registry in (
-            ("senior_bridge", self.senior_bridges),
-            ("spawn_hook", self.spawn_hooks),
-            ("backend", self.operators),
-        ):
-            name = spec.face_names()[face]
+        found: dict[Face, tuple[str, Any]] = {}
+        for face, name in spec.face_names().items():
             if name is None:
                 continue
+            registry = self.registries[face]
             key = name if registry.get(name) is not None else self.roles.resolve(name)
             item = registry.get(key) if key is not None else None
-            if item is None:
+            if key is None or item is None:
                 raise AttemptFailed(
                     Code.OPERATOR_NOT_FOUND,
                     f"{face} {name!r} is not registered (no operator session or role by that name)",
                 )
-            found[face], found[f"{face}_id"] = item, key
-        return OperatorInfo(**found)
+            found[face] = (key, item)
+        return OperatorInfo(found)
 
     # -- tasks ------------------------------------------------------------
 
@@ -207,6 +206,8 @@ class Engine:
     def adopt(self, task: Task) -> None:
         """Track ``task`` and start its run (new, or recovered after a restart)."""
         self.tasks[task.id] = task
+        # A child task started while its parent's spawn is held nests its
+        # requests under that spawn.
         parent = self._contexts.get(task.parent_task_id or "")
         parent_req = parent.open_request if parent else None
         run = self.background.spawn(self._run(task, parent_req), name=f"task:{task.id}")
@@ -218,11 +219,9 @@ class Engine:
 
     async def _run(self, task: Task, parent_req: str | None) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id)
-        if parent_req is not None:
-            current_request.set(parent_req)
         try:
             while True:
-                record = await self.dispatch_attempt(task)
+                record = await self.dispatch_attempt(task, parent_req)
                 if record.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts:
                     break
                 log.info("retrying", attempt=task.attempt, after=str(record.status))
@@ -248,7 +247,7 @@ class Engine:
             task.finish(status, error=AttemptFailed(code, reason))
             self._changed(task)
 
-    async def dispatch_attempt(self, task: Task) -> AttemptRecord:
+    async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> AttemptRecord:
         """Run the next attempt of ``task`` through the middleware chain."""
         record = task.start_attempt()
         structlog.contextvars.bind_contextvars(attempt=record.number)
@@ -264,6 +263,7 @@ class Engine:
             worker_handle=grant.handle,
             tail=record.tail,
             fire_and_forget=self._fire_and_forget,
+            parent_req_id=parent_req_id,
         )
         self._contexts[task.id] = ctx
         log.info("attempt started", kind=str(task.kind))
@@ -278,15 +278,7 @@ class Engine:
                     Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
                 ) from exc
             ctx.operator = info = self.resolve_operator_info(task)
-            record.served_by = {
-                face: sid
-                for face, sid in (
-                    ("senior_bridge", info.senior_bridge_id),
-                    ("spawn_hook", info.spawn_hook_id),
-                    ("backend", info.backend_id),
-                )
-                if sid is not None
-            }
+            record.served_by = info.served_by()
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
         except AttemptFailed as exc:
             record.finish(TaskStatus.FAILED, error=exc)

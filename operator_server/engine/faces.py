@@ -8,7 +8,6 @@ fakes — with no change to the engine.
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +15,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from operator_server.engine.tasks import OutputTail
+
+
+class Face(StrEnum):
+    """The three faces of the Operator role.  Declared here once: registries,
+    operator specs, ``served_by`` and the task schema all iterate over it."""
+
+    SENIOR_BRIDGE = "senior_bridge"
+    SPAWN_HOOK = "spawn_hook"
+    BACKEND = "backend"
 
 
 class Kind(StrEnum):
@@ -48,7 +56,9 @@ class HookVerdict:
 
 @runtime_checkable
 class SeniorBridge(Protocol):
-    async def ask(self, task_id: str, question: Any) -> Any: ...
+    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
+        """Ask for judgement; ``parent_req_id`` names the request it is nested under."""
+        ...
 
 
 @runtime_checkable
@@ -69,22 +79,32 @@ class Operator(Protocol):
 
 @dataclass(frozen=True)
 class OperatorInfo:
-    """Who serves one dispatch, looked up live by ``resolve_operator_info``."""
+    """Who serves one dispatch, looked up live by ``resolve_operator_info``:
+    for each face that resolved, the sid and the object registered under it."""
 
-    senior_bridge: SeniorBridge | None = None
-    senior_bridge_id: str | None = None
-    spawn_hook: SpawnHook | None = None
-    spawn_hook_id: str | None = None
-    backend: Operator | None = None
-    backend_id: str | None = None
+    found: dict[Face, tuple[str, Any]] = field(default_factory=dict)
 
+    def _face(self, face: Face) -> Any:
+        entry = self.found.get(face)
+        return None if entry is None else entry[1]
 
-# The request an operator is handling while this code runs.  A session sets it
-# for the duration of a spawn, and the engine copies it into the runs of child
-# tasks, so their requests carry ``parent_req_id``.
-current_request: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "current_request", default=None
-)
+    @property
+    def senior_bridge(self) -> SeniorBridge | None:
+        face: SeniorBridge | None = self._face(Face.SENIOR_BRIDGE)
+        return face
+
+    @property
+    def spawn_hook(self) -> SpawnHook | None:
+        face: SpawnHook | None = self._face(Face.SPAWN_HOOK)
+        return face
+
+    @property
+    def backend(self) -> Operator | None:
+        face: Operator | None = self._face(Face.BACKEND)
+        return face
+
+    def served_by(self) -> dict[str, str]:
+        return {str(face): sid for face, (sid, _) in self.found.items()}
 
 
 @dataclass
@@ -101,6 +121,10 @@ class AttemptContext:
     operator: OperatorInfo = field(default_factory=OperatorInfo)
     # Starts fire-and-forget work (the after-hook) as a named background task.
     fire_and_forget: Callable[[Coroutine[Any, Any, Any], str], None] | None = None
-    # The operator request in flight for this attempt (set by the session),
-    # used as the parent of requests issued by child tasks.
+    # Nesting of operator requests, owned here and nowhere else:
+    # ``parent_req_id`` is the request this attempt's own requests are issued
+    # under (set by the engine for a child task started during a parent's
+    # spawn); ``open_request`` is this attempt's spawn while an operator holds
+    # it (set by the session), the parent of whatever is issued during it.
+    parent_req_id: str | None = None
     open_request: str | None = None

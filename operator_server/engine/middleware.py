@@ -40,7 +40,9 @@ async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResul
     if result.ok or senior is None:
         return result
     answer = await senior.ask(
-        ctx.task_id, {"reason": "worker reported ok=false", "value": result.value}
+        ctx.task_id,
+        {"reason": "worker reported ok=false", "value": result.value},
+        parent_req_id=ctx.parent_req_id,
     )
     return WorkerResult({"original": result.value, "senior_answer": answer}, ok=True)
 

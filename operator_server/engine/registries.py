@@ -60,6 +60,3 @@ class RoleAliases:
 
     def resolve(self, role: str) -> str | None:
         return self._holder.get(role)
-
-    def roles_of(self, sid: str) -> list[str]:
-        return [r for r, h in self._holder.items() if h == sid]

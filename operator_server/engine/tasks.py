@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from operator_server.engine.faces import Kind, WorkerResult
+from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.errors import AttemptFailed, Code
 
 
@@ -51,13 +51,9 @@ class OperatorSpec:
     backend: str | None = None
     kind: Kind | None = None
 
-    def face_names(self) -> dict[str, str | None]:
+    def face_names(self) -> dict[Face, str | None]:
         everyone = self.sid or self.role
-        return {
-            "senior_bridge": self.senior_bridge or everyone,
-            "spawn_hook": self.spawn_hook or everyone,
-            "backend": self.backend or everyone,
-        }
+        return {face: getattr(self, face) or everyone for face in Face}
 
     def names_anyone(self) -> bool:
         return any(self.face_names().values())

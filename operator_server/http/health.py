@@ -8,7 +8,7 @@ from collections import Counter
 from aiohttp import web
 
 from operator_server import __version__
-from operator_server.appkeys import DIRECTORY, ENGINE
+from operator_server.appkeys import ENGINE, OPERATOR_COUNTS
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()
@@ -17,7 +17,6 @@ _STARTED = time.monotonic()
 @routes.get("/v1/healthz")
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    directory = request.app[DIRECTORY]
     statuses = Counter(str(t.status) for t in engine.tasks.values())
     return web.json_response(
         {
@@ -25,9 +24,6 @@ async def healthz(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": round(time.monotonic() - _STARTED, 3),
             "tasks": dict(statuses),
-            "operators": {
-                "sessions": len(directory.sessions),
-                "connected": sum(1 for s in directory.sessions.values() if s.connected),
-            },
+            "operators": request.app[OPERATOR_COUNTS](),
         }
     )

@@ -23,22 +23,26 @@ from marshmallow import (
 from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.config import LAYER_NAMES
 from operator_server.engine import Kind
+from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
-from operator_server.http.requests import query, read_json, require_bearer
-from operator_server.http.requests import validate as load
+from operator_server.wire.requests import query, read_json, require_bearer
+from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
 
 _NAME = validate.Length(min=1, max=200)
 
 
-class OperatorSpecSchema(Schema):
+# One optional name per face, derived from the one declaration of the faces.
+_FaceNamesSchema = Schema.from_dict(
+    {str(face): fields.String(validate=_NAME) for face in Face}, name="FaceNames"
+)
+
+
+class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
     sid = fields.String(validate=_NAME)
     role = fields.String(validate=_NAME)
-    senior_bridge = fields.String(validate=_NAME)
-    spawn_hook = fields.String(validate=_NAME)
-    backend = fields.String(validate=_NAME)
     kind = fields.Enum(Kind, by_value=True)
 
     @validates_schema

@@ -15,8 +15,8 @@ from operator_server.appkeys import ENGINE
 from operator_server.engine import WorkerResult
 from operator_server.engine.capabilities import Claims, require_task
 from operator_server.errors import ApiError, Code
-from operator_server.http.requests import bearer_of, query, read_json, validate
-from operator_server.wire import StrictBoolean
+from operator_server.wire.fields import StrictBoolean
+from operator_server.wire.requests import bearer_of, query, read_json, validate
 
 routes = web.RouteTableDef()
 

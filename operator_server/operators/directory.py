@@ -110,6 +110,10 @@ class OperatorDirectory:
         self.engine.unregister_operator(sid)
         return session
 
+    def counts(self) -> dict[str, int]:
+        connected = sum(1 for s in self.sessions.values() if s.connected)
+        return {"sessions": len(self.sessions), "connected": connected}
+
     def expired(self, now: float | None = None) -> list[str]:
         ttl = self.settings.session_idle_ttl_s
         if not ttl:

@@ -14,14 +14,15 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from operator_server.appkeys import BACKGROUND, DIRECTORY, SETTINGS
+from operator_server.appkeys import BACKGROUND, SETTINGS
 from operator_server.engine.registries import RolesConflict
 from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
-from operator_server.http.requests import bearer_of, read_json, require_bearer
-from operator_server.http.requests import validate as load
+from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
+from operator_server.wire.requests import bearer_of, read_json, require_bearer
+from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
 SUBPROTOCOL_PREFIX = "bearer."

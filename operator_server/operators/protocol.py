@@ -15,7 +15,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, missing, validate
 
 from operator_server.errors import Code, ProtocolError, describe_validation
-from operator_server.wire import StrictBoolean
+from operator_server.wire.fields import StrictBoolean
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
 REQ_KIND = {"ask": "ask", "hook_before": "hb", "hook_after": "ha", "spawn": "spawn"}

@@ -58,10 +58,6 @@ class SocketPump:
         self._close_reason = ""
         self._writer = background.spawn(self._write_loop(), name=f"ws-writer:{name}")
 
-    @property
-    def closing(self) -> bool:
-        return self._closing
-
     def send(self, frame: dict[str, Any], *, replay: bool = False) -> bool:
         """Queue a frame; False when it will not be written.
 

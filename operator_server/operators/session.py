@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server.config import Settings
-from operator_server.engine.faces import AttemptContext, HookVerdict, WorkerResult, current_request
+from operator_server.engine.faces import AttemptContext, HookVerdict, WorkerResult
 from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.operators import protocol as p
@@ -185,7 +185,7 @@ class WSOperatorSession:
         self,
         kind: str,
         task_id: str,
-        build: Callable[[str, str | None], dict[str, Any]],
+        build: Callable[[str], dict[str, Any]],
         timeout: float,
         *,
         expects_reply: bool = True,
@@ -199,7 +199,7 @@ class WSOperatorSession:
             req_id,
             kind,
             task_id,
-            build(req_id, current_request.get()),
+            build(req_id),
             loop.create_future(),
             expects_reply,
         )
@@ -272,11 +272,11 @@ class WSOperatorSession:
 
     # -- the three faces --------------------------------------------------
 
-    async def ask(self, task_id: str, question: Any) -> Any:
+    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
         _, reply = await self._request(
             "ask",
             task_id,
-            lambda req_id, parent: p.ask_frame(req_id, task_id, question, parent),
+            lambda req_id: p.ask_frame(req_id, task_id, question, parent_req_id),
             self._settings.ask_timeout_s,
         )
         if reply.get("error"):
@@ -287,8 +287,8 @@ class WSOperatorSession:
         _, reply = await self._request(
             "hook_before",
             ctx.task_id,
-            lambda req_id, parent: p.hook_before_frame(
-                req_id, ctx.task_id, ctx.agent, ctx.attempt, parent
+            lambda req_id: p.hook_before_frame(
+                req_id, ctx.task_id, ctx.agent, ctx.attempt, ctx.parent_req_id
             ),
             self._settings.hook_timeout_s,
         )
@@ -298,8 +298,8 @@ class WSOperatorSession:
         await self._request(
             "hook_after",
             ctx.task_id,
-            lambda req_id, parent: p.hook_after_frame(
-                req_id, ctx.task_id, ctx.agent, ctx.attempt, result.as_dict(), parent
+            lambda req_id: p.hook_after_frame(
+                req_id, ctx.task_id, ctx.agent, ctx.attempt, result.as_dict(), ctx.parent_req_id
             ),
             0,
             expects_reply=False,
@@ -320,7 +320,7 @@ class WSOperatorSession:
         kind, reply = await self._request(
             "spawn",
             ctx.task_id,
-            lambda req_id, parent: p.spawn_frame(
+            lambda req_id: p.spawn_frame(
                 req_id,
                 ctx.task_id,
                 ctx.agent,
@@ -328,7 +328,7 @@ class WSOperatorSession:
                 capability,
                 ctx.worker_handle,
                 directive,
-                parent,
+                ctx.parent_req_id,
             ),
             self._settings.spawn_timeout_s,
             ctx=ctx,
