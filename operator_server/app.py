@@ -87,7 +87,10 @@ async def _sweep_forever(app: web.Application) -> None:
     interval = app[SETTINGS].sweep_interval_s
     while True:
         await asyncio.sleep(interval)
-        await sweep_once(app)
+        try:
+            await sweep_once(app)
+        except Exception:  # one bad sweep must not end idle expiry and retention
+            log.exception("sweep failed; the next one runs in sweep_interval_s")
 
 
 async def _start_sweeper(app: web.Application) -> None:

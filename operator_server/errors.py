@@ -39,6 +39,7 @@ class Code(StrEnum):
     WRONG_TASK = "wrong_task"
     WRONG_ATTEMPT = "wrong_attempt"
     SCOPE_DENIED = "scope_denied"
+    ATTEMPT_ENDED = "attempt_ended"
 
     # Attempt outcomes (a task's ``error.code``)
     SPAWN_REJECTED = "spawn_rejected"
@@ -91,6 +92,14 @@ class CapabilityError(CodedError):
     def __init__(self, code: Code, message: str, *, forbidden: bool = False) -> None:
         super().__init__(code, message)
         self.forbidden = forbidden
+
+
+class AttemptEnded(CodedError):
+    """Engine layer: a worker wrote for an attempt that ended after its
+    credential was checked (the HTTP layer answers 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.ATTEMPT_ENDED, message)
 
 
 class ProtocolError(CodedError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import types
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType
@@ -55,3 +56,20 @@ async def eventually(condition: Any, within: float = 5, what: str = "condition")
         if loop.time() > deadline:
             raise AssertionError(f"{what} did not happen within {within}s")
         await asyncio.sleep(0.01)
+
+
+def handler_suspended(name: str) -> bool:
+    """Some task of this loop is inside the coroutine function ``name`` right now."""
+    return handlers_suspended(name) > 0
+
+
+def handlers_suspended(name: str) -> int:
+    return sum(1 for task in asyncio.all_tasks() if _awaits_through(task.get_coro(), name))
+
+
+def _awaits_through(coro: Any, name: str) -> bool:
+    while isinstance(coro, types.CoroutineType):
+        if coro.cr_code.co_name == name:
+            return True
+        coro = coro.cr_await
+    return False

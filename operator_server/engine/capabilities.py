@@ -116,6 +116,10 @@ class CapabilityIssuer:
     def forget_task(self, task_id: str) -> None:
         self._current.pop(task_id, None)
 
+    def is_live(self, claims: Claims) -> bool:
+        """Still valid right now: not revoked, not expired."""
+        return claims.nonce in self._live and self._clock() < claims.expire_at
+
     def verify(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
         if not bearer:
             raise CapabilityError(Code.MISSING_CREDENTIAL, "send Authorization: Bearer <handle>")

@@ -37,7 +37,7 @@ from operator_server.engine.faces import (
 from operator_server.engine.middleware import build_chain
 from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
-from operator_server.errors import AttemptFailed, Code
+from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.store import Store, StoreError
 
@@ -331,9 +331,25 @@ class Engine:
         return view
 
     def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:
-        """A worker's HTTP post: authoritative for its (still running) attempt."""
-        record = self.tasks[claims.task_id].current
-        assert record is not None and record.number == claims.attempt
+        """A worker's HTTP post: authoritative for its attempt, if it still runs.
+
+        The credential was verified before the request body was read; the
+        attempt may have ended (or a retry begun) while the body arrived, so
+        it is checked again here, where the write happens, with no await
+        between the check and the append.
+        """
+        task = self.tasks.get(claims.task_id)
+        record = task.current if task is not None else None
+        if (
+            record is None
+            or record.number != claims.attempt
+            or record.status.terminal
+            or not self.capabilities.is_live(claims)
+        ):
+            raise AttemptEnded(
+                f"attempt {claims.attempt} of task {claims.task_id} ended before the result "
+                "arrived; it was not recorded"
+            )
         record.tail.append_final(result, "worker")
         log.info(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from operator_server.appkeys import SETTINGS
-from operator_server.errors import ApiError, CapabilityError, Code
+from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
 
@@ -47,6 +47,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         if exc.forbidden:
             return error_response(403, exc.code, exc.message)
         return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
+    except AttemptEnded as exc:
+        return error_response(409, exc.code, exc.message)
     except StoreError as exc:
         log.error("store write failed", method=request.method, path=request.path, error=str(exc))
         return error_response(

@@ -29,6 +29,14 @@ from operator_server.store import SessionRecord, StoreError
 log = get_logger(__name__)
 
 
+class SessionGone(LookupError):
+    """The session does not exist (any more), or another delete already owns it."""
+
+    def __init__(self, sid: str) -> None:
+        super().__init__(f"no operator session {sid!r}")
+        self.sid = sid
+
+
 class OperatorDirectory:
     def __init__(self, engine: Engine, settings: Settings, directive: DirectiveTemplate) -> None:
         self.engine = engine
@@ -93,8 +101,21 @@ class OperatorDirectory:
         self.engine.store.touch_session_soon(session.sid, session.last_seen_at)
 
     async def delete(self, sid: str, code: Code, message: str) -> SocketPump | None:
-        """Forget the session on disk first, then everywhere in memory."""
-        await self.engine.store.delete_session(sid)
+        """Forget the session on disk first, then everywhere in memory.
+
+        Exactly one of any number of concurrent deletes (a DELETE, a forced
+        admin delete, the idle sweep) does the work; it claims the session
+        before its first await, and the others get ``SessionGone``.
+        """
+        session = self.sessions.get(sid)
+        if session is None or session.deleting:
+            raise SessionGone(sid)
+        session.deleting = True
+        try:
+            await self.engine.store.delete_session(sid)
+        except BaseException:
+            session.deleting = False
+            raise
         return self.remove(sid, code, message)
 
     def remove(
@@ -143,6 +164,8 @@ class OperatorDirectory:
                 await self.delete(
                     sid, Code.OPERATOR_EXPIRED, f"session idle with no socket for {ttl:g}s"
                 )
+            except SessionGone:
+                continue  # deleted meanwhile by someone else: nothing left to expire
             except StoreError as exc:
                 log.error("could not expire session; will retry", sid=sid, error=str(exc))
                 continue

@@ -18,6 +18,7 @@ from operator_server.appkeys import BACKGROUND, SETTINGS
 from operator_server.engine.registries import RolesConflict
 from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
+from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
@@ -108,9 +109,12 @@ async def operator_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/operators/{sid}")
 async def delete_operator(request: web.Request) -> web.Response:
     session, _ = _authorize(request)
-    await request.app[DIRECTORY].delete(
-        session.sid, Code.OPERATOR_DELETED, "operator session deleted"
-    )
+    try:
+        await request.app[DIRECTORY].delete(
+            session.sid, Code.OPERATOR_DELETED, "operator session deleted"
+        )
+    except SessionGone as exc:
+        raise ApiError(404, Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
 
 

@@ -85,6 +85,8 @@ class WSOperatorSession:
         self._pump: SocketPump | None = None
         self._base_url = settings.public_url
         self._ended: AttemptFailed | None = None
+        # Claimed by the one delete that tears this session down (see the directory).
+        self.deleting = False
         self.log = log.bind(sid=sid)
 
     # -- identity and sockets --------------------------------------------

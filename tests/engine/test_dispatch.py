@@ -238,15 +238,34 @@ async def test_an_operator_that_does_not_resolve_fails_the_attempt(server: Serve
 
 
 async def test_a_role_resolves_to_its_sid_at_dispatch_time(server: Server) -> None:
+    """The role moves between two attempts of one task: each dispatch looks it up."""
     client = await server()
     engine = engine_of(client)
-    fake = FakeOperator()
-    sid = seat(client, fake)
-    engine.roles.claim(sid, ["reviewer"])
-    task = await create_task(client, agent="coder", operator={"role": "reviewer"})
+    first_done = asyncio.Event()
+    moved = asyncio.Event()
+
+    async def blocked_then_wait(ctx: AttemptContext, _: str) -> WorkerResult:
+        first_done.set()
+        await moved.wait()
+        return WorkerResult("not yet", ok=False)
+
+    first = seat(client, FakeOperator(execute=blocked_then_wait), "op-first")
+    second = seat(client, FakeOperator(), "op-second")
+    engine.roles.claim(first, ["reviewer"])
+    task = await create_task(
+        client,
+        agent="coder",
+        operator={"role": "reviewer"},
+        layers=["operator_delegate"],
+        max_attempts=2,
+    )
+    await asyncio.wait_for(first_done.wait(), 5)
+    engine.roles.release(first)
+    engine.roles.claim(second, ["reviewer"])
+    moved.set()
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed"
-    assert done["attempts"][0]["served_by"]["backend"] == sid
+    assert [a["served_by"]["backend"] for a in done["attempts"]] == [first, second]
 
 
 async def test_per_face_names_mix_an_operator_with_a_local_agent(server: Server) -> None:

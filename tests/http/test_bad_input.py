@@ -72,30 +72,32 @@ async def test_create_task_rejects_bad_bodies(
 
 
 async def test_oversize_bodies_are_413_on_every_body_route(server: Server) -> None:
-    client = await server(max_body_bytes=2048)
-    big = b'{"agent": "echo", "directive": "' + b"x" * 4096 + b'"}'
-    for path in ("/v1/tasks", "/v1/operators", "/v1/worker/result", "/v1/worker/submit"):
-        resp = await client.post(path, data=big, headers={"Authorization": "Bearer wh-x"})
-        if path.startswith("/v1/worker"):
-            # No valid credential: refused before the body is read.
-            await error(resp, 401, "unknown_handle")
-        else:
-            await error(resp, 413, "too_large")
-
-
-async def test_oversize_worker_result_with_a_valid_handle_is_413(server: Server) -> None:
     from tests.engine.test_capabilities import bearer, start_parked
 
     client = await server(max_body_bytes=2048)
-    parked, _ = await start_parked(client)
+    parked, task = await start_parked(client)
     ctx = await parked.attempt(1)
-    resp = await client.post(
+    big = b'{"agent": "echo", "directive": "' + b"x" * 4096 + b'"}'
+    for path in (
+        "/v1/tasks",
+        "/v1/operators",
+        f"/v1/tasks/{task['id']}/cancel",
         "/v1/worker/result",
-        data=b'{"value": "' + b"y" * 4096 + b'"}',
-        headers=bearer(ctx.worker_handle),
-    )
-    await error(resp, 413, "too_large")
+        "/v1/worker/submit",
+    ):
+        resp = await client.post(path, data=big, headers=bearer(ctx.worker_handle))
+        await error(resp, 413, "too_large")
     parked.release[1].set_result(None)
+
+
+async def test_an_oversize_worker_body_without_a_credential_is_refused_first(
+    server: Server,
+) -> None:
+    client = await server(max_body_bytes=2048)
+    big = b'{"value": "' + b"y" * 4096 + b'"}'
+    for path in ("/v1/worker/result", "/v1/worker/submit"):
+        resp = await client.post(path, data=big, headers={"Authorization": "Bearer wh-x"})
+        await error(resp, 401, "unknown_handle")
 
 
 async def test_unknown_task_is_404_on_every_task_route(server: Server) -> None:

@@ -9,7 +9,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from tests.conftest import Server, create_task, directory_of, engine_of, wait_task
-from tests.wsop import connect, eventually, expect, mint, no_frame
+from tests.wsop import connect, eventually, expect, handlers_suspended, mint, no_frame
 
 
 async def test_disconnect_mid_spawn_then_reconnect_replays_and_completes(server: Server) -> None:
@@ -109,7 +109,8 @@ async def test_zero_timeout_waits_forever(server: Server) -> None:
     ws = await connect(client, sid, token)
     await create_task(client, agent="coder", operator={"sid": sid})
     await expect(ws, "hook_before")
-    await no_frame(ws, within=0.5)
+    # Longer than any small number 0 could be mistaken for (e.g. 1 s).
+    await no_frame(ws, within=1.5)
     assert len(directory_of(client).sessions[sid].pending) == 1
 
 
@@ -147,7 +148,9 @@ async def test_a_newer_socket_replaces_the_older_and_old_cleanup_keeps_the_new(
     assert "replaced" in closing.extra
     assert (await expect(new, "hook_before"))["req_id"] == hook["req_id"]
     await old.close()
-    await asyncio.sleep(0.05)  # let the old handler's cleanup run
+    await eventually(
+        lambda: handlers_suspended("operator_socket") == 1, what="the old handler's cleanup"
+    )
     session = directory_of(client).sessions[sid]
     assert session.connected
     await new.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
@@ -170,7 +173,9 @@ async def test_two_sockets_racing_for_one_sid_leave_exactly_one_attached(server:
     for t in first_closed[1]:
         t.cancel()
     session = directory_of(client).sessions[sid]
-    await asyncio.sleep(0.05)
+    await eventually(
+        lambda: handlers_suspended("operator_socket") == 1, what="the loser's handler to end"
+    )
     assert session.connected
     task = await create_task(client, agent="coder", operator={"sid": sid})
     hook = await expect(survivor, "hook_before")

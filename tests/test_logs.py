@@ -1,0 +1,64 @@
+"""Logging as the daemon configures it: JSON lines, context, and no secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from operator_server.logs import configure_logging, get_logger
+
+
+@pytest.fixture
+def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The daemon's own configuration, writing to a buffer instead of stdout."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    configure_logging("debug", "json")
+    try:
+        yield out
+    finally:
+        structlog.reset_defaults()
+
+
+def lines(out: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.getvalue().splitlines() if line]
+
+
+def test_secret_keys_are_redacted_by_the_configured_pipeline(
+    json_logs: io.StringIO,
+) -> None:
+    log = get_logger("test")
+    log.info(
+        "careless",
+        token="tok-123",
+        api_token="api-456",
+        capability_token="cap-789",
+        worker_handle="wh-abc",
+        authorization="Bearer xyz",
+        task_id="t-1",
+    )
+    (line,) = lines(json_logs)
+    assert line["event"] == "careless" and line["task_id"] == "t-1"
+    for key in ("token", "api_token", "capability_token", "worker_handle", "authorization"):
+        assert line[key] == "[redacted]"
+    rendered = json.dumps(line)
+    for secret in ("tok-123", "api-456", "cap-789", "wh-abc", "xyz"):
+        assert secret not in rendered
+
+
+def test_context_bound_in_contextvars_reaches_every_line(
+    json_logs: io.StringIO,
+) -> None:
+    structlog.contextvars.bind_contextvars(task_id="t-9", token="sneaky")
+    try:
+        get_logger("test").info("working")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    (line,) = lines(json_logs)
+    assert line["task_id"] == "t-9"
+    assert line["token"] == "[redacted]"
