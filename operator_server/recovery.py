@@ -1,9 +1,11 @@
-"""Start-up recovery: bring stored sessions and tasks back before listening.
+"""Start-up recovery: bring stored sessions and live tasks back before serving.
 
 Sessions come first, so that a task re-dispatched here resolves its operator;
 the operator then sees the new attempt's requests when it reconnects (they wait
-``reconnect_grace_s`` for it).  A row that cannot be decoded is skipped with a
-warning naming it — one bad row never stops the server.
+``reconnect_grace_s`` for it).  Only tasks that were pending or running are
+loaded: finished ones stay in the store, where reads find them, so start-up
+time and memory do not grow with history.  A row that cannot be decoded is
+skipped with a warning naming it — one bad row never stops the server.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from typing import Any
 
 from operator_server.engine import Engine
-from operator_server.engine.tasks import Task
+from operator_server.engine.tasks import LIVE_STATUSES, Task
 from operator_server.logs import get_logger
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.store import Store
@@ -34,8 +36,9 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
         else:
             await store.delete_session(row.key)
             dropped += 1
+    await engine.load_counts()
     tasks = redispatched = 0
-    for row in await store.load_tasks():
+    for row in await store.load_tasks([str(s) for s in LIVE_STATUSES]):
         try:
             if row.error is not None:
                 raise ValueError(row.error)
@@ -47,7 +50,7 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
             skipped += 1
             continue
         was_open = not task.status.terminal
-        engine.recover_task(task)
+        await engine.recover_task(task)
         tasks += 1
         redispatched += was_open and not task.status.terminal
     summary = {

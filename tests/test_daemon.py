@@ -95,9 +95,10 @@ async def test_sigterm_cancels_in_flight_work_closes_sockets_1001_and_exits_0(
 
     assert daemon.proc.wait(timeout=15) == 0
     logs = daemon.logs()
-    ended = [e for e in logs if e.get("event") == "task cancelled"]
+    ended = [e for e in logs if e.get("event") == "task finished"]
     assert ended and ended[0]["task_id"] == task["id"]
-    assert ended[0]["reason"] == "server shutting down"
+    assert ended[0]["status"] == "cancelled"
+    assert ended[0]["message"] == "server shutting down"
     # No secret reaches the log.
     text = json.dumps(logs)
     assert op["token"] not in text

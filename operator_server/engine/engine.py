@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Coroutine, Iterator
+import time
+from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import structlog
@@ -36,12 +38,37 @@ from operator_server.engine.faces import (
 )
 from operator_server.engine.middleware import build_chain
 from operator_server.engine.registries import Registry, RoleAliases
-from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
+from operator_server.engine.tasks import (
+    TERMINAL_STATUSES,
+    AttemptRecord,
+    OperatorSpec,
+    Task,
+    TaskStatus,
+)
 from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
-from operator_server.store import Store, StoreError
+from operator_server.store import Row, Store, StoreError
 
 log = get_logger(__name__)
+# Retention deletes at most this many tasks per sweep, so one sweep after a
+# long downtime cannot hold the store for long.
+RETENTION_BATCH = 5000
+
+
+class StatusCounts(Counter[str]):
+    """How many tasks are in each status, kept as tasks move (healthz reads
+    this instead of scanning); started from the store at start-up."""
+
+    def moved(self, old: TaskStatus | None, new: TaskStatus) -> None:
+        if old is not None:
+            self[str(old)] -= 1
+        self[str(new)] += 1
+
+    def removed(self, status: str, n: int) -> None:
+        self[status] -= n
+
+    def view(self) -> dict[str, int]:
+        return {status: n for status, n in self.items() if n > 0}
 
 
 class Engine:
@@ -61,7 +88,10 @@ class Engine:
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
         self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
+        # Live tasks only (pending or running, or ending right now); finished
+        # ones are read from the store.
         self.tasks: dict[str, Task] = {}
+        self.counts = StatusCounts()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, AttemptContext] = {}
         self._accepting = True
@@ -146,21 +176,66 @@ class Engine:
             parent_task_id=parent_task_id,
         )
         await self.store.put_task(task.to_record())
+        self.counts.moved(None, task.status)
         self.adopt(task)
         return task
 
     def _changed(self, task: Task) -> None:
         self.store.put_task_soon(task.to_record())
 
-    def recover_task(self, task: Task) -> None:
-        """Take back a task read from the store at start-up.
+    # -- reading tasks: live ones from memory, finished ones from the store --
 
-        Finished tasks are kept as they are.  An attempt that was in flight when
-        the process died is marked ``interrupted`` and the task is re-dispatched
-        as a new attempt; interruptions do not use up ``max_attempts``, but more
-        than ``store.max_interruptions`` of them fail the task (``interrupted``).
+    async def find(self, task_id: str) -> Task | None:
+        """The task, live or finished; None when unknown (or retained no longer)."""
+        live = self.tasks.get(task_id)
+        if live is not None:
+            return live
+        row = await self.store.get_task(task_id)
+        return None if row is None else self._decode(row)
+
+    async def page(
+        self, status: TaskStatus | None, after_seq: int, limit: int
+    ) -> tuple[list[Task], int | None]:
+        """One page of tasks in creation order, and the cursor after it (if more)."""
+        stored = await self.store.list_tasks(
+            None if status is None else str(status), after_seq, limit + 1
+        )
+        more = len(stored) > limit
+        stored = stored[:limit]
+        tasks = []
+        for item in stored:
+            # A live task's own object is fresher than its row (outputs so far).
+            task = self.tasks.get(item.row.key) or self._decode(item.row)
+            if task is not None:
+                tasks.append(task)
+        return tasks, (stored[-1].seq if more and stored else None)
+
+    @staticmethod
+    def _decode(row: Row) -> Task | None:
+        try:
+            if row.error is not None:
+                raise ValueError(row.error)
+            return Task.from_record(row.value)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
+            )
+            return None
+
+    # -- restart and retention -------------------------------------------
+
+    async def load_counts(self) -> None:
+        """Start the status counters from what is stored (at start-up)."""
+        self.counts = StatusCounts(await self.store.count_tasks())
+
+    async def recover_task(self, task: Task) -> None:
+        """Take back a live task read from the store at start-up.
+
+        An attempt that was in flight when the process died is marked
+        ``interrupted`` and the task is re-dispatched as a new attempt;
+        interruptions do not use up ``max_attempts``, but more than
+        ``store.max_interruptions`` of them fail the task (``interrupted``).
         """
-        self.tasks[task.id] = task
         if task.status.terminal:
             return
         limit = self.settings.store.max_interruptions
@@ -173,7 +248,8 @@ class Engine:
             )
             task.interruptions += 1
         if task.interruptions > limit:
-            task.finish(
+            await self._conclude(
+                task,
                 TaskStatus.FAILED,
                 error=AttemptFailed(
                     Code.INTERRUPTED,
@@ -187,21 +263,27 @@ class Engine:
             and (current.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts)
         ):
             # The last attempt had ended; only the task's own ending was lost.
-            task.finish(current.status, result=current.result, error=current.error)
+            await self._conclude(task, current.status, result=current.result, error=current.error)
         else:
+            self.counts.moved(task.status, TaskStatus.PENDING)
             task.status = TaskStatus.PENDING
             log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
             self.adopt(task)
-            return
-        self._changed(task)
 
-    def expire_finished(self, now: float) -> list[str]:
-        """Forget finished tasks older than ``store.retention_s``; their ids."""
+    async def expire_finished(self, now: float) -> int:
+        """Delete finished tasks older than ``store.retention_s`` (an indexed
+        query, a bounded batch per sweep); how many went."""
         cutoff = now - self.settings.store.retention_s
-        old = [t.id for t in self.tasks.values() if t.status.terminal and t.updated_at < cutoff]
-        for task_id in old:
-            del self.tasks[task_id]
-        return old
+        gone = await self.store.delete_finished(
+            [str(s) for s in TERMINAL_STATUSES], cutoff, RETENTION_BATCH
+        )
+        for status, n in gone.items():
+            self.counts.removed(status, n)
+        # Ends whose durable write failed stay readable in memory until here.
+        for task_id in [t.id for t in self.tasks.values() if t.status.terminal]:
+            if task_id not in self._runs:
+                del self.tasks[task_id]
+        return sum(gone.values())
 
     def adopt(self, task: Task) -> None:
         """Track ``task`` and start its run (new, or recovered after a restart)."""
@@ -214,9 +296,6 @@ class Engine:
         self._runs[task.id] = run
         run.add_done_callback(lambda _: self._settle(task))
 
-    def iter_tasks(self, status: TaskStatus | None = None) -> Iterator[Task]:
-        return (t for t in self.tasks.values() if status is None or t.status is status)
-
     async def _run(self, task: Task, parent_req: str | None) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id)
         try:
@@ -224,31 +303,68 @@ class Engine:
                 record = await self.dispatch_attempt(task, parent_req)
                 if record.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts:
                     break
-                log.info("retrying", attempt=task.attempt, after=str(record.status))
-            task.finish(record.status, result=record.result, error=record.error)
-            self._changed(task)
-            log.info("task finished", status=str(task.status), attempt=task.attempt)
+                log.debug("retrying", attempt=task.attempt, after=str(record.status))
+            await self._conclude(task, record.status, result=record.result, error=record.error)
         except asyncio.CancelledError:
             reason = task.cancel_reason or "cancelled"
-            task.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
-            self._changed(task)
-            log.info("task cancelled", reason=reason)
+            await self._conclude(
+                task, TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason)
+            )
         finally:
             self.capabilities.forget_task(task.id)
 
+    async def _conclude(
+        self,
+        task: Task,
+        status: TaskStatus,
+        *,
+        result: WorkerResult | None = None,
+        error: AttemptFailed | None = None,
+    ) -> None:
+        """End the task: on disk first, then visible, then out of memory.
+
+        Nobody can observe an end (GET, long-poll, list) that a crash could
+        still undo: the terminal record is committed (sharing a group commit
+        with whatever else ends now) before the task object shows it.  The
+        task then leaves memory; reads find it in the store.
+        """
+        at = time.time()
+        durable = True
+        try:
+            await self.store.put_task(task.ending_record(status, result=result, error=error, at=at))
+        except StoreError as exc:
+            durable = False  # it stays in memory, readable, until the next sweep
+            log.error("could not store the end of the task", error=str(exc))
+        finally:
+            # Also when our wait is cancelled: the write is queued and lands.
+            self.counts.moved(task.status, status)
+            task.finish(status, result=result, error=error, at=at)
+            if durable:
+                self.tasks.pop(task.id, None)
+        log.info(
+            "task finished",
+            status=str(status),
+            attempts=task.attempt,
+            duration_s=round(at - task.created_at, 3),
+            **({"code": error.code, "message": error.message} if error is not None else {}),
+        )
+
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it
-        started, or crashed), record it here."""
+        started, or crashed), record it here.  It stays in memory until the
+        sweep, since this write is not awaited."""
         self._runs.pop(task.id, None)
         if not task.status.terminal:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
+            self.counts.moved(task.status, status)
             task.finish(status, error=AttemptFailed(code, reason))
             self._changed(task)
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> AttemptRecord:
         """Run the next attempt of ``task`` through the middleware chain."""
+        self.counts.moved(task.status, TaskStatus.RUNNING)
         record = task.start_attempt()
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = self.capabilities.mint(task.id, record.number)
@@ -266,7 +382,7 @@ class Engine:
             parent_req_id=parent_req_id,
         )
         self._contexts[task.id] = ctx
-        log.info("attempt started", kind=str(task.kind))
+        log.debug("attempt started", kind=str(task.kind))
         try:
             # Durable before anyone is asked to work on it: a crash from here on
             # is then always seen as an interruption of this attempt, and counted
@@ -282,7 +398,7 @@ class Engine:
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
         except AttemptFailed as exc:
             record.finish(TaskStatus.FAILED, error=exc)
-            log.info("attempt failed", code=exc.code, message=exc.message)
+            log.debug("attempt failed", code=exc.code, message=exc.message)
         except asyncio.CancelledError:
             reason = task.cancel_reason or "cancelled"
             record.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
@@ -296,7 +412,7 @@ class Engine:
         else:
             status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
             record.finish(status, result=result)
-            log.info("attempt ended", status=str(status))
+            log.debug("attempt ended", status=str(status))
         finally:
             self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
@@ -319,7 +435,9 @@ class Engine:
     # -- worker side ------------------------------------------------------
 
     def worker_view(self, claims: Claims) -> dict[str, Any]:
-        task = self.tasks[claims.task_id]
+        task = self.tasks.get(claims.task_id)
+        if task is None:  # verified a moment ago; ended since
+            raise AttemptEnded(f"task {claims.task_id} has ended")
         view = {
             "task_id": task.id,
             "attempt": claims.attempt,
@@ -351,7 +469,7 @@ class Engine:
                 "arrived; it was not recorded"
             )
         record.tail.append_final(result, "worker")
-        log.info(
+        log.debug(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
         )
 
@@ -359,9 +477,9 @@ class Engine:
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Stop the task's run; True when it was still going."""
-        task = self.tasks[task_id]
+        task = self.tasks.get(task_id)
         run = self._runs.get(task_id)
-        if task.status.terminal or run is None:
+        if task is None or task.status.terminal or run is None:
             return False
         task.cancel_reason = reason
         run.cancel(reason)
@@ -374,7 +492,8 @@ class Engine:
         self._accepting = False
         runs = list(self._runs.items())
         for task_id, run in runs:
-            self.tasks[task_id].cancel_reason = reason
+            if (task := self.tasks.get(task_id)) is not None:
+                task.cancel_reason = reason
             run.cancel(reason)
         if runs:
             await asyncio.wait([run for _, run in runs], timeout=self.settings.shutdown_timeout_s)

@@ -28,7 +28,11 @@ class TaskStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+        return self not in LIVE_STATUSES
+
+
+LIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
+TERMINAL_STATUSES = frozenset(set(TaskStatus) - LIVE_STATUSES)
 
 
 def iso(ts: float | None) -> str | None:
@@ -246,11 +250,30 @@ class Task:
         *,
         result: WorkerResult | None = None,
         error: AttemptFailed | None = None,
+        at: float | None = None,
     ) -> None:
-        assert status.terminal
         self.status, self.result, self.error = status, result, error
-        self.touch()
+        self.updated_at = time.time() if at is None else at
         self.finished.set()
+
+    def ending_record(
+        self,
+        status: TaskStatus,
+        *,
+        result: WorkerResult | None,
+        error: AttemptFailed | None,
+        at: float,
+    ) -> dict[str, Any]:
+        """The stored form of this task as ``finish`` would leave it, without
+        changing the task: written first, so no one sees an end not on disk."""
+        record = self.to_record()
+        record.update(
+            status=str(status),
+            result=_result_record(result),
+            error=_error_record(error),
+            updated_at=at,
+        )
+        return record
 
     @property
     def attempts_used(self) -> int:

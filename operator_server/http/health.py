@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 from aiohttp import web
 
@@ -17,13 +16,12 @@ _STARTED = time.monotonic()
 @routes.get("/v1/healthz")
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    statuses = Counter(str(t.status) for t in engine.tasks.values())
     return web.json_response(
         {
             "status": "ok" if engine.accepting else "shutting_down",
             "version": __version__,
             "uptime_s": round(time.monotonic() - _STARTED, 3),
-            "tasks": dict(statuses),
+            "tasks": engine.counts.view(),
             "operators": request.app[OPERATOR_COUNTS](),
         }
     )

@@ -22,7 +22,7 @@ from marshmallow import (
 
 from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.config import LAYER_NAMES
-from operator_server.engine import Kind
+from operator_server.engine import Engine, Kind
 from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
@@ -89,9 +89,10 @@ def _guard(request: web.Request) -> None:
         require_bearer(request, token, "api_token")
 
 
-def _task(request: web.Request) -> Task:
+async def _task(request: web.Request) -> Task:
+    """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
-    task = request.app[ENGINE].tasks.get(task_id)
+    task = await request.app[ENGINE].find(task_id)
     if task is None:
         raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
@@ -104,7 +105,7 @@ async def create_task(request: web.Request) -> web.Response:
     if not engine.accepting:
         raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
     body = load(TaskRequestSchema(), await read_json(request))
-    if (parent := body.get("parent_task_id")) and parent not in engine.tasks:
+    if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
         task = await engine.submit(
@@ -126,24 +127,33 @@ async def create_task(request: web.Request) -> web.Response:
 async def list_tasks(request: web.Request) -> web.Response:
     _guard(request)
     q = query(request, ListQuerySchema())
-    tasks = list(request.app[ENGINE].iter_tasks(q.get("status")))
-    start = 0
-    if "after" in q:
-        ids = [t.id for t in tasks]
-        if q["after"] not in ids:
-            raise ApiError(400, Code.BAD_REQUEST, f"after: {q['after']!r} is not in this listing")
-        start = ids.index(q["after"]) + 1
-    page = tasks[start : start + q["limit"]]
-    more = start + len(page) < len(tasks)
+    engine = request.app[ENGINE]
+    after = await _cursor(engine, q.get("after"))
+    tasks, more = await engine.page(q.get("status"), after, q["limit"])
     return web.json_response(
-        {"tasks": [t.as_dict() for t in page], "next": page[-1].id if more and page else None}
+        {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)}
     )
+
+
+async def _cursor(engine: Engine, after: str | None) -> int:
+    """``after`` is a ``next`` cursor from an earlier page, or a task id (the
+    listing then continues after that task)."""
+    if after is None:
+        return 0
+    if after.isdigit() and after.isascii():
+        return int(after)
+    seq = await engine.store.task_seq(after)
+    if seq is None:
+        raise ApiError(
+            400, Code.BAD_REQUEST, f"after: {after!r} is neither a `next` cursor nor a known task"
+        )
+    return seq
 
 
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     _guard(request)
-    task = _task(request)
+    task = await _task(request)
     wait = query(request, GetQuerySchema())["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
@@ -160,7 +170,7 @@ async def get_task(request: web.Request) -> web.Response:
 @routes.post("/v1/tasks/{task_id}/cancel")
 async def cancel_task(request: web.Request) -> web.Response:
     _guard(request)
-    task = _task(request)
+    task = await _task(request)
     reason = "cancelled by request"
     if request.can_read_body:
         body: Any = await read_json(request)

@@ -12,11 +12,19 @@ Two kinds of write:
 
 Records are plain JSON-able values snapshotted by the caller at the moment of the
 change, so a later mutation cannot leak into an earlier write.
+
+The store is the source of truth for finished tasks: the engine keeps only live
+ones in memory, and reads the rest from here (``get_task``, ``list_tasks``).
+Every task gets a ``seq`` when first stored — increasing, never reused — and
+lists page by it (keyset paging): a page costs the same at any depth, and a
+task changing status between pages neither repeats nor shifts the listing.
+The store knows nothing of task semantics: callers name the statuses they mean.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +50,14 @@ class Row:
     key: str
     value: Any
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """One task as listed: its paging position and its row."""
+
+    seq: int
+    row: Row
 
 
 class Store(ABC):
@@ -70,7 +86,26 @@ class Store(ABC):
     def put_task_soon(self, record: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    async def load_tasks(self) -> list[Row]: ...
+    async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
+        """Every task whose status is one of ``statuses`` (recovery: the live ones)."""
 
     @abstractmethod
-    async def delete_tasks(self, task_ids: list[str]) -> None: ...
+    async def get_task(self, task_id: str) -> Row | None: ...
+
+    @abstractmethod
+    async def task_seq(self, task_id: str) -> int | None: ...
+
+    @abstractmethod
+    async def list_tasks(self, status: str | None, after_seq: int, limit: int) -> list[StoredTask]:
+        """Up to ``limit`` tasks with ``seq > after_seq`` (and ``status``), in seq order."""
+
+    @abstractmethod
+    async def count_tasks(self) -> dict[str, int]:
+        """How many tasks are stored, by status."""
+
+    @abstractmethod
+    async def delete_finished(
+        self, statuses: Collection[str], updated_before: float, limit: int
+    ) -> dict[str, int]:
+        """Delete up to ``limit`` tasks in ``statuses`` last updated before the
+        cutoff, oldest first; how many went, by status."""

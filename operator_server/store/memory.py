@@ -1,21 +1,28 @@
 """A process-local store (``store.path = ":memory:"``): fast, and forgets on exit.
 
-It keeps the same records the SQLite store would, so everything above the store
-behaves the same with either.
+It keeps the same records, with the same ``seq`` paging, as the SQLite store, so
+everything above the store behaves the same with either.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
-from operator_server.store.base import Row, SessionRecord, Store
+from operator_server.store.base import Row, SessionRecord, Store, StoredTask
 
 
 class MemoryStore(Store):
     def __init__(self) -> None:
         self.sessions: dict[str, SessionRecord] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
+        self._seq_of: dict[str, int] = {}
+        self._order: list[int] = []  # every stored seq, ascending
+        self._id_at: dict[int, str] = {}
+        self._last_seq = 0
 
     async def open(self) -> None:
         return None
@@ -42,11 +49,51 @@ class MemoryStore(Store):
         self.put_task_soon(record)
 
     def put_task_soon(self, record: dict[str, Any]) -> None:
-        self.tasks[record["id"]] = record
+        task_id = record["id"]
+        if task_id not in self._seq_of:
+            self._last_seq += 1
+            self._seq_of[task_id] = self._last_seq
+            self._order.append(self._last_seq)
+            self._id_at[self._last_seq] = task_id
+        self.tasks[task_id] = record
 
-    async def load_tasks(self) -> list[Row]:
-        return [Row(tid, copy.deepcopy(rec)) for tid, rec in self.tasks.items()]
+    def _row(self, task_id: str) -> Row:
+        return Row(task_id, copy.deepcopy(self.tasks[task_id]))
 
-    async def delete_tasks(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
-            self.tasks.pop(task_id, None)
+    async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
+        return [self._row(tid) for tid, rec in self.tasks.items() if rec["status"] in statuses]
+
+    async def get_task(self, task_id: str) -> Row | None:
+        return self._row(task_id) if task_id in self.tasks else None
+
+    async def task_seq(self, task_id: str) -> int | None:
+        return self._seq_of.get(task_id)
+
+    async def list_tasks(self, status: str | None, after_seq: int, limit: int) -> list[StoredTask]:
+        out: list[StoredTask] = []
+        for seq in self._order[bisect.bisect_right(self._order, after_seq) :]:
+            task_id = self._id_at[seq]
+            if status is None or self.tasks[task_id]["status"] == status:
+                out.append(StoredTask(seq, self._row(task_id)))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def count_tasks(self) -> dict[str, int]:
+        return dict(Counter(rec["status"] for rec in self.tasks.values()))
+
+    async def delete_finished(
+        self, statuses: Collection[str], updated_before: float, limit: int
+    ) -> dict[str, int]:
+        old = sorted(
+            (rec["updated_at"], tid)
+            for tid, rec in self.tasks.items()
+            if rec["status"] in statuses and rec["updated_at"] < updated_before
+        )[:limit]
+        gone: Counter[str] = Counter()
+        for _, task_id in old:
+            gone[self.tasks.pop(task_id)["status"]] += 1
+            seq = self._seq_of.pop(task_id)
+            del self._id_at[seq]
+            del self._order[bisect.bisect_left(self._order, seq)]
+        return dict(gone)

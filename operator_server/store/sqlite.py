@@ -19,13 +19,14 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from operator_server.logs import get_logger
-from operator_server.store.base import Row, SessionRecord, Store, StoreError
+from operator_server.store.base import Row, SessionRecord, Store, StoredTask, StoreError
 
 log = get_logger(__name__)
 BATCH = 512
@@ -51,7 +52,32 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tasks_by_status ON tasks (status, updated_at);
     """,
+    # v2: finished tasks are read from here, not memory.  ``seq`` orders and
+    # pages them (AUTOINCREMENT: never reused, even after retention deletes the
+    # newest row); (status, seq) serves filtered pages, (status, updated_at)
+    # the retention sweep.
+    """
+    CREATE TABLE tasks_v2 (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        status     TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        data       TEXT NOT NULL
+    );
+    INSERT INTO tasks_v2 (id, status, created_at, updated_at, data)
+        SELECT id, status, created_at, updated_at, data FROM tasks ORDER BY created_at, id;
+    DROP TABLE tasks;
+    ALTER TABLE tasks_v2 RENAME TO tasks;
+    CREATE INDEX tasks_by_status_seq ON tasks (status, seq);
+    CREATE INDEX tasks_by_status_updated ON tasks (status, updated_at);
+    """,
 ]
+UPSERT_TASK = (
+    "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (id) DO UPDATE SET "
+    "status = excluded.status, updated_at = excluded.updated_at, data = excluded.data"
+)
 
 Work = Callable[[sqlite3.Connection], Any]
 
@@ -238,10 +264,8 @@ class SQLiteStore(Store):
             record["updated_at"],
             json.dumps(record, separators=(",", ":")),
         )
-        return (
-            lambda c: c.execute("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", row),
-            f"save task {record['id']}",
-        )
+        # An upsert, not INSERT OR REPLACE: the row keeps its seq.
+        return (lambda c: c.execute(UPSERT_TASK, row), f"save task {record['id']}")
 
     async def put_task(self, record: dict[str, Any]) -> None:
         await self._call(*self._task_write(record))
@@ -249,26 +273,77 @@ class SQLiteStore(Store):
     def put_task_soon(self, record: dict[str, Any]) -> None:
         self._soon(*self._task_write(record))
 
-    async def load_tasks(self) -> list[Row]:
+    async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
         rows = await self._call(
-            lambda c: c.execute("SELECT id, data FROM tasks ORDER BY created_at").fetchall(),
+            lambda c: c.execute(
+                f"SELECT id, data FROM tasks WHERE status IN ({marks}) ORDER BY seq", wanted
+            ).fetchall(),
             "load tasks",
         )
-        out = []
-        for task_id, data in rows:
-            try:
-                out.append(Row(task_id, json.loads(data)))
-            except (ValueError, TypeError) as exc:
-                out.append(Row(task_id, None, f"cannot decode: {exc}"))
-        return out
+        return [_task_row(task_id, data) for task_id, data in rows]
 
-    async def delete_tasks(self, task_ids: list[str]) -> None:
-        if not task_ids:
-            return
-        await self._call(
-            lambda c: c.executemany("DELETE FROM tasks WHERE id = ?", [(t,) for t in task_ids]),
-            f"delete {len(task_ids)} tasks",
+    async def get_task(self, task_id: str) -> Row | None:
+        found = await self._call(
+            lambda c: c.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone(),
+            f"read task {task_id}",
         )
+        return None if found is None else _task_row(task_id, found[0])
+
+    async def task_seq(self, task_id: str) -> int | None:
+        found = await self._call(
+            lambda c: c.execute("SELECT seq FROM tasks WHERE id = ?", (task_id,)).fetchone(),
+            f"find task {task_id}",
+        )
+        return None if found is None else int(found[0])
+
+    async def list_tasks(self, status: str | None, after_seq: int, limit: int) -> list[StoredTask]:
+        # Keyset paging: a seek on (status, seq) or on seq, then ``limit`` rows.
+        where, args = (
+            ("seq > ?", [after_seq])
+            if status is None
+            else (
+                "status = ? AND seq > ?",
+                [status, after_seq],
+            )
+        )
+        sql = f"SELECT seq, id, data FROM tasks WHERE {where} ORDER BY seq LIMIT ?"
+        args.append(limit)
+        rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "list tasks")
+        return [StoredTask(seq, _task_row(task_id, data)) for seq, task_id, data in rows]
+
+    async def count_tasks(self) -> dict[str, int]:
+        rows = await self._call(
+            lambda c: c.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall(),
+            "count tasks",
+        )
+        return {status: int(n) for status, n in rows}
+
+    async def delete_finished(
+        self, statuses: Collection[str], updated_before: float, limit: int
+    ) -> dict[str, int]:
+        wanted = list(statuses)
+        marks = ",".join("?" * len(wanted))
+
+        def work(c: sqlite3.Connection) -> dict[str, int]:
+            victims = c.execute(
+                f"SELECT seq, status FROM tasks WHERE status IN ({marks}) AND updated_at < ? "
+                "ORDER BY updated_at LIMIT ?",
+                (*wanted, updated_before, limit),
+            ).fetchall()
+            c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _ in victims])
+            return dict(Counter(status for _, status in victims))
+
+        result: dict[str, int] = await self._call(work, "delete finished tasks")
+        return result
+
+
+def _task_row(task_id: str, data: str) -> Row:
+    try:
+        return Row(task_id, json.loads(data))
+    except (ValueError, TypeError) as exc:
+        return Row(task_id, None, f"cannot decode: {exc}")
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

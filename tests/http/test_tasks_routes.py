@@ -28,9 +28,11 @@ async def test_listing_pages_with_a_cursor_in_creation_order(server: Server) -> 
         seen += [t["id"] for t in page["tasks"]]
         if page["next"] is None:
             break
-        assert page["next"] == seen[-1]
         params["after"] = page["next"]
     assert seen == ids and pages == 3
+    # A task id works as a cursor too: the listing continues after that task.
+    after = await (await client.get("/v1/tasks", params={"after": ids[1]})).json()
+    assert [t["id"] for t in after["tasks"]] == ids[2:]
     only = await (await client.get("/v1/tasks", params={"status": "running"})).json()
     assert only == {"tasks": [], "next": None}
 

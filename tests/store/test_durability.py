@@ -138,8 +138,9 @@ async def test_a_corrupt_row_is_skipped_with_a_warning_naming_it(server: Server,
     await wait_task(first, good["id"])
     await first.close()
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO tasks VALUES ('t-broken', 'running', 0, 0, '{not json')")
-    conn.execute("INSERT INTO tasks VALUES ('t-odd', 'running', 0, 0, '{\"id\": \"t-odd\"}')")
+    columns = "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES"
+    conn.execute(f"{columns} ('t-broken', 'running', 0, 0, '{{not json')")
+    conn.execute(f"{columns} ('t-odd', 'running', 0, 0, '{{\"id\": \"t-odd\"}}')")
     conn.execute("INSERT INTO operator_sessions VALUES ('op-broken', 'x', 'not-json', '', 0, 9e99)")
     conn.commit()
     conn.close()
@@ -164,10 +165,7 @@ async def test_finished_tasks_are_removed_after_the_retention(server: Server, db
 
 async def crash_image(store: MemoryStore) -> MemoryStore:
     """What a process killed right now would leave behind: the committed records."""
-    image = MemoryStore()
-    image.sessions = dict(store.sessions)
-    image.tasks = copy.deepcopy(store.tasks)
-    return image
+    return copy.deepcopy(store)
 
 
 async def running_in(

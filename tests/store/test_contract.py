@@ -1,0 +1,107 @@
+"""One contract, every store: what the engine relies on, checked on each backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from operator_server.store import MemoryStore, SessionRecord, SQLiteStore, Store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend: Store = (
+        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "contract.sqlite")
+    )
+    await backend.open()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def record(task_id: str, status: str, updated_at: float = 1.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": task_id,
+        "status": status,
+        "created_at": 1.0,
+        "updated_at": updated_at,
+        **extra,
+    }
+
+
+async def ids(
+    store: Store, status: str | None = None, after: int = 0, limit: int = 100
+) -> list[str]:
+    return [item.row.key for item in await store.list_tasks(status, after, limit)]
+
+
+async def test_a_task_reads_back_as_written_and_an_update_keeps_its_place(store: Store) -> None:
+    await store.put_task(record("t-a", "running", directive={"x": [1, 2]}))
+    await store.put_task(record("t-b", "pending"))
+    await store.put_task(record("t-a", "passed", updated_at=2.0, directive={"x": [1, 2]}))
+    row = await store.get_task("t-a")
+    assert row is not None and row.value["status"] == "passed"
+    assert row.value["directive"] == {"x": [1, 2]}
+    assert await store.get_task("t-missing") is None
+    assert await ids(store) == ["t-a", "t-b"]
+
+
+async def test_pages_seek_by_seq_and_filter_by_status(store: Store) -> None:
+    for n in range(6):
+        await store.put_task(record(f"t-{n}", "passed" if n % 2 else "running"))
+    first = await store.list_tasks("passed", 0, 2)
+    assert [i.row.key for i in first] == ["t-1", "t-3"]
+    assert await ids(store, "passed", first[-1].seq) == ["t-5"]
+    seq_3 = await store.task_seq("t-3")
+    assert seq_3 == first[-1].seq
+    assert await ids(store, None, seq_3) == ["t-4", "t-5"]
+    assert await store.task_seq("t-missing") is None
+
+
+async def test_counts_and_load_by_status(store: Store) -> None:
+    for n, status in enumerate(["pending", "running", "passed", "passed", "failed"]):
+        await store.put_task(record(f"t-{n}", status))
+    assert await store.count_tasks() == {"pending": 1, "running": 1, "passed": 2, "failed": 1}
+    live = await store.load_tasks(["pending", "running"])
+    assert sorted(r.key for r in live) == ["t-0", "t-1"]
+
+
+async def test_retention_deletes_old_finished_tasks_oldest_first_in_batches(store: Store) -> None:
+    await store.put_task(record("t-old-1", "passed", updated_at=10))
+    await store.put_task(record("t-old-2", "failed", updated_at=11))
+    await store.put_task(record("t-old-3", "passed", updated_at=12))
+    await store.put_task(record("t-new", "passed", updated_at=100))
+    await store.put_task(record("t-live", "running", updated_at=1))
+    terminal = ["passed", "failed", "blocked", "cancelled"]
+    assert await store.delete_finished(terminal, 50, 2) == {"passed": 1, "failed": 1}
+    assert await store.delete_finished(terminal, 50, 2) == {"passed": 1}
+    assert await store.delete_finished(terminal, 50, 2) == {}
+    assert await ids(store) == ["t-new", "t-live"]
+
+
+async def test_a_seq_is_never_reused_after_the_newest_task_is_deleted(store: Store) -> None:
+    await store.put_task(record("t-keep", "running"))
+    await store.put_task(record("t-newest", "passed", updated_at=1))
+    gone_seq = await store.task_seq("t-newest")
+    assert gone_seq is not None
+    assert await store.delete_finished(["passed"], 50, 10) == {"passed": 1}
+    await store.put_task(record("t-next", "pending"))
+    next_seq = await store.task_seq("t-next")
+    # A cursor handed out for the deleted task still means "after it".
+    assert next_seq is not None and next_seq > gone_seq
+    assert await ids(store, None, gone_seq) == ["t-next"]
+
+
+async def test_sessions_round_trip_and_touch(store: Store) -> None:
+    rec = SessionRecord("op-1", "ab" * 32, ["main"], "desk", 1.0, 1.0)
+    await store.put_session(rec)
+    store.touch_session_soon("op-1", 5.0)
+    await store.put_task(record("t-barrier", "pending"))  # orders after the touch
+    (row,) = await store.load_sessions()
+    assert row.value.roles == ["main"] and row.value.last_seen_at == 5.0
+    await store.delete_session("op-1")
+    assert await store.load_sessions() == []
