@@ -367,7 +367,7 @@ class Engine:
         self.counts.moved(task.status, TaskStatus.RUNNING)
         record = task.start_attempt()
         structlog.contextvars.bind_contextvars(attempt=record.number)
-        grant = self.capabilities.mint(task.id, record.number)
+        grant = None
         ctx = AttemptContext(
             task_id=task.id,
             attempt=record.number,
@@ -375,8 +375,8 @@ class Engine:
             system=task.system,
             prompt=task.directive,
             kind=task.kind,
-            capability_token=grant.token,
-            worker_handle=grant.handle,
+            capability_token="",
+            worker_handle="",
             tail=record.tail,
             fire_and_forget=self._fire_and_forget,
             parent_req_id=parent_req_id,
@@ -395,6 +395,10 @@ class Engine:
                 ) from exc
             ctx.operator = info = self.resolve_operator_info(task)
             record.served_by = info.served_by()
+            if info.backend is not None:
+                # Credentials only when a spawn frame will carry them.
+                grant = self.capabilities.mint(task.id, record.number)
+                ctx.capability_token, ctx.worker_handle = grant.token, grant.handle
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
         except AttemptFailed as exc:
             record.finish(TaskStatus.FAILED, error=exc)
@@ -414,7 +418,8 @@ class Engine:
             record.finish(status, result=result)
             log.debug("attempt ended", status=str(status))
         finally:
-            self.capabilities.revoke(grant)
+            if grant is not None:
+                self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
             task.touch()
         # Not stored here: every caller's next step stores the task (the next

@@ -73,14 +73,23 @@ class TaskRequestSchema(Schema):
             raise ValidationError("a layer may appear only once", "layers")
 
 
+TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every field
+
+
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
     after = fields.String()
 
 
+LIST_QUERY = ListQuerySchema()  # built once: construction deep-copies every field
+
+
 class GetQuerySchema(Schema):
     wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(min=0))
+
+
+GET_QUERY = GetQuerySchema()  # built once: construction deep-copies every field
 
 
 def _guard(request: web.Request) -> None:
@@ -104,7 +113,7 @@ async def create_task(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if not engine.accepting:
         raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
-    body = load(TaskRequestSchema(), await read_json(request))
+    body = load(TASK_REQUEST, await read_json(request))
     if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
@@ -126,7 +135,7 @@ async def create_task(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     _guard(request)
-    q = query(request, ListQuerySchema())
+    q = query(request, LIST_QUERY)
     engine = request.app[ENGINE]
     after = await _cursor(engine, q.get("after"))
     tasks, more = await engine.page(q.get("status"), after, q["limit"])
@@ -154,7 +163,7 @@ async def _cursor(engine: Engine, after: str | None) -> int:
 async def get_task(request: web.Request) -> web.Response:
     _guard(request)
     task = await _task(request)
-    wait = query(request, GetQuerySchema())["wait"]
+    wait = query(request, GET_QUERY)["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
         raise ApiError(400, Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")

@@ -25,15 +25,24 @@ class PromptQuerySchema(Schema):
     task_id = fields.String()
 
 
+PROMPT_QUERY = PromptQuerySchema()  # built once: construction deep-copies every field
+
+
 class ResultSchema(Schema):
     value = fields.Raw(required=True, allow_none=True)
     ok = StrictBoolean(load_default=True)
     task_id = fields.String()
 
 
+RESULT_BODY = ResultSchema()  # built once: construction deep-copies every field
+
+
 class SubmitQuerySchema(Schema):
     ok = fields.Boolean(load_default=True)
     task_id = fields.String()
+
+
+SUBMIT_QUERY = SubmitQuerySchema()  # built once: construction deep-copies every field
 
 
 def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
@@ -48,7 +57,7 @@ def _accepted(claims: Claims) -> web.Response:
 
 @routes.get("/v1/worker/prompt")
 async def worker_prompt(request: web.Request) -> web.Response:
-    q = query(request, PromptQuerySchema())
+    q = query(request, PROMPT_QUERY)
     claims = _claims(request, "prompt", q.get("task_id"))
     return web.json_response(request.app[ENGINE].worker_view(claims))
 
@@ -56,7 +65,7 @@ async def worker_prompt(request: web.Request) -> web.Response:
 @routes.post("/v1/worker/result")
 async def worker_result(request: web.Request) -> web.Response:
     claims = _claims(request, "result")
-    body = validate(ResultSchema(), await read_json(request))
+    body = validate(RESULT_BODY, await read_json(request))
     require_task(claims, body.get("task_id"))
     request.app[ENGINE].post_worker_result(claims, WorkerResult(body["value"], body["ok"]))
     return _accepted(claims)
@@ -65,7 +74,7 @@ async def worker_result(request: web.Request) -> web.Response:
 @routes.post("/v1/worker/submit")
 async def worker_submit(request: web.Request) -> web.Response:
     claims = _claims(request, "result")
-    q = query(request, SubmitQuerySchema())
+    q = query(request, SUBMIT_QUERY)
     require_task(claims, q.get("task_id"))
     raw = await request.read()
     try:

@@ -42,6 +42,9 @@ class MintSchema(Schema):
             raise ValidationError(f"duplicate role(s): {', '.join(dupes)}")
 
 
+MINT_BODY = MintSchema()  # built once: construction deep-copies every field
+
+
 def _subprotocol_token(request: web.Request) -> tuple[str | None, str | None]:
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     for proto in (p.strip() for p in offered.split(",")):
@@ -88,7 +91,7 @@ async def mint_operator(request: web.Request) -> web.Response:
         # With an API token configured, seating an operator is an admin act too:
         # otherwise anyone who can reach the port could claim roles and receive work.
         require_bearer(request, settings.api_token, "api_token")
-    body = load(MintSchema(), await read_json(request) if request.can_read_body else {})
+    body = load(MINT_BODY, await read_json(request) if request.can_read_body else {})
     try:
         session, token = await request.app[DIRECTORY].mint(body["roles"], body["desc"])
     except RolesConflict as exc:
