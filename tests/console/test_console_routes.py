@@ -47,11 +47,15 @@ async def test_every_console_response_forbids_inline_script_and_other_origins(
         assert "unsafe-inline" not in csp and "http" not in csp
 
 
-def test_the_shipped_files_load_nothing_from_elsewhere_parse_no_markup_and_skip_local_storage() -> None:
+def test_the_shipped_files_load_nothing_from_elsewhere_parse_no_markup_and_skip_local_storage() -> (
+    None
+):
     for path in STATIC_DIR.iterdir():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"https?://", text.replace("http://www.w3.org/2000/svg", "")), path
-        assert not re.search(r"\.(inner|outer)HTML\b|insertAdjacentHTML|document\.write", text), path
+        assert not re.search(r"\.(inner|outer)HTML\b|insertAdjacentHTML|document\.write", text), (
+            path
+        )
         assert not re.search(r"localStorage\s*[.\[]", text), path
         if path.suffix == ".html":
             assert not re.search(r"<script(?![^>]*\bsrc=)", text), "inline script"
@@ -70,9 +74,7 @@ async def test_config_says_whether_an_api_token_is_needed(server: Server) -> Non
         "api_token_required": False
     }
     guarded = await server(api_token="t0ken")
-    assert await (await guarded.get("/console/config.json")).json() == {
-        "api_token_required": True
-    }
+    assert await (await guarded.get("/console/config.json")).json() == {"api_token_required": True}
 
 
 async def test_the_console_origin_may_open_the_socket_whatever_allowed_origins_says(

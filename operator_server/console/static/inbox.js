@@ -135,7 +135,7 @@ export class Inbox {
     try {
       const task = await api.task(frame.task_id);
       node.querySelector(".agent").textContent = task.agent;
-      node.querySelector(".attempt").textContent = `attempt ${frame.attempt || task.attempt}`;
+      node.querySelector(".attempt-no").textContent = `attempt ${frame.attempt || task.attempt}`;
       node.querySelector(".directive").textContent = pretty(task.directive);
     } catch (err) {
       node.querySelector(".directive").textContent = `(task not readable: ${err.message})`;
@@ -154,7 +154,7 @@ export class Inbox {
           h("p", { class: "meta" },
             h("span", { class: "task", text: frame.task_id }), " · ",
             h("span", { class: "agent", text: frame.agent || "" }), " · ",
-            h("span", { class: "attempt", text: frame.attempt ? `attempt ${frame.attempt}` : "" }), " · ",
+            h("span", { class: "attempt-no", text: frame.attempt ? `attempt ${frame.attempt}` : "" }), " · ",
             h("span", { class: "waited", text: `waiting ${since(seen)}` }))),
         h("h4", { text: "Directive" }),
         h("pre", { class: "code directive", text: "…" }),
@@ -187,7 +187,7 @@ export class Inbox {
   }
 
   ask(frame, id) {
-    const answer = h("textarea", { id: `${id}-answer`, rows: 3, "aria-label": "Answer", placeholder: "text, or JSON" });
+    const answer = h("textarea", { id: `${id}-answer`, rows: 3, placeholder: "text, or JSON" });
     const send = () => {
       const value = parseInput(answer.value);
       this.reply(frame.req_id, { type: "answer", req_id: frame.req_id, value }, "Answer sent");
@@ -199,6 +199,7 @@ export class Inbox {
     return [
       h("h4", { text: "Question" }),
       h("pre", { class: "code question", text: pretty(frame.question) }),
+      h("label", { for: `${id}-answer`, text: "Answer" }),
       answer,
       h("p", { class: "actions" },
         h("button", { type: "button", class: "primary", onclick: send, text: "Send answer" }),
@@ -216,7 +217,7 @@ export class Inbox {
         prompt.textContent = `(could not fetch the prompt: ${err.message})`;
       },
     );
-    const result = h("textarea", { id: `${id}-result`, rows: 4, "aria-label": "Result", placeholder: "the work: text, or JSON" });
+    const result = h("textarea", { id: `${id}-result`, rows: 4, placeholder: "the work: text, or JSON" });
     const haltReason = h("input", { type: "text", id: `${id}-halt`, "aria-label": "Halt reason", placeholder: "why stop (optional)" });
     const outcome = () => this.cards.get(frame.req_id).node.querySelector(".outcome");
     const submit = async (ok) => {
@@ -241,6 +242,7 @@ export class Inbox {
       h("h4", { text: "Prompt" }),
       prompt,
       h("details", {}, h("summary", { text: "Operator directive" }), h("pre", { class: "code", text: frame.directive })),
+      h("label", { for: `${id}-result`, text: "Result" }),
       result,
       h("p", { class: "actions" },
         h("button", { type: "button", class: "primary", onclick: () => submit(true), text: "Submit result" }),

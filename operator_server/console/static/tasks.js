@@ -97,7 +97,9 @@ export class TasksView {
   }
 
   async open(id) {
+    const switched = this.openId !== id;
     this.openId = id;
+    if (switched) this.refresh(); // marks the row
     let task;
     try {
       task = await api.task(id);
