@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/operator-server.toml
 
-.PHONY: run test lint fmt bench demo clean
+.PHONY: run test lint fmt bench demo screenshots clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m operator_server.demo
+
+# PNGs of the console (inbox, task page) into docs/, for the README; needs chromium.
+screenshots: $(BIN)/.installed
+	$(BIN)/python -m tests.console.screenshots
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

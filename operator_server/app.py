@@ -19,7 +19,7 @@ from operator_server.appkeys import BACKGROUND, ENGINE, OPERATOR_COUNTS, SETTING
 from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
-from operator_server.http import health, tasks, worker
+from operator_server.http import console, health, tasks, worker
 from operator_server.http.errors import error_middleware
 from operator_server.logs import get_logger
 from operator_server.operators import login
@@ -60,6 +60,7 @@ def build_app(
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
     app.add_routes(login.routes)
+    app.add_routes(console.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_shutdown.append(_shutdown)

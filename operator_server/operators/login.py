@@ -72,6 +72,12 @@ def _authorize(
     return session, subprotocol
 
 
+def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...]) -> bool:
+    # The console the daemon serves is same-origin with this socket and must
+    # always be able to open it, whatever allowed_origins lists.
+    return origin == f"{request.scheme}://{request.host}" or origin in allowed
+
+
 def session_view(session: WSOperatorSession) -> dict[str, Any]:
     return {
         "sid": session.sid,
@@ -126,7 +132,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     session, subprotocol = _authorize(request, websocket=True)
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
-    if origin is not None and origin not in settings.allowed_origins:
+    if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):
         raise ApiError(403, Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,

@@ -1,0 +1,79 @@
+// The daemon's HTTP API, as the console uses it.  Errors come back as
+// {"error": {"code", "message"}}; they are thrown as ApiError with both.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function call(method, path, { bearer, body } = {}) {
+  const headers = {};
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (err) {
+    throw new ApiError(0, "unreachable", `cannot reach the server: ${err.message}`);
+  }
+  if (resp.status === 204) return null;
+  let data = null;
+  try {
+    data = await resp.json();
+  } catch {
+    data = null;
+  }
+  if (!resp.ok) {
+    const error = (data && data.error) || {};
+    throw new ApiError(resp.status, error.code || "http_error", error.message || `HTTP ${resp.status}`);
+  }
+  return data;
+}
+
+export const api = {
+  // Set after sign-in when the server needs it; kept in sessionStorage only.
+  apiToken: "",
+
+  config: () => call("GET", "/console/config.json"),
+  mint: (roles, desc) =>
+    call("POST", "/v1/operators", { bearer: api.apiToken, body: { roles, desc } }),
+  operator: (sid, token) => call("GET", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
+  leave: (sid, token) => call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
+
+  tasks: async (status) => {
+    // Every page, oldest first, as the route lists them.
+    const all = [];
+    let after = null;
+    for (let page = 0; page < 20; page++) {
+      const q = new URLSearchParams({ limit: "500" });
+      if (status) q.set("status", status);
+      if (after) q.set("after", after);
+      const body = await call("GET", `/v1/tasks?${q}`, { bearer: api.apiToken });
+      all.push(...body.tasks);
+      if (!body.next) break;
+      after = body.next;
+    }
+    return all;
+  },
+  task: (id) => call("GET", `/v1/tasks/${encodeURIComponent(id)}`, { bearer: api.apiToken }),
+  createTask: (body) => call("POST", "/v1/tasks", { bearer: api.apiToken, body }),
+  cancelTask: (id, reason) =>
+    call("POST", `/v1/tasks/${encodeURIComponent(id)}/cancel`, {
+      bearer: api.apiToken,
+      body: reason ? { reason } : {},
+    }),
+
+  // A spawn's worker handle is the bearer: the person does the sub-agent's part.
+  workerPrompt: (handle) => call("GET", "/v1/worker/prompt", { bearer: handle }),
+  workerResult: (handle, value, ok) =>
+    call("POST", "/v1/worker/result", { bearer: handle, body: { value, ok } }),
+};

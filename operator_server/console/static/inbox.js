@@ -1,0 +1,268 @@
+// The inbox: one card per pending operator request, newest last.
+//
+// Cards are keyed by req_id, so a request the server replays (after a reconnect
+// or a reload) shows once.  Each reply is recorded (in sessionStorage) before it
+// is sent and the card's controls are disabled at once, so a person cannot send
+// two; when the server replays a request we already answered, it never got the
+// answer, and the recorded reply goes out again unchanged.
+
+import { api } from "./api.js";
+import { $, h, parseInput, pretty, since } from "./dom.js";
+import { stored } from "./storage.js";
+
+const TITLES = { hook_before: "Approve spawn?", ask: "Question", spawn: "Do the work" };
+const MAX_REMEMBERED = 500;
+const MAX_ACTIVITY = 200;
+
+export class Inbox {
+  constructor({ send, name, onTaskTouched }) {
+    this.send = send;
+    this.name = name;
+    this.onTaskTouched = onTaskTouched;
+    this.cards = new Map(); // req_id -> {frame, node}
+    this.list = $("inbox");
+    this.feed = $("activity");
+    this.ticker = setInterval(() => this.tick(), 1000);
+  }
+
+  handle(frame) {
+    switch (frame.type) {
+      case "hook_before":
+      case "ask":
+      case "spawn":
+        this.request(frame);
+        break;
+      case "hook_after":
+        this.note(`${frame.agent} attempt ${frame.attempt} ended: ${pretty(frame.result)}`, frame.task_id);
+        break;
+      case "cancel":
+        this.withdraw(frame.req_id, frame.reason);
+        break;
+      case "error":
+        this.note(`server said ${frame.code}: ${frame.message}`, null, "error");
+        break;
+      default:
+        break; // a newer server's frame this console does not know yet
+    }
+    if (frame.task_id) this.onTaskTouched(frame.task_id);
+  }
+
+  request(frame) {
+    const session = stored.session() || {};
+    const sent = (session.replies || {})[frame.req_id];
+    if (sent) {
+      this.send(sent);
+      return;
+    }
+    if (this.cards.has(frame.req_id)) return;
+    const seen = (session.seen || {})[frame.req_id] || Date.now();
+    stored.update((s) => {
+      s.seen = trim({ ...s.seen, [frame.req_id]: seen });
+    });
+    const node = this.card(frame, seen);
+    this.cards.set(frame.req_id, { frame, node, done: false });
+    this.list.append(node);
+    this.counts();
+    this.describeTask(frame, node);
+  }
+
+  reply(reqId, reply, outcome) {
+    const card = this.cards.get(reqId);
+    if (!card || card.done) return false;
+    card.done = true;
+    stored.update((s) => {
+      s.replies = trim({ ...s.replies, [reqId]: reply });
+    });
+    this.send(reply);
+    this.finish(card, outcome);
+    return true;
+  }
+
+  finish(card, outcome) {
+    card.node.classList.add("done");
+    for (const control of card.node.querySelectorAll("button, input, textarea")) {
+      if (!control.classList.contains("dismiss")) control.disabled = true;
+    }
+    card.node.querySelector(".outcome").textContent = outcome;
+    card.node.querySelector(".dismiss").hidden = false;
+    this.note(outcome, card.frame.task_id);
+    this.counts();
+  }
+
+  withdraw(reqId, reason) {
+    const card = this.cards.get(reqId);
+    if (card) {
+      card.node.remove();
+      this.cards.delete(reqId);
+    }
+    stored.update((s) => {
+      delete (s.seen || {})[reqId];
+      delete (s.replies || {})[reqId];
+    });
+    this.note(`Withdrawn: ${reason}`, card ? card.frame.task_id : null, "warn");
+    this.counts();
+  }
+
+  dismiss(reqId) {
+    const card = this.cards.get(reqId);
+    if (!card) return;
+    card.node.remove();
+    this.cards.delete(reqId);
+    this.counts();
+  }
+
+  counts() {
+    const waiting = [...this.cards.values()].filter((c) => !c.done).length;
+    $("inbox-count").textContent = waiting ? `(${waiting})` : "";
+    $("inbox-empty").hidden = this.cards.size > 0;
+  }
+
+  tick() {
+    for (const { node, done } of this.cards.values()) {
+      if (!done) node.querySelector(".waited").textContent = `waiting ${since(Number(node.dataset.seen))}`;
+    }
+  }
+
+  note(text, taskId, level = "info") {
+    const when = new Date().toLocaleTimeString();
+    const item = h("li", { class: `note ${level}` }, h("time", { text: when }), " ", taskId ? `${taskId}: ` : "", text);
+    this.feed.prepend(item);
+    while (this.feed.children.length > MAX_ACTIVITY) this.feed.lastChild.remove();
+  }
+
+  async describeTask(frame, node) {
+    // hook_before and ask frames are thin: the task itself says what is asked.
+    try {
+      const task = await api.task(frame.task_id);
+      node.querySelector(".agent").textContent = task.agent;
+      node.querySelector(".attempt-no").textContent = `attempt ${frame.attempt || task.attempt}`;
+      node.querySelector(".directive").textContent = pretty(task.directive);
+    } catch (err) {
+      node.querySelector(".directive").textContent = `(task not readable: ${err.message})`;
+    }
+  }
+
+  card(frame, seen) {
+    const id = `card-${frame.req_id}`;
+    const titleId = `${id}-title`;
+    const node = h(
+      "li",
+      { class: `card card-${frame.type}`, id, "data-seen": String(seen), "data-req-id": frame.req_id },
+      h("article", { "aria-labelledby": titleId },
+        h("header", {},
+          h("h3", { id: titleId, text: TITLES[frame.type] }),
+          h("p", { class: "meta" },
+            h("span", { class: "task", text: frame.task_id }), " · ",
+            h("span", { class: "agent", text: frame.agent || "" }), " · ",
+            h("span", { class: "attempt-no", text: frame.attempt ? `attempt ${frame.attempt}` : "" }), " · ",
+            h("span", { class: "waited", text: `waiting ${since(seen)}` }))),
+        h("h4", { text: "Directive" }),
+        h("pre", { class: "code directive", text: "…" }),
+        ...this.body(frame, id),
+        h("p", { class: "outcome", role: "status" }),
+        h("button", { type: "button", class: "dismiss", hidden: true, text: "Dismiss", onclick: () => this.dismiss(frame.req_id) })));
+    return node;
+  }
+
+  body(frame, id) {
+    if (frame.type === "hook_before") return this.hookBefore(frame, id);
+    if (frame.type === "ask") return this.ask(frame, id);
+    return this.spawn(frame, id);
+  }
+
+  hookBefore(frame, id) {
+    const reason = h("input", { type: "text", id: `${id}-reason`, "aria-label": "Reason", placeholder: "why not (optional)" });
+    const approve = () => this.reply(frame.req_id, { type: "hook_ack", req_id: frame.req_id, ok: true }, "Approved");
+    const reject = () => {
+      const why = reason.value.trim() || `rejected by ${this.name}`;
+      this.reply(frame.req_id, { type: "hook_ack", req_id: frame.req_id, ok: false, reason: why }, `Rejected: ${why}`);
+    };
+    return [
+      h("p", { class: "actions" },
+        h("button", { type: "button", class: "primary", onclick: approve, text: "Approve" })),
+      h("p", { class: "actions" },
+        reason,
+        h("button", { type: "button", class: "danger", onclick: reject, text: "Reject" })),
+    ];
+  }
+
+  ask(frame, id) {
+    const answer = h("textarea", { id: `${id}-answer`, rows: 3, placeholder: "text, or JSON" });
+    const send = () => {
+      const value = parseInput(answer.value);
+      this.reply(frame.req_id, { type: "answer", req_id: frame.req_id, value }, "Answer sent");
+    };
+    const decline = () => {
+      const why = answer.value.trim() || `declined by ${this.name}`;
+      this.reply(frame.req_id, { type: "answer", req_id: frame.req_id, value: null, error: why }, `Declined: ${why}`);
+    };
+    return [
+      h("h4", { text: "Question" }),
+      h("pre", { class: "code question", text: pretty(frame.question) }),
+      h("label", { for: `${id}-answer`, text: "Answer" }),
+      answer,
+      h("p", { class: "actions" },
+        h("button", { type: "button", class: "primary", onclick: send, text: "Send answer" }),
+        h("button", { type: "button", onclick: decline, text: "Decline" })),
+    ];
+  }
+
+  spawn(frame, id) {
+    const prompt = h("pre", { class: "code prompt", text: "fetching the prompt…" });
+    api.workerPrompt(frame.worker_handle).then(
+      (view) => {
+        prompt.textContent = (view.system ? `[system] ${view.system}\n\n` : "") + pretty(view.prompt);
+      },
+      (err) => {
+        prompt.textContent = `(could not fetch the prompt: ${err.message})`;
+      },
+    );
+    const result = h("textarea", { id: `${id}-result`, rows: 4, placeholder: "the work: text, or JSON" });
+    const haltReason = h("input", { type: "text", id: `${id}-halt`, "aria-label": "Halt reason", placeholder: "why stop (optional)" });
+    const outcome = () => this.cards.get(frame.req_id).node.querySelector(".outcome");
+    const submit = async (ok) => {
+      const card = this.cards.get(frame.req_id);
+      if (!card || card.done || card.posting) return;
+      card.posting = true;
+      try {
+        await api.workerResult(frame.worker_handle, parseInput(result.value), ok);
+      } catch (err) {
+        card.posting = false;
+        outcome().textContent = `Could not post the result: ${err.message}`;
+        return;
+      }
+      this.reply(frame.req_id, { type: "spawn_ack", req_id: frame.req_id, ok },
+        `Result posted (${ok ? "ok" : "failed"}) · ack sent`);
+    };
+    const halt = () => {
+      const reason = haltReason.value.trim() || `halted by ${this.name}`;
+      this.reply(frame.req_id, { type: "spawn_halt", req_id: frame.req_id, reason }, `Halted: ${reason} · sent`);
+    };
+    return [
+      h("h4", { text: "Prompt" }),
+      prompt,
+      h("details", {}, h("summary", { text: "Operator directive" }), h("pre", { class: "code", text: frame.directive })),
+      h("label", { for: `${id}-result`, text: "Result" }),
+      result,
+      h("p", { class: "actions" },
+        h("button", { type: "button", class: "primary", onclick: () => submit(true), text: "Submit result" }),
+        h("button", { type: "button", onclick: () => submit(false), text: "Submit as failed" })),
+      h("p", { class: "actions" },
+        haltReason,
+        h("button", { type: "button", class: "danger", onclick: halt, text: "Halt" })),
+    ];
+  }
+
+  stop() {
+    clearInterval(this.ticker);
+    this.list.replaceChildren();
+    this.feed.replaceChildren();
+    this.cards.clear();
+  }
+}
+
+function trim(map) {
+  const keys = Object.keys(map);
+  for (const key of keys.slice(0, Math.max(0, keys.length - MAX_REMEMBERED))) delete map[key];
+  return map;
+}

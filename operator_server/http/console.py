@@ -1,0 +1,97 @@
+"""The operator console: ``/console/`` serves the static web app, ``/`` points there.
+
+Only the files shipped in ``operator_server/console/static`` are served (read
+once, at start), so no request path ever reaches the file system.  Every console
+response carries a Content-Security-Policy that allows scripts, styles, images
+and connections from the daemon's own origin only: no inline script, no
+third-party origin.  ``GET /console/config.json`` tells the page, before sign-in,
+whether the server needs an API token (so the field is shown only then).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from aiohttp import web
+
+from operator_server.appkeys import SETTINGS
+from operator_server.console import STATIC_DIR
+
+routes = web.RouteTableDef()
+
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+
+
+def _content_type(path: Path) -> str:
+    return (
+        _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
+
+
+def _load(folder: Path) -> dict[str, tuple[bytes, str]]:
+    return {
+        p.name: (p.read_bytes(), _content_type(p))
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+_FILES = _load(STATIC_DIR)
+
+
+def content_security_policy(request: web.Request) -> str:
+    # 'self' covers ws: to the same host in CSP3 browsers; the explicit ws(s)
+    # origin keeps older engines working and is still our own origin only.
+    ws = "wss" if request.scheme == "https" else "ws"
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self'",
+            f"connect-src 'self' {ws}://{request.host}",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+def _headers(request: web.Request, content_type: str) -> dict[str, str]:
+    return {
+        "Content-Type": content_type,
+        "Content-Security-Policy": content_security_policy(request),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        # Small files, and a daemon upgrade must never run yesterday's script.
+        "Cache-Control": "no-cache",
+    }
+
+
+@routes.get("/")
+async def root(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console/")
+
+
+@routes.get("/console")
+async def console_no_slash(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/console/")
+
+
+@routes.get("/console/config.json")
+async def console_config(request: web.Request) -> web.Response:
+    body = {"api_token_required": bool(request.app[SETTINGS].api_token)}
+    resp = web.json_response(body)
+    resp.headers.update(_headers(request, "application/json"))
+    return resp
+
+
+@routes.get("/console/{name:[^/]*}")
+async def console_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"] or "index.html"
+    found = _FILES.get(name)
+    if found is None:
+        raise web.HTTPNotFound(text=f"no console file {name!r}")
+    body, content_type = found
+    return web.Response(body=body, headers=_headers(request, content_type))

@@ -1,0 +1,183 @@
+"""Drive the console in Debian's Chromium through chromedriver, against a real daemon.
+
+Nothing is downloaded: the browser and driver are the system packages, and the
+driver path is passed explicitly so Selenium Manager never runs.  Controls are
+found the way assistive technology finds them, by role and accessible name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.wait import WebDriverWait
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1440,1000",
+)
+T = TypeVar("T")
+
+
+def browser_missing() -> str | None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        return f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver)"
+    return None
+
+
+@contextmanager
+def chromium() -> Iterator[WebDriver]:
+    with tempfile.TemporaryDirectory(prefix="console-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in FLAGS:
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={profile}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Daemon:
+    """The daemon as a real process on a real port, and plain HTTP against it."""
+
+    proc: subprocess.Popen[bytes]
+    base: str
+
+    def call(self, method: str, path: str, body: Any = None, bearer: str = "") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if bearer:
+            req.add_header("Authorization", f"Bearer {bearer}")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read()
+        return json.loads(text) if text else None
+
+    def status_of(self, method: str, path: str, bearer: str = "") -> int:
+        try:
+            self.call(method, path, bearer=bearer)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
+
+    def create_task(self, **body: Any) -> dict[str, Any]:
+        task: dict[str, Any] = self.call("POST", "/v1/tasks", body)
+        return task
+
+    def task(self, task_id: str, wait: float = 0) -> dict[str, Any]:
+        task: dict[str, Any] = self.call("GET", f"/v1/tasks/{task_id}?wait={wait}")
+        return task
+
+    def finished(self, task_id: str) -> dict[str, Any]:
+        task = self.task(task_id, wait=20)
+        assert task["status"] not in ("pending", "running"), task
+        return task
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_daemon(*args: str) -> Daemon:
+    port = free_port()
+    command = [sys.executable, "-m", "operator_server", "serve", "--port", str(port)]
+    command += ["--secret", "console-test", "--store-path", ":memory:", "--log-format", "json"]
+    proc = subprocess.Popen(
+        [*command, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    daemon = Daemon(proc, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode}")
+        try:
+            daemon.call("GET", "/v1/healthz")
+            return daemon
+        except OSError:
+            time.sleep(0.05)  # polling for the port to open: nothing to wait on
+    daemon.stop()
+    raise AssertionError("daemon did not come up")
+
+
+# Roles as the accessibility tree names them, and the elements that can have them here.
+_ROLE_TAGS = {
+    "button": "button",
+    "textbox": "input, textarea",
+    "combobox": "select",
+}
+
+
+def control(scope: WebDriver | WebElement, role: str, name: str) -> WebElement:
+    """The one visible control with this role and accessible name inside ``scope``."""
+    found = [
+        el
+        for el in scope.find_elements("css selector", _ROLE_TAGS[role])
+        if el.is_displayed() and el.aria_role == role and el.accessible_name == name
+    ]
+    assert len(found) == 1, f"expected one {role} named {name!r}, found {len(found)}"
+    return found[0]
+
+
+def has_control(scope: WebDriver | WebElement, role: str, name: str) -> bool:
+    return any(
+        el.is_displayed() and el.aria_role == role and el.accessible_name == name
+        for el in scope.find_elements("css selector", _ROLE_TAGS[role])
+    )
+
+
+def until(driver: WebDriver, condition: Callable[[], T], timeout: float = 15) -> T:
+    """Wait for ``condition()`` to be truthy and return it (WebDriverWait, no sleeps)."""
+    result: T = WebDriverWait(driver, timeout, ignored_exceptions=(AssertionError,)).until(
+        lambda _: condition()
+    )
+    return result
+
+
+def severe_log_entries(driver: WebDriver) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = driver.get_log("browser")
+    return [e for e in entries if e.get("level") == "SEVERE"]

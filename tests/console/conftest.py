@@ -1,0 +1,46 @@
+"""One Chromium per module; a fresh daemon process (a fresh origin) per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from tests.console.browser import (
+    Daemon,
+    browser_missing,
+    chromium,
+    severe_log_entries,
+    start_daemon,
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    missing = browser_missing()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the browser tests must run in CI: {missing}")
+        pytest.skip(missing)
+    with chromium() as driver:
+        yield driver
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    d = start_daemon()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def page(browser: WebDriver, daemon: Daemon) -> Iterator[WebDriver]:
+    """The console, opened at the daemon's root; afterwards the browser log must hold no error."""
+    severe_log_entries(browser)  # drop what an earlier test left (read once, then gone)
+    browser.get(daemon.base + "/")
+    yield browser
+    errors = severe_log_entries(browser)
+    browser.get("about:blank")  # close this origin's socket before its daemon stops
+    assert errors == [], f"the browser console logged errors: {errors}"

@@ -1,0 +1,62 @@
+"""``make screenshots``: PNGs of the console's inbox and task page for the README.
+
+Not a test (pytest does not collect it): it starts the daemon, joins as a person,
+creates a few tasks so there is something to see, and saves
+``docs/console-inbox.png`` and ``docs/console-task.png``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.console.browser import browser_missing, chromium, control, start_daemon, until
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def main() -> int:
+    missing = browser_missing()
+    if missing:
+        print(f"screenshots: {missing}", file=sys.stderr)
+        return 1
+    DOCS.mkdir(exist_ok=True)
+    daemon = start_daemon()
+    try:
+        with chromium() as page:
+            page.get(daemon.base + "/")
+            control(page, "textbox", "Roles").send_keys("reviewer")
+            control(page, "textbox", "Name").send_keys("Ada")
+            control(page, "button", "Join").click()
+            until(page, lambda: page.find_element("id", "conn").text == "connected")
+            op = {"role": "reviewer"}
+            done = daemon.create_task(agent="echo", directive={"summarise": "CHANGELOG.md"})
+            daemon.finished(done["id"])
+            daemon.create_task(
+                agent="coder",
+                directive={"fix": "flaky test in tests/http", "budget_min": 20},
+                operator=op,
+            )
+            daemon.create_task(
+                agent="writer",
+                directive="Draft release notes for 0.4",
+                operator=op,
+                layers=["operator_delegate"],
+            )
+            until(page, lambda: len(page.find_elements("css selector", "#inbox li.card")) == 2)
+            until(page, lambda: "fetching" not in page.find_element("id", "inbox").text)
+            page.save_screenshot(str(DOCS / "console-inbox.png"))
+            control(page, "button", done["id"]).click()
+            until(page, lambda: "passed" in page.find_element("id", "task-summary").text)
+            page.set_window_size(1440, 1500)  # the whole task page, not the first screenful
+            page.find_element("css selector", "section.tasks").screenshot(
+                str(DOCS / "console-task.png")
+            )
+    finally:
+        daemon.stop()
+    print(f"saved {DOCS / 'console-inbox.png'} and {DOCS / 'console-task.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

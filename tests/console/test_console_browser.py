@@ -1,0 +1,235 @@
+"""The console in a real headless Chromium, against the daemon as a real process.
+
+Each test is what a person does; the ``page`` fixture also fails any test after
+which the browser console holds an error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+
+from tests.console.browser import (
+    Daemon,
+    control,
+    has_control,
+    severe_log_entries,
+    start_daemon,
+    until,
+)
+
+ROLE = "reviewer"
+
+
+def join(page: WebDriver, roles: str = ROLE, name: str = "Ada") -> None:
+    control(page, "textbox", "Roles").send_keys(roles)
+    control(page, "textbox", "Name").send_keys(name)
+    control(page, "button", "Join").click()
+    until(page, lambda: page.find_element("id", "conn").text == "connected")
+
+
+def cards(page: WebDriver, task_id: str) -> list[WebElement]:
+    return [
+        c
+        for c in page.find_elements("css selector", "#inbox li.card")
+        if c.find_element("css selector", ".task").text == task_id
+    ]
+
+
+def pending_card(page: WebDriver, task_id: str, title: str) -> WebElement:
+    """The one open card for this task with this heading, once it shows."""
+
+    def find() -> WebElement | None:
+        found = [
+            c
+            for c in cards(page, task_id)
+            if "done" not in (c.get_attribute("class") or "")
+            and c.find_element("css selector", "h3").text == title
+        ]
+        assert len(found) <= 1, f"{len(found)} cards for one request"
+        return found[0] if found else None
+
+    return until(page, find)
+
+
+def served_by_console(**extra: Any) -> dict[str, Any]:
+    return {"agent": "coder", "operator": {"role": ROLE}, **extra}
+
+
+def test_join_mints_a_session_and_connects(page: WebDriver, daemon: Daemon) -> None:
+    assert not has_control(page, "textbox", "API token")  # this server needs none
+    join(page)
+    who = page.find_element("id", "who").text
+    assert "Ada" in who and ROLE in who
+    sid = who.rsplit(" · ", 1)[-1]
+    health = daemon.call("GET", "/v1/healthz")
+    assert health["operators"] == {"sessions": 1, "connected": 1}
+    assert sid.startswith("op-")
+
+
+def test_a_person_approves_does_the_work_and_the_task_passes_with_that_result(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    control(page, "textbox", "Directive").send_keys('{"write": "a haiku"}')
+    control(page, "button", "New task").click()
+    heading = until(page, lambda: page.find_element("id", "task-page-h").text)
+    task_id = heading.removeprefix("Task ")
+
+    card = pending_card(page, task_id, "Approve spawn?")
+    assert card.find_element("css selector", ".agent").text == "coder"
+    until(
+        page, lambda: '"write": "a haiku"' in card.find_element("css selector", ".directive").text
+    )
+    control(card, "button", "Approve").click()
+
+    spawn = pending_card(page, task_id, "Do the work")
+    until(page, lambda: '"write": "a haiku"' in spawn.find_element("css selector", ".prompt").text)
+    control(spawn, "textbox", "Result").send_keys('{"haiku": "old pond"}')
+    control(spawn, "button", "Submit result").click()
+    until(page, lambda: "Result posted (ok) · ack sent" in spawn.text)
+
+    task = daemon.finished(task_id)
+    assert task["status"] == "passed"
+    assert task["result"] == {"value": {"haiku": "old pond"}, "ok": True}
+    # The task page follows the console's own actions.
+    until(page, lambda: "passed" in page.find_element("id", "task-summary").text)
+
+
+def test_reject_fails_the_task_with_the_reason(page: WebDriver, daemon: Daemon) -> None:
+    join(page)
+    task = daemon.create_task(directive="delete everything", **served_by_console())
+    card = pending_card(page, task["id"], "Approve spawn?")
+    control(card, "textbox", "Reason").send_keys("too risky")
+    control(card, "button", "Reject").click()
+    ended = daemon.finished(task["id"])
+    assert ended["status"] == "failed"
+    assert ended["error"]["code"] == "spawn_rejected"
+    assert "too risky" in ended["error"]["message"]
+
+
+def test_an_answer_in_the_console_overrides_a_failing_worker(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    task = daemon.create_task(
+        directive="flaky job",
+        layers=["senior_escalation", "operator_delegate"],
+        **served_by_console(),
+    )
+    spawn = pending_card(page, task["id"], "Do the work")
+    control(spawn, "textbox", "Result").send_keys("it broke")
+    control(spawn, "button", "Submit as failed").click()
+
+    ask = pending_card(page, task["id"], "Question")
+    assert "worker reported ok=false" in ask.find_element("css selector", ".question").text
+    control(ask, "textbox", "Answer").send_keys('{"verdict": "good enough"}')
+    control(ask, "button", "Send answer").click()
+
+    ended = daemon.finished(task["id"])
+    assert ended["status"] == "passed"
+    assert ended["result"]["value"] == {
+        "original": "it broke",
+        "senior_answer": {"verdict": "good enough"},
+    }
+
+
+def test_after_a_reload_the_pending_card_is_back_once_and_answering_completes_the_task_once(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    task = daemon.create_task(directive="survive a reload", **served_by_console())
+    before = pending_card(page, task["id"], "Approve spawn?").get_attribute("data-req-id")
+
+    page.refresh()
+    until(page, lambda: page.find_element("id", "conn").text == "connected")
+    card = pending_card(page, task["id"], "Approve spawn?")
+    assert card.get_attribute("data-req-id") == before
+    assert len(cards(page, task["id"])) == 1
+    control(card, "button", "Approve").click()
+
+    spawn = pending_card(page, task["id"], "Do the work")
+    control(spawn, "textbox", "Result").send_keys("done")
+    control(spawn, "button", "Submit result").click()
+    ended = daemon.finished(task["id"])
+    assert ended["status"] == "passed" and ended["result"]["value"] == "done"
+    assert len(ended["attempts"]) == 1
+    finals = [o for o in ended["attempts"][0]["outputs"] if o["kind"] == "final"]
+    assert len(finals) == 1
+
+
+def test_cancelling_the_task_removes_its_card_and_shows_the_reason(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    task = daemon.create_task(directive="never mind", **served_by_console())
+    card = pending_card(page, task["id"], "Approve spawn?")
+    req_id = card.get_attribute("data-req-id")
+
+    until(page, lambda: page.find_element("css selector", "#task-rows button"))
+    control(page, "button", task["id"]).click()
+    until(page, lambda: page.find_element("id", "task-page-h").text == f"Task {task['id']}")
+    control(page, "textbox", "Cancel reason").send_keys("wrong repo")
+    control(page, "button", "Cancel task").click()
+
+    until(page, lambda: not page.find_elements("css selector", f'[data-req-id="{req_id}"]'))
+    until(page, lambda: "wrong repo" in page.find_element("id", "activity").text)
+    assert daemon.finished(task["id"])["status"] == "cancelled"
+
+
+def test_markup_in_a_directive_shows_as_text_and_runs_nothing(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    evil = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    task = daemon.create_task(directive=evil, **served_by_console())
+    card = pending_card(page, task["id"], "Approve spawn?")
+    until(page, lambda: card.find_element("css selector", ".directive").text == evil)
+    control(page, "button", task["id"]).click()
+    until(page, lambda: page.find_element("id", "task-directive-view").text == evil)
+    assert page.find_elements("css selector", "main img, main script") == []
+    assert page.execute_script("return window.pwned") is None
+    control(card, "button", "Approve").click()  # leave nothing pending
+    pending_card(page, task["id"], "Do the work")
+
+
+def test_leave_deletes_the_session_and_a_reload_stays_signed_out(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    sid = page.find_element("id", "who").text.rsplit(" · ", 1)[-1]
+    stored = json.loads(page.execute_script("return sessionStorage.getItem('operator-console')"))
+    assert stored["sid"] == sid and page.execute_script("return localStorage.length") == 0
+    assert stored["token"] not in page.current_url
+    control(page, "button", "Leave").click()
+    until(page, lambda: has_control(page, "button", "Join"))
+    until(page, lambda: daemon.call("GET", "/v1/healthz")["operators"]["sessions"] == 0)
+    page.refresh()
+    until(page, lambda: has_control(page, "button", "Join"))
+
+
+def test_with_an_api_token_the_field_shows_and_joining_uses_it(browser: WebDriver) -> None:
+    daemon = start_daemon("--api-token", "console-admin")
+    try:
+        severe_log_entries(browser)
+        browser.get(daemon.base + "/console/")
+        until(browser, lambda: has_control(browser, "textbox", "API token"))
+        control(browser, "textbox", "API token").send_keys("console-admin")
+        join(browser)
+        control(browser, "textbox", "Role").clear()  # served by the local echo agent
+        control(browser, "textbox", "Agent").clear()
+        control(browser, "textbox", "Agent").send_keys("echo")
+        control(browser, "textbox", "Directive").send_keys("hi")
+        control(browser, "button", "New task").click()  # creates and lists with the token
+        heading = until(browser, lambda: browser.find_element("id", "task-page-h").text)
+        task_id = heading.removeprefix("Task ")
+        assert has_control(browser, "button", task_id)
+        assert daemon.status_of("GET", f"/v1/tasks/{task_id}") == 401  # the token was needed
+        errors = severe_log_entries(browser)
+        browser.get("about:blank")
+        assert errors == [], errors
+    finally:
+        daemon.stop()
