@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
@@ -106,6 +108,59 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     task.set_defaults(func=task_main)
 
 
+def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    mcp = sub.add_parser(
+        "mcp",
+        help="serve one operator session to an AI agent as MCP tools (stdio)",
+        description="A stdio MCP server holding one operator session: the agent answers "
+        "hooks, asks and spawns through tools. stdout carries only MCP; logs go to stderr. "
+        "Closing stdin leaves the session (unless --keep-session).",
+    )
+    mcp.add_argument(
+        "--url",
+        default=os.environ.get("OPERATOR_SERVER_URL") or DEFAULT_URL,
+        help=f"the daemon (default $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
+    )
+    mcp.add_argument(
+        "--api-token",
+        default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
+        help="the daemon's api_token, for the task_* tools (default $OPERATOR_SERVER_API_TOKEN)",
+    )
+    mcp.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        default=[],
+        help="a role to hold (repeatable); tasks naming it are served by this agent",
+    )
+    mcp.add_argument("--desc", default="operator-server mcp", help="the session's description")
+    resume = mcp.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="keep the session here and resume it on the next start",
+    )
+    resume.add_argument("--sid", help="resume this session (with --token)")
+    mcp.add_argument("--token", help="the session token of --sid")
+    mcp.add_argument(
+        "--keep-session",
+        action="store_true",
+        help="on stdin EOF keep the session on the server (and in the state file, by "
+        "default one under $XDG_STATE_HOME/operator-server) instead of leaving",
+    )
+    mcp.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+    )
+    mcp.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+    mcp.add_argument(
+        "--backoff-max-s",
+        type=float,
+        default=10.0,
+        help="longest wait between reconnect attempts (default 10)",
+    )
+    mcp.set_defaults(func=mcp_main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="operator-server")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -113,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_operator(sub)
     _add_task(sub)
+    _add_mcp(sub)
     return parser
 
 
@@ -185,6 +241,44 @@ def task_main(args: argparse.Namespace) -> int:
         print(f"operator-server: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def mcp_main(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from operator_server.client.mcp import BridgeOptions, serve_stdio
+    from operator_server.client.state import default_state_file
+    from operator_server.logs import configure_logging
+
+    if (args.sid is None) != (args.token is None):
+        print("operator-server mcp: --sid and --token go together", file=sys.stderr)
+        return 2
+    # stdout is the MCP channel: keep a private handle on it, then point fd 1 and
+    # sys.stdout at stderr, so no stray print (ours or a library's) can corrupt it.
+    protocol_out = io.TextIOWrapper(os.fdopen(os.dup(1), "wb"), encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    configure_logging(args.log_level, args.log_format, stream=sys.stderr)
+    logging.getLogger().setLevel(args.log_level.upper())
+    state_file = Path(args.state_file) if args.state_file else None
+    if state_file is None and args.keep_session and args.sid is None:
+        state_file = default_state_file("mcp", args.url, args.roles)
+    options = BridgeOptions(
+        url=args.url,
+        api_token=args.api_token,
+        roles=args.roles,
+        desc=args.desc,
+        state_file=state_file,
+        sid=args.sid,
+        token=args.token,
+        keep_session=args.keep_session,
+        backoff_max_s=args.backoff_max_s,
+    )
+    # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_stdio(options, protocol_out))
     return 0
 
 

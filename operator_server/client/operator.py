@@ -44,10 +44,12 @@ REPLY_MEMORY = 4096
 
 @dataclass(frozen=True)
 class Ack:
-    """An explicit ``spawn_ack``: ``value`` (default ``{}``) and ``ok``."""
+    """An explicit ``spawn_ack``: ``value`` (default ``{}``), ``ok``, and an
+    ``error`` that fails the attempt."""
 
     value: Any = None
     ok: bool = True
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class OperatorClient:
         on_hook_after: Handler | None = None,
         on_spawn: Handler | None = None,
         on_cancel: Handler | None = None,
+        on_frame: Callable[[dict[str, Any]], bool] | None = None,
         backoff_min_s: float = 0.2,
         backoff_max_s: float = 10.0,
         heartbeat_s: float | None = 30.0,
@@ -93,6 +96,10 @@ class OperatorClient:
             "spawn": on_spawn,
             "cancel": on_cancel,
         }
+        # Sees every server frame (replays and ``error`` frames included) before it
+        # is dispatched, and returns True to consume it; for a client that tracks
+        # requests itself (the MCP bridge).
+        self.on_frame = on_frame
         self._backoff = (backoff_min_s, backoff_max_s)
         self._heartbeat = heartbeat_s
         self.connected = asyncio.Event()
@@ -215,6 +222,8 @@ class OperatorClient:
             log.warning("unreadable frame from server", code=exc.code, error=exc.message)
             return
         frame["type"] = kind
+        if self.on_frame is not None and self.on_frame(frame):
+            return
         if kind == "error":
             self.errors.append(frame)
             log.warning("server refused a frame", code=frame["code"], error=frame["message"])
@@ -276,13 +285,20 @@ class OperatorClient:
             return _failure_reply(kind, req_id, f"{type(exc).__name__}: {exc}")
         return _success_reply(kind, req_id, result)
 
-    async def _send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: dict[str, Any]) -> bool:
+        """Write one client frame on the current socket; False when there is none
+        (nothing is queued: a reply is re-sent when the server replays its request)."""
+        return await self._send(frame)
+
+    async def _send(self, frame: dict[str, Any]) -> bool:
         ws = self._ws
         if ws is None or ws.closed:
-            return  # kept in _replies; re-sent when the server replays the request
+            return False  # kept in _replies; re-sent when the server replays the request
         # A send lost to a dropping socket is the same case: the replay asks again.
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.send_str(p.encode(frame))
+            return True
+        return False
 
 
 def _default_reply(kind: str, req_id: str) -> dict[str, Any]:
@@ -308,5 +324,5 @@ def _success_reply(kind: str, req_id: str, result: Any) -> dict[str, Any]:
     if isinstance(result, Halt):
         return p.spawn_halt_frame(req_id, result.reason, result.value)
     if isinstance(result, Ack):
-        return p.spawn_ack_frame(req_id, result.value, result.ok)
+        return p.spawn_ack_frame(req_id, result.value, result.ok, result.error)
     return p.spawn_ack_frame(req_id, result)

@@ -1,0 +1,359 @@
+"""``operator-server mcp`` end to end: the ``mcp`` SDK's own stdio client launches
+the bridge as a real process against a real daemon process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
+
+from tests.test_daemon import Daemon, start_daemon
+
+BRIDGE = [sys.executable, "-m", "operator_server", "mcp"]
+
+
+def daemon_args(tmp_path: Path) -> list[str]:
+    return ["--secret", "s", "--log-format", "json", "--store-path", str(tmp_path / "d.sqlite")]
+
+
+@asynccontextmanager
+async def running_daemon(tmp_path: Path, *extra: str) -> AsyncIterator[Daemon]:
+    daemon = await start_daemon(*daemon_args(tmp_path), *extra)
+    try:
+        yield daemon
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
+
+
+@asynccontextmanager
+async def bridge(daemon: Daemon, tmp_path: Path, *args: str) -> AsyncIterator[ClientSession]:
+    """A seated bridge: the SDK client has initialized and the session is connected."""
+    params = StdioServerParameters(
+        command=BRIDGE[0],
+        args=[*BRIDGE[1:], "--url", daemon.base, "--backoff-max-s", "0.3", *args],
+        env=dict(os.environ),
+    )
+    # The bridge's stderr goes to a file (stdio_client needs a real one); opening it
+    # blocks for no time worth a thread.
+    with (
+        open(tmp_path / "bridge.stderr", "a") as errlog,  # noqa: ASYNC230
+    ):
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            await wait_connected(session)
+            yield session
+
+
+async def wait_connected(session: ClientSession) -> None:
+    for _ in range(500):
+        if (await call(session, "status"))["connected"]:
+            return
+        await asyncio.sleep(0.02)  # polling the bridge's own status, not a settle-wait
+    raise AssertionError("the bridge did not connect")
+
+
+async def call(session: ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await session.call_tool(tool, arguments)
+    assert not result.isError, result.content
+    assert result.structuredContent is not None
+    text = result.content[0]
+    assert isinstance(text, types.TextContent)
+    assert json.loads(text.text) == result.structuredContent  # the same JSON, as text
+    return result.structuredContent
+
+
+async def call_error(session: ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await session.call_tool(tool, arguments)
+    assert result.isError, result.content
+    text = result.content[0]
+    assert isinstance(text, types.TextContent)
+    error: dict[str, Any] = json.loads(text.text)["error"]
+    return error
+
+
+async def next_of(session: ClientSession, kind: str) -> dict[str, Any]:
+    request = await call(session, "next_request", timeout_s=20)
+    assert request["type"] == kind, request
+    return request
+
+
+CONTRACT = {
+    "status": (set(), set()),
+    "next_request": ({"timeout_s"}, set()),
+    "pending": (set(), set()),
+    "approve": ({"req_id"}, {"req_id"}),
+    "reject": ({"req_id", "reason"}, {"req_id", "reason"}),
+    "answer": ({"req_id", "value"}, {"req_id", "value"}),
+    "decline": ({"req_id", "reason"}, {"req_id", "reason"}),
+    "spawn_ack": ({"req_id", "value", "ok", "error"}, {"req_id"}),
+    "spawn_halt": ({"req_id", "reason", "value"}, {"req_id"}),
+    "worker_prompt": ({"worker_handle"}, {"worker_handle"}),
+    "worker_result": ({"worker_handle", "value", "ok"}, {"worker_handle", "value"}),
+    "task_create": (
+        {"agent", "directive", "role", "sid", "kind", "max_attempts", "system"},
+        {"agent", "directive"},
+    ),
+    "task_get": ({"task_id", "wait_s"}, {"task_id"}),
+    "task_list": ({"status", "limit"}, set()),
+    "task_cancel": ({"task_id", "reason"}, {"task_id"}),
+}
+
+
+async def test_the_tool_list_matches_the_contract_with_input_and_output_schemas(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon, bridge(daemon, tmp_path) as mcp:
+        tools = (await mcp.list_tools()).tools
+        assert {
+            t.name: (set(t.inputSchema["properties"]), set(t.inputSchema["required"]))
+            for t in tools
+        } == CONTRACT
+        for tool in tools:
+            assert tool.description and len(tool.description) > 40, tool.name
+            assert tool.inputSchema["type"] == "object"
+            assert tool.outputSchema is not None and tool.outputSchema["type"] == "object"
+        prompts = (await mcp.list_prompts()).prompts
+        assert [p.name for p in prompts] == ["operator-guide"]
+        guide = await mcp.get_prompt("operator-guide")
+        text = guide.messages[0].content
+        assert isinstance(text, types.TextContent)
+        assert "next_request" in text.text and "spawn_ack" in text.text
+
+
+async def test_a_spawn_goes_through_approve_worker_prompt_worker_result_and_spawn_ack(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_daemon(tmp_path) as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as mcp,
+    ):
+        status = await call(mcp, "status")
+        assert status["roles"] == ["main"] and status["url"] == daemon.base
+        task = await call(mcp, "task_create", agent="coder", directive="say hi", role="main")
+
+        hook = await next_of(mcp, "hook_before")
+        assert (hook["task_id"], hook["agent"], hook["attempt"]) == (task["id"], "coder", 1)
+        assert (await call(mcp, "approve", req_id=hook["req_id"]))["delivered"] is True
+
+        spawn = await next_of(mcp, "spawn")
+        assert spawn["base_url"] == daemon.base and spawn["worker_handle"].startswith("wh-")
+        assert spawn["worker_handle"] in spawn["directive"] or "/v1/worker" in spawn["directive"]
+        assert "capability_token" not in spawn
+        prompt = await call(mcp, "worker_prompt", worker_handle=spawn["worker_handle"])
+        assert prompt["prompt"] == "say hi" and prompt["task_id"] == task["id"]
+        await call(mcp, "worker_result", worker_handle=spawn["worker_handle"], value="hi")
+        await call(mcp, "spawn_ack", req_id=spawn["req_id"])
+
+        done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+        assert done["status"] == "passed" and done["result"] == {"value": "hi", "ok": True}
+        after = await call(mcp, "next_request", timeout_s=10)
+        assert after["type"] == "none"
+        assert [n["type"] for n in after["notices"]] == ["hook_after"]
+        assert after["notices"][0]["result"]["ok"] is True
+        listed = await call(mcp, "task_list", status="passed")
+        assert [t["id"] for t in listed["tasks"]] == [task["id"]]
+        assert (await call(mcp, "pending"))["requests"] == []
+
+
+async def test_an_ask_answered_through_answer_overrides_a_failing_worker(tmp_path: Path) -> None:
+    async with (
+        running_daemon(tmp_path) as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as mcp,
+    ):
+        task = await call(mcp, "task_create", agent="coder", directive="x", role="main")
+        await call(mcp, "approve", req_id=(await next_of(mcp, "hook_before"))["req_id"])
+        spawn = await next_of(mcp, "spawn")
+        await call(
+            mcp, "worker_result", worker_handle=spawn["worker_handle"], value="broke", ok=False
+        )
+        await call(mcp, "spawn_ack", req_id=spawn["req_id"])
+
+        ask = await next_of(mcp, "ask")
+        assert ask["task_id"] == task["id"]
+        assert ask["question"] == {"reason": "worker reported ok=false", "value": "broke"}
+        await call(mcp, "answer", req_id=ask["req_id"], value="good enough")
+
+        done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+        assert done["status"] == "passed"
+        assert done["result"]["value"] == {"original": "broke", "senior_answer": "good enough"}
+
+
+async def test_reject_fails_the_task_with_the_reason(tmp_path: Path) -> None:
+    async with (
+        running_daemon(tmp_path) as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as mcp,
+    ):
+        task = await call(mcp, "task_create", agent="coder", directive="x", role="main")
+        hook = await next_of(mcp, "hook_before")
+        await call(mcp, "reject", req_id=hook["req_id"], reason="too risky")
+        done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "spawn_rejected"
+        assert "too risky" in done["error"]["message"]
+
+
+async def test_a_request_pending_while_the_daemon_restarts_is_answerable_afterwards_once(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_daemon(tmp_path) as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as mcp,
+    ):
+        task = await call(mcp, "task_create", agent="coder", directive="x", role="main")
+        before = await next_of(mcp, "hook_before")
+
+        daemon.proc.kill()  # a crash: the task is re-dispatched from the store
+        daemon.proc.wait()
+        port = int(daemon.base.rsplit(":", 1)[1])
+        restarted = await start_daemon(*daemon_args(tmp_path), port=port)
+        try:
+            # The server re-dispatched the interrupted attempt: its hook is a new
+            # request, and the one held from before is withdrawn with a notice.
+            hook = await next_of(mcp, "hook_before")
+            assert (hook["task_id"], hook["attempt"]) == (task["id"], 2)
+            assert {"type": "cancel", "req_id": before["req_id"]}.items() <= {
+                **hook["notices"][0]
+            }.items()
+            stale = await call_error(mcp, "approve", req_id=before["req_id"])
+            assert stale["code"] == "unknown_req_id" and "withdrawn" in stale["message"]
+
+            assert (await call(mcp, "approve", req_id=hook["req_id"]))["delivered"] is True
+            again = await call_error(mcp, "approve", req_id=hook["req_id"])
+            assert again["code"] == "already_answered"
+
+            spawn = await next_of(mcp, "spawn")
+            await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
+            done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+            assert done["status"] == "passed"
+            assert done["result"]["value"]["halted"] is True
+        finally:
+            restarted.proc.kill()
+            restarted.proc.wait()
+
+
+async def test_bad_arguments_and_wrong_replies_are_tool_errors_and_the_bridge_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_daemon(tmp_path, "--max-frame-bytes", "1024") as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as mcp,
+    ):
+        task = await call(mcp, "task_create", agent="coder", directive="x", role="main")
+        hook = await next_of(mcp, "hook_before")
+
+        assert (await call_error(mcp, "approve"))["code"] == "bad_arguments"
+        assert (await call_error(mcp, "next_request", timeout_s="soon"))["code"] == (
+            "bad_arguments"
+        )
+        assert (await call_error(mcp, "no_such_tool"))["code"] == "unknown_tool"
+        wrong = await call_error(mcp, "answer", req_id=hook["req_id"], value=1)
+        assert wrong["code"] == "wrong_reply"
+        unknown = await call_error(mcp, "approve", req_id="op-nope-hb-1")
+        assert unknown["code"] == "unknown_req_id"
+        missing = await call_error(mcp, "task_get", task_id="t-nope")
+        assert missing["code"] == "task_not_found"
+
+        # Still working: the same hook is approved and the task goes on.
+        held = (await call(mcp, "pending"))["requests"]
+        assert [(r["req_id"], r["handed_out"]) for r in held] == [(hook["req_id"], True)]
+        await call(mcp, "approve", req_id=hook["req_id"])
+        spawn = await next_of(mcp, "spawn")
+        # The server refuses this reply (larger than max_frame_bytes): its error
+        # frame comes back as the tool's error.
+        too_big = await call_error(mcp, "spawn_ack", req_id=spawn["req_id"], value="v" * 2000)
+        assert too_big["code"] == "too_large"
+        await call(mcp, "task_cancel", task_id=task["id"], reason="done testing")
+        done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+        assert done["status"] == "cancelled"
+        assert (await call(mcp, "status"))["connected"] is True
+
+
+async def test_stdout_carries_only_protocol_messages_even_at_log_level_debug(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        proc = await asyncio.create_subprocess_exec(
+            *BRIDGE,
+            "--url",
+            daemon.base,
+            "--role",
+            "main",
+            "--log-level",
+            "debug",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        lines: list[bytes] = []
+
+        async def rpc(msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            assert proc.stdin is not None and proc.stdout is not None
+            request = {"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            await proc.stdin.drain()
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), 30)
+                lines.append(line)
+                reply: dict[str, Any] = json.loads(line)
+                if reply.get("id") == msg_id:
+                    return reply
+
+        init = {
+            "protocolVersion": types.LATEST_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"},
+        }
+        await rpc(1, "initialize", init)
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        n = 2
+        while not (await rpc(n, "tools/call", {"name": "status", "arguments": {}}))["result"][
+            "structuredContent"
+        ]["connected"]:
+            n += 1
+            await asyncio.sleep(0.02)  # polling the bridge's status
+        create = {"agent": "coder", "directive": "x", "role": "main"}
+        await rpc(100, "tools/call", {"name": "task_create", "arguments": create})
+        hook = await rpc(101, "tools/call", {"name": "next_request", "arguments": {}})
+        req_id = hook["result"]["structuredContent"]["req_id"]
+        await rpc(
+            102, "tools/call", {"name": "reject", "arguments": {"req_id": req_id, "reason": "no"}}
+        )
+
+        proc.stdin.close()  # EOF: the bridge leaves and exits
+        rest = await asyncio.wait_for(proc.stdout.read(), 30)
+        err = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+    for line in [*lines, *rest.splitlines(keepends=True)]:
+        types.JSONRPCMessage.model_validate_json(line)
+    assert b"Initializing server" in err  # a debug line: the logs went to stderr
+    assert b"bridge seated" in err
+
+
+async def test_stdin_eof_leaves_the_session_unless_keep_session(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        state = tmp_path / "state.json"
+        async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
+            sid = (await call(mcp, "status"))["sid"]
+        assert not state.exists()
+        async with bridge(
+            daemon, tmp_path, "--role", "keep", "--state-file", str(state), "--keep-session"
+        ) as mcp:
+            kept = (await call(mcp, "status"))["sid"]
+        assert kept != sid and json.loads(state.read_text())["sid"] == kept
+        async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
+            assert (await call(mcp, "status"))["sid"] == kept  # resumed, same session
