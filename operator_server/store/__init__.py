@@ -6,7 +6,7 @@ default, ``data/operator-server.sqlite``), a process-local ``MemoryStore`` for
 """
 
 from operator_server.config import Settings
-from operator_server.store.base import Row, SessionRecord, Store, StoreError
+from operator_server.store.base import Row, SessionRecord, Store, StoreError, StoreLocked
 from operator_server.store.memory import MemoryStore
 from operator_server.store.sqlite import SQLiteStore
 
@@ -24,5 +24,6 @@ __all__ = [
     "SessionRecord",
     "Store",
     "StoreError",
+    "StoreLocked",
     "open_store",
 ]

@@ -25,6 +25,10 @@ class StoreError(Exception):
     """A write or read failed; the message says what the database said."""
 
 
+class StoreLocked(StoreError):
+    """Another process holds the store; the message names the file and its PID."""
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     sid: str
@@ -45,11 +49,21 @@ class Row:
 
 
 class Store(ABC):
+    def claim(self) -> None:
+        """Take this process's exclusive hold on the store, or raise ``StoreLocked``.
+
+        Called before anything else touches the store (``open`` calls it too);
+        held until ``close``.  A store no other process can reach needs none.
+        """
+
     @abstractmethod
     async def open(self) -> None: ...
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def flush(self) -> None:
+        """Return once every write queued so far is committed."""
 
     @abstractmethod
     async def put_session(self, record: SessionRecord) -> None: ...
