@@ -49,11 +49,12 @@ class Row:
 
 
 class Store(ABC):
+    @abstractmethod
     def claim(self) -> None:
         """Take this process's exclusive hold on the store, or raise ``StoreLocked``.
 
         Called before anything else touches the store (``open`` calls it too);
-        held until ``close``.  A store no other process can reach needs none.
+        held until ``close``.
         """
 
     @abstractmethod
@@ -62,6 +63,7 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
     async def flush(self) -> None:
         """Return once every write queued so far is committed."""
 

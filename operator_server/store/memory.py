@@ -17,8 +17,14 @@ class MemoryStore(Store):
         self.sessions: dict[str, SessionRecord] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
 
+    def claim(self) -> None:
+        return None  # no other process can reach it
+
     async def open(self) -> None:
         return None
+
+    async def flush(self) -> None:
+        return None  # every write is done when it returns
 
     async def close(self) -> None:
         return None
