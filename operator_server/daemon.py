@@ -54,7 +54,7 @@ def bind(host: str, port: int) -> list[socket.socket]:
     except OSError as exc:
         raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sockets: list[socket.socket] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, object]] = set()
     try:
         for family, kind, proto, _, addr in infos:
             if (family, addr[0]) in seen:
