@@ -6,8 +6,10 @@ capability, and always records how it ended.  A task never stays ``running``
 after its run ended: the run's done-callback settles anything it could not.
 
 Persistence: creating a task and starting an attempt are durable writes (the
-202 means it is on disk; no operator hears of an attempt before its start is);
-every other transition is queued to the store in order (``_changed``), and
+202 means it is on disk; no operator hears of an attempt before its start is),
+and so is every attempt's and task's end, committed *before* it is applied in
+memory (``_end``): a client never sees an end a restart would not show.  Other
+transitions are queued to the store in order (``_changed``), and
 ``recover_task`` decides what a restart does with each stored task.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -36,7 +39,7 @@ from operator_server.engine.faces import (
 )
 from operator_server.engine.middleware import build_chain
 from operator_server.engine.registries import Registry, RoleAliases
-from operator_server.engine.tasks import AttemptRecord, OperatorSpec, Task, TaskStatus
+from operator_server.engine.tasks import Ending, OperatorSpec, Task, TaskStatus
 from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.store import Store, StoreError
@@ -221,34 +224,59 @@ class Engine:
         structlog.contextvars.bind_contextvars(task_id=task.id)
         try:
             while True:
-                record = await self.dispatch_attempt(task, parent_req)
-                if record.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts:
+                decided = await self.dispatch_attempt(task, parent_req)
+                final = (
+                    decided.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts
+                )
+                await self._end(task, replace(decided, final=final))
+                if final:
                     break
-                log.info("retrying", attempt=task.attempt, after=str(record.status))
-            task.finish(record.status, result=record.result, error=record.error)
-            self._changed(task)
+                log.info("retrying", attempt=task.attempt, after=str(decided.status))
             log.info("task finished", status=str(task.status), attempt=task.attempt)
         except asyncio.CancelledError:
-            reason = task.cancel_reason or "cancelled"
-            task.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
-            self._changed(task)
-            log.info("task cancelled", reason=reason)
+            if not task.status.terminal:
+                reason = task.cancel_reason or "cancelled"
+                await self._end(
+                    task, Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
+                )
+                log.info("task cancelled", reason=reason)
         finally:
             self.capabilities.forget_task(task.id)
 
+    async def _end(self, task: Task, ending: Ending) -> None:
+        """Commit ``ending``, then apply it: what any client sees of an attempt's
+        or a task's end (GET, long-poll, list) is already on disk.
+
+        Tasks ending together share one commit (the store's group commit).  If
+        the write fails the ending is applied anyway — a task never stays
+        running after its dispatch ended — and the failure is logged.
+        """
+        try:
+            await self.store.put_task(task.record_with(ending))
+        except StoreError as exc:
+            log.error("could not store the end of the attempt", error=str(exc))
+        finally:
+            # Also when cancelled while waiting: the write is queued and lands.
+            task.end(ending)
+
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it
-        started, or crashed), record it here."""
+        took its first step, or crashed), record it here.  This is the one
+        ending applied before its write commits: nothing here can wait."""
         self._runs.pop(task.id, None)
         if not task.status.terminal:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
-            task.finish(status, error=AttemptFailed(code, reason))
+            task.end(Ending(status, error=AttemptFailed(code, reason)))
             self._changed(task)
 
-    async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> AttemptRecord:
-        """Run the next attempt of ``task`` through the middleware chain."""
+    async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
+        """Run the next attempt of ``task`` through the middleware chain.
+
+        Returns how the attempt ended without applying it: the caller stores the
+        ending and then applies it (``_end``).  A cancelled attempt raises.
+        """
         record = task.start_attempt()
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = self.capabilities.mint(task.id, record.number)
@@ -281,29 +309,22 @@ class Engine:
             record.served_by = info.served_by()
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
         except AttemptFailed as exc:
-            record.finish(TaskStatus.FAILED, error=exc)
             log.info("attempt failed", code=exc.code, message=exc.message)
-        except asyncio.CancelledError:
-            reason = task.cancel_reason or "cancelled"
-            record.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
-            raise
+            return Ending(TaskStatus.FAILED, error=exc)
         except Exception as exc:  # a bug in an agent or face must not wedge the task
             log.exception("attempt crashed")
-            record.finish(
+            return Ending(
                 TaskStatus.FAILED,
                 error=AttemptFailed(Code.AGENT_CRASHED, f"{type(exc).__name__}: {exc}"),
             )
-        else:
-            status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
-            record.finish(status, result=result)
-            log.info("attempt ended", status=str(status))
         finally:
+            # The decision is made: the attempt's credentials die now, before it
+            # is stored, so nothing a late worker sends can change it.
             self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
-            task.touch()
-        # Not stored here: every caller's next step stores the task (the next
-        # attempt's durable start, or the run's end), with no await in between.
-        return record
+        status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+        log.info("attempt ended", status=str(status))
+        return Ending(status, result=result)
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:
         agent = self.agents.get(ctx.agent)
