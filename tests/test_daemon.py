@@ -223,9 +223,8 @@ async def test_port_0_logs_the_port_it_really_listens_on(tmp_path: Path) -> None
             if event.get("event") == "listening":
                 url = str(event["url"])
         assert not url.endswith(":0")
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{url}/v1/healthz") as resp:
-                assert resp.status == 200
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/healthz") as resp:
+            assert resp.status == 200
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
