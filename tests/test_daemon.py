@@ -137,7 +137,7 @@ def task_row(db: Path, task_id: str) -> tuple[str, str]:
     return row
 
 
-async def test_a_second_daemon_on_the_same_store_exits_naming_the_file_and_holder_and_writes_nothing(
+async def test_a_second_daemon_on_the_store_exits_naming_the_file_and_holder_and_writes_nothing(
     tmp_path: Path,
 ) -> None:
     db = tmp_path / "shared.sqlite"
@@ -272,9 +272,8 @@ async def test_half_sent_requests_are_cut_off_while_healthz_keeps_answering(
             b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"agent": '
         )
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{d.base}/v1/healthz") as resp:
-                assert resp.status == 200  # the server is not held up meanwhile
+        async with aiohttp.ClientSession() as http, http.get(f"{d.base}/v1/healthz") as resp:
+            assert resp.status == 200  # the server is not held up meanwhile
 
         assert await asyncio.wait_for(head_r.read(), 10) == b""
         answer = await asyncio.wait_for(body_r.read(), 10)  # read() returns at the close
