@@ -1,7 +1,9 @@
 """Assemble the aiohttp ``Application``: app-wide objects, routes, lifecycle.
 
-Start-up, before the server listens: open the store (running migrations) and
-recover sessions and tasks from it, then start the periodic sweep.  Shutdown, in
+Start-up (``daemon.py`` binds the listening socket first, so a busy port stops
+start-up before the store is touched): open the store (running migrations),
+recover sessions and tasks from it and commit what recovery changed, then start
+the periodic sweep; only then are connections served.  Shutdown, in
 order: stop taking tasks and cancel every run (each task ends ``cancelled`` with
 the reason, operators get ``cancel`` frames), close every socket with 1001,
 cancel and await every remaining background task, and last flush and close the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -21,6 +24,7 @@ from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.http import console, health, tasks, worker
 from operator_server.http.errors import error_middleware
+from operator_server.http.read_deadline import read_deadline_middleware
 from operator_server.logs import get_logger
 from operator_server.operators import login
 from operator_server.operators.directive import DirectiveTemplate
@@ -49,7 +53,12 @@ def build_app(
     engine = Engine(settings, background, store)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        # Outermost first: the deadline sees the error middleware's answer, to close
+        # the connection after a 408.
+        middlewares=[read_deadline_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app[BACKGROUND] = background
     app[ENGINE] = engine
@@ -67,9 +76,27 @@ def build_app(
     return app
 
 
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """How aiohttp serves the app (for ``web.AppRunner``)."""
+    return {
+        "access_log": None,
+        "shutdown_timeout": settings.shutdown_timeout_s,
+        # aiohttp's keep-alive timer also runs from the connect until a request's
+        # headers are complete: it is what bounds half-sent headers.
+        "keepalive_timeout": settings.request_read_timeout_s,
+    }
+
+
+def listening_on(app: web.Application, url: str) -> None:
+    """The app is served at ``url``: spawn directives name it (unless public_url)."""
+    app[DIRECTORY].listening_on(url)
+
+
 async def _open_and_recover(app: web.Application) -> None:
     await app[STORE].open()
     await recover(app[ENGINE], app[DIRECTORY], app[STORE])
+    # What recovery changed is on disk before any client can read it.
+    await app[STORE].flush()
 
 
 async def sweep_once(app: web.Application) -> None:

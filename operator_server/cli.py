@@ -12,8 +12,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from operator_server import __version__
 from operator_server.client import RequestFailed, TaskClient
 from operator_server.config import ConfigError, flag_name, load_settings, setting_keys
@@ -283,9 +281,9 @@ def mcp_main(args: argparse.Namespace) -> int:
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    from operator_server.app import build_app, load_directive
+    from operator_server.app import load_directive
+    from operator_server.daemon import StartupFailed, serve
     from operator_server.logs import configure_logging, get_logger
-    from operator_server.store import StoreError
 
     flags = {
         name[len(CONFIG_DEST) :]: value
@@ -299,22 +297,12 @@ def serve_main(args: argparse.Namespace) -> int:
         print(f"operator-server: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    log = get_logger("operator_server")
-    app = build_app(settings, directive)
-    log.info("starting", host=settings.host, port=settings.port, version=__version__)
     try:
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            print=lambda text: log.info("listening", url=f"http://{settings.host}:{settings.port}"),
-            access_log=None,
-            shutdown_timeout=settings.shutdown_timeout_s,
-        )
-    except StoreError as exc:
-        print(f"operator-server: store: {exc}", file=sys.stderr)
+        asyncio.run(serve(settings, directive))
+    except StartupFailed as exc:
+        print(f"operator-server: {exc}", file=sys.stderr)
         return 1
-    log.info("stopped")
+    get_logger("operator_server").info("stopped")
     return 0
 
 

@@ -63,6 +63,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_frame_bytes: int = 1024 * 1024
     max_wait_s: float = 300
+    request_read_timeout_s: float = 30
     default_layers: tuple[str, ...] = tuple(DEFAULT_LAYERS)
     default_max_attempts: int = 1
     reconnect_grace_s: float = 30
@@ -129,6 +130,7 @@ class SettingsSchema(Schema):
         load_default=Settings.max_frame_bytes, validate=validate.Range(min=1024)
     )
     max_wait_s = _seconds(Settings.max_wait_s)
+    request_read_timeout_s = _seconds(Settings.request_read_timeout_s, allow_zero=False)
     default_layers = fields.List(
         fields.String(validate=validate.OneOf(LAYER_NAMES)), load_default=DEFAULT_LAYERS
     )
@@ -171,6 +173,11 @@ class SettingsSchema(Schema):
         data["default_layers"] = tuple(data["default_layers"])
         data["allowed_origins"] = tuple(data["allowed_origins"])
         return Settings(**data)
+
+
+def listen_url(host: str, port: int) -> str:
+    """``http://host:port`` for a listening address, an IPv6 literal in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _is_loopback(host: str) -> bool:

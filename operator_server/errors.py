@@ -17,6 +17,7 @@ class Code(StrEnum):
     BAD_JSON = "bad_json"
     BAD_REQUEST = "bad_request"
     TOO_LARGE = "too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from operator_server.app import build_app
+from operator_server.app import build_app, listening_on
 from operator_server.appkeys import ENGINE
 from operator_server.config import Settings, load_settings
 from operator_server.engine import Engine
@@ -46,6 +46,7 @@ def server(aiohttp_client: Any) -> Server:
     async def start(**overrides: Any) -> TestClient[Any, Any]:
         app = build_app(make_settings(**overrides))
         client: TestClient[Any, Any] = await aiohttp_client(app)
+        listening_on(app, str(client.make_url("")).rstrip("/"))
         return client
 
     return start

@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -115,3 +116,174 @@ async def test_the_daemon_serves_echo_tasks_with_no_operator(daemon: Daemon) -> 
     assert task["status"] == "passed" and task["result"]["value"] == {"n": 1}
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=15) == 0
+
+
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "operator_server", "serve", "--secret", "s", *args]
+
+
+def run_to_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a daemon that is expected to stop by itself at start-up."""
+    return subprocess.run(serve_command(*args), capture_output=True, text=True, timeout=20)
+
+
+def task_row(db: Path, task_id: str) -> tuple[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        row: tuple[str, str] = conn.execute(
+            "SELECT status, data FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return row
+
+
+async def test_a_second_daemon_on_the_store_exits_naming_the_file_and_holder_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "shared.sqlite"
+    first = await start_daemon("--secret", "s", "--store-path", str(db))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{first.base}/v1/operators", json={"roles": ["main"]}) as resp:
+                op = await resp.json()
+            ws = await http.ws_connect(
+                f"{first.base}/v1/operators/{op['sid']}/ws",
+                headers={"Authorization": f"Bearer {op['token']}"},
+            )
+            body = {
+                "agent": "coder",
+                "directive": "x",
+                "operator": {"role": "main"},
+                "layers": ["operator_delegate"],
+            }
+            async with http.post(f"{first.base}/v1/tasks", json=body) as resp:
+                task = await resp.json()
+            spawn = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+            assert spawn["type"] == "spawn"
+            before = task_row(db, task["id"])
+            assert before[0] == "running"
+
+            # Another port, the same file: a restart's recovery would re-dispatch
+            # the running task; the second process must not get that far.
+            second = await asyncio.to_thread(
+                run_to_exit, "--port", str(free_port()), "--store-path", str(db)
+            )
+            assert second.returncode != 0
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1, second.stderr
+            assert str(db) in lines[0] and f"pid {first.proc.pid}" in lines[0]
+            assert task_row(db, task["id"]) == before
+
+            # The first daemon carries on with its task as if nothing happened.
+            await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "ok"})
+            async with http.get(f"{first.base}/v1/tasks/{task['id']}?wait=5") as resp:
+                done = await resp.json()
+            assert done["status"] == "passed" and done["attempt"] == 1
+            await ws.close()
+    finally:
+        first.proc.terminate()
+        assert first.proc.wait(timeout=15) == 0
+
+
+async def test_a_busy_port_is_one_line_naming_the_address_and_the_store_is_never_opened(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        db = tmp_path / "never.sqlite"
+        result = await asyncio.to_thread(
+            run_to_exit, "--port", str(port), "--store-path", str(db), "--log-format", "json"
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"operator-server: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "Traceback" not in result.stdout
+    assert not db.exists()  # bound before the store is opened, let alone recovered
+
+
+async def test_port_0_logs_the_port_it_really_listens_on(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        serve_command(
+            "--port", "0", "--log-format", "json", "--store-path", str(tmp_path / "p.sqlite")
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = None
+        while url is None:
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 15)
+            assert line, "the daemon exited before it listened"
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("event") == "listening":
+                url = str(event["url"])
+        assert not url.endswith(":0")
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+
+
+async def test_a_spawn_issued_before_the_first_socket_names_the_url_the_daemon_listens_on(
+    daemon: Daemon,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp:
+            op = await resp.json()
+        body = {
+            "agent": "coder",
+            "directive": "x",
+            "operator": {"role": "main"},
+            "layers": ["operator_delegate"],
+        }
+        async with http.post(f"{daemon.base}/v1/tasks", json=body) as resp:
+            assert resp.status == 202
+        # The spawn is issued now, with no socket; it waits for one and is then sent as issued.
+        ws = await http.ws_connect(
+            f"{daemon.base}/v1/operators/{op['sid']}/ws",
+            headers={"Authorization": f"Bearer {op['token']}"},
+        )
+        spawn = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        assert spawn["type"] == "spawn"
+        assert f"{daemon.base}/v1/worker/prompt" in spawn["directive"]
+        await ws.close()
+
+
+async def test_half_sent_requests_are_cut_off_while_healthz_keeps_answering(
+    tmp_path: Path,
+) -> None:
+    d = await start_daemon(
+        "--secret", "s", "--store-path", str(tmp_path / "s.sqlite"), "--request-read-timeout-s", "1"
+    )
+    host, port = "127.0.0.1", int(d.base.rsplit(":", 1)[1])
+    try:
+        # Headers that never end: the server closes the connection.
+        head_r, head_w = await asyncio.open_connection(host, port)
+        head_w.write(b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        # A body that never arrives: 408 request_timeout, then the connection closes.
+        body_r, body_w = await asyncio.open_connection(host, port)
+        body_w.write(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"agent": '
+        )
+        async with aiohttp.ClientSession() as http, http.get(f"{d.base}/v1/healthz") as resp:
+            assert resp.status == 200  # the server is not held up meanwhile
+
+        assert await asyncio.wait_for(head_r.read(), 10) == b""
+        answer = await asyncio.wait_for(body_r.read(), 10)  # read() returns at the close
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 408 Request Timeout", answer
+        error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == "request_timeout" and "request_read_timeout_s" in error["message"]
+        for w in (head_w, body_w):
+            w.close()
+    finally:
+        d.proc.terminate()
+        assert d.proc.wait(timeout=15) == 0

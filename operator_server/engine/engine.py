@@ -6,8 +6,10 @@ capability, and always records how it ended.  A task never stays ``running``
 after its run ended: the run's done-callback settles anything it could not.
 
 Persistence: creating a task and starting an attempt are durable writes (the
-202 means it is on disk; no operator hears of an attempt before its start is);
-every other transition is queued to the store in order (``_changed``), and
+202 means it is on disk; no operator hears of an attempt before its start is),
+and so is every attempt's and task's end, committed *before* it is applied in
+memory (``_end``): a client never sees an end a restart would not show.  Other
+transitions are queued to the store in order (``_changed``), and
 ``recover_task`` decides what a restart does with each stored task.
 """
 
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import Counter
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -40,7 +42,7 @@ from operator_server.engine.middleware import build_chain
 from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import (
     TERMINAL_STATUSES,
-    AttemptRecord,
+    Ending,
     OperatorSpec,
     Task,
     TaskStatus,
@@ -248,13 +250,15 @@ class Engine:
             )
             task.interruptions += 1
         if task.interruptions > limit:
-            await self._conclude(
+            await self._end(
                 task,
-                TaskStatus.FAILED,
-                error=AttemptFailed(
-                    Code.INTERRUPTED,
-                    f"interrupted by {task.interruptions} restarts "
-                    f"(store.max_interruptions = {limit})",
+                Ending(
+                    TaskStatus.FAILED,
+                    error=AttemptFailed(
+                        Code.INTERRUPTED,
+                        f"interrupted by {task.interruptions} restarts "
+                        f"(store.max_interruptions = {limit})",
+                    ),
                 ),
             )
         elif (
@@ -263,7 +267,9 @@ class Engine:
             and (current.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts)
         ):
             # The last attempt had ended; only the task's own ending was lost.
-            await self._conclude(task, current.status, result=current.result, error=current.error)
+            await self._end(
+                task, Ending(current.status, result=current.result, error=current.error)
+            )
         else:
             self.counts.moved(task.status, TaskStatus.PENDING)
             task.status = TaskStatus.PENDING
@@ -300,70 +306,78 @@ class Engine:
         structlog.contextvars.bind_contextvars(task_id=task.id)
         try:
             while True:
-                record = await self.dispatch_attempt(task, parent_req)
-                if record.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts:
+                decided = await self.dispatch_attempt(task, parent_req)
+                final = (
+                    decided.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts
+                )
+                await self._end(task, replace(decided, final=final))
+                if final:
                     break
-                log.debug("retrying", attempt=task.attempt, after=str(record.status))
-            await self._conclude(task, record.status, result=record.result, error=record.error)
+                log.debug("retrying", attempt=task.attempt, after=str(decided.status))
         except asyncio.CancelledError:
-            reason = task.cancel_reason or "cancelled"
-            await self._conclude(
-                task, TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason)
-            )
+            if not task.status.terminal:
+                reason = task.cancel_reason or "cancelled"
+                await self._end(
+                    task, Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
+                )
         finally:
             self.capabilities.forget_task(task.id)
 
-    async def _conclude(
-        self,
-        task: Task,
-        status: TaskStatus,
-        *,
-        result: WorkerResult | None = None,
-        error: AttemptFailed | None = None,
-    ) -> None:
-        """End the task: on disk first, then visible, then out of memory.
+    async def _end(self, task: Task, ending: Ending) -> None:
+        """Commit ``ending``, then apply it: what any client sees of an attempt's
+        or a task's end (GET, long-poll, list, healthz) is already on disk.
 
-        Nobody can observe an end (GET, long-poll, list) that a crash could
-        still undo: the terminal record is committed (sharing a group commit
-        with whatever else ends now) before the task object shows it.  The
-        task then leaves memory; reads find it in the store.
+        Tasks ending together share one commit (the store's group commit).  If
+        the write fails the ending is applied anyway — a task never stays
+        running after its dispatch ended — and the failure is logged.  A task's
+        final end also takes it out of memory, once committed: from then on
+        reads find it in the store.
         """
-        at = time.time()
         durable = True
         try:
-            await self.store.put_task(task.ending_record(status, result=result, error=error, at=at))
+            await self.store.put_task(task.record_with(ending))
         except StoreError as exc:
-            durable = False  # it stays in memory, readable, until the next sweep
-            log.error("could not store the end of the task", error=str(exc))
+            durable = False  # then it stays in memory, readable, until the next sweep
+            log.error("could not store the end of the attempt", error=str(exc))
         finally:
-            # Also when our wait is cancelled: the write is queued and lands.
-            self.counts.moved(task.status, status)
-            task.finish(status, result=result, error=error, at=at)
-            if durable:
-                self.tasks.pop(task.id, None)
-        log.info(
-            "task finished",
-            status=str(status),
-            attempts=task.attempt,
-            duration_s=round(at - task.created_at, 3),
-            **({"code": error.code, "message": error.message} if error is not None else {}),
-        )
+            # Also when cancelled while waiting: the write is queued and lands.
+            before = task.status
+            task.end(ending)
+            if ending.final:
+                self.counts.moved(before, task.status)
+                if durable:
+                    self.tasks.pop(task.id, None)
+        if ending.final:
+            error = ending.error
+            log.info(
+                "task finished",
+                status=str(ending.status),
+                attempts=task.attempt,
+                duration_s=round(ending.at - task.created_at, 3),
+                **({"code": error.code, "message": error.message} if error is not None else {}),
+            )
 
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it
-        started, or crashed), record it here.  It stays in memory until the
-        sweep, since this write is not awaited."""
+        took its first step, or crashed), record it here.  This is the one
+        ending applied before its write commits (nothing here can wait), so
+        the task stays in memory until the next sweep.
+        """
         self._runs.pop(task.id, None)
         if not task.status.terminal:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             self.counts.moved(task.status, status)
-            task.finish(status, error=AttemptFailed(code, reason))
+            task.end(Ending(status, error=AttemptFailed(code, reason)))
             self._changed(task)
 
-    async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> AttemptRecord:
-        """Run the next attempt of ``task`` through the middleware chain."""
+    async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
+        """Run the next attempt of ``task`` through the middleware chain.
+
+        Returns how the attempt ended without applying it: the caller stores the
+        ending and then applies it (``_end``).  A cancelled attempt raises.
+        """
         self.counts.moved(task.status, TaskStatus.RUNNING)
         record = task.start_attempt()
         structlog.contextvars.bind_contextvars(attempt=record.number)
@@ -401,30 +415,23 @@ class Engine:
                 ctx.capability_token, ctx.worker_handle = grant.token, grant.handle
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
         except AttemptFailed as exc:
-            record.finish(TaskStatus.FAILED, error=exc)
             log.debug("attempt failed", code=exc.code, message=exc.message)
-        except asyncio.CancelledError:
-            reason = task.cancel_reason or "cancelled"
-            record.finish(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
-            raise
+            return Ending(TaskStatus.FAILED, error=exc)
         except Exception as exc:  # a bug in an agent or face must not wedge the task
             log.exception("attempt crashed")
-            record.finish(
+            return Ending(
                 TaskStatus.FAILED,
                 error=AttemptFailed(Code.AGENT_CRASHED, f"{type(exc).__name__}: {exc}"),
             )
-        else:
-            status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
-            record.finish(status, result=result)
-            log.debug("attempt ended", status=str(status))
         finally:
+            # The decision is made: the attempt's credentials die now, before it
+            # is stored, so nothing a late worker sends can change it.
             if grant is not None:
                 self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
-            task.touch()
-        # Not stored here: every caller's next step stores the task (the next
-        # attempt's durable start, or the run's end), with no await in between.
-        return record
+        status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+        log.debug("attempt ended", status=str(status))
+        return Ending(status, result=result)
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:
         agent = self.agents.get(ctx.agent)

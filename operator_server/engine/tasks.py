@@ -123,6 +123,21 @@ class OutputTail:
         raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt — and, when ``final``, its task — ends.
+
+    Decided first, stored, and only then applied (``Task.end``), so nobody can
+    see an ending a restart would not show.
+    """
+
+    status: TaskStatus
+    result: WorkerResult | None = None
+    error: AttemptFailed | None = None
+    final: bool = True
+    at: float = field(default_factory=time.time)
+
+
 @dataclass
 class AttemptRecord:
     number: int
@@ -140,8 +155,10 @@ class AttemptRecord:
         *,
         result: WorkerResult | None = None,
         error: AttemptFailed | None = None,
+        at: float | None = None,
     ) -> None:
-        self.status, self.result, self.error, self.ended_at = status, result, error, time.time()
+        self.status, self.result, self.error = status, result, error
+        self.ended_at = time.time() if at is None else at
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -233,8 +250,8 @@ class Task:
     def current(self) -> AttemptRecord | None:
         return self.attempts[-1] if self.attempts else None
 
-    def touch(self) -> None:
-        self.updated_at = time.time()
+    def touch(self, at: float | None = None) -> None:
+        self.updated_at = time.time() if at is None else at
 
     def start_attempt(self) -> AttemptRecord:
         self.attempt += 1
@@ -253,27 +270,29 @@ class Task:
         at: float | None = None,
     ) -> None:
         self.status, self.result, self.error = status, result, error
-        self.updated_at = time.time() if at is None else at
+        self.touch(at)
         self.finished.set()
 
-    def ending_record(
-        self,
-        status: TaskStatus,
-        *,
-        result: WorkerResult | None,
-        error: AttemptFailed | None,
-        at: float,
-    ) -> dict[str, Any]:
-        """The stored form of this task as ``finish`` would leave it, without
-        changing the task: written first, so no one sees an end not on disk."""
-        record = self.to_record()
-        record.update(
-            status=str(status),
-            result=_result_record(result),
-            error=_error_record(error),
-            updated_at=at,
-        )
-        return record
+    def end(self, ending: Ending) -> None:
+        """Apply ``ending``: the current attempt ends (if it has not), and with
+        ``ending.final`` the task too."""
+        current = self.current
+        if current is not None and not current.status.terminal:
+            current.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
+        if ending.final:
+            self.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
+        else:
+            self.touch(ending.at)
+
+    def record_with(self, ending: Ending) -> dict[str, Any]:
+        """The stored record of this task once ``ending`` applies, leaving it as it is.
+
+        Built by applying ``ending`` to a copy, so the record and the later
+        ``end`` cannot disagree.
+        """
+        shadow = Task.from_record(self.to_record())
+        shadow.end(ending)
+        return shadow.to_record()
 
     @property
     def attempts_used(self) -> int:

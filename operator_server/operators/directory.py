@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 
-from operator_server.config import Settings
+from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import AttemptFailed, Code
@@ -43,6 +43,14 @@ class OperatorDirectory:
         self.settings = settings
         self.directive = directive
         self.sessions: dict[str, WSOperatorSession] = {}
+        # What spawn directives name: public_url, else where the daemon listens.
+        # Until the daemon says (``listening_on``), the configured address.
+        self.base_url = settings.public_url or listen_url(settings.host, settings.port)
+
+    def listening_on(self, url: str) -> None:
+        """The daemon is bound at ``url``; directives use it unless public_url is set."""
+        if not self.settings.public_url:
+            self.base_url = url
 
     async def mint(self, roles: list[str], desc: str) -> tuple[WSOperatorSession, str]:
         """A new session and its token, on disk.
@@ -72,6 +80,7 @@ class OperatorDirectory:
             desc=record.desc,
             settings=self.settings,
             directive=self.directive,
+            base_url=lambda: self.base_url,
             created_at=record.created_at,
             last_seen_at=record.last_seen_at,
         )

@@ -155,7 +155,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         log=session.log,
     )
     directory = request.app[DIRECTORY]
-    session.attach(pump, f"{request.scheme}://{request.host}")
+    session.attach(pump)
     directory.seen(session)
     try:
         await pump.read_loop(session.handle_text)

@@ -69,6 +69,7 @@ class WSOperatorSession:
         desc: str,
         settings: Settings,
         directive: DirectiveTemplate,
+        base_url: Callable[[], str],
         created_at: float | None = None,
         last_seen_at: float | None = None,
     ) -> None:
@@ -83,7 +84,8 @@ class WSOperatorSession:
         self._directive = directive
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._pump: SocketPump | None = None
-        self._base_url = settings.public_url
+        # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
+        self._base_url = base_url
         self._ended: AttemptFailed | None = None
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
@@ -102,12 +104,10 @@ class WSOperatorSession:
         """When the session was last seen, if no socket is attached."""
         return None if self._pump is not None else self.last_seen_at
 
-    def attach(self, pump: SocketPump, base_url: str) -> None:
+    def attach(self, pump: SocketPump) -> None:
         """Make ``pump`` the session's socket and replay what is unanswered."""
         old, self._pump = self._pump, pump
         self.last_seen_at = time.time()
-        if not self._settings.public_url:
-            self._base_url = base_url
         if old is not None:
             old.close(4000, "replaced by a newer connection for this session")
             self.log.info("socket replaced by a newer one")
@@ -313,7 +313,7 @@ class WSOperatorSession:
         # ``system`` and ``prompt`` stay server-side: the sub-agent fetches them
         # with its credential ("thin control").
         directive = self._directive.render(
-            base_url=self._base_url or "http://127.0.0.1",
+            base_url=self._base_url(),
             task_id=ctx.task_id,
             attempt=ctx.attempt,
             agent=ctx.agent,

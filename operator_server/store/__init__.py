@@ -6,7 +6,14 @@ default, ``data/operator-server.sqlite``), a process-local ``MemoryStore`` for
 """
 
 from operator_server.config import Settings
-from operator_server.store.base import Row, SessionRecord, Store, StoredTask, StoreError
+from operator_server.store.base import (
+    Row,
+    SessionRecord,
+    Store,
+    StoredTask,
+    StoreError,
+    StoreLocked,
+)
 from operator_server.store.memory import MemoryStore
 from operator_server.store.sqlite import SQLiteStore
 
@@ -24,6 +31,7 @@ __all__ = [
     "SessionRecord",
     "Store",
     "StoreError",
+    "StoreLocked",
     "StoredTask",
     "open_store",
 ]

@@ -33,6 +33,10 @@ class StoreError(Exception):
     """A write or read failed; the message says what the database said."""
 
 
+class StoreLocked(StoreError):
+    """Another process holds the store; the message names the file and its PID."""
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     sid: str
@@ -62,10 +66,22 @@ class StoredTask:
 
 class Store(ABC):
     @abstractmethod
+    def claim(self) -> None:
+        """Take this process's exclusive hold on the store, or raise ``StoreLocked``.
+
+        Called before anything else touches the store (``open`` calls it too);
+        held until ``close``.
+        """
+
+    @abstractmethod
     async def open(self) -> None: ...
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Return once every write queued so far is committed."""
 
     @abstractmethod
     async def put_session(self, record: SessionRecord) -> None: ...

@@ -24,8 +24,14 @@ class MemoryStore(Store):
         self._id_at: dict[int, str] = {}
         self._last_seq = 0
 
+    def claim(self) -> None:
+        return None  # no other process can reach it
+
     async def open(self) -> None:
         return None
+
+    async def flush(self) -> None:
+        return None  # every write is done when it returns
 
     async def close(self) -> None:
         return None

@@ -9,11 +9,22 @@ alone.  Durable callers are answered after the commit.
 WAL journal, ``synchronous=FULL`` (a committed write survives power loss, not
 only a crash), a busy timeout, the file created with mode 0600, and the schema
 versioned in ``PRAGMA user_version`` with forward migrations run at open.
+
+One process per file: ``claim`` takes an exclusive ``flock`` on a sidecar
+``<file>.lock`` holding the owner's PID, before anything reads or writes the
+database, and keeps it until ``close`` (the kernel drops it if the process
+dies).  A sidecar rather than the database itself, because SQLite's own locks
+on the database are POSIX record locks, and a process that closes *any*
+descriptor of that file loses all of them; our lock must never be able to
+disturb SQLite's.  The sidecar is left in place on exit: removing it would let
+a starting process lock a file a third one is about to replace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import os
 import queue
@@ -26,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from operator_server.logs import get_logger
-from operator_server.store.base import Row, SessionRecord, Store, StoredTask, StoreError
+from operator_server.store.base import (
+    Row,
+    SessionRecord,
+    Store,
+    StoredTask,
+    StoreError,
+    StoreLocked,
+)
 
 log = get_logger(__name__)
 BATCH = 512
@@ -95,11 +113,47 @@ class SQLiteStore(Store):
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock_fd: int | None = None
 
     # -- lifecycle --------------------------------------------------------
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def claim(self) -> None:
+        """Lock the store for this process, or raise ``StoreLocked`` naming the holder."""
+        if self._lock_fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLocked(
+                    f"{self.path} is in use by another operator-server process "
+                    f"(pid {holder or 'unknown'}); stop it or choose another store.path"
+                ) from None
+            raise StoreError(f"cannot lock {self.lock_path}: {exc}") from exc
+        # Only the holder writes: the PID is what a second process reports.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
     async def open(self) -> None:
-        """Start the thread; it opens the file and runs the migrations."""
+        """Claim the file, start the thread; it opens the file and runs the migrations."""
+        self.claim()
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._work, name="store-sqlite", daemon=True)
         self._thread.start()
@@ -117,12 +171,16 @@ class SQLiteStore(Store):
         return conn
 
     async def close(self) -> None:
-        """Write everything queued, then stop the thread."""
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-        self._thread = None
+        """Write everything queued, stop the thread, then let go of the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            self._thread = None
+        self._release()
+
+    async def flush(self) -> None:
+        # The queue is in order: once this no-op is answered, all before it is committed.
+        await self._call(lambda c: None, "flush")
 
     # -- the thread -------------------------------------------------------
 
@@ -344,6 +402,13 @@ def _task_row(task_id: str, data: str) -> Row:
         return Row(task_id, json.loads(data))
     except (ValueError, TypeError) as exc:
         return Row(task_id, None, f"cannot decode: {exc}")
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import sqlite3
 import stat
@@ -274,3 +275,43 @@ async def test_a_failed_attempt_start_write_fails_the_attempt_with_store_failed(
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed" and done["error"]["code"] == "store_failed"
     assert engine.tasks[task["id"]].status == "failed"
+
+
+def status_on_disk(db: Path, task_id: str) -> tuple[str, str]:
+    """The task's and its last attempt's status as a restart would read them."""
+    conn = sqlite3.connect(db)
+    try:
+        status, data = conn.execute(
+            "SELECT status, data FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return status, json.loads(data)["attempts"][-1]["status"]
+
+
+async def test_a_long_poll_answers_passed_only_once_passed_is_on_disk(
+    server: Server, db: Path
+) -> None:
+    client = await server(store__path=str(db))
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    spawn = await expect(ws, "spawn")  # the attempt's start is committed
+    # Another process holds the write lock: no commit can happen until it lets go.
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    poll = asyncio.ensure_future(client.get(f"/v1/tasks/{task['id']}", params={"wait": "10"}))
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "done"})
+    # The long-poll may not answer while the end cannot be committed; if it does
+    # answer, the state it shows must already be on disk.
+    done, _ = await asyncio.wait({poll}, timeout=1)
+    on_disk_when_answered = status_on_disk(db, task["id"]) if done else None
+    other.rollback()
+    other.close()
+    answered = await (await poll).json()
+    on_disk_when_answered = on_disk_when_answered or status_on_disk(db, task["id"])
+    assert answered["status"] == "passed"
+    assert on_disk_when_answered == ("passed", "passed")
+    await ws.close()
