@@ -15,6 +15,8 @@ from typing import Any
 class Code(StrEnum):
     # HTTP request problems
     BAD_JSON = "bad_json"
+    TOO_DEEP = "too_deep"
+    BAD_ENCODING = "bad_encoding"
     BAD_REQUEST = "bad_request"
     TOO_LARGE = "too_large"
     NOT_FOUND = "not_found"

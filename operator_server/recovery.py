@@ -2,8 +2,10 @@
 
 Sessions come first, so that a task re-dispatched here resolves its operator;
 the operator then sees the new attempt's requests when it reconnects (they wait
-``reconnect_grace_s`` for it).  A row that cannot be decoded is skipped with a
-warning naming it — one bad row never stops the server.
+``reconnect_grace_s`` for it).  A row that cannot be decoded — for any reason:
+bad JSON, too deep, a missing or mistyped field, a value that could not be
+served back — is skipped with a warning naming it.  One bad row never stops
+the server.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from operator_server.engine.tasks import Task
 from operator_server.logs import get_logger
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.store import Store
+from operator_server.wire import json
 
 log = get_logger(__name__)
 
@@ -29,7 +32,16 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
                 "skipping a stored session that cannot be decoded", sid=row.key, error=row.error
             )
             skipped += 1
-        elif directory.restore(row.value, now):
+            continue
+        try:
+            back = directory.restore(row.value, now)
+        except Exception as exc:  # a bad row must not stop start-up
+            log.warning(
+                "skipping a stored session that cannot be restored", sid=row.key, error=str(exc)
+            )
+            skipped += 1
+            continue
+        if back:
             restored += 1
         else:
             await store.delete_session(row.key)
@@ -40,7 +52,9 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
             if row.error is not None:
                 raise ValueError(row.error)
             task = Task.from_record(row.value)
-        except (KeyError, TypeError, ValueError) as exc:
+            # A task that loads but could not be served would fail every read of it.
+            json.dumps(task.as_dict())
+        except Exception as exc:  # whatever is wrong with the row, only it is skipped
             log.warning(
                 "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
             )

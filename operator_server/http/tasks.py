@@ -26,6 +26,7 @@ from operator_server.engine import Kind
 from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
+from operator_server.wire.fields import QueryInteger, StrictInteger
 from operator_server.wire.requests import query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
@@ -63,7 +64,7 @@ class TaskRequestSchema(Schema):
     system = fields.String(allow_none=True)
     operator = fields.Nested(OperatorSpecSchema, allow_none=True)
     layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
-    max_attempts = fields.Integer(validate=validate.Range(min=1, max=100))
+    max_attempts = StrictInteger(validate=validate.Range(min=1, max=100))
     parent_task_id = fields.String(validate=_NAME)
 
     @validates_schema
@@ -75,7 +76,7 @@ class TaskRequestSchema(Schema):
 
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
     after = fields.String()
 
 
@@ -87,6 +88,10 @@ def _guard(request: web.Request) -> None:
     token = request.app[SETTINGS].api_token
     if token:
         require_bearer(request, token, "api_token")
+
+
+def _max_depth(request: web.Request) -> int:
+    return request.app[SETTINGS].max_json_depth
 
 
 def _task(request: web.Request) -> Task:
@@ -103,7 +108,7 @@ async def create_task(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if not engine.accepting:
         raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
-    body = load(TaskRequestSchema(), await read_json(request))
+    body = load(TaskRequestSchema(), await read_json(request, _max_depth(request)))
     if (parent := body.get("parent_task_id")) and parent not in engine.tasks:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
@@ -163,7 +168,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     task = _task(request)
     reason = "cancelled by request"
     if request.can_read_body:
-        body: Any = await read_json(request)
+        body: Any = await read_json(request, _max_depth(request))
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
             raise ApiError(400, Code.BAD_REQUEST, 'body: expected {"reason": "<text>"}')
         reason = body.get("reason") or reason

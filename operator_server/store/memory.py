@@ -6,10 +6,10 @@ behaves the same with either.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from operator_server.store.base import Row, SessionRecord, Store
+from operator_server.store.base import Row, SessionRecord, Store, decode_task
+from operator_server.wire import json
 
 
 class MemoryStore(Store):
@@ -45,7 +45,15 @@ class MemoryStore(Store):
         self.tasks[record["id"]] = record
 
     async def load_tasks(self) -> list[Row]:
-        return [Row(tid, copy.deepcopy(rec)) for tid, rec in self.tasks.items()]
+        # A round trip through the same JSON the SQLite store writes: a copy that
+        # cannot recurse, and the same rows fail to load here as there.
+        out = []
+        for tid, rec in self.tasks.items():
+            try:
+                out.append(Row(tid, decode_task(json.dumps(rec))))
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                out.append(Row(tid, None, f"cannot decode: {exc}"))
+        return out
 
     async def delete_tasks(self, task_ids: list[str]) -> None:
         for task_id in task_ids:

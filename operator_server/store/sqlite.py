@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from operator_server.logs import get_logger
-from operator_server.store.base import Row, SessionRecord, Store, StoreError
+from operator_server.store.base import (
+    Row,
+    SessionRecord,
+    Store,
+    StoreError,
+    decode_session,
+    decode_task,
+)
 
 log = get_logger(__name__)
 BATCH = 512
@@ -217,15 +224,13 @@ class SQLiteStore(Store):
             "load sessions",
         )
         out = []
-        for sid, token_sha256, roles, desc, created_at, last_seen_at in rows:
+        for row in rows:
             try:
-                record = SessionRecord(
-                    sid, token_sha256, list(json.loads(roles)), desc, created_at, last_seen_at
-                )
-            except (ValueError, TypeError) as exc:
-                out.append(Row(sid, None, f"cannot decode: {exc}"))
+                record = decode_session(*row)
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                out.append(Row(str(row[0]), None, f"cannot decode: {exc}"))
             else:
-                out.append(Row(sid, record))
+                out.append(Row(record.sid, record))
         return out
 
     @staticmethod
@@ -257,9 +262,9 @@ class SQLiteStore(Store):
         out = []
         for task_id, data in rows:
             try:
-                out.append(Row(task_id, json.loads(data)))
-            except (ValueError, TypeError) as exc:
-                out.append(Row(task_id, None, f"cannot decode: {exc}"))
+                out.append(Row(str(task_id), decode_task(data)))
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                out.append(Row(str(task_id), None, f"cannot decode: {exc}"))
         return out
 
     async def delete_tasks(self, task_ids: list[str]) -> None:
