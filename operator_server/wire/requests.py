@@ -15,19 +15,29 @@ from operator_server.wire import json
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The whole body, decompressed per ``Content-Encoding``; 400 when it cannot be."""
+    """The whole body, decompressed per ``Content-Encoding``; 400 when it cannot be.
+
+    After such a failure the rest of the body is unreadable, so the connection
+    is closed after the answer (and aiohttp is told the body is over, or it
+    would try to drain it and log the same failure again as "unhandled").
+    """
     try:
         return await request.read()
     except web.RequestPayloadError as exc:
+        request.content.feed_eof()
         if isinstance(exc.__cause__, ContentEncodingError):
             encoding = request.headers.get("Content-Encoding", "")
             raise ApiError(
                 400,
                 Code.BAD_ENCODING,
                 f"the body is not valid {encoding} data (Content-Encoding: {encoding})",
+                close_connection=True,
             ) from None
         raise ApiError(
-            400, Code.BAD_REQUEST, f"the request body could not be read: {exc}"
+            400,
+            Code.BAD_REQUEST,
+            f"the request body could not be read: {exc}",
+            close_connection=True,
         ) from None
 
 
