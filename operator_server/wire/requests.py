@@ -13,6 +13,10 @@ from marshmallow import Schema, ValidationError
 from operator_server.errors import ApiError, Code, describe_validation
 from operator_server.wire import json
 
+# What aiohttp decompresses before the handler sees the body ("" = not encoded).
+# It answers br and zstd itself (400, text/plain) unless their libraries are installed.
+_DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
 
 async def read_body(request: web.Request) -> bytes:
     """The whole body, decompressed per ``Content-Encoding``; 400 when it cannot be.
@@ -21,12 +25,20 @@ async def read_body(request: web.Request) -> bytes:
     is closed after the answer (and aiohttp is told the body is over, or it
     would try to drain it and log the same failure again as "unhandled").
     """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _DECODED_ENCODINGS:
+        # aiohttp passes any other coding through undecoded: refuse rather than
+        # read compressed bytes as if they were the body.
+        raise ApiError(
+            400,
+            Code.BAD_ENCODING,
+            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none",
+        )
     try:
         return await request.read()
     except web.RequestPayloadError as exc:
         request.content.feed_eof()
         if isinstance(exc.__cause__, ContentEncodingError):
-            encoding = request.headers.get("Content-Encoding", "")
             raise ApiError(
                 400,
                 Code.BAD_ENCODING,

@@ -435,3 +435,40 @@ async def test_a_mint_with_forty_thousand_roles_is_refused_and_healthz_answers(
     await healthy(client)
     message = await error(await mint_call, 400, "bad_request")
     assert "at most 64 roles (max_roles)" in message
+
+
+async def test_a_content_encoding_the_server_cannot_decode_is_bad_encoding(
+    server: Server,
+) -> None:
+    client = await server()
+    for encoding in ("snappy", "gzip, gzip"):
+        resp = await client.post("/v1/tasks", data=b"{}", headers={"Content-Encoding": encoding})
+        assert "not supported" in await error(resp, 400, "bad_encoding")
+    assert (await (await client.get("/v1/tasks")).json())["tasks"] == []
+
+
+@pytest.mark.parametrize(
+    ("head", "says"),
+    [
+        (b"GE\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", b"Invalid method"),
+        (b"BREW /v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"Invalid method"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"8190 bytes"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", b"8190 bytes"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", b"Invalid header token"),
+        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", b"Invalid HTTP version"),
+        (b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", b"Content-Length"),
+        (
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"chunk size",
+        ),
+    ],
+)
+async def test_requests_aiohttp_refuses_before_any_handler_are_400_text_and_closed(
+    server: Server, head: bytes, says: bytes
+) -> None:
+    """Documented exception to "every error is JSON": aiohttp's own HTTP parser
+    answers these itself, as text/plain, and no application hook can change it."""
+    client = await server()
+    status, ctype, body = await raw_http(client, head)
+    assert (status, ctype.split(";")[0]) == (400, "text/plain") and says in body
+    await healthy(client)
