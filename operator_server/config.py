@@ -31,6 +31,7 @@ from marshmallow import (
 )
 
 from operator_server.errors import describe_validation
+from operator_server.wire.json import DEFAULT_MAX_DEPTH, MAX_CONFIG_DEPTH
 
 ENV_PREFIX = "OPERATOR_SERVER_"
 LAYER_NAMES = ("main_ai", "senior_escalation", "operator_delegate")
@@ -64,6 +65,9 @@ class Settings:
     max_frame_bytes: int = 1024 * 1024
     max_wait_s: float = 300
     request_read_timeout_s: float = 30
+    max_json_depth: int = DEFAULT_MAX_DEPTH
+    max_roles: int = 64
+    max_role_length: int = 200
     default_layers: tuple[str, ...] = tuple(DEFAULT_LAYERS)
     default_max_attempts: int = 1
     reconnect_grace_s: float = 30
@@ -131,6 +135,15 @@ class SettingsSchema(Schema):
     )
     max_wait_s = _seconds(Settings.max_wait_s)
     request_read_timeout_s = _seconds(Settings.request_read_timeout_s, allow_zero=False)
+    max_json_depth = fields.Integer(
+        load_default=Settings.max_json_depth, validate=validate.Range(min=2, max=MAX_CONFIG_DEPTH)
+    )
+    max_roles = fields.Integer(
+        load_default=Settings.max_roles, validate=validate.Range(min=0, max=10_000)
+    )
+    max_role_length = fields.Integer(
+        load_default=Settings.max_role_length, validate=validate.Range(min=1, max=10_000)
+    )
     default_layers = fields.List(
         fields.String(validate=validate.OneOf(LAYER_NAMES)), load_default=DEFAULT_LAYERS
     )

@@ -15,6 +15,8 @@ from typing import Any
 class Code(StrEnum):
     # HTTP request problems
     BAD_JSON = "bad_json"
+    TOO_DEEP = "too_deep"
+    BAD_ENCODING = "bad_encoding"
     BAD_REQUEST = "bad_request"
     TOO_LARGE = "too_large"
     REQUEST_TIMEOUT = "request_timeout"
@@ -76,11 +78,24 @@ class CodedError(Exception):
 
 
 class ApiError(CodedError):
-    """HTTP layer: carries the status the response should have."""
+    """HTTP layer: carries the status the response should have.
 
-    def __init__(self, status: int, code: Code | str, message: str, **detail: Any) -> None:
+    ``close_connection``: the connection cannot carry another request (its body
+    could not be parsed), so the answer says ``Connection: close``.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: Code | str,
+        message: str,
+        *,
+        close_connection: bool = False,
+        **detail: Any,
+    ) -> None:
         super().__init__(code, message, **detail)
         self.status = status
+        self.close_connection = close_connection
 
 
 class AttemptFailed(CodedError):

@@ -4,8 +4,10 @@ Sessions come first, so that a task re-dispatched here resolves its operator;
 the operator then sees the new attempt's requests when it reconnects (they wait
 ``reconnect_grace_s`` for it).  Only tasks that were pending or running are
 loaded: finished ones stay in the store, where reads find them, so start-up
-time and memory do not grow with history.  A row that cannot be decoded is
-skipped with a warning naming it — one bad row never stops the server.
+time and memory do not grow with history.  A row that cannot be decoded — for
+any reason: bad JSON, too deep, a missing or mistyped field, a value that could
+not be served back — is skipped with a warning naming it.  One bad row never
+stops the server.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 from typing import Any
 
 from operator_server.engine import Engine
-from operator_server.engine.tasks import LIVE_STATUSES, Task
+from operator_server.engine.tasks import LIVE_STATUSES
 from operator_server.logs import get_logger
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.store import Store
@@ -31,7 +33,16 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
                 "skipping a stored session that cannot be decoded", sid=row.key, error=row.error
             )
             skipped += 1
-        elif directory.restore(row.value, now):
+            continue
+        try:
+            back = directory.restore(row.value, now)
+        except Exception as exc:  # a bad row must not stop start-up
+            log.warning(
+                "skipping a stored session that cannot be restored", sid=row.key, error=str(exc)
+            )
+            skipped += 1
+            continue
+        if back:
             restored += 1
         else:
             await store.delete_session(row.key)
@@ -39,14 +50,8 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
     await engine.load_counts()
     tasks = redispatched = 0
     for row in await store.load_tasks([str(s) for s in LIVE_STATUSES]):
-        try:
-            if row.error is not None:
-                raise ValueError(row.error)
-            task = Task.from_record(row.value)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning(
-                "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
-            )
+        task = engine.decode_row(row)
+        if task is None:
             skipped += 1
             continue
         was_open = not task.status.terminal

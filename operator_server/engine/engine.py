@@ -50,6 +50,7 @@ from operator_server.engine.tasks import (
 from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.store import Row, Store, StoreError
+from operator_server.wire import json
 
 log = get_logger(__name__)
 # Retention deletes at most this many tasks per sweep, so one sweep after a
@@ -193,7 +194,7 @@ class Engine:
         if live is not None:
             return live
         row = await self.store.get_task(task_id)
-        return None if row is None else self._decode(row)
+        return None if row is None else self.decode_row(row)
 
     async def page(
         self, status: TaskStatus | None, after_seq: int, limit: int
@@ -207,18 +208,23 @@ class Engine:
         tasks = []
         for item in stored:
             # A live task's own object is fresher than its row (outputs so far).
-            task = self.tasks.get(item.row.key) or self._decode(item.row)
+            task = self.tasks.get(item.row.key) or self.decode_row(item.row)
             if task is not None:
                 tasks.append(task)
         return tasks, (stored[-1].seq if more and stored else None)
 
     @staticmethod
-    def _decode(row: Row) -> Task | None:
+    def decode_row(row: Row) -> Task | None:
+        """A stored task, or None (with a warning naming it) when its row is
+        unusable for any reason — including one that loads but could not be
+        served, which would otherwise fail every read of it."""
         try:
             if row.error is not None:
                 raise ValueError(row.error)
-            return Task.from_record(row.value)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            task = Task.from_record(row.value)
+            json.dumps(task.as_dict())
+            return task
+        except Exception as exc:  # whatever is wrong with the row, only it is skipped
             log.warning(
                 "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
             )

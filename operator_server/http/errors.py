@@ -42,7 +42,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return response
     except ApiError as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.code, exc.message, headers, **exc.detail)
+        response = error_response(exc.status, exc.code, exc.message, headers, **exc.detail)
+        if exc.close_connection:
+            response.force_close()
+        return response
     except CapabilityError as exc:
         if exc.forbidden:
             return error_response(403, exc.code, exc.message)

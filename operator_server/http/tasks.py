@@ -26,6 +26,7 @@ from operator_server.engine import Engine, Kind
 from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
+from operator_server.wire.fields import QueryInteger, StrictInteger
 from operator_server.wire.requests import query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
@@ -63,7 +64,7 @@ class TaskRequestSchema(Schema):
     system = fields.String(allow_none=True)
     operator = fields.Nested(OperatorSpecSchema, allow_none=True)
     layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
-    max_attempts = fields.Integer(validate=validate.Range(min=1, max=100))
+    max_attempts = StrictInteger(validate=validate.Range(min=1, max=100))
     parent_task_id = fields.String(validate=_NAME)
 
     @validates_schema
@@ -78,7 +79,7 @@ TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every
 
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
     after = fields.String()
 
 
@@ -98,6 +99,10 @@ def _guard(request: web.Request) -> None:
         require_bearer(request, token, "api_token")
 
 
+def _max_depth(request: web.Request) -> int:
+    return request.app[SETTINGS].max_json_depth
+
+
 async def _task(request: web.Request) -> Task:
     """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
@@ -113,7 +118,7 @@ async def create_task(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if not engine.accepting:
         raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
-    body = load(TASK_REQUEST, await read_json(request))
+    body = load(TASK_REQUEST, await read_json(request, _max_depth(request)))
     if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
@@ -182,7 +187,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     task = await _task(request)
     reason = "cancelled by request"
     if request.can_read_body:
-        body: Any = await read_json(request)
+        body: Any = await read_json(request, _max_depth(request))
         if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
             raise ApiError(400, Code.BAD_REQUEST, 'body: expected {"reason": "<text>"}')
         reason = body.get("reason") or reason

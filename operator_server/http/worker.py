@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields
 
-from operator_server.appkeys import ENGINE
+from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.engine import WorkerResult
 from operator_server.engine.capabilities import Claims, require_task
 from operator_server.errors import ApiError, Code
-from operator_server.wire.fields import StrictBoolean
-from operator_server.wire.requests import bearer_of, query, read_json, validate
+from operator_server.wire.fields import QueryBoolean, StrictBoolean
+from operator_server.wire.requests import bearer_of, query, read_body, read_json, validate
 
 routes = web.RouteTableDef()
 
@@ -38,7 +38,7 @@ RESULT_BODY = ResultSchema()  # built once: construction deep-copies every field
 
 
 class SubmitQuerySchema(Schema):
-    ok = fields.Boolean(load_default=True)
+    ok = QueryBoolean(load_default=True)
     task_id = fields.String()
 
 
@@ -65,7 +65,7 @@ async def worker_prompt(request: web.Request) -> web.Response:
 @routes.post("/v1/worker/result")
 async def worker_result(request: web.Request) -> web.Response:
     claims = _claims(request, "result")
-    body = validate(RESULT_BODY, await read_json(request))
+    body = validate(RESULT_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
     require_task(claims, body.get("task_id"))
     request.app[ENGINE].post_worker_result(claims, WorkerResult(body["value"], body["ok"]))
     return _accepted(claims)
@@ -76,7 +76,7 @@ async def worker_submit(request: web.Request) -> web.Response:
     claims = _claims(request, "result")
     q = query(request, SUBMIT_QUERY)
     require_task(claims, q.get("task_id"))
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:

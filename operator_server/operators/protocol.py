@@ -9,13 +9,13 @@ against its schema.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, missing, validate
 
 from operator_server.errors import Code, ProtocolError, describe_validation
-from operator_server.wire.fields import StrictBoolean
+from operator_server.wire import json
+from operator_server.wire.fields import StrictBoolean, StrictInteger
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
 REQ_KIND = {"ask": "ask", "hook_before": "hb", "hook_after": "ha", "spawn": "spawn"}
@@ -45,7 +45,7 @@ class AskFrame(_Request):
 
 class HookBeforeFrame(_Request):
     agent = fields.String(required=True)
-    attempt = fields.Integer(required=True)
+    attempt = StrictInteger(required=True)
 
 
 class HookAfterFrame(HookBeforeFrame):
@@ -125,7 +125,7 @@ class _FastCheck:
 
     _TYPES: dict[type[fields.Field], tuple[type, ...]] = {
         fields.String: (str,),
-        fields.Integer: (int,),
+        StrictInteger: (int,),
         StrictBoolean: (bool,),
         fields.Dict: (dict,),
         fields.Raw: (object,),
@@ -181,12 +181,20 @@ _FAST = {
 }
 
 
-def parse_frame(text: str | bytes, table: dict[str, Schema]) -> tuple[str, dict[str, Any]]:
-    """Decode and validate one frame; ``ProtocolError`` says what is wrong."""
+def parse_frame(
+    text: str | bytes, table: dict[str, Schema], max_depth: int
+) -> tuple[str, dict[str, Any]]:
+    """Decode and validate one frame; ``ProtocolError`` says what is wrong.
+
+    Not standard JSON (``NaN``, bad UTF-8) is ``bad_json``; nesting past
+    ``max_depth`` or a lone surrogate is ``bad_message`` naming it.
+    """
     try:
-        data = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(Code.BAD_JSON, f"frame is not valid JSON: {exc}") from None
+        data = json.loads(text, max_depth)
+    except json.JsonError as exc:
+        if exc.code == Code.BAD_JSON:
+            raise ProtocolError(Code.BAD_JSON, f"frame is {exc.message}") from None
+        raise ProtocolError(Code.BAD_MESSAGE, exc.message) from None
     if not isinstance(data, dict):
         raise ProtocolError(Code.BAD_MESSAGE, "frame must be a JSON object")
     req_id = data.get("req_id") if isinstance(data.get("req_id"), str) else None
@@ -207,16 +215,24 @@ def parse_frame(text: str | bytes, table: dict[str, Schema]) -> tuple[str, dict[
         raise ProtocolError(Code.BAD_MESSAGE, message, req_id) from None
 
 
-def parse_client_frame(text: str | bytes) -> tuple[str, dict[str, Any]]:
-    return parse_frame(text, CLIENT_FRAMES)
+def parse_client_frame(
+    text: str | bytes, max_depth: int = json.DEFAULT_MAX_DEPTH
+) -> tuple[str, dict[str, Any]]:
+    """A frame from an operator; ``max_depth`` is the server's ``max_json_depth``."""
+    return parse_frame(text, CLIENT_FRAMES, max_depth)
 
 
-def parse_server_frame(text: str | bytes) -> tuple[str, dict[str, Any]]:
-    return parse_frame(text, SERVER_FRAMES)
+def parse_server_frame(
+    text: str | bytes, max_depth: int = json.STORED_MAX_DEPTH
+) -> tuple[str, dict[str, Any]]:
+    """A frame from the server.  Its values may wrap what the server accepted a
+    level or two deeper (an escalation ``ask`` holds the worker's value), so the
+    client allows what the server may store."""
+    return parse_frame(text, SERVER_FRAMES, max_depth)
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"))
+    return json.dumps(frame)
 
 
 # -- server -> client ------------------------------------------------------

@@ -238,7 +238,7 @@ class WSOperatorSession:
         """One client frame; problems go back as an ``error`` frame."""
         self.last_seen_at = time.time()
         try:
-            kind, data = p.parse_client_frame(text)
+            kind, data = p.parse_client_frame(text, self._settings.max_json_depth)
             self._resolve(kind, data)
         except ProtocolError as exc:
             self.log.info("bad frame from operator", code=exc.code, req_id=exc.req_id)

@@ -28,6 +28,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from operator_server.wire import json
+
 
 class StoreError(Exception):
     """A write or read failed; the message says what the database said."""
@@ -62,6 +64,36 @@ class StoredTask:
 
     seq: int
     row: Row
+
+
+def decode_task(data: Any) -> dict[str, Any]:
+    """A stored task's JSON text as its record; ``ValueError`` saying why not.
+
+    Bounded like every JSON this server reads (``STORED_MAX_DEPTH``), so a row
+    written by an older, unbounded server cannot recurse too deep.
+    """
+    if not isinstance(data, str | bytes):
+        raise ValueError(f"data is {type(data).__name__}, not JSON text")
+    record = json.loads(data, json.STORED_MAX_DEPTH)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def decode_session(
+    sid: Any, token_sha256: Any, roles: Any, desc: Any, created_at: Any, last_seen_at: Any
+) -> SessionRecord:
+    """A stored session row as its record; ``ValueError`` saying which column is bad."""
+    role_list = json.loads(roles, json.STORED_MAX_DEPTH) if isinstance(roles, str) else roles
+    if not isinstance(role_list, list) or not all(isinstance(r, str) for r in role_list):
+        raise ValueError("roles: not a JSON list of strings")
+    for name, value in (("sid", sid), ("token_sha256", token_sha256), ("desc", desc)):
+        if not isinstance(value, str):
+            raise ValueError(f"{name}: not text")
+    for name, value in (("created_at", created_at), ("last_seen_at", last_seen_at)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name}: not a number")
+    return SessionRecord(sid, token_sha256, role_list, desc, float(created_at), float(last_seen_at))
 
 
 class Store(ABC):

@@ -7,12 +7,12 @@ everything above the store behaves the same with either.
 from __future__ import annotations
 
 import bisect
-import copy
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from operator_server.store.base import Row, SessionRecord, Store, StoredTask
+from operator_server.store.base import Row, SessionRecord, Store, StoredTask, decode_task
+from operator_server.wire import json
 
 
 class MemoryStore(Store):
@@ -64,7 +64,12 @@ class MemoryStore(Store):
         self.tasks[task_id] = record
 
     def _row(self, task_id: str) -> Row:
-        return Row(task_id, copy.deepcopy(self.tasks[task_id]))
+        # A round trip through the same JSON the SQLite store writes: a copy that
+        # cannot recurse, and the same rows fail to load here as there.
+        try:
+            return Row(task_id, decode_task(json.dumps(self.tasks[task_id])))
+        except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+            return Row(task_id, None, f"cannot decode: {exc}")
 
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         return [self._row(tid) for tid, rec in self.tasks.items() if rec["status"] in statuses]

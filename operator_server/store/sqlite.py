@@ -44,6 +44,8 @@ from operator_server.store.base import (
     StoredTask,
     StoreError,
     StoreLocked,
+    decode_session,
+    decode_task,
 )
 
 log = get_logger(__name__)
@@ -301,15 +303,13 @@ class SQLiteStore(Store):
             "load sessions",
         )
         out = []
-        for sid, token_sha256, roles, desc, created_at, last_seen_at in rows:
+        for row in rows:
             try:
-                record = SessionRecord(
-                    sid, token_sha256, list(json.loads(roles)), desc, created_at, last_seen_at
-                )
-            except (ValueError, TypeError) as exc:
-                out.append(Row(sid, None, f"cannot decode: {exc}"))
+                record = decode_session(*row)
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                out.append(Row(str(row[0]), None, f"cannot decode: {exc}"))
             else:
-                out.append(Row(sid, record))
+                out.append(Row(record.sid, record))
         return out
 
     @staticmethod
@@ -397,11 +397,11 @@ class SQLiteStore(Store):
         return result
 
 
-def _task_row(task_id: str, data: str) -> Row:
+def _task_row(task_id: Any, data: Any) -> Row:
     try:
-        return Row(task_id, json.loads(data))
-    except (ValueError, TypeError) as exc:
-        return Row(task_id, None, f"cannot decode: {exc}")
+        return Row(str(task_id), decode_task(data))
+    except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+        return Row(str(task_id), None, f"cannot decode: {exc}")
 
 
 def _read_pid(fd: int) -> str:

@@ -41,6 +41,17 @@ async def pending_hook(
             "unknown_req_id",
             "never-issued",
         ),
+        # Hostile input: each of these once closed the socket or got through.
+        (
+            '{"type": "answer", "req_id": "x", "value": ' + "[" * 10_000 + "]" * 10_000 + "}",
+            "bad_message",
+            "max_json_depth (64)",
+        ),
+        ('{"type": "answer", "req_id": "x", "value": NaN}', "bad_json", "NaN"),
+        ('{"type": "answer", "req_id": "x", "value": [-Infinity]}', "bad_json", "Infinity"),
+        ('{"type": "answer", "req_id": "x", "value": {"a": "\\ud800"}}', "bad_message", "value.a"),
+        ('{"type": "hook_ack", "req_id": "x", "ok": 1}', "bad_message", "ok"),
+        ('{"type": "hook_ack", "req_id": "x", "ok": 0}', "bad_message", "ok"),
     ],
 )
 async def test_bad_frames_get_an_error_frame_and_nothing_is_disturbed(
@@ -61,6 +72,30 @@ async def test_a_bad_message_error_carries_the_req_id_when_it_can(server: Server
     await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": "sure"})
     err = await expect(ws, "error")
     assert err["req_id"] == hook["req_id"] and err["code"] == "bad_message"
+
+
+@pytest.mark.parametrize("ok", ["1", "1.0", '"true"'])
+async def test_a_truthy_non_boolean_ok_never_approves_a_pending_hook(
+    server: Server, ok: str
+) -> None:
+    client, ws, task, hook = await pending_hook(server)
+    await ws.send_str(f'{{"type": "hook_ack", "req_id": "{hook["req_id"]}", "ok": {ok}}}')
+    err = await expect(ws, "error")
+    assert err["code"] == "bad_message" and err["req_id"] == hook["req_id"]
+    # Still pending: a real answer decides it.
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False, "reason": "no"})
+    assert (await wait_task(client, task["id"]))["error"]["message"] == "spawn rejected: no"
+
+
+async def test_max_json_depth_bounds_frames_too(server: Server) -> None:
+    _, ws, _, hook = await pending_hook(server, max_json_depth=4)
+    # The frame object is level 1.
+    await ws.send_json({"type": "answer", "req_id": "x", "value": [[[[1]]]]})
+    assert (await expect(ws, "error"))["code"] == "bad_message"
+    await ws.send_json({"type": "answer", "req_id": "x", "value": [[[1]]]})
+    assert (await expect(ws, "error"))["code"] == "unknown_req_id"
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    await expect(ws, "spawn")
 
 
 async def test_a_duplicate_answer_is_already_answered_and_changes_nothing(server: Server) -> None:
@@ -162,7 +197,7 @@ def _mutations(frame: dict[str, Any]) -> list[dict[str, Any]]:
     out = [body, {**body, "extra": 1}]
     for key in body:
         out.append({k: v for k, v in body.items() if k != key})
-        for odd in (None, True, 1, 1.5, "", "s", [], {}, "1"):
+        for odd in (None, True, False, 0, 1, -1, 2**70, 1.0, 1.5, "", "s", "1", "true", [], {}):
             out.append({**body, key: odd})
     return out
 
@@ -197,3 +232,37 @@ def test_the_fast_path_agrees_with_the_schemas_on_every_frame() -> None:
                 assert quick == slow, (sample["type"], data)
                 checked += 1
     assert checked > len(samples)  # it does take the common frames
+
+
+def test_every_boolean_and_integer_field_refuses_look_alikes() -> None:
+    """Booleans only JSON booleans, integers only JSON integers, in every frame."""
+    from marshmallow import ValidationError, fields
+
+    look_alikes = {
+        fields.Boolean: (1, 0, 1.0, "true", "1", None),
+        fields.Integer: ("1", 1.5, 1.0, True, False, None),
+    }
+    checked = 0
+    for schema in (*p.SERVER_FRAMES.values(), *p.CLIENT_FRAMES.values()):
+        for name, field in schema.fields.items():
+            kind = next((k for k in look_alikes if isinstance(field, k)), None)
+            if kind is None:
+                continue
+            for odd in look_alikes[kind]:
+                with pytest.raises(ValidationError) as refused:
+                    schema.load({**_filler(schema), name: odd})
+                assert set(refused.value.messages) == {name}, (schema, name, odd)
+                checked += 1
+    assert checked >= 20
+
+
+def _filler(schema: Any) -> dict[str, Any]:
+    """Valid values for every required field, so only the field under test is wrong."""
+    from marshmallow import fields
+
+    sample = {fields.String: "s", fields.Integer: 1, fields.Boolean: True, fields.Dict: {}}
+    out: dict[str, Any] = {}
+    for name, field in schema.fields.items():
+        if field.required:
+            out[name] = next((v for k, v in sample.items() if isinstance(field, k)), None)
+    return out
