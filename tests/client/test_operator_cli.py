@@ -256,7 +256,7 @@ async def test_url_defaults_to_the_environment_for_operator_and_task(
 # -- the --exec process group -----------------------------------------------
 
 
-GRANDCHILD = 'sleep 30 & echo $! > "$PIDFILE"; '
+GRANDCHILD = 'sleep 60 & echo $! > "$PIDFILE"; '
 
 
 async def _grandchild_pid(pidfile: Path) -> int:
@@ -279,9 +279,11 @@ async def test_withdrawing_a_spawn_kills_the_commands_whole_process_group(
         resp = await client.post(f"/v1/tasks/{task['id']}/cancel", json={"reason": "enough"})
         assert resp.status == 200
     if how == "operator leaves":
-        await stop(proc)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while the command runs
     await eventually(lambda: gone(pid), within=20)
-    if how != "operator leaves":
+    if how == "operator leaves":
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    else:
         await stop(proc)
 
 
