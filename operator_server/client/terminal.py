@@ -212,13 +212,12 @@ class TerminalOperator:
             for c in body.get("error", {}).get("conflicts", [])
             if isinstance(c, dict)
         )
-        hint = (
-            "its state file is gone, so attach by hand with --sid/--token, "
-            "or wait until the server expires it (session_idle_ttl_s)"
+        where = f" in {self.state_file}" if self.state_file is not None else ""
+        return (
+            f"role already held ({holders or exc.message}); if that session was this "
+            f"operator's, it is not kept{where}: attach to it with --sid/--token, or wait "
+            "until the server expires it (session_idle_ttl_s)"
         )
-        if self.state_file is not None:
-            hint = f"if that is this operator, no session is kept in {self.state_file}; " + hint
-        return f"role already held ({holders or exc.message}); {hint}"
 
     # -- the three faces ---------------------------------------------------
 
