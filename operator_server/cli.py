@@ -38,7 +38,11 @@ DEFAULT_URL = "http://127.0.0.1:7786"
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("OPERATOR_SERVER_URL") or DEFAULT_URL,
+        help=f"the daemon (default: $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
+    )
     parser.add_argument(
         "--api-token",
         default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
@@ -50,7 +54,8 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     op = sub.add_parser(
         "operator",
         help="run a ready-made operator at this terminal",
-        description="Join under a role and serve hooks, asks and spawns. Ctrl-C leaves.",
+        description="Join under a role and serve hooks, asks and spawns. The session is kept "
+        "in a state file, so a restart resumes it. Ctrl-C leaves (deletes the session).",
     )
     _add_client_options(op)
     op.add_argument("--role", required=True, help="the role to hold (tasks name it)")
@@ -67,11 +72,25 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="shell command run as each spawn's sub-agent: prompt on stdin, stdout is the "
         "result, exit code 0 is ok",
     )
+    op.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="where the session's sid and token are kept (mode 0600; default: one file per "
+        "url and role under $XDG_STATE_HOME/operator-server/)",
+    )
+    op.add_argument("--sid", help="attach to this existing session (with --token)")
+    op.add_argument("--token", help="the token of --sid")
     op.set_defaults(func=operator_main)
 
 
 def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    task = sub.add_parser("task", help="create, read, list or cancel tasks (prints JSON)")
+    task = sub.add_parser(
+        "task",
+        help="create, read, list or cancel tasks (prints JSON)",
+        description="Exit codes: 0 done (with --wait: the task passed); 1 the request "
+        "failed (the error JSON is on stderr); 2 bad usage; with --wait, 3 the task ended "
+        "but did not pass, 4 it had not ended when the wait ran out.",
+    )
     verbs = task.add_subparsers(dest="verb", required=True)
 
     create = verbs.add_parser("create", help="create a task")
@@ -86,11 +105,21 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--kind", choices=("main_ai", "composite", "automate"))
     create.add_argument("--layers", help="comma-separated middleware, outermost first")
     create.add_argument("--max-attempts", type=int)
-    create.add_argument("--wait", type=float, default=0, help="wait up to S seconds for the end")
+    create.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        help="wait up to S seconds for the end; then exit 0 only if it passed",
+    )
 
     get = verbs.add_parser("get", help="read a task")
     get.add_argument("id")
-    get.add_argument("--wait", type=float, default=0, help="long-poll up to S seconds")
+    get.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        help="long-poll up to S seconds for the end; then exit 0 only if it passed",
+    )
 
     listing = verbs.add_parser("list", help="list tasks")
     listing.add_argument("--status")
@@ -171,25 +200,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def operator_main(args: argparse.Namespace) -> int:
-    from operator_server.client.terminal import TerminalOperator
+    from pathlib import Path
+
+    import aiohttp
+
+    from operator_server.client.operator import SessionGone
+    from operator_server.client.state import default_state_file
+    from operator_server.client.terminal import StartupFailed, TerminalOperator
     from operator_server.logs import configure_logging
 
     if args.approve == "ask" and not sys.stdin.isatty():
         print("operator-server: --approve ask needs a terminal on stdin", file=sys.stderr)
         return 2
+    if (args.sid is None) != (args.token is None):
+        print("operator-server: --sid and --token go together", file=sys.stderr)
+        return 2
+    url = args.url.rstrip("/")
+    state_file = (
+        Path(args.state_file)
+        if args.state_file
+        else default_state_file("operator", url, [args.role])
+    )
     configure_logging("warning", "console")
     terminal = TerminalOperator(
-        args.url,
+        url,
         role=args.role,
         approve=args.approve,
         command=args.command,
         api_token=args.api_token,
+        state_file=state_file,
+        sid=args.sid,
+        token=args.token,
     )
     try:
         return asyncio.run(terminal.run())
-    except (OSError, RequestFailed, TimeoutError) as exc:
+    except StartupFailed as exc:
         print(f"operator-server: {exc}", file=sys.stderr)
-        return 1
+    except SessionGone as exc:
+        print(f"operator-server: {exc}", file=sys.stderr)
+    except RequestFailed as exc:
+        print(f"operator-server: {url}: {exc}", file=sys.stderr)
+    except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+        print(f"operator-server: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C while still starting up
+        print("operator-server: interrupted while starting", file=sys.stderr)
+        return 130
+    return 1
 
 
 def _parse_directive(text: str) -> Any:
@@ -197,6 +253,26 @@ def _parse_directive(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+# ``task ... --wait`` exit codes (0 passed, 1 request failed, 2 usage).
+EXIT_NOT_PASSED = 3
+EXIT_STILL_RUNNING = 4
+# One long-poll at most this long: well under the server's max_wait_s (300 s by
+# default), so any --wait works by polling again.
+WAIT_CHUNK_S = 30.0
+
+
+async def _wait_for_end(tasks: TaskClient, task_id: str, wait: float) -> Any:
+    from operator_server.engine.tasks import TaskStatus
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        remaining = deadline - loop.time()
+        task = await tasks.get(task_id, wait=max(0.0, min(remaining, WAIT_CHUNK_S)))
+        if TaskStatus(task["status"]).terminal or remaining <= WAIT_CHUNK_S:
+            return task
 
 
 async def _task_command(args: argparse.Namespace) -> Any:
@@ -218,15 +294,31 @@ async def _task_command(args: argparse.Namespace) -> Any:
             if args.max_attempts is not None:
                 body["max_attempts"] = args.max_attempts
             task = await tasks.create(**body)
-            return await tasks.get(task["id"], wait=args.wait) if args.wait else task
+            return await _wait_for_end(tasks, task["id"], args.wait) if args.wait else task
         if args.verb == "get":
-            return await tasks.get(args.id, wait=args.wait)
+            return (
+                await _wait_for_end(tasks, args.id, args.wait)
+                if args.wait
+                else await tasks.get(args.id)
+            )
         if args.verb == "list":
             return await tasks.list(args.status, args.limit, args.after)
         return await tasks.cancel(args.id, args.reason)
 
 
+def _exit_code(args: argparse.Namespace, result: Any) -> int:
+    """With ``--wait`` the exit code says how the task ended, for scripts."""
+    if not getattr(args, "wait", 0):
+        return 0
+    status = result.get("status")
+    if status == "passed":
+        return 0
+    return EXIT_STILL_RUNNING if status in ("pending", "running") else EXIT_NOT_PASSED
+
+
 def task_main(args: argparse.Namespace) -> int:
+    import aiohttp
+
     try:
         result = asyncio.run(_task_command(args))
     except RequestFailed as exc:
@@ -235,11 +327,14 @@ def task_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except OSError as exc:
-        print(f"operator-server: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+        print(
+            f"operator-server: cannot reach {args.url}: {exc or type(exc).__name__}",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(result, indent=2))
-    return 0
+    return _exit_code(args, result)
 
 
 def mcp_main(args: argparse.Namespace) -> int:

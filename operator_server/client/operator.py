@@ -11,7 +11,8 @@ reply's content:
 
 A handler that raises never leaves the server waiting: the reply becomes a
 failure (``spawn_ack`` with ``error``, ``hook_ack`` with ``ok=false``, ``answer``
-with ``error``).
+with ``error``).  Raising ``Decline(reason)`` does the same without logging a
+traceback: it is an answer ("I will not"), not a bug.
 
 After a drop the client reconnects with the same sid and token (never a
 re-mint), with exponential backoff and jitter.  The server replays what is
@@ -62,6 +63,10 @@ class Halt:
 
 class SessionGone(Exception):
     """The server no longer knows this session (deleted or expired)."""
+
+
+class Decline(Exception):
+    """Raised by a handler to refuse a request on purpose; ``str(exc)`` is the reason."""
 
 
 class OperatorClient:
@@ -123,19 +128,37 @@ class OperatorClient:
         )
         self.sid, self.token, self.roles = body["sid"], body["token"], body["roles"]
 
-    async def start(self, timeout: float = 10) -> None:
-        """Join, connect, and return once the first socket is up."""
-        await self.join()
-        self._runner = asyncio.create_task(self._run(), name=f"operator-client:{self.sid}")
-        connected = asyncio.create_task(self.connected.wait())
-        done, _ = await asyncio.wait(
-            {self._runner, connected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+    async def view(self) -> dict[str, Any]:
+        """The server's view of this session (``GET /v1/operators/{sid}``): it
+        checks the sid and token before anything connects."""
+        body: dict[str, Any] = await self._api.request(
+            "GET",
+            f"/v1/operators/{self.sid}",
+            headers={"Authorization": f"Bearer {self.token}"},
         )
-        if connected not in done:
-            connected.cancel()
-            if self._runner in done:
-                self._runner.result()  # raises why it stopped
-            raise TimeoutError(f"could not connect to {self.base_url} within {timeout}s")
+        return body
+
+    async def start(self, timeout: float = 10) -> None:
+        """Join, connect, and return once the first socket is up.
+
+        If it cannot (a 409 on the mint, the session gone, no server), the client
+        is closed before the error propagates: nothing is left open behind it.
+        """
+        try:
+            await self.join()
+            self._runner = asyncio.create_task(self._run(), name=f"operator-client:{self.sid}")
+            connected = asyncio.create_task(self.connected.wait())
+            done, _ = await asyncio.wait(
+                {self._runner, connected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if connected not in done:
+                connected.cancel()
+                if self._runner in done:
+                    self._runner.result()  # raises why it stopped
+                raise TimeoutError(f"could not connect to {self.base_url} within {timeout}s")
+        except BaseException:
+            await self.close()
+            raise
 
     async def wait_closed(self) -> None:
         """Until the client stops (``close``/``leave``, or the session is gone)."""
@@ -159,8 +182,12 @@ class OperatorClient:
     async def close(self) -> None:
         """Stop reconnecting and close the socket; the session stays on the server."""
         self._stopping = True
-        for task in list(self._tasks):
+        handlers = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in handlers:
             task.cancel()
+        # Wait for them: a handler's cleanup (say, killing a sub-agent) must run
+        # before the caller moves on or the event loop goes away.
+        await asyncio.gather(*handlers, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
         if self._runner is not None:
@@ -280,6 +307,9 @@ class OperatorClient:
             result = await handler(frame)
         except asyncio.CancelledError:
             raise
+        except Decline as exc:
+            log.info("operator declined", kind=kind, req_id=req_id, reason=str(exc))
+            return _failure_reply(kind, req_id, str(exc))
         except Exception as exc:
             log.exception("operator handler failed", kind=kind, req_id=req_id)
             return _failure_reply(kind, req_id, f"{type(exc).__name__}: {exc}")

@@ -5,26 +5,78 @@ It joins under one role and serves all three faces from a terminal:
 * ``hook_before``: ``--approve all`` approves, ``none`` rejects, ``ask`` asks the
   person at the terminal (y/N).
 * ``ask``: the question is printed and the typed line is the answer (JSON if it
-  parses, else text).  With no terminal there is nobody to answer, so the ask
-  fails with that reason rather than approving anything.
+  parses, else text).  With no terminal there is nobody to answer, so the ask is
+  declined (an ``answer`` with ``error``) rather than approving anything.
 * ``spawn``: with ``--exec COMMAND`` the command is the sub-agent: the prompt on
   its stdin, ``TASK_ID``, ``ATTEMPT``, ``AGENT``, ``WORKER_HANDLE`` and
   ``BASE_URL`` in its environment; its stdout is posted as the result and a zero
-  exit code as ``ok``.  Without ``--exec`` the directive is printed and Enter
-  acknowledges (the sub-agent posts its own result with the handle).
+  exit code as ``ok``.  The command runs in its own process group, and the whole
+  group is killed when it exits, when the request is withdrawn (cancel or
+  timeout) and when the operator stops: nothing it started outlives it.
+  Without ``--exec`` the directive is printed and Enter acknowledges (the
+  sub-agent posts its own result with the handle).
+
+Its session (sid and token) is kept in a state file, so an operator that is
+killed and started again resumes the same session, roles and pending requests
+instead of finding its role held by its own ghost.  Leaving (Ctrl-C, SIGTERM)
+deletes the session and the file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
+
+from operator_server.client.errors import RequestFailed
 from operator_server.client.http import WorkerClient
-from operator_server.client.operator import OperatorClient, SessionGone
+from operator_server.client.operator import Decline, OperatorClient, SessionGone
+from operator_server.client.state import SessionState, forget_state, load_state, save_state
+
+
+class StartupFailed(Exception):
+    """The operator could not take its seat; ``str(exc)`` is one line for the user."""
+
+
+async def run_in_own_group(command: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:
+    """Run ``command`` in a new session (so a new process group); return its exit
+    code and stdout.  Whatever is left of the group when the shell exits, or when
+    this coroutine is cancelled, is killed.
+
+    Stdin and stdout are temporary files, not pipes: a grandchild that inherits
+    a pipe would keep it open, and we would wait for the grandchild, not the
+    command.
+    """
+    with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout:
+        fin.write(stdin)
+        fin.flush()
+        fin.seek(0)
+        proc = await asyncio.create_subprocess_shell(
+            command, stdin=fin, stdout=fout, env=env, start_new_session=True
+        )
+        try:
+            returncode = await proc.wait()
+        finally:
+            _kill_group(proc.pid)
+            if proc.returncode is None:  # cancelled while it ran: reap it
+                await proc.wait()
+        fout.seek(0)
+        return returncode, fout.read()
+
+
+def _kill_group(pgid: int) -> None:
+    # The group outlives its leader while any member does, so this reaches
+    # grandchildren even after the shell has exited and been reaped.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 class TerminalOperator:
@@ -36,19 +88,42 @@ class TerminalOperator:
         approve: str = "all",
         command: str | None = None,
         api_token: str | None = None,
+        state_file: Path | None = None,
+        sid: str | None = None,
+        token: str | None = None,
         out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr,
         interactive: bool | None = None,
     ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.role = role
         self.approve = approve
         self.command = command
+        self.api_token = api_token
+        self.state_file = state_file
+        self._given = (sid, token) if sid is not None and token is not None else None
         self.out = out
+        self.err = err
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
         self._prompt_lock = asyncio.Lock()
-        self.client = OperatorClient(
-            base_url,
-            roles=[role],
-            desc=f"operator-server operator ({'exec' if command else 'terminal'})",
-            api_token=api_token,
+        self.client: OperatorClient | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def warn(self, text: str) -> None:
+        print(f"operator-server: {text}", file=self.err, flush=True)
+
+    # -- taking a seat ---------------------------------------------------
+
+    def _new_client(self, sid: str | None, token: str | None) -> OperatorClient:
+        return OperatorClient(
+            self.base_url,
+            sid=sid,
+            token=token,
+            roles=[self.role],
+            desc=f"operator-server operator ({'exec' if self.command else 'terminal'})",
+            api_token=self.api_token,
             on_ask=self.on_ask,
             on_hook_before=self.on_hook_before,
             on_hook_after=self.on_hook_after,
@@ -56,18 +131,105 @@ class TerminalOperator:
             on_cancel=self.on_cancel,
         )
 
-    def say(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+    def _keep(self, client: OperatorClient) -> None:
+        if self.state_file is not None and client.sid and client.token:
+            save_state(
+                self.state_file,
+                SessionState(self.base_url, client.sid, client.token, [self.role]),
+            )
+
+    def _forget(self) -> None:
+        if self.state_file is not None:
+            forget_state(self.state_file)
+
+    async def start(self) -> tuple[str, OperatorClient]:
+        """Take a seat: attach to ``--sid/--token``, else resume the kept session,
+        else mint a new one.  Returns how (``attached``, ``resumed``, ``joined``)
+        and the connected client.
+        Raises ``StartupFailed`` (or a connection error) with nothing left open."""
+        if self._given is not None:
+            return "attached", await self._attach(*self._given)
+        kept = load_state(self.state_file) if self.state_file is not None else None
+        if kept is not None:
+            if kept.url != self.base_url or self.role not in kept.roles:
+                raise StartupFailed(
+                    f"state file {self.state_file} holds session {kept.sid} for {kept.url} "
+                    f"with roles {kept.roles}, not {self.role!r} at {self.base_url}; "
+                    "pass another --state-file or delete that one"
+                )
+            client = self._new_client(kept.sid, kept.token)
+            try:
+                await client.start()
+            except SessionGone as exc:
+                # Deleted, expired or from a wiped store: nobody can resume it, so
+                # the user's intent ("serve this role") is best met by a new one.
+                self._forget()
+                self.warn(f"the kept session is gone ({exc}); joining as a new session")
+            else:
+                self.client = client
+                return "resumed", client
+        client = self._new_client(None, None)
+        try:
+            await client.join()
+        except RequestFailed as exc:
+            await client.close()
+            raise StartupFailed(self._mint_failure(exc)) from exc
+        except BaseException:
+            await client.close()
+            raise
+        self._keep(client)  # before connecting: a kill from here on can resume it
+        await client.start()
+        self.client = client
+        return "joined", client
+
+    async def _attach(self, sid: str, token: str) -> OperatorClient:
+        client = self._new_client(sid, token)
+        try:
+            view = await client.view()
+        except RequestFailed as exc:
+            await client.close()
+            raise StartupFailed(f"cannot attach to session {sid}: {exc}") from exc
+        except BaseException:
+            await client.close()
+            raise
+        if self.role not in view["roles"]:
+            await client.close()
+            raise StartupFailed(
+                f"session {sid} holds roles {view['roles']}, not {self.role!r}; "
+                "pass one of those as --role"
+            )
+        await client.start()
+        self._keep(client)
+        self.client = client
+        return client
+
+    def _mint_failure(self, exc: RequestFailed) -> str:
+        if exc.code != "roles_conflict":
+            return f"cannot join: {exc}"
+        body = exc.body if isinstance(exc.body, dict) else {}
+        holders = ", ".join(
+            f"{c.get('role')!r} by {c.get('sid')}"
+            for c in body.get("error", {}).get("conflicts", [])
+            if isinstance(c, dict)
+        )
+        where = f" in {self.state_file}" if self.state_file is not None else ""
+        return (
+            f"role already held ({holders or exc.message}); if that session was this "
+            f"operator's, it is not kept{where}: attach to it with --sid/--token, or wait "
+            "until the server expires it (session_idle_ttl_s)"
+        )
+
+    # -- the three faces ---------------------------------------------------
 
     async def read_line(self, question: str) -> str:
         """One answer from the person at the terminal, one question at a time."""
         if not self.interactive:
-            raise RuntimeError("no person at the terminal to answer")
+            raise Decline("no person at the terminal to answer")
         async with self._prompt_lock:
             self.say(question)
             line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         if not line:
-            raise RuntimeError("the terminal closed its input")
+            raise Decline("the terminal closed its input")
         return line.strip()
 
     async def on_hook_before(self, frame: dict[str, Any]) -> tuple[bool, str | None]:
@@ -96,7 +258,7 @@ class TerminalOperator:
         if self.command is None:
             await self.read_line(f"{frame['directive']}\npress Enter once the sub-agent is done")
             return {}
-        async with WorkerClient(self.client.base_url, frame["worker_handle"]) as worker:
+        async with WorkerClient(self.base_url, frame["worker_handle"]) as worker:
             prompt = (await worker.prompt())["prompt"]
             stdin = prompt if isinstance(prompt, str) else json.dumps(prompt)
             env = {
@@ -105,23 +267,11 @@ class TerminalOperator:
                 "ATTEMPT": str(frame["attempt"]),
                 "AGENT": frame["agent"],
                 "WORKER_HANDLE": frame["worker_handle"],
-                "BASE_URL": self.client.base_url,
+                "BASE_URL": self.base_url,
             }
-            proc = await asyncio.create_subprocess_shell(
-                self.command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
-            try:
-                stdout, _ = await proc.communicate(stdin.encode())
-            except asyncio.CancelledError:
-                proc.kill()
-                await proc.wait()
-                raise
-            ok = proc.returncode == 0
-            await worker.result(stdout.decode(errors="replace"), ok=ok)
-        self.say(f"task {frame['task_id']}: command exited {proc.returncode}")
+            returncode, stdout = await run_in_own_group(self.command, stdin.encode(), env)
+            await worker.result(stdout.decode(errors="replace"), ok=returncode == 0)
+        self.say(f"task {frame['task_id']}: command exited {returncode}")
         return {}
 
     async def on_hook_after(self, frame: dict[str, Any]) -> None:
@@ -131,25 +281,41 @@ class TerminalOperator:
     async def on_cancel(self, frame: dict[str, Any]) -> None:
         self.say(f"withdrawn {frame['req_id']}: {frame['reason']}")
 
+    # -- the whole run -----------------------------------------------------
+
     async def run(self) -> int:
-        """Serve until Ctrl-C / SIGTERM, then leave (delete the session)."""
+        """Serve until Ctrl-C / SIGTERM, then leave (delete the session and the
+        state file).  Start-up failures propagate, with nothing left open."""
+        how, client = await self.start()
+        # Only now: a Ctrl-C during start-up interrupts it (nothing is left open).
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.client.start()
-        self.say(
-            f"joined as {self.client.sid} with role {self.client.roles[0]!r}; waiting for work"
-        )
-        runner = asyncio.create_task(self.client.wait_closed())
+        kept = f" (kept in {self.state_file})" if self.state_file is not None else ""
+        self.say(f"{how} as {client.sid} with role {self.role!r}{kept}; waiting for work")
+        runner = asyncio.create_task(client.wait_closed())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if runner.done():
             exc = runner.exception()
+            await client.close()
+            if isinstance(exc, SessionGone):
+                self._forget()
+                self.warn(f"the server ended this session ({exc})")
+                return 1
             self.say(f"stopped: {exc}")
-            await self.client.close()
-            return 1 if isinstance(exc, SessionGone) else 0
-        await self.client.leave()
+            return 0 if exc is None else 1
+        try:
+            await client.leave()
+        except (RequestFailed, aiohttp.ClientError, OSError) as exc:
+            await client.close()
+            self.warn(
+                f"could not delete session {client.sid} ({exc}); "
+                f"it stays kept{kept} and the next start resumes it"
+            )
+            return 1
+        self._forget()
         self.say("left")
         return 0

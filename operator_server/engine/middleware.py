@@ -34,16 +34,24 @@ async def main_ai(ctx: AttemptContext, call_next: Next) -> WorkerResult:
 
 
 async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResult:
-    """On ``ok=false`` ask the senior; its answer overrides the verdict."""
+    """On ``ok=false`` ask the senior; its answer overrides the verdict, its
+    refusal leaves the verdict as it was."""
     result = await call_next(ctx)
     senior = ctx.operator.senior_bridge
     if result.ok or senior is None:
         return result
-    answer = await senior.ask(
-        ctx.task_id,
-        {"reason": "worker reported ok=false", "value": result.value},
-        parent_req_id=ctx.parent_req_id,
-    )
+    try:
+        answer = await senior.ask(
+            ctx.task_id,
+            {"reason": "worker reported ok=false", "value": result.value},
+            parent_req_id=ctx.parent_req_id,
+        )
+    except AttemptFailed as exc:
+        if exc.code != Code.OPERATOR_ERROR:
+            raise
+        # The senior declined (an answer with ``error``): nobody overrode the
+        # work's own verdict, so it stands and the task ends ``blocked``.
+        return result
     return WorkerResult({"original": result.value, "senior_answer": answer}, ok=True)
 
 

@@ -169,15 +169,17 @@ async def test_one_socket_serves_many_tasks_concurrently(server: Server) -> None
         assert done["result"]["value"] == task["id"]
 
 
-async def test_an_answer_with_error_fails_the_attempt_instead_of_approving(server: Server) -> None:
+async def test_an_answer_with_error_leaves_the_work_blocked_instead_of_approving(
+    server: Server,
+) -> None:
     client = await server()
     ws, task, spawn = await spawned(client)
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 0, "ok": False})
     ask = await expect(ws, "ask")
     await ws.send_json({"type": "answer", "req_id": ask["req_id"], "error": "senior crashed"})
     done = await wait_task(client, task["id"])
-    assert done["status"] == "failed"
-    assert done["error"] == {"code": "operator_error", "message": "senior reported: senior crashed"}
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": 0, "ok": False}
 
 
 async def test_logs_carry_task_and_request_ids_and_never_a_credential(server: Server) -> None:
