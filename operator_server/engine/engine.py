@@ -47,6 +47,7 @@ from operator_server.engine.tasks import (
 )
 from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
+from operator_server.metrics import Metrics
 from operator_server.store import Row, Store, StoreError
 
 log = get_logger(__name__)
@@ -72,10 +73,17 @@ class StatusCounts(Counter[str]):
 
 
 class Engine:
-    def __init__(self, settings: Settings, background: Background, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        background: Background,
+        store: Store,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.background = background
         self.store = store
+        self.metrics = metrics or Metrics()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
         self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
         self.operators: Registry[Operator] = Registry(Face.BACKEND)
@@ -177,6 +185,7 @@ class Engine:
         )
         await self.store.put_task(task.to_record())
         self.counts.moved(None, task.status)
+        self.metrics.task_created()
         self.adopt(task)
         return task
 
@@ -339,6 +348,7 @@ class Engine:
             # Also when our wait is cancelled: the write is queued and lands.
             self.counts.moved(task.status, status)
             task.finish(status, result=result, error=error, at=at)
+            self.metrics.task_finished(str(status))
             if durable:
                 self.tasks.pop(task.id, None)
         log.info(
@@ -360,6 +370,7 @@ class Engine:
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             self.counts.moved(task.status, status)
             task.finish(status, error=AttemptFailed(code, reason))
+            self.metrics.task_finished(str(status))
             self._changed(task)
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> AttemptRecord:
@@ -422,6 +433,8 @@ class Engine:
                 self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
             task.touch()
+            if record.ended_at is not None:
+                self.metrics.attempt_ended(record.ended_at - record.started_at)
         # Not stored here: every caller's next step stores the task (the next
         # attempt's durable start, or the run's end), with no await in between.
         return record

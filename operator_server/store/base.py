@@ -24,7 +24,7 @@ The store knows nothing of task semantics: callers name the statuses they mean.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,11 @@ class StoredTask:
 
 
 class Store(ABC):
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Have ``observer`` told how long each commit takes, in seconds (metrics),
+        possibly from another thread.  A store without commits ignores it."""
+        del observer
+
     @abstractmethod
     async def open(self) -> None: ...
 

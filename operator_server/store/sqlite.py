@@ -19,6 +19,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -94,6 +95,7 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._commit_observer: Callable[[float], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -123,6 +125,9 @@ class SQLiteStore(Store):
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        self._commit_observer = observer
 
     # -- the thread -------------------------------------------------------
 
@@ -157,6 +162,7 @@ class SQLiteStore(Store):
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -169,6 +175,8 @@ class SQLiteStore(Store):
                     conn.execute("RELEASE op")
                     outcomes.append((False, StoreError(f"{op.what}: {exc}")))
             conn.execute("COMMIT")
+            if self._commit_observer is not None:
+                self._commit_observer(time.perf_counter() - began)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
