@@ -28,7 +28,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "environment (OPERATOR_SERVER_<KEY>) and the config file.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
-    serve.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    serve.add_argument("--version", action="version", version=f"operator-server {__version__}")
     for key, fld in setting_keys():
         serve.add_argument(
             flag_name(key),
