@@ -18,15 +18,18 @@ from typing import Any
 
 from aiohttp import web
 
-from operator_server.appkeys import BACKGROUND, ENGINE, OPERATOR_COUNTS, SETTINGS, STORE
+from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
-from operator_server.http import console, health, tasks, worker
+from operator_server.engine.tasks import TaskStatus
+from operator_server.http import console, health, metrics, tasks, worker
 from operator_server.http.errors import error_middleware
+from operator_server.http.observe import observe_middleware
 from operator_server.http.read_deadline import read_deadline_middleware
 from operator_server.logs import get_logger
-from operator_server.operators import login
+from operator_server.metrics import Metrics
+from operator_server.operators import admin, login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
@@ -50,13 +53,16 @@ def build_app(
 ) -> web.Application:
     background = Background()
     store = store or open_store(settings)
-    engine = Engine(settings, background, store)
+    meters = Metrics()
+    store.observe_commits(meters.store_committed)
+    engine = Engine(settings, background, store, meters)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
+    _sample_current_counts(meters, engine, directory)
 
     app = web.Application(
-        # Outermost first: the deadline sees the error middleware's answer, to close
-        # the connection after a 408.
-        middlewares=[read_deadline_middleware, error_middleware],
+        # Outermost first: the deadline sees the error middleware's answer (to
+        # close the connection after a 408), and so does observe (its status).
+        middlewares=[read_deadline_middleware, observe_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -65,11 +71,14 @@ def build_app(
     app[DIRECTORY] = directory
     app[OPERATOR_COUNTS] = directory.counts
     app[STORE] = store
+    app[METRICS] = meters
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
     app.add_routes(login.routes)
     app.add_routes(console.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(metrics.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_shutdown.append(_shutdown)
@@ -90,6 +99,23 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def listening_on(app: web.Application, url: str) -> None:
     """The app is served at ``url``: spawn directives name it (unless public_url)."""
     app[DIRECTORY].listening_on(url)
+
+
+def _sample_current_counts(meters: Metrics, engine: Engine, directory: OperatorDirectory) -> None:
+    """The gauges read their owners' own counts at scrape time: nothing kept twice,
+    and no scan of the store."""
+
+    def tasks() -> dict[str, int]:
+        counts = engine.counts  # replaced wholesale at start-up: read it each time
+        return {str(s): max(0, counts[str(s)]) for s in TaskStatus}
+
+    def sessions() -> dict[str, int]:
+        counts = directory.counts()
+        return {"true": counts["connected"], "false": counts["sessions"] - counts["connected"]}
+
+    meters.sample_tasks = tasks
+    meters.sample_sessions = sessions
+    meters.sample_pending = directory.pending_by_kind
 
 
 async def _open_and_recover(app: web.Application) -> None:

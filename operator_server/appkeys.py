@@ -1,10 +1,10 @@
 """Typed keys for the app-wide objects hung off the ``Application``.
 
-Only objects of the lower layers (settings, background tasks, engine, store) have
-keys here, so ``http/`` and ``operators/`` can both use this module without
-depending on each other.  The operator directory's own key lives in
-``operators/keys.py``; what other surfaces need from it (session counts for
-healthz) is handed over as a plain callable.
+Only objects of the lower layers (settings, background tasks, engine, store, and
+the neutral metrics) have keys here, so ``http/`` and ``operators/`` can both use
+this module without depending on each other.  The operator directory's own key
+lives in ``operators/keys.py``; what other surfaces need from it (session counts
+for healthz) is handed over as a plain callable.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from aiohttp import web
 from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine import Engine
+from operator_server.metrics import Metrics
 from operator_server.store import Store
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKGROUND = web.AppKey("background", Background)
 ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
 # ``{"sessions": n, "connected": n}``, set by the app from the operator directory.
 OPERATOR_COUNTS: web.AppKey[Callable[[], dict[str, int]]] = web.AppKey("operator_counts")

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from marshmallow import fields
+
 from operator_server import __version__
 from operator_server.client import RequestFailed, TaskClient
 from operator_server.config import ConfigError, flag_name, load_settings, setting_keys
@@ -27,11 +29,24 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "environment (OPERATOR_SERVER_<KEY>) and the config file.",
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
-    for key, _ in setting_keys():
+    serve.add_argument("--version", action="version", version=f"operator-server {__version__}")
+    for key, fld in setting_keys():
         serve.add_argument(
-            flag_name(key), dest=CONFIG_DEST + key, metavar="VALUE", default=argparse.SUPPRESS
+            flag_name(key),
+            dest=CONFIG_DEST + key,
+            metavar="VALUE",
+            default=argparse.SUPPRESS,
+            help=_flag_help(fld),
         )
     serve.set_defaults(func=serve_main)
+
+
+def _flag_help(fld: fields.Field) -> str:
+    """The key's meaning and default, both read from its one declaration."""
+    default = fld.load_default() if callable(fld.load_default) else fld.load_default
+    shown = json.dumps(list(default) if isinstance(default, list | tuple) else default)
+    # argparse formats help with %-style: a literal percent sign must be doubled.
+    return f"{fld.metadata.get('help', '')} (default {shown})".replace("%", "%%")
 
 
 DEFAULT_URL = "http://127.0.0.1:7786"

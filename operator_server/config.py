@@ -58,6 +58,8 @@ class Settings:
     public_url: str = ""
     secret: str = ""
     api_token: str = ""
+    metrics_token: str = ""
+    access_log: bool = False
     log_level: str = "info"
     log_format: str = "auto"
     capability_ttl_s: float = 1800
@@ -94,19 +96,31 @@ _NON_NEGATIVE = validate.Range(min=0)
 _POSITIVE = validate.Range(min=0, min_inclusive=False)
 
 
-def _seconds(default: float, *, allow_zero: bool = True) -> fields.Float:
+def _help(text: str) -> dict[str, str]:
+    """A key's meaning, declared with its field: ``serve --help`` shows it."""
+    return {"help": text}
+
+
+def _seconds(default: float, help: str, *, allow_zero: bool = True) -> fields.Float:
     return fields.Float(
         load_default=default,
         allow_nan=False,
         validate=_NON_NEGATIVE if allow_zero else _POSITIVE,
+        metadata=_help(help),
     )
 
 
 class StoreSchema(Schema):
-    path = fields.String(load_default=StoreSettings.path, validate=validate.Length(min=1))
-    retention_s = _seconds(StoreSettings.retention_s)
+    path = fields.String(
+        load_default=StoreSettings.path,
+        validate=validate.Length(min=1),
+        metadata=_help('SQLite file holding sessions and tasks; ":memory:" keeps nothing'),
+    )
+    retention_s = _seconds(StoreSettings.retention_s, "finished tasks are removed after this long")
     max_interruptions = fields.Integer(
-        load_default=StoreSettings.max_interruptions, validate=validate.Range(min=0)
+        load_default=StoreSettings.max_interruptions,
+        validate=validate.Range(min=0),
+        metadata=_help('restarts a running task survives before it fails "interrupted"'),
     )
 
     @post_load
@@ -115,55 +129,141 @@ class StoreSchema(Schema):
 
 
 class SettingsSchema(Schema):
-    host = fields.String(load_default=Settings.host, validate=validate.Length(min=1))
-    port = fields.Integer(load_default=Settings.port, validate=validate.Range(min=0, max=65535))
-    public_url = fields.String(load_default="", validate=lambda v: not v or _URL(v))
-    secret = fields.String(load_default="")
-    api_token = fields.String(load_default="")
+    host = fields.String(
+        load_default=Settings.host,
+        validate=validate.Length(min=1),
+        metadata=_help("address to listen on; a non-loopback host requires api_token"),
+    )
+    port = fields.Integer(
+        load_default=Settings.port,
+        validate=validate.Range(min=0, max=65535),
+        metadata=_help("port to listen on"),
+    )
+    public_url = fields.String(
+        load_default="",
+        validate=lambda v: not v or _URL(v),
+        metadata=_help(
+            "base URL sub-agents use to reach the worker endpoints (empty: the URL the "
+            "operator's socket connected to)"
+        ),
+    )
+    secret = fields.String(
+        load_default="",
+        metadata=_help("HMAC key for capability tokens (empty: random per start)"),
+    )
+    api_token = fields.String(
+        load_default="",
+        metadata=_help(
+            "bearer token for the task routes, the operator mint and the admin routes "
+            "(empty: open, loopback only)"
+        ),
+    )
+    metrics_token = fields.String(
+        load_default="",
+        metadata=_help("bearer token GET /metrics requires (empty: /metrics is open)"),
+    )
+    access_log = fields.Boolean(
+        load_default=Settings.access_log,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help("log one info line per HTTP request (true | false)"),
+    )
     log_level = fields.String(
-        load_default="info", validate=validate.OneOf(["debug", "info", "warning", "error"])
+        load_default="info",
+        validate=validate.OneOf(["debug", "info", "warning", "error"]),
+        metadata=_help("debug | info | warning | error"),
     )
     log_format = fields.String(
-        load_default="auto", validate=validate.OneOf(["auto", "json", "console"])
+        load_default="auto",
+        validate=validate.OneOf(["auto", "json", "console"]),
+        metadata=_help("auto (JSON lines unless stdout is a terminal) | json | console"),
     )
-    capability_ttl_s = _seconds(Settings.capability_ttl_s, allow_zero=False)
+    capability_ttl_s = _seconds(
+        Settings.capability_ttl_s,
+        "lifetime of a worker capability / handle (seconds)",
+        allow_zero=False,
+    )
     max_body_bytes = fields.Integer(
-        load_default=Settings.max_body_bytes, validate=validate.Range(min=1024)
+        load_default=Settings.max_body_bytes,
+        validate=validate.Range(min=1024),
+        metadata=_help("largest accepted HTTP request body"),
     )
     max_frame_bytes = fields.Integer(
-        load_default=Settings.max_frame_bytes, validate=validate.Range(min=1024)
+        load_default=Settings.max_frame_bytes,
+        validate=validate.Range(min=1024),
+        metadata=_help("largest accepted WebSocket frame (larger: a too_large error frame)"),
     )
-    max_wait_s = _seconds(Settings.max_wait_s)
-    request_read_timeout_s = _seconds(Settings.request_read_timeout_s, allow_zero=False)
+    max_wait_s = _seconds(Settings.max_wait_s, "longest ?wait= a task read may long-poll")
+    request_read_timeout_s = _seconds(
+        Settings.request_read_timeout_s,
+        "longest a client may take to send a request's headers, then its body (408 after)",
+        allow_zero=False,
+    )
     max_json_depth = fields.Integer(
-        load_default=Settings.max_json_depth, validate=validate.Range(min=2, max=MAX_CONFIG_DEPTH)
+        load_default=Settings.max_json_depth,
+        validate=validate.Range(min=2, max=MAX_CONFIG_DEPTH),
+        metadata=_help("deepest nesting of arrays/objects in a body or frame"),
     )
     max_roles = fields.Integer(
-        load_default=Settings.max_roles, validate=validate.Range(min=0, max=10_000)
+        load_default=Settings.max_roles,
+        validate=validate.Range(min=0, max=10_000),
+        metadata=_help("most roles one operator session may claim"),
     )
     max_role_length = fields.Integer(
-        load_default=Settings.max_role_length, validate=validate.Range(min=1, max=10_000)
+        load_default=Settings.max_role_length,
+        validate=validate.Range(min=1, max=10_000),
+        metadata=_help("longest role name, in characters"),
     )
     default_layers = fields.List(
-        fields.String(validate=validate.OneOf(LAYER_NAMES)), load_default=DEFAULT_LAYERS
+        fields.String(validate=validate.OneOf(LAYER_NAMES)),
+        load_default=DEFAULT_LAYERS,
+        metadata=_help("middleware chain, outermost first (comma-separated or JSON list)"),
     )
     default_max_attempts = fields.Integer(
-        load_default=Settings.default_max_attempts, validate=validate.Range(min=1, max=100)
+        load_default=Settings.default_max_attempts,
+        validate=validate.Range(min=1, max=100),
+        metadata=_help("attempts a task gets unless it says otherwise"),
     )
-    reconnect_grace_s = _seconds(Settings.reconnect_grace_s)
-    ask_timeout_s = _seconds(Settings.ask_timeout_s)
-    hook_timeout_s = _seconds(Settings.hook_timeout_s)
-    spawn_timeout_s = _seconds(Settings.spawn_timeout_s)
-    heartbeat_s = _seconds(Settings.heartbeat_s)
-    session_idle_ttl_s = _seconds(Settings.session_idle_ttl_s)
-    sweep_interval_s = _seconds(Settings.sweep_interval_s, allow_zero=False)
+    reconnect_grace_s = _seconds(
+        Settings.reconnect_grace_s,
+        "how long a request issued with no socket attached waits for one",
+    )
+    ask_timeout_s = _seconds(Settings.ask_timeout_s, "reply timeout for ask (0 = forever)")
+    hook_timeout_s = _seconds(
+        Settings.hook_timeout_s, "reply timeout for hook_before (0 = forever)"
+    )
+    spawn_timeout_s = _seconds(Settings.spawn_timeout_s, "reply timeout for spawn (0 = forever)")
+    heartbeat_s = _seconds(
+        Settings.heartbeat_s, "server ping interval; a silent peer is detached (0 = off)"
+    )
+    session_idle_ttl_s = _seconds(
+        Settings.session_idle_ttl_s,
+        "sessions with no socket this long are torn down (0 = never)",
+    )
+    sweep_interval_s = _seconds(
+        Settings.sweep_interval_s, "how often the periodic sweep runs", allow_zero=False
+    )
     outbound_queue_max = fields.Integer(
-        load_default=Settings.outbound_queue_max, validate=validate.Range(min=1)
+        load_default=Settings.outbound_queue_max,
+        validate=validate.Range(min=1),
+        metadata=_help("frames queued for one socket that disconnect the peer"),
     )
-    write_timeout_s = _seconds(Settings.write_timeout_s)
-    allowed_origins = fields.List(fields.String(), load_default=list)
-    directive_template = fields.String(load_default="")
-    shutdown_timeout_s = _seconds(Settings.shutdown_timeout_s)
+    write_timeout_s = _seconds(
+        Settings.write_timeout_s,
+        "a write blocked this long means the peer stopped reading: disconnect (0 = never)",
+    )
+    allowed_origins = fields.List(
+        fields.String(),
+        load_default=list,
+        metadata=_help("browser Origins allowed to open the socket; others get 403"),
+    )
+    directive_template = fields.String(
+        load_default="",
+        metadata=_help("spawn directive template file (empty: the shipped one)"),
+    )
+    shutdown_timeout_s = _seconds(
+        Settings.shutdown_timeout_s, "how long shutdown waits for in-flight work to end"
+    )
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
 
     @validates_schema
@@ -171,7 +271,7 @@ class SettingsSchema(Schema):
         layers = data.get("default_layers", [])
         if len(set(layers)) != len(layers):
             raise ValidationError("a layer may appear only once", "default_layers")
-        if not data.get("api_token") and not _is_loopback(data.get("host", "")):
+        if not data.get("api_token") and not is_loopback(data.get("host", "")):
             raise ValidationError(
                 f"required when host {data.get('host')!r} is not a loopback address "
                 "(anyone on the network could drive the task API)",
@@ -193,7 +293,7 @@ def listen_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -23,6 +23,7 @@ class Code(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     FORBIDDEN_ORIGIN = "origin_not_allowed"
     UNKNOWN_AGENT = "unknown_agent"
     TASK_NOT_FOUND = "task_not_found"

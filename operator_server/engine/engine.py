@@ -49,6 +49,7 @@ from operator_server.engine.tasks import (
 )
 from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
+from operator_server.metrics import Metrics
 from operator_server.store import Row, Store, StoreError
 from operator_server.wire import json
 
@@ -75,10 +76,17 @@ class StatusCounts(Counter[str]):
 
 
 class Engine:
-    def __init__(self, settings: Settings, background: Background, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        background: Background,
+        store: Store,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.background = background
         self.store = store
+        self.metrics = metrics or Metrics()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
         self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
         self.operators: Registry[Operator] = Registry(Face.BACKEND)
@@ -180,6 +188,7 @@ class Engine:
         )
         await self.store.put_task(task.to_record())
         self.counts.moved(None, task.status)
+        self.metrics.task_created()
         self.adopt(task)
         return task
 
@@ -348,9 +357,14 @@ class Engine:
         finally:
             # Also when cancelled while waiting: the write is queued and lands.
             before = task.status
+            attempt = task.current
+            running = attempt is not None and not attempt.status.terminal
             task.end(ending)
+            if running and attempt is not None and attempt.ended_at is not None:
+                self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
             if ending.final:
                 self.counts.moved(before, task.status)
+                self.metrics.task_finished(str(task.status))
                 if durable:
                     self.tasks.pop(task.id, None)
         if ending.final:
@@ -376,6 +390,7 @@ class Engine:
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             self.counts.moved(task.status, status)
             task.end(Ending(status, error=AttemptFailed(code, reason)))
+            self.metrics.task_finished(str(status))
             self._changed(task)
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:

@@ -21,7 +21,9 @@ from operator_server.engine import Engine
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
+from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
+from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession, hash_token
 from operator_server.store import SessionRecord, StoreError
@@ -42,6 +44,7 @@ class OperatorDirectory:
         self.engine = engine
         self.settings = settings
         self.directive = directive
+        self.metrics: Metrics = engine.metrics  # one set per app, owned by the engine's maker
         self.sessions: dict[str, WSOperatorSession] = {}
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
@@ -83,6 +86,7 @@ class OperatorDirectory:
             base_url=lambda: self.base_url,
             created_at=record.created_at,
             last_seen_at=record.last_seen_at,
+            metrics=self.metrics,
         )
 
     def _add(self, session: WSOperatorSession) -> None:
@@ -143,6 +147,14 @@ class OperatorDirectory:
     def counts(self) -> dict[str, int]:
         connected = sum(1 for s in self.sessions.values() if s.connected)
         return {"sessions": len(self.sessions), "connected": connected}
+
+    def pending_by_kind(self) -> dict[str, int]:
+        """Pending requests over all sessions, by request kind (read at scrape time)."""
+        counts = dict.fromkeys(REQ_KIND, 0)
+        for session in self.sessions.values():
+            for req in session.pending.values():
+                counts[req.kind] += 1
+        return counts
 
     def expired(self, now: float | None = None) -> list[str]:
         ttl = self.settings.session_idle_ttl_s

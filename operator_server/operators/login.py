@@ -1,10 +1,12 @@
 """REST-like operator session resource and its WebSocket upgrade.
 
-``POST /v1/operators`` mints; ``GET``/``DELETE /v1/operators/{sid}`` and
+``POST /v1/operators`` mints; ``GET /v1/operators/{sid}`` and
 ``GET /v1/operators/{sid}/ws`` need the session's token, checked in the order:
-401 (missing, empty or not Bearer) -> 404 (unknown sid) -> 401 (mismatch).  On
-the upgrade the token may instead come as the subprotocol ``bearer.<token>``
-(browsers cannot set headers on a WebSocket); it is echoed back.
+401 (missing, empty or not Bearer) -> 404 (unknown sid) -> 401 (mismatch).
+``DELETE /v1/operators/{sid}`` takes the session's token or the admin's (a
+forced leave), in the same order (see ``access.py``).  On the upgrade the token
+may instead come as the subprotocol ``bearer.<token>`` (browsers cannot set
+headers on a WebSocket); it is echoed back.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from operator_server.appkeys import BACKGROUND, SETTINGS
+from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
 from operator_server.engine.registries import RolesConflict
 from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
+from operator_server.operators.access import authorize_session, authorize_session_or_admin
 from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
-from operator_server.wire.requests import bearer_of, read_json, require_bearer, text_token
+from operator_server.wire.requests import read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
-SUBPROTOCOL_PREFIX = "bearer."
 
 
 class MintSchema(Schema):
@@ -67,36 +69,6 @@ def mint_schema(max_roles: int, max_role_length: int) -> MintSchema:
     return MintSchema(max_roles=max_roles, max_role_length=max_role_length)
 
 
-def _subprotocol_token(request: web.Request) -> tuple[str | None, str | None]:
-    offered = request.headers.get("Sec-WebSocket-Protocol", "")
-    for proto in (p.strip() for p in offered.split(",")):
-        if proto.startswith(SUBPROTOCOL_PREFIX):
-            token = proto[len(SUBPROTOCOL_PREFIX) :]
-            if not token:
-                return None, None
-            return text_token(token, "Sec-WebSocket-Protocol"), proto
-    return None, None
-
-
-def _authorize(
-    request: web.Request, *, websocket: bool = False
-) -> tuple[WSOperatorSession, str | None]:
-    token, subprotocol = bearer_of(request), None
-    if token is None and websocket:
-        token, subprotocol = _subprotocol_token(request)
-    if token is None:
-        raise ApiError(
-            401, Code.UNAUTHORIZED, "send Authorization: Bearer <token> (the token from the mint)"
-        )
-    sid = request.match_info["sid"]
-    session = request.app[DIRECTORY].sessions.get(sid)
-    if session is None:
-        raise ApiError(404, Code.OPERATOR_NOT_FOUND, f"no operator session {sid!r}")
-    if not session.verify_token(token):
-        raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
-    return session, subprotocol
-
-
 def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...]) -> bool:
     # The console the daemon serves is same-origin with this socket and must
     # always be able to open it, whatever allowed_origins lists.
@@ -112,6 +84,7 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
         "pending": len(session.pending),
         "created_at": iso(session.created_at),
         "last_seen_at": iso(session.last_seen_at),
+        "remote": session.remote,
     }
 
 
@@ -138,17 +111,17 @@ async def mint_operator(request: web.Request) -> web.Response:
 
 @routes.get("/v1/operators/{sid}")
 async def operator_info(request: web.Request) -> web.Response:
-    session, _ = _authorize(request)
+    session, _ = authorize_session(request)
     return web.json_response(session_view(session))
 
 
 @routes.delete("/v1/operators/{sid}")
 async def delete_operator(request: web.Request) -> web.Response:
-    session, _ = _authorize(request)
+    session, admin = authorize_session_or_admin(request)
+    # Same code either way: the session's requests fail ``operator_deleted``.
+    message = "operator session deleted by an admin" if admin else "operator session deleted"
     try:
-        await request.app[DIRECTORY].delete(
-            session.sid, Code.OPERATOR_DELETED, "operator session deleted"
-        )
+        await request.app[DIRECTORY].delete(session.sid, Code.OPERATOR_DELETED, message)
     except SessionGone as exc:
         raise ApiError(404, Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
@@ -156,7 +129,7 @@ async def delete_operator(request: web.Request) -> web.Response:
 
 @routes.get("/v1/operators/{sid}/ws")
 async def operator_socket(request: web.Request) -> web.WebSocketResponse:
-    session, subprotocol = _authorize(request, websocket=True)
+    session, subprotocol = authorize_session(request, websocket=True)
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
     if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):
@@ -180,6 +153,8 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         background=request.app[BACKGROUND],
         name=session.sid,
         log=session.log,
+        metrics=request.app[METRICS],
+        remote=request.remote,
     )
     directory = request.app[DIRECTORY]
     session.attach(pump)

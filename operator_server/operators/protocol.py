@@ -18,6 +18,8 @@ from operator_server.wire import json
 from operator_server.wire.fields import StrictBoolean, StrictInteger
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
+# The frame type counted for a client frame that did not parse (metrics label).
+INVALID_FRAME = "invalid"
 REQ_KIND = {"ask": "ask", "hook_before": "hb", "hook_after": "ha", "spawn": "spawn"}
 # Which request each reply answers.
 REPLY_TO = {

@@ -21,7 +21,8 @@ from aiohttp import WSMsgType, web
 
 from operator_server.background import Background
 from operator_server.errors import Code
-from operator_server.operators.protocol import encode, error_frame
+from operator_server.metrics import Metrics
+from operator_server.operators.protocol import INVALID_FRAME, encode, error_frame
 
 _CLOSE = object()
 
@@ -38,8 +39,11 @@ class SocketPump:
         background: Background,
         name: str,
         log: Any,
+        metrics: Metrics,
+        remote: str | None = None,
     ) -> None:
         self.ws = ws
+        self.remote = remote
         self._transport = transport
         # A deque rather than asyncio.Queue so a replay can go past the cap (see send).
         self._frames: deque[Any] = deque()
@@ -53,6 +57,7 @@ class SocketPump:
         self._writes_done = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._log = log
+        self._metrics = metrics
         self._closing = False
         self._close_code = 1000
         self._close_reason = ""
@@ -72,6 +77,7 @@ class SocketPump:
                 "peer is not reading: outbound queue reached outbound_queue_max, disconnecting",
                 queued=len(self._frames),
             )
+            self._metrics.slow_peer_disconnected()
             self._closing = True
             self._writer.cancel("peer not reading")
             return False
@@ -106,6 +112,7 @@ class SocketPump:
                 await self.ws.send_str(encode(frame))
                 self._writing = False
                 self._writes_done += 1
+                self._metrics.frame_sent(frame)
         except asyncio.CancelledError:
             # Stuck behind a peer that does not read, or shutting down: drop the
             # connection without waiting on it.
@@ -137,6 +144,7 @@ class SocketPump:
                 "peer is not reading: a write stayed blocked past write_timeout_s, disconnecting",
                 queued=len(self._frames),
             )
+            self._metrics.slow_peer_disconnected()
             self._closing = True
             self._writer.cancel("peer not reading")
         elif self._writing or self._frames:
@@ -154,12 +162,14 @@ class SocketPump:
                 data: str = msg.data
                 # len(str) <= len(utf-8 bytes) <= 4 * len(str): encode only when it matters.
                 if len(data) * 4 > self._max_frame and len(data.encode()) > self._max_frame:
+                    self._metrics.frame_received(INVALID_FRAME)
                     self.send(
                         error_frame(Code.TOO_LARGE, f"frame is larger than {self._max_frame} bytes")
                     )
                     continue
                 on_text(data)
             elif msg.type is WSMsgType.BINARY:
+                self._metrics.frame_received(INVALID_FRAME)
                 self.send(
                     error_frame(Code.BAD_MESSAGE, "binary frames are not accepted; send JSON text")
                 )

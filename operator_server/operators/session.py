@@ -31,6 +31,7 @@ from operator_server.config import Settings
 from operator_server.engine.faces import AttemptContext, HookVerdict, WorkerResult
 from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
+from operator_server.metrics import Metrics
 from operator_server.operators import protocol as p
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
@@ -55,6 +56,9 @@ class PendingRequest:
     expects_reply: bool = True
     delivered: bool = False
     grace: asyncio.TimerHandle | None = field(default=None, repr=False)
+    issued_at: float = field(default_factory=time.time)
+    # For the wait histogram: immune to wall-clock jumps.
+    issued_mono: float = field(default_factory=time.monotonic, repr=False)
 
 
 class WSOperatorSession:
@@ -72,6 +76,7 @@ class WSOperatorSession:
         base_url: Callable[[], str],
         created_at: float | None = None,
         last_seen_at: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -87,6 +92,7 @@ class WSOperatorSession:
         # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
         self._base_url = base_url
         self._ended: AttemptFailed | None = None
+        self._metrics = metrics or Metrics()
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
         self.log = log.bind(sid=sid)
@@ -99,6 +105,11 @@ class WSOperatorSession:
     @property
     def connected(self) -> bool:
         return self._pump is not None
+
+    @property
+    def remote(self) -> str | None:
+        """The peer address of the attached socket, if any."""
+        return self._pump.remote if self._pump is not None else None
 
     def idle_since(self) -> float | None:
         """When the session was last seen, if no socket is attached."""
@@ -239,11 +250,21 @@ class WSOperatorSession:
         self.last_seen_at = time.time()
         try:
             kind, data = p.parse_client_frame(text, self._settings.max_json_depth)
+        except ProtocolError as exc:
+            # Only parsed types become label values: the peer controls the rest.
+            self._metrics.frame_received(p.INVALID_FRAME)
+            self._refuse(exc)
+            return
+        self._metrics.frame_received(kind)
+        try:
             self._resolve(kind, data)
         except ProtocolError as exc:
-            self.log.info("bad frame from operator", code=exc.code, req_id=exc.req_id)
-            if self._pump is not None:
-                self._pump.send(p.error_frame(exc.code, exc.message, exc.req_id))
+            self._refuse(exc)
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        self.log.info("bad frame from operator", code=exc.code, req_id=exc.req_id)
+        if self._pump is not None:
+            self._pump.send(p.error_frame(exc.code, exc.message, exc.req_id))
 
     def _resolve(self, kind: str, data: dict[str, Any]) -> None:
         req_id = data["req_id"]
@@ -269,6 +290,7 @@ class WSOperatorSession:
         if len(self._answered) > ANSWERED_MEMORY:
             self._answered.popitem(last=False)
         self._forget(req)
+        self._metrics.reply_received(req.kind, time.monotonic() - req.issued_mono)
         if not req.future.done():
             req.future.set_result((kind, data))
 

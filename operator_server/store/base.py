@@ -24,7 +24,7 @@ The store knows nothing of task semantics: callers name the statuses they mean.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,11 @@ def decode_session(
 
 
 class Store(ABC):
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        """Have ``observer`` told how long each commit takes, in seconds (metrics),
+        possibly from another thread.  A store without commits ignores it."""
+        del observer
+
     @abstractmethod
     def claim(self) -> None:
         """Take this process's exclusive hold on the store, or raise ``StoreLocked``.

@@ -30,6 +30,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._commit_observer: Callable[[float], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
 
@@ -184,6 +186,9 @@ class SQLiteStore(Store):
         # The queue is in order: once this no-op is answered, all before it is committed.
         await self._call(lambda c: None, "flush")
 
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        self._commit_observer = observer
+
     # -- the thread -------------------------------------------------------
 
     def _work(self) -> None:
@@ -217,6 +222,7 @@ class SQLiteStore(Store):
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -229,6 +235,8 @@ class SQLiteStore(Store):
                     conn.execute("RELEASE op")
                     outcomes.append((False, StoreError(f"{op.what}: {exc}")))
             conn.execute("COMMIT")
+            if self._commit_observer is not None:
+                self._commit_observer(time.perf_counter() - began)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -67,8 +67,12 @@ async def test_get_reports_connected_only_while_a_socket_is_attached(server: Ser
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "WS"])
 async def test_session_auth_is_checked_401_then_404_then_401(server: Server, method: str) -> None:
-    client = await server()
-    sid, token = await mint(client)
+    # With an api_token, so that a credential-less DELETE is not the loopback admin.
+    client = await server(api_token="admin-secret")
+    resp = await client.post(
+        "/v1/operators", json={}, headers={"Authorization": "Bearer admin-secret"}
+    )
+    sid, token = (body := await resp.json())["sid"], body["token"]
 
     async def call(path_sid: str, headers: dict[str, str]) -> tuple[int, str]:
         if method == "WS":

@@ -1,0 +1,192 @@
+"""The Prometheus metrics of one server: every name declared here, once.
+
+A neutral, low module: the engine, the operator sessions, the store and the
+HTTP layer each call one method per event (``task_created``, ``frame_sent``,
+...), and nothing here knows their types.  Current counts (tasks by status,
+sessions, pending requests) are not kept twice: they are read at scrape time
+from whoever owns them, through the ``sample_*`` callables the app wires in.
+
+Each ``Metrics`` has its own ``CollectorRegistry``, so many apps can run in one
+process (the tests do) without sharing or clashing.
+
+Label values are bounded by construction: statuses, request kinds, frame
+types, error codes and route patterns — never ids or raw paths.  A new counter
+(say, webhook deliveries or event streams) is one attribute plus one method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "operator_server_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. HTTP requests and commits are fast; attempts and operator replies may
+# wait on a human or a sub-agent for minutes.
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SLOW_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+Sample = Callable[[], Mapping[str, float]]
+
+
+def _nothing() -> Mapping[str, float]:
+    return {}
+
+
+class _Sampled(Collector):
+    """A gauge with one label whose values are read from their owner at scrape time."""
+
+    def __init__(self, name: str, doc: str, label: str, sample: Callable[[], Sample]) -> None:
+        self._name, self._doc, self._label, self._sample = name, doc, label, sample
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in self._sample()().items():
+            family.add_metric([value], count)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = reg = CollectorRegistry()
+        # Wired by the app to the owners of the current counts.
+        self.sample_tasks: Sample = _nothing
+        self.sample_sessions: Sample = _nothing
+        self.sample_pending: Sample = _nothing
+
+        self.tasks_created = Counter(PREFIX + "tasks_created_total", "Tasks created.", registry=reg)
+        self.tasks_finished = Counter(
+            PREFIX + "tasks_finished_total",
+            "Tasks that ended, by final status.",
+            ["status"],
+            registry=reg,
+        )
+        self.attempt_duration = Histogram(
+            PREFIX + "attempt_duration_seconds",
+            "How long each attempt ran, start to end.",
+            buckets=SLOW_BUCKETS,
+            registry=reg,
+        )
+        self.request_wait = Histogram(
+            PREFIX + "request_wait_seconds",
+            "Operator requests: time from issue to the operator's reply, by request kind.",
+            ["face"],
+            buckets=SLOW_BUCKETS,
+            registry=reg,
+        )
+        self.frames = Counter(
+            PREFIX + "frames_total",
+            "WebSocket frames, by direction (in, out) and frame type.",
+            ["direction", "type"],
+            registry=reg,
+        )
+        self.error_frames = Counter(
+            PREFIX + "error_frames_total",
+            "error frames sent to operators, by code.",
+            ["code"],
+            registry=reg,
+        )
+        self.http_requests = Counter(
+            PREFIX + "http_requests_total",
+            "HTTP requests, by route pattern and status.",
+            ["route", "status"],
+            registry=reg,
+        )
+        self.http_duration = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "HTTP request handling time by route pattern (a WebSocket: its whole life).",
+            ["route"],
+            buckets=FAST_BUCKETS,
+            registry=reg,
+        )
+        self.store_commit = Histogram(
+            PREFIX + "store_commit_seconds",
+            "Store transactions (one group commit each), begin to commit.",
+            buckets=FAST_BUCKETS,
+            registry=reg,
+        )
+        self.slow_peer_disconnects = Counter(
+            PREFIX + "slow_peer_disconnects_total",
+            "Operator sockets dropped because the peer stopped reading.",
+            registry=reg,
+        )
+        reg.register(
+            _Sampled(
+                PREFIX + "tasks",
+                "Tasks known now (live and retained), by status.",
+                "status",
+                lambda: self.sample_tasks,
+            )
+        )
+        reg.register(
+            _Sampled(
+                PREFIX + "operator_sessions",
+                "Operator sessions now, by whether a socket is attached.",
+                "connected",
+                lambda: self.sample_sessions,
+            )
+        )
+        reg.register(
+            _Sampled(
+                PREFIX + "pending_requests",
+                "Operator requests awaiting a reply (or a socket) now, by request kind.",
+                "face",
+                lambda: self.sample_pending,
+            )
+        )
+        # Labelled children cached by label value: ``labels()`` takes a lock and
+        # builds a key on every call, and these sit on the per-frame path.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    # -- one method per event ------------------------------------------------
+
+    def task_created(self) -> None:
+        self.tasks_created.inc()
+
+    def task_finished(self, status: str) -> None:
+        self._child(self.tasks_finished, status).inc()
+
+    def attempt_ended(self, seconds: float) -> None:
+        self.attempt_duration.observe(seconds)
+
+    def reply_received(self, kind: str, waited_s: float) -> None:
+        self._child(self.request_wait, kind).observe(waited_s)
+
+    def frame_received(self, frame_type: str) -> None:
+        self._child(self.frames, "in", frame_type).inc()
+
+    def frame_sent(self, frame: Mapping[str, Any]) -> None:
+        frame_type = frame["type"]
+        self._child(self.frames, "out", frame_type).inc()
+        if frame_type == "error":
+            self._child(self.error_frames, frame["code"]).inc()
+
+    def slow_peer_disconnected(self) -> None:
+        self.slow_peer_disconnects.inc()
+
+    def http_request(self, route: str, status: int, seconds: float) -> None:
+        self._child(self.http_requests, route, str(status)).inc()
+        self._child(self.http_duration, route).observe(seconds)
+
+    def store_committed(self, seconds: float) -> None:
+        """Called from the store's own thread; prometheus_client is thread-safe."""
+        self.store_commit.observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition format, for ``GET /metrics``."""
+        return generate_latest(self.registry)

@@ -1,0 +1,104 @@
+"""Operator admin: list the sessions, see what one holds pending.
+
+``GET /v1/operators`` is for the admin only (see ``access.py``);
+``GET /v1/operators/{sid}/pending`` also answers the session's own holder.  The
+forced leave is ``DELETE /v1/operators/{sid}`` with the admin's credential
+(``login.py``).  No view holds a token, a token hash, a capability or a worker
+handle: each is built field by field from what is safe to show.
+
+The list is in creation order and pages by keyset: ``next`` is an opaque
+cursor naming the last session shown (its creation time and sid), so a page
+costs the same at any depth and a session ending between pages shifts nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, fields, validate
+
+from operator_server.engine.tasks import iso
+from operator_server.errors import ApiError, Code
+from operator_server.operators.access import authorize_session_or_admin, require_admin
+from operator_server.operators.keys import DIRECTORY
+from operator_server.operators.login import session_view
+from operator_server.operators.session import PendingRequest, WSOperatorSession
+from operator_server.wire.requests import query
+
+routes = web.RouteTableDef()
+
+
+class OperatorListQuerySchema(Schema):
+    role = fields.String(validate=validate.Length(min=1, max=200))
+    # Query text, but only the two JSON spellings: no "yes", "1" or "on".
+    connected = fields.Boolean(truthy={"true"}, falsy={"false"})
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    after = fields.String(validate=validate.Length(min=1, max=300))
+
+
+LIST_QUERY = OperatorListQuerySchema()  # built once: construction deep-copies every field
+
+
+def _order(session: WSOperatorSession) -> tuple[int, str]:
+    return int(session.created_at * 1_000_000), session.sid
+
+
+def _cursor(key: tuple[int, str]) -> str:
+    return f"{key[0]}.{key[1]}"
+
+
+def _parse_cursor(text: str) -> tuple[int, str]:
+    head, _, sid = text.partition(".")
+    try:
+        return int(head), sid
+    except ValueError:
+        raise ApiError(
+            400, Code.BAD_REQUEST, "after: not a cursor; pass the `next` of the previous page"
+        ) from None
+
+
+def pending_view(req: PendingRequest, now: float) -> dict[str, Any]:
+    return {
+        "req_id": req.req_id,
+        "type": req.kind,
+        "task_id": req.task_id,
+        # An ask carries no attempt or agent on the wire: null for those.
+        "attempt": req.frame.get("attempt"),
+        "agent": req.frame.get("agent"),
+        "issued_at": iso(req.issued_at),
+        "waiting_s": round(max(0.0, now - req.issued_at), 3),
+    }
+
+
+@routes.get("/v1/operators")
+async def list_operators(request: web.Request) -> web.Response:
+    require_admin(request)
+    q = query(request, LIST_QUERY)
+    role, connected = q.get("role"), q.get("connected")
+    after = _parse_cursor(q["after"]) if "after" in q else None
+    chosen = [
+        s
+        for s in request.app[DIRECTORY].sessions.values()
+        if (role is None or role in s.roles)
+        and (connected is None or s.connected is connected)
+        and (after is None or _order(s) > after)
+    ]
+    chosen.sort(key=_order)
+    limit = q["limit"]
+    page = chosen[:limit]
+    more = len(chosen) > limit
+    return web.json_response(
+        {
+            "operators": [session_view(s) for s in page],
+            "next": _cursor(_order(page[-1])) if more else None,
+        }
+    )
+
+
+@routes.get("/v1/operators/{sid}/pending")
+async def pending_requests(request: web.Request) -> web.Response:
+    session, _ = authorize_session_or_admin(request)
+    now = time.time()
+    return web.json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})
