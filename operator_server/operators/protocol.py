@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, missing, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import json
+from operator_server.wire.fastcheck import fast_check
 from operator_server.wire.fields import StrictBoolean, StrictInteger
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
@@ -114,75 +115,6 @@ CLIENT_FRAMES: dict[str, Schema] = {
 }
 
 
-class _FastCheck:
-    """A quick path derived from a schema, for frames that are plainly valid.
-
-    It accepts a frame only when marshmallow would accept it with the same
-    result: every key a declared field, every value of the field's exact JSON
-    type and passing its validators.  Anything else returns ``None`` and goes
-    through the schema itself, which also writes the error message.  The schema
-    stays the one declaration of the format; this only skips its overhead on
-    the hot path (see bench/RESULTS.md).
-    """
-
-    _TYPES: dict[type[fields.Field], tuple[type, ...]] = {
-        fields.String: (str,),
-        StrictInteger: (int,),
-        StrictBoolean: (bool,),
-        fields.Dict: (dict,),
-        fields.Raw: (object,),
-    }
-
-    def __init__(self, schema: Schema) -> None:
-        self.fields: dict[str, tuple[tuple[type, ...], bool, bool, Any, list[Any]]] = {}
-        self.usable = True
-        for name, field in schema.fields.items():
-            types = self._TYPES.get(type(field))
-            if types is None:
-                self.usable = False
-                return
-            self.fields[name] = (
-                types,
-                field.required,
-                field.allow_none,
-                field.load_default,
-                list(field.validators),
-            )
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any] | None:
-        if not self.usable or not data.keys() <= self.fields.keys():
-            return None
-        out: dict[str, Any] = {}
-        for name, (types, required, allow_none, default, validators) in self.fields.items():
-            if name not in data:
-                if required:
-                    return None
-                if default is not missing:
-                    out[name] = default() if callable(default) else default
-                continue
-            value = data[name]
-            if value is None:
-                if not allow_none:
-                    return None
-            elif not isinstance(value, types) or (types == (int,) and isinstance(value, bool)):
-                return None
-            else:
-                try:
-                    for check in validators:
-                        check(value)
-                except ValidationError:
-                    return None
-            out[name] = value
-        return out
-
-
-_FAST = {
-    id(schema): _FastCheck(schema)
-    for table in (SERVER_FRAMES, CLIENT_FRAMES)
-    for schema in table.values()
-}
-
-
 def parse_frame(
     text: str | bytes, table: dict[str, Schema], max_depth: int
 ) -> tuple[str, dict[str, Any]]:
@@ -207,7 +139,7 @@ def parse_frame(
         raise ProtocolError(
             Code.BAD_MESSAGE, f"type: {kind!r} is not a known frame type ({known})", req_id
         )
-    fast = _FAST[id(schema)](data)
+    fast = fast_check(schema)(data)
     if fast is not None:
         return kind, fast
     try:
