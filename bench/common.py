@@ -206,8 +206,30 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the listening socket on ``port``.
+
+    The port was free when picked, but a slow start leaves time for another
+    process on this shared machine (another worktree's test daemon, say) to
+    take it and answer /v1/healthz in our place.
+    """
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if cols[1].endswith(f":{port:04X}") and cols[3] == "0A":  # 0A: LISTEN
+            inodes.add(cols[9])
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return True
+    return False
+
+
 async def wait_healthz(url: str, proc: asyncio.subprocess.Process, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
+    port = int(url.rsplit(":", 1)[1])
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
@@ -215,6 +237,8 @@ async def wait_healthz(url: str, proc: asyncio.subprocess.Process, timeout: floa
             try:
                 async with http.get(f"{url}/v1/healthz") as resp:
                     if resp.status == 200:
+                        if not listens(proc.pid, port):
+                            raise RuntimeError(f"{url}: another process took the port")
                         return
             except aiohttp.ClientConnectionError:
                 pass
@@ -324,6 +348,8 @@ class Peer:
             *args,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
+            # One result line carries every latency of a run.
+            limit=1 << 26,
         )
         return cls(proc)
 
