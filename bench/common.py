@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from operator_server.app import build_app
 from operator_server.config import ENV_PREFIX, Settings, load_settings
@@ -130,7 +131,7 @@ async def p50_ms(http: aiohttp.ClientSession, url: str, n: int, **params: str) -
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
-        async with http.get(url, params=params) as resp:
+        async with http.get(URL(url, encoded=True), params=params or None) as resp:
             await resp.read()
             if resp.status != 200:
                 raise RuntimeError(f"GET {url} {params}: {resp.status}")

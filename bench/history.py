@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from bench.common import (
     Daemon,
@@ -127,18 +128,26 @@ def _max_pause(gc: dict[str, Any], t0: float = 0.0, t1: float = float("inf")) ->
     return max((ms for at, _, ms in gc["pauses"] if t0 <= at <= t1), default=0.0)
 
 
-async def _deep_page(http: aiohttp.ClientSession, url: str) -> tuple[dict[str, str], int]:
-    """Follow ``next`` up to DEEP_PAGES pages; the query of the deepest page and its depth."""
-    params = dict(LIST_QUERY)
+def _follow(base: str, nxt: str) -> str:
+    """The URL of the page ``next`` points to: a link if it is one, else the
+    opaque cursor as ``after=`` on the same query (never parsed or built here)."""
+    if nxt.startswith(("/", "http://", "https://")):
+        return str(URL(base).join(URL(nxt)))
+    return str(URL(f"{base}/v1/tasks").with_query({**LIST_QUERY, "after": nxt}))
+
+
+async def _deep_page(http: aiohttp.ClientSession, base: str) -> tuple[str, int]:
+    """Follow ``next`` up to DEEP_PAGES pages; the URL of the deepest page and its depth."""
+    url = str(URL(f"{base}/v1/tasks").with_query(LIST_QUERY))
     depth = 0
     for _ in range(DEEP_PAGES):
-        async with http.get(f"{url}/v1/tasks", params=params) as resp:
+        async with http.get(URL(url, encoded=True)) as resp:
             body = await resp.json()
         if not body.get("next"):
             break
-        params = {**LIST_QUERY, "after": body["next"]}
+        url = _follow(base, body["next"])
         depth += 1
-    return params, depth
+    return url, depth
 
 
 async def measure(path: str, workdir: str, label: str) -> Costs:
@@ -155,7 +164,7 @@ async def measure(path: str, workdir: str, label: str) -> Costs:
             c.healthz_ms = await p50_ms(http, f"{daemon.url}/v1/healthz", PROBES)
             c.list_first_ms = await p50_ms(http, f"{daemon.url}/v1/tasks", PROBES, **LIST_QUERY)
             deep, c.deep_depth = await _deep_page(http, daemon.url)
-            c.list_deep_ms = await p50_ms(http, f"{daemon.url}/v1/tasks", PROBES, **deep)
+            c.list_deep_ms = await p50_ms(http, deep, PROBES)
         progress(f"history ({label}): {LOAD_S:.0f} s of end-to-end load")
         t0 = time.monotonic()
         load = await e2e_load(daemon.url, 10**9, seconds=LOAD_S)
