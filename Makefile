@@ -28,7 +28,7 @@ fmt: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m operator_server.demo

@@ -1,20 +1,60 @@
-"""``make bench``: every benchmark in one run, each appended to bench/RESULTS.md."""
+"""``make bench``: every benchmark at the shipped defaults, each against its
+baseline in the same run.
+
+    python -m bench                      # all of them (a few minutes)
+    python -m bench e2e history          # some of them
+    python -m bench e2e --profile p.prof # the daemon of the e2e run under cProfile
+    make bench ARGS="ask"                # the same through make
+
+Results are printed and written to a dated file under bench/history/
+(gitignored), never to a tracked file: bench/RESULTS.md is the current table,
+updated by hand from a run.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import time
+from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, e2e, many
+from bench import ask_rtt, e2e, history, many
+from bench.common import history_file, progress
+
+# name -> (what it measures, how to run it).  Issue 10's overhead benchmark
+# (metrics, events, access log: on vs off) belongs here as "overhead".
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object]]]] = {
+    "ask": ("ask round trips vs raw aiohttp", lambda a: ask_rtt.run()),
+    "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
+    "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
+    "many": ("1,000 connected operators", lambda a: many.run()),
+}
 
 
-async def main() -> None:
-    print("operator_server benchmarks (progress on stderr; results also in bench/RESULTS.md)")
-    await ask_rtt.run()
-    await e2e.run()
-    await many.run()
+async def main(args: argparse.Namespace) -> None:
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"python -m bench: unknown {unknown}; choose from {list(BENCHMARKS)}")
+    out = history_file()
+    print(f"operator_server benchmarks: {', '.join(names)} (progress on stderr; results in {out})")
+    for name in names:
+        t0 = time.perf_counter()
+        await BENCHMARKS[name][1](args)
+        progress(f"{name}: {time.perf_counter() - t0:.0f} s")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="; ".join(f"{k}: {v[0]}" for k, v in BENCHMARKS.items()) + " (default: all)",
+    )
+    p.add_argument("--profile", default="", metavar="PATH", help="cProfile the e2e daemon")
+    return p
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
-    sys.exit(0)
+    asyncio.run(main(parser().parse_args()))

@@ -1,6 +1,10 @@
 """Ask round trips: the engine's ``SeniorBridge.ask`` through a real socket to a
 peer process, against a raw-aiohttp baseline in the same run.
 
+The daemon's app runs in this process (the benchmark calls the session's
+``ask`` directly) at the shipped defaults: SQLite file, ``info`` JSON logs to a
+file, and the default ``ask_timeout_s`` (300 s), so the per-ask timeout is paid.
+
 The baseline is the floor of what any aiohttp WebSocket server can do here: a
 bare handler that pushes the same JSON request and resolves a future on the
 reply — no sessions, no validation, no writer task.  Both are answered by the
@@ -25,6 +29,7 @@ from bench.common import (
     serve,
     serve_operator_server,
     table,
+    verdict,
     windowed,
 )
 from operator_server.operators.keys import DIRECTORY
@@ -35,6 +40,7 @@ WARMUP = 500
 # Raw and ours alternate for this many rounds; the median of each is reported,
 # so both see the same machine conditions.
 ROUNDS = 3
+TARGETS = {1: 0.8, 100: 0.7}
 
 
 async def raw_server() -> tuple[web.AppRunner, str, asyncio.Future[Ask]]:
@@ -83,10 +89,10 @@ async def run() -> dict[int, tuple[float, float]]:
     await raw_peer.line()
     raw_ask = await raw_ready
 
-    ours_runner, ours_url, app = await serve_operator_server(ask_timeout_s=0)
-    ours_peer = await Peer.start("asks", ours_url, "/v1/operators/{sid}/ws")
+    ours = await serve_operator_server()
+    ours_peer = await Peer.start("asks", ours.url, "/v1/operators/{sid}/ws")
     sid = (await ours_peer.line())["sid"]
-    session = app[DIRECTORY].sessions[sid]
+    session = ours.app[DIRECTORY].sessions[sid]
 
     rates: dict[int, tuple[float, float]] = {}
     try:
@@ -101,9 +107,9 @@ async def run() -> dict[int, tuple[float, float]]:
         for peer in (raw_peer, ours_peer):
             await peer.stop()
         await raw_runner.cleanup()
-        await ours_runner.cleanup()
+        await ours.close()
 
-    targets = {1: 0.7, 100: 0.6}
+    targets = TARGETS
     rows = [
         [
             w,
@@ -111,12 +117,12 @@ async def run() -> dict[int, tuple[float, float]]:
             f"{ours:,.0f}",
             f"{ours / raw:.2f}",
             f"≥ {targets[w]}",
-            "met" if ours / raw >= targets[w] else "MISSED",
+            verdict(ours / raw >= targets[w]),
         ]
         for w, (raw, ours) in rates.items()
     ]
     record(
-        f"ask round trips (asks/s, median of {ROUNDS} interleaved rounds)",
+        f"ask round trips at default timeouts (asks/s, median of {ROUNDS} interleaved rounds)",
         table(["window", "raw aiohttp", "operator_server", "ratio", "target", ""], rows),
     )
     return rates

@@ -5,9 +5,10 @@ Modes (each prints one JSON line when ready, then serves until terminated):
 * ``asks URL PATH``: one socket to URL+PATH answering every ``ask`` with its
   question — the same code answers the operator server and the raw baseline.
 * ``many URL N``: mint N sessions and connect all of them; answer asks.
-* ``e2e URL N WINDOW``: a real operator (``OperatorClient``) whose spawns fetch
-  the prompt and post the result with ``WorkerClient``; then create N tasks over
-  HTTP with WINDOW in flight, and print throughput and latencies.
+* ``e2e URL N WINDOW SECONDS ROLE``: a real operator (``OperatorClient``) under
+  ROLE whose spawns fetch the prompt and post the result with ``WorkerClient``;
+  then create N tasks over HTTP with WINDOW in flight (or, when SECONDS > 0, as
+  many as finish in SECONDS), and print the elapsed time and latencies.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ async def many(url: str, n: int) -> None:
         await asyncio.gather(*(answer_forever(ws) for ws in sockets))
 
 
-async def e2e(url: str, n: int, window: int) -> None:
+async def e2e(url: str, n: int, window: int, seconds: float, role: str) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def on_spawn(frame: dict[str, Any]) -> Any:
@@ -84,21 +85,25 @@ async def e2e(url: str, n: int, window: int) -> None:
             return True
 
         op = OperatorClient(
-            url, roles=["bench"], on_spawn=on_spawn, on_hook_before=approve, session=http
+            url, roles=[role], on_spawn=on_spawn, on_hook_before=approve, session=http
         )
         await op.start()
         tasks = TaskClient(url, session=http)
         latencies: list[float] = []
         counter = iter(range(n))
+        deadline = time.perf_counter() + seconds if seconds > 0 else float("inf")
 
         async def lane() -> None:
             for i in counter:
+                if time.perf_counter() >= deadline:
+                    return
                 t0 = time.perf_counter()
-                task = await tasks.create(agent="bench", directive=i, operator={"role": "bench"})
+                task = await tasks.create(agent="bench", directive=i, operator={"role": role})
                 done = await tasks.get(task["id"], wait=60)
-                assert done["status"] == "passed", done
+                if done["status"] != "passed":
+                    raise RuntimeError(f"task ended {done['status']}: {done}")
                 latencies.append(time.perf_counter() - t0)
-                if len(latencies) % max(1, n // 10) == 0:
+                if seconds <= 0 and len(latencies) % max(1, n // 10) == 0:
                     print(f"  .. e2e: {len(latencies)}/{n}", file=sys.stderr, flush=True)
 
         t0 = time.perf_counter()
@@ -119,7 +124,7 @@ def main() -> None:
     elif mode == "many":
         asyncio.run(many(args[0], int(args[1])))
     elif mode == "e2e":
-        asyncio.run(e2e(args[0], int(args[1]), int(args[2])))
+        asyncio.run(e2e(args[0], int(args[1]), int(args[2]), float(args[3]), args[4]))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
