@@ -35,9 +35,7 @@ class HealthSchema(Schema):
 
 
 @routes.get("/v1/healthz")
-@documented(
-    Operation("Liveness, with task and session counts", {200: Body("alive", HealthSchema)})
-)
+@documented(Operation("Liveness, with task and session counts", {200: Body("alive", HealthSchema)}))
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return web.json_response(

@@ -37,7 +37,7 @@ OPENAPI_VERSION = "3.1.0"
 _PATH_PARAM = re.compile(r"\{([^}:]+)")
 _DESCRIPTION = (
     "Seat external operators (humans, AI agents, processes) inside an agent-work "
-    "engine. Every error answer is `{\"error\": {\"code\", \"message\", ...}}` with a "
+    'engine. Every error answer is `{"error": {"code", "message", ...}}` with a '
     "stable code. The operator WebSocket protocol is described in the README."
 )
 

@@ -65,7 +65,7 @@ class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
 
 class TaskRequestSchema(Schema):
     agent = fields.String(required=True, validate=_NAME)
-    directive = fields.Raw(required=True, allow_none=False)
+    directive = fields.Raw(required=True, allow_none=False, metadata={"not": {"type": "null"}})
     system = fields.String(allow_none=True)
     operator = fields.Nested(OperatorSpecSchema, allow_none=True)
     layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
@@ -85,14 +85,22 @@ TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
     limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
-    after = fields.String()
+    after = fields.String(
+        validate=validate.Length(min=1),
+        metadata={"description": "a `next` cursor from an earlier page, or a task id"},
+    )
 
 
 LIST_QUERY = ListQuerySchema()  # built once: construction deep-copies every field
 
 
 class GetQuerySchema(Schema):
-    wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(min=0))
+    wait = fields.Float(
+        load_default=0,
+        allow_nan=False,
+        validate=validate.Range(min=0),
+        metadata={"description": "seconds to wait for the task to end; at most max_wait_s"},
+    )
 
 
 GET_QUERY = GetQuerySchema()  # built once: construction deep-copies every field
@@ -141,7 +149,7 @@ class TaskSchema(Schema):
     kind = fields.Enum(Kind, by_value=True, required=True)
     attempt = fields.Integer(required=True)
     max_attempts = fields.Integer(required=True)
-    interruptions = fields.String(required=True)
+    interruptions = fields.Integer(required=True)
     result = fields.Nested(TaskResultSchema, required=True, allow_none=True)
     error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
     directive = fields.Raw(required=True, allow_none=True)
@@ -157,7 +165,9 @@ class TaskSchema(Schema):
 class TaskPageSchema(Schema):
     tasks = fields.List(fields.Nested(TaskSchema), required=True)
     next = fields.String(
-        required=True, allow_none=True, metadata={"description": "cursor for `after`; null at the end"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "cursor for `after`; null at the end"},
     )
 
 
@@ -235,7 +245,11 @@ async def create_task(request: web.Request) -> web.Response:
 @documented(
     Operation(
         "List tasks, oldest first, a page at a time",
-        {200: Body("a page of tasks; pass `next` as `after` for the following one", TaskPageSchema)},
+        {
+            200: Body(
+                "a page of tasks; pass `next` as `after` for the following one", TaskPageSchema
+            )
+        },
         errors={400: "a bad query parameter or `after` cursor", 401: _UNAUTHORIZED},
         security=(Security.API_TOKEN,),
         query=ListQuerySchema,

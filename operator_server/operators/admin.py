@@ -24,12 +24,16 @@ from operator_server.errors import ApiError, Code
 from operator_server.operators.access import authorize_session_or_admin, require_admin
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view
-from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.operators.protocol import REQ_KIND
+from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import query
 
 routes = web.RouteTableDef()
+
+
+# What ``_cursor`` writes: microseconds, a dot, a sid.
+_CURSOR = r"^[0-9]+\..*"
 
 
 class OperatorListQuerySchema(Schema):
@@ -37,7 +41,10 @@ class OperatorListQuerySchema(Schema):
     # Query text, but only the two JSON spellings: no "yes", "1" or "on".
     connected = fields.Boolean(truthy={"true"}, falsy={"false"})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    after = fields.String(validate=validate.Length(min=1, max=300))
+    after = fields.String(
+        validate=[validate.Length(min=1, max=300), validate.Regexp(_CURSOR)],
+        metadata={"description": "the `next` of the previous page"},
+    )
 
 
 LIST_QUERY = OperatorListQuerySchema()  # built once: construction deep-copies every field
@@ -46,7 +53,9 @@ LIST_QUERY = OperatorListQuerySchema()  # built once: construction deep-copies e
 class OperatorPageSchema(Schema):
     operators = fields.List(fields.Nested(SessionSchema), required=True)
     next = fields.String(
-        required=True, allow_none=True, metadata={"description": "cursor for `after`; null at the end"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "cursor for `after`; null at the end"},
     )
 
 
@@ -99,8 +108,12 @@ def pending_view(req: PendingRequest, now: float) -> dict[str, Any]:
 @documented(
     Operation(
         "List operator sessions, oldest first, a page at a time (admin)",
-        {200: Body("a page of sessions; pass `next` as `after` for the following one",
-                   OperatorPageSchema)},
+        {
+            200: Body(
+                "a page of sessions; pass `next` as `after` for the following one",
+                OperatorPageSchema,
+            )
+        },
         errors={
             400: "a bad query parameter or `after` cursor",
             401: "no or wrong api_token",
