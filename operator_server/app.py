@@ -23,7 +23,7 @@ from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
-from operator_server.http import console, health, metrics, tasks, worker
+from operator_server.http import console, health, metrics, openapi, tasks, worker
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.http.read_deadline import read_deadline_middleware
@@ -79,6 +79,7 @@ def build_app(
     app.add_routes(console.routes)
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(openapi.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_shutdown.append(_shutdown)

@@ -14,9 +14,11 @@ import mimetypes
 from pathlib import Path
 
 from aiohttp import web
+from marshmallow import Schema, fields
 
 from operator_server.appkeys import SETTINGS
 from operator_server.console import STATIC_DIR
+from operator_server.wire.contract import Body, Operation, documented
 
 routes = web.RouteTableDef()
 
@@ -38,6 +40,18 @@ def _load(folder: Path) -> dict[str, tuple[bytes, str]]:
 
 
 _FILES = _load(STATIC_DIR)
+_MEDIA = tuple(sorted({content_type for _, content_type in _FILES.values()}))
+
+
+class ConsoleConfigSchema(Schema):
+    api_token_required = fields.Boolean(required=True)
+
+
+_TO_CONSOLE = Operation(
+    "Redirect to the operator console",
+    {302: Body("to /console/", media=(), headers={"Location": "/console/"})},
+    tags=("console",),
+)
 
 
 def content_security_policy(request: web.Request) -> str:
@@ -70,16 +84,25 @@ def _headers(request: web.Request, content_type: str) -> dict[str, str]:
 
 
 @routes.get("/")
+@documented(_TO_CONSOLE)
 async def root(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console/")
 
 
 @routes.get("/console")
+@documented(_TO_CONSOLE)
 async def console_no_slash(request: web.Request) -> web.Response:
     raise web.HTTPFound("/console/")
 
 
 @routes.get("/console/config.json")
+@documented(
+    Operation(
+        "What the console needs to know before sign-in",
+        {200: Body("whether the server needs an api token", ConsoleConfigSchema)},
+        tags=("console",),
+    )
+)
 async def console_config(request: web.Request) -> web.Response:
     body = {"api_token_required": bool(request.app[SETTINGS].api_token)}
     resp = web.json_response(body)
@@ -88,6 +111,14 @@ async def console_config(request: web.Request) -> web.Response:
 
 
 @routes.get("/console/{name:[^/]*}")
+@documented(
+    Operation(
+        "A file of the operator console (`/console/` is its index.html)",
+        {200: Body("the file", media=_MEDIA)},
+        errors={404: "no such console file"},
+        tags=("console",),
+    )
+)
 async def console_file(request: web.Request) -> web.Response:
     name = request.match_info["name"] or "index.html"
     found = _FILES.get(name)

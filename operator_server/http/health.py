@@ -5,15 +5,37 @@ from __future__ import annotations
 import time
 
 from aiohttp import web
+from marshmallow import Schema, fields, validate
 
 from operator_server import __version__
 from operator_server.appkeys import ENGINE, OPERATOR_COUNTS
+from operator_server.engine.tasks import TaskStatus
+from operator_server.wire.contract import Body, Operation, documented
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()
 
 
+class OperatorCountsSchema(Schema):
+    sessions = fields.Integer(required=True)
+    connected = fields.Integer(required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "shutting_down"]))
+    version = fields.String(required=True)
+    uptime_s = fields.Float(required=True)
+    tasks = fields.Dict(
+        keys=fields.Enum(TaskStatus, by_value=True),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "how many tasks are in each status (statuses with none left out)"},
+    )
+    operators = fields.Nested(OperatorCountsSchema, required=True)
+
+
 @routes.get("/v1/healthz")
+@documented(Operation("Liveness, with task and session counts", {200: Body("alive", HealthSchema)}))
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return web.json_response(

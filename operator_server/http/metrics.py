@@ -11,12 +11,23 @@ from aiohttp import web
 
 from operator_server.appkeys import METRICS, SETTINGS
 from operator_server.metrics import CONTENT_TYPE
+from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import require_bearer
 
 routes = web.RouteTableDef()
 
 
 @routes.get("/metrics")
+@documented(
+    Operation(
+        "Prometheus metrics (text exposition format)",
+        {200: Body("the metrics", media=(CONTENT_TYPE,))},
+        errors={401: "metrics_token is set and was not sent, or is wrong"},
+        security=(Security.METRICS_TOKEN,),
+        anonymous=True,
+        tags=("operations",),
+    )
+)
 async def metrics(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].metrics_token
     if token:

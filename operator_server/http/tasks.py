@@ -3,6 +3,9 @@
 When ``api_token`` is configured, each of these needs
 ``Authorization: Bearer <api_token>``; with no token configured the daemon is
 loopback-only (start-up refuses otherwise) and the routes are open.
+
+``TaskSchema`` declares the task JSON (built by ``Task.as_dict``) for the
+OpenAPI document; the tests hold real answers to it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from marshmallow import (
+    INCLUDE,
     Schema,
     ValidationError,
     fields,
@@ -26,6 +30,7 @@ from operator_server.engine import Engine, Kind
 from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
+from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
 from operator_server.wire.requests import query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
@@ -60,7 +65,7 @@ class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
 
 class TaskRequestSchema(Schema):
     agent = fields.String(required=True, validate=_NAME)
-    directive = fields.Raw(required=True, allow_none=False)
+    directive = fields.Raw(required=True, allow_none=False, metadata={"not": {"type": "null"}})
     system = fields.String(allow_none=True)
     operator = fields.Nested(OperatorSpecSchema, allow_none=True)
     layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
@@ -80,17 +85,102 @@ TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
     limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
-    after = fields.String()
+    after = fields.String(
+        validate=validate.Length(min=1),
+        metadata={"description": "a `next` cursor from an earlier page, or a task id"},
+    )
 
 
 LIST_QUERY = ListQuerySchema()  # built once: construction deep-copies every field
 
 
 class GetQuerySchema(Schema):
-    wait = fields.Float(load_default=0, allow_nan=False, validate=validate.Range(min=0))
+    wait = fields.Float(
+        load_default=0,
+        allow_nan=False,
+        validate=validate.Range(min=0),
+        metadata={"description": "seconds to wait for the task to end; at most max_wait_s"},
+    )
 
 
 GET_QUERY = GetQuerySchema()  # built once: construction deep-copies every field
+
+
+class TaskResultSchema(Schema):
+    value = fields.Raw(required=True, allow_none=True)
+    ok = fields.Boolean(required=True)
+
+
+class OutcomeErrorSchema(Schema):
+    """Why an attempt failed: a stable ``code`` and a human ``message``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class OutputSchema(Schema):
+    kind = fields.String(required=True, validate=validate.OneOf(["final", "output"]))
+    source = fields.String(required=True)
+    value = fields.Raw(required=True, allow_none=True)
+    ok = fields.Boolean(required=True)
+    at = fields.DateTime(required=True)
+
+
+class AttemptSchema(Schema):
+    attempt = fields.Integer(required=True)
+    status = fields.Enum(TaskStatus, by_value=True, required=True)
+    started_at = fields.DateTime(required=True)
+    ended_at = fields.DateTime(required=True, allow_none=True)
+    result = fields.Nested(TaskResultSchema, required=True, allow_none=True)
+    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
+    served_by = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    outputs = fields.List(fields.Nested(OutputSchema), required=True)
+
+
+class TaskSchema(Schema):
+    """The task JSON every task route answers with (``Task.as_dict``)."""
+
+    id = fields.String(required=True)
+    status = fields.Enum(TaskStatus, by_value=True, required=True)
+    agent = fields.String(required=True)
+    kind = fields.Enum(Kind, by_value=True, required=True)
+    attempt = fields.Integer(required=True)
+    max_attempts = fields.Integer(required=True)
+    interruptions = fields.Integer(required=True)
+    result = fields.Nested(TaskResultSchema, required=True, allow_none=True)
+    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
+    directive = fields.Raw(required=True, allow_none=True)
+    system = fields.String(required=True, allow_none=True)
+    operator = fields.Nested(OperatorSpecSchema, required=True, allow_none=True)
+    layers = fields.List(fields.String(), required=True)
+    parent_task_id = fields.String(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    attempts = fields.List(fields.Nested(AttemptSchema), required=True)
+
+
+class TaskPageSchema(Schema):
+    tasks = fields.List(fields.Nested(TaskSchema), required=True)
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "cursor for `after`; null at the end"},
+    )
+
+
+class CancelSchema(Schema):
+    reason = fields.String(metadata={"description": "why; shown on the task and to operators"})
+
+
+CANCEL_BODY = CancelSchema()  # built once: construction deep-copies every field
+
+
+_TASK = Body("the task", TaskSchema)
+_UNAUTHORIZED = "no or wrong api_token"
+_NO_TASK = "no such task (`task_not_found`)"
 
 
 def _guard(request: web.Request) -> None:
@@ -113,6 +203,20 @@ async def _task(request: web.Request) -> Task:
 
 
 @routes.post("/v1/tasks")
+@documented(
+    Operation(
+        "Create a task and start dispatching it",
+        {202: Body("the task, accepted", TaskSchema, headers={"Location": "the task's URL"})},
+        errors={
+            400: "bad body, unknown parent_task_id, or an operator that cannot serve it",
+            401: _UNAUTHORIZED,
+            503: "the server is shutting down, or the store could not save the task",
+        },
+        security=(Security.API_TOKEN,),
+        body=TaskRequestSchema,
+        tags=("tasks",),
+    )
+)
 async def create_task(request: web.Request) -> web.Response:
     _guard(request)
     engine = request.app[ENGINE]
@@ -138,6 +242,20 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/tasks")
+@documented(
+    Operation(
+        "List tasks, oldest first, a page at a time",
+        {
+            200: Body(
+                "a page of tasks; pass `next` as `after` for the following one", TaskPageSchema
+            )
+        },
+        errors={400: "a bad query parameter or `after` cursor", 401: _UNAUTHORIZED},
+        security=(Security.API_TOKEN,),
+        query=ListQuerySchema,
+        tags=("tasks",),
+    )
+)
 async def list_tasks(request: web.Request) -> web.Response:
     _guard(request)
     q = query(request, LIST_QUERY)
@@ -165,6 +283,16 @@ async def _cursor(engine: Engine, after: str | None) -> int:
 
 
 @routes.get("/v1/tasks/{task_id}")
+@documented(
+    Operation(
+        "Read a task; with `wait`, long-poll until it is terminal",
+        {200: _TASK},
+        errors={400: "a bad `wait` (more than max_wait_s)", 401: _UNAUTHORIZED, 404: _NO_TASK},
+        security=(Security.API_TOKEN,),
+        query=GetQuerySchema,
+        tags=("tasks",),
+    )
+)
 async def get_task(request: web.Request) -> web.Response:
     _guard(request)
     task = await _task(request)
@@ -182,14 +310,28 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/tasks/{task_id}/cancel")
+@documented(
+    Operation(
+        "Cancel a task: its attempt stops and it ends `cancelled`",
+        {200: Body("the task, cancelled", TaskSchema)},
+        errors={
+            401: _UNAUTHORIZED,
+            404: _NO_TASK,
+            409: "the task already ended (`task_finished`; `error.task` holds it)",
+            503: "the store could not save the change",
+        },
+        security=(Security.API_TOKEN,),
+        body=CancelSchema,
+        body_required=False,
+        tags=("tasks",),
+    )
+)
 async def cancel_task(request: web.Request) -> web.Response:
     _guard(request)
     task = await _task(request)
     reason = "cancelled by request"
     if request.can_read_body:
-        body: Any = await read_json(request, _max_depth(request))
-        if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str):
-            raise ApiError(400, Code.BAD_REQUEST, 'body: expected {"reason": "<text>"}')
+        body = load(CANCEL_BODY, await read_json(request, _max_depth(request)))
         reason = body.get("reason") or reason
     if not await request.app[ENGINE].cancel(task.id, reason):
         raise ApiError(

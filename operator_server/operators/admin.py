@@ -23,11 +23,17 @@ from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
 from operator_server.operators.access import authorize_session_or_admin, require_admin
 from operator_server.operators.keys import DIRECTORY
-from operator_server.operators.login import session_view
+from operator_server.operators.login import SessionSchema, session_view
+from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
+from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import query
 
 routes = web.RouteTableDef()
+
+
+# What ``_cursor`` writes: microseconds, a dot, a sid.
+_CURSOR = r"^[0-9]+\..*"
 
 
 class OperatorListQuerySchema(Schema):
@@ -35,10 +41,36 @@ class OperatorListQuerySchema(Schema):
     # Query text, but only the two JSON spellings: no "yes", "1" or "on".
     connected = fields.Boolean(truthy={"true"}, falsy={"false"})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    after = fields.String(validate=validate.Length(min=1, max=300))
+    after = fields.String(
+        validate=[validate.Length(min=1, max=300), validate.Regexp(_CURSOR)],
+        metadata={"description": "the `next` of the previous page"},
+    )
 
 
 LIST_QUERY = OperatorListQuerySchema()  # built once: construction deep-copies every field
+
+
+class OperatorPageSchema(Schema):
+    operators = fields.List(fields.Nested(SessionSchema), required=True)
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "cursor for `after`; null at the end"},
+    )
+
+
+class PendingSchema(Schema):
+    req_id = fields.String(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(list(REQ_KIND)))
+    task_id = fields.String(required=True)
+    attempt = fields.Integer(required=True, allow_none=True)
+    agent = fields.String(required=True, allow_none=True)
+    issued_at = fields.DateTime(required=True)
+    waiting_s = fields.Float(required=True)
+
+
+class PendingListSchema(Schema):
+    pending = fields.List(fields.Nested(PendingSchema), required=True)
 
 
 def _order(session: WSOperatorSession) -> tuple[int, str]:
@@ -73,6 +105,25 @@ def pending_view(req: PendingRequest, now: float) -> dict[str, Any]:
 
 
 @routes.get("/v1/operators")
+@documented(
+    Operation(
+        "List operator sessions, oldest first, a page at a time (admin)",
+        {
+            200: Body(
+                "a page of sessions; pass `next` as `after` for the following one",
+                OperatorPageSchema,
+            )
+        },
+        errors={
+            400: "a bad query parameter or `after` cursor",
+            401: "no or wrong api_token",
+            403: "no api_token is configured and the caller is not a credential-less loopback one",
+        },
+        security=(Security.API_TOKEN,),
+        query=OperatorListQuerySchema,
+        tags=("operators",),
+    )
+)
 async def list_operators(request: web.Request) -> web.Response:
     require_admin(request)
     q = query(request, LIST_QUERY)
@@ -98,6 +149,18 @@ async def list_operators(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/operators/{sid}/pending")
+@documented(
+    Operation(
+        "What an operator session holds pending (its holder, or the admin)",
+        {200: Body("requests awaiting a reply, in issue order", PendingListSchema)},
+        errors={
+            401: "no usable Bearer credential, or neither the session's token nor the api_token",
+            404: "no such operator session (`operator_not_found`)",
+        },
+        security=(Security.SESSION_TOKEN, Security.API_TOKEN),
+        tags=("operators",),
+    )
+)
 async def pending_requests(request: web.Request) -> web.Response:
     session, _ = authorize_session_or_admin(request)
     now = time.time()

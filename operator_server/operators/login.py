@@ -19,6 +19,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
+from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
 from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
@@ -27,6 +28,7 @@ from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
+from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
@@ -40,7 +42,13 @@ class MintSchema(Schema):
     is refused in milliseconds instead of stalling the event loop.
     """
 
-    roles = fields.List(fields.String(), load_default=list)
+    # The rules ``_roles`` enforces, stated for the OpenAPI document (checked
+    # there, in one linear pass, rather than per item).
+    roles = fields.List(
+        fields.String(metadata={"pattern": r"\S"}),
+        load_default=list,
+        metadata={"uniqueItems": True},
+    )
     desc = fields.String(load_default="", validate=validate.Length(max=2000))
 
     def __init__(self, *, max_roles: int, max_role_length: int, **kwargs: Any) -> None:
@@ -69,6 +77,37 @@ def mint_schema(max_roles: int, max_role_length: int) -> MintSchema:
     return MintSchema(max_roles=max_roles, max_role_length=max_role_length)
 
 
+class MintedSchema(Schema):
+    sid = fields.String(required=True)
+    token = fields.String(
+        required=True, metadata={"description": "the session token; shown only this once"}
+    )
+    roles = fields.List(fields.String(), required=True)
+
+
+class SessionSchema(Schema):
+    """An operator session as anyone may see it: never a token or its hash."""
+
+    sid = fields.String(required=True)
+    roles = fields.List(fields.String(), required=True)
+    desc = fields.String(required=True)
+    connected = fields.Boolean(required=True)
+    pending = fields.Integer(required=True, metadata={"description": "requests awaiting a reply"})
+    created_at = fields.DateTime(required=True)
+    last_seen_at = fields.DateTime(required=True, allow_none=True)
+    remote = fields.String(
+        required=True, allow_none=True, metadata={"description": "the socket's peer, if connected"}
+    )
+
+
+_SESSION_ERRORS = {
+    401: "no usable Bearer credential, or it does not match this session",
+    404: "no such operator session (`operator_not_found`)",
+}
+_SESSION = (Security.SESSION_TOKEN,)
+_SESSION_OR_ADMIN = (Security.SESSION_TOKEN, Security.API_TOKEN)
+
+
 def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...]) -> bool:
     # The console the daemon serves is same-origin with this socket and must
     # always be able to open it, whatever allowed_origins lists.
@@ -89,6 +128,22 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
 
 
 @routes.post("/v1/operators")
+@documented(
+    Operation(
+        "Mint an operator session holding the given roles",
+        {201: Body("the new session and its token", MintedSchema, headers={"Location": "its URL"})},
+        errors={
+            401: "api_token is configured and was not sent, or is wrong",
+            409: "a role is already held (`roles_conflict`; `error.conflicts` names the holders)",
+            503: "the store could not save the session",
+        },
+        security=(Security.API_TOKEN,),
+        # Documented with the shipped limits; max_roles and max_role_length set them.
+        body=mint_schema(Settings.max_roles, Settings.max_role_length),
+        body_required=False,
+        tags=("operators",),
+    )
+)
 async def mint_operator(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if settings.api_token:
@@ -110,12 +165,30 @@ async def mint_operator(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/operators/{sid}")
+@documented(
+    Operation(
+        "Read an operator session",
+        {200: Body("the session", SessionSchema)},
+        errors=_SESSION_ERRORS,
+        security=_SESSION,
+        tags=("operators",),
+    )
+)
 async def operator_info(request: web.Request) -> web.Response:
     session, _ = authorize_session(request)
     return web.json_response(session_view(session))
 
 
 @routes.delete("/v1/operators/{sid}")
+@documented(
+    Operation(
+        "End an operator session (its own holder, or the admin forcing it out)",
+        {204: Body("ended: roles released, socket closed, pending requests failed", media=())},
+        errors={**_SESSION_ERRORS, 503: "the store could not save the change"},
+        security=_SESSION_OR_ADMIN,
+        tags=("operators",),
+    )
+)
 async def delete_operator(request: web.Request) -> web.Response:
     session, admin = authorize_session_or_admin(request)
     # Same code either way: the session's requests fail ``operator_deleted``.
@@ -128,6 +201,19 @@ async def delete_operator(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/operators/{sid}/ws")
+@documented(
+    Operation(
+        "Open the operator's WebSocket (the wire protocol is in the README)",
+        {101: Body("switching to the WebSocket protocol", media=())},
+        errors={
+            400: "not a WebSocket upgrade request",
+            403: "the Origin is not in allowed_origins",
+            **_SESSION_ERRORS,
+        },
+        security=_SESSION,
+        tags=("operators",),
+    )
+)
 async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     session, subprotocol = authorize_session(request, websocket=True)
     settings = request.app[SETTINGS]
