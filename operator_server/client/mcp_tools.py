@@ -108,8 +108,9 @@ TOOLS: list[types.Tool] = [
         "worker_result, using worker_handle; then call spawn_ack (or spawn_halt to stop on "
         "purpose). 'ask' = a task wants your judgement on `question` (e.g. a worker reported "
         "failure, or a sub-agent asks mid-work: parent_req_id names its spawn); answer fills "
-        "answer_schema when there is one: call answer, or decline. Returns {type: 'none'} when nothing came within "
-        "timeout_s; just call again. `notices` lists what happened meanwhile: 'hook_after' "
+        "answer_schema when there is one: call answer, or decline. Returns {type: 'none'} "
+        "when nothing came within timeout_s; just call again. `notices` lists what happened "
+        "meanwhile: 'hook_after' "
         "(an attempt finished, with its result), 'cancel' (a request you held was withdrawn; "
         "do not reply to it), 'error' (the server refused something).",
         _obj(

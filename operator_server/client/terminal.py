@@ -7,8 +7,8 @@ It joins under one role and serves all three faces from a terminal:
 * ``ask``: the question is printed and the typed line is the answer (JSON if it
   parses, else text); an ask with an ``answer_schema`` is a form, asked field by
   field and typed as the schema says (an enum takes one of its choices, a
-  boolean y/n, an empty entry the default).  With no terminal there is nobody to answer, so the ask is
-  declined (an ``answer`` with ``error``) rather than approving anything.
+  boolean y/n, an empty entry the default).  With no terminal there is nobody
+  to answer, so the ask is declined (an ``answer`` with ``error``) rather than approving anything.
 * ``spawn``: with ``--exec COMMAND`` the command is the sub-agent: the prompt on
   its stdin, ``TASK_ID``, ``ATTEMPT``, ``AGENT``, ``WORKER_HANDLE`` and
   ``BASE_URL`` in its environment; its stdout is posted as the result and a zero
