@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from operator_server.client import WorkerClient
 from operator_server.client.terminal import TerminalOperator
 from tests.client.test_cli import start_operator, stop
+from tests.client.test_operator_client import base, started
 from tests.conftest import Server, create_task, wait_task
 from tests.wsop import connect, expect, mint
 
@@ -91,3 +93,30 @@ async def test_the_terminal_operator_asks_a_form_field_by_field_typed_by_the_sch
     assert 'level (one of low / high, default "low"):' in text
     assert "required: type a value" in text and "type y or n" in text
     assert "type one of: low, high" in text and "type a whole number" in text
+
+
+async def test_operator_client_hands_the_schema_to_on_ask_and_worker_client_gets_the_answer(
+    server: Server,
+) -> None:
+    client = await server()
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    seen: list[dict[str, Any]] = []
+
+    async def on_ask(frame: dict[str, Any]) -> Any:
+        seen.append(frame)
+        return {"n": 7}
+
+    async def on_spawn(frame: dict[str, Any]) -> Any:
+        async with WorkerClient(base(client), frame["worker_handle"]) as worker:
+            answer = await worker.ask("how many?", answer_schema=schema, timeout_s=5)
+            await worker.result(answer)
+        return {}
+
+    op = await started(client, roles=["main"], on_ask=on_ask, on_spawn=on_spawn)
+    task = await create_task(client, agent="coder", operator={"role": "main"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed" and done["result"]["value"] == {"n": 7}
+    [frame] = seen
+    assert frame["answer_schema"] == schema and frame["question"] == "how many?"
+    assert frame["parent_req_id"].startswith(f"{op.sid}-spawn-")
+    await op.close()
