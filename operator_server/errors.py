@@ -28,6 +28,8 @@ class Code(StrEnum):
     UNKNOWN_AGENT = "unknown_agent"
     TASK_NOT_FOUND = "task_not_found"
     TASK_FINISHED = "task_finished"
+    ASK_NOT_FOUND = "ask_not_found"
+    NO_SENIOR = "no_senior"
     OPERATOR_NOT_FOUND = "operator_not_found"
     ROLES_CONFLICT = "roles_conflict"
     STORE_FAILED = "store_failed"
@@ -57,12 +59,14 @@ class Code(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
     AGENT_CRASHED = "agent_crashed"
+    SENIOR_UPHELD = "senior_upheld"
 
     # WebSocket frames from the client
     BAD_MESSAGE = "bad_message"
     UNKNOWN_REQ_ID = "unknown_req_id"
     ALREADY_ANSWERED = "already_answered"
     WRONG_REPLY = "wrong_reply"
+    BAD_ANSWER = "bad_answer"
 
 
 class CodedError(Exception):

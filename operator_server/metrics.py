@@ -113,6 +113,13 @@ class Metrics:
             buckets=FAST_BUCKETS,
             registry=reg,
         )
+        self.worker_asks = Counter(
+            PREFIX + "worker_asks_total",
+            "Worker asks (POST /v1/worker/ask) that ended, by outcome "
+            "(answered, declined, failed, withdrawn).",
+            ["outcome"],
+            registry=reg,
+        )
         self.slow_peer_disconnects = Counter(
             PREFIX + "slow_peer_disconnects_total",
             "Operator sockets dropped because the peer stopped reading.",
@@ -175,6 +182,9 @@ class Metrics:
         self._child(self.frames, "out", frame_type).inc()
         if frame_type == "error":
             self._child(self.error_frames, frame["code"]).inc()
+
+    def worker_ask_settled(self, outcome: str) -> None:
+        self._child(self.worker_asks, outcome).inc()
 
     def slow_peer_disconnected(self) -> None:
         self.slow_peer_disconnects.inc()

@@ -12,8 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from operator_server.engine import AttemptContext, HookVerdict, WorkerResult
+from operator_server.engine.faces import Issued
 
 APPROVE = HookVerdict(True)
+# An escalation answer (the senior_escalation schema) that passes the attempt.
+OVERRIDE = {"decision": "override", "note": "approved by senior"}
 Execute = Callable[[AttemptContext, str], Awaitable[WorkerResult | None]]
 
 
@@ -24,13 +27,14 @@ class FakeOperator:
         self,
         *,
         verdict: HookVerdict = APPROVE,
-        answer: Any = "approved by senior",
+        answer: Any = OVERRIDE,
         execute: Execute | None = None,
     ) -> None:
         self.verdict = verdict
         self.answer = answer
         self._execute = execute
         self.questions: list[tuple[str, Any]] = []
+        self.schemas: list[dict[str, Any] | None] = []
         self.before_calls: list[int] = []
         self.after_results: list[WorkerResult] = []
         self.after_called = asyncio.Event()
@@ -38,8 +42,19 @@ class FakeOperator:
         self.cancelled = asyncio.Event()
         self.last_ctx: AttemptContext | None = None
 
-    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
+    async def ask(
+        self,
+        task_id: str,
+        question: Any,
+        *,
+        parent_req_id: str | None = None,
+        answer_schema: dict[str, Any] | None = None,
+        issued: Issued | None = None,
+    ) -> Any:
         self.questions.append((task_id, question))
+        self.schemas.append(answer_schema)
+        if issued is not None:
+            issued(f"op-fake-ask-{len(self.questions)}")
         return self.answer
 
     async def before(self, ctx: AttemptContext) -> HookVerdict:

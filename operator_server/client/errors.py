@@ -1,4 +1,4 @@
-"""The client's one error type: a server answer that was not a success."""
+"""The client's errors: a server answer that was not a success, and a senior's refusal."""
 
 from __future__ import annotations
 
@@ -12,3 +12,12 @@ class RequestFailed(Exception):
         self.code = code
         self.message = message
         self.body = body
+
+
+class AskDeclined(Exception):
+    """The senior declined a worker's ask; ``reason`` is what it said."""
+
+    def __init__(self, ask_id: str, reason: str) -> None:
+        super().__init__(f"the senior declined {ask_id}: {reason}")
+        self.ask_id = ask_id
+        self.reason = reason

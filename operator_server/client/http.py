@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 from typing import Any
 
 import aiohttp
 
-from operator_server.client.errors import RequestFailed
+from operator_server.client.errors import AskDeclined, RequestFailed
+
+# A worker ask whose HTTP call dropped is picked up again this many times.
+ASK_RETRIES = 5
 
 
 class _Http:
@@ -76,6 +81,51 @@ class WorkerClient(_Http):
             "POST", "/v1/worker/submit", data=text.encode(), params=params
         )
         return body
+
+    async def ask(
+        self,
+        question: Any,
+        answer_schema: dict[str, Any] | None = None,
+        timeout_s: int = 30,
+        key: str | None = None,
+    ) -> Any:
+        """Ask the task's senior and return its answer (``answer_schema``: the
+        form it must fill).  Long-polls ``timeout_s`` per HTTP call until the
+        senior answers; a dropped call is picked up again under the ask's
+        ``key``, so the senior is never asked twice.
+
+        Raises ``AskDeclined`` when the senior refuses, ``RequestFailed`` when
+        the ask cannot be answered (``no_senior``, ``attempt_ended``, ...).
+        """
+        body: dict[str, Any] = {
+            "question": question,
+            "timeout_s": timeout_s,
+            "key": key or secrets.token_hex(16),
+        }
+        if answer_schema is not None:
+            body["answer_schema"] = answer_schema
+        reply = await self._picked_up("POST", "/v1/worker/ask", json=body)
+        while reply.get("status") == "pending":
+            reply = await self._picked_up(
+                "GET", f"/v1/worker/ask/{reply['ask_id']}", params={"wait": str(timeout_s)}
+            )
+        if "declined" in reply:
+            raise AskDeclined(reply["ask_id"], reply["declined"])
+        return reply["value"]
+
+    async def _picked_up(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """One ask call, again after a dropped connection (the same key or
+        ask_id names the same ask, so a retry asks nothing new)."""
+        tries = 0
+        while True:
+            try:
+                body: dict[str, Any] = await self.request(method, path, **kwargs)
+                return body
+            except aiohttp.ClientConnectionError:
+                tries += 1
+                if tries >= ASK_RETRIES:
+                    raise
+                await asyncio.sleep(0.2 * 2**tries)
 
 
 class TaskClient(_Http):

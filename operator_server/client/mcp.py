@@ -51,6 +51,7 @@ from operator_server.client.operator import Ack, Halt, OperatorClient, SessionGo
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
 from operator_server.logs import get_logger
 from operator_server.operators import protocol as p
+from operator_server.wire.answer_schema import answer_problem
 
 log = get_logger(__name__)
 MEMORY = 4096  # req_ids remembered as answered or withdrawn, for clear tool errors
@@ -377,7 +378,7 @@ class OperatorBridge:
         frame = held.frame
         keep = ["req_id", "type", "task_id", "attempt", "agent", "parent_req_id"]
         if frame["type"] == "ask":
-            keep.append("question")
+            keep += ["question", "answer_schema"]
         elif frame["type"] == "spawn":
             keep += ["directive", "worker_handle"]
         view = {k: frame[k] for k in keep if k in frame}
@@ -392,6 +393,16 @@ class OperatorBridge:
         return await self._reply(req_id, "hook_ack", (False, reason))
 
     async def tool_answer(self, req_id: str, value: Any) -> dict[str, Any]:
+        held = self._held.get(req_id)
+        schema = held.frame.get("answer_schema") if held is not None else None
+        if schema is not None:
+            # Checked here first: the model learns what to fix without a round trip
+            # (the server would refuse it the same way, with bad_answer).
+            problem = answer_problem(schema, value)
+            if problem is not None:
+                raise ToolError(
+                    "bad_answer", f"{problem}; nothing was sent, the ask is still yours to answer"
+                )
         return await self._reply(req_id, "answer", value)
 
     async def tool_decline(self, req_id: str, reason: str) -> dict[str, Any]:

@@ -54,6 +54,10 @@ REQUEST = _open(
     agent=_STR,
     parent_req_id=_STR,
     question=_ANY,
+    answer_schema={
+        "type": "object",
+        "description": "the form an answer must fill (a flat JSON Schema object)",
+    },
     directive=_STR,
     worker_handle=_STR,
     base_url=_STR,
@@ -103,8 +107,10 @@ TOOLS: list[types.Tool] = [
         "the sub-agent reads its prompt with worker_prompt and posts its result with "
         "worker_result, using worker_handle; then call spawn_ack (or spawn_halt to stop on "
         "purpose). 'ask' = a task wants your judgement on `question` (e.g. a worker reported "
-        "failure): call answer, or decline. Returns {type: 'none'} when nothing came within "
-        "timeout_s; just call again. `notices` lists what happened meanwhile: 'hook_after' "
+        "failure, or a sub-agent asks mid-work: parent_req_id names its spawn); answer fills "
+        "answer_schema when there is one: call answer, or decline. Returns {type: 'none'} "
+        "when nothing came within timeout_s; just call again. `notices` lists what happened "
+        "meanwhile: 'hook_after' "
         "(an attempt finished, with its result), 'cancel' (a request you held was withdrawn; "
         "do not reply to it), 'error' (the server refused something).",
         _obj(
@@ -148,9 +154,11 @@ TOOLS: list[types.Tool] = [
     ),
     _tool(
         "answer",
-        "Answer an 'ask' request with any JSON value. For an escalation (a worker reported "
-        "ok=false) your answer overrides the failure: the task passes with "
-        "{original, senior_answer}.",
+        "Answer an 'ask' request. When the request has an answer_schema, value must be an "
+        "object that fills it (checked before sending: a bad_answer error names the field). "
+        "For an escalation (a worker reported ok=false) answer {decision: 'override'} to pass "
+        "the task with {original, senior_answer}, or {decision: 'uphold', note} to keep it "
+        "blocked.",
         _obj(("req_id", "value"), req_id=REQ_ID, value=_ANY),
         SENT,
     ),
@@ -268,8 +276,11 @@ held (do not reply to it); a `hook_after` reports how an attempt ended.
        d. `spawn_ack {req_id}` finishes the request. Use `spawn_halt` to stop on \
 purpose, or `spawn_ack` with `ok: false` and `error` if it cannot be done.
    - `ask`: the task wants your judgement on `question`. `answer` with a value, or \
-`decline` with a reason. An escalation (a worker said ok=false) passes the task \
-when you answer.
+`decline` with a reason. With an `answer_schema`, the value is an object that fills \
+that form (its `required` fields, each of its `type`, an `enum` one of its choices). \
+An ask with a `parent_req_id` comes from the sub-agent of that spawn, mid-work. An \
+escalation (a worker said ok=false) asks `{decision: "override" | "uphold", note?}`: \
+override passes the task, uphold keeps it blocked with your note.
 3. Go back to 1. Each request takes exactly one reply; a second reply, a reply of \
 the wrong kind, or a reply to a withdrawn request comes back as a tool error and \
 changes nothing.

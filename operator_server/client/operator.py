@@ -3,7 +3,8 @@
 Handlers are coroutines taking the request frame (a dict) and returning the
 reply's content:
 
-* ``on_ask(frame) -> value``
+* ``on_ask(frame) -> value``  (``frame["answer_schema"]``, when present, is the form
+  the value must fill; ``parent_req_id`` names the spawn whose worker asks)
 * ``on_hook_before(frame) -> bool | (bool, reason)``  (no handler: approve)
 * ``on_hook_after(frame) -> None``                    (no reply is sent)
 * ``on_spawn(frame) -> value | Ack(value, ok) | Halt(reason, value)``

@@ -5,8 +5,10 @@ It joins under one role and serves all three faces from a terminal:
 * ``hook_before``: ``--approve all`` approves, ``none`` rejects, ``ask`` asks the
   person at the terminal (y/N).
 * ``ask``: the question is printed and the typed line is the answer (JSON if it
-  parses, else text).  With no terminal there is nobody to answer, so the ask is
-  declined (an ``answer`` with ``error``) rather than approving anything.
+  parses, else text); an ask with an ``answer_schema`` is a form, asked field by
+  field and typed as the schema says (an enum takes one of its choices, a
+  boolean y/n, an empty entry the default).  With no terminal there is nobody
+  to answer, so the ask is declined (an ``answer`` with ``error``) rather than approving anything.
 * ``spawn``: with ``--exec COMMAND`` the command is the sub-agent: the prompt on
   its stdin, ``TASK_ID``, ``ATTEMPT``, ``AGENT``, ``WORKER_HANDLE`` and
   ``BASE_URL`` in its environment; its stdout is posted as the result and a zero
@@ -77,6 +79,56 @@ def _kill_group(pgid: int) -> None:
     # grandchildren even after the shell has exited and been reaped.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# A field left empty that is neither required nor defaulted: not in the answer.
+_SKIP = object()
+_YES = ("y", "yes", "true", "1")
+_NO = ("n", "no", "false", "0")
+
+
+def field_prompt(name: str, prop: dict[str, Any], required: bool) -> str:
+    """One line per field of an answer form: its title, type, choices, default."""
+    kind = "yes/no" if prop["type"] == "boolean" else prop["type"]
+    if "enum" in prop:
+        kind = "one of " + " / ".join(prop["enum"])
+    notes = [kind] + (["required"] if required else [])
+    if "default" in prop:
+        notes.append(f"default {json.dumps(prop['default'])}")
+    described = f" - {prop['description']}" if prop.get("description") else ""
+    return f"  {prop.get('title') or name} ({', '.join(notes)}){described}:"
+
+
+def parse_field(prop: dict[str, Any], text: str, required: bool) -> Any:
+    """The typed value of one typed-in field; ``ValueError`` says what to type."""
+    if not text:
+        if "default" in prop:
+            return prop["default"]
+        if required:
+            raise ValueError("required: type a value")
+        return _SKIP
+    kind = prop["type"]
+    if "enum" in prop:
+        if text not in prop["enum"]:
+            raise ValueError(f"type one of: {', '.join(prop['enum'])}")
+        return text
+    if kind == "boolean":
+        if text.lower() in _YES:
+            return True
+        if text.lower() in _NO:
+            return False
+        raise ValueError("type y or n")
+    if kind == "integer":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("type a whole number") from None
+    if kind == "number":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("type a number") from None
+    return text
 
 
 class TerminalOperator:
@@ -226,11 +278,37 @@ class TerminalOperator:
         if not self.interactive:
             raise Decline("no person at the terminal to answer")
         async with self._prompt_lock:
-            self.say(question)
-            line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            return await self._read_line_locked(question)
+
+    async def _read_line_locked(self, question: str) -> str:
+        self.say(question)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         if not line:
             raise Decline("the terminal closed its input")
         return line.strip()
+
+    async def fill_form(self, header: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """Ask for each field of ``answer_schema`` in turn (one form at a time),
+        typed as the schema says; a bad entry is asked again."""
+        if not self.interactive:
+            raise Decline("no person at the terminal to answer")
+        required = set(schema.get("required", []))
+        answer: dict[str, Any] = {}
+        async with self._prompt_lock:
+            self.say(header)
+            for name, prop in schema["properties"].items():
+                prompt = field_prompt(name, prop, name in required)
+                while True:
+                    text = await self._read_line_locked(prompt)
+                    try:
+                        value = parse_field(prop, text, name in required)
+                    except ValueError as exc:
+                        self.say(f"  {exc}")
+                        continue
+                    if value is not _SKIP:
+                        answer[name] = value
+                    break
+        return answer
 
     async def on_hook_before(self, frame: dict[str, Any]) -> tuple[bool, str | None]:
         what = (
@@ -248,7 +326,12 @@ class TerminalOperator:
 
     async def on_ask(self, frame: dict[str, Any]) -> Any:
         question = json.dumps(frame["question"], indent=2)
-        line = await self.read_line(f"task {frame['task_id']} asks:\n{question}\nyour answer:")
+        who = "its worker" if frame.get("parent_req_id") else "task"
+        header = f"task {frame['task_id']} ({who}) asks:\n{question}"
+        schema = frame.get("answer_schema")
+        if schema is not None:
+            return await self.fill_form(header, schema)
+        line = await self.read_line(f"{header}\nyour answer:")
         try:
             return json.loads(line)
         except json.JSONDecodeError:

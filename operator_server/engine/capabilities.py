@@ -27,8 +27,8 @@ from operator_server.errors import CapabilityError, Code
 
 HANDLE_PREFIX = "wh-"
 # What each role may do; a verb needs its scope in the claims as well.
-ROLE_VERBS = {"worker": {"prompt": "prompt:read", "result": "result:write"}}
-WORKER_SCOPES = ("prompt:read", "result:write")
+ROLE_VERBS = {"worker": {"prompt": "prompt:read", "result": "result:write", "ask": "ask:write"}}
+WORKER_SCOPES = ("prompt:read", "result:write", "ask:write")
 
 
 @dataclass(frozen=True)

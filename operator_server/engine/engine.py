@@ -16,6 +16,7 @@ transitions are queued to the store in order (``_changed``), and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections import Counter
 from collections.abc import Coroutine
@@ -27,6 +28,7 @@ import structlog
 from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
+from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
 from operator_server.engine.faces import (
     AttemptContext,
@@ -38,10 +40,11 @@ from operator_server.engine.faces import (
     SpawnHook,
     WorkerResult,
 )
-from operator_server.engine.middleware import build_chain
+from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import (
     TERMINAL_STATUSES,
+    AttemptRecord,
     Ending,
     OperatorSpec,
     Task,
@@ -435,6 +438,9 @@ class Engine:
                 grant = self.capabilities.mint(task.id, record.number)
                 ctx.capability_token, ctx.worker_handle = grant.token, grant.handle
             result = await build_chain(task.layers, self._run_local_agent)(ctx)
+        except Upheld as exc:
+            log.debug("senior upheld ok=false", note=exc.error.message)
+            return Ending(TaskStatus.BLOCKED, result=exc.result, error=exc.error)
         except AttemptFailed as exc:
             log.debug("attempt failed", code=exc.code, message=exc.message)
             return Ending(TaskStatus.FAILED, error=exc)
@@ -445,6 +451,9 @@ class Engine:
                 error=AttemptFailed(Code.AGENT_CRASHED, f"{type(exc).__name__}: {exc}"),
             )
         finally:
+            # Open worker asks are withdrawn (cancel frames) before the end is
+            # stored, so a waiting worker hears ``attempt_ended`` from it.
+            await self._withdraw_asks(task, record)
             # The decision is made: the attempt's credentials die now, before it
             # is stored, so nothing a late worker sends can change it.
             if grant is not None:
@@ -505,6 +514,138 @@ class Engine:
         log.debug(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
         )
+
+    # -- worker asks ------------------------------------------------------
+
+    def _live_attempt(self, claims: Claims) -> tuple[Task, AttemptRecord, AttemptContext]:
+        """The attempt a verified credential belongs to, if it still runs."""
+        task = self.tasks.get(claims.task_id)
+        record = task.current if task is not None else None
+        ctx = self._contexts.get(claims.task_id)
+        if (
+            task is None
+            or record is None
+            or ctx is None
+            or record.number != claims.attempt
+            or record.status.terminal
+            or not self.capabilities.is_live(claims)
+        ):
+            raise AttemptEnded(f"attempt {claims.attempt} of task {claims.task_id} has ended")
+        return task, record, ctx
+
+    def worker_ask(
+        self,
+        claims: Claims,
+        question: Any,
+        answer_schema: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> WorkerAsk:
+        """Ask the task's senior on behalf of its worker; the ask runs in the
+        background, so it outlives the worker's HTTP call.  The same ``key``
+        in the same attempt is the same ask (a retried POST asks nothing new).
+
+        ``answer_schema`` must already be checked (``wire.answer_schema``).
+        Raises ``AttemptEnded``, or ``AttemptFailed`` ``no_senior`` when nobody
+        could answer.
+        """
+        task, record, ctx = self._live_attempt(claims)
+        if key is not None:
+            for earlier in record.asks:
+                if earlier.key == key:
+                    return earlier
+        found = ctx.operator.found.get(Face.SENIOR_BRIDGE)
+        if found is None:
+            raise AttemptFailed(
+                Code.NO_SENIOR,
+                f"task {task.id} has no senior bridge to ask (its operator names none, "
+                "or it did not resolve)",
+            )
+        sid, senior = found
+        ask = WorkerAsk(
+            question=question,
+            schema=answer_schema,
+            # Nested under the spawn being worked on (the operator holds it).
+            parent_req_id=ctx.open_request or ctx.parent_req_id,
+            key=key,
+        )
+        record.asks.append(ask)
+        self._changed(task)
+        ask.runner = self.background.spawn(
+            self._hold_ask(task, ask, senior, sid), name=f"worker-ask:{task.id}:{ask.ask_id}"
+        )
+        log.debug("worker asked", ask_id=ask.ask_id, parent_req_id=ask.parent_req_id)
+        return ask
+
+    async def _hold_ask(self, task: Task, ask: WorkerAsk, senior: SeniorBridge, sid: str) -> None:
+        """Hold the senior's ask until it is answered or the attempt ends."""
+
+        def issued(req_id: str) -> None:
+            ask.req_id = req_id
+            self._changed(task)
+            self._ask_issued(task, ask)
+
+        try:
+            value = await senior.ask(
+                task.id,
+                ask.question,
+                parent_req_id=ask.parent_req_id,
+                answer_schema=ask.schema,
+                issued=issued,
+            )
+        except asyncio.CancelledError as exc:
+            reason = str(exc.args[0]) if exc.args and exc.args[0] else "the attempt ended"
+            self._ask_settled(
+                task,
+                ask,
+                AskStatus.WITHDRAWN,
+                error=AttemptFailed(Code.ATTEMPT_ENDED, f"withdrawn: {reason}"),
+            )
+            raise
+        except AttemptFailed as exc:
+            if exc.code == Code.OPERATOR_ERROR:
+                declined = str(exc.detail.get("reason", exc.message))
+                self._ask_settled(task, ask, AskStatus.DECLINED, declined=declined, by=sid)
+            else:
+                self._ask_settled(task, ask, AskStatus.FAILED, error=exc)
+        else:
+            self._ask_settled(task, ask, AskStatus.ANSWERED, answer=value, by=sid)
+
+    def _ask_issued(self, task: Task, ask: WorkerAsk) -> None:
+        """HOOK (events): a worker ask reached the senior bridge as ``ask.req_id``.
+        The task event stream's ``request`` event belongs here."""
+
+    def _ask_settled(self, task: Task, ask: WorkerAsk, status: AskStatus, **outcome: Any) -> None:
+        """Record how a worker ask ended, once.
+        HOOK (events): the task event stream's ``reply`` event belongs here."""
+        if ask.settle(status, **outcome):
+            self.metrics.worker_ask_settled(str(status))
+            self._changed(task)
+            log.debug("worker ask settled", ask_id=ask.ask_id, status=str(status))
+
+    async def wait_ask(self, claims: Claims, ask_id: str, wait: float) -> WorkerAsk | None:
+        """The worker's ask ``ask_id`` once settled, or as it is after ``wait``
+        seconds; None when its attempt has no such ask.  Answers are kept, so
+        asking again returns the same outcome."""
+        task = self.tasks.get(claims.task_id)
+        record = next(
+            (a for a in (task.attempts if task else []) if a.number == claims.attempt), None
+        )
+        ask = record.ask(ask_id) if record is not None else None
+        if ask is None:
+            return None
+        if wait and not ask.status.settled:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await ask.done.wait()
+        return ask
+
+    async def _withdraw_asks(self, task: Task, record: AttemptRecord) -> None:
+        runners = [a.runner for a in record.asks if a.runner is not None and not a.runner.done()]
+        reason = task.cancel_reason or "the attempt ended"
+        for runner in runners:
+            runner.cancel(reason)
+        if runners:
+            await asyncio.wait(runners)
 
     # -- cancel and shutdown ---------------------------------------------
 

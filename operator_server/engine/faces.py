@@ -54,10 +54,25 @@ class HookVerdict:
     reason: str | None = None
 
 
+# Told the req_id of a request as soon as it is issued (before any reply).
+Issued = Callable[[str], None]
+
+
 @runtime_checkable
 class SeniorBridge(Protocol):
-    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
-        """Ask for judgement; ``parent_req_id`` names the request it is nested under."""
+    async def ask(
+        self,
+        task_id: str,
+        question: Any,
+        *,
+        parent_req_id: str | None = None,
+        answer_schema: dict[str, Any] | None = None,
+        issued: Issued | None = None,
+    ) -> Any:
+        """Ask for judgement; ``parent_req_id`` names the request it is nested
+        under; an answer must validate against ``answer_schema`` when given (the
+        bridge refuses one that does not and keeps waiting); ``issued`` learns
+        the request's id."""
         ...
 
 

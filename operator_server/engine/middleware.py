@@ -10,6 +10,7 @@ agent) does the work.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from operator_server.engine.faces import AttemptContext, WorkerResult
 from operator_server.errors import AttemptFailed, Code
@@ -33,9 +34,39 @@ async def main_ai(ctx: AttemptContext, call_next: Next) -> WorkerResult:
     return result
 
 
+# What an escalation asks for (beyond the seed, where any answer overrode):
+# the senior says what it means, and "no" keeps the verdict.
+ESCALATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "The worker reported ok=false",
+    "properties": {
+        "decision": {
+            "type": "string",
+            "enum": ["override", "uphold"],
+            "title": "Decision",
+            "description": "override: pass the attempt anyway; uphold: keep it blocked",
+        },
+        "note": {"type": "string", "title": "Note", "description": "why (shown on the task)"},
+    },
+    "required": ["decision"],
+}
+
+
+class Upheld(Exception):
+    """The senior upheld an ``ok=false`` result: the attempt ends ``blocked``
+    with the result as it was and the senior's note as its error."""
+
+    def __init__(self, result: WorkerResult, note: str | None) -> None:
+        super().__init__(note)
+        self.result = result
+        self.error = AttemptFailed(
+            Code.SENIOR_UPHELD, note or "the senior upheld the worker's ok=false"
+        )
+
+
 async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResult:
-    """On ``ok=false`` ask the senior; its answer overrides the verdict, its
-    refusal leaves the verdict as it was."""
+    """On ``ok=false`` ask the senior to ``override`` (pass) or ``uphold`` (stay
+    blocked, with its note); its refusal leaves the verdict as it was."""
     result = await call_next(ctx)
     senior = ctx.operator.senior_bridge
     if result.ok or senior is None:
@@ -45,6 +76,7 @@ async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResul
             ctx.task_id,
             {"reason": "worker reported ok=false", "value": result.value},
             parent_req_id=ctx.parent_req_id,
+            answer_schema=ESCALATION_SCHEMA,
         )
     except AttemptFailed as exc:
         if exc.code != Code.OPERATOR_ERROR:
@@ -52,6 +84,12 @@ async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResul
         # The senior declined (an answer with ``error``): nobody overrode the
         # work's own verdict, so it stands and the task ends ``blocked``.
         return result
+    # The bridge validated the answer against the schema; anything but an
+    # explicit override keeps the verdict.
+    decision = answer.get("decision") if isinstance(answer, dict) else None
+    if decision != "override":
+        note = answer.get("note") if isinstance(answer, dict) else None
+        raise Upheld(result, note if isinstance(note, str) and note else None)
     return WorkerResult({"original": result.value, "senior_answer": answer}, ok=True)
 
 

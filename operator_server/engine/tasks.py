@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.errors import AttemptFailed, Code
 
@@ -148,6 +149,8 @@ class AttemptRecord:
     error: AttemptFailed | None = None
     tail: OutputTail = field(default_factory=OutputTail)
     served_by: dict[str, str] = field(default_factory=dict)
+    # What its worker asked the senior, in issue order.
+    asks: list[WorkerAsk] = field(default_factory=list)
 
     def finish(
         self,
@@ -159,6 +162,16 @@ class AttemptRecord:
     ) -> None:
         self.status, self.result, self.error = status, result, error
         self.ended_at = time.time() if at is None else at
+        # Normally the engine has withdrawn them already; after a restart an
+        # interrupted attempt's open asks end here.
+        for ask in self.asks:
+            ask.settle(
+                AskStatus.WITHDRAWN,
+                error=AttemptFailed(Code.ATTEMPT_ENDED, "the attempt ended before an answer"),
+            )
+
+    def ask(self, ask_id: str) -> WorkerAsk | None:
+        return next((a for a in self.asks if a.ask_id == ask_id), None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +183,7 @@ class AttemptRecord:
             "error": _error_record(self.error),
             "served_by": self.served_by,
             "outputs": [e.as_dict() for e in self.tail.events],
+            "asks": [a.as_dict() for a in self.asks],
         }
 
     def to_record(self) -> dict[str, Any]:
@@ -182,6 +196,7 @@ class AttemptRecord:
             "error": _error_record(self.error),
             "served_by": self.served_by,
             "tail": [e.to_record() for e in self.tail.events],
+            "asks": [a.to_record() for a in self.asks],
         }
 
     @classmethod
@@ -197,6 +212,8 @@ class AttemptRecord:
             error=_error_from(rec["error"]),
             tail=tail,
             served_by=dict(rec["served_by"]),
+            # Rows written before worker asks existed have none.
+            asks=[WorkerAsk.from_record(a) for a in rec.get("asks", [])],
         )
 
 

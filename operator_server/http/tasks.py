@@ -27,6 +27,7 @@ from marshmallow import (
 from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.config import LAYER_NAMES
 from operator_server.engine import Engine, Kind
+from operator_server.engine.asks import AskStatus
 from operator_server.engine.faces import Face
 from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
@@ -129,6 +130,23 @@ class OutputSchema(Schema):
     at = fields.DateTime(required=True)
 
 
+class WorkerAskSchema(Schema):
+    """A worker's ask during the attempt (``POST /v1/worker/ask``)."""
+
+    ask_id = fields.String(required=True)
+    req_id = fields.String(required=True, allow_none=True)
+    parent_req_id = fields.String(required=True, allow_none=True)
+    question = fields.Raw(required=True, allow_none=True)
+    answer_schema = fields.Dict(required=True, allow_none=True)
+    status = fields.Enum(AskStatus, by_value=True, required=True)
+    answer = fields.Raw(required=True, allow_none=True)
+    declined = fields.String(required=True, allow_none=True)
+    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
+    answered_by = fields.String(required=True, allow_none=True)
+    asked_at = fields.DateTime(required=True)
+    answered_at = fields.DateTime(required=True, allow_none=True)
+
+
 class AttemptSchema(Schema):
     attempt = fields.Integer(required=True)
     status = fields.Enum(TaskStatus, by_value=True, required=True)
@@ -138,6 +156,7 @@ class AttemptSchema(Schema):
     error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
     served_by = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
     outputs = fields.List(fields.Nested(OutputSchema), required=True)
+    asks = fields.List(fields.Nested(WorkerAskSchema), required=True)
 
 
 class TaskSchema(Schema):

@@ -10,14 +10,17 @@ from typing import Any
 
 from aiohttp import web
 from marshmallow import Schema, fields
+from marshmallow import validate as checks
 from marshmallow.validate import Equal
 
 from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.engine import WorkerResult
+from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import Claims, require_task
-from operator_server.errors import ApiError, Code
+from operator_server.errors import ApiError, AttemptFailed, Code
+from operator_server.wire.answer_schema import SchemaNotAllowed, check_schema
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.fields import QueryBoolean, StrictBoolean
+from operator_server.wire.fields import QueryBoolean, StrictBoolean, StrictInteger
 from operator_server.wire.requests import bearer_of, query, read_body, read_json, validate
 
 routes = web.RouteTableDef()
@@ -69,6 +72,31 @@ _CREDENTIAL_ERRORS = {
     403: "the credential is for another task, or may not do this",
     409: "the attempt ended while the request was on its way (`attempt_ended`)",
 }
+
+
+# How long ``POST /v1/worker/ask`` waits for the answer when the worker does
+# not say (at most ``max_wait_s``).
+DEFAULT_ASK_WAIT_S = 30
+
+
+class AskSchema(Schema):
+    question = fields.Raw(required=True, allow_none=True)
+    answer_schema = fields.Dict()
+    timeout_s = StrictInteger(validate=checks.Range(min=0))
+    # The worker's own name for the ask: a retried POST with the same key
+    # (its first call dropped) gets the same ask instead of asking again.
+    key = fields.String(validate=checks.Length(min=1, max=200))
+    task_id = fields.String()
+
+
+ASK_BODY = AskSchema()  # built once: construction deep-copies every field
+
+
+class AskQuerySchema(Schema):
+    wait = fields.Float(load_default=0, allow_nan=False, validate=checks.Range(min=0))
+
+
+ASK_QUERY = AskQuerySchema()  # built once: construction deep-copies every field
 
 
 def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
@@ -140,3 +168,113 @@ async def worker_submit(request: web.Request) -> web.Response:
         raise ApiError(400, Code.BAD_REQUEST, "body must be UTF-8 text") from None
     request.app[ENGINE].post_worker_result(claims, WorkerResult(text, q["ok"]))
     return _accepted(claims)
+
+
+class AskAnswerSchema(Schema):
+    """One worker ask as the worker sees it."""
+
+    ask_id = fields.String(required=True)
+    value = fields.Raw(allow_none=True, metadata={"description": "the senior's answer"})
+    declined = fields.String(metadata={"description": "why the senior declined"})
+    status = fields.String(
+        validate=Equal("pending"), metadata={"description": "no answer yet (202)"}
+    )
+
+
+_ASK_ANSWERS = {
+    200: Body("answered (`value`) or declined (`declined`)", AskAnswerSchema),
+    202: Body(
+        "not answered yet: continue with GET /v1/worker/ask/{ask_id}?wait=S", AskAnswerSchema
+    ),
+}
+_ASK_ERRORS = {
+    **_CREDENTIAL_ERRORS,
+    409: "the attempt ended (`attempt_ended`), or the task has no senior (`no_senior`)",
+    503: "nobody could answer: the senior timed out, is unavailable or was deleted",
+}
+
+
+def _wait_limit(request: web.Request, wait: float, what: str) -> float:
+    limit = request.app[SETTINGS].max_wait_s
+    if wait > limit:
+        raise ApiError(400, Code.BAD_REQUEST, f"{what}: at most {limit:g} seconds (max_wait_s)")
+    return wait
+
+
+def _ask_answer(ask: WorkerAsk) -> web.Response:
+    """One ask as the worker sees it: the answer, the refusal, or still pending."""
+    if ask.status is AskStatus.ANSWERED:
+        return web.json_response({"ask_id": ask.ask_id, "value": ask.answer})
+    if ask.status is AskStatus.DECLINED:
+        return web.json_response({"ask_id": ask.ask_id, "declined": ask.declined})
+    if ask.status is AskStatus.PENDING:
+        return web.json_response({"ask_id": ask.ask_id, "status": "pending"}, status=202)
+    error = ask.error
+    code = error.code if error is not None else Code.ATTEMPT_ENDED
+    message = error.message if error is not None else "the ask ended unanswered"
+    if ask.status is AskStatus.WITHDRAWN:
+        raise ApiError(409, Code.ATTEMPT_ENDED, message, ask_id=ask.ask_id)
+    # Nobody answered (operator timeout, unavailable, deleted): not the worker's fault.
+    raise ApiError(503, code, message, ask_id=ask.ask_id)
+
+
+@routes.post("/v1/worker/ask")
+@documented(
+    Operation(
+        "Ask the task's senior for judgement mid-work, optionally with an answer form",
+        _ASK_ANSWERS,
+        errors={**_ASK_ERRORS, 400: "a bad body, or an answer_schema outside the allowed subset"},
+        security=(Security.WORKER,),
+        body=AskSchema,
+        tags=("worker",),
+    )
+)
+async def worker_ask(request: web.Request) -> web.Response:
+    claims = _claims(request, "ask")
+    body = validate(ASK_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
+    require_task(claims, body.get("task_id"))
+    wait = _wait_limit(
+        request,
+        body.get("timeout_s", min(DEFAULT_ASK_WAIT_S, request.app[SETTINGS].max_wait_s)),
+        "timeout_s",
+    )
+    schema = body.get("answer_schema")
+    if schema is not None:
+        try:
+            check_schema(schema)
+        except SchemaNotAllowed as exc:
+            raise ApiError(400, Code.BAD_REQUEST, str(exc)) from None
+    engine = request.app[ENGINE]
+    try:
+        ask = engine.worker_ask(claims, body["question"], schema, body.get("key"))
+    except AttemptFailed as exc:
+        if exc.code != Code.NO_SENIOR:
+            raise
+        raise ApiError(409, exc.code, exc.message) from None
+    settled = await engine.wait_ask(claims, ask.ask_id, wait)
+    return _ask_answer(settled or ask)
+
+
+@routes.get("/v1/worker/ask/{ask_id}")
+@documented(
+    Operation(
+        "Pick up a worker ask's answer, long-polling up to `wait` seconds",
+        _ASK_ANSWERS,
+        errors={**_ASK_ERRORS, 400: "a bad query parameter", 404: "no such ask in this attempt"},
+        security=(Security.WORKER,),
+        query=AskQuerySchema,
+        tags=("worker",),
+    )
+)
+async def worker_ask_status(request: web.Request) -> web.Response:
+    claims = _claims(request, "ask")
+    wait = _wait_limit(request, query(request, ASK_QUERY)["wait"], "wait")
+    ask_id = request.match_info["ask_id"]
+    ask = await request.app[ENGINE].wait_ask(claims, ask_id, wait)
+    if ask is None:
+        raise ApiError(
+            404,
+            Code.ASK_NOT_FOUND,
+            f"attempt {claims.attempt} of task {claims.task_id} has no ask {ask_id}",
+        )
+    return _ask_answer(ask)

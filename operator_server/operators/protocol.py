@@ -44,6 +44,9 @@ class _Request(_Frame):
 
 class AskFrame(_Request):
     question = fields.Raw(required=True, allow_none=True)
+    # The form the answer must fill (``wire.answer_schema``); the server
+    # refuses an answer that does not validate with ``bad_answer``.
+    answer_schema = fields.Dict()
 
 
 class HookBeforeFrame(_Request):
@@ -180,9 +183,16 @@ def _request(kind: str, req_id: str, parent_req_id: str | None, **body: Any) -> 
 
 
 def ask_frame(
-    req_id: str, task_id: str, question: Any, parent_req_id: str | None = None
+    req_id: str,
+    task_id: str,
+    question: Any,
+    parent_req_id: str | None = None,
+    answer_schema: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return _request("ask", req_id, parent_req_id, task_id=task_id, question=question)
+    frame = _request("ask", req_id, parent_req_id, task_id=task_id, question=question)
+    if answer_schema is not None:
+        frame["answer_schema"] = answer_schema
+    return frame
 
 
 def hook_before_frame(

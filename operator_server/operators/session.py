@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server.config import Settings
-from operator_server.engine.faces import AttemptContext, HookVerdict, WorkerResult
+from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
 from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators import protocol as p
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
+from operator_server.wire.answer_schema import answer_problem
 
 log = get_logger(__name__)
 # How many answered req_ids to remember for ``already_answered``.
@@ -59,6 +60,8 @@ class PendingRequest:
     issued_at: float = field(default_factory=time.time)
     # For the wait histogram: immune to wall-clock jumps.
     issued_mono: float = field(default_factory=time.monotonic, repr=False)
+    # An ``ask``'s answer form: an answer that does not fill it is refused.
+    answer_schema: dict[str, Any] | None = None
 
 
 class WSOperatorSession:
@@ -203,6 +206,8 @@ class WSOperatorSession:
         *,
         expects_reply: bool = True,
         ctx: AttemptContext | None = None,
+        answer_schema: dict[str, Any] | None = None,
+        issued: Issued | None = None,
     ) -> Reply:
         if self._ended is not None:
             raise self._ended
@@ -215,8 +220,11 @@ class WSOperatorSession:
             build(req_id),
             loop.create_future(),
             expects_reply,
+            answer_schema=answer_schema,
         )
         self.pending[req_id] = req
+        if issued is not None:
+            issued(req_id)
         if self._pump is not None:
             self._deliver(req)
         if not req.delivered:
@@ -286,6 +294,15 @@ class WSOperatorSession:
             raise ProtocolError(
                 Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req_id
             )
+        if req.answer_schema is not None and not data.get("error"):
+            # Refused before it counts as a reply: the ask stays pending.
+            problem = answer_problem(req.answer_schema, data.get("value"))
+            if problem is not None:
+                raise ProtocolError(
+                    Code.BAD_ANSWER,
+                    f"{problem}; the ask is still pending, answer it again",
+                    req_id,
+                )
         self._answered[req_id] = None
         if len(self._answered) > ANSWERED_MEMORY:
             self._answered.popitem(last=False)
@@ -296,15 +313,27 @@ class WSOperatorSession:
 
     # -- the three faces --------------------------------------------------
 
-    async def ask(self, task_id: str, question: Any, *, parent_req_id: str | None = None) -> Any:
+    async def ask(
+        self,
+        task_id: str,
+        question: Any,
+        *,
+        parent_req_id: str | None = None,
+        answer_schema: dict[str, Any] | None = None,
+        issued: Issued | None = None,
+    ) -> Any:
         _, reply = await self._request(
             "ask",
             task_id,
-            lambda req_id: p.ask_frame(req_id, task_id, question, parent_req_id),
+            lambda req_id: p.ask_frame(req_id, task_id, question, parent_req_id, answer_schema),
             self._settings.ask_timeout_s,
+            answer_schema=answer_schema,
+            issued=issued,
         )
         if reply.get("error"):
-            raise AttemptFailed(Code.OPERATOR_ERROR, f"senior reported: {reply['error']}")
+            raise AttemptFailed(
+                Code.OPERATOR_ERROR, f"senior reported: {reply['error']}", reason=reply["error"]
+            )
         return reply["value"]
 
     async def before(self, ctx: AttemptContext) -> HookVerdict:

@@ -184,11 +184,12 @@ async def test_an_ask_answered_through_answer_overrides_a_failing_worker(tmp_pat
         ask = await next_of(mcp, "ask")
         assert ask["task_id"] == task["id"]
         assert ask["question"] == {"reason": "worker reported ok=false", "value": "broke"}
-        await call(mcp, "answer", req_id=ask["req_id"], value="good enough")
+        override = {"decision": "override", "note": "good enough"}
+        await call(mcp, "answer", req_id=ask["req_id"], value=override)
 
         done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
         assert done["status"] == "passed"
-        assert done["result"]["value"] == {"original": "broke", "senior_answer": "good enough"}
+        assert done["result"]["value"] == {"original": "broke", "senior_answer": override}
 
 
 async def test_reject_fails_the_task_with_the_reason(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ async def test_handlers_answer_each_frame_kind(server: Server) -> None:
 
     async def on_ask(frame: dict[str, Any]) -> Any:
         seen["ask"].append(frame)
-        return "fine by me"
+        return {"decision": "override", "note": "fine by me"}
 
     async def on_hook_after(frame: dict[str, Any]) -> None:
         seen["ha"].append(frame)
@@ -67,7 +67,8 @@ async def test_handlers_answer_each_frame_kind(server: Server) -> None:
     task = await create_task(client, agent="coder", directive="abcd", operator={"role": "main"})
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed"
-    assert done["result"]["value"] == {"original": {"len": 4}, "senior_answer": "fine by me"}
+    override = {"decision": "override", "note": "fine by me"}
+    assert done["result"]["value"] == {"original": {"len": 4}, "senior_answer": override}
     await asyncio.wait_for(after_seen.wait(), 5)
     assert [len(v) for v in seen.values()] == [1, 1, 1, 1]
     await op.close()

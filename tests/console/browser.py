@@ -149,6 +149,7 @@ _ROLE_TAGS = {
     "button": "button",
     "textbox": "input, textarea",
     "combobox": "select",
+    "checkbox": "input",
 }
 
 

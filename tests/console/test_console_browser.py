@@ -7,10 +7,12 @@ which the browser console holds an error.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.select import Select
 
 from tests.console.browser import (
     Daemon,
@@ -126,15 +128,75 @@ def test_an_answer_in_the_console_overrides_a_failing_worker(
 
     ask = pending_card(page, task["id"], "Question")
     assert "worker reported ok=false" in ask.find_element("css selector", ".question").text
-    control(ask, "textbox", "Answer").send_keys('{"verdict": "good enough"}')
+    # The escalation's answer form: a required choice and an optional note.
+    Select(control(ask, "combobox", "Decision")).select_by_visible_text("override")
+    control(ask, "textbox", "Note").send_keys("good enough")
     control(ask, "button", "Send answer").click()
 
     ended = daemon.finished(task["id"])
     assert ended["status"] == "passed"
     assert ended["result"]["value"] == {
         "original": "it broke",
-        "senior_answer": {"verdict": "good enough"},
+        "senior_answer": {"decision": "override", "note": "good enough"},
     }
+
+
+def test_a_worker_ask_shows_under_its_spawn_as_a_form_and_the_worker_gets_typed_values(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    task = daemon.create_task(directive="ship it", **served_by_console())
+    control(pending_card(page, task["id"], "Approve spawn?"), "button", "Approve").click()
+    spawn = pending_card(page, task["id"], "Do the work")
+    schema = {
+        "type": "object",
+        "properties": {
+            "branch": {"type": "string", "title": "Branch"},
+            "level": {"type": "string", "enum": ["low", "high"], "title": "Level"},
+            "merge": {"type": "boolean", "title": "Merge"},
+        },
+        "required": ["branch", "level"],
+    }
+    worker = spawn_handle(page, spawn)
+    asked = daemon.call(
+        "POST",
+        "/v1/worker/ask",
+        {"question": "where to?", "answer_schema": schema, "timeout_s": 0},
+        bearer=worker,
+    )
+    ask = until(page, lambda: nested_ask(spawn))
+    assert ask.find_element("css selector", "h3").text == "Question from the worker"
+    assert "where to?" in ask.find_element("css selector", ".question").text
+    branch = control(ask, "textbox", "Branch")
+    level = control(ask, "combobox", "Level")
+    merge = control(ask, "checkbox", "Merge")
+    # Required fields are marked (for the eye and for assistive technology).
+    assert branch.get_attribute("aria-required") == "true" == level.get_attribute("aria-required")
+    assert merge.get_attribute("aria-required") is None
+    assert len(ask.find_elements("css selector", "label .required")) == 2
+    branch.send_keys("release")
+    Select(level).select_by_visible_text("high")
+    merge.click()
+    control(ask, "button", "Send answer").click()
+
+    answer = daemon.call("GET", f"/v1/worker/ask/{asked['ask_id']}?wait=20", bearer=worker)
+    assert answer == {
+        "ask_id": asked["ask_id"],
+        "value": {"branch": "release", "level": "high", "merge": True},
+    }
+
+
+def spawn_handle(page: WebDriver, spawn: WebElement) -> str:
+    """The worker handle a spawn card holds (in its operator directive)."""
+    text = spawn.find_element("css selector", "details pre").get_attribute("textContent") or ""
+    found = re.search(r"wh-[0-9a-f]+", text)
+    assert found is not None, text
+    return found.group(0)
+
+
+def nested_ask(spawn: WebElement) -> WebElement | None:
+    found = spawn.find_elements("css selector", ".nested li.card-ask")
+    return found[0] if found else None
 
 
 def test_after_a_reload_the_pending_card_is_back_once_and_answering_completes_the_task_once(

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from operator_server.engine import AttemptContext, HookVerdict, WorkerResult
+from operator_server.engine.middleware import ESCALATION_SCHEMA
 from tests.conftest import Server, create_task, engine_of, wait_task
 from tests.fakes import FakeOperator
 
@@ -72,14 +73,33 @@ async def test_senior_overrides_ok_false(server: Server) -> None:
     async def refuse(ctx: AttemptContext, cap: str) -> WorkerResult:
         return WorkerResult("half done", ok=False)
 
-    fake = FakeOperator(execute=refuse, answer="ship it anyway")
+    answer = {"decision": "override", "note": "ship it anyway"}
+    fake = FakeOperator(execute=refuse, answer=answer)
     task = await create_task(client, agent="coder", operator={"sid": seat(client, fake)})
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed"
-    assert done["result"]["value"] == {"original": "half done", "senior_answer": "ship it anyway"}
+    assert done["result"]["value"] == {"original": "half done", "senior_answer": answer}
+    assert fake.schemas == [ESCALATION_SCHEMA]
     assert fake.questions == [
         (task["id"], {"reason": "worker reported ok=false", "value": "half done"})
     ]
+
+
+async def test_a_senior_who_upholds_keeps_the_attempt_blocked_with_the_note(
+    server: Server,
+) -> None:
+    client = await server()
+
+    async def refuse(ctx: AttemptContext, cap: str) -> WorkerResult:
+        return WorkerResult("half done", ok=False)
+
+    fake = FakeOperator(execute=refuse, answer={"decision": "uphold", "note": "tests must pass"})
+    task = await create_task(client, agent="coder", operator={"sid": seat(client, fake)})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": "half done", "ok": False}
+    assert done["error"] == {"code": "senior_upheld", "message": "tests must pass"}
+    assert done["attempts"][0]["error"] == done["error"]
 
 
 async def test_ok_false_without_a_senior_layer_is_blocked(server: Server) -> None:

@@ -91,12 +91,33 @@ async def test_ok_false_is_escalated_by_ask_and_the_answer_overrides(server: Ser
     ask = await expect(ws, "ask")
     assert ask["req_id"].startswith(f"{sid}-ask-") and ask["task_id"] == task["id"]
     assert ask["question"] == {"reason": "worker reported ok=false", "value": "tests fail"}
-    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": "accept as is"})
+    override = {"decision": "override", "note": "accept as is"}
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": override})
     after = await expect(ws, "hook_after")
-    expected = {"original": "tests fail", "senior_answer": "accept as is"}
+    expected = {"original": "tests fail", "senior_answer": override}
     assert after["result"] == {"value": expected, "ok": True}
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed" and done["result"]["value"] == expected
+
+
+async def test_an_escalation_upheld_stays_blocked_with_the_note_and_a_stray_answer_is_refused(
+    server: Server,
+) -> None:
+    client = await server()
+    ws, task, spawn = await spawned(client)
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 0, "ok": False})
+    ask = await expect(ws, "ask")
+    assert ask["answer_schema"]["required"] == ["decision"]
+    assert ask["answer_schema"]["properties"]["decision"]["enum"] == ["override", "uphold"]
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": "no"})
+    error = await expect(ws, "error")
+    assert error["code"] == "bad_answer" and error["req_id"] == ask["req_id"]
+    upheld = {"decision": "uphold", "note": "the tests must pass first"}
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": upheld})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": 0, "ok": False}
+    assert done["error"] == {"code": "senior_upheld", "message": "the tests must pass first"}
 
 
 async def test_spawn_halt_ends_the_attempt_ok_and_beats_a_worker_post(server: Server) -> None:

@@ -8,9 +8,12 @@
 
 import { api } from "./api.js";
 import { $, h, parseInput, pretty, since } from "./dom.js";
+import { drawForm } from "./form.js";
 import { stored } from "./storage.js";
 
 const TITLES = { hook_before: "Approve spawn?", ask: "Question", spawn: "Do the work" };
+// An ask issued while a spawn is held comes from that spawn's worker, mid-work.
+const WORKER_ASK_TITLE = "Question from the worker";
 const MAX_REMEMBERED = 500;
 const MAX_ACTIVITY = 200;
 
@@ -61,7 +64,10 @@ export class Inbox {
     });
     const node = this.card(frame, seen);
     this.cards.set(frame.req_id, { frame, node, done: false });
-    this.list.append(node);
+    // A worker's ask shows nested under the spawn card it was asked during.
+    const parent = frame.parent_req_id ? this.cards.get(frame.parent_req_id) : null;
+    const nest = parent ? parent.node.querySelector(".nested") : null;
+    (nest || this.list).append(node);
     this.counts();
     this.describeTask(frame, node);
   }
@@ -80,7 +86,7 @@ export class Inbox {
 
   finish(card, outcome) {
     card.node.classList.add("done");
-    for (const control of card.node.querySelectorAll("button, input, textarea")) {
+    for (const control of card.node.querySelectorAll("button, input, textarea, select")) {
       if (!control.classList.contains("dismiss")) control.disabled = true;
     }
     card.node.querySelector(".outcome").textContent = outcome;
@@ -150,7 +156,7 @@ export class Inbox {
       { class: `card card-${frame.type}`, id, "data-seen": String(seen), "data-req-id": frame.req_id },
       h("article", { "aria-labelledby": titleId },
         h("header", {},
-          h("h3", { id: titleId, text: TITLES[frame.type] }),
+          h("h3", { id: titleId, text: frame.type === "ask" && frame.parent_req_id ? WORKER_ASK_TITLE : TITLES[frame.type] }),
           h("p", { class: "meta" },
             h("span", { class: "task", text: frame.task_id }), " · ",
             h("span", { class: "agent", text: frame.agent || "" }), " · ",
@@ -160,7 +166,8 @@ export class Inbox {
         h("pre", { class: "code directive", text: "…" }),
         ...this.body(frame, id),
         h("p", { class: "outcome", role: "status" }),
-        h("button", { type: "button", class: "dismiss", hidden: true, text: "Dismiss", onclick: () => this.dismiss(frame.req_id) })));
+        h("button", { type: "button", class: "dismiss", hidden: true, text: "Dismiss", onclick: () => this.dismiss(frame.req_id) }),
+        frame.type === "spawn" ? h("ul", { class: "nested", "aria-label": "Asked during this spawn" }) : null));
     return node;
   }
 
@@ -187,6 +194,7 @@ export class Inbox {
   }
 
   ask(frame, id) {
+    if (frame.answer_schema) return this.askForm(frame, id);
     const answer = h("textarea", { id: `${id}-answer`, rows: 3, placeholder: "text, or JSON" });
     const send = () => {
       const value = parseInput(answer.value);
@@ -203,6 +211,34 @@ export class Inbox {
       answer,
       h("p", { class: "actions" },
         h("button", { type: "button", class: "primary", onclick: send, text: "Send answer" }),
+        h("button", { type: "button", onclick: decline, text: "Decline" })),
+    ];
+  }
+
+  askForm(frame, id) {
+    const form = drawForm(frame.answer_schema, id);
+    const why = h("input", { type: "text", id: `${id}-why`, "aria-label": "Decline reason", placeholder: "why not (optional)" });
+    const outcome = () => this.cards.get(frame.req_id).node.querySelector(".outcome");
+    const send = () => {
+      const got = form.read();
+      if (got.error) {
+        outcome().textContent = got.error;
+        return;
+      }
+      this.reply(frame.req_id, { type: "answer", req_id: frame.req_id, value: got.value }, "Answer sent");
+    };
+    const decline = () => {
+      const reason = why.value.trim() || `declined by ${this.name}`;
+      this.reply(frame.req_id, { type: "answer", req_id: frame.req_id, value: null, error: reason }, `Declined: ${reason}`);
+    };
+    return [
+      h("h4", { text: "Question" }),
+      h("pre", { class: "code question", text: pretty(frame.question) }),
+      form.node,
+      h("p", { class: "actions" },
+        h("button", { type: "button", class: "primary", onclick: send, text: "Send answer" })),
+      h("p", { class: "actions" },
+        why,
         h("button", { type: "button", onclick: decline, text: "Decline" })),
     ];
   }
