@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 
 from operator_server import __version__
-from operator_server.appkeys import ENGINE, OPERATOR_COUNTS
+from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()
@@ -20,6 +20,7 @@ async def healthz(request: web.Request) -> web.Response:
         {
             "status": "ok" if engine.accepting else "shutting_down",
             "version": __version__,
+            "node_id": request.app[SETTINGS].node_id,
             "uptime_s": round(time.monotonic() - _STARTED, 3),
             "tasks": engine.counts.view(),
             "operators": request.app[OPERATOR_COUNTS](),

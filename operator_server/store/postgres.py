@@ -103,7 +103,14 @@ DELETE_FINISHED = """
 
 Work = Callable[[asyncpg.Connection], Awaitable[Any]]
 # What a lost or refused connection raises: the whole batch fails, not one op.
-CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError)
+# InternalClientError too: a backend terminated while the connection sat idle in
+# the pool surfaces as a protocol-state error on its next use.
+CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 @dataclass
