@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 
 import aiohttp
 
@@ -53,3 +55,16 @@ async def test_a_daemon_on_postgresql_serves_tasks_and_a_restart_keeps_sessions_
     finally:
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(timeout=15) == 0
+
+
+def test_an_unreachable_database_stops_start_up_with_one_line_and_no_password() -> None:
+    url = "postgresql://ops:hunter2@127.0.0.1:1/ops"  # nothing listens on port 1
+    done = subprocess.run(
+        [sys.executable, "-m", "operator_server", "serve", "--port", "0", "--store-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "store: cannot connect to PostgreSQL" in done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
