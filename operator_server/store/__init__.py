@@ -8,6 +8,7 @@ file path (the default, ``data/operator-server.sqlite``), or a process-local
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    RolesTaken,
     Row,
     SessionRecord,
     Store,
@@ -31,6 +32,7 @@ def open_store(settings: Settings) -> Store:
 __all__ = [
     "MemoryStore",
     "PostgresStore",
+    "RolesTaken",
     "Row",
     "SQLiteStore",
     "SessionRecord",

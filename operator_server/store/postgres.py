@@ -34,6 +34,7 @@ import asyncpg
 
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    RolesTaken,
     Row,
     SessionRecord,
     Store,
@@ -75,6 +76,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_by_status_seq ON tasks (status, seq);
     CREATE INDEX tasks_by_status_updated ON tasks (status, updated_at);
     """,
+    # v2: a role is exclusive cluster-wide: the primary key decides, not one
+    # process's map.  Deleting a session frees its roles.
+    """
+    CREATE TABLE operator_roles (
+        role TEXT PRIMARY KEY,
+        sid  TEXT NOT NULL REFERENCES operator_sessions (sid) ON DELETE CASCADE
+    );
+    INSERT INTO operator_roles (role, sid)
+        SELECT DISTINCT ON (r.role) r.role, s.sid
+        FROM operator_sessions s, json_array_elements_text(s.roles::json) AS r(role)
+        ORDER BY r.role, s.created_at;
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
@@ -89,6 +102,14 @@ UPSERT_SESSION = (
     "roles = EXCLUDED.roles, description = EXCLUDED.description, "
     "created_at = EXCLUDED.created_at, last_seen_at = EXCLUDED.last_seen_at"
 )
+# Claims every role the session does not already hold; whichever ones come back
+# are the session's now.  A role held by another session does not come back.
+CLAIM_ROLES = """
+    INSERT INTO operator_roles (role, sid) SELECT DISTINCT unnest($2::text[]), $1
+    ON CONFLICT (role) DO UPDATE SET sid = EXCLUDED.sid WHERE operator_roles.sid = EXCLUDED.sid
+    RETURNING role
+"""
+ROLE_HOLDERS = "SELECT role, sid FROM operator_roles WHERE role = ANY($2::text[]) AND sid <> $1"
 # Retention on several nodes at once: SKIP LOCKED lets each sweep take rows the
 # others are not already deleting, rather than queueing behind them.
 DELETE_FINISHED = """
@@ -208,6 +229,8 @@ class PostgresStore(Store):
                     try:
                         async with conn.transaction():  # a savepoint
                             outcomes.append((True, await op.work(conn)))
+                    except StoreError as exc:  # the op's own refusal, already worded
+                        outcomes.append((False, exc))
                     except (asyncpg.PostgresError, ValueError, TypeError) as exc:
                         outcomes.append((False, StoreError(f"{op.what}: {exc}")))
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
@@ -256,7 +279,17 @@ class PostgresStore(Store):
             float(record.created_at),
             float(record.last_seen_at),
         )
-        await self._call(lambda c: c.execute(UPSERT_SESSION, *args), f"save session {record.sid}")
+        roles = list(record.roles)
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(UPSERT_SESSION, *args)
+            taken = await c.fetch(CLAIM_ROLES, record.sid, roles)
+            if len(taken) < len(set(roles)):
+                held = await c.fetch(ROLE_HOLDERS, record.sid, roles)
+                # Raised inside the op's savepoint: the session row goes too.
+                raise RolesTaken({row["role"]: row["sid"] for row in held})
+
+        await self._call(work, f"save session {record.sid}")
 
     def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
         self._soon(

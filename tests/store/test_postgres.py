@@ -112,3 +112,39 @@ async def test_restart_on_the_same_database_keeps_sessions_roles_and_tasks(
     ws = await connect(second, sid, token)  # the same token still opens the socket
     assert directory_of(second).sessions[sid].connected
     await ws.close()
+
+
+async def test_a_role_claimed_on_node_a_gets_409_on_node_b(server: Server, pg_url: str) -> None:
+    node_a = await server(store__url=pg_url, node_id="node-a")
+    node_b = await server(store__url=pg_url, node_id="node-b")
+    sid, token = await mint(node_a, ["main"])
+    clash = await node_b.post("/v1/operators", json={"roles": ["spare", "main"]})
+    assert clash.status == 409
+    body = (await clash.json())["error"]
+    assert body["code"] == "roles_conflict"
+    assert body["conflicts"] == [{"role": "main", "sid": sid}]
+    assert directory_of(node_b).sessions == {}  # nothing half-taken on B
+    # Nothing half-taken in the database either: "spare" is still free.
+    await mint(node_b, ["spare"])
+    # Deleting the session on A frees the role for B.
+    assert (await node_a.delete(f"/v1/operators/{sid}", headers=auth(token))).status == 204
+    await mint(node_b, ["main"])
+
+
+async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("DROP TABLE operator_roles; UPDATE operator_server_schema SET version = 1")
+    for sid, created in (("op-new", 2.0), ("op-old", 1.0)):
+        await conn.execute(
+            "INSERT INTO operator_sessions VALUES ($1, 'h', '[\"main\", \"x\"]', '', $2, $2)",
+            sid,
+            created,
+        )
+    await store.open()
+    await store.close()
+    holders = dict(await conn.fetch("SELECT role, sid FROM operator_roles"))
+    await conn.close()
+    assert holders == {"main": "op-old", "x": "op-old"}
