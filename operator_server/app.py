@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from operator_server import __version__
 from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
@@ -54,6 +55,7 @@ def build_app(
     background = Background()
     store = store or open_store(settings)
     meters = Metrics()
+    meters.identify(settings.node_id, __version__)
     store.observe_commits(meters.store_committed)
     engine = Engine(settings, background, store, meters)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))

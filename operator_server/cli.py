@@ -391,6 +391,8 @@ def mcp_main(args: argparse.Namespace) -> int:
 
 
 def serve_main(args: argparse.Namespace) -> int:
+    import structlog
+
     from operator_server.app import load_directive
     from operator_server.daemon import StartupFailed, serve
     from operator_server.logs import configure_logging, get_logger
@@ -407,6 +409,8 @@ def serve_main(args: argparse.Namespace) -> int:
         print(f"operator-server: config error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # asyncio.run copies this context into every task: each line names the node.
+    structlog.contextvars.bind_contextvars(node_id=settings.node_id)
     try:
         asyncio.run(serve(settings, directive))
     except StartupFailed as exc:

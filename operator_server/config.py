@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class StoreSettings:
     path: str = "data/operator-server.sqlite"
+    url: str = ""
     retention_s: float = 7 * 24 * 3600
     max_interruptions: int = 3
 
@@ -84,6 +86,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     directive_template: str = ""
     shutdown_timeout_s: float = 10
+    node_id: str = ""  # loading fills in hostname-pid when empty
     store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
@@ -115,6 +118,14 @@ class StoreSchema(Schema):
         load_default=StoreSettings.path,
         validate=validate.Length(min=1),
         metadata=_help('SQLite file holding sessions and tasks; ":memory:" keeps nothing'),
+    )
+    url = fields.String(
+        load_default=StoreSettings.url,
+        validate=lambda v: not v or _is_postgres_url(v),
+        metadata=_help(
+            "PostgreSQL URL (postgresql://user:pass@host:port/db) every node of a "
+            "cluster shares; empty: store.path"
+        ),
     )
     retention_s = _seconds(StoreSettings.retention_s, "finished tasks are removed after this long")
     max_interruptions = fields.Integer(
@@ -264,6 +275,13 @@ class SettingsSchema(Schema):
     shutdown_timeout_s = _seconds(
         Settings.shutdown_timeout_s, "how long shutdown waits for in-flight work to end"
     )
+    node_id = fields.String(
+        load_default="",
+        validate=validate.Regexp(
+            r"^[A-Za-z0-9._:-]{0,200}$", error="letters, digits and ._:- only"
+        ),
+        metadata=_help("this daemon's name in logs, healthz and metrics (empty: hostname-pid)"),
+    )
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
 
     @validates_schema
@@ -285,7 +303,20 @@ class SettingsSchema(Schema):
     def _make(self, data: dict[str, Any], **_: Any) -> Settings:
         data["default_layers"] = tuple(data["default_layers"])
         data["allowed_origins"] = tuple(data["allowed_origins"])
+        data["node_id"] = data["node_id"] or default_node_id()
         return Settings(**data)
+
+
+def default_node_id() -> str:
+    """``hostname-pid``: unique among the nodes of a cluster, and says where to look."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _is_postgres_url(value: str) -> bool:
+    # Says which scheme, never the value: it may hold a password.
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValidationError("must start with postgresql:// (or be empty for store.path)")
+    return True
 
 
 def listen_url(host: str, port: int) -> str:

@@ -2,8 +2,11 @@
 
 The order is the point:
 
-1. **Claim the store** (an exclusive lock, see ``store/sqlite.py``).  A second
-   process on the same file stops here, before it reads or writes anything.
+1. **Claim the store** (SQLite: an exclusive lock, see ``store/sqlite.py``).  A
+   second process on the same file stops here, before it reads or writes
+   anything.  PostgreSQL is made to be shared by many nodes, so its claim takes
+   nothing; each node is told apart by its ``node_id`` instead, which every
+   log line carries (the CLI binds it before the loop starts).
 2. **Bind the listening sockets.**  A busy port stops start-up here, before
    recovery has changed anything on disk.  From now on the kernel queues
    incoming connections.

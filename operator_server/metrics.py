@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -120,6 +120,8 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        # One series per process: which node of a cluster these numbers are from.
+        self.node = Info(PREFIX + "node", "This process: its node_id and version.", registry=reg)
         self.slow_peer_disconnects = Counter(
             PREFIX + "slow_peer_disconnects_total",
             "Operator sockets dropped because the peer stopped reading.",
@@ -159,6 +161,9 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def identify(self, node_id: str, version: str) -> None:
+        self.node.info({"node_id": node_id, "version": version})
 
     # -- one method per event ------------------------------------------------
 

@@ -16,6 +16,9 @@ from operator_server.engine import Engine
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
 
+# The throwaway PostgreSQL (fixtures `postgres`, `pg_url`).
+pytest_plugins = ["tests.pg"]
+
 # Short enough to keep the suite quick, long enough not to fire by accident.
 FAST = {
     "secret": "test-secret",

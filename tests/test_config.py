@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +101,18 @@ def test_the_daemon_process_exits_2_on_a_bad_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "bogus" in proc.stderr
+
+
+def test_store_url_takes_postgresql_and_a_bad_one_is_named_without_its_password() -> None:
+    env = {"OPERATOR_SERVER_STORE_URL": "postgresql://u:pw@db:5432/ops"}
+    assert load_settings(env=env).store.url == "postgresql://u:pw@db:5432/ops"
+    with pytest.raises(ConfigError, match=r"store\.url") as caught:
+        load_settings(env={"OPERATOR_SERVER_STORE_URL": "mysql://u:hunter2@db/ops"})
+    assert "hunter2" not in str(caught.value)
+
+
+def test_node_id_defaults_to_hostname_pid_and_takes_only_safe_characters() -> None:
+    assert load_settings(env={}).node_id == f"{socket.gethostname()}-{os.getpid()}"
+    assert load_settings(flags={"node_id": "node-a"}, env={}).node_id == "node-a"
+    with pytest.raises(ConfigError, match="node_id"):
+        load_settings(env={"OPERATOR_SERVER_NODE_ID": 'a"b'})

@@ -8,7 +8,7 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server import __version__
-from operator_server.appkeys import ENGINE, OPERATOR_COUNTS
+from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS
 from operator_server.engine.tasks import TaskStatus
 from operator_server.wire.contract import Body, Operation, documented
 
@@ -24,6 +24,9 @@ class OperatorCountsSchema(Schema):
 class HealthSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "shutting_down"]))
     version = fields.String(required=True)
+    node_id = fields.String(
+        required=True, metadata={"description": "which daemon answered (config node_id)"}
+    )
     uptime_s = fields.Float(required=True)
     tasks = fields.Dict(
         keys=fields.Enum(TaskStatus, by_value=True),
@@ -42,6 +45,7 @@ async def healthz(request: web.Request) -> web.Response:
         {
             "status": "ok" if engine.accepting else "shutting_down",
             "version": __version__,
+            "node_id": request.app[SETTINGS].node_id,
             "uptime_s": round(time.monotonic() - _STARTED, 3),
             "tasks": engine.counts.view(),
             "operators": request.app[OPERATOR_COUNTS](),

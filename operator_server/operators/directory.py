@@ -26,7 +26,7 @@ from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession, hash_token
-from operator_server.store import SessionRecord, StoreError
+from operator_server.store import RolesTaken, SessionRecord, StoreError
 
 log = get_logger(__name__)
 
@@ -69,6 +69,9 @@ class OperatorDirectory:
         self._add(session)
         try:
             await self.engine.store.put_session(record)
+        except RolesTaken as exc:  # held by a session of another node (shared store)
+            self._drop(sid)
+            raise RolesConflict(exc.conflicts) from None
         except StoreError:
             self._drop(sid)
             raise

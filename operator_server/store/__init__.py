@@ -1,12 +1,14 @@
 """Durable state: operator sessions and tasks.
 
-``open_store(settings)`` picks the implementation: SQLite for a file path (the
-default, ``data/operator-server.sqlite``), a process-local ``MemoryStore`` for
-``":memory:"``.
+``open_store(settings)`` picks the implementation: PostgreSQL when
+``store.url`` is set (the store a cluster of nodes shares), else SQLite for a
+file path (the default, ``data/operator-server.sqlite``), or a process-local
+``MemoryStore`` for ``":memory:"``.
 """
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    RolesTaken,
     Row,
     SessionRecord,
     Store,
@@ -15,10 +17,13 @@ from operator_server.store.base import (
     StoreLocked,
 )
 from operator_server.store.memory import MemoryStore
+from operator_server.store.postgres import PostgresStore
 from operator_server.store.sqlite import SQLiteStore
 
 
 def open_store(settings: Settings) -> Store:
+    if settings.store.url:
+        return PostgresStore(settings.store.url)
     if settings.store.path == ":memory:":
         return MemoryStore()
     return SQLiteStore(settings.store.path)
@@ -26,6 +31,8 @@ def open_store(settings: Settings) -> Store:
 
 __all__ = [
     "MemoryStore",
+    "PostgresStore",
+    "RolesTaken",
     "Row",
     "SQLiteStore",
     "SessionRecord",

@@ -35,6 +35,18 @@ class StoreError(Exception):
     """A write or read failed; the message says what the database said."""
 
 
+class RolesTaken(StoreError):
+    """A shared store already gives some of these roles to another session.
+
+    ``conflicts`` maps each role to its holder's sid.  Only a store that many
+    processes share raises it; in one process the engine's role map decides first.
+    """
+
+    def __init__(self, conflicts: dict[str, str]) -> None:
+        super().__init__(", ".join(f"{r!r} is held by {s}" for r, s in conflicts.items()))
+        self.conflicts = conflicts
+
+
 class StoreLocked(StoreError):
     """Another process holds the store; the message names the file and its PID."""
 

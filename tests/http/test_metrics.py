@@ -28,6 +28,7 @@ NAMED = [
     "operator_server_http_request_duration_seconds",
     "operator_server_store_commit_seconds",
     "operator_server_slow_peer_disconnects_total",
+    "operator_server_node_info",
 ]
 
 

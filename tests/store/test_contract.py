@@ -8,14 +8,19 @@ from typing import Any
 
 import pytest
 
-from operator_server.store import MemoryStore, SessionRecord, SQLiteStore, Store
+from operator_server.store import MemoryStore, PostgresStore, SessionRecord, SQLiteStore, Store
+from tests.pg import new_database
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend: Store = (
-        MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "contract.sqlite")
-    )
+    backend: Store
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SQLiteStore(tmp_path / "contract.sqlite")
+    else:
+        backend = PostgresStore(await new_database(request.getfixturevalue("postgres")))
     await backend.open()
     try:
         yield backend
@@ -105,3 +110,11 @@ async def test_sessions_round_trip_and_touch(store: Store) -> None:
     assert row.value.roles == ["main"] and row.value.last_seen_at == 5.0
     await store.delete_session("op-1")
     assert await store.load_sessions() == []
+
+
+async def test_a_read_sees_every_soon_write_made_before_it(store: Store) -> None:
+    store.put_task_soon(record("t-soon", "pending"))
+    store.put_task_soon(record("t-soon", "running", updated_at=2.0))
+    row = await store.get_task("t-soon")
+    assert row is not None and row.value["status"] == "running"
+    assert await store.count_tasks() == {"running": 1}

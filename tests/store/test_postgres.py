@@ -1,0 +1,150 @@
+"""The PostgreSQL store: what it adds to the shared contract (tests/store/test_contract.py).
+
+Migrations that many nodes may run at once, a newer schema refused, a lost
+connection survived, and a restart on the same database losing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from structlog.testing import capture_logs
+
+from operator_server.store import PostgresStore, SessionRecord, StoreError
+from operator_server.store.postgres import MIGRATIONS
+from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.wsop import connect, mint
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def schema_version(url: str) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT version FROM operator_server_schema")
+    finally:
+        await conn.close()
+
+
+async def test_nodes_starting_together_migrate_once_and_all_open(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    with capture_logs() as logs:
+        await asyncio.gather(*(s.open() for s in stores))
+    try:
+        migrated = [e for e in logs if e["event"] == "migrated the PostgreSQL schema"]
+        assert [e["version"] for e in migrated] == list(range(1, len(MIGRATIONS) + 1))
+        assert await schema_version(pg_url) == len(MIGRATIONS)
+        # Each node writes, every node reads it.
+        await asyncio.gather(
+            *(
+                s.put_task({"id": f"t-{n}", "status": "pending", "created_at": 1, "updated_at": 1})
+                for n, s in enumerate(stores)
+            )
+        )
+        assert await stores[0].count_tasks() == {"pending": 4}
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_database_from_a_newer_server_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("UPDATE operator_server_schema SET version = $1", len(MIGRATIONS) + 1)
+    await conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_an_unreachable_database_is_a_store_error_naming_postgresql() -> None:
+    # Nothing listens on port 1.
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+        await PostgresStore("postgresql://nobody@127.0.0.1:1/none").open()
+
+
+async def test_a_dropped_connection_fails_at_most_the_batch_in_flight(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await store.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        admin = await asyncpg.connect(pg_url)
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await admin.close()
+        assert killed >= 1
+        record = {"id": "t-after", "status": "pending", "created_at": 1, "updated_at": 1}
+        try:
+            await store.put_task(record)
+        except StoreError:  # the write that met the dead connection
+            await store.put_task(record)
+        assert (await store.get_task("t-after")) is not None
+        assert [r.key for r in await store.load_sessions()] == ["op-1"]
+    finally:
+        await store.close()
+
+
+async def test_restart_on_the_same_database_keeps_sessions_roles_and_tasks(
+    server: Server, pg_url: str
+) -> None:
+    first = await server(store__url=pg_url)
+    sid, token = await mint(first, ["main"])
+    task = await create_task(first, agent="echo", directive={"keep": "me"})
+    before = await wait_task(first, task["id"])
+    await first.close()
+
+    second = await server(store__url=pg_url)
+    view = await second.get(f"/v1/operators/{sid}", headers=auth(token))
+    assert view.status == 200 and (await view.json())["roles"] == ["main"]
+    clash = await second.post("/v1/operators", json={"roles": ["main"]})
+    assert clash.status == 409  # the role is still held
+    after = await (await second.get(f"/v1/tasks/{task['id']}")).json()
+    assert after == before
+    listed = await (await second.get("/v1/tasks")).json()
+    assert [t["id"] for t in listed["tasks"]] == [task["id"]]
+    ws = await connect(second, sid, token)  # the same token still opens the socket
+    assert directory_of(second).sessions[sid].connected
+    await ws.close()
+
+
+async def test_a_role_claimed_on_node_a_gets_409_on_node_b(server: Server, pg_url: str) -> None:
+    node_a = await server(store__url=pg_url, node_id="node-a")
+    node_b = await server(store__url=pg_url, node_id="node-b")
+    sid, token = await mint(node_a, ["main"])
+    clash = await node_b.post("/v1/operators", json={"roles": ["spare", "main"]})
+    assert clash.status == 409
+    body = (await clash.json())["error"]
+    assert body["code"] == "roles_conflict"
+    assert body["conflicts"] == [{"role": "main", "sid": sid}]
+    assert directory_of(node_b).sessions == {}  # nothing half-taken on B
+    # Nothing half-taken in the database either: "spare" is still free.
+    await mint(node_b, ["spare"])
+    # Deleting the session on A frees the role for B.
+    assert (await node_a.delete(f"/v1/operators/{sid}", headers=auth(token))).status == 204
+    await mint(node_b, ["main"])
+
+
+async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("DROP TABLE operator_roles; UPDATE operator_server_schema SET version = 1")
+    for sid, created in (("op-new", 2.0), ("op-old", 1.0)):
+        await conn.execute(
+            "INSERT INTO operator_sessions VALUES ($1, 'h', '[\"main\", \"x\"]', '', $2, $2)",
+            sid,
+            created,
+        )
+    await store.open()
+    await store.close()
+    holders = dict(await conn.fetch("SELECT role, sid FROM operator_roles"))
+    await conn.close()
+    assert holders == {"main": "op-old", "x": "op-old"}
