@@ -9,21 +9,19 @@ which re-sends it if the server replays the request after a reconnect.
 Notices that need no reply (``hook_after``, ``cancel``, unclaimed ``error``
 frames) are collected and handed back by the next ``next_request``.
 
-The wire has no acknowledgement for a reply.  To tell the model whether the
-server took it, the bridge sends a *probe* after the reply: a ``hook_ack`` for a
-req_id that cannot exist.  The server handles a socket's frames in order and
-answers the probe with an ``unknown_req_id`` error, so once that error is back,
-any error about the reply has arrived before it.  The same barrier, run after a
-reconnect, ends the server's replay: a request held from an earlier connection
-that was not replayed is no longer held by the server (it restarted and
-re-dispatched the attempt as a new request), so the bridge withdraws it.
+A reply has no acknowledgement of its own.  To tell the model whether the
+server took it, the bridge follows the reply with ``OperatorClient.sync`` (a
+``ping`` the server answers with ``pong`` once it has handled every frame sent
+before): any ``error`` about the reply has then arrived.  The same barrier, run
+after a reconnect, ends the server's replay: a request held from an earlier
+connection that was not replayed is no longer held by the server (it restarted
+and re-dispatched the attempt as a new request), so the bridge withdraws it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +107,6 @@ class OperatorBridge:
         self._gone: OrderedDict[str, str] = OrderedDict()  # req_id -> why withdrawn
         self._notices: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
-        self._probes: dict[str, asyncio.Future[None]] = {}
         self._watch: dict[str, list[dict[str, Any]]] = {}  # req_id -> error frames
         self._swept_on = 1
         self._sweep_lock = asyncio.Lock()
@@ -227,17 +224,12 @@ class OperatorBridge:
     def _on_frame(self, frame: dict[str, Any]) -> bool:
         req_id = frame.get("req_id")
         if frame["type"] == "error":
-            probe = self._probes.get(req_id) if req_id else None
-            if probe is not None:
-                if not probe.done():
-                    probe.set_result(None)
-                return True  # our own barrier, not news
             if req_id is not None and req_id in self._watch:
                 self._watch[req_id].append(frame)
                 return True  # the tool call that sent the reply reports it
             if req_id is None and self._watch:
                 # No req_id (e.g. too_large): it refused a frame sent while these
-                # replies were in flight, and the probe has not come back yet.
+                # replies were in flight, and the sync has not come back yet.
                 for errors in self._watch.values():
                     errors.append(frame)
                 return True
@@ -284,19 +276,7 @@ class OperatorBridge:
         client = self.client
         if client is None or not client.connected.is_set():
             return False
-        probe = f"{client.sid}-sync-{uuid.uuid4().hex}"
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probes[probe] = done
-        try:
-            if not await client.send(p.hook_ack_frame(probe, True)):
-                return False
-            async with asyncio.timeout(self.options.confirm_timeout_s):
-                await done
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            del self._probes[probe]
+        return await client.sync(self.options.confirm_timeout_s)
 
     async def _sweep(self) -> None:
         """After a reconnect, withdraw what the server did not replay."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class OperatorClient:
         self._handling: dict[str, asyncio.Task[None]] = {}  # req_id -> its handler run
         self._tasks: set[asyncio.Task[None]] = set()  # every task this client started
         self._replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._pings: dict[str, asyncio.Future[None]] = {}
         self._stopping = False
 
     # -- session ----------------------------------------------------------
@@ -252,6 +254,11 @@ class OperatorClient:
         frame["type"] = kind
         if self.on_frame is not None and self.on_frame(frame):
             return
+        if kind == "pong":
+            waiter = self._pings.pop(frame["id"], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
         if kind == "error":
             self.errors.append(frame)
             log.warning("server refused a frame", code=frame["code"], error=frame["message"])
@@ -320,6 +327,25 @@ class OperatorClient:
         """Write one client frame on the current socket; False when there is none
         (nothing is queued: a reply is re-sent when the server replays its request)."""
         return await self._send(frame)
+
+    async def sync(self, timeout: float = 10) -> bool:
+        """True once the server has handled every frame this client sent before
+        (a ``ping`` answered by ``pong``): any ``error`` frame about them has
+        then arrived, and after a reconnect so has the whole replay.  False when
+        there is no socket, or it dropped before the answer."""
+        ping_id = uuid.uuid4().hex
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[ping_id] = answered
+        try:
+            if not await self._send(p.ping_frame(ping_id)):
+                return False
+            async with asyncio.timeout(timeout):
+                await answered
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._pings.pop(ping_id, None)
 
     async def _send(self, frame: dict[str, Any]) -> bool:
         ws = self._ws

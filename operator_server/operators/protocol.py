@@ -64,6 +64,19 @@ class SpawnFrame(HookBeforeFrame):
     directive = fields.String(required=True)
 
 
+class PingFrame(_Frame):
+    """Client -> server, beyond the seed: the server answers ``pong`` with the same
+    ``id`` after every frame sent before it has been handled.  Replies have no
+    acknowledgement of their own; a ping after them is the barrier that says
+    "any error about those replies has already been sent"."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class PongFrame(_Frame):
+    id = fields.String(required=True)
+
+
 class CancelFrame(_Frame):
     req_id = fields.String(required=True)
     reason = fields.String(required=True)
@@ -109,12 +122,14 @@ SERVER_FRAMES: dict[str, Schema] = {
     "spawn": SpawnFrame(),
     "cancel": CancelFrame(),
     "error": ErrorFrame(),
+    "pong": PongFrame(),
 }
 CLIENT_FRAMES: dict[str, Schema] = {
     "answer": AnswerFrame(),
     "hook_ack": HookAckFrame(),
     "spawn_ack": SpawnAckFrame(),
     "spawn_halt": SpawnHaltFrame(),
+    "ping": PingFrame(),
 }
 
 
@@ -291,3 +306,14 @@ def spawn_halt_frame(req_id: str, reason: str | None = None, value: Any = None) 
     if value is not None:
         frame["value"] = value
     return frame
+
+
+# -- the barrier (both directions) ------------------------------------------
+
+
+def ping_frame(ping_id: str) -> dict[str, Any]:
+    return {"type": "ping", "id": ping_id}
+
+
+def pong_frame(ping_id: str) -> dict[str, Any]:
+    return {"type": "pong", "id": ping_id}

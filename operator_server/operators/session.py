@@ -275,6 +275,10 @@ class WSOperatorSession:
             self._pump.send(p.error_frame(exc.code, exc.message, exc.req_id))
 
     def _resolve(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "ping":  # frames are handled in order: everything before it is done
+            if self._pump is not None:
+                self._pump.send(p.pong_frame(data["id"]))
+            return
         req_id = data["req_id"]
         req = self.pending.get(req_id)
         if req is None:

@@ -174,6 +174,7 @@ def test_every_builder_makes_a_frame_its_schema_accepts() -> None:
         p.cancel_frame("r", "why"),
         p.error_frame("bad_json", "m"),
         p.error_frame("bad_json", "m", "r"),
+        p.pong_frame("b-1"),
     ]
     for frame in server_frames:
         kind, data = p.parse_server_frame(p.encode(frame))
@@ -184,6 +185,7 @@ def test_every_builder_makes_a_frame_its_schema_accepts() -> None:
         p.spawn_ack_frame("r", {"x": 1}),
         p.spawn_ack_frame("r", error="boom"),
         p.spawn_halt_frame("r", "stop", 3),
+        p.ping_frame("b-1"),
     ]
     for frame in client_frames:
         kind, _ = p.parse_client_frame(p.encode(frame))
@@ -205,6 +207,8 @@ def test_the_fast_path_agrees_with_the_schemas_on_every_frame() -> None:
         p.hook_ack_frame("r", True, "fine"),
         p.spawn_ack_frame("r", {"x": 1}, ok=False, error="boom"),
         p.spawn_halt_frame("r", "stop", 3),
+        p.ping_frame("b-1"),
+        p.pong_frame("b-1"),
     ]
     checked = 0
     for sample in samples:
@@ -246,3 +250,17 @@ def _filler(schema: Any) -> dict[str, Any]:
         if field.required:
             out[name] = next((v for k, v in sample.items() if isinstance(field, k)), None)
     return out
+
+
+async def test_a_ping_is_answered_after_every_frame_sent_before_it(server: Server) -> None:
+    """The barrier clients use: errors about earlier replies arrive before the pong."""
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    await ws.send_str(p.encode(p.hook_ack_frame(f"{sid}-hb-nope", True)))
+    await ws.send_str(p.encode(p.ping_frame("barrier-1")))
+    refused = await expect(ws, "error")
+    assert refused["code"] == "unknown_req_id"
+    assert await expect(ws, "pong") == {"type": "pong", "id": "barrier-1"}
+    await ws.send_str(json.dumps({"type": "ping", "id": ""}))
+    assert (await expect(ws, "error"))["code"] == "bad_message"
