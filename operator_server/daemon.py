@@ -23,6 +23,7 @@ saying what is wrong; the CLI prints it and exits 1.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 
@@ -114,6 +115,10 @@ async def serve(settings: Settings, directive: DirectiveTemplate) -> None:
             raise StartupFailed(f"store: {exc}") from None
         for sock in sockets:
             await web.SockSite(runner, sock, backlog=BACKLOG).start()
+        # Everything alive now (modules, schemas, recovered state) lives as long
+        # as the process: move it out of the collector's sight, so full
+        # collections under load scan only what the work itself allocates.
+        gc.freeze()
         log.info("listening", url=url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
