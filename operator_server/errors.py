@@ -28,6 +28,7 @@ class Code(StrEnum):
     UNKNOWN_AGENT = "unknown_agent"
     TASK_NOT_FOUND = "task_not_found"
     TASK_FINISHED = "task_finished"
+    CALLBACK_NOT_ALLOWED = "callback_not_allowed"
     OPERATOR_NOT_FOUND = "operator_not_found"
     ROLES_CONFLICT = "roles_conflict"
     STORE_FAILED = "store_failed"

@@ -7,12 +7,15 @@ default, ``data/operator-server.sqlite``), a process-local ``MemoryStore`` for
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    Delivery,
+    Events,
     Row,
     SessionRecord,
     Store,
     StoredTask,
     StoreError,
     StoreLocked,
+    TaskEvent,
 )
 from operator_server.store.memory import MemoryStore
 from operator_server.store.sqlite import SQLiteStore
@@ -25,6 +28,8 @@ def open_store(settings: Settings) -> Store:
 
 
 __all__ = [
+    "Delivery",
+    "Events",
     "MemoryStore",
     "Row",
     "SQLiteStore",
@@ -33,5 +38,6 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "StoredTask",
+    "TaskEvent",
     "open_store",
 ]
