@@ -143,6 +143,11 @@ class EventFanout(Protocol):
         """Close every subscription (shutdown): streams end cleanly."""
         ...
 
+    @property
+    def subscribers(self) -> int:
+        """How many streams are following (tests, metrics)."""
+        ...
+
 
 class LocalFanout:
     """Fan-out within one process.  Publishing costs nothing with no subscriber."""
