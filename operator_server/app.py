@@ -3,9 +3,10 @@
 Start-up (``daemon.py`` binds the listening socket first, so a busy port stops
 start-up before the store is touched): open the store (running migrations),
 recover sessions and tasks from it and commit what recovery changed, then start
-the periodic sweep; only then are connections served.  Shutdown, in
-order: stop taking tasks and cancel every run (each task ends ``cancelled`` with
-the reason, operators get ``cancel`` frames), close every socket with 1001,
+the periodic sweep and the webhook sender; only then are connections served.
+Shutdown, in order: stop taking tasks and cancel every run (each task ends
+``cancelled`` with the reason, operators get ``cancel`` frames), end every event
+stream, close every socket with 1001,
 cancel and await every remaining background task, and last flush and close the
 store so every state change made on the way down is written.
 """
@@ -24,7 +25,7 @@ from operator_server.background import Background
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
-from operator_server.http import console, health, metrics, openapi, tasks, worker
+from operator_server.http import console, events, health, metrics, openapi, tasks, worker
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.http.read_deadline import read_deadline_middleware
@@ -36,6 +37,7 @@ from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
+from operator_server.webhooks import WebhookSender
 
 log = get_logger(__name__)
 SHUTDOWN_REASON = "server shutting down"
@@ -82,8 +84,10 @@ def build_app(
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(events.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
+    app.on_startup.append(_start_webhooks)
     app.on_shutdown.append(_shutdown)
     return app
 
@@ -154,9 +158,16 @@ async def _start_sweeper(app: web.Application) -> None:
     app[BACKGROUND].spawn(_sweep_forever(app), name="sweeper")
 
 
+async def _start_webhooks(app: web.Application) -> None:
+    sender = WebhookSender(app[ENGINE], app[SETTINGS], app[BACKGROUND], app[METRICS])
+    app[BACKGROUND].spawn(sender.run(), name="webhooks")
+
+
 async def _shutdown(app: web.Application) -> None:
     log.info("shutting down")
     await app[ENGINE].shutdown(SHUTDOWN_REASON)
+    # After the runs ended, so streams carry their cancellations; then each ends cleanly.
+    app[ENGINE].fanout.close()
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
     await app[BACKGROUND].close(SHUTDOWN_REASON)
     await app[STORE].close()

@@ -87,6 +87,13 @@ class Settings:
     directive_template: str = ""
     shutdown_timeout_s: float = 10
     node_id: str = ""  # loading fills in hostname-pid when empty
+    event_keepalive_s: float = 15
+    webhook_secret: str = ""
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_max_attempts: int = 8
+    webhook_backoff_s: float = 5
+    webhook_backoff_max_s: float = 3600
+    webhook_timeout_s: float = 10
     store: StoreSettings = field(default_factory=StoreSettings)
 
     @property
@@ -282,6 +289,40 @@ class SettingsSchema(Schema):
         ),
         metadata=_help("this daemon's name in logs, healthz and metrics (empty: hostname-pid)"),
     )
+    event_keepalive_s = _seconds(
+        Settings.event_keepalive_s,
+        "an event stream with nothing to send gets a keepalive comment this often",
+        allow_zero=False,
+    )
+    webhook_secret = fields.String(
+        load_default="",
+        metadata=_help(
+            "HMAC-SHA256 key signing webhook bodies (empty: tasks may not set callback_url)"
+        ),
+    )
+    webhook_allow_hosts = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        load_default=list,
+        metadata=_help("hosts a task's callback_url may name (empty: none)"),
+    )
+    webhook_max_attempts = fields.Integer(
+        load_default=Settings.webhook_max_attempts,
+        validate=validate.Range(min=1, max=100),
+        metadata=_help("tries per webhook delivery before it is given up"),
+    )
+    webhook_backoff_s = _seconds(
+        Settings.webhook_backoff_s,
+        "wait before the first webhook retry; doubles each retry, with jitter",
+        allow_zero=False,
+    )
+    webhook_backoff_max_s = _seconds(
+        Settings.webhook_backoff_max_s, "longest wait between webhook retries", allow_zero=False
+    )
+    webhook_timeout_s = _seconds(
+        Settings.webhook_timeout_s,
+        "a webhook receiver that has not answered in this long counts as failed",
+        allow_zero=False,
+    )
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
 
     @validates_schema
@@ -304,6 +345,7 @@ class SettingsSchema(Schema):
         data["default_layers"] = tuple(data["default_layers"])
         data["allowed_origins"] = tuple(data["allowed_origins"])
         data["node_id"] = data["node_id"] or default_node_id()
+        data["webhook_allow_hosts"] = tuple(h.lower() for h in data["webhook_allow_hosts"])
         return Settings(**data)
 
 

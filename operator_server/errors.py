@@ -30,6 +30,7 @@ class Code(StrEnum):
     TASK_FINISHED = "task_finished"
     ASK_NOT_FOUND = "ask_not_found"
     NO_SENIOR = "no_senior"
+    CALLBACK_NOT_ALLOWED = "callback_not_allowed"
     OPERATOR_NOT_FOUND = "operator_not_found"
     ROLES_CONFLICT = "roles_conflict"
     STORE_FAILED = "store_failed"

@@ -124,7 +124,13 @@ class Metrics:
         self.node = Info(PREFIX + "node", "This process: its node_id and version.", registry=reg)
         self.slow_peer_disconnects = Counter(
             PREFIX + "slow_peer_disconnects_total",
-            "Operator sockets dropped because the peer stopped reading.",
+            "Operator sockets and event streams dropped because the peer stopped reading.",
+            registry=reg,
+        )
+        self.webhook_tries = Counter(
+            PREFIX + "webhook_deliveries_total",
+            "Webhook delivery tries, by outcome (delivered, failed, gave_up).",
+            ["outcome"],
             registry=reg,
         )
         reg.register(
@@ -193,6 +199,9 @@ class Metrics:
 
     def slow_peer_disconnected(self) -> None:
         self.slow_peer_disconnects.inc()
+
+    def webhook_tried(self, outcome: str) -> None:
+        self._child(self.webhook_tries, outcome).inc()
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self._child(self.http_requests, route, str(status)).inc()

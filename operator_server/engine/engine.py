@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
+from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
     Face,
@@ -45,15 +47,17 @@ from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import (
     TERMINAL_STATUSES,
     AttemptRecord,
+    Callback,
     Ending,
     OperatorSpec,
+    OutputEvent,
     Task,
     TaskStatus,
 )
 from operator_server.errors import AttemptEnded, AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
-from operator_server.store import Row, Store, StoreError
+from operator_server.store import Row, Store, StoreError, TaskEvent
 from operator_server.wire import json
 
 log = get_logger(__name__)
@@ -85,11 +89,19 @@ class Engine:
         background: Background,
         store: Store,
         metrics: Metrics | None = None,
+        fanout: EventFanout | None = None,
     ) -> None:
         self.settings = settings
         self.background = background
         self.store = store
         self.metrics = metrics or Metrics()
+        # Task events: ids handed out here, written with the change they
+        # describe, published by the store once committed.
+        self.events = EventLog()
+        self.fanout: EventFanout = fanout or LocalFanout()
+        store.observe_events(self.fanout.publish)
+        # Set when a finished task's webhook delivery is committed: wakes the sender.
+        self.deliveries_due = asyncio.Event()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
         self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
         self.operators: Registry[Operator] = Registry(Face.BACKEND)
@@ -162,6 +174,7 @@ class Engine:
         layers: tuple[str, ...] | None = None,
         max_attempts: int | None = None,
         parent_task_id: str | None = None,
+        callback_url: str | None = None,
     ) -> Task:
         """Create a task, store it durably, and start dispatching it.
 
@@ -188,15 +201,63 @@ class Engine:
             kind=kind,
             max_attempts=max_attempts or self.settings.default_max_attempts,
             parent_task_id=parent_task_id,
+            callback=Callback(callback_url) if callback_url else None,
         )
-        await self.store.put_task(task.to_record())
+        created = self.events.make(task, EventType.CREATED, task.created_at)
+        await self.store.put_task(task.to_record(), [created])
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.adopt(task)
         return task
 
-    def _changed(self, task: Task) -> None:
-        self.store.put_task_soon(task.to_record())
+    def _changed(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        self.store.put_task_soon(task.to_record(), events)
+
+    def _ending_events(self, task: Task, ending: Ending) -> list[TaskEvent]:
+        """The events ``ending`` makes, built before it applies."""
+        events = []
+        current = task.current
+        error: dict[str, Any] = {} if ending.error is None else {"error_code": ending.error.code}
+        if current is not None and not current.status.terminal:
+            events.append(
+                self.events.make(
+                    task,
+                    EventType.ATTEMPT_ENDED,
+                    ending.at,
+                    attempt=current.number,
+                    outcome=str(ending.status),
+                    **error,
+                )
+            )
+        if ending.final:
+            events.append(
+                self.events.make(task, EventType.STATUS, ending.at, ending.status, **error)
+            )
+        return events
+
+    def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
+        """An attempt's new output, as an event: its kind and source, never its value."""
+        event = self.events.make(
+            task,
+            EventType.OUTPUT,
+            output.at,
+            attempt=attempt,
+            kind=output.kind,
+            source=output.source,
+            ok=output.ok,
+        )
+        self.store.put_events_soon([event])
+
+    def operator_event(self, type: str, task_id: str, req_id: str, face: str, sid: str) -> None:
+        """An operator request was issued (``request``) or answered (``reply``):
+        reported by the operator session, recorded on the task's stream."""
+        task = self.tasks.get(task_id)
+        if task is None:  # ended meanwhile: its stream is closed
+            return
+        event = self.events.make(
+            task, type, time.time(), attempt=task.attempt, req_id=req_id, face=face, sid=sid
+        )
+        self.store.put_events_soon([event])
 
     # -- reading tasks: live ones from memory, finished ones from the store --
 
@@ -245,8 +306,9 @@ class Engine:
     # -- restart and retention -------------------------------------------
 
     async def load_counts(self) -> None:
-        """Start the status counters from what is stored (at start-up)."""
+        """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())
+        self.events.resume_after(await self.store.last_event_id())
 
     async def recover_task(self, task: Task) -> None:
         """Take back a live task read from the store at start-up.
@@ -262,9 +324,23 @@ class Engine:
         current = task.current
         cut_short = current is not None and not current.status.terminal
         if current is not None and cut_short:
+            now = time.time()
+            self.store.put_events_soon(
+                [
+                    self.events.make(
+                        task,
+                        EventType.ATTEMPT_ENDED,
+                        now,
+                        attempt=current.number,
+                        outcome=str(TaskStatus.FAILED),
+                        error_code=Code.INTERRUPTED,
+                    )
+                ]
+            )
             current.finish(
                 TaskStatus.FAILED,
                 error=AttemptFailed(Code.INTERRUPTED, "the server stopped during this attempt"),
+                at=now,
             )
             task.interruptions += 1
         if task.interruptions > limit:
@@ -352,8 +428,14 @@ class Engine:
         reads find it in the store.
         """
         durable = True
+        events = self._ending_events(task, ending)
+        deliver = ending.final and task.callback is not None
         try:
-            await self.store.put_task(task.record_with(ending))
+            await self.store.put_task(
+                task.record_with(ending), events, deliver_at=ending.at if deliver else None
+            )
+            if deliver:
+                self.deliveries_due.set()
         except StoreError as exc:
             durable = False  # then it stays in memory, readable, until the next sweep
             log.error("could not store the end of the attempt", error=str(exc))
@@ -392,9 +474,11 @@ class Engine:
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             self.counts.moved(task.status, status)
-            task.end(Ending(status, error=AttemptFailed(code, reason)))
+            ending = Ending(status, error=AttemptFailed(code, reason))
+            events = self._ending_events(task, ending)
+            task.end(ending)
             self.metrics.task_finished(str(status))
-            self._changed(task)
+            self._changed(task, events)
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
         """Run the next attempt of ``task`` through the middleware chain.
@@ -402,8 +486,17 @@ class Engine:
         Returns how the attempt ended without applying it: the caller stores the
         ending and then applies it (``_end``).  A cancelled attempt raises.
         """
-        self.counts.moved(task.status, TaskStatus.RUNNING)
+        before = task.status
+        self.counts.moved(before, TaskStatus.RUNNING)
         record = task.start_attempt()
+        events = [
+            self.events.make(
+                task, EventType.ATTEMPT_STARTED, record.started_at, attempt=record.number
+            )
+        ]
+        if before is not TaskStatus.RUNNING:
+            events.append(self.events.make(task, EventType.STATUS, record.started_at))
+        record.tail.listener = lambda output: self._output(task, record.number, output)
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = None
         ctx = AttemptContext(
@@ -426,7 +519,7 @@ class Engine:
             # is then always seen as an interruption of this attempt, and counted
             # (otherwise a task that kills the server could retry forever).
             try:
-                await self.store.put_task(task.to_record())
+                await self.store.put_task(task.to_record(), events)
             except StoreError as exc:
                 raise AttemptFailed(
                     Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
@@ -582,7 +675,6 @@ class Engine:
         def issued(req_id: str) -> None:
             ask.req_id = req_id
             self._changed(task)
-            self._ask_issued(task, ask)
 
         try:
             value = await senior.ask(
@@ -610,13 +702,8 @@ class Engine:
         else:
             self._ask_settled(task, ask, AskStatus.ANSWERED, answer=value, by=sid)
 
-    def _ask_issued(self, task: Task, ask: WorkerAsk) -> None:
-        """HOOK (events): a worker ask reached the senior bridge as ``ask.req_id``.
-        The task event stream's ``request`` event belongs here."""
-
     def _ask_settled(self, task: Task, ask: WorkerAsk, status: AskStatus, **outcome: Any) -> None:
-        """Record how a worker ask ended, once.
-        HOOK (events): the task event stream's ``reply`` event belongs here."""
+        """Record how a worker ask ended, once."""
         if ask.settle(status, **outcome):
             self.metrics.worker_ask_settled(str(status))
             self._changed(task)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -101,19 +102,26 @@ class OutputTail:
 
     A worker's HTTP post is authoritative: once one exists, an operator's
     ``spawn_ack`` value is recorded as plain output and does not decide.
+    ``listener``, when set, is told of each new output (the task's event stream).
     """
 
     def __init__(self) -> None:
         self.events: list[OutputEvent] = []
+        self.listener: Callable[[OutputEvent], None] | None = None
+
+    def _append(self, event: OutputEvent) -> None:
+        self.events.append(event)
+        if self.listener is not None:
+            self.listener(event)
 
     def append_final(self, result: WorkerResult, source: str) -> None:
-        self.events.append(OutputEvent("final", source, result.value, result.ok, time.time()))
+        self._append(OutputEvent("final", source, result.value, result.ok, time.time()))
 
     def offer_ack(self, result: WorkerResult) -> None:
         if result.halted:
             self.append_final(result, "halt")
         elif any(e.kind == "final" and e.source == "worker" for e in self.events):
-            self.events.append(OutputEvent("output", "ack", result.value, result.ok, time.time()))
+            self._append(OutputEvent("output", "ack", result.value, result.ok, time.time()))
         else:
             self.append_final(result, "ack")
 
@@ -236,6 +244,52 @@ def _error_from(rec: dict[str, Any] | None) -> AttemptFailed | None:
     return AttemptFailed(rec["code"], rec["message"], **detail)
 
 
+@dataclass
+class Callback:
+    """Where a finished task is POSTed (webhook), and how delivery is going.
+
+    ``delivery_id`` is the same on every try of the one delivery, so a receiver
+    can drop the duplicates at-least-once delivery may bring.
+    """
+
+    url: str
+    attempts: int = 0
+    delivered_at: float | None = None
+    last_error: str | None = None
+    delivery_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "attempts": self.attempts,
+            "delivered_at": iso(self.delivered_at),
+            "last_error": self.last_error,
+            "delivery_id": self.delivery_id,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "attempts": self.attempts,
+            "delivered_at": self.delivered_at,
+            "last_error": self.last_error,
+            "delivery_id": self.delivery_id,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any] | None) -> Callback | None:
+        if rec is None:
+            return None
+        delivered = rec["delivered_at"]
+        return cls(
+            url=str(rec["url"]),
+            attempts=int(rec["attempts"]),
+            delivered_at=None if delivered is None else float(delivered),
+            last_error=rec["last_error"],
+            delivery_id=str(rec["delivery_id"]),
+        )
+
+
 def new_task_id() -> str:
     return f"t-{uuid.uuid4().hex}"
 
@@ -250,6 +304,7 @@ class Task:
     kind: Kind
     max_attempts: int
     parent_task_id: str | None = None
+    callback: Callback | None = None
     id: str = field(default_factory=new_task_id)
     status: TaskStatus = TaskStatus.PENDING
     attempt: int = 0
@@ -345,6 +400,7 @@ class Task:
             "attempts": [a.to_record() for a in self.attempts],
             "cancel_reason": self.cancel_reason,
             "interruptions": self.interruptions,
+            "callback": self.callback.to_record() if self.callback else None,
         }
 
     @classmethod
@@ -364,6 +420,8 @@ class Task:
             kind=Kind(rec["kind"]),
             max_attempts=int(rec["max_attempts"]),
             parent_task_id=rec["parent_task_id"],
+            # Absent from records written before webhooks existed.
+            callback=Callback.from_record(rec.get("callback")),
             id=rec["id"],
             status=TaskStatus(rec["status"]),
             attempt=int(rec["attempt"]),
@@ -398,4 +456,5 @@ class Task:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "attempts": [a.as_dict() for a in self.attempts],
+            "callback": self.callback.as_dict() if self.callback else None,
         }

@@ -23,9 +23,10 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
-from operator_server.config import LAYER_NAMES
+from operator_server.config import LAYER_NAMES, Settings
 from operator_server.engine import Engine, Kind
 from operator_server.engine.asks import AskStatus
 from operator_server.engine.faces import Face
@@ -72,6 +73,13 @@ class TaskRequestSchema(Schema):
     layers = fields.List(fields.String(validate=validate.OneOf(LAYER_NAMES)))
     max_attempts = StrictInteger(validate=validate.Range(min=1, max=100))
     parent_task_id = fields.String(validate=_NAME)
+    callback_url = fields.String(
+        validate=validate.Length(min=1, max=2000),
+        metadata={
+            "description": "POSTed the final task JSON when the task ends (signed); "
+            "its host must be in webhook_allow_hosts"
+        },
+    )
 
     @validates_schema
     def _unique_layers(self, data: dict[str, Any], **_: Any) -> None:
@@ -159,6 +167,18 @@ class AttemptSchema(Schema):
     asks = fields.List(fields.Nested(WorkerAskSchema), required=True)
 
 
+class CallbackStateSchema(Schema):
+    """Where the task's end is delivered (``callback_url``), and how that went."""
+
+    url = fields.String(required=True)
+    attempts = fields.Integer(required=True, metadata={"description": "tries made so far"})
+    delivered_at = fields.DateTime(required=True, allow_none=True)
+    last_error = fields.String(required=True, allow_none=True)
+    delivery_id = fields.String(
+        required=True, metadata={"description": "X-Operator-Server-Delivery of every try"}
+    )
+
+
 class TaskSchema(Schema):
     """The task JSON every task route answers with (``Task.as_dict``)."""
 
@@ -179,6 +199,7 @@ class TaskSchema(Schema):
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
     attempts = fields.List(fields.Nested(AttemptSchema), required=True)
+    callback = fields.Nested(CallbackStateSchema, required=True, allow_none=True)
 
 
 class TaskPageSchema(Schema):
@@ -206,6 +227,31 @@ def _guard(request: web.Request) -> None:
     token = request.app[SETTINGS].api_token
     if token:
         require_bearer(request, token, "api_token")
+
+
+def _callback_url(settings: Settings, url: str) -> str:
+    """``url`` if webhooks may go there; 400 ``callback_not_allowed`` otherwise, so
+    the server never becomes a proxy into its own network."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        parsed = None
+    host = (parsed.host or "").lower() if parsed is not None else ""
+    if parsed is None or parsed.scheme not in ("http", "https") or not host:
+        raise ApiError(400, Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
+    if host not in settings.webhook_allow_hosts:
+        raise ApiError(
+            400,
+            Code.CALLBACK_NOT_ALLOWED,
+            f"callback_url: host {host!r} is not in webhook_allow_hosts",
+        )
+    if not settings.webhook_secret:
+        raise ApiError(
+            400,
+            Code.CALLBACK_NOT_ALLOWED,
+            "callback_url: webhooks are off on this server (webhook_secret is not set)",
+        )
+    return url
 
 
 def _max_depth(request: web.Request) -> int:
@@ -242,6 +288,9 @@ async def create_task(request: web.Request) -> web.Response:
     if not engine.accepting:
         raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
     body = load(TASK_REQUEST, await read_json(request, _max_depth(request)))
+    callback = body.get("callback_url")
+    if callback is not None:
+        _callback_url(request.app[SETTINGS], callback)
     if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
         raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
     try:
@@ -253,6 +302,7 @@ async def create_task(request: web.Request) -> web.Response:
             layers=tuple(body["layers"]) if "layers" in body else None,
             max_attempts=body.get("max_attempts"),
             parent_task_id=parent,
+            callback_url=callback,
         )
     except AttemptFailed as exc:
         raise ApiError(400, exc.code, exc.message) from None

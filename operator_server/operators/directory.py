@@ -90,6 +90,7 @@ class OperatorDirectory:
             created_at=record.created_at,
             last_seen_at=record.last_seen_at,
             metrics=self.metrics,
+            report=self.engine.operator_event,
         )
 
     def _add(self, session: WSOperatorSession) -> None:

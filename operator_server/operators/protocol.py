@@ -13,6 +13,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+from operator_server.engine.faces import Face
 from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import json
 from operator_server.wire.fastcheck import fast_check
@@ -22,6 +23,13 @@ from operator_server.wire.fields import StrictBoolean, StrictInteger
 # The frame type counted for a client frame that did not parse (metrics label).
 INVALID_FRAME = "invalid"
 REQ_KIND = {"ask": "ask", "hook_before": "hb", "hook_after": "ha", "spawn": "spawn"}
+# The face each request kind serves (task events name it).
+FACE_OF = {
+    "ask": Face.SENIOR_BRIDGE,
+    "hook_before": Face.SPAWN_HOOK,
+    "hook_after": Face.SPAWN_HOOK,
+    "spawn": Face.BACKEND,
+}
 # Which request each reply answers.
 REPLY_TO = {
     "answer": "ask",

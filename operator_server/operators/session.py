@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server.config import Settings
+from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
 from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
@@ -41,6 +42,8 @@ log = get_logger(__name__)
 # How many answered req_ids to remember for ``already_answered``.
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
+# (event type "request" | "reply", task_id, req_id, face, sid)
+Report = Callable[[str, str, str, str, str], None]
 
 
 def hash_token(token: str) -> str:
@@ -80,6 +83,7 @@ class WSOperatorSession:
         created_at: float | None = None,
         last_seen_at: float | None = None,
         metrics: Metrics | None = None,
+        report: Report | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -96,6 +100,8 @@ class WSOperatorSession:
         self._base_url = base_url
         self._ended: AttemptFailed | None = None
         self._metrics = metrics or Metrics()
+        # Tells the task's event stream of each request issued and answered.
+        self._report = report
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
         self.log = log.bind(sid=sid)
@@ -225,6 +231,8 @@ class WSOperatorSession:
         self.pending[req_id] = req
         if issued is not None:
             issued(req_id)
+        if self._report is not None:
+            self._report(EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid)
         if self._pump is not None:
             self._deliver(req)
         if not req.delivered:
@@ -312,6 +320,8 @@ class WSOperatorSession:
             self._answered.popitem(last=False)
         self._forget(req)
         self._metrics.reply_received(req.kind, time.monotonic() - req.issued_mono)
+        if self._report is not None:
+            self._report(EventType.REPLY, req.task_id, req_id, str(p.FACE_OF[req.kind]), self.sid)
         if not req.future.done():
             req.future.set_result((kind, data))
 

@@ -8,6 +8,8 @@ file path (the default, ``data/operator-server.sqlite``), or a process-local
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    Delivery,
+    Events,
     RolesTaken,
     Row,
     SessionRecord,
@@ -15,6 +17,7 @@ from operator_server.store.base import (
     StoredTask,
     StoreError,
     StoreLocked,
+    TaskEvent,
 )
 from operator_server.store.memory import MemoryStore
 from operator_server.store.postgres import PostgresStore
@@ -30,6 +33,8 @@ def open_store(settings: Settings) -> Store:
 
 
 __all__ = [
+    "Delivery",
+    "Events",
     "MemoryStore",
     "PostgresStore",
     "RolesTaken",
@@ -40,5 +45,6 @@ __all__ = [
     "StoreError",
     "StoreLocked",
     "StoredTask",
+    "TaskEvent",
     "open_store",
 ]

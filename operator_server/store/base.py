@@ -19,13 +19,26 @@ Every task gets a ``seq`` when first stored — increasing, never reused — and
 lists page by it (keyset paging): a page costs the same at any depth, and a
 task changing status between pages neither repeats nor shifts the listing.
 The store knows nothing of task semantics: callers name the statuses they mean.
+
+Task events (the SSE streams) are stored with the write that commits the state
+change they describe — one transaction, no extra commit — and each carries an
+``id`` the engine assigns in the order it queues writes, so ids increase in
+commit order.  Once a write commits, the store hands its events to the
+observer set with ``observe_events`` (the live fan-out), in commit order: a
+subscriber never sees an event a restart would not show.  Events go with their
+task at retention.
+
+Webhook deliveries: a finished task with a ``callback_url`` gets a delivery row
+(due time) in the same commit as its end; ``record_delivery`` updates the task
+and the row together after each try.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from operator_server.wire import json
@@ -78,6 +91,42 @@ class StoredTask:
     row: Row
 
 
+@dataclass(frozen=True)
+class TaskEvent:
+    """One event of a task's stream.  ``data`` is the JSON object sent as the
+    SSE ``data:`` line; it holds at least ``task_id``, ``type`` and ``at``."""
+
+    id: int
+    task_id: str
+    type: str
+    data: dict[str, Any]
+
+    @cached_property
+    def text(self) -> str:
+        """``data`` as compact JSON, encoded once for the store and every stream."""
+        return json.dumps(self.data)
+
+    @classmethod
+    def from_row(cls, event_id: int, task_id: str, text: str) -> TaskEvent:
+        data = json.loads(text, json.STORED_MAX_DEPTH)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        event = cls(int(event_id), str(task_id), str(data.get("type", "")), data)
+        event.__dict__["text"] = text  # already encoded
+        return event
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery still to be made: the task and when it is next due."""
+
+    task_id: str
+    due_at: float
+
+
+Events = Sequence[TaskEvent]
+
+
 def decode_task(data: Any) -> dict[str, Any]:
     """A stored task's JSON text as its record; ``ValueError`` saying why not.
 
@@ -109,10 +158,21 @@ def decode_session(
 
 
 class Store(ABC):
+    _event_observer: Callable[[Events], None] | None = None
+
     def observe_commits(self, observer: Callable[[float], None]) -> None:
         """Have ``observer`` told how long each commit takes, in seconds (metrics),
         possibly from another thread.  A store without commits ignores it."""
         del observer
+
+    def observe_events(self, observer: Callable[[Events], None]) -> None:
+        """Have ``observer`` handed each write's events once it is committed, in
+        commit order, on the event loop's thread."""
+        self._event_observer = observer
+
+    def _events_committed(self, events: Events) -> None:
+        if events and self._event_observer is not None:
+            self._event_observer(events)
 
     @abstractmethod
     def claim(self) -> None:
@@ -145,10 +205,38 @@ class Store(ABC):
     async def load_sessions(self) -> list[Row]: ...
 
     @abstractmethod
-    async def put_task(self, record: dict[str, Any]) -> None: ...
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        """Store ``record`` with ``events``; with ``deliver_at``, also a webhook
+        delivery of it due then — all in one commit."""
 
     @abstractmethod
-    def put_task_soon(self, record: dict[str, Any]) -> None: ...
+    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None: ...
+
+    @abstractmethod
+    def put_events_soon(self, events: Events) -> None:
+        """Events that come with no task write (operator requests, outputs)."""
+
+    @abstractmethod
+    async def last_event_id(self) -> int:
+        """The highest event id ever stored (0 for none): ids continue from it."""
+
+    @abstractmethod
+    async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        """Up to ``limit`` events with ``id > after_id`` (of ``task_id``, or all), in id
+        order; a row that cannot be decoded is skipped."""
+
+    @abstractmethod
+    async def next_deliveries(self, limit: int) -> list[Delivery]:
+        """The ``limit`` deliveries due soonest, soonest first."""
+
+    @abstractmethod
+    async def record_delivery(
+        self, task_id: str, record: dict[str, Any] | None, due_at: float | None
+    ) -> None:
+        """After a try: the task's new record (if given, and only if the task is
+        still stored) and its delivery due again at ``due_at``, or done (``None``)."""
 
     @abstractmethod
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
@@ -173,4 +261,5 @@ class Store(ABC):
         self, statuses: Collection[str], updated_before: float, limit: int
     ) -> dict[str, int]:
         """Delete up to ``limit`` tasks in ``statuses`` last updated before the
-        cutoff, oldest first; how many went, by status."""
+        cutoff, oldest first, with their events and deliveries; how many went,
+        by status."""

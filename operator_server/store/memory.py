@@ -11,7 +11,16 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from operator_server.store.base import Row, SessionRecord, Store, StoredTask, decode_task
+from operator_server.store.base import (
+    Delivery,
+    Events,
+    Row,
+    SessionRecord,
+    Store,
+    StoredTask,
+    TaskEvent,
+    decode_task,
+)
 from operator_server.wire import json
 
 
@@ -23,6 +32,8 @@ class MemoryStore(Store):
         self._order: list[int] = []  # every stored seq, ascending
         self._id_at: dict[int, str] = {}
         self._last_seq = 0
+        self.events: list[TaskEvent] = []  # ascending id
+        self.deliveries: dict[str, float] = {}
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -51,10 +62,51 @@ class MemoryStore(Store):
     async def load_sessions(self) -> list[Row]:
         return [Row(sid, rec) for sid, rec in self.sessions.items()]
 
-    async def put_task(self, record: dict[str, Any]) -> None:
-        self.put_task_soon(record)
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        self._put(record, events)
+        if deliver_at is not None:
+            self.deliveries[record["id"]] = deliver_at
+        self._events_committed(events)
 
-    def put_task_soon(self, record: dict[str, Any]) -> None:
+    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
+        self._put(record, events)
+        self._events_committed(events)
+
+    def put_events_soon(self, events: Events) -> None:
+        self.events.extend(events)
+        self._events_committed(events)
+
+    async def last_event_id(self) -> int:
+        return self.events[-1].id if self.events else 0
+
+    async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        start = bisect.bisect_right([e.id for e in self.events], after_id)
+        out = []
+        for event in self.events[start:]:
+            if task_id is None or event.task_id == task_id:
+                out.append(event)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def next_deliveries(self, limit: int) -> list[Delivery]:
+        soonest = sorted((due, tid) for tid, due in self.deliveries.items())[:limit]
+        return [Delivery(tid, due) for due, tid in soonest]
+
+    async def record_delivery(
+        self, task_id: str, record: dict[str, Any] | None, due_at: float | None
+    ) -> None:
+        if record is not None and task_id in self.tasks:
+            self.tasks[task_id] = record
+        if due_at is None or task_id not in self.tasks:
+            self.deliveries.pop(task_id, None)
+        else:
+            self.deliveries[task_id] = due_at
+
+    def _put(self, record: dict[str, Any], events: Events) -> None:
+        self.events.extend(events)
         task_id = record["id"]
         if task_id not in self._seq_of:
             self._last_seq += 1
@@ -104,7 +156,10 @@ class MemoryStore(Store):
         gone: Counter[str] = Counter()
         for _, task_id in old:
             gone[self.tasks.pop(task_id)["status"]] += 1
+            self.deliveries.pop(task_id, None)
             seq = self._seq_of.pop(task_id)
             del self._id_at[seq]
             del self._order[bisect.bisect_left(self._order, seq)]
+        if old:
+            self.events = [e for e in self.events if e.task_id in self.tasks]
         return dict(gone)

@@ -34,12 +34,15 @@ import asyncpg
 
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    Delivery,
+    Events,
     RolesTaken,
     Row,
     SessionRecord,
     Store,
     StoredTask,
     StoreError,
+    TaskEvent,
     decode_session,
     decode_task,
 )
@@ -88,6 +91,21 @@ MIGRATIONS: list[str] = [
         FROM operator_sessions s, json_array_elements_text(s.roles::json) AS r(role)
         ORDER BY r.role, s.created_at;
     """,
+    # v3: task events (the SSE streams; ids given by the engine) and pending
+    # webhook deliveries, as in SQLite's v3.
+    """
+    CREATE TABLE task_events (
+        id      BIGINT PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        data    TEXT NOT NULL
+    );
+    CREATE INDEX task_events_by_task ON task_events (task_id, id);
+    CREATE TABLE webhook_deliveries (
+        task_id TEXT PRIMARY KEY,
+        due_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by_due ON webhook_deliveries (due_at);
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
@@ -118,9 +136,20 @@ DELETE_FINISHED = """
         WHERE status = ANY($1::text[]) AND updated_at < $2
         ORDER BY updated_at LIMIT $3
         FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM tasks t USING victims v WHERE t.seq = v.seq RETURNING t.id, t.status
+    ), events AS (
+        DELETE FROM task_events e USING gone g WHERE e.task_id = g.id
+    ), deliveries AS (
+        DELETE FROM webhook_deliveries d USING gone g WHERE d.task_id = g.id
     )
-    DELETE FROM tasks t USING victims v WHERE t.seq = v.seq RETURNING t.status
+    SELECT status FROM gone
 """
+INSERT_EVENT = "INSERT INTO task_events (id, task_id, data) VALUES ($1, $2, $3)"
+UPSERT_DELIVERY = (
+    "INSERT INTO webhook_deliveries (task_id, due_at) VALUES ($1, $2) "
+    "ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at"
+)
 
 Work = Callable[[asyncpg.Connection], Awaitable[Any]]
 # What a lost or refused connection raises: the whole batch fails, not one op.
@@ -139,6 +168,7 @@ class _Op:
     work: Work
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
+    events: Events = ()  # handed to the event observer once committed
 
 
 class PostgresStore(Store):
@@ -217,6 +247,8 @@ class PostgresStore(Store):
                 outcomes = [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
             self._unsettled -= len(batch)
             for op, (ok, value) in zip(batch, outcomes, strict=True):
+                if ok:
+                    self._events_committed(op.events)
                 _deliver(op, ok, value)
 
     async def _run_batch(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
@@ -241,20 +273,20 @@ class PostgresStore(Store):
 
     # -- queueing ---------------------------------------------------------
 
-    async def _call(self, work: Work, what: str) -> Any:
+    async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
         if not self._accepting:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, fut, what))
+        self._queue.put_nowait(_Op(work, fut, what, events))
         return await fut
 
-    def _soon(self, work: Work, what: str) -> None:
+    def _soon(self, work: Work, what: str, events: Events = ()) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, None, what))
+        self._queue.put_nowait(_Op(work, None, what, events))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
@@ -326,8 +358,11 @@ class PostgresStore(Store):
         return out
 
     @staticmethod
-    def _task_write(record: dict[str, Any]) -> tuple[Work, str]:
-        """The write for ``record``, snapshotted now, not when the writer gets to it."""
+    def _task_write(
+        record: dict[str, Any], events: Events, deliver_at: float | None = None
+    ) -> tuple[Work, str, Events]:
+        """The write for ``record`` and its events, snapshotted now, not when the
+        writer gets to it."""
         args = (
             record["id"],
             record["status"],
@@ -335,14 +370,85 @@ class PostgresStore(Store):
             float(record["updated_at"]),
             json.dumps(record, separators=(",", ":")),
         )
-        # An upsert: the row keeps its seq.
-        return (lambda c: c.execute(UPSERT_TASK, *args), f"save task {record['id']}")
+        event_rows = [(e.id, e.task_id, e.text) for e in events]
 
-    async def put_task(self, record: dict[str, Any]) -> None:
-        await self._call(*self._task_write(record))
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
+            if event_rows:
+                await c.executemany(INSERT_EVENT, event_rows)
+            if deliver_at is not None:
+                await c.execute(UPSERT_DELIVERY, args[0], float(deliver_at))
 
-    def put_task_soon(self, record: dict[str, Any]) -> None:
-        self._soon(*self._task_write(record))
+        return work, f"save task {record['id']}", events
+
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        await self._call(*self._task_write(record, events, deliver_at))
+
+    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
+        self._soon(*self._task_write(record, events))
+
+    def put_events_soon(self, events: Events) -> None:
+        rows = [(e.id, e.task_id, e.text) for e in events]
+        self._soon(lambda c: c.executemany(INSERT_EVENT, rows), "save events", events)
+
+    async def last_event_id(self) -> int:
+        found = await self._read(
+            lambda c: c.fetchval("SELECT MAX(id) FROM task_events"), "last event id"
+        )
+        return int(found or 0)
+
+    async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        if task_id is None:
+            sql = "SELECT id, task_id, data FROM task_events WHERE id > $1 ORDER BY id LIMIT $2"
+            args: tuple[Any, ...] = (after_id, limit)
+        else:
+            sql = (
+                "SELECT id, task_id, data FROM task_events WHERE task_id = $1 AND id > $2 "
+                "ORDER BY id LIMIT $3"
+            )
+            args = (task_id, after_id, limit)
+        rows = await self._read(lambda c: c.fetch(sql, *args), "load events")
+        out = []
+        for event_id, owner, data in rows:
+            try:
+                out.append(TaskEvent.from_row(event_id, owner, data))
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                log.warning(
+                    "skipping a stored event that cannot be decoded", id=event_id, error=str(exc)
+                )
+        return out
+
+    async def next_deliveries(self, limit: int) -> list[Delivery]:
+        rows = await self._read(
+            lambda c: c.fetch(
+                "SELECT task_id, due_at FROM webhook_deliveries ORDER BY due_at LIMIT $1", limit
+            ),
+            "load deliveries",
+        )
+        return [Delivery(str(task_id), float(due)) for task_id, due in rows]
+
+    async def record_delivery(
+        self, task_id: str, record: dict[str, Any] | None, due_at: float | None
+    ) -> None:
+        data = None if record is None else json.dumps(record, separators=(",", ":"))
+
+        async def work(c: asyncpg.Connection) -> None:
+            # An UPDATE, never an upsert: a task retention deleted stays deleted.
+            found = await c.fetchval("SELECT 1 FROM tasks WHERE id = $1", task_id)
+            if found and data is not None:
+                await c.execute("UPDATE tasks SET data = $1 WHERE id = $2", data, task_id)
+            if due_at is None or not found:
+                await c.execute("DELETE FROM webhook_deliveries WHERE task_id = $1", task_id)
+            else:
+                await c.execute(
+                    "UPDATE webhook_deliveries SET due_at = $1 WHERE task_id = $2",
+                    float(due_at),
+                    task_id,
+                )
+
+        await self._call(work, f"record delivery of {task_id}")
 
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)

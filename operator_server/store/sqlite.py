@@ -39,12 +39,15 @@ from typing import Any
 
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    Delivery,
+    Events,
     Row,
     SessionRecord,
     Store,
     StoredTask,
     StoreError,
     StoreLocked,
+    TaskEvent,
     decode_session,
     decode_task,
 )
@@ -93,12 +96,28 @@ MIGRATIONS: list[str] = [
     CREATE INDEX tasks_by_status_seq ON tasks (status, seq);
     CREATE INDEX tasks_by_status_updated ON tasks (status, updated_at);
     """,
+    # v3: task events (the SSE streams; ids given by the engine, in commit
+    # order) and pending webhook deliveries.
+    """
+    CREATE TABLE task_events (
+        id      INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        data    TEXT NOT NULL
+    );
+    CREATE INDEX task_events_by_task ON task_events (task_id, id);
+    CREATE TABLE webhook_deliveries (
+        task_id TEXT PRIMARY KEY,
+        due_at  REAL NOT NULL
+    );
+    CREATE INDEX webhook_deliveries_by_due ON webhook_deliveries (due_at);
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
     "ON CONFLICT (id) DO UPDATE SET "
     "status = excluded.status, updated_at = excluded.updated_at, data = excluded.data"
 )
+INSERT_EVENT = "INSERT INTO task_events (id, task_id, data) VALUES (?,?,?)"
 
 Work = Callable[[sqlite3.Connection], Any]
 
@@ -108,6 +127,7 @@ class _Op:
     work: Work
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
+    events: Events = ()  # handed to the event observer once committed
 
 
 class SQLiteStore(Store):
@@ -247,6 +267,10 @@ class SQLiteStore(Store):
 
     def _deliver(self, op: _Op, ok: bool, value: Any) -> None:
         assert self._loop is not None
+        if ok and op.events:
+            # Before the caller resumes, and in queue order: ids reach
+            # subscribers in increasing order.
+            self._loop.call_soon_threadsafe(self._events_committed, op.events)
         if op.future is not None:
             fut = op.future
             if ok:
@@ -260,18 +284,18 @@ class SQLiteStore(Store):
 
     # -- queueing ---------------------------------------------------------
 
-    async def _call(self, work: Work, what: str) -> Any:
+    async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
         if self._thread is None or self._loop is None:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(work, fut, what))
+        self._queue.put(_Op(work, fut, what, events))
         return await fut
 
-    def _soon(self, work: Work, what: str) -> None:
+    def _soon(self, work: Work, what: str, events: Events = ()) -> None:
         if self._thread is None:
             log.error("store write after close dropped", what=what)
             return
-        self._queue.put(_Op(work, None, what))
+        self._queue.put(_Op(work, None, what, events))
 
     # -- operations -------------------------------------------------------
 
@@ -321,8 +345,10 @@ class SQLiteStore(Store):
         return out
 
     @staticmethod
-    def _task_write(record: dict[str, Any]) -> tuple[Work, str]:
-        """The write for ``record``, snapshotted now, on the caller's thread."""
+    def _task_write(
+        record: dict[str, Any], events: Events, deliver_at: float | None = None
+    ) -> tuple[Work, str, Events]:
+        """The write for ``record`` and its events, snapshotted now, on the caller's thread."""
         row = (
             record["id"],
             record["status"],
@@ -330,14 +356,86 @@ class SQLiteStore(Store):
             record["updated_at"],
             json.dumps(record, separators=(",", ":")),
         )
-        # An upsert, not INSERT OR REPLACE: the row keeps its seq.
-        return (lambda c: c.execute(UPSERT_TASK, row), f"save task {record['id']}")
+        event_rows = [(e.id, e.task_id, e.text) for e in events]
 
-    async def put_task(self, record: dict[str, Any]) -> None:
-        await self._call(*self._task_write(record))
+        def work(c: sqlite3.Connection) -> None:
+            # An upsert, not INSERT OR REPLACE: the row keeps its seq.
+            c.execute(UPSERT_TASK, row)
+            if event_rows:
+                c.executemany(INSERT_EVENT, event_rows)
+            if deliver_at is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO webhook_deliveries VALUES (?,?)", (row[0], deliver_at)
+                )
 
-    def put_task_soon(self, record: dict[str, Any]) -> None:
-        self._soon(*self._task_write(record))
+        return work, f"save task {record['id']}", events
+
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        await self._call(*self._task_write(record, events, deliver_at))
+
+    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
+        self._soon(*self._task_write(record, events))
+
+    def put_events_soon(self, events: Events) -> None:
+        rows = [(e.id, e.task_id, e.text) for e in events]
+        self._soon(lambda c: c.executemany(INSERT_EVENT, rows), "save events", events)
+
+    async def last_event_id(self) -> int:
+        found = await self._call(
+            lambda c: c.execute("SELECT MAX(id) FROM task_events").fetchone(), "last event id"
+        )
+        return int(found[0] or 0)
+
+    async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        if task_id is None:
+            sql = "SELECT id, task_id, data FROM task_events WHERE id > ? ORDER BY id LIMIT ?"
+            args: tuple[Any, ...] = (after_id, limit)
+        else:
+            sql = (
+                "SELECT id, task_id, data FROM task_events WHERE task_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?"
+            )
+            args = (task_id, after_id, limit)
+        rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "load events")
+        out = []
+        for event_id, owner, data in rows:
+            try:
+                out.append(TaskEvent.from_row(event_id, owner, data))
+            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+                log.warning(
+                    "skipping a stored event that cannot be decoded", id=event_id, error=str(exc)
+                )
+        return out
+
+    async def next_deliveries(self, limit: int) -> list[Delivery]:
+        rows = await self._call(
+            lambda c: c.execute(
+                "SELECT task_id, due_at FROM webhook_deliveries ORDER BY due_at LIMIT ?", (limit,)
+            ).fetchall(),
+            "load deliveries",
+        )
+        return [Delivery(str(task_id), float(due)) for task_id, due in rows]
+
+    async def record_delivery(
+        self, task_id: str, record: dict[str, Any] | None, due_at: float | None
+    ) -> None:
+        data = None if record is None else json.dumps(record, separators=(",", ":"))
+
+        def work(c: sqlite3.Connection) -> None:
+            # An UPDATE, never an upsert: a task retention deleted stays deleted.
+            found = c.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if found and data is not None:
+                c.execute("UPDATE tasks SET data = ? WHERE id = ?", (data, task_id))
+            if due_at is None or not found:
+                c.execute("DELETE FROM webhook_deliveries WHERE task_id = ?", (task_id,))
+            else:
+                c.execute(
+                    "UPDATE webhook_deliveries SET due_at = ? WHERE task_id = ?", (due_at, task_id)
+                )
+
+        await self._call(work, f"record delivery of {task_id}")
 
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)
@@ -394,12 +492,15 @@ class SQLiteStore(Store):
 
         def work(c: sqlite3.Connection) -> dict[str, int]:
             victims = c.execute(
-                f"SELECT seq, status FROM tasks WHERE status IN ({marks}) AND updated_at < ? "
+                f"SELECT seq, status, id FROM tasks WHERE status IN ({marks}) AND updated_at < ? "
                 "ORDER BY updated_at LIMIT ?",
                 (*wanted, updated_before, limit),
             ).fetchall()
-            c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _ in victims])
-            return dict(Counter(status for _, status in victims))
+            c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in victims])
+            ids = [(task_id,) for _, _, task_id in victims]
+            c.executemany("DELETE FROM task_events WHERE task_id = ?", ids)
+            c.executemany("DELETE FROM webhook_deliveries WHERE task_id = ?", ids)
+            return dict(Counter(status for _, status, _ in victims))
 
         result: dict[str, int] = await self._call(work, "delete finished tasks")
         return result

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from operator_server.store import MemoryStore, PostgresStore, SessionRecord, SQLiteStore, Store
+from operator_server.store import (
+    MemoryStore,
+    PostgresStore,
+    SessionRecord,
+    SQLiteStore,
+    Store,
+    TaskEvent,
+)
 from tests.pg import new_database
 
 
@@ -118,3 +125,53 @@ async def test_a_read_sees_every_soon_write_made_before_it(store: Store) -> None
     row = await store.get_task("t-soon")
     assert row is not None and row.value["status"] == "running"
     assert await store.count_tasks() == {"running": 1}
+
+
+def event(event_id: int, task_id: str, type: str = "status") -> TaskEvent:
+    return TaskEvent(event_id, task_id, type, {"task_id": task_id, "type": type, "at": "now"})
+
+
+async def test_events_commit_with_their_write_reach_the_observer_in_order_and_page_by_id(
+    store: Store,
+) -> None:
+    seen: list[int] = []
+    store.observe_events(lambda events: seen.extend(e.id for e in events))
+    await store.put_task(record("t-a", "pending"), [event(1, "t-a", "created")])
+    store.put_events_soon([event(2, "t-a", "output")])
+    store.put_task_soon(record("t-b", "pending"), [event(3, "t-b")])
+    await store.put_task(record("t-a", "running"), [event(4, "t-a"), event(5, "t-a")])
+    assert seen == [1, 2, 3, 4, 5]
+    assert [e.id for e in await store.load_events(0, "t-a", 100)] == [1, 2, 4, 5]
+    assert [e.id for e in await store.load_events(2, None, 2)] == [3, 4]
+    first = (await store.load_events(0, None, 1))[0]
+    assert (first.task_id, first.type, first.data["type"]) == ("t-a", "created", "created")
+    assert await store.last_event_id() == 5
+
+
+async def test_retention_takes_a_tasks_events_and_delivery_with_it(store: Store) -> None:
+    await store.put_task(record("t-old", "passed"), [event(1, "t-old")], deliver_at=5.0)
+    await store.put_task(record("t-new", "passed", updated_at=9.0), [event(2, "t-new")])
+    assert [d.task_id for d in await store.next_deliveries(10)] == ["t-old"]
+    assert await store.delete_finished(["passed"], 5.0, 10) == {"passed": 1}
+    assert [e.id for e in await store.load_events(0, None, 10)] == [2]
+    assert await store.next_deliveries(10) == []
+
+
+async def test_a_delivery_is_rescheduled_then_done_and_never_resurrects_a_deleted_task(
+    store: Store,
+) -> None:
+    await store.put_task(record("t-a", "passed"), deliver_at=3.0)
+    await store.put_task(record("t-b", "passed"), deliver_at=1.0)
+    assert [(d.task_id, d.due_at) for d in await store.next_deliveries(10)] == [
+        ("t-b", 1.0),
+        ("t-a", 3.0),
+    ]
+    await store.record_delivery("t-b", record("t-b", "passed", tries=1), 7.0)
+    assert [d.task_id for d in await store.next_deliveries(10)] == ["t-a", "t-b"]
+    row = await store.get_task("t-b")
+    assert row is not None and row.value["tries"] == 1
+    await store.record_delivery("t-b", record("t-b", "passed", tries=2), None)
+    assert [d.task_id for d in await store.next_deliveries(10)] == ["t-a"]
+    await store.delete_finished(["passed"], 10.0, 10)
+    await store.record_delivery("t-a", record("t-a", "passed"), None)
+    assert await store.get_task("t-a") is None

@@ -263,10 +263,10 @@ async def test_a_failed_attempt_start_write_fails_the_attempt_with_store_failed(
     real_put = store.put_task
     calls = 0
 
-    async def put_then_break(record: dict[str, Any]) -> None:
+    async def put_then_break(record: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         nonlocal calls
         calls += 1
-        await real_put(record)
+        await real_put(record, *args, **kwargs)
         if calls == 1:
             await make_read_only(client)
 

@@ -136,7 +136,10 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await store.open()
     await store.close()
     conn = await asyncpg.connect(pg_url)
-    await conn.execute("DROP TABLE operator_roles; UPDATE operator_server_schema SET version = 1")
+    await conn.execute(
+        "DROP TABLE operator_roles, task_events, webhook_deliveries; "
+        "UPDATE operator_server_schema SET version = 1"
+    )
     for sid, created in (("op-new", 2.0), ("op-old", 1.0)):
         await conn.execute(
             "INSERT INTO operator_sessions VALUES ($1, 'h', '[\"main\", \"x\"]', '', $2, $2)",

@@ -1,0 +1,271 @@
+"""Task event streams over Server-Sent Events.
+
+``GET /v1/tasks/{id}/events`` follows one task and closes after the event that
+makes it terminal; ``GET /v1/events?status=&agent=`` follows every task.  Both
+need the api token, like the task routes.  Each event is::
+
+    id: <monotonic id>
+    event: <type>
+    data: {"task_id": ..., "type": ..., "at": ..., "agent": ..., "status": ..., ...}
+
+A client reconnecting with ``Last-Event-ID`` gets exactly the events after that
+id — read from the store, so also after a restart — and then the live ones.
+The subscription is taken *before* the store is read, and events are
+de-duplicated by id, so nothing falls between the two.
+
+A quiet stream gets a ``: keepalive`` comment every ``event_keepalive_s``.  A
+reader that does not keep up is cut off exactly like a slow operator socket:
+``outbound_queue_max`` events waiting, or one write blocked past
+``write_timeout_s``.  At shutdown the fan-out closes every subscription and
+each stream ends cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, fields, validate
+
+from operator_server.appkeys import ENGINE, METRICS, SETTINGS
+from operator_server.engine.events import is_terminal
+from operator_server.engine.tasks import TaskStatus
+from operator_server.errors import ApiError, Code
+from operator_server.logs import get_logger
+from operator_server.store import TaskEvent
+from operator_server.wire.contract import Body, Operation, Security, documented
+from operator_server.wire.requests import query, require_bearer
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+# Events read from the store per query while catching up.
+BACKLOG_PAGE = 500
+KEEPALIVE = b": keepalive\n\n"
+
+
+class EventsQuerySchema(Schema):
+    status = fields.Enum(
+        TaskStatus,
+        by_value=True,
+        metadata={"description": "only events after which the task has this status"},
+    )
+    agent = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "only events of tasks for this agent"},
+    )
+
+
+EVENTS_QUERY = EventsQuerySchema()  # built once: construction deep-copies every field
+
+
+class EventDataSchema(Schema):
+    """The JSON of one event's ``data:`` line (documentation; built by the engine)."""
+
+    task_id = fields.String(required=True)
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf(
+            ["created", "status", "attempt_started", "attempt_ended", "output", "request", "reply"]
+        ),
+    )
+    at = fields.String(required=True, metadata={"description": "ISO 8601 UTC"})
+    agent = fields.String(required=True)
+    status = fields.String(
+        required=True, metadata={"description": "the task's status once the event applies"}
+    )
+    attempt = fields.Integer()
+    outcome = fields.String(metadata={"description": "attempt_ended: the attempt's status"})
+    error_code = fields.String()
+    kind = fields.String(metadata={"description": "output: final | output"})
+    source = fields.String(metadata={"description": "output: worker | ack | halt | agent"})
+    ok = fields.Boolean()
+    req_id = fields.String()
+    face = fields.String()
+    sid = fields.String()
+
+
+def _guard(request: web.Request) -> None:
+    token = request.app[SETTINGS].api_token
+    if token:
+        require_bearer(request, token, "api_token")
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise ApiError(400, Code.BAD_REQUEST, "Last-Event-ID: expected an event id (digits)")
+    return int(raw)
+
+
+def encode(events: list[TaskEvent]) -> bytes:
+    return "".join(f"id: {e.id}\nevent: {e.type}\ndata: {e.text}\n\n" for e in events).encode()
+
+
+class _CutOff(Exception):
+    """The reader is not keeping up."""
+
+
+class EventStream:
+    """One SSE response: catch up from the store, then follow the fan-out."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        task_id: str | None,
+        wants: Callable[[TaskEvent], bool] | None = None,
+    ) -> None:
+        app = request.app
+        self.request = request
+        self.task_id = task_id
+        self.wants = wants
+        self.engine = app[ENGINE]
+        self.settings = app[SETTINGS]
+        self.metrics = app[METRICS]
+        self.after = _last_event_id(request)
+        self.response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies: pass events through as they come
+            }
+        )
+
+    async def run(self) -> web.StreamResponse:
+        settings = self.settings
+        sub = self.engine.fanout.subscribe(self.task_id, settings.outbound_queue_max, self.wants)
+        try:
+            await self.response.prepare(self.request)
+            if await self._catch_up():
+                return self.response
+            if self.task_id is not None:
+                task = await self.engine.find(self.task_id)
+                if task is None or task.status.terminal:
+                    # It ended while we caught up; its end is committed, so its
+                    # events are stored or queued here: send what is queued, then stop.
+                    await self._send(sub.take())
+                    return self.response
+            while True:
+                if not await sub.wait(settings.event_keepalive_s):
+                    await self._write(KEEPALIVE)
+                    continue
+                if sub.overflowed:
+                    raise _CutOff("outbound_queue_max events waiting")
+                if await self._send(sub.take()) or sub.closed:
+                    return self.response
+        except _CutOff as why:
+            log.warning(
+                "event stream reader is not reading: disconnecting",
+                reason=str(why),
+                task_id=self.task_id,
+            )
+            self.metrics.slow_peer_disconnected()
+            if (transport := self.request.transport) is not None:
+                transport.abort()
+            return self.response
+        except (ConnectionError, RuntimeError) as exc:  # the reader went away
+            log.debug("event stream ended by the reader", error=str(exc))
+            return self.response
+        finally:
+            sub.close()
+
+    async def _catch_up(self) -> bool:
+        """Send the stored events after ``after``; True when the stream is done."""
+        store = self.engine.store
+        while True:
+            page = await store.load_events(self.after, self.task_id, BACKLOG_PAGE)
+            if await self._send(page):
+                return True
+            if len(page) < BACKLOG_PAGE:
+                return False
+
+    async def _send(self, events: list[TaskEvent]) -> bool:
+        """Write the events not sent yet; True when one ended the task's stream."""
+        fresh = []
+        done = False
+        for event in events:
+            if event.id <= self.after:
+                continue
+            self.after = event.id
+            if self.wants is not None and not self.wants(event):
+                continue
+            fresh.append(event)
+            if self.task_id is not None and is_terminal(event):
+                done = True
+                break
+        if fresh:
+            await self._write(encode(fresh))
+        return done
+
+    async def _write(self, data: bytes) -> None:
+        timeout = self.settings.write_timeout_s
+        if not timeout:
+            await self.response.write(data)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.response.write(data)
+        except TimeoutError:
+            raise _CutOff("a write stayed blocked past write_timeout_s") from None
+
+
+_STREAM = Body(
+    "Server-Sent Events: `id:` (monotonic), `event:` (the type) and `data:` (an EventData "
+    "object) per event; `: keepalive` comments every event_keepalive_s. Send "
+    "`Last-Event-ID` to resume after that id.",
+    media=("text/event-stream",),
+)
+
+
+@routes.get("/v1/tasks/{task_id}/events")
+@documented(
+    Operation(
+        "Follow one task's events from creation to its end (the stream then closes)",
+        {200: _STREAM},
+        errors={
+            400: "a malformed Last-Event-ID",
+            401: "no or wrong api_token",
+            404: "no such task",
+        },
+        security=(Security.API_TOKEN,),
+        tags=("tasks",),
+    )
+)
+async def task_events(request: web.Request) -> web.StreamResponse:
+    _guard(request)
+    task_id = request.match_info["task_id"]
+    stream = EventStream(request, task_id)  # a bad Last-Event-ID is a 400 before the lookup
+    if await request.app[ENGINE].find(task_id) is None:
+        raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+    return await stream.run()
+
+
+@routes.get("/v1/events")
+@documented(
+    Operation(
+        "Follow every task's events, optionally filtered by status or agent",
+        {200: _STREAM},
+        errors={400: "a bad query or Last-Event-ID", 401: "no or wrong api_token"},
+        security=(Security.API_TOKEN,),
+        query=EventsQuerySchema,
+        tags=("tasks",),
+    )
+)
+async def all_events(request: web.Request) -> web.StreamResponse:
+    _guard(request)
+    q: dict[str, Any] = query(request, EVENTS_QUERY)
+    status = str(q["status"]) if "status" in q else None
+    agent = q.get("agent")
+    wants = None
+    if status is not None or agent is not None:
+
+        def wants(event: TaskEvent) -> bool:
+            data = event.data
+            return (status is None or data.get("status") == status) and (
+                agent is None or data.get("agent") == agent
+            )
+
+    return await EventStream(request, None, wants).run()

@@ -1,0 +1,202 @@
+"""Task event streams (SSE): order, resume, close at terminal, keepalive, slow readers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Server, create_task, engine_of, wait_task
+from tests.http.sse import next_block, next_event, read_all
+from tests.wsop import connect, eventually, expect, mint
+
+ECHO_TYPES = ["created", "attempt_started", "status", "output", "attempt_ended", "status"]
+
+
+async def stream(client: TestClient[Any, Any], path: str, last: int | None = None) -> Any:
+    headers = {"Last-Event-ID": str(last)} if last is not None else {}
+    resp = await client.get(path, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    return resp
+
+
+async def test_a_finished_tasks_stream_replays_creation_to_end_in_order_then_closes(
+    server: Server,
+) -> None:
+    client = await server()
+    task = await create_task(client, agent="echo")
+    await wait_task(client, task["id"])
+    events = await read_all(await stream(client, f"/v1/tasks/{task['id']}/events"))
+    assert [e.type for e in events] == ECHO_TYPES
+    ids = [e.id for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for e in events:
+        assert e.data["task_id"] == task["id"] and e.data["type"] == e.type and e.data["at"]
+    assert [e.data["status"] for e in events if e.type == "status"] == ["running", "passed"]
+    ended = events[4].data
+    assert ended["attempt"] == 1 and ended["outcome"] == "passed"
+    output = events[3].data
+    assert (output["kind"], output["source"]) == ("final", "agent")
+    assert "value" not in output  # an output's value may hold anything, credentials too
+
+
+async def test_a_live_stream_follows_an_operator_served_task_and_closes_at_its_end(
+    server: Server,
+) -> None:
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    resp = await stream(client, f"/v1/tasks/{task['id']}/events")
+    seen = []
+    while not any(e.type == "request" for e in seen):
+        event = await next_event(resp)
+        assert event is not None
+        seen.append(event)
+    spawn = await expect(ws, "spawn")
+    request = seen[-1].data
+    assert (request["req_id"], request["face"], request["sid"]) == (
+        spawn["req_id"],
+        "backend",
+        sid,
+    )
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {"done": 1}})
+    rest = await read_all(resp)  # returns only because the server closes the stream
+    types = [e.type for e in seen + rest]
+    assert types == [
+        "created",
+        "attempt_started",
+        "status",
+        "request",
+        "reply",
+        "output",
+        "attempt_ended",
+        "status",
+    ]
+    assert rest[-1].data["status"] == "passed"
+    assert spawn["capability_token"] not in str([e.data for e in seen + rest])
+    await ws.close()
+
+
+async def test_last_event_id_resumes_with_exactly_the_events_after_it(server: Server) -> None:
+    client = await server()
+    task = await create_task(client, agent="echo")
+    await wait_task(client, task["id"])
+    path = f"/v1/tasks/{task['id']}/events"
+    everything = await read_all(await stream(client, path))
+    resumed = await read_all(await stream(client, path, last=everything[2].id))
+    assert [e.id for e in resumed] == [e.id for e in everything[3:]]
+    assert await read_all(await stream(client, path, last=everything[-1].id)) == []
+
+
+async def test_resume_works_across_a_restart_on_sqlite_and_ids_keep_increasing(
+    server: Server, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "events.sqlite")
+    first = await server(store__path=db)
+    task = await create_task(first, agent="echo")
+    await wait_task(first, task["id"])
+    path = f"/v1/tasks/{task['id']}/events"
+    before = await read_all(await stream(first, path))
+    await first.close()
+
+    second = await server(store__path=db)
+    resumed = await read_all(await stream(second, path, last=before[1].id))
+    assert [(e.id, e.type, e.data) for e in resumed] == [(e.id, e.type, e.data) for e in before[2:]]
+    later = await create_task(second, agent="echo")
+    await wait_task(second, later["id"])
+    after = await read_all(await stream(second, f"/v1/tasks/{later['id']}/events"))
+    assert after[0].id > before[-1].id
+
+
+async def test_the_all_tasks_stream_filters_by_agent_and_status(server: Server) -> None:
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    failed = await stream(client, "/v1/events?status=failed")
+    by_agent = await stream(client, "/v1/events?agent=echo")
+    held = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    await expect(ws, "spawn")
+    echo = await create_task(client, agent="echo")
+    await wait_task(client, echo["id"])
+    got = [await next_event(by_agent) for _ in ECHO_TYPES]
+    assert [e.type for e in got if e] == ECHO_TYPES
+    assert {e.data["task_id"] for e in got if e} == {echo["id"]}
+    await ws.close()
+    resp = await client.delete(f"/v1/operators/{sid}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 204
+    event = await next_event(failed)
+    assert event is not None
+    assert (event.data["task_id"], event.data["status"]) == (held["id"], "failed")
+
+
+async def test_a_quiet_stream_gets_keepalive_comments(server: Server) -> None:
+    client = await server(event_keepalive_s=0.05)
+    resp = await stream(client, "/v1/events")
+    assert await next_block(resp) == [": keepalive"]
+
+
+async def test_unknown_task_is_404_and_a_bad_last_event_id_is_400(server: Server) -> None:
+    client = await server(api_token="tok")
+    resp = await client.get("/v1/tasks/t-nope/events")
+    assert resp.status == 401
+    auth = {"Authorization": "Bearer tok"}
+    resp = await client.get("/v1/tasks/t-nope/events", headers=auth)
+    assert resp.status == 404
+    resp = await client.get("/v1/events", headers={**auth, "Last-Event-ID": "abc"})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "bad_request"
+
+
+async def test_shutdown_ends_open_streams_cleanly(server: Server) -> None:
+    client = await server()
+    resp = await stream(client, "/v1/events")
+    reading = asyncio.ensure_future(read_all(resp, timeout=10))
+    await eventually(lambda: engine_of(client).fanout.subscribers == 1)
+    await asyncio.wait_for(client.server.close(), 10)
+    assert await asyncio.wait_for(reading, 10) == []  # the chunked body ended properly
+
+
+async def test_a_reader_that_stops_reading_is_cut_off(server: Server) -> None:
+    client = await server(outbound_queue_max=4, write_timeout_s=1)
+    engine = engine_of(client)
+    # A raw socket with a tiny receive window that never reads past the headers.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (client.host, client.port))
+    await loop.sock_sendall(
+        sock, f"GET /v1/events HTTP/1.1\r\nHost: {client.host}\r\n\r\n".encode()
+    )
+    await eventually(lambda: engine.fanout.subscribers == 1)
+
+    async def flood() -> None:
+        while engine.fanout.subscribers:
+            for _ in range(50):
+                await engine.submit(agent="echo", directive="x" * 10)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(flood(), 30)
+    metrics = await (await client.get("/metrics")).text()
+    assert "operator_server_slow_peer_disconnects_total 1.0" in metrics
+    # The reader, when it finally reads, finds the connection gone.
+    received = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    assert received.startswith(b"HTTP/1.1 200")
+    sock.close()

@@ -1,0 +1,197 @@
+"""Webhooks against a receiver running on loopback: signed, retried, resumed, allow-listed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from operator_server.wire import json
+from operator_server.wire.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
+from tests.conftest import Server, create_task, wait_task
+from tests.test_daemon import start_daemon
+from tests.wsop import eventually
+
+SECRET = "whsec-test"
+HOOKS = {
+    "webhook_secret": SECRET,
+    "webhook_allow_hosts": ["127.0.0.1"],
+    "webhook_backoff_s": 0.05,
+}
+
+
+@dataclass
+class Receiver:
+    url: str
+    answers: list[int] = field(default_factory=list)  # statuses to give, then 200
+    got: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # when set: hang each request until it is set
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    box: list[Receiver] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        rec = box[0]
+        body = await request.read()
+        rec.got.append((body, dict(request.headers)))
+        if rec.hold is not None:
+            await rec.hold.wait()
+        return web.Response(status=rec.answers.pop(0) if rec.answers else 200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    srv = TestServer(app, host="127.0.0.1")
+    await srv.start_server()
+    box.append(Receiver(str(srv.make_url("/hook"))))
+    yield box[0]
+    await srv.close()
+
+
+async def test_the_final_task_is_posted_with_a_signature_that_verifies(
+    server: Server, receiver: Receiver
+) -> None:
+    client = await server(**HOOKS)
+    task = await create_task(client, agent="echo", callback_url=receiver.url)
+    await eventually(lambda: len(receiver.got) == 1, what="the delivery")
+    body, headers = receiver.got[0]
+    assert verify(SECRET, body, headers[SIGNATURE_HEADER])
+    assert not verify("another secret", body, headers[SIGNATURE_HEADER])
+    uuid.UUID(headers[DELIVERY_HEADER])
+    sent = json.loads(body)
+    assert (sent["id"], sent["status"]) == (task["id"], "passed")
+
+    async def delivered() -> dict[str, Any]:
+        return (await wait_task(client, task["id"]))["callback"]  # type: ignore[no-any-return]
+
+    for _ in range(100):
+        if (callback := await delivered())["delivered_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert callback["url"] == receiver.url
+    assert (callback["attempts"], callback["last_error"]) == (1, None)
+
+
+async def test_a_500_then_a_200_makes_exactly_two_deliveries(
+    server: Server, receiver: Receiver
+) -> None:
+    receiver.answers = [500]
+    client = await server(**HOOKS)
+    task = await create_task(client, agent="echo", callback_url=receiver.url)
+    await eventually(lambda: len(receiver.got) == 2, what="the retry")
+    for _ in range(200):
+        callback = (await wait_task(client, task["id"]))["callback"]
+        if callback["delivered_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert callback["attempts"] == 2 and callback["last_error"] is None
+    # Both tries are one delivery: the receiver can drop the duplicate.
+    assert receiver.got[0][1][DELIVERY_HEADER] == receiver.got[1][1][DELIVERY_HEADER]
+    await client.close()  # nothing is left to send
+    assert len(receiver.got) == 2
+
+
+async def test_deliveries_give_up_after_webhook_max_attempts(
+    server: Server, receiver: Receiver
+) -> None:
+    receiver.answers = [500] * 10
+    client = await server(**HOOKS, webhook_max_attempts=3)
+    task = await create_task(client, agent="echo", callback_url=receiver.url)
+    for _ in range(200):
+        callback = (await wait_task(client, task["id"]))["callback"]
+        if callback["attempts"] == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert callback["delivered_at"] is None and callback["last_error"] == "HTTP 500"
+    await client.close()
+    assert len(receiver.got) == 3
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/hook",  # a host not in the allow-list
+        "http://127.0.0.1.evil.example/hook",
+        "ftp://127.0.0.1/hook",  # not http(s)
+        "not a url",
+    ],
+)
+async def test_a_callback_url_outside_the_allow_list_is_400(server: Server, url: str) -> None:
+    client = await server(**HOOKS)
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "echo", "directive": "x", "callback_url": url}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "callback_not_allowed"
+
+
+async def test_callbacks_are_refused_while_no_webhook_secret_is_set(server: Server) -> None:
+    client = await server(webhook_allow_hosts=["127.0.0.1"])
+    resp = await client.post(
+        "/v1/tasks",
+        json={"agent": "echo", "directive": "x", "callback_url": "http://127.0.0.1/hook"},
+    )
+    assert resp.status == 400
+    assert "webhook_secret" in (await resp.json())["error"]["message"]
+
+
+async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.hold = asyncio.Event()  # the first try hangs: in flight when the daemon dies
+    args = (
+        "--secret",
+        "s",
+        "--store-path",
+        str(tmp_path / "d.sqlite"),
+        "--webhook-secret",
+        SECRET,
+        "--webhook-allow-hosts",
+        "127.0.0.1",
+        "--webhook-timeout-s",
+        "60",
+    )
+    first = await start_daemon(*args)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{first.base}/v1/tasks",
+                json={"agent": "echo", "directive": "x", "callback_url": receiver.url},
+            ) as resp:
+                assert resp.status == 202
+                task_id = (await resp.json())["id"]
+            await eventually(lambda: len(receiver.got) == 1, what="the first try")
+            first.proc.kill()
+            first.proc.wait()
+            receiver.hold.set()
+            receiver.hold = None
+
+            second = await start_daemon(*args)
+            try:
+                await eventually(lambda: len(receiver.got) == 2, within=10, what="the retry")
+                body, headers = receiver.got[1]
+                assert verify(SECRET, body, headers[SIGNATURE_HEADER])
+                assert json.loads(body)["id"] == task_id
+                for _ in range(200):
+                    async with http.get(f"{second.base}/v1/tasks/{task_id}") as resp:
+                        callback = (await resp.json())["callback"]
+                    if callback["delivered_at"] is not None:
+                        break
+                    await asyncio.sleep(0.02)
+                assert callback["delivered_at"] is not None
+            finally:
+                second.proc.kill()
+                second.proc.wait()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+            first.proc.wait()
