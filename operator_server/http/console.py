@@ -19,6 +19,7 @@ from marshmallow import Schema, fields
 from operator_server.appkeys import SETTINGS
 from operator_server.console import STATIC_DIR
 from operator_server.wire.contract import Body, Operation, documented
+from operator_server.wire.json import json_response
 
 routes = web.RouteTableDef()
 
@@ -105,7 +106,7 @@ async def console_no_slash(request: web.Request) -> web.Response:
 )
 async def console_config(request: web.Request) -> web.Response:
     body = {"api_token_required": bool(request.app[SETTINGS].api_token)}
-    resp = web.json_response(body)
+    resp = json_response(body)
     resp.headers.update(_headers(request, "application/json"))
     return resp
 

@@ -16,6 +16,7 @@ from operator_server.appkeys import SETTINGS
 from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
+from operator_server.wire.json import json_response
 
 log = get_logger(__name__)
 
@@ -32,7 +33,7 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **detail: Any
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, **detail}}
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
 @web.middleware

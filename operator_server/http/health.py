@@ -11,6 +11,7 @@ from operator_server import __version__
 from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS
 from operator_server.engine.tasks import TaskStatus
 from operator_server.wire.contract import Body, Operation, documented
+from operator_server.wire.json import json_response
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()
@@ -41,7 +42,7 @@ class HealthSchema(Schema):
 @documented(Operation("Liveness, with task and session counts", {200: Body("alive", HealthSchema)}))
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    return web.json_response(
+    return json_response(
         {
             "status": "ok" if engine.accepting else "shutting_down",
             "version": __version__,

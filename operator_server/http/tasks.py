@@ -34,6 +34,7 @@ from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
+from operator_server.wire.json import json_response
 from operator_server.wire.requests import query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
@@ -307,7 +308,7 @@ async def create_task(request: web.Request) -> web.Response:
     except AttemptFailed as exc:
         raise ApiError(400, exc.code, exc.message) from None
     location = f"/v1/tasks/{task.id}"
-    return web.json_response(task.as_dict(), status=202, headers={"Location": location})
+    return json_response(task.as_dict(), status=202, headers={"Location": location})
 
 
 @routes.get("/v1/tasks")
@@ -331,7 +332,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     after = await _cursor(engine, q.get("after"))
     tasks, more = await engine.page(q.get("status"), after, q["limit"])
-    return web.json_response(
+    return json_response(
         {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)}
     )
 
@@ -375,7 +376,7 @@ async def get_task(request: web.Request) -> web.Response:
                 await task.finished.wait()
         except TimeoutError:
             pass  # answer with the task as it is now
-    return web.json_response(task.as_dict())
+    return json_response(task.as_dict())
 
 
 @routes.post("/v1/tasks/{task_id}/cancel")
@@ -409,4 +410,4 @@ async def cancel_task(request: web.Request) -> web.Response:
             f"task {task.id} already ended with status {task.status}",
             task=task.as_dict(),
         )
-    return web.json_response(task.as_dict())
+    return json_response(task.as_dict())

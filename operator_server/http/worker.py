@@ -21,6 +21,7 @@ from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.answer_schema import SchemaNotAllowed, check_schema
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryBoolean, StrictBoolean, StrictInteger
+from operator_server.wire.json import json_response
 from operator_server.wire.requests import bearer_of, query, read_body, read_json, validate
 
 routes = web.RouteTableDef()
@@ -104,9 +105,7 @@ def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Clai
 
 
 def _accepted(claims: Claims) -> web.Response:
-    return web.json_response(
-        {"accepted": True, "task_id": claims.task_id, "attempt": claims.attempt}
-    )
+    return json_response({"accepted": True, "task_id": claims.task_id, "attempt": claims.attempt})
 
 
 @routes.get("/v1/worker/prompt")
@@ -123,7 +122,7 @@ def _accepted(claims: Claims) -> web.Response:
 async def worker_prompt(request: web.Request) -> web.Response:
     q = query(request, PROMPT_QUERY)
     claims = _claims(request, "prompt", q.get("task_id"))
-    return web.json_response(request.app[ENGINE].worker_view(claims))
+    return json_response(request.app[ENGINE].worker_view(claims))
 
 
 @routes.post("/v1/worker/result")
@@ -204,11 +203,11 @@ def _wait_limit(request: web.Request, wait: float, what: str) -> float:
 def _ask_answer(ask: WorkerAsk) -> web.Response:
     """One ask as the worker sees it: the answer, the refusal, or still pending."""
     if ask.status is AskStatus.ANSWERED:
-        return web.json_response({"ask_id": ask.ask_id, "value": ask.answer})
+        return json_response({"ask_id": ask.ask_id, "value": ask.answer})
     if ask.status is AskStatus.DECLINED:
-        return web.json_response({"ask_id": ask.ask_id, "declined": ask.declined})
+        return json_response({"ask_id": ask.ask_id, "declined": ask.declined})
     if ask.status is AskStatus.PENDING:
-        return web.json_response({"ask_id": ask.ask_id, "status": "pending"}, status=202)
+        return json_response({"ask_id": ask.ask_id, "status": "pending"}, status=202)
     error = ask.error
     code = error.code if error is not None else Code.ATTEMPT_ENDED
     message = error.message if error is not None else "the ask ended unanswered"

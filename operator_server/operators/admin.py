@@ -27,6 +27,7 @@ from operator_server.operators.login import SessionSchema, session_view
 from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
+from operator_server.wire.json import json_response
 from operator_server.wire.requests import query
 
 routes = web.RouteTableDef()
@@ -140,7 +141,7 @@ async def list_operators(request: web.Request) -> web.Response:
     limit = q["limit"]
     page = chosen[:limit]
     more = len(chosen) > limit
-    return web.json_response(
+    return json_response(
         {
             "operators": [session_view(s) for s in page],
             "next": _cursor(_order(page[-1])) if more else None,
@@ -164,4 +165,4 @@ async def list_operators(request: web.Request) -> web.Response:
 async def pending_requests(request: web.Request) -> web.Response:
     session, _ = authorize_session_or_admin(request)
     now = time.time()
-    return web.json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})
+    return json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})

@@ -29,6 +29,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
+from operator_server.wire.json import json_response
 from operator_server.wire.requests import read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
@@ -161,7 +162,7 @@ async def mint_operator(request: web.Request) -> web.Response:
             409, Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
         ) from None
     body = {"sid": session.sid, "token": token, "roles": session.roles}
-    return web.json_response(body, status=201, headers={"Location": f"/v1/operators/{session.sid}"})
+    return json_response(body, status=201, headers={"Location": f"/v1/operators/{session.sid}"})
 
 
 @routes.get("/v1/operators/{sid}")
@@ -176,7 +177,7 @@ async def mint_operator(request: web.Request) -> web.Response:
 )
 async def operator_info(request: web.Request) -> web.Response:
     session, _ = authorize_session(request)
-    return web.json_response(session_view(session))
+    return json_response(session_view(session))
 
 
 @routes.delete("/v1/operators/{sid}")

@@ -192,7 +192,7 @@ def parse_server_frame(
 
 
 def encode(frame: dict[str, Any]) -> str:
-    return json.dumps(frame)
+    return json.dumps_bytes(frame).decode()
 
 
 # -- server -> client ------------------------------------------------------

@@ -104,7 +104,7 @@ class TaskEvent:
     @cached_property
     def text(self) -> str:
         """``data`` as compact JSON, encoded once for the store and every stream."""
-        return json.dumps(self.data)
+        return json.dumps_bytes(self.data).decode()
 
     @classmethod
     def from_row(cls, event_id: int, task_id: str, text: str) -> TaskEvent:

@@ -46,6 +46,7 @@ from operator_server.store.base import (
     decode_session,
     decode_task,
 )
+from operator_server.wire import json as wire_json
 
 log = get_logger(__name__)
 BATCH = 512
@@ -368,7 +369,7 @@ class PostgresStore(Store):
             record["status"],
             float(record["created_at"]),
             float(record["updated_at"]),
-            json.dumps(record, separators=(",", ":")),
+            wire_json.dumps_bytes(record).decode(),
         )
         event_rows = [(e.id, e.task_id, e.text) for e in events]
 
@@ -432,7 +433,7 @@ class PostgresStore(Store):
     async def record_delivery(
         self, task_id: str, record: dict[str, Any] | None, due_at: float | None
     ) -> None:
-        data = None if record is None else json.dumps(record, separators=(",", ":"))
+        data = None if record is None else wire_json.dumps_bytes(record).decode()
 
         async def work(c: asyncpg.Connection) -> None:
             # An UPDATE, never an upsert: a task retention deleted stays deleted.

@@ -22,8 +22,12 @@ import json
 import math
 import re
 from array import array
+from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
+
+import orjson
+from aiohttp import web
 
 from operator_server.errors import Code
 
@@ -133,6 +137,35 @@ def lone_surrogate_at(value: Any) -> str | None:
         elif isinstance(item, list):
             stack.extend((f"{path}[{i}]", sub) for i, sub in enumerate(item))
     return None
+
+
+def dumps_bytes(value: Any) -> bytes:
+    """Compact standard JSON as UTF-8, by orjson when it can.
+
+    orjson encodes several times faster than the standard library (JSON
+    encoding was the largest single cost per task on the hot path: responses,
+    frames, stored records and events).  It refuses integers past 64 bits and
+    nesting past 255, both of which a stored value may hold; those take the
+    standard library.  Every value written here was read through ``loads``,
+    so it holds no NaN (which orjson would write as ``null``).
+    """
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return dumps(value).encode()
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``web.json_response``, encoded by ``dumps_bytes``."""
+    return web.Response(
+        body=dumps_bytes(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 def dumps(value: Any) -> str:
