@@ -18,16 +18,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, e2e, history, many
+from bench import ask_rtt, e2e, history, many, overhead
 from bench.common import history_file, progress
 
-# name -> (what it measures, how to run it).  Issue 10's overhead benchmark
-# (metrics, events, access log: on vs off) belongs here as "overhead".
+# name -> (what it measures, how to run it).
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object]]]] = {
     "ask": ("ask round trips vs raw aiohttp", lambda a: ask_rtt.run()),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
     "many": ("1,000 connected operators", lambda a: many.run()),
+    "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),
 }
 
 

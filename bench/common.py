@@ -253,12 +253,21 @@ class Daemon:
     and stderr to a log file."""
 
     def __init__(
-        self, store_path: str, workdir: str, *, gc_log: bool = False, profile: str = ""
+        self,
+        store_path: str,
+        workdir: str,
+        *,
+        gc_log: bool = False,
+        profile: str = "",
+        settings: dict[str, str] | None = None,
     ) -> None:
+        """``settings``: keys to set away from their defaults (``{"events": "false"}``),
+        passed as ``OPERATOR_SERVER_<KEY>`` variables."""
         self.store_path = store_path
+        self.settings = settings or {}
         self.workdir = Path(workdir)
         self.gc_path = str(self.workdir / f"gc-{id(self)}.json") if gc_log else ""
-        self.log_path = self.workdir / "daemon.log"
+        self.log_path = self.workdir / f"daemon-{id(self)}.log"
         self.profile = profile
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -266,7 +275,7 @@ class Daemon:
 
     async def start(self) -> float:
         """Start it; returns seconds from exec to the first healthz answer."""
-        extra = {}
+        extra = {ENV_PREFIX + k.upper(): v for k, v in self.settings.items()}
         if self.gc_path:
             extra["OPERATOR_SERVER_BENCH_GC_LOG"] = self.gc_path
         if self.profile:

@@ -30,7 +30,7 @@ from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.http.read_deadline import read_deadline_middleware
 from operator_server.logs import get_logger
-from operator_server.metrics import Metrics
+from operator_server.metrics import DisabledMetrics, Metrics
 from operator_server.operators import admin, login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
@@ -56,17 +56,19 @@ def build_app(
 ) -> web.Application:
     background = Background()
     store = store or open_store(settings)
-    meters = Metrics()
+    meters = Metrics() if settings.metrics else DisabledMetrics()
     meters.identify(settings.node_id, __version__)
     store.observe_commits(meters.store_committed)
     engine = Engine(settings, background, store, meters)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
     _sample_current_counts(meters, engine, directory)
 
+    # Outermost first: the deadline sees the error middleware's answer (to
+    # close the connection after a 408), and so does observe (its status).
+    # Observe has nothing to do with neither metrics nor the access log on.
+    observing = [observe_middleware] if settings.metrics or settings.access_log else []
     app = web.Application(
-        # Outermost first: the deadline sees the error middleware's answer (to
-        # close the connection after a 408), and so does observe (its status).
-        middlewares=[read_deadline_middleware, observe_middleware, error_middleware],
+        middlewares=[read_deadline_middleware, *observing, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

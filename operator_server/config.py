@@ -62,6 +62,8 @@ class Settings:
     api_token: str = ""
     metrics_token: str = ""
     access_log: bool = False
+    metrics: bool = True
+    events: bool = True
     log_level: str = "info"
     log_format: str = "auto"
     capability_ttl_s: float = 1800
@@ -185,6 +187,21 @@ class SettingsSchema(Schema):
         truthy={"true", True},
         falsy={"false", False},
         metadata=_help("log one info line per HTTP request (true | false)"),
+    )
+    metrics = fields.Boolean(
+        load_default=Settings.metrics,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help("keep Prometheus metrics and serve GET /metrics (false: it answers 404)"),
+    )
+    events = fields.Boolean(
+        load_default=Settings.events,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help(
+            "record task events and serve their streams (false: none stored, the "
+            "event routes answer 404)"
+        ),
     )
     log_level = fields.String(
         load_default="info",

@@ -214,3 +214,15 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format, for ``GET /metrics``."""
         return generate_latest(self.registry)
+
+
+class DisabledMetrics(Metrics):
+    """``metrics = false``: every event method does nothing (``GET /metrics``
+    answers 404), so the hot paths pay one no-op call and no label lookups."""
+
+    def _nothing(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    task_created = task_finished = attempt_ended = reply_received = _nothing
+    frame_received = frame_sent = worker_ask_settled = slow_peer_disconnected = _nothing
+    webhook_tried = http_request = store_committed = _nothing

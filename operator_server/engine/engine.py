@@ -98,6 +98,8 @@ class Engine:
         # Task events: ids handed out here, written with the change they
         # describe, published by the store once committed.
         self.events = EventLog()
+        # ``events = false``: none are built or stored (the stream routes answer 404).
+        self.recording = settings.events
         self.fanout: EventFanout = fanout or LocalFanout()
         store.observe_events(self.fanout.publish)
         # Set when a finished task's webhook delivery is committed: wakes the sender.
@@ -203,8 +205,10 @@ class Engine:
             parent_task_id=parent_task_id,
             callback=Callback(callback_url) if callback_url else None,
         )
-        created = self.events.make(task, EventType.CREATED, task.created_at)
-        await self.store.put_task(task.to_record(), [created])
+        created = (
+            [self.events.make(task, EventType.CREATED, task.created_at)] if self.recording else []
+        )
+        await self.store.put_task(task.to_record(), created)
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.adopt(task)
@@ -215,7 +219,9 @@ class Engine:
 
     def _ending_events(self, task: Task, ending: Ending) -> list[TaskEvent]:
         """The events ``ending`` makes, built before it applies."""
-        events = []
+        events: list[TaskEvent] = []
+        if not self.recording:
+            return events
         current = task.current
         error: dict[str, Any] = {} if ending.error is None else {"error_code": ending.error.code}
         if current is not None and not current.status.terminal:
@@ -252,7 +258,7 @@ class Engine:
         """An operator request was issued (``request``) or answered (``reply``):
         reported by the operator session, recorded on the task's stream."""
         task = self.tasks.get(task_id)
-        if task is None:  # ended meanwhile: its stream is closed
+        if task is None or not self.recording:  # ended meanwhile: its stream is closed
             return
         event = self.events.make(
             task, type, time.time(), attempt=task.attempt, req_id=req_id, face=face, sid=sid
@@ -325,18 +331,19 @@ class Engine:
         cut_short = current is not None and not current.status.terminal
         if current is not None and cut_short:
             now = time.time()
-            self.store.put_events_soon(
-                [
-                    self.events.make(
-                        task,
-                        EventType.ATTEMPT_ENDED,
-                        now,
-                        attempt=current.number,
-                        outcome=str(TaskStatus.FAILED),
-                        error_code=Code.INTERRUPTED,
-                    )
-                ]
-            )
+            if self.recording:
+                self.store.put_events_soon(
+                    [
+                        self.events.make(
+                            task,
+                            EventType.ATTEMPT_ENDED,
+                            now,
+                            attempt=current.number,
+                            outcome=str(TaskStatus.FAILED),
+                            error_code=Code.INTERRUPTED,
+                        )
+                    ]
+                )
             current.finish(
                 TaskStatus.FAILED,
                 error=AttemptFailed(Code.INTERRUPTED, "the server stopped during this attempt"),
@@ -489,14 +496,16 @@ class Engine:
         before = task.status
         self.counts.moved(before, TaskStatus.RUNNING)
         record = task.start_attempt()
-        events = [
-            self.events.make(
-                task, EventType.ATTEMPT_STARTED, record.started_at, attempt=record.number
+        events: list[TaskEvent] = []
+        if self.recording:
+            events.append(
+                self.events.make(
+                    task, EventType.ATTEMPT_STARTED, record.started_at, attempt=record.number
+                )
             )
-        ]
-        if before is not TaskStatus.RUNNING:
-            events.append(self.events.make(task, EventType.STATUS, record.started_at))
-        record.tail.listener = lambda output: self._output(task, record.number, output)
+            if before is not TaskStatus.RUNNING:
+                events.append(self.events.make(task, EventType.STATUS, record.started_at))
+            record.tail.listener = lambda output: self._output(task, record.number, output)
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = None
         ctx = AttemptContext(

@@ -87,7 +87,11 @@ class EventDataSchema(Schema):
 
 
 def _guard(request: web.Request) -> None:
-    token = request.app[SETTINGS].api_token
+    settings = request.app[SETTINGS]
+    if not settings.events:
+        # None are recorded, so there is nothing to follow: as if the route did not exist.
+        raise ApiError(404, Code.NOT_FOUND, "task events are turned off (events = false)")
+    token = settings.api_token
     if token:
         require_bearer(request, token, "api_token")
 
@@ -228,7 +232,7 @@ _STREAM = Body(
         errors={
             400: "a malformed Last-Event-ID",
             401: "no or wrong api_token",
-            404: "no such task",
+            404: "no such task, or task events are turned off (events = false)",
         },
         security=(Security.API_TOKEN,),
         tags=("tasks",),
@@ -248,7 +252,11 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     Operation(
         "Follow every task's events, optionally filtered by status or agent",
         {200: _STREAM},
-        errors={400: "a bad query or Last-Event-ID", 401: "no or wrong api_token"},
+        errors={
+            400: "a bad query or Last-Event-ID",
+            401: "no or wrong api_token",
+            404: "task events are turned off (events = false)",
+        },
         security=(Security.API_TOKEN,),
         query=EventsQuerySchema,
         tags=("tasks",),

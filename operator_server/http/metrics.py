@@ -1,6 +1,7 @@
 """``GET /metrics``: Prometheus text exposition of this server's metrics.
 
-Open unless ``metrics_token`` is set; then it needs
+``metrics = false`` turns metrics off: nothing is counted and this answers
+404.  Otherwise open unless ``metrics_token`` is set; then it needs
 ``Authorization: Bearer <metrics_token>`` (a scraper's credential, separate
 from the api token so a monitoring system never holds admin rights).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from operator_server.appkeys import METRICS, SETTINGS
+from operator_server.errors import ApiError, Code
 from operator_server.metrics import CONTENT_TYPE
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import require_bearer
@@ -22,14 +24,21 @@ routes = web.RouteTableDef()
     Operation(
         "Prometheus metrics (text exposition format)",
         {200: Body("the metrics", media=(CONTENT_TYPE,))},
-        errors={401: "metrics_token is set and was not sent, or is wrong"},
+        errors={
+            401: "metrics_token is set and was not sent, or is wrong",
+            404: "metrics are turned off (metrics = false)",
+        },
         security=(Security.METRICS_TOKEN,),
         anonymous=True,
         tags=("operations",),
     )
 )
 async def metrics(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].metrics_token
+    settings = request.app[SETTINGS]
+    if not settings.metrics:
+        # As if the route did not exist: nothing is counted, so nothing to show.
+        raise ApiError(404, Code.NOT_FOUND, "metrics are turned off (metrics = false)")
+    token = settings.metrics_token
     if token:
         require_bearer(request, token, "metrics_token")
     body = request.app[METRICS].exposition()

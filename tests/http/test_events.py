@@ -200,3 +200,24 @@ async def test_a_reader_that_stops_reading_is_cut_off(server: Server) -> None:
         received += chunk
     assert received.startswith(b"HTTP/1.1 200")
     sock.close()
+
+
+async def test_events_turned_off_store_none_and_both_streams_answer_404(
+    server: Server, tmp_path: Path
+) -> None:
+    client = await server(events=False, **{"store.path": str(tmp_path / "s.sqlite")})
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 1, "ok": True})
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    for path in (f"/v1/tasks/{task['id']}/events", "/v1/events"):
+        resp = await client.get(path)
+        assert resp.status == 404, path
+        assert (await resp.json())["error"]["code"] == "not_found"
+    store = engine_of(client).store
+    await store.flush()
+    assert await store.load_events(0, None, 100) == []

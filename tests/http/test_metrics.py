@@ -146,3 +146,15 @@ async def test_each_app_counts_only_its_own_work(server: Server) -> None:
     await wait_task(first, (await create_task(first, agent="echo"))["id"])
     assert value((await scrape(first))[0], "operator_server_tasks_created_total") == 1
     assert value((await scrape(second))[0], "operator_server_tasks_created_total") == 0
+
+
+async def test_metrics_turned_off_count_nothing_and_the_scrape_answers_404(
+    server: Server,
+) -> None:
+    client = await server(metrics=False, metrics_token="scrape-me")
+    await wait_task(client, (await create_task(client, agent="echo"))["id"])
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+    assert resp.status == 404
+    assert (await resp.json())["error"]["code"] == "not_found"
+    # Nothing was counted, not merely hidden.
+    assert "tasks_created_total 1.0" not in engine_of(client).metrics.exposition().decode()
