@@ -1,9 +1,12 @@
 """SQLite, behind one thread, with group commit.
 
 Every operation goes through one queue to one thread that owns the connection,
-so order is exactly the order of the calls.  The thread takes what is queued
-(up to ``BATCH``) and runs it in one transaction — one commit, one fsync, for
-many writes under load — with a savepoint per operation so a failing one fails
+so order is exactly the order of the calls.  The event loop hands what a turn
+queued over in one piece (one ``put``, one wake-up of the thread, instead of
+one per operation: each wake-up contends for the GIL), and back-to-back
+event-only writes share one operation.  The thread takes what is queued (up to
+``BATCH``) and runs it in one transaction — one commit, one fsync, for many
+writes under load — with a savepoint per operation so a failing one fails
 alone.  Durable callers are answered after the commit.
 
 WAL journal, ``synchronous=FULL`` (a committed write survives power loss, not
@@ -129,12 +132,16 @@ class _Op:
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
     events: Events = ()  # handed to the event observer once committed
+    # An event-only write still being filled: later events join it.
+    event_rows: list[tuple[int, str, str]] | None = None
 
 
 class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        # What this turn of the loop queued, handed to the thread at its end.
+        self._outbox: list[_Op] = []
         self._thread: threading.Thread | None = None
         self._commit_observer: Callable[[float], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,6 +205,7 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         """Write everything queued, stop the thread, then let go of the file."""
         if self._thread is not None:
+            self._hand_over()
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
@@ -223,7 +231,7 @@ class SQLiteStore(Store):
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while len(batch) < BATCH:
                 try:
                     nxt = self._queue.get_nowait()
@@ -232,7 +240,7 @@ class SQLiteStore(Store):
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             if conn is None:
                 self._deliver(batch, [(False, broken)] * len(batch))
             else:
@@ -298,18 +306,29 @@ class SQLiteStore(Store):
 
     # -- queueing ---------------------------------------------------------
 
+    def _enqueue(self, op: _Op) -> None:
+        if not self._outbox:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+        self._outbox.append(op)
+
+    def _hand_over(self) -> None:
+        if self._outbox:
+            ops, self._outbox = self._outbox, []
+            self._queue.put(ops)
+
     async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
         if self._thread is None or self._loop is None:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Op(work, fut, what, events))
+        self._enqueue(_Op(work, fut, what, events))
         return await fut
 
     def _soon(self, work: Work, what: str, events: Events = ()) -> None:
         if self._thread is None:
             log.error("store write after close dropped", what=what)
             return
-        self._queue.put(_Op(work, None, what, events))
+        self._enqueue(_Op(work, None, what, events))
 
     # -- operations -------------------------------------------------------
 
@@ -394,7 +413,25 @@ class SQLiteStore(Store):
 
     def put_events_soon(self, events: Events) -> None:
         rows = [(e.id, e.task_id, e.text) for e in events]
-        self._soon(lambda c: c.executemany(INSERT_EVENT, rows), "save events", events)
+        last = self._outbox[-1] if self._outbox else None
+        if last is not None and last.event_rows is not None and isinstance(last.events, list):
+            # Right after another event-only write, still in the outbox: join it
+            # (same order, one statement, one operation).
+            last.event_rows.extend(rows)
+            last.events.extend(events)
+            return
+        if self._thread is None:
+            log.error("store write after close dropped", what="save events")
+            return
+        self._enqueue(
+            _Op(
+                lambda c: c.executemany(INSERT_EVENT, rows),
+                None,
+                "save events",
+                list(events),
+                event_rows=rows,
+            )
+        )
 
     async def last_event_id(self) -> int:
         found = await self._call(
