@@ -16,12 +16,19 @@ types, error codes and route patterns — never ids or raw paths.  A new counter
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Info, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "operator_server_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +61,81 @@ class _Sampled(Collector):
         yield family
 
 
+class Counter(Collector):
+    """A counter kept as plain numbers by label values, turned into samples at
+    scrape time.  ``prometheus_client``'s own takes a lock and checks its
+    arguments on every ``inc``; these sit on the per-frame and per-request path,
+    and every call comes from the event loop's thread."""
+
+    def __init__(
+        self, name: str, doc: str, labels: tuple[str, ...] = (), *, registry: CollectorRegistry
+    ) -> None:
+        self._name, self._doc, self._labels = name, doc, list(labels)
+        self.values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
+        registry.register(self)
+
+    def inc(self, *labels: str) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0.0) + 1.0
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._doc, labels=self._labels)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        for key, value in list(self.values.items()):
+            family.add_metric(list(key), value)
+        yield family
+
+
+class Histogram(Collector):
+    """A histogram kept as plain numbers (per-bucket counts and the sum, by
+    label values), made cumulative at scrape time.  Observations come from one
+    thread per histogram (the loop's; the store's commits from the store's),
+    so no lock is needed."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...] = (),
+        *,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name, self._doc, self._labels = name, doc, list(labels)
+        self._bounds = buckets
+        self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        # label values -> [count per bucket (the last: above every bound), sum]
+        self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        if not labels:
+            self._series(())
+        registry.register(self)
+
+    def _series(self, key: tuple[str, ...]) -> tuple[list[int], list[float]]:
+        series = self.values[key] = ([0] * (len(self._bounds) + 1), [0.0])
+        return series
+
+    def observe(self, value: float, *labels: str) -> None:
+        series = self.values.get(labels) or self._series(labels)
+        # le is inclusive: a value equal to a bound counts in that bound's bucket.
+        series[0][bisect_left(self._bounds, value)] += 1
+        series[1][0] += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labels)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labels)
+        for key, (counts, total) in list(self.values.items()):
+            cumulative, running = [], 0
+            for le, n in zip(self._les, counts, strict=True):
+                running += n
+                cumulative.append((le, float(running)))
+            family.add_metric(list(key), cumulative, sum_value=total[0])
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = reg = CollectorRegistry()
@@ -66,7 +148,7 @@ class Metrics:
         self.tasks_finished = Counter(
             PREFIX + "tasks_finished_total",
             "Tasks that ended, by final status.",
-            ["status"],
+            ("status",),
             registry=reg,
         )
         self.attempt_duration = Histogram(
@@ -78,32 +160,38 @@ class Metrics:
         self.request_wait = Histogram(
             PREFIX + "request_wait_seconds",
             "Operator requests: time from issue to the operator's reply, by request kind.",
-            ["face"],
+            ("face",),
             buckets=SLOW_BUCKETS,
             registry=reg,
         )
         self.frames = Counter(
             PREFIX + "frames_total",
             "WebSocket frames, by direction (in, out) and frame type.",
-            ["direction", "type"],
+            (
+                "direction",
+                "type",
+            ),
             registry=reg,
         )
         self.error_frames = Counter(
             PREFIX + "error_frames_total",
             "error frames sent to operators, by code.",
-            ["code"],
+            ("code",),
             registry=reg,
         )
         self.http_requests = Counter(
             PREFIX + "http_requests_total",
             "HTTP requests, by route pattern and status.",
-            ["route", "status"],
+            (
+                "route",
+                "status",
+            ),
             registry=reg,
         )
         self.http_duration = Histogram(
             PREFIX + "http_request_duration_seconds",
             "HTTP request handling time by route pattern (a WebSocket: its whole life).",
-            ["route"],
+            ("route",),
             buckets=FAST_BUCKETS,
             registry=reg,
         )
@@ -117,7 +205,7 @@ class Metrics:
             PREFIX + "worker_asks_total",
             "Worker asks (POST /v1/worker/ask) that ended, by outcome "
             "(answered, declined, failed, withdrawn).",
-            ["outcome"],
+            ("outcome",),
             registry=reg,
         )
         # One series per process: which node of a cluster these numbers are from.
@@ -130,7 +218,7 @@ class Metrics:
         self.webhook_tries = Counter(
             PREFIX + "webhook_deliveries_total",
             "Webhook delivery tries, by outcome (delivered, failed, gave_up).",
-            ["outcome"],
+            ("outcome",),
             registry=reg,
         )
         reg.register(
@@ -157,16 +245,6 @@ class Metrics:
                 lambda: self.sample_pending,
             )
         )
-        # Labelled children cached by label value: ``labels()`` takes a lock and
-        # builds a key on every call, and these sit on the per-frame path.
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     def identify(self, node_id: str, version: str) -> None:
         self.node.info({"node_id": node_id, "version": version})
@@ -177,38 +255,38 @@ class Metrics:
         self.tasks_created.inc()
 
     def task_finished(self, status: str) -> None:
-        self._child(self.tasks_finished, status).inc()
+        self.tasks_finished.inc(status)
 
     def attempt_ended(self, seconds: float) -> None:
         self.attempt_duration.observe(seconds)
 
     def reply_received(self, kind: str, waited_s: float) -> None:
-        self._child(self.request_wait, kind).observe(waited_s)
+        self.request_wait.observe(waited_s, kind)
 
     def frame_received(self, frame_type: str) -> None:
-        self._child(self.frames, "in", frame_type).inc()
+        self.frames.inc("in", frame_type)
 
     def frame_sent(self, frame: Mapping[str, Any]) -> None:
         frame_type = frame["type"]
-        self._child(self.frames, "out", frame_type).inc()
+        self.frames.inc("out", frame_type)
         if frame_type == "error":
-            self._child(self.error_frames, frame["code"]).inc()
+            self.error_frames.inc(frame["code"])
 
     def worker_ask_settled(self, outcome: str) -> None:
-        self._child(self.worker_asks, outcome).inc()
+        self.worker_asks.inc(outcome)
 
     def slow_peer_disconnected(self) -> None:
         self.slow_peer_disconnects.inc()
 
     def webhook_tried(self, outcome: str) -> None:
-        self._child(self.webhook_tries, outcome).inc()
+        self.webhook_tries.inc(outcome)
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
-        self._child(self.http_requests, route, str(status)).inc()
-        self._child(self.http_duration, route).observe(seconds)
+        self.http_requests.inc(route, str(status))
+        self.http_duration.observe(seconds, route)
 
     def store_committed(self, seconds: float) -> None:
-        """Called from the store's own thread; prometheus_client is thread-safe."""
+        """Called from the store's own thread, the only one observing it."""
         self.store_commit.observe(seconds)
 
     def exposition(self) -> bytes:
