@@ -40,3 +40,16 @@ def test_iso_agrees_with_datetime_for_a_run_within_one_second_and_across_it() ->
     for i in range(3000):
         ts = start + i * 0.000_731
         assert iso(ts) == iso_slow(ts), ts
+
+
+def test_task_ids_keep_their_shape_and_lead_with_their_creation_millisecond() -> None:
+    from operator_server.engine.tasks import new_task_id
+
+    before = int(time.time() * 1000)
+    ids = [new_task_id() for _ in range(200)]
+    after = int(time.time() * 1000)
+    for task_id in ids:
+        assert task_id.startswith("t-") and len(task_id) == 34
+        assert before <= int(task_id[2:14], 16) <= after
+        int(task_id[14:], 16)
+    assert len(set(ids)) == len(ids)
