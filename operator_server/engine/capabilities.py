@@ -21,7 +21,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from operator_server.errors import CapabilityError, Code
 
@@ -95,8 +95,17 @@ class CapabilityIssuer:
             expire_at=now + self._ttl,
             nonce=secrets.token_hex(16),
         )
-        body = asdict(claims)
-        body["scopes"] = list(claims.scopes)
+        # The claims' fields by hand: dataclasses.asdict deep-copies each value
+        # recursively, and this runs once per attempt.
+        body = {
+            "role": claims.role,
+            "task_id": claims.task_id,
+            "attempt": claims.attempt,
+            "scopes": list(claims.scopes),
+            "issued_at": claims.issued_at,
+            "expire_at": claims.expire_at,
+            "nonce": claims.nonce,
+        }
         signed = dict(body, sig=self._sign(_canonical(body)))
         token = _b64(json.dumps(signed, separators=(",", ":")).encode())
         handle = HANDLE_PREFIX + secrets.token_hex(16)

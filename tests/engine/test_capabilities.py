@@ -199,3 +199,17 @@ async def test_the_last_worker_final_decides(server: Server) -> None:
     parked.release[1].set_result(WorkerResult("ack"))
     done = await wait_task(client, task["id"])
     assert done["result"]["value"] == "final"
+
+
+def test_a_minted_token_carries_every_claim_field_and_verifies() -> None:
+    from dataclasses import asdict
+
+    from operator_server.engine.capabilities import CapabilityIssuer
+
+    issuer = CapabilityIssuer(b"k", 60)
+    grant = issuer.mint("t-1", 2)
+    raw = grant.token + "=" * (-len(grant.token) % 4)
+    signed = json.loads(base64.urlsafe_b64decode(raw))
+    expected = dict(asdict(grant.claims), scopes=list(grant.claims.scopes))
+    assert {k: v for k, v in signed.items() if k != "sig"} == expected
+    assert issuer.verify(grant.token, "prompt", "t-1") == grant.claims
