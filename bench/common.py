@@ -105,6 +105,13 @@ def rss_kib(pid: int | None = None) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` in seconds.  On a shared machine this is
+    steadier than a rate: other work slows the clock, not the work per task."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def windowed(
     total: int, window: int, one: Callable[[int], Awaitable[None]], label: str
 ) -> float:
@@ -304,6 +311,11 @@ class Daemon:
     def rss_kib(self) -> int:
         assert self.proc is not None
         return rss_kib(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the process has used so far, all its threads (the store's too)."""
+        assert self.proc is not None
+        return cpu_s(self.proc.pid)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
