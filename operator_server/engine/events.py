@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from operator_server.engine.tasks import Task, TaskStatus, iso
 from operator_server.store import Events, TaskEvent
+from operator_server.wire import json
 
 
 class EventType:
@@ -61,10 +62,14 @@ class EventLog:
             "type": type,
             "at": iso(at),
             "agent": task.agent,
-            "status": str(status or task.status),
-            **extra,
+            "status": (status or task.status).value,
         }
-        return TaskEvent(self.last_id, task.id, type, data)
+        if extra:
+            data.update(extra)
+        event = TaskEvent(self.last_id, task.id, type, data)
+        # Encoded now, while the dict is hot: the store's row and every stream use it.
+        event.__dict__["text"] = json.dumps_bytes(data).decode()
+        return event
 
 
 def is_terminal(event: TaskEvent) -> bool:
