@@ -18,11 +18,11 @@ import binascii
 import hashlib
 import hmac
 import json
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from operator_server import entropy
 from operator_server.errors import CapabilityError, Code
 
 HANDLE_PREFIX = "wh-"
@@ -93,7 +93,7 @@ class CapabilityIssuer:
             scopes=WORKER_SCOPES,
             issued_at=now,
             expire_at=now + self._ttl,
-            nonce=secrets.token_hex(16),
+            nonce=entropy.token_hex(16),
         )
         # The claims' fields by hand: dataclasses.asdict deep-copies each value
         # recursively, and this runs once per attempt.
@@ -108,7 +108,7 @@ class CapabilityIssuer:
         }
         signed = dict(body, sig=self._sign(_canonical(body)))
         token = _b64(json.dumps(signed, separators=(",", ":")).encode())
-        handle = HANDLE_PREFIX + secrets.token_hex(16)
+        handle = HANDLE_PREFIX + entropy.token_hex(16)
         self._live[claims.nonce] = claims
         self._handles[handle] = claims.nonce
         self._nonce_handle[claims.nonce] = handle

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from operator_server import entropy
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.errors import AttemptFailed, Code
@@ -326,7 +326,7 @@ def new_task_id() -> str:
     at their right edge: a commit dirties one index page, not one per task
     somewhere in the tree (each dirty page is a whole page in the WAL)."""
     millis = int(time.time() * 1000) & 0xFFFF_FFFF_FFFF
-    return f"t-{millis:012x}{os.urandom(10).hex()}"
+    return f"t-{millis:012x}{entropy.token_hex(10)}"
 
 
 @dataclass

@@ -21,12 +21,12 @@ import asyncio
 import hashlib
 import hmac
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from operator_server import entropy
 from operator_server.config import Settings
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
@@ -217,7 +217,7 @@ class WSOperatorSession:
     ) -> Reply:
         if self._ended is not None:
             raise self._ended
-        req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{uuid.uuid4()}"
+        req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{entropy.uuid4()}"
         loop = asyncio.get_running_loop()
         req = PendingRequest(
             req_id,
