@@ -11,7 +11,7 @@ from operator_server import __version__
 from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS
 from operator_server.engine.tasks import TaskStatus
 from operator_server.wire.contract import Body, Operation, documented
-from operator_server.wire.json import json_response
+from operator_server.wire.requests import json_response
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()

@@ -34,8 +34,7 @@ from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import query, read_json, require_bearer
+from operator_server.wire.requests import json_response, query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()

@@ -74,6 +74,14 @@ def require_admin(request: web.Request) -> None:
     api_token = request.app[SETTINGS].api_token
     if api_token:
         require_bearer(request, api_token, "api_token")
+    elif "Authorization" in request.headers:
+        # A credential that is sent is checked, and none is the admin's here.
+        raise ApiError(
+            401,
+            Code.UNAUTHORIZED,
+            "no api_token is configured: the admin is a loopback caller that sends no "
+            "Authorization header",
+        )
     elif not _local_admin(request):
         raise ApiError(
             403,

@@ -29,8 +29,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import read_json, require_bearer
+from operator_server.wire.requests import json_response, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
