@@ -69,14 +69,16 @@ export class OperatorsView {
 
   row(session, pending) {
     const own = session.sid === this.ownSid;
-    const connection = session.connected
-      ? `connected${session.remote ? ` from ${session.remote}` : ""}`
-      : `disconnected${session.last_seen_at ? ` · last seen ${clock(session.last_seen_at)}` : ""}`;
+    const detail = session.connected
+      ? (session.remote ? `from ${session.remote}` : "")
+      : (session.last_seen_at ? `last seen ${clock(session.last_seen_at)}` : "");
     return h("tr", { "data-sid": session.sid },
       h("td", {}, h("span", { class: "sid", text: session.sid }), own ? " (you)" : ""),
       h("td", { text: session.desc || "—" }),
       h("td", { text: session.roles.join(", ") || "—" }),
-      h("td", {}, h("span", { class: `badge ${session.connected ? "status-passed" : "status-cancelled"}`, text: connection })),
+      h("td", {},
+        h("span", { class: `badge ${session.connected ? "status-passed" : "status-cancelled"}`, text: session.connected ? "connected" : "disconnected" }),
+        detail ? h("span", { class: "muted", text: ` ${detail}` }) : null),
       h("td", {}, this.pending(session, pending)),
       h("td", {}, own ? null : h("button", {
         type: "button",

@@ -27,6 +27,7 @@ export class TasksView {
   constructor() {
     this.openId = null;
     this.rows = new Map(); // task id -> {id, agent, status, updated_at}, oldest first
+    this.rowNodes = new Map(); // task id -> its <tr>
     this.generation = 0;
     this.feed = null; // the list's event stream
     this.timeline = null; // the open task's event stream
@@ -54,6 +55,7 @@ export class TasksView {
     this.feed = null;
     this.close();
     this.rows.clear();
+    this.rowNodes.clear();
     $("task-rows").replaceChildren();
   }
 
@@ -106,20 +108,43 @@ export class TasksView {
     this.draw();
   }
 
-  // Coalesced: a burst of events redraws the table once.
+  // Coalesced: a burst of events redraws the table once.  Rows are kept per
+  // task and updated in place, so a row being read, clicked or focused (by
+  // keyboard) stays the same element while events arrive.
   draw() {
     if (this.drawing) return;
     this.drawing = true;
     setTimeout(() => {
       this.drawing = false;
+      const body = $("task-rows");
       const newest = [...this.rows.values()].slice(-MAX_ROWS).reverse();
-      $("task-rows").replaceChildren(...newest.map((t) =>
-        h("tr", { class: t.id === this.openId ? "selected" : "", "data-task-id": t.id },
-          h("td", {}, h("button", { type: "button", class: "link", text: t.id, onclick: () => this.open(t.id) })),
-          h("td", { text: t.agent }),
-          h("td", {}, h("span", { class: `badge status-${t.status}`, text: t.status })),
-          h("td", { text: clock(t.updated_at) }))));
+      const keep = new Set();
+      newest.forEach((t, i) => {
+        const row = this.rowNode(t);
+        keep.add(row);
+        if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null);
+      });
+      for (const row of [...body.children]) if (!keep.has(row)) row.remove();
+      for (const [id, row] of this.rowNodes) if (!keep.has(row)) this.rowNodes.delete(id);
     }, 0);
+  }
+
+  rowNode(t) {
+    let row = this.rowNodes.get(t.id);
+    if (!row) {
+      row = h("tr", { "data-task-id": t.id },
+        h("td", {}, h("button", { type: "button", class: "link", text: t.id, onclick: () => this.open(t.id) })),
+        h("td", { text: t.agent }),
+        h("td", {}, h("span", { class: "badge" })),
+        h("td", { class: "updated" }));
+      this.rowNodes.set(t.id, row);
+    }
+    row.className = t.id === this.openId ? "selected" : "";
+    const badge = row.querySelector(".badge");
+    badge.className = `badge status-${t.status}`;
+    badge.textContent = t.status;
+    row.querySelector(".updated").textContent = clock(t.updated_at);
+    return row;
   }
 
   async create() {
