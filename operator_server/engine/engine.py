@@ -99,6 +99,7 @@ class Engine:
         # describe, published by the store once committed.
         self.events = EventLog()
         self.fanout: EventFanout = fanout or LocalFanout()
+        self._stored_event_id = 0  # the store's newest event at start-up
         store.observe_events(self.fanout.publish)
         # Set when a finished task's webhook delivery is committed: wakes the sender.
         self.deliveries_due = asyncio.Event()
@@ -308,7 +309,16 @@ class Engine:
     async def load_counts(self) -> None:
         """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())
-        self.events.resume_after(await self.store.last_event_id())
+        stored = await self.store.last_event_id()
+        self.events.resume_after(stored)
+        self._stored_event_id = stored
+
+    @property
+    def published_event_id(self) -> int:
+        """The newest event a stream could already have sent: everything up to
+        it is committed.  A reader takes it *before* reading tasks, then follows
+        GET /v1/events with ``Last-Event-ID: <it>`` and misses no change."""
+        return max(self.fanout.last_id, self._stored_event_id)
 
     async def recover_task(self, task: Task) -> None:
         """Take back a live task read from the store at start-up.
