@@ -162,6 +162,6 @@ async def list_operators(request: web.Request) -> web.Response:
     )
 )
 async def pending_requests(request: web.Request) -> web.Response:
-    session, _ = authorize_session_or_admin(request)
+    session, _ = await authorize_session_or_admin(request)
     now = time.time()
     return json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})

@@ -175,7 +175,7 @@ async def mint_operator(request: web.Request) -> web.Response:
     )
 )
 async def operator_info(request: web.Request) -> web.Response:
-    session, _ = authorize_session(request)
+    session, _ = await authorize_session(request)
     return json_response(session_view(session))
 
 
@@ -190,7 +190,7 @@ async def operator_info(request: web.Request) -> web.Response:
     )
 )
 async def delete_operator(request: web.Request) -> web.Response:
-    session, admin = authorize_session_or_admin(request)
+    session, admin = await authorize_session_or_admin(request)
     # Same code either way: the session's requests fail ``operator_deleted``.
     message = "operator session deleted by an admin" if admin else "operator session deleted"
     try:
@@ -215,7 +215,7 @@ async def delete_operator(request: web.Request) -> web.Response:
     )
 )
 async def operator_socket(request: web.Request) -> web.WebSocketResponse:
-    session, subprotocol = authorize_session(request, websocket=True)
+    session, subprotocol = await authorize_session(request, websocket=True)
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
     if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):
