@@ -3,12 +3,17 @@
 Start-up (``daemon.py`` binds the listening socket first, so a busy port stops
 start-up before the store is touched): open the store (running migrations),
 recover sessions and tasks from it and commit what recovery changed, then start
-the periodic sweep and the webhook sender; only then are connections served.
+the periodic sweep and the webhook sender (and, with a shared store, the lease
+keeper: renew this node's leases and take over lapsed ones every
+``cluster.lease_s / 3``); only then are connections served.
 Shutdown, in order: stop taking tasks and cancel every run (each task ends
-``cancelled`` with the reason, operators get ``cancel`` frames), end every event
-stream, close every socket with 1001,
-cancel and await every remaining background task, and last flush and close the
-store so every state change made on the way down is written.
+``cancelled`` with the reason, operators get ``cancel`` frames — except with a
+shared store, where the runs stop but their tasks stay running, to be handed
+over), end every event stream, close every socket with 1001,
+cancel and await every remaining background task, flush the store, let go of
+this node's leases (a shared store: another node takes the tasks at its next
+look, rather than after ``lease_s``), and last close the store so every state
+change made on the way down is written.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from operator_server.operators import admin, login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
-from operator_server.recovery import recover
+from operator_server.recovery import recover, take_over_lapsed
 from operator_server.store import Store, StoreError, open_store
 from operator_server.webhooks import WebhookSender
 
@@ -90,6 +95,7 @@ def build_app(
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)
+    app.on_startup.append(_start_lease_keeper)
     app.on_shutdown.append(_shutdown)
     return app
 
@@ -165,12 +171,49 @@ async def _start_webhooks(app: web.Application) -> None:
     app[BACKGROUND].spawn(sender.run(), name="webhooks")
 
 
+async def keep_leases_once(app: web.Application) -> None:
+    """Renew this node's leases, then take over any that lapsed elsewhere."""
+    store = app[STORE]
+    try:
+        await store.renew_leases()
+    except StoreError as exc:  # healthz says so; the next round tries again
+        log.error("could not renew task leases", error=str(exc))
+        return
+    await take_over_lapsed(app[ENGINE], store)
+
+
+async def _keep_leases_forever(app: web.Application) -> None:
+    # A third of the lease: two renewals may fail before another node takes over.
+    interval = app[SETTINGS].cluster.lease_s / 3
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await keep_leases_once(app)
+        except Exception:  # one bad round must not end renewal
+            log.exception("lease round failed; the next one runs in cluster.lease_s / 3")
+
+
+async def _start_lease_keeper(app: web.Application) -> None:
+    if app[STORE].shared:
+        app[BACKGROUND].spawn(_keep_leases_forever(app), name="lease-keeper")
+
+
 async def _shutdown(app: web.Application) -> None:
     log.info("shutting down")
-    await app[ENGINE].shutdown(SHUTDOWN_REASON)
+    store = app[STORE]
+    # A shared store: the running tasks go to another node rather than end cancelled.
+    await app[ENGINE].shutdown(SHUTDOWN_REASON, hand_over=store.shared)
     # After the runs ended, so streams carry their cancellations; then each ends cleanly.
     app[ENGINE].fanout.close()
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
-    await app[BACKGROUND].close(SHUTDOWN_REASON)
-    await app[STORE].close()
+    await app[BACKGROUND].close(SHUTDOWN_REASON)  # the lease keeper too: no renewal now
+    if store.shared:
+        try:
+            await store.flush()
+            await store.release_leases()
+        except StoreError as exc:  # then they lapse after cluster.lease_s instead
+            log.error("could not hand over running tasks", error=str(exc))
+        else:
+            log.info("handed over running tasks to the other nodes")
+    await store.close()
     log.info("shut down")

@@ -5,6 +5,11 @@ dispatch run, a socket's writer, a fire-and-forget hook, the periodic sweep —
 is started through ``Background.spawn``: it is named, kept in a set until it
 ends, its crash is logged, and ``close()`` cancels and awaits whatever is left
 at shutdown.
+
+The one exception is a store's own writer (a thread for SQLite, a task for
+PostgreSQL): it lives exactly as long as the store is open, and the store's
+``close()`` drains and stops it last of all, after this set is empty — so
+every state change made on the way down is still written.
 """
 
 from __future__ import annotations

@@ -54,6 +54,11 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    lease_s: float = 10
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 7786
@@ -97,6 +102,7 @@ class Settings:
     webhook_backoff_max_s: float = 3600
     webhook_timeout_s: float = 10
     store: StoreSettings = field(default_factory=StoreSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def directive_template_path(self) -> Path:
@@ -146,6 +152,19 @@ class StoreSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> StoreSettings:
         return StoreSettings(**data)
+
+
+class ClusterSchema(Schema):
+    lease_s = _seconds(
+        ClusterSettings.lease_s,
+        "PostgreSQL store: a running task whose node has not renewed its lease for this "
+        "long is taken over by another node",
+        allow_zero=False,
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> ClusterSettings:
+        return ClusterSettings(**data)
 
 
 class SettingsSchema(Schema):
@@ -341,6 +360,7 @@ class SettingsSchema(Schema):
         allow_zero=False,
     )
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
+    cluster = fields.Nested(ClusterSchema, load_default=lambda: ClusterSchema().load({}))
 
     @validates_schema
     def _checks(self, data: dict[str, Any], **_: Any) -> None:

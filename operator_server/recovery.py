@@ -8,6 +8,12 @@ time and memory do not grow with history.  A row that cannot be decoded — for
 any reason: bad JSON, too deep, a missing or mistyped field, a value that could
 not be served back — is skipped with a warning naming it.  One bad row never
 stops the server.
+
+With a store many nodes share (PostgreSQL), a node takes only the live tasks
+no live node owns: those whose lease lapsed or was let go (``Store.take_over``)
+— at start-up, and then every ``cluster.lease_s / 3`` (``take_over_lapsed``),
+which is how a surviving node picks up a dead or stopped node's work.  Their
+cut attempts are interruptions, exactly as after a restart.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ import time
 from typing import Any
 
 from operator_server.engine import Engine
-from operator_server.engine.tasks import LIVE_STATUSES
 from operator_server.logs import get_logger
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.store import Store
 
 log = get_logger(__name__)
+# Tasks taken over per store round trip.
+TAKE_OVER_BATCH = 500
 
 
 async def recover(engine: Engine, directory: OperatorDirectory, store: Store) -> dict[str, Any]:
@@ -48,16 +55,8 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
             await store.delete_session(row.key)
             dropped += 1
     await engine.load_counts()
-    tasks = redispatched = 0
-    for row in await store.load_tasks([str(s) for s in LIVE_STATUSES]):
-        task = engine.decode_row(row)
-        if task is None:
-            skipped += 1
-            continue
-        was_open = not task.status.terminal
-        await engine.recover_task(task)
-        tasks += 1
-        redispatched += was_open and not task.status.terminal
+    tasks, redispatched, bad = await _take_over(engine, store, at_start=True)
+    skipped += bad
     summary = {
         "sessions": restored,
         "sessions_dropped": dropped,
@@ -67,3 +66,30 @@ async def recover(engine: Engine, directory: OperatorDirectory, store: Store) ->
     }
     log.info("recovered stored state", **summary)
     return summary
+
+
+async def _take_over(engine: Engine, store: Store, *, at_start: bool) -> tuple[int, int, int]:
+    """Recover every task the store hands this node: (tasks, re-dispatched, skipped)."""
+    tasks = redispatched = skipped = 0
+    while True:
+        rows = await store.take_over(at_start=at_start, limit=TAKE_OVER_BATCH)
+        for row in rows:
+            task = engine.decode_row(row)
+            if task is None:
+                skipped += 1
+                continue
+            was_open = not task.status.terminal
+            await engine.recover_task(task)
+            tasks += 1
+            redispatched += was_open and not task.status.terminal
+        # One process hands everything over at once; a shared store in batches.
+        if not store.shared or len(rows) < TAKE_OVER_BATCH:
+            return tasks, redispatched, skipped
+
+
+async def take_over_lapsed(engine: Engine, store: Store) -> int:
+    """Take the tasks whose node stopped renewing their leases; how many."""
+    tasks, redispatched, _ = await _take_over(engine, store, at_start=False)
+    if tasks:
+        log.info("took over tasks from another node", tasks=tasks, redispatched=redispatched)
+    return tasks

@@ -70,6 +70,7 @@ _ROUTE_KEYS = {
     "operators": ("roles", "desc"),
     "cancel": ("reason",),
     "result": ("value", "ok", "task_id"),
+    "ask": ("question", "answer_schema", "timeout_s", "key", "task_id"),
 }
 # What each route may answer with a credential that is good, whatever the body.
 _DOCUMENTED = {
@@ -77,6 +78,8 @@ _DOCUMENTED = {
     "operators": {201, 400, 409},
     "cancel": {200, 400, 409},
     "result": {200, 400},
+    # The parked operator answers a worker ask at once; a zero wait may see it pending.
+    "ask": {200, 202, 400},
 }
 
 
@@ -140,6 +143,7 @@ async def target(server: Server) -> dict[str, Any]:
             "operators": "/v1/operators",
             "cancel": f"/v1/tasks/{to_cancel['id']}/cancel",
             "result": "/v1/worker/result",
+            "ask": "/v1/worker/ask",
         },
         "auth": bearer(ctx.worker_handle),
     }

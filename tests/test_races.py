@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from operator_server.appkeys import STORE
 from operator_server.engine import WorkerResult
 from tests.conftest import Server, directory_of, engine_of, wait_task
@@ -70,9 +72,12 @@ async def test_a_failing_sweep_is_logged_and_the_next_one_runs(server: Server) -
         return real_expired(now)
 
     directory.expired = expired_failing_once  # type: ignore[method-assign]
-    sid, _ = await mint(client)
-    await eventually(lambda: failures, what="the first sweep to fail")
-    await eventually(lambda: sid not in directory.sessions, what="a later sweep to expire it")
+    with capture_logs() as logs:
+        sid, _ = await mint(client)
+        await eventually(lambda: failures, what="the first sweep to fail")
+        await eventually(lambda: sid not in directory.sessions, what="a later sweep to expire it")
+    failed = [e for e in logs if e["event"].startswith("sweep failed")]
+    assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
 async def _slow_body(first: bytes, gate: asyncio.Event, rest: bytes) -> AsyncIterator[bytes]:

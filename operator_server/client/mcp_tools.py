@@ -238,7 +238,7 @@ TOOLS: list[types.Tool] = [
     ),
     _tool(
         "task_list",
-        "List tasks, newest first, optionally by status.",
+        "List tasks, oldest first (creation order), optionally by status.",
         _obj(
             status={
                 "type": "string",

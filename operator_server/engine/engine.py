@@ -20,7 +20,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -45,6 +45,7 @@ from operator_server.engine.faces import (
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.tasks import (
+    LIVE_STATUSES,
     TERMINAL_STATUSES,
     AttemptRecord,
     Callback,
@@ -101,7 +102,12 @@ class Engine:
         # ``events = false``: none are built or stored (the stream routes answer 404).
         self.recording = settings.events
         self.fanout: EventFanout = fanout or LocalFanout()
+        self._stored_event_id = 0  # the store's newest event at start-up
         store.observe_events(self.fanout.publish)
+        # In a shared store, every live task this node writes is leased to it.
+        store.lease_tasks(
+            settings.node_id, settings.cluster.lease_s, [str(s) for s in LIVE_STATUSES]
+        )
         # Set when a finished task's webhook delivery is committed: wakes the sender.
         self.deliveries_due = asyncio.Event()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
@@ -123,6 +129,12 @@ class Engine:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, AttemptContext] = {}
         self._accepting = True
+        # Stopping to let another node take the running tasks: runs end without
+        # ending their tasks (``shutdown(hand_over=True)``).
+        self._handing_over = False
+        # A name (sid or role) no registry here knows: another node's session,
+        # looked up and brought here by the operator directory (cluster mode).
+        self.find_operator: Callable[[str], Awaitable[None]] | None = None
 
     @staticmethod
     def _random_secret() -> bytes:
@@ -143,6 +155,18 @@ class Engine:
         for registry in self.registries.values():
             registry.unregister(sid)
         self.roles.release(sid)
+
+    async def find_operators(self, task: Task) -> None:
+        """Bring here any session ``task`` names that this node does not know
+        yet (minted on another node; a role held there); no-op in one process."""
+        spec = task.operator
+        if spec is None or self.find_operator is None:
+            return
+        for face, name in spec.face_names().items():
+            if name is None or self.registries[face].get(name) is not None:
+                continue
+            if self.roles.resolve(name) is None:
+                await self.find_operator(name)
 
     def resolve_operator_info(self, task: Task) -> OperatorInfo:
         """Look up, live, who serves this dispatch of ``task``."""
@@ -184,6 +208,8 @@ class Engine:
         it, and ``StoreError`` when it could not be saved — then nothing of it
         stays in memory.
         """
+        if not self.store.healthy:  # a node cut off from its database takes no new work
+            raise StoreError("the database does not answer; not taking new tasks")
         names_operator = operator is not None and operator.names_anyone()
         if not names_operator and self.agents.get(agent) is None:
             raise AttemptFailed(
@@ -314,7 +340,16 @@ class Engine:
     async def load_counts(self) -> None:
         """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())
-        self.events.resume_after(await self.store.last_event_id())
+        stored = await self.store.last_event_id()
+        self.events.resume_after(stored)
+        self._stored_event_id = stored
+
+    @property
+    def published_event_id(self) -> int:
+        """The newest event a stream could already have sent: everything up to
+        it is committed.  A reader takes it *before* reading tasks, then follows
+        GET /v1/events with ``Last-Event-ID: <it>`` and misses no change."""
+        return max(self.fanout.last_id, self._stored_event_id)
 
     async def recover_task(self, task: Task) -> None:
         """Take back a live task read from the store at start-up.
@@ -324,8 +359,8 @@ class Engine:
         interruptions do not use up ``max_attempts``, but more than
         ``store.max_interruptions`` of them fail the task (``interrupted``).
         """
-        if task.status.terminal:
-            return
+        if task.status.terminal or task.id in self._runs:
+            return  # ended, or already running here (our own lease had lapsed)
         limit = self.settings.store.max_interruptions
         current = task.current
         cut_short = current is not None and not current.status.terminal
@@ -416,7 +451,7 @@ class Engine:
                     break
                 log.debug("retrying", attempt=task.attempt, after=str(decided.status))
         except asyncio.CancelledError:
-            if not task.status.terminal:
+            if not task.status.terminal and not self._handing_over:
                 reason = task.cancel_reason or "cancelled"
                 await self._end(
                     task, Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
@@ -476,7 +511,7 @@ class Engine:
         the task stays in memory until the next sweep.
         """
         self._runs.pop(task.id, None)
-        if not task.status.terminal:
+        if not task.status.terminal and not self._handing_over:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
@@ -533,6 +568,10 @@ class Engine:
                 raise AttemptFailed(
                     Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
                 ) from exc
+            try:
+                await self.find_operators(task)
+            except StoreError as exc:
+                log.warning("could not look up the operator in the store", error=str(exc))
             ctx.operator = info = self.resolve_operator_info(task)
             record.served_by = info.served_by()
             if info.backend is not None:
@@ -757,9 +796,15 @@ class Engine:
         await asyncio.wait({run}, timeout=5)
         return True
 
-    async def shutdown(self, reason: str = "server shutting down") -> None:
-        """Stop taking tasks and cancel every run with ``reason``."""
+    async def shutdown(self, reason: str = "server shutting down", hand_over: bool = False) -> None:
+        """Stop taking tasks and cancel every run with ``reason``.
+
+        With ``hand_over`` (a shared store) the runs stop but their tasks do not
+        end: they stay ``running`` in the store, for another node to take over
+        once this one lets go of their leases.
+        """
         self._accepting = False
+        self._handing_over = hand_over
         runs = list(self._runs.items())
         for task_id, run in runs:
             if (task := self.tasks.get(task_id)) is not None:

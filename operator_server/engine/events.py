@@ -137,6 +137,13 @@ class Subscription:
 class EventFanout(Protocol):
     def publish(self, events: Events) -> None: ...
 
+    @property
+    def last_id(self) -> int:
+        """The id of the newest event published (0: none yet).  Everything up to
+        it is committed, so a reader that takes it *before* reading state and
+        then follows with ``Last-Event-ID: <it>`` misses no change."""
+        ...
+
     def subscribe(
         self,
         task_id: str | None,
@@ -160,8 +167,15 @@ class LocalFanout:
     def __init__(self) -> None:
         self._by_task: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        self._last_id = 0
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
 
     def publish(self, events: Events) -> None:
+        if events:
+            self._last_id = max(self._last_id, events[-1].id)
         if not self._by_task and not self._all:
             return
         for event in events:

@@ -19,7 +19,7 @@ from marshmallow import Schema, fields
 from operator_server.appkeys import SETTINGS
 from operator_server.console import STATIC_DIR
 from operator_server.wire.contract import Body, Operation, documented
-from operator_server.wire.json import json_response
+from operator_server.wire.requests import json_response
 
 routes = web.RouteTableDef()
 

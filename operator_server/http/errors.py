@@ -16,7 +16,7 @@ from operator_server.appkeys import SETTINGS
 from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
-from operator_server.wire.json import json_response
+from operator_server.wire.requests import json_response
 
 log = get_logger(__name__)
 

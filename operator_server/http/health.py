@@ -1,4 +1,10 @@
-"""Liveness, with enough numbers to see the daemon is doing something."""
+"""Liveness, with enough numbers to see the daemon is doing something.
+
+503 (``store_failed``) while the store's database does not answer (a
+PostgreSQL store that lost its connection): a load balancer then sends work
+elsewhere; the node takes no new tasks meanwhile, and answers 200 again as soon
+as the database does.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server import __version__
-from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS
+from operator_server.appkeys import ENGINE, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.engine.tasks import TaskStatus
+from operator_server.errors import ApiError, Code
 from operator_server.wire.contract import Body, Operation, documented
-from operator_server.wire.json import json_response
+from operator_server.wire.requests import json_response
 
 routes = web.RouteTableDef()
 _STARTED = time.monotonic()
@@ -39,9 +46,19 @@ class HealthSchema(Schema):
 
 
 @routes.get("/v1/healthz")
-@documented(Operation("Liveness, with task and session counts", {200: Body("alive", HealthSchema)}))
+@documented(
+    Operation(
+        "Liveness, with task and session counts",
+        {200: Body("alive", HealthSchema)},
+        errors={503: "the node's database does not answer (store_failed): it takes no new tasks"},
+    )
+)
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
+    if not request.app[STORE].healthy:
+        raise ApiError(
+            503, Code.STORE_FAILED, "the database does not answer; this node takes no new tasks"
+        )
     return json_response(
         {
             "status": "ok" if engine.accepting else "shutting_down",

@@ -34,11 +34,12 @@ from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import query, read_json, require_bearer
+from operator_server.wire.requests import json_response, query, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
+# On a task list: where a live follower of GET /v1/events takes over from it.
+LAST_EVENT_HEADER = "X-Last-Event-Id"
 
 _NAME = validate.Length(min=1, max=200)
 
@@ -317,7 +318,12 @@ async def create_task(request: web.Request) -> web.Response:
         "List tasks, oldest first, a page at a time",
         {
             200: Body(
-                "a page of tasks; pass `next` as `after` for the following one", TaskPageSchema
+                "a page of tasks; pass `next` as `after` for the following one",
+                TaskPageSchema,
+                headers={
+                    LAST_EVENT_HEADER: "the newest event already published when this page was "
+                    "read: GET /v1/events with this as Last-Event-ID follows every change after it"
+                },
             )
         },
         errors={400: "a bad query parameter or `after` cursor", 401: _UNAUTHORIZED},
@@ -330,10 +336,12 @@ async def list_tasks(request: web.Request) -> web.Response:
     _guard(request)
     q = query(request, LIST_QUERY)
     engine = request.app[ENGINE]
+    seen = engine.published_event_id  # before the read: the page is at least this new
     after = await _cursor(engine, q.get("after"))
     tasks, more = await engine.page(q.get("status"), after, q["limit"])
     return json_response(
-        {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)}
+        {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)},
+        headers={LAST_EVENT_HEADER: str(seen)},
     )
 
 

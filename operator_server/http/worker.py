@@ -21,8 +21,14 @@ from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.answer_schema import SchemaNotAllowed, check_schema
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryBoolean, StrictBoolean, StrictInteger
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import bearer_of, query, read_body, read_json, validate
+from operator_server.wire.requests import (
+    bearer_of,
+    json_response,
+    query,
+    read_body,
+    read_json,
+    validate,
+)
 
 routes = web.RouteTableDef()
 

@@ -24,6 +24,7 @@ from operator_server.config import is_loopback
 from operator_server.errors import ApiError, Code
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.session import WSOperatorSession
+from operator_server.store import StoreError
 from operator_server.wire.requests import bearer_of, require_bearer, text_token
 
 SUBPROTOCOL_PREFIX = "bearer."
@@ -42,15 +43,19 @@ def subprotocol_token(request: web.Request) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _session(request: web.Request) -> WSOperatorSession:
+async def _session(request: web.Request) -> WSOperatorSession:
     sid = request.match_info["sid"]
-    session = request.app[DIRECTORY].sessions.get(sid)
+    # Known here, or minted on another node of a cluster (read from the store).
+    try:
+        session = await request.app[DIRECTORY].find(sid)
+    except StoreError as exc:
+        raise ApiError(503, Code.STORE_FAILED, f"could not look up the session: {exc}") from exc
     if session is None:
         raise ApiError(404, Code.OPERATOR_NOT_FOUND, f"no operator session {sid!r}")
     return session
 
 
-def authorize_session(
+async def authorize_session(
     request: web.Request, *, websocket: bool = False
 ) -> tuple[WSOperatorSession, str | None]:
     """The session named in the path, for a caller holding its token."""
@@ -59,7 +64,7 @@ def authorize_session(
         token, subprotocol = subprotocol_token(request)
     if token is None:
         raise ApiError(401, Code.UNAUTHORIZED, _MISSING)
-    session = _session(request)
+    session = await _session(request)
     if not session.verify_token(token):
         raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
     return session, subprotocol
@@ -74,6 +79,14 @@ def require_admin(request: web.Request) -> None:
     api_token = request.app[SETTINGS].api_token
     if api_token:
         require_bearer(request, api_token, "api_token")
+    elif "Authorization" in request.headers:
+        # A credential that is sent is checked, and none is the admin's here.
+        raise ApiError(
+            401,
+            Code.UNAUTHORIZED,
+            "no api_token is configured: the admin is a loopback caller that sends no "
+            "Authorization header",
+        )
     elif not _local_admin(request):
         raise ApiError(
             403,
@@ -83,7 +96,7 @@ def require_admin(request: web.Request) -> None:
         )
 
 
-def authorize_session_or_admin(request: web.Request) -> tuple[WSOperatorSession, bool]:
+async def authorize_session_or_admin(request: web.Request) -> tuple[WSOperatorSession, bool]:
     """The session named in the path, for its own holder or the admin; and
     whether the caller is the admin."""
     api_token = request.app[SETTINGS].api_token
@@ -96,7 +109,7 @@ def authorize_session_or_admin(request: web.Request) -> tuple[WSOperatorSession,
         admin = _local_admin(request)
         if token is None and not admin:
             raise ApiError(401, Code.UNAUTHORIZED, _MISSING)
-    session = _session(request)
+    session = await _session(request)
     if not admin and not session.verify_token(token or ""):
         raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
     return session, admin

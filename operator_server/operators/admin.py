@@ -27,8 +27,7 @@ from operator_server.operators.login import SessionSchema, session_view
 from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import query
+from operator_server.wire.requests import json_response, query
 
 routes = web.RouteTableDef()
 
@@ -163,6 +162,6 @@ async def list_operators(request: web.Request) -> web.Response:
     )
 )
 async def pending_requests(request: web.Request) -> web.Response:
-    session, _ = authorize_session_or_admin(request)
+    session, _ = await authorize_session_or_admin(request)
     now = time.time()
     return json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})

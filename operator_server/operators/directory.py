@@ -7,6 +7,11 @@ released, pending requests failed, socket closed) when it is deleted or expires.
 Mint and delete are durable: the store write happens before the answer, and a
 failed write leaves memory as it was (a failed mint releases its roles).  At
 start-up ``restore`` brings back stored sessions before the server listens.
+
+With a store many nodes share, a session minted on another node is brought
+here the first time it is named (``find``: its sid on a route; ``find_name``:
+a task naming its sid or one of its roles), so mint on one node and connect on
+any other.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class OperatorDirectory:
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
+        engine.find_operator = self.find_name
 
     def listening_on(self, url: str) -> None:
         """The daemon is bound at ``url``; directives use it unless public_url is set."""
@@ -112,6 +118,27 @@ class OperatorDirectory:
             return False
         self._add(self._session(record))
         return True
+
+    async def find(self, sid: str) -> WSOperatorSession | None:
+        """The session ``sid``: known here, or stored by another node (then it is
+        restored here, lazily); None when there is none, or it cannot be."""
+        session = self.sessions.get(sid)
+        if session is not None or not self.engine.store.shared:
+            return session
+        record = await self.engine.store.get_session(sid)
+        if (session := self.sessions.get(sid)) is not None:  # restored meanwhile
+            return session
+        if record is None or not self.restore(record, time.time()):
+            return None
+        log.info("operator session found in the store", sid=sid)
+        return self.sessions.get(sid)
+
+    async def find_name(self, name: str) -> None:
+        """A task names ``name`` (a sid or a role) unknown here: bring its
+        session from the store if another node minted it."""
+        sid = name if name.startswith("op-") else await self.engine.store.role_holder(name)
+        if sid is not None:
+            await self.find(sid)
 
     def seen(self, session: WSOperatorSession) -> None:
         """Record that the session was just seen (socket attached or detached)."""
@@ -184,6 +211,8 @@ class OperatorDirectory:
                 self.seen(session)
         gone = self.expired(now)
         ttl = self.settings.session_idle_ttl_s
+        if self.engine.store.shared:
+            gone = [sid for sid in gone if not await self._seen_elsewhere(sid, now)]
         for sid in gone:
             try:
                 await self.delete(
@@ -196,6 +225,20 @@ class OperatorDirectory:
                 continue
             log.info("operator session expired", sid=sid)
         return gone
+
+    async def _seen_elsewhere(self, sid: str, now: float) -> bool:
+        """A shared store: another node has seen the session lately (its socket is
+        there, and that node touches it every sweep), so it is not idle."""
+        try:
+            record = await self.engine.store.get_session(sid)
+        except StoreError:
+            return True  # cannot tell: expire it next time
+        session = self.sessions.get(sid)
+        ttl = self.settings.session_idle_ttl_s
+        if record is None or session is None or now - record.last_seen_at >= ttl:
+            return False
+        session.last_seen_at = max(session.last_seen_at, record.last_seen_at)
+        return True
 
     async def close_sockets(self, code: int, reason: str) -> None:
         """Close every attached socket (shutdown); sessions stay."""

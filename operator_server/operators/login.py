@@ -29,8 +29,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.json import json_response
-from operator_server.wire.requests import read_json, require_bearer
+from operator_server.wire.requests import json_response, read_json, require_bearer
 from operator_server.wire.requests import validate as load
 
 routes = web.RouteTableDef()
@@ -176,7 +175,7 @@ async def mint_operator(request: web.Request) -> web.Response:
     )
 )
 async def operator_info(request: web.Request) -> web.Response:
-    session, _ = authorize_session(request)
+    session, _ = await authorize_session(request)
     return json_response(session_view(session))
 
 
@@ -191,7 +190,7 @@ async def operator_info(request: web.Request) -> web.Response:
     )
 )
 async def delete_operator(request: web.Request) -> web.Response:
-    session, admin = authorize_session_or_admin(request)
+    session, admin = await authorize_session_or_admin(request)
     # Same code either way: the session's requests fail ``operator_deleted``.
     message = "operator session deleted by an admin" if admin else "operator session deleted"
     try:
@@ -216,7 +215,7 @@ async def delete_operator(request: web.Request) -> web.Response:
     )
 )
 async def operator_socket(request: web.Request) -> web.WebSocketResponse:
-    session, subprotocol = authorize_session(request, websocket=True)
+    session, subprotocol = await authorize_session(request, websocket=True)
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
     if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):

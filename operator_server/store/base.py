@@ -263,3 +263,49 @@ class Store(ABC):
         """Delete up to ``limit`` tasks in ``statuses`` last updated before the
         cutoff, oldest first, with their events and deliveries; how many went,
         by status."""
+
+    # -- a store many nodes share (PostgreSQL); one process needs none of it --
+
+    @property
+    def shared(self) -> bool:
+        """Many nodes may use this store at once: running tasks are leased."""
+        return False
+
+    @property
+    def healthy(self) -> bool:
+        """The database answered the last time it was asked (healthz)."""
+        return True
+
+    def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
+        """Lease every task in ``live_statuses`` this node writes to ``node_id``
+        for ``lease_s``: nobody else takes it over while the lease is renewed.
+        Called once, before ``open``; a one-process store only notes the statuses."""
+        del node_id, lease_s
+        self._live_statuses = tuple(live_statuses)
+
+    async def take_over(self, *, at_start: bool, limit: int) -> list[Row]:
+        """Live tasks this node now owns and must recover: in one process, every
+        stored live one at start-up; in a shared store, up to ``limit`` whose
+        lease lapsed or was never written (their node died or let go)."""
+        del limit
+        return await self.load_tasks(self._live_statuses) if at_start else []
+
+    _live_statuses: Collection[str] = ()
+
+    async def renew_leases(self) -> None:
+        """Extend every lease this node holds (``StoreError`` when it cannot)."""
+        return None  # one process: nothing is leased
+
+    async def release_leases(self) -> None:
+        """Let go of every lease this node holds, so another node takes its tasks now."""
+        return None  # one process: nothing is leased
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        """A session another node may have minted; None when unknown (or one process)."""
+        del sid
+        return None
+
+    async def role_holder(self, role: str) -> str | None:
+        """The sid holding ``role`` anywhere in a shared store; None otherwise."""
+        del role
+        return None

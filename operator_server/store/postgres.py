@@ -18,6 +18,20 @@ database is made to be shared, and each node is told apart by its ``node_id``.
 
 A lost connection fails the batch in flight (durable callers get
 ``StoreError``); the next batch takes a fresh connection from the pool.
+Meanwhile ``healthy`` is False (healthz answers 503) until the database
+answers again — the lease renewal asks it every ``lease_s / 3``.
+
+Leases (cluster mode): every live task a node writes is leased to that node
+(``task_leases``, in the same savepoint as the task row, so no other node ever
+sees a live task without its lease), renewed for all of them in one UPDATE,
+and dropped when the task ends.  ``take_over`` is how a node gets tasks:
+those whose lease lapsed (or was let go at a graceful stop, or never written
+by an older server), locked ``FOR UPDATE SKIP LOCKED`` and re-checked on the
+lease row itself, so two nodes never take the same task.  Lease times are the
+database's clock, never a node's.
+
+Event ids come from a database sequence, not from the node, because several
+nodes write events: the events each write publishes carry the ids it stored.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ log = get_logger(__name__)
 BATCH = 512
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10
+CLOSE_TIMEOUT_S = 5
 # Any fixed 64-bit number names the lock; this one is "operator-server schema".
 MIGRATION_LOCK = 0x6F70_7365_7276_0001
 
@@ -107,7 +122,49 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_deliveries_by_due ON webhook_deliveries (due_at);
     """,
+    # v4: cluster mode.  A lease per live task; event ids every node draws from
+    # one sequence (continuing after any already stored).
+    """
+    CREATE TABLE task_leases (
+        task_id    TEXT PRIMARY KEY,
+        node_id    TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE INDEX task_leases_by_node ON task_leases (node_id);
+    CREATE SEQUENCE task_event_ids;
+    SELECT setval('task_event_ids', COALESCE((SELECT MAX(id) FROM task_events), 0) + 1, false);
+    """,
 ]
+# A task's first write leases it to its writer; a lease someone else holds stays theirs.
+INSERT_LEASE = (
+    "INSERT INTO task_leases (task_id, node_id, expires_at) "
+    "VALUES ($1, $2, now() + make_interval(secs => $3)) "
+    "ON CONFLICT (task_id) DO NOTHING"
+)
+RENEW_LEASES = (
+    "UPDATE task_leases SET expires_at = now() + make_interval(secs => $2) WHERE node_id = $1"
+)
+RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
+# Live tasks with a lapsed or missing lease, locked so that concurrent reapers
+# skip each other's; the upsert re-checks the lease row as it is now (a lease
+# renewed or taken since the scan's snapshot does not come back).
+TAKE_OVER = """
+    WITH lapsed AS (
+        SELECT t.id FROM tasks t LEFT JOIN task_leases l ON l.task_id = t.id
+        WHERE t.status = ANY($3::text[]) AND (l.task_id IS NULL OR l.expires_at < now())
+        ORDER BY t.seq LIMIT $4
+        FOR UPDATE OF t SKIP LOCKED
+    ), taken AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT id, $1, now() + make_interval(secs => $2) FROM lapsed
+        ON CONFLICT (task_id) DO UPDATE
+            SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
+            WHERE task_leases.expires_at < now()
+        RETURNING task_id
+    )
+    SELECT t.id, t.data FROM tasks t JOIN taken k ON k.task_id = t.id ORDER BY t.seq
+"""
+NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
     "ON CONFLICT (id) DO UPDATE SET "
@@ -181,8 +238,35 @@ class PostgresStore(Store):
         self._accepting = False  # writes may be queued: open, and not yet closing
         self._unsettled = 0  # writes queued and not yet committed (or failed)
         self._commit_observer: Callable[[float], None] | None = None
+        self._node_id = ""
+        self._lease_s = 10.0
+        self._live: frozenset[str] = frozenset()
+        self._healthy = True
 
     # -- lifecycle --------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.error("lost the PostgreSQL connection", error=str(exc))
+        self._healthy = False
+
+    def _answered(self) -> None:
+        if not self._healthy:
+            log.info("the PostgreSQL connection is back")
+        self._healthy = True
+
+    def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
+        super().lease_tasks(node_id, lease_s, live_statuses)
+        self._node_id, self._lease_s = node_id, float(lease_s)
+        self._live = frozenset(live_statuses)
 
     def claim(self) -> None:
         """Nothing to take: every node of a cluster opens the same database."""
@@ -216,7 +300,13 @@ class PostgresStore(Store):
             await self._writer
             self._writer = None
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                # A connection broken mid-way (the database went away and came
+                # back) can hold a graceful close forever: then cut them all.
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("PostgreSQL connections did not close in time; cut them")
+                self._pool.terminate()
             self._pool = None
 
     async def flush(self) -> None:
@@ -266,8 +356,12 @@ class PostgresStore(Store):
                         outcomes.append((False, exc))
                     except (asyncpg.PostgresError, ValueError, TypeError) as exc:
                         outcomes.append((False, StoreError(f"{op.what}: {exc}")))
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        except CONNECTION_ERRORS as exc:
+            self._lost(exc)
             return [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
+        except asyncpg.PostgresError as exc:
+            return [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
+        self._answered()
         if self._commit_observer is not None:
             self._commit_observer(time.perf_counter() - began)
         return outcomes
@@ -297,9 +391,14 @@ class PostgresStore(Store):
             await self.flush()
         try:
             async with self._pool.acquire() as conn:
-                return await work(conn)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                found = await work(conn)
+        except CONNECTION_ERRORS as exc:
+            self._lost(exc)
             raise StoreError(f"{what}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"{what}: {exc}") from exc
+        self._answered()
+        return found
 
     # -- operations -------------------------------------------------------
 
@@ -358,9 +457,8 @@ class PostgresStore(Store):
                 out.append(Row(record.sid, record))
         return out
 
-    @staticmethod
     def _task_write(
-        record: dict[str, Any], events: Events, deliver_at: float | None = None
+        self, record: dict[str, Any], events: Events, deliver_at: float | None = None
     ) -> tuple[Work, str, Events]:
         """The write for ``record`` and its events, snapshotted now, not when the
         writer gets to it."""
@@ -371,16 +469,20 @@ class PostgresStore(Store):
             float(record["updated_at"]),
             wire_json.dumps_bytes(record).decode(),
         )
-        event_rows = [(e.id, e.task_id, e.text) for e in events]
+        live = args[1] in self._live
+        stored: list[TaskEvent] = []  # ``events`` with the ids they are stored under
 
         async def work(c: asyncpg.Connection) -> None:
             await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
-            if event_rows:
-                await c.executemany(INSERT_EVENT, event_rows)
+            if live:
+                await c.execute(INSERT_LEASE, args[0], self._node_id, self._lease_s)
+            else:
+                await c.execute("DELETE FROM task_leases WHERE task_id = $1", args[0])
+            await _insert_events(c, events, stored)
             if deliver_at is not None:
                 await c.execute(UPSERT_DELIVERY, args[0], float(deliver_at))
 
-        return work, f"save task {record['id']}", events
+        return work, f"save task {record['id']}", stored
 
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
@@ -391,8 +493,8 @@ class PostgresStore(Store):
         self._soon(*self._task_write(record, events))
 
     def put_events_soon(self, events: Events) -> None:
-        rows = [(e.id, e.task_id, e.text) for e in events]
-        self._soon(lambda c: c.executemany(INSERT_EVENT, rows), "save events", events)
+        stored: list[TaskEvent] = []
+        self._soon(lambda c: _insert_events(c, events, stored), "save events", stored)
 
     async def last_event_id(self) -> int:
         found = await self._read(
@@ -496,6 +598,64 @@ class PostgresStore(Store):
         )
         return {status: int(n) for status, n in rows}
 
+    # -- cluster ----------------------------------------------------------
+
+    async def take_over(self, *, at_start: bool, limit: int) -> list[Row]:
+        del at_start  # the same at start-up: a live node's tasks keep their lease
+        args = (self._node_id, self._lease_s, list(self._live), limit)
+
+        async def work(c: asyncpg.Connection) -> list[Any]:
+            async with c.transaction():
+                return list(await c.fetch(TAKE_OVER, *args))
+
+        rows = await self._read(work, "take over tasks")
+        return [_task_row(task_id, data) for task_id, data in rows]
+
+    async def renew_leases(self) -> None:
+        await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
+
+    async def release_leases(self) -> None:
+        await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
+
+    async def _direct(self, sql: str, *args: Any, what: str) -> None:
+        """A write of this node's own lease rows: straight on the pool, not behind
+        the queue (nothing queued touches them but a task's first write)."""
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(sql, *args)
+        except CONNECTION_ERRORS as exc:
+            self._lost(exc)
+            raise StoreError(f"{what}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"{what}: {exc}") from exc
+        self._answered()
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        row = await self._read(
+            lambda c: c.fetchrow(
+                "SELECT sid, token_sha256, roles, description, created_at, last_seen_at "
+                "FROM operator_sessions WHERE sid = $1",
+                sid,
+            ),
+            f"read session {sid}",
+        )
+        if row is None:
+            return None
+        try:
+            return decode_session(*row)
+        except Exception as exc:  # a bad row is as good as none
+            log.warning("skipping a stored session that cannot be decoded", sid=sid, error=str(exc))
+            return None
+
+    async def role_holder(self, role: str) -> str | None:
+        sid = await self._read(
+            lambda c: c.fetchval("SELECT sid FROM operator_roles WHERE role = $1", role),
+            f"find role {role}",
+        )
+        return None if sid is None else str(sid)
+
     async def delete_finished(
         self, statuses: Collection[str], updated_before: float, limit: int
     ) -> dict[str, int]:
@@ -507,6 +667,21 @@ class PostgresStore(Store):
 
         result: dict[str, int] = await self._call(work, "delete finished tasks")
         return result
+
+
+async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[TaskEvent]) -> None:
+    """Store ``events`` under ids from the shared sequence; ``stored`` gets them
+    as stored (what the write publishes once committed)."""
+    if not events:
+        return
+    ids = sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, len(events)))
+    renumbered = []
+    for new_id, event in zip(ids, events, strict=True):
+        again = TaskEvent(new_id, event.task_id, event.type, event.data)
+        again.__dict__["text"] = event.text  # already encoded
+        renumbered.append(again)
+    await c.executemany(INSERT_EVENT, [(e.id, e.task_id, e.text) for e in renumbered])
+    stored[:] = renumbered
 
 
 async def _nothing(conn: asyncpg.Connection) -> None:

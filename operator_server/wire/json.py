@@ -22,12 +22,10 @@ import json
 import math
 import re
 from array import array
-from collections.abc import Mapping
 from itertools import accumulate
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from operator_server.errors import Code
 
@@ -153,19 +151,6 @@ def dumps_bytes(value: Any) -> bytes:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
         return dumps(value).encode()
-
-
-def json_response(
-    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """``web.json_response``, encoded by ``dumps_bytes``."""
-    return web.Response(
-        body=dumps_bytes(data),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
-    )
 
 
 def dumps(value: Any) -> str:

@@ -118,3 +118,16 @@ def require_bearer(request: web.Request, expected: str, what: str) -> None:
         raise ApiError(401, Code.UNAUTHORIZED, f"send Authorization: Bearer <{what}>")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise ApiError(401, Code.UNAUTHORIZED, f"wrong {what}")
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``web.json_response``, encoded by ``json.dumps_bytes`` (orjson)."""
+    return web.Response(
+        body=json.dumps_bytes(data),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )

@@ -125,6 +125,18 @@ async def test_the_tool_list_matches_the_contract_with_input_and_output_schemas(
             assert tool.description and len(tool.description) > 40, tool.name
             assert tool.inputSchema["type"] == "object"
             assert tool.outputSchema is not None and tool.outputSchema["type"] == "object"
+        by_name = {t.name: t for t in tools}
+        # The contract's defaults and types, as an MCP client sees them.
+        assert by_name["next_request"].inputSchema["properties"]["timeout_s"]["default"] == 30
+        for name in ("spawn_ack", "worker_result"):
+            ok = by_name[name].inputSchema["properties"]["ok"]
+            assert ok["type"] == "boolean" and ok["default"] is True, name
+        assert by_name["reject"].inputSchema["properties"]["reason"]["type"] == "string"
+        # What comes back: the fields an agent relies on are declared.
+        status_out = by_name["status"].outputSchema["properties"]
+        assert {"sid", "roles", "connected", "pending", "url"} <= set(status_out)
+        request_out = by_name["next_request"].outputSchema["properties"]
+        assert {"req_id", "type", "task_id", "attempt", "agent", "notices"} <= set(request_out)
         prompts = (await mcp.list_prompts()).prompts
         assert [p.name for p in prompts] == ["operator-guide"]
         guide = await mcp.get_prompt("operator-guide")
@@ -206,9 +218,12 @@ async def test_reject_fails_the_task_with_the_reason(tmp_path: Path) -> None:
         assert "too risky" in done["error"]["message"]
 
 
-async def test_a_request_pending_while_the_daemon_restarts_is_answerable_afterwards_once(
+async def test_a_request_pending_while_the_daemon_restarts_comes_back_answerable_once(
     tmp_path: Path,
 ) -> None:
+    """A crash interrupts the attempt the request belonged to (its credentials are
+    dead), so the task's work comes back as the re-dispatched attempt's request:
+    the agent is told the old one is withdrawn, and answers the new one once."""
     async with (
         running_daemon(tmp_path) as daemon,
         bridge(daemon, tmp_path, "--role", "main") as mcp,

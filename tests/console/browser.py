@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -155,20 +156,32 @@ _ROLE_TAGS = {
 
 def control(scope: WebDriver | WebElement, role: str, name: str) -> WebElement:
     """The one visible control with this role and accessible name inside ``scope``."""
-    found = [
-        el
-        for el in scope.find_elements("css selector", _ROLE_TAGS[role])
-        if el.is_displayed() and el.aria_role == role and el.accessible_name == name
-    ]
-    assert len(found) == 1, f"expected one {role} named {name!r}, found {len(found)}"
-    return found[0]
+    # Live parts of the page (the task list) are redrawn as events arrive: an
+    # element can go stale between finding and asking; then look again.
+    for _ in range(20):
+        try:
+            found = [
+                el
+                for el in scope.find_elements("css selector", _ROLE_TAGS[role])
+                if el.is_displayed() and el.aria_role == role and el.accessible_name == name
+            ]
+        except StaleElementReferenceException:
+            continue
+        assert len(found) == 1, f"expected one {role} named {name!r}, found {len(found)}"
+        return found[0]
+    raise AssertionError(f"{role} {name!r}: the page kept changing under the search")
 
 
 def has_control(scope: WebDriver | WebElement, role: str, name: str) -> bool:
-    return any(
-        el.is_displayed() and el.aria_role == role and el.accessible_name == name
-        for el in scope.find_elements("css selector", _ROLE_TAGS[role])
-    )
+    for _ in range(20):
+        try:
+            return any(
+                el.is_displayed() and el.aria_role == role and el.accessible_name == name
+                for el in scope.find_elements("css selector", _ROLE_TAGS[role])
+            )
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{role} {name!r}: the page kept changing under the search")
 
 
 def until(driver: WebDriver, condition: Callable[[], T], timeout: float = 15) -> T:

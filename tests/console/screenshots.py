@@ -45,10 +45,15 @@ def main() -> int:
             )
             until(page, lambda: len(page.find_elements("css selector", "#inbox li.card")) == 2)
             until(page, lambda: "fetching" not in page.find_element("id", "inbox").text)
+            until(page, lambda: page.find_element("id", "tasks-live").text == "live")
+            until(page, lambda: page.find_elements("css selector", "#operator-rows tr"))
             page.save_screenshot(str(DOCS / "console-inbox.png"))
             control(page, "button", done["id"]).click()
             until(page, lambda: "passed" in page.find_element("id", "task-summary").text)
-            page.set_window_size(1440, 1500)  # the whole task page, not the first screenful
+            until(page, lambda: page.find_element("id", "timeline-live").text == "ended")
+            # The whole task page, timeline included, not the first screenful.
+            height = page.execute_script("return document.documentElement.scrollHeight")
+            page.set_window_size(1440, int(height) + 200)
             page.find_element("css selector", "section.tasks").screenshot(
                 str(DOCS / "console-task.png")
             )

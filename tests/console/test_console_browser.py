@@ -290,8 +290,138 @@ def test_with_an_api_token_the_field_shows_and_joining_uses_it(browser: WebDrive
         task_id = heading.removeprefix("Task ")
         assert has_control(browser, "button", task_id)
         assert daemon.status_of("GET", f"/v1/tasks/{task_id}") == 401  # the token was needed
+        # The event stream carries the token in a header, never in its URL.
+        live(browser)
+        other = daemon.call(
+            "POST", "/v1/tasks", {"agent": "echo", "directive": "x"}, "console-admin"
+        )
+        until(browser, lambda: row_status(browser, other["id"]) == "passed")
+        # The api token makes this console the admin.
+        sid = browser.find_element("id", "who").text.rsplit(" · ", 1)[-1]
+        until(browser, lambda: operator_row(browser, sid))
+        urls = browser.execute_script(
+            "return performance.getEntriesByType('resource').map((e) => e.name)"
+        )
+        assert not [u for u in urls if "console-admin" in u or "token" in u.lower()]
         errors = severe_log_entries(browser)
         browser.get("about:blank")
         assert errors == [], errors
     finally:
         daemon.stop()
+
+
+def row_status(page: WebDriver, task_id: str) -> str | None:
+    """The status a task's row shows (read in one go: the table is redrawn as events come)."""
+    status: str | None = page.execute_script(
+        "const row = [...document.querySelectorAll('#task-rows tr')]"
+        ".find((r) => r.dataset.taskId === arguments[0]);"
+        "return row ? row.querySelector('.badge').textContent : null;",
+        task_id,
+    )
+    return status
+
+
+def list_reads(page: WebDriver) -> int:
+    """How many GET /v1/tasks (the list) this page has made, from its resource timing."""
+    count: int = page.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => new URL(e.name).pathname === '/v1/tasks').length"
+    )
+    return count
+
+
+def live(page: WebDriver) -> None:
+    until(page, lambda: page.find_element("id", "tasks-live").text == "live")
+
+
+def test_the_task_list_follows_tasks_changed_elsewhere_from_the_event_stream_not_by_rereading(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    page.execute_script("performance.setResourceTimingBufferSize(100000)")
+    join(page)
+    live(page)
+    assert list_reads(page) == 1
+    held = daemon.create_task(directive="wait for me", **served_by_console())
+    until(page, lambda: row_status(page, held["id"]) == "running")
+    daemon.call("POST", f"/v1/tasks/{held['id']}/cancel", {"reason": "changed my mind"})
+    until(page, lambda: row_status(page, held["id"]) == "cancelled")
+    echo = daemon.create_task(agent="echo", directive="hi")
+    until(page, lambda: row_status(page, echo["id"]) == "passed")
+    orphan = daemon.create_task(directive="nobody", agent="coder", operator={"role": "absent"})
+    until(page, lambda: row_status(page, orphan["id"]) == "failed")
+    assert list_reads(page) == 1  # every change came from the stream
+
+    # The filter reads the list once more, then the stream keeps it to that status.
+    Select(control(page, "combobox", "Status")).select_by_visible_text("cancelled")
+    until(page, lambda: row_status(page, echo["id"]) is None)
+    assert row_status(page, held["id"]) == "cancelled"
+    later = daemon.create_task(directive="again", **served_by_console())
+    passed = daemon.create_task(agent="echo", directive="not shown")
+    daemon.finished(passed["id"])
+    daemon.call("POST", f"/v1/tasks/{later['id']}/cancel", {})
+    until(page, lambda: row_status(page, later["id"]) == "cancelled")
+    assert row_status(page, passed["id"]) is None
+    assert list_reads(page) == 2
+
+
+def test_the_task_page_shows_its_event_timeline_from_creation_to_the_end_in_order(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    task = daemon.create_task(directive="review this", **served_by_console())
+    until(page, lambda: row_status(page, task["id"]) is not None)
+    control(page, "button", task["id"]).click()
+    timeline = page.find_element("id", "task-timeline")
+    until(page, lambda: "request" in [e.get_attribute("data-type") for e in events(timeline)])
+    control(pending_card(page, task["id"], "Approve spawn?"), "button", "Approve").click()
+    spawn = pending_card(page, task["id"], "Do the work")
+    control(spawn, "textbox", "Result").send_keys("looks fine")
+    control(spawn, "button", "Submit result").click()
+    until(page, lambda: page.find_element("id", "timeline-live").text == "ended")
+
+    shown = [
+        (e.get_attribute("data-type"), e.get_attribute("data-status")) for e in events(timeline)
+    ]
+    assert shown[0] == ("created", "pending")
+    assert shown[-1] == ("status", "passed")
+    types = [t for t, _ in shown]
+    assert types.index("attempt_started") < types.index("request") < types.index("attempt_ended")
+    ids = [int(e.get_attribute("data-event-id") or 0) for e in events(timeline)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert "status → passed" in timeline.text
+    until(page, lambda: "passed" in page.find_element("id", "task-summary").text)
+
+
+def events(timeline: WebElement) -> list[WebElement]:
+    return timeline.find_elements("css selector", "li.event")
+
+
+def operator_row(page: WebDriver, sid: str) -> WebElement | None:
+    rows = page.find_elements("css selector", f'#operator-rows tr[data-sid="{sid}"]')
+    return rows[0] if rows else None
+
+
+def test_the_operators_view_lists_another_session_and_force_leave_frees_its_roles(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
+    task = daemon.create_task(
+        directive="for the night", agent="coder", operator={"role": "night-shift"}
+    )
+    control(page, "button", "Refresh").click()
+    row = until(page, lambda: operator_row(page, other["sid"]))
+    cells = [c.text for c in row.find_elements("css selector", "td")]
+    assert cells[1:3] == ["Grace", "night-shift"] and cells[3].startswith("disconnected")
+    until(page, lambda: task["id"] in (operator_row(page, other["sid"]) or row).text)
+    own = page.find_element("id", "who").text.rsplit(" · ", 1)[-1]
+    own_row = operator_row(page, own)
+    assert own_row is not None and "connected" in own_row.text and "(you)" in own_row.text
+    assert not has_control(own_row, "button", "Force leave")
+
+    control(row, "button", "Force leave").click()
+    until(page, lambda: operator_row(page, other["sid"]) is None)
+    assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 404
+    again = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"]})  # the role is free
+    assert again["roles"] == ["night-shift"]
+    daemon.call("DELETE", f"/v1/operators/{again['sid']}", bearer=again["token"])

@@ -85,6 +85,7 @@ async def test_oversize_bodies_are_413_on_every_body_route(server: Server) -> No
         f"/v1/tasks/{task['id']}/cancel",
         "/v1/worker/result",
         "/v1/worker/submit",
+        "/v1/worker/ask",
     ):
         resp = await client.post(path, data=big, headers=bearer(ctx.worker_handle))
         await error(resp, 413, "too_large")

@@ -221,3 +221,26 @@ async def test_events_turned_off_store_none_and_both_streams_answer_404(
     store = engine_of(client).store
     await store.flush()
     assert await store.load_events(0, None, 100) == []
+
+
+async def test_a_task_list_says_where_a_live_follower_of_every_event_takes_over(
+    server: Server, tmp_path: Path
+) -> None:
+    db = str(tmp_path / "handover.sqlite")
+    first = await server(store__path=db)
+    done = await create_task(first, agent="echo")
+    await wait_task(first, done["id"])
+    listed = await first.get("/v1/tasks")
+    seen = int(listed.headers["X-Last-Event-Id"])
+    assert seen == (await read_all(await stream(first, f"/v1/tasks/{done['id']}/events")))[-1].id
+    await first.close()
+
+    # After a restart the list still counts what is stored, not from zero.
+    second = await server(store__path=db)
+    listed = await second.get("/v1/tasks")
+    assert int(listed.headers["X-Last-Event-Id"]) == seen
+    follow = await stream(second, "/v1/events", last=seen)
+    later = await create_task(second, agent="echo")
+    first_event = await next_event(follow)
+    assert first_event is not None
+    assert (first_event.data["task_id"], first_event.type) == (later["id"], "created")

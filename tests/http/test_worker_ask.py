@@ -261,3 +261,23 @@ def _waiting_on_ask(client: TestClient[Any, Any]) -> bool:
     from tests.wsop import handler_suspended
 
     return handler_suspended("worker_ask_status")
+
+
+async def test_the_event_stream_carries_a_worker_asks_request_and_reply(server: Server) -> None:
+    from tests.http.sse import read_all
+
+    client = await server()
+    sid, ws, task, spawn = await spawned(client)
+    asking = asyncio.create_task(post_ask(client, spawn, 200, question="ok?", timeout_s=10))
+    ask = await expect(ws, "ask")
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": "yes"})
+    await asking
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "done"})
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    stream = await client.get(f"/v1/tasks/{task['id']}/events")
+    events = await read_all(stream)
+    about_ask = [(e.type, e.data["face"]) for e in events if e.data.get("req_id") == ask["req_id"]]
+    assert about_ask == [("request", "senior_bridge"), ("reply", "senior_bridge")]
+    assert all(e.data["sid"] == sid for e in events if e.data.get("req_id") == ask["req_id"])
+    # The events name the ask; they never carry its question or answer.
+    assert not [e for e in events if "yes" in str(e.data.values()) or "ok?" in str(e.data)]

@@ -217,6 +217,8 @@ async def test_with_no_api_token_a_loopback_caller_without_credentials_is_the_ad
     # A credential that is sent is checked, even here.
     wrong = await client.delete(f"/v1/operators/{sid}", headers={"Authorization": "Bearer no"})
     assert await status_and_code(wrong) == (401, "unauthorized")
+    wrong = await client.get("/v1/operators", headers={"Authorization": "Bearer no"})
+    assert await status_and_code(wrong) == (401, "unauthorized")
 
     assert (await client.delete(f"/v1/operators/{sid}")).status == 204
     done = await wait_task(client, task["id"])

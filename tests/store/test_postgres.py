@@ -137,7 +137,8 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await store.close()
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
-        "DROP TABLE operator_roles, task_events, webhook_deliveries; "
+        "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases; "
+        "DROP SEQUENCE task_event_ids; "
         "UPDATE operator_server_schema SET version = 1"
     )
     for sid, created in (("op-new", 2.0), ("op-old", 1.0)):

@@ -9,7 +9,12 @@ export class ApiError extends Error {
   }
 }
 
-async function call(method, path, { bearer, body } = {}) {
+async function call(method, path, options = {}) {
+  return (await exchange(method, path, options)).data;
+}
+
+// The answer's body and headers (a task list says where its event stream starts).
+async function exchange(method, path, { bearer, body } = {}) {
   const headers = {};
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -25,7 +30,7 @@ async function call(method, path, { bearer, body } = {}) {
   } catch (err) {
     throw new ApiError(0, "unreachable", `cannot reach the server: ${err.message}`);
   }
-  if (resp.status === 204) return null;
+  if (resp.status === 204) return { data: null, headers: resp.headers };
   let data = null;
   try {
     data = await resp.json();
@@ -36,7 +41,7 @@ async function call(method, path, { bearer, body } = {}) {
     const error = (data && data.error) || {};
     throw new ApiError(resp.status, error.code || "http_error", error.message || `HTTP ${resp.status}`);
   }
-  return data;
+  return { data, headers: resp.headers };
 }
 
 export const api = {
@@ -49,20 +54,27 @@ export const api = {
   operator: (sid, token) => call("GET", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
   leave: (sid, token) => call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
 
+  // Every page, oldest first, as the route lists them; and the id of the newest
+  // event published before the first page was read: the event stream resumes
+  // there, so no change falls between the list and the stream.
   tasks: async (status) => {
-    // Every page, oldest first, as the route lists them.
     const all = [];
     let after = null;
+    let lastEventId = null;
     for (let page = 0; page < 20; page++) {
       const q = new URLSearchParams({ limit: "500" });
       if (status) q.set("status", status);
       if (after) q.set("after", after);
-      const body = await call("GET", `/v1/tasks?${q}`, { bearer: api.apiToken });
-      all.push(...body.tasks);
-      if (!body.next) break;
-      after = body.next;
+      const { data, headers } = await exchange("GET", `/v1/tasks?${q}`, { bearer: api.apiToken });
+      if (lastEventId === null) {
+        const seen = headers.get("X-Last-Event-Id");
+        lastEventId = seen && /^\d+$/.test(seen) ? Number(seen) : 0;
+      }
+      all.push(...data.tasks);
+      if (!data.next) break;
+      after = data.next;
     }
-    return all;
+    return { tasks: all, lastEventId };
   },
   task: (id) => call("GET", `/v1/tasks/${encodeURIComponent(id)}`, { bearer: api.apiToken }),
   createTask: (body) => call("POST", "/v1/tasks", { bearer: api.apiToken, body }),
@@ -71,6 +83,25 @@ export const api = {
       bearer: api.apiToken,
       body: reason ? { reason } : {},
     }),
+
+  // Admin (the api token; with none configured, the console on loopback is the admin).
+  operators: async () => {
+    const all = [];
+    let after = null;
+    for (let page = 0; page < 20; page++) {
+      const q = new URLSearchParams({ limit: "500" });
+      if (after) q.set("after", after);
+      const body = await call("GET", `/v1/operators?${q}`, { bearer: api.apiToken });
+      all.push(...body.operators);
+      if (!body.next) break;
+      after = body.next;
+    }
+    return all;
+  },
+  pendingOf: (sid, bearer) =>
+    call("GET", `/v1/operators/${encodeURIComponent(sid)}/pending`, { bearer }),
+  forceLeave: (sid) =>
+    call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: api.apiToken }),
 
   // A spawn's worker handle is the bearer: the person does the sub-agent's part.
   workerPrompt: (handle) => call("GET", "/v1/worker/prompt", { bearer: handle }),

@@ -18,8 +18,11 @@ const MAX_REMEMBERED = 500;
 const MAX_ACTIVITY = 200;
 
 export class Inbox {
-  constructor({ send, name, onTaskTouched }) {
+  constructor({ send, name, onTaskTouched, pending }) {
     this.send = send;
+    this.pending = pending;
+    this.syncing = null;
+    this.syncAgain = false;
     this.name = name;
     this.onTaskTouched = onTaskTouched;
     this.cards = new Map(); // req_id -> {frame, node}
@@ -70,6 +73,41 @@ export class Inbox {
     (nest || this.list).append(node);
     this.counts();
     this.describeTask(frame, node);
+    this.syncWaits();
+  }
+
+  // How long each request has waited, by the server's clock: first-seen time
+  // in this tab is only a fallback (a reload, a reconnect see it late).
+  // Coalesced: a burst of requests reads the session's pending list twice at most.
+  syncWaits() {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    this.syncing = this.pending().then(
+      (body) => {
+        const now = Date.now();
+        const seen = {};
+        for (const p of body.pending) {
+          const card = this.cards.get(p.req_id);
+          if (!card || card.done) continue;
+          // waiting_s, not issued_at: the browser's clock may be off from the server's.
+          seen[p.req_id] = Math.round(now - p.waiting_s * 1000);
+          card.node.dataset.seen = String(seen[p.req_id]);
+        }
+        stored.update((s) => {
+          s.seen = trim({ ...s.seen, ...seen });
+        });
+        this.tick();
+      },
+      () => {}, // the first-seen time stays; nothing else depends on this
+    ).finally(() => {
+      this.syncing = null;
+      if (this.syncAgain) {
+        this.syncAgain = false;
+        this.syncWaits();
+      }
+    });
   }
 
   reply(reqId, reply, outcome) {

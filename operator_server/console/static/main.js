@@ -6,12 +6,14 @@ import { api } from "./api.js";
 import { OperatorConnection } from "./connection.js";
 import { $ } from "./dom.js";
 import { Inbox } from "./inbox.js";
+import { OperatorsView } from "./operators.js";
 import { stored } from "./storage.js";
 import { TasksView } from "./tasks.js";
 
 let connection = null;
 let inbox = null;
 const tasks = new TasksView();
+const operators = new OperatorsView();
 
 function setState(state, why = "") {
   const conn = $("conn");
@@ -26,6 +28,8 @@ function setState(state, why = "") {
 function showSignIn(message = "") {
   if (inbox) inbox.stop();
   inbox = null;
+  tasks.stopTaskUpdates();
+  operators.stop();
   connection = null;
   $("signin").hidden = false;
   $("workspace").hidden = true;
@@ -45,6 +49,8 @@ function attach(session) {
     send: (frame) => connection && connection.send(frame),
     name: session.name || session.sid,
     onTaskTouched: (id) => tasks.touched(id),
+    // The server's own issue times, so "waiting" counts from when it asked.
+    pending: () => api.pendingOf(session.sid, session.token),
   });
   connection = new OperatorConnection(session.sid, session.token, {
     onFrame: (frame) => inbox && inbox.handle(frame),
@@ -52,6 +58,7 @@ function attach(session) {
   });
   connection.start();
   tasks.startTaskUpdates();
+  operators.start(session.sid);
 }
 
 async function join(event) {

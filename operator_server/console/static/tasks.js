@@ -1,72 +1,150 @@
-// Tasks: the list, one task's page, New task and Cancel task.
+// Tasks: the live list, one task's page with its event timeline, New task and
+// Cancel task.
 //
-// Today the list is re-read (GET /v1/tasks) after the console's own actions and
-// whenever an inbox frame names a task.  startTaskUpdates() is the one place to
-// swap that for the live event stream (GET /v1/events) once the server has it.
+// The list is read once (GET /v1/tasks, which says where the event stream takes
+// over), then kept current by the event stream GET /v1/events: each event
+// carries its task's agent and status, so no event costs a request.  The list
+// is read again only when the person changes the status filter.  An open task
+// follows its own stream (GET /v1/tasks/{id}/events), which ends at its final
+// status; each of its events re-reads that one task for the page.
 
 import { api } from "./api.js";
 import { $, clock, h, parseInput, pretty } from "./dom.js";
+import { EventReader } from "./events.js";
 
 const MAX_ROWS = 200;
+const MAX_KNOWN = 2000;
 const TERMINAL = new Set(["passed", "blocked", "failed", "cancelled"]);
+const LIVE_TEXT = {
+  connecting: "connecting…",
+  live: "live",
+  reconnecting: "reconnecting…",
+  ended: "ended",
+  failed: "stopped",
+};
 
 export class TasksView {
   constructor() {
     this.openId = null;
-    this.inFlight = null;
-    this.again = false;
+    this.rows = new Map(); // task id -> {id, agent, status, updated_at}, oldest first
+    this.rowNodes = new Map(); // task id -> its <tr>
+    this.generation = 0;
+    this.feed = null; // the list's event stream
+    this.timeline = null; // the open task's event stream
+    this.drawing = false;
+    this.reading = null;
+    this.readAgain = false;
     $("new-task").addEventListener("submit", (e) => {
       e.preventDefault();
       this.create();
     });
-    $("task-filter").addEventListener("change", () => this.refresh());
+    $("task-filter").addEventListener("change", () => this.reload());
     $("cancel-task").addEventListener("click", () => this.cancel());
     $("close-task").addEventListener("click", () => this.close());
   }
 
-  // The hook for live updates.  Until the server streams task events, a change
-  // is noticed only through touched(); replace the body with an event stream
-  // that calls this.touched(event.task_id) per event.
+  // Read the list once, then follow every task's events.
   startTaskUpdates() {
-    this.refresh();
+    this.stopTaskUpdates();
+    this.reload();
   }
 
+  stopTaskUpdates() {
+    this.generation++;
+    if (this.feed) this.feed.stop();
+    this.feed = null;
+    this.close();
+    this.rows.clear();
+    this.rowNodes.clear();
+    $("task-rows").replaceChildren();
+  }
+
+  // The inbox saw a frame about this task: the open page may have moved on.
   touched(taskId) {
-    this.refresh();
-    if (taskId === this.openId) this.open(taskId);
+    if (taskId === this.openId) this.reread();
   }
 
-  // Coalesced: a burst of touches reads the list at most twice.
-  refresh() {
-    if (this.inFlight) {
-      this.again = true;
-      return this.inFlight;
-    }
-    this.inFlight = this.load().finally(() => {
-      this.inFlight = null;
-      if (this.again) {
-        this.again = false;
-        this.refresh();
-      }
-    });
-    return this.inFlight;
-  }
-
-  async load() {
-    let tasks;
+  async reload() {
+    const generation = ++this.generation;
+    const filter = $("task-filter").value;
+    let listed;
     try {
-      tasks = await api.tasks($("task-filter").value);
+      listed = await api.tasks(filter);
     } catch (err) {
       this.error(`Could not list tasks: ${err.message}`);
       return;
     }
-    const rows = tasks.reverse().slice(0, MAX_ROWS).map((t) =>
-      h("tr", { class: t.id === this.openId ? "selected" : "" },
+    if (generation !== this.generation) return; // a newer read (or sign-out) won
+    this.rows = new Map(listed.tasks.map((t) => [t.id, { id: t.id, agent: t.agent, status: t.status, updated_at: t.updated_at }]));
+    this.draw();
+    // A running stream needs no restart: the events it still delivers are older
+    // than this read, and each carries its task's status once it applies, so
+    // the last one per task leaves the row as it is now.
+    if (!this.feed) {
+      this.feed = new EventReader("/v1/events", {
+        bearer: api.apiToken,
+        lastId: listed.lastEventId,
+        onEvent: (event) => this.apply(event.data),
+        onState: (state, why) => {
+          $("tasks-live").textContent = why ? `${LIVE_TEXT[state]}: ${why}` : LIVE_TEXT[state];
+          $("tasks-live").className = `live live-${state}`;
+        },
+      }).start();
+    }
+  }
+
+  apply(event) {
+    const filter = $("task-filter").value;
+    const known = this.rows.get(event.task_id);
+    if (filter && event.status !== filter) {
+      if (known) this.rows.delete(event.task_id); // it left the filter
+    } else if (known) {
+      known.status = event.status;
+      known.updated_at = event.at;
+    } else {
+      this.rows.set(event.task_id, { id: event.task_id, agent: event.agent, status: event.status, updated_at: event.at });
+      if (this.rows.size > MAX_KNOWN) this.rows.delete(this.rows.keys().next().value);
+    }
+    this.draw();
+  }
+
+  // Coalesced: a burst of events redraws the table once.  Rows are kept per
+  // task and updated in place, so a row being read, clicked or focused (by
+  // keyboard) stays the same element while events arrive.
+  draw() {
+    if (this.drawing) return;
+    this.drawing = true;
+    setTimeout(() => {
+      this.drawing = false;
+      const body = $("task-rows");
+      const newest = [...this.rows.values()].slice(-MAX_ROWS).reverse();
+      const keep = new Set();
+      newest.forEach((t, i) => {
+        const row = this.rowNode(t);
+        keep.add(row);
+        if (body.children[i] !== row) body.insertBefore(row, body.children[i] || null);
+      });
+      for (const row of [...body.children]) if (!keep.has(row)) row.remove();
+      for (const [id, row] of this.rowNodes) if (!keep.has(row)) this.rowNodes.delete(id);
+    }, 0);
+  }
+
+  rowNode(t) {
+    let row = this.rowNodes.get(t.id);
+    if (!row) {
+      row = h("tr", { "data-task-id": t.id },
         h("td", {}, h("button", { type: "button", class: "link", text: t.id, onclick: () => this.open(t.id) })),
         h("td", { text: t.agent }),
-        h("td", {}, h("span", { class: `badge status-${t.status}`, text: t.status })),
-        h("td", { text: clock(t.updated_at) })));
-    $("task-rows").replaceChildren(...rows);
+        h("td", {}, h("span", { class: "badge" })),
+        h("td", { class: "updated" }));
+      this.rowNodes.set(t.id, row);
+    }
+    row.className = t.id === this.openId ? "selected" : "";
+    const badge = row.querySelector(".badge");
+    badge.className = `badge status-${t.status}`;
+    badge.textContent = t.status;
+    row.querySelector(".updated").textContent = clock(t.updated_at);
+    return row;
   }
 
   async create() {
@@ -77,8 +155,7 @@ export class TasksView {
       const task = await api.createTask(body);
       this.error("");
       $("task-directive").value = "";
-      await this.refresh();
-      this.open(task.id);
+      this.open(task.id); // its row comes with its `created` event
     } catch (err) {
       this.error(`Could not create the task: ${err.message}`);
     }
@@ -93,27 +170,81 @@ export class TasksView {
     } catch (err) {
       this.error(`Could not cancel: ${err.message}`);
     }
-    this.touched(this.openId);
+    this.reread();
   }
 
-  async open(id) {
-    const switched = this.openId !== id;
-    this.openId = id;
-    if (switched) this.refresh(); // marks the row
-    let task;
-    try {
-      task = await api.task(id);
-    } catch (err) {
-      this.error(`Could not read ${id}: ${err.message}`);
-      return;
+  open(id) {
+    if (this.openId !== id) {
+      this.openId = id;
+      this.draw(); // marks the row
+      this.follow(id);
     }
-    if (this.openId !== id) return;
-    this.render(task);
+    return this.reread();
+  }
+
+  // The open task's timeline: its stored events, then live ones until its end.
+  follow(id) {
+    if (this.timeline) this.timeline.stop();
+    $("task-timeline").replaceChildren();
+    $("timeline-live").textContent = "";
+    this.timeline = new EventReader(`/v1/tasks/${encodeURIComponent(id)}/events`, {
+      bearer: api.apiToken,
+      onEvent: (event) => {
+        $("task-timeline").append(this.timelineItem(event));
+        this.reread();
+      },
+      onState: (state, why) => {
+        $("timeline-live").textContent = why ? `${LIVE_TEXT[state]}: ${why}` : LIVE_TEXT[state];
+      },
+      endsWith: (event) => event.type === "status" && TERMINAL.has(event.data.status),
+    }).start();
+  }
+
+  timelineItem({ id, type, data }) {
+    const parts = {
+      created: () => `created (${data.status})`,
+      status: () => `status → ${data.status}`,
+      attempt_started: () => `attempt ${data.attempt} started`,
+      attempt_ended: () => `attempt ${data.attempt} ended: ${data.outcome}${data.error_code ? ` (${data.error_code})` : ""}`,
+      output: () => `${data.kind} output from ${data.source}${data.ok === false ? " (not ok)" : ""}`,
+      request: () => `request to ${data.sid || "an operator"} (${data.face})`,
+      reply: () => `reply from ${data.sid || "the operator"} (${data.face})`,
+    };
+    const what = (parts[type] || (() => type))();
+    return h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status, "data-event-id": String(id) },
+      h("time", { class: "muted", datetime: data.at, text: clock(data.at) }), " ",
+      h("span", { class: "what", text: what }));
+  }
+
+  // Re-read the open task; coalesced, so a burst of events reads it at most twice.
+  reread() {
+    if (!this.openId) return null;
+    if (this.reading) {
+      this.readAgain = true;
+      return this.reading;
+    }
+    const id = this.openId;
+    this.reading = api.task(id).then(
+      (task) => {
+        if (this.openId === id) this.render(task);
+      },
+      (err) => this.error(`Could not read ${id}: ${err.message}`),
+    ).finally(() => {
+      this.reading = null;
+      if (this.readAgain) {
+        this.readAgain = false;
+        this.reread();
+      }
+    });
+    return this.reading;
   }
 
   close() {
     this.openId = null;
+    if (this.timeline) this.timeline.stop();
+    this.timeline = null;
     $("task-page").hidden = true;
+    this.draw();
   }
 
   render(task) {
