@@ -1,6 +1,9 @@
 """The one JSON reader and encoder: HTTP bodies, WebSocket frames, stored rows.
 
-The standard library's ``json`` with the guards hostile input needs:
+orjson reads first; whatever it refuses, and any text with a 19-digit run
+(orjson would read a past-64-bit integer as a float), goes to the standard
+library's ``json``, which keeps big integers exact and says why it refuses.
+Either way, with the guards hostile input needs:
 
 * **Nesting is bounded.**  The depth is measured on the raw text before it is
   parsed (brackets outside strings), so neither parsing, validation, encoding
@@ -48,6 +51,9 @@ _STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 # by Python code may carry one directly.
 _SURROGATE_HINT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# orjson reads integers past 64 bits as floats (the standard library keeps them
+# exact): text with a run of 19 digits anywhere takes the standard library.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 class JsonError(ValueError):
@@ -96,6 +102,15 @@ def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
     if text.count("[") + text.count("{") > max_depth and depth_of_text(text) > max_depth:
         raise JsonError(Code.TOO_DEEP, f"nested deeper than max_json_depth ({max_depth})")
     try:
+        # orjson first (a fraction of the cost, and it refuses NaN, Infinity,
+        # overflowing numbers and lone surrogates as we do); whatever it refuses
+        # goes to the standard library, which accepts or says why not.  A test
+        # holds the two to the same values.
+        if _LONG_DIGITS.search(text) is None:
+            try:
+                return _checked(text, orjson.loads(text))
+            except orjson.JSONDecodeError:
+                pass
         value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except JsonError:
         raise
@@ -103,6 +118,10 @@ def loads(raw: str | bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> Any:
         raise JsonError(Code.TOO_DEEP, f"nested deeper than max_json_depth ({max_depth})") from None
     except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
         raise JsonError(Code.BAD_JSON, f"not valid JSON: {exc}") from None
+    return _checked(text, value)
+
+
+def _checked(text: str, value: Any) -> Any:
     if _SURROGATE_HINT.search(text):
         path = lone_surrogate_at(value)
         if path is not None:
