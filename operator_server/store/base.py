@@ -36,12 +36,15 @@ and the row together after each try.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from operator_server.logs import get_logger
 from operator_server.wire import json
+
+log = get_logger(__name__)
 
 
 class StoreError(Exception):
@@ -309,3 +312,42 @@ class Store(ABC):
         """The sid holding ``role`` anywhere in a shared store; None otherwise."""
         del role
         return None
+
+
+# -- rows as loaded, shared by every store: one bad row is skipped, never fatal --
+
+
+def decode_task_row(task_id: Any, data: Any) -> Row:
+    """A stored task row as a ``Row``: its record, or why it cannot be used."""
+    try:
+        return Row(str(task_id), decode_task(data))
+    except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+        return Row(str(task_id), None, f"cannot decode: {exc}")
+
+
+def decode_session_rows(rows: Iterable[Sequence[Any]]) -> list[Row]:
+    """Stored session rows ``(sid, token_sha256, roles, desc, created_at,
+    last_seen_at)`` as ``Row``s."""
+    out = []
+    for row in rows:
+        try:
+            record = decode_session(*row)
+        except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+            out.append(Row(str(row[0]), None, f"cannot decode: {exc}"))
+        else:
+            out.append(Row(record.sid, record))
+    return out
+
+
+def decode_event_rows(rows: Iterable[Sequence[Any]]) -> list[TaskEvent]:
+    """Stored event rows ``(id, task_id, data)`` as events; a bad one is logged
+    and skipped."""
+    out = []
+    for event_id, owner, data in rows:
+        try:
+            out.append(TaskEvent.from_row(event_id, owner, data))
+        except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+            log.warning(
+                "skipping a stored event that cannot be decoded", id=event_id, error=str(exc)
+            )
+    return out

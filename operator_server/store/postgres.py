@@ -57,8 +57,10 @@ from operator_server.store.base import (
     StoredTask,
     StoreError,
     TaskEvent,
+    decode_event_rows,
     decode_session,
-    decode_task,
+    decode_session_rows,
+    decode_task_row,
 )
 from operator_server.wire import json as wire_json
 
@@ -447,15 +449,7 @@ class PostgresStore(Store):
             ),
             "load sessions",
         )
-        out = []
-        for row in rows:
-            try:
-                record = decode_session(*row)
-            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-                out.append(Row(str(row[0]), None, f"cannot decode: {exc}"))
-            else:
-                out.append(Row(record.sid, record))
-        return out
+        return decode_session_rows(rows)
 
     def _task_write(
         self, record: dict[str, Any], events: Events, deliver_at: float | None = None
@@ -513,15 +507,7 @@ class PostgresStore(Store):
             )
             args = (task_id, after_id, limit)
         rows = await self._read(lambda c: c.fetch(sql, *args), "load events")
-        out = []
-        for event_id, owner, data in rows:
-            try:
-                out.append(TaskEvent.from_row(event_id, owner, data))
-            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-                log.warning(
-                    "skipping a stored event that cannot be decoded", id=event_id, error=str(exc)
-                )
-        return out
+        return decode_event_rows(rows)
 
     async def next_deliveries(self, limit: int) -> list[Delivery]:
         rows = await self._read(
@@ -561,14 +547,14 @@ class PostgresStore(Store):
             ),
             "load tasks",
         )
-        return [_task_row(task_id, data) for task_id, data in rows]
+        return [decode_task_row(task_id, data) for task_id, data in rows]
 
     async def get_task(self, task_id: str) -> Row | None:
         data = await self._read(
             lambda c: c.fetchval("SELECT data FROM tasks WHERE id = $1", task_id),
             f"read task {task_id}",
         )
-        return None if data is None else _task_row(task_id, data)
+        return None if data is None else decode_task_row(task_id, data)
 
     async def task_seq(self, task_id: str) -> int | None:
         seq = await self._read(
@@ -589,7 +575,7 @@ class PostgresStore(Store):
             )
             args = (status, after_seq, limit)
         rows = await self._read(lambda c: c.fetch(sql, *args), "list tasks")
-        return [StoredTask(int(seq), _task_row(task_id, data)) for seq, task_id, data in rows]
+        return [StoredTask(int(seq), decode_task_row(task_id, data)) for seq, task_id, data in rows]
 
     async def count_tasks(self) -> dict[str, int]:
         rows = await self._read(
@@ -609,7 +595,7 @@ class PostgresStore(Store):
                 return list(await c.fetch(TAKE_OVER, *args))
 
         rows = await self._read(work, "take over tasks")
-        return [_task_row(task_id, data) for task_id, data in rows]
+        return [decode_task_row(task_id, data) for task_id, data in rows]
 
     async def renew_leases(self) -> None:
         await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
@@ -698,13 +684,6 @@ def _deliver(op: _Op, ok: bool, value: Any) -> None:
             op.future.set_exception(value)
     elif not ok:
         log.error("background store write failed", what=op.what, error=str(value))
-
-
-def _task_row(task_id: Any, data: Any) -> Row:
-    try:
-        return Row(str(task_id), decode_task(data))
-    except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-        return Row(str(task_id), None, f"cannot decode: {exc}")
 
 
 async def _migrate(pool: asyncpg.Pool) -> int:

@@ -51,8 +51,9 @@ from operator_server.store.base import (
     StoreError,
     StoreLocked,
     TaskEvent,
-    decode_session,
-    decode_task,
+    decode_event_rows,
+    decode_session_rows,
+    decode_task_row,
 )
 from operator_server.wire import json as wire_json
 
@@ -367,15 +368,7 @@ class SQLiteStore(Store):
             lambda c: c.execute("SELECT * FROM operator_sessions ORDER BY created_at").fetchall(),
             "load sessions",
         )
-        out = []
-        for row in rows:
-            try:
-                record = decode_session(*row)
-            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-                out.append(Row(str(row[0]), None, f"cannot decode: {exc}"))
-            else:
-                out.append(Row(record.sid, record))
-        return out
+        return decode_session_rows(rows)
 
     @staticmethod
     def _task_write(
@@ -450,15 +443,7 @@ class SQLiteStore(Store):
             )
             args = (task_id, after_id, limit)
         rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "load events")
-        out = []
-        for event_id, owner, data in rows:
-            try:
-                out.append(TaskEvent.from_row(event_id, owner, data))
-            except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-                log.warning(
-                    "skipping a stored event that cannot be decoded", id=event_id, error=str(exc)
-                )
-        return out
+        return decode_event_rows(rows)
 
     async def next_deliveries(self, limit: int) -> list[Delivery]:
         rows = await self._call(
@@ -497,14 +482,14 @@ class SQLiteStore(Store):
             ).fetchall(),
             "load tasks",
         )
-        return [_task_row(task_id, data) for task_id, data in rows]
+        return [decode_task_row(task_id, data) for task_id, data in rows]
 
     async def get_task(self, task_id: str) -> Row | None:
         found = await self._call(
             lambda c: c.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone(),
             f"read task {task_id}",
         )
-        return None if found is None else _task_row(task_id, found[0])
+        return None if found is None else decode_task_row(task_id, found[0])
 
     async def task_seq(self, task_id: str) -> int | None:
         found = await self._call(
@@ -526,7 +511,7 @@ class SQLiteStore(Store):
         sql = f"SELECT seq, id, data FROM tasks WHERE {where} ORDER BY seq LIMIT ?"
         args.append(limit)
         rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "list tasks")
-        return [StoredTask(seq, _task_row(task_id, data)) for seq, task_id, data in rows]
+        return [StoredTask(seq, decode_task_row(task_id, data)) for seq, task_id, data in rows]
 
     async def count_tasks(self) -> dict[str, int]:
         rows = await self._call(
@@ -555,13 +540,6 @@ class SQLiteStore(Store):
 
         result: dict[str, int] = await self._call(work, "delete finished tasks")
         return result
-
-
-def _task_row(task_id: Any, data: Any) -> Row:
-    try:
-        return Row(str(task_id), decode_task(data))
-    except Exception as exc:  # one bad row is skipped, whatever is wrong with it
-        return Row(str(task_id), None, f"cannot decode: {exc}")
 
 
 def _read_pid(fd: int) -> str:
