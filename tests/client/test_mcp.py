@@ -373,3 +373,78 @@ async def test_stdin_eof_leaves_the_session_unless_keep_session(tmp_path: Path) 
         assert kept != sid and json.loads(state.read_text())["sid"] == kept
         async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
             assert (await call(mcp, "status"))["sid"] == kept  # resumed, same session
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback whose connections the test can cut, as a flaky
+    network would: the bridge's socket drops while the daemon stays up."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        link = (writer, up_writer)
+        self.links.add(link)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self.links.discard(link)
+
+    def cut(self) -> int:
+        """Abort every connection through the proxy; how many there were."""
+        links = list(self.links)
+        for client_side, daemon_side in links:
+            client_side.transport.abort()
+            daemon_side.transport.abort()
+        return len(links)
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path: Path) -> None:
+    """The daemon stays up, the bridge's connection drops: the server replays what
+    is pending, and the bridge keeps holding it (no false withdrawal)."""
+    async with running_daemon(tmp_path) as daemon:
+        proxy = CuttableProxy(int(daemon.base.rsplit(":", 1)[1]))
+        via_proxy = Daemon(daemon.proc, await proxy.start())
+        try:
+            async with bridge(via_proxy, tmp_path, "--role", "main") as mcp:
+                task = await call(mcp, "task_create", agent="coder", directive="x", role="main")
+                hook = await next_of(mcp, "hook_before")
+                assert proxy.cut() >= 1
+                await wait_connected(mcp)  # reconnected through the proxy by itself
+                held = await call(mcp, "pending")
+                assert [r["req_id"] for r in held["requests"]] == [hook["req_id"]]
+                assert (await call(mcp, "approve", req_id=hook["req_id"]))["delivered"] is True
+                again = await call_error(mcp, "approve", req_id=hook["req_id"])
+                assert again["code"] in ("already_answered", "unknown_req_id")
+                spawn = await next_of(mcp, "spawn")
+                assert not [n for n in spawn["notices"] if n["type"] == "cancel"]
+                await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
+                done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
+                assert done["status"] == "passed" and done["attempt"] == 1
+        finally:
+            await proxy.close()
