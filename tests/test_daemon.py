@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -231,29 +232,65 @@ async def test_port_0_logs_the_port_it_really_listens_on(tmp_path: Path) -> None
         assert proc.wait(timeout=15) == 0
 
 
+async def _spawn_before_any_socket(base: str, op: dict[str, Any]) -> dict[str, Any]:
+    """Create a task for ``op``'s role while it has no socket, then connect: the
+    spawn was issued (and its directive written) before the socket existed."""
+    body = {
+        "agent": "coder",
+        "directive": "x",
+        "operator": {"role": "main"},
+        "layers": ["operator_delegate"],
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/tasks", json=body) as resp:
+            assert resp.status == 202
+        ws = await http.ws_connect(
+            f"{base}/v1/operators/{op['sid']}/ws",
+            headers={"Authorization": f"Bearer {op['token']}"},
+        )
+        spawn: dict[str, Any] = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        await ws.close()
+    assert spawn["type"] == "spawn"
+    return spawn
+
+
 async def test_a_spawn_issued_before_the_first_socket_names_the_url_the_daemon_listens_on(
     daemon: Daemon,
 ) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp:
-            op = await resp.json()
-        body = {
-            "agent": "coder",
-            "directive": "x",
-            "operator": {"role": "main"},
-            "layers": ["operator_delegate"],
-        }
-        async with http.post(f"{daemon.base}/v1/tasks", json=body) as resp:
-            assert resp.status == 202
-        # The spawn is issued now, with no socket; it waits for one and is then sent as issued.
-        ws = await http.ws_connect(
-            f"{daemon.base}/v1/operators/{op['sid']}/ws",
-            headers={"Authorization": f"Bearer {op['token']}"},
-        )
-        spawn = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
-        assert spawn["type"] == "spawn"
-        assert f"{daemon.base}/v1/worker/prompt" in spawn["directive"]
-        await ws.close()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+    ):
+        op = await resp.json()
+    spawn = await _spawn_before_any_socket(daemon.base, op)
+    assert f"{daemon.base}/v1/worker/prompt" in spawn["directive"]
+
+
+async def test_a_session_restored_after_a_restart_gets_spawns_naming_the_new_url(
+    tmp_path: Path,
+) -> None:
+    """The restarted daemon listens on another port: the restored session's first
+    spawn, issued before it reconnects, must name that port, not a stale one."""
+    store = str(tmp_path / "r.sqlite")
+    first = await start_daemon("--secret", "s", "--store-path", store)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{first.base}/v1/operators", json={"roles": ["main"]}) as resp,
+    ):
+        op = await resp.json()
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=15) == 0
+    port = free_port()
+    while f":{port}" in first.base:  # the point is a different port
+        port = free_port()
+    second = await start_daemon("--secret", "s", "--store-path", store, port=port)
+    try:
+        spawn = await _spawn_before_any_socket(second.base, op)
+        assert f"{second.base}/v1/worker/prompt" in spawn["directive"]
+        assert first.base not in spawn["directive"]
+    finally:
+        second.proc.kill()
+        second.proc.wait()
 
 
 async def test_half_sent_requests_are_cut_off_while_healthz_keeps_answering(
