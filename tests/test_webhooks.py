@@ -100,6 +100,24 @@ async def test_a_500_then_a_200_makes_exactly_two_deliveries(
     assert len(receiver.got) == 2
 
 
+async def test_a_receiver_that_does_not_answer_in_time_is_retried(
+    server: Server, receiver: Receiver
+) -> None:
+    receiver.hold = asyncio.Event()  # every request hangs until the test lets it go
+    client = await server(**HOOKS, webhook_timeout_s=0.3)
+    task = await create_task(client, agent="echo", callback_url=receiver.url)
+    # A second try arrives only once the first one timed out.
+    await eventually(lambda: len(receiver.got) == 2, what="the retry after a timeout")
+    receiver.hold.set()
+    for _ in range(200):
+        callback = (await wait_task(client, task["id"]))["callback"]
+        if callback["delivered_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert callback["attempts"] == 2 and callback["delivered_at"] is not None
+    assert receiver.got[0][1][DELIVERY_HEADER] == receiver.got[1][1][DELIVERY_HEADER]
+
+
 async def test_deliveries_give_up_after_webhook_max_attempts(
     server: Server, receiver: Receiver
 ) -> None:
