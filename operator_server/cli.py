@@ -158,16 +158,7 @@ def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "hooks, asks and spawns through tools. stdout carries only MCP; logs go to stderr. "
         "Closing stdin leaves the session (unless --keep-session).",
     )
-    mcp.add_argument(
-        "--url",
-        default=os.environ.get("OPERATOR_SERVER_URL") or DEFAULT_URL,
-        help=f"the daemon (default $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
-    )
-    mcp.add_argument(
-        "--api-token",
-        default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
-        help="the daemon's api_token, for the task_* tools (default $OPERATOR_SERVER_API_TOKEN)",
-    )
+    _add_client_options(mcp)  # the same --url and --api-token as every client command
     mcp.add_argument(
         "--role",
         dest="roles",

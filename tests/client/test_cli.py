@@ -29,7 +29,11 @@ async def run_cli(*args: str) -> tuple[int, Any, str]:
     return proc.returncode, json.loads(out) if out.strip() else None, err.decode()
 
 
-async def start_operator(client: TestClient[Any, Any], *args: str) -> asyncio.subprocess.Process:
+async def started_operator(
+    client: TestClient[Any, Any], *args: str
+) -> tuple[asyncio.subprocess.Process, bytes]:
+    """The ready-made operator as a real process, once seated; and the line it
+    printed on taking its seat."""
     proc = await asyncio.create_subprocess_exec(
         *CLI,
         "operator",
@@ -43,6 +47,11 @@ async def start_operator(client: TestClient[Any, Any], *args: str) -> asyncio.su
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert b"waiting for work" in line, line
+    return proc, line
+
+
+async def start_operator(client: TestClient[Any, Any], *args: str) -> asyncio.subprocess.Process:
+    proc, _ = await started_operator(client, *args)
     return proc
 
 

@@ -10,13 +10,11 @@ import asyncio
 import signal
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from operator_server.client.state import SessionState, default_state_file, load_state, save_state
-from tests.client.test_cli import CLI, base, run_cli, start_operator, stop
+from tests.client.test_cli import CLI, base, run_cli, start_operator, started_operator, stop
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.test_daemon import free_port
 from tests.wsop import eventually, mint
@@ -43,26 +41,6 @@ async def run_operator_until_exit(*args: str) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-async def started_operator(
-    client: TestClient[Any, Any], *args: str
-) -> tuple[asyncio.subprocess.Process, bytes]:
-    """Like ``start_operator``, and also the line it printed on taking its seat."""
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "operator",
-        "--url",
-        base(client),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    assert b"waiting for work" in line, line
-    return proc, line
 
 
 # -- the state file --------------------------------------------------------
