@@ -46,6 +46,8 @@ from operator_server.webhooks import WebhookSender
 
 log = get_logger(__name__)
 SHUTDOWN_REASON = "server shutting down"
+# When this node last renewed its leases (cluster mode; monotonic clock).
+LEASES_RENEWED = web.AppKey("leases_renewed", float)
 
 
 def load_directive(settings: Settings) -> DirectiveTemplate:
@@ -172,14 +174,32 @@ async def _start_webhooks(app: web.Application) -> None:
 
 
 async def keep_leases_once(app: web.Application) -> None:
-    """Renew this node's leases, then take over any that lapsed elsewhere."""
+    """Renew this node's leases, then take over any that lapsed elsewhere.
+
+    Cut off from the store for a whole lease, the node lets its running tasks
+    go: the other nodes take them over now, and whatever it still wrote would
+    be refused (``Fenced``).  It takes back whatever nobody took once the
+    store answers again.
+    """
     store = app[STORE]
+    engine = app[ENGINE]
     try:
         await store.renew_leases()
+        if engine.unleased:  # after renewing, which renews every lease this node holds
+            let_go = list(engine.unleased)
+            await store.release_leases(let_go)
+            engine.unleased.difference_update(let_go)
+        dead = await store.bury_dead_nodes()
     except StoreError as exc:  # healthz says so; the next round tries again
         log.error("could not renew task leases", error=str(exc))
+        cut_off = time.monotonic() - app[LEASES_RENEWED] >= app[SETTINGS].cluster.lease_s
+        if cut_off and (dropped := engine.let_go_all("lost the store for a whole lease")):
+            log.warning("let running tasks go to the other nodes", tasks=dropped)
         return
-    await take_over_lapsed(app[ENGINE], store)
+    app[LEASES_RENEWED] = time.monotonic()
+    if dead:
+        log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
+    await take_over_lapsed(engine, store)
 
 
 async def _keep_leases_forever(app: web.Application) -> None:
@@ -194,6 +214,7 @@ async def _keep_leases_forever(app: web.Application) -> None:
 
 
 async def _start_lease_keeper(app: web.Application) -> None:
+    app[LEASES_RENEWED] = time.monotonic()
     if app[STORE].shared:
         app[BACKGROUND].spawn(_keep_leases_forever(app), name="lease-keeper")
 

@@ -35,6 +35,7 @@ class Code(StrEnum):
     ROLES_CONFLICT = "roles_conflict"
     STORE_FAILED = "store_failed"
     SHUTTING_DOWN = "shutting_down"
+    NODE_UNREACHABLE = "node_unreachable"
     INTERNAL = "internal"
 
     # Worker credentials
@@ -122,6 +123,13 @@ class AttemptEnded(CodedError):
 
     def __init__(self, message: str) -> None:
         super().__init__(Code.ATTEMPT_ENDED, message)
+
+
+class NodeUnreachable(CodedError):
+    """Cluster mode: the node that owns the work did not answer in time (503)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.NODE_UNREACHABLE, message)
 
 
 class ProtocolError(CodedError):

@@ -108,7 +108,9 @@ class CapabilityIssuer:
         }
         signed = dict(body, sig=self._sign(_canonical(body)))
         token = _b64(json.dumps(signed, separators=(",", ":")).encode())
-        handle = HANDLE_PREFIX + entropy.token_hex(16)
+        # The task id in the clear: any node of a cluster can tell which node
+        # runs the attempt (the random part is the secret).
+        handle = f"{HANDLE_PREFIX}{entropy.token_hex(16)}.{task_id}"
         self._live[claims.nonce] = claims
         self._handles[handle] = claims.nonce
         self._nonce_handle[claims.nonce] = handle
@@ -165,6 +167,17 @@ class CapabilityIssuer:
                 forbidden=True,
             )
         return claims
+
+    def task_named(self, bearer: str) -> str | None:
+        """The task a credential names, without checking that it is live here:
+        where a node of a cluster sends a credential it does not know."""
+        if bearer.startswith(HANDLE_PREFIX):
+            _, dot, task_id = bearer.partition(".")
+            return task_id if dot else None
+        try:
+            return self._decode(bearer).task_id
+        except CapabilityError:
+            return None
 
     def _decode(self, token: str) -> Claims:
         invalid = CapabilityError(Code.INVALID_CAPABILITY, "malformed or tampered capability")

@@ -31,6 +31,7 @@ from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
+from operator_server.engine.cluster import Cluster
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
@@ -44,6 +45,7 @@ from operator_server.engine.faces import (
 )
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.registries import Registry, RoleAliases
+from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -55,16 +57,20 @@ from operator_server.engine.tasks import (
     Task,
     TaskStatus,
 )
-from operator_server.errors import AttemptEnded, AttemptFailed, Code
+from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
-from operator_server.store import Row, Store, StoreError, TaskEvent
+from operator_server.store import Fenced, Row, Store, StoreError, TaskEvent
 from operator_server.wire import json
 
 log = get_logger(__name__)
 # Retention deletes at most this many tasks per sweep, so one sweep after a
 # long downtime cannot hold the store for long.
 RETENTION_BATCH = 5000
+# What a node says of a credential another node issued: ask that node instead.
+ELSEWHERE_CODES = frozenset({Code.UNKNOWN_HANDLE, Code.CAPABILITY_REVOKED})
+# Events read per store round trip when following other nodes' (cluster mode).
+TAIL_BATCH = 1000
 
 
 class StatusCounts(Counter[str]):
@@ -103,11 +109,22 @@ class Engine:
         self.recording = settings.events
         self.fanout: EventFanout = fanout or LocalFanout()
         self._stored_event_id = 0  # the store's newest event at start-up
-        store.observe_events(self.fanout.publish)
         # In a shared store, every live task this node writes is leased to it.
         store.lease_tasks(
             settings.node_id, settings.cluster.lease_s, [str(s) for s in LIVE_STATUSES]
         )
+        # Many nodes: streams follow every node's events from the store, in the
+        # order of the one sequence (never this node's own ahead of the others').
+        self.cluster = (
+            Cluster(store.bus, background, settings.cluster.lease_s)
+            if store.bus is not None
+            else None
+        )
+        if self.cluster is None:
+            store.observe_events(self.fanout.publish)
+        else:
+            self.cluster.follow_events(self._tail_events)
+            serve_calls(self, self.cluster)
         # Set when a finished task's webhook delivery is committed: wakes the sender.
         self.deliveries_due = asyncio.Event()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
@@ -132,6 +149,11 @@ class Engine:
         # Stopping to let another node take the running tasks: runs end without
         # ending their tasks (``shutdown(hand_over=True)``).
         self._handing_over = False
+        # Tasks another node took over while their runs here were still going.
+        self._let_go: set[str] = set()
+        # Tasks let go whose leases (if still this node's) are to be given up,
+        # so that the next takeover, here or elsewhere, re-dispatches them.
+        self.unleased: set[str] = set()
         # A name (sid or role) no registry here knows: another node's session,
         # looked up and brought here by the operator directory (cluster mode).
         self.find_operator: Callable[[str], Awaitable[None]] | None = None
@@ -301,6 +323,29 @@ class Engine:
         row = await self.store.get_task(task_id)
         return None if row is None else self.decode_row(row)
 
+    async def wait_finished(self, task: Task, timeout: float) -> Task:
+        """``task`` once it has ended, or as it is after ``timeout`` seconds.
+
+        A task running here wakes its waiters as it ends; one another node runs
+        (cluster mode) is read again each time the store announces it ended.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not task.status.terminal:
+                    live = self.tasks.get(task.id)
+                    if live is not None or self.cluster is None:
+                        await (live or task).finished.wait()
+                        return live or task
+                    ended = self.cluster.watch_ended(task.id)
+                    try:
+                        # Read after watching: an end committed in between is seen.
+                        task = await self.find(task.id) or task
+                        if not task.status.terminal:
+                            await ended
+                    finally:
+                        self.cluster.unwatch(task.id, ended)
+        return task
+
     async def page(
         self, status: TaskStatus | None, after_seq: int, limit: int
     ) -> tuple[list[Task], int | None]:
@@ -342,7 +387,17 @@ class Engine:
         self.counts = StatusCounts(await self.store.count_tasks())
         stored = await self.store.last_event_id()
         self.events.resume_after(stored)
-        self._stored_event_id = stored
+        self._stored_event_id = self._tailed = stored
+
+    async def _tail_events(self) -> None:
+        """Cluster mode: publish every stored event after the last one published."""
+        while True:
+            events = await self.store.load_events(self._tailed, None, TAIL_BATCH)
+            if events:
+                self._tailed = events[-1].id
+                self.fanout.publish(events)
+            if len(events) < TAIL_BATCH:
+                return
 
     @property
     def published_event_id(self) -> int:
@@ -450,8 +505,10 @@ class Engine:
                 if final:
                     break
                 log.debug("retrying", attempt=task.attempt, after=str(decided.status))
+        except TakenOver:
+            return  # another node runs it now
         except asyncio.CancelledError:
-            if not task.status.terminal and not self._handing_over:
+            if not task.status.terminal and not self._handing_over and task.id not in self._let_go:
                 reason = task.cancel_reason or "cancelled"
                 await self._end(
                     task, Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
@@ -472,28 +529,24 @@ class Engine:
         durable = True
         events = self._ending_events(task, ending)
         deliver = ending.final and task.callback is not None
+        fenced: Fenced | None = None
         try:
             await self.store.put_task(
                 task.record_with(ending), events, deliver_at=ending.at if deliver else None
             )
             if deliver:
                 self.deliveries_due.set()
+        except Fenced as exc:
+            fenced = exc
         except StoreError as exc:
             durable = False  # then it stays in memory, readable, until the next sweep
             log.error("could not store the end of the attempt", error=str(exc))
         finally:
-            # Also when cancelled while waiting: the write is queued and lands.
-            before = task.status
-            attempt = task.current
-            running = attempt is not None and not attempt.status.terminal
-            task.end(ending)
-            if running and attempt is not None and attempt.ended_at is not None:
-                self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
-            if ending.final:
-                self.counts.moved(before, task.status)
-                self.metrics.task_finished(str(task.status))
-                if durable:
-                    self.tasks.pop(task.id, None)
+            if fenced is None:
+                self._apply_end(task, ending, durable)
+        if fenced is not None:
+            self._let_go_of(task, str(fenced))
+            raise TakenOver(str(fenced))
         if ending.final:
             error = ending.error
             log.info(
@@ -504,6 +557,39 @@ class Engine:
                 **({"code": error.code, "message": error.message} if error is not None else {}),
             )
 
+    def _apply_end(self, task: Task, ending: Ending, durable: bool) -> None:
+        """Also when cancelled while waiting for the write: it is queued and lands."""
+        before = task.status
+        attempt = task.current
+        running = attempt is not None and not attempt.status.terminal
+        task.end(ending)
+        if running and attempt is not None and attempt.ended_at is not None:
+            self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
+        if ending.final:
+            self.counts.moved(before, task.status)
+            self.metrics.task_finished(str(task.status))
+            if durable:
+                self.tasks.pop(task.id, None)
+
+    def _let_go_of(self, task: Task, why: str) -> None:
+        """Another node runs ``task`` now: forget it here without ending it."""
+        log.warning("another node took this task over; letting it go", reason=why)
+        self._let_go.add(task.id)
+        self.unleased.add(task.id)
+        self.tasks.pop(task.id, None)
+
+    def let_go_all(self, reason: str) -> int:
+        """Cluster mode, cut off from the store for longer than a lease: the other
+        nodes take these tasks over, so stop their runs here without ending them
+        (no write could land anyway).  How many."""
+        runs = list(self._runs.items())
+        for task_id, run in runs:
+            if (task := self.tasks.get(task_id)) is not None:
+                task.cancel_reason = reason
+                self._let_go_of(task, reason)
+            run.cancel(reason)
+        return len(runs)
+
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it
         took its first step, or crashed), record it here.  This is the one
@@ -511,6 +597,9 @@ class Engine:
         the task stays in memory until the next sweep.
         """
         self._runs.pop(task.id, None)
+        if task.id in self._let_go:
+            self._let_go.discard(task.id)
+            return
         if not task.status.terminal and not self._handing_over:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
@@ -616,6 +705,59 @@ class Engine:
         self.background.spawn(_report_failure(coro, what), name=f"{what}:{task_id}")
 
     # -- worker side ------------------------------------------------------
+    # Each worker call is done by the node running the attempt: another node
+    # passes it there (``owner_elsewhere``; ``engine/remote.py`` serves it).
+
+    async def owner_elsewhere(self, task_id: str) -> str | None:
+        """Cluster mode: the node running ``task_id``, when it is not this one."""
+        if self.cluster is None or task_id in self.tasks:
+            return None
+        owner = await self.store.task_owner(task_id)
+        return None if owner == self.cluster.node_id else owner
+
+    async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
+        """A worker's credential, checked where its attempt runs: here, or on
+        its owner node (cluster mode), which alone knows it is still live."""
+        try:
+            return self.capabilities.verify(bearer, verb, task_id)
+        except CapabilityError as exc:
+            if self.cluster is None or exc.code not in ELSEWHERE_CODES:
+                raise
+            named = self.capabilities.task_named(bearer)
+            owner = await self.owner_elsewhere(named) if named else None
+            if owner is None or self.cluster is None:
+                raise
+        args = {"bearer": bearer, "verb": verb, "task_id": task_id}
+        return claims_from_wire(await self.cluster.call(owner, "verify_worker", args))
+
+    async def worker_prompt(self, claims: Claims) -> dict[str, Any]:
+        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
+            return await self.cluster.call(owner, "worker_prompt", {"claims": claims_wire(claims)})
+        return self.worker_view(claims)
+
+    async def worker_result(self, claims: Claims, result: WorkerResult) -> None:
+        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
+            args = {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
+            await self.cluster.call(owner, "worker_result", args)
+            return
+        self.post_worker_result(claims, result)
+
+    async def ask_senior(
+        self,
+        claims: Claims,
+        question: Any,
+        answer_schema: dict[str, Any] | None = None,
+        key: str | None = None,
+    ) -> WorkerAsk:
+        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
+            args = {
+                "claims": claims_wire(claims),
+                "question": question,
+                "schema": answer_schema,
+                "key": key,
+            }
+            return WorkerAsk.from_record(await self.cluster.call(owner, "worker_ask", args))
+        return self.worker_ask(claims, question, answer_schema, key)
 
     def worker_view(self, claims: Claims) -> dict[str, Any]:
         task = self.tasks.get(claims.task_id)
@@ -761,6 +903,10 @@ class Engine:
         """The worker's ask ``ask_id`` once settled, or as it is after ``wait``
         seconds; None when its attempt has no such ask.  Answers are kept, so
         asking again returns the same outcome."""
+        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
+            args = {"claims": claims_wire(claims), "ask_id": ask_id, "wait": wait}
+            found = await self.cluster.call(owner, "wait_ask", args, longer=wait)
+            return None if found["ask"] is None else WorkerAsk.from_record(found["ask"])
         task = self.tasks.get(claims.task_id)
         record = next(
             (a for a in (task.attempts if task else []) if a.number == claims.attempt), None
@@ -786,6 +932,9 @@ class Engine:
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Stop the task's run; True when it was still going."""
+        if (owner := await self.owner_elsewhere(task_id)) and self.cluster:
+            args = {"task_id": task_id, "reason": reason}
+            return bool((await self.cluster.call(owner, "cancel", args))["cancelled"])
         task = self.tasks.get(task_id)
         run = self._runs.get(task_id)
         if task is None or task.status.terminal or run is None:
@@ -816,6 +965,10 @@ class Engine:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+
+class TakenOver(Exception):
+    """Raised out of ``_end`` into the task's run: another node runs it now."""
 
 
 async def _report_failure(coro: Coroutine[Any, Any, Any], what: str) -> None:

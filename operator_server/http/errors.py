@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from operator_server.appkeys import SETTINGS
-from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code
+from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code, NodeUnreachable
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
 from operator_server.wire.requests import json_response
@@ -53,6 +53,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
     except AttemptEnded as exc:
         return error_response(409, exc.code, exc.message)
+    except NodeUnreachable as exc:  # cluster mode: the owner of the work is away
+        return error_response(503, exc.code, exc.message, {"Retry-After": "1"})
     except StoreError as exc:
         log.error("store write failed", method=request.method, path=request.path, error=str(exc))
         return error_response(

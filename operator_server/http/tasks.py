@@ -10,7 +10,6 @@ OpenAPI document; the tests hold real answers to it.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -379,11 +378,8 @@ async def get_task(request: web.Request) -> web.Response:
     if wait > limit:
         raise ApiError(400, Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
-        try:
-            async with asyncio.timeout(wait):
-                await task.finished.wait()
-        except TimeoutError:
-            pass  # answer with the task as it is now
+        # As it is after ``wait``, if it has not ended by then.
+        task = await request.app[ENGINE].wait_finished(task, wait)
     return json_response(task.as_dict())
 
 
@@ -411,7 +407,10 @@ async def cancel_task(request: web.Request) -> web.Response:
     if request.can_read_body:
         body = load(CANCEL_BODY, await read_json(request, _max_depth(request)))
         reason = body.get("reason") or reason
-    if not await request.app[ENGINE].cancel(task.id, reason):
+    engine = request.app[ENGINE]
+    cancelled = await engine.cancel(task.id, reason)
+    task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
+    if not cancelled:
         raise ApiError(
             409,
             Code.TASK_FINISHED,

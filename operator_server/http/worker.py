@@ -106,8 +106,8 @@ class AskQuerySchema(Schema):
 ASK_QUERY = AskQuerySchema()  # built once: construction deep-copies every field
 
 
-def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
-    return request.app[ENGINE].capabilities.verify(bearer_of(request) or "", verb, task_id)
+async def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
+    return await request.app[ENGINE].verify_worker(bearer_of(request) or "", verb, task_id)
 
 
 def _accepted(claims: Claims) -> web.Response:
@@ -127,8 +127,8 @@ def _accepted(claims: Claims) -> web.Response:
 )
 async def worker_prompt(request: web.Request) -> web.Response:
     q = query(request, PROMPT_QUERY)
-    claims = _claims(request, "prompt", q.get("task_id"))
-    return json_response(request.app[ENGINE].worker_view(claims))
+    claims = await _claims(request, "prompt", q.get("task_id"))
+    return json_response(await request.app[ENGINE].worker_prompt(claims))
 
 
 @routes.post("/v1/worker/result")
@@ -143,10 +143,10 @@ async def worker_prompt(request: web.Request) -> web.Response:
     )
 )
 async def worker_result(request: web.Request) -> web.Response:
-    claims = _claims(request, "result")
+    claims = await _claims(request, "result")
     body = validate(RESULT_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
     require_task(claims, body.get("task_id"))
-    request.app[ENGINE].post_worker_result(claims, WorkerResult(body["value"], body["ok"]))
+    await request.app[ENGINE].worker_result(claims, WorkerResult(body["value"], body["ok"]))
     return _accepted(claims)
 
 
@@ -163,7 +163,7 @@ async def worker_result(request: web.Request) -> web.Response:
     )
 )
 async def worker_submit(request: web.Request) -> web.Response:
-    claims = _claims(request, "result")
+    claims = await _claims(request, "result")
     q = query(request, SUBMIT_QUERY)
     require_task(claims, q.get("task_id"))
     raw = await read_body(request)
@@ -171,7 +171,7 @@ async def worker_submit(request: web.Request) -> web.Response:
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, Code.BAD_REQUEST, "body must be UTF-8 text") from None
-    request.app[ENGINE].post_worker_result(claims, WorkerResult(text, q["ok"]))
+    await request.app[ENGINE].worker_result(claims, WorkerResult(text, q["ok"]))
     return _accepted(claims)
 
 
@@ -235,7 +235,7 @@ def _ask_answer(ask: WorkerAsk) -> web.Response:
     )
 )
 async def worker_ask(request: web.Request) -> web.Response:
-    claims = _claims(request, "ask")
+    claims = await _claims(request, "ask")
     body = validate(ASK_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
     require_task(claims, body.get("task_id"))
     wait = _wait_limit(
@@ -251,7 +251,7 @@ async def worker_ask(request: web.Request) -> web.Response:
             raise ApiError(400, Code.BAD_REQUEST, str(exc)) from None
     engine = request.app[ENGINE]
     try:
-        ask = engine.worker_ask(claims, body["question"], schema, body.get("key"))
+        ask = await engine.ask_senior(claims, body["question"], schema, body.get("key"))
     except AttemptFailed as exc:
         if exc.code != Code.NO_SENIOR:
             raise
@@ -272,7 +272,7 @@ async def worker_ask(request: web.Request) -> web.Response:
     )
 )
 async def worker_ask_status(request: web.Request) -> web.Response:
-    claims = _claims(request, "ask")
+    claims = await _claims(request, "ask")
     wait = _wait_limit(request, query(request, ASK_QUERY)["wait"], "wait")
     ask_id = request.match_info["ask_id"]
     ask = await request.app[ENGINE].wait_ask(claims, ask_id, wait)

@@ -11,7 +11,9 @@ start-up ``restore`` brings back stored sessions before the server listens.
 With a store many nodes share, a session minted on another node is brought
 here the first time it is named (``find``: its sid on a route; ``find_name``:
 a task naming its sid or one of its roles), so mint on one node and connect on
-any other.
+any other.  The relay (``operators/relay.py``) then routes each session's
+requests, replies and socket changes between the nodes; the handlers for what
+other nodes send are here.
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ import asyncio
 import secrets
 import time
 import uuid
+from typing import Any
 
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
+from operator_server.engine.cluster import Cluster
 from operator_server.engine.registries import RolesConflict
-from operator_server.errors import AttemptFailed, Code
+from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.pump import SocketPump
+from operator_server.operators.relay import Relay
 from operator_server.operators.session import WSOperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 
@@ -55,6 +60,66 @@ class OperatorDirectory:
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
         engine.find_operator = self.find_name
+        self.relay: Relay | None = None
+        if engine.cluster is not None:
+            self.relay = Relay(engine.store, engine.cluster)
+            self._route(engine.cluster)
+
+    def _route(self, cluster: Cluster) -> None:
+        """Handle what other nodes send about sessions held here."""
+
+        def deliver(node: str, body: dict[str, Any]) -> None:
+            if (session := self.sessions.get(body["sid"])) is not None:
+                session.deliver_from(node, body["req_id"], body["frame"])
+
+        def withdraw(node: str, body: dict[str, Any]) -> None:
+            del node
+            if (session := self.sessions.get(body["sid"])) is not None:
+                session.withdrawn_elsewhere(body["req_id"], body["reason"])
+
+        def delivered(node: str, body: dict[str, Any]) -> None:
+            del node
+            if (session := self.sessions.get(body["sid"])) is not None:
+                session.delivered_elsewhere()
+
+        def replaced(node: str, body: dict[str, Any]) -> None:
+            del node
+            if (session := self.sessions.get(body["sid"])) is not None:
+                session.replaced_elsewhere(int(body["epoch"]))
+
+        def gone(node: str, body: dict[str, Any]) -> None:
+            sid = body["sid"]
+            if node != cluster.node_id and sid in self.sessions:
+                self.remove(sid, Code(body["code"]), body["message"])
+
+        async def operator_reply(args: dict[str, Any]) -> dict[str, Any]:
+            session = self.sessions.get(args["sid"])
+            if session is None:
+                raise ProtocolError(
+                    Code.UNKNOWN_REQ_ID,
+                    f"{args['data']['req_id']} is not pending (its session is gone here)",
+                    args["data"]["req_id"],
+                )
+            session.reply_from_elsewhere(args["kind"], args["data"])
+            return {}
+
+        for kind, handler in (
+            ("deliver", deliver),
+            ("withdraw", withdraw),
+            ("delivered", delivered),
+            ("replaced", replaced),
+            ("session_gone", gone),
+        ):
+            cluster.on(kind, handler)
+        cluster.serve("operator_reply", operator_reply)
+        cluster.bus.on_resync(self._resync)
+
+    def _resync(self) -> None:
+        """The listener was cut: frames sent to this node meanwhile were lost, so
+        re-read the requests of every socket held here (each is sent once)."""
+        for session in self.sessions.values():
+            if session.connected:
+                self.engine.background.spawn(session.resync(), name=f"resync:{session.sid}")
 
     def listening_on(self, url: str) -> None:
         """The daemon is bound at ``url``; directives use it unless public_url is set."""
@@ -97,6 +162,7 @@ class OperatorDirectory:
             last_seen_at=record.last_seen_at,
             metrics=self.metrics,
             report=self.engine.operator_event,
+            relay=self.relay,
         )
 
     def _add(self, session: WSOperatorSession) -> None:
@@ -160,6 +226,11 @@ class OperatorDirectory:
         except BaseException:
             session.deleting = False
             raise
+        if self.relay is not None:  # every other node forgets it too
+            try:
+                await self.relay.gone(sid, str(code), message)
+            except Exception as exc:  # they find it gone at their next store read
+                log.warning("could not tell the other nodes of a deleted session", error=str(exc))
         return self.remove(sid, code, message)
 
     def remove(

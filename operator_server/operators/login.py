@@ -243,7 +243,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         remote=request.remote,
     )
     directory = request.app[DIRECTORY]
-    session.attach(pump)
+    await session.attach(pump)
     directory.seen(session)
     try:
         await pump.read_loop(session.handle_text)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -155,8 +155,9 @@ class SocketPump:
         if self._transport is not None and isinstance(self._transport, asyncio.Transport):
             self._transport.abort()
 
-    async def read_loop(self, on_text: Callable[[str], None]) -> None:
-        """Feed each text frame to ``on_text`` until the socket closes."""
+    async def read_loop(self, on_text: Callable[[str], Awaitable[None] | None]) -> None:
+        """Feed each text frame to ``on_text`` until the socket closes; what it
+        returns to await is awaited before the next frame is read."""
         async for msg in self.ws:
             if msg.type is WSMsgType.TEXT:
                 data: str = msg.data
@@ -167,7 +168,8 @@ class SocketPump:
                         error_frame(Code.TOO_LARGE, f"frame is larger than {self._max_frame} bytes")
                     )
                     continue
-                on_text(data)
+                if (later := on_text(data)) is not None:
+                    await later
             elif msg.type is WSMsgType.BINARY:
                 self._metrics.frame_received(INVALID_FRAME)
                 self.send(

@@ -13,6 +13,11 @@ frames.  That split is what makes reconnects lose nothing:
   socket that was already replaced changes nothing.
 * The first reply to a ``req_id`` wins; a duplicate gets ``already_answered``.
 * A withdrawn request (cancel, timeout) is told to the operator with ``cancel``.
+
+With a shared store (``relay`` set) the socket may be on another node: each
+request is stored before it is shown, the socket's node gets the frame, and
+replies come back through the relay (``operators/relay.py``).  ``routed`` maps
+the requests this node shows on its socket for other nodes to their issuer.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hashlib
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +35,14 @@ from operator_server import entropy
 from operator_server.config import Settings
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
-from operator_server.errors import AttemptFailed, Code, ProtocolError
+from operator_server.errors import AttemptFailed, Code, NodeUnreachable, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators import protocol as p
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
+from operator_server.operators.relay import Relay
+from operator_server.store import StoreError
 from operator_server.wire.answer_schema import answer_problem
 
 log = get_logger(__name__)
@@ -84,6 +91,7 @@ class WSOperatorSession:
         last_seen_at: float | None = None,
         metrics: Metrics | None = None,
         report: Report | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -104,6 +112,13 @@ class WSOperatorSession:
         self._report = report
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
+        self._relay = relay
+        self.routed: dict[str, str] = {}  # req_id -> the node that issued it
+        self._sent: set[str] = set()  # req_ids written to the current socket
+        self._epoch = 0  # of the current socket's attach (cluster mode)
+        # While an attach reads the stored requests: frames sent meanwhile, held
+        # so that they follow the replay rather than overtake it.
+        self._held: list[tuple[str, str, dict[str, Any]]] | None = None
         self.log = log.bind(sid=sid)
 
     # -- identity and sockets --------------------------------------------
@@ -124,32 +139,119 @@ class WSOperatorSession:
         """When the session was last seen, if no socket is attached."""
         return None if self._pump is not None else self.last_seen_at
 
-    def attach(self, pump: SocketPump) -> None:
+    async def attach(self, pump: SocketPump) -> None:
         """Make ``pump`` the session's socket and replay what is unanswered."""
         old, self._pump = self._pump, pump
+        self._sent = set()
         self.last_seen_at = time.time()
         if old is not None:
             old.close(4000, "replaced by a newer connection for this session")
             self.log.info("socket replaced by a newer one")
+        if self._relay is not None:
+            await self._replay_stored(pump)
+            return
         replayed = 0
         for req in list(self.pending.values()):
-            if req.grace is not None:
-                req.grace.cancel()
-                req.grace = None
             replayed += req.delivered
             self._deliver(req, replay=True)
         self.log.info("socket attached", pending=len(self.pending), replayed=replayed)
+
+    async def resync(self) -> None:
+        """Re-read the stored requests for the socket attached here (frames sent
+        to this node may have been lost); nothing already shown is sent again."""
+        if self._pump is not None and self._relay is not None:
+            await self._replay_stored(self._pump)
+
+    async def _replay_stored(self, pump: SocketPump) -> None:
+        """Cluster mode: every unanswered request of the session, whichever node
+        issued it, from the store, in issue order, once."""
+        assert self._relay is not None
+        self._held = []
+        try:
+            epoch, rows = await self._relay.attach(self.sid)
+        except StoreError as exc:  # then only this node's own, from memory
+            self.log.error("could not read stored requests", error=str(exc))
+            epoch, rows = self._epoch, []
+        finally:
+            held, self._held = self._held, None
+        if self._pump is not pump:
+            return  # replaced while reading
+        self._epoch = epoch
+        for row in rows:
+            req = self.pending.get(row.req_id)
+            if req is not None:
+                self._deliver(req, replay=True)
+            elif row.owner_node != self._relay.node_id:
+                self.routed[row.req_id] = row.owner_node
+                self._send_once(row.req_id, row.frame, replay=True)
+        for req in list(self.pending.values()):  # issued here, not yet stored
+            if req.req_id not in self._sent:
+                self._deliver(req, replay=True)
+        for owner, req_id, frame in held:
+            self.deliver_from(owner, req_id, frame)
+        self.log.info("socket attached", pending=len(self._sent), epoch=epoch)
+
+    def _send_once(self, req_id: str, frame: dict[str, Any], *, replay: bool = False) -> bool:
+        if req_id in self._sent:
+            return True
+        if self._pump is None or not self._pump.send(frame, replay=replay):
+            return False
+        self._sent.add(req_id)
+        return True
+
+    # -- frames routed from other nodes (cluster mode) ---------------------
+
+    def deliver_from(self, owner: str, req_id: str, frame: dict[str, Any]) -> None:
+        """Another node issued a request and this node holds the socket."""
+        if self._held is not None:
+            self._held.append((owner, req_id, frame))
+        elif self._pump is not None:
+            self.routed[req_id] = owner
+            self._send_once(req_id, frame)
+
+    def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
+        """Its issuer withdrew a request this node showed: tell the operator."""
+        self.routed.pop(req_id, None)
+        if req_id in self._sent and self._pump is not None:
+            self._sent.discard(req_id)
+            self._pump.send(p.cancel_frame(req_id, reason))
+
+    def delivered_elsewhere(self) -> None:
+        """A socket attached on another node and was shown every pending request."""
+        for req in self.pending.values():
+            req.delivered = True
+            if req.grace is not None:
+                req.grace.cancel()
+                req.grace = None
+
+    def replaced_elsewhere(self, epoch: int) -> None:
+        """A newer socket attached on another node: close this node's (unless it
+        is newer still)."""
+        if self._pump is not None and epoch > self._epoch:
+            self.close_socket(4000, "replaced by a newer connection for this session")
+            self.log.info("socket replaced by a newer one on another node")
+
+    def reply_from_elsewhere(self, kind: str, data: dict[str, Any]) -> None:
+        """A reply the operator sent through another node's socket."""
+        self.last_seen_at = time.time()
+        self._resolve(kind, data)
 
     def detach(self, pump: SocketPump) -> None:
         """Forget ``pump`` — unless a newer socket already took its place."""
         if self._pump is not pump:
             return
         self._pump = None
+        self._sent = set()
+        self.routed.clear()
         self.last_seen_at = time.time()
+        if self._relay is not None:
+            self._relay.detach(self.sid)
         self.log.info("socket detached", pending=len(self.pending))
 
     def close_socket(self, code: int, reason: str) -> SocketPump | None:
         pump, self._pump = self._pump, None
+        self._sent = set()
+        self.routed.clear()
         if pump is not None:
             pump.close(code, reason)
         return pump
@@ -168,7 +270,10 @@ class WSOperatorSession:
     # -- requests ---------------------------------------------------------
 
     def _deliver(self, req: PendingRequest, *, replay: bool = False) -> None:
-        if self._pump is None or not self._pump.send(req.frame, replay=replay):
+        if req.grace is not None and self._pump is not None:
+            req.grace.cancel()
+            req.grace = None
+        if not self._send_once(req.req_id, req.frame, replay=replay):
             return
         req.delivered = True
         if not req.expects_reply:
@@ -176,8 +281,12 @@ class WSOperatorSession:
             if not req.future.done():
                 req.future.set_result(("delivered", {}))
 
-    def _forget(self, req: PendingRequest) -> None:
-        self.pending.pop(req.req_id, None)
+    def _forget(self, req: PendingRequest, withdrawn: str | None = None) -> None:
+        """Out of the pending map (and the store; ``withdrawn``: the node showing
+        it on another socket sends the ``cancel``)."""
+        if self.pending.pop(req.req_id, None) is not None and self._relay is not None:
+            self._relay.finish(self.sid, req.req_id, withdrawn)
+        self._sent.discard(req.req_id)
         if req.grace is not None:
             req.grace.cancel()
             req.grace = None
@@ -199,8 +308,9 @@ class WSOperatorSession:
             )
 
     def _withdraw(self, req: PendingRequest, reason: str) -> None:
-        self._forget(req)
-        if req.delivered and self._pump is not None:
+        shown = req.req_id in self._sent
+        self._forget(req, reason if req.delivered else None)
+        if shown and self._pump is not None:
             self._pump.send(p.cancel_frame(req.req_id, reason))
 
     async def _request(
@@ -233,7 +343,13 @@ class WSOperatorSession:
             issued(req_id)
         if self._report is not None:
             self._report(EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid)
-        if self._pump is not None:
+        if self._relay is not None:
+            try:
+                await self._issue_stored(req)
+            except BaseException:
+                self._forget(req)
+                raise
+        if self._pump is not None and not req.delivered:
             self._deliver(req)
         if not req.delivered:
             req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
@@ -262,10 +378,29 @@ class WSOperatorSession:
             if ctx is not None:
                 ctx.open_request = None
 
+    async def _issue_stored(self, req: PendingRequest) -> None:
+        """Cluster mode: the request is a row before anyone sees it; when another
+        node holds the socket, it was sent there."""
+        assert self._relay is not None
+        try:
+            elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame)
+        except (StoreError, OSError) as exc:
+            raise AttemptFailed(
+                Code.STORE_FAILED, f"could not store the {req.kind} request: {exc}"
+            ) from None
+        if elsewhere and self._pump is None:
+            req.delivered = True
+            if not req.expects_reply:
+                self._forget(req)
+                if not req.future.done():
+                    req.future.set_result(("delivered", {}))
+
     # -- frames from the operator ----------------------------------------
 
-    def handle_text(self, text: str) -> None:
-        """One client frame; problems go back as an ``error`` frame."""
+    def handle_text(self, text: str) -> Awaitable[None] | None:
+        """One client frame; problems go back as an ``error`` frame.  A reply to
+        a request another node issued returns what to await before the next
+        frame (frames are handled in order: a ``ping`` after it waits for it)."""
         self.last_seen_at = time.time()
         try:
             kind, data = p.parse_client_frame(text, self._settings.max_json_depth)
@@ -273,12 +408,37 @@ class WSOperatorSession:
             # Only parsed types become label values: the peer controls the rest.
             self._metrics.frame_received(p.INVALID_FRAME)
             self._refuse(exc)
-            return
+            return None
         self._metrics.frame_received(kind)
+        owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
+        if owner is not None and data["req_id"] not in self.pending:
+            return self._reply_elsewhere(owner, kind, data)
         try:
             self._resolve(kind, data)
         except ProtocolError as exc:
             self._refuse(exc)
+        return None
+
+    async def _reply_elsewhere(self, owner: str, kind: str, data: dict[str, Any]) -> None:
+        assert self._relay is not None
+        req_id = data["req_id"]
+        try:
+            await self._relay.reply(owner, self.sid, kind, data)
+        except ProtocolError as exc:
+            self._refuse(exc)
+            return
+        except NodeUnreachable as exc:
+            self._refuse(
+                ProtocolError(
+                    Code.NODE_UNREACHABLE,
+                    f"{exc.message}; {req_id} is still pending, answer it again",
+                    req_id,
+                )
+            )
+            return
+        self.routed.pop(req_id, None)
+        self._sent.discard(req_id)
+        self._remember_answered(req_id)
 
     def _refuse(self, exc: ProtocolError) -> None:
         self.log.info("bad frame from operator", code=exc.code, req_id=exc.req_id)
@@ -318,15 +478,18 @@ class WSOperatorSession:
                     f"{problem}; the ask is still pending, answer it again",
                     req_id,
                 )
-        self._answered[req_id] = None
-        if len(self._answered) > ANSWERED_MEMORY:
-            self._answered.popitem(last=False)
+        self._remember_answered(req_id)
         self._forget(req)
         self._metrics.reply_received(req.kind, time.monotonic() - req.issued_mono)
         if self._report is not None:
             self._report(EventType.REPLY, req.task_id, req_id, str(p.FACE_OF[req.kind]), self.sid)
         if not req.future.done():
             req.future.set_result((kind, data))
+
+    def _remember_answered(self, req_id: str) -> None:
+        self._answered[req_id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
 
     # -- the three faces --------------------------------------------------
 

@@ -10,6 +10,8 @@ from operator_server.config import Settings
 from operator_server.store.base import (
     Delivery,
     Events,
+    Fenced,
+    PendingRow,
     RolesTaken,
     Row,
     SessionRecord,
@@ -35,7 +37,9 @@ def open_store(settings: Settings) -> Store:
 __all__ = [
     "Delivery",
     "Events",
+    "Fenced",
     "MemoryStore",
+    "PendingRow",
     "PostgresStore",
     "RolesTaken",
     "Row",

@@ -63,6 +63,12 @@ class RolesTaken(StoreError):
         self.conflicts = conflicts
 
 
+class Fenced(StoreError):
+    """A shared store: another node took this task over (its lease is theirs),
+    so this node's write of it is refused — a node cut off for longer than its
+    lease never overwrites the work of the node that took its tasks."""
+
+
 class StoreLocked(StoreError):
     """Another process holds the store; the message names the file and its PID."""
 
@@ -299,8 +305,10 @@ class Store(ABC):
         """Extend every lease this node holds (``StoreError`` when it cannot)."""
         return None  # one process: nothing is leased
 
-    async def release_leases(self) -> None:
-        """Let go of every lease this node holds, so another node takes its tasks now."""
+    async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
+        """Let go of every lease this node holds (or those of ``task_ids``), so
+        another node takes those tasks now; all of them: this node leaves."""
+        del task_ids
         return None  # one process: nothing is leased
 
     async def get_session(self, sid: str) -> SessionRecord | None:
@@ -312,6 +320,50 @@ class Store(ABC):
         """The sid holding ``role`` anywhere in a shared store; None otherwise."""
         del role
         return None
+
+    # Routing between nodes (a shared store only; see ``store/pgbus.py`` and
+    # ``operators/relay.py``).  One process never calls these.
+
+    @property
+    def bus(self) -> Any:
+        """The nodes' message bus (``PgBus``); None for a one-process store."""
+        return None
+
+    async def bury_dead_nodes(self) -> list[str]:
+        """Forget the nodes that stopped beating; which ones."""
+        raise NotImplementedError("a one-process store has no other nodes")
+
+    async def task_owner(self, task_id: str) -> str | None:
+        """The node whose lease on ``task_id`` is current, if any."""
+        raise NotImplementedError("a one-process store has no other nodes")
+
+    async def issue_request(self, sid: str, req_id: str, frame: dict[str, Any]) -> str | None:
+        """Store an operator request (durably); the node holding the session's
+        socket as the row commits, if any."""
+        raise NotImplementedError("a one-process store keeps requests in memory")
+
+    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        """Forget a request; ``withdrawn`` (a reason): also have the node showing
+        it to the operator send a ``cancel``."""
+        raise NotImplementedError("a one-process store keeps requests in memory")
+
+    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+        """This node now holds the session's socket (the node before it is told
+        so): the attach's epoch (one more than the last), and every request
+        still unanswered, in issue order."""
+        raise NotImplementedError("a one-process store keeps requests in memory")
+
+    def detach_socket_soon(self, sid: str) -> None:
+        raise NotImplementedError("a one-process store keeps requests in memory")
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """An unanswered operator request as stored: who waits for it, and its frame."""
+
+    req_id: str
+    owner_node: str
+    frame: dict[str, Any]
 
 
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --

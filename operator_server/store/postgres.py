@@ -50,6 +50,8 @@ from operator_server.logs import get_logger
 from operator_server.store.base import (
     Delivery,
     Events,
+    Fenced,
+    PendingRow,
     RolesTaken,
     Row,
     SessionRecord,
@@ -62,10 +64,14 @@ from operator_server.store.base import (
     decode_session_rows,
     decode_task_row,
 )
+from operator_server.store.pgbus import ALL, SQL_CHANNEL, PgBus, channel, encode
 from operator_server.wire import json as wire_json
+from operator_server.wire.json import STORED_MAX_DEPTH
 
 log = get_logger(__name__)
 BATCH = 512
+# Task ids per "ended" notice: well within a NOTIFY payload.
+ENDED_PER_NOTIFY = 100
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
@@ -136,6 +142,32 @@ MIGRATIONS: list[str] = [
     CREATE SEQUENCE task_event_ids;
     SELECT setval('task_event_ids', COALESCE((SELECT MAX(id) FROM task_events), 0) + 1, false);
     """,
+    # v5: any node serves any operator.  Which node holds each session's socket;
+    # every unanswered operator request, in issue order, with the node waiting
+    # for its reply; the live nodes (a heartbeat beside the leases); and the
+    # cluster messages too large for a NOTIFY payload.
+    """
+    ALTER TABLE operator_sessions ADD COLUMN socket_node TEXT;
+    ALTER TABLE operator_sessions ADD COLUMN socket_epoch BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE pending_requests (
+        seq        BIGINT GENERATED ALWAYS AS IDENTITY,
+        req_id     TEXT PRIMARY KEY,
+        sid        TEXT NOT NULL REFERENCES operator_sessions (sid) ON DELETE CASCADE,
+        owner_node TEXT NOT NULL,
+        frame      TEXT NOT NULL
+    );
+    CREATE INDEX pending_requests_by_sid ON pending_requests (sid, seq);
+    CREATE INDEX pending_requests_by_owner ON pending_requests (owner_node);
+    CREATE TABLE cluster_nodes (
+        node_id    TEXT PRIMARY KEY,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    CREATE TABLE cluster_messages (
+        id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        body       TEXT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    """,
 ]
 # A task's first write leases it to its writer; a lease someone else holds stays theirs.
 INSERT_LEASE = (
@@ -143,6 +175,8 @@ INSERT_LEASE = (
     "VALUES ($1, $2, now() + make_interval(secs => $3)) "
     "ON CONFLICT (task_id) DO NOTHING"
 )
+# Locked: a takeover waits for this write's commit, or this write sees its lease.
+LEASE_HOLDER = "SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE"
 RENEW_LEASES = (
     "UPDATE task_leases SET expires_at = now() + make_interval(secs => $2) WHERE node_id = $1"
 )
@@ -166,6 +200,10 @@ TAKE_OVER = """
     )
     SELECT t.id, t.data FROM tasks t JOIN taken k ON k.task_id = t.id ORDER BY t.seq
 """
+# Event-writing transactions take turns (this lock, held to commit), so event
+# ids from the shared sequence increase in commit order across nodes: a reader
+# following ``id > last`` never passes an id that commits later.
+EVENTS_LOCK = 0x6F70_7365_7276_0002
 NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
@@ -211,6 +249,50 @@ UPSERT_DELIVERY = (
     "ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at"
 )
 
+# Cluster routing (v5).  A request is inserted under a share lock on its
+# session's row, and a socket attaches under an update lock on it, so the two
+# take turns: either the attach's replay reads the request, or the request's
+# writer reads the new socket node and sends the frame there.
+ISSUE_REQUEST = "SELECT socket_node FROM operator_sessions WHERE sid = $1 FOR SHARE"
+INSERT_REQUEST = (
+    "INSERT INTO pending_requests (req_id, sid, owner_node, frame) VALUES ($1, $2, $3, $4)"
+)
+SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
+ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
+PENDING_OF = "SELECT req_id, owner_node, frame FROM pending_requests WHERE sid = $1 ORDER BY seq"
+# Notify the node holding a session's socket, if another node holds it.
+NOTIFY_SOCKET_NODE = (
+    f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
+    "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
+)
+DETACH_SOCKET = (
+    "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
+)
+HEARTBEAT = (
+    "INSERT INTO cluster_nodes (node_id, expires_at) "
+    "VALUES ($1, now() + make_interval(secs => $2)) "
+    "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+# A node that stopped beating: its sockets are gone and its requests' waiters
+# too (their attempts are interrupted and taken over).
+BURY_NODES = """
+    WITH dead AS (
+        DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
+    ), unplugged AS (
+        UPDATE operator_sessions SET socket_node = NULL
+        WHERE socket_node IN (SELECT node_id FROM dead)
+    )
+    SELECT node_id FROM dead
+"""
+# Their requests some live node still shows an operator, to be withdrawn there.
+DEAD_REQUESTS = """
+    DELETE FROM pending_requests p USING operator_sessions s
+    WHERE p.owner_node = ANY($1::text[]) AND s.sid = p.sid
+    RETURNING p.req_id, p.sid, s.socket_node
+"""
+OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
+TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
+
 Work = Callable[[asyncpg.Connection], Awaitable[Any]]
 # What a lost or refused connection raises: the whole batch fails, not one op.
 # InternalClientError too: a backend terminated while the connection sat idle in
@@ -244,6 +326,8 @@ class PostgresStore(Store):
         self._lease_s = 10.0
         self._live: frozenset[str] = frozenset()
         self._healthy = True
+        self._bus = PgBus(url)
+        self._ended: list[str] = []  # tasks the batch being written ends
 
     # -- lifecycle --------------------------------------------------------
 
@@ -254,6 +338,10 @@ class PostgresStore(Store):
     @property
     def healthy(self) -> bool:
         return self._healthy
+
+    @property
+    def bus(self) -> PgBus:
+        return self._bus
 
     def _lost(self, exc: BaseException) -> None:
         if self._healthy:
@@ -268,6 +356,7 @@ class PostgresStore(Store):
     def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
         super().lease_tasks(node_id, lease_s, live_statuses)
         self._node_id, self._lease_s = node_id, float(lease_s)
+        self._bus.node_id = node_id
         self._live = frozenset(live_statuses)
 
     def claim(self) -> None:
@@ -293,14 +382,17 @@ class PostgresStore(Store):
             self._write_forever(), name="store-postgres-writer"
         )
         self._accepting = True
+        # Pinged as often as leases are renewed: a cut is noticed as soon.
+        await self._bus.start(self._pool, self._lease_s / 3)
 
     async def close(self) -> None:
-        """Commit everything queued, stop the writer, close the pool."""
+        """Commit everything queued, stop the writer and the listener, close the pool."""
         self._accepting = False  # nothing may queue behind the stop marker
         if self._writer is not None:
             self._queue.put_nowait(None)
             await self._writer
             self._writer = None
+        await self._bus.stop()
         if self._pool is not None:
             try:
                 # A connection broken mid-way (the database went away and came
@@ -347,6 +439,7 @@ class PostgresStore(Store):
     async def _run_batch(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
         assert self._pool is not None
         outcomes: list[tuple[bool, Any]] = []
+        self._ended = []
         began = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -358,6 +451,7 @@ class PostgresStore(Store):
                         outcomes.append((False, exc))
                     except (asyncpg.PostgresError, ValueError, TypeError) as exc:
                         outcomes.append((False, StoreError(f"{op.what}: {exc}")))
+                await self._announce(conn, batch)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             return [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
@@ -367,6 +461,19 @@ class PostgresStore(Store):
         if self._commit_observer is not None:
             self._commit_observer(time.perf_counter() - began)
         return outcomes
+
+    async def _announce(self, conn: asyncpg.Connection, batch: list[_Op]) -> None:
+        """Tell every node, as the batch commits, which tasks it ended (their
+        long-polls wake) and the newest event it stored (their streams read on):
+        a few NOTIFYs per batch, not one per write."""
+        ended, self._ended = self._ended, []
+        last = max((e.id for op in batch for e in op.events), default=0)
+        if last:
+            body = encode("events", self._node_id, {"last": last})
+            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
+        for i in range(0, len(ended), ENDED_PER_NOTIFY):
+            body = encode("ended", self._node_id, {"ids": ended[i : i + ENDED_PER_NOTIFY]})
+            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
 
     # -- queueing ---------------------------------------------------------
 
@@ -467,6 +574,9 @@ class PostgresStore(Store):
         stored: list[TaskEvent] = []  # ``events`` with the ids they are stored under
 
         async def work(c: asyncpg.Connection) -> None:
+            owner = await c.fetchval(LEASE_HOLDER, args[0])
+            if owner is not None and owner != self._node_id:
+                raise Fenced(f"task {args[0]} is run by node {owner} now")
             await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
             if live:
                 await c.execute(INSERT_LEASE, args[0], self._node_id, self._lease_s)
@@ -475,6 +585,8 @@ class PostgresStore(Store):
             await _insert_events(c, events, stored)
             if deliver_at is not None:
                 await c.execute(UPSERT_DELIVERY, args[0], float(deliver_at))
+            if not live:
+                self._ended.append(args[0])  # announced as the batch commits
 
         return work, f"save task {record['id']}", stored
 
@@ -599,9 +711,105 @@ class PostgresStore(Store):
 
     async def renew_leases(self) -> None:
         await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
+        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
-    async def release_leases(self) -> None:
+    async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
+        if task_ids is not None:
+            sql = RELEASE_LEASES + " AND task_id = ANY($2::text[])"
+            await self._direct(sql, self._node_id, list(task_ids), what="release leases")
+            return
         await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
+        await self._direct(
+            "DELETE FROM cluster_nodes WHERE node_id = $1", self._node_id, what="leave"
+        )
+
+    async def bury_dead_nodes(self) -> list[str]:
+        """Forget the nodes whose heartbeat lapsed: their sockets and the requests
+        they were waiting on; each such request still shown to an operator on a
+        live node is withdrawn there, and every node hears which nodes died."""
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> list[str]:
+            async with c.transaction():
+                dead = [str(row["node_id"]) for row in await c.fetch(BURY_NODES)]
+                if dead:
+                    for req_id, sid, node in await c.fetch(DEAD_REQUESTS, dead):
+                        if node is None or node in dead:
+                            continue
+                        notice = {"sid": sid, "req_id": req_id, "reason": "its node stopped"}
+                        withdraw = encode("withdraw", me, notice)
+                        await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
+                    gone = encode("nodes_gone", me, {"nodes": dead})
+                    await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
+                await c.execute(OLD_MESSAGES)
+                return dead
+
+        found: list[str] = await self._read(work, "bury dead nodes")
+        return found
+
+    async def task_owner(self, task_id: str) -> str | None:
+        node = await self._read(lambda c: c.fetchval(TASK_OWNER, task_id), f"owner of {task_id}")
+        return None if node is None else str(node)
+
+    async def issue_request(self, sid: str, req_id: str, frame: dict[str, Any]) -> str | None:
+        text = wire_json.dumps(frame)
+
+        async def work(c: asyncpg.Connection) -> str | None:
+            node = await c.fetchval(ISSUE_REQUEST, sid)
+            await c.execute(INSERT_REQUEST, req_id, sid, self._node_id, text)
+            return None if node is None else str(node)
+
+        found: str | None = await self._call(work, f"issue request {req_id}")
+        return found
+
+    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        me = self._node_id
+        notice = None
+        if withdrawn is not None:
+            body = {"sid": sid, "req_id": req_id, "reason": withdrawn}
+            notice = encode("withdraw", me, body)
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute("DELETE FROM pending_requests WHERE req_id = $1", req_id)
+            if notice is not None:
+                await c.execute(NOTIFY_SOCKET_NODE, sid, notice, me)
+
+        self._soon(work, f"finish request {req_id}")
+
+    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> tuple[int, list[Any]]:
+            before = await c.fetchrow(SOCKET_NODE, sid)
+            if before is None:
+                raise StoreError(f"no operator session {sid}")
+            epoch = int(before["socket_epoch"]) + 1
+            await c.execute(ATTACH_SOCKET, sid, me, epoch)
+            old = before["socket_node"]
+            if old is not None and old != me:
+                replaced = encode("replaced", me, {"sid": sid, "epoch": epoch})
+                await c.execute("SELECT pg_notify($1, $2)", channel(old), replaced)
+            rows = list(await c.fetch(PENDING_OF, sid))
+            delivered = encode("delivered", me, {"sid": sid})
+            for owner in {row["owner_node"] for row in rows} - {me}:
+                await c.execute("SELECT pg_notify($1, $2)", channel(owner), delivered)
+            return epoch, rows
+
+        epoch, rows = await self._call(work, f"attach socket of {sid}")
+        out = []
+        for req_id, owner, frame in rows:
+            try:
+                out.append(PendingRow(req_id, owner, wire_json.loads(frame, STORED_MAX_DEPTH)))
+            except ValueError as exc:  # one bad row is skipped, never fatal
+                log.warning(
+                    "skipping a stored request that cannot be decoded",
+                    req_id=req_id,
+                    error=str(exc),
+                )
+        return epoch, out
+
+    def detach_socket_soon(self, sid: str) -> None:
+        self._soon(lambda c: c.execute(DETACH_SOCKET, sid, self._node_id), f"detach {sid}")
 
     async def _direct(self, sql: str, *args: Any, what: str) -> None:
         """A write of this node's own lease rows: straight on the pool, not behind
@@ -660,6 +868,7 @@ async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[Tas
     as stored (what the write publishes once committed)."""
     if not events:
         return
+    await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
     ids = sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, len(events)))
     renumbered = []
     for new_id, event in zip(ids, events, strict=True):

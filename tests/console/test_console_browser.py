@@ -189,7 +189,7 @@ def test_a_worker_ask_shows_under_its_spawn_as_a_form_and_the_worker_gets_typed_
 def spawn_handle(page: WebDriver, spawn: WebElement) -> str:
     """The worker handle a spawn card holds (in its operator directive)."""
     text = spawn.find_element("css selector", "details pre").get_attribute("textContent") or ""
-    found = re.search(r"wh-[0-9a-f]+", text)
+    found = re.search(r"wh-[0-9a-f]+\.t-[0-9a-f]+", text)
     assert found is not None, text
     return found.group(0)
 

@@ -67,7 +67,9 @@ async def test_token_and_handle_both_fetch_the_prompt(server: Server) -> None:
             "system": "be brief",
             "prompt": {"spec": 1},
         }
-    assert ctx.worker_handle.startswith("wh-") and len(ctx.worker_handle) == 3 + 32
+    # 128 random bits, then the task it is for (where a cluster node sends it).
+    secret, task = ctx.worker_handle.removeprefix("wh-").split(".")
+    assert len(secret) == 32 and task == ctx.task_id
     parked.release[1].set_result(WorkerResult("ok"))
 
 

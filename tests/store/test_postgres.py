@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from operator_server.store import PostgresStore, SessionRecord, StoreError
+from operator_server.store import Fenced, PostgresStore, SessionRecord, StoreError
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.wsop import connect, mint
@@ -137,8 +137,10 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await store.close()
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
-        "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases; "
+        "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
+        "pending_requests, cluster_nodes, cluster_messages; "
         "DROP SEQUENCE task_event_ids; "
+        "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
         "UPDATE operator_server_schema SET version = 1"
     )
     for sid, created in (("op-new", 2.0), ("op-old", 1.0)):
@@ -152,3 +154,30 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     holders = dict(await conn.fetch("SELECT role, sid FROM operator_roles"))
     await conn.close()
     assert holders == {"main": "op-old", "x": "op-old"}
+
+
+def task_record(task_id: str, status: str) -> dict[str, Any]:
+    return {"id": task_id, "status": status, "created_at": 1.0, "updated_at": 2.0}
+
+
+async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url: str) -> None:
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", 0.2, ["running"])
+    b.lease_tasks("node-b", 10, ["running"])
+    await a.open()
+    await b.open()
+    try:
+        await a.put_task(task_record("t-1", "running"))
+        assert await b.take_over(at_start=False, limit=10) == []  # a's lease holds
+        await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
+        taken = await b.take_over(at_start=False, limit=10)
+        assert [row.key for row in taken] == ["t-1"]
+        # a comes back and ends the task it no longer runs: refused, unchanged.
+        with pytest.raises(Fenced, match="node-b"):
+            await a.put_task(task_record("t-1", "passed"))
+        assert (await b.get_task("t-1")).value["status"] == "running"  # type: ignore[union-attr]
+        await b.put_task(task_record("t-1", "passed"))
+        assert (await a.get_task("t-1")).value["status"] == "passed"  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()

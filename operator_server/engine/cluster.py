@@ -1,0 +1,225 @@
+"""Many nodes on one shared store: calls between them, and waking on their changes.
+
+Built on the store's bus (``store/pgbus.py``: PostgreSQL ``LISTEN/NOTIFY``),
+so there is no broker and no home-made consensus: the database is the only
+thing the nodes share.
+
+* **Calls** (``call``/``serve``): a node asks the node that owns a task (its
+  lease) to do what only the owner can — take a worker's result, hold a
+  worker's ask, cancel the run, accept an operator's reply — and gets the
+  answer or the owner's error back.  A call that gets no answer within
+  ``CALL_TIMEOUT_S`` fails with ``node_unreachable``: it ends, with a reason.
+* **Ended tasks** (``wait_ended``): a long-poll on a node that does not run the
+  task wakes when the store announces, as the end commits, that it ended.
+* **Events**: every node's streams follow the store's event rows (``tail``),
+  told to read on as each batch commits; one sequence orders them cluster-wide.
+
+Whatever a lost ``NOTIFY`` might have carried is re-read on resync: waiters
+look at their task again, the tail reads on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from operator_server.background import Background
+from operator_server.errors import (
+    AttemptEnded,
+    AttemptFailed,
+    CapabilityError,
+    Code,
+    CodedError,
+    NodeUnreachable,
+    ProtocolError,
+)
+from operator_server.logs import get_logger
+
+log = get_logger(__name__)
+CALL_TIMEOUT_S = 10.0
+Served = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def error_to_wire(exc: CodedError) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type(exc).__name__, "code": exc.code, "message": exc.message}
+    if isinstance(exc, CapabilityError):
+        out["forbidden"] = exc.forbidden
+    if isinstance(exc, ProtocolError):
+        out["req_id"] = exc.req_id
+    if exc.detail:
+        out["detail"] = exc.detail
+    return out
+
+
+def error_from_wire(err: dict[str, Any]) -> CodedError:
+    """The same error type the owner raised, so each surface maps it as usual."""
+    kind, code, message = err.get("type"), str(err["code"]), str(err["message"])
+    if kind == "AttemptEnded":
+        return AttemptEnded(message)
+    if kind == "CapabilityError":
+        return CapabilityError(Code(code), message, forbidden=bool(err.get("forbidden")))
+    if kind == "ProtocolError":
+        return ProtocolError(Code(code), message, err.get("req_id"))
+    return AttemptFailed(code, message, **err.get("detail", {}))
+
+
+class Cluster:
+    def __init__(self, bus: Any, background: Background, lease_s: float) -> None:
+        self.bus = bus
+        self.node_id: str = bus.node_id
+        self._background = background
+        self._served: dict[str, Served] = {}
+        self._calls: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._ids = itertools.count(1)
+        self._ended: dict[str, set[asyncio.Future[None]]] = {}
+        self._tail: Callable[[], Awaitable[None]] | None = None
+        self._tailing: asyncio.Task[None] | None = None
+        self._tail_again = False
+        bus.on("call", self._called)
+        bus.on("answer", self._answered)
+        bus.on("ended", self._heard_ended)
+        bus.on("events", lambda _node, _body: self.read_events())
+        bus.on("nodes_gone", self._heard_gone)
+        # Nodes found dead (when): a call to one fails at once rather than timing out.
+        self._dead: dict[str, float] = {}
+        self._forget_dead_s = lease_s
+        bus.on_resync(self._resync)
+
+    def on(self, kind: str, handler: Callable[[str, dict[str, Any]], None]) -> None:
+        """A plain message handler (the operator directory routes frames with these)."""
+        self.bus.on(kind, handler)
+
+    async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
+        await self.bus.send(node, kind, body)
+
+    # -- calls --------------------------------------------------------------
+
+    def serve(self, method: str, fn: Served) -> None:
+        self._served[method] = fn
+
+    async def call(
+        self, node: str, method: str, args: dict[str, Any], *, longer: float = 0
+    ) -> dict[str, Any]:
+        """Run ``method`` on ``node``; its result, or its error raised here.
+        ``longer``: the method itself may take that long (a long-poll)."""
+        if self._known_dead(node):
+            raise NodeUnreachable(f"node {node} stopped; its work is taken over by the others")
+        call_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (node, future)
+        try:
+            await self.bus.send(node, "call", {"id": call_id, "m": method, "a": args})
+            async with asyncio.timeout(CALL_TIMEOUT_S + longer):
+                answer = await future
+        except TimeoutError:
+            raise NodeUnreachable(
+                f"node {node} did not answer {method} within {CALL_TIMEOUT_S:g}s"
+            ) from None
+        except OSError as exc:
+            raise NodeUnreachable(f"cannot reach node {node}: {exc}") from exc
+        finally:
+            self._calls.pop(call_id, None)
+        if "error" in answer:
+            raise error_from_wire(answer["error"])
+        result: dict[str, Any] = answer["value"]
+        return result
+
+    def _called(self, node: str, body: dict[str, Any]) -> None:
+        method = str(body["m"])
+        self._background.spawn(
+            self._run_call(node, body["id"], method, body["a"]), name=f"call:{method}:{node}"
+        )
+
+    async def _run_call(self, node: str, call_id: int, method: str, args: dict[str, Any]) -> None:
+        fn = self._served.get(method)
+        answer: dict[str, Any]
+        if fn is None:
+            answer = {"error": error_to_wire(AttemptFailed(Code.INTERNAL, f"no method {method}"))}
+        else:
+            try:
+                answer = {"value": await fn(args)}
+            except CodedError as exc:
+                answer = {"error": error_to_wire(exc)}
+        try:
+            await self.bus.send(node, "answer", {"id": call_id, **answer})
+        except Exception as exc:  # the caller times out and says so
+            log.warning("could not answer a call", node=node, method=method, error=str(exc))
+
+    def _answered(self, node: str, body: dict[str, Any]) -> None:
+        del node
+        found = self._calls.get(int(body["id"]))
+        if found is not None and not found[1].done():
+            found[1].set_result(body)
+
+    def _heard_gone(self, node: str, body: dict[str, Any]) -> None:
+        del node
+        now = time.monotonic()
+        for gone in body["nodes"]:
+            self._dead[gone] = now
+        for callee, future in self._calls.values():  # their answers will not come
+            if callee in self._dead and not future.done():
+                future.set_exception(NodeUnreachable(f"node {callee} stopped"))
+
+    def _known_dead(self, node: str) -> bool:
+        """Found dead lately: a node that comes back under the same id is
+        believed again after a lease (it must have been away that long)."""
+        since = self._dead.get(node)
+        return since is not None and time.monotonic() - since < self._forget_dead_s
+
+    # -- tasks other nodes end ----------------------------------------------
+
+    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+        """A future set when the store next announces ``task_id`` ended (or on a
+        resync: look again); ``unwatch`` it when done."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ended.setdefault(task_id, set()).add(future)
+        return future
+
+    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+        waiters = self._ended.get(task_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._ended[task_id]
+
+    def _heard_ended(self, node: str, body: dict[str, Any]) -> None:
+        del node
+        for task_id in body["ids"]:
+            for future in self._ended.get(task_id, ()):
+                if not future.done():
+                    future.set_result(None)
+
+    # -- events -------------------------------------------------------------
+
+    def follow_events(self, tail: Callable[[], Awaitable[None]]) -> None:
+        """``tail`` reads every stored event after the newest published one."""
+        self._tail = tail
+
+    def read_events(self) -> None:
+        """Have the tail read on: now, or again right after its current read."""
+        if self._tail is None:
+            return
+        if self._tailing is not None and not self._tailing.done():
+            self._tail_again = True
+            return
+        self._tailing = self._background.spawn(self._read_on(self._tail), name="event-tail")
+
+    async def _read_on(self, tail: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            self._tail_again = False
+            try:
+                await tail()
+            except Exception as exc:  # the next notice or resync reads on
+                log.warning("could not read other nodes' events", error=str(exc))
+            if not self._tail_again:
+                return
+
+    def _resync(self) -> None:
+        for waiters in self._ended.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        self.read_events()

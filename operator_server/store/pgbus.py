@@ -1,0 +1,174 @@
+"""The nodes of a cluster talking to each other through PostgreSQL ``LISTEN/NOTIFY``.
+
+No broker of our own: a message is a ``NOTIFY`` on the database every node
+already shares.  Each node listens on two channels — its own (``channel(node)``)
+and ``os_all`` (every node, itself included) — on one dedicated connection.
+
+A message is a JSON object ``{"k": kind, "f": from_node, "b": body}``.  A
+``NOTIFY`` payload is limited to 8000 bytes, so a larger message is stored in
+``cluster_messages`` and only ``#<id>`` is notified; the receiver reads it from
+there (the reaper deletes what is a minute old).
+
+Messages are handed to their handler one at a time, in the order they arrived,
+on the event loop: handlers are plain functions that must not block; anything
+that has to wait is started by the handler itself as a background task.
+
+``NOTIFY`` is fire-and-forget: a message sent while a node's listening
+connection is down is lost to it.  So nothing relies on a message alone: every
+state it announces is also a row, and when the connection comes back the bus
+calls its ``on_resync`` callbacks, which re-read what they might have missed.
+The listener also pings the database every ``ping_s``, so a connection cut
+without a FIN is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from operator_server.logs import get_logger
+from operator_server.wire import json as wire_json
+
+log = get_logger(__name__)
+ALL = "os_all"
+# Below PostgreSQL's 8000-byte payload limit, with room for the channel name.
+INLINE_MAX = 7000
+RETRY_S = 0.5
+START_TIMEOUT_S = 10
+Handler = Callable[[str, dict[str, Any]], None]  # (from node, body)
+
+
+def channel(node_id: str) -> str:
+    """A node's channel: a short, safe identifier whatever the node id holds.
+    The same function is written in SQL where a statement notifies a node."""
+    return "os_" + hashlib.md5(node_id.encode()).hexdigest()[:16]
+
+
+SQL_CHANNEL = "'os_' || left(md5({}), 16)"
+
+
+def encode(kind: str, from_node: str, body: dict[str, Any]) -> str:
+    return wire_json.dumps({"k": kind, "f": from_node, "b": body})
+
+
+class PgBus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.node_id = ""  # set before ``start``: the store learns it with its leases
+        self._pool: asyncpg.Pool | None = None
+        self._ping_s = 5.0
+        self._handlers: dict[str, Handler] = {}
+        self._resync: list[Callable[[], None]] = []
+        self._inbox: asyncio.Queue[str] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    def on(self, kind: str, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    def on_resync(self, callback: Callable[[], None]) -> None:
+        """Called each time listening starts again after a lost connection."""
+        self._resync.append(callback)
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+    async def start(self, pool: asyncpg.Pool, ping_s: float) -> None:
+        """Listen, and return once the first connection listens."""
+        self._pool, self._ping_s = pool, ping_s
+        # Owned by the store, like its writer: it lives exactly as long as the store is open.
+        self._task = asyncio.get_running_loop().create_task(
+            self._listen_forever(), name="store-postgres-listener"
+        )
+        # Not listening yet is not fatal (the listener keeps trying, then resyncs).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), START_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    # -- sending ------------------------------------------------------------
+
+    async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
+        """Notify ``node`` (None: every node, this one too).  Raises the
+        connection's errors; a node not listening just does not get it."""
+        if self._pool is None:
+            raise asyncpg.InterfaceError("the cluster bus is not started")
+        text = encode(kind, self.node_id, body)
+        name = ALL if node is None else channel(node)
+        async with self._pool.acquire() as conn:
+            if len(text) <= INLINE_MAX:
+                await conn.execute("SELECT pg_notify($1, $2)", name, text)
+            else:
+                await conn.execute(
+                    "WITH m AS (INSERT INTO cluster_messages (body) VALUES ($2) RETURNING id) "
+                    "SELECT pg_notify($1, '#' || id) FROM m",
+                    name,
+                    text,
+                )
+
+    # -- receiving ----------------------------------------------------------
+
+    def _heard(self, conn: Any, pid: int, chan: str, payload: str) -> None:
+        del conn, pid, chan
+        self._inbox.put_nowait(payload)
+
+    async def _listen_forever(self) -> None:
+        first = True
+        while True:
+            try:
+                conn = await asyncpg.connect(self.url, timeout=10)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("cluster listener cannot connect; retrying", error=str(exc))
+                await asyncio.sleep(RETRY_S)
+                continue
+            try:
+                await conn.add_listener(channel(self.node_id), self._heard)
+                await conn.add_listener(ALL, self._heard)
+                self._listening.set()
+                if not first:
+                    log.info("cluster listener is back; re-reading what it may have missed")
+                    for callback in self._resync:
+                        callback()
+                first = False
+                await self._serve(conn)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("cluster listener lost its connection", error=str(exc))
+            finally:
+                self._listening.clear()
+                conn.terminate()
+            await asyncio.sleep(RETRY_S)
+
+    async def _serve(self, conn: asyncpg.Connection) -> None:
+        while True:
+            try:
+                payload = await asyncio.wait_for(self._inbox.get(), self._ping_s)
+            except TimeoutError:
+                await asyncio.wait_for(conn.execute("SELECT 1"), self._ping_s)
+                continue
+            if payload.startswith("#"):
+                found = await conn.fetchval(
+                    "SELECT body FROM cluster_messages WHERE id = $1", int(payload[1:])
+                )
+                if found is None:
+                    continue
+                payload = found
+            self._dispatch(payload)
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            message = wire_json.loads(payload, wire_json.STORED_MAX_DEPTH)
+            handler = self._handlers.get(message["k"])
+            if handler is not None:
+                handler(str(message["f"]), message["b"])
+        except Exception:  # one bad message must not stop the listener
+            log.exception("cluster message failed", payload=payload[:200])

@@ -1,0 +1,269 @@
+"""Any node serves any request: two real daemons on one real PostgreSQL, with
+the operator's socket on one node and the work on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from typing import Any
+
+import aiohttp
+
+from tests.http.sse import next_block, parse
+from tests.store.test_postgres_cluster import common, connect, daemons
+from tests.test_daemon import Daemon, start_daemon
+
+THIN = {
+    "agent": "coder",
+    "directive": "write it",
+    "operator": {"role": "main"},
+    "layers": ["operator_delegate"],
+    "max_attempts": 1,
+}
+
+
+async def two_nodes(pg_url: str, lease_s: float = 10, *extra: str) -> tuple[Daemon, Daemon]:
+    a = await start_daemon(*common(pg_url, lease_s), "--node-id", "node-a", *extra)
+    b = await start_daemon(*common(pg_url, lease_s), "--node-id", "node-b", *extra)
+    return a, b
+
+
+async def mint(http: aiohttp.ClientSession, node: Daemon) -> dict[str, Any]:
+    async with http.post(f"{node.base}/v1/operators", json={"roles": ["main"]}) as resp:
+        assert resp.status == 201
+        op: dict[str, Any] = await resp.json()
+        return op
+
+
+async def create(http: aiohttp.ClientSession, node: Daemon, body: dict[str, Any]) -> str:
+    async with http.post(f"{node.base}/v1/tasks", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+        task_id: str = (await resp.json())["id"]
+        return task_id
+
+
+async def frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), timeout)
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    found: dict[str, Any] = json.loads(msg.data)
+    return found
+
+
+async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
+    while (found := await frame(ws))["type"] != kind:
+        pass
+    return found
+
+
+async def until_pong(ws: aiohttp.ClientWebSocketResponse, ping_id: str) -> list[dict[str, Any]]:
+    """Every frame before the pong to our ping: what the server had sent so far."""
+    await ws.send_json({"type": "ping", "id": ping_id})
+    seen = []
+    while (found := await frame(ws))["type"] != "pong":
+        seen.append(found)
+    assert found["id"] == ping_id
+    return seen
+
+
+async def test_a_task_on_node_a_reaches_the_operator_on_node_b_and_a_long_poll_on_b_sees_its_end(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)
+        ws = await connect(http, b, op)
+        task_id = await create(http, a, THIN)
+        spawn = await next_of(ws, "spawn")
+        assert spawn["task_id"] == task_id
+        # The long-poll waits on B, which does not run the task.
+        poll = asyncio.ensure_future(http.get(f"{b.base}/v1/tasks/{task_id}?wait=60"))
+        # The worker's calls go to A (the spawn directive names the node that issued it).
+        assert a.base in spawn["directive"]
+        auth = {"Authorization": f"Bearer {spawn['capability_token']}"}
+        url = f"{a.base}/v1/worker/prompt?task_id={task_id}"
+        async with http.get(url, headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["prompt"] == "write it"
+        result = {"task_id": task_id, "value": {"done": 1}, "ok": True}
+        async with http.post(f"{a.base}/v1/worker/result", json=result, headers=auth) as resp:
+            assert resp.status == 200
+        # The operator's reply, on B, reaches the dispatch on A.
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+        resp = await asyncio.wait_for(poll, 15)  # woken by the end, not by its 60 s
+        task = await resp.json()
+        assert task["status"] == "passed" and task["result"]["value"] == {"done": 1}
+        await ws.close()
+
+
+async def test_worker_calls_and_cancels_may_hit_the_node_that_does_not_run_the_task(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        ws = await connect(http, a, op)
+        task_id = await create(http, a, THIN)
+        spawn = await next_of(ws, "spawn")
+        auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+        # Everything through B; A runs the attempt and decides.
+        async with http.get(f"{b.base}/v1/worker/prompt?task_id={task_id}", headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["prompt"] == "write it"
+        ask = {"task_id": task_id, "question": "which?", "timeout_s": 0}
+        async with http.post(f"{b.base}/v1/worker/ask", json=ask, headers=auth) as resp:
+            assert resp.status == 202
+            ask_id = (await resp.json())["ask_id"]
+        asked = await next_of(ws, "ask")
+        assert asked["question"] == "which?"
+        await ws.send_json({"type": "answer", "req_id": asked["req_id"], "value": "that"})
+        url = f"{b.base}/v1/worker/ask/{ask_id}?wait=10"
+        async with http.get(url, headers=auth) as resp:
+            assert resp.status == 200 and (await resp.json())["value"] == "that"
+        result = {"task_id": task_id, "value": "v", "ok": True}
+        async with http.post(f"{b.base}/v1/worker/result", json=result, headers=auth) as resp:
+            assert resp.status == 200
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+        async with http.get(f"{b.base}/v1/tasks/{task_id}?wait=15") as resp:
+            assert (await resp.json())["status"] == "passed"
+        # A late result through B is refused by A, where the attempt ended.
+        async with http.post(f"{b.base}/v1/worker/result", json=result, headers=auth) as resp:
+            assert resp.status in (401, 409)
+
+        # A cancel on B stops a run on A; the operator's request is withdrawn.
+        second = await create(http, a, THIN)
+        spawn = await next_of(ws, "spawn")
+        async with http.post(f"{b.base}/v1/tasks/{second}/cancel") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "cancelled"
+        cancel = await next_of(ws, "cancel")
+        assert cancel["req_id"] == spawn["req_id"]
+        await ws.close()
+
+
+async def test_an_event_stream_on_node_b_follows_a_task_that_runs_on_node_a(pg_url: str) -> None:
+    a, b = await two_nodes(pg_url)
+    async with (
+        daemons(a, b),
+        aiohttp.ClientSession() as http,
+        http.get(f"{b.base}/v1/events") as stream,
+    ):
+        assert stream.status == 200
+        task_id = await create(http, a, {"agent": "echo", "directive": 1})
+        types = []
+        while True:
+            block = await next_block(stream, 10)
+            assert block is not None
+            event = parse(block)
+            if event is None or event.data.get("task_id") != task_id:
+                continue
+            types.append(event.type)
+            if event.type == "status" and event.data.get("status") == "passed":
+                break
+        assert types[0] == "created" and "attempt_ended" in types
+
+
+async def test_a_socket_moved_from_node_b_to_node_a_replays_every_pending_request_once_in_order(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)
+        ws = await connect(http, b, op)
+        issued, tasks = [], []
+        for node in (a, b, a, b, a, b):  # interleaved: requests issued by both nodes
+            task_id = await create(http, node, THIN)
+            tasks.append(task_id)
+            spawn = await next_of(ws, "spawn")
+            assert spawn["task_id"] == task_id
+            issued.append(spawn["req_id"])
+        await ws.close()
+
+        ws = await connect(http, a, op)
+        replayed = await until_pong(ws, "after-replay")
+        assert [f["req_id"] for f in replayed] == issued  # each once, in issue order
+        assert all(f["type"] == "spawn" for f in replayed)
+        for req_id in issued:
+            await ws.send_json({"type": "spawn_ack", "req_id": req_id, "value": req_id})
+        # Every reply reached the node waiting for it: no error frames came back.
+        assert await until_pong(ws, "after-replies") == []
+        for task_id in tasks:
+            async with http.get(f"{a.base}/v1/tasks/{task_id}?wait=15") as resp:
+                assert (await resp.json())["status"] == "passed"
+        await ws.close()
+
+
+async def test_a_newer_socket_on_another_node_replaces_the_older_one(pg_url: str) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        old = await connect(http, a, op)
+        new = await connect(http, b, op)
+        msg = await asyncio.wait_for(old.receive(), 10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4000
+        # The newer one is the session's socket: a task on A reaches it on B.
+        task_id = await create(http, a, THIN)
+        spawn = await next_of(new, "spawn")
+        assert spawn["task_id"] == task_id
+        await new.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": 1})
+        async with http.get(f"{a.base}/v1/tasks/{task_id}?wait=15") as resp:
+            assert (await resp.json())["status"] == "passed"
+        await new.close()
+
+
+async def test_deleting_a_session_on_one_node_closes_its_socket_on_the_other(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        ws = await connect(http, b, op)
+        await until_pong(ws, "attached")
+        headers = {"Authorization": f"Bearer {op['token']}"}
+        async with http.delete(f"{a.base}/v1/operators/{op['sid']}", headers=headers) as resp:
+            assert resp.status == 204
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+
+
+async def test_300_tasks_across_two_nodes_all_pass_through_the_survivor_when_one_is_killed(
+    pg_url: str,
+) -> None:
+    lease_s = 2.0
+    a, b = await two_nodes(pg_url, lease_s, "--log-level", "warning")
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)
+        ws = await connect(http, b, op)
+        ids = await asyncio.gather(*(create(http, (a, b)[i % 2], THIN) for i in range(300)))
+        shown: dict[str, str] = {}
+        while len(shown) < len(ids):  # all 300 in flight: every spawn shown, none answered
+            spawn = await next_of(ws, "spawn")
+            shown[spawn["task_id"]] = spawn["req_id"]
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+
+        async def operate() -> None:
+            # Now answer them all: B's own pass; A's get an error frame (A is
+            # gone), are withdrawn, and come back from B as second attempts.
+            for req_id in shown.values():
+                await ws.send_json({"type": "spawn_ack", "req_id": req_id, "value": "ok"})
+            while True:
+                found = await frame(ws, 30)
+                if found["type"] == "spawn":
+                    reply = {"type": "spawn_ack", "req_id": found["req_id"], "value": "ok"}
+                    await ws.send_json(reply)
+
+        operator = asyncio.ensure_future(operate())
+        try:
+            # Within lease_s + a few renewal rounds, on a loaded 2-core machine.
+            async with asyncio.timeout(lease_s + 25):
+                ended = await asyncio.gather(
+                    *(http.get(f"{b.base}/v1/tasks/{t}?wait=60") for t in ids)
+                )
+                tasks = [await resp.json() for resp in ended]
+        finally:
+            operator.cancel()
+        statuses = {t["id"]: t["status"] for t in tasks}
+        assert set(statuses) == set(ids)
+        assert set(statuses.values()) == {"passed"}, statuses
+        interrupted = [t for t in tasks if len(t["attempts"]) == 2]
+        assert len(interrupted) == 150  # A's half, re-dispatched by B; B's own ran once
+        assert all(t["attempts"][0]["error"]["code"] == "interrupted" for t in interrupted)
+        await ws.close()
