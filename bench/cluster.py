@@ -30,6 +30,7 @@ says what limits the rate.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import tempfile
 import time
@@ -43,7 +44,6 @@ from bench.common import (
     E2E,
     WINDOW,
     Daemon,
-    cpu_s,
     e2e_load,
     median,
     progress,
@@ -86,16 +86,21 @@ def machine_ticks() -> tuple[int, int]:
 
 
 def postgres_cpu_s(pg: Postgres) -> float:
-    """CPU seconds of the server's postmaster and its live children (the backends)."""
+    """CPU seconds of the server: its postmaster, the children it has reaped
+    (autovacuum workers and closed backends come and go), and its live children."""
     postmaster = int((pg.root / "data" / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if postmaster in (pid, ppid):
-                total += cpu_s(pid)
-        except (OSError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, ppid = int(stat.parent.name), int(fields[1])
+        except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
