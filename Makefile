@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/operator-server.toml
 
-.PHONY: run test lint fmt bench demo screenshots clean
+.PHONY: run test lint fmt bench demo cluster screenshots clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python -m operator_server.demo
+
+# Two nodes on a throwaway PostgreSQL, in the foreground; Ctrl-C stops and removes all.
+cluster: $(BIN)/.installed
+	$(BIN)/python -m operator_server.localcluster
 
 # PNGs of the console (inbox, task page) into docs/, for the README; needs chromium.
 screenshots: $(BIN)/.installed

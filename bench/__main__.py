@@ -18,16 +18,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, e2e, history, many, overhead
+from bench import ask_rtt, cluster, e2e, history, many, overhead, takeover
 from bench.common import history_file, progress
 
 # name -> (what it measures, how to run it).
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object]]]] = {
     "ask": ("ask round trips vs raw aiohttp", lambda a: ask_rtt.run()),
+    "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
     "many": ("1,000 connected operators", lambda a: many.run()),
     "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),
+    "takeover": ("a SIGKILLed node's tasks re-dispatched, vs lease_s", lambda a: takeover.run()),
 }
 
 

@@ -404,14 +404,20 @@ class E2E:
 _roles = iter(range(1_000_000))
 
 
-async def e2e_load(url: str, tasks: int, *, seconds: float = 0, window: int = WINDOW) -> E2E:
+async def e2e_load(
+    url: str, tasks: int, *, seconds: float = 0, window: int = WINDOW, task_url: str = ""
+) -> E2E:
     """The peer's thin-path load: ``tasks`` tasks, or as many as fit in ``seconds``.
+
+    The operator connects to ``url``; tasks are created on ``task_url`` (default
+    ``url``: in a cluster, another node may take them).
 
     Each load is a fresh operator under a fresh role: a session outlives its
     socket on the daemon, and a role is held by one session at a time.
     """
     role = f"bench-{os.getpid()}-{next(_roles)}"
-    peer = await Peer.start("e2e", url, str(tasks), str(window), str(seconds), role)
+    args = [url, str(tasks), str(window), str(seconds), role] + ([task_url] if task_url else [])
+    peer = await Peer.start("e2e", *args)
     try:
         stats = await peer.line(timeout=max(600, seconds * 3))
     finally:

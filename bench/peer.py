@@ -5,10 +5,11 @@ Modes (each prints one JSON line when ready, then serves until terminated):
 * ``asks URL PATH``: one socket to URL+PATH answering every ``ask`` with its
   question — the same code answers the operator server and the raw baseline.
 * ``many URL N``: mint N sessions and connect all of them; answer asks.
-* ``e2e URL N WINDOW SECONDS ROLE``: a real operator (``OperatorClient``) under
-  ROLE whose spawns fetch the prompt and post the result with ``WorkerClient``;
+* ``e2e URL N WINDOW SECONDS ROLE [TASK_URL]``: a real operator (``OperatorClient``)
+  under ROLE whose spawns fetch the prompt and post the result with ``WorkerClient``;
   then create N tasks over HTTP with WINDOW in flight (or, when SECONDS > 0, as
-  many as finish in SECONDS), and print the elapsed time and latencies.
+  many as finish in SECONDS), and print the elapsed time and latencies.  Tasks
+  are created and awaited on TASK_URL (default URL: another node of a cluster).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ async def many(url: str, n: int) -> None:
         await asyncio.gather(*(answer_forever(ws) for ws in sockets))
 
 
-async def e2e(url: str, n: int, window: int, seconds: float, role: str) -> None:
+async def e2e(url: str, n: int, window: int, seconds: float, role: str, task_url: str) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def on_spawn(frame: dict[str, Any]) -> Any:
@@ -88,7 +89,7 @@ async def e2e(url: str, n: int, window: int, seconds: float, role: str) -> None:
             url, roles=[role], on_spawn=on_spawn, on_hook_before=approve, session=http
         )
         await op.start()
-        tasks = TaskClient(url, session=http)
+        tasks = TaskClient(task_url or url, session=http)
         latencies: list[float] = []
         counter = iter(range(n))
         deadline = time.perf_counter() + seconds if seconds > 0 else float("inf")
@@ -124,7 +125,8 @@ def main() -> None:
     elif mode == "many":
         asyncio.run(many(args[0], int(args[1])))
     elif mode == "e2e":
-        asyncio.run(e2e(args[0], int(args[1]), int(args[2]), float(args[3]), args[4]))
+        task_url = args[5] if len(args) > 5 else ""
+        asyncio.run(e2e(args[0], int(args[1]), int(args[2]), float(args[3]), args[4], task_url))
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -1,0 +1,295 @@
+"""Cluster mode: end-to-end tasks/s with one node vs two on PostgreSQL, and
+PostgreSQL vs SQLite on one node, under the same load.
+
+The load is bench/e2e.py's thin path (POST /v1/tasks -> hook_before -> spawn
+-> worker prompt -> worker result -> spawn_ack -> hook_after -> passed), 64 in
+flight, from two peer processes of 32 each, so that the load generator is the
+same in every configuration:
+
+* SQLite, 1 node: both peers on one daemon with a SQLite file (the default).
+* PostgreSQL, 1 node: both peers on one daemon on PostgreSQL.
+* PostgreSQL, 2 nodes: one peer per node, each with its own role.
+* PostgreSQL fsync=off, 1 node: the same server with commits that do not wait
+  for the disk, to show what the commit latency costs.
+
+Where tasks are created: until tasks can reach an operator on another node,
+each peer creates its tasks on the node holding its operator (a load balancer
+that partitions by role).  ``TASKS_ON_ANY_NODE = True`` creates them on the
+other node instead, which is what a round-robin load balancer does.
+
+All daemons are real processes at the shipped defaults (bench/common.py), all
+on one throwaway PostgreSQL (operator_server/localcluster.py), with PostgreSQL's
+own durable defaults (fsync on, synchronous_commit on) unless said otherwise, as
+SQLite runs with synchronous=FULL.  Besides the rate, each row reports the
+daemons' CPU per task, the store commits per task (group commit: one
+transaction per batch per node) and the whole machine's CPU use during the
+load — on 2 cores shared by daemons, PostgreSQL and peers, that last column
+says what limits the rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from bench.common import (
+    E2E,
+    WINDOW,
+    Daemon,
+    e2e_load,
+    median,
+    progress,
+    record,
+    table,
+)
+from operator_server.localcluster import Postgres, throwaway_postgres
+
+# False: tasks are created on the node holding their operator (partitioned by
+# role).  True: on the other node (needs cross-node routing).
+TASKS_ON_ANY_NODE = False
+PEERS = 2
+TOTAL = 2000
+WARMUP = 200
+ROUNDS = 3
+COMMIT_SAMPLES = 200
+
+
+@dataclass
+class Load:
+    tasks: int
+    seconds: float
+    p50_ms: float
+    daemon_cpu_ms: float  # per task, all nodes together
+    postgres_cpu_ms: float  # per task (0 for SQLite: it runs in the daemon)
+    commits: float  # store transactions per task, all nodes together
+    commit_ms: float  # mean store transaction, begin to commit
+    machine_busy: float  # fraction of all CPUs busy during the load
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def postgres_cpu_s(pg: Postgres) -> float:
+    """CPU seconds of the server: its postmaster, the children it has reaped
+    (autovacuum workers and closed backends come and go), and its live children."""
+    postmaster = int((pg.root / "data" / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid, ppid = int(stat.parent.name), int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15]) / tick  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def commit_stats(http: aiohttp.ClientSession, node: Daemon) -> tuple[float, float]:
+    """(count, sum of seconds) of the daemon's store commits, from /metrics."""
+    async with http.get(f"{node.url}/metrics") as resp:
+        text = await resp.text()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("operator_server_store_commit_seconds_"):
+            name, value = line.rsplit(" ", 1)
+            values[name.rsplit("_", 1)[1]] = float(value)
+    return values.get("count", 0.0), values.get("sum", 0.0)
+
+
+async def load(nodes: list[Daemon], total: int, pg: Postgres | None) -> Load:
+    """``total`` tasks from PEERS peers: peer i's operator on node i mod n."""
+    async with aiohttp.ClientSession() as http:
+        before = [await commit_stats(http, n) for n in nodes]
+        cpu_before = sum(n.cpu_s() for n in nodes)
+        pg_before = postgres_cpu_s(pg) if pg else 0.0
+        busy0, all0 = machine_ticks()
+        runs: list[E2E] = await asyncio.gather(
+            *(
+                e2e_load(
+                    nodes[i % len(nodes)].url,
+                    total // PEERS,
+                    window=WINDOW // PEERS,
+                    task_url=nodes[(i + TASKS_ON_ANY_NODE) % len(nodes)].url,
+                )
+                for i in range(PEERS)
+            )
+        )
+        busy1, all1 = machine_ticks()
+        cpu = sum(n.cpu_s() for n in nodes) - cpu_before
+        pg_cpu = postgres_cpu_s(pg) - pg_before if pg else 0.0
+        after = [await commit_stats(http, n) for n in nodes]
+    tasks = sum(r.tasks for r in runs)
+    commits = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    commit_s = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    return Load(
+        tasks,
+        max(r.seconds for r in runs),
+        median([r.p50_ms for r in runs]),
+        cpu * 1000 / tasks,
+        pg_cpu * 1000 / tasks,
+        commits / tasks,
+        commit_s * 1000 / max(commits, 1),
+        (busy1 - busy0) / max(all1 - all0, 1),
+    )
+
+
+async def database(pg: Postgres, name: str) -> str:
+    conn = await asyncpg.connect(pg.url())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg.url(name)
+
+
+async def postgres_commit_ms(url: str) -> float:
+    """Median of single-row INSERT transactions, one at a time: the commit latency."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE commit_probe (id serial PRIMARY KEY, v text)")
+        times = []
+        for _ in range(COMMIT_SAMPLES):
+            t0 = time.perf_counter()
+            await conn.execute("INSERT INTO commit_probe (v) VALUES ('x')")
+            times.append(time.perf_counter() - t0)
+        return median(times) * 1000
+    finally:
+        await conn.close()
+
+
+def sqlite_commit_ms(path: str) -> float:
+    """The same probe on SQLite as the daemon runs it (WAL, synchronous=FULL)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("CREATE TABLE commit_probe (id INTEGER PRIMARY KEY, v TEXT)")
+        times = []
+        for _ in range(COMMIT_SAMPLES):
+            t0 = time.perf_counter()
+            conn.execute("INSERT INTO commit_probe (v) VALUES ('x')")
+            times.append(time.perf_counter() - t0)
+        return median(times) * 1000
+    finally:
+        conn.close()
+
+
+def pg_node(url: str, tmp: str, node_id: str, **extra: str) -> Daemon:
+    workdir = Path(tmp) / node_id
+    workdir.mkdir()
+    settings = {"store_url": url, "node_id": node_id, **extra}
+    return Daemon(str(workdir / "unused.sqlite"), str(workdir), settings=settings)
+
+
+async def run() -> dict[str, float]:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
+        throwaway_postgres(durable=True) as pg,
+        throwaway_postgres() as fast_pg,
+    ):
+        commit_ms = {
+            "SQLite": sqlite_commit_ms(f"{tmp}/probe.sqlite"),
+            "PostgreSQL": await postgres_commit_ms(await database(pg, "probe")),
+            "PostgreSQL fsync=off": await postgres_commit_ms(await database(fast_pg, "probe")),
+        }
+        (Path(tmp) / "sqlite").mkdir()
+        servers: dict[str, Postgres | None] = {
+            "SQLite, 1 node": None,
+            "PostgreSQL, 1 node": pg,
+            "PostgreSQL, 2 nodes": pg,
+            "PostgreSQL fsync=off, 1 node": fast_pg,
+        }
+        configs: dict[str, list[Daemon]] = {
+            "SQLite, 1 node": [Daemon(f"{tmp}/sqlite/bench.sqlite", f"{tmp}/sqlite")],
+            "PostgreSQL, 1 node": [pg_node(await database(pg, "one"), tmp, "one-a")],
+            "PostgreSQL, 2 nodes": [
+                pg_node(await database(pg, "two"), tmp, "two-a"),
+                pg_node(pg.url("two"), tmp, "two-b"),
+            ],
+            "PostgreSQL fsync=off, 1 node": [
+                pg_node(await database(fast_pg, "fast"), tmp, "fast-a")
+            ],
+        }
+        results: dict[str, list[Load]] = {name: [] for name in configs}
+        started: list[Daemon] = []
+        try:
+            for nodes in configs.values():
+                for node in nodes:
+                    await node.start()
+                    started.append(node)
+            progress(f"cluster: warm-up, {WARMUP} tasks each")
+            for name, nodes in configs.items():
+                await load(nodes, WARMUP, servers[name])
+            for r in range(ROUNDS):
+                progress(f"cluster round {r + 1}/{ROUNDS}: {TOTAL} tasks, {WINDOW} in flight")
+                for name, nodes in configs.items():
+                    results[name].append(await load(nodes, TOTAL, servers[name]))
+        finally:
+            for node in started:
+                await node.stop()
+
+    rates = {name: median([x.rate for x in runs]) for name, runs in results.items()}
+    rows = [
+        [
+            name,
+            f"{rates[name]:,.0f}",
+            f"{median([x.p50_ms for x in runs]):.1f}",
+            f"{median([x.daemon_cpu_ms for x in runs]):.2f}",
+            f"{median([x.postgres_cpu_ms for x in runs]):.2f}",
+            f"{median([x.commits for x in runs]):.2f}",
+            f"{median([x.commit_ms for x in runs]):.2f}",
+            f"{median([x.machine_busy for x in runs]):.0%}",
+        ]
+        for name, runs in results.items()
+    ]
+    where = "the other node" if TASKS_ON_ANY_NODE else "the node holding their operator"
+    record(
+        f"cluster: tasks/s by store and nodes (median of {ROUNDS} interleaved rounds, "
+        f"{TOTAL} tasks, {WINDOW} in flight from {PEERS} peers)",
+        table(
+            [
+                "configuration",
+                "tasks/s",
+                "p50 ms",
+                "daemon CPU ms/task",
+                "PostgreSQL CPU ms/task",
+                "commits/task",
+                "ms/commit",
+                "machine CPU busy",
+            ],
+            rows,
+        )
+        + f"\n\ntasks created on {where}"
+        + "\n\n2 nodes / 1 node on PostgreSQL: "
+        + f"**{rates['PostgreSQL, 2 nodes'] / rates['PostgreSQL, 1 node']:.2f}**"
+        + "\n\nPostgreSQL / SQLite, 1 node: "
+        + f"**{rates['PostgreSQL, 1 node'] / rates['SQLite, 1 node']:.2f}**"
+        + "\n\nsingle-row commit latency, one at a time (median of "
+        + f"{COMMIT_SAMPLES}): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in commit_ms.items()),
+    )
+    return rates
+
+
+if __name__ == "__main__":
+    asyncio.run(run())
