@@ -144,6 +144,7 @@ INSERT_EVENTS = "INSERT INTO task_event_rows (last_id, first_id, task_id, data) 
 # most tasks end within it, and their events cost one row, not one each.  The
 # live streams see such an event this much later, at most.
 LINGER_S = 0.1
+LINGER_SLACK_S = 0.02
 
 Work = Callable[[sqlite3.Connection], Any]
 
@@ -492,7 +493,10 @@ class SQLiteStore(Store):
                 )
             )
         if due and self._loop is not None:
-            self._linger_timer = self._loop.call_at(due[0][0], self._on_linger_timer)
+            # A little after the earliest is due, so one wake-up takes several.
+            self._linger_timer = self._loop.call_at(
+                due[0][0] + LINGER_SLACK_S, self._on_linger_timer
+            )
 
     def _on_linger_timer(self) -> None:
         assert self._loop is not None
