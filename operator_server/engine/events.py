@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 from operator_server.engine.tasks import Task, TaskStatus, iso
 from operator_server.store import Events, TaskEvent
-from operator_server.wire import json
 
 
 class EventType:
@@ -37,8 +36,10 @@ class EventType:
 
 
 class EventLog:
-    """Hands out event ids: one sequence for all tasks, continued from the store
-    at start-up (``resume_after``), assigned in the order writes are queued."""
+    """Builds events.  Their ids come from the store, which numbers each as it
+    queues the write it rides with (one sequence for all tasks, continued
+    from what is stored), so ids increase in commit order; ``last_id`` is what
+    the store had at start-up."""
 
     def __init__(self) -> None:
         self.last_id = 0
@@ -55,8 +56,8 @@ class EventLog:
         **extra: Any,
     ) -> TaskEvent:
         """An event of ``task``; ``status`` is the task's status once the event
-        applies (default: as it is now)."""
-        self.last_id += 1
+        applies (default: as it is now).  Not encoded here: the store encodes a
+        write's events together on its own thread, a stream only when one reads."""
         data = {
             "task_id": task.id,
             "type": type,
@@ -66,10 +67,7 @@ class EventLog:
         }
         if extra:
             data.update(extra)
-        event = TaskEvent(self.last_id, task.id, type, data)
-        # Encoded now, while the dict is hot: the store's row and every stream use it.
-        event.__dict__["text"] = json.dumps_bytes(data).decode()
-        return event
+        return TaskEvent(0, task.id, type, data)
 
 
 def is_terminal(event: TaskEvent) -> bool:

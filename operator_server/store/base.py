@@ -100,10 +100,14 @@ class StoredTask:
     row: Row
 
 
-@dataclass(frozen=True)
+@dataclass
 class TaskEvent:
     """One event of a task's stream.  ``data`` is the JSON object sent as the
-    SSE ``data:`` line; it holds at least ``task_id``, ``type`` and ``at``."""
+    SSE ``data:`` line; it holds at least ``task_id``, ``type`` and ``at``.
+
+    ``id`` is given by the store as it queues the event's write (the engine
+    builds events with 0): ids then increase in commit order, whichever write
+    an event rides with.  Nothing else changes an event once built."""
 
     id: int
     task_id: str
@@ -123,6 +127,28 @@ class TaskEvent:
         event = cls(int(event_id), str(task_id), str(data.get("type", "")), data)
         event.__dict__["text"] = text  # already encoded
         return event
+
+
+def decode_event_batch_rows(rows: Iterable[Sequence[Any]]) -> list[TaskEvent]:
+    """Stored event rows ``(first_id, task_id, data)``, each holding a JSON
+    array of consecutive events of one task (ids ``first_id``, ``first_id + 1``,
+    ...), as events; a bad row is logged and skipped."""
+    out: list[TaskEvent] = []
+    for first_id, owner, data in rows:
+        try:
+            batch = json.loads(data, json.STORED_MAX_DEPTH)
+            if not isinstance(batch, list) or not all(isinstance(d, dict) for d in batch):
+                raise ValueError("not a JSON array of objects")
+            task_id = str(owner)
+            out.extend(
+                TaskEvent(int(first_id) + i, task_id, str(d.get("type", "")), d)
+                for i, d in enumerate(batch)
+            )
+        except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+            log.warning(
+                "skipping stored events that cannot be decoded", first_id=first_id, error=str(exc)
+            )
+    return out
 
 
 @dataclass(frozen=True)

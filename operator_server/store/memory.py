@@ -33,6 +33,7 @@ class MemoryStore(Store):
         self._id_at: dict[int, str] = {}
         self._last_seq = 0
         self.events: list[TaskEvent] = []  # ascending id
+        self._last_event_id = 0
         self.deliveries: dict[str, float] = {}
 
     def claim(self) -> None:
@@ -75,11 +76,17 @@ class MemoryStore(Store):
         self._events_committed(events)
 
     def put_events_soon(self, events: Events) -> None:
-        self.events.extend(events)
+        self._add_events(events)
         self._events_committed(events)
 
+    def _add_events(self, events: Events) -> None:
+        for event in events:  # numbered as stored, like every store
+            self._last_event_id += 1
+            event.id = self._last_event_id
+        self.events.extend(events)
+
     async def last_event_id(self) -> int:
-        return self.events[-1].id if self.events else 0
+        return self._last_event_id
 
     async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
         start = bisect.bisect_right([e.id for e in self.events], after_id)
@@ -106,7 +113,7 @@ class MemoryStore(Store):
             self.deliveries[task_id] = due_at
 
     def _put(self, record: dict[str, Any], events: Events) -> None:
-        self.events.extend(events)
+        self._add_events(events)
         task_id = record["id"]
         if task_id not in self._seq_of:
             self._last_seq += 1

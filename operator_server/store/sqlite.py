@@ -34,7 +34,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ from operator_server.store.base import (
     StoreError,
     StoreLocked,
     TaskEvent,
-    decode_event_rows,
+    decode_event_batch_rows,
     decode_session_rows,
     decode_task_row,
 )
@@ -116,13 +116,35 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_deliveries_by_due ON webhook_deliveries (due_at);
     """,
+    # v4: events stored a write's worth per row: one row holds a JSON array of
+    # consecutive events of one task (ids first_id..last_id), so a task's ~11
+    # events are a few rows and index entries, not eleven.  Ranges never
+    # overlap, so rows in last_id order are events in id order.
+    """
+    CREATE TABLE task_event_rows (
+        last_id  INTEGER PRIMARY KEY,
+        first_id INTEGER NOT NULL,
+        task_id  TEXT NOT NULL,
+        data     TEXT NOT NULL
+    );
+    INSERT INTO task_event_rows (last_id, first_id, task_id, data)
+        SELECT id, id, task_id, '[' || data || ']' FROM task_events ORDER BY id;
+    DROP TABLE task_events;
+    CREATE INDEX task_event_rows_by_task ON task_event_rows (task_id, last_id);
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
     "ON CONFLICT (id) DO UPDATE SET "
     "status = excluded.status, updated_at = excluded.updated_at, data = excluded.data"
 )
-INSERT_EVENT = "INSERT INTO task_events (id, task_id, data) VALUES (?,?,?)"
+INSERT_EVENTS = "INSERT INTO task_event_rows (last_id, first_id, task_id, data) VALUES (?,?,?,?)"
+# How long an event that comes with no task write (an operator request or
+# reply, an output) may wait for its task's next write to ride with: under load
+# most tasks end within it, and their events cost one row, not one each.  The
+# live streams see such an event this much later, at most.
+LINGER_S = 0.1
+LINGER_SLACK_S = 0.02
 
 Work = Callable[[sqlite3.Connection], Any]
 
@@ -133,8 +155,6 @@ class _Op:
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
     events: Events = ()  # handed to the event observer once committed
-    # An event-only write still being filled: later events join it.
-    event_rows: list[tuple[int, str, str]] | None = None
 
 
 class SQLiteStore(Store):
@@ -147,6 +167,13 @@ class SQLiteStore(Store):
         self._commit_observer: Callable[[float], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
+        # Events numbered as their write is queued (so ids increase in commit
+        # order), from the highest stored at open.
+        self._event_id = 0
+        # Events with no task write yet, by task, and when each task's must go.
+        self._lingering: dict[str, list[TaskEvent]] = {}
+        self._linger_due: deque[tuple[float, str]] = deque()
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -191,6 +218,7 @@ class SQLiteStore(Store):
         self._thread = threading.Thread(target=self._work, name="store-sqlite", daemon=True)
         self._thread.start()
         await self._call(_migrate, "migrate")
+        self._event_id = await self._call(_max_event_id, "last event id")
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +234,7 @@ class SQLiteStore(Store):
     async def close(self) -> None:
         """Write everything queued, stop the thread, then let go of the file."""
         if self._thread is not None:
+            self._release_lingering(None)
             self._hand_over()
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
@@ -214,6 +243,7 @@ class SQLiteStore(Store):
 
     async def flush(self) -> None:
         # The queue is in order: once this no-op is answered, all before it is committed.
+        self._release_lingering(None)
         await self._call(lambda c: None, "flush")
 
     def observe_commits(self, observer: Callable[[float], None]) -> None:
@@ -370,9 +400,8 @@ class SQLiteStore(Store):
         )
         return decode_session_rows(rows)
 
-    @staticmethod
     def _task_write(
-        record: dict[str, Any], events: Events, deliver_at: float | None = None
+        self, record: dict[str, Any], events: Events, deliver_at: float | None = None
     ) -> tuple[Work, str, Events]:
         """The write for ``record`` and its events, snapshotted now, on the caller's thread."""
         row = (
@@ -382,13 +411,17 @@ class SQLiteStore(Store):
             record["updated_at"],
             wire_json.dumps_bytes(record).decode(),
         )
-        event_rows = [(e.id, e.task_id, e.text) for e in events]
+        waiting = self._lingering.pop(record["id"], None)
+        if waiting:
+            # The task's own earlier events go first, in the same row.
+            events = [*waiting, *events]
+        event_rows = self._number(events)
 
         def work(c: sqlite3.Connection) -> None:
             # An upsert, not INSERT OR REPLACE: the row keeps its seq.
             c.execute(UPSERT_TASK, row)
             if event_rows:
-                c.executemany(INSERT_EVENT, event_rows)
+                c.executemany(INSERT_EVENTS, [_event_row(*r) for r in event_rows])
             if deliver_at is not None:
                 c.execute(
                     "INSERT OR REPLACE INTO webhook_deliveries VALUES (?,?)", (row[0], deliver_at)
@@ -404,46 +437,94 @@ class SQLiteStore(Store):
     def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
         self._soon(*self._task_write(record, events))
 
+    def _number(self, events: Events) -> list[tuple[int, str, Events]]:
+        """Give ``events`` the next ids; the rows they make, one per run of one
+        task's events (a write's events are normally all its task's: one row)."""
+        rows: list[tuple[int, str, Events]] = []
+        start = 0
+        for i, event in enumerate(events):
+            self._event_id += 1
+            event.id = self._event_id
+            if event.task_id != events[start].task_id:
+                rows.append((events[start].id, events[start].task_id, events[start:i]))
+                start = i
+        if events:
+            rows.append((events[start].id, events[start].task_id, events[start:]))
+        return rows
+
     def put_events_soon(self, events: Events) -> None:
-        rows = [(e.id, e.task_id, e.text) for e in events]
-        last = self._outbox[-1] if self._outbox else None
-        if last is not None and last.event_rows is not None and isinstance(last.events, list):
-            # Right after another event-only write, still in the outbox: join it
-            # (same order, one statement, one operation).
-            last.event_rows.extend(rows)
-            last.events.extend(events)
-            return
+        """Held for up to ``LINGER_S`` to ride with the task's next write; then
+        written on their own, one row per task (``_release_lingering``)."""
         if self._thread is None:
             log.error("store write after close dropped", what="save events")
             return
-        self._enqueue(
-            _Op(
-                lambda c: c.executemany(INSERT_EVENT, rows),
-                None,
-                "save events",
-                list(events),
-                event_rows=rows,
+        assert self._loop is not None
+        for event in events:
+            waiting = self._lingering.get(event.task_id)
+            if waiting is None:
+                self._lingering[event.task_id] = [event]
+                self._linger_due.append((self._loop.time() + LINGER_S, event.task_id))
+                if self._linger_timer is None:
+                    self._linger_timer = self._loop.call_at(
+                        self._linger_due[0][0], self._on_linger_timer
+                    )
+            else:
+                waiting.append(event)
+
+    def _release_lingering(self, now: float | None) -> None:
+        """Queue every lingering event due by ``now`` (all of them: ``None``)."""
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        due = self._linger_due
+        rows = []
+        while due and (now is None or due[0][0] <= now):
+            _, task_id = due.popleft()
+            waiting = self._lingering.pop(task_id, None)
+            if waiting:  # else a task write took them meanwhile
+                rows.extend(self._number(waiting))
+        if rows:
+            self._enqueue(
+                _Op(
+                    lambda c: c.executemany(INSERT_EVENTS, [_event_row(*r) for r in rows]),
+                    None,
+                    "save events",
+                    [e for _, _, events in rows for e in events],
+                )
             )
-        )
+        if due and self._loop is not None:
+            # A little after the earliest is due, so one wake-up takes several.
+            self._linger_timer = self._loop.call_at(
+                due[0][0] + LINGER_SLACK_S, self._on_linger_timer
+            )
+
+    def _on_linger_timer(self) -> None:
+        assert self._loop is not None
+        self._linger_timer = None
+        self._release_lingering(self._loop.time())
 
     async def last_event_id(self) -> int:
-        found = await self._call(
-            lambda c: c.execute("SELECT MAX(id) FROM task_events").fetchone(), "last event id"
-        )
-        return int(found[0] or 0)
+        self._release_lingering(None)
+        await self._call(lambda c: None, "last event id")
+        return self._event_id
 
     async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        # Every row holding an event after ``after_id`` has last_id > after_id,
+        # and each row holds at least one event: ``limit`` rows are enough.
         if task_id is None:
-            sql = "SELECT id, task_id, data FROM task_events WHERE id > ? ORDER BY id LIMIT ?"
+            sql = (
+                "SELECT first_id, task_id, data FROM task_event_rows WHERE last_id > ? "
+                "ORDER BY last_id LIMIT ?"
+            )
             args: tuple[Any, ...] = (after_id, limit)
         else:
             sql = (
-                "SELECT id, task_id, data FROM task_events WHERE task_id = ? AND id > ? "
-                "ORDER BY id LIMIT ?"
+                "SELECT first_id, task_id, data FROM task_event_rows "
+                "WHERE task_id = ? AND last_id > ? ORDER BY last_id LIMIT ?"
             )
             args = (task_id, after_id, limit)
         rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "load events")
-        return decode_event_rows(rows)
+        return [e for e in decode_event_batch_rows(rows) if e.id > after_id][:limit]
 
     async def next_deliveries(self, limit: int) -> list[Delivery]:
         rows = await self._call(
@@ -534,7 +615,7 @@ class SQLiteStore(Store):
             ).fetchall()
             c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in victims])
             ids = [(task_id,) for _, _, task_id in victims]
-            c.executemany("DELETE FROM task_events WHERE task_id = ?", ids)
+            c.executemany("DELETE FROM task_event_rows WHERE task_id = ?", ids)
             c.executemany("DELETE FROM webhook_deliveries WHERE task_id = ?", ids)
             return dict(Counter(status for _, status, _ in victims))
 
@@ -556,6 +637,18 @@ def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+def _event_row(first_id: int, task_id: str, events: Events) -> tuple[int, int, str, str]:
+    """The stored row of consecutive events of one task: encoded here, on the
+    store's thread, as one JSON array (one encode, not one per event)."""
+    data = wire_json.dumps_bytes([e.data for e in events]).decode()
+    return first_id + len(events) - 1, first_id, task_id, data
+
+
+def _max_event_id(conn: sqlite3.Connection) -> int:
+    found = conn.execute("SELECT MAX(last_id) FROM task_event_rows").fetchone()
+    return int(found[0] or 0)
 
 
 def _migrate(conn: sqlite3.Connection) -> int:

@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from operator_server.store import SQLiteStore
+from operator_server.store import SQLiteStore, TaskEvent
 from operator_server.store.sqlite import MIGRATIONS
 
 
@@ -34,3 +34,48 @@ async def test_a_version_1_database_keeps_its_tasks_in_creation_order(tmp_path: 
         await store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
     assert version == len(MIGRATIONS)
+
+
+async def test_a_version_3_database_keeps_its_events_in_order_and_ids_continue(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v3.sqlite"
+    conn = sqlite3.connect(db)
+    for step in MIGRATIONS[:3]:
+        conn.executescript(step)
+    rec = {"id": "t-1", "status": "running", "created_at": 1.0, "updated_at": 1.0}
+    conn.execute(
+        "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?)",
+        ("t-1", "running", 1.0, 1.0, json.dumps(rec)),
+    )
+    for event_id, task_id, type in (
+        (1, "t-1", "created"),
+        (2, "t-2", "created"),
+        (3, "t-1", "status"),
+    ):
+        data = {"task_id": task_id, "type": type, "at": "2026-11-27T12:00:00.000Z"}
+        conn.execute(
+            "INSERT INTO task_events VALUES (?,?,?)",
+            (event_id, task_id, json.dumps(data, separators=(",", ":"))),
+        )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        every = await store.load_events(0, None, 10)
+        assert [(e.id, e.task_id, e.type) for e in every] == [
+            (1, "t-1", "created"),
+            (2, "t-2", "created"),
+            (3, "t-1", "status"),
+        ]
+        assert every[0].text == '{"task_id":"t-1","type":"created","at":"2026-11-27T12:00:00.000Z"}'
+        assert [e.id for e in await store.load_events(1, "t-1", 10)] == [3]
+        assert await store.last_event_id() == 3
+        new = TaskEvent(0, "t-1", "status", {"task_id": "t-1", "type": "status", "at": "x"})
+        await store.put_task(rec, [new])
+        assert [e.id for e in await store.load_events(2, None, 10)] == [3, 4]
+    finally:
+        await store.close()
