@@ -373,6 +373,14 @@ class SettingsSchema(Schema):
                 "(anyone on the network could drive the task API)",
                 "api_token",
             )
+        store = data.get("store")
+        if store is not None and store.url and not data.get("secret"):
+            # A random secret per process: a worker credential minted on one node
+            # would not verify on another, behind a load balancer.
+            raise ValidationError(
+                "required with store.url (cluster mode): the same value on every node",
+                "secret",
+            )
         template = data.get("directive_template")
         if template and not Path(template).is_file():
             raise ValidationError(f"file not found: {template}", "directive_template")

@@ -104,11 +104,20 @@ def test_the_daemon_process_exits_2_on_a_bad_key(tmp_path: Path) -> None:
 
 
 def test_store_url_takes_postgresql_and_a_bad_one_is_named_without_its_password() -> None:
-    env = {"OPERATOR_SERVER_STORE_URL": "postgresql://u:pw@db:5432/ops"}
+    env = {
+        "OPERATOR_SERVER_STORE_URL": "postgresql://u:pw@db:5432/ops",
+        "OPERATOR_SERVER_SECRET": "s",
+    }
     assert load_settings(env=env).store.url == "postgresql://u:pw@db:5432/ops"
     with pytest.raises(ConfigError, match=r"store\.url") as caught:
         load_settings(env={"OPERATOR_SERVER_STORE_URL": "mysql://u:hunter2@db/ops"})
     assert "hunter2" not in str(caught.value)
+
+
+def test_cluster_mode_needs_a_secret_every_node_shares() -> None:
+    # A random one per process would refuse every other node's worker credentials.
+    with pytest.raises(ConfigError, match="secret: required with store.url"):
+        load_settings(env={"OPERATOR_SERVER_STORE_URL": "postgresql://u:pw@db:5432/ops"})
 
 
 def test_node_id_defaults_to_hostname_pid_and_takes_only_safe_characters() -> None:

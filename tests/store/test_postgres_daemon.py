@@ -60,7 +60,8 @@ async def test_a_daemon_on_postgresql_serves_tasks_and_a_restart_keeps_sessions_
 def test_an_unreachable_database_stops_start_up_with_one_line_and_no_password() -> None:
     url = "postgresql://ops:hunter2@127.0.0.1:1/ops"  # nothing listens on port 1
     done = subprocess.run(
-        [sys.executable, "-m", "operator_server", "serve", "--port", "0", "--store-url", url],
+        [sys.executable, "-m", "operator_server", "serve", "--port", "0", "--store-url", url]
+        + ["--secret", "s"],
         capture_output=True,
         text=True,
         timeout=60,
