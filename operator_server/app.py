@@ -200,6 +200,7 @@ async def keep_leases_once(app: web.Application) -> None:
     if dead:
         log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
     await take_over_lapsed(engine, store)
+    await engine.recount()
 
 
 async def _keep_leases_forever(app: web.Application) -> None:

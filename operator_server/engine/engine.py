@@ -382,6 +382,11 @@ class Engine:
 
     # -- restart and retention -------------------------------------------
 
+    async def recount(self) -> None:
+        """Cluster mode: take the whole cluster's counts from the store (every
+        lease round), where each node's changes are counted as they commit."""
+        self.counts = StatusCounts(await self.store.count_tasks())
+
     async def load_counts(self) -> None:
         """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())

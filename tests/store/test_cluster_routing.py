@@ -267,3 +267,21 @@ async def test_300_tasks_across_two_nodes_all_pass_through_the_survivor_when_one
         assert len(interrupted) == 150  # A's half, re-dispatched by B; B's own ran once
         assert all(t["attempts"][0]["error"]["code"] == "interrupted" for t in interrupted)
         await ws.close()
+
+
+async def test_healthz_on_every_node_counts_the_whole_clusters_tasks(pg_url: str) -> None:
+    a, b = await two_nodes(pg_url, 1.0)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        ids = [await create(http, a, {"agent": "echo", "directive": i}) for i in range(3)]
+        for task_id in ids:
+            async with http.get(f"{a.base}/v1/tasks/{task_id}?wait=15") as resp:
+                assert (await resp.json())["status"] == "passed"
+        for node in (a, b):  # counted as they commit; read every lease_s / 3
+            for _ in range(100):
+                async with http.get(f"{node.base}/v1/healthz") as resp:
+                    health = await resp.json()
+                if health["tasks"].get("passed") == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert health["tasks"]["passed"] == 3, health
+            assert health["node_id"] == ("node-a" if node is a else "node-b")

@@ -138,7 +138,8 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
-        "pending_requests, cluster_nodes, cluster_messages; "
+        "pending_requests, cluster_nodes, cluster_messages, task_counts; "
+        "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
         "UPDATE operator_server_schema SET version = 1"
