@@ -59,9 +59,9 @@ async def test_a_daemon_on_postgresql_serves_tasks_and_a_restart_keeps_sessions_
 
 def test_an_unreachable_database_stops_start_up_with_one_line_and_no_password() -> None:
     url = "postgresql://ops:hunter2@127.0.0.1:1/ops"  # nothing listens on port 1
+    argv = ["serve", "--port", "0", "--store-url", url, "--secret", "s"]
     done = subprocess.run(
-        [sys.executable, "-m", "operator_server", "serve", "--port", "0", "--store-url", url]
-        + ["--secret", "s"],
+        [sys.executable, "-m", "operator_server", *argv],
         capture_output=True,
         text=True,
         timeout=60,
