@@ -116,7 +116,7 @@ def test_store_url_takes_postgresql_and_a_bad_one_is_named_without_its_password(
 
 def test_cluster_mode_needs_a_secret_every_node_shares() -> None:
     # A random one per process would refuse every other node's worker credentials.
-    with pytest.raises(ConfigError, match="secret: required with store.url"):
+    with pytest.raises(ConfigError, match=r"secret: required with store\.url"):
         load_settings(env={"OPERATOR_SERVER_STORE_URL": "postgresql://u:pw@db:5432/ops"})
 
 
