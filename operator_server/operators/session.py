@@ -427,14 +427,9 @@ class WSOperatorSession:
         except ProtocolError as exc:
             self._refuse(exc)
             return
-        except NodeUnreachable as exc:
-            self._refuse(
-                ProtocolError(
-                    Code.NODE_UNREACHABLE,
-                    f"{exc.message}; {req_id} is still pending, answer it again",
-                    req_id,
-                )
-            )
+        except (NodeUnreachable, AttemptFailed) as exc:  # the issuer did not take it
+            code = Code.NODE_UNREACHABLE if isinstance(exc, NodeUnreachable) else Code.INTERNAL
+            self._refuse(ProtocolError(code, f"{exc.message}; {req_id} was not answered", req_id))
             return
         self.routed.pop(req_id, None)
         self._sent.discard(req_id)

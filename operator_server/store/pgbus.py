@@ -99,22 +99,26 @@ class PgBus:
     # -- sending ------------------------------------------------------------
 
     async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
-        """Notify ``node`` (None: every node, this one too).  Raises the
-        connection's errors; a node not listening just does not get it."""
+        """Notify ``node`` (None: every node, this one too).  Raises
+        ``OSError`` when it cannot; a node not listening just does not get it."""
         if self._pool is None:
             raise asyncpg.InterfaceError("the cluster bus is not started")
         text = encode(kind, self.node_id, body)
         name = ALL if node is None else channel(node)
-        async with self._pool.acquire() as conn:
-            if len(text) <= INLINE_MAX:
-                await conn.execute("SELECT pg_notify($1, $2)", name, text)
-            else:
-                await conn.execute(
-                    "WITH m AS (INSERT INTO cluster_messages (body) VALUES ($2) RETURNING id) "
-                    "SELECT pg_notify($1, '#' || id) FROM m",
-                    name,
-                    text,
-                )
+        try:
+            async with self._pool.acquire() as conn:
+                if len(text) <= INLINE_MAX:
+                    await conn.execute("SELECT pg_notify($1, $2)", name, text)
+                else:
+                    await conn.execute(
+                        "WITH m AS (INSERT INTO cluster_messages (body) VALUES ($2) "
+                        "RETURNING id) SELECT pg_notify($1, '#' || id) FROM m",
+                        name,
+                        text,
+                    )
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # One kind of failure for callers above the store: could not send.
+            raise ConnectionError(f"cannot notify: {exc}") from exc
 
     # -- receiving ----------------------------------------------------------
 
