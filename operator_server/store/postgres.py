@@ -171,7 +171,7 @@ MIGRATIONS: list[str] = [
     # v6: tasks by status, kept by triggers as rows change, so every node's
     # healthz counts the whole cluster's tasks without a scan that grows with
     # history.  (Its rows are hot, but the writes that change them already take
-    # turns on EVENTS_LOCK.)
+    # turns on BATCH_LOCK.)
     """
     CREATE TABLE task_counts (status TEXT PRIMARY KEY, n BIGINT NOT NULL);
     INSERT INTO task_counts SELECT status, COUNT(*) FROM tasks GROUP BY status;
@@ -224,10 +224,14 @@ TAKE_OVER = """
     )
     SELECT t.id, t.data FROM tasks t JOIN taken k ON k.task_id = t.id ORDER BY t.seq
 """
-# Event-writing transactions take turns (this lock, held to commit), so event
-# ids from the shared sequence increase in commit order across nodes: a reader
-# following ``id > last`` never passes an id that commits later.
-EVENTS_LOCK = 0x6F70_7365_7276_0002
+# Write batches take turns (this lock, held to commit): event ids from the
+# shared sequence increase in commit order across nodes (a reader following
+# ``id > last`` never passes an id that commits later), and no two batches
+# deadlock on the rows they both change.
+BATCH_LOCK = 0x6F70_7365_7276_0002
+# A deadlock with a transaction outside the batches (a takeover, a renewal):
+# PostgreSQL aborts one statement; the op is run again in a new savepoint.
+DEADLOCK_RETRIES = 3
 NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
@@ -467,14 +471,12 @@ class PostgresStore(Store):
         began = time.perf_counter()
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                # Every node's batches take turns, first thing, so that two
+                # batches never hold row locks (counts, leases) in each other's
+                # way; event ids then also increase in commit order.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", BATCH_LOCK)
                 for op in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint
-                            outcomes.append((True, await op.work(conn)))
-                    except StoreError as exc:  # the op's own refusal, already worded
-                        outcomes.append((False, exc))
-                    except (asyncpg.PostgresError, ValueError, TypeError) as exc:
-                        outcomes.append((False, StoreError(f"{op.what}: {exc}")))
+                    outcomes.append(await _run_op(conn, op))
                 await self._announce(conn, batch)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
@@ -598,10 +600,12 @@ class PostgresStore(Store):
         stored: list[TaskEvent] = []  # ``events`` with the ids they are stored under
 
         async def work(c: asyncpg.Connection) -> None:
+            # Task row, then lease row: the order a takeover locks them in.
+            # Fenced, the savepoint takes the upsert back.
+            await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
             owner = await c.fetchval(LEASE_HOLDER, args[0])
             if owner is not None and owner != self._node_id:
                 raise Fenced(f"task {args[0]} is run by node {owner} now")
-            await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
             if live:
                 await c.execute(INSERT_LEASE, args[0], self._node_id, self._lease_s)
             else:
@@ -891,7 +895,6 @@ async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[Tas
     as stored (what the write publishes once committed)."""
     if not events:
         return
-    await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
     ids = sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, len(events)))
     renumbered = []
     for new_id, event in zip(ids, events, strict=True):
@@ -900,6 +903,22 @@ async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[Tas
         renumbered.append(again)
     await c.executemany(INSERT_EVENT, [(e.id, e.task_id, e.text) for e in renumbered])
     stored[:] = renumbered
+
+
+async def _run_op(conn: asyncpg.Connection, op: _Op) -> tuple[bool, Any]:
+    """One op in its own savepoint: a failing op fails alone."""
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            async with conn.transaction():  # a savepoint
+                return True, await op.work(conn)
+        except asyncpg.DeadlockDetectedError as exc:
+            if attempt + 1 == DEADLOCK_RETRIES:
+                return False, StoreError(f"{op.what}: {exc}")
+        except StoreError as exc:  # the op's own refusal, already worded
+            return False, exc
+        except (asyncpg.PostgresError, ValueError, TypeError) as exc:
+            return False, StoreError(f"{op.what}: {exc}")
+    raise AssertionError("unreachable")
 
 
 async def _nothing(conn: asyncpg.Connection) -> None:
