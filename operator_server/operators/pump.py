@@ -13,6 +13,8 @@ then the close frame.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +27,8 @@ from operator_server.metrics import Metrics
 from operator_server.operators.protocol import INVALID_FRAME, encode, error_frame
 
 _CLOSE = object()
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
+_INET = (socket.AF_INET, socket.AF_INET6)
 
 
 class SocketPump:
@@ -58,6 +62,10 @@ class SocketPump:
         self._watchdog: asyncio.TimerHandle | None = None
         self._log = log
         self._metrics = metrics
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        # Only a TCP socket can be corked (not a Unix socket, not a test double).
+        self._sock = sock if getattr(sock, "family", None) in _INET else None
+        self._corked = False
         self._closing = False
         self._close_code = 1000
         self._close_reason = ""
@@ -101,8 +109,11 @@ class SocketPump:
         try:
             while True:
                 if not self._frames:
+                    self._uncork()
                     self._ready.clear()
                     await self._ready.wait()
+                elif len(self._frames) > 1:
+                    self._cork()
                 frame = self._frames.popleft()
                 if frame is _CLOSE:
                     break
@@ -123,11 +134,30 @@ class SocketPump:
             self._abort()
             return
         finally:
+            self._uncork()
             self._writing = False
             if self._watchdog is not None:
                 self._watchdog.cancel()
         if not self.ws.closed:
             await self.ws.close(code=self._close_code, message=self._close_reason.encode()[:120])
+
+    def _cork(self) -> None:
+        """Several frames queued: have the kernel hold what they write until
+        the queue is drained (``_uncork``), so a burst leaves in full packets
+        rather than one send each — at window 100 the per-frame send was a
+        fifth of an ask's cost.  Linux TCP only; elsewhere a no-op."""
+        if self._corked or _TCP_CORK is None or self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+            self._corked = True
+
+    def _uncork(self) -> None:
+        if not self._corked or self._sock is None:
+            return
+        self._corked = False
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
 
     def _arm_watchdog(self) -> None:
         loop = asyncio.get_running_loop()
