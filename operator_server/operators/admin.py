@@ -1,7 +1,8 @@
 """Operator admin: list the sessions, see what one holds pending.
 
 ``GET /v1/operators`` is for the admin only (see ``access.py``);
-``GET /v1/operators/{sid}/pending`` also answers the session's own holder.  The
+``GET /v1/operators/{sid}/pending`` also answers the session's own holder.
+In a cluster it reads the stored requests, so any node lists every node's.  The
 forced leave is ``DELETE /v1/operators/{sid}`` with the admin's credential
 (``login.py``).  No view holds a token, a token hash, a capability or a worker
 handle: each is built field by field from what is safe to show.
@@ -26,6 +27,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view
 from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
+from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response, query
 
@@ -92,15 +94,23 @@ def _parse_cursor(text: str) -> tuple[int, str]:
 
 
 def pending_view(req: PendingRequest, now: float) -> dict[str, Any]:
+    return _view(req.frame, req.issued_at, now)
+
+
+def row_view(row: PendingRow, now: float) -> dict[str, Any]:
+    return _view(row.frame, row.issued_at, now)
+
+
+def _view(frame: dict[str, Any], issued_at: float, now: float) -> dict[str, Any]:
     return {
-        "req_id": req.req_id,
-        "type": req.kind,
-        "task_id": req.task_id,
+        "req_id": frame["req_id"],
+        "type": frame["type"],
+        "task_id": frame["task_id"],
         # An ask carries no attempt or agent on the wire: null for those.
-        "attempt": req.frame.get("attempt"),
-        "agent": req.frame.get("agent"),
-        "issued_at": iso(req.issued_at),
-        "waiting_s": round(max(0.0, now - req.issued_at), 3),
+        "attempt": frame.get("attempt"),
+        "agent": frame.get("agent"),
+        "issued_at": iso(issued_at),
+        "waiting_s": round(max(0.0, now - issued_at), 3),
     }
 
 
@@ -164,4 +174,10 @@ async def list_operators(request: web.Request) -> web.Response:
 async def pending_requests(request: web.Request) -> web.Response:
     session, _ = await authorize_session_or_admin(request)
     now = time.time()
-    return json_response({"pending": [pending_view(r, now) for r in session.pending.values()]})
+    store = request.app[DIRECTORY].engine.store
+    if store.shared:  # a cluster: the rows hold every node's, in issue order
+        rows = await store.pending_of(session.sid)
+        views = [row_view(row, now) for row in rows]
+    else:
+        views = [pending_view(r, now) for r in session.pending.values()]
+    return json_response({"pending": views})

@@ -35,10 +35,10 @@ class Relay:
         self.cluster = cluster
         self.node_id = cluster.node_id
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any]) -> bool:
+    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
         """Store the request; True when another node holds the socket and was
         sent the frame.  Raises ``StoreError``."""
-        where = await self.store.issue_request(sid, req_id, frame)
+        where = await self.store.issue_request(sid, req_id, frame, issued_at)
         if where is None or where == self.node_id:
             return False
         # Not delivered if this notice is lost: the row is replayed by that

@@ -383,7 +383,7 @@ class WSOperatorSession:
         node holds the socket, it was sent there."""
         assert self._relay is not None
         try:
-            elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame)
+            elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame, req.issued_at)
         except (StoreError, OSError) as exc:
             raise AttemptFailed(
                 Code.STORE_FAILED, f"could not store the {req.kind} request: {exc}"

@@ -363,7 +363,9 @@ class Store(ABC):
         """The node whose lease on ``task_id`` is current, if any."""
         raise NotImplementedError("a one-process store has no other nodes")
 
-    async def issue_request(self, sid: str, req_id: str, frame: dict[str, Any]) -> str | None:
+    async def issue_request(
+        self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float
+    ) -> str | None:
         """Store an operator request (durably); the node holding the session's
         socket as the row commits, if any."""
         raise NotImplementedError("a one-process store keeps requests in memory")
@@ -382,6 +384,10 @@ class Store(ABC):
     def detach_socket_soon(self, sid: str) -> None:
         raise NotImplementedError("a one-process store keeps requests in memory")
 
+    async def pending_of(self, sid: str) -> list[PendingRow]:
+        """Every unanswered request of the session, whichever node issued it."""
+        raise NotImplementedError("a one-process store keeps requests in memory")
+
 
 @dataclass(frozen=True)
 class PendingRow:
@@ -390,6 +396,7 @@ class PendingRow:
     req_id: str
     owner_node: str
     frame: dict[str, Any]
+    issued_at: float
 
 
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --

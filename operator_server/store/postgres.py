@@ -154,7 +154,8 @@ MIGRATIONS: list[str] = [
         req_id     TEXT PRIMARY KEY,
         sid        TEXT NOT NULL REFERENCES operator_sessions (sid) ON DELETE CASCADE,
         owner_node TEXT NOT NULL,
-        frame      TEXT NOT NULL
+        frame      TEXT NOT NULL,
+        issued_at  DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX pending_requests_by_sid ON pending_requests (sid, seq);
     CREATE INDEX pending_requests_by_owner ON pending_requests (owner_node);
@@ -283,11 +284,14 @@ UPSERT_DELIVERY = (
 # writer reads the new socket node and sends the frame there.
 ISSUE_REQUEST = "SELECT socket_node FROM operator_sessions WHERE sid = $1 FOR SHARE"
 INSERT_REQUEST = (
-    "INSERT INTO pending_requests (req_id, sid, owner_node, frame) VALUES ($1, $2, $3, $4)"
+    "INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at) "
+    "VALUES ($1, $2, $3, $4, $5)"
 )
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
-PENDING_OF = "SELECT req_id, owner_node, frame FROM pending_requests WHERE sid = $1 ORDER BY seq"
+PENDING_OF = (
+    "SELECT req_id, owner_node, frame, issued_at FROM pending_requests WHERE sid = $1 ORDER BY seq"
+)
 # Notify the node holding a session's socket, if another node holds it.
 NOTIFY_SOCKET_NODE = (
     f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
@@ -778,12 +782,14 @@ class PostgresStore(Store):
         node = await self._read(lambda c: c.fetchval(TASK_OWNER, task_id), f"owner of {task_id}")
         return None if node is None else str(node)
 
-    async def issue_request(self, sid: str, req_id: str, frame: dict[str, Any]) -> str | None:
+    async def issue_request(
+        self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float
+    ) -> str | None:
         text = wire_json.dumps(frame)
 
         async def work(c: asyncpg.Connection) -> str | None:
             node = await c.fetchval(ISSUE_REQUEST, sid)
-            await c.execute(INSERT_REQUEST, req_id, sid, self._node_id, text)
+            await c.execute(INSERT_REQUEST, req_id, sid, self._node_id, text, float(issued_at))
             return None if node is None else str(node)
 
         found: str | None = await self._call(work, f"issue request {req_id}")
@@ -823,17 +829,11 @@ class PostgresStore(Store):
             return epoch, rows
 
         epoch, rows = await self._call(work, f"attach socket of {sid}")
-        out = []
-        for req_id, owner, frame in rows:
-            try:
-                out.append(PendingRow(req_id, owner, wire_json.loads(frame, STORED_MAX_DEPTH)))
-            except ValueError as exc:  # one bad row is skipped, never fatal
-                log.warning(
-                    "skipping a stored request that cannot be decoded",
-                    req_id=req_id,
-                    error=str(exc),
-                )
-        return epoch, out
+        return epoch, _pending_rows(rows)
+
+    async def pending_of(self, sid: str) -> list[PendingRow]:
+        rows = await self._read(lambda c: c.fetch(PENDING_OF, sid), f"pending of {sid}")
+        return _pending_rows(rows)
 
     def detach_socket_soon(self, sid: str) -> None:
         self._soon(lambda c: c.execute(DETACH_SOCKET, sid, self._node_id), f"detach {sid}")
@@ -903,6 +903,20 @@ async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[Tas
         renumbered.append(again)
     await c.executemany(INSERT_EVENT, [(e.id, e.task_id, e.text) for e in renumbered])
     stored[:] = renumbered
+
+
+def _pending_rows(rows: list[Any]) -> list[PendingRow]:
+    out = []
+    for req_id, owner, frame, issued_at in rows:
+        try:
+            decoded = wire_json.loads(frame, STORED_MAX_DEPTH)
+        except ValueError as exc:  # one bad row is skipped, never fatal
+            log.warning(
+                "skipping a stored request that cannot be decoded", req_id=req_id, error=str(exc)
+            )
+            continue
+        out.append(PendingRow(req_id, owner, decoded, float(issued_at)))
+    return out
 
 
 async def _run_op(conn: asyncpg.Connection, op: _Op) -> tuple[bool, Any]:

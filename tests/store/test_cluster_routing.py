@@ -175,6 +175,15 @@ async def test_a_socket_moved_from_node_b_to_node_a_replays_every_pending_reques
             assert spawn["task_id"] == task_id
             issued.append(spawn["req_id"])
         await ws.close()
+        # Either node lists all six as pending, in issue order.
+        headers = {"Authorization": f"Bearer {op['token']}"}
+        for node in (a, b):
+            async with http.get(
+                f"{node.base}/v1/operators/{op['sid']}/pending", headers=headers
+            ) as resp:
+                listed = (await resp.json())["pending"]
+            assert [p["req_id"] for p in listed] == issued
+            assert {p["type"] for p in listed} == {"spawn"} and listed[0]["attempt"] == 1
 
         ws = await connect(http, a, op)
         replayed = await until_pong(ws, "after-replay")
