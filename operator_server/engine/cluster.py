@@ -37,6 +37,7 @@ from operator_server.errors import (
     ProtocolError,
 )
 from operator_server.logs import get_logger
+from operator_server.store import StoreError
 
 log = get_logger(__name__)
 CALL_TIMEOUT_S = 10.0
@@ -54,9 +55,11 @@ def error_to_wire(exc: CodedError) -> dict[str, Any]:
     return out
 
 
-def error_from_wire(err: dict[str, Any]) -> CodedError:
+def error_from_wire(err: dict[str, Any]) -> CodedError | StoreError:
     """The same error type the owner raised, so each surface maps it as usual."""
     kind, code, message = err.get("type"), str(err["code"]), str(err["message"])
+    if kind == "StoreError":
+        return StoreError(message)
     if kind == "AttemptEnded":
         return AttemptEnded(message)
     if kind == "CapabilityError":
@@ -143,6 +146,14 @@ class Cluster:
                 answer = {"value": await fn(args)}
             except CodedError as exc:
                 answer = {"error": error_to_wire(exc)}
+            except StoreError as exc:
+                answer = {
+                    "error": {"type": "StoreError", "code": "store_failed", "message": str(exc)}
+                }
+            except Exception:  # the caller gets an answer, never a silent timeout
+                log.exception("call failed", method=method)
+                failed = AttemptFailed(Code.INTERNAL, f"{method} failed on node {self.node_id}")
+                answer = {"error": error_to_wire(failed)}
         try:
             await self.bus.send(node, "answer", {"id": call_id, **answer})
         except Exception as exc:  # the caller times out and says so
