@@ -49,6 +49,8 @@ log = get_logger(__name__)
 # How many answered req_ids to remember for ``already_answered``.
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
+# Request kinds a reply answers (a hook_after is only told).
+_ANSWERABLE = frozenset(p.REPLY_TO.values())
 # (event type "request" | "reply", task_id, req_id, face, sid)
 Report = Callable[[str, str, str, str, str], None]
 
@@ -182,7 +184,8 @@ class WSOperatorSession:
             if req is not None:
                 self._deliver(req, replay=True)
             elif row.owner_node != self._relay.node_id:
-                self.routed[row.req_id] = row.owner_node
+                if row.frame.get("type") in _ANSWERABLE:
+                    self.routed[row.req_id] = row.owner_node
                 self._send_once(row.req_id, row.frame, replay=True)
         for req in list(self.pending.values()):  # issued here, not yet stored
             if req.req_id not in self._sent:
@@ -206,8 +209,11 @@ class WSOperatorSession:
         if self._held is not None:
             self._held.append((owner, req_id, frame))
         elif self._pump is not None:
-            self.routed[req_id] = owner
-            self._send_once(req_id, frame)
+            answerable = frame.get("type") in _ANSWERABLE  # a hook_after is only told
+            if answerable:
+                self.routed[req_id] = owner
+            if self._send_once(req_id, frame) and not answerable:
+                self._sent.discard(req_id)  # nothing will come back to forget it
 
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
