@@ -73,7 +73,11 @@ def build_app(
     # Outermost first: the deadline sees the error middleware's answer (to
     # close the connection after a 408), and so does observe (its status).
     # Observe has nothing to do with neither metrics nor the access log on.
-    observing = [observe_middleware] if settings.metrics or settings.access_log else []
+    observing = (
+        [observe_middleware(meters, settings.access_log)]
+        if settings.metrics or settings.access_log
+        else []
+    )
     app = web.Application(
         middlewares=[read_deadline_middleware, *observing, error_middleware],
         client_max_size=settings.max_body_bytes,

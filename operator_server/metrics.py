@@ -71,12 +71,23 @@ class Counter(Collector):
         self, name: str, doc: str, labels: tuple[str, ...] = (), *, registry: CollectorRegistry
     ) -> None:
         self._name, self._doc, self._labels = name, doc, list(labels)
-        self.values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
+        # label values -> a one-number cell, so a hot caller can hold on to its
+        # cell (``cell``) and add to it with no lookup at all.
+        self.values: dict[tuple[str, ...], list[float]] = {} if labels else {(): [0.0]}
         registry.register(self)
 
+    def cell(self, *labels: str) -> list[float]:
+        """The series of these label values (created at 0): ``cell[0] += 1``."""
+        found = self.values.get(labels)
+        if found is None:
+            found = self.values[labels] = [0.0]
+        return found
+
     def inc(self, *labels: str) -> None:
-        values = self.values
-        values[labels] = values.get(labels, 0.0) + 1.0
+        found = self.values.get(labels)
+        if found is None:
+            found = self.values[labels] = [0.0]
+        found[0] += 1.0
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self._name, self._doc, labels=self._labels)
@@ -84,7 +95,7 @@ class Counter(Collector):
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
         for key, value in list(self.values.items()):
-            family.add_metric(list(key), value)
+            family.add_metric(list(key), value[0])
         yield family
 
 
@@ -104,7 +115,7 @@ class Histogram(Collector):
         registry: CollectorRegistry,
     ) -> None:
         self._name, self._doc, self._labels = name, doc, list(labels)
-        self._bounds = buckets
+        self.bounds = self._bounds = buckets
         self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
         # label values -> [count per bucket (the last: above every bound), sum]
         self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
@@ -115,6 +126,11 @@ class Histogram(Collector):
     def _series(self, key: tuple[str, ...]) -> tuple[list[int], list[float]]:
         series = self.values[key] = ([0] * (len(self._bounds) + 1), [0.0])
         return series
+
+    def series(self, *labels: str) -> tuple[list[int], list[float]]:
+        """The series of these label values (created empty), for a hot caller
+        to hold on to: ``counts[bisect_left(bounds, value)] += 1; total[0] += value``."""
+        return self.values.get(labels) or self._series(labels)
 
     def observe(self, value: float, *labels: str) -> None:
         series = self.values.get(labels) or self._series(labels)
@@ -143,6 +159,10 @@ class Metrics:
         self.sample_tasks: Sample = _nothing
         self.sample_sessions: Sample = _nothing
         self.sample_pending: Sample = _nothing
+        # Pre-bound series of the hottest counters (per frame, per request).
+        self._frames_in: dict[str, list[float]] = {}
+        self._frames_out: dict[str, list[float]] = {}
+        self._http_routes: dict[str, Callable[[int, float], None]] = {}
 
         self.tasks_created = Counter(PREFIX + "tasks_created_total", "Tasks created.", registry=reg)
         self.tasks_finished = Counter(
@@ -264,11 +284,17 @@ class Metrics:
         self.request_wait.observe(waited_s, kind)
 
     def frame_received(self, frame_type: str) -> None:
-        self.frames.inc("in", frame_type)
+        cell = self._frames_in.get(frame_type)
+        if cell is None:
+            cell = self._frames_in[frame_type] = self.frames.cell("in", frame_type)
+        cell[0] += 1.0
 
     def frame_sent(self, frame: Mapping[str, Any]) -> None:
         frame_type = frame["type"]
-        self.frames.inc("out", frame_type)
+        cell = self._frames_out.get(frame_type)
+        if cell is None:
+            cell = self._frames_out[frame_type] = self.frames.cell("out", frame_type)
+        cell[0] += 1.0
         if frame_type == "error":
             self.error_frames.inc(frame["code"])
 
@@ -282,8 +308,29 @@ class Metrics:
         self.webhook_tries.inc(outcome)
 
     def http_request(self, route: str, status: int, seconds: float) -> None:
-        self.http_requests.inc(route, str(status))
-        self.http_duration.observe(seconds, route)
+        self.http_route(route)(status, seconds)
+
+    def http_route(self, route: str) -> Callable[[int, float], None]:
+        """What records a request of ``route`` (its status and seconds), with
+        its series looked up once: the HTTP layer keeps one per route."""
+        found = self._http_routes.get(route)
+        if found is not None:
+            return found
+        requests, by_status = self.http_requests, dict[int, list[float]]()
+        series = self.http_duration.series(route)
+        counts, total = series
+        bounds = self.http_duration.bounds
+
+        def record(status: int, seconds: float) -> None:
+            cell = by_status.get(status)
+            if cell is None:
+                cell = by_status[status] = requests.cell(route, str(status))
+            cell[0] += 1.0
+            counts[bisect_left(bounds, seconds)] += 1
+            total[0] += seconds
+
+        self._http_routes[route] = record
+        return record
 
     def store_committed(self, seconds: float) -> None:
         """Called from the store's own thread, the only one observing it."""
@@ -304,3 +351,6 @@ class DisabledMetrics(Metrics):
     task_created = task_finished = attempt_ended = reply_received = _nothing
     frame_received = frame_sent = worker_ask_settled = slow_peer_disconnected = _nothing
     webhook_tried = http_request = store_committed = _nothing
+
+    def http_route(self, route: str) -> Callable[[int, float], None]:
+        return self._nothing

@@ -308,9 +308,7 @@ class Engine:
         task = self.tasks.get(task_id)
         if task is None or not self.recording:  # ended meanwhile: its stream is closed
             return
-        event = self.events.make(
-            task, type, time.time(), attempt=task.attempt, req_id=req_id, face=face, sid=sid
-        )
+        event = self.events.make_operator(task, type, time.time(), req_id, face, sid)
         self.store.put_events_soon([event])
 
     # -- reading tasks: live ones from memory, finished ones from the store --

@@ -48,6 +48,11 @@ def iso_slow(ts: float) -> str:
 # the same second, and a task's JSON and events format about twenty of them.
 _last_second: tuple[int, str] = (-1, "")
 _FAST_RANGE = 253_402_300_799  # 9999-12-31T23:59:59Z
+# And each recent timestamp's text: the same instant is formatted again and
+# again (an attempt's start in its two events, in every write and answer of its
+# task).  Bounded: cleared when full.
+_recent: dict[float, str] = {}
+_RECENT_MAX = 4096
 
 
 def iso(ts: float | None) -> str | None:
@@ -57,6 +62,9 @@ def iso(ts: float | None) -> str | None:
     global _last_second
     if ts is None:
         return None
+    text = _recent.get(ts)
+    if text is not None:
+        return text
     if not 0 <= ts < _FAST_RANGE:
         return iso_slow(ts)
     frac, whole = math.modf(ts)
@@ -69,7 +77,11 @@ def iso(ts: float | None) -> str | None:
     if second != cached_second:
         prefix = datetime.fromtimestamp(second, UTC).isoformat()[:19]
         _last_second = (second, prefix)
-    return f"{prefix}.{us // 1000:03d}Z"
+    text = f"{prefix}.{us // 1000:03d}Z"
+    if len(_recent) >= _RECENT_MAX:
+        _recent.clear()
+    _recent[ts] = text
+    return text
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from operator_server.appkeys import METRICS, SETTINGS
 from operator_server.logs import get_logger
+from operator_server.metrics import Metrics
 
 access_log = get_logger("operator_server.access")
 UNMATCHED = "unmatched"
@@ -32,28 +34,41 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
-@web.middleware
-async def observe_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500  # an exception escaping the error middleware
-    try:
-        response: web.StreamResponse = await handler(request)
-        status = response.status
-        return response
-    except asyncio.CancelledError:
-        status = 499  # the client went away (nginx's convention)
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        route = route_of(request)
-        request.app[METRICS].http_request(route, status, seconds)
-        if request.app[SETTINGS].access_log:
-            access_log.info(
-                "http request",
-                method=request.method,
-                route=route,
-                path=request.path,
-                status=status,
-                duration_s=round(seconds, 6),
-                remote=request.remote,
-            )
+def observe_middleware(metrics: Metrics, log_access: bool) -> Middleware:
+    """The middleware of one app.  It runs for every request, so what it needs
+    is bound here once: the metrics, whether to log, and per route (by its
+    resource, ``None`` for unmatched) the pattern and its pre-bound series."""
+    routes: dict[Any, tuple[str, Callable[[int, float], None]]] = {}
+    clock = time.perf_counter
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = clock()
+        status = 500  # an exception escaping the error middleware
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            seconds = clock() - started
+            resource = request.match_info.route.resource
+            found = routes.get(resource)
+            if found is None:
+                route = route_of(request)
+                found = routes[resource] = (route, metrics.http_route(route))
+            found[1](status, seconds)
+            if log_access:
+                access_log.info(
+                    "http request",
+                    method=request.method,
+                    route=found[0],
+                    path=request.path,
+                    status=status,
+                    duration_s=round(seconds, 6),
+                    remote=request.remote,
+                )
+
+    return observe

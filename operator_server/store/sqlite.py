@@ -440,16 +440,25 @@ class SQLiteStore(Store):
     def _number(self, events: Events) -> list[tuple[int, str, Events]]:
         """Give ``events`` the next ids; the rows they make, one per run of one
         task's events (a write's events are normally all its task's: one row)."""
+        if not events:
+            return []
+        first = self._event_id + 1
+        task_id = events[0].task_id
+        one_task = True
+        for event_id, event in enumerate(events, first):
+            event.id = event_id
+            if event.task_id != task_id:
+                one_task = False
+        self._event_id = first + len(events) - 1
+        if one_task:
+            return [(first, task_id, events)]
         rows: list[tuple[int, str, Events]] = []
         start = 0
         for i, event in enumerate(events):
-            self._event_id += 1
-            event.id = self._event_id
             if event.task_id != events[start].task_id:
                 rows.append((events[start].id, events[start].task_id, events[start:i]))
                 start = i
-        if events:
-            rows.append((events[start].id, events[start].task_id, events[start:]))
+        rows.append((events[start].id, events[start].task_id, events[start:]))
         return rows
 
     def put_events_soon(self, events: Events) -> None:
@@ -458,16 +467,16 @@ class SQLiteStore(Store):
         if self._thread is None:
             log.error("store write after close dropped", what="save events")
             return
-        assert self._loop is not None
+        loop = self._loop
+        assert loop is not None
+        lingering = self._lingering
         for event in events:
-            waiting = self._lingering.get(event.task_id)
+            waiting = lingering.get(event.task_id)
             if waiting is None:
-                self._lingering[event.task_id] = [event]
-                self._linger_due.append((self._loop.time() + LINGER_S, event.task_id))
+                lingering[event.task_id] = [event]
+                self._linger_due.append((loop.time() + LINGER_S, event.task_id))
                 if self._linger_timer is None:
-                    self._linger_timer = self._loop.call_at(
-                        self._linger_due[0][0], self._on_linger_timer
-                    )
+                    self._linger_timer = loop.call_at(self._linger_due[0][0], self._on_linger_timer)
             else:
                 waiting.append(event)
 

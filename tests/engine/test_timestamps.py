@@ -53,3 +53,15 @@ def test_task_ids_keep_their_shape_and_lead_with_their_creation_millisecond() ->
         assert before <= int(task_id[2:14], 16) <= after
         int(task_id[14:], 16)
     assert len(set(ids)) == len(ids)
+
+
+def test_iso_answers_a_timestamp_it_has_seen_the_same_and_its_memory_stays_bounded() -> None:
+    from operator_server.engine import tasks
+
+    base = 1_800_000_000.0
+    first = iso(base + 0.1234)
+    assert iso(base + 0.1234) == first == iso_slow(base + 0.1234)
+    for i in range(tasks._RECENT_MAX * 2):
+        ts = base + i / 1000
+        assert iso(ts) == iso_slow(ts)
+    assert len(tasks._recent) <= tasks._RECENT_MAX
