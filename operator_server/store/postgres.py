@@ -3,9 +3,16 @@
 Same records and semantics as ``store/sqlite.py``.  Writes — durable and
 "soon" alike — go through one queue to one writer task, so they commit in the
 order they were made; the writer takes what is queued (up to ``BATCH``) and
-runs it in one transaction with a savepoint per operation, so a failing one
-fails alone and many writes under load cost one commit.  Durable callers are
-answered after the commit.
+runs it in one transaction, so many writes under load cost one commit.
+Durable callers are answered after the commit.
+
+The writer is a single server, so what bounds a node is the round trips it
+spends per operation, not the commit (docs/cluster.md).  Hence: an operation
+is one statement where it can be (a task's write — fence check, row, lease,
+events, delivery — is one data-modifying CTE); a batch runs without a
+savepoint per operation, and only if one of them fails is it rolled back and
+run again with a savepoint each, so a failing operation still fails alone;
+and a batch's event ids are drawn in one statement.
 
 Reads run on a pool, concurrently with the writer, but never ahead of a write
 made before them: a read first waits until everything already queued has
@@ -22,7 +29,7 @@ Meanwhile ``healthy`` is False (healthz answers 503) until the database
 answers again — the lease renewal asks it every ``lease_s / 3``.
 
 Leases (cluster mode): every live task a node writes is leased to that node
-(``task_leases``, in the same savepoint as the task row, so no other node ever
+(``task_leases``, in the same statement as the task row, so no other node ever
 sees a live task without its lease), renewed for all of them in one UPDATE,
 and dropped when the task ends.  ``take_over`` is how a node gets tasks:
 those whose lease lapsed (or was let go at a graceful stop, or never written
@@ -41,7 +48,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -169,14 +176,41 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
-# A task's first write leases it to its writer; a lease someone else holds stays theirs.
-INSERT_LEASE = (
-    "INSERT INTO task_leases (task_id, node_id, expires_at) "
-    "VALUES ($1, $2, now() + make_interval(secs => $3)) "
-    "ON CONFLICT (task_id) DO NOTHING"
-)
-# Locked: a takeover waits for this write's commit, or this write sees its lease.
-LEASE_HOLDER = "SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE"
+# A task's write, in one statement (one round trip).  The lease row is locked
+# first — a takeover waits for this write's commit, or this write sees the new
+# holder — and nothing is written while another node holds it: the statement
+# returns the holder and the caller is refused (``Fenced``).  A live task's
+# first write leases it to its writer (a lease someone else holds stays
+# theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
+# seq.  Its events (ids drawn by the writer) and its webhook delivery ride along.
+WRITE_TASK = """
+    WITH holder AS (
+        SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
+    ), mine AS (
+        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6) AS ok
+    ), task AS (
+        INSERT INTO tasks (id, status, created_at, updated_at, data)
+        SELECT $1, $2, $3, $4, $5 FROM mine WHERE ok
+        ON CONFLICT (id) DO UPDATE SET
+            status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
+    ), leased AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT $1, $6, now() + make_interval(secs => $8) FROM mine WHERE ok AND $7
+        ON CONFLICT (task_id) DO NOTHING
+    ), unleased AS (
+        DELETE FROM task_leases WHERE task_id = $1 AND NOT $7 AND (SELECT ok FROM mine)
+    ), events AS (
+        INSERT INTO task_events (id, task_id, data)
+        SELECT e.id, e.task_id, e.data
+        FROM unnest($9::bigint[], $10::text[], $11::text[]) AS e(id, task_id, data), mine
+        WHERE ok
+    ), delivery AS (
+        INSERT INTO webhook_deliveries (task_id, due_at)
+        SELECT $1, $12 FROM mine WHERE ok AND $12::float8 IS NOT NULL
+        ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
+    )
+    SELECT node_id FROM holder
+"""
 RENEW_LEASES = (
     "UPDATE task_leases SET expires_at = now() + make_interval(secs => $2) WHERE node_id = $1"
 )
@@ -205,11 +239,6 @@ TAKE_OVER = """
 # following ``id > last`` never passes an id that commits later.
 EVENTS_LOCK = 0x6F70_7365_7276_0002
 NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
-UPSERT_TASK = (
-    "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    "status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data"
-)
 UPSERT_SESSION = (
     "INSERT INTO operator_sessions "
     "(sid, token_sha256, roles, description, created_at, last_seen_at) "
@@ -243,20 +272,25 @@ DELETE_FINISHED = """
     )
     SELECT status FROM gone
 """
-INSERT_EVENT = "INSERT INTO task_events (id, task_id, data) VALUES ($1, $2, $3)"
-UPSERT_DELIVERY = (
-    "INSERT INTO webhook_deliveries (task_id, due_at) VALUES ($1, $2) "
-    "ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at"
+INSERT_EVENTS = (
+    "INSERT INTO task_events (id, task_id, data) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
 )
 
 # Cluster routing (v5).  A request is inserted under a share lock on its
 # session's row, and a socket attaches under an update lock on it, so the two
 # take turns: either the attach's replay reads the request, or the request's
-# writer reads the new socket node and sends the frame there.
-ISSUE_REQUEST = "SELECT socket_node FROM operator_sessions WHERE sid = $1 FOR SHARE"
-INSERT_REQUEST = (
-    "INSERT INTO pending_requests (req_id, sid, owner_node, frame) VALUES ($1, $2, $3, $4)"
-)
+# writer reads the new socket node and sends the frame there.  (The insert is
+# unreferenced, so it runs after the locking read; it is seen only at commit
+# anyway.)  One statement: one round trip.
+ISSUE_REQUEST = """
+    WITH session AS (
+        SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
+    ), request AS (
+        INSERT INTO pending_requests (req_id, sid, owner_node, frame) VALUES ($1, $2, $3, $4)
+    )
+    SELECT socket_node FROM session
+"""
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
 PENDING_OF = "SELECT req_id, owner_node, frame FROM pending_requests WHERE sid = $1 ORDER BY seq"
@@ -264,6 +298,12 @@ PENDING_OF = "SELECT req_id, owner_node, frame FROM pending_requests WHERE sid =
 NOTIFY_SOCKET_NODE = (
     f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
     "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
+)
+# A request answered: its row goes, and a withdrawal (if any) is told to the
+# node holding the socket — one statement.
+FINISH_REQUEST = "DELETE FROM pending_requests WHERE req_id = $1"
+FINISH_WITHDRAWN = (
+    "WITH finished AS (DELETE FROM pending_requests WHERE req_id = $4) " + NOTIFY_SOCKET_NODE
 )
 DETACH_SOCKET = (
     "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
@@ -305,12 +345,27 @@ CONNECTION_ERRORS = (
 )
 
 
+# What an operation raises for itself: it fails, not the batch.
+OP_ERRORS = (StoreError, asyncpg.PostgresError, ValueError, TypeError)
+
+
 @dataclass
 class _Op:
     work: Work
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
-    events: Events = ()  # handed to the event observer once committed
+    given: Events = ()  # events to store with the write; the writer numbers them
+    # ``given`` as numbered for this run of the batch: shared with ``work``, which
+    # stores them, and handed to the event observer once committed.
+    events: list[TaskEvent] = field(default_factory=list)
+
+
+class _OpFailed(Exception):
+    """An operation failed in a batch run without savepoints: the batch rolls back."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class PostgresStore(Store):
@@ -437,21 +492,23 @@ class PostgresStore(Store):
                 _deliver(op, ok, value)
 
     async def _run_batch(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run ``batch`` in one transaction.  Optimistically first, without a
+        savepoint per operation (two round trips each saved); if any operation
+        fails, that run is rolled back and the batch is run again with a
+        savepoint per operation, so the failing one fails alone (its own
+        ``StoreError`` — ``RolesTaken``, ``Fenced`` — reaching its caller) and
+        the others commit.  Operations are written to be run twice: they
+        snapshot their arguments when queued."""
         assert self._pool is not None
-        outcomes: list[tuple[bool, Any]] = []
-        self._ended = []
         began = time.perf_counter()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                for op in batch:
-                    try:
-                        async with conn.transaction():  # a savepoint
-                            outcomes.append((True, await op.work(conn)))
-                    except StoreError as exc:  # the op's own refusal, already worded
-                        outcomes.append((False, exc))
-                    except (asyncpg.PostgresError, ValueError, TypeError) as exc:
-                        outcomes.append((False, StoreError(f"{op.what}: {exc}")))
-                await self._announce(conn, batch)
+            async with self._pool.acquire() as conn:
+                try:
+                    outcomes = await self._attempt(conn, batch, savepoints=False)
+                except _OpFailed as failed:
+                    if len(batch) == 1:  # rolled back: the same as its savepoint
+                        return [(False, failed.error)]
+                    outcomes = await self._attempt(conn, batch, savepoints=True)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             return [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
@@ -460,6 +517,30 @@ class PostgresStore(Store):
         self._answered()
         if self._commit_observer is not None:
             self._commit_observer(time.perf_counter() - began)
+        return outcomes
+
+    async def _attempt(
+        self, conn: asyncpg.Connection, batch: list[_Op], *, savepoints: bool
+    ) -> list[tuple[bool, Any]]:
+        """One run of ``batch``; without ``savepoints`` the first failing
+        operation raises ``_OpFailed`` and the whole run rolls back."""
+        outcomes: list[tuple[bool, Any]] = []
+        self._ended = []
+        async with conn.transaction():
+            await _number_events(conn, batch)
+            for op in batch:
+                if not savepoints:
+                    try:
+                        outcomes.append((True, await op.work(conn)))
+                    except OP_ERRORS as exc:
+                        raise _OpFailed(_op_error(op, exc)) from exc
+                    continue
+                try:
+                    async with conn.transaction():  # a savepoint
+                        outcomes.append((True, await op.work(conn)))
+                except OP_ERRORS as exc:
+                    outcomes.append((False, _op_error(op, exc)))
+            await self._announce(conn, batch)
         return outcomes
 
     async def _announce(self, conn: asyncpg.Connection, batch: list[_Op]) -> None:
@@ -477,20 +558,32 @@ class PostgresStore(Store):
 
     # -- queueing ---------------------------------------------------------
 
-    async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
+    async def _call(
+        self,
+        work: Work,
+        what: str,
+        given: Events = (),
+        events: list[TaskEvent] | None = None,
+    ) -> Any:
         if not self._accepting:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, fut, what, events))
+        self._queue.put_nowait(_Op(work, fut, what, given, [] if events is None else events))
         return await fut
 
-    def _soon(self, work: Work, what: str, events: Events = ()) -> None:
+    def _soon(
+        self,
+        work: Work,
+        what: str,
+        given: Events = (),
+        events: list[TaskEvent] | None = None,
+    ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, None, what, events))
+        self._queue.put_nowait(_Op(work, None, what, given, [] if events is None else events))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
@@ -560,35 +653,33 @@ class PostgresStore(Store):
 
     def _task_write(
         self, record: dict[str, Any], events: Events, deliver_at: float | None = None
-    ) -> tuple[Work, str, Events]:
+    ) -> tuple[Work, str, Events, list[TaskEvent]]:
         """The write for ``record`` and its events, snapshotted now, not when the
         writer gets to it."""
+        task_id = record["id"]
+        live = record["status"] in self._live
         args = (
-            record["id"],
+            task_id,
             record["status"],
             float(record["created_at"]),
             float(record["updated_at"]),
             wire_json.dumps_bytes(record).decode(),
+            self._node_id,
+            live,
+            self._lease_s,
         )
-        live = args[1] in self._live
-        stored: list[TaskEvent] = []  # ``events`` with the ids they are stored under
+        delivery = None if deliver_at is None else float(deliver_at)
+        stored: list[TaskEvent] = []  # ``events`` as numbered by the writer
 
         async def work(c: asyncpg.Connection) -> None:
-            owner = await c.fetchval(LEASE_HOLDER, args[0])
+            ids, task_ids, texts = _event_columns(stored)
+            owner = await c.fetchval(WRITE_TASK, *args, ids, task_ids, texts, delivery)
             if owner is not None and owner != self._node_id:
-                raise Fenced(f"task {args[0]} is run by node {owner} now")
-            await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
-            if live:
-                await c.execute(INSERT_LEASE, args[0], self._node_id, self._lease_s)
-            else:
-                await c.execute("DELETE FROM task_leases WHERE task_id = $1", args[0])
-            await _insert_events(c, events, stored)
-            if deliver_at is not None:
-                await c.execute(UPSERT_DELIVERY, args[0], float(deliver_at))
+                raise Fenced(f"task {task_id} is run by node {owner} now")
             if not live:
-                self._ended.append(args[0])  # announced as the batch commits
+                self._ended.append(task_id)  # announced as the batch commits
 
-        return work, f"save task {record['id']}", stored
+        return work, f"save task {task_id}", events, stored
 
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
@@ -599,8 +690,13 @@ class PostgresStore(Store):
         self._soon(*self._task_write(record, events))
 
     def put_events_soon(self, events: Events) -> None:
-        stored: list[TaskEvent] = []
-        self._soon(lambda c: _insert_events(c, events, stored), "save events", stored)
+        stored: list[TaskEvent] = []  # ``events`` as numbered by the writer
+        self._soon(
+            lambda c: c.execute(INSERT_EVENTS, *_event_columns(stored)),
+            "save events",
+            events,
+            stored,
+        )
 
     async def last_event_id(self) -> int:
         found = await self._read(
@@ -755,8 +851,7 @@ class PostgresStore(Store):
         text = wire_json.dumps(frame)
 
         async def work(c: asyncpg.Connection) -> str | None:
-            node = await c.fetchval(ISSUE_REQUEST, sid)
-            await c.execute(INSERT_REQUEST, req_id, sid, self._node_id, text)
+            node = await c.fetchval(ISSUE_REQUEST, req_id, sid, self._node_id, text)
             return None if node is None else str(node)
 
         found: str | None = await self._call(work, f"issue request {req_id}")
@@ -770,9 +865,10 @@ class PostgresStore(Store):
             notice = encode("withdraw", me, body)
 
         async def work(c: asyncpg.Connection) -> None:
-            await c.execute("DELETE FROM pending_requests WHERE req_id = $1", req_id)
-            if notice is not None:
-                await c.execute(NOTIFY_SOCKET_NODE, sid, notice, me)
+            if notice is None:
+                await c.execute(FINISH_REQUEST, req_id)
+            else:
+                await c.execute(FINISH_WITHDRAWN, sid, notice, me, req_id)
 
         self._soon(work, f"finish request {req_id}")
 
@@ -863,20 +959,33 @@ class PostgresStore(Store):
         return result
 
 
-async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[TaskEvent]) -> None:
-    """Store ``events`` under ids from the shared sequence; ``stored`` gets them
-    as stored (what the write publishes once committed)."""
-    if not events:
+async def _number_events(c: asyncpg.Connection, batch: list[_Op]) -> None:
+    """Give every event the batch stores an id from the shared sequence, in the
+    batch's order, under ``EVENTS_LOCK`` (held to commit): two round trips per
+    batch that stores events, whatever their number.  A run that rolls back
+    leaves its ids unused: gaps, never a reuse."""
+    wanted = sum(len(op.given) for op in batch)
+    if not wanted:
         return
     await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
-    ids = sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, len(events)))
-    renumbered = []
-    for new_id, event in zip(ids, events, strict=True):
-        again = TaskEvent(new_id, event.task_id, event.type, event.data)
-        again.__dict__["text"] = event.text  # already encoded
-        renumbered.append(again)
-    await c.executemany(INSERT_EVENT, [(e.id, e.task_id, e.text) for e in renumbered])
-    stored[:] = renumbered
+    ids = iter(sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, wanted)))
+    for op in batch:
+        numbered = []
+        for event in op.given:
+            again = TaskEvent(next(ids), event.task_id, event.type, event.data)
+            again.__dict__["text"] = event.text  # already encoded
+            numbered.append(again)
+        op.events[:] = numbered
+
+
+def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:
+    return [e.id for e in events], [e.task_id for e in events], [e.text for e in events]
+
+
+def _op_error(op: _Op, exc: Exception) -> StoreError:
+    if isinstance(exc, StoreError):  # the op's own refusal, already worded
+        return exc
+    return StoreError(f"{op.what}: {exc}")
 
 
 async def _nothing(conn: asyncpg.Connection) -> None:
