@@ -358,6 +358,10 @@ class _Op:
     # ``given`` as numbered for this run of the batch: shared with ``work``, which
     # stores them, and handed to the event observer once committed.
     events: list[TaskEvent] = field(default_factory=list)
+    # Set for a write that is one statement with no result: a run of them with
+    # the same SQL is sent in one go (``executemany``, pipelined).
+    plain: tuple[str, tuple[Any, ...]] | None = None
+    loose: bool = False  # events alone: a batch's are stored in one statement
 
 
 class _OpFailed(Exception):
@@ -528,18 +532,15 @@ class PostgresStore(Store):
         self._ended = []
         async with conn.transaction():
             await _number_events(conn, batch)
-            for op in batch:
-                if not savepoints:
+            if not savepoints:
+                outcomes = await _together(conn, batch)
+            else:
+                for op in batch:
                     try:
-                        outcomes.append((True, await op.work(conn)))
+                        async with conn.transaction():  # a savepoint
+                            outcomes.append((True, await op.work(conn)))
                     except OP_ERRORS as exc:
-                        raise _OpFailed(_op_error(op, exc)) from exc
-                    continue
-                try:
-                    async with conn.transaction():  # a savepoint
-                        outcomes.append((True, await op.work(conn)))
-                except OP_ERRORS as exc:
-                    outcomes.append((False, _op_error(op, exc)))
+                        outcomes.append((False, _op_error(op, exc)))
             await self._announce(conn, batch)
         return outcomes
 
@@ -572,18 +573,26 @@ class PostgresStore(Store):
         self._queue.put_nowait(_Op(work, fut, what, given, [] if events is None else events))
         return await fut
 
+    def _soon_plain(self, what: str, sql: str, *args: Any) -> None:
+        """A "soon" write that is one statement with no result."""
+        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args))
+
     def _soon(
         self,
         work: Work,
         what: str,
         given: Events = (),
         events: list[TaskEvent] | None = None,
+        *,
+        plain: tuple[str, tuple[Any, ...]] | None = None,
+        loose: bool = False,
     ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, None, what, given, [] if events is None else events))
+        stored = [] if events is None else events
+        self._queue.put_nowait(_Op(work, None, what, given, stored, plain, loose))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
@@ -626,13 +635,11 @@ class PostgresStore(Store):
         await self._call(work, f"save session {record.sid}")
 
     def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
-        self._soon(
-            lambda c: c.execute(
-                "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
-                float(last_seen_at),
-                sid,
-            ),
+        self._soon_plain(
             f"touch session {sid}",
+            "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
+            float(last_seen_at),
+            sid,
         )
 
     async def delete_session(self, sid: str) -> None:
@@ -696,6 +703,7 @@ class PostgresStore(Store):
             "save events",
             events,
             stored,
+            loose=True,
         )
 
     async def last_event_id(self) -> int:
@@ -864,13 +872,11 @@ class PostgresStore(Store):
             body = {"sid": sid, "req_id": req_id, "reason": withdrawn}
             notice = encode("withdraw", me, body)
 
-        async def work(c: asyncpg.Connection) -> None:
-            if notice is None:
-                await c.execute(FINISH_REQUEST, req_id)
-            else:
-                await c.execute(FINISH_WITHDRAWN, sid, notice, me, req_id)
-
-        self._soon(work, f"finish request {req_id}")
+        what = f"finish request {req_id}"
+        if notice is None:
+            self._soon_plain(what, FINISH_REQUEST, req_id)
+        else:
+            self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
 
     async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
         me = self._node_id
@@ -905,7 +911,7 @@ class PostgresStore(Store):
         return epoch, out
 
     def detach_socket_soon(self, sid: str) -> None:
-        self._soon(lambda c: c.execute(DETACH_SOCKET, sid, self._node_id), f"detach {sid}")
+        self._soon_plain(f"detach {sid}", DETACH_SOCKET, sid, self._node_id)
 
     async def _direct(self, sql: str, *args: Any, what: str) -> None:
         """A write of this node's own lease rows: straight on the pool, not behind
@@ -976,6 +982,43 @@ async def _number_events(c: asyncpg.Connection, batch: list[_Op]) -> None:
             again.__dict__["text"] = event.text  # already encoded
             numbered.append(again)
         op.events[:] = numbered
+
+
+async def _together(conn: asyncpg.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+    """Run ``batch`` without savepoints, in as few round trips as it allows:
+    the events written alone in one statement, and each run of plain writes
+    of the same statement pipelined.  The first failure raises ``_OpFailed``
+    (naming the operation, or the first of the run it failed in)."""
+    op = batch[0]
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        loose = [e for o in batch if o.loose for e in o.events]
+        if loose:
+            await conn.execute(INSERT_EVENTS, *_event_columns(loose))
+        i = 0
+        while i < len(batch):
+            op = batch[i]
+            if op.loose:
+                outcomes.append((True, None))
+                i += 1
+                continue
+            run = 1
+            while (
+                op.plain is not None
+                and i + run < len(batch)
+                and (nxt := batch[i + run].plain) is not None
+                and nxt[0] == op.plain[0]
+            ):
+                run += 1
+            if run > 1:
+                await conn.executemany(op.plain[0], [o.plain[1] for o in batch[i : i + run]])  # type: ignore[index]
+                outcomes += [(True, None)] * run
+            else:
+                outcomes.append((True, await op.work(conn)))
+            i += run
+    except OP_ERRORS as exc:
+        raise _OpFailed(_op_error(op, exc)) from exc
+    return outcomes
 
 
 def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:

@@ -234,3 +234,24 @@ async def test_writes_that_fail_inside_a_batch_fail_alone_and_the_rest_commit_wi
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    try:
+        await store.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        for n in range(4):
+            await store.issue_request("op-1", f"r-{n}", {"type": "hook", "n": n})
+        # Queued back to back: one batch, each kind's run sent in one go.
+        for n in range(3):
+            store.finish_request_soon("op-1", f"r-{n}", None)
+        for seen in (5.0, 6.0, 7.0):
+            store.touch_session_soon("op-1", seen)
+        _, pending = await store.attach_socket("op-1")
+        assert [row.req_id for row in pending] == ["r-3"]
+        session = await store.get_session("op-1")
+        assert session is not None and session.last_seen_at == 7.0
+    finally:
+        await store.close()
