@@ -12,7 +12,9 @@ is one statement where it can be (a task's write — fence check, row, lease,
 events, delivery — is one data-modifying CTE); a batch runs without a
 savepoint per operation, and only if one of them fails is it rolled back and
 run again with a savepoint each, so a failing operation still fails alone;
-and a batch's event ids are drawn in one statement.
+a run of plain "soon" writes of one statement is pipelined; and a batch's
+events are stored together as it ends, in one statement (their ids drawn
+under ``EVENTS_LOCK``, which is then held only from there to the commit).
 
 Reads run on a pool, concurrently with the writer, but never ahead of a write
 made before them: a read first waits until everything already queued has
@@ -182,7 +184,7 @@ MIGRATIONS: list[str] = [
 # returns the holder and the caller is refused (``Fenced``).  A live task's
 # first write leases it to its writer (a lease someone else holds stays
 # theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
-# seq.  Its events (ids drawn by the writer) and its webhook delivery ride along.
+# seq.  Its webhook delivery rides along; its events are stored by the writer.
 WRITE_TASK = """
     WITH holder AS (
         SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
@@ -199,14 +201,9 @@ WRITE_TASK = """
         ON CONFLICT (task_id) DO NOTHING
     ), unleased AS (
         DELETE FROM task_leases WHERE task_id = $1 AND NOT $7 AND (SELECT ok FROM mine)
-    ), events AS (
-        INSERT INTO task_events (id, task_id, data)
-        SELECT e.id, e.task_id, e.data
-        FROM unnest($9::bigint[], $10::text[], $11::text[]) AS e(id, task_id, data), mine
-        WHERE ok
     ), delivery AS (
         INSERT INTO webhook_deliveries (task_id, due_at)
-        SELECT $1, $12 FROM mine WHERE ok AND $12::float8 IS NOT NULL
+        SELECT $1, $9 FROM mine WHERE ok AND $9::float8 IS NOT NULL
         ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
     )
     SELECT node_id FROM holder
@@ -354,14 +351,13 @@ class _Op:
     work: Work
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
-    given: Events = ()  # events to store with the write; the writer numbers them
-    # ``given`` as numbered for this run of the batch: shared with ``work``, which
-    # stores them, and handed to the event observer once committed.
-    events: list[TaskEvent] = field(default_factory=list)
+    # Events stored with the write, if it succeeds: the writer numbers and
+    # stores a batch's together, as the batch ends (``_store_events``).
+    given: Events = ()
+    events: list[TaskEvent] = field(default_factory=list)  # ``given`` as stored
     # Set for a write that is one statement with no result: a run of them with
     # the same SQL is sent in one go (``executemany``, pipelined).
     plain: tuple[str, tuple[Any, ...]] | None = None
-    loose: bool = False  # events alone: a batch's are stored in one statement
 
 
 class _OpFailed(Exception):
@@ -531,7 +527,6 @@ class PostgresStore(Store):
         outcomes: list[tuple[bool, Any]] = []
         self._ended = []
         async with conn.transaction():
-            await _number_events(conn, batch)
             if not savepoints:
                 outcomes = await _together(conn, batch)
             else:
@@ -541,6 +536,8 @@ class PostgresStore(Store):
                             outcomes.append((True, await op.work(conn)))
                     except OP_ERRORS as exc:
                         outcomes.append((False, _op_error(op, exc)))
+            done = [op for op, (ok, _) in zip(batch, outcomes, strict=True) if ok]
+            await _store_events(conn, done)
             await self._announce(conn, batch)
         return outcomes
 
@@ -564,13 +561,12 @@ class PostgresStore(Store):
         work: Work,
         what: str,
         given: Events = (),
-        events: list[TaskEvent] | None = None,
     ) -> Any:
         if not self._accepting:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, fut, what, given, [] if events is None else events))
+        self._queue.put_nowait(_Op(work, fut, what, given))
         return await fut
 
     def _soon_plain(self, what: str, sql: str, *args: Any) -> None:
@@ -582,17 +578,14 @@ class PostgresStore(Store):
         work: Work,
         what: str,
         given: Events = (),
-        events: list[TaskEvent] | None = None,
         *,
         plain: tuple[str, tuple[Any, ...]] | None = None,
-        loose: bool = False,
     ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        stored = [] if events is None else events
-        self._queue.put_nowait(_Op(work, None, what, given, stored, plain, loose))
+        self._queue.put_nowait(_Op(work, None, what, given, plain=plain))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
@@ -660,7 +653,7 @@ class PostgresStore(Store):
 
     def _task_write(
         self, record: dict[str, Any], events: Events, deliver_at: float | None = None
-    ) -> tuple[Work, str, Events, list[TaskEvent]]:
+    ) -> tuple[Work, str, Events]:
         """The write for ``record`` and its events, snapshotted now, not when the
         writer gets to it."""
         task_id = record["id"]
@@ -676,17 +669,15 @@ class PostgresStore(Store):
             self._lease_s,
         )
         delivery = None if deliver_at is None else float(deliver_at)
-        stored: list[TaskEvent] = []  # ``events`` as numbered by the writer
 
         async def work(c: asyncpg.Connection) -> None:
-            ids, task_ids, texts = _event_columns(stored)
-            owner = await c.fetchval(WRITE_TASK, *args, ids, task_ids, texts, delivery)
+            owner = await c.fetchval(WRITE_TASK, *args, delivery)
             if owner is not None and owner != self._node_id:
                 raise Fenced(f"task {task_id} is run by node {owner} now")
             if not live:
                 self._ended.append(task_id)  # announced as the batch commits
 
-        return work, f"save task {task_id}", events, stored
+        return work, f"save task {task_id}", events
 
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
@@ -697,14 +688,7 @@ class PostgresStore(Store):
         self._soon(*self._task_write(record, events))
 
     def put_events_soon(self, events: Events) -> None:
-        stored: list[TaskEvent] = []  # ``events`` as numbered by the writer
-        self._soon(
-            lambda c: c.execute(INSERT_EVENTS, *_event_columns(stored)),
-            "save events",
-            events,
-            stored,
-            loose=True,
-        )
+        self._soon(_nothing, "save events", events)  # stored by the writer
 
     async def last_event_id(self) -> int:
         found = await self._read(
@@ -965,43 +949,41 @@ class PostgresStore(Store):
         return result
 
 
-async def _number_events(c: asyncpg.Connection, batch: list[_Op]) -> None:
-    """Give every event the batch stores an id from the shared sequence, in the
-    batch's order, under ``EVENTS_LOCK`` (held to commit): two round trips per
-    batch that stores events, whatever their number.  A run that rolls back
-    leaves its ids unused: gaps, never a reuse."""
-    wanted = sum(len(op.given) for op in batch)
+async def _store_events(c: asyncpg.Connection, done: list[_Op]) -> None:
+    """Store the events of the batch's operations that succeeded, under ids from
+    the shared sequence in the batch's order: three round trips per batch,
+    whatever their number, at the batch's end — so ``EVENTS_LOCK``, held to
+    commit, is held for those and the commit only, and writers of several
+    nodes run their operations side by side.  A run that rolls back leaves its
+    ids unused: gaps, never a reuse."""
+    wanted = sum(len(op.given) for op in done)
     if not wanted:
         return
     await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
     ids = iter(sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, wanted)))
-    for op in batch:
+    stored: list[TaskEvent] = []
+    for op in done:
         numbered = []
         for event in op.given:
             again = TaskEvent(next(ids), event.task_id, event.type, event.data)
             again.__dict__["text"] = event.text  # already encoded
             numbered.append(again)
         op.events[:] = numbered
+        stored += numbered
+    await c.execute(INSERT_EVENTS, *_event_columns(stored))
 
 
 async def _together(conn: asyncpg.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
     """Run ``batch`` without savepoints, in as few round trips as it allows:
-    the events written alone in one statement, and each run of plain writes
-    of the same statement pipelined.  The first failure raises ``_OpFailed``
-    (naming the operation, or the first of the run it failed in)."""
+    each run of plain writes of the same statement pipelined.  The first
+    failure raises ``_OpFailed`` (naming the operation, or the first of the
+    run it failed in)."""
     op = batch[0]
     outcomes: list[tuple[bool, Any]] = []
     try:
-        loose = [e for o in batch if o.loose for e in o.events]
-        if loose:
-            await conn.execute(INSERT_EVENTS, *_event_columns(loose))
         i = 0
         while i < len(batch):
             op = batch[i]
-            if op.loose:
-                outcomes.append((True, None))
-                i += 1
-                continue
             run = 1
             while (
                 op.plain is not None
