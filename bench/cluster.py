@@ -8,14 +8,18 @@ same in every configuration:
 
 * SQLite, 1 node: both peers on one daemon with a SQLite file (the default).
 * PostgreSQL, 1 node: both peers on one daemon on PostgreSQL.
-* PostgreSQL, 2 nodes: one peer per node, each with its own role.
+* PostgreSQL, 2 nodes, round-robin: one peer's operator per node, each with
+  its own role, and each peer creates its tasks on the *other* node — what a
+  round-robin load balancer does to half the requests, here to all of them:
+  every task runs (and holds its lease) on the node that did not get its
+  operator, so every frame to the operator and every reply crosses nodes
+  through PostgreSQL (a ``pending_requests`` row, a NOTIFY), and so does every
+  worker call (the spawn directive sends them to the operator's node).
+* PostgreSQL, 2 nodes, partitioned: the same two nodes, each peer creating its
+  tasks on the node holding its operator (a load balancer that routes by
+  role): nothing crosses nodes but the shared store.
 * PostgreSQL fsync=off, 1 node: the same server with commits that do not wait
   for the disk, to show what the commit latency costs.
-
-Where tasks are created: until tasks can reach an operator on another node,
-each peer creates its tasks on the node holding its operator (a load balancer
-that partitions by role).  ``TASKS_ON_ANY_NODE = True`` creates them on the
-other node instead, which is what a round-robin load balancer does.
 
 All daemons are real processes at the shipped defaults (bench/common.py), all
 on one throwaway PostgreSQL (operator_server/localcluster.py), with PostgreSQL's
@@ -52,14 +56,13 @@ from bench.common import (
 )
 from operator_server.localcluster import Postgres, throwaway_postgres
 
-# False: tasks are created on the node holding their operator (partitioned by
-# role).  True: on the other node (needs cross-node routing).
-TASKS_ON_ANY_NODE = False
 PEERS = 2
 TOTAL = 2000
 WARMUP = 200
 ROUNDS = 3
 COMMIT_SAMPLES = 200
+ROUND_ROBIN = "PostgreSQL, 2 nodes, round-robin"
+PARTITIONED = "PostgreSQL, 2 nodes, partitioned"
 
 
 @dataclass
@@ -116,8 +119,17 @@ async def commit_stats(http: aiohttp.ClientSession, node: Daemon) -> tuple[float
     return values.get("count", 0.0), values.get("sum", 0.0)
 
 
-async def load(nodes: list[Daemon], total: int, pg: Postgres | None) -> Load:
-    """``total`` tasks from PEERS peers: peer i's operator on node i mod n."""
+@dataclass
+class Config:
+    nodes: list[Daemon]
+    server: Postgres | None  # None: SQLite
+    cross: bool = False  # tasks created on the node after the operator's
+
+
+async def load(config: Config, total: int) -> Load:
+    """``total`` tasks from PEERS peers: peer i's operator on node i mod n, its
+    tasks created on that node or (``cross``) the next one."""
+    nodes, pg = config.nodes, config.server
     async with aiohttp.ClientSession() as http:
         before = [await commit_stats(http, n) for n in nodes]
         cpu_before = sum(n.cpu_s() for n in nodes)
@@ -129,7 +141,7 @@ async def load(nodes: list[Daemon], total: int, pg: Postgres | None) -> Load:
                     nodes[i % len(nodes)].url,
                     total // PEERS,
                     window=WINDOW // PEERS,
-                    task_url=nodes[(i + TASKS_ON_ANY_NODE) % len(nodes)].url,
+                    task_url=nodes[(i + config.cross) % len(nodes)].url,
                 )
                 for i in range(PEERS)
             )
@@ -213,37 +225,34 @@ async def run() -> dict[str, float]:
             "PostgreSQL fsync=off": await postgres_commit_ms(await database(fast_pg, "probe")),
         }
         (Path(tmp) / "sqlite").mkdir()
-        servers: dict[str, Postgres | None] = {
-            "SQLite, 1 node": None,
-            "PostgreSQL, 1 node": pg,
-            "PostgreSQL, 2 nodes": pg,
-            "PostgreSQL fsync=off, 1 node": fast_pg,
-        }
-        configs: dict[str, list[Daemon]] = {
-            "SQLite, 1 node": [Daemon(f"{tmp}/sqlite/bench.sqlite", f"{tmp}/sqlite")],
-            "PostgreSQL, 1 node": [pg_node(await database(pg, "one"), tmp, "one-a")],
-            "PostgreSQL, 2 nodes": [
-                pg_node(await database(pg, "two"), tmp, "two-a"),
-                pg_node(pg.url("two"), tmp, "two-b"),
-            ],
-            "PostgreSQL fsync=off, 1 node": [
-                pg_node(await database(fast_pg, "fast"), tmp, "fast-a")
-            ],
+        two = [
+            pg_node(await database(pg, "two"), tmp, "two-a"),
+            pg_node(pg.url("two"), tmp, "two-b"),
+        ]
+        configs: dict[str, Config] = {
+            "SQLite, 1 node": Config([Daemon(f"{tmp}/sqlite/bench.sqlite", f"{tmp}/sqlite")], None),
+            "PostgreSQL, 1 node": Config([pg_node(await database(pg, "one"), tmp, "one-a")], pg),
+            ROUND_ROBIN: Config(two, pg, cross=True),
+            PARTITIONED: Config(two, pg),
+            "PostgreSQL fsync=off, 1 node": Config(
+                [pg_node(await database(fast_pg, "fast"), tmp, "fast-a")], fast_pg
+            ),
         }
         results: dict[str, list[Load]] = {name: [] for name in configs}
         started: list[Daemon] = []
         try:
-            for nodes in configs.values():
-                for node in nodes:
-                    await node.start()
-                    started.append(node)
+            for config in configs.values():
+                for node in config.nodes:
+                    if node not in started:
+                        await node.start()
+                        started.append(node)
             progress(f"cluster: warm-up, {WARMUP} tasks each")
-            for name, nodes in configs.items():
-                await load(nodes, WARMUP, servers[name])
+            for config in configs.values():
+                await load(config, WARMUP)
             for r in range(ROUNDS):
                 progress(f"cluster round {r + 1}/{ROUNDS}: {TOTAL} tasks, {WINDOW} in flight")
-                for name, nodes in configs.items():
-                    results[name].append(await load(nodes, TOTAL, servers[name]))
+                for name, config in configs.items():
+                    results[name].append(await load(config, TOTAL))
         finally:
             for node in started:
                 await node.stop()
@@ -262,7 +271,6 @@ async def run() -> dict[str, float]:
         ]
         for name, runs in results.items()
     ]
-    where = "the other node" if TASKS_ON_ANY_NODE else "the node holding their operator"
     record(
         f"cluster: tasks/s by store and nodes (median of {ROUNDS} interleaved rounds, "
         f"{TOTAL} tasks, {WINDOW} in flight from {PEERS} peers)",
@@ -279,9 +287,9 @@ async def run() -> dict[str, float]:
             ],
             rows,
         )
-        + f"\n\ntasks created on {where}"
         + "\n\n2 nodes / 1 node on PostgreSQL: "
-        + f"**{rates['PostgreSQL, 2 nodes'] / rates['PostgreSQL, 1 node']:.2f}**"
+        + f"round-robin **{rates[ROUND_ROBIN] / rates['PostgreSQL, 1 node']:.2f}**, "
+        + f"partitioned **{rates[PARTITIONED] / rates['PostgreSQL, 1 node']:.2f}**"
         + "\n\nPostgreSQL / SQLite, 1 node: "
         + f"**{rates['PostgreSQL, 1 node'] / rates['SQLite, 1 node']:.2f}**"
         + "\n\nsingle-row commit latency, one at a time (median of "

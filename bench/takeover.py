@@ -53,8 +53,10 @@ async def connect(
     )
 
 
-async def spawns(ws: aiohttp.ClientWebSocketResponse, ids: set[str], timeout: float) -> None:
-    """Read frames until a spawn of every task in ``ids`` came (left unanswered)."""
+async def spawns(ws: aiohttp.ClientWebSocketResponse, ids: set[str], timeout: float) -> set[str]:
+    """Read frames until a spawn of every task in ``ids`` came (left unanswered);
+    their request ids."""
+    seen: set[str] = set()
     left = set(ids)
     deadline = time.monotonic() + timeout
     while left:
@@ -64,6 +66,8 @@ async def spawns(ws: aiohttp.ClientWebSocketResponse, ids: set[str], timeout: fl
         frame = json.loads(msg.data)
         if frame["type"] == "spawn" and frame["task_id"] in left:
             left.discard(frame["task_id"])
+            seen.add(frame["req_id"])
+    return seen
 
 
 async def trial(
@@ -88,7 +92,7 @@ async def trial(
             return task_id
 
     ids = set(await asyncio.gather(*(create(i) for i in range(TASKS))))
-    await spawns(ws, ids, timeout=60)
+    before = await spawns(ws, ids, timeout=60)
 
     assert a.proc is not None
     a.proc.send_signal(signal.SIGKILL)
@@ -98,12 +102,14 @@ async def trial(
     ws = await connect(http, b, op)
     first = 0.0
     # The first spawn marks the lapse being seen; the rest is re-dispatching.
+    # A's own unanswered spawns are replayed at the attach (its requests are
+    # rows); they are not the takeover, and answering them reaches no one.
     left = set(ids)
     msg_deadline = time.monotonic() + 120
     while left:
         msg = await asyncio.wait_for(ws.receive(), max(0.1, msg_deadline - time.monotonic()))
         frame = json.loads(msg.data)
-        if frame["type"] == "spawn" and frame["task_id"] in left:
+        if frame["type"] == "spawn" and frame["task_id"] in left and frame["req_id"] not in before:
             first = first or time.perf_counter() - killed
             left.discard(frame["task_id"])
             await ws.send_json(

@@ -3,9 +3,18 @@
 Same records and semantics as ``store/sqlite.py``.  Writes — durable and
 "soon" alike — go through one queue to one writer task, so they commit in the
 order they were made; the writer takes what is queued (up to ``BATCH``) and
-runs it in one transaction with a savepoint per operation, so a failing one
-fails alone and many writes under load cost one commit.  Durable callers are
-answered after the commit.
+runs it in one transaction, so many writes under load cost one commit.
+Durable callers are answered after the commit.
+
+The writer is a single server, so what bounds a node is the round trips it
+spends per operation, not the commit (docs/cluster.md).  Hence: an operation
+is one statement where it can be (a task's write — fence check, row, lease,
+events, delivery — is one data-modifying CTE); a batch runs without a
+savepoint per operation, and only if one of them fails is it rolled back and
+run again with a savepoint each, so a failing operation still fails alone;
+a run of plain "soon" writes of one statement is pipelined; and a batch's
+events are stored together as it ends, in one statement (their ids drawn
+under ``EVENTS_LOCK``, which is then held only from there to the commit).
 
 Reads run on a pool, concurrently with the writer, but never ahead of a write
 made before them: a read first waits until everything already queued has
@@ -22,7 +31,7 @@ Meanwhile ``healthy`` is False (healthz answers 503) until the database
 answers again — the lease renewal asks it every ``lease_s / 3``.
 
 Leases (cluster mode): every live task a node writes is leased to that node
-(``task_leases``, in the same savepoint as the task row, so no other node ever
+(``task_leases``, in the same statement as the task row, so no other node ever
 sees a live task without its lease), renewed for all of them in one UPDATE,
 and dropped when the task ends.  ``take_over`` is how a node gets tasks:
 those whose lease lapsed (or was let go at a graceful stop, or never written
@@ -41,7 +50,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -171,19 +180,27 @@ MIGRATIONS: list[str] = [
     """,
     # v6: tasks by status, kept by triggers as rows change, so every node's
     # healthz counts the whole cluster's tasks without a scan that grows with
-    # history.  (Its rows are hot, but the writes that change them already take
-    # turns on BATCH_LOCK.)
+    # history.  One row per node and status (the writing connection names its
+    # node), so nodes never wait on each other's counts; readers add them up.
     """
-    CREATE TABLE task_counts (status TEXT PRIMARY KEY, n BIGINT NOT NULL);
-    INSERT INTO task_counts SELECT status, COUNT(*) FROM tasks GROUP BY status;
+    CREATE TABLE task_counts (
+        node_id TEXT NOT NULL,
+        status  TEXT NOT NULL,
+        n       BIGINT NOT NULL,
+        PRIMARY KEY (node_id, status)
+    );
+    INSERT INTO task_counts SELECT '', status, COUNT(*) FROM tasks GROUP BY status;
     CREATE FUNCTION operator_server_count_task() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        node TEXT := coalesce(current_setting('operator_server.node_id', true), '');
     BEGIN
         IF TG_OP <> 'INSERT' THEN
-            UPDATE task_counts SET n = n - 1 WHERE status = OLD.status;
+            INSERT INTO task_counts VALUES (node, OLD.status, -1)
+            ON CONFLICT (node_id, status) DO UPDATE SET n = task_counts.n - 1;
         END IF;
         IF TG_OP <> 'DELETE' THEN
-            INSERT INTO task_counts VALUES (NEW.status, 1)
-            ON CONFLICT (status) DO UPDATE SET n = task_counts.n + 1;
+            INSERT INTO task_counts VALUES (node, NEW.status, 1)
+            ON CONFLICT (node_id, status) DO UPDATE SET n = task_counts.n + 1;
         END IF;
         RETURN NULL;
     END $$;
@@ -194,17 +211,44 @@ MIGRATIONS: list[str] = [
         EXECUTE FUNCTION operator_server_count_task();
     """,
 ]
-# A task's first write leases it to its writer; a lease someone else holds stays theirs.
-INSERT_LEASE = (
-    "INSERT INTO task_leases (task_id, node_id, expires_at) "
-    "VALUES ($1, $2, now() + make_interval(secs => $3)) "
-    "ON CONFLICT (task_id) DO NOTHING"
-)
-# Locked: a takeover waits for this write's commit, or this write sees its lease.
-LEASE_HOLDER = "SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE"
-RENEW_LEASES = (
-    "UPDATE task_leases SET expires_at = now() + make_interval(secs => $2) WHERE node_id = $1"
-)
+# A task's write, in one statement (one round trip).  The lease row is locked
+# first — a takeover waits for this write's commit, or this write sees the new
+# holder — and nothing is written while another node holds it: the statement
+# returns the holder and the caller is refused (``Fenced``).  A live task's
+# first write leases it to its writer (a lease someone else holds stays
+# theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
+# seq.  Its webhook delivery rides along; its events are stored by the writer.
+WRITE_TASK = """
+    WITH holder AS (
+        SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
+    ), mine AS (
+        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6) AS ok
+    ), task AS (
+        INSERT INTO tasks (id, status, created_at, updated_at, data)
+        SELECT $1, $2, $3, $4, $5 FROM mine WHERE ok
+        ON CONFLICT (id) DO UPDATE SET
+            status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
+    ), leased AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT $1, $6, now() + make_interval(secs => $8) FROM mine WHERE ok AND $7
+        ON CONFLICT (task_id) DO NOTHING
+    ), unleased AS (
+        DELETE FROM task_leases WHERE task_id = $1 AND NOT $7 AND (SELECT ok FROM mine)
+    ), delivery AS (
+        INSERT INTO webhook_deliveries (task_id, due_at)
+        SELECT $1, $9 FROM mine WHERE ok AND $9::float8 IS NOT NULL
+        ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
+    )
+    SELECT node_id FROM holder
+"""
+# Leases a batch of this node is writing right now are skipped (they are
+# renewed next round): the renewal never waits in a batch's way, or it in its.
+RENEW_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 FOR UPDATE SKIP LOCKED
+    )
+"""
 RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
 # Live tasks with a lapsed or missing lease, locked so that concurrent reapers
 # skip each other's; the upsert re-checks the lease row as it is now (a lease
@@ -225,20 +269,15 @@ TAKE_OVER = """
     )
     SELECT t.id, t.data FROM tasks t JOIN taken k ON k.task_id = t.id ORDER BY t.seq
 """
-# Write batches take turns (this lock, held to commit): event ids from the
-# shared sequence increase in commit order across nodes (a reader following
-# ``id > last`` never passes an id that commits later), and no two batches
-# deadlock on the rows they both change.
-BATCH_LOCK = 0x6F70_7365_7276_0002
-# A deadlock with a transaction outside the batches (a takeover, a renewal):
-# PostgreSQL aborts one statement; the op is run again in a new savepoint.
+# Event-storing transactions take turns (this lock, taken at a batch's end and
+# held to commit): event ids from the shared sequence increase in commit order
+# across nodes, so a reader following ``id > last`` never passes an id that
+# commits later.
+EVENTS_LOCK = 0x6F70_7365_7276_0002
+# An op that loses a deadlock (PostgreSQL aborts one side, e.g. a takeover's
+# locks crossing a batch's) is run again in a new savepoint, this many times.
 DEADLOCK_RETRIES = 3
 NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
-UPSERT_TASK = (
-    "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES ($1, $2, $3, $4, $5) "
-    "ON CONFLICT (id) DO UPDATE SET "
-    "status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data"
-)
 UPSERT_SESSION = (
     "INSERT INTO operator_sessions "
     "(sid, token_sha256, roles, description, created_at, last_seen_at) "
@@ -272,21 +311,26 @@ DELETE_FINISHED = """
     )
     SELECT status FROM gone
 """
-INSERT_EVENT = "INSERT INTO task_events (id, task_id, data) VALUES ($1, $2, $3)"
-UPSERT_DELIVERY = (
-    "INSERT INTO webhook_deliveries (task_id, due_at) VALUES ($1, $2) "
-    "ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at"
+INSERT_EVENTS = (
+    "INSERT INTO task_events (id, task_id, data) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
 )
 
 # Cluster routing (v5).  A request is inserted under a share lock on its
 # session's row, and a socket attaches under an update lock on it, so the two
 # take turns: either the attach's replay reads the request, or the request's
-# writer reads the new socket node and sends the frame there.
-ISSUE_REQUEST = "SELECT socket_node FROM operator_sessions WHERE sid = $1 FOR SHARE"
-INSERT_REQUEST = (
-    "INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at) "
-    "VALUES ($1, $2, $3, $4, $5)"
-)
+# writer reads the new socket node and sends the frame there.  (The lock is
+# held to commit, and the insert is seen only at commit, whatever order the
+# statement runs its parts in.)  One statement: one round trip.
+ISSUE_REQUEST = """
+    WITH session AS (
+        SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
+    ), request AS (
+        INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at)
+        VALUES ($1, $2, $3, $4, $5)
+    )
+    SELECT socket_node FROM session
+"""
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
 PENDING_OF = (
@@ -297,6 +341,12 @@ NOTIFY_SOCKET_NODE = (
     f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
     "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
 )
+# A request answered: its row goes, and a withdrawal (if any) is told to the
+# node holding the socket — one statement.
+FINISH_REQUEST = "DELETE FROM pending_requests WHERE req_id = $1"
+FINISH_WITHDRAWN = (
+    "WITH finished AS (DELETE FROM pending_requests WHERE req_id = $4) " + NOTIFY_SOCKET_NODE
+)
 DETACH_SOCKET = (
     "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
 )
@@ -306,21 +356,27 @@ HEARTBEAT = (
     "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
 )
 # A node that stopped beating: its sockets are gone and its requests' waiters
-# too (their attempts are interrupted and taken over).
+# too (their attempts are interrupted and taken over).  A node beats from the
+# moment its store opens, so a node with no row at all is gone as well.
 BURY_NODES = """
     WITH dead AS (
         DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
     ), unplugged AS (
         UPDATE operator_sessions SET socket_node = NULL
         WHERE socket_node IN (SELECT node_id FROM dead)
+           OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
     )
     SELECT node_id FROM dead
 """
-# Their requests some live node still shows an operator, to be withdrawn there.
+# Their requests (and any whose node has no row), to be withdrawn wherever a
+# live node shows them to an operator.
 DEAD_REQUESTS = """
     DELETE FROM pending_requests p USING operator_sessions s
-    WHERE p.owner_node = ANY($1::text[]) AND s.sid = p.sid
-    RETURNING p.req_id, p.sid, s.socket_node
+    WHERE s.sid = p.sid AND (
+        p.owner_node = ANY($1::text[])
+        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = p.owner_node)
+    )
+    RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
 """
 OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
 TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
@@ -337,12 +393,30 @@ CONNECTION_ERRORS = (
 )
 
 
+# What an operation raises for itself: it fails, not the batch.
+OP_ERRORS = (StoreError, asyncpg.PostgresError, ValueError, TypeError)
+
+
 @dataclass
 class _Op:
     work: Work
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
-    events: Events = ()  # handed to the event observer once committed
+    # Events stored with the write, if it succeeds: the writer numbers and
+    # stores a batch's together, as the batch ends (``_store_events``).
+    given: Events = ()
+    events: list[TaskEvent] = field(default_factory=list)  # ``given`` as stored
+    # Set for a write that is one statement with no result: a run of them with
+    # the same SQL is sent in one go (``executemany``, pipelined).
+    plain: tuple[str, tuple[Any, ...]] | None = None
+
+
+class _OpFailed(Exception):
+    """An operation failed in a batch run without savepoints: the batch rolls back."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class PostgresStore(Store):
@@ -398,7 +472,12 @@ class PostgresStore(Store):
         """Connect, migrate under the advisory lock, start the writer."""
         try:
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=1, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT_S
+                self.url,
+                min_size=1,
+                max_size=POOL_MAX,
+                timeout=CONNECT_TIMEOUT_S,
+                # Whose task_counts rows this connection's writes move (v6).
+                server_settings={"operator_server.node_id": self._node_id},
             )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -416,6 +495,9 @@ class PostgresStore(Store):
         self._accepting = True
         # Pinged as often as leases are renewed: a cut is noticed as soon.
         await self._bus.start(self._pool, self._lease_s / 3)
+        # Beating from the start: the other nodes count this node in at once
+        # (and a node with no row is one they bury).
+        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
     async def close(self) -> None:
         """Commit everything queued, stop the writer and the listener, close the pool."""
@@ -469,19 +551,23 @@ class PostgresStore(Store):
                 _deliver(op, ok, value)
 
     async def _run_batch(self, batch: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run ``batch`` in one transaction.  Optimistically first, without a
+        savepoint per operation (two round trips each saved); if any operation
+        fails, that run is rolled back and the batch is run again with a
+        savepoint per operation, so the failing one fails alone (its own
+        ``StoreError`` — ``RolesTaken``, ``Fenced`` — reaching its caller) and
+        the others commit.  Operations are written to be run twice: they
+        snapshot their arguments when queued."""
         assert self._pool is not None
-        outcomes: list[tuple[bool, Any]] = []
-        self._ended = []
         began = time.perf_counter()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                # Every node's batches take turns, first thing, so that two
-                # batches never hold row locks (counts, leases) in each other's
-                # way; event ids then also increase in commit order.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", BATCH_LOCK)
-                for op in batch:
-                    outcomes.append(await _run_op(conn, op))
-                await self._announce(conn, batch)
+            async with self._pool.acquire() as conn:
+                try:
+                    outcomes = await self._attempt(conn, batch, savepoints=False)
+                except _OpFailed as failed:
+                    if len(batch) == 1:  # rolled back: the same as its savepoint
+                        return [(False, failed.error)]
+                    outcomes = await self._attempt(conn, batch, savepoints=True)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             return [(False, StoreError(f"commit failed: {exc}"))] * len(batch)
@@ -490,6 +576,24 @@ class PostgresStore(Store):
         self._answered()
         if self._commit_observer is not None:
             self._commit_observer(time.perf_counter() - began)
+        return outcomes
+
+    async def _attempt(
+        self, conn: asyncpg.Connection, batch: list[_Op], *, savepoints: bool
+    ) -> list[tuple[bool, Any]]:
+        """One run of ``batch``; without ``savepoints`` the first failing
+        operation raises ``_OpFailed`` and the whole run rolls back."""
+        outcomes: list[tuple[bool, Any]] = []
+        self._ended = []
+        async with conn.transaction():
+            if not savepoints:
+                outcomes = await _together(conn, batch)
+            else:
+                for op in batch:
+                    outcomes.append(await _in_savepoint(conn, op))
+            done = [op for op, (ok, _) in zip(batch, outcomes, strict=True) if ok]
+            await _store_events(conn, done)
+            await self._announce(conn, batch)
         return outcomes
 
     async def _announce(self, conn: asyncpg.Connection, batch: list[_Op]) -> None:
@@ -507,20 +611,36 @@ class PostgresStore(Store):
 
     # -- queueing ---------------------------------------------------------
 
-    async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
+    async def _call(
+        self,
+        work: Work,
+        what: str,
+        given: Events = (),
+    ) -> Any:
         if not self._accepting:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, fut, what, events))
+        self._queue.put_nowait(_Op(work, fut, what, given))
         return await fut
 
-    def _soon(self, work: Work, what: str, events: Events = ()) -> None:
+    def _soon_plain(self, what: str, sql: str, *args: Any) -> None:
+        """A "soon" write that is one statement with no result."""
+        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args))
+
+    def _soon(
+        self,
+        work: Work,
+        what: str,
+        given: Events = (),
+        *,
+        plain: tuple[str, tuple[Any, ...]] | None = None,
+    ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(_Op(work, None, what, events))
+        self._queue.put_nowait(_Op(work, None, what, given, plain=plain))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
@@ -563,13 +683,11 @@ class PostgresStore(Store):
         await self._call(work, f"save session {record.sid}")
 
     def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
-        self._soon(
-            lambda c: c.execute(
-                "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
-                float(last_seen_at),
-                sid,
-            ),
+        self._soon_plain(
             f"touch session {sid}",
+            "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
+            float(last_seen_at),
+            sid,
         )
 
     async def delete_session(self, sid: str) -> None:
@@ -593,34 +711,28 @@ class PostgresStore(Store):
     ) -> tuple[Work, str, Events]:
         """The write for ``record`` and its events, snapshotted now, not when the
         writer gets to it."""
+        task_id = record["id"]
+        live = record["status"] in self._live
         args = (
-            record["id"],
+            task_id,
             record["status"],
             float(record["created_at"]),
             float(record["updated_at"]),
             wire_json.dumps_bytes(record).decode(),
+            self._node_id,
+            live,
+            self._lease_s,
         )
-        live = args[1] in self._live
-        stored: list[TaskEvent] = []  # ``events`` with the ids they are stored under
+        delivery = None if deliver_at is None else float(deliver_at)
 
         async def work(c: asyncpg.Connection) -> None:
-            # Task row, then lease row: the order a takeover locks them in.
-            # Fenced, the savepoint takes the upsert back.
-            await c.execute(UPSERT_TASK, *args)  # an upsert: the row keeps its seq
-            owner = await c.fetchval(LEASE_HOLDER, args[0])
+            owner = await c.fetchval(WRITE_TASK, *args, delivery)
             if owner is not None and owner != self._node_id:
-                raise Fenced(f"task {args[0]} is run by node {owner} now")
-            if live:
-                await c.execute(INSERT_LEASE, args[0], self._node_id, self._lease_s)
-            else:
-                await c.execute("DELETE FROM task_leases WHERE task_id = $1", args[0])
-            await _insert_events(c, events, stored)
-            if deliver_at is not None:
-                await c.execute(UPSERT_DELIVERY, args[0], float(deliver_at))
+                raise Fenced(f"task {task_id} is run by node {owner} now")
             if not live:
-                self._ended.append(args[0])  # announced as the batch commits
+                self._ended.append(task_id)  # announced as the batch commits
 
-        return work, f"save task {record['id']}", stored
+        return work, f"save task {task_id}", events
 
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
@@ -631,8 +743,7 @@ class PostgresStore(Store):
         self._soon(*self._task_write(record, events))
 
     def put_events_soon(self, events: Events) -> None:
-        stored: list[TaskEvent] = []
-        self._soon(lambda c: _insert_events(c, events, stored), "save events", stored)
+        self._soon(_nothing, "save events", events)  # stored by the writer
 
     async def last_event_id(self) -> int:
         found = await self._read(
@@ -723,7 +834,10 @@ class PostgresStore(Store):
 
     async def count_tasks(self) -> dict[str, int]:
         rows = await self._read(
-            lambda c: c.fetch("SELECT status, n FROM task_counts WHERE n <> 0"), "count tasks"
+            lambda c: c.fetch(
+                "SELECT status, SUM(n) FROM task_counts GROUP BY status HAVING SUM(n) <> 0"
+            ),
+            "count tasks",
         )
         return {status: int(n) for status, n in rows}
 
@@ -762,18 +876,19 @@ class PostgresStore(Store):
 
         async def work(c: asyncpg.Connection) -> list[str]:
             async with c.transaction():
-                dead = [str(row["node_id"]) for row in await c.fetch(BURY_NODES)]
+                dead = {str(row["node_id"]) for row in await c.fetch(BURY_NODES)}
+                for req_id, sid, owner, node in await c.fetch(DEAD_REQUESTS, list(dead)):
+                    dead.add(owner)
+                    if node is None or node in dead:
+                        continue
+                    notice = {"sid": sid, "req_id": req_id, "reason": "its node stopped"}
+                    withdraw = encode("withdraw", me, notice)
+                    await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
                 if dead:
-                    for req_id, sid, node in await c.fetch(DEAD_REQUESTS, dead):
-                        if node is None or node in dead:
-                            continue
-                        notice = {"sid": sid, "req_id": req_id, "reason": "its node stopped"}
-                        withdraw = encode("withdraw", me, notice)
-                        await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
-                    gone = encode("nodes_gone", me, {"nodes": dead})
+                    gone = encode("nodes_gone", me, {"nodes": sorted(dead)})
                     await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
                 await c.execute(OLD_MESSAGES)
-                return dead
+                return sorted(dead)
 
         found: list[str] = await self._read(work, "bury dead nodes")
         return found
@@ -788,8 +903,9 @@ class PostgresStore(Store):
         text = wire_json.dumps(frame)
 
         async def work(c: asyncpg.Connection) -> str | None:
-            node = await c.fetchval(ISSUE_REQUEST, sid)
-            await c.execute(INSERT_REQUEST, req_id, sid, self._node_id, text, float(issued_at))
+            node = await c.fetchval(
+                ISSUE_REQUEST, req_id, sid, self._node_id, text, float(issued_at)
+            )
             return None if node is None else str(node)
 
         found: str | None = await self._call(work, f"issue request {req_id}")
@@ -802,12 +918,11 @@ class PostgresStore(Store):
             body = {"sid": sid, "req_id": req_id, "reason": withdrawn}
             notice = encode("withdraw", me, body)
 
-        async def work(c: asyncpg.Connection) -> None:
-            await c.execute("DELETE FROM pending_requests WHERE req_id = $1", req_id)
-            if notice is not None:
-                await c.execute(NOTIFY_SOCKET_NODE, sid, notice, me)
-
-        self._soon(work, f"finish request {req_id}")
+        what = f"finish request {req_id}"
+        if notice is None:
+            self._soon_plain(what, FINISH_REQUEST, req_id)
+        else:
+            self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
 
     async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
         me = self._node_id
@@ -836,7 +951,7 @@ class PostgresStore(Store):
         return _pending_rows(rows)
 
     def detach_socket_soon(self, sid: str) -> None:
-        self._soon(lambda c: c.execute(DETACH_SOCKET, sid, self._node_id), f"detach {sid}")
+        self._soon_plain(f"detach {sid}", DETACH_SOCKET, sid, self._node_id)
 
     async def _direct(self, sql: str, *args: Any, what: str) -> None:
         """A write of this node's own lease rows: straight on the pool, not behind
@@ -890,19 +1005,68 @@ class PostgresStore(Store):
         return result
 
 
-async def _insert_events(c: asyncpg.Connection, events: Events, stored: list[TaskEvent]) -> None:
-    """Store ``events`` under ids from the shared sequence; ``stored`` gets them
-    as stored (what the write publishes once committed)."""
-    if not events:
+async def _store_events(c: asyncpg.Connection, done: list[_Op]) -> None:
+    """Store the events of the batch's operations that succeeded, under ids from
+    the shared sequence in the batch's order: three round trips per batch,
+    whatever their number, at the batch's end — so ``EVENTS_LOCK``, held to
+    commit, is held for those and the commit only, and writers of several
+    nodes run their operations side by side.  A run that rolls back leaves its
+    ids unused: gaps, never a reuse."""
+    wanted = sum(len(op.given) for op in done)
+    if not wanted:
         return
-    ids = sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, len(events)))
-    renumbered = []
-    for new_id, event in zip(ids, events, strict=True):
-        again = TaskEvent(new_id, event.task_id, event.type, event.data)
-        again.__dict__["text"] = event.text  # already encoded
-        renumbered.append(again)
-    await c.executemany(INSERT_EVENT, [(e.id, e.task_id, e.text) for e in renumbered])
-    stored[:] = renumbered
+    await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+    ids = iter(sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, wanted)))
+    stored: list[TaskEvent] = []
+    for op in done:
+        numbered = []
+        for event in op.given:
+            again = TaskEvent(next(ids), event.task_id, event.type, event.data)
+            again.__dict__["text"] = event.text  # already encoded
+            numbered.append(again)
+        op.events[:] = numbered
+        stored += numbered
+    await c.execute(INSERT_EVENTS, *_event_columns(stored))
+
+
+async def _together(conn: asyncpg.Connection, batch: list[_Op]) -> list[tuple[bool, Any]]:
+    """Run ``batch`` without savepoints, in as few round trips as it allows:
+    each run of plain writes of the same statement pipelined.  The first
+    failure raises ``_OpFailed`` (naming the operation, or the first of the
+    run it failed in)."""
+    op = batch[0]
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        i = 0
+        while i < len(batch):
+            op = batch[i]
+            run = 1
+            while (
+                op.plain is not None
+                and i + run < len(batch)
+                and (nxt := batch[i + run].plain) is not None
+                and nxt[0] == op.plain[0]
+            ):
+                run += 1
+            if run > 1:
+                await conn.executemany(op.plain[0], [o.plain[1] for o in batch[i : i + run]])  # type: ignore[index]
+                outcomes += [(True, None)] * run
+            else:
+                outcomes.append((True, await op.work(conn)))
+            i += run
+    except OP_ERRORS as exc:
+        raise _OpFailed(_op_error(op, exc)) from exc
+    return outcomes
+
+
+def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:
+    return [e.id for e in events], [e.task_id for e in events], [e.text for e in events]
+
+
+def _op_error(op: _Op, exc: Exception) -> StoreError:
+    if isinstance(exc, StoreError):  # the op's own refusal, already worded
+        return exc
+    return StoreError(f"{op.what}: {exc}")
 
 
 def _pending_rows(rows: list[Any]) -> list[PendingRow]:
@@ -919,20 +1083,19 @@ def _pending_rows(rows: list[Any]) -> list[PendingRow]:
     return out
 
 
-async def _run_op(conn: asyncpg.Connection, op: _Op) -> tuple[bool, Any]:
-    """One op in its own savepoint: a failing op fails alone."""
-    for attempt in range(DEADLOCK_RETRIES):
+async def _in_savepoint(conn: asyncpg.Connection, op: _Op) -> tuple[bool, Any]:
+    """One op in its own savepoint: a failing op fails alone; one that loses a
+    deadlock is run again."""
+    for attempt in range(1, DEADLOCK_RETRIES + 1):
         try:
             async with conn.transaction():  # a savepoint
                 return True, await op.work(conn)
         except asyncpg.DeadlockDetectedError as exc:
-            if attempt + 1 == DEADLOCK_RETRIES:
-                return False, StoreError(f"{op.what}: {exc}")
-        except StoreError as exc:  # the op's own refusal, already worded
-            return False, exc
-        except (asyncpg.PostgresError, ValueError, TypeError) as exc:
-            return False, StoreError(f"{op.what}: {exc}")
-    raise AssertionError("unreachable")
+            if attempt == DEADLOCK_RETRIES:
+                return False, _op_error(op, exc)
+        except OP_ERRORS as exc:
+            return False, _op_error(op, exc)
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 async def _nothing(conn: asyncpg.Connection) -> None:

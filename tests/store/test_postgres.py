@@ -13,7 +13,14 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from operator_server.store import Fenced, PostgresStore, SessionRecord, StoreError
+from operator_server.store import (
+    Fenced,
+    PostgresStore,
+    RolesTaken,
+    SessionRecord,
+    StoreError,
+    TaskEvent,
+)
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.wsop import connect, mint
@@ -182,3 +189,70 @@ async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url:
     finally:
         await a.close()
         await b.close()
+
+
+def event(task_id: str, type: str) -> TaskEvent:
+    return TaskEvent(0, task_id, type, {"task_id": task_id, "type": type, "at": "now"})
+
+
+async def test_writes_that_fail_inside_a_batch_fail_alone_and_the_rest_commit_with_events(
+    pg_url: str,
+) -> None:
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", 0.2, ["running"])
+    b.lease_tasks("node-b", 10, ["running"])
+    await a.open()
+    await b.open()
+    try:
+        await a.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        await a.put_task(task_record("t-gone", "running"))
+        await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
+        assert [row.key for row in await b.take_over(at_start=False, limit=10)] == ["t-gone"]
+        seen: list[TaskEvent] = []
+        a.observe_events(seen.extend)
+        commits: list[float] = []
+        a.observe_commits(commits.append)
+        # Queued together, so the writer takes them as one batch.
+        outcomes = await asyncio.gather(
+            a.put_task(task_record("t-1", "running"), [event("t-1", "created")]),
+            a.put_session(SessionRecord("op-2", "cd" * 32, ["main"], "", 1.0, 1.0)),
+            a.put_task(task_record("t-gone", "passed"), [event("t-gone", "status")]),
+            a.put_task(task_record("t-2", "running"), [event("t-2", "created")]),
+            return_exceptions=True,
+        )
+        assert len(commits) == 1  # one batch, one transaction
+        assert outcomes[0] is None and outcomes[3] is None
+        assert isinstance(outcomes[1], RolesTaken) and outcomes[1].conflicts == {"main": "op-1"}
+        assert isinstance(outcomes[2], Fenced)
+        # The refused writes left nothing; the others committed, events and all.
+        assert await a.get_session("op-2") is None
+        assert (await a.get_task("t-gone")).value["status"] == "running"  # type: ignore[union-attr]
+        assert [(e.task_id, e.type) for e in seen] == [("t-1", "created"), ("t-2", "created")]
+        stored = await b.load_events(0, None, 10)
+        assert [(e.id, e.task_id) for e in stored] == [(e.id, e.task_id) for e in seen]
+        assert stored[0].id < stored[1].id
+        assert {row.key for row in await a.load_tasks(["running"])} == {"t-1", "t-2", "t-gone"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    try:
+        await store.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        for n in range(4):
+            await store.issue_request("op-1", f"r-{n}", {"type": "hook", "n": n}, float(n))
+        # Queued back to back: one batch, each kind's run sent in one go.
+        for n in range(3):
+            store.finish_request_soon("op-1", f"r-{n}", None)
+        for seen in (5.0, 6.0, 7.0):
+            store.touch_session_soon("op-1", seen)
+        _, pending = await store.attach_socket("op-1")
+        assert [row.req_id for row in pending] == ["r-3"]
+        session = await store.get_session("op-1")
+        assert session is not None and session.last_seen_at == 7.0
+    finally:
+        await store.close()
