@@ -163,6 +163,7 @@ class OperatorDirectory:
             metrics=self.metrics,
             report=self.engine.operator_event,
             relay=self.relay,
+            spawn=self.engine.background.spawn,
         )
 
     def _add(self, session: WSOperatorSession) -> None:

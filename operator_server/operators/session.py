@@ -49,6 +49,7 @@ log = get_logger(__name__)
 # How many answered req_ids to remember for ``already_answered``.
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
+Spawn = Callable[..., "asyncio.Task[None]"]
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
 # (event type "request" | "reply", task_id, req_id, face, sid)
@@ -94,6 +95,7 @@ class WSOperatorSession:
         metrics: Metrics | None = None,
         report: Report | None = None,
         relay: Relay | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -115,6 +117,10 @@ class WSOperatorSession:
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
         self._relay = relay
+        # Replies on their way to the node that issued them (cluster mode),
+        # started through the server's one place for background tasks.
+        self._spawn = spawn
+        self._passing: set[asyncio.Task[None]] = set()
         self.routed: dict[str, str] = {}  # req_id -> the node that issued it
         self._sent: set[str] = set()  # req_ids written to the current socket
         self._epoch = 0  # of the current socket's attach (cluster mode)
@@ -404,9 +410,12 @@ class WSOperatorSession:
     # -- frames from the operator ----------------------------------------
 
     def handle_text(self, text: str) -> Awaitable[None] | None:
-        """One client frame; problems go back as an ``error`` frame.  A reply to
-        a request another node issued returns what to await before the next
-        frame (frames are handled in order: a ``ping`` after it waits for it)."""
+        """One client frame; problems go back as an ``error`` frame.
+
+        A reply to a request another node issued is passed on in the
+        background, so a slow or dead issuer holds up nothing else; a ``ping``
+        after such replies returns what to await before its ``pong`` (and
+        before the next frame): "everything before it is done" holds."""
         self.last_seen_at = time.time()
         try:
             kind, data = p.parse_client_frame(text, self._settings.max_json_depth)
@@ -417,13 +426,24 @@ class WSOperatorSession:
             return None
         self._metrics.frame_received(kind)
         owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
-        if owner is not None and data["req_id"] not in self.pending:
-            return self._reply_elsewhere(owner, kind, data)
+        if owner is not None and data["req_id"] not in self.pending and self._spawn is not None:
+            passing = self._spawn(
+                self._reply_elsewhere(owner, kind, data), name=f"reply:{data['req_id']}"
+            )
+            self._passing.add(passing)
+            passing.add_done_callback(self._passing.discard)
+            return None
+        if kind == "ping" and self._passing:
+            return self._pong_after(list(self._passing), data)
         try:
             self._resolve(kind, data)
         except ProtocolError as exc:
             self._refuse(exc)
         return None
+
+    async def _pong_after(self, passing: list[asyncio.Task[None]], data: dict[str, Any]) -> None:
+        await asyncio.wait(passing)
+        self._resolve("ping", data)
 
     async def _reply_elsewhere(self, owner: str, kind: str, data: dict[str, Any]) -> None:
         assert self._relay is not None

@@ -249,16 +249,20 @@ async def test_300_tasks_across_two_nodes_all_pass_through_the_survivor_when_one
         a.proc.wait()
 
         async def operate() -> None:
-            # Now answer them all: B's own pass; A's get an error frame (A is
-            # gone), are withdrawn, and come back from B as second attempts.
-            for req_id in shown.values():
-                await ws.send_json({"type": "spawn_ack", "req_id": req_id, "value": "ok"})
+            # Now answer B's own (they pass); A's are withdrawn (cancel) and
+            # come back from B as second attempts, which are answered below.
+            for task_id in ids[1::2]:
+                reply = {"type": "spawn_ack", "req_id": shown[task_id], "value": "ok"}
+                await ws.send_json(reply)
             while True:
                 found = await frame(ws, 30)
+                if found["type"] in ("cancel", "error"):
+                    told[found.get("req_id")] = found
                 if found["type"] == "spawn":
                     reply = {"type": "spawn_ack", "req_id": found["req_id"], "value": "ok"}
                     await ws.send_json(reply)
 
+        told: dict[str | None, dict[str, Any]] = {}
         operator = asyncio.ensure_future(operate())
         try:
             # Within lease_s + a few renewal rounds, on a loaded 2-core machine.
@@ -282,6 +286,10 @@ async def test_300_tasks_across_two_nodes_all_pass_through_the_survivor_when_one
             assert all(a["error"]["code"] == "interrupted" for a in cut), task["attempts"]
         assert sum(len(by_id[t]["attempts"]) > 1 for t in ids[0::2]) > 0
         assert all(len(by_id[t]["attempts"]) == 1 for t in ids[1::2])  # B's own ran once
+        # Every request A had issued was withdrawn from the operator: none is
+        # left hanging on the socket.
+        for task_id in ids[0::2]:
+            assert told.get(shown[task_id], {}).get("type") == "cancel", task_id
         await ws.close()
 
 
