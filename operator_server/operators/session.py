@@ -427,9 +427,15 @@ class WSOperatorSession:
         self._metrics.frame_received(kind)
         owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
         if owner is not None and data["req_id"] not in self.pending and self._spawn is not None:
-            passing = self._spawn(
-                self._reply_elsewhere(owner, kind, data), name=f"reply:{data['req_id']}"
-            )
+            try:
+                passing = self._spawn(
+                    self._reply_elsewhere(owner, kind, data), name=f"reply:{data['req_id']}"
+                )
+            except RuntimeError:  # the server is shutting down: nothing is started now
+                self._refuse(
+                    ProtocolError(Code.SHUTTING_DOWN, "the server is shutting down", data["req_id"])
+                )
+                return None
             self._passing.add(passing)
             passing.add_done_callback(self._passing.discard)
             return None
