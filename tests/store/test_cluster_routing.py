@@ -309,3 +309,27 @@ async def test_healthz_on_every_node_counts_the_whole_clusters_tasks(pg_url: str
                 await asyncio.sleep(0.1)
             assert health["tasks"]["passed"] == 3, health
             assert health["node_id"] == ("node-a" if node is a else "node-b")
+
+
+async def test_a_frame_too_large_for_a_notify_payload_still_reaches_the_other_node(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)
+        ws = await connect(http, b, op)
+        task_id = await create(http, a, THIN)
+        spawn = await next_of(ws, "spawn")
+        auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+        # Far over NOTIFY's 8000-byte payload: it travels as a cluster_messages row.
+        question = {"context": "x" * 20_000, "which": "one?"}
+        ask = {"task_id": task_id, "question": question, "timeout_s": 0}
+        async with http.post(f"{a.base}/v1/worker/ask", json=ask, headers=auth) as resp:
+            assert resp.status == 202
+            ask_id = (await resp.json())["ask_id"]
+        asked = await next_of(ws, "ask")
+        assert asked["question"] == question
+        await ws.send_json({"type": "answer", "req_id": asked["req_id"], "value": "this one"})
+        async with http.get(f"{a.base}/v1/worker/ask/{ask_id}?wait=10", headers=auth) as resp:
+            assert (await resp.json())["value"] == "this one"
+        await ws.close()
