@@ -38,12 +38,16 @@ class Relay:
     async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
         """Store the request; True when another node holds the socket and was
         sent the frame.  Raises ``StoreError``."""
-        where = await self.store.issue_request(sid, req_id, frame, issued_at)
+        body = {"sid": sid, "req_id": req_id, "frame": frame}
+        # Sent by the insert's own transaction when it fits in a NOTIFY.
+        notice = self.cluster.bus.inline("deliver", body)
+        where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice)
         if where is None or where == self.node_id:
             return False
-        # Not delivered if this notice is lost: the row is replayed by that
-        # node's resync, or at the next attach.
-        await self.cluster.send(where, "deliver", {"sid": sid, "req_id": req_id, "frame": frame})
+        if not told:
+            # Not delivered if this notice is lost: the row is replayed by that
+            # node's resync, or at the next attach.
+            await self.cluster.send(where, "deliver", body)
         return True
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:

@@ -364,10 +364,16 @@ class Store(ABC):
         raise NotImplementedError("a one-process store has no other nodes")
 
     async def issue_request(
-        self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float
-    ) -> str | None:
-        """Store an operator request (durably); the node holding the session's
-        socket as the row commits, if any."""
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        notice: str | None = None,
+    ) -> tuple[str | None, bool]:
+        """Store an operator request (durably): the node holding the session's
+        socket as the row commits, if any, and whether it was sent ``notice``
+        (a bus message) by the same transaction, when it is another node."""
         raise NotImplementedError("a one-process store keeps requests in memory")
 
     def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:

@@ -98,6 +98,12 @@ class PgBus:
 
     # -- sending ------------------------------------------------------------
 
+    def inline(self, kind: str, body: dict[str, Any]) -> str | None:
+        """The message as a NOTIFY payload a statement can send itself, or None
+        when it is too large for one (then ``send`` it)."""
+        text = encode(kind, self.node_id, body)
+        return text if len(text) <= INLINE_MAX else None
+
     async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
         """Notify ``node`` (None: every node, this one too).  Raises
         ``OSError`` when it cannot; a node not listening just does not get it."""

@@ -322,14 +322,19 @@ INSERT_EVENTS = (
 # writer reads the new socket node and sends the frame there.  (The lock is
 # held to commit, and the insert is seen only at commit, whatever order the
 # statement runs its parts in.)  One statement: one round trip.
-ISSUE_REQUEST = """
+# ``$6``, when given, is the frame's notice to the node holding the socket,
+# sent by the same statement (as it commits): one transaction, not two.
+ISSUE_REQUEST = f"""
     WITH session AS (
         SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
     ), request AS (
         INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at)
         VALUES ($1, $2, $3, $4, $5)
+    ), told AS (
+        SELECT pg_notify({SQL_CHANNEL.format("socket_node")}, $6) FROM session
+        WHERE $6::text IS NOT NULL AND socket_node IS NOT NULL AND socket_node <> $3
     )
-    SELECT socket_node FROM session
+    SELECT socket_node, (SELECT count(*) FROM told) > 0 AS told FROM session
 """
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
@@ -898,17 +903,23 @@ class PostgresStore(Store):
         return None if node is None else str(node)
 
     async def issue_request(
-        self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float
-    ) -> str | None:
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        notice: str | None = None,
+    ) -> tuple[str | None, bool]:
         text = wire_json.dumps(frame)
+        args = (req_id, sid, self._node_id, text, float(issued_at), notice)
 
-        async def work(c: asyncpg.Connection) -> str | None:
-            node = await c.fetchval(
-                ISSUE_REQUEST, req_id, sid, self._node_id, text, float(issued_at)
-            )
-            return None if node is None else str(node)
+        async def work(c: asyncpg.Connection) -> tuple[str | None, bool]:
+            row = await c.fetchrow(ISSUE_REQUEST, *args)
+            if row is None or row["socket_node"] is None:
+                return None, False
+            return str(row["socket_node"]), bool(row["told"])
 
-        found: str | None = await self._call(work, f"issue request {req_id}")
+        found: tuple[str | None, bool] = await self._call(work, f"issue request {req_id}")
         return found
 
     def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
