@@ -56,6 +56,20 @@ async def next_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, A
     return found
 
 
+async def spawned(
+    http: aiohttp.ClientSession, socket_on: Daemon, task_on: Daemon
+) -> tuple[aiohttp.ClientWebSocketResponse, str, dict[str, Any], dict[str, str]]:
+    """An operator connected to ``socket_on`` holding the spawn of a task created
+    on ``task_on``: its socket, the task id, the spawn, and the worker's header
+    (its handle, what the directive gives a sub-agent)."""
+    op = await mint(http, socket_on)
+    ws = await connect(http, socket_on, op)
+    task_id = await create(http, task_on, THIN)
+    spawn = await next_of(ws, "spawn")
+    assert spawn["task_id"] == task_id
+    return ws, task_id, spawn, {"Authorization": f"Bearer {spawn['worker_handle']}"}
+
+
 async def until_pong(ws: aiohttp.ClientWebSocketResponse, ping_id: str) -> list[dict[str, Any]]:
     """Every frame before the pong to our ping: what the server had sent so far."""
     await ws.send_json({"type": "ping", "id": ping_id})
@@ -71,11 +85,7 @@ async def test_a_task_on_node_a_reaches_the_operator_on_node_b_and_a_long_poll_o
 ) -> None:
     a, b = await two_nodes(pg_url)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        op = await mint(http, b)
-        ws = await connect(http, b, op)
-        task_id = await create(http, a, THIN)
-        spawn = await next_of(ws, "spawn")
-        assert spawn["task_id"] == task_id
+        ws, task_id, spawn, _ = await spawned(http, socket_on=b, task_on=a)
         # The long-poll waits on B, which does not run the task.
         poll = asyncio.ensure_future(http.get(f"{b.base}/v1/tasks/{task_id}?wait=60"))
         # The worker's calls go to A (the spawn directive names the node that issued it).
@@ -100,11 +110,7 @@ async def test_worker_calls_and_cancels_may_hit_the_node_that_does_not_run_the_t
 ) -> None:
     a, b = await two_nodes(pg_url)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        op = await mint(http, a)
-        ws = await connect(http, a, op)
-        task_id = await create(http, a, THIN)
-        spawn = await next_of(ws, "spawn")
-        auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+        ws, task_id, spawn, auth = await spawned(http, socket_on=a, task_on=a)
         # Everything through B; A runs the attempt and decides.
         async with http.get(f"{b.base}/v1/worker/prompt?task_id={task_id}", headers=auth) as resp:
             assert resp.status == 200 and (await resp.json())["prompt"] == "write it"
@@ -316,11 +322,7 @@ async def test_a_frame_too_large_for_a_notify_payload_still_reaches_the_other_no
 ) -> None:
     a, b = await two_nodes(pg_url)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        op = await mint(http, b)
-        ws = await connect(http, b, op)
-        task_id = await create(http, a, THIN)
-        spawn = await next_of(ws, "spawn")
-        auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+        ws, task_id, _, auth = await spawned(http, socket_on=b, task_on=a)
         # Far over NOTIFY's 8000-byte payload: it travels as a cluster_messages row.
         question = {"context": "x" * 20_000, "which": "one?"}
         ask = {"task_id": task_id, "question": question, "timeout_s": 0}
