@@ -9,7 +9,7 @@ run as ``nobody`` when the tests run as root, stopped and removed at the end.
 Each test that wants a database gets its own (``pg_url``): a fresh
 ``CREATE DATABASE``, so tests never see each other's rows.
 
-Where PostgreSQL is not installed the tests that need it are skipped, except
+Where PostgreSQL is not installed the tests that need it are skipped (tests/needs.py), except
 under ``CI=true``, where that is a failure: CI installs it (``.ci/run``), so a
 missing server there means the cluster tests silently stopped running.
 """
@@ -24,6 +24,7 @@ import asyncpg
 import pytest
 
 from operator_server.localcluster import Postgres, find_bindir, throwaway_postgres
+from tests.needs import unavailable
 
 _databases = itertools.count(1)
 
@@ -31,10 +32,7 @@ _databases = itertools.count(1)
 def require_postgres() -> None:
     """Skip the calling test where PostgreSQL is not installed (fail under CI=true)."""
     if find_bindir() is None:
-        message = "PostgreSQL is not installed (no initdb); .ci/run installs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("PostgreSQL is not installed (no initdb); .ci/run installs it")
 
 
 @pytest.fixture(scope="session")

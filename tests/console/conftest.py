@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,15 +14,14 @@ from tests.console.browser import (
     severe_log_entries,
     start_daemon,
 )
+from tests.needs import unavailable
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     missing = browser_missing()
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the browser tests must run in CI: {missing}")
-        pytest.skip(missing)
+        unavailable(missing)
     with chromium() as driver:
         yield driver
 

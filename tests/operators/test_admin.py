@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from operator_server.operators.session import hash_token
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.needs import unavailable
 from tests.wsop import connect, eventually, expect
 
 API = "admin-secret"
@@ -240,7 +241,7 @@ async def test_with_no_api_token_admin_routes_refuse_callers_off_loopback(
 ) -> None:
     address = _non_loopback_address()
     if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
+        unavailable("this machine has no non-loopback IPv4 address")
     from operator_server.app import build_app
     from tests.conftest import make_settings
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import pytest
-
 from tests.conftest import Server, directory_of
+from tests.needs import unavailable
 from tests.wsop import connect, mint, recv
 
 
-@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux-only")
 async def test_a_burst_of_frames_is_written_and_the_socket_is_left_uncorked(
     server: Server,
 ) -> None:
+    if not hasattr(socket, "TCP_CORK"):
+        unavailable("TCP_CORK is Linux-only")
     client = await server()
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
