@@ -709,14 +709,24 @@ class Engine:
 
     # -- worker side ------------------------------------------------------
     # Each worker call is done by the node running the attempt: another node
-    # passes it there (``owner_elsewhere``; ``engine/remote.py`` serves it).
+    # passes it there (``_on_owner``; ``engine/remote.py`` serves it).
 
-    async def owner_elsewhere(self, task_id: str) -> str | None:
-        """Cluster mode: the node running ``task_id``, when it is not this one."""
+    async def _on_owner(
+        self,
+        task_id: str,
+        method: str,
+        args: Callable[[], dict[str, Any]],
+        longer: float = 0,
+    ) -> dict[str, Any] | None:
+        """Cluster mode, when another node runs ``task_id``: ``method`` run
+        there, with ``args()`` (built only then), and its answer.  None when
+        the task runs here (or no node holds it): do it here."""
         if self.cluster is None or task_id in self.tasks:
             return None
         owner = await self.store.task_owner(task_id)
-        return None if owner == self.cluster.node_id else owner
+        if owner is None or owner == self.cluster.node_id:
+            return None
+        return await self.cluster.call(owner, method, args(), longer=longer)
 
     async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
         """A worker's credential, checked where its attempt runs: here, or on
@@ -727,23 +737,24 @@ class Engine:
             if self.cluster is None or exc.code not in ELSEWHERE_CODES:
                 raise
             named = self.capabilities.task_named(bearer)
-            owner = await self.owner_elsewhere(named) if named else None
-            if owner is None or self.cluster is None:
+            args = {"bearer": bearer, "verb": verb, "task_id": task_id}
+            found = await self._on_owner(named, "verify_worker", lambda: args) if named else None
+            if found is None:
                 raise
-        args = {"bearer": bearer, "verb": verb, "task_id": task_id}
-        return claims_from_wire(await self.cluster.call(owner, "verify_worker", args))
+            return claims_from_wire(found)
 
     async def worker_prompt(self, claims: Claims) -> dict[str, Any]:
-        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
-            return await self.cluster.call(owner, "worker_prompt", {"claims": claims_wire(claims)})
-        return self.worker_view(claims)
+        found = await self._on_owner(
+            claims.task_id, "worker_prompt", lambda: {"claims": claims_wire(claims)}
+        )
+        return found if found is not None else self.worker_view(claims)
 
     async def worker_result(self, claims: Claims, result: WorkerResult) -> None:
-        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
-            args = {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
-            await self.cluster.call(owner, "worker_result", args)
-            return
-        self.post_worker_result(claims, result)
+        def args() -> dict[str, Any]:
+            return {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
+
+        if await self._on_owner(claims.task_id, "worker_result", args) is None:
+            self.post_worker_result(claims, result)
 
     async def ask_senior(
         self,
@@ -752,14 +763,13 @@ class Engine:
         answer_schema: dict[str, Any] | None = None,
         key: str | None = None,
     ) -> WorkerAsk:
-        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
-            args = {
-                "claims": claims_wire(claims),
-                "question": question,
-                "schema": answer_schema,
-                "key": key,
-            }
-            return WorkerAsk.from_record(await self.cluster.call(owner, "worker_ask", args))
+        def args() -> dict[str, Any]:
+            wire = claims_wire(claims)
+            return {"claims": wire, "question": question, "schema": answer_schema, "key": key}
+
+        found = await self._on_owner(claims.task_id, "worker_ask", args)
+        if found is not None:
+            return WorkerAsk.from_record(found)
         return self.worker_ask(claims, question, answer_schema, key)
 
     def worker_view(self, claims: Claims) -> dict[str, Any]:
@@ -906,9 +916,12 @@ class Engine:
         """The worker's ask ``ask_id`` once settled, or as it is after ``wait``
         seconds; None when its attempt has no such ask.  Answers are kept, so
         asking again returns the same outcome."""
-        if (owner := await self.owner_elsewhere(claims.task_id)) and self.cluster:
-            args = {"claims": claims_wire(claims), "ask_id": ask_id, "wait": wait}
-            found = await self.cluster.call(owner, "wait_ask", args, longer=wait)
+
+        def args() -> dict[str, Any]:
+            return {"claims": claims_wire(claims), "ask_id": ask_id, "wait": wait}
+
+        found = await self._on_owner(claims.task_id, "wait_ask", args, longer=wait)
+        if found is not None:
             return None if found["ask"] is None else WorkerAsk.from_record(found["ask"])
         task = self.tasks.get(claims.task_id)
         record = next(
@@ -935,9 +948,11 @@ class Engine:
 
     async def cancel(self, task_id: str, reason: str) -> bool:
         """Stop the task's run; True when it was still going."""
-        if (owner := await self.owner_elsewhere(task_id)) and self.cluster:
-            args = {"task_id": task_id, "reason": reason}
-            return bool((await self.cluster.call(owner, "cancel", args))["cancelled"])
+        found = await self._on_owner(
+            task_id, "cancel", lambda: {"task_id": task_id, "reason": reason}
+        )
+        if found is not None:
+            return bool(found["cancelled"])
         task = self.tasks.get(task_id)
         run = self._runs.get(task_id)
         if task is None or task.status.terminal or run is None:

@@ -1,7 +1,7 @@
 """What a node does for callers on other nodes (cluster mode).
 
 A worker's HTTP call, or a cancel, may reach any node; only the node running
-the task's attempt can do it (``Engine.owner_elsewhere``).  The receiving node
+the task's attempt can do it (``Engine._on_owner``).  The receiving node
 passes it on with ``Cluster.call``; the owner runs the same engine method a
 local caller would, so every check — the attempt still live, the credential
 not revoked, the same ask ``key`` — is made where the state is.
