@@ -190,9 +190,7 @@ class WSOperatorSession:
             if req is not None:
                 self._deliver(req, replay=True)
             elif row.owner_node != self._relay.node_id:
-                if row.frame.get("type") in _ANSWERABLE:
-                    self.routed[row.req_id] = row.owner_node
-                self._send_once(row.req_id, row.frame, replay=True)
+                self._show_for(row.owner_node, row.req_id, row.frame, replay=True)
         for req in list(self.pending.values()):  # issued here, not yet stored
             if req.req_id not in self._sent:
                 self._deliver(req, replay=True)
@@ -215,11 +213,17 @@ class WSOperatorSession:
         if self._held is not None:
             self._held.append((owner, req_id, frame))
         elif self._pump is not None:
-            answerable = frame.get("type") in _ANSWERABLE  # a hook_after is only told
-            if answerable:
-                self.routed[req_id] = owner
-            if self._send_once(req_id, frame) and not answerable:
-                self._sent.discard(req_id)  # nothing will come back to forget it
+            self._show_for(owner, req_id, frame)
+
+    def _show_for(
+        self, owner: str, req_id: str, frame: dict[str, Any], *, replay: bool = False
+    ) -> None:
+        """Show the operator a request ``owner`` issued; its reply goes there."""
+        answerable = frame.get("type") in _ANSWERABLE  # a hook_after is only told
+        if answerable:
+            self.routed[req_id] = owner
+        if self._send_once(req_id, frame, replay=replay) and not answerable:
+            self._sent.discard(req_id)  # nothing will come back to forget it
 
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
