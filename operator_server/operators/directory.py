@@ -22,6 +22,7 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from operator_server.config import Settings, listen_url
@@ -68,24 +69,16 @@ class OperatorDirectory:
     def _route(self, cluster: Cluster) -> None:
         """Handle what other nodes send about sessions held here."""
 
-        def deliver(node: str, body: dict[str, Any]) -> None:
-            if (session := self.sessions.get(body["sid"])) is not None:
-                session.deliver_from(node, body["req_id"], body["frame"])
+        Act = Callable[[WSOperatorSession, str, dict[str, Any]], None]
 
-        def withdraw(node: str, body: dict[str, Any]) -> None:
-            del node
-            if (session := self.sessions.get(body["sid"])) is not None:
-                session.withdrawn_elsewhere(body["req_id"], body["reason"])
+        def to_session(act: Act) -> Callable[[str, dict[str, Any]], None]:
+            """A handler for a message about one session: ignored unless it is here."""
 
-        def delivered(node: str, body: dict[str, Any]) -> None:
-            del node
-            if (session := self.sessions.get(body["sid"])) is not None:
-                session.delivered_elsewhere()
+            def handle(node: str, body: dict[str, Any]) -> None:
+                if (session := self.sessions.get(body["sid"])) is not None:
+                    act(session, node, body)
 
-        def replaced(node: str, body: dict[str, Any]) -> None:
-            del node
-            if (session := self.sessions.get(body["sid"])) is not None:
-                session.replaced_elsewhere(int(body["epoch"]))
+            return handle
 
         def gone(node: str, body: dict[str, Any]) -> None:
             sid = body["sid"]
@@ -103,14 +96,15 @@ class OperatorDirectory:
             session.reply_from_elsewhere(args["kind"], args["data"])
             return {}
 
-        for kind, handler in (
-            ("deliver", deliver),
-            ("withdraw", withdraw),
-            ("delivered", delivered),
-            ("replaced", replaced),
-            ("session_gone", gone),
-        ):
-            cluster.on(kind, handler)
+        cluster.on(
+            "deliver", to_session(lambda s, node, b: s.deliver_from(node, b["req_id"], b["frame"]))
+        )
+        cluster.on(
+            "withdraw", to_session(lambda s, _, b: s.withdrawn_elsewhere(b["req_id"], b["reason"]))
+        )
+        cluster.on("delivered", to_session(lambda s, _, b: s.delivered_elsewhere()))
+        cluster.on("replaced", to_session(lambda s, _, b: s.replaced_elsewhere(int(b["epoch"]))))
+        cluster.on("session_gone", gone)
         cluster.serve("operator_reply", operator_reply)
         cluster.bus.on_resync(self._resync)
 
