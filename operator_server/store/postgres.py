@@ -886,8 +886,7 @@ class PostgresStore(Store):
                     dead.add(owner)
                     if node is None or node in dead:
                         continue
-                    notice = {"sid": sid, "req_id": req_id, "reason": "its node stopped"}
-                    withdraw = encode("withdraw", me, notice)
+                    withdraw = _withdraw(me, sid, req_id, "its node stopped")
                     await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
                 if dead:
                     gone = encode("nodes_gone", me, {"nodes": sorted(dead)})
@@ -924,10 +923,7 @@ class PostgresStore(Store):
 
     def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
         me = self._node_id
-        notice = None
-        if withdrawn is not None:
-            body = {"sid": sid, "req_id": req_id, "reason": withdrawn}
-            notice = encode("withdraw", me, body)
+        notice = None if withdrawn is None else _withdraw(me, sid, req_id, withdrawn)
 
         what = f"finish request {req_id}"
         if notice is None:
@@ -1078,6 +1074,12 @@ def _op_error(op: _Op, exc: Exception) -> StoreError:
     if isinstance(exc, StoreError):  # the op's own refusal, already worded
         return exc
     return StoreError(f"{op.what}: {exc}")
+
+
+def _withdraw(from_node: str, sid: str, req_id: str, reason: str) -> str:
+    """The message that has the node showing ``req_id`` send the operator its
+    ``cancel`` (handled by the operator directory)."""
+    return encode("withdraw", from_node, {"sid": sid, "req_id": req_id, "reason": reason})
 
 
 def _pending_rows(rows: list[Any]) -> list[PendingRow]:
