@@ -60,6 +60,9 @@ async def operator_with_spawns(
         frame = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
         if frame["type"] == "spawn":
             spawned.add(frame["task_id"])
+            op.setdefault("credentials", []).append(
+                (frame["task_id"], frame["worker_handle"], frame["capability_token"])
+            )
     assert spawned == set(ids)
     op["ws"] = ws
     return op, ids
@@ -126,6 +129,12 @@ async def test_a_killed_nodes_tasks_pass_on_the_survivor_once_their_leases_lapse
                 first, second = task["attempts"]
                 assert first["error"]["code"] == "interrupted"
                 assert second["status"] == "passed"
+            # The cut attempts' credentials, minted on A, are dead on B.
+            for task_id, *creds in op["credentials"]:
+                for cred in creds:
+                    url = f"{b.base}/v1/worker/prompt?task_id={task_id}"
+                    async with http.get(url, headers={"Authorization": f"Bearer {cred}"}) as resp:
+                        assert resp.status in (401, 403), await resp.text()
             await ws.close()
             b.proc.send_signal(signal.SIGTERM)
             assert b.proc.wait(timeout=15) == 0
