@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from operator_server.errors import AttemptFailed
+from operator_server.wire.times import iso
 
 
 class AskStatus(StrEnum):
@@ -75,8 +76,6 @@ class WorkerAsk:
         return True
 
     def as_dict(self) -> dict[str, Any]:
-        from operator_server.engine.tasks import iso  # tasks imports this module
-
         return {
             "ask_id": self.ask_id,
             "req_id": self.req_id,

@@ -271,34 +271,28 @@ class Engine:
         if not self.recording:
             return events
         current = task.current
-        error: dict[str, Any] = {} if ending.error is None else {"error_code": ending.error.code}
+        code = None if ending.error is None else str(ending.error.code)
         if current is not None and not current.status.terminal:
             events.append(
                 self.events.make(
                     task,
                     EventType.ATTEMPT_ENDED,
                     ending.at,
-                    attempt=current.number,
-                    outcome=str(ending.status),
-                    **error,
+                    current.number,
+                    str(ending.status),
+                    code,
                 )
             )
         if ending.final:
             events.append(
-                self.events.make(task, EventType.STATUS, ending.at, ending.status, **error)
+                self.events.make(task, EventType.STATUS, ending.at, code, status=ending.status)
             )
         return events
 
     def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
         """An attempt's new output, as an event: its kind and source, never its value."""
         event = self.events.make(
-            task,
-            EventType.OUTPUT,
-            output.at,
-            attempt=attempt,
-            kind=output.kind,
-            source=output.source,
-            ok=output.ok,
+            task, EventType.OUTPUT, output.at, attempt, output.kind, output.source, output.ok
         )
         self.store.put_events_soon([event])
 
@@ -308,7 +302,7 @@ class Engine:
         task = self.tasks.get(task_id)
         if task is None or not self.recording:  # ended meanwhile: its stream is closed
             return
-        event = self.events.make_operator(task, type, time.time(), req_id, face, sid)
+        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
         self.store.put_events_soon([event])
 
     # -- reading tasks: live ones from memory, finished ones from the store --
@@ -431,9 +425,9 @@ class Engine:
                             task,
                             EventType.ATTEMPT_ENDED,
                             now,
-                            attempt=current.number,
-                            outcome=str(TaskStatus.FAILED),
-                            error_code=Code.INTERRUPTED,
+                            current.number,
+                            TaskStatus.FAILED.value,
+                            Code.INTERRUPTED.value,
                         )
                     ]
                 )
@@ -626,9 +620,7 @@ class Engine:
         events: list[TaskEvent] = []
         if self.recording:
             events.append(
-                self.events.make(
-                    task, EventType.ATTEMPT_STARTED, record.started_at, attempt=record.number
-                )
+                self.events.make(task, EventType.ATTEMPT_STARTED, record.started_at, record.number)
             )
             if before is not TaskStatus.RUNNING:
                 events.append(self.events.make(task, EventType.STATUS, record.started_at))

@@ -9,9 +9,7 @@ read what they missed from the store, then follow ``subscribe``.
 ``EventFanout`` is the small interface a multi-node fan-out (Postgres
 LISTEN/NOTIFY) would implement; ``LocalFanout`` serves one process.
 
-What an event never holds: an output's value (a worker may post anything,
-credentials included), a question, an answer, a capability or worker handle.
-Only kinds, sources, ids, statuses and error codes.
+What an event holds, and never holds, is its wire form (``wire/events.py``).
 """
 
 from __future__ import annotations
@@ -21,18 +19,18 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from operator_server.engine.tasks import Task, TaskStatus, iso
+from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.store import Events, TaskEvent
+from operator_server.wire.events import EventType
 
-
-class EventType:
-    CREATED = "created"
-    STATUS = "status"
-    ATTEMPT_STARTED = "attempt_started"
-    ATTEMPT_ENDED = "attempt_ended"
-    OUTPUT = "output"
-    REQUEST = "request"
-    REPLY = "reply"
+__all__ = [
+    "EventFanout",
+    "EventLog",
+    "EventType",
+    "LocalFanout",
+    "Subscription",
+    "is_terminal",
+]
 
 
 class EventLog:
@@ -48,55 +46,25 @@ class EventLog:
         self.last_id = max(self.last_id, last_id)
 
     def make(
-        self,
-        task: Task,
-        type: str,
-        at: float,
-        status: TaskStatus | None = None,
-        **extra: Any,
+        self, task: Task, type: str, at: float, *values: Any, status: TaskStatus | None = None
     ) -> TaskEvent:
-        """An event of ``task``; ``status`` is the task's status once the event
-        applies (default: as it is now).  Not encoded here: the store encodes a
-        write's events together on its own thread, a stream only when one reads."""
-        data = {
-            "task_id": task.id,
-            "type": type,
-            "at": iso(at),
-            "agent": task.agent,
-            "status": _STATUS_TEXT[status or task.status],
-        }
-        if extra:
-            data.update(extra)
-        return TaskEvent(0, task.id, type, data)
-
-    def make_operator(
-        self, task: Task, type: str, at: float, req_id: str, face: str, sid: str
-    ) -> TaskEvent:
-        """``make(task, type, at, attempt=..., req_id=..., face=..., sid=...)``
-        spelled out: a task has several of these (``request``, ``reply``), and
-        the keyword dict and its merge were most of their cost."""
-        task_id = task.id
-        data = {
-            "task_id": task_id,
-            "type": type,
-            "at": iso(at),
-            "agent": task.agent,
-            "status": _STATUS_TEXT[task.status],
-            "attempt": task.attempt,
-            "req_id": req_id,
-            "face": face,
-            "sid": sid,
-        }
-        return TaskEvent(0, task_id, type, data)
+        """An event of ``task``: ``values`` are its type's fields in the order
+        ``FIELDS`` names them; ``status`` is the task's status once the event
+        applies (default: as it is now).  Nothing is formatted or encoded here
+        (``TaskEvent`` does that when a stream reads it)."""
+        return TaskEvent(
+            0, task.id, type, at, task.agent, _STATUS_TEXT[status or task.status], values
+        )
 
 
 # A status's text without the enum's ``value`` descriptor (one per event).
 _STATUS_TEXT: dict[TaskStatus, str] = {status: status.value for status in TaskStatus}
+_TERMINAL_TEXT = frozenset(status.value for status in TaskStatus if status.terminal)
 
 
 def is_terminal(event: TaskEvent) -> bool:
     """The event that ends its task's stream: the task's final status."""
-    return event.type == EventType.STATUS and TaskStatus(event.data["status"]).terminal
+    return event.type == EventType.STATUS and event.status in _TERMINAL_TEXT
 
 
 class Subscription:
@@ -196,8 +164,8 @@ class LocalFanout:
         return self._last_id
 
     def publish(self, events: Events) -> None:
-        if events:
-            self._last_id = max(self._last_id, events[-1].id)
+        if events and events[-1].id > self._last_id:  # they come in id order
+            self._last_id = events[-1].id
         if not self._by_task and not self._all:
             return
         for event in events:

@@ -271,9 +271,8 @@ async def all_events(request: web.Request) -> web.StreamResponse:
     if status is not None or agent is not None:
 
         def wants(event: TaskEvent) -> bool:
-            data = event.data
-            return (status is None or data.get("status") == status) and (
-                agent is None or data.get("agent") == agent
+            return (status is None or event.status == status) and (
+                agent is None or event.agent == agent
             )
 
     return await EventStream(request, None, wants).run()

@@ -20,7 +20,6 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
-from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
 from operator_server.operators.access import authorize_session_or_admin, require_admin
 from operator_server.operators.keys import DIRECTORY
@@ -30,6 +29,7 @@ from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response, query
+from operator_server.wire.times import iso
 
 routes = web.RouteTableDef()
 

@@ -21,7 +21,6 @@ from marshmallow import Schema, ValidationError, fields, validate, validates
 from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
 from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
-from operator_server.engine.tasks import iso
 from operator_server.errors import ApiError, Code
 from operator_server.operators.access import authorize_session, authorize_session_or_admin
 from operator_server.operators.directory import SessionGone
@@ -31,6 +30,7 @@ from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response, read_json, require_bearer
 from operator_server.wire.requests import validate as load
+from operator_server.wire.times import iso
 
 routes = web.RouteTableDef()
 

@@ -38,11 +38,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 from operator_server.logs import get_logger
 from operator_server.wire import json
+from operator_server.wire.events import FIELDS
+from operator_server.wire.times import iso
 
 log = get_logger(__name__)
 
@@ -100,33 +101,133 @@ class StoredTask:
     row: Row
 
 
-@dataclass
 class TaskEvent:
-    """One event of a task's stream.  ``data`` is the JSON object sent as the
-    SSE ``data:`` line; it holds at least ``task_id``, ``type`` and ``at``.
+    """One event of a task's stream, kept as its values: ``data`` (the JSON
+    object an SSE ``data:`` line carries, ``wire/events.py``) and ``text`` are
+    built when first asked for.  Most events are stored and never streamed, and
+    building each one's dict, timestamp text and JSON up front was most of what
+    events cost (``make bench ARGS=overhead``).
 
     ``id`` is given by the store as it queues the event's write (the engine
     builds events with 0): ids then increase in commit order, whichever write
-    an event rides with.  Nothing else changes an event once built."""
+    an event rides with.  Nothing else changes an event once built.
 
-    id: int
-    task_id: str
-    type: str
-    data: dict[str, Any]
+    ``stored()`` is what a store keeps: ``[type, at, agent, status, *values]``
+    with ``at`` in epoch seconds.  Rows written before it hold the JSON object
+    itself; ``from_stored`` reads both.
+    """
 
-    @cached_property
+    __slots__ = (
+        "_data",
+        "_given",
+        "_text",
+        "agent",
+        "at",
+        "id",
+        "status",
+        "task_id",
+        "type",
+        "values",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        task_id: str,
+        type: str,
+        at: float,
+        agent: str,
+        status: str,
+        values: tuple[Any, ...] = (),
+    ) -> None:
+        self.id = id
+        self.task_id = task_id
+        self.type = type
+        self.at = at
+        self.agent = agent
+        self.status = status
+        self.values = values
+        self._data: dict[str, Any] | None = None
+        self._text: str | None = None
+        self._given = False  # built from its JSON object (``of_data``)
+
+    @classmethod
+    def of_data(cls, id: int, task_id: str, data: dict[str, Any]) -> TaskEvent:
+        """An event given as its JSON object (a row in the older stored form)."""
+        type, agent, status = (str(data.get(name, "")) for name in ("type", "agent", "status"))
+        event = cls(id, task_id, type, 0.0, agent, status)
+        event._data = data
+        event._given = True
+        return event
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            data = {
+                "task_id": self.task_id,
+                "type": self.type,
+                "at": iso(self.at),
+                "agent": self.agent,
+                "status": self.status,
+            }
+            for name, value in zip(FIELDS.get(self.type, ()), self.values, strict=False):
+                if value is not None:
+                    data[name] = value
+            self._data = data
+        return self._data
+
+    @property
     def text(self) -> str:
-        """``data`` as compact JSON, encoded once for the store and every stream."""
-        return json.dumps_bytes(self.data).decode()
+        """``data`` as compact JSON, encoded once for every stream."""
+        if self._text is None:
+            self._text = json.dumps_bytes(self.data).decode()
+        return self._text
+
+    def stored(self) -> Any:
+        """The JSON value a store keeps for this event."""
+        if self._given:
+            return self._data
+        return [self.type, self.at, self.agent, self.status, *self.values]
+
+    @classmethod
+    def from_stored(cls, id: int, task_id: str, value: Any) -> TaskEvent:
+        """What ``stored`` gave, read back; ``ValueError`` when it is not that."""
+        if isinstance(value, dict):
+            return cls.of_data(id, task_id, value)
+        if not isinstance(value, list) or len(value) < 4:
+            raise ValueError("not an event: expected [type, at, agent, status, ...] or an object")
+        type, at, agent, status, *values = value
+        if not (
+            isinstance(type, str)
+            and isinstance(at, int | float)
+            and not isinstance(at, bool)
+            and isinstance(agent, str)
+            and isinstance(status, str)
+            and len(values) <= len(FIELDS.get(type, ()))
+        ):
+            raise ValueError(f"not an event: {value!r:.80}")
+        return cls(id, task_id, type, float(at), agent, status, tuple(values))
 
     @classmethod
     def from_row(cls, event_id: int, task_id: str, text: str) -> TaskEvent:
-        data = json.loads(text, json.STORED_MAX_DEPTH)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        event = cls(int(event_id), str(task_id), str(data.get("type", "")), data)
-        event.__dict__["text"] = text  # already encoded
+        """One stored event's JSON text as the event."""
+        event = cls.from_stored(
+            int(event_id), str(task_id), json.loads(text, json.STORED_MAX_DEPTH)
+        )
+        if event._given:
+            event._text = text  # already encoded
         return event
+
+    def renumbered(self, id: int) -> TaskEvent:
+        """The same event under another id."""
+        again = TaskEvent(
+            id, self.task_id, self.type, self.at, self.agent, self.status, self.values
+        )
+        again._data, again._text, again._given = self._data, self._text, self._given
+        return again
+
+    def __repr__(self) -> str:
+        return f"TaskEvent({self.id}, {self.task_id!r}, {self.type!r})"
 
 
 def decode_event_batch_rows(rows: Iterable[Sequence[Any]]) -> list[TaskEvent]:
@@ -137,12 +238,14 @@ def decode_event_batch_rows(rows: Iterable[Sequence[Any]]) -> list[TaskEvent]:
     for first_id, owner, data in rows:
         try:
             batch = json.loads(data, json.STORED_MAX_DEPTH)
-            if not isinstance(batch, list) or not all(isinstance(d, dict) for d in batch):
-                raise ValueError("not a JSON array of objects")
+            if not isinstance(batch, list):
+                raise ValueError("not a JSON array")
             task_id = str(owner)
             out.extend(
-                TaskEvent(int(first_id) + i, task_id, str(d.get("type", "")), d)
-                for i, d in enumerate(batch)
+                [
+                    TaskEvent.from_stored(int(first_id) + i, task_id, value)
+                    for i, value in enumerate(batch)
+                ]
             )
         except Exception as exc:  # one bad row is skipped, whatever is wrong with it
             log.warning(

@@ -1028,9 +1028,7 @@ async def _store_events(c: asyncpg.Connection, done: list[_Op]) -> None:
     for op in done:
         numbered = []
         for event in op.given:
-            again = TaskEvent(next(ids), event.task_id, event.type, event.data)
-            again.__dict__["text"] = event.text  # already encoded
-            numbered.append(again)
+            numbered.append(event.renumbered(next(ids)))
         op.events[:] = numbered
         stored += numbered
     await c.execute(INSERT_EVENTS, *_event_columns(stored))
@@ -1067,7 +1065,8 @@ async def _together(conn: asyncpg.Connection, batch: list[_Op]) -> list[tuple[bo
 
 
 def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:
-    return [e.id for e in events], [e.task_id for e in events], [e.text for e in events]
+    texts = [wire_json.dumps_bytes(e.stored()).decode() for e in events]
+    return [e.id for e in events], [e.task_id for e in events], texts
 
 
 def _op_error(op: _Op, exc: Exception) -> StoreError:

@@ -651,7 +651,7 @@ def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -
 def _event_row(first_id: int, task_id: str, events: Events) -> tuple[int, int, str, str]:
     """The stored row of consecutive events of one task: encoded here, on the
     store's thread, as one JSON array (one encode, not one per event)."""
-    data = wire_json.dumps_bytes([e.data for e in events]).decode()
+    data = wire_json.dumps_bytes([e.stored() for e in events]).decode()
     return first_id + len(events) - 1, first_id, task_id, data
 
 

@@ -129,7 +129,52 @@ async def test_a_read_sees_every_soon_write_made_before_it(store: Store) -> None
 
 
 def event(event_id: int, task_id: str, type: str = "status") -> TaskEvent:
-    return TaskEvent(event_id, task_id, type, {"task_id": task_id, "type": type, "at": "now"})
+    return TaskEvent(event_id, task_id, type, 1_764_000_000.25, "writer", "pending")
+
+
+async def test_an_event_reads_back_as_it_was_built_in_either_stored_form(store: Store) -> None:
+    built = [
+        TaskEvent(0, "t-a", "created", 1_764_000_000.0, "writer", "pending"),
+        TaskEvent(
+            0,
+            "t-a",
+            "attempt_ended",
+            1_764_000_001.2345,
+            "writer",
+            "running",
+            (1, "failed", "interrupted"),
+        ),
+        TaskEvent(
+            0, "t-a", "output", 1_764_000_002.5, "writer", "running", (1, "final", "worker", True)
+        ),
+        TaskEvent(
+            0,
+            "t-a",
+            "request",
+            1_764_000_003.0,
+            "writer",
+            "running",
+            (2, "r-1", "spawn_hook", "s-1"),
+        ),
+        TaskEvent(0, "t-a", "status", 1_764_000_004.0, "writer", "passed", (None,)),
+        # As rows written before the compact form hold it: the object itself.
+        TaskEvent.of_data(0, "t-a", {"task_id": "t-a", "type": "status", "at": "x", "extra": [1]}),
+    ]
+    expected = [(e.type, e.data, e.text) for e in built]
+    await store.put_task(record("t-a", "pending"), built)
+    loaded = await store.load_events(0, "t-a", 10)
+    assert [(e.type, e.data, e.text) for e in loaded] == expected
+    assert loaded[1].data == {
+        "task_id": "t-a",
+        "type": "attempt_ended",
+        "at": "2025-11-24T16:00:01.234Z",
+        "agent": "writer",
+        "status": "running",
+        "attempt": 1,
+        "outcome": "failed",
+        "error_code": "interrupted",
+    }
+    assert "error_code" not in loaded[4].data  # a None field is left out
 
 
 async def test_events_commit_with_their_write_reach_the_observer_in_order_and_page_by_id(

@@ -74,7 +74,7 @@ async def test_a_version_3_database_keeps_its_events_in_order_and_ids_continue(
         assert every[0].text == '{"task_id":"t-1","type":"created","at":"2026-11-27T12:00:00.000Z"}'
         assert [e.id for e in await store.load_events(1, "t-1", 10)] == [3]
         assert await store.last_event_id() == 3
-        new = TaskEvent(0, "t-1", "status", {"task_id": "t-1", "type": "status", "at": "x"})
+        new = TaskEvent.of_data(0, "t-1", {"task_id": "t-1", "type": "status", "at": "x"})
         await store.put_task(rec, [new])
         assert [e.id for e in await store.load_events(2, None, 10)] == [3, 4]
     finally:

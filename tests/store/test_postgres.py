@@ -192,7 +192,7 @@ async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url:
 
 
 def event(task_id: str, type: str) -> TaskEvent:
-    return TaskEvent(0, task_id, type, {"task_id": task_id, "type": type, "at": "now"})
+    return TaskEvent.of_data(0, task_id, {"task_id": task_id, "type": type, "at": "now"})
 
 
 async def test_writes_that_fail_inside_a_batch_fail_alone_and_the_rest_commit_with_events(

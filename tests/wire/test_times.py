@@ -7,7 +7,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operator_server.engine.tasks import iso, iso_slow
+from operator_server.wire.times import iso, iso_slow
 
 EDGES = [
     0.0,
@@ -42,26 +42,13 @@ def test_iso_agrees_with_datetime_for_a_run_within_one_second_and_across_it() ->
         assert iso(ts) == iso_slow(ts), ts
 
 
-def test_task_ids_keep_their_shape_and_lead_with_their_creation_millisecond() -> None:
-    from operator_server.engine.tasks import new_task_id
-
-    before = int(time.time() * 1000)
-    ids = [new_task_id() for _ in range(200)]
-    after = int(time.time() * 1000)
-    for task_id in ids:
-        assert task_id.startswith("t-") and len(task_id) == 34
-        assert before <= int(task_id[2:14], 16) <= after
-        int(task_id[14:], 16)
-    assert len(set(ids)) == len(ids)
-
-
 def test_iso_answers_a_timestamp_it_has_seen_the_same_and_its_memory_stays_bounded() -> None:
-    from operator_server.engine import tasks
+    from operator_server.wire import times
 
     base = 1_800_000_000.0
     first = iso(base + 0.1234)
     assert iso(base + 0.1234) == first == iso_slow(base + 0.1234)
-    for i in range(tasks._RECENT_MAX * 2):
+    for i in range(times._RECENT_MAX * 2):
         ts = base + i / 1000
         assert iso(ts) == iso_slow(ts)
-    assert len(tasks._recent) <= tasks._RECENT_MAX
+    assert len(times._recent) <= times._RECENT_MAX

@@ -1,0 +1,39 @@
+"""A task event's wire form: the JSON object an SSE ``data:`` line carries.
+
+Every event holds ``task_id``, ``type``, ``at``, ``agent`` and ``status`` (the
+task's status once the event applies), then the fields of its type, in the
+order ``FIELDS`` gives; a field whose value is None is left out (``error_code``
+only comes with a failure).
+
+What an event never holds: an output's value (a worker may post anything,
+credentials included), a question, an answer, a capability or worker handle.
+Only kinds, sources, ids, statuses and error codes.
+"""
+
+from __future__ import annotations
+
+
+class EventType:
+    CREATED = "created"
+    STATUS = "status"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_ENDED = "attempt_ended"
+    OUTPUT = "output"
+    REQUEST = "request"
+    REPLY = "reply"
+
+
+# Each type's own fields after the common five.  Events are built and stored
+# as these values, by position (``store.TaskEvent``), and become objects only
+# when streamed: so a stored event's layout is this table — append, never
+# reorder.
+_OPERATOR = ("attempt", "req_id", "face", "sid")
+FIELDS: dict[str, tuple[str, ...]] = {
+    EventType.CREATED: (),
+    EventType.STATUS: ("error_code",),
+    EventType.ATTEMPT_STARTED: ("attempt",),
+    EventType.ATTEMPT_ENDED: ("attempt", "outcome", "error_code"),
+    EventType.OUTPUT: ("attempt", "kind", "source", "ok"),
+    EventType.REQUEST: _OPERATOR,
+    EventType.REPLY: _OPERATOR,
+}
