@@ -333,16 +333,18 @@ class Daemon:
 
 
 class Relay:
-    """``python -m bench.relay PORT``: the bare aiohttp baseline as its own process."""
+    """``python -m bench.relay PORT``: the bare aiohttp baseline as its own process
+    (on the standard event loop; ``uvloop=True`` for the reference row)."""
 
-    def __init__(self) -> None:
+    def __init__(self, uvloop: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
+        self._args = [str(self.port), *(["uvloop"] if uvloop else [])]
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.relay", str(self.port), cwd=ROOT
+            sys.executable, "-m", "bench.relay", *self._args, cwd=ROOT
         )
         await wait_healthz(self.url, self.proc)
 

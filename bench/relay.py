@@ -204,4 +204,12 @@ def build() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(build(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+    # ``python -m bench.relay PORT [uvloop]``: the standard loop unless told.
+    loop = None
+    if sys.argv[2:] == ["uvloop"]:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    web.run_app(
+        build(), host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, loop=loop
+    )

@@ -71,6 +71,7 @@ class Settings:
     events: bool = True
     log_level: str = "info"
     log_format: str = "auto"
+    event_loop: str = "uvloop"
     capability_ttl_s: float = 1800
     max_body_bytes: int = 1024 * 1024
     max_frame_bytes: int = 1024 * 1024
@@ -231,6 +232,13 @@ class SettingsSchema(Schema):
         load_default="auto",
         validate=validate.OneOf(["auto", "json", "console"]),
         metadata=_help("auto (JSON lines unless stdout is a terminal) | json | console"),
+    )
+    event_loop = fields.String(
+        load_default=Settings.event_loop,
+        validate=validate.OneOf(["uvloop", "asyncio"]),
+        metadata=_help(
+            "the daemon's event loop: uvloop (libuv, faster) | asyncio (the standard one)"
+        ),
     )
     capability_ttl_s = _seconds(
         Settings.capability_ttl_s,

@@ -106,7 +106,14 @@ async def test_sigterm_cancels_in_flight_work_closes_sockets_1001_and_exits_0(
     assert op["token"] not in text
 
 
-async def test_the_daemon_serves_echo_tasks_with_no_operator(daemon: Daemon) -> None:
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio", None])
+async def test_the_daemon_serves_echo_tasks_with_no_operator_on_either_event_loop(
+    tmp_path: Path, loop: str | None
+) -> None:
+    chosen = ["--event-loop", loop] if loop else []  # None: the default, uvloop
+    daemon = await start_daemon(
+        "--secret", "s", "--log-format", "json", "--store-path", str(tmp_path / "d.sqlite"), *chosen
+    )
     async with aiohttp.ClientSession() as http:
         body = {"agent": "echo", "directive": {"n": 1}}
         async with http.post(f"{daemon.base}/v1/tasks", json=body) as resp:
@@ -117,6 +124,8 @@ async def test_the_daemon_serves_echo_tasks_with_no_operator(daemon: Daemon) -> 
     assert task["status"] == "passed" and task["result"]["value"] == {"n": 1}
     daemon.proc.send_signal(signal.SIGINT)
     assert daemon.proc.wait(timeout=15) == 0
+    starting = [e for e in daemon.logs() if e.get("event") == "starting"]
+    assert [e["event_loop"] for e in starting] == [loop or "uvloop"]
 
 
 def serve_command(*args: str) -> list[str]:
