@@ -105,9 +105,13 @@ async def serve(settings: Settings, directive: DirectiveTemplate) -> None:
     app = build_app(settings, directive, store)
     listening_on(app, url)
     runner = web.AppRunner(app, **runner_options(settings))
-    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio
+    loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio
     log.info(
-        "starting", host=settings.host, port=settings.port, version=__version__, event_loop=loop
+        "starting",
+        host=settings.host,
+        port=settings.port,
+        version=__version__,
+        event_loop=loop_name,
     )
     try:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 
 BLOCK = 4096
 
@@ -51,6 +50,11 @@ def token_hex(n: int) -> str:
     return _pool.take(n).hex()
 
 
-def uuid4() -> uuid.UUID:
-    """A random (version 4) UUID, as ``uuid.uuid4``."""
-    return uuid.UUID(bytes=_pool.take(16), version=4)
+def uuid4_text() -> str:
+    """A random (version 4) UUID's text, as ``str(uuid.uuid4())``, without
+    building a ``uuid.UUID`` (every operator request's id holds one)."""
+    raw = bytearray(_pool.take(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

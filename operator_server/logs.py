@@ -9,11 +9,13 @@ careless ``log.info(..., token=...)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 SECRET_KEYS = frozenset(
@@ -36,13 +38,32 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+def _json_line(event: MutableMapping[str, Any], **_: Any) -> str:
+    """One JSON line by orjson (the daemon writes one per task; the standard
+    library took several times as long).  What orjson refuses (an integer past
+    64 bits, deep nesting) and any non-ASCII text go through the standard
+    library, which escapes to ASCII so a line never depends on stdout's encoding."""
+    try:
+        text = orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(event, default=repr)
+    return text if text.isascii() else json.dumps(event, default=repr)
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, once: bool = False
+) -> None:
     """``stream`` defaults to stdout (the daemon's); a process whose stdout is a
-    protocol channel (``operator-server mcp``) passes stderr."""
+    protocol channel (``operator-server mcp``) passes stderr.
+
+    ``once``: this process never configures logging again (the daemon), so each
+    logger is built on first use and kept, instead of on every call — four log
+    calls per task, most of them filtered ``debug``.  Tests reconfigure, so
+    they keep the default."""
     out = sys.stdout if stream is None else stream
     json_lines = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
@@ -57,7 +78,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=once,
     )
     # aiohttp reports its own trouble through the standard library.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")

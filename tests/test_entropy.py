@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 from operator_server import entropy
 
@@ -18,9 +19,13 @@ def test_values_across_many_blocks_have_their_size_and_never_repeat() -> None:
     assert len(entropy.token_bytes(entropy.BLOCK + 1)) == entropy.BLOCK + 1
 
 
-def test_uuid4_is_a_version_4_uuid() -> None:
-    first, second = entropy.uuid4(), entropy.uuid4()
-    assert first.version == 4 and first != second
+def test_uuid4_text_is_a_version_4_uuid_as_the_standard_library_writes_it() -> None:
+    texts = [entropy.uuid4_text() for _ in range(2000)]
+    for text in texts:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text
+    assert len(set(texts)) == len(texts)
 
 
 def test_a_forked_child_does_not_repeat_its_parents_values() -> None:

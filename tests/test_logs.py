@@ -62,3 +62,18 @@ def test_context_bound_in_contextvars_reaches_every_line(
     (line,) = lines(json_logs)
     assert line["task_id"] == "t-9"
     assert line["token"] == "[redacted]"
+
+
+def test_every_line_is_one_ascii_json_object_whatever_it_carries(json_logs: io.StringIO) -> None:
+    log = get_logger("test")
+    log.info("plain", n=1, ok=True)
+    log.info("unicode", name="zoë ✓")
+    log.info("huge", n=2**70)
+    log.info("odd", value=object(), keyed={1: "one"})
+    raw = json_logs.getvalue().splitlines()
+    assert all(text.isascii() for text in raw)
+    plain, unicode, huge, odd = lines(json_logs)
+    assert (plain["n"], plain["ok"]) == (1, True)
+    assert unicode["name"] == "zoë ✓"
+    assert huge["n"] == 2**70
+    assert str(odd["value"]).startswith("<object object") and odd["keyed"] == {"1": "one"}

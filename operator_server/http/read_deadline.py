@@ -24,7 +24,8 @@ from operator_server.errors import ApiError, Code
 
 @web.middleware
 async def read_deadline_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    if not request.body_exists:
+    if not request.body_exists or request.content.is_eof():
+        # No body, or all of it came with the headers (most do): nothing to wait for.
         response: web.StreamResponse = await handler(request)
         return response
     timeout = request.app[SETTINGS].request_read_timeout_s

@@ -343,7 +343,7 @@ class WSOperatorSession:
     ) -> Reply:
         if self._ended is not None:
             raise self._ended
-        req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{entropy.uuid4()}"
+        req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{entropy.uuid4_text()}"
         loop = asyncio.get_running_loop()
         req = PendingRequest(
             req_id,
