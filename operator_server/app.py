@@ -31,9 +31,9 @@ from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
 from operator_server.http import console, events, health, metrics, openapi, tasks, worker
+from operator_server.http.admission import admission_middleware
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
-from operator_server.http.read_deadline import read_deadline_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
 from operator_server.operators import admin, login
@@ -79,7 +79,7 @@ def build_app(
         else []
     )
     app = web.Application(
-        middlewares=[read_deadline_middleware, *observing, error_middleware],
+        middlewares=[admission_middleware(settings), *observing, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

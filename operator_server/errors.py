@@ -25,6 +25,7 @@ class Code(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     FORBIDDEN_ORIGIN = "origin_not_allowed"
+    HOST_NOT_ALLOWED = "host_not_allowed"
     UNKNOWN_AGENT = "unknown_agent"
     TASK_NOT_FOUND = "task_not_found"
     TASK_FINISHED = "task_finished"

@@ -312,11 +312,11 @@ async def test_half_sent_requests_are_cut_off_while_healthz_keeps_answering(
     try:
         # Headers that never end: the server closes the connection.
         head_r, head_w = await asyncio.open_connection(host, port)
-        head_w.write(b"GET /v1/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        head_w.write(b"GET /v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         # A body that never arrives: 408 request_timeout, then the connection closes.
         body_r, body_w = await asyncio.open_connection(host, port)
         body_w.write(
-            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 100\r\n\r\n{"agent": '
         )
         async with aiohttp.ClientSession() as http, http.get(f"{d.base}/v1/healthz") as resp:

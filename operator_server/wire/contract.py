@@ -107,6 +107,14 @@ BODY_ERRORS: dict[int, str] = {
 }
 
 
+# What any route answers before routing when no api_token is set and the Host
+# header names another host (DNS rebinding; ``http/admission.py``).
+HOST_REFUSED = (
+    "with no api_token set, Host names neither a loopback host nor public_url's "
+    "host (host_not_allowed)"
+)
+
+
 @dataclass(frozen=True)
 class Operation:
     summary: str
@@ -124,9 +132,13 @@ class Operation:
     tags: tuple[str, ...] = ()
 
     def all_errors(self) -> dict[int, str]:
-        """The error statuses of this route, with those every body route has."""
-        errors = dict(BODY_ERRORS) if self.body is not None or self.text_body else {}
-        errors.update(self.errors)
+        """The error statuses of this route, with those every route and every
+        body route has."""
+        errors = {403: HOST_REFUSED}
+        if self.body is not None or self.text_body:
+            errors.update(BODY_ERRORS)
+        for status, text in self.errors.items():
+            errors[status] = f"{text}; or {HOST_REFUSED}" if status == 403 else text
         return errors
 
 

@@ -356,7 +356,12 @@ async def raw_http(client: Any, head: bytes) -> tuple[int, str, bytes]:
 
 
 def request_head(method: str, path: str, *headers: bytes) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: x", b"Connection: close", *headers]
+    lines = [
+        f"{method} {path} HTTP/1.1".encode(),
+        b"Host: 127.0.0.1",
+        b"Connection: close",
+        *headers,
+    ]
     return b"\r\n".join([*lines, b"Content-Length: 0", b"", b""])
 
 
@@ -454,15 +459,19 @@ async def test_a_content_encoding_the_server_cannot_decode_is_bad_encoding(
 @pytest.mark.parametrize(
     ("head", "says"),
     [
-        (b"GE\x01T / HTTP/1.1\r\nHost: x\r\n\r\n", b"Invalid method"),
-        (b"BREW /v1/healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"Invalid method"),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"8190 bytes"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", b"8190 bytes"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", b"Invalid header token"),
-        (b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", b"Invalid HTTP version"),
-        (b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", b"Content-Length"),
+        (b"GE\x01T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"Invalid method"),
+        (b"BREW /v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"Invalid method"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", b"8190 bytes"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", b"8190 bytes"),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header: 1\r\n\r\n", b"Invalid header token"),
+        (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", b"Invalid HTTP version"),
         (
-            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n",
+            b"Content-Length",
+        ),
+        (
+            b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"chunk size",
         ),
     ],

@@ -250,8 +250,14 @@ async def test_with_no_api_token_admin_routes_refuse_callers_off_loopback(
     client = await aiohttp_client(build_app(make_settings()), server_kwargs={"host": "0.0.0.0"})
     port = client.server.port
     async with aiohttp.ClientSession() as http:
+        # The first wall: a request naming a non-loopback host (http/admission.py).
         async with http.get(f"http://{address}:{port}/v1/operators") as resp:
             assert resp.status == 403
+            assert (await resp.json())["error"]["code"] == "host_not_allowed"
+        # The second: one that names loopback but comes from off it.
+        local = {"Host": f"127.0.0.1:{port}"}
+        async with http.get(f"http://{address}:{port}/v1/operators", headers=local) as resp:
+            assert resp.status == 403
             assert (await resp.json())["error"]["code"] == "forbidden"
-        async with http.delete(f"http://{address}:{port}/v1/operators/op-x") as resp:
+        async with http.delete(f"http://{address}:{port}/v1/operators/op-x", headers=local) as resp:
             assert resp.status == 401
