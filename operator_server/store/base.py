@@ -46,6 +46,7 @@ from operator_server.wire.events import FIELDS
 from operator_server.wire.times import iso
 
 log = get_logger(__name__)
+_YEAR_10000 = 253_402_300_800  # epoch seconds
 
 
 class StoreError(Exception):
@@ -201,6 +202,7 @@ class TaskEvent:
             isinstance(type, str)
             and isinstance(at, int | float)
             and not isinstance(at, bool)
+            and 0 <= at < _YEAR_10000  # one ``iso`` can write: a stream never fails on it
             and isinstance(agent, str)
             and isinstance(status, str)
             and len(values) <= len(FIELDS.get(type, ()))

@@ -177,6 +177,22 @@ async def test_an_event_reads_back_as_it_was_built_in_either_stored_form(store: 
     assert "error_code" not in loaded[4].data  # a None field is left out
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["status", 1e300, "writer", "passed"],
+        ["status", -1, "writer", "passed"],
+        ["status", "now", "writer", "passed"],
+        ["status", 1.0, "writer"],
+        ["status", 1.0, "writer", "passed", "e", "too many"],
+        "status",
+    ],
+)
+def test_a_stored_event_that_could_not_be_streamed_is_refused_on_reading(value: object) -> None:
+    with pytest.raises(ValueError):
+        TaskEvent.from_stored(1, "t-a", value)
+
+
 async def test_events_commit_with_their_write_reach_the_observer_in_order_and_page_by_id(
     store: Store,
 ) -> None:
