@@ -6,14 +6,19 @@ The store is filled through the store's own code (``open_store`` and
 engine's own state methods to ``passed`` — the records the daemon writes —
 dated over the last day, inside the default retention.
 
-Then, for each store, the daemon runs as a real process (``python -m
-bench.gcserve serve ...``, the shipped CLI with a ``gc.callbacks`` timer):
+Then a daemon for each store runs as a real process (``python -m
+bench.gcserve serve ...``, the shipped CLI with a ``gc.callbacks`` timer),
+both at once:
 
 1. start to the first ``/v1/healthz`` answer;
 2. a warm-up of ``WARM_TASKS`` end-to-end tasks (so both listings have full pages);
 3. ``/v1/healthz`` p50; ``GET /v1/tasks?status=passed&limit=50`` p50 for the
-   first page and for a deep page reached by following ``next``;
-4. ``LOAD_S`` seconds of end-to-end load: tasks/s, and every GC pause in it;
+   first page and for a deep page reached by following ``next`` — in
+   ``PROBE_ROUNDS`` rounds alternating between the two daemons, the median of
+   the rounds' medians (on a shared machine the load drifts between two runs
+   made one after the other, and a 20% target on a 4 ms answer cannot tell
+   that drift from a cost);
+4. ``LOAD_S`` seconds of end-to-end load each: tasks/s, and every GC pause in it;
 5. RSS after the load ("live");
 6. SIGTERM, start again on the same file: start time and RSS after restart.
 """
@@ -33,6 +38,7 @@ from bench.common import (
     Daemon,
     bench_settings,
     e2e_load,
+    median,
     p50_ms,
     progress,
     record,
@@ -48,7 +54,8 @@ from operator_server.store import open_store
 FILL = 100_000
 WARM_TASKS = 1000
 LOAD_S = 20.0
-PROBES = 200
+PROBES = 500
+PROBE_ROUNDS = 5  # PROBES per probe, spread over this many interleaved rounds
 # How far to follow ``next`` for the deep page (pages of 50): 20,000 tasks in.
 DEEP_PAGES = 400
 LIST_QUERY = {"status": "passed", "limit": "50"}
@@ -150,44 +157,84 @@ async def _deep_page(http: aiohttp.ClientSession, base: str) -> tuple[str, int]:
     return url, depth
 
 
-async def measure(path: str, workdir: str, label: str) -> Costs:
-    c = Costs()
-    daemon = Daemon(path, workdir, gc_log=True)
-    progress(f"history ({label}): start")
-    c.start_s = await daemon.start()
-    ready = time.monotonic()
-    try:
-        progress(f"history ({label}): warm-up, {WARM_TASKS} tasks")
-        await e2e_load(daemon.url, WARM_TASKS)
-        async with aiohttp.ClientSession() as http:
-            progress(f"history ({label}): probes")
-            c.healthz_ms = await p50_ms(http, f"{daemon.url}/v1/healthz", PROBES)
-            c.list_first_ms = await p50_ms(http, f"{daemon.url}/v1/tasks", PROBES, **LIST_QUERY)
-            deep, c.deep_depth = await _deep_page(http, daemon.url)
-            c.list_deep_ms = await p50_ms(http, deep, PROBES)
-        progress(f"history ({label}): {LOAD_S:.0f} s of end-to-end load")
-        t0 = time.monotonic()
-        load = await e2e_load(daemon.url, 10**9, seconds=LOAD_S)
-        t1 = time.monotonic()
-        c.rate = load.rate
-        c.rss_live_mb = daemon.rss_kib() / 1024
-    finally:
-        await daemon.stop()
-    gc = daemon.gc()
-    c.gc_counts = gc["counts"]
-    c.gc_load_max_ms = _max_pause(gc, t0, t1)
-    c.gc_load_full = sum(1 for at, gen, _ in gc["pauses"] if t0 <= at <= t1 and gen == 2)
-    c.gc_start_max_ms = _max_pause(gc, 0, ready)
+class Side:
+    """One store's daemon through the steps, so both can be measured side by side."""
 
-    progress(f"history ({label}): restart")
-    again = Daemon(path, workdir, gc_log=True)
-    c.restart_s = await again.start()
+    def __init__(self, path: str, workdir: str, label: str) -> None:
+        self.path, self.workdir, self.label = path, workdir, label
+        self.daemon = Daemon(path, workdir, gc_log=True)
+        self.costs = Costs()
+        self.ready = 0.0
+        self.load_window = (0.0, 0.0)
+        self.deep = ""
+        self.probes: dict[str, list[float]] = {"healthz": [], "first": [], "deep": []}
+
+    async def start(self) -> None:
+        progress(f"history ({self.label}): start")
+        self.costs.start_s = await self.daemon.start()
+        self.ready = time.monotonic()
+        progress(f"history ({self.label}): warm-up, {WARM_TASKS} tasks")
+        await e2e_load(self.daemon.url, WARM_TASKS)
+        async with aiohttp.ClientSession() as http:
+            self.deep, self.costs.deep_depth = await _deep_page(http, self.daemon.url)
+
+    async def probe(self, http: aiohttp.ClientSession, n: int) -> None:
+        url = self.daemon.url
+        self.probes["healthz"].append(await p50_ms(http, f"{url}/v1/healthz", n))
+        self.probes["first"].append(await p50_ms(http, f"{url}/v1/tasks", n, **LIST_QUERY))
+        self.probes["deep"].append(await p50_ms(http, self.deep, n))
+
+    async def load(self) -> None:
+        progress(f"history ({self.label}): {LOAD_S:.0f} s of end-to-end load")
+        t0 = time.monotonic()
+        load = await e2e_load(self.daemon.url, 10**9, seconds=LOAD_S)
+        self.load_window = (t0, time.monotonic())
+        self.costs.rate = load.rate
+        self.costs.rss_live_mb = self.daemon.rss_kib() / 1024
+
+    async def stop_and_restart(self) -> Costs:
+        c = self.costs
+        c.healthz_ms = median(self.probes["healthz"])
+        c.list_first_ms = median(self.probes["first"])
+        c.list_deep_ms = median(self.probes["deep"])
+        await self.daemon.stop()
+        gc = self.daemon.gc()
+        t0, t1 = self.load_window
+        c.gc_counts = gc["counts"]
+        c.gc_load_max_ms = _max_pause(gc, t0, t1)
+        c.gc_load_full = sum(1 for at, gen, _ in gc["pauses"] if t0 <= at <= t1 and gen == 2)
+        c.gc_start_max_ms = _max_pause(gc, 0, self.ready)
+        progress(f"history ({self.label}): restart")
+        again = Daemon(self.path, self.workdir, gc_log=True)
+        c.restart_s = await again.start()
+        try:
+            c.rss_restart_mb = again.rss_kib() / 1024
+        finally:
+            await again.stop()
+        c.gc_restart_max_ms = _max_pause(again.gc())
+        return c
+
+
+async def measure(empty: Side, full: Side) -> tuple[Costs, Costs]:
+    """Both daemons up at once; their latency probes interleaved in rounds
+    (a median of round medians), so a drift in machine load between the two
+    runs does not read as a cost of history; their loads one after the other."""
+    sides = (empty, full)
     try:
-        c.rss_restart_mb = again.rss_kib() / 1024
-    finally:
-        await again.stop()
-    c.gc_restart_max_ms = _max_pause(again.gc())
-    return c
+        for side in sides:
+            await side.start()
+        async with aiohttp.ClientSession() as http:
+            for r in range(PROBE_ROUNDS):
+                progress(f"history: probes, round {r + 1}/{PROBE_ROUNDS}")
+                for side in sides if r % 2 == 0 else sides[::-1]:
+                    await side.probe(http, PROBES // PROBE_ROUNDS)
+        for side in sides:
+            await side.load()
+    except BaseException:
+        for side in sides:
+            await side.daemon.stop()
+        raise
+    return await empty.stop_and_restart(), await full.stop_and_restart()
 
 
 def report(empty: Costs, full: Costs, fill_s: float) -> str:
@@ -293,10 +340,11 @@ def report(empty: Costs, full: Costs, fill_s: float) -> str:
 
 async def run() -> tuple[Costs, Costs]:
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
-        empty = await measure(f"{tmp}/empty.sqlite", tmp, "empty")
         progress(f"history: filling a store with {FILL:,} finished tasks")
         fill_s = await fill(f"{tmp}/full.sqlite", FILL)
-        full = await measure(f"{tmp}/full.sqlite", tmp, f"{FILL:,}")
+        empty, full = await measure(
+            Side(f"{tmp}/empty.sqlite", tmp, "empty"), Side(f"{tmp}/full.sqlite", tmp, f"{FILL:,}")
+        )
     record(f"cost vs history ({FILL:,} finished tasks in SQLite)", report(empty, full, fill_s))
     return empty, full
 
