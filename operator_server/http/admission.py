@@ -30,12 +30,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from operator_server.config import Settings, is_loopback
 from operator_server.errors import ApiError, Code
 from operator_server.http.errors import error_response
 
-Middleware = Any
 _SEEN_MAX = 256
 
 
@@ -65,12 +65,8 @@ class HostCheck:
         elif host.count(":") == 1:
             host = host.partition(":")[0]
         host = host.rstrip(".")
-        return (
-            host in self._also
-            or host == "localhost"
-            or host.endswith(".localhost")
-            or is_loopback(host)
-        )
+        # ``is_loopback`` takes the addresses and ``localhost`` itself.
+        return host in self._also or host.endswith(".localhost") or is_loopback(host)
 
 
 def admission_middleware(settings: Settings) -> Middleware:
