@@ -7,6 +7,8 @@ connection survived, and a restart on the same database losing nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -168,13 +170,24 @@ def task_record(task_id: str, status: str) -> dict[str, Any]:
     return {"id": task_id, "status": status, "created_at": 1.0, "updated_at": 2.0}
 
 
-async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url: str) -> None:
+@contextlib.asynccontextmanager
+async def cut_off_pair(pg_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two writers on one database: ``a`` with a 0.2 s lease it never renews
+    (a node about to be cut off), ``b`` with a 10 s one (the survivor)."""
     a, b = PostgresStore(pg_url), PostgresStore(pg_url)
     a.lease_tasks("node-a", 0.2, ["running"])
     b.lease_tasks("node-b", 10, ["running"])
     await a.open()
     await b.open()
     try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url: str) -> None:
+    async with cut_off_pair(pg_url) as (a, b):
         await a.put_task(task_record("t-1", "running"))
         assert await b.take_over(at_start=False, limit=10) == []  # a's lease holds
         await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
@@ -186,9 +199,6 @@ async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url:
         assert (await b.get_task("t-1")).value["status"] == "running"  # type: ignore[union-attr]
         await b.put_task(task_record("t-1", "passed"))
         assert (await a.get_task("t-1")).value["status"] == "passed"  # type: ignore[union-attr]
-    finally:
-        await a.close()
-        await b.close()
 
 
 def event(task_id: str, type: str) -> TaskEvent:
@@ -198,12 +208,7 @@ def event(task_id: str, type: str) -> TaskEvent:
 async def test_writes_that_fail_inside_a_batch_fail_alone_and_the_rest_commit_with_events(
     pg_url: str,
 ) -> None:
-    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
-    a.lease_tasks("node-a", 0.2, ["running"])
-    b.lease_tasks("node-b", 10, ["running"])
-    await a.open()
-    await b.open()
-    try:
+    async with cut_off_pair(pg_url) as (a, b):
         await a.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
         await a.put_task(task_record("t-gone", "running"))
         await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
@@ -232,9 +237,6 @@ async def test_writes_that_fail_inside_a_batch_fail_alone_and_the_rest_commit_wi
         assert [(e.id, e.task_id) for e in stored] == [(e.id, e.task_id) for e in seen]
         assert stored[0].id < stored[1].id
         assert {row.key for row in await a.load_tasks(["running"])} == {"t-1", "t-2", "t-gone"}
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: str) -> None:
