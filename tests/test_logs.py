@@ -11,6 +11,8 @@ import pytest
 import structlog
 
 from operator_server.logs import configure_logging, get_logger
+from tests.conftest import Server, create_task, wait_task
+from tests.wsop import connect, expect, mint
 
 
 @pytest.fixture
@@ -77,3 +79,45 @@ def test_every_line_is_one_ascii_json_object_whatever_it_carries(json_logs: io.S
     assert unicode["name"] == "zoë ✓"
     assert huge["n"] == 2**70
     assert str(odd["value"]).startswith("<object object") and odd["keyed"] == {"1": "one"}
+
+
+@pytest.fixture
+def info_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The daemon's shipped level, ``info``, writing to a buffer."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    configure_logging("info", "json")
+    try:
+        yield out
+    finally:
+        structlog.reset_defaults()
+
+
+async def test_at_info_a_task_logs_one_line_its_end_with_outcome_and_duration(
+    info_logs: io.StringIO, server: Server
+) -> None:
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    passed = await create_task(client, agent="coder", directive="d", operator={"sid": sid})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    assert (await client.get("/v1/worker/prompt", headers=auth)).status == 200
+    assert (await client.post("/v1/worker/result", json={"value": 1}, headers=auth)).status == 200
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
+    await expect(ws, "hook_after")
+    assert (await wait_task(client, passed["id"]))["status"] == "passed"
+    failed = await create_task(client, agent="coder", directive="d", operator={"sid": sid})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
+    assert (await wait_task(client, failed["id"]))["status"] == "failed"
+
+    for task, status in ((passed, "passed"), (failed, "failed")):
+        about = [line for line in lines(info_logs) if line.get("task_id") == task["id"]]
+        assert len(about) == 1, about
+        (end,) = about
+        assert (end["level"], end["event"], end["status"]) == ("info", "task finished", status)
+        assert isinstance(end["duration_s"], float) and end["attempts"] == 1
+        assert ("code" in end) == (status == "failed")  # why it did not pass
