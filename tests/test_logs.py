@@ -12,7 +12,7 @@ import structlog
 
 from operator_server.logs import configure_logging, get_logger
 from tests.conftest import Server, create_task, wait_task
-from tests.wsop import connect, expect, mint
+from tests.wsop import connect, expect, mint, thin_path_task
 
 
 @pytest.fixture
@@ -99,16 +99,7 @@ async def test_at_info_a_task_logs_one_line_its_end_with_outcome_and_duration(
     client = await server()
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
-    passed = await create_task(client, agent="coder", directive="d", operator={"sid": sid})
-    hook = await expect(ws, "hook_before")
-    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
-    spawn = await expect(ws, "spawn")
-    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
-    assert (await client.get("/v1/worker/prompt", headers=auth)).status == 200
-    assert (await client.post("/v1/worker/result", json={"value": 1}, headers=auth)).status == 200
-    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
-    await expect(ws, "hook_after")
-    assert (await wait_task(client, passed["id"]))["status"] == "passed"
+    passed = await thin_path_task(client, ws, sid)
     failed = await create_task(client, agent="coder", directive="d", operator={"sid": sid})
     hook = await expect(ws, "hook_before")
     await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})

@@ -10,6 +10,8 @@ from typing import Any
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 
+from tests.conftest import create_task, wait_task
+
 
 async def mint(client: TestClient[Any, Any], roles: list[str] | None = None) -> tuple[str, str]:
     resp = await client.post("/v1/operators", json={"roles": roles or []})
@@ -73,3 +75,23 @@ def _awaits_through(coro: Any, name: str) -> bool:
             return True
         coro = coro.cr_await
     return False
+
+
+async def thin_path_task(client: TestClient[Any, Any], ws: Any, sid: str) -> dict[str, Any]:
+    """One task of operator ``sid`` (seated on ``ws``) through the whole thin
+    path: hook_before, spawn, worker prompt and result, spawn_ack, hook_after,
+    then a list; the task as it ended (``passed``)."""
+    task = await create_task(client, agent="coder", directive="d", operator={"sid": sid})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    assert (await client.get("/v1/worker/prompt", headers=auth)).status == 200
+    assert (await client.post("/v1/worker/result", json={"value": 1}, headers=auth)).status == 200
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
+    await expect(ws, "hook_after")
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    listed = await client.get("/v1/tasks", params={"status": "passed", "limit": "5"})
+    assert listed.status == 200
+    return done
