@@ -15,16 +15,27 @@ from tests.conftest import Server, create_task, wait_task
 from tests.wsop import connect, expect, mint, thin_path_task
 
 
-@pytest.fixture
-def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """The daemon's own configuration, writing to a buffer instead of stdout."""
+def logging_to_buffer(monkeypatch: pytest.MonkeyPatch, level: str) -> Iterator[io.StringIO]:
+    """The daemon's own configuration at ``level``, writing to a buffer instead of stdout."""
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
-    configure_logging("debug", "json")
+    configure_logging(level, "json")
     try:
         yield out
     finally:
         structlog.reset_defaults()
+
+
+@pytest.fixture
+def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Every line, ``debug`` and up."""
+    yield from logging_to_buffer(monkeypatch, "debug")
+
+
+@pytest.fixture
+def info_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The daemon's shipped level, ``info``."""
+    yield from logging_to_buffer(monkeypatch, "info")
 
 
 def lines(out: io.StringIO) -> list[dict[str, object]]:
@@ -79,18 +90,6 @@ def test_every_line_is_one_ascii_json_object_whatever_it_carries(json_logs: io.S
     assert unicode["name"] == "zoë ✓"
     assert huge["n"] == 2**70
     assert str(odd["value"]).startswith("<object object") and odd["keyed"] == {"1": "one"}
-
-
-@pytest.fixture
-def info_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """The daemon's shipped level, ``info``, writing to a buffer."""
-    out = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", out)
-    configure_logging("info", "json")
-    try:
-        yield out
-    finally:
-        structlog.reset_defaults()
 
 
 async def test_at_info_a_task_logs_one_line_its_end_with_outcome_and_duration(
