@@ -149,6 +149,17 @@ UPSERT_TASK = (
     "status = excluded.status, updated_at = excluded.updated_at, data = excluded.data"
 )
 INSERT_EVENTS = "INSERT INTO task_event_rows (last_id, first_id, task_id, data) VALUES (?,?,?,?)"
+# Keyset paging: a seek on seq, or on (status, seq), then ``limit`` rows.
+LIST_TASKS = "SELECT seq, id, data FROM tasks WHERE seq > ? ORDER BY seq LIMIT ?"
+LIST_TASKS_OF_STATUS = (
+    "SELECT seq, id, data FROM tasks WHERE status = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+# Retention, oldest first, on (status, updated_at); ``marks``: one ? per status.
+FINISHED_BEFORE = (
+    "SELECT seq, status, id FROM tasks WHERE status IN ({marks}) AND updated_at < ? "
+    "ORDER BY updated_at LIMIT ?"
+)
+DELETE_EVENTS_OF_TASK = "DELETE FROM task_event_rows WHERE task_id = ?"
 # How long an event that comes with no task write (an operator request or
 # reply, an output) may wait for its task's next write to ride with: under load
 # most tasks end within it, and their events cost one row, not one each.  The
@@ -603,17 +614,11 @@ class SQLiteStore(Store):
         return None if found is None else int(found[0])
 
     async def list_tasks(self, status: str | None, after_seq: int, limit: int) -> list[StoredTask]:
-        # Keyset paging: a seek on (status, seq) or on seq, then ``limit`` rows.
-        where, args = (
-            ("seq > ?", [after_seq])
+        sql, args = (
+            (LIST_TASKS, [after_seq, limit])
             if status is None
-            else (
-                "status = ? AND seq > ?",
-                [status, after_seq],
-            )
+            else (LIST_TASKS_OF_STATUS, [status, after_seq, limit])
         )
-        sql = f"SELECT seq, id, data FROM tasks WHERE {where} ORDER BY seq LIMIT ?"
-        args.append(limit)
         rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "list tasks")
         return [StoredTask(seq, decode_task_row(task_id, data)) for seq, task_id, data in rows]
 
@@ -628,17 +633,13 @@ class SQLiteStore(Store):
         self, statuses: Collection[str], updated_before: float, limit: int
     ) -> dict[str, int]:
         wanted = list(statuses)
-        marks = ",".join("?" * len(wanted))
+        sql = FINISHED_BEFORE.format(marks=",".join("?" * len(wanted)))
 
         def work(c: sqlite3.Connection) -> dict[str, int]:
-            victims = c.execute(
-                f"SELECT seq, status, id FROM tasks WHERE status IN ({marks}) AND updated_at < ? "
-                "ORDER BY updated_at LIMIT ?",
-                (*wanted, updated_before, limit),
-            ).fetchall()
+            victims = c.execute(sql, (*wanted, updated_before, limit)).fetchall()
             c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in victims])
             ids = [(task_id,) for _, _, task_id in victims]
-            c.executemany("DELETE FROM task_event_rows WHERE task_id = ?", ids)
+            c.executemany(DELETE_EVENTS_OF_TASK, ids)
             c.executemany("DELETE FROM webhook_deliveries WHERE task_id = ?", ids)
             return dict(Counter(status for _, status, _ in victims))
 
