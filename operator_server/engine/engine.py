@@ -287,6 +287,7 @@ class Engine:
             events.append(
                 self.events.make(task, EventType.STATUS, ending.at, code, status=ending.status)
             )
+            task.history_closed = True
         return events
 
     def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
@@ -300,7 +301,11 @@ class Engine:
         """An operator request was issued (``request``) or answered (``reply``):
         reported by the operator session, recorded on the task's stream."""
         task = self.tasks.get(task_id)
-        if task is None or not self.recording:  # ended meanwhile: its stream is closed
+        if task is None or task.history_closed or not self.recording:
+            # A task's history ends with its terminal status.  What comes after
+            # it — the hook_after notice, sent as the attempt's result is
+            # decided — would follow the event that closed the stream, with a
+            # status the task no longer has.
             return
         event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
         self.store.put_events_soon([event])

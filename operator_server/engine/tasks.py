@@ -318,6 +318,10 @@ class Task:
     # Restarts that cut an attempt short; they do not use up max_attempts.
     interruptions: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    # Set once the event that ends the task is built (engine/events.py):
+    # nothing is recorded on its stream after it.  Not stored: a finished task
+    # read back has its history closed by its status.
+    history_closed: bool = field(default=False, repr=False)
 
     @property
     def current(self) -> AttemptRecord | None:

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, engine_of, wait_task
 from tests.http.sse import next_block, next_event, read_all
-from tests.wsop import connect, eventually, expect, mint
+from tests.wsop import connect, eventually, expect, mint, thin_path_task
 
 ECHO_TYPES = ["created", "attempt_started", "status", "output", "attempt_ended", "status"]
 
@@ -81,6 +81,42 @@ async def test_a_live_stream_follows_an_operator_served_task_and_closes_at_its_e
     ]
     assert rest[-1].data["status"] == "passed"
     assert spawn["capability_token"] not in str([e.data for e in seen + rest])
+    await ws.close()
+
+
+async def test_a_tasks_history_ends_at_its_terminal_status_even_with_a_watching_hook(
+    server: Server, tmp_path: Path
+) -> None:
+    """The hook_after notice goes out as the attempt's result is decided: it
+    is not recorded after the terminal status (with a status the task no
+    longer has), so resuming after that status finds nothing, and so does
+    the store, once everything queued is written.  On SQLite, where the
+    task's end takes a commit, during which the notice goes out."""
+    client = await server(store__path=str(tmp_path / "history.sqlite"))
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await thin_path_task(client, ws, sid)  # hook_after received: it was issued
+    path = f"/v1/tasks/{task['id']}/events"
+    events = await read_all(await stream(client, path))
+    assert [e.type for e in events] == [
+        "created",
+        "attempt_started",
+        "status",
+        "request",
+        "reply",
+        "request",
+        "output",
+        "reply",
+        "output",
+        "attempt_ended",
+        "status",
+    ]
+    assert [e.data["face"] for e in events if e.type == "request"] == ["spawn_hook", "backend"]
+    store = engine_of(client).store
+    await store.flush()
+    stored = await store.load_events(0, task["id"], 100)
+    assert [e.id for e in stored] == [e.id for e in events]
+    assert await read_all(await stream(client, path, last=events[-1].id)) == []
     await ws.close()
 
 
