@@ -8,8 +8,10 @@ in interleaved rounds:
 * ``all on``: the defaults plus ``access_log = true``;
 * ``all off``: ``metrics = false``, ``events = false``, ``access_log = false``.
 
-The target is on the shipped defaults: at most 5% slower than ``all off``.
-``all on`` is reported alongside, so the access log's own price is visible.
+The issue's target is "metrics, events and access logs together cost at
+most 5% of e2e throughput": ``all on`` against ``all off``.  The shipped
+defaults (the access log off, see ``http/observe.py``) get the same verdict,
+so both readings are in the table and neither hides behind the other.
 
 Each round also reads the daemon's CPU time (all threads, from /proc): on a
 machine shared with other work, rates move by tens of percent between rounds,
@@ -36,7 +38,7 @@ from bench.common import (
 
 TOTAL = 3000
 WARMUP = 300
-ROUNDS = 5
+ROUNDS = 9  # two same-code daemons differ by up to ~4% over 7 rounds on this VM
 TARGET = 0.05
 
 VARIANTS: dict[str, dict[str, str]] = {
@@ -89,19 +91,21 @@ async def run() -> float:
         ]
         for name, runs in results.items()
     ]
-    cost = 1 - rates["defaults"] / base
-    cpu_cost = cpus["defaults"] / cpus["all off"] - 1
+    verdicts = []
+    for name, what in (("all on", "all three together"), ("defaults", "the shipped defaults")):
+        cost = 1 - rates[name] / base
+        cpu_cost = cpus[name] / cpus["all off"] - 1
+        verdicts.append(
+            f"\n\n{what} ({name}) vs all off: **{cost * 100:.1f}%** slower,"
+            f" **{cpu_cost * 100:+.1f}%** daemon CPU per task"
+            f" (target ≤ {TARGET * 100:.0f}%): {verdict(max(cost, cpu_cost) <= TARGET)}"
+        )
     headers = ["daemon", "settings", "tasks/s", "p50 ms", "p99 ms", "throughput cost"]
     record(
         f"overhead of metrics, events and the access log (median of {ROUNDS} interleaved rounds)",
-        table([*headers, "daemon CPU ms/task", "CPU cost"], rows)
-        + f"\n\ncost of the shipped defaults vs all off: **{cost * 100:.1f}%**"
-        + f" (target ≤ {TARGET * 100:.0f}%): {verdict(cost <= TARGET)}"
-        + f"\n\ndaemon CPU per task, defaults vs all off: **{cpu_cost * 100:+.1f}%**"
-        + f" (target ≤ {TARGET * 100:.0f}%): {verdict(cpu_cost <= TARGET)}"
-        + f"\n\ncost with the access log on too: {(1 - rates['all on'] / base) * 100:.1f}%",
+        table([*headers, "daemon CPU ms/task", "CPU cost"], rows) + "".join(verdicts),
     )
-    return cost
+    return 1 - rates["all on"] / base
 
 
 if __name__ == "__main__":
