@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from operator_server.wire import json
 from operator_server.wire.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, verify
-from tests.conftest import Server, create_task, wait_task
+from tests.conftest import Server, create_task, engine_of, wait_task
 from tests.test_daemon import start_daemon
 from tests.wsop import eventually
 
@@ -64,6 +66,9 @@ async def test_the_final_task_is_posted_with_a_signature_that_verifies(
     task = await create_task(client, agent="echo", callback_url=receiver.url)
     await eventually(lambda: len(receiver.got) == 1, what="the delivery")
     body, headers = receiver.got[0]
+    # As a receiver would check it, with nothing of ours: HMAC-SHA256 of the exact body.
+    expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Operator-Server-Signature"] == f"sha256={expected}"
     assert verify(SECRET, body, headers[SIGNATURE_HEADER])
     assert not verify("another secret", body, headers[SIGNATURE_HEADER])
     uuid.UUID(headers[DELIVERY_HEADER])
@@ -79,6 +84,21 @@ async def test_the_final_task_is_posted_with_a_signature_that_verifies(
         await asyncio.sleep(0.02)
     assert callback["url"] == receiver.url
     assert (callback["attempts"], callback["last_error"]) == (1, None)
+
+
+async def test_a_task_cancelled_before_its_run_took_a_step_is_delivered_too(
+    server: Server, receiver: Receiver
+) -> None:
+    """Its end is written by the engine's settle path (nothing there can
+    wait), not the usual one: the delivery must be owed all the same."""
+    client = await server(**HOOKS)
+    engine = engine_of(client)
+    task = await engine.submit(agent="echo", directive="d", callback_url=receiver.url)
+    assert await engine.cancel(task.id, "changed my mind")  # before the run's first step
+    await eventually(lambda: len(receiver.got) == 1, what="the delivery")
+    sent = json.loads(receiver.got[0][0])
+    assert (sent["id"], sent["status"]) == (task.id, "cancelled")
+    assert sent["error"]["message"] == "changed my mind"
 
 
 async def test_a_500_then_a_200_makes_exactly_two_deliveries(

@@ -611,7 +611,11 @@ class Engine:
             events = self._ending_events(task, ending)
             task.end(ending)
             self.metrics.task_finished(str(status))
-            self._changed(task, events)
+            # Its webhook is owed like any other end's (``_end``).
+            deliver = ending.at if task.callback is not None else None
+            self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
+            if deliver is not None:
+                self.deliveries_due.set()
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
         """Run the next attempt of ``task`` through the middleware chain.

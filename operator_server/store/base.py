@@ -352,7 +352,10 @@ class Store(ABC):
         delivery of it due then — all in one commit."""
 
     @abstractmethod
-    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None: ...
+    def put_task_soon(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        """``put_task`` with nobody waiting for the commit."""
 
     @abstractmethod
     def put_events_soon(self, events: Events) -> None:

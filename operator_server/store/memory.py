@@ -66,13 +66,14 @@ class MemoryStore(Store):
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
     ) -> None:
+        self.put_task_soon(record, events, deliver_at=deliver_at)
+
+    def put_task_soon(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
         self._put(record, events)
         if deliver_at is not None:
             self.deliveries[record["id"]] = deliver_at
-        self._events_committed(events)
-
-    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
-        self._put(record, events)
         self._events_committed(events)
 
     def put_events_soon(self, events: Events) -> None:

@@ -744,8 +744,10 @@ class PostgresStore(Store):
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at))
 
-    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
-        self._soon(*self._task_write(record, events))
+    def put_task_soon(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        self._soon(*self._task_write(record, events, deliver_at))
 
     def put_events_soon(self, events: Events) -> None:
         self._soon(_nothing, "save events", events)  # stored by the writer

@@ -459,8 +459,10 @@ class SQLiteStore(Store):
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at))
 
-    def put_task_soon(self, record: dict[str, Any], events: Events = ()) -> None:
-        self._soon(*self._task_write(record, events))
+    def put_task_soon(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        self._soon(*self._task_write(record, events, deliver_at))
 
     def _number(self, events: Events) -> list[tuple[int, str, Events]]:
         """Give ``events`` the next ids; the rows they make, one per run of one
