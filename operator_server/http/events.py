@@ -10,6 +10,9 @@ need the api token, like the task routes.  Each event is::
 
 A client reconnecting with ``Last-Event-ID`` gets exactly the events after that
 id — read from the store, so also after a restart — and then the live ones.
+Without it, a task's stream starts at the task's creation, and the all-tasks
+stream starts now: "follow" means what happens from here, not a replay of
+every task the store still holds (``Last-Event-ID: 0`` asks for that).
 The subscription is taken *before* the store is read, and events are
 de-duplicated by id, so nothing falls between the two.
 
@@ -96,10 +99,10 @@ def _guard(request: web.Request) -> None:
         require_bearer(request, token, "api_token")
 
 
-def _last_event_id(request: web.Request) -> int:
+def _last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
-        return 0
+        return None
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, Code.BAD_REQUEST, "Last-Event-ID: expected an event id (digits)")
     return int(raw)
@@ -129,7 +132,8 @@ class EventStream:
         self.engine = app[ENGINE]
         self.settings = app[SETTINGS]
         self.metrics = app[METRICS]
-        self.after = _last_event_id(request)
+        self.resume_after = _last_event_id(request)
+        self.after = 0
         self.response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -140,7 +144,14 @@ class EventStream:
 
     async def run(self) -> web.StreamResponse:
         settings = self.settings
-        sub = self.engine.fanout.subscribe(self.task_id, settings.outbound_queue_max, self.wants)
+        fanout = self.engine.fanout
+        sub = fanout.subscribe(self.task_id, settings.outbound_queue_max, self.wants)
+        if self.resume_after is not None:
+            self.after = self.resume_after
+        elif self.task_id is None:
+            # Taken after subscribing: whatever is published from here on is
+            # newer, and queued for this stream.
+            self.after = self.engine.published_event_id
         try:
             await self.response.prepare(self.request)
             if await self._catch_up():
@@ -219,7 +230,9 @@ class EventStream:
 _STREAM = Body(
     "Server-Sent Events: `id:` (monotonic), `event:` (the type) and `data:` (an EventData "
     "object) per event; `: keepalive` comments every event_keepalive_s. Send "
-    "`Last-Event-ID` to resume after that id.",
+    "`Last-Event-ID` to resume after that id. Without it, a task's stream starts at "
+    "its creation and the all-tasks stream at the newest event (`Last-Event-ID: 0`: "
+    "everything stored).",
     media=("text/event-stream",),
 )
 

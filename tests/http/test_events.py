@@ -174,6 +174,28 @@ async def test_the_all_tasks_stream_filters_by_agent_and_status(server: Server) 
     assert (event.data["task_id"], event.data["status"]) == (held["id"], "failed")
 
 
+async def test_the_all_tasks_stream_starts_now_unless_asked_to_replay(
+    server: Server, tmp_path: Path
+) -> None:
+    """``curl -N /v1/events`` follows what happens from here; ``Last-Event-ID:
+    0`` replays everything stored.  Also right after a restart, before this
+    process has published anything."""
+    db = str(tmp_path / "follow.sqlite")
+    first = await server(store__path=db)
+    old = await create_task(first, agent="echo")
+    await wait_task(first, old["id"])
+    await first.close()
+    client = await server(store__path=db)
+    following = await stream(client, "/v1/events")
+    replaying = await stream(client, "/v1/events", last=0)
+    new = await create_task(client, agent="echo")
+    await wait_task(client, new["id"])
+    event = await next_event(following)
+    assert event is not None and (event.type, event.data["task_id"]) == ("created", new["id"])
+    event = await next_event(replaying)
+    assert event is not None and (event.type, event.data["task_id"]) == ("created", old["id"])
+
+
 async def test_a_quiet_stream_gets_keepalive_comments(server: Server) -> None:
     client = await server(event_keepalive_s=0.05)
     resp = await stream(client, "/v1/events")
