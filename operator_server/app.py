@@ -70,16 +70,17 @@ def build_app(
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
     _sample_current_counts(meters, engine, directory)
 
-    # Outermost first: the deadline sees the error middleware's answer (to
-    # close the connection after a 408), and so does observe (its status).
-    # Observe has nothing to do with neither metrics nor the access log on.
+    # Outermost first.  Observe sees every answer, admission's refusals (403
+    # host_not_allowed) too; admission sees the error middleware's (to close
+    # the connection after a 408).  Observe has nothing to do with neither
+    # metrics nor the access log on.
     observing = (
         [observe_middleware(meters, settings.access_log)]
         if settings.metrics or settings.access_log
         else []
     )
     app = web.Application(
-        middlewares=[admission_middleware(settings), *observing, error_middleware],
+        middlewares=[*observing, admission_middleware(settings), error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

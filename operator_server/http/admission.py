@@ -20,7 +20,8 @@ The deadline is set on the body stream itself, so whoever reads the body gets a
 handler that never reads its body is not cut short.  The connection is closed
 after that answer, since the rest of the body may still be on its way.
 
-Both in one middleware, the outermost: one coroutine layer per request, not two.
+Both in one middleware, inside only ``observe`` (which counts and logs its
+refusals too): one coroutine layer per request, not two.
 """
 
 from __future__ import annotations
