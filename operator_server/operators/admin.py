@@ -166,6 +166,7 @@ async def list_operators(request: web.Request) -> web.Response:
         errors={
             401: "no usable Bearer credential, or neither the session's token nor the api_token",
             404: "no such operator session (`operator_not_found`)",
+            503: "the store could not be read to find the session (`store_failed`)",
         },
         security=(Security.SESSION_TOKEN, Security.API_TOKEN),
         tags=("operators",),

@@ -103,6 +103,7 @@ class SessionSchema(Schema):
 _SESSION_ERRORS = {
     401: "no usable Bearer credential, or it does not match this session",
     404: "no such operator session (`operator_not_found`)",
+    503: "the store could not be read to find the session (`store_failed`)",
 }
 _SESSION = (Security.SESSION_TOKEN,)
 _SESSION_OR_ADMIN = (Security.SESSION_TOKEN, Security.API_TOKEN)
@@ -184,7 +185,7 @@ async def operator_info(request: web.Request) -> web.Response:
     Operation(
         "End an operator session (its own holder, or the admin forcing it out)",
         {204: Body("ended: roles released, socket closed, pending requests failed", media=())},
-        errors={**_SESSION_ERRORS, 503: "the store could not save the change"},
+        errors={**_SESSION_ERRORS, 503: "the store could not be read or save the change"},
         security=_SESSION_OR_ADMIN,
         tags=("operators",),
     )

@@ -82,7 +82,11 @@ def validate(schema: Schema, data: Any, what: str = "body") -> Any:
 
 
 def query(request: web.Request, schema: Schema) -> Any:
-    return validate(schema, dict(request.query), "query")
+    """The query string through ``schema``.  An empty value is an absent one:
+    ``?role=&limit=`` (an empty form field, or the template URL copied as it
+    is) asks for no filter, not for a role named ""."""
+    given = request.query
+    return validate(schema, {k: given[k] for k in given if given[k]}, "query")
 
 
 def bearer_of(request: web.Request) -> str | None:
