@@ -38,7 +38,7 @@ from operator_server.engine.tasks import TaskStatus
 from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger
 from operator_server.store import TaskEvent
-from operator_server.wire.contract import Body, Operation, Security, documented
+from operator_server.wire.contract import EVENT_STREAM, Body, Operation, Security, documented
 from operator_server.wire.requests import query, require_bearer
 
 log = get_logger(__name__)
@@ -233,7 +233,8 @@ _STREAM = Body(
     "`Last-Event-ID` to resume after that id. Without it, a task's stream starts at "
     "its creation and the all-tasks stream at the newest event (`Last-Event-ID: 0`: "
     "everything stored).",
-    media=("text/event-stream",),
+    EventDataSchema,
+    media=(EVENT_STREAM,),
 )
 
 

@@ -22,6 +22,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from operator_server import __version__
 from operator_server.wire import json
 from operator_server.wire.contract import (
+    EVENT_STREAM,
     JSON,
     SECURITY_SCHEMES,
     Body,
@@ -76,13 +77,13 @@ def _build(found: Documented) -> dict[str, Any]:
             continue
         spec.path(
             path=path,
-            operations={method.lower(): _operation(operation, handler.__name__, path)},
+            operations={method.lower(): _operation(spec, operation, handler.__name__, path)},
         )
     document: dict[str, Any] = spec.to_dict()
     return document
 
 
-def _operation(op: Operation, operation_id: str, path: str) -> dict[str, Any]:
+def _operation(spec: APISpec, op: Operation, operation_id: str, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {"operationId": operation_id, "summary": op.summary}
     if op.description:
         out["description"] = op.description
@@ -112,7 +113,7 @@ def _operation(op: Operation, operation_id: str, path: str) -> dict[str, Any]:
             "description": op.text_body,
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
-    responses = {str(status): _response(body) for status, body in op.responses.items()}
+    responses = {str(status): _response(spec, body) for status, body in op.responses.items()}
     for status, why in sorted(op.all_errors().items()):
         responses[str(status)] = {
             "description": why,
@@ -124,9 +125,11 @@ def _operation(op: Operation, operation_id: str, path: str) -> dict[str, Any]:
     return out
 
 
-def _response(body: Body) -> dict[str, Any]:
+def _response(spec: APISpec, body: Body) -> dict[str, Any]:
     out: dict[str, Any] = {"description": body.description}
-    if body.media:
+    if body.media == (EVENT_STREAM,) and body.schema is not None:
+        out["content"] = {EVENT_STREAM: {"schema": _sse_event(spec, body.schema)}}
+    elif body.media:
         schema: Any = body.schema or (
             {"type": "object"} if body.media == (JSON,) else {"type": "string"}
         )
@@ -137,6 +140,29 @@ def _response(body: Body) -> dict[str, Any]:
             for name, why in body.headers.items()
         }
     return out
+
+
+def _sse_event(spec: APISpec, data: Any) -> dict[str, Any]:
+    """One event of a stream (OpenAPI 3.1 has no ``itemSchema``: for a
+    ``text/event-stream``, ``schema`` describes each event, as schemathesis
+    reads it): its ``id``, ``event`` and ``data``, which holds ``data`` as JSON."""
+    cls = data if isinstance(data, type) else type(data)
+    name = cls.__name__.removesuffix("Schema")
+    if name not in spec.components.schemas:
+        spec.components.schema(name, schema=cls)
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "event": {"type": "string"},
+            "data": {
+                "type": "string",
+                "contentMediaType": JSON,
+                "contentSchema": {"$ref": f"#/components/schemas/{name}"},
+            },
+        },
+    }
 
 
 @functools.lru_cache(maxsize=8)

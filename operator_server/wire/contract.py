@@ -24,6 +24,7 @@ from marshmallow import INCLUDE, Schema, fields, validate
 from operator_server.errors import Code
 
 JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
 
 SchemaLike = Schema | type[Schema]
 
@@ -91,7 +92,11 @@ class ErrorSchema(Schema):
 
 @dataclass(frozen=True)
 class Body:
-    """One success answer: a JSON body of ``schema``, or another ``media`` type."""
+    """One success answer: a JSON body of ``schema``, or another ``media`` type.
+
+    For ``text/event-stream``, ``schema`` is what each event's ``data:`` line
+    holds (JSON); the document describes each event as ``{id, event, data}``.
+    """
 
     description: str
     schema: SchemaLike | None = None

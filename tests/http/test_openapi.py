@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -232,3 +233,24 @@ async def test_the_document_is_served_with_an_api_token_configured_without_one(
     client = await server(api_token=API)
     resp = await client.get("/v1/openapi.json")
     assert resp.status == 200
+
+
+async def test_each_streamed_event_matches_the_documented_event(server: Server) -> None:
+    """An event stream is documented per event ({id, event, data}), its data
+    as the EventData object: a real stream's events, validated against both."""
+    client = await server()
+    doc = await document_of(client)
+    task = await create_task(client, agent="echo")
+    await wait_task(client, task["id"])
+    path = "/v1/tasks/{task_id}/events"
+    answer = doc["paths"][path]["get"]["responses"]["200"]["content"]["text/event-stream"]
+    event_schema = dict(answer["schema"], components=doc["components"])
+    data_schema = dict(event_schema["properties"]["data"]["contentSchema"])
+    data_schema["components"] = doc["components"]
+    text = await (await client.get(f"/v1/tasks/{task['id']}/events")).text()
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert len(blocks) == 6
+    for block in blocks:
+        event = dict(line.split(": ", 1) for line in block.splitlines())
+        OAS31Validator(event_schema).validate(event)
+        OAS31Validator(data_schema).validate(json.loads(event["data"]))
