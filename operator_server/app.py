@@ -137,7 +137,7 @@ def _sample_current_counts(meters: Metrics, engine: Engine, directory: OperatorD
 
     meters.sample_tasks = tasks
     meters.sample_sessions = sessions
-    meters.sample_pending = directory.pending_by_kind
+    meters.sample_pending = directory.pending_by_face
 
 
 async def _open_and_recover(app: web.Application) -> None:

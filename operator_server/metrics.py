@@ -179,7 +179,8 @@ class Metrics:
         )
         self.request_wait = Histogram(
             PREFIX + "request_wait_seconds",
-            "Operator requests: time from issue to the operator's reply, by request kind.",
+            "Operator requests: time from issue to the operator's reply, by face "
+            "(senior_bridge, spawn_hook, backend).",
             ("face",),
             buckets=SLOW_BUCKETS,
             registry=reg,
@@ -260,7 +261,7 @@ class Metrics:
         reg.register(
             _Sampled(
                 PREFIX + "pending_requests",
-                "Operator requests awaiting a reply (or a socket) now, by request kind.",
+                "Operator requests awaiting a reply (or a socket) now, by face.",
                 "face",
                 lambda: self.sample_pending,
             )
@@ -280,8 +281,8 @@ class Metrics:
     def attempt_ended(self, seconds: float) -> None:
         self.attempt_duration.observe(seconds)
 
-    def reply_received(self, kind: str, waited_s: float) -> None:
-        self.request_wait.observe(waited_s, kind)
+    def reply_received(self, face: str, waited_s: float) -> None:
+        self.request_wait.observe(waited_s, face)
 
     def frame_received(self, frame_type: str) -> None:
         cell = self._frames_in.get(frame_type)

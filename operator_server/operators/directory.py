@@ -28,12 +28,13 @@ from typing import Any
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.cluster import Cluster
+from operator_server.engine.faces import Face
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
-from operator_server.operators.protocol import REQ_KIND
+from operator_server.operators.protocol import FACE_OF
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import Relay
 from operator_server.operators.session import WSOperatorSession, hash_token
@@ -245,12 +246,13 @@ class OperatorDirectory:
         connected = sum(1 for s in self.sessions.values() if s.connected)
         return {"sessions": len(self.sessions), "connected": connected}
 
-    def pending_by_kind(self) -> dict[str, int]:
-        """Pending requests over all sessions, by request kind (read at scrape time)."""
-        counts = dict.fromkeys(REQ_KIND, 0)
+    def pending_by_face(self) -> dict[str, int]:
+        """Pending requests over all sessions, by the face they serve (read at
+        scrape time): the same names as the ``face`` of task events."""
+        counts = dict.fromkeys(map(str, Face), 0)
         for session in self.sessions.values():
             for req in session.pending.values():
-                counts[req.kind] += 1
+                counts[FACE_OF[req.kind]] += 1
         return counts
 
     def expired(self, now: float | None = None) -> list[str]:

@@ -511,9 +511,10 @@ class WSOperatorSession:
                 )
         self._remember_answered(req_id)
         self._forget(req)
-        self._metrics.reply_received(req.kind, time.monotonic() - req.issued_mono)
+        face = str(p.FACE_OF[req.kind])
+        self._metrics.reply_received(face, time.monotonic() - req.issued_mono)
         if self._report is not None:
-            self._report(EventType.REPLY, req.task_id, req_id, str(p.FACE_OF[req.kind]), self.sid)
+            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid)
         if not req.future.done():
             req.future.set_result((kind, data))
 

@@ -89,9 +89,10 @@ async def test_a_scripted_run_shows_in_every_metric(server: Server, tmp_path: Pa
     assert value(samples, "operator_server_attempt_duration_seconds_count") == 5
     assert value(samples, "operator_server_operator_sessions", connected="true") == 1
     assert value(samples, "operator_server_operator_sessions", connected="false") == 1
-    assert value(samples, "operator_server_pending_requests", face="spawn") == 1
-    assert value(samples, "operator_server_pending_requests", face="ask") == 0
-    assert value(samples, "operator_server_request_wait_seconds_count", face="spawn") == 1
+    assert value(samples, "operator_server_pending_requests", face="backend") == 1
+    assert value(samples, "operator_server_pending_requests", face="senior_bridge") == 0
+    assert value(samples, "operator_server_pending_requests", face="spawn_hook") == 0
+    assert value(samples, "operator_server_request_wait_seconds_count", face="backend") == 1
     frames = "operator_server_frames_total"
     assert value(samples, frames, direction="out", type="spawn") == 2
     assert value(samples, frames, direction="out", type="error") == 1
@@ -131,7 +132,7 @@ async def test_a_peer_past_the_queue_cap_counts_as_a_slow_peer_disconnect(
     await eventually(lambda: not session.connected, what="cap disconnect")
     samples, _ = await scrape(client)
     assert value(samples, "operator_server_slow_peer_disconnects_total") == 1
-    assert value(samples, "operator_server_pending_requests", face="ask") == 50
+    assert value(samples, "operator_server_pending_requests", face="senior_bridge") == 50
     for caller in callers:
         caller.cancel()
     await asyncio.gather(*callers, return_exceptions=True)
