@@ -39,8 +39,7 @@ _PATH_PARAM = re.compile(r"\{([^}:]+)")
 _DESCRIPTION = (
     "Seat external operators (humans, AI agents, processes) inside an agent-work "
     'engine. Every error answer is `{"error": {"code", "message", ...}}` with a '
-    "stable code. A query parameter given with an empty value (`?status=`) counts "
-    "as not given. The operator WebSocket protocol is described in the README."
+    "stable code. The operator WebSocket protocol is described in the README."
 )
 
 Documented = tuple[tuple[str, str, Callable[..., Any]], ...]

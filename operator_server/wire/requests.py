@@ -82,11 +82,10 @@ def validate(schema: Schema, data: Any, what: str = "body") -> Any:
 
 
 def query(request: web.Request, schema: Schema) -> Any:
-    """The query string through ``schema``.  An empty value is an absent one:
-    ``?role=&limit=`` (an empty form field, or the template URL copied as it
-    is) asks for no filter, not for a role named ""."""
-    given = request.query
-    return validate(schema, {k: given[k] for k in given if given[k]}, "query")
+    """The query string through ``schema``.  An empty value is a value, and
+    refused like any other that does not fit: ``?ok=`` from an unset shell
+    variable must not quietly mean the default ``ok=true``."""
+    return validate(schema, dict(request.query), "query")
 
 
 def bearer_of(request: web.Request) -> str | None:

@@ -304,7 +304,7 @@ async def test_worker_ok_must_be_a_json_boolean(server: Server) -> None:
             "/v1/worker/result", data='{"value": 1, "ok": ' + odd + "}", headers=auth
         )
         assert "ok" in await error(resp, 400, "bad_request")
-    for odd in ("1", "yes", "True", "on"):
+    for odd in ("1", "yes", "True", "on", ""):  # "": an unset $OK, never the default
         resp = await client.post("/v1/worker/submit", params={"ok": odd}, data=b"x", headers=auth)
         assert "ok" in await error(resp, 400, "bad_request")
     ok = await client.post("/v1/worker/submit", params={"ok": "false"}, data=b"x", headers=auth)
