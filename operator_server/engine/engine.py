@@ -125,7 +125,8 @@ class Engine:
         else:
             self.cluster.follow_events(self._tail_events)
             serve_calls(self, self.cluster)
-        # Set when a finished task's webhook delivery is committed: wakes the sender.
+        # Set when a finished task's webhook delivery is stored (or queued to be:
+        # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
         self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
         self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)

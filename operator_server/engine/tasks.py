@@ -318,7 +318,7 @@ class Task:
     # Restarts that cut an attempt short; they do not use up max_attempts.
     interruptions: int = 0
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    # Set once the event that ends the task is built (engine/events.py):
+    # Set once the event that ends the task is built (Engine._ending_events):
     # nothing is recorded on its stream after it.  Not stored: a finished task
     # read back has its history closed by its status.
     history_closed: bool = field(default=False, repr=False)
