@@ -266,6 +266,11 @@ class Engine:
     def _changed(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
         self.store.put_task_soon(task.to_record(), events)
 
+    @staticmethod
+    def _delivery_at(task: Task, ending: Ending) -> float | None:
+        """When ``ending`` owes the task's webhook: at its final end, if it has one."""
+        return ending.at if ending.final and task.callback is not None else None
+
     def _ending_events(self, task: Task, ending: Ending) -> list[TaskEvent]:
         """The events ``ending`` makes, built before it applies."""
         events: list[TaskEvent] = []
@@ -531,13 +536,11 @@ class Engine:
         """
         durable = True
         events = self._ending_events(task, ending)
-        deliver = ending.final and task.callback is not None
+        deliver = self._delivery_at(task, ending)
         fenced: Fenced | None = None
         try:
-            await self.store.put_task(
-                task.record_with(ending), events, deliver_at=ending.at if deliver else None
-            )
-            if deliver:
+            await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
+            if deliver is not None:
                 self.deliveries_due.set()
         except Fenced as exc:
             fenced = exc
@@ -613,7 +616,7 @@ class Engine:
             task.end(ending)
             self.metrics.task_finished(str(status))
             # Its webhook is owed like any other end's (``_end``).
-            deliver = ending.at if task.callback is not None else None
+            deliver = self._delivery_at(task, ending)
             self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
             if deliver is not None:
                 self.deliveries_due.set()
