@@ -28,6 +28,12 @@ from operator_server.store import StoreError
 from operator_server.wire.requests import bearer_of, require_bearer, text_token
 
 SUBPROTOCOL_PREFIX = "bearer."
+# What looking a session up can answer besides the session itself: every
+# route naming one documents these (OpenAPI ``errors``).
+LOOKUP_ERRORS = {
+    404: "no such operator session (`operator_not_found`)",
+    503: "the store could not be read to find the session (`store_failed`)",
+}
 _MISSING = "send Authorization: Bearer <token> (the token from the mint)"
 
 

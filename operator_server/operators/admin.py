@@ -21,7 +21,11 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server.errors import ApiError, Code
-from operator_server.operators.access import authorize_session_or_admin, require_admin
+from operator_server.operators.access import (
+    LOOKUP_ERRORS,
+    authorize_session_or_admin,
+    require_admin,
+)
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view
 from operator_server.operators.protocol import REQ_KIND
@@ -165,8 +169,7 @@ async def list_operators(request: web.Request) -> web.Response:
         {200: Body("requests awaiting a reply, in issue order", PendingListSchema)},
         errors={
             401: "no usable Bearer credential, or neither the session's token nor the api_token",
-            404: "no such operator session (`operator_not_found`)",
-            503: "the store could not be read to find the session (`store_failed`)",
+            **LOOKUP_ERRORS,
         },
         security=(Security.SESSION_TOKEN, Security.API_TOKEN),
         tags=("operators",),

@@ -22,7 +22,11 @@ from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
 from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import ApiError, Code
-from operator_server.operators.access import authorize_session, authorize_session_or_admin
+from operator_server.operators.access import (
+    LOOKUP_ERRORS,
+    authorize_session,
+    authorize_session_or_admin,
+)
 from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
@@ -102,8 +106,7 @@ class SessionSchema(Schema):
 
 _SESSION_ERRORS = {
     401: "no usable Bearer credential, or it does not match this session",
-    404: "no such operator session (`operator_not_found`)",
-    503: "the store could not be read to find the session (`store_failed`)",
+    **LOOKUP_ERRORS,
 }
 _SESSION = (Security.SESSION_TOKEN,)
 _SESSION_OR_ADMIN = (Security.SESSION_TOKEN, Security.API_TOKEN)
