@@ -32,14 +32,20 @@ async def next_block(resp: ClientResponse, timeout: float = 5) -> list[str] | No
         lines.append(line)
 
 
-def parse(lines: list[str]) -> Event | None:
-    """The event in a block, or None for a comment-only block (keepalive)."""
+def fields_of(lines: list[str]) -> dict[str, str]:
+    """A block's fields as sent (``id``, ``event``, ``data``), comments left out."""
     fields: dict[str, str] = {}
     for line in lines:
         if line.startswith(":"):
             continue
         name, _, value = line.partition(": ")
         fields[name] = value
+    return fields
+
+
+def parse(lines: list[str]) -> Event | None:
+    """The event in a block, or None for a comment-only block (keepalive)."""
+    fields = fields_of(lines)
     if not fields:
         return None
     return Event(int(fields["id"]), fields["event"], json.loads(fields["data"]))

@@ -16,6 +16,7 @@ from operator_server.http.openapi import build_document, documented_routes, undo
 from operator_server.wire.contract import Security
 from tests.conftest import Server, create_task, wait_task
 from tests.engine.test_capabilities import bearer, start_parked
+from tests.http.sse import fields_of, next_block
 from tests.wsop import mint
 
 API = "openapi-api-token"
@@ -247,10 +248,12 @@ async def test_each_streamed_event_matches_the_documented_event(server: Server) 
     event_schema = dict(answer["schema"], components=doc["components"])
     data_schema = dict(event_schema["properties"]["data"]["contentSchema"])
     data_schema["components"] = doc["components"]
-    text = await (await client.get(f"/v1/tasks/{task['id']}/events")).text()
-    blocks = [b for b in text.split("\n\n") if b.strip()]
+    resp = await client.get(f"/v1/tasks/{task['id']}/events")
+    blocks = []
+    while (block := await next_block(resp)) is not None:
+        blocks.append(block)
     assert len(blocks) == 6
     for block in blocks:
-        event = dict(line.split(": ", 1) for line in block.splitlines())
+        event = fields_of(block)
         OAS31Validator(event_schema).validate(event)
         OAS31Validator(data_schema).validate(json.loads(event["data"]))
