@@ -98,7 +98,16 @@ async def operator_delegate(ctx: AttemptContext, call_next: Next) -> WorkerResul
     backend = ctx.operator.backend
     if backend is None:
         return await call_next(ctx)
-    ack = await backend.execute(ctx, ctx.system, ctx.prompt, ctx.capability_token)
+    try:
+        ack = await backend.execute(ctx, ctx.system, ctx.prompt, ctx.capability_token)
+    except AttemptFailed as exc:
+        # A worker's result the server accepted (200) decides the attempt even
+        # when the spawn then fails without the operator saying so (session
+        # deleted or expired, spawn timed out, reconnect grace ran out): only
+        # the operator's own reply (an ``error`` ack, a halt) overrules it.
+        if exc.code == Code.OPERATOR_ERROR or not ctx.tail.worker_posted():
+            raise
+        return ctx.tail.decide()
     if ack is not None:
         ctx.tail.offer_ack(ack)
     return ctx.tail.decide()

@@ -112,10 +112,14 @@ class OutputTail:
     def append_final(self, result: WorkerResult, source: str) -> None:
         self._append(OutputEvent("final", source, result.value, result.ok, time.time()))
 
+    def worker_posted(self) -> bool:
+        """A worker's result was accepted into this attempt."""
+        return any(e.kind == "final" and e.source == "worker" for e in self.events)
+
     def offer_ack(self, result: WorkerResult) -> None:
         if result.halted:
             self.append_final(result, "halt")
-        elif any(e.kind == "final" and e.source == "worker" for e in self.events):
+        elif self.worker_posted():
             self._append(OutputEvent("output", "ack", result.value, result.ok, time.time()))
         else:
             self.append_final(result, "ack")

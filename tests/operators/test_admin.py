@@ -202,6 +202,86 @@ async def test_a_forced_delete_frees_the_roles_and_fails_pending_requests(
     assert sid not in directory_of(client).sessions
 
 
+async def test_a_result_accepted_before_a_forced_delete_decides_the_attempt(
+    server: Server,
+) -> None:
+    client = await server(api_token=API)
+    sid, token = await mint_as_admin(client, ["main"])
+    ws = await connect(client, sid, token)
+    task = await create_task_as_admin(client, {"role": "main"})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    resp = await client.post("/v1/worker/result", json={"value": {"done": 1}}, headers=auth)
+    assert resp.status == 200
+
+    # The operator is deleted before it acknowledges the spawn.
+    assert (await client.delete(f"/v1/operators/{sid}", headers=ADMIN)).status == 204
+    resp = await client.get(f"/v1/tasks/{task['id']}", params={"wait": "5"}, headers=ADMIN)
+    done = await resp.json()
+    assert done["status"] == "passed", done
+    assert done["result"] == {"value": {"done": 1}, "ok": True}
+    assert done["error"] is None
+    await ws.close()
+
+
+async def test_a_result_accepted_before_the_spawn_times_out_decides_the_attempt(
+    server: Server,
+) -> None:
+    client = await server(api_token=API, spawn_timeout_s=0.5)
+    sid, token = await mint_as_admin(client, ["main"])
+    ws = await connect(client, sid, token)
+    task = await create_task_as_admin(client, {"role": "main"})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    resp = await client.post("/v1/worker/result", json={"value": "mine"}, headers=auth)
+    assert resp.status == 200
+
+    # No spawn_ack ever comes: the spawn is withdrawn at its timeout.
+    assert (await expect(ws, "cancel"))["req_id"] == spawn["req_id"]
+    resp = await client.get(f"/v1/tasks/{task['id']}", params={"wait": "5"}, headers=ADMIN)
+    done = await resp.json()
+    assert done["status"] == "passed", done
+    assert done["result"] == {"value": "mine", "ok": True}
+    await ws.close()
+
+
+async def test_an_error_ack_still_fails_an_attempt_a_worker_posted_to(server: Server) -> None:
+    client = await server(api_token=API)
+    sid, token = await mint_as_admin(client, ["main"])
+    ws = await connect(client, sid, token)
+    task = await create_task_as_admin(client, {"role": "main"})
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    resp = await client.post("/v1/worker/result", json={"value": "mine"}, headers=auth)
+    assert resp.status == 200
+
+    # The operator's own verdict on its spawn is not a lost session: it counts.
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "error": "wrong repo"})
+    resp = await client.get(f"/v1/tasks/{task['id']}", params={"wait": "5"}, headers=ADMIN)
+    done = await resp.json()
+    assert done["status"] == "failed" and done["error"]["code"] == "operator_error"
+    await ws.close()
+
+
+async def create_task_as_admin(
+    client: TestClient[Any, Any], operator: dict[str, Any]
+) -> dict[str, Any]:
+    resp = await client.post(
+        "/v1/tasks",
+        json={"agent": "coder", "directive": "x", "operator": operator},
+        headers=ADMIN,
+    )
+    assert resp.status == 202, await resp.text()
+    task: dict[str, Any] = await resp.json()
+    return task
+
+
 async def test_with_no_api_token_a_loopback_caller_without_credentials_is_the_admin(
     server: Server,
 ) -> None:
