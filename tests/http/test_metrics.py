@@ -166,3 +166,22 @@ async def test_metrics_turned_off_count_nothing_and_the_scrape_answers_404(
     assert (await resp.json())["error"]["code"] == "not_found"
     # Nothing was counted, not merely hidden.
     assert "tasks_created_total 1.0" not in engine_of(client).metrics.exposition().decode()
+
+
+async def test_a_task_cancelled_before_its_first_attempt_counts_as_finished(
+    server: Server,
+) -> None:
+    client = await server()
+    engine = engine_of(client)
+    task = await engine.submit(agent="echo", directive="x")
+    # Nothing has yielded to the loop since the task was adopted: its run has
+    # not taken its first step, so the cancel ends it before any attempt.
+    assert await engine.cancel(task.id, "changed my mind")
+    done = await wait_task(client, task.id)
+    assert done["status"] == "cancelled" and done["attempts"] == []
+
+    samples, _ = await scrape(client)
+    finished = "operator_server_tasks_finished_total"
+    assert value(samples, finished, status="cancelled") == 1
+    assert value(samples, "operator_server_tasks", status="cancelled") == 1
+    assert value(samples, "operator_server_tasks", status="pending") == 0

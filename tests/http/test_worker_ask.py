@@ -87,6 +87,37 @@ async def test_a_worker_asks_mid_spawn_nested_under_the_spawn_and_gets_the_answe
     assert listed["asked_at"] <= listed["answered_at"]
 
 
+async def test_a_child_tasks_worker_asks_nested_under_the_childs_own_spawn(
+    server: Server,
+) -> None:
+    client = await server()
+    sid, ws, parent, parent_spawn = await spawned(client)
+    child = await create_task(
+        client, agent="helper", operator={"sid": sid}, parent_task_id=parent["id"]
+    )
+    hook = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    child_spawn = await expect(ws, "spawn")
+    assert child_spawn["task_id"] == child["id"]
+    assert child_spawn["parent_req_id"] == parent_spawn["req_id"]
+
+    # The child's worker asks during the child's spawn: nested under that
+    # spawn, not under the parent's one the child itself is nested under.
+    asking = asyncio.create_task(post_ask(client, child_spawn, 200, question="ok?", timeout_s=10))
+    ask = await expect(ws, "ask")
+    assert ask["task_id"] == child["id"]
+    assert ask["parent_req_id"] == child_spawn["req_id"]
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "value": "yes"})
+    assert (await asking)["value"] == "yes"
+    await ws.send_json({"type": "spawn_ack", "req_id": child_spawn["req_id"], "value": 1})
+    await expect(ws, "hook_after")
+    done = await wait_task(client, child["id"])
+    assert done["attempts"][0]["asks"][0]["parent_req_id"] == child_spawn["req_id"]
+    await ws.send_json({"type": "spawn_ack", "req_id": parent_spawn["req_id"], "value": 2})
+    assert (await wait_task(client, parent["id"]))["status"] == "passed"
+    await ws.close()
+
+
 async def test_a_pending_ask_answers_202_and_a_later_wait_returns_the_answer(
     server: Server,
 ) -> None:
