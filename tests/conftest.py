@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from operator_server.config import Settings, load_settings
 from operator_server.engine import Engine
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
+from tests.processes import stop_leftovers
 
 # The throwaway PostgreSQL (fixtures `postgres`, `pg_url`).
 pytest_plugins = ["tests.pg"]
@@ -40,6 +41,13 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 Server = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture(autouse=True)
+def stop_started_processes() -> Iterator[None]:
+    """Whatever a test started (``tests/processes.py``) does not outlive it."""
+    yield
+    stop_leftovers()
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.processes import started
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -43,6 +45,7 @@ async def start_daemon(*args: str, port: int | None = None) -> Daemon:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    started(proc)
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
         for _ in range(200):
@@ -224,6 +227,7 @@ async def test_port_0_logs_the_port_it_really_listens_on(tmp_path: Path) -> None
         stderr=subprocess.STDOUT,
         text=True,
     )
+    started(proc)
     try:
         assert proc.stdout is not None
         url = None

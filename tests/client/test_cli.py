@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.processes import started
 from tests.wsop import eventually
 
 CLI = [sys.executable, "-m", "operator_server"]
@@ -24,6 +25,7 @@ async def run_cli(*args: str) -> tuple[int, Any, str]:
     proc = await asyncio.create_subprocess_exec(
         *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
+    started(proc)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, json.loads(out) if out.strip() else None, err.decode()
@@ -44,6 +46,7 @@ async def started_operator(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    started(proc)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert b"waiting for work" in line, line
@@ -166,6 +169,7 @@ async def test_approve_ask_lets_the_person_at_the_terminal_decide(server: Server
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    started(proc)
     os.close(terminal)
     assert proc.stdout is not None
     try:

@@ -15,6 +15,7 @@ from typing import Any
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
+from tests.processes import started
 from tests.test_daemon import Daemon, start_daemon
 
 BRIDGE = [sys.executable, "-m", "operator_server", "mcp"]
@@ -313,6 +314,7 @@ async def test_stdout_carries_only_protocol_messages_even_at_log_level_debug(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        started(proc)
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         lines: list[bytes] = []
 

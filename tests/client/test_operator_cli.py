@@ -16,6 +16,7 @@ import pytest
 from operator_server.client.state import SessionState, default_state_file, load_state, save_state
 from tests.client.test_cli import CLI, base, run_cli, start_operator, started_operator, stop
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.processes import started
 from tests.test_daemon import free_port
 from tests.wsop import eventually, mint
 
@@ -38,6 +39,7 @@ async def run_operator_until_exit(*args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    started(proc)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -110,6 +112,7 @@ async def test_a_kept_session_the_server_no_longer_knows_is_replaced_with_a_warn
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    started(proc)
     assert proc.stdout is not None and proc.stderr is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert line.startswith(b"joined as op-") and b"waiting for work" in line, line
@@ -162,6 +165,7 @@ async def test_sid_and_token_attach_to_an_existing_session_by_hand(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    started(proc)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert line.startswith(f"attached as {sid}".encode()), line
@@ -222,6 +226,7 @@ async def test_url_defaults_to_the_environment_for_operator_and_task(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    started(proc)
     assert proc.stdout is not None
     assert b"waiting for work" in await asyncio.wait_for(proc.stdout.readline(), 30)
     code, task, _ = await run_cli(

@@ -15,6 +15,7 @@ import aiohttp
 
 from operator_server.client.state import load_state
 from tests.client.test_cli import CLI
+from tests.processes import started
 from tests.test_daemon import Daemon, free_port, start_daemon
 
 
@@ -35,6 +36,7 @@ async def operator(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    started(proc)
     assert proc.stdout is not None
     # A replayed request may be handled (and printed) before the seat line.
     while b"waiting for work" not in (line := await asyncio.wait_for(proc.stdout.readline(), 30)):

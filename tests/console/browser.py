@@ -29,6 +29,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
+from tests.processes import started
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = (
@@ -131,6 +133,7 @@ def start_daemon(*args: str) -> Daemon:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    started(proc)
     daemon = Daemon(proc, f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
