@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from operator_server.app import build_app, listening_on
 from operator_server.engine import AttemptContext, WorkerResult
-from tests.conftest import Server, create_task, engine_of, wait_task
+from operator_server.store import Events, SQLiteStore
+from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.fakes import FakeOperator
+from tests.wsop import eventually, handler_suspended
 
 
 class Parked:
@@ -215,3 +220,61 @@ def test_a_minted_token_carries_every_claim_field_and_verifies() -> None:
     expected = dict(asdict(grant.claims), scopes=list(grant.claims.scopes))
     assert {k: v for k, v in signed.items() if k != "sig"} == expected
     assert issuer.verify(grant.token, "prompt", "t-1") == grant.claims
+
+
+class EndsHeld(SQLiteStore):
+    """A real SQLite store whose writes of an attempt's end wait until released:
+    the window in which the decided attempt's end is being written, held open."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        attempts = record["attempts"]
+        if attempts and attempts[-1]["status"] != "running":
+            self.holding.set()
+            await self.release.wait()
+        await super().put_task(record, events, deliver_at=deliver_at)
+
+
+async def test_a_result_arriving_while_the_decided_end_is_written_is_refused_409(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "held.sqlite")
+    store = EndsHeld(path)
+    app = build_app(make_settings(**{"store.path": path}), store=store)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    listening_on(app, str(client.make_url("")).rstrip("/"))
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+
+    # A worker's post whose credential is checked now, its body sent later.
+    body_sent = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": "la'
+        await body_sent.wait()
+        yield b'te"}'
+
+    posting = asyncio.create_task(
+        client.post("/v1/worker/result", data=body(), headers=bearer(ctx.worker_handle))
+    )
+    await eventually(lambda: handler_suspended("read_json"), what="the body being read")
+    # The operator decides the attempt; its end is being written (held).
+    parked.release[1].set_result(WorkerResult("decided"))
+    await asyncio.wait_for(store.holding.wait(), 5)
+    body_sent.set()
+    resp = await posting
+    assert resp.status == 409, await resp.text()
+    assert await error_of(resp) == (409, "attempt_ended")
+
+    store.release.set()
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    assert done["result"] == {"value": "decided", "ok": True}
+    finals = [e for e in done["attempts"][0]["outputs"] if e["kind"] == "final"]
+    assert [e["source"] for e in finals] == ["ack"]
