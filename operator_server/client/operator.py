@@ -96,6 +96,8 @@ class OperatorClient:
         self.base_url = self._api.base_url
         self.sid, self.token = sid, token
         self.roles, self.desc = list(roles), desc
+        # ``join`` took back this client's own earlier mint (see there).
+        self.reclaimed = False
         self.handlers: dict[str, Handler | None] = {
             "ask": on_ask,
             "hook_before": on_hook_before,
@@ -123,13 +125,49 @@ class OperatorClient:
     # -- session ----------------------------------------------------------
 
     async def join(self) -> None:
-        """Mint a session unless this client was given one."""
+        """Mint a session unless this client was given one.
+
+        A client given a ``token`` but no sid mints with that token: the caller
+        kept it before minting, so a mint whose answer was lost (the process
+        killed, the connection cut) is not lost with it.  If the roles turn out
+        held by a session that token opens, that session is this client's own
+        earlier mint, and it is taken back instead of a ``roles_conflict``.
+        """
         if self.sid is not None:
             return
-        body = await self._api.request(
-            "POST", "/v1/operators", json={"roles": self.roles, "desc": self.desc}
-        )
+        mint: dict[str, Any] = {"roles": self.roles, "desc": self.desc}
+        if self.token is not None:
+            mint["token"] = self.token
+        try:
+            body = await self._api.request("POST", "/v1/operators", json=mint)
+        except RequestFailed as exc:
+            if self.token is None or exc.code != "roles_conflict":
+                raise
+            self.sid = await self._own_holder(exc)
+            if self.sid is None:
+                raise
+            self.reclaimed = True
+            return
         self.sid, self.token, self.roles = body["sid"], body["token"], body["roles"]
+
+    async def _own_holder(self, conflict: RequestFailed) -> str | None:
+        """The session holding the conflicting roles that this client's token opens."""
+        body = conflict.body if isinstance(conflict.body, dict) else {}
+        holders = {
+            str(c.get("sid"))
+            for c in body.get("error", {}).get("conflicts", [])
+            if isinstance(c, dict)
+        }
+        for sid in sorted(holders):
+            try:
+                view = await self._api.request(
+                    "GET", f"/v1/operators/{sid}", headers={"Authorization": f"Bearer {self.token}"}
+                )
+            except RequestFailed:
+                continue  # not this client's (401) or gone meanwhile (404)
+            self.roles = list(view["roles"])
+            return sid
+        return None
 
     async def view(self) -> dict[str, Any]:
         """The server's view of this session (``GET /v1/operators/{sid}``): it

@@ -5,6 +5,9 @@ must get its own session back — same sid, same token — or its roles stay hel
 by a ghost until ``session_idle_ttl_s``.  The session is kept in a small JSON
 file, written atomically with mode 0600 (it holds a bearer token), by default
 under ``$XDG_STATE_HOME/operator-server/`` (``~/.local/state`` when unset).
+A kept ``sid`` of ``""`` is a mint started with the kept (client-chosen) token
+whose answer was never kept: the session it made, if any, is the one that
+token opens.
 """
 
 from __future__ import annotations

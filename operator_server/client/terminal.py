@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -202,13 +203,13 @@ class TerminalOperator:
         if self._given is not None:
             return "attached", await self._attach(*self._given)
         kept = load_state(self.state_file) if self.state_file is not None else None
-        if kept is not None:
-            if kept.url != self.base_url or self.role not in kept.roles:
-                raise StartupFailed(
-                    f"state file {self.state_file} holds session {kept.sid} for {kept.url} "
-                    f"with roles {kept.roles}, not {self.role!r} at {self.base_url}; "
-                    "pass another --state-file or delete that one"
-                )
+        if kept is not None and (kept.url != self.base_url or self.role not in kept.roles):
+            raise StartupFailed(
+                f"state file {self.state_file} holds session {kept.sid} for {kept.url} "
+                f"with roles {kept.roles}, not {self.role!r} at {self.base_url}; "
+                "pass another --state-file or delete that one"
+            )
+        if kept is not None and kept.sid:
             client = self._new_client(kept.sid, kept.token)
             try:
                 await client.start()
@@ -220,19 +221,35 @@ class TerminalOperator:
             else:
                 self.client = client
                 return "resumed", client
-        client = self._new_client(None, None)
+        return await self._join(kept.token if kept is not None and not kept.sid else None)
+
+    async def _join(self, token: str | None) -> tuple[str, OperatorClient]:
+        """Mint a session, its token kept *before* the mint: an operator killed
+        before the answer (or before writing it down) takes that session back
+        at its next start rather than finding its role held by its own ghost.
+        ``token``: a join that was started and never kept (a kept sid of "")."""
+        if self.state_file is not None:
+            token = token or secrets.token_urlsafe(32)
+            save_state(self.state_file, SessionState(self.base_url, "", token, [self.role]))
+        client = self._new_client(None, token)
         try:
             await client.join()
         except RequestFailed as exc:
+            # A definite answer: no session of ours exists, so keep no token.
             await client.close()
+            self._forget()
             raise StartupFailed(self._mint_failure(exc)) from exc
+        except aiohttp.ClientConnectorError:
+            await client.close()  # nothing was sent: nothing can have been minted
+            self._forget()
+            raise
         except BaseException:
-            await client.close()
+            await client.close()  # the mint may have happened: its token stays kept
             raise
         self._keep(client)  # before connecting: a kill from here on can resume it
         await client.start()
         self.client = client
-        return "joined", client
+        return ("resumed" if client.reclaimed else "joined"), client
 
     async def _attach(self, sid: str, token: str) -> OperatorClient:
         client = self._new_client(sid, token)

@@ -121,13 +121,15 @@ class OperatorDirectory:
         if not self.settings.public_url:
             self.base_url = url
 
-    async def mint(self, roles: list[str], desc: str) -> tuple[WSOperatorSession, str]:
-        """A new session and its token, on disk.
+    async def mint(
+        self, roles: list[str], desc: str, token: str | None = None
+    ) -> tuple[WSOperatorSession, str]:
+        """A new session and its token (the caller's ``token``, if it chose one), on disk.
 
         Raises ``RolesConflict`` or ``StoreError``; either way nothing is taken.
         """
         sid = f"op-{uuid.uuid4()}"
-        token = secrets.token_urlsafe(32)  # 256 bits
+        token = token or secrets.token_urlsafe(32)  # 256 bits
         now = time.time()
         record = SessionRecord(sid, hash_token(token), list(roles), desc, now, now)
         self.engine.roles.claim(sid, roles)

@@ -37,6 +37,8 @@ from operator_server.wire.requests import validate as load
 from operator_server.wire.times import iso
 
 routes = web.RouteTableDef()
+# A token a client chooses: long enough to be a secret, and a valid Bearer credential.
+TOKEN_PATTERN = r"^[A-Za-z0-9._~+/=-]{32,256}$"
 
 
 class MintSchema(Schema):
@@ -54,6 +56,21 @@ class MintSchema(Schema):
         metadata={"uniqueItems": True},
     )
     desc = fields.String(load_default="", validate=validate.Length(max=2000))
+    # A client that keeps its session across restarts writes the token down
+    # *before* it mints: killed before the answer arrives, it can still prove
+    # the minted session is its own (the 409 names the holder; the token opens it).
+    token = fields.String(
+        load_default=None,
+        validate=validate.Regexp(
+            TOKEN_PATTERN,
+            error="a chosen token is 32 to 256 characters of A-Z a-z 0-9 . _ ~ + / = -",
+        ),
+        metadata={
+            "pattern": TOKEN_PATTERN,
+            "description": "the session token, chosen by the caller (random, at least 32 "
+            "characters; the server makes one when omitted)",
+        },
+    )
 
     def __init__(self, *, max_roles: int, max_role_length: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -158,7 +175,9 @@ async def mint_operator(request: web.Request) -> web.Response:
     raw = await read_json(request, settings.max_json_depth) if request.can_read_body else {}
     body = load(schema, raw)
     try:
-        session, token = await request.app[DIRECTORY].mint(body["roles"], body["desc"])
+        session, token = await request.app[DIRECTORY].mint(
+            body["roles"], body["desc"], body["token"]
+        )
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
         raise ApiError(

@@ -93,6 +93,88 @@ async def test_a_restarted_operator_resumes_its_session_instead_of_a_roles_confl
     assert kept.sid not in directory_of(client).sessions
 
 
+class AnswersSwallowed:
+    """A TCP proxy to the server that, while ``swallowing``, passes each request
+    on but never its answer: the server acts, the client never hears of it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.swallowing = True
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        down = None if self.swallowing else writer
+        for pipe in (_pipe(reader, up_writer), _pipe(up_reader, down)):
+            task = asyncio.create_task(pipe)
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def close(self) -> None:
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter | None) -> None:
+    """Copy ``reader`` into ``writer`` (None: read and drop) until either end closes."""
+    try:
+        while data := await reader.read(65536):
+            if writer is not None:
+                writer.write(data)
+                await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+async def test_an_operator_killed_before_it_kept_its_new_session_takes_it_back(
+    server: Server, tmp_path: Path
+) -> None:
+    client = await server()
+    proxy = AnswersSwallowed(int(base(client).rsplit(":", 1)[1]))
+    url = await proxy.start()
+    state_file = tmp_path / "op.json"
+    args = ("operator", "--url", url, "--role", "main", "--state-file", str(state_file))
+    pipes = {"stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE}
+    try:
+        first = await asyncio.create_subprocess_exec(*CLI, *args, **pipes)
+        started(first)
+        # The server mints the session; the operator is killed before it hears
+        # the answer, so before it could write the new sid down.
+        await eventually(lambda: bool(directory_of(client).sessions), 30, "the mint")
+        [ghost] = directory_of(client).sessions
+        first.kill()
+        await first.wait()
+
+        proxy.swallowing = False
+        second = await asyncio.create_subprocess_exec(
+            *CLI, *args, **pipes, stderr=asyncio.subprocess.STDOUT
+        )
+        started(second)
+        assert second.stdout is not None
+        line = await asyncio.wait_for(second.stdout.readline(), 30)
+        # Its own session taken back: no roles_conflict with its own ghost.
+        assert line.startswith(f"resumed as {ghost}".encode()), line
+        assert list(directory_of(client).sessions) == [ghost]
+        kept = load_state(state_file)
+        assert kept is not None and kept.sid == ghost
+        await stop(second)
+        assert ghost not in directory_of(client).sessions and not state_file.exists()
+    finally:
+        await proxy.close()
+
+
 async def test_a_kept_session_the_server_no_longer_knows_is_replaced_with_a_warning(
     server: Server, tmp_path: Path
 ) -> None:

@@ -32,6 +32,27 @@ async def test_mint_with_no_body_is_a_session_without_roles(server: Server) -> N
     assert resp.status == 201 and (await resp.json())["roles"] == []
 
 
+async def test_a_mint_may_carry_the_callers_own_token_strong_and_bearer_safe(
+    server: Server,
+) -> None:
+    client = await server()
+    chosen = "k" * 20 + "-._~+/=" + "Z" * 20
+    resp = await client.post("/v1/operators", json={"roles": ["main"], "token": chosen})
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["token"] == chosen
+    view = await client.get(
+        f"/v1/operators/{body['sid']}", headers={"Authorization": f"Bearer {chosen}"}
+    )
+    assert view.status == 200
+    for bad in ("short" * 6, "x" * 31, "x" * 40 + " y", "x" * 257, 12345678901234567890):
+        resp = await client.post("/v1/operators", json={"roles": ["other"], "token": bad})
+        assert resp.status == 400, bad
+        error = (await resp.json())["error"]
+        assert error["code"] == "bad_request" and "token" in error["message"], error
+    assert len(directory_of(client).sessions) == 1
+
+
 async def test_roles_are_exclusive_and_a_conflict_names_each_holder(server: Server) -> None:
     client = await server()
     sid_a, _ = await mint(client, ["main"])
