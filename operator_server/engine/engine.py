@@ -689,13 +689,14 @@ class Engine:
                 error=AttemptFailed(Code.AGENT_CRASHED, f"{type(exc).__name__}: {exc}"),
             )
         finally:
+            # The decision is made: the attempt's credentials die now, before
+            # anything here yields (withdrawing asks does) and before it is
+            # stored, so nothing a late worker sends can change it.
+            if grant is not None:
+                self.capabilities.revoke(grant)
             # Open worker asks are withdrawn (cancel frames) before the end is
             # stored, so a waiting worker hears ``attempt_ended`` from it.
             await self._withdraw_asks(task, record)
-            # The decision is made: the attempt's credentials die now, before it
-            # is stored, so nothing a late worker sends can change it.
-            if grant is not None:
-                self.capabilities.revoke(grant)
             self._contexts.pop(task.id, None)
         status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
         log.debug("attempt ended", status=str(status))

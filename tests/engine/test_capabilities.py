@@ -278,3 +278,66 @@ async def test_a_result_arriving_while_the_decided_end_is_written_is_refused_409
     assert done["result"] == {"value": "decided", "ok": True}
     finals = [e for e in done["attempts"][0]["outputs"] if e["kind"] == "final"]
     assert [e["source"] for e in finals] == ["ack"]
+
+
+class SlowToWithdraw(FakeOperator):
+    """A senior that never answers, and takes its time letting go of an ask
+    that is withdrawn: the attempt is decided, its asks still being withdrawn."""
+
+    def __init__(self, execute: Any) -> None:
+        super().__init__(execute=execute)
+        self.asked = asyncio.Event()
+        self.withdrawing = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def ask(self, task_id: str, question: Any, **_: Any) -> Any:
+        self.asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.withdrawing.set()
+            await self.let_go.wait()
+            raise
+
+
+async def test_a_result_arriving_while_the_decided_attempts_asks_are_withdrawn_is_refused_409(
+    server: Server,
+) -> None:
+    client = await server()
+    parked = Parked()
+    senior = SlowToWithdraw(parked.execute)
+    engine_of(client).register_operator("op-slow", senior)
+    task = await create_task(
+        client, agent="coder", operator={"sid": "op-slow"}, layers=["operator_delegate"]
+    )
+    ctx = await parked.attempt(1)
+    asked = await client.post(
+        "/v1/worker/ask", json={"question": "?", "timeout_s": 0}, headers=bearer(ctx.worker_handle)
+    )
+    assert asked.status == 202
+    await asyncio.wait_for(senior.asked.wait(), 5)
+
+    body_sent = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"value": "la'
+        await body_sent.wait()
+        yield b'te"}'
+
+    posting = asyncio.create_task(
+        client.post("/v1/worker/result", data=body(), headers=bearer(ctx.worker_handle))
+    )
+    await eventually(lambda: handler_suspended("read_json"), what="the body being read")
+    # Decided; its open ask is being withdrawn when the body arrives.
+    parked.release[1].set_result(WorkerResult("decided"))
+    await asyncio.wait_for(senior.withdrawing.wait(), 5)
+    body_sent.set()
+    resp = await posting
+    assert resp.status == 409, await resp.text()
+    assert await error_of(resp) == (409, "attempt_ended")
+
+    senior.let_go.set()
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": "decided", "ok": True}
+    finals = [e for e in done["attempts"][0]["outputs"] if e["kind"] == "final"]
+    assert [e["source"] for e in finals] == ["ack"]
