@@ -806,6 +806,7 @@ class Engine:
             record is None
             or record.number != claims.attempt
             or record.status.terminal
+            or record.tail.decided
             or not self.capabilities.is_live(claims)
         ):
             raise AttemptEnded(

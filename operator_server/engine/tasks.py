@@ -103,6 +103,9 @@ class OutputTail:
     def __init__(self) -> None:
         self.events: list[OutputEvent] = []
         self.listener: Callable[[OutputEvent], None] | None = None
+        # Set once the tail has decided the attempt: a worker's result after
+        # that could only be accepted and ignored, so it is refused instead.
+        self.decided = False
 
     def _append(self, event: OutputEvent) -> None:
         self.events.append(event)
@@ -125,6 +128,7 @@ class OutputTail:
             self.append_final(result, "ack")
 
     def decide(self) -> WorkerResult:
+        self.decided = True
         for event in reversed(self.events):
             if event.kind == "final":
                 return WorkerResult(event.value, event.ok)

@@ -341,3 +341,32 @@ async def test_a_result_arriving_while_the_decided_attempts_asks_are_withdrawn_i
     assert done["result"] == {"value": "decided", "ok": True}
     finals = [e for e in done["attempts"][0]["outputs"] if e["kind"] == "final"]
     assert [e["source"] for e in finals] == ["ack"]
+
+
+async def test_a_result_posted_while_the_senior_weighs_the_decided_result_is_refused_409(
+    server: Server,
+) -> None:
+    client = await server()
+    parked = Parked()
+    senior = SlowToWithdraw(parked.execute)
+    engine_of(client).register_operator("op-slow", senior)
+    task = await create_task(
+        client,
+        agent="coder",
+        operator={"sid": "op-slow"},
+        layers=["senior_escalation", "operator_delegate"],
+    )
+    ctx = await parked.attempt(1)
+    # The operator's ack decides the tail (ok=false); the senior is asked about it.
+    parked.release[1].set_result(WorkerResult("half", ok=False))
+    await asyncio.wait_for(senior.asked.wait(), 5)
+    resp = await client.post(
+        "/v1/worker/result", json={"value": "late"}, headers=bearer(ctx.worker_handle)
+    )
+    assert resp.status == 409, await resp.text()
+    assert await error_of(resp) == (409, "attempt_ended")
+
+    senior.let_go.set()
+    assert await engine_of(client).cancel(task["id"], "enough")
+    done = await wait_task(client, task["id"])
+    assert [e["value"] for e in done["attempts"][0]["outputs"]] == ["half"]
