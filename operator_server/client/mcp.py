@@ -21,6 +21,7 @@ and re-dispatched the attempt as a new request), so the bridge withdraws it.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -158,7 +159,8 @@ class OperatorBridge:
         path = self.options.state_file
         state = load_state(path) if path is not None else None
         if state is not None and state.url.rstrip("/") == self.url:
-            return state.sid, state.token
+            # A sid of "": a mint started with this token and never kept (``_join``).
+            return state.sid or None, state.token
         return None, None
 
     async def _seat(self) -> None:
@@ -191,7 +193,15 @@ class OperatorBridge:
                 return
 
     async def _join(self, client: OperatorClient) -> None:
-        """Mint the session, waiting out a server that is not up yet."""
+        """Mint the session, waiting out a server that is not up yet.
+
+        Its token is kept before the mint (as the terminal operator does): a
+        bridge killed before it kept the answer takes that session back at its
+        next start instead of finding its roles held by its own ghost."""
+        path = self.options.state_file
+        if path is not None and client.sid is None:
+            client.token = client.token or secrets.token_urlsafe(32)
+            save_state(path, SessionState(self.url, "", client.token, client.roles))
         delay = 0.2
         while True:
             try:
@@ -201,7 +211,6 @@ class OperatorBridge:
                 self.error = f"cannot reach {self.url}: {exc}"
                 await asyncio.sleep(delay)  # backoff between attempts, not a settle-wait
                 delay = min(self.options.backoff_max_s, delay * 2)
-        path = self.options.state_file
         if path is not None and client.sid is not None and client.token is not None:
             save_state(path, SessionState(self.url, client.sid, client.token, client.roles))
 

@@ -12,9 +12,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
+from tests.client.test_operator_cli import AnswersSwallowed
 from tests.processes import started
 from tests.test_daemon import Daemon, start_daemon
 
@@ -375,6 +377,42 @@ async def test_stdin_eof_leaves_the_session_unless_keep_session(tmp_path: Path) 
         assert kept != sid and json.loads(state.read_text())["sid"] == kept
         async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
             assert (await call(mcp, "status"))["sid"] == kept  # resumed, same session
+
+
+async def test_a_bridge_killed_before_it_kept_its_new_session_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        proxy = AnswersSwallowed(int(daemon.base.rsplit(":", 1)[1]))
+        via_proxy = Daemon(daemon.proc, await proxy.start())
+        state = tmp_path / "state.json"
+        args = ["--url", via_proxy.base, "--role", "keep", "--state-file", str(state)]
+        try:
+            first = await asyncio.create_subprocess_exec(
+                *BRIDGE, *args, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+            )
+            started(first)
+            # The daemon mints the session; the bridge is killed before it
+            # hears the answer, so before it could keep the new sid.
+            async with aiohttp.ClientSession() as http:
+                for _ in range(1500):
+                    async with http.get(f"{daemon.base}/v1/operators") as resp:
+                        ghosts = [o["sid"] for o in (await resp.json())["operators"]]
+                    if ghosts:
+                        break
+                    await asyncio.sleep(0.02)  # polling the daemon's own list
+            [ghost] = ghosts
+            first.kill()
+            await first.wait()
+
+            proxy.swallowing = False
+            async with bridge(
+                via_proxy, tmp_path, "--role", "keep", "--state-file", str(state)
+            ) as mcp:
+                assert (await call(mcp, "status"))["sid"] == ghost
+                assert json.loads(state.read_text())["sid"] == ghost
+        finally:
+            await proxy.close()
 
 
 class CuttableProxy:
