@@ -811,6 +811,7 @@ class Engine:
                 f"attempt {claims.attempt} of task {claims.task_id} ended before the result "
                 "arrived; it was not recorded"
             )
+        record.budget.take_result(self.settings, result.value)  # AttemptFull past a bound
         record.tail.append_final(result, "worker")
         log.debug(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
@@ -862,6 +863,7 @@ class Engine:
                 "or it did not resolve)",
             )
         sid, senior = found
+        record.budget.take_ask(self.settings, question, answer_schema)  # AttemptFull past a bound
         ask = WorkerAsk(
             question=question,
             schema=answer_schema,

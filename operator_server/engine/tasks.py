@@ -16,6 +16,7 @@ from typing import Any
 
 from operator_server import entropy
 from operator_server.engine.asks import AskStatus, WorkerAsk
+from operator_server.engine.bounds import AttemptBudget
 from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.errors import AttemptFailed, Code
 from operator_server.wire.times import iso
@@ -154,6 +155,8 @@ class AttemptRecord:
     served_by: dict[str, str] = field(default_factory=dict)
     # What its worker asked the senior, in issue order.
     asks: list[WorkerAsk] = field(default_factory=list)
+    # What its worker has sent so far, against the bounds (not stored).
+    budget: AttemptBudget = field(default_factory=AttemptBudget, repr=False)
 
     def finish(
         self,
