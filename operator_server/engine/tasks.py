@@ -202,7 +202,8 @@ class AttemptRecord:
             "error": _error_record(self.error),
             "served_by": self.served_by,
             "tail": [e.to_record() for e in self.tail.events],
-            "asks": [a.to_record() for a in self.asks],
+            # Asks are stored on their own (``Store.put_ask_soon``): the task's
+            # row never carries them, reads put them back here.
         }
 
     @classmethod
@@ -218,7 +219,8 @@ class AttemptRecord:
             error=_error_from(rec["error"]),
             tail=tail,
             served_by=dict(rec["served_by"]),
-            # Rows written before worker asks existed have none.
+            # Rows written before worker asks existed have none; rows written
+            # before they were stored apart carry them inline.
             asks=[WorkerAsk.from_record(a) for a in rec.get("asks", [])],
         )
 

@@ -3,9 +3,12 @@ results are bounded per attempt, over real HTTP and a real operator socket."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import Server, wait_task
+from tests.conftest import Server, engine_of, wait_task
 from tests.http.test_worker_ask import auth, post_ask, spawned
 from tests.wsop import expect, no_frame
 
@@ -117,3 +120,36 @@ async def test_the_worker_routes_document_413_and_429(server: Server) -> None:
         responses = paths[path]["post"]["responses"]
         assert "attempt_too_large" in responses["413"]["description"], path
         assert "attempt_limit" in responses["429"]["description"], path
+
+
+async def test_an_ask_is_written_on_its_own_and_never_rewrites_its_task(
+    server: Server, tmp_path: Path
+) -> None:
+    """Each ask used to rewrite the task's row with every ask before it (80
+    asks of 200 KB: 16 MB of data, gigabytes written); the row must not grow."""
+    db = tmp_path / "tasks.sqlite"
+    client = await server(store__path=str(db))
+    _, ws, task, spawn = await spawned(client)
+    store = engine_of(client).store
+
+    def row_size() -> int:
+        with closing(sqlite3.connect(db)) as conn:
+            found = conn.execute("SELECT length(data) FROM tasks WHERE id = ?", (task["id"],))
+            size: int = found.fetchone()[0]
+            return size
+
+    sizes = []
+    for n in range(4):
+        await post_ask(client, spawn, 202, question=f"{n}" * 20_000, timeout_s=0)
+        await expect(ws, "ask")
+        await store.flush()
+        sizes.append(row_size())
+    assert max(sizes) - min(sizes) < 1000, sizes
+
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "done"})
+    done = await wait_task(client, task["id"])
+    assert row_size() < 20_000  # the end is written without the asks too
+    # ... and read back with them: the task JSON is what it always was.
+    assert [a["question"][0] for a in done["attempts"][0]["asks"]] == ["0", "1", "2", "3"]
+    assert [a["status"] for a in done["attempts"][0]["asks"]] == ["withdrawn"] * 4
+    assert done == await (await client.get(f"/v1/tasks/{task['id']}")).json()

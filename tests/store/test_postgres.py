@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from operator_server.store import (
 )
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.store.test_migrations import inline_asks_task
 from tests.wsop import connect, mint
 
 
@@ -147,7 +149,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
-        "pending_requests, cluster_nodes, cluster_messages, task_counts; "
+        "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
@@ -164,6 +166,43 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     holders = dict(await conn.fetch("SELECT role, sid FROM operator_roles"))
     await conn.close()
     assert holders == {"main": "op-old", "x": "op-old"}
+
+
+async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_written(
+    pg_url: str,
+) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    old = inline_asks_task("t-1")
+    # jsonb refuses \u0000: this row's asks cannot be copied, and stay inline.
+    odd = {**inline_asks_task("t-odd"), "directive": "\u0000"}
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("DROP TABLE task_asks; UPDATE operator_server_schema SET version = 6")
+    for rec in (old, odd):
+        await conn.execute(
+            "INSERT INTO tasks (id, status, created_at, updated_at, data) "
+            "VALUES ($1, 'running', 1, 1, $2)",
+            rec["id"],
+            json.dumps(rec),
+        )
+    await store.open()
+    try:
+        copied = "SELECT task_id, count(*) FROM task_asks GROUP BY task_id"
+        assert dict(await conn.fetch(copied)) == {"t-1": 2}
+        for rec in (old, odd):
+            row = await store.get_task(str(rec["id"]))
+            assert row is not None and row.value == rec
+        # Written again as the engine writes it now (no asks inline): still there.
+        without = json.loads(json.dumps(old))
+        for attempt in without["attempts"]:
+            del attempt["asks"]
+        await store.put_task(without)
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+    finally:
+        await store.close()
+        await conn.close()
 
 
 def task_record(task_id: str, status: str) -> dict[str, Any]:
