@@ -296,9 +296,7 @@ class SettingsSchema(Schema):
     max_results_per_attempt = fields.Integer(
         load_default=Settings.max_results_per_attempt,
         validate=validate.Range(min=1),
-        metadata=_help(
-            "results a worker may post to one attempt (more: 429 attempt_limit)"
-        ),
+        metadata=_help("results a worker may post to one attempt (more: 429 attempt_limit)"),
     )
     max_result_bytes_per_attempt = fields.Integer(
         load_default=Settings.max_result_bytes_per_attempt,

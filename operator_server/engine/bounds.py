@@ -36,9 +36,7 @@ class AttemptBudget:
         size = len(json.dumps_bytes(question)) + (
             0 if schema is None else len(json.dumps_bytes(schema))
         )
-        _size(
-            self.ask_bytes, size, settings.max_ask_bytes_per_attempt, "max_ask_bytes_per_attempt"
-        )
+        _size(self.ask_bytes, size, settings.max_ask_bytes_per_attempt, "max_ask_bytes_per_attempt")
         self.asks += 1
         self.ask_bytes += size
 
@@ -70,8 +68,7 @@ def _size(used: int, size: int, limit: int, key: str) -> None:
     if used + size > limit:
         raise AttemptFull(
             Code.ATTEMPT_TOO_LARGE,
-            f"{size} more bytes would take this attempt to {used + size}, past its "
-            f"{limit} ({key})",
+            f"{size} more bytes would take this attempt to {used + size}, past its {limit} ({key})",
             limit=key,
             max=limit,
         )
