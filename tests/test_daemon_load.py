@@ -114,3 +114,57 @@ async def test_sigterm_stops_the_daemon_in_its_grace_time_while_large_asks_pile_
         if daemon.proc.poll() is None:
             daemon.proc.kill()
             daemon.proc.wait()
+
+
+async def test_a_crash_keeps_an_attempts_asks_and_they_read_back_withdrawn(
+    tmp_path: Path,
+) -> None:
+    """Asks are stored apart from their task: a SIGKILL mid-attempt keeps them,
+    and the restart that interrupts the attempt withdraws them on disk too."""
+    args = ("--secret", "s", "--log-format", "json", "--store-path", str(tmp_path / "c.sqlite"))
+    daemon = await start_daemon(*args)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as r:
+                op = await r.json()
+            ws = await http.ws_connect(
+                f"{daemon.base}/v1/operators/{op['sid']}/ws",
+                headers={"Authorization": f"Bearer {op['token']}"},
+            )
+            body = {"agent": "coder", "directive": "x", "operator": {"role": "main"}}
+            async with http.post(f"{daemon.base}/v1/tasks", json=body) as r:
+                task = await r.json()
+            hook = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+            await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+            spawn = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+            headers = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+            for question in ("first?", {"second": [1, 2]}):
+                ask = {"question": question, "timeout_s": 0}
+                async with http.post(
+                    f"{daemon.base}/v1/worker/ask", json=ask, headers=headers
+                ) as r:
+                    assert r.status == 202
+            # A durable write after them: the store commits in order, so they are on disk.
+            async with http.post(f"{daemon.base}/v1/operators", json={}) as r:
+                assert r.status == 201
+            await ws.close()
+
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(timeout=10)
+        daemon = await start_daemon(*args, port=int(daemon.base.rsplit(":", 1)[1]))
+        async with aiohttp.ClientSession() as http:
+            url = f"{daemon.base}/v1/tasks/{task['id']}"
+            async with http.post(f"{url}/cancel", json={"reason": "enough"}) as r:
+                assert r.status == 200, await r.text()
+            async with http.get(url) as r:
+                done = await r.json()
+        first = done["attempts"][0]
+        assert first["error"]["code"] == "interrupted"
+        assert [(a["question"], a["status"]) for a in first["asks"]] == [
+            ("first?", "withdrawn"),
+            ({"second": [1, 2]}, "withdrawn"),
+        ]
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait()
