@@ -544,12 +544,19 @@ def with_asks(record: dict[str, Any], asks: Iterable[tuple[Any, Any]]) -> dict[s
     stored apart keeps what its row holds (rows written before asks were stored
     apart carry them inline); an ask of an attempt the record does not have,
     or one that cannot be decoded, is left out, with a warning."""
+    stored = list(asks)
+    if not stored:
+        return record  # nothing stored apart: the row as it is
     attempts = record.get("attempts")
     by_number: dict[Any, Any] = {}
     if isinstance(attempts, list):
-        by_number = {a.get("number"): a for a in attempts if isinstance(a, dict)}
+        by_number = {
+            a.get("number"): a
+            for a in attempts
+            if isinstance(a, dict) and isinstance(a.get("number"), int)
+        }
     found: dict[Any, list[Any]] = {}
-    for attempt, data in asks:
+    for attempt, data in stored:
         try:
             ask = json.loads(data, json.STORED_MAX_DEPTH)
             if not isinstance(ask, dict) or attempt not in by_number:

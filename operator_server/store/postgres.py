@@ -348,8 +348,9 @@ DELETE_FINISHED = """
     )
     SELECT status FROM gone
 """
-# One ask, written only while no other node holds its task's lease (as a
-# task's write): a node that lost the task never adds to it.
+# One ask, written only while no other node holds its task's lease, as a
+# task's own write is (``WRITE_TASK``): a node that lost the task does not add
+# to it.  (Skipped, not refused: nobody waits for an ask's write.)
 UPSERT_ASK = """
     INSERT INTO task_asks (task_id, attempt, ask_id, data)
     SELECT $1, $2, $3, $4

@@ -240,6 +240,29 @@ async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url:
         assert (await a.get_task("t-1")).value["status"] == "passed"  # type: ignore[union-attr]
 
 
+async def test_a_node_whose_task_was_taken_over_adds_no_ask_to_it(pg_url: str) -> None:
+    async with cut_off_pair(pg_url) as (a, b):
+        record = {**task_record("t-1", "running"), "attempts": [{"number": 1}]}
+        await a.put_task(record)
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-a", "question": "mine?"})
+        await a.flush()
+        await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
+        [taken] = await b.take_over(at_start=False, limit=10)
+        assert [k["ask_id"] for k in taken.value["attempts"][0]["asks"]] == ["ask-a"]
+        # a comes back and writes asks of the task it no longer runs: skipped.
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-a", "question": "changed"})
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-late", "question": "new"})
+        await a.flush()
+        row = await b.get_task("t-1")
+        assert row is not None
+        assert row.value["attempts"][0]["asks"] == [{"ask_id": "ask-a", "question": "mine?"}]
+        b.put_ask_soon("t-1", 1, {"ask_id": "ask-b", "question": "b's"})
+        await b.flush()
+        row = await a.get_task("t-1")
+        assert row is not None
+        assert [k["ask_id"] for k in row.value["attempts"][0]["asks"]] == ["ask-a", "ask-b"]
+
+
 def event(task_id: str, type: str) -> TaskEvent:
     return TaskEvent.of_data(0, task_id, {"task_id": task_id, "type": type, "at": "now"})
 
