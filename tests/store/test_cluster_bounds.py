@@ -15,7 +15,7 @@ async def test_a_bound_is_answered_429_through_the_node_that_does_not_run_the_at
     limits = ("--max-asks-per-attempt", "1", "--max-results-per-attempt", "1")
     a, b = await two_nodes(pg_url, 10, *limits)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        ws, task_id, spawn, auth = await spawned(http, socket_on=a, task_on=a)
+        ws, task_id, _, auth = await spawned(http, socket_on=a, task_on=a)
         ask = {"task_id": task_id, "question": "which?", "timeout_s": 0}
         async with http.post(f"{b.base}/v1/worker/ask", json=ask, headers=auth) as resp:
             assert resp.status == 202
