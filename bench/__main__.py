@@ -18,12 +18,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, cluster, e2e, history, many, overhead, takeover
+from bench import ask_rtt, bigasks, cluster, e2e, history, many, overhead, takeover
 from bench.common import history_file, progress
 
 # name -> (what it measures, how to run it).
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object]]]] = {
     "ask": ("ask round trips vs raw aiohttp", lambda a: ask_rtt.run()),
+    "bigasks": ("one handle's 80 asks of 200 KB: latency, RSS, stop", lambda a: bigasks.run()),
     "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),

@@ -80,6 +80,10 @@ class Settings:
     max_json_depth: int = DEFAULT_MAX_DEPTH
     max_roles: int = 64
     max_role_length: int = 200
+    max_asks_per_attempt: int = 64
+    max_ask_bytes_per_attempt: int = 4 * 1024 * 1024
+    max_results_per_attempt: int = 64
+    max_result_bytes_per_attempt: int = 16 * 1024 * 1024
     default_layers: tuple[str, ...] = tuple(DEFAULT_LAYERS)
     default_max_attempts: int = 1
     reconnect_grace_s: float = 30
@@ -275,6 +279,32 @@ class SettingsSchema(Schema):
         load_default=Settings.max_role_length,
         validate=validate.Range(min=1, max=10_000),
         metadata=_help("longest role name, in characters"),
+    )
+    max_asks_per_attempt = fields.Integer(
+        load_default=Settings.max_asks_per_attempt,
+        validate=validate.Range(min=1),
+        metadata=_help("worker asks one attempt may make (more: 429 attempt_limit)"),
+    )
+    max_ask_bytes_per_attempt = fields.Integer(
+        load_default=Settings.max_ask_bytes_per_attempt,
+        validate=validate.Range(min=1024),
+        metadata=_help(
+            "bytes of questions (and answer forms, as JSON) one attempt's worker asks "
+            "may hold (more: 413 attempt_too_large)"
+        ),
+    )
+    max_results_per_attempt = fields.Integer(
+        load_default=Settings.max_results_per_attempt,
+        validate=validate.Range(min=1),
+        metadata=_help("results a worker may post to one attempt (more: 429 attempt_limit)"),
+    )
+    max_result_bytes_per_attempt = fields.Integer(
+        load_default=Settings.max_result_bytes_per_attempt,
+        validate=validate.Range(min=1024),
+        metadata=_help(
+            "bytes of results (as JSON) a worker may post to one attempt "
+            "(more: 413 attempt_too_large)"
+        ),
     )
     default_layers = fields.List(
         fields.String(validate=validate.OneOf(LAYER_NAMES)),

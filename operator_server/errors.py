@@ -49,6 +49,9 @@ class Code(StrEnum):
     WRONG_ATTEMPT = "wrong_attempt"
     SCOPE_DENIED = "scope_denied"
     ATTEMPT_ENDED = "attempt_ended"
+    # What one attempt may accumulate (``engine/bounds.py``): 429 / 413.
+    ATTEMPT_LIMIT = "attempt_limit"
+    ATTEMPT_TOO_LARGE = "attempt_too_large"
 
     # Attempt outcomes (a task's ``error.code``)
     SPAWN_REJECTED = "spawn_rejected"
@@ -124,6 +127,16 @@ class AttemptEnded(CodedError):
 
     def __init__(self, message: str) -> None:
         super().__init__(Code.ATTEMPT_ENDED, message)
+
+
+class AttemptFull(CodedError):
+    """Engine layer: a worker's ask or result would take its attempt past a
+    bound (``max_*_per_attempt``): ``attempt_limit`` for a count (HTTP 429),
+    ``attempt_too_large`` for bytes (HTTP 413).  ``detail`` names the key."""
+
+    @property
+    def too_large(self) -> bool:
+        return self.code == Code.ATTEMPT_TOO_LARGE
 
 
 class NodeUnreachable(CodedError):

@@ -1,7 +1,9 @@
 """Worker asks: a sub-agent stops and asks the task's senior for judgement.
 
 Plain data owned by the engine, kept on the attempt (``AttemptRecord.asks``)
-so the task JSON lists them and a restart keeps them.  The live parts — the
+so the task JSON lists them, and stored each on its own beside the task
+(``Store.put_ask_soon``) so a restart keeps them and one ask costs one small
+write, not a rewrite of the task with every ask before it.  The live parts — the
 event a waiting worker sleeps on and the background run that holds the
 senior's ``ask`` — exist only in memory: an answer waits here for whoever
 picks it up, however often, so a worker whose HTTP call dropped loses nothing
@@ -53,9 +55,11 @@ class WorkerAsk:
     answered_by: str | None = None
     asked_at: float = field(default_factory=time.time)
     answered_at: float | None = None
-    # Live only: set once the ask is settled; the run holding the senior's ask.
+    # Live only: set once the ask is settled; the run holding the senior's ask;
+    # the number of the attempt it belongs to (it is stored under it).
     done: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
     runner: asyncio.Task[None] | None = field(default=None, repr=False, compare=False)
+    attempt: int = field(default=0, repr=False, compare=False)
 
     def settle(
         self,

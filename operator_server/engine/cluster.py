@@ -30,6 +30,7 @@ from operator_server.background import Background
 from operator_server.errors import (
     AttemptEnded,
     AttemptFailed,
+    AttemptFull,
     CapabilityError,
     Code,
     CodedError,
@@ -62,6 +63,8 @@ def error_from_wire(err: dict[str, Any]) -> CodedError | StoreError:
         return StoreError(message)
     if kind == "AttemptEnded":
         return AttemptEnded(message)
+    if kind == "AttemptFull":
+        return AttemptFull(code, message, **err.get("detail", {}))
     if kind == "CapabilityError":
         return CapabilityError(Code(code), message, forbidden=bool(err.get("forbidden")))
     if kind == "ProtocolError":

@@ -429,6 +429,7 @@ class Engine:
         cut_short = current is not None and not current.status.terminal
         if current is not None and cut_short:
             now = time.time()
+            open_asks = [a for a in current.asks if not a.status.settled]
             if self.recording:
                 self.store.put_events_soon(
                     [
@@ -448,6 +449,9 @@ class Engine:
                 at=now,
             )
             task.interruptions += 1
+            for ask in open_asks:  # withdrawn by ``finish``: stored so
+                ask.attempt = current.number
+                self._ask_changed(task, ask)
         if task.interruptions > limit:
             await self._end(
                 task,
@@ -813,6 +817,7 @@ class Engine:
                 f"attempt {claims.attempt} of task {claims.task_id} ended before the result "
                 "arrived; it was not recorded"
             )
+        record.budget.take_result(self.settings, result.value)  # AttemptFull past a bound
         record.tail.append_final(result, "worker")
         log.debug(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
@@ -864,27 +869,34 @@ class Engine:
                 "or it did not resolve)",
             )
         sid, senior = found
+        record.budget.take_ask(self.settings, question, answer_schema)  # AttemptFull past a bound
         ask = WorkerAsk(
             question=question,
             schema=answer_schema,
             # Nested under the spawn being worked on (the operator holds it).
             parent_req_id=ctx.open_request or ctx.parent_req_id,
             key=key,
+            attempt=record.number,
         )
         record.asks.append(ask)
-        self._changed(task)
+        self._ask_changed(task, ask)
         ask.runner = self.background.spawn(
             self._hold_ask(task, ask, senior, sid), name=f"worker-ask:{task.id}:{ask.ask_id}"
         )
         log.debug("worker asked", ask_id=ask.ask_id, parent_req_id=ask.parent_req_id)
         return ask
 
+    def _ask_changed(self, task: Task, ask: WorkerAsk) -> None:
+        """One ask, new or changed, is written on its own: its cost is the ask's,
+        never the task's with every ask before it (the task's row holds none)."""
+        self.store.put_ask_soon(task.id, ask.attempt, ask.to_record())
+
     async def _hold_ask(self, task: Task, ask: WorkerAsk, senior: SeniorBridge, sid: str) -> None:
         """Hold the senior's ask until it is answered or the attempt ends."""
 
         def issued(req_id: str) -> None:
             ask.req_id = req_id
-            self._changed(task)
+            self._ask_changed(task, ask)
 
         try:
             value = await senior.ask(
@@ -916,7 +928,7 @@ class Engine:
         """Record how a worker ask ended, once."""
         if ask.settle(status, **outcome):
             self.metrics.worker_ask_settled(str(status))
-            self._changed(task)
+            self._ask_changed(task, ask)
             log.debug("worker ask settled", ask_id=ask.ask_id, status=str(status))
 
     async def wait_ask(self, claims: Claims, ask_id: str, wait: float) -> WorkerAsk | None:

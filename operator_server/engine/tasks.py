@@ -16,6 +16,7 @@ from typing import Any
 
 from operator_server import entropy
 from operator_server.engine.asks import AskStatus, WorkerAsk
+from operator_server.engine.bounds import AttemptBudget
 from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.errors import AttemptFailed, Code
 from operator_server.wire.times import iso
@@ -162,6 +163,8 @@ class AttemptRecord:
     served_by: dict[str, str] = field(default_factory=dict)
     # What its worker asked the senior, in issue order.
     asks: list[WorkerAsk] = field(default_factory=list)
+    # What its worker has sent so far, against the bounds (not stored).
+    budget: AttemptBudget = field(default_factory=AttemptBudget, repr=False)
 
     def finish(
         self,
@@ -207,7 +210,8 @@ class AttemptRecord:
             "error": _error_record(self.error),
             "served_by": self.served_by,
             "tail": [e.to_record() for e in self.tail.events],
-            "asks": [a.to_record() for a in self.asks],
+            # Asks are stored on their own (``Store.put_ask_soon``): the task's
+            # row never carries them, reads put them back here.
         }
 
     @classmethod
@@ -223,7 +227,8 @@ class AttemptRecord:
             error=_error_from(rec["error"]),
             tail=tail,
             served_by=dict(rec["served_by"]),
-            # Rows written before worker asks existed have none.
+            # Rows written before worker asks existed have none; rows written
+            # before they were stored apart carry them inline.
             asks=[WorkerAsk.from_record(a) for a in rec.get("asks", [])],
         )
 

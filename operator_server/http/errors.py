@@ -13,7 +13,14 @@ from typing import Any
 from aiohttp import web
 
 from operator_server.appkeys import SETTINGS
-from operator_server.errors import ApiError, AttemptEnded, CapabilityError, Code, NodeUnreachable
+from operator_server.errors import (
+    ApiError,
+    AttemptEnded,
+    AttemptFull,
+    CapabilityError,
+    Code,
+    NodeUnreachable,
+)
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
 from operator_server.wire.requests import json_response
@@ -53,6 +60,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
     except AttemptEnded as exc:
         return error_response(409, exc.code, exc.message)
+    except AttemptFull as exc:  # past a bound of its attempt: bytes 413, a count 429
+        return error_response(413 if exc.too_large else 429, exc.code, exc.message, **exc.detail)
     except NodeUnreachable as exc:  # cluster mode: the owner of the work is away
         return error_response(503, exc.code, exc.message, {"Retry-After": "1"})
     except StoreError as exc:

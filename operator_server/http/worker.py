@@ -79,6 +79,13 @@ _CREDENTIAL_ERRORS = {
     403: "the credential is for another task, or may not do this",
     409: "the attempt ended while the request was on its way (`attempt_ended`)",
 }
+# What one attempt may accumulate (``engine/bounds.py``); nothing is kept.
+_RESULT_ERRORS = {
+    **_CREDENTIAL_ERRORS,
+    413: "the body is larger than max_body_bytes (`too_large`), or this result would take "
+    "the attempt's results past max_result_bytes_per_attempt (`attempt_too_large`)",
+    429: "the attempt already has max_results_per_attempt results (`attempt_limit`)",
+}
 
 
 # How long ``POST /v1/worker/ask`` waits for the answer when the worker does
@@ -136,7 +143,7 @@ async def worker_prompt(request: web.Request) -> web.Response:
     Operation(
         "Post the attempt's final result as JSON",
         {200: _ACCEPTED},
-        errors=_CREDENTIAL_ERRORS,
+        errors=_RESULT_ERRORS,
         security=(Security.WORKER,),
         body=ResultSchema,
         tags=("worker",),
@@ -155,7 +162,7 @@ async def worker_result(request: web.Request) -> web.Response:
     Operation(
         "Post the attempt's final result as raw text",
         {200: _ACCEPTED},
-        errors={**_CREDENTIAL_ERRORS, 400: "a bad query parameter, or a body that is not UTF-8"},
+        errors={**_RESULT_ERRORS, 400: "a bad query parameter, or a body that is not UTF-8"},
         security=(Security.WORKER,),
         query=SubmitQuerySchema,
         text_body="the result value, as UTF-8 text (for agents that cannot build JSON)",
@@ -228,7 +235,14 @@ def _ask_answer(ask: WorkerAsk) -> web.Response:
     Operation(
         "Ask the task's senior for judgement mid-work, optionally with an answer form",
         _ASK_ANSWERS,
-        errors={**_ASK_ERRORS, 400: "a bad body, or an answer_schema outside the allowed subset"},
+        errors={
+            **_ASK_ERRORS,
+            400: "a bad body, or an answer_schema outside the allowed subset",
+            413: "the body is larger than max_body_bytes (`too_large`), or this question "
+            "would take the attempt's questions past max_ask_bytes_per_attempt "
+            "(`attempt_too_large`)",
+            429: "the attempt already made max_asks_per_attempt asks (`attempt_limit`)",
+        },
         security=(Security.WORKER,),
         body=AskSchema,
         tags=("worker",),

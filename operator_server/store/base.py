@@ -28,6 +28,12 @@ observer set with ``observe_events`` (the live fan-out), in commit order: a
 subscriber never sees an event a restart would not show.  Events go with their
 task at retention.
 
+Worker asks (``put_ask_soon``) are stored apart from their task, one row per
+ask, rewritten only when that ask changes: appending an ask costs the ask, not
+the task with every ask before it.  Every read of a task puts them back into
+its record (``with_asks``), so what is read is what the engine had; they go
+with their task at retention.
+
 Webhook deliveries: a finished task with a ``callback_url`` gets a delivery row
 (due time) in the same commit as its end; ``record_delivery`` updates the task
 and the row together after each try.
@@ -358,6 +364,13 @@ class Store(ABC):
         """``put_task`` with nobody waiting for the commit."""
 
     @abstractmethod
+    def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
+        """Store one worker ask of ``task_id``'s attempt ``attempt``, new or
+        changed (``ask["ask_id"]`` names it), queued in order like a "soon"
+        write.  Reads give it back in ``attempts[n]["asks"]`` of the attempt
+        whose ``number`` is ``attempt``, asks in the order first stored."""
+
+    @abstractmethod
     def put_events_soon(self, events: Events) -> None:
         """Events that come with no task write (operator requests, outputs)."""
 
@@ -516,12 +529,51 @@ class PendingRow:
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --
 
 
-def decode_task_row(task_id: Any, data: Any) -> Row:
-    """A stored task row as a ``Row``: its record, or why it cannot be used."""
+def decode_task_row(task_id: Any, data: Any, asks: Iterable[tuple[Any, Any]] = ()) -> Row:
+    """A stored task row as a ``Row``: its record, with its stored asks
+    ``(attempt, data)`` put back (``with_asks``), or why it cannot be used."""
     try:
-        return Row(str(task_id), decode_task(data))
+        return Row(str(task_id), with_asks(decode_task(data), asks))
     except Exception as exc:  # one bad row is skipped, whatever is wrong with it
         return Row(str(task_id), None, f"cannot decode: {exc}")
+
+
+def with_asks(record: dict[str, Any], asks: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """``record`` with its stored asks — ``(attempt number, JSON text)`` in the
+    order first stored — in their attempts' ``asks``.  An attempt with none
+    stored apart keeps what its row holds (rows written before asks were stored
+    apart carry them inline); an ask of an attempt the record does not have,
+    or one that cannot be decoded, is left out, with a warning."""
+    stored = list(asks)
+    if not stored:
+        return record  # nothing stored apart: the row as it is
+    attempts = record.get("attempts")
+    by_number: dict[Any, Any] = {}
+    if isinstance(attempts, list):
+        by_number = {
+            a.get("number"): a
+            for a in attempts
+            if isinstance(a, dict) and isinstance(a.get("number"), int)
+        }
+    found: dict[Any, list[Any]] = {}
+    for attempt, data in stored:
+        try:
+            ask = json.loads(data, json.STORED_MAX_DEPTH)
+            if not isinstance(ask, dict) or attempt not in by_number:
+                raise ValueError(f"not an ask of an attempt of the task (attempt {attempt})")
+        except Exception as exc:  # one bad ask is skipped, never the task
+            log.warning("skipping a stored ask", task_id=record.get("id"), error=str(exc))
+            continue
+        found.setdefault(attempt, []).append(ask)
+    for number, listed in found.items():
+        by_number[number]["asks"] = listed
+    return record
+
+
+def ask_row(task_id: str, attempt: int, ask: dict[str, Any]) -> tuple[str, int, str, str]:
+    """The stored row of one ask: ``(task_id, attempt, ask_id, JSON text)``,
+    encoded by the caller as it writes (a snapshot, like a task's record)."""
+    return task_id, int(attempt), str(ask["ask_id"]), json.dumps_bytes(ask).decode()
 
 
 def decode_session_rows(rows: Iterable[Sequence[Any]]) -> list[Row]:

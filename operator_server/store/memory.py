@@ -19,7 +19,9 @@ from operator_server.store.base import (
     Store,
     StoredTask,
     TaskEvent,
+    ask_row,
     decode_task,
+    with_asks,
 )
 from operator_server.wire import json
 
@@ -35,6 +37,9 @@ class MemoryStore(Store):
         self.events: list[TaskEvent] = []  # ascending id
         self._last_event_id = 0
         self.deliveries: dict[str, float] = {}
+        # Each task's asks, stored apart as the other stores do: ask_id ->
+        # (attempt, JSON text), in the order first stored.
+        self.asks: dict[str, dict[str, tuple[int, str]]] = {}
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -75,6 +80,10 @@ class MemoryStore(Store):
         if deliver_at is not None:
             self.deliveries[record["id"]] = deliver_at
         self._events_committed(events)
+
+    def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
+        _, number, ask_id, data = ask_row(task_id, attempt, ask)
+        self.asks.setdefault(task_id, {})[ask_id] = (number, data)
 
     def put_events_soon(self, events: Events) -> None:
         self._add_events(events)
@@ -127,7 +136,8 @@ class MemoryStore(Store):
         # A round trip through the same JSON the SQLite store writes: a copy that
         # cannot recurse, and the same rows fail to load here as there.
         try:
-            return Row(task_id, decode_task(json.dumps(self.tasks[task_id])))
+            record = decode_task(json.dumps(self.tasks[task_id]))
+            return Row(task_id, with_asks(record, self.asks.get(task_id, {}).values()))
         except Exception as exc:  # one bad row is skipped, whatever is wrong with it
             return Row(task_id, None, f"cannot decode: {exc}")
 
@@ -165,6 +175,7 @@ class MemoryStore(Store):
         for _, task_id in old:
             gone[self.tasks.pop(task_id)["status"]] += 1
             self.deliveries.pop(task_id, None)
+            self.asks.pop(task_id, None)
             seq = self._seq_of.pop(task_id)
             del self._id_at[seq]
             del self._order[bisect.bisect_left(self._order, seq)]

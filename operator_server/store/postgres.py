@@ -68,6 +68,7 @@ from operator_server.store.base import (
     StoredTask,
     StoreError,
     TaskEvent,
+    ask_row,
     decode_event_rows,
     decode_session,
     decode_session_rows,
@@ -210,6 +211,40 @@ MIGRATIONS: list[str] = [
         FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
         EXECUTE FUNCTION operator_server_count_task();
     """,
+    # v7: worker asks stored apart, one row per ask (``put_ask_soon``): an ask
+    # written costs the ask, not a rewrite of its task.  Rows keep their seq on
+    # update, so a task's asks read in the order first stored.  The asks rows
+    # already hold inline are copied over (the task's next write drops them);
+    # a row whose text is not valid jsonb keeps its own, with a warning.
+    """
+    CREATE TABLE task_asks (
+        seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        ask_id  TEXT NOT NULL,
+        data    TEXT NOT NULL,
+        UNIQUE (task_id, ask_id)
+    );
+    DO $$
+    DECLARE
+        t RECORD;
+    BEGIN
+        FOR t IN SELECT id, data FROM tasks WHERE strpos(data, '"asks"') > 0 ORDER BY seq LOOP
+            BEGIN
+                INSERT INTO task_asks (task_id, attempt, ask_id, data)
+                SELECT t.id, (a.value ->> 'number')::int, k.value ->> 'ask_id', k.value::text
+                FROM jsonb_array_elements(t.data::jsonb -> 'attempts')
+                         WITH ORDINALITY AS a(value, i),
+                     jsonb_array_elements(a.value -> 'asks') WITH ORDINALITY AS k(value, j)
+                WHERE jsonb_typeof(k.value -> 'ask_id') = 'string'
+                ORDER BY a.i, k.j
+                ON CONFLICT (task_id, ask_id) DO NOTHING;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'the asks of task % stay inline: %', t.id, SQLERRM;
+            END;
+        END LOOP;
+    END $$;
+    """,
 ]
 # A task's write, in one statement (one round trip).  The lease row is locked
 # first — a takeover waits for this write's commit, or this write sees the new
@@ -308,9 +343,23 @@ DELETE_FINISHED = """
         DELETE FROM task_events e USING gone g WHERE e.task_id = g.id
     ), deliveries AS (
         DELETE FROM webhook_deliveries d USING gone g WHERE d.task_id = g.id
+    ), asks AS (
+        DELETE FROM task_asks a USING gone g WHERE a.task_id = g.id
     )
     SELECT status FROM gone
 """
+# One ask, written only while no other node holds its task's lease, as a
+# task's own write is (``WRITE_TASK``): a node that lost the task does not add
+# to it.  (Skipped, not refused: nobody waits for an ask's write.)
+UPSERT_ASK = """
+    INSERT INTO task_asks (task_id, attempt, ask_id, data)
+    SELECT $1, $2, $3, $4
+    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $5)
+    ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
+"""
+ASKS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_asks WHERE task_id = ANY($1::text[]) ORDER BY seq"
+)
 INSERT_EVENTS = (
     "INSERT INTO task_events (id, task_id, data) "
     "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
@@ -749,6 +798,10 @@ class PostgresStore(Store):
     ) -> None:
         self._soon(*self._task_write(record, events, deliver_at))
 
+    def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
+        row = ask_row(task_id, attempt, ask)
+        self._soon_plain(f"save ask {row[2]} of {task_id}", UPSERT_ASK, *row, self._node_id)
+
     def put_events_soon(self, events: Events) -> None:
         self._soon(_nothing, "save events", events)  # stored by the writer
 
@@ -803,20 +856,26 @@ class PostgresStore(Store):
 
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)
-        rows = await self._read(
-            lambda c: c.fetch(
-                "SELECT id, data FROM tasks WHERE status = ANY($1::text[]) ORDER BY seq", wanted
+        rows, asks = await self._read(
+            lambda c: _with_asks_of(
+                c,
+                c.fetch(
+                    "SELECT id, data FROM tasks WHERE status = ANY($1::text[]) ORDER BY seq",
+                    wanted,
+                ),
             ),
             "load tasks",
         )
-        return [decode_task_row(task_id, data) for task_id, data in rows]
+        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
 
     async def get_task(self, task_id: str) -> Row | None:
-        data = await self._read(
-            lambda c: c.fetchval("SELECT data FROM tasks WHERE id = $1", task_id),
+        rows, asks = await self._read(
+            lambda c: _with_asks_of(
+                c, c.fetch("SELECT id, data FROM tasks WHERE id = $1", task_id)
+            ),
             f"read task {task_id}",
         )
-        return None if data is None else decode_task_row(task_id, data)
+        return decode_task_row(task_id, rows[0]["data"], asks.get(task_id, ())) if rows else None
 
     async def task_seq(self, task_id: str) -> int | None:
         seq = await self._read(
@@ -836,8 +895,11 @@ class PostgresStore(Store):
                 "ORDER BY seq LIMIT $3"
             )
             args = (status, after_seq, limit)
-        rows = await self._read(lambda c: c.fetch(sql, *args), "list tasks")
-        return [StoredTask(int(seq), decode_task_row(task_id, data)) for seq, task_id, data in rows]
+        rows, asks = await self._read(lambda c: _with_asks_of(c, c.fetch(sql, *args)), "list tasks")
+        return [
+            StoredTask(int(seq), decode_task_row(task_id, data, asks.get(task_id, ())))
+            for seq, task_id, data in rows
+        ]
 
     async def count_tasks(self) -> dict[str, int]:
         rows = await self._read(
@@ -854,12 +916,12 @@ class PostgresStore(Store):
         del at_start  # the same at start-up: a live node's tasks keep their lease
         args = (self._node_id, self._lease_s, list(self._live), limit)
 
-        async def work(c: asyncpg.Connection) -> list[Any]:
+        async def work(c: asyncpg.Connection) -> tuple[list[Any], dict[str, list[Any]]]:
             async with c.transaction():
-                return list(await c.fetch(TAKE_OVER, *args))
+                return await _with_asks_of(c, c.fetch(TAKE_OVER, *args))
 
-        rows = await self._read(work, "take over tasks")
-        return [decode_task_row(task_id, data) for task_id, data in rows]
+        rows, asks = await self._read(work, "take over tasks")
+        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
 
     async def renew_leases(self) -> None:
         await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
@@ -1012,6 +1074,19 @@ class PostgresStore(Store):
 
         result: dict[str, int] = await self._call(work, "delete finished tasks")
         return result
+
+
+async def _with_asks_of(
+    c: asyncpg.Connection, fetching: Awaitable[list[Any]]
+) -> tuple[list[Any], dict[str, list[tuple[int, str]]]]:
+    """The task rows ``fetching`` reads (each with an ``id``) and their tasks'
+    stored asks, by task: ``(attempt, data)`` in the order first stored."""
+    rows = list(await fetching)
+    asks: dict[str, list[tuple[int, str]]] = {}
+    if rows:
+        for task_id, attempt, data in await c.fetch(ASKS_OF_TASKS, [r["id"] for r in rows]):
+            asks.setdefault(task_id, []).append((attempt, data))
+    return rows, asks
 
 
 async def _store_events(c: asyncpg.Connection, done: list[_Op]) -> None:

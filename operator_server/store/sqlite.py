@@ -52,6 +52,7 @@ from operator_server.store.base import (
     StoreError,
     StoreLocked,
     TaskEvent,
+    ask_row,
     decode_event_batch_rows,
     decode_session_rows,
     decode_task_row,
@@ -142,6 +143,28 @@ MIGRATIONS: list[str] = [
     DROP TABLE task_events;
     CREATE INDEX task_event_rows_by_task ON task_event_rows (task_id, last_id);
     """,
+    # v5: worker asks stored apart, one row per ask (``put_ask_soon``): an ask
+    # written costs the ask, not a rewrite of its task.  Rows keep their seq on
+    # update, so a task's asks read in the order first stored.  The asks rows
+    # already hold inline are copied over (the task's next write drops them).
+    """
+    CREATE TABLE task_asks (
+        seq     INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        ask_id  TEXT NOT NULL,
+        data    TEXT NOT NULL,
+        UNIQUE (task_id, ask_id)
+    );
+    INSERT OR IGNORE INTO task_asks (task_id, attempt, ask_id, data)
+        SELECT t.id, json_extract(a.value, '$.number'), json_extract(k.value, '$.ask_id'),
+               k.value
+        FROM tasks t, json_each(t.data, '$.attempts') a, json_each(a.value, '$.asks') k
+        WHERE instr(t.data, '"asks"') > 0 AND json_valid(t.data)
+          AND json_type(k.value, '$.ask_id') = 'text'
+          AND json_type(a.value, '$.number') = 'integer'
+        ORDER BY t.seq, a.key, k.key;
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
@@ -160,6 +183,15 @@ FINISHED_BEFORE = (
     "ORDER BY updated_at LIMIT ?"
 )
 DELETE_EVENTS_OF_TASK = "DELETE FROM task_event_rows WHERE task_id = ?"
+UPSERT_ASK = (
+    "INSERT INTO task_asks (task_id, attempt, ask_id, data) VALUES (?,?,?,?) "
+    "ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = excluded.attempt, data = excluded.data"
+)
+# The asks of the tasks a read returns, ``marks`` ids at a time (one ? each).
+ASKS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_asks WHERE task_id IN ({marks}) ORDER BY seq"
+)
+ASKS_PER_QUERY = 500
 # How long an event that comes with no task write (an operator request or
 # reply, an output) may wait for its task's next write to ride with: under load
 # most tasks end within it, and their events cost one row, not one each.  The
@@ -488,6 +520,10 @@ class SQLiteStore(Store):
         rows.append((events[start].id, events[start].task_id, events[start:]))
         return rows
 
+    def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
+        row = ask_row(task_id, attempt, ask)
+        self._soon(lambda c: c.execute(UPSERT_ASK, row), f"save ask {row[2]} of {task_id}")
+
     def put_events_soon(self, events: Events) -> None:
         """Held for up to ``LINGER_S`` to ride with the task's next write; then
         written on their own, one row per task (``_release_lingering``)."""
@@ -593,20 +629,26 @@ class SQLiteStore(Store):
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)
         marks = ",".join("?" * len(wanted))
-        rows = await self._call(
-            lambda c: c.execute(
-                f"SELECT id, data FROM tasks WHERE status IN ({marks}) ORDER BY seq", wanted
-            ).fetchall(),
+        rows, asks = await self._call(
+            lambda c: _with_asks_of(
+                c,
+                c.execute(
+                    f"SELECT id, data FROM tasks WHERE status IN ({marks}) ORDER BY seq", wanted
+                ).fetchall(),
+                0,
+            ),
             "load tasks",
         )
-        return [decode_task_row(task_id, data) for task_id, data in rows]
+        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
 
     async def get_task(self, task_id: str) -> Row | None:
-        found = await self._call(
-            lambda c: c.execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone(),
+        rows, asks = await self._call(
+            lambda c: _with_asks_of(
+                c, c.execute("SELECT id, data FROM tasks WHERE id = ?", (task_id,)).fetchall(), 0
+            ),
             f"read task {task_id}",
         )
-        return None if found is None else decode_task_row(task_id, found[0])
+        return decode_task_row(task_id, rows[0][1], asks.get(task_id, ())) if rows else None
 
     async def task_seq(self, task_id: str) -> int | None:
         found = await self._call(
@@ -621,8 +663,13 @@ class SQLiteStore(Store):
             if status is None
             else (LIST_TASKS_OF_STATUS, [status, after_seq, limit])
         )
-        rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "list tasks")
-        return [StoredTask(seq, decode_task_row(task_id, data)) for seq, task_id, data in rows]
+        rows, asks = await self._call(
+            lambda c: _with_asks_of(c, c.execute(sql, args).fetchall(), 1), "list tasks"
+        )
+        return [
+            StoredTask(seq, decode_task_row(task_id, data, asks.get(task_id, ())))
+            for seq, task_id, data in rows
+        ]
 
     async def count_tasks(self) -> dict[str, int]:
         rows = await self._call(
@@ -642,6 +689,7 @@ class SQLiteStore(Store):
             c.executemany("DELETE FROM tasks WHERE seq = ?", [(seq,) for seq, _, _ in victims])
             ids = [(task_id,) for _, _, task_id in victims]
             c.executemany(DELETE_EVENTS_OF_TASK, ids)
+            c.executemany("DELETE FROM task_asks WHERE task_id = ?", ids)
             c.executemany("DELETE FROM webhook_deliveries WHERE task_id = ?", ids)
             return dict(Counter(status for _, status, _ in victims))
 
@@ -670,6 +718,21 @@ def _event_row(first_id: int, task_id: str, events: Events) -> tuple[int, int, s
     store's thread, as one JSON array (one encode, not one per event)."""
     data = wire_json.dumps_bytes([e.stored() for e in events]).decode()
     return first_id + len(events) - 1, first_id, task_id, data
+
+
+def _with_asks_of(
+    conn: sqlite3.Connection, rows: list[Any], id_at: int
+) -> tuple[list[Any], dict[str, list[tuple[int, str]]]]:
+    """``rows`` (a task id in column ``id_at``) and their tasks' stored asks,
+    by task: ``(attempt, data)`` in the order first stored."""
+    ids = [row[id_at] for row in rows]
+    asks: dict[str, list[tuple[int, str]]] = {}
+    for start in range(0, len(ids), ASKS_PER_QUERY):
+        chunk = ids[start : start + ASKS_PER_QUERY]
+        sql = ASKS_OF_TASKS.format(marks=",".join("?" * len(chunk)))
+        for task_id, attempt, data in conn.execute(sql, chunk):
+            asks.setdefault(task_id, []).append((attempt, data))
+    return rows, asks
 
 
 def _max_event_id(conn: sqlite3.Connection) -> int:

@@ -269,3 +269,56 @@ async def test_a_delivery_is_rescheduled_then_done_and_never_resurrects_a_delete
     await store.delete_finished(["passed"], 10.0, 10)
     await store.record_delivery("t-a", record("t-a", "passed"), None)
     assert await store.get_task("t-a") is None
+
+
+def attempts(*numbers: int, **inline: Any) -> list[dict[str, Any]]:
+    return [{"number": n, "tail": [], **inline} for n in numbers]
+
+
+def ask(ask_id: str, status: str = "pending", question: Any = "q") -> dict[str, Any]:
+    return {"ask_id": ask_id, "status": status, "question": question, "answer": None}
+
+
+async def test_asks_are_stored_apart_and_read_back_in_their_attempts_in_order(
+    store: Store,
+) -> None:
+    await store.put_task(record("t-a", "running", attempts=attempts(1, 2)))
+    store.put_ask_soon("t-a", 1, ask("a1"))
+    store.put_ask_soon("t-a", 2, ask("b1", question={"deep": [1, 2]}))
+    store.put_ask_soon("t-a", 1, ask("a2"))
+    store.put_ask_soon("t-a", 1, ask("a1", "answered"))  # changed: keeps its place
+    store.put_ask_soon("t-a", 3, ask("c1"))  # an attempt the task does not have
+    # A write of the task itself (which never carries asks) keeps them.
+    store.put_task_soon(record("t-a", "running", updated_at=2.0, attempts=attempts(1, 2)))
+    expected = [
+        {"number": 1, "tail": [], "asks": [ask("a1", "answered"), ask("a2")]},
+        {"number": 2, "tail": [], "asks": [ask("b1", question={"deep": [1, 2]})]},
+    ]
+    row = await store.get_task("t-a")
+    assert row is not None and row.value["attempts"] == expected
+    [listed] = await store.list_tasks(None, 0, 10)
+    assert listed.row.value == row.value
+    [loaded] = await store.load_tasks(["running"])
+    assert loaded.value == row.value
+
+
+async def test_a_row_with_its_asks_inline_reads_as_written_until_some_are_stored_apart(
+    store: Store,
+) -> None:
+    """Rows written before asks were stored apart carry them inline."""
+    await store.put_task(record("t-old", "passed", attempts=attempts(1, asks=[ask("x")])))
+    row = await store.get_task("t-old")
+    assert row is not None and row.value["attempts"][0]["asks"] == [ask("x")]
+    store.put_ask_soon("t-old", 1, ask("x", "withdrawn"))
+    row = await store.get_task("t-old")
+    assert row is not None and row.value["attempts"][0]["asks"] == [ask("x", "withdrawn")]
+
+
+async def test_retention_takes_a_tasks_asks_with_it(store: Store) -> None:
+    await store.put_task(record("t-old", "passed", attempts=attempts(1)))
+    store.put_ask_soon("t-old", 1, ask("gone"))
+    assert await store.delete_finished(["passed"], 5.0, 10) == {"passed": 1}
+    # Written again under the same id, it has no asks left over.
+    await store.put_task(record("t-old", "passed", attempts=attempts(1)))
+    row = await store.get_task("t-old")
+    assert row is not None and "asks" not in row.value["attempts"][0]

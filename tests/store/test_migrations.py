@@ -79,3 +79,56 @@ async def test_a_version_3_database_keeps_its_events_in_order_and_ids_continue(
         assert [e.id for e in await store.load_events(2, None, 10)] == [3, 4]
     finally:
         await store.close()
+
+
+def inline_asks_task(task_id: str) -> dict[str, object]:
+    """A running task as a server before v5 wrote it: its asks inline."""
+    asks = [
+        {"ask_id": "ask-1", "status": "answered", "question": {"q": [1]}, "answer": "yes"},
+        {"ask_id": "ask-2", "status": "pending", "question": "q2", "answer": None},
+    ]
+    return {
+        "id": task_id,
+        "status": "running",
+        "created_at": 1.0,
+        "updated_at": 1.0,
+        "attempts": [
+            {"number": 1, "status": "failed", "tail": [], "asks": asks[:1]},
+            {"number": 2, "status": "running", "tail": [], "asks": asks[1:]},
+        ],
+    }
+
+
+async def test_a_version_4_database_keeps_its_inline_asks_when_the_task_is_next_written(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v4.sqlite"
+    conn = sqlite3.connect(db)
+    for step in MIGRATIONS[:4]:
+        conn.executescript(step)
+    old = inline_asks_task("t-1")
+    for task_id, data in (("t-1", json.dumps(old)), ("t-bad", "{not json")):
+        conn.execute(
+            "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?)",
+            (task_id, "running", 1.0, 1.0, data),
+        )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+        # Written again as the engine writes it now (no asks inline): still there.
+        without = json.loads(json.dumps(old))
+        for attempt in without["attempts"]:
+            del attempt["asks"]
+        await store.put_task(without)
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+        bad = await store.get_task("t-bad")
+        assert bad is not None and bad.error is not None  # skipped as before, not fatal
+    finally:
+        await store.close()

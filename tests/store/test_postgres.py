@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from operator_server.store import (
 )
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.store.test_migrations import inline_asks_task
 from tests.wsop import connect, mint
 
 
@@ -147,7 +149,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
-        "pending_requests, cluster_nodes, cluster_messages, task_counts; "
+        "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
@@ -164,6 +166,47 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     holders = dict(await conn.fetch("SELECT role, sid FROM operator_roles"))
     await conn.close()
     assert holders == {"main": "op-old", "x": "op-old"}
+
+
+async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_written(
+    pg_url: str,
+) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    old = inline_asks_task("t-1")
+    # jsonb refuses \u0000: this row's asks cannot be copied, and stay inline.
+    odd = {**inline_asks_task("t-odd"), "directive": "\u0000"}
+    conn = await asyncpg.connect(pg_url)
+    # The schema as it was just before the migration that brought task_asks.
+    before = next(n for n, step in enumerate(MIGRATIONS) if "CREATE TABLE task_asks" in step)
+    await conn.execute(
+        f"DROP TABLE task_asks; UPDATE operator_server_schema SET version = {before}"
+    )
+    for rec in (old, odd):
+        await conn.execute(
+            "INSERT INTO tasks (id, status, created_at, updated_at, data) "
+            "VALUES ($1, 'running', 1, 1, $2)",
+            rec["id"],
+            json.dumps(rec),
+        )
+    await store.open()
+    try:
+        copied = "SELECT task_id, count(*) FROM task_asks GROUP BY task_id"
+        assert dict(await conn.fetch(copied)) == {"t-1": 2}
+        for rec in (old, odd):
+            row = await store.get_task(str(rec["id"]))
+            assert row is not None and row.value == rec
+        # Written again as the engine writes it now (no asks inline): still there.
+        without = json.loads(json.dumps(old))
+        for attempt in without["attempts"]:
+            del attempt["asks"]
+        await store.put_task(without)
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+    finally:
+        await store.close()
+        await conn.close()
 
 
 def task_record(task_id: str, status: str) -> dict[str, Any]:
@@ -199,6 +242,29 @@ async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url:
         assert (await b.get_task("t-1")).value["status"] == "running"  # type: ignore[union-attr]
         await b.put_task(task_record("t-1", "passed"))
         assert (await a.get_task("t-1")).value["status"] == "passed"  # type: ignore[union-attr]
+
+
+async def test_a_node_whose_task_was_taken_over_adds_no_ask_to_it(pg_url: str) -> None:
+    async with cut_off_pair(pg_url) as (a, b):
+        record = {**task_record("t-1", "running"), "attempts": [{"number": 1}]}
+        await a.put_task(record)
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-a", "question": "mine?"})
+        await a.flush()
+        await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
+        [taken] = await b.take_over(at_start=False, limit=10)
+        assert [k["ask_id"] for k in taken.value["attempts"][0]["asks"]] == ["ask-a"]
+        # a comes back and writes asks of the task it no longer runs: skipped.
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-a", "question": "changed"})
+        a.put_ask_soon("t-1", 1, {"ask_id": "ask-late", "question": "new"})
+        await a.flush()
+        row = await b.get_task("t-1")
+        assert row is not None
+        assert row.value["attempts"][0]["asks"] == [{"ask_id": "ask-a", "question": "mine?"}]
+        b.put_ask_soon("t-1", 1, {"ask_id": "ask-b", "question": "b's"})
+        await b.flush()
+        row = await a.get_task("t-1")
+        assert row is not None
+        assert [k["ask_id"] for k in row.value["attempts"][0]["asks"]] == ["ask-a", "ask-b"]
 
 
 def event(task_id: str, type: str) -> TaskEvent:
