@@ -235,7 +235,9 @@ class Engine:
         it, and ``StoreError`` when it could not be saved — then nothing of it
         stays in memory.
         """
-        if not self.store.healthy:  # a node cut off from its database takes no new work
+        # A cluster node cut off from its database takes no new work (another
+        # node can); one process tries anyway, and the write says how it went.
+        if self.store.shared and not self.store.healthy:
             raise StoreError("the database does not answer; not taking new tasks")
         names_operator = operator is not None and operator.names_anyone()
         if not names_operator and self.agents.get(agent) is None:
