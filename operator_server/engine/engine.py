@@ -643,6 +643,10 @@ class Engine:
             run.cancel(reason)
         return len(runs)
 
+    def held(self) -> list[str]:
+        """The tasks whose runs this node holds: the leases it renews (cluster mode)."""
+        return [task_id for task_id in self._runs if task_id not in self._let_go]
+
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it
         took its first step, or crashed), record it here.  This is the one

@@ -15,6 +15,9 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from operator_server.appkeys import STORE
+from operator_server.engine.faces import Kind
+from operator_server.engine.tasks import Task
 from operator_server.store import (
     Fenced,
     PostgresStore,
@@ -258,3 +261,28 @@ async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: 
         assert session is not None and session.last_seen_at == 7.0
     finally:
         await store.close()
+
+
+async def test_a_node_renews_the_leases_of_the_runs_it_holds_and_no_other(
+    server: Server, pg_url: str
+) -> None:
+    client = await server(store__url=pg_url, node_id="node-a", cluster__lease_s=1)
+    store = client.app[STORE]  # type: ignore[index]
+    # A running task leased to this node, with no run here: what an attempt's
+    # end this node could not store used to leave behind, renewed forever.
+    orphan = Task(
+        agent="echo",
+        directive={"n": 1},
+        system=None,
+        operator=None,
+        layers=(),
+        kind=Kind.AUTOMATE,
+        max_attempts=1,
+    )
+    orphan.start_attempt()
+    await store.put_task(orphan.to_record())
+    # Its lease lapses and a lease round takes it over (this node, the only
+    # one) and runs it again.
+    done = await wait_task(client, orphan.id, wait=10)
+    assert done["status"] == "passed", done
+    assert done["attempts"][0]["error"]["code"] == "interrupted"
