@@ -8,7 +8,11 @@ after its run ended: the run's done-callback settles anything it could not.
 Persistence: creating a task and starting an attempt are durable writes (the
 202 means it is on disk; no operator hears of an attempt before its start is),
 and so is every attempt's and task's end, committed *before* it is applied in
-memory (``_end``): a client never sees an end a restart would not show.  Other
+memory (``_end``): a client never sees an end a restart would not show.  An
+end the store cannot take (database unreachable, disk full) is written again
+until it lands, and an attempt the store cut short (its start or an operator
+request not stored) is an interruption, dispatched again once the store
+answers: a store failure never ends a task by itself.  Other
 transitions are queued to the store in order (``_changed``), and
 ``recover_task`` decides what a restart does with each stored task.
 """
@@ -576,8 +580,12 @@ class Engine:
                 delay = min(delay * 2, END_RETRY_MAX_S)
                 continue
             except asyncio.CancelledError:
-                # Cancelled while waiting for the write: it is queued and lands.
-                self._apply_end(task, ending, True)
+                # Cancelled while waiting for the write (a cancel racing the
+                # end): it is queued and lands — unless the store is failing,
+                # or the run was let go for the store's silence: then it is
+                # not shown (the run's cancellation writes its own end).
+                if self.store.healthy and task.id not in self._let_go:
+                    self._apply_end(task, ending, True)
                 raise
             break
         if fenced is not None:
