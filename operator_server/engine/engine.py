@@ -553,7 +553,9 @@ class Engine:
         (``Fenced``: it lets go), when the run is cancelled (a cluster node cut
         off for a whole lease lets it go), or when the node is stopping: then
         the task stays running in the store, and the next start (or another
-        node) re-dispatches it, its attempt ``interrupted``.  A task's final
+        node) re-dispatches it, its attempt ``interrupted``.  Recovery's end of
+        a task it has not adopted is not retried: the ``StoreError`` is raised
+        and the task, unchanged in the store, is recovered again.  A task's final
         end also takes it out of memory, once committed: from then on reads
         find it in the store.
         """
@@ -567,6 +569,10 @@ class Engine:
             except Fenced as exc:
                 fenced = exc
             except StoreError as exc:
+                if task.id not in self._runs:
+                    # Recovery's end of a task it has not adopted: nothing runs
+                    # to wait; the task stays as stored and is taken up again.
+                    raise
                 if not self._accepting:
                     log.error("could not store the end of the attempt; stopping without it")
                     self._let_go.add(task.id)

@@ -96,3 +96,36 @@ async def test_an_end_the_full_disk_refuses_is_not_shown_and_lands_once_there_is
     assert (await client.get("/v1/healthz")).status == 200
     await ws.close()
     await client.close()
+
+
+async def test_a_stop_while_an_end_cannot_be_written_leaves_the_task_to_the_next_start(
+    small_disk: Path, server: Server
+) -> None:
+    db = small_disk / "operator-server.sqlite"
+    client = await server(store__path=str(db))
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    spawn = await expect(ws, "spawn")
+    with filled(small_disk):
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "x" * 20_000})
+        shown = await (await client.get(f"/v1/tasks/{task['id']}", params={"wait": "0.5"})).json()
+        assert shown["status"] == "running", shown
+        await ws.close()
+        # Stopping gives up on the end it cannot write (and does not hang on it).
+        await asyncio.wait_for(client.close(), 10)
+    assert status_on_disk(db, task["id"]) == ("running", "running")
+    # The next start finds the task running, as after a crash: interrupted, run again.
+    again = await server(store__path=str(db))
+    ws = await connect(again, sid, token)
+    spawn = await expect(ws, "spawn")
+    assert spawn["attempt"] == 2
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "again"})
+    done = await wait_task(again, task["id"])
+    assert done["status"] == "passed" and done["result"]["value"] == "again"
+    assert [a["status"] for a in done["attempts"]] == ["failed", "passed"]
+    assert done["attempts"][0]["error"]["code"] == "interrupted"
+    await ws.close()
+    await again.close()
