@@ -574,12 +574,15 @@ class Engine:
                     # to wait; the task stays as stored and is taken up again.
                     raise
                 if not self._accepting:
-                    log.error("could not store the end of the attempt; stopping without it")
+                    log.error(
+                        "could not store the end of the attempt; stopping without it",
+                        error=str(exc),
+                    )
                     self._let_go.add(task.id)
                     raise TakenOver(str(exc)) from exc
                 if delay == END_RETRY_FIRST_S:
                     log.error(
-                        "could not store the end of the attempt; trying again until it is",
+                        "could not store the end of the attempt; trying again until it lands",
                         error=str(exc),
                     )
                 await asyncio.sleep(delay)
