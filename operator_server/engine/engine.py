@@ -494,7 +494,8 @@ class Engine:
         )
         for status, n in gone.items():
             self.counts.removed(status, n)
-        # Ends whose durable write failed stay readable in memory until here.
+        # Ends written without waiting for the store (``_settle``) stay readable
+        # in memory until here.
         for task_id in [t.id for t in self.tasks.values() if t.status.terminal]:
             if task_id not in self._runs:
                 del self.tasks[task_id]
