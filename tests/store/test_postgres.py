@@ -11,11 +11,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from operator_server.appkeys import STORE
 from operator_server.engine.faces import Kind
 from operator_server.engine.tasks import Task
 from operator_server.store import (
@@ -28,6 +28,8 @@ from operator_server.store import (
 )
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
+from tests.store.test_postgres_cluster import common, daemons
+from tests.test_daemon import start_daemon
 from tests.wsop import connect, mint
 
 
@@ -263,26 +265,31 @@ async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: 
         await store.close()
 
 
-async def test_a_node_renews_the_leases_of_the_runs_it_holds_and_no_other(
-    server: Server, pg_url: str
-) -> None:
-    client = await server(store__url=pg_url, node_id="node-a", cluster__lease_s=1)
-    store = client.app[STORE]  # type: ignore[index]
-    # A running task leased to this node, with no run here: what an attempt's
-    # end this node could not store used to leave behind, renewed forever.
-    orphan = Task(
-        agent="echo",
-        directive={"n": 1},
-        system=None,
-        operator=None,
-        layers=(),
-        kind=Kind.AUTOMATE,
-        max_attempts=1,
-    )
-    orphan.start_attempt()
-    await store.put_task(orphan.to_record())
-    # Its lease lapses and a lease round takes it over (this node, the only
-    # one) and runs it again.
-    done = await wait_task(client, orphan.id, wait=10)
-    assert done["status"] == "passed", done
-    assert done["attempts"][0]["error"]["code"] == "interrupted"
+async def test_a_node_renews_the_leases_of_the_runs_it_holds_and_no_other(pg_url: str) -> None:
+    node = await start_daemon(*common(pg_url, 1), "--node-id", "node-a")
+    async with daemons(node), aiohttp.ClientSession() as http:
+        # A running task leased to node-a, with no run there: what an attempt's
+        # end the node could not store used to leave behind, renewed forever.
+        orphan = Task(
+            agent="echo",
+            directive={"n": 1},
+            system=None,
+            operator=None,
+            layers=(),
+            kind=Kind.AUTOMATE,
+            max_attempts=1,
+        )
+        orphan.start_attempt()
+        writer = PostgresStore(pg_url)
+        writer.lease_tasks("node-a", 1, ["running"])
+        await writer.open()
+        try:
+            await writer.put_task(orphan.to_record())
+        finally:
+            await writer.close()
+        # Its lease lapses and a lease round takes it over (node-a, the only
+        # node) and runs it again.
+        async with http.get(f"{node.base}/v1/tasks/{orphan.id}?wait=10") as resp:
+            done = await resp.json()
+        assert done["status"] == "passed", done
+        assert done["attempts"][0]["error"]["code"] == "interrupted"
