@@ -189,8 +189,8 @@ async def keep_leases_once(app: web.Application) -> None:
     store = app[STORE]
     engine = app[ENGINE]
     try:
-        await store.renew_leases()
-        if engine.unleased:  # after renewing, which renews every lease this node holds
+        await store.renew_leases(engine.held())  # never a lease without a run here
+        if engine.unleased:  # let go: taken over now, not once their leases lapse
             let_go = list(engine.unleased)
             await store.release_leases(let_go)
             engine.unleased.difference_update(let_go)

@@ -50,6 +50,7 @@ class Postgres:
     host: str
     port: int
     root: Path  # data directory, log and unix socket live under it
+    options: str = ""  # the server's command-line options, to start it again alike
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
@@ -57,6 +58,26 @@ class Postgres:
     @property
     def log(self) -> Path:
         return self.root / "server.log"
+
+    @property
+    def running(self) -> bool:
+        return (self.root / "data" / "postmaster.pid").exists()
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (``immediate``: as if it crashed,
+        every connection cut with no goodbye); a test's database outage."""
+        _pg_ctl(self, "-m", mode, "-w", "stop")
+
+    def start(self) -> None:
+        """Start a stopped server again: same data, port and options."""
+        _pg_ctl(self, "-l", str(self.log), "-o", self.options, "-w", "start")
+
+
+def _pg_ctl(pg: Postgres, *args: str) -> None:
+    bindir = find_bindir()
+    if bindir is None:
+        raise PostgresMissing("PostgreSQL is not installed (no initdb)")
+    _run([str(bindir / "pg_ctl"), "-D", str(pg.root / "data"), *args], f"pg_ctl {args[-1]}")
 
 
 def find_bindir() -> Path | None:
@@ -139,10 +160,12 @@ def throwaway_postgres(*, durable: bool = False, max_connections: int = 200) -> 
             [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"],
             f"pg_ctl start (log: {log})",
         )
+        pg = Postgres("127.0.0.1", port, root, options)
         try:
-            yield Postgres("127.0.0.1", port, root)
+            yield pg
         finally:
-            _run([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], "pg_ctl stop")
+            if pg.running:  # a test may have stopped it (and failed before starting it)
+                pg.stop("immediate")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -8,7 +8,11 @@ after its run ended: the run's done-callback settles anything it could not.
 Persistence: creating a task and starting an attempt are durable writes (the
 202 means it is on disk; no operator hears of an attempt before its start is),
 and so is every attempt's and task's end, committed *before* it is applied in
-memory (``_end``): a client never sees an end a restart would not show.  Other
+memory (``_end``): a client never sees an end a restart would not show.  An
+end the store cannot take (database unreachable, disk full) is written again
+until it lands, and an attempt the store cut short (its start or an operator
+request not stored) is an interruption, dispatched again once the store
+answers: a store failure never ends a task by itself.  Other
 transitions are queued to the store in order (``_changed``), and
 ``recover_task`` decides what a restart does with each stored task.
 """
@@ -71,6 +75,10 @@ RETENTION_BATCH = 5000
 ELSEWHERE_CODES = frozenset({Code.UNKNOWN_HANDLE, Code.CAPABILITY_REVOKED})
 # Events read per store round trip when following other nodes' (cluster mode).
 TAIL_BATCH = 1000
+# An end the store could not write is tried again after this, doubling up to
+# the most (``Engine._end``): quick after a blip, a few tries a minute after that.
+END_RETRY_FIRST_S = 0.05
+END_RETRY_MAX_S = 2.0
 
 
 class StatusCounts(Counter[str]):
@@ -231,7 +239,9 @@ class Engine:
         it, and ``StoreError`` when it could not be saved — then nothing of it
         stays in memory.
         """
-        if not self.store.healthy:  # a node cut off from its database takes no new work
+        # A cluster node cut off from its database takes no new work (another
+        # node can); one process tries anyway, and the write says how it went.
+        if self.store.shared and not self.store.healthy:
             raise StoreError("the database does not answer; not taking new tasks")
         names_operator = operator is not None and operator.names_anyone()
         if not names_operator and self.agents.get(agent) is None:
@@ -488,7 +498,8 @@ class Engine:
         )
         for status, n in gone.items():
             self.counts.removed(status, n)
-        # Ends whose durable write failed stay readable in memory until here.
+        # Ends written without waiting for the store (``_settle``) stay readable
+        # in memory until here.
         for task_id in [t.id for t in self.tasks.values() if t.status.terminal]:
             if task_id not in self._runs:
                 del self.tasks[task_id]
@@ -510,8 +521,12 @@ class Engine:
         try:
             while True:
                 decided = await self.dispatch_attempt(task, parent_req)
+                if decided.error is not None and decided.error.code == Code.STORE_FAILED:
+                    decided = self._cut_by_store(task, decided.error)
                 final = (
-                    decided.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts
+                    decided.status is TaskStatus.PASSED
+                    or task.attempts_used >= task.max_attempts
+                    or task.interruptions > self.settings.store.max_interruptions
                 )
                 await self._end(task, replace(decided, final=final))
                 if final:
@@ -522,9 +537,11 @@ class Engine:
         except asyncio.CancelledError:
             if not task.status.terminal and not self._handing_over and task.id not in self._let_go:
                 reason = task.cancel_reason or "cancelled"
-                await self._end(
-                    task, Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason))
-                )
+                with contextlib.suppress(TakenOver):  # stopping, and the store fails: let go
+                    await self._end(
+                        task,
+                        Ending(TaskStatus.CANCELLED, error=AttemptFailed(Code.CANCELLED, reason)),
+                    )
         finally:
             self.capabilities.forget_task(task.id)
 
@@ -532,31 +549,67 @@ class Engine:
         """Commit ``ending``, then apply it: what any client sees of an attempt's
         or a task's end (GET, long-poll, list, healthz) is already on disk.
 
-        Tasks ending together share one commit (the store's group commit).  If
-        the write fails the ending is applied anyway — a task never stays
-        running after its dispatch ended — and the failure is logged.  A task's
-        final end also takes it out of memory, once committed: from then on
-        reads find it in the store.
+        Tasks ending together share one commit (the store's group commit).  A
+        write that fails because the store cannot write (``StoreError``: the
+        database unreachable, a disk full) is tried again, backing off up to
+        ``END_RETRY_MAX_S``, until it lands: meanwhile the task still shows
+        as it is stored (running), and this node keeps its run — and so its
+        lease.  It stops trying when another node took the task over
+        (``Fenced``: it lets go), when the run is cancelled (a cluster node cut
+        off for a whole lease lets it go), or when the node is stopping: then
+        the task stays running in the store, and the next start (or another
+        node) re-dispatches it, its attempt ``interrupted``.  Recovery's end of
+        a task it has not adopted is not retried: the ``StoreError`` is raised
+        and the task, unchanged in the store, is recovered again.  A task's final
+        end also takes it out of memory, once committed: from then on reads
+        find it in the store.
         """
-        durable = True
         events = self._ending_events(task, ending)
         deliver = self._delivery_at(task, ending)
         fenced: Fenced | None = None
-        try:
-            await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
-            if deliver is not None:
-                self.deliveries_due.set()
-        except Fenced as exc:
-            fenced = exc
-        except StoreError as exc:
-            durable = False  # then it stays in memory, readable, until the next sweep
-            log.error("could not store the end of the attempt", error=str(exc))
-        finally:
-            if fenced is None:
-                self._apply_end(task, ending, durable)
+        delay = END_RETRY_FIRST_S
+        while True:
+            try:
+                await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
+            except Fenced as exc:
+                fenced = exc
+            except StoreError as exc:
+                if task.id not in self._runs:
+                    # Recovery's end of a task it has not adopted: nothing runs
+                    # to wait; the task stays as stored and is taken up again.
+                    raise
+                if not self._accepting:
+                    log.error(
+                        "could not store the end of the attempt; stopping without it",
+                        error=str(exc),
+                    )
+                    self._let_go.add(task.id)
+                    raise TakenOver(str(exc)) from exc
+                if delay == END_RETRY_FIRST_S:
+                    log.error(
+                        "could not store the end of the attempt; trying again until it lands",
+                        error=str(exc),
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, END_RETRY_MAX_S)
+                continue
+            except asyncio.CancelledError:
+                # Cancelled while waiting for the write (a cancel racing the
+                # end): it is queued and lands — unless the store is failing,
+                # or the run was let go for the store's silence: then it is
+                # not shown (the run's cancellation writes its own end).
+                if self.store.healthy and task.id not in self._let_go:
+                    self._apply_end(task, ending, True)
+                raise
+            break
         if fenced is not None:
             self._let_go_of(task, str(fenced))
             raise TakenOver(str(fenced))
+        if delay != END_RETRY_FIRST_S:
+            log.info("stored the end of the attempt at last")
+        if deliver is not None:
+            self.deliveries_due.set()
+        self._apply_end(task, ending, True)
         if ending.final:
             error = ending.error
             log.info(
@@ -581,6 +634,18 @@ class Engine:
             if durable:
                 self.tasks.pop(task.id, None)
 
+    def _cut_by_store(self, task: Task, error: AttemptFailed) -> Ending:
+        """The store, not the work, cut this attempt short (its start or an
+        operator request could not be stored): an interruption, as a restart
+        is — not counted against ``max_attempts``, counted against
+        ``store.max_interruptions`` — and the task is dispatched again once
+        this ending is stored (``_end`` waits for the store to answer)."""
+        task.interruptions += 1
+        return Ending(
+            TaskStatus.FAILED,
+            error=AttemptFailed(Code.INTERRUPTED, f"the store failed: {error.message}"),
+        )
+
     def _let_go_of(self, task: Task, why: str) -> None:
         """Another node runs ``task`` now: forget it here without ending it."""
         log.warning("another node took this task over; letting it go", reason=why)
@@ -599,6 +664,10 @@ class Engine:
                 self._let_go_of(task, reason)
             run.cancel(reason)
         return len(runs)
+
+    def held(self) -> list[str]:
+        """The tasks whose runs this node holds: the leases it renews (cluster mode)."""
+        return [task_id for task_id in self._runs if task_id not in self._let_go]
 
     def _settle(self, task: Task) -> None:
         """The run ended; if it never got to record that (cancelled before it

@@ -3,7 +3,8 @@
 503 (``store_failed``) while the store's database does not answer (a
 PostgreSQL store that lost its connection): a load balancer then sends work
 elsewhere; the node takes no new tasks meanwhile, and answers 200 again as soon
-as the database does.
+as the database does.  A SQLite store answers 503 from a write its file could
+not take (disk full, I/O error) until one commits again.
 """
 
 from __future__ import annotations

@@ -284,6 +284,15 @@ RENEW_LEASES = """
         SELECT task_id FROM task_leases WHERE node_id = $1 FOR UPDATE SKIP LOCKED
     )
 """
+# Only the runs a node holds: a lease of its without a run (an end it could not
+# store, a run it let go) lapses, and the task is taken over.
+RENEW_HELD_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 AND task_id = ANY($3::text[])
+        FOR UPDATE SKIP LOCKED
+    )
+"""
 RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
 # Live tasks with a lapsed or missing lease, locked so that concurrent reapers
 # skip each other's; the upsert re-checks the lease row as it is now (a lease
@@ -923,8 +932,12 @@ class PostgresStore(Store):
         rows, asks = await self._read(work, "take over tasks")
         return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
 
-    async def renew_leases(self) -> None:
-        await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
+    async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
+        if task_ids is None:
+            await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
+        else:
+            args = (self._node_id, self._lease_s, list(task_ids))
+            await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
         await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
     async def release_leases(self, task_ids: Collection[str] | None = None) -> None:

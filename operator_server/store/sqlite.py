@@ -14,6 +14,11 @@ WAL journal, ``synchronous=FULL`` (a committed write survives power loss, not
 only a crash), a busy timeout, the file created with mode 0600, and the schema
 versioned in ``PRAGMA user_version`` with forward migrations run at open.
 
+A batch the file cannot take (disk full, I/O error) fails its writes with
+``StoreError`` and leaves the file as it was; ``healthy`` is False (healthz
+answers 503) until a batch commits cleanly again.  The engine writes again the
+ends it owes until they land (``Engine._end``).
+
 One process per file: ``claim`` takes an exclusive ``flock`` on a sidecar
 ``<file>.lock`` holding the owner's PID, before anything reads or writes the
 database, and keeps it until ``close`` (the kernel drops it if the process
@@ -227,8 +232,16 @@ class SQLiteStore(Store):
         self._lingering: dict[str, list[TaskEvent]] = {}
         self._linger_due: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
+        # False from a batch the file could not take (disk full, I/O error)
+        # until one commits cleanly: healthz answers 503 meanwhile.  Set by the
+        # thread, read by the loop (one bool: no lock needed).
+        self._healthy = True
 
     # -- lifecycle --------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
 
     @property
     def lock_path(self) -> Path:
@@ -330,6 +343,7 @@ class SQLiteStore(Store):
                 batch.extend(nxt)
             busy = len(batch) >= GATHER_AFTER
             if conn is None:
+                self._healthy = False
                 self._deliver(batch, [(False, broken)] * len(batch))
             else:
                 self._run_batch(conn, batch)
@@ -352,11 +366,13 @@ class SQLiteStore(Store):
             conn.execute("COMMIT")
             if self._commit_observer is not None:
                 self._commit_observer(time.perf_counter() - began)
+            self._healthy = not any(not ok and _file_failed(value) for ok, value in outcomes)
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             error = StoreError(f"commit failed: {exc}")
             outcomes = [(False, error)] * len(batch)
+            self._healthy = False
         self._deliver(batch, outcomes)
 
     @staticmethod
@@ -369,7 +385,9 @@ class SQLiteStore(Store):
         except (sqlite3.Error, ValueError, TypeError) as exc:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            outcome = (False, StoreError(f"{op.what}: {exc}"))
+            error = StoreError(f"{op.what}: {exc}")
+            error.__cause__ = exc  # the file failed, or the operation (``_file_failed``)
+            outcome = (False, error)
         return outcome
 
     def _deliver(self, batch: list[_Op], outcomes: list[tuple[bool, Any]]) -> None:
@@ -702,6 +720,12 @@ def _read_pid(fd: int) -> str:
         return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     except OSError:
         return ""
+
+
+def _file_failed(error: Any) -> bool:
+    """A failed operation's error says the file could not be written (disk
+    full, I/O error, locked), not that its own data was refused."""
+    return isinstance(getattr(error, "__cause__", None), sqlite3.OperationalError)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -251,30 +251,49 @@ async def test_an_attempt_is_on_disk_before_any_operator_hears_of_it(
     assert status == "running" and '"attempt":1' in data
 
 
-async def test_a_failed_attempt_start_write_fails_the_attempt_with_store_failed(
+async def test_an_attempt_whose_start_cannot_be_written_is_interrupted_then_run_again(
     server: Server, db: Path
 ) -> None:
+    """The store, not the work, cut the attempt short: nothing of it is shown
+    as an end while the store cannot write; once it can, the attempt ends
+    ``interrupted`` (not counted against ``max_attempts``) and a new one runs.
+    (A fault injected at the store's write call; tests/store/test_disk_full.py
+    fills a real file system.)"""
     client = await server(store__path=str(db), max_wait_s=30)
-    sid, _ = await mint(client)
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
     store = client.app[STORE]  # type: ignore[index]
     assert isinstance(store, SQLiteStore)
-    # The task's creation commits; everything after it fails.
-    engine = engine_of(client)
+    # The task's creation commits; every write after it fails, until mended.
     real_put = store.put_task
     calls = 0
+    mended = asyncio.Event()
 
     async def put_then_break(record: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         nonlocal calls
         calls += 1
+        if calls > 1 and not mended.is_set():
+            raise StoreError("test: the disk is full")
         await real_put(record, *args, **kwargs)
-        if calls == 1:
-            await make_read_only(client)
 
     store.put_task = put_then_break  # type: ignore[method-assign]
-    task = await create_task(client, agent="coder", operator={"sid": sid})
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"], max_attempts=1
+    )
+    shown = await wait_task(client, task["id"], wait=1)
+    assert shown["status"] == "running"  # not failed: that end is not on disk
+    assert calls > 2  # its end was tried again meanwhile
+    mended.set()
+    spawn = await expect(ws, "spawn")
+    assert spawn["attempt"] == 2
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "done"})
     done = await wait_task(client, task["id"])
-    assert done["status"] == "failed" and done["error"]["code"] == "store_failed"
-    assert engine.tasks[task["id"]].status == "failed"
+    assert done["status"] == "passed", done
+    first, second = done["attempts"]
+    assert first["error"]["code"] == "interrupted" and second["status"] == "passed"
+    assert done["interruptions"] == 1
+    assert status_on_disk(db, task["id"]) == ("passed", "passed")
+    await ws.close()
 
 
 def status_on_disk(db: Path, task_id: str) -> tuple[str, str]:

@@ -12,10 +12,13 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
+from operator_server.engine.faces import Kind
+from operator_server.engine.tasks import Task
 from operator_server.store import (
     Fenced,
     PostgresStore,
@@ -27,6 +30,8 @@ from operator_server.store import (
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.store.test_migrations import inline_asks_task
+from tests.store.test_postgres_cluster import common, daemons
+from tests.test_daemon import start_daemon
 from tests.wsop import connect, mint
 
 
@@ -324,3 +329,33 @@ async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: 
         assert session is not None and session.last_seen_at == 7.0
     finally:
         await store.close()
+
+
+async def test_a_node_renews_the_leases_of_the_runs_it_holds_and_no_other(pg_url: str) -> None:
+    node = await start_daemon(*common(pg_url, 1), "--node-id", "node-a")
+    async with daemons(node), aiohttp.ClientSession() as http:
+        # A running task leased to node-a, with no run there: what an attempt's
+        # end the node could not store used to leave behind, renewed forever.
+        orphan = Task(
+            agent="echo",
+            directive={"n": 1},
+            system=None,
+            operator=None,
+            layers=(),
+            kind=Kind.AUTOMATE,
+            max_attempts=1,
+        )
+        orphan.start_attempt()
+        writer = PostgresStore(pg_url)
+        writer.lease_tasks("node-a", 1, ["running"])
+        await writer.open()
+        try:
+            await writer.put_task(orphan.to_record())
+        finally:
+            await writer.close()
+        # Its lease lapses and a lease round takes it over (node-a, the only
+        # node) and runs it again.
+        async with http.get(f"{node.base}/v1/tasks/{orphan.id}?wait=10") as resp:
+            done = await resp.json()
+        assert done["status"] == "passed", done
+        assert done["attempts"][0]["error"]["code"] == "interrupted"
