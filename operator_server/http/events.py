@@ -10,6 +10,9 @@ need the api token, like the task routes.  Each event is::
 
 A client reconnecting with ``Last-Event-ID`` gets exactly the events after that
 id — read from the store, so also after a restart — and then the live ones.
+An id past the newest is taken as given (ids are global, and in a cluster
+another node may have sent it first): nothing is sent until newer events
+exist, and a task's stream still closes when the task ends (at once if it has).
 Without it, a task's stream starts at the task's creation, and the all-tasks
 stream starts now: "follow" means what happens from here, not a replay of
 every task the store still holds (``Last-Event-ID: 0`` asks for that).
@@ -203,6 +206,13 @@ class EventStream:
         done = False
         for event in events:
             if event.id <= self.after:
+                # Sent already (in the catch-up as well as queued live), or before
+                # the reader's Last-Event-ID.  Either way not sent again; but a
+                # task's end still ends its stream, also for a Last-Event-ID past
+                # the task's own events, which would otherwise never close.
+                if self.task_id is not None and is_terminal(event):
+                    done = True
+                    break
                 continue
             self.after = event.id
             if self.wants is not None and not self.wants(event):

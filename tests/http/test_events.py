@@ -302,3 +302,63 @@ async def test_a_task_list_says_where_a_live_follower_of_every_event_takes_over(
     first_event = await next_event(follow)
     assert first_event is not None
     assert (first_event.data["task_id"], first_event.type) == (later["id"], "created")
+
+
+async def test_a_task_stream_resumed_past_its_end_closes_when_the_task_ends(
+    server: Server,
+) -> None:
+    """A Last-Event-ID beyond every event of the task (from another task, or a
+    stale store) sends nothing, and the stream still ends with the task."""
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    held = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    await expect(ws, "spawn")  # held there: the task runs until cancelled
+    path = f"/v1/tasks/{held['id']}/events"
+    resp = await stream(client, path, last=10**15)
+    await eventually(lambda: engine_of(client).fanout.subscribers == 1)
+    cancel = await client.post(f"/v1/tasks/{held['id']}/cancel", json={})
+    assert cancel.status == 200, await cancel.text()
+    assert await read_all(resp, timeout=3) == []  # closed, not kept open with keepalives
+    # And opened after the end, with such an id: closed at once.
+    assert await read_all(await stream(client, path, last=10**15), timeout=3) == []
+    await ws.close()
+
+
+async def test_an_event_both_in_the_catch_up_and_queued_live_is_sent_once(
+    server: Server, monkeypatch: Any
+) -> None:
+    """The stream subscribes, then reads the store.  Here a whole task runs in
+    between (the store's read is held until then, on the real store), so its
+    events are both stored and queued: each must be sent once."""
+    client = await server()
+    engine = engine_of(client)
+    store = engine.store
+    real_load = store.load_events
+    between: list[str] = []
+
+    async def load_after_a_task_ran(*args: Any) -> Any:
+        if not between:
+            task = await create_task(client, agent="echo")
+            between.append(task["id"])
+            await wait_task(client, task["id"])
+            await store.flush()
+        return await real_load(*args)
+
+    monkeypatch.setattr(store, "load_events", load_after_a_task_ran)
+    resp = await stream(client, "/v1/events", last=0)  # catch up on everything stored
+    await eventually(lambda: bool(between), what="the task in between")
+    marker = await create_task(client, agent="echo")  # its end is the last thing to read
+    seen = []
+    while True:
+        event = await next_event(resp)
+        assert event is not None
+        seen.append(event)
+        if (event.data["task_id"], event.data["status"]) == (marker["id"], "passed"):
+            break
+    ids = [e.id for e in seen]
+    assert len(ids) == len(set(ids)), f"sent twice: {sorted(i for i in ids if ids.count(i) > 1)}"
+    assert ids == sorted(ids)
+    assert [e.type for e in seen if e.data["task_id"] == between[0]] == ECHO_TYPES
