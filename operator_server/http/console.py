@@ -7,8 +7,10 @@ and connections from the daemon's own origin only: no inline script, no
 third-party origin.  "Every" includes what no handler here writes — the
 redirects of ``/`` and ``/console``, a 404 for an unknown file, a 405 from the
 router — so ``secure_console_response`` adds the CSP and ``nosniff`` to any
-response under ``/``, ``/console`` and ``/console/...`` as it is prepared.  ``GET /console/config.json`` tells the page, before sign-in,
-whether the server needs an API token (so the field is shown only then).
+response under ``/``, ``/console`` and ``/console/...`` as it is prepared.
+
+``GET /console/config.json`` tells the page, before sign-in, whether the server
+needs an API token (so the field is shown only then).
 """
 
 from __future__ import annotations
