@@ -19,6 +19,12 @@ every task the store still holds (``Last-Event-ID: 0`` asks for that).
 The subscription is taken *before* the store is read, and events are
 de-duplicated by id, so nothing falls between the two.
 
+A live stream writes at most every ``WRITE_EVERY_S``: what was published
+meanwhile goes out in one write.  With hundreds of streams open, a write per
+stream per commit is what slowed every task down; a reader sees an event at
+most that much later.  (Streams that want every event share one feed, encoded
+once for all of them: ``engine/events.py``.)
+
 A quiet stream gets a ``: keepalive`` comment every ``event_keepalive_s``.  A
 reader that does not keep up is cut off exactly like a slow operator socket:
 ``outbound_queue_max`` events waiting, or one write blocked past
@@ -29,6 +35,7 @@ each stream ends cleanly.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +43,7 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server.appkeys import ENGINE, METRICS, SETTINGS
-from operator_server.engine.events import is_terminal
+from operator_server.engine.events import Encoded, FeedSubscription, Subscription, is_terminal, sse
 from operator_server.engine.tasks import TaskStatus
 from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger
@@ -49,6 +56,8 @@ routes = web.RouteTableDef()
 # Events read from the store per query while catching up.
 BACKLOG_PAGE = 500
 KEEPALIVE = b": keepalive\n\n"
+# A live stream's writes are at least this far apart (see the module docstring).
+WRITE_EVERY_S = 0.05
 
 
 class EventsQuerySchema(Schema):
@@ -112,7 +121,7 @@ def _last_event_id(request: web.Request) -> int | None:
 
 
 def encode(events: list[TaskEvent]) -> bytes:
-    return "".join(f"id: {e.id}\nevent: {e.type}\ndata: {e.text}\n\n" for e in events).encode()
+    return b"".join(sse(e) for e in events)
 
 
 class _CutOff(Exception):
@@ -164,15 +173,19 @@ class EventStream:
                 if task is None or task.status.terminal:
                     # It ended while we caught up; its end is committed, so its
                     # events are stored or queued here: send what is queued, then stop.
-                    await self._send(sub.take())
+                    await self._send_live(sub)
                     return self.response
+            last_write = 0.0
             while True:
                 if not await sub.wait(settings.event_keepalive_s):
                     await self._write(KEEPALIVE)
                     continue
+                if (early := last_write + WRITE_EVERY_S - time.monotonic()) > 0:
+                    await asyncio.sleep(early)  # gather what comes meanwhile into one write
                 if sub.overflowed:
                     raise _CutOff("outbound_queue_max events waiting")
-                if await self._send(sub.take()) or sub.closed:
+                last_write = time.monotonic()
+                if await self._send_live(sub) or sub.closed:
                     return self.response
         except _CutOff as why:
             log.warning(
@@ -199,6 +212,23 @@ class EventStream:
                 return True
             if len(page) < BACKLOG_PAGE:
                 return False
+
+    async def _send_live(self, sub: Subscription | FeedSubscription) -> bool:
+        if isinstance(sub, FeedSubscription):
+            await self._send_encoded(sub.take())
+            return False
+        return await self._send(sub.take())
+
+    async def _send_encoded(self, entries: list[Encoded]) -> None:
+        """Write the feed's entries not sent yet (every event: no filter, no end)."""
+        after = self.after
+        if not entries or entries[-1][0] <= after:
+            return
+        self.after = entries[-1][0]
+        if entries[0][0] > after:  # the usual case: nothing here was sent in the catch-up
+            await self._write(b"".join([block for _, block in entries]))
+        else:
+            await self._write(b"".join([block for id, block in entries if id > after]))
 
     async def _send(self, events: list[TaskEvent]) -> bool:
         """Write the events not sent yet; True when one ended the task's stream."""

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, engine_of, wait_task
@@ -327,38 +328,51 @@ async def test_a_task_stream_resumed_past_its_end_closes_when_the_task_ends(
     await ws.close()
 
 
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events?agent=echo"])
 async def test_an_event_both_in_the_catch_up_and_queued_live_is_sent_once(
-    server: Server, monkeypatch: Any
+    server: Server, monkeypatch: Any, path: str
 ) -> None:
-    """The stream subscribes, then reads the store.  Here a whole task runs in
-    between (the store's read is held until then, on the real store), so its
-    events are both stored and queued: each must be sent once."""
+    """The stream subscribes, then reads the store.  Here one task runs before
+    that read and another after it (the real store's read is held until then),
+    so the first task's events are both read and queued, and the second's are
+    queued behind them: each must be sent once.  Both the shared feed of the
+    unfiltered stream and a filtered stream's own queue."""
     client = await server()
-    engine = engine_of(client)
-    store = engine.store
+    store = engine_of(client).store
     real_load = store.load_events
-    between: list[str] = []
+    ran: list[str] = []
 
-    async def load_after_a_task_ran(*args: Any) -> Any:
-        if not between:
-            task = await create_task(client, agent="echo")
-            between.append(task["id"])
-            await wait_task(client, task["id"])
-            await store.flush()
-        return await real_load(*args)
+    async def run_task() -> None:
+        task = await create_task(client, agent="echo")
+        ran.append(task["id"])
+        await wait_task(client, task["id"])
+        await store.flush()
 
-    monkeypatch.setattr(store, "load_events", load_after_a_task_ran)
-    resp = await stream(client, "/v1/events", last=0)  # catch up on everything stored
-    await eventually(lambda: bool(between), what="the task in between")
+    async def load_between_two_tasks(*args: Any) -> Any:
+        if ran:
+            return await real_load(*args)
+        await run_task()
+        page = await real_load(*args)
+        await run_task()
+        return page
+
+    monkeypatch.setattr(store, "load_events", load_between_two_tasks)
+    resp = await stream(client, path, last=0)  # catch up on everything stored
+    await eventually(lambda: len(ran) == 2, what="the tasks around the read")
     marker = await create_task(client, agent="echo")  # its end is the last thing to read
     seen = []
     while True:
         event = await next_event(resp)
         assert event is not None
         seen.append(event)
-        if (event.data["task_id"], event.data["status"]) == (marker["id"], "passed"):
+        if (event.data["task_id"], event.type, event.data["status"]) == (
+            marker["id"],
+            "status",
+            "passed",
+        ):
             break
     ids = [e.id for e in seen]
     assert len(ids) == len(set(ids)), f"sent twice: {sorted(i for i in ids if ids.count(i) > 1)}"
     assert ids == sorted(ids)
-    assert [e.type for e in seen if e.data["task_id"] == between[0]] == ECHO_TYPES
+    for task_id in ran:
+        assert [e.type for e in seen if e.data["task_id"] == task_id] == ECHO_TYPES
