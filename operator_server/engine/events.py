@@ -147,23 +147,26 @@ class Subscription:
 class FeedSubscription:
     """A stream that wants every event: a position in the fan-out's shared feed.
 
-    Bounded like ``Subscription``: ``queue_max`` events published past the
-    position and not taken yet closes it with ``overflowed`` set.
+    Bounded like ``Subscription``: more than ``queue_max`` events published past
+    the position and not taken closes it with ``overflowed`` set (checked when
+    the feed is trimmed, and whenever the reader looks).  Only a reader that is
+    waiting is woken by a publish: one busy writing, or gathering its next
+    write, costs a publish nothing.
     """
 
     def __init__(self, fanout: LocalFanout, queue_max: int) -> None:
         self._fanout = fanout
-        self._cap = queue_max
+        self.cap = queue_max
         self._ready = asyncio.Event()
         self.pos = fanout.feed_end  # absolute index of the next entry to take
         self.closed = False
         self.overflowed = False
 
-    def notify(self, end: int) -> None:
-        if end - self.pos > self._cap:
-            self.overflowed = True
-            self.close()
-            return
+    def overflow(self) -> None:
+        self.overflowed = True
+        self.close()
+
+    def wake(self) -> None:
         self._ready.set()
 
     def close(self) -> None:
@@ -181,13 +184,20 @@ class FeedSubscription:
 
     async def wait(self, timeout: float) -> bool:
         """Wait until something is published or the subscription closed; False on timeout."""
-        if self.closed or self.pos < self._fanout.feed_end:
+        end = self._fanout.feed_end
+        if end - self.pos > self.cap:
+            self.overflow()
+        if self.closed or self.pos < end:
             return True
+        self._ready.clear()
+        self._fanout.waiting.add(self)
         try:
             async with asyncio.timeout(timeout):
                 await self._ready.wait()
         except TimeoutError:
             return False
+        finally:
+            self._fanout.waiting.discard(self)
         return True
 
 
@@ -233,6 +243,7 @@ class LocalFanout:
         self._feed: list[Encoded] = []
         self._feed_base = 0
         self._readers: set[FeedSubscription] = set()
+        self.waiting: set[FeedSubscription] = set()  # readers blocked in ``wait``
 
     @property
     def last_id(self) -> int:
@@ -252,9 +263,10 @@ class LocalFanout:
             return
         if self._readers:
             self._feed.extend((event.id, sse(event)) for event in events)
-            end = self.feed_end
-            for reader in list(self._readers):
-                reader.notify(end)
+            if self.waiting:
+                for reader in self.waiting:
+                    reader.wake()
+                self.waiting.clear()
             if len(self._feed) > _FEED_TRIM:
                 self._trim()
         if not self._by_task and not self._all:
@@ -266,14 +278,18 @@ class LocalFanout:
                 sub.offer(event)
 
     def _trim(self) -> None:
-        """Drop what every reader has taken."""
-        keep_from = min((r.pos for r in self._readers), default=self.feed_end)
+        """Cut off the readers too far behind, and drop what every other reader took."""
+        end = self.feed_end
+        for reader in [r for r in self._readers if end - r.pos > r.cap]:
+            reader.overflow()
+        keep_from = min((r.pos for r in self._readers), default=end)
         if keep_from > self._feed_base:
             del self._feed[: keep_from - self._feed_base]
             self._feed_base = keep_from
 
     def forget(self, reader: FeedSubscription) -> None:
         self._readers.discard(reader)
+        self.waiting.discard(reader)
         if not self._readers:
             self._feed_base = self.feed_end
             self._feed.clear()
