@@ -157,6 +157,10 @@ class WebhookSender:
         except StoreError as exc:
             log.error("could not read webhook deliveries", error=str(exc))
             return IDLE_S
+        if len(due) < look and len(self._receiver_of) > len(due):
+            # Every row was read: forget receivers of rows gone meanwhile (retention).
+            present = {d.task_id for d in due} | self._in_flight
+            self._receiver_of = {k: v for k, v in self._receiver_of.items() if k in present}
         now = time.time()
         for delivery in due:
             if delivery.task_id in self._in_flight:

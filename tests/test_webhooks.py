@@ -224,6 +224,9 @@ async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
         "127.0.0.1",
         "--webhook-timeout-s",
         "60",
+        # The try cut short was counted: the retry waits the usual backoff.
+        "--webhook-backoff-s",
+        "0.05",
     )
     first = await start_daemon(*args)
     try:
@@ -253,6 +256,7 @@ async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
                         break
                     await asyncio.sleep(0.02)
                 assert callback["delivered_at"] is not None
+                assert callback["attempts"] == 2  # the try cut short by the kill counts
             finally:
                 second.proc.kill()
                 second.proc.wait()
