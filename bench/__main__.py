@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, bigasks, cluster, e2e, history, many, overhead, takeover
+from bench import ask_rtt, bigasks, cluster, e2e, fanout, history, many, overhead, takeover
 from bench.common import history_file, progress
 
 # name -> (what it measures, how to run it).
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
     "bigasks": ("one handle's 80 asks of 200 KB: latency, RSS, stop", lambda a: bigasks.run()),
     "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
+    "fanout": ("a task burst with 500 live event streams vs none", lambda a: fanout.run()),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
     "many": ("1,000 connected operators", lambda a: many.run()),
     "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),

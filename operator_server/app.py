@@ -95,6 +95,7 @@ def build_app(
     app.add_routes(worker.routes)
     app.add_routes(login.routes)
     app.add_routes(console.routes)
+    app.on_response_prepare.append(console.secure_console_response)
     app.add_routes(admin.routes)
     app.add_routes(metrics.routes)
     app.add_routes(openapi.routes)

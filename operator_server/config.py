@@ -102,6 +102,7 @@ class Settings:
     event_keepalive_s: float = 15
     webhook_secret: str = ""
     webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_allow_private: bool = False
     webhook_max_attempts: int = 8
     webhook_backoff_s: float = 5
     webhook_backoff_max_s: float = 3600
@@ -170,6 +171,59 @@ class ClusterSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> ClusterSettings:
         return ClusterSettings(**data)
+
+
+def _split_host_port(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare v6 literal, as
+    (host, port); ``ValueError`` when it is none of those."""
+    entry = entry.strip().lower()
+    port_text = ""
+    if entry.startswith("["):
+        host, sep, rest = entry[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("expected [v6 address] or [v6 address]:port")
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise ValueError("expected a port after ':'")
+        ipaddress.IPv6Address(host)
+    elif entry.count(":") == 1:
+        host, _, port_text = entry.partition(":")
+    else:
+        host = entry  # a name, an IPv4 address or a bare v6 literal (any port)
+    host = host.rstrip(".")
+    if not host or any(c in host for c in "/@?# "):
+        raise ValueError("expected a host name or address")
+    if port_text == "":
+        return host, None
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def _webhook_host_entry(entry: str) -> None:
+    try:
+        _split_host_port(entry)
+    except ValueError as exc:
+        raise ValidationError(f"{entry!r}: {exc} (host or host:port)") from None
+
+
+def _webhook_host_key(entry: str) -> str:
+    """An allow-list entry as ``webhook_target_key`` spells what it allows."""
+    host, port = _split_host_port(entry)
+    return host if port is None else webhook_target_key(host, port)
+
+
+def webhook_target_key(host: str, port: int) -> str:
+    """``host:port`` (``[v6]:port``), as allow-list entries with a port are kept."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def webhook_host_allowed(settings: Settings, host: str, port: int) -> bool:
+    """Whether ``webhook_allow_hosts`` lets a callback go to ``host`` on ``port``:
+    an entry naming the host alone allows every port, ``host:port`` that port."""
+    host = host.lower().rstrip(".")
+    allowed = settings.webhook_allow_hosts
+    return host in allowed or webhook_target_key(host, port) in allowed
 
 
 class SettingsSchema(Schema):
@@ -375,9 +429,20 @@ class SettingsSchema(Schema):
         ),
     )
     webhook_allow_hosts = fields.List(
-        fields.String(validate=validate.Length(min=1)),
+        fields.String(validate=_webhook_host_entry),
         load_default=list,
-        metadata=_help("hosts a task's callback_url may name (empty: none)"),
+        metadata=_help(
+            "hosts a task's callback_url may name: host (any port) or host:port (empty: none)"
+        ),
+    )
+    webhook_allow_private = fields.Boolean(
+        load_default=Settings.webhook_allow_private,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help(
+            "deliver to allow-listed host names that resolve to loopback, link-local or "
+            "private addresses (false: only an allow-listed IP literal may be one)"
+        ),
     )
     webhook_max_attempts = fields.Integer(
         load_default=Settings.webhook_max_attempts,
@@ -428,7 +493,9 @@ class SettingsSchema(Schema):
         data["default_layers"] = tuple(data["default_layers"])
         data["allowed_origins"] = tuple(data["allowed_origins"])
         data["node_id"] = data["node_id"] or default_node_id()
-        data["webhook_allow_hosts"] = tuple(h.lower() for h in data["webhook_allow_hosts"])
+        data["webhook_allow_hosts"] = tuple(
+            _webhook_host_key(h) for h in data["webhook_allow_hosts"]
+        )
         return Settings(**data)
 
 

@@ -11,19 +11,43 @@ A non-2xx answer, a redirect (never followed: the allow-list must not be
 side-stepped), a connection error or no answer within ``webhook_timeout_s``
 is a failed try, retried after ``webhook_backoff_s`` doubled per try (capped
 at ``webhook_backoff_max_s``), with jitter, up to ``webhook_max_attempts``.
+
+**Each try is counted on disk before it is sent**, so a crash during a try
+never buys an extra one: a row still due with ``webhook_max_attempts`` tries
+counted had its last try cut short, and is given up without sending.
+
+**Where a try may go.**  The URL must still match ``webhook_allow_hosts`` (the
+settings may have changed since the task was created).  A host *name* must
+resolve to global addresses: loopback, link-local, private and other
+non-global ones are dropped by the connector's own resolver (``_Resolver``),
+so the check is made on the very addresses the connection is then made to —
+no window between a check and a second lookup.  ``webhook_allow_private``
+lifts that; an allow-listed IP literal is itself the explicit permission.
+
+**One slow receiver cannot starve the others.**  At most ``CONCURRENCY`` tries
+are in flight, and at most ``PER_RECEIVER`` of them to one receiver (scheme,
+host, port): deliveries to a receiver that is full wait for one of its own
+tries to end while other receivers' deliveries go ahead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
+import socket
 import time
+from collections import Counter
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from operator_server.background import Background
-from operator_server.config import Settings
+from operator_server.config import Settings, webhook_host_allowed
 from operator_server.engine import Engine
+from operator_server.engine.tasks import Callback, Task
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.store import StoreError
@@ -31,10 +55,57 @@ from operator_server.wire import json
 from operator_server.wire.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 
 log = get_logger(__name__)
-# Deliveries in flight at once, and how many due rows are read per look.
-CONCURRENCY = 16
+# Tries in flight at once, in all; and to one receiver (scheme, host, port).
+CONCURRENCY = 64
+PER_RECEIVER = 8
+# Due rows read per look at most: enough to see past a full receiver's backlog.
+LOOK_MAX = 2000
 # With nothing due, look again this often anyway (a write that failed to wake us).
 IDLE_S = 60.0
+
+Receiver = tuple[str, str, int]
+
+
+def is_public(address: str) -> bool:
+    """Whether a resolved address is a global one (not loopback, link-local,
+    private, shared, reserved, multicast or unspecified)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])  # fe80::1%eth0
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class RefusedAddress(OSError):
+    """A callback host resolved only to addresses webhooks may not go to."""
+
+
+class _Resolver(AbstractResolver):
+    """The connector's resolver: the usual lookup, minus non-global addresses.
+    The connector connects only to what this returns, so what is checked is
+    what is connected to.  (IP literals never reach a resolver: they are
+    allow-listed by name, see ``_refusal``.)"""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        kept = [r for r in found if is_public(r["host"])]
+        if not kept:
+            refused = ", ".join(sorted({r["host"] for r in found}))
+            raise RefusedAddress(
+                f"{host} resolves only to non-public addresses ({refused}); "
+                "set webhook_allow_private = true, or allow-list the address itself"
+            )
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 class WebhookSender:
@@ -47,6 +118,10 @@ class WebhookSender:
         self.background = background
         self.metrics = metrics
         self._in_flight: set[str] = set()
+        # The receiver of each delivery seen (until it is settled), and how many
+        # tries each receiver has in flight.
+        self._receiver_of: dict[str, Receiver] = {}
+        self._busy: Counter[Receiver] = Counter()
         self._http: aiohttp.ClientSession | None = None
 
     def backoff(self, tries: int) -> float:
@@ -58,7 +133,11 @@ class WebhookSender:
     async def run(self) -> None:
         due_event = self.engine.deliveries_due
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        connector = aiohttp.TCPConnector(
+            limit=CONCURRENCY,
+            resolver=None if self.settings.webhook_allow_private else _Resolver(),
+        )
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             self._http = http
             while True:
                 due_event.clear()
@@ -70,13 +149,18 @@ class WebhookSender:
                     pass
 
     async def _start_due(self) -> float:
-        """Start every delivery due now (up to ``CONCURRENCY`` at once); how long
-        until the next one is due."""
+        """Start every delivery due now (up to ``CONCURRENCY`` at once, and
+        ``PER_RECEIVER`` to one receiver); how long until the next one is due."""
+        look = min(LOOK_MAX, CONCURRENCY + len(self._in_flight) + len(self._receiver_of))
         try:
-            due = await self.store.next_deliveries(CONCURRENCY + len(self._in_flight))
+            due = await self.store.next_deliveries(look)
         except StoreError as exc:
             log.error("could not read webhook deliveries", error=str(exc))
             return IDLE_S
+        if len(due) < look and len(self._receiver_of) > len(due):
+            # Every row was read: forget receivers of rows gone meanwhile (retention).
+            present = {d.task_id for d in due} | self._in_flight
+            self._receiver_of = {k: v for k, v in self._receiver_of.items() if k in present}
         now = time.time()
         for delivery in due:
             if delivery.task_id in self._in_flight:
@@ -85,6 +169,9 @@ class WebhookSender:
                 return delivery.due_at - now
             if len(self._in_flight) >= CONCURRENCY:
                 break  # a finishing try wakes the loop
+            receiver = self._receiver_of.get(delivery.task_id)
+            if receiver is not None and self._busy[receiver] >= PER_RECEIVER:
+                continue  # its receiver is full: one of its tries ending wakes the loop
             self._in_flight.add(delivery.task_id)
             self.background.spawn(self._try(delivery.task_id), name=f"webhook:{delivery.task_id}")
         return IDLE_S
@@ -96,6 +183,18 @@ class WebhookSender:
             self._in_flight.discard(task_id)
             self.engine.deliveries_due.set()
 
+    def _refusal(self, url: URL) -> str | None:
+        """Why a try may not go to ``url`` now, or None."""
+        host = (url.host or "").lower()
+        if url.scheme not in ("http", "https") or not host:
+            return "callback_url is not an http(s) URL"
+        if not webhook_host_allowed(self.settings, host, url.port or 0):
+            return f"{host}:{url.port} is no longer in webhook_allow_hosts"
+        return None
+
+    def _settled(self, task_id: str) -> None:
+        self._receiver_of.pop(task_id, None)
+
     async def _deliver(self, task_id: str) -> None:
         assert self._http is not None  # set before any try starts
         row = await self.store.get_task(task_id)
@@ -103,25 +202,38 @@ class WebhookSender:
         callback = None if task is None else task.callback
         if task is None or callback is None:
             await self.store.record_delivery(task_id, None, None)
+            self._settled(task_id)
             return
-        body = json.dumps(task.as_dict()).encode()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),
-            DELIVERY_HEADER: callback.delivery_id,
-        }
-        callback.attempts += 1
-        error = None
+        url = URL(callback.url)
+        receiver = (url.scheme, (url.host or "").lower(), url.port or 0)
+        self._receiver_of[task_id] = receiver
+        if self._busy[receiver] >= PER_RECEIVER:
+            return  # started before its receiver was known; it waits its turn
+        self._busy[receiver] += 1  # taken before any wait, so no two take the last slot
         try:
-            async with self._http.post(
-                callback.url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                if not 200 <= resp.status < 300:
-                    error = f"HTTP {resp.status}"
-        except TimeoutError:
-            error = f"no answer within {self.settings.webhook_timeout_s:g}s"
-        except aiohttp.ClientError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            await self._attempt(task_id, task, callback, url)
+        finally:
+            self._busy[receiver] -= 1
+            if not self._busy[receiver]:
+                del self._busy[receiver]
+
+    async def _attempt(self, task_id: str, task: Task, callback: Callback, url: URL) -> None:
+        if callback.attempts >= self.settings.webhook_max_attempts:
+            # A try is counted before it is sent, and a try that ends at the last
+            # attempt settles the row: this one's last try was cut short (a crash).
+            await self._give_up(task_id, task, "the last try was cut short (the daemon stopped)")
+            return
+        # Counted on disk before anything is sent; if the daemon dies during the
+        # try, the row is due again after the usual backoff, one try spent.
+        callback.attempts += 1
+        try:
+            await self.store.record_delivery(
+                task_id, task.to_record(), time.time() + self.backoff(callback.attempts)
+            )
+        except StoreError as exc:  # nothing sent: the row stays due
+            log.error("could not count a webhook try", task_id=task_id, error=str(exc))
+            return
+        error = await self._post(url, task, callback.delivery_id)
         now = time.time()
         callback.last_error = error
         due: float | None = None
@@ -149,5 +261,53 @@ class WebhookSender:
             )
         try:
             await self.store.record_delivery(task_id, task.to_record(), due)
-        except StoreError as exc:  # the row stays due: the try is made again
+        except StoreError as exc:  # the row stays due (its try counted): tried again
             log.error("could not record a webhook try", task_id=task_id, error=str(exc))
+            return
+        if due is None:
+            self._settled(task_id)
+
+    async def _post(self, url: URL, task: Task, delivery_id: str) -> str | None:
+        """One try; what went wrong, or None when the receiver took it."""
+        assert self._http is not None
+        refusal = self._refusal(url)
+        if refusal is not None:
+            return f"refused: {refusal}"
+        body = json.dumps(task.as_dict()).encode()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),
+            DELIVERY_HEADER: delivery_id,
+        }
+        try:
+            async with self._http.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                if not 200 <= resp.status < 300:
+                    return f"HTTP {resp.status}"
+        except TimeoutError:
+            return f"no answer within {self.settings.webhook_timeout_s:g}s"
+        except aiohttp.ClientConnectorDNSError as exc:
+            if isinstance(exc.os_error, RefusedAddress):
+                return f"refused: {exc.os_error}"
+            return f"{type(exc).__name__}: {exc}"
+        except aiohttp.ClientError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def _give_up(self, task_id: str, task: Task, why: str) -> None:
+        assert task.callback is not None
+        task.callback.last_error = task.callback.last_error or why
+        self.metrics.webhook_tried("gave_up")
+        log.warning(
+            "webhook delivery given up (webhook_max_attempts)",
+            task_id=task_id,
+            attempts=task.callback.attempts,
+            error=why,
+        )
+        try:
+            await self.store.record_delivery(task_id, task.to_record(), None)
+        except StoreError as exc:
+            log.error("could not record a webhook try", task_id=task_id, error=str(exc))
+            return
+        self._settled(task_id)

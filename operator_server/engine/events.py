@@ -9,6 +9,14 @@ read what they missed from the store, then follow ``subscribe``.
 ``EventFanout`` is the small interface a multi-node fan-out (Postgres
 LISTEN/NOTIFY) would implement; ``LocalFanout`` serves one process.
 
+**Many followers of every event cost about one.**  A stream of one task, or
+one with a filter, gets its own queue of the events it wants.  The streams
+that want every event (``GET /v1/events`` with no filter: the console's task
+list, dashboards) share one feed instead: each event is encoded as SSE once,
+appended once, and each stream keeps only its position in it.  A publish then
+costs one wake-up per waiting stream, not one queue append and one encoding per
+event per stream (``make bench ARGS=fanout``).
+
 What an event holds, and never holds, is its wire form (``wire/events.py``).
 """
 
@@ -27,10 +35,22 @@ __all__ = [
     "EventFanout",
     "EventLog",
     "EventType",
+    "FeedSubscription",
     "LocalFanout",
     "Subscription",
     "is_terminal",
+    "sse",
 ]
+
+# An event as a stream sends it: its id and its SSE block.
+Encoded = tuple[int, bytes]
+# Feed entries kept past the slowest reader's position before they are dropped.
+_FEED_TRIM = 4096
+
+
+def sse(event: TaskEvent) -> bytes:
+    """The event's Server-Sent Events block."""
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.text}\n\n".encode()
 
 
 class EventLog:
@@ -124,6 +144,63 @@ class Subscription:
         return True
 
 
+class FeedSubscription:
+    """A stream that wants every event: a position in the fan-out's shared feed.
+
+    Bounded like ``Subscription``: more than ``queue_max`` events published past
+    the position and not taken closes it with ``overflowed`` set (checked when
+    the feed is trimmed, and whenever the reader looks).  Only a reader that is
+    waiting is woken by a publish: one busy writing, or gathering its next
+    write, costs a publish nothing.
+    """
+
+    def __init__(self, fanout: LocalFanout, queue_max: int) -> None:
+        self._fanout = fanout
+        self.cap = queue_max
+        self._ready = asyncio.Event()
+        self.pos = fanout.feed_end  # absolute index of the next entry to take
+        self.closed = False
+        self.overflowed = False
+
+    def overflow(self) -> None:
+        self.overflowed = True
+        self.close()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._ready.set()
+            self._fanout.forget(self)
+
+    def take(self) -> list[Encoded]:
+        """Everything published since the last take."""
+        out = self._fanout.feed_since(self.pos)
+        self.pos += len(out)
+        self._ready.clear()
+        return out
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until something is published or the subscription closed; False on timeout."""
+        end = self._fanout.feed_end
+        if end - self.pos > self.cap:
+            self.overflow()
+        if self.closed or self.pos < end:
+            return True
+        self._ready.clear()
+        self._fanout.waiting.add(self)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._fanout.waiting.discard(self)
+        return True
+
+
 class EventFanout(Protocol):
     def publish(self, events: Events) -> None: ...
 
@@ -139,7 +216,10 @@ class EventFanout(Protocol):
         task_id: str | None,
         queue_max: int,
         wants: Callable[[TaskEvent], bool] | None = None,
-    ) -> Subscription: ...
+    ) -> Subscription | FeedSubscription:
+        """Every event of every task (``task_id`` and ``wants`` None) comes as a
+        ``FeedSubscription`` (encoded once for all), the rest as a ``Subscription``."""
+        ...
 
     def close(self) -> None:
         """Close every subscription (shutdown): streams end cleanly."""
@@ -158,14 +238,37 @@ class LocalFanout:
         self._by_task: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
         self._last_id = 0
+        # The shared feed of the streams that want everything: entries from
+        # absolute index ``_feed_base`` on.
+        self._feed: list[Encoded] = []
+        self._feed_base = 0
+        self._readers: set[FeedSubscription] = set()
+        self.waiting: set[FeedSubscription] = set()  # readers blocked in ``wait``
 
     @property
     def last_id(self) -> int:
         return self._last_id
 
+    @property
+    def feed_end(self) -> int:
+        return self._feed_base + len(self._feed)
+
+    def feed_since(self, pos: int) -> list[Encoded]:
+        return self._feed[pos - self._feed_base :]
+
     def publish(self, events: Events) -> None:
         if events and events[-1].id > self._last_id:  # they come in id order
             self._last_id = events[-1].id
+        if not events:
+            return
+        if self._readers:
+            self._feed.extend((event.id, sse(event)) for event in events)
+            if self.waiting:
+                for reader in self.waiting:
+                    reader.wake()
+                self.waiting.clear()
+            if len(self._feed) > _FEED_TRIM:
+                self._trim()
         if not self._by_task and not self._all:
             return
         for event in events:
@@ -174,12 +277,33 @@ class LocalFanout:
             for sub in list(self._all):
                 sub.offer(event)
 
+    def _trim(self) -> None:
+        """Cut off the readers too far behind, and drop what every other reader took."""
+        end = self.feed_end
+        for reader in [r for r in self._readers if end - r.pos > r.cap]:
+            reader.overflow()
+        keep_from = min((r.pos for r in self._readers), default=end)
+        if keep_from > self._feed_base:
+            del self._feed[: keep_from - self._feed_base]
+            self._feed_base = keep_from
+
+    def forget(self, reader: FeedSubscription) -> None:
+        self._readers.discard(reader)
+        self.waiting.discard(reader)
+        if not self._readers:
+            self._feed_base = self.feed_end
+            self._feed.clear()
+
     def subscribe(
         self,
         task_id: str | None,
         queue_max: int,
         wants: Callable[[TaskEvent], bool] | None = None,
-    ) -> Subscription:
+    ) -> Subscription | FeedSubscription:
+        if task_id is None and wants is None:
+            reader = FeedSubscription(self, queue_max)
+            self._readers.add(reader)
+            return reader
         group = self._all if task_id is None else self._by_task.setdefault(task_id, set())
 
         def forget() -> None:
@@ -192,9 +316,11 @@ class LocalFanout:
         return sub
 
     def close(self) -> None:
+        for reader in list(self._readers):
+            reader.close()
         for sub in [*self._all, *(s for g in self._by_task.values() for s in g)]:
             sub.close()
 
     @property
     def subscribers(self) -> int:
-        return len(self._all) + sum(len(g) for g in self._by_task.values())
+        return len(self._readers) + len(self._all) + sum(len(g) for g in self._by_task.values())

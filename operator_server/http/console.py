@@ -4,8 +4,13 @@ Only the files shipped in ``operator_server/console/static`` are served (read
 once, at start), so no request path ever reaches the file system.  Every console
 response carries a Content-Security-Policy that allows scripts, styles, images
 and connections from the daemon's own origin only: no inline script, no
-third-party origin.  ``GET /console/config.json`` tells the page, before sign-in,
-whether the server needs an API token (so the field is shown only then).
+third-party origin.  "Every" includes what no handler here writes — the
+redirects of ``/`` and ``/console``, a 404 for an unknown file, a 405 from the
+router — so ``secure_console_response`` adds the CSP and ``nosniff`` to any
+response under ``/``, ``/console`` and ``/console/...`` as it is prepared.
+
+``GET /console/config.json`` tells the page, before sign-in, whether the server
+needs an API token (so the field is shown only then).
 """
 
 from __future__ import annotations
@@ -71,6 +76,20 @@ def content_security_policy(request: web.Request) -> str:
             "frame-ancestors 'none'",
         )
     )
+
+
+def _is_console(path: str) -> bool:
+    return path == "/" or path == "/console" or path.startswith("/console/")
+
+
+async def secure_console_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the console's CSP and ``nosniff`` on every response
+    under it, whoever made the response (a handler, the router, the error middleware)."""
+    if _is_console(request.path):
+        headers = response.headers
+        if "Content-Security-Policy" not in headers:
+            headers["Content-Security-Policy"] = content_security_policy(request)
+        headers["X-Content-Type-Options"] = "nosniff"
 
 
 def _headers(request: web.Request, content_type: str) -> dict[str, str]:

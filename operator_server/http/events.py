@@ -10,11 +10,20 @@ need the api token, like the task routes.  Each event is::
 
 A client reconnecting with ``Last-Event-ID`` gets exactly the events after that
 id — read from the store, so also after a restart — and then the live ones.
+An id past the newest is taken as given (ids are global, and in a cluster
+another node may have sent it first): nothing is sent until newer events
+exist, and a task's stream still closes when the task ends (at once if it has).
 Without it, a task's stream starts at the task's creation, and the all-tasks
 stream starts now: "follow" means what happens from here, not a replay of
 every task the store still holds (``Last-Event-ID: 0`` asks for that).
 The subscription is taken *before* the store is read, and events are
 de-duplicated by id, so nothing falls between the two.
+
+A live stream writes at most every ``WRITE_EVERY_S``: what was published
+meanwhile goes out in one write.  With hundreds of streams open, a write per
+stream per commit is what slowed every task down; a reader sees an event at
+most that much later.  (Streams that want every event share one feed, encoded
+once for all of them: ``engine/events.py``.)
 
 A quiet stream gets a ``: keepalive`` comment every ``event_keepalive_s``.  A
 reader that does not keep up is cut off exactly like a slow operator socket:
@@ -33,7 +42,7 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server.appkeys import ENGINE, METRICS, SETTINGS
-from operator_server.engine.events import is_terminal
+from operator_server.engine.events import Encoded, FeedSubscription, Subscription, is_terminal, sse
 from operator_server.engine.tasks import TaskStatus
 from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger
@@ -46,6 +55,8 @@ routes = web.RouteTableDef()
 # Events read from the store per query while catching up.
 BACKLOG_PAGE = 500
 KEEPALIVE = b": keepalive\n\n"
+# A live stream's writes are at least this far apart (see the module docstring).
+WRITE_EVERY_S = 0.1
 
 
 class EventsQuerySchema(Schema):
@@ -109,7 +120,7 @@ def _last_event_id(request: web.Request) -> int | None:
 
 
 def encode(events: list[TaskEvent]) -> bytes:
-    return "".join(f"id: {e.id}\nevent: {e.type}\ndata: {e.text}\n\n" for e in events).encode()
+    return b"".join(sse(e) for e in events)
 
 
 class _CutOff(Exception):
@@ -161,7 +172,7 @@ class EventStream:
                 if task is None or task.status.terminal:
                     # It ended while we caught up; its end is committed, so its
                     # events are stored or queued here: send what is queued, then stop.
-                    await self._send(sub.take())
+                    await self._send_live(sub)
                     return self.response
             while True:
                 if not await sub.wait(settings.event_keepalive_s):
@@ -169,8 +180,11 @@ class EventStream:
                     continue
                 if sub.overflowed:
                     raise _CutOff("outbound_queue_max events waiting")
-                if await self._send(sub.take()) or sub.closed:
+                if await self._send_live(sub) or sub.closed:
                     return self.response
+                # Gather what comes meanwhile into the next write; then, under
+                # load, ``wait`` finds it there and sets no timer.
+                await asyncio.sleep(WRITE_EVERY_S)
         except _CutOff as why:
             log.warning(
                 "event stream reader is not reading: disconnecting",
@@ -197,12 +211,36 @@ class EventStream:
             if len(page) < BACKLOG_PAGE:
                 return False
 
+    async def _send_live(self, sub: Subscription | FeedSubscription) -> bool:
+        if isinstance(sub, FeedSubscription):
+            await self._send_encoded(sub.take())
+            return False
+        return await self._send(sub.take())
+
+    async def _send_encoded(self, entries: list[Encoded]) -> None:
+        """Write the feed's entries not sent yet (every event: no filter, no end)."""
+        after = self.after
+        if not entries or entries[-1][0] <= after:
+            return
+        self.after = entries[-1][0]
+        if entries[0][0] > after:  # the usual case: nothing here was sent in the catch-up
+            await self._write(b"".join([block for _, block in entries]))
+        else:
+            await self._write(b"".join([block for id, block in entries if id > after]))
+
     async def _send(self, events: list[TaskEvent]) -> bool:
         """Write the events not sent yet; True when one ended the task's stream."""
         fresh = []
         done = False
         for event in events:
             if event.id <= self.after:
+                # Sent already (in the catch-up as well as queued live), or before
+                # the reader's Last-Event-ID.  Either way not sent again; but a
+                # task's end still ends its stream, also for a Last-Event-ID past
+                # the task's own events, which would otherwise never close.
+                if self.task_id is not None and is_terminal(event):
+                    done = True
+                    break
                 continue
             self.after = event.id
             if self.wants is not None and not self.wants(event):
@@ -217,7 +255,15 @@ class EventStream:
 
     async def _write(self, data: bytes) -> None:
         timeout = self.settings.write_timeout_s
-        if not timeout:
+        transport = self.request.transport
+        if not timeout or (
+            transport is not None
+            # + a chunk header and trailer
+            and transport.get_write_buffer_size() + len(data) + 32
+            < transport.get_write_buffer_limits()[1]
+        ):
+            # Below the high-water mark the write cannot pause, so it cannot block:
+            # no timer needed (one per write was a fair share of a busy stream's cost).
             await self.response.write(data)
             return
         try:

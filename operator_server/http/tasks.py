@@ -25,7 +25,7 @@ from marshmallow import (
 from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
-from operator_server.config import LAYER_NAMES, Settings
+from operator_server.config import LAYER_NAMES, Settings, webhook_host_allowed
 from operator_server.engine import Engine, Kind
 from operator_server.engine.asks import AskStatus
 from operator_server.engine.faces import Face
@@ -78,7 +78,7 @@ class TaskRequestSchema(Schema):
         validate=validate.Length(min=1, max=2000),
         metadata={
             "description": "POSTed the final task JSON when the task ends (signed); "
-            "its host must be in webhook_allow_hosts"
+            "its host (or host:port) must be in webhook_allow_hosts"
         },
     )
 
@@ -240,11 +240,12 @@ def _callback_url(settings: Settings, url: str) -> str:
     host = (parsed.host or "").lower() if parsed is not None else ""
     if parsed is None or parsed.scheme not in ("http", "https") or not host:
         raise ApiError(400, Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
-    if host not in settings.webhook_allow_hosts:
+    port = parsed.port if parsed is not None and parsed.port is not None else 0
+    if not webhook_host_allowed(settings, host, port):
         raise ApiError(
             400,
             Code.CALLBACK_NOT_ALLOWED,
-            f"callback_url: host {host!r} is not in webhook_allow_hosts",
+            f"callback_url: host {host!r} on port {port} is not in webhook_allow_hosts",
         )
     if not settings.webhook_secret:
         raise ApiError(

@@ -88,3 +88,38 @@ async def test_the_console_origin_may_open_the_socket_whatever_allowed_origins_s
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await connect(client, sid, token, origin=f"http://{client.host}:{client.port + 1}")
     assert refused.value.status == 403
+
+
+def _directives(csp: str) -> dict[str, str]:
+    return dict(d.strip().split(" ", 1) for d in csp.split(";"))
+
+
+async def test_redirects_404s_and_405s_under_the_console_carry_its_csp_and_nosniff(
+    server: Server,
+) -> None:
+    """No handler writes these (the router and the error middleware do): they
+    must still forbid framing and sniffing, like every console response."""
+    client = await server()
+    for method, path, status in (
+        ("GET", "/", 302),
+        ("GET", "/console", 302),
+        ("GET", "/console/nope", 404),
+        ("GET", "/console/a/b", 404),
+        ("POST", "/console/", 405),
+        ("DELETE", "/console/config.json", 405),
+    ):
+        resp = await client.request(method, path, allow_redirects=False)
+        assert resp.status == status, (method, path)
+        assert resp.headers.get("X-Content-Type-Options") == "nosniff", (method, path)
+        csp = _directives(resp.headers.get("Content-Security-Policy", ""))
+        assert csp.get("default-src") == "'none'", (method, path)
+        assert csp.get("frame-ancestors") == "'none'", (method, path)
+
+
+async def test_the_console_may_never_be_framed(server: Server) -> None:
+    """``frame-ancestors 'none'``: no other page may frame the console (clickjacking
+    an operator into approving a hook)."""
+    client = await server()
+    for path in ("/console/", "/console/main.js", "/console/config.json"):
+        resp = await client.get(path)
+        assert _directives(resp.headers["Content-Security-Policy"])["frame-ancestors"] == "'none'"

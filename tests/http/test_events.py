@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, engine_of, wait_task
@@ -302,3 +303,76 @@ async def test_a_task_list_says_where_a_live_follower_of_every_event_takes_over(
     first_event = await next_event(follow)
     assert first_event is not None
     assert (first_event.data["task_id"], first_event.type) == (later["id"], "created")
+
+
+async def test_a_task_stream_resumed_past_its_end_closes_when_the_task_ends(
+    server: Server,
+) -> None:
+    """A Last-Event-ID beyond every event of the task (from another task, or a
+    stale store) sends nothing, and the stream still ends with the task."""
+    client = await server()
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    held = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    await expect(ws, "spawn")  # held there: the task runs until cancelled
+    path = f"/v1/tasks/{held['id']}/events"
+    resp = await stream(client, path, last=10**15)
+    await eventually(lambda: engine_of(client).fanout.subscribers == 1)
+    cancel = await client.post(f"/v1/tasks/{held['id']}/cancel", json={})
+    assert cancel.status == 200, await cancel.text()
+    assert await read_all(resp, timeout=3) == []  # closed, not kept open with keepalives
+    # And opened after the end, with such an id: closed at once.
+    assert await read_all(await stream(client, path, last=10**15), timeout=3) == []
+    await ws.close()
+
+
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/events?agent=echo"])
+async def test_an_event_both_in_the_catch_up_and_queued_live_is_sent_once(
+    server: Server, monkeypatch: Any, path: str
+) -> None:
+    """The stream subscribes, then reads the store.  Here one task runs before
+    that read and another after it (the real store's read is held until then),
+    so the first task's events are both read and queued, and the second's are
+    queued behind them: each must be sent once.  Both the shared feed of the
+    unfiltered stream and a filtered stream's own queue."""
+    client = await server()
+    store = engine_of(client).store
+    real_load = store.load_events
+    ran: list[str] = []
+
+    async def run_task() -> None:
+        task = await create_task(client, agent="echo")
+        ran.append(task["id"])
+        await wait_task(client, task["id"])
+        await store.flush()
+
+    async def load_between_two_tasks(*args: Any) -> Any:
+        if ran:
+            return await real_load(*args)
+        await run_task()
+        page = await real_load(*args)
+        await run_task()
+        return page
+
+    monkeypatch.setattr(store, "load_events", load_between_two_tasks)
+    resp = await stream(client, path, last=0)  # catch up on everything stored
+    await eventually(lambda: len(ran) == 2, what="the tasks around the read")
+    marker = await create_task(client, agent="echo")  # its end is the last thing to read
+    seen = []
+    while True:
+        event = await next_event(resp)
+        assert event is not None
+        seen.append(event)
+        if (event.data["task_id"], event.type, event.data["status"]) == (
+            marker["id"],
+            "status",
+            "passed",
+        ):
+            break
+    ids = [e.id for e in seen]
+    assert len(ids) == len(set(ids)), f"sent twice: {sorted(i for i in ids if ids.count(i) > 1)}"
+    assert ids == sorted(ids)
+    for task_id in ran:
+        assert [e.type for e in seen if e.data["task_id"] == task_id] == ECHO_TYPES

@@ -14,6 +14,9 @@ REFUSED = [
     "evil.example:7786",
     "127.0.0.1.nip.io",
     "localhost.evil.example",
+    # Contains ".localhost" without ending with it: a "contains" check would pass it.
+    "x.localhost.evil.example",
+    "x.localhost.evil.example:7786",
     "10.0.0.5",
     "[2001:db8::1]:80",
 ]
