@@ -264,7 +264,15 @@ class Engine:
         return task
 
     def _changed(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        if self._stale(task.id):
+            return
         self.store.put_task_soon(task.to_record(), events)
+
+    def _stale(self, task_id: str) -> bool:
+        """This node may no longer speak for the task: it let it go, or its
+        leases lapsed (woken from a freeze, or cut off) and another node may run
+        it now.  A stale run writes nothing and tells nobody anything."""
+        return task_id in self._let_go or self.store.leases_lapsed
 
     @staticmethod
     def _delivery_at(task: Task, ending: Ending) -> float | None:
@@ -298,6 +306,8 @@ class Engine:
 
     def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
         """An attempt's new output, as an event: its kind and source, never its value."""
+        if self._stale(task.id):
+            return
         event = self.events.make(
             task, EventType.OUTPUT, output.at, attempt, output.kind, output.source, output.ok
         )
@@ -307,7 +317,7 @@ class Engine:
         """An operator request was issued (``request``) or answered (``reply``):
         reported by the operator session, recorded on the task's stream."""
         task = self.tasks.get(task_id)
-        if task is None or task.history_closed or not self.recording:
+        if task is None or task.history_closed or not self.recording or self._stale(task_id):
             # A task's history ends with its terminal status.  What comes after
             # it — the hook_after notice, sent as the attempt's result is
             # decided — would follow the event that closed the stream, with a
@@ -338,7 +348,9 @@ class Engine:
                     live = self.tasks.get(task.id)
                     if live is not None or self.cluster is None:
                         await (live or task).finished.wait()
-                        return live or task
+                        if (live or task).status.terminal or self.cluster is None:
+                            return live or task
+                        continue  # let go here: follow it to the node that runs it
                     ended = self.cluster.watch_ended(task.id)
                     try:
                         # Read after watching: an end committed in between is seen.
@@ -539,6 +551,8 @@ class Engine:
         deliver = self._delivery_at(task, ending)
         fenced: Fenced | None = None
         try:
+            if self._stale(task.id):  # its end may be decided elsewhere: not written here
+                raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
             await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
             if deliver is not None:
                 self.deliveries_due.set()
@@ -583,6 +597,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
+        task.finished.set()  # its waiters here read it again, wherever it runs now
 
     def let_go_all(self, reason: str) -> int:
         """Cluster mode, cut off from the store for longer than a lease: the other
