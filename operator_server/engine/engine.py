@@ -675,6 +675,8 @@ class Engine:
             # is then always seen as an interruption of this attempt, and counted
             # (otherwise a task that kills the server could retry forever).
             try:
+                if self._stale(task.id):  # then its end is refused too: it is let go
+                    raise Fenced(f"task {task.id}: this node's lease of it lapsed")
                 await self.store.put_task(task.to_record(), events)
             except StoreError as exc:
                 raise AttemptFailed(

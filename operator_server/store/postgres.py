@@ -37,7 +37,9 @@ and dropped when the task ends.  ``take_over`` is how a node gets tasks:
 those whose lease lapsed (or was let go at a graceful stop, or never written
 by an older server), locked ``FOR UPDATE SKIP LOCKED`` and re-checked on the
 lease row itself, so two nodes never take the same task.  Lease times are the
-database's clock, never a node's.
+database's clock, never a node's.  Each takeover also moves the task's epoch
+on (v7), and every write must match the epoch its node holds: a node that lost
+a task cannot write it, even once the task ended and its lease row is gone.
 
 Event ids come from a database sequence, not from the node, because several
 nodes write events: the events each write publishes carry the ids it stored.
