@@ -189,6 +189,12 @@ async def keep_leases_once(app: web.Application) -> None:
     """
     store = app[STORE]
     engine = app[ENGINE]
+    # Woken after its leases lapsed (SIGSTOP, a stalled host): another node may
+    # run its tasks now.  Drop every run without a word, then renew; what
+    # nobody took is taken back next round (not this one: the runs must end first).
+    lapsed_runs = store.leases_lapsed and engine.let_go_all("this node's leases lapsed")
+    if lapsed_runs:
+        log.warning("leases lapsed; let every run go to whichever node takes it", tasks=lapsed_runs)
     try:
         await store.renew_leases(engine.held())  # never a lease without a run here
         if engine.unleased:  # let go: taken over now, not once their leases lapse
@@ -205,7 +211,8 @@ async def keep_leases_once(app: web.Application) -> None:
     app[LEASES_RENEWED] = time.monotonic()
     if dead:
         log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
-    await take_over_lapsed(engine, store)
+    if not lapsed_runs:
+        await take_over_lapsed(engine, store)
     await engine.recount()
 
 

@@ -274,7 +274,15 @@ class Engine:
         return task
 
     def _changed(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        if self._stale(task.id):
+            return
         self.store.put_task_soon(task.to_record(), events)
+
+    def _stale(self, task_id: str) -> bool:
+        """This node may no longer speak for the task: it let it go, or its
+        leases lapsed (woken from a freeze, or cut off) and another node may run
+        it now.  A stale run writes nothing and tells nobody anything."""
+        return task_id in self._let_go or self.store.leases_lapsed
 
     @staticmethod
     def _delivery_at(task: Task, ending: Ending) -> float | None:
@@ -308,6 +316,8 @@ class Engine:
 
     def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
         """An attempt's new output, as an event: its kind and source, never its value."""
+        if self._stale(task.id):
+            return
         event = self.events.make(
             task, EventType.OUTPUT, output.at, attempt, output.kind, output.source, output.ok
         )
@@ -317,7 +327,7 @@ class Engine:
         """An operator request was issued (``request``) or answered (``reply``):
         reported by the operator session, recorded on the task's stream."""
         task = self.tasks.get(task_id)
-        if task is None or task.history_closed or not self.recording:
+        if task is None or task.history_closed or not self.recording or self._stale(task_id):
             # A task's history ends with its terminal status.  What comes after
             # it — the hook_after notice, sent as the attempt's result is
             # decided — would follow the event that closed the stream, with a
@@ -348,7 +358,9 @@ class Engine:
                     live = self.tasks.get(task.id)
                     if live is not None or self.cluster is None:
                         await (live or task).finished.wait()
-                        return live or task
+                        if (live or task).status.terminal or self.cluster is None:
+                            return live or task
+                        continue  # let go here: follow it to the node that runs it
                     ended = self.cluster.watch_ended(task.id)
                     try:
                         # Read after watching: an end committed in between is seen.
@@ -570,6 +582,8 @@ class Engine:
         delay = END_RETRY_FIRST_S
         while True:
             try:
+                if self._stale(task.id):  # its end may be decided elsewhere: not written here
+                    raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
                 await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
             except Fenced as exc:
                 fenced = exc
@@ -599,7 +613,7 @@ class Engine:
                 # or the run was let go for the store's silence: then it is
                 # not shown (the run's cancellation writes its own end).
                 if self.store.healthy and task.id not in self._let_go:
-                    self._apply_end(task, ending, True)
+                    self._apply_end(task, ending)
                 raise
             break
         if fenced is not None:
@@ -609,7 +623,7 @@ class Engine:
             log.info("stored the end of the attempt at last")
         if deliver is not None:
             self.deliveries_due.set()
-        self._apply_end(task, ending, True)
+        self._apply_end(task, ending)
         if ending.final:
             error = ending.error
             log.info(
@@ -620,7 +634,7 @@ class Engine:
                 **({"code": error.code, "message": error.message} if error is not None else {}),
             )
 
-    def _apply_end(self, task: Task, ending: Ending, durable: bool) -> None:
+    def _apply_end(self, task: Task, ending: Ending) -> None:
         """Also when cancelled while waiting for the write: it is queued and lands."""
         before = task.status
         attempt = task.current
@@ -631,8 +645,7 @@ class Engine:
         if ending.final:
             self.counts.moved(before, task.status)
             self.metrics.task_finished(str(task.status))
-            if durable:
-                self.tasks.pop(task.id, None)
+            self.tasks.pop(task.id, None)
 
     def _cut_by_store(self, task: Task, error: AttemptFailed) -> Ending:
         """The store, not the work, cut this attempt short (its start or an
@@ -652,6 +665,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
+        task.finished.set()  # its waiters here read it again, wherever it runs now
 
     def let_go_all(self, reason: str) -> int:
         """Cluster mode, cut off from the store for longer than a lease: the other
@@ -733,6 +747,8 @@ class Engine:
             # is then always seen as an interruption of this attempt, and counted
             # (otherwise a task that kills the server could retry forever).
             try:
+                if self._stale(task.id):  # then its end is refused too: it is let go
+                    raise Fenced(f"task {task.id}: this node's lease of it lapsed")
                 await self.store.put_task(task.to_record(), events)
             except StoreError as exc:
                 raise AttemptFailed(

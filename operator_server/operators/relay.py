@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from operator_server.engine.cluster import Cluster
-from operator_server.store import PendingRow, Store
+from operator_server.store import Fenced, PendingRow, Store
 
 
 class Relay:
@@ -37,7 +37,13 @@ class Relay:
 
     async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
         """Store the request; True when another node holds the socket and was
-        sent the frame.  Raises ``StoreError``."""
+        sent the frame.  Raises ``StoreError`` (``Fenced`` while this node's
+        leases have lapsed)."""
+        if self.store.leases_lapsed:
+            # Woken after its leases lapsed (a freeze): the request's run may be
+            # another node's now, and the operator must not do its work twice.
+            # Nothing is shown; the run's end is refused in turn, and it is let go.
+            raise Fenced(f"{req_id} not issued: this node's leases lapsed")
         body = {"sid": sid, "req_id": req_id, "frame": frame}
         # Sent by the insert's own transaction when it fits in a NOTIFY.
         notice = self.cluster.bus.inline("deliver", body)

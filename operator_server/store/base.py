@@ -72,9 +72,10 @@ class RolesTaken(StoreError):
 
 
 class Fenced(StoreError):
-    """A shared store: another node took this task over (its lease is theirs),
-    so this node's write of it is refused — a node cut off for longer than its
-    lease never overwrites the work of the node that took its tasks."""
+    """A shared store: another node took this task over (its lease is theirs,
+    or the task's epoch moved on since this node took it, also once it ended),
+    so this node's write of it is refused — a node cut off or frozen for longer
+    than its lease never overwrites the work of the node that took its tasks."""
 
 
 class StoreLocked(StoreError):
@@ -431,6 +432,12 @@ class Store(ABC):
     def healthy(self) -> bool:
         """The database answered the last time it was asked (healthz)."""
         return True
+
+    @property
+    def leases_lapsed(self) -> bool:
+        """No lease renewal succeeded for a whole lease: this node's leases may
+        be another node's now (a shared store; one process holds none)."""
+        return False
 
     def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
         """Lease every task in ``live_statuses`` this node writes to ``node_id``

@@ -37,7 +37,9 @@ and dropped when the task ends.  ``take_over`` is how a node gets tasks:
 those whose lease lapsed (or was let go at a graceful stop, or never written
 by an older server), locked ``FOR UPDATE SKIP LOCKED`` and re-checked on the
 lease row itself, so two nodes never take the same task.  Lease times are the
-database's clock, never a node's.
+database's clock, never a node's.  Each takeover also moves the task's epoch
+on (v8), and every write must match the epoch its node holds: a node that lost
+a task cannot write it, even once the task ended and its lease row is gone.
 
 Event ids come from a database sequence, not from the node, because several
 nodes write events: the events each write publishes carry the ids it stored.
@@ -245,19 +247,33 @@ MIGRATIONS: list[str] = [
         END LOOP;
     END $$;
     """,
+    # v8: a task's fencing epoch, moved on by every takeover.  The lease row
+    # alone cannot fence: the node that ends a task deletes it, so a node woken
+    # from a freeze would find no holder and write over the end.  The epoch
+    # stays with the row; every write must match the one its writer holds.
+    """
+    ALTER TABLE tasks ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
-# A task's write, in one statement (one round trip).  The lease row is locked
-# first — a takeover waits for this write's commit, or this write sees the new
-# holder — and nothing is written while another node holds it: the statement
-# returns the holder and the caller is refused (``Fenced``).  A live task's
+# A task's write, in one statement (one round trip).  The lease row and the
+# task row are locked first — a takeover waits for this write's commit, or this
+# write sees the new holder and epoch — and nothing is written while another
+# node holds the lease, nor unless the row's epoch is the one the writer holds
+# (``$10``; NULL: a task new to this node, epoch 0): a takeover moves it on and
+# the row keeps it after its lease is gone, so a node woken after its task was
+# taken over and ended elsewhere is refused too (``Fenced``).  A missing row
+# may be written (a new task).  A live task's
 # first write leases it to its writer (a lease someone else holds stays
 # theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
 # seq.  Its webhook delivery rides along; its events are stored by the writer.
 WRITE_TASK = """
     WITH holder AS (
         SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
+    ), stored AS (
+        SELECT epoch FROM tasks WHERE id = $1 FOR UPDATE
     ), mine AS (
-        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6) AS ok
+        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6)
+           AND NOT EXISTS (SELECT 1 FROM stored WHERE epoch <> COALESCE($10::bigint, 0)) AS ok
     ), task AS (
         INSERT INTO tasks (id, status, created_at, updated_at, data)
         SELECT $1, $2, $3, $4, $5 FROM mine WHERE ok
@@ -274,7 +290,8 @@ WRITE_TASK = """
         SELECT $1, $9 FROM mine WHERE ok AND $9::float8 IS NOT NULL
         ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
     )
-    SELECT node_id FROM holder
+    SELECT (SELECT ok FROM mine) AS ok, (SELECT node_id FROM holder) AS holder,
+        COALESCE((SELECT epoch FROM stored), 0) AS epoch
 """
 # Leases a batch of this node is writing right now are skipped (they are
 # renewed next round): the renewal never waits in a batch's way, or it in its.
@@ -296,7 +313,8 @@ RENEW_HELD_LEASES = """
 RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
 # Live tasks with a lapsed or missing lease, locked so that concurrent reapers
 # skip each other's; the upsert re-checks the lease row as it is now (a lease
-# renewed or taken since the scan's snapshot does not come back).
+# renewed or taken since the scan's snapshot does not come back).  Each task
+# taken moves to a new epoch: whatever its former node still writes is refused.
 TAKE_OVER = """
     WITH lapsed AS (
         SELECT t.id FROM tasks t LEFT JOIN task_leases l ON l.task_id = t.id
@@ -310,8 +328,11 @@ TAKE_OVER = """
             SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
             WHERE task_leases.expires_at < now()
         RETURNING task_id
+    ), bumped AS (
+        UPDATE tasks t SET epoch = t.epoch + 1 FROM taken k WHERE t.id = k.task_id
+        RETURNING t.id, t.data, t.epoch, t.seq
     )
-    SELECT t.id, t.data FROM tasks t JOIN taken k ON k.task_id = t.id ORDER BY t.seq
+    SELECT id, data, epoch FROM bumped ORDER BY seq
 """
 # Event-storing transactions take turns (this lock, taken at a batch's end and
 # held to commit): event ids from the shared sequence increase in commit order
@@ -357,13 +378,15 @@ DELETE_FINISHED = """
     )
     SELECT status FROM gone
 """
-# One ask, written only while no other node holds its task's lease, as a
-# task's own write is (``WRITE_TASK``): a node that lost the task does not add
-# to it.  (Skipped, not refused: nobody waits for an ask's write.)
+# One ask, written only while no other node holds its task's lease and the
+# task's epoch is the one its writer holds, as a task's own write is
+# (``WRITE_TASK``): a node that lost the task does not add to it, even after
+# the task ended elsewhere.  (Skipped, not refused: nobody waits for an ask's write.)
 UPSERT_ASK = """
     INSERT INTO task_asks (task_id, attempt, ask_id, data)
     SELECT $1, $2, $3, $4
     WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $5)
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($6::bigint, 0))
     ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
 """
 ASKS_OF_TASKS = (
@@ -497,6 +520,12 @@ class PostgresStore(Store):
         self._healthy = True
         self._bus = PgBus(url)
         self._ended: list[str] = []  # tasks the batch being written ends
+        # The epoch of each live task this node writes (v8): every write of it
+        # must match the row's, and a takeover moves the row's on.
+        self._epochs: dict[str, int] = {}
+        # When the last lease renewal that succeeded was sent (monotonic): every
+        # lease this node holds runs at least ``lease_s`` from then.
+        self._renewal_sent = time.monotonic()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -521,6 +550,14 @@ class PostgresStore(Store):
         if not self._healthy:
             log.info("the PostgreSQL connection is back")
         self._healthy = True
+
+    @property
+    def leases_lapsed(self) -> bool:
+        """No renewal has succeeded for a whole lease (the node was frozen, or
+        cut off): its leases may be another node's now.  Told by this node's
+        own clock, so a node woken from SIGSTOP knows it before its first
+        round trip."""
+        return time.monotonic() - self._renewal_sent >= self._lease_s
 
     def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
         super().lease_tasks(node_id, lease_s, live_statuses)
@@ -560,6 +597,7 @@ class PostgresStore(Store):
         await self._bus.start(self._pool, self._lease_s / 3)
         # Beating from the start: the other nodes count this node in at once
         # (and a node with no row is one they bury).
+        self._renewal_sent = time.monotonic()
         await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
     async def close(self) -> None:
@@ -787,12 +825,22 @@ class PostgresStore(Store):
             self._lease_s,
         )
         delivery = None if deliver_at is None else float(deliver_at)
+        expected = self._epochs.get(task_id)  # as of now, like the record
 
         async def work(c: asyncpg.Connection) -> None:
-            owner = await c.fetchval(WRITE_TASK, *args, delivery)
-            if owner is not None and owner != self._node_id:
-                raise Fenced(f"task {task_id} is run by node {owner} now")
-            if not live:
+            found = await c.fetchrow(WRITE_TASK, *args, delivery, expected)
+            if not found["ok"]:
+                self._epochs.pop(task_id, None)
+                owner = found["holder"]
+                if owner is not None and owner != self._node_id:
+                    raise Fenced(f"task {task_id} is run by node {owner} now")
+                raise Fenced(
+                    f"task {task_id} was taken over since this node last wrote it "
+                    f"(epoch {found['epoch']}, not {expected or 0})"
+                )
+            if live:
+                self._epochs[task_id] = int(found["epoch"])
+            else:
                 self._ended.append(task_id)  # announced as the batch commits
 
         return work, f"save task {task_id}", events
@@ -801,6 +849,10 @@ class PostgresStore(Store):
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at))
+        if record["status"] not in self._live:
+            # Forgotten once the end is committed, not before: an end whose
+            # commit failed is written again at the same epoch.
+            self._epochs.pop(record["id"], None)
 
     def put_task_soon(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
@@ -809,7 +861,9 @@ class PostgresStore(Store):
 
     def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
         row = ask_row(task_id, attempt, ask)
-        self._soon_plain(f"save ask {row[2]} of {task_id}", UPSERT_ASK, *row, self._node_id)
+        epoch = self._epochs.get(task_id)  # as of now, like the ask
+        what = f"save ask {row[2]} of {task_id}"
+        self._soon_plain(what, UPSERT_ASK, *row, self._node_id, epoch)
 
     def put_events_soon(self, events: Events) -> None:
         self._soon(_nothing, "save events", events)  # stored by the writer
@@ -930,20 +984,26 @@ class PostgresStore(Store):
                 return await _with_asks_of(c, c.fetch(TAKE_OVER, *args))
 
         rows, asks = await self._read(work, "take over tasks")
-        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
+        for row in rows:
+            self._epochs[row["id"]] = int(row["epoch"])
+        return [decode_task_row(row["id"], row["data"], asks.get(row["id"], ())) for row in rows]
 
     async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
+        sent = time.monotonic()
         if task_ids is None:
             await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
         else:
             args = (self._node_id, self._lease_s, list(task_ids))
             await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
+        self._renewal_sent = sent
         await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
     async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
         if task_ids is not None:
             sql = RELEASE_LEASES + " AND task_id = ANY($2::text[])"
             await self._direct(sql, self._node_id, list(task_ids), what="release leases")
+            for task_id in task_ids:  # taken again (here or elsewhere) at a new epoch
+                self._epochs.pop(task_id, None)
             return
         await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
         await self._direct(

@@ -158,6 +158,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
+        "ALTER TABLE tasks DROP COLUMN epoch; "
         "UPDATE operator_server_schema SET version = 1"
     )
     for sid, created in (("op-new", 2.0), ("op-old", 1.0)):
