@@ -40,6 +40,7 @@ ALL = "os_all"
 INLINE_MAX = 7000
 RETRY_S = 0.5
 START_TIMEOUT_S = 10
+STOP_RETRY_S = 1.0
 Handler = Callable[[str, dict[str, Any]], None]  # (from node, body)
 
 
@@ -91,10 +92,12 @@ class PgBus:
             await asyncio.wait_for(self._listening.wait(), START_TIMEOUT_S)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        task, self._task = self._task, None
+        # Cancelled again until it ends: a cancel that lands as an awaited call
+        # completes can be absorbed by it, and the store's close must not hang.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_RETRY_S)
 
     # -- sending ------------------------------------------------------------
 
@@ -160,10 +163,14 @@ class PgBus:
 
     async def _serve(self, conn: asyncpg.Connection) -> None:
         while True:
+            # ``asyncio.timeout``, not ``wait_for``: on 3.11 ``wait_for`` can
+            # swallow a cancel that arrives as the inner call completes.
             try:
-                payload = await asyncio.wait_for(self._inbox.get(), self._ping_s)
+                async with asyncio.timeout(self._ping_s):
+                    payload = await self._inbox.get()
             except TimeoutError:
-                await asyncio.wait_for(conn.execute("SELECT 1"), self._ping_s)
+                async with asyncio.timeout(self._ping_s):
+                    await conn.execute("SELECT 1")
                 continue
             if payload.startswith("#"):
                 found = await conn.fetchval(
