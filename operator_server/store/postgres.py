@@ -694,13 +694,17 @@ class PostgresStore(Store):
                     outcomes.append(await _in_savepoint(conn, op))
             done = [op for op, (ok, _) in zip(batch, outcomes, strict=True) if ok]
             await _store_events(conn, done)
-            await self._announce(conn, batch)
+            ended = await self._announce(conn, batch)
+        # Forgotten once the end is committed, not before: an end whose commit
+        # failed is written again at the same epoch.
+        for task_id in ended:
+            self._epochs.pop(task_id, None)
         return outcomes
 
-    async def _announce(self, conn: asyncpg.Connection, batch: list[_Op]) -> None:
+    async def _announce(self, conn: asyncpg.Connection, batch: list[_Op]) -> list[str]:
         """Tell every node, as the batch commits, which tasks it ended (their
         long-polls wake) and the newest event it stored (their streams read on):
-        a few NOTIFYs per batch, not one per write."""
+        a few NOTIFYs per batch, not one per write.  The tasks ended."""
         ended, self._ended = self._ended, []
         last = max((e.id for op in batch for e in op.events), default=0)
         if last:
@@ -709,6 +713,7 @@ class PostgresStore(Store):
         for i in range(0, len(ended), ENDED_PER_NOTIFY):
             body = encode("ended", self._node_id, {"ids": ended[i : i + ENDED_PER_NOTIFY]})
             await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
+        return ended
 
     # -- queueing ---------------------------------------------------------
 
@@ -849,10 +854,6 @@ class PostgresStore(Store):
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at))
-        if record["status"] not in self._live:
-            # Forgotten once the end is committed, not before: an end whose
-            # commit failed is written again at the same epoch.
-            self._epochs.pop(record["id"], None)
 
     def put_task_soon(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
