@@ -12,9 +12,9 @@ memory (``_end``): a client never sees an end a restart would not show.  An
 end the store cannot take (database unreachable, disk full) is written again
 until it lands, and an attempt the store cut short (its start or an operator
 request not stored) is an interruption, dispatched again once the store
-answers: a store failure never ends a task by itself.  Other
-transitions are queued to the store in order (``_changed``), and
-``recover_task`` decides what a restart does with each stored task.
+answers: a store failure never ends a task by itself.  A worker ask is
+stored on its own row as it changes (``_ask_changed``), never by rewriting
+its task, and ``recover_task`` decides what a restart does with each stored task.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -272,11 +272,6 @@ class Engine:
         self.metrics.task_created()
         self.adopt(task)
         return task
-
-    def _changed(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        if self._stale(task.id):
-            return
-        self.store.put_task_soon(task.to_record(), events)
 
     def _stale(self, task_id: str) -> bool:
         """This node may no longer speak for the task: it let it go, or its
@@ -526,7 +521,7 @@ class Engine:
         parent_req = parent.open_request if parent else None
         run = self.background.spawn(self._run(task, parent_req), name=f"task:{task.id}")
         self._runs[task.id] = run
-        run.add_done_callback(lambda _: self._settle(task))
+        run.add_done_callback(lambda done: self._settle(task, done))
 
     async def _run(self, task: Task, parent_req: str | None) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id)
@@ -683,13 +678,14 @@ class Engine:
         """The tasks whose runs this node holds: the leases it renews (cluster mode)."""
         return [task_id for task_id in self._runs if task_id not in self._let_go]
 
-    def _settle(self, task: Task) -> None:
+    def _settle(self, task: Task, run: asyncio.Task[None]) -> None:
         """The run ended; if it never got to record that (cancelled before it
         took its first step, or crashed), record it here.  This is the one
         ending applied before its write commits (nothing here can wait), so
         the task stays in memory until the next sweep.
         """
-        self._runs.pop(task.id, None)
+        if self._runs.get(task.id) is run:  # not a newer run of the same task
+            del self._runs[task.id]
         if task.id in self._let_go:
             self._let_go.discard(task.id)
             return
