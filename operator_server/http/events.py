@@ -104,7 +104,7 @@ def _guard(request: web.Request) -> None:
     settings = request.app[SETTINGS]
     if not settings.events:
         # None are recorded, so there is nothing to follow: as if the route did not exist.
-        raise ApiError(404, Code.NOT_FOUND, "task events are turned off (events = false)")
+        raise ApiError(Code.NOT_FOUND, "task events are turned off (events = false)")
     token = settings.api_token
     if token:
         require_bearer(request, token, "api_token")
@@ -115,7 +115,7 @@ def _last_event_id(request: web.Request) -> int | None:
     if not raw:
         return None
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise ApiError(400, Code.BAD_REQUEST, "Last-Event-ID: expected an event id (digits)")
+        raise ApiError(Code.BAD_REQUEST, "Last-Event-ID: expected an event id (digits)")
     return int(raw)
 
 
@@ -303,7 +303,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     stream = EventStream(request, task_id)  # a bad Last-Event-ID is a 400 before the lookup
     if await request.app[ENGINE].find(task_id) is None:
-        raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+        raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return await stream.run()
 
 

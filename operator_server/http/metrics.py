@@ -37,7 +37,7 @@ async def metrics(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not settings.metrics:
         # As if the route did not exist: nothing is counted, so nothing to show.
-        raise ApiError(404, Code.NOT_FOUND, "metrics are turned off (metrics = false)")
+        raise ApiError(Code.NOT_FOUND, "metrics are turned off (metrics = false)")
     token = settings.metrics_token
     if token:
         require_bearer(request, token, "metrics_token")

@@ -239,17 +239,15 @@ def _callback_url(settings: Settings, url: str) -> str:
         parsed = None
     host = (parsed.host or "").lower() if parsed is not None else ""
     if parsed is None or parsed.scheme not in ("http", "https") or not host:
-        raise ApiError(400, Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
+        raise ApiError(Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
     port = parsed.port if parsed is not None and parsed.port is not None else 0
     if not webhook_host_allowed(settings, host, port):
         raise ApiError(
-            400,
             Code.CALLBACK_NOT_ALLOWED,
             f"callback_url: host {host!r} on port {port} is not in webhook_allow_hosts",
         )
     if not settings.webhook_secret:
         raise ApiError(
-            400,
             Code.CALLBACK_NOT_ALLOWED,
             "callback_url: webhooks are off on this server (webhook_secret is not set)",
         )
@@ -265,7 +263,7 @@ async def _task(request: web.Request) -> Task:
     task_id = request.match_info["task_id"]
     task = await request.app[ENGINE].find(task_id)
     if task is None:
-        raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+        raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
 
 
@@ -288,13 +286,14 @@ async def create_task(request: web.Request) -> web.Response:
     _guard(request)
     engine = request.app[ENGINE]
     if not engine.accepting:
-        raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
+        raise ApiError(Code.SHUTTING_DOWN, "the server is shutting down")
     body = load(TASK_REQUEST, await read_json(request, _max_depth(request)))
     callback = body.get("callback_url")
     if callback is not None:
         _callback_url(request.app[SETTINGS], callback)
     if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
-        raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
+        # A body naming a missing task is a bad body (400), not a missing resource.
+        raise ApiError(Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}", status=400)
     try:
         task = await engine.submit(
             agent=body["agent"],
@@ -307,7 +306,8 @@ async def create_task(request: web.Request) -> web.Response:
             callback_url=callback,
         )
     except AttemptFailed as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+        # Refused at submission, whatever the code: the request asked for what cannot run.
+        raise ApiError(exc.code, exc.message, status=400) from None
     location = f"/v1/tasks/{task.id}"
     return json_response(task.as_dict(), status=202, headers={"Location": location})
 
@@ -355,7 +355,7 @@ async def _cursor(engine: Engine, after: str | None) -> int:
     seq = await engine.store.task_seq(after)
     if seq is None:
         raise ApiError(
-            400, Code.BAD_REQUEST, f"after: {after!r} is neither a `next` cursor nor a known task"
+            Code.BAD_REQUEST, f"after: {after!r} is neither a `next` cursor nor a known task"
         )
     return seq
 
@@ -377,7 +377,7 @@ async def get_task(request: web.Request) -> web.Response:
     wait = query(request, GET_QUERY)["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
-        raise ApiError(400, Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
+        raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
         # As it is after ``wait``, if it has not ended by then.
         task = await request.app[ENGINE].wait_finished(task, wait)
@@ -413,7 +413,6 @@ async def cancel_task(request: web.Request) -> web.Response:
     task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
     if not cancelled:
         raise ApiError(
-            409,
             Code.TASK_FINISHED,
             f"task {task.id} already ended with status {task.status}",
             task=task.as_dict(),

@@ -177,7 +177,7 @@ async def worker_submit(request: web.Request) -> web.Response:
     try:
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, Code.BAD_REQUEST, "body must be UTF-8 text") from None
+        raise ApiError(Code.BAD_REQUEST, "body must be UTF-8 text") from None
     await request.app[ENGINE].worker_result(claims, WorkerResult(text, q["ok"]))
     return _accepted(claims)
 
@@ -209,7 +209,7 @@ _ASK_ERRORS = {
 def _wait_limit(request: web.Request, wait: float, what: str) -> float:
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
-        raise ApiError(400, Code.BAD_REQUEST, f"{what}: at most {limit:g} seconds (max_wait_s)")
+        raise ApiError(Code.BAD_REQUEST, f"{what}: at most {limit:g} seconds (max_wait_s)")
     return wait
 
 
@@ -225,9 +225,9 @@ def _ask_answer(ask: WorkerAsk) -> web.Response:
     code = error.code if error is not None else Code.ATTEMPT_ENDED
     message = error.message if error is not None else "the ask ended unanswered"
     if ask.status is AskStatus.WITHDRAWN:
-        raise ApiError(409, Code.ATTEMPT_ENDED, message, ask_id=ask.ask_id)
+        raise ApiError(Code.ATTEMPT_ENDED, message, ask_id=ask.ask_id)
     # Nobody answered (operator timeout, unavailable, deleted): not the worker's fault.
-    raise ApiError(503, code, message, ask_id=ask.ask_id)
+    raise ApiError(code, message, status=503, ask_id=ask.ask_id)
 
 
 @routes.post("/v1/worker/ask")
@@ -262,14 +262,14 @@ async def worker_ask(request: web.Request) -> web.Response:
         try:
             check_schema(schema)
         except SchemaNotAllowed as exc:
-            raise ApiError(400, Code.BAD_REQUEST, str(exc)) from None
+            raise ApiError(Code.BAD_REQUEST, str(exc)) from None
     engine = request.app[ENGINE]
     try:
         ask = await engine.ask_senior(claims, body["question"], schema, body.get("key"))
     except AttemptFailed as exc:
         if exc.code != Code.NO_SENIOR:
             raise
-        raise ApiError(409, exc.code, exc.message) from None
+        raise ApiError(exc.code, exc.message) from None
     settled = await engine.wait_ask(claims, ask.ask_id, wait)
     return _ask_answer(settled or ask)
 
@@ -292,7 +292,6 @@ async def worker_ask_status(request: web.Request) -> web.Response:
     ask = await request.app[ENGINE].wait_ask(claims, ask_id, wait)
     if ask is None:
         raise ApiError(
-            404,
             Code.ASK_NOT_FOUND,
             f"attempt {claims.attempt} of task {claims.task_id} has no ask {ask_id}",
         )

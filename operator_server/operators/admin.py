@@ -93,7 +93,7 @@ def _parse_cursor(text: str) -> tuple[int, str]:
         return int(head), sid
     except ValueError:
         raise ApiError(
-            400, Code.BAD_REQUEST, "after: not a cursor; pass the `next` of the previous page"
+            Code.BAD_REQUEST, "after: not a cursor; pass the `next` of the previous page"
         ) from None
 
 

@@ -181,7 +181,7 @@ async def mint_operator(request: web.Request) -> web.Response:
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
         raise ApiError(
-            409, Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
+            Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
         ) from None
     body = {"sid": session.sid, "token": token, "roles": session.roles}
     return json_response(body, status=201, headers={"Location": f"/v1/operators/{session.sid}"})
@@ -219,7 +219,7 @@ async def delete_operator(request: web.Request) -> web.Response:
     try:
         await request.app[DIRECTORY].delete(session.sid, Code.OPERATOR_DELETED, message)
     except SessionGone as exc:
-        raise ApiError(404, Code.OPERATOR_NOT_FOUND, str(exc)) from None
+        raise ApiError(Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
 
 
@@ -242,7 +242,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
     if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):
-        raise ApiError(403, Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
+        raise ApiError(Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,
         protocols=(subprotocol,) if subprotocol else (),
@@ -251,7 +251,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=settings.max_frame_bytes * 4,
     )
     if not ws.can_prepare(request).ok:
-        raise ApiError(400, Code.BAD_REQUEST, "expected a WebSocket upgrade request")
+        raise ApiError(Code.BAD_REQUEST, "expected a WebSocket upgrade request")
     await ws.prepare(request)
     pump = SocketPump(
         ws,
