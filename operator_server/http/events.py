@@ -48,7 +48,6 @@ from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger
 from operator_server.store import TaskEvent
 from operator_server.wire.contract import EVENT_STREAM, Body, Operation, Security, documented
-from operator_server.wire.requests import query, require_bearer
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -69,9 +68,6 @@ class EventsQuerySchema(Schema):
         validate=validate.Length(min=1, max=200),
         metadata={"description": "only events of tasks for this agent"},
     )
-
-
-EVENTS_QUERY = EventsQuerySchema()  # built once: construction deep-copies every field
 
 
 class EventDataSchema(Schema):
@@ -98,16 +94,6 @@ class EventDataSchema(Schema):
     req_id = fields.String()
     face = fields.String()
     sid = fields.String()
-
-
-def _guard(request: web.Request) -> None:
-    settings = request.app[SETTINGS]
-    if not settings.events:
-        # None are recorded, so there is nothing to follow: as if the route did not exist.
-        raise ApiError(Code.NOT_FOUND, "task events are turned off (events = false)")
-    token = settings.api_token
-    if token:
-        require_bearer(request, token, "api_token")
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -295,11 +281,12 @@ _STREAM = Body(
             404: "no such task, or task events are turned off (events = false)",
         },
         security=(Security.API_TOKEN,),
+        # None are recorded, so there is nothing to follow: as if the route did not exist.
+        switch=("events", "task events"),
         tags=("tasks",),
     )
 )
 async def task_events(request: web.Request) -> web.StreamResponse:
-    _guard(request)
     task_id = request.match_info["task_id"]
     stream = EventStream(request, task_id)  # a bad Last-Event-ID is a 400 before the lookup
     if await request.app[ENGINE].find(task_id) is None:
@@ -318,15 +305,14 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             404: "task events are turned off (events = false)",
         },
         security=(Security.API_TOKEN,),
+        switch=("events", "task events"),
         query=EventsQuerySchema,
         tags=("tasks",),
     )
 )
-async def all_events(request: web.Request) -> web.StreamResponse:
-    _guard(request)
-    q: dict[str, Any] = query(request, EVENTS_QUERY)
-    status = str(q["status"]) if "status" in q else None
-    agent = q.get("agent")
+async def all_events(request: web.Request, query: dict[str, Any]) -> web.StreamResponse:
+    status = str(query["status"]) if "status" in query else None
+    agent = query.get("agent")
     wants = None
     if status is not None or agent is not None:
 

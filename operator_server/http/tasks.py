@@ -33,8 +33,7 @@ from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
-from operator_server.wire.requests import json_response, query, read_json, require_bearer
-from operator_server.wire.requests import validate as load
+from operator_server.wire.requests import json_response
 
 routes = web.RouteTableDef()
 # On a task list: where a live follower of GET /v1/events takes over from it.
@@ -89,9 +88,6 @@ class TaskRequestSchema(Schema):
             raise ValidationError("a layer may appear only once", "layers")
 
 
-TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every field
-
-
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
     limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
@@ -101,9 +97,6 @@ class ListQuerySchema(Schema):
     )
 
 
-LIST_QUERY = ListQuerySchema()  # built once: construction deep-copies every field
-
-
 class GetQuerySchema(Schema):
     wait = fields.Float(
         load_default=0,
@@ -111,9 +104,6 @@ class GetQuerySchema(Schema):
         validate=validate.Range(min=0),
         metadata={"description": "seconds to wait for the task to end; at most max_wait_s"},
     )
-
-
-GET_QUERY = GetQuerySchema()  # built once: construction deep-copies every field
 
 
 class TaskResultSchema(Schema):
@@ -216,18 +206,9 @@ class CancelSchema(Schema):
     reason = fields.String(metadata={"description": "why; shown on the task and to operators"})
 
 
-CANCEL_BODY = CancelSchema()  # built once: construction deep-copies every field
-
-
 _TASK = Body("the task", TaskSchema)
 _UNAUTHORIZED = "no or wrong api_token"
 _NO_TASK = "no such task (`task_not_found`)"
-
-
-def _guard(request: web.Request) -> None:
-    token = request.app[SETTINGS].api_token
-    if token:
-        require_bearer(request, token, "api_token")
 
 
 def _callback_url(settings: Settings, url: str) -> str:
@@ -254,10 +235,6 @@ def _callback_url(settings: Settings, url: str) -> str:
     return url
 
 
-def _max_depth(request: web.Request) -> int:
-    return request.app[SETTINGS].max_json_depth
-
-
 async def _task(request: web.Request) -> Task:
     """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
@@ -282,12 +259,10 @@ async def _task(request: web.Request) -> Task:
         tags=("tasks",),
     )
 )
-async def create_task(request: web.Request) -> web.Response:
-    _guard(request)
+async def create_task(request: web.Request, body: dict[str, Any]) -> web.Response:
     engine = request.app[ENGINE]
     if not engine.accepting:
         raise ApiError(Code.SHUTTING_DOWN, "the server is shutting down")
-    body = load(TASK_REQUEST, await read_json(request, _max_depth(request)))
     callback = body.get("callback_url")
     if callback is not None:
         _callback_url(request.app[SETTINGS], callback)
@@ -332,13 +307,11 @@ async def create_task(request: web.Request) -> web.Response:
         tags=("tasks",),
     )
 )
-async def list_tasks(request: web.Request) -> web.Response:
-    _guard(request)
-    q = query(request, LIST_QUERY)
+async def list_tasks(request: web.Request, query: dict[str, Any]) -> web.Response:
     engine = request.app[ENGINE]
     seen = engine.published_event_id  # before the read: the page is at least this new
-    after = await _cursor(engine, q.get("after"))
-    tasks, more = await engine.page(q.get("status"), after, q["limit"])
+    after = await _cursor(engine, query.get("after"))
+    tasks, more = await engine.page(query.get("status"), after, query["limit"])
     return json_response(
         {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)},
         headers={LAST_EVENT_HEADER: str(seen)},
@@ -369,12 +342,12 @@ async def _cursor(engine: Engine, after: str | None) -> int:
         security=(Security.API_TOKEN,),
         query=GetQuerySchema,
         tags=("tasks",),
-    )
+    ),
+    subject=_task,
 )
-async def get_task(request: web.Request) -> web.Response:
-    _guard(request)
-    task = await _task(request)
-    wait = query(request, GET_QUERY)["wait"]
+async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -> web.Response:
+    task = subject
+    wait = query["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
         raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
@@ -399,15 +372,12 @@ async def get_task(request: web.Request) -> web.Response:
         body=CancelSchema,
         body_required=False,
         tags=("tasks",),
-    )
+    ),
+    subject=_task,
 )
-async def cancel_task(request: web.Request) -> web.Response:
-    _guard(request)
-    task = await _task(request)
-    reason = "cancelled by request"
-    if request.can_read_body:
-        body = load(CANCEL_BODY, await read_json(request, _max_depth(request)))
-        reason = body.get("reason") or reason
+async def cancel_task(request: web.Request, subject: Task, body: dict[str, Any]) -> web.Response:
+    task = subject
+    reason = body.get("reason") or "cancelled by request"
     engine = request.app[ENGINE]
     cancelled = await engine.cancel(task.id, reason)
     task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
