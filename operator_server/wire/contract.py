@@ -197,7 +197,8 @@ def documented(
 
     ``subject`` finds what the path names (a task, say) once the caller is
     allowed in and before its input is read, so a missing one is a 404
-    whatever the query or body; the handler receives it as ``subject=``.
+    whatever the query or body; the handler receives it as ``subject=`` if it
+    takes one (a check that finds nothing returns None).
     """
     # ``security`` lists alternatives: a fixed token is checked here only when
     # it is the one way in (with a session token beside it, the handler decides).
@@ -221,7 +222,9 @@ def documented(
                 require_bearer(request, expected, token)
             given: dict[str, Any] = {}
             if subject is not None:
-                given["subject"] = await subject(request)
+                found = await subject(request)
+                if "subject" in takes:
+                    given["subject"] = found
             if wants_query is not None:
                 given["query"] = load_query(request, wants_query)
             if wants_body is not None:
