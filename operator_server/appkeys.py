@@ -10,6 +10,7 @@ for healthz) is handed over as a plain callable.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 
@@ -18,8 +19,10 @@ from operator_server.config import Settings
 from operator_server.engine import Engine
 from operator_server.metrics import Metrics
 from operator_server.store import Store
+from operator_server.wire import contract
 
-SETTINGS = web.AppKey("settings", Settings)
+# The key the route declarations read (``wire/contract.py``), typed as the whole ``Settings``.
+SETTINGS = cast("web.AppKey[Settings]", contract.SETTINGS)
 BACKGROUND = web.AppKey("background", Background)
 ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)

@@ -1,8 +1,11 @@
 """Settings: one schema, four sources (default < file < env < flag).
 
-Every key is declared once, in ``SettingsSchema``; the TOML file, the
-``OPERATOR_SERVER_<KEY>`` environment variables and the ``--key`` CLI flags are all
-derived from it, so they cannot drift apart.  A nested table such as ``[store]``
+A key is written twice: in ``Settings`` (its name, type and default, which
+the code reads) and in ``SettingsSchema`` (its limits and its help, with the
+default read from ``Settings``); ``tests/test_config.py`` holds the two to the
+same keys and defaults.  The TOML file, the ``OPERATOR_SERVER_<KEY>``
+environment variables and the ``--key`` CLI flags are all derived from the
+schema, so they cannot drift apart.  A nested table such as ``[store]``
 becomes ``store.path`` in messages, ``OPERATOR_SERVER_STORE_PATH`` in the
 environment and ``--store-path`` on the command line.
 
@@ -238,7 +241,7 @@ class SettingsSchema(Schema):
         metadata=_help("port to listen on"),
     )
     public_url = fields.String(
-        load_default="",
+        load_default=Settings.public_url,
         validate=lambda v: not v or _URL(v),
         metadata=_help(
             "base URL sub-agents use to reach the worker endpoints (empty: the URL the "
@@ -246,18 +249,18 @@ class SettingsSchema(Schema):
         ),
     )
     secret = fields.String(
-        load_default="",
+        load_default=Settings.secret,
         metadata=_help("HMAC key for capability tokens (empty: random per start)"),
     )
     api_token = fields.String(
-        load_default="",
+        load_default=Settings.api_token,
         metadata=_help(
             "bearer token for the task routes, the operator mint and the admin routes "
             "(empty: open, loopback only)"
         ),
     )
     metrics_token = fields.String(
-        load_default="",
+        load_default=Settings.metrics_token,
         metadata=_help("bearer token GET /metrics requires (empty: /metrics is open)"),
     )
     access_log = fields.Boolean(
@@ -404,14 +407,14 @@ class SettingsSchema(Schema):
         metadata=_help("browser Origins allowed to open the socket; others get 403"),
     )
     directive_template = fields.String(
-        load_default="",
+        load_default=Settings.directive_template,
         metadata=_help("spawn directive template file (empty: the shipped one)"),
     )
     shutdown_timeout_s = _seconds(
         Settings.shutdown_timeout_s, "how long shutdown waits for in-flight work to end"
     )
     node_id = fields.String(
-        load_default="",
+        load_default=Settings.node_id,
         validate=validate.Regexp(
             r"^[A-Za-z0-9._:-]{0,200}$", error="letters, digits and ._:- only"
         ),
@@ -423,7 +426,7 @@ class SettingsSchema(Schema):
         allow_zero=False,
     )
     webhook_secret = fields.String(
-        load_default="",
+        load_default=Settings.webhook_secret,
         metadata=_help(
             "HMAC-SHA256 key signing webhook bodies (empty: tasks may not set callback_url)"
         ),

@@ -75,6 +75,75 @@ class Code(StrEnum):
     BAD_ANSWER = "bad_answer"
 
 
+# The HTTP status each code is answered with: ``ApiError`` and ``http/errors.py``
+# read it here, so a handler names the code and never the status.  Attempt
+# outcomes and frame codes reach HTTP only as a refusal of the request that
+# caused them (400), except where a route states otherwise with ``status=``.
+STATUS: dict[Code, int] = {
+    Code.BAD_JSON: 400,
+    Code.TOO_DEEP: 400,
+    Code.BAD_ENCODING: 400,
+    Code.BAD_REQUEST: 400,
+    Code.TOO_LARGE: 413,
+    Code.REQUEST_TIMEOUT: 408,
+    Code.NOT_FOUND: 404,
+    Code.METHOD_NOT_ALLOWED: 405,
+    Code.UNAUTHORIZED: 401,
+    Code.FORBIDDEN: 403,
+    Code.FORBIDDEN_ORIGIN: 403,
+    Code.HOST_NOT_ALLOWED: 403,
+    Code.UNKNOWN_AGENT: 400,
+    Code.TASK_NOT_FOUND: 404,
+    Code.TASK_FINISHED: 409,
+    Code.ASK_NOT_FOUND: 404,
+    Code.NO_SENIOR: 409,
+    Code.CALLBACK_NOT_ALLOWED: 400,
+    Code.OPERATOR_NOT_FOUND: 404,
+    Code.ROLES_CONFLICT: 409,
+    Code.STORE_FAILED: 503,
+    Code.SHUTTING_DOWN: 503,
+    Code.NODE_UNREACHABLE: 503,
+    Code.INTERNAL: 500,
+    Code.MISSING_CREDENTIAL: 401,
+    Code.INVALID_CAPABILITY: 401,
+    Code.CAPABILITY_EXPIRED: 401,
+    Code.UNKNOWN_HANDLE: 401,
+    # The credential is genuine but may not do this (any more): 403, not 401.
+    Code.CAPABILITY_REVOKED: 403,
+    Code.WRONG_TASK: 403,
+    Code.WRONG_ATTEMPT: 403,
+    Code.SCOPE_DENIED: 403,
+    Code.ATTEMPT_ENDED: 409,
+    Code.ATTEMPT_LIMIT: 429,
+    Code.ATTEMPT_TOO_LARGE: 413,
+    Code.SPAWN_REJECTED: 400,
+    Code.AGENT_NOT_REGISTERED: 400,
+    Code.NO_FINAL_RESULT: 400,
+    Code.OPERATOR_ERROR: 400,
+    Code.OPERATOR_TIMEOUT: 400,
+    Code.OPERATOR_UNAVAILABLE: 400,
+    Code.OPERATOR_DELETED: 400,
+    Code.OPERATOR_EXPIRED: 400,
+    Code.CANCELLED: 400,
+    Code.INTERRUPTED: 400,
+    Code.AGENT_CRASHED: 400,
+    Code.SENIOR_UPHELD: 400,
+    Code.BAD_MESSAGE: 400,
+    Code.UNKNOWN_REQ_ID: 400,
+    Code.ALREADY_ANSWERED: 400,
+    Code.WRONG_REPLY: 400,
+    Code.BAD_ANSWER: 400,
+}
+
+
+def status_of(code: Code | str) -> int:
+    """The HTTP status of ``code`` (``STATUS``); 400 for a code not declared here."""
+    try:
+        return STATUS[Code(code)]
+    except ValueError:
+        return 400
+
+
 class CodedError(Exception):
     """Base: a stable code, a message a user can act on, and optional detail."""
 
@@ -89,7 +158,10 @@ class CodedError(Exception):
 
 
 class ApiError(CodedError):
-    """HTTP layer: carries the status the response should have.
+    """HTTP layer: an answer to the request, with the status of its code
+    (``STATUS``).  ``status`` overrides it only where the same code means a
+    different thing on one route (a missing ``parent_task_id`` is a bad body,
+    400, not a missing resource, 404).
 
     ``close_connection``: the connection cannot carry another request (its body
     could not be parsed), so the answer says ``Connection: close``.
@@ -97,15 +169,15 @@ class ApiError(CodedError):
 
     def __init__(
         self,
-        status: int,
         code: Code | str,
         message: str,
         *,
+        status: int | None = None,
         close_connection: bool = False,
         **detail: Any,
     ) -> None:
         super().__init__(code, message, **detail)
-        self.status = status
+        self.status = status_of(code) if status is None else status
         self.close_connection = close_connection
 
 

@@ -125,3 +125,26 @@ def test_node_id_defaults_to_hostname_pid_and_takes_only_safe_characters() -> No
     assert load_settings(flags={"node_id": "node-a"}, env={}).node_id == "node-a"
     with pytest.raises(ConfigError, match="node_id"):
         load_settings(env={"OPERATOR_SERVER_NODE_ID": 'a"b'})
+
+
+def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> None:
+    import dataclasses
+
+    from operator_server.config import (
+        ClusterSchema,
+        ClusterSettings,
+        Settings,
+        SettingsSchema,
+        StoreSchema,
+        StoreSettings,
+    )
+
+    for cls, schema in (
+        (Settings, SettingsSchema),
+        (StoreSettings, StoreSchema),
+        (ClusterSettings, ClusterSchema),
+    ):
+        assert set(schema().fields) == {f.name for f in dataclasses.fields(cls)}, cls
+    # Nothing given: every default is the dataclass's (the node id is made up at load).
+    loaded = SettingsSchema().load({})
+    assert dataclasses.replace(loaded, node_id="") == Settings()

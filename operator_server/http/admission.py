@@ -78,7 +78,6 @@ def admission_middleware(settings: Settings) -> Middleware:
     async def admission(request: web.Request, handler: Any) -> web.StreamResponse:
         if hosts is not None and not hosts.allows(request.headers.get("Host")):
             return error_response(
-                403,
                 Code.HOST_NOT_ALLOWED,
                 "with no api_token set, a request must name this daemon by a loopback "
                 "host (127.0.0.1, [::1], localhost) or public_url's host in Host",
@@ -96,7 +95,6 @@ def admission_middleware(settings: Settings) -> Middleware:
                 expired = True
                 body.set_exception(
                     ApiError(
-                        408,
                         Code.REQUEST_TIMEOUT,
                         f"the request body did not arrive within request_read_timeout_s "
                         f"({timeout:g} s)",

@@ -20,6 +20,7 @@ from operator_server.errors import (
     CapabilityError,
     Code,
     NodeUnreachable,
+    status_of,
 )
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
@@ -37,8 +38,18 @@ _STATUS_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, **detail: Any
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    status: int | None = None,
+    **detail: Any,
 ) -> web.Response:
+    """The error answer for ``code``, with its status from ``errors.STATUS``
+    unless ``status`` says otherwise."""
+    status = status_of(code) if status is None else status
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     body = {"error": {"code": code, "message": message, **detail}}
     return json_response(body, status=status, headers=headers)
 
@@ -49,32 +60,24 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         response: web.StreamResponse = await handler(request)
         return response
     except ApiError as exc:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        response = error_response(exc.status, exc.code, exc.message, headers, **exc.detail)
+        response = error_response(exc.code, exc.message, status=exc.status, **exc.detail)
         if exc.close_connection:
             response.force_close()
         return response
-    except CapabilityError as exc:
-        if exc.forbidden:
-            return error_response(403, exc.code, exc.message)
-        return error_response(401, exc.code, exc.message, {"WWW-Authenticate": "Bearer"})
-    except AttemptEnded as exc:
-        return error_response(409, exc.code, exc.message)
-    except AttemptFull as exc:  # past a bound of its attempt: bytes 413, a count 429
-        return error_response(413 if exc.too_large else 429, exc.code, exc.message, **exc.detail)
-    except NodeUnreachable as exc:  # cluster mode: the owner of the work is away
-        return error_response(503, exc.code, exc.message, {"Retry-After": "1"})
+    except (CapabilityError, AttemptEnded, AttemptFull) as exc:
+        return error_response(exc.code, exc.message, **exc.detail)
+    except NodeUnreachable as exc:  # the owner of the work is away: worth a retry soon
+        return error_response(exc.code, exc.message, {"Retry-After": "1"})
     except StoreError as exc:
         log.error("store write failed", method=request.method, path=request.path, error=str(exc))
         return error_response(
-            503,
             Code.STORE_FAILED,
             f"could not save the change, so nothing was changed: {exc}",
         )
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SETTINGS].max_body_bytes
         return error_response(
-            413, Code.TOO_LARGE, f"request body is larger than max_body_bytes ({limit})"
+            Code.TOO_LARGE, f"request body is larger than max_body_bytes ({limit})"
         )
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -87,9 +90,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         else:
             message = exc.reason
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return error_response(exc.status, code, message, allow)
+        return error_response(code, message, allow, status=exc.status)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
-        return error_response(500, Code.INTERNAL, "internal error; see the server log")
+        return error_response(Code.INTERNAL, "internal error; see the server log")

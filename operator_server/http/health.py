@@ -58,7 +58,7 @@ async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     if not request.app[STORE].healthy:
         raise ApiError(
-            503, Code.STORE_FAILED, "the database does not answer; this node takes no new tasks"
+            Code.STORE_FAILED, "the database does not answer; this node takes no new tasks"
         )
     return json_response(
         {

@@ -33,8 +33,7 @@ from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
-from operator_server.wire.requests import json_response, query, read_json, require_bearer
-from operator_server.wire.requests import validate as load
+from operator_server.wire.requests import json_response
 
 routes = web.RouteTableDef()
 # On a task list: where a live follower of GET /v1/events takes over from it.
@@ -89,9 +88,6 @@ class TaskRequestSchema(Schema):
             raise ValidationError("a layer may appear only once", "layers")
 
 
-TASK_REQUEST = TaskRequestSchema()  # built once: construction deep-copies every field
-
-
 class ListQuerySchema(Schema):
     status = fields.Enum(TaskStatus, by_value=True)
     limit = QueryInteger(load_default=50, validate=validate.Range(min=1, max=500))
@@ -101,9 +97,6 @@ class ListQuerySchema(Schema):
     )
 
 
-LIST_QUERY = ListQuerySchema()  # built once: construction deep-copies every field
-
-
 class GetQuerySchema(Schema):
     wait = fields.Float(
         load_default=0,
@@ -111,9 +104,6 @@ class GetQuerySchema(Schema):
         validate=validate.Range(min=0),
         metadata={"description": "seconds to wait for the task to end; at most max_wait_s"},
     )
-
-
-GET_QUERY = GetQuerySchema()  # built once: construction deep-copies every field
 
 
 class TaskResultSchema(Schema):
@@ -216,18 +206,9 @@ class CancelSchema(Schema):
     reason = fields.String(metadata={"description": "why; shown on the task and to operators"})
 
 
-CANCEL_BODY = CancelSchema()  # built once: construction deep-copies every field
-
-
 _TASK = Body("the task", TaskSchema)
 _UNAUTHORIZED = "no or wrong api_token"
 _NO_TASK = "no such task (`task_not_found`)"
-
-
-def _guard(request: web.Request) -> None:
-    token = request.app[SETTINGS].api_token
-    if token:
-        require_bearer(request, token, "api_token")
 
 
 def _callback_url(settings: Settings, url: str) -> str:
@@ -239,25 +220,19 @@ def _callback_url(settings: Settings, url: str) -> str:
         parsed = None
     host = (parsed.host or "").lower() if parsed is not None else ""
     if parsed is None or parsed.scheme not in ("http", "https") or not host:
-        raise ApiError(400, Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
+        raise ApiError(Code.CALLBACK_NOT_ALLOWED, "callback_url: expected an http(s) URL")
     port = parsed.port if parsed is not None and parsed.port is not None else 0
     if not webhook_host_allowed(settings, host, port):
         raise ApiError(
-            400,
             Code.CALLBACK_NOT_ALLOWED,
             f"callback_url: host {host!r} on port {port} is not in webhook_allow_hosts",
         )
     if not settings.webhook_secret:
         raise ApiError(
-            400,
             Code.CALLBACK_NOT_ALLOWED,
             "callback_url: webhooks are off on this server (webhook_secret is not set)",
         )
     return url
-
-
-def _max_depth(request: web.Request) -> int:
-    return request.app[SETTINGS].max_json_depth
 
 
 async def _task(request: web.Request) -> Task:
@@ -265,7 +240,7 @@ async def _task(request: web.Request) -> Task:
     task_id = request.match_info["task_id"]
     task = await request.app[ENGINE].find(task_id)
     if task is None:
-        raise ApiError(404, Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+        raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
 
 
@@ -284,17 +259,16 @@ async def _task(request: web.Request) -> Task:
         tags=("tasks",),
     )
 )
-async def create_task(request: web.Request) -> web.Response:
-    _guard(request)
+async def create_task(request: web.Request, body: dict[str, Any]) -> web.Response:
     engine = request.app[ENGINE]
     if not engine.accepting:
-        raise ApiError(503, Code.SHUTTING_DOWN, "the server is shutting down")
-    body = load(TASK_REQUEST, await read_json(request, _max_depth(request)))
+        raise ApiError(Code.SHUTTING_DOWN, "the server is shutting down")
     callback = body.get("callback_url")
     if callback is not None:
         _callback_url(request.app[SETTINGS], callback)
     if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
-        raise ApiError(400, Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}")
+        # A body naming a missing task is a bad body (400), not a missing resource.
+        raise ApiError(Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}", status=400)
     try:
         task = await engine.submit(
             agent=body["agent"],
@@ -307,7 +281,8 @@ async def create_task(request: web.Request) -> web.Response:
             callback_url=callback,
         )
     except AttemptFailed as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+        # Refused at submission, whatever the code: the request asked for what cannot run.
+        raise ApiError(exc.code, exc.message, status=400) from None
     location = f"/v1/tasks/{task.id}"
     return json_response(task.as_dict(), status=202, headers={"Location": location})
 
@@ -332,13 +307,11 @@ async def create_task(request: web.Request) -> web.Response:
         tags=("tasks",),
     )
 )
-async def list_tasks(request: web.Request) -> web.Response:
-    _guard(request)
-    q = query(request, LIST_QUERY)
+async def list_tasks(request: web.Request, query: dict[str, Any]) -> web.Response:
     engine = request.app[ENGINE]
     seen = engine.published_event_id  # before the read: the page is at least this new
-    after = await _cursor(engine, q.get("after"))
-    tasks, more = await engine.page(q.get("status"), after, q["limit"])
+    after = await _cursor(engine, query.get("after"))
+    tasks, more = await engine.page(query.get("status"), after, query["limit"])
     return json_response(
         {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)},
         headers={LAST_EVENT_HEADER: str(seen)},
@@ -355,7 +328,7 @@ async def _cursor(engine: Engine, after: str | None) -> int:
     seq = await engine.store.task_seq(after)
     if seq is None:
         raise ApiError(
-            400, Code.BAD_REQUEST, f"after: {after!r} is neither a `next` cursor nor a known task"
+            Code.BAD_REQUEST, f"after: {after!r} is neither a `next` cursor nor a known task"
         )
     return seq
 
@@ -369,15 +342,15 @@ async def _cursor(engine: Engine, after: str | None) -> int:
         security=(Security.API_TOKEN,),
         query=GetQuerySchema,
         tags=("tasks",),
-    )
+    ),
+    subject=_task,
 )
-async def get_task(request: web.Request) -> web.Response:
-    _guard(request)
-    task = await _task(request)
-    wait = query(request, GET_QUERY)["wait"]
+async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -> web.Response:
+    task = subject
+    wait = query["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
-        raise ApiError(400, Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
+        raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
         # As it is after ``wait``, if it has not ended by then.
         task = await request.app[ENGINE].wait_finished(task, wait)
@@ -399,21 +372,17 @@ async def get_task(request: web.Request) -> web.Response:
         body=CancelSchema,
         body_required=False,
         tags=("tasks",),
-    )
+    ),
+    subject=_task,
 )
-async def cancel_task(request: web.Request) -> web.Response:
-    _guard(request)
-    task = await _task(request)
-    reason = "cancelled by request"
-    if request.can_read_body:
-        body = load(CANCEL_BODY, await read_json(request, _max_depth(request)))
-        reason = body.get("reason") or reason
+async def cancel_task(request: web.Request, subject: Task, body: dict[str, Any]) -> web.Response:
+    task = subject
+    reason = body.get("reason") or "cancelled by request"
     engine = request.app[ENGINE]
     cancelled = await engine.cancel(task.id, reason)
     task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
     if not cancelled:
         raise ApiError(
-            409,
             Code.TASK_FINISHED,
             f"task {task.id} already ended with status {task.status}",
             task=task.as_dict(),

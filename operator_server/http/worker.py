@@ -1,11 +1,13 @@
 """Worker routes: what a sub-agent calls with its capability token or handle.
 
 The credential is the bearer (``Authorization: Bearer wh-...`` or the token).
-It is checked before the body is read, so a caller without one learns that first.
+It is checked before the body is read, so a caller without one learns that first:
+it is the ``subject`` of each route's declaration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,10 +26,7 @@ from operator_server.wire.fields import QueryBoolean, StrictBoolean, StrictInteg
 from operator_server.wire.requests import (
     bearer_of,
     json_response,
-    query,
     read_body,
-    read_json,
-    validate,
 )
 
 routes = web.RouteTableDef()
@@ -37,24 +36,15 @@ class PromptQuerySchema(Schema):
     task_id = fields.String()
 
 
-PROMPT_QUERY = PromptQuerySchema()  # built once: construction deep-copies every field
-
-
 class ResultSchema(Schema):
     value = fields.Raw(required=True, allow_none=True)
     ok = StrictBoolean(load_default=True)
     task_id = fields.String()
 
 
-RESULT_BODY = ResultSchema()  # built once: construction deep-copies every field
-
-
 class SubmitQuerySchema(Schema):
     ok = QueryBoolean(load_default=True)
     task_id = fields.String()
-
-
-SUBMIT_QUERY = SubmitQuerySchema()  # built once: construction deep-copies every field
 
 
 class PromptSchema(Schema):
@@ -103,18 +93,21 @@ class AskSchema(Schema):
     task_id = fields.String()
 
 
-ASK_BODY = AskSchema()  # built once: construction deep-copies every field
-
-
 class AskQuerySchema(Schema):
     wait = fields.Float(load_default=0, allow_nan=False, validate=checks.Range(min=0))
 
 
-ASK_QUERY = AskQuerySchema()  # built once: construction deep-copies every field
-
-
 async def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
     return await request.app[ENGINE].verify_worker(bearer_of(request) or "", verb, task_id)
+
+
+def _credential(verb: str) -> Callable[[web.Request], Awaitable[Claims]]:
+    """A route's subject: the claims of its worker credential, checked for ``verb``."""
+
+    async def claims(request: web.Request) -> Claims:
+        return await _claims(request, verb)
+
+    return claims
 
 
 def _accepted(claims: Claims) -> web.Response:
@@ -132,9 +125,8 @@ def _accepted(claims: Claims) -> web.Response:
         tags=("worker",),
     )
 )
-async def worker_prompt(request: web.Request) -> web.Response:
-    q = query(request, PROMPT_QUERY)
-    claims = await _claims(request, "prompt", q.get("task_id"))
+async def worker_prompt(request: web.Request, query: dict[str, Any]) -> web.Response:
+    claims = await _claims(request, "prompt", query.get("task_id"))
     return json_response(await request.app[ENGINE].worker_prompt(claims))
 
 
@@ -147,11 +139,13 @@ async def worker_prompt(request: web.Request) -> web.Response:
         security=(Security.WORKER,),
         body=ResultSchema,
         tags=("worker",),
-    )
+    ),
+    subject=_credential("result"),
 )
-async def worker_result(request: web.Request) -> web.Response:
-    claims = await _claims(request, "result")
-    body = validate(RESULT_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
+async def worker_result(
+    request: web.Request, subject: Claims, body: dict[str, Any]
+) -> web.Response:
+    claims = subject
     require_task(claims, body.get("task_id"))
     await request.app[ENGINE].worker_result(claims, WorkerResult(body["value"], body["ok"]))
     return _accepted(claims)
@@ -167,18 +161,20 @@ async def worker_result(request: web.Request) -> web.Response:
         query=SubmitQuerySchema,
         text_body="the result value, as UTF-8 text (for agents that cannot build JSON)",
         tags=("worker",),
-    )
+    ),
+    subject=_credential("result"),
 )
-async def worker_submit(request: web.Request) -> web.Response:
-    claims = await _claims(request, "result")
-    q = query(request, SUBMIT_QUERY)
-    require_task(claims, q.get("task_id"))
+async def worker_submit(
+    request: web.Request, subject: Claims, query: dict[str, Any]
+) -> web.Response:
+    claims = subject
+    require_task(claims, query.get("task_id"))
     raw = await read_body(request)
     try:
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ApiError(400, Code.BAD_REQUEST, "body must be UTF-8 text") from None
-    await request.app[ENGINE].worker_result(claims, WorkerResult(text, q["ok"]))
+        raise ApiError(Code.BAD_REQUEST, "body must be UTF-8 text") from None
+    await request.app[ENGINE].worker_result(claims, WorkerResult(text, query["ok"]))
     return _accepted(claims)
 
 
@@ -209,7 +205,7 @@ _ASK_ERRORS = {
 def _wait_limit(request: web.Request, wait: float, what: str) -> float:
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
-        raise ApiError(400, Code.BAD_REQUEST, f"{what}: at most {limit:g} seconds (max_wait_s)")
+        raise ApiError(Code.BAD_REQUEST, f"{what}: at most {limit:g} seconds (max_wait_s)")
     return wait
 
 
@@ -225,9 +221,9 @@ def _ask_answer(ask: WorkerAsk) -> web.Response:
     code = error.code if error is not None else Code.ATTEMPT_ENDED
     message = error.message if error is not None else "the ask ended unanswered"
     if ask.status is AskStatus.WITHDRAWN:
-        raise ApiError(409, Code.ATTEMPT_ENDED, message, ask_id=ask.ask_id)
+        raise ApiError(Code.ATTEMPT_ENDED, message, ask_id=ask.ask_id)
     # Nobody answered (operator timeout, unavailable, deleted): not the worker's fault.
-    raise ApiError(503, code, message, ask_id=ask.ask_id)
+    raise ApiError(code, message, status=503, ask_id=ask.ask_id)
 
 
 @routes.post("/v1/worker/ask")
@@ -246,11 +242,11 @@ def _ask_answer(ask: WorkerAsk) -> web.Response:
         security=(Security.WORKER,),
         body=AskSchema,
         tags=("worker",),
-    )
+    ),
+    subject=_credential("ask"),
 )
-async def worker_ask(request: web.Request) -> web.Response:
-    claims = await _claims(request, "ask")
-    body = validate(ASK_BODY, await read_json(request, request.app[SETTINGS].max_json_depth))
+async def worker_ask(request: web.Request, subject: Claims, body: dict[str, Any]) -> web.Response:
+    claims = subject
     require_task(claims, body.get("task_id"))
     wait = _wait_limit(
         request,
@@ -262,14 +258,14 @@ async def worker_ask(request: web.Request) -> web.Response:
         try:
             check_schema(schema)
         except SchemaNotAllowed as exc:
-            raise ApiError(400, Code.BAD_REQUEST, str(exc)) from None
+            raise ApiError(Code.BAD_REQUEST, str(exc)) from None
     engine = request.app[ENGINE]
     try:
         ask = await engine.ask_senior(claims, body["question"], schema, body.get("key"))
     except AttemptFailed as exc:
         if exc.code != Code.NO_SENIOR:
             raise
-        raise ApiError(409, exc.code, exc.message) from None
+        raise ApiError(exc.code, exc.message) from None
     settled = await engine.wait_ask(claims, ask.ask_id, wait)
     return _ask_answer(settled or ask)
 
@@ -283,16 +279,18 @@ async def worker_ask(request: web.Request) -> web.Response:
         security=(Security.WORKER,),
         query=AskQuerySchema,
         tags=("worker",),
-    )
+    ),
+    subject=_credential("ask"),
 )
-async def worker_ask_status(request: web.Request) -> web.Response:
-    claims = await _claims(request, "ask")
-    wait = _wait_limit(request, query(request, ASK_QUERY)["wait"], "wait")
+async def worker_ask_status(
+    request: web.Request, subject: Claims, query: dict[str, Any]
+) -> web.Response:
+    claims = subject
+    wait = _wait_limit(request, query["wait"], "wait")
     ask_id = request.match_info["ask_id"]
     ask = await request.app[ENGINE].wait_ask(claims, ask_id, wait)
     if ask is None:
         raise ApiError(
-            404,
             Code.ASK_NOT_FOUND,
             f"attempt {claims.attempt} of task {claims.task_id} has no ask {ask_id}",
         )

@@ -55,9 +55,9 @@ async def _session(request: web.Request) -> WSOperatorSession:
     try:
         session = await request.app[DIRECTORY].find(sid)
     except StoreError as exc:
-        raise ApiError(503, Code.STORE_FAILED, f"could not look up the session: {exc}") from exc
+        raise ApiError(Code.STORE_FAILED, f"could not look up the session: {exc}") from exc
     if session is None:
-        raise ApiError(404, Code.OPERATOR_NOT_FOUND, f"no operator session {sid!r}")
+        raise ApiError(Code.OPERATOR_NOT_FOUND, f"no operator session {sid!r}")
     return session
 
 
@@ -69,10 +69,10 @@ async def authorize_session(
     if token is None and websocket:
         token, subprotocol = subprotocol_token(request)
     if token is None:
-        raise ApiError(401, Code.UNAUTHORIZED, _MISSING)
+        raise ApiError(Code.UNAUTHORIZED, _MISSING)
     session = await _session(request)
     if not session.verify_token(token):
-        raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
+        raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
     return session, subprotocol
 
 
@@ -88,14 +88,12 @@ def require_admin(request: web.Request) -> None:
     elif "Authorization" in request.headers:
         # A credential that is sent is checked, and none is the admin's here.
         raise ApiError(
-            401,
             Code.UNAUTHORIZED,
             "no api_token is configured: the admin is a loopback caller that sends no "
             "Authorization header",
         )
     elif not _local_admin(request):
         raise ApiError(
-            403,
             Code.FORBIDDEN,
             "with no api_token configured, admin routes answer loopback callers that send "
             "no Authorization header; set api_token to administer from elsewhere",
@@ -109,13 +107,13 @@ async def authorize_session_or_admin(request: web.Request) -> tuple[WSOperatorSe
     token = bearer_of(request)
     if api_token:
         if token is None:
-            raise ApiError(401, Code.UNAUTHORIZED, f"{_MISSING}, or the api_token")
+            raise ApiError(Code.UNAUTHORIZED, f"{_MISSING}, or the api_token")
         admin = hmac.compare_digest(token.encode(), api_token.encode())
     else:
         admin = _local_admin(request)
         if token is None and not admin:
-            raise ApiError(401, Code.UNAUTHORIZED, _MISSING)
+            raise ApiError(Code.UNAUTHORIZED, _MISSING)
     session = await _session(request)
     if not admin and not session.verify_token(token or ""):
-        raise ApiError(401, Code.UNAUTHORIZED, "the token does not match this session")
+        raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
     return session, admin

@@ -32,7 +32,7 @@ from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.requests import json_response, query
+from operator_server.wire.requests import json_response
 from operator_server.wire.times import iso
 
 routes = web.RouteTableDef()
@@ -51,9 +51,6 @@ class OperatorListQuerySchema(Schema):
         validate=[validate.Length(min=1, max=300), validate.Regexp(_CURSOR)],
         metadata={"description": "the `next` of the previous page"},
     )
-
-
-LIST_QUERY = OperatorListQuerySchema()  # built once: construction deep-copies every field
 
 
 class OperatorPageSchema(Schema):
@@ -93,7 +90,7 @@ def _parse_cursor(text: str) -> tuple[int, str]:
         return int(head), sid
     except ValueError:
         raise ApiError(
-            400, Code.BAD_REQUEST, "after: not a cursor; pass the `next` of the previous page"
+            Code.BAD_REQUEST, "after: not a cursor; pass the `next` of the previous page"
         ) from None
 
 
@@ -118,6 +115,12 @@ def _view(frame: dict[str, Any], issued_at: float, now: float) -> dict[str, Any]
     }
 
 
+async def _admin(request: web.Request) -> None:
+    """With no api_token, only a credential-less loopback caller is the admin:
+    checked before the query is read, like the token."""
+    require_admin(request)
+
+
 @routes.get("/v1/operators")
 @documented(
     Operation(
@@ -136,13 +139,12 @@ def _view(frame: dict[str, Any], issued_at: float, now: float) -> dict[str, Any]
         security=(Security.API_TOKEN,),
         query=OperatorListQuerySchema,
         tags=("operators",),
-    )
+    ),
+    subject=_admin,
 )
-async def list_operators(request: web.Request) -> web.Response:
-    require_admin(request)
-    q = query(request, LIST_QUERY)
-    role, connected = q.get("role"), q.get("connected")
-    after = _parse_cursor(q["after"]) if "after" in q else None
+async def list_operators(request: web.Request, query: dict[str, Any]) -> web.Response:
+    role, connected = query.get("role"), query.get("connected")
+    after = _parse_cursor(query["after"]) if "after" in query else None
     chosen = [
         s
         for s in request.app[DIRECTORY].sessions.values()
@@ -151,7 +153,7 @@ async def list_operators(request: web.Request) -> web.Response:
         and (after is None or _order(s) > after)
     ]
     chosen.sort(key=_order)
-    limit = q["limit"]
+    limit = query["limit"]
     page = chosen[:limit]
     more = len(chosen) > limit
     return json_response(

@@ -32,7 +32,7 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.session import WSOperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
-from operator_server.wire.requests import json_response, read_json, require_bearer
+from operator_server.wire.requests import json_response, read_json
 from operator_server.wire.requests import validate as load
 from operator_server.wire.times import iso
 
@@ -158,6 +158,8 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
             409: "a role is already held (`roles_conflict`; `error.conflicts` names the holders)",
             503: "the store could not save the session",
         },
+        # With an API token configured, seating an operator is an admin act too:
+        # otherwise anyone who can reach the port could claim roles and receive work.
         security=(Security.API_TOKEN,),
         # Documented with the shipped limits; max_roles and max_role_length set them.
         body=mint_schema(Settings.max_roles, Settings.max_role_length),
@@ -167,10 +169,6 @@ def session_view(session: WSOperatorSession) -> dict[str, Any]:
 )
 async def mint_operator(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
-    if settings.api_token:
-        # With an API token configured, seating an operator is an admin act too:
-        # otherwise anyone who can reach the port could claim roles and receive work.
-        require_bearer(request, settings.api_token, "api_token")
     schema = mint_schema(settings.max_roles, settings.max_role_length)
     raw = await read_json(request, settings.max_json_depth) if request.can_read_body else {}
     body = load(schema, raw)
@@ -181,7 +179,7 @@ async def mint_operator(request: web.Request) -> web.Response:
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
         raise ApiError(
-            409, Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
+            Code.ROLES_CONFLICT, f"roles already held: {exc}", conflicts=conflicts
         ) from None
     body = {"sid": session.sid, "token": token, "roles": session.roles}
     return json_response(body, status=201, headers={"Location": f"/v1/operators/{session.sid}"})
@@ -219,7 +217,7 @@ async def delete_operator(request: web.Request) -> web.Response:
     try:
         await request.app[DIRECTORY].delete(session.sid, Code.OPERATOR_DELETED, message)
     except SessionGone as exc:
-        raise ApiError(404, Code.OPERATOR_NOT_FOUND, str(exc)) from None
+        raise ApiError(Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
 
 
@@ -242,7 +240,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[SETTINGS]
     origin = request.headers.get("Origin")
     if origin is not None and not _origin_allowed(request, origin, settings.allowed_origins):
-        raise ApiError(403, Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
+        raise ApiError(Code.FORBIDDEN_ORIGIN, f"Origin {origin!r} is not in allowed_origins")
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_s or None,
         protocols=(subprotocol,) if subprotocol else (),
@@ -251,7 +249,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=settings.max_frame_bytes * 4,
     )
     if not ws.can_prepare(request).ok:
-        raise ApiError(400, Code.BAD_REQUEST, "expected a WebSocket upgrade request")
+        raise ApiError(Code.BAD_REQUEST, "expected a WebSocket upgrade request")
     await ws.prepare(request)
     pump = SocketPump(
         ws,

@@ -4,8 +4,16 @@ Each route module decorates its handler with ``@documented(...)``: a summary,
 the marshmallow schemas it reads its body and query with, the schema of each
 answer it gives, the error statuses it can answer with, and who may call it.
 ``http/openapi.py`` reads these declarations off the app's router and builds
-the OpenAPI document from them, so the schemas the handlers validate with are
-the schemas the document shows: there is no second, hand-written copy.
+the OpenAPI document from them.
+
+The declaration is also what runs: before the handler, the decorator answers
+404 for a route whose ``switch`` setting is off, checks a fixed bearer token
+(``api_token``, ``metrics_token``) named in ``security``, and loads the query
+and the body with the declared schemas, handing them to the handler as
+``query=`` and ``body=`` when its signature takes them.  So the document
+cannot promise a credential or a schema the handler does not get.  (A worker
+credential and a session token are checked by the handler: what they grant
+depends on the route's verb and on the session they name.)
 
 It lives here, below both surfaces, so ``http/`` and ``operators/`` declare
 their routes the same way without importing each other.  The error body and
@@ -14,14 +22,20 @@ the security schemes are declared here once, for every route.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
+from aiohttp import web
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from operator_server.errors import Code
+from operator_server.errors import ApiError, Code
+from operator_server.wire.requests import query as load_query
+from operator_server.wire.requests import read_json, require_bearer
+from operator_server.wire.requests import validate as load_body
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -36,6 +50,23 @@ class Security(StrEnum):
     SESSION_TOKEN = "session_token"
     WORKER = "worker_credential"
     METRICS_TOKEN = "metrics_token"
+
+
+# The credentials that are one fixed token from the settings, by the setting's
+# name; with the setting empty the route is open (``api_token``: loopback only).
+FIXED_TOKENS = frozenset({Security.API_TOKEN, Security.METRICS_TOKEN})
+
+
+class RouteSettings(Protocol):
+    """What a declaration needs of the settings to be enforced (``Settings``
+    has all of it, and each ``switch`` and fixed token by name)."""
+
+    @property
+    def max_json_depth(self) -> int: ...
+
+
+# The app's settings; ``appkeys.SETTINGS`` is this very key, typed as ``Settings``.
+SETTINGS: web.AppKey[RouteSettings] = web.AppKey("settings")
 
 
 SECURITY_SCHEMES: dict[Security, dict[str, str]] = {
@@ -135,6 +166,9 @@ class Operation:
     query: SchemaLike | None = None
     description: str = ""
     tags: tuple[str, ...] = ()
+    # (setting, what it turns on): with that boolean setting off the route
+    # answers 404, as if it did not exist, before any credential is checked.
+    switch: tuple[str, str] | None = None
 
     def all_errors(self) -> dict[int, str]:
         """The error statuses of this route, with those every route and every
@@ -148,17 +182,64 @@ class Operation:
 
 
 _ATTR = "__operation__"
-H = TypeVar("H", bound=Callable[..., Any])
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def documented(operation: Operation) -> Callable[[H], H]:
-    """Attach ``operation`` to a handler (the handler itself is left unchanged)."""
+def _instance(schema: SchemaLike | None) -> Schema | None:
+    # Once per route: building a schema deep-copies every field.
+    return schema() if isinstance(schema, type) else schema
 
-    def mark(handler: H) -> H:
-        setattr(handler, _ATTR, operation)
-        return handler
 
-    return mark
+def documented(
+    operation: Operation, *, subject: Callable[[web.Request], Awaitable[Any]] | None = None
+) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
+    """Enforce ``operation`` around a handler, and attach it for the document.
+
+    ``subject`` finds what the path names (a task, say) once the caller is
+    allowed in and before its input is read, so a missing one is a 404
+    whatever the query or body; the handler receives it as ``subject=`` if it
+    takes one (a check that finds nothing returns None).
+    """
+    # ``security`` lists alternatives: a fixed token is checked here only when
+    # it is the one way in (with a session token beside it, the handler decides).
+    only = operation.security[0] if len(operation.security) == 1 else None
+    token = str(only) if only in FIXED_TOKENS else None
+    query_schema = _instance(operation.query)
+    body_schema = _instance(operation.body)
+
+    def wrap(handler: Callable[..., Awaitable[Any]]) -> Handler:
+        takes = inspect.signature(handler).parameters
+        wants_query = query_schema if "query" in takes else None
+        wants_body = body_schema if "body" in takes else None
+
+        @functools.wraps(handler)
+        async def run(request: web.Request) -> web.StreamResponse:
+            settings: Any = request.app[SETTINGS]
+            if operation.switch is not None and not getattr(settings, operation.switch[0]):
+                name, what = operation.switch
+                raise ApiError(Code.NOT_FOUND, f"{what} are turned off ({name} = false)")
+            if token is not None and (expected := getattr(settings, token)):
+                require_bearer(request, expected, token)
+            given: dict[str, Any] = {}
+            if subject is not None:
+                found = await subject(request)
+                if "subject" in takes:
+                    given["subject"] = found
+            if wants_query is not None:
+                given["query"] = load_query(request, wants_query)
+            if wants_body is not None:
+                if operation.body_required or request.can_read_body:
+                    raw = await read_json(request, settings.max_json_depth)
+                    given["body"] = load_body(wants_body, raw)
+                else:
+                    given["body"] = {}
+            response: web.StreamResponse = await handler(request, **given)
+            return response
+
+        setattr(run, _ATTR, operation)
+        return run
+
+    return wrap
 
 
 def operation_of(handler: Any) -> Operation | None:

@@ -31,7 +31,6 @@ async def read_body(request: web.Request) -> bytes:
         # aiohttp passes any other coding through undecoded: refuse rather than
         # read compressed bytes as if they were the body.
         raise ApiError(
-            400,
             Code.BAD_ENCODING,
             f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or none",
         )
@@ -41,13 +40,11 @@ async def read_body(request: web.Request) -> bytes:
         request.content.feed_eof()
         if isinstance(exc.__cause__, ContentEncodingError):
             raise ApiError(
-                400,
                 Code.BAD_ENCODING,
                 f"the body is not valid {encoding} data (Content-Encoding: {encoding})",
                 close_connection=True,
             ) from None
         raise ApiError(
-            400,
             Code.BAD_REQUEST,
             f"the request body could not be read: {exc}",
             close_connection=True,
@@ -58,19 +55,19 @@ async def read_json(request: web.Request, max_depth: int) -> Any:
     """The body as JSON, nested at most ``max_depth`` deep (``max_json_depth``)."""
     raw = await read_body(request)
     if not raw.strip():
-        raise ApiError(400, Code.BAD_JSON, "request body is empty; send a JSON object")
+        raise ApiError(Code.BAD_JSON, "request body is empty; send a JSON object")
     try:
         return json.loads(raw, max_depth)
     except json.JsonError as exc:
         if exc.code == Code.BAD_JSON:
-            raise ApiError(400, exc.code, f"request body is {exc.message}") from None
-        raise ApiError(400, exc.code, exc.message) from None
+            raise ApiError(exc.code, f"request body is {exc.message}") from None
+        raise ApiError(exc.code, exc.message) from None
 
 
 def validate(schema: Schema, data: Any, what: str = "body") -> Any:
     """Load ``data`` with ``schema``; a 400 naming each bad field otherwise."""
     if not isinstance(data, Mapping):
-        raise ApiError(400, Code.BAD_REQUEST, f"{what} must be a JSON object")
+        raise ApiError(Code.BAD_REQUEST, f"{what} must be a JSON object")
     quick = fast_check(schema)(data)  # plainly valid input skips marshmallow's machinery
     if quick is not None:
         return quick
@@ -78,7 +75,7 @@ def validate(schema: Schema, data: Any, what: str = "body") -> Any:
         return schema.load(data)
     except ValidationError as exc:
         message = "; ".join(describe_validation(exc.messages))
-        raise ApiError(400, Code.BAD_REQUEST, message, fields=exc.messages) from None
+        raise ApiError(Code.BAD_REQUEST, message, fields=exc.messages) from None
 
 
 def query(request: web.Request, schema: Schema) -> Any:
@@ -110,7 +107,7 @@ def text_token(token: str, where: str) -> str:
     try:
         token.encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(401, Code.UNAUTHORIZED, f"{where}: the token is not valid UTF-8") from None
+        raise ApiError(Code.UNAUTHORIZED, f"{where}: the token is not valid UTF-8") from None
     return token
 
 
@@ -118,9 +115,9 @@ def require_bearer(request: web.Request, expected: str, what: str) -> None:
     """Constant-time check of a fixed bearer token (the API token)."""
     token = bearer_of(request)
     if token is None:
-        raise ApiError(401, Code.UNAUTHORIZED, f"send Authorization: Bearer <{what}>")
+        raise ApiError(Code.UNAUTHORIZED, f"send Authorization: Bearer <{what}>")
     if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ApiError(401, Code.UNAUTHORIZED, f"wrong {what}")
+        raise ApiError(Code.UNAUTHORIZED, f"wrong {what}")
 
 
 def json_response(

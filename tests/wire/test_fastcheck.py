@@ -10,10 +10,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 
-from operator_server.http.tasks import TASK_REQUEST
-from operator_server.http.worker import RESULT_BODY
+from operator_server.http.tasks import TaskRequestSchema
+from operator_server.http.worker import ResultSchema
 from operator_server.operators.login import mint_schema
 from operator_server.wire.fastcheck import fast_check
+
+TASK_REQUEST = TaskRequestSchema()
+RESULT_BODY = ResultSchema()
 
 ODD = (None, True, False, 0, 1, -1, 2**70, 1.0, 1.5, "", "s", "1", "true", [], {}, ["x"])
 
