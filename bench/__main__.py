@@ -18,7 +18,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from bench import ask_rtt, bigasks, cluster, e2e, fanout, history, many, overhead, takeover
+from bench import (
+    ask_rtt,
+    bigasks,
+    cluster,
+    e2e,
+    fanout,
+    history,
+    many,
+    overhead,
+    start,
+    takeover,
+)
 from bench.common import history_file, progress
 
 # name -> (what it measures, how to run it).
@@ -31,6 +42,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
     "many": ("1,000 connected operators", lambda a: many.run()),
     "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),
+    "start": ("exec to first healthz on an empty store, and where it goes", lambda a: start.run()),
     "takeover": ("a SIGKILLed node's tasks re-dispatched, vs lease_s", lambda a: takeover.run()),
 }
 

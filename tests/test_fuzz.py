@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operator_server.operators.protocol import CLIENT_FRAMES
+from operator_server.wire.frames import CLIENT_FRAMES
 from tests.conftest import Server, create_task
 from tests.engine.test_capabilities import bearer, start_parked
 from tests.wsop import connect, expect, mint

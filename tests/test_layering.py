@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import operator_server
-from operator_server.engine.faces import Face
+from operator_server.wire.values import Face
 
 PACKAGE = Path(operator_server.__file__).parent
 
@@ -62,12 +64,46 @@ def test_the_shared_wire_layer_depends_on_neither_side() -> None:
 
 
 def test_face_names_are_spelled_once() -> None:
-    """Outside ``faces.py`` no module spells the three face names as string literals."""
+    """Outside ``wire/values.py`` no module spells the three face names as string literals."""
     spelled: list[str] = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "faces.py":
+        if path.relative_to(PACKAGE) == Path("wire/values.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Constant) and node.value in {str(f) for f in Face}:
                 spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.value!r}")
     assert spelled == []
+
+
+# What a program that only imports the client library must not load: the
+# daemon's own layers, its database driver, its metrics, and aiohttp's web
+# server.  ``import aiohttp`` alone loads only the client half (aiohttp
+# imports ``aiohttp.web`` lazily), so every ``aiohttp.web*`` module here means
+# someone imported the server.
+SERVER_ONLY = (
+    "operator_server.engine",
+    "operator_server.store",
+    "operator_server.http",
+    "operator_server.operators",
+    "operator_server.app",
+    "asyncpg",
+    "prometheus_client",
+    "aiohttp.web",
+)
+
+
+def test_the_client_library_loads_nothing_of_the_server() -> None:
+    """``import operator_server.client`` and every module under it, in a fresh
+    interpreter: a user writing an operator or a worker gets the wire formats,
+    not the daemon."""
+    probe = (
+        "import importlib, pkgutil, sys, operator_server.client as c\n"
+        "for m in pkgutil.iter_modules(c.__path__, 'operator_server.client.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"operator_server.client.operator", "operator_server.client.mcp"} <= set(out)
+    assert [m for m in out if m.startswith(SERVER_ONLY)] == []

@@ -49,7 +49,7 @@ from operator_server.client.mcp_tools import (
 from operator_server.client.operator import Ack, Halt, OperatorClient, SessionGone
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
 from operator_server.logs import get_logger
-from operator_server.operators import protocol as p
+from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
 
 log = get_logger(__name__)

@@ -38,7 +38,7 @@ from operator_server.client.errors import RequestFailed
 from operator_server.client.http import _Http
 from operator_server.errors import ProtocolError
 from operator_server.logs import get_logger
-from operator_server.operators import protocol as p
+from operator_server.wire import frames as p
 
 log = get_logger(__name__)
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]

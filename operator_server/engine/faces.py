@@ -4,54 +4,23 @@
 (execution) are ``typing.Protocol``s: anything with the right methods plugs into
 the engine's registries — the WebSocket session does, and so do the in-test
 fakes — with no change to the engine.
+
+The values that flow through them (``Face``, ``Kind``, ``WorkerResult``,
+``HookVerdict``) are declared in ``wire.values``, below the engine, so that the
+wire frames and the client library can name them without loading the server;
+the engine's modules import them from here or from there alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from operator_server.wire.values import Face, HookVerdict, Kind, WorkerResult
 
 if TYPE_CHECKING:
     from operator_server.engine.tasks import OutputTail
-
-
-class Face(StrEnum):
-    """The three faces of the Operator role.  Declared here once: registries,
-    operator specs, ``served_by`` and the task schema all iterate over it."""
-
-    SENIOR_BRIDGE = "senior_bridge"
-    SPAWN_HOOK = "spawn_hook"
-    BACKEND = "backend"
-
-
-class Kind(StrEnum):
-    MAIN_AI = "main_ai"
-    COMPOSITE = "composite"
-    AUTOMATE = "automate"
-
-    @property
-    def fires_spawn_hooks(self) -> bool:
-        return self is not Kind.AUTOMATE
-
-
-@dataclass(frozen=True)
-class WorkerResult:
-    value: Any
-    ok: bool = True
-    # A deliberate stop by the operator (``spawn_halt``): final even over a
-    # worker-posted result, because the operator chose to end the attempt.
-    halted: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "ok": self.ok}
-
-
-@dataclass(frozen=True)
-class HookVerdict:
-    ok: bool
-    reason: str | None = None
 
 
 # Told the req_id of a request as soon as it is issued (before any reply).

@@ -1,1 +1,1 @@
-"""Operators over WebSocket: login, wire protocol, session, socket pump."""
+"""Operators over WebSocket: login, session, socket pump (the frames are in ``wire.frames``)."""

@@ -28,10 +28,10 @@ from operator_server.operators.access import (
 )
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view
-from operator_server.operators.protocol import REQ_KIND
 from operator_server.operators.session import PendingRequest, WSOperatorSession
 from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
+from operator_server.wire.frames import REQ_KIND
 from operator_server.wire.requests import json_response
 from operator_server.wire.times import iso
 

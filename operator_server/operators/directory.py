@@ -34,11 +34,11 @@ from operator_server.errors import AttemptFailed, Code, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
-from operator_server.operators.protocol import FACE_OF
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import Relay
 from operator_server.operators.session import WSOperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
+from operator_server.wire.frames import FACE_OF
 
 log = get_logger(__name__)
 

@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 from operator_server.background import Background
 from operator_server.errors import Code
 from operator_server.metrics import Metrics
-from operator_server.operators.protocol import INVALID_FRAME, encode, error_frame
+from operator_server.wire.frames import INVALID_FRAME, encode, error_frame
 
 _CLOSE = object()
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)

@@ -38,11 +38,11 @@ from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, Wo
 from operator_server.errors import AttemptFailed, Code, NodeUnreachable, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
-from operator_server.operators import protocol as p
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import Relay
 from operator_server.store import StoreError
+from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
 
 log = get_logger(__name__)

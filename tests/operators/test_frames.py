@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from operator_server.operators import protocol as p
+from operator_server.wire import frames as p
 from tests.conftest import Server, create_task, engine_of, wait_task
 from tests.wire.test_fastcheck import agree
 from tests.wsop import connect, expect, mint, no_frame

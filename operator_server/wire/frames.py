@@ -13,11 +13,11 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from operator_server.engine.faces import Face
 from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import json
 from operator_server.wire.fastcheck import fast_check
 from operator_server.wire.fields import StrictBoolean, StrictInteger
+from operator_server.wire.values import Face
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
 # The frame type counted for a client frame that did not parse (metrics label).

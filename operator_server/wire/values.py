@@ -1,0 +1,50 @@
+"""The small values both sides name: the faces, the task kinds, what an
+attempt returns and what a spawn hook says.
+
+They live below the engine so that the wire frames (and with them the client
+library) can use them without importing the engine; ``engine.faces`` builds
+its protocols on them.  Nothing here imports from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Face(StrEnum):
+    """The three faces of the Operator role.  Declared here once: registries,
+    operator specs, ``served_by`` and the task schema all iterate over it."""
+
+    SENIOR_BRIDGE = "senior_bridge"
+    SPAWN_HOOK = "spawn_hook"
+    BACKEND = "backend"
+
+
+class Kind(StrEnum):
+    MAIN_AI = "main_ai"
+    COMPOSITE = "composite"
+    AUTOMATE = "automate"
+
+    @property
+    def fires_spawn_hooks(self) -> bool:
+        return self is not Kind.AUTOMATE
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    value: Any
+    ok: bool = True
+    # A deliberate stop by the operator (``spawn_halt``): final even over a
+    # worker-posted result, because the operator chose to end the attempt.
+    halted: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ok": self.ok}
+
+
+@dataclass(frozen=True)
+class HookVerdict:
+    ok: bool
+    reason: str | None = None
