@@ -557,6 +557,17 @@ class Engine:
         finally:
             self.capabilities.forget_task(task.id)
 
+    async def _outputs_kept(self, task: Task) -> None:
+        """The current attempt's outputs whose rows failed to commit (the
+        store failed meanwhile) are written again, before its end: its end is
+        never on disk without them.  Raises what the store raises."""
+        record = task.current
+        if record is None:
+            return
+        for output in await record.tail.unkept():
+            await self.store.put_output(task.id, record.number, output.to_record())
+            record.tail.kept(output)
+
     async def _end(self, task: Task, ending: Ending) -> None:
         """Commit ``ending``, then apply it: what any client sees of an attempt's
         or a task's end (GET, long-poll, list, healthz) is already on disk.
@@ -584,6 +595,7 @@ class Engine:
             try:
                 if self._stale(task.id):  # its end may be decided elsewhere: not written here
                     raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
+                await self._outputs_kept(task)
                 await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
             except Fenced as exc:
                 fenced = exc

@@ -107,7 +107,9 @@ class OutputTail:
     def __init__(self) -> None:
         self.events: list[OutputEvent] = []
         self.listener: Callable[[OutputEvent], None] | None = None
-        self.keep: Callable[[OutputEvent], None] | None = None
+        self.keep: Callable[[OutputEvent], asyncio.Future[None]] | None = None
+        # Outputs ``keep`` queued, with their commits, until the end checks them.
+        self._keeping: list[tuple[OutputEvent, asyncio.Future[None]]] = []
         # Set once the tail is deciding the attempt: a worker's result after
         # that could only be accepted and ignored, so it is refused instead.
         self.decided = False
@@ -117,7 +119,9 @@ class OutputTail:
     def _append(self, event: OutputEvent) -> None:
         self.events.append(event)
         if self.keep is not None:
-            self.keep(event)
+            done = self.keep(event)
+            done.add_done_callback(_seen)  # its failure is handled by ``unkept``
+            self._keeping.append((event, done))
         if self.listener is not None:
             self.listener(event)
 
@@ -153,6 +157,19 @@ class OutputTail:
         if self._writing:
             await asyncio.gather(*self._writing)
 
+    async def unkept(self) -> list[OutputEvent]:
+        """The outputs ``keep`` queued whose rows did not commit (the store
+        failed meanwhile): the attempt's end writes them again before itself
+        (``kept`` once one lands), so an end on disk has its outputs too."""
+        if self._keeping:
+            await asyncio.gather(*(done for _, done in self._keeping), return_exceptions=True)
+        self._keeping = [(e, done) for e, done in self._keeping if done.exception() is not None]
+        return [e for e, _ in self._keeping]
+
+    def kept(self, event: OutputEvent) -> None:
+        """``event``'s row, written again, is committed now."""
+        self._keeping = [(e, done) for e, done in self._keeping if e is not event]
+
     def worker_posted(self) -> bool:
         """A worker's result was accepted into this attempt."""
         return any(e.kind == "final" and e.source == "worker" for e in self.events)
@@ -171,6 +188,11 @@ class OutputTail:
             if event.kind == "final":
                 return WorkerResult(event.value, event.ok)
         raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
+
+
+def _seen(done: asyncio.Future[None]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ and the row together after each try.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -384,9 +385,12 @@ class Store(ABC):
         this node still holds the task, as it does a task's write."""
 
     @abstractmethod
-    def put_output_soon(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        """``put_output`` with nobody waiting for the commit (an ack, an
-        agent's final: the attempt's end is written after it anyway)."""
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        """``put_output`` queued now, with nobody made to wait: the future
+        settles once it is committed (``StoreError`` if it is not), for the
+        attempt's end to check before it is written (an ack, an agent's final)."""
 
     @abstractmethod
     def put_events_soon(self, events: Events) -> None:

@@ -6,6 +6,7 @@ everything above the store behaves the same with either.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import Counter
 from collections.abc import Collection
@@ -90,11 +91,16 @@ class MemoryStore(Store):
         self.asks.setdefault(task_id, {})[ask_id] = (number, data)
 
     async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        self.put_output_soon(task_id, attempt, output)
+        await self.put_output_soon(task_id, attempt, output)
 
-    def put_output_soon(self, task_id: str, attempt: int, output: list[Any]) -> None:
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
         _, number, data = output_row(task_id, attempt, output)
         self.outputs.setdefault(task_id, []).append((number, data))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def put_events_soon(self, events: Events) -> None:
         self._add_events(events)

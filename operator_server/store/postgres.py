@@ -926,10 +926,19 @@ class PostgresStore(Store):
         return work, f"save output of {task_id}"
 
     async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        await self._call(*self._output_write(task_id, attempt, output))
+        await self.put_output_soon(task_id, attempt, output)
 
-    def put_output_soon(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        self._soon(*self._output_write(task_id, attempt, output))
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._accepting:
+            fut.set_exception(StoreError("the store is not open"))
+        else:  # queued now, not when first awaited
+            work, what = self._output_write(task_id, attempt, output)
+            self._unsettled += 1
+            self._queue.put_nowait(_Op(work, fut, what))
+        return fut
 
     def put_events_soon(self, events: Events) -> None:
         self._soon(_nothing, "save events", events)  # stored by the writer

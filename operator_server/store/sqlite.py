@@ -569,12 +569,20 @@ class SQLiteStore(Store):
         self._soon(lambda c: c.execute(UPSERT_ASK, row), f"save ask {row[2]} of {task_id}")
 
     async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        row = output_row(task_id, attempt, output)
-        await self._call(lambda c: c.execute(INSERT_OUTPUT, row), f"save output of {task_id}")
+        await self.put_output_soon(task_id, attempt, output)
 
-    def put_output_soon(self, task_id: str, attempt: int, output: list[Any]) -> None:
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
         row = output_row(task_id, attempt, output)
-        self._soon(lambda c: c.execute(INSERT_OUTPUT, row), f"save output of {task_id}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._thread is None or self._loop is None:
+            fut.set_exception(StoreError("the store is not open"))
+        else:  # queued now, not when first awaited
+            self._enqueue(
+                _Op(lambda c: c.execute(INSERT_OUTPUT, row), fut, f"save output of {task_id}")
+            )
+        return fut
 
     def put_events_soon(self, events: Events) -> None:
         """Held for up to ``LINGER_S`` to ride with the task's next write; then
