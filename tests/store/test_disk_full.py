@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -154,12 +157,16 @@ async def test_a_result_the_full_disk_refuses_is_503_and_decides_nothing(
         )
         assert resp.status == 503, await resp.text()
         assert (await resp.json())["error"]["code"] == "store_failed"
-        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "ack"})
+        ack = "y" * 200_000
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": ack})
         shown = await (await client.get(f"/v1/tasks/{task['id']}", params={"wait": "0.5"})).json()
         assert shown["status"] == "running", shown
     done = await wait_task(client, task["id"])
-    assert done["status"] == "passed" and done["result"]["value"] == "ack"
+    assert done["status"] == "passed" and done["result"]["value"] == ack
     outputs = done["attempts"][0]["outputs"]
-    assert [(o["source"], o["value"]) for o in outputs] == [("ack", "ack")]
+    assert [(o["source"], o["value"]) for o in outputs] == [("ack", ack)]
+    with closing(sqlite3.connect(db)) as conn:  # on disk, each in its row
+        rows = conn.execute("SELECT data FROM task_outputs WHERE task_id = ?", (task["id"],))
+        assert [json.loads(data)[1] for (data,) in rows] == ["ack"]
     await ws.close()
     await client.close()
