@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from operator_server.app import build_app, listening_on
 from operator_server.engine import AttemptContext, WorkerResult
-from operator_server.store import Events, SQLiteStore, StoreError
+from operator_server.store import Events, Fenced, SQLiteStore, StoreError
 from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.fakes import FakeOperator
 from tests.wsop import eventually, handler_suspended
@@ -460,3 +460,30 @@ async def test_an_ack_whose_row_failed_is_written_again_before_the_attempts_end(
     row = await store.get_task(task["id"])
     assert row is not None
     assert [(o[1], o[2]) for o in row.value["attempts"][0]["tail"]] == [("ack", "ack")]
+
+
+class ResultsFenced(SQLiteStore):
+    """A real SQLite store that refuses a worker's result as a shared store
+    does once another node holds the task (``Fenced``)."""
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        raise Fenced(f"task {task_id} was taken over; its output was not stored")
+
+
+async def test_a_result_the_store_fences_off_is_409_and_decides_nothing(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "fenced.sqlite")
+    app = build_app(make_settings(**{"store.path": path}), store=ResultsFenced(path))
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    listening_on(app, str(client.make_url("")).rstrip("/"))
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+    resp = await client.post(
+        "/v1/worker/result", json={"value": "lost"}, headers=bearer(ctx.worker_handle)
+    )
+    assert await error_of(resp) == (409, "attempt_ended")
+    parked.release[1].set_result(WorkerResult("ack"))
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": "ack", "ok": True}
+    assert [e["source"] for e in done["attempts"][0]["outputs"]] == ["ack"]
