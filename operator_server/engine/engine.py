@@ -559,12 +559,13 @@ class Engine:
 
     async def _outputs_kept(self, task: Task) -> None:
         """The current attempt's outputs whose rows failed to commit (the
-        store failed meanwhile) are written again, before its end: its end is
-        never on disk without them.  Raises what the store raises."""
+        store failed meanwhile, as the end's own write did) are written again
+        before the end is: its end is not on disk without them.  No wait when
+        none failed.  Raises what the store raises."""
         record = task.current
         if record is None:
             return
-        for output in await record.tail.unkept():
+        for output in record.tail.unkept():
             await self.store.put_output(task.id, record.number, output.to_record())
             record.tail.kept(output)
 

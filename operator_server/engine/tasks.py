@@ -157,14 +157,14 @@ class OutputTail:
         if self._writing:
             await asyncio.gather(*self._writing)
 
-    async def unkept(self) -> list[OutputEvent]:
-        """The outputs ``keep`` queued whose rows did not commit (the store
-        failed meanwhile): the attempt's end writes them again before itself
-        (``kept`` once one lands), so an end on disk has its outputs too."""
-        if self._keeping:
-            await asyncio.gather(*(done for _, done in self._keeping), return_exceptions=True)
-        self._keeping = [(e, done) for e, done in self._keeping if done.exception() is not None]
-        return [e for e, _ in self._keeping]
+    def unkept(self) -> list[OutputEvent]:
+        """The outputs ``keep`` queued whose rows failed to commit (the store
+        failed meanwhile): the attempt's end writes them again before it
+        tries again (``kept`` once one lands), so an end on disk has its
+        outputs too.  Nothing waits here: an output still being written was
+        queued before the end, so it commits before it, or fails with it."""
+        self._keeping = [(e, d) for e, d in self._keeping if not d.done() or _failed(d)]
+        return [e for e, d in self._keeping if d.done()]
 
     def kept(self, event: OutputEvent) -> None:
         """``event``'s row, written again, is committed now."""
@@ -188,6 +188,10 @@ class OutputTail:
             if event.kind == "final":
                 return WorkerResult(event.value, event.ok)
         raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
+
+
+def _failed(done: asyncio.Future[None]) -> bool:
+    return done.cancelled() or done.exception() is not None
 
 
 def _seen(done: asyncio.Future[None]) -> None:
