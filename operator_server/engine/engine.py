@@ -552,6 +552,18 @@ class Engine:
         finally:
             self.capabilities.forget_task(task.id)
 
+    async def _outputs_kept(self, task: Task) -> None:
+        """The current attempt's outputs whose rows failed to commit (the
+        store failed meanwhile, as the end's own write did) are written again
+        before the end is: its end is not on disk without them.  No wait when
+        none failed.  Raises what the store raises."""
+        record = task.current
+        if record is None:
+            return
+        for output in record.tail.unkept():
+            await self.store.put_output(task.id, record.number, output.to_record())
+            record.tail.kept(output)
+
     async def _end(self, task: Task, ending: Ending) -> None:
         """Commit ``ending``, then apply it: what any client sees of an attempt's
         or a task's end (GET, long-poll, list, healthz) is already on disk.
@@ -579,6 +591,7 @@ class Engine:
             try:
                 if self._stale(task.id):  # its end may be decided elsewhere: not written here
                     raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
+                await self._outputs_kept(task)
                 await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
             except Fenced as exc:
                 fenced = exc
@@ -721,6 +734,11 @@ class Engine:
             if before is not TaskStatus.RUNNING:
                 events.append(self.events.make(task, EventType.STATUS, record.started_at))
             record.tail.listener = lambda output: self._output(task, record.number, output)
+        # Each output is stored on its own as it is appended: the task's row
+        # holds none, so no end rewrites the outputs of every attempt before it.
+        record.tail.keep = lambda output: self.store.put_output_soon(
+            task.id, record.number, output.to_record()
+        )
         structlog.contextvars.bind_contextvars(attempt=record.number)
         grant = None
         ctx = AttemptContext(
@@ -845,7 +863,7 @@ class Engine:
             return {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
 
         if await self._on_owner(claims.task_id, "worker_result", args) is None:
-            self.post_worker_result(claims, result)
+            await self.post_worker_result(claims, result)
 
     async def ask_senior(
         self,
@@ -877,18 +895,26 @@ class Engine:
             view["system"] = task.system
         return view
 
-    def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:
+    async def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:
         """A worker's HTTP post: authoritative for its attempt, if it still runs.
 
         The credential was verified before the request body was read; the
         attempt may have ended (or a retry begun) while the body arrived, so
-        it is checked again here, where the write happens, with no await
-        between the check and the append.
+        it is checked again here, where the append happens, with no await
+        between the check and the append.  The append is answered only once
+        its output row is committed (a 200 means it is on disk).  Meanwhile
+        the attempt cannot be decided without it: its decision first waits
+        for every result being written (``OutputTail.settle``), and one whose
+        write failed is taken back out before that decision, its worker told
+        503 ``store_failed`` (409 ``attempt_ended`` when the store refused it
+        because another node holds the task now): no attempt is decided by a
+        result that is not stored, and none passes over one answered 200.
         """
         task = self.tasks.get(claims.task_id)
         record = task.current if task is not None else None
         if (
-            record is None
+            task is None
+            or record is None
             or record.number != claims.attempt
             or record.status.terminal
             or record.tail.decided
@@ -899,7 +925,18 @@ class Engine:
                 "arrived; it was not recorded"
             )
         record.budget.take_result(self.settings, result.value)  # AttemptFull past a bound
-        record.tail.append_final(result, "worker")
+        event, done = record.tail.append_pending(result)
+        stored = False
+        try:
+            # Queued behind every write made so far, ahead of the attempt's end.
+            await self.store.put_output(task.id, record.number, event.to_record())
+            stored = True
+        except Fenced as exc:
+            raise AttemptEnded(
+                f"task {claims.task_id} is run by another node now; the result was not recorded"
+            ) from exc
+        finally:
+            record.tail.written(done, stored)
         log.debug(
             "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
         )

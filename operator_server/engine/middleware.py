@@ -101,6 +101,8 @@ async def operator_delegate(ctx: AttemptContext, call_next: Next) -> WorkerResul
     try:
         ack = await backend.execute(ctx, ctx.system, ctx.prompt, ctx.capability_token)
     except AttemptFailed as exc:
+        # Decided on the results stored, not on one still being written.
+        await ctx.tail.settle()
         # A worker's result the server accepted (200) decides the attempt even
         # when the spawn then fails without the operator saying so (session
         # deleted or expired, spawn timed out, reconnect grace ran out): only
@@ -108,6 +110,7 @@ async def operator_delegate(ctx: AttemptContext, call_next: Next) -> WorkerResul
         if exc.code == Code.OPERATOR_ERROR or not ctx.tail.worker_posted():
             raise
         return ctx.tail.decide()
+    await ctx.tail.settle()
     if ack is not None:
         ctx.tail.offer_ack(ack)
     return ctx.tail.decide()

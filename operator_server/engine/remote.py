@@ -38,7 +38,7 @@ def serve_calls(engine: Engine, cluster: Cluster) -> None:
 
     async def worker_result(args: dict[str, Any]) -> dict[str, Any]:
         result = WorkerResult(args["value"], bool(args["ok"]))
-        engine.post_worker_result(claims_from_wire(args["claims"]), result)
+        await engine.post_worker_result(claims_from_wire(args["claims"]), result)
         return {}
 
     async def worker_ask(args: dict[str, Any]) -> dict[str, Any]:

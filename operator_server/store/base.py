@@ -32,7 +32,8 @@ Worker asks (``put_ask_soon``) are stored apart from their task, one row per
 ask, rewritten only when that ask changes: appending an ask costs the ask, not
 the task with every ask before it.  Every read of a task puts them back into
 its record (``with_asks``), so what is read is what the engine had; they go
-with their task at retention.
+with their task at retention.  An attempt's outputs (``put_output``) are
+stored the same way, one row per output, appended once and never rewritten.
 
 Webhook deliveries: a finished task with a ``callback_url`` gets a delivery row
 (due time) in the same commit as its end; ``record_delivery`` updates the task
@@ -41,6 +42,7 @@ and the row together after each try.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -372,6 +374,25 @@ class Store(ABC):
         whose ``number`` is ``attempt``, asks in the order first stored."""
 
     @abstractmethod
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        """Append one output of ``task_id``'s attempt ``attempt`` (a worker's
+        result), one row of its own — the task's row holds none — and return
+        once it is committed.  It is queued in order with every other write
+        when the call starts (before its first await), so an end written after
+        it commits after it.  Reads give the outputs back in
+        ``attempts[n]["tail"]`` of the attempt whose ``number`` is ``attempt``,
+        in the order appended.  A shared store refuses it (``Fenced``) unless
+        this node still holds the task, as it does a task's write."""
+
+    @abstractmethod
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        """``put_output`` queued now, with nobody made to wait: the future
+        settles once it is committed (``StoreError`` if it is not), for the
+        attempt's end to check before it is written (an ack, an agent's final)."""
+
+    @abstractmethod
     def put_events_soon(self, events: Events) -> None:
         """Events that come with no task write (operator requests, outputs)."""
 
@@ -539,11 +560,17 @@ class PendingRow:
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --
 
 
-def decode_task_row(task_id: Any, data: Any, asks: Iterable[tuple[Any, Any]] = ()) -> Row:
-    """A stored task row as a ``Row``: its record, with its stored asks
-    ``(attempt, data)`` put back (``with_asks``), or why it cannot be used."""
+def decode_task_row(
+    task_id: Any,
+    data: Any,
+    asks: Iterable[tuple[Any, Any]] = (),
+    outputs: Iterable[tuple[Any, Any]] = (),
+) -> Row:
+    """A stored task row as a ``Row``: its record, with its stored asks and
+    outputs ``(attempt, data)`` put back (``with_asks``, ``with_outputs``), or
+    why it cannot be used."""
     try:
-        return Row(str(task_id), with_asks(decode_task(data), asks))
+        return Row(str(task_id), with_outputs(with_asks(decode_task(data), asks), outputs))
     except Exception as exc:  # one bad row is skipped, whatever is wrong with it
         return Row(str(task_id), None, f"cannot decode: {exc}")
 
@@ -554,7 +581,25 @@ def with_asks(record: dict[str, Any], asks: Iterable[tuple[Any, Any]]) -> dict[s
     stored apart keeps what its row holds (rows written before asks were stored
     apart carry them inline); an ask of an attempt the record does not have,
     or one that cannot be decoded, is left out, with a warning."""
-    stored = list(asks)
+    return _put_back(record, asks, "asks", lambda ask: isinstance(ask, dict))
+
+
+def with_outputs(record: dict[str, Any], outputs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """``record`` with its stored outputs — ``(attempt number, JSON text)`` in
+    the order appended — in their attempts' ``tail``, as ``with_asks`` does for
+    asks (rows written before outputs were stored apart carry them inline)."""
+    return _put_back(
+        record, outputs, "tail", lambda output: isinstance(output, list) and len(output) == 5
+    )
+
+
+def _put_back(
+    record: dict[str, Any],
+    stored_apart: Iterable[tuple[Any, Any]],
+    key: str,
+    valid: Callable[[Any], bool],
+) -> dict[str, Any]:
+    stored = list(stored_apart)
     if not stored:
         return record  # nothing stored apart: the row as it is
     attempts = record.get("attempts")
@@ -568,16 +613,22 @@ def with_asks(record: dict[str, Any], asks: Iterable[tuple[Any, Any]]) -> dict[s
     found: dict[Any, list[Any]] = {}
     for attempt, data in stored:
         try:
-            ask = json.loads(data, json.STORED_MAX_DEPTH)
-            if not isinstance(ask, dict) or attempt not in by_number:
-                raise ValueError(f"not an ask of an attempt of the task (attempt {attempt})")
-        except Exception as exc:  # one bad ask is skipped, never the task
-            log.warning("skipping a stored ask", task_id=record.get("id"), error=str(exc))
+            item = json.loads(data, json.STORED_MAX_DEPTH)
+            if not valid(item) or attempt not in by_number:
+                raise ValueError(f"not one of an attempt of the task (attempt {attempt})")
+        except Exception as exc:  # one bad row is skipped, never the task
+            log.warning(f"skipping a stored {key} row", task_id=record.get("id"), error=str(exc))
             continue
-        found.setdefault(attempt, []).append(ask)
+        found.setdefault(attempt, []).append(item)
     for number, listed in found.items():
-        by_number[number]["asks"] = listed
+        by_number[number][key] = listed
     return record
+
+
+def output_row(task_id: str, attempt: int, output: list[Any]) -> tuple[str, int, str]:
+    """The stored row of one output: ``(task_id, attempt, JSON text)``, encoded
+    by the caller as it writes."""
+    return task_id, int(attempt), json.dumps_bytes(output).decode()
 
 
 def ask_row(task_id: str, attempt: int, ask: dict[str, Any]) -> tuple[str, int, str, str]:

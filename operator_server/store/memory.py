@@ -6,6 +6,7 @@ everything above the store behaves the same with either.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import Counter
 from collections.abc import Collection
@@ -21,7 +22,9 @@ from operator_server.store.base import (
     TaskEvent,
     ask_row,
     decode_task,
+    output_row,
     with_asks,
+    with_outputs,
 )
 from operator_server.wire import json
 
@@ -40,6 +43,8 @@ class MemoryStore(Store):
         # Each task's asks, stored apart as the other stores do: ask_id ->
         # (attempt, JSON text), in the order first stored.
         self.asks: dict[str, dict[str, tuple[int, str]]] = {}
+        # Each task's outputs, appended apart likewise: (attempt, JSON text).
+        self.outputs: dict[str, list[tuple[int, str]]] = {}
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -84,6 +89,18 @@ class MemoryStore(Store):
     def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
         _, number, ask_id, data = ask_row(task_id, attempt, ask)
         self.asks.setdefault(task_id, {})[ask_id] = (number, data)
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        await self.put_output_soon(task_id, attempt, output)
+
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        _, number, data = output_row(task_id, attempt, output)
+        self.outputs.setdefault(task_id, []).append((number, data))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def put_events_soon(self, events: Events) -> None:
         self._add_events(events)
@@ -137,7 +154,8 @@ class MemoryStore(Store):
         # cannot recurse, and the same rows fail to load here as there.
         try:
             record = decode_task(json.dumps(self.tasks[task_id]))
-            return Row(task_id, with_asks(record, self.asks.get(task_id, {}).values()))
+            record = with_asks(record, self.asks.get(task_id, {}).values())
+            return Row(task_id, with_outputs(record, self.outputs.get(task_id, [])))
         except Exception as exc:  # one bad row is skipped, whatever is wrong with it
             return Row(task_id, None, f"cannot decode: {exc}")
 
@@ -176,6 +194,7 @@ class MemoryStore(Store):
             gone[self.tasks.pop(task_id)["status"]] += 1
             self.deliveries.pop(task_id, None)
             self.asks.pop(task_id, None)
+            self.outputs.pop(task_id, None)
             seq = self._seq_of.pop(task_id)
             del self._id_at[seq]
             del self._order[bisect.bisect_left(self._order, seq)]

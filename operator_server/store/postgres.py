@@ -75,6 +75,7 @@ from operator_server.store.base import (
     decode_session,
     decode_session_rows,
     decode_task_row,
+    output_row,
 )
 from operator_server.store.pgbus import ALL, SQL_CHANNEL, PgBus, channel, encode
 from operator_server.wire import json as wire_json
@@ -254,6 +255,40 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
     """,
+    # v9: an attempt's outputs (a worker's result, an ack) stored apart, one
+    # row per output, appended once (``put_output``): an output costs itself,
+    # not a rewrite of its task with every earlier attempt's outputs.  A
+    # task's outputs read in seq order.  The outputs rows already hold inline
+    # (``tail``) are copied over (the task's next write drops them); a row
+    # whose text is not valid jsonb keeps its own, with a warning.
+    """
+    CREATE TABLE task_outputs (
+        seq     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        data    TEXT NOT NULL
+    );
+    CREATE INDEX task_outputs_by_task ON task_outputs (task_id, seq);
+    DO $$
+    DECLARE
+        t RECORD;
+    BEGIN
+        FOR t IN SELECT id, data FROM tasks WHERE strpos(data, '"tail"') > 0 ORDER BY seq LOOP
+            BEGIN
+                INSERT INTO task_outputs (task_id, attempt, data)
+                SELECT t.id, (a.value ->> 'number')::int, o.value::text
+                FROM jsonb_array_elements(t.data::jsonb -> 'attempts')
+                         WITH ORDINALITY AS a(value, i),
+                     jsonb_array_elements(a.value -> 'tail') WITH ORDINALITY AS o(value, j)
+                WHERE jsonb_typeof(a.value -> 'number') = 'number'
+                  AND jsonb_typeof(o.value) = 'array'
+                ORDER BY a.i, o.j;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'the outputs of task % stay inline: %', t.id, SQLERRM;
+            END;
+        END LOOP;
+    END $$;
+    """,
 ]
 # A task's write, in one statement (one round trip).  The lease row and the
 # task row are locked first — a takeover waits for this write's commit, or this
@@ -375,6 +410,8 @@ DELETE_FINISHED = """
         DELETE FROM webhook_deliveries d USING gone g WHERE d.task_id = g.id
     ), asks AS (
         DELETE FROM task_asks a USING gone g WHERE a.task_id = g.id
+    ), outputs AS (
+        DELETE FROM task_outputs o USING gone g WHERE o.task_id = g.id
     )
     SELECT status FROM gone
 """
@@ -389,6 +426,19 @@ UPSERT_ASK = """
       AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($6::bigint, 0))
     ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
 """
+# One output, fenced exactly as an ask is (``UPSERT_ASK``); it returns its seq
+# when written, nothing when fenced off: a worker waits on this write (its 200
+# says the result is on disk), so a fenced one is refused, not skipped.
+INSERT_OUTPUT = """
+    INSERT INTO task_outputs (task_id, attempt, data)
+    SELECT $1, $2, $3
+    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $4)
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($5::bigint, 0))
+    RETURNING seq
+"""
+OUTPUTS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_outputs WHERE task_id = ANY($1::text[]) ORDER BY seq"
+)
 ASKS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_asks WHERE task_id = ANY($1::text[]) ORDER BY seq"
 )
@@ -866,6 +916,31 @@ class PostgresStore(Store):
         what = f"save ask {row[2]} of {task_id}"
         self._soon_plain(what, UPSERT_ASK, *row, self._node_id, epoch)
 
+    def _output_write(self, task_id: str, attempt: int, output: list[Any]) -> tuple[Work, str]:
+        row = output_row(task_id, attempt, output)
+        epoch = self._epochs.get(task_id)  # as of now, like the output
+
+        async def work(c: asyncpg.Connection) -> None:
+            if await c.fetchval(INSERT_OUTPUT, *row, self._node_id, epoch) is None:
+                raise Fenced(f"task {task_id} was taken over; its output was not stored")
+
+        return work, f"save output of {task_id}"
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        await self.put_output_soon(task_id, attempt, output)
+
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._accepting:
+            fut.set_exception(StoreError("the store is not open"))
+        else:  # queued now, not when first awaited
+            work, what = self._output_write(task_id, attempt, output)
+            self._unsettled += 1
+            self._queue.put_nowait(_Op(work, fut, what))
+        return fut
+
     def put_events_soon(self, events: Events) -> None:
         self._soon(_nothing, "save events", events)  # stored by the writer
 
@@ -920,7 +995,7 @@ class PostgresStore(Store):
 
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)
-        rows, asks = await self._read(
+        rows, asks, outputs = await self._read(
             lambda c: _with_asks_of(
                 c,
                 c.fetch(
@@ -930,16 +1005,25 @@ class PostgresStore(Store):
             ),
             "load tasks",
         )
-        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
+        return [
+            decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ()))
+            for task_id, data in rows
+        ]
 
     async def get_task(self, task_id: str) -> Row | None:
-        rows, asks = await self._read(
+        rows, asks, outputs = await self._read(
             lambda c: _with_asks_of(
                 c, c.fetch("SELECT id, data FROM tasks WHERE id = $1", task_id)
             ),
             f"read task {task_id}",
         )
-        return decode_task_row(task_id, rows[0]["data"], asks.get(task_id, ())) if rows else None
+        return (
+            decode_task_row(
+                task_id, rows[0]["data"], asks.get(task_id, ()), outputs.get(task_id, ())
+            )
+            if rows
+            else None
+        )
 
     async def task_seq(self, task_id: str) -> int | None:
         seq = await self._read(
@@ -959,9 +1043,14 @@ class PostgresStore(Store):
                 "ORDER BY seq LIMIT $3"
             )
             args = (status, after_seq, limit)
-        rows, asks = await self._read(lambda c: _with_asks_of(c, c.fetch(sql, *args)), "list tasks")
+        rows, asks, outputs = await self._read(
+            lambda c: _with_asks_of(c, c.fetch(sql, *args)), "list tasks"
+        )
         return [
-            StoredTask(int(seq), decode_task_row(task_id, data, asks.get(task_id, ())))
+            StoredTask(
+                int(seq),
+                decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ())),
+            )
             for seq, task_id, data in rows
         ]
 
@@ -980,14 +1069,21 @@ class PostgresStore(Store):
         del at_start  # the same at start-up: a live node's tasks keep their lease
         args = (self._node_id, self._lease_s, list(self._live), limit)
 
-        async def work(c: asyncpg.Connection) -> tuple[list[Any], dict[str, list[Any]]]:
+        async def work(
+            c: asyncpg.Connection,
+        ) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[Any]]]:
             async with c.transaction():
                 return await _with_asks_of(c, c.fetch(TAKE_OVER, *args))
 
-        rows, asks = await self._read(work, "take over tasks")
+        rows, asks, outputs = await self._read(work, "take over tasks")
         for row in rows:
             self._epochs[row["id"]] = int(row["epoch"])
-        return [decode_task_row(row["id"], row["data"], asks.get(row["id"], ())) for row in rows]
+        return [
+            decode_task_row(
+                row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
+            )
+            for row in rows
+        ]
 
     async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
         sent = time.monotonic()
@@ -1152,15 +1248,19 @@ class PostgresStore(Store):
 
 async def _with_asks_of(
     c: asyncpg.Connection, fetching: Awaitable[list[Any]]
-) -> tuple[list[Any], dict[str, list[tuple[int, str]]]]:
+) -> tuple[list[Any], dict[str, list[tuple[int, str]]], dict[str, list[tuple[int, str]]]]:
     """The task rows ``fetching`` reads (each with an ``id``) and their tasks'
-    stored asks, by task: ``(attempt, data)`` in the order first stored."""
+    stored asks and outputs, by task: ``(attempt, data)`` in the order first
+    stored."""
     rows = list(await fetching)
     asks: dict[str, list[tuple[int, str]]] = {}
+    outputs: dict[str, list[tuple[int, str]]] = {}
     if rows:
-        for task_id, attempt, data in await c.fetch(ASKS_OF_TASKS, [r["id"] for r in rows]):
-            asks.setdefault(task_id, []).append((attempt, data))
-    return rows, asks
+        ids = [r["id"] for r in rows]
+        for sql, found in ((ASKS_OF_TASKS, asks), (OUTPUTS_OF_TASKS, outputs)):
+            for task_id, attempt, data in await c.fetch(sql, ids):
+                found.setdefault(task_id, []).append((attempt, data))
+    return rows, asks, outputs
 
 
 async def _store_events(c: asyncpg.Connection, done: list[_Op]) -> None:

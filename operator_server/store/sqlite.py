@@ -61,6 +61,7 @@ from operator_server.store.base import (
     decode_event_batch_rows,
     decode_session_rows,
     decode_task_row,
+    output_row,
 )
 from operator_server.wire import json as wire_json
 
@@ -170,6 +171,27 @@ MIGRATIONS: list[str] = [
           AND json_type(a.value, '$.number') = 'integer'
         ORDER BY t.seq, a.key, k.key;
     """,
+    # v6: an attempt's outputs (a worker's result, an ack) stored apart, one
+    # row per output, appended once (``put_output``): an output costs itself,
+    # not a rewrite of its task with every earlier attempt's outputs.  A
+    # task's outputs read in seq order.  The outputs rows already hold inline
+    # (``tail``) are copied over (the task's next write drops them).
+    """
+    CREATE TABLE task_outputs (
+        seq     INTEGER PRIMARY KEY,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        data    TEXT NOT NULL
+    );
+    CREATE INDEX task_outputs_by_task ON task_outputs (task_id, seq);
+    INSERT INTO task_outputs (task_id, attempt, data)
+        SELECT t.id, json_extract(a.value, '$.number'), o.value
+        FROM tasks t, json_each(t.data, '$.attempts') a, json_each(a.value, '$.tail') o
+        WHERE json_valid(t.data)
+          AND json_type(a.value, '$.number') = 'integer'
+          AND json_type(o.value) = 'array'
+        ORDER BY t.seq, a.key, o.key;
+    """,
 ]
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
@@ -197,6 +219,10 @@ ASKS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_asks WHERE task_id IN ({marks}) ORDER BY seq"
 )
 ASKS_PER_QUERY = 500
+INSERT_OUTPUT = "INSERT INTO task_outputs (task_id, attempt, data) VALUES (?,?,?)"
+OUTPUTS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_outputs WHERE task_id IN ({marks}) ORDER BY seq"
+)
 # How long an event that comes with no task write (an operator request or
 # reply, an output) may wait for its task's next write to ride with: under load
 # most tasks end within it, and their events cost one row, not one each.  The
@@ -542,6 +568,22 @@ class SQLiteStore(Store):
         row = ask_row(task_id, attempt, ask)
         self._soon(lambda c: c.execute(UPSERT_ASK, row), f"save ask {row[2]} of {task_id}")
 
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        await self.put_output_soon(task_id, attempt, output)
+
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        row = output_row(task_id, attempt, output)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._thread is None or self._loop is None:
+            fut.set_exception(StoreError("the store is not open"))
+        else:  # queued now, not when first awaited
+            self._enqueue(
+                _Op(lambda c: c.execute(INSERT_OUTPUT, row), fut, f"save output of {task_id}")
+            )
+        return fut
+
     def put_events_soon(self, events: Events) -> None:
         """Held for up to ``LINGER_S`` to ride with the task's next write; then
         written on their own, one row per task (``_release_lingering``)."""
@@ -647,7 +689,7 @@ class SQLiteStore(Store):
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
         wanted = list(statuses)
         marks = ",".join("?" * len(wanted))
-        rows, asks = await self._call(
+        rows, asks, outputs = await self._call(
             lambda c: _with_asks_of(
                 c,
                 c.execute(
@@ -657,16 +699,23 @@ class SQLiteStore(Store):
             ),
             "load tasks",
         )
-        return [decode_task_row(task_id, data, asks.get(task_id, ())) for task_id, data in rows]
+        return [
+            decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ()))
+            for task_id, data in rows
+        ]
 
     async def get_task(self, task_id: str) -> Row | None:
-        rows, asks = await self._call(
+        rows, asks, outputs = await self._call(
             lambda c: _with_asks_of(
                 c, c.execute("SELECT id, data FROM tasks WHERE id = ?", (task_id,)).fetchall(), 0
             ),
             f"read task {task_id}",
         )
-        return decode_task_row(task_id, rows[0][1], asks.get(task_id, ())) if rows else None
+        return (
+            decode_task_row(task_id, rows[0][1], asks.get(task_id, ()), outputs.get(task_id, ()))
+            if rows
+            else None
+        )
 
     async def task_seq(self, task_id: str) -> int | None:
         found = await self._call(
@@ -681,11 +730,13 @@ class SQLiteStore(Store):
             if status is None
             else (LIST_TASKS_OF_STATUS, [status, after_seq, limit])
         )
-        rows, asks = await self._call(
+        rows, asks, outputs = await self._call(
             lambda c: _with_asks_of(c, c.execute(sql, args).fetchall(), 1), "list tasks"
         )
         return [
-            StoredTask(seq, decode_task_row(task_id, data, asks.get(task_id, ())))
+            StoredTask(
+                seq, decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ()))
+            )
             for seq, task_id, data in rows
         ]
 
@@ -708,6 +759,7 @@ class SQLiteStore(Store):
             ids = [(task_id,) for _, _, task_id in victims]
             c.executemany(DELETE_EVENTS_OF_TASK, ids)
             c.executemany("DELETE FROM task_asks WHERE task_id = ?", ids)
+            c.executemany("DELETE FROM task_outputs WHERE task_id = ?", ids)
             c.executemany("DELETE FROM webhook_deliveries WHERE task_id = ?", ids)
             return dict(Counter(status for _, status, _ in victims))
 
@@ -746,17 +798,19 @@ def _event_row(first_id: int, task_id: str, events: Events) -> tuple[int, int, s
 
 def _with_asks_of(
     conn: sqlite3.Connection, rows: list[Any], id_at: int
-) -> tuple[list[Any], dict[str, list[tuple[int, str]]]]:
-    """``rows`` (a task id in column ``id_at``) and their tasks' stored asks,
-    by task: ``(attempt, data)`` in the order first stored."""
+) -> tuple[list[Any], dict[str, list[tuple[int, str]]], dict[str, list[tuple[int, str]]]]:
+    """``rows`` (a task id in column ``id_at``) and their tasks' stored asks
+    and outputs, by task: ``(attempt, data)`` in the order first stored."""
     ids = [row[id_at] for row in rows]
     asks: dict[str, list[tuple[int, str]]] = {}
+    outputs: dict[str, list[tuple[int, str]]] = {}
     for start in range(0, len(ids), ASKS_PER_QUERY):
         chunk = ids[start : start + ASKS_PER_QUERY]
-        sql = ASKS_OF_TASKS.format(marks=",".join("?" * len(chunk)))
-        for task_id, attempt, data in conn.execute(sql, chunk):
-            asks.setdefault(task_id, []).append((attempt, data))
-    return rows, asks
+        marks = ",".join("?" * len(chunk))
+        for sql, found in ((ASKS_OF_TASKS, asks), (OUTPUTS_OF_TASKS, outputs)):
+            for task_id, attempt, data in conn.execute(sql.format(marks=marks), chunk):
+                found.setdefault(task_id, []).append((attempt, data))
+    return rows, asks, outputs
 
 
 def _max_event_id(conn: sqlite3.Connection) -> int:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from operator_server.app import build_app, listening_on
 from operator_server.engine import AttemptContext, WorkerResult
-from operator_server.store import Events, SQLiteStore
+from operator_server.store import Events, Fenced, SQLiteStore, StoreError
 from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.fakes import FakeOperator
 from tests.wsop import eventually, handler_suspended
@@ -370,3 +370,120 @@ async def test_a_result_posted_while_the_senior_weighs_the_decided_result_is_ref
     assert await engine_of(client).cancel(task["id"], "enough")
     done = await wait_task(client, task["id"])
     assert [e["value"] for e in done["attempts"][0]["outputs"]] == ["half"]
+
+
+class OutputsHeld(SQLiteStore):
+    """A real SQLite store whose writes of a worker's result wait until
+    released: the window in which a result is appended but not yet on disk."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        self.holding.set()
+        await self.release.wait()
+        await super().put_output(task_id, attempt, output)
+
+
+async def test_a_result_being_written_when_the_operator_acks_is_answered_200_and_decides(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """A worker's result is answered only once it is on disk; the operator's
+    ack arriving meanwhile does not decide the attempt without it."""
+    path = str(tmp_path / "held.sqlite")
+    store = OutputsHeld(path)
+    app = build_app(make_settings(**{"store.path": path}), store=store)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    listening_on(app, str(client.make_url("")).rstrip("/"))
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+
+    posting = asyncio.create_task(
+        client.post(
+            "/v1/worker/result", json={"value": "worker's"}, headers=bearer(ctx.worker_handle)
+        )
+    )
+    await asyncio.wait_for(store.holding.wait(), 5)
+    parked.release[1].set_result(WorkerResult("ack"))
+    shown = await (await client.get(f"/v1/tasks/{task['id']}", params={"wait": "0.3"})).json()
+    assert shown["status"] == "running"  # the decision waits for the result's write
+    assert not posting.done()  # ... and so does its 200
+
+    store.release.set()
+    resp = await posting
+    assert resp.status == 200, await resp.text()
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": "worker's", "ok": True}
+    assert [(e["source"], e["kind"]) for e in done["attempts"][0]["outputs"]] == [
+        ("worker", "final"),
+        ("ack", "output"),
+    ]
+
+
+class FirstOutputFails(SQLiteStore):
+    """A real SQLite store that fails the first output queued with nobody
+    waiting (a fault injected at the store's write call, as a full disk
+    would fail it) and writes everything else."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.failed = False
+
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        if self.failed:
+            return super().put_output_soon(task_id, attempt, output)
+        self.failed = True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_exception(StoreError("injected: the disk is full"))
+        return done
+
+
+async def test_an_ack_whose_row_failed_is_written_again_before_the_attempts_end(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "fails.sqlite")
+    store = FirstOutputFails(path)
+    app = build_app(make_settings(**{"store.path": path}), store=store)
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    listening_on(app, str(client.make_url("")).rstrip("/"))
+    parked, task = await start_parked(client)
+    await parked.attempt(1)
+    parked.release[1].set_result(WorkerResult("ack"))
+    done = await wait_task(client, task["id"])
+    assert store.failed
+    assert [(e["source"], e["value"]) for e in done["attempts"][0]["outputs"]] == [("ack", "ack")]
+    # Read back from the store (the task has left memory): the same.
+    row = await store.get_task(task["id"])
+    assert row is not None
+    assert [(o[1], o[2]) for o in row.value["attempts"][0]["tail"]] == [("ack", "ack")]
+
+
+class ResultsFenced(SQLiteStore):
+    """A real SQLite store that refuses a worker's result as a shared store
+    does once another node holds the task (``Fenced``)."""
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        raise Fenced(f"task {task_id} was taken over; its output was not stored")
+
+
+async def test_a_result_the_store_fences_off_is_409_and_decides_nothing(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "fenced.sqlite")
+    app = build_app(make_settings(**{"store.path": path}), store=ResultsFenced(path))
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    listening_on(app, str(client.make_url("")).rstrip("/"))
+    parked, task = await start_parked(client)
+    ctx = await parked.attempt(1)
+    resp = await client.post(
+        "/v1/worker/result", json={"value": "lost"}, headers=bearer(ctx.worker_handle)
+    )
+    assert await error_of(resp) == (409, "attempt_ended")
+    parked.release[1].set_result(WorkerResult("ack"))
+    done = await wait_task(client, task["id"])
+    assert done["result"] == {"value": "ack", "ok": True}
+    assert [e["source"] for e in done["attempts"][0]["outputs"]] == ["ack"]

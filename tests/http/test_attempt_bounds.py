@@ -153,3 +153,47 @@ async def test_an_ask_is_written_on_its_own_and_never_rewrites_its_task(
     assert [a["question"][0] for a in done["attempts"][0]["asks"]] == ["0", "1", "2", "3"]
     assert [a["status"] for a in done["attempts"][0]["asks"]] == ["withdrawn"] * 4
     assert done == await (await client.get(f"/v1/tasks/{task['id']}")).json()
+
+
+async def test_an_output_is_written_on_its_own_and_never_rewrites_its_task(
+    server: Server, tmp_path: Path
+) -> None:
+    """An attempt's outputs were written inside the task's row at its end, and
+    every later write (each end, each retry) rewrote all of them again; the
+    row must hold none, and the task JSON still lists them."""
+    db = tmp_path / "tasks.sqlite"
+    client = await server(store__path=str(db))
+    _, ws, task, spawn = await spawned(client)
+
+    def row_size() -> int:
+        with closing(sqlite3.connect(db)) as conn:
+            found = conn.execute("SELECT length(data) FROM tasks WHERE id = ?", (task["id"],))
+            size: int = found.fetchone()[0]
+            return size
+
+    # Three big results, then the small one that decides (the row keeps that).
+    for n, size in enumerate((20_000, 20_000, 20_000, 10)):
+        resp = await client.post(
+            "/v1/worker/result", json={"value": f"{n}" * size}, headers=auth(spawn)
+        )
+        assert resp.status == 200, await resp.text()
+        # Answered 200 once on disk: its own row is there already.
+        with closing(sqlite3.connect(db)) as conn:
+            stored = conn.execute(
+                "SELECT count(*) FROM task_outputs WHERE task_id = ?", (task["id"],)
+            ).fetchone()[0]
+        assert stored == n + 1
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "ack"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    assert row_size() < 20_000  # the end is written without the outputs
+    outputs = done["attempts"][0]["outputs"]
+    assert [(o["source"], o["value"][:1]) for o in outputs] == [
+        ("worker", "0"),
+        ("worker", "1"),
+        ("worker", "2"),
+        ("worker", "3"),
+        ("ack", "a"),
+    ]
+    assert done["result"]["value"] == "3" * 10
+    assert done == await (await client.get(f"/v1/tasks/{task['id']}")).json()

@@ -322,3 +322,46 @@ async def test_retention_takes_a_tasks_asks_with_it(store: Store) -> None:
     await store.put_task(record("t-old", "passed", attempts=attempts(1)))
     row = await store.get_task("t-old")
     assert row is not None and "asks" not in row.value["attempts"][0]
+
+
+def output(value: Any, kind: str = "final", source: str = "worker") -> list[Any]:
+    return [kind, source, value, True, 5.0]
+
+
+async def test_outputs_are_stored_apart_and_read_back_in_their_attempts_in_order(
+    store: Store,
+) -> None:
+    await store.put_task(record("t-a", "running", attempts=[{"number": 1}, {"number": 2}]))
+    await store.put_output("t-a", 1, output("first"))
+    store.put_output_soon("t-a", 2, output({"deep": [1, 2]}))
+    store.put_output_soon("t-a", 1, output("ack", "output", "ack"))
+    await store.put_output("t-a", 3, output("lost"))  # an attempt the task does not have
+    # A write of the task itself (which never carries outputs) keeps them.
+    store.put_task_soon(record("t-a", "passed", updated_at=2.0, attempts=attempts(1, 2)))
+    expected = [
+        {"number": 1, "tail": [output("first"), output("ack", "output", "ack")]},
+        {"number": 2, "tail": [output({"deep": [1, 2]})]},
+    ]
+    row = await store.get_task("t-a")
+    assert row is not None and row.value["attempts"] == expected
+    [listed] = await store.list_tasks(None, 0, 10)
+    assert listed.row.value == row.value
+    [loaded] = await store.load_tasks(["passed"])
+    assert loaded.value == row.value
+
+
+async def test_a_row_with_its_outputs_inline_reads_as_written(store: Store) -> None:
+    """Rows written before outputs were stored apart carry them inline."""
+    await store.put_task(record("t-old", "passed", attempts=attempts(1, tail=[output("x")])))
+    row = await store.get_task("t-old")
+    assert row is not None and row.value["attempts"][0]["tail"] == [output("x")]
+
+
+async def test_retention_takes_a_tasks_outputs_with_it(store: Store) -> None:
+    await store.put_task(record("t-old", "passed", attempts=[{"number": 1}]))
+    await store.put_output("t-old", 1, output("gone"))
+    assert await store.delete_finished(["passed"], 5.0, 10) == {"passed": 1}
+    # Written again under the same id, it has no outputs left over.
+    await store.put_task(record("t-old", "passed", attempts=[{"number": 1}]))
+    row = await store.get_task("t-old")
+    assert row is not None and "tail" not in row.value["attempts"][0]

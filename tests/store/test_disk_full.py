@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -129,3 +132,41 @@ async def test_a_stop_while_an_end_cannot_be_written_leaves_the_task_to_the_next
     assert done["attempts"][0]["error"]["code"] == "interrupted"
     await ws.close()
     await again.close()
+
+
+async def test_a_result_the_full_disk_refuses_is_503_and_decides_nothing(
+    small_disk: Path, server: Server
+) -> None:
+    """A worker's result is answered 200 only once its row is on disk: one the
+    full disk refuses is 503 ``store_failed``, and the attempt is decided
+    without it.  The operator's ack, appended while the disk is still full, is
+    written again with the end once there is room."""
+    db = small_disk / "operator-server.sqlite"
+    client = await server(store__path=str(db))
+    sid, token = await mint(client)
+    ws = await connect(client, sid, token)
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid}, layers=["operator_delegate"]
+    )
+    spawn = await expect(ws, "spawn")
+    with filled(small_disk):
+        resp = await client.post(
+            "/v1/worker/result",
+            json={"value": "x" * 200_000},
+            headers={"Authorization": f"Bearer {spawn['worker_handle']}"},
+        )
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["error"]["code"] == "store_failed"
+        ack = "y" * 200_000
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": ack})
+        shown = await (await client.get(f"/v1/tasks/{task['id']}", params={"wait": "0.5"})).json()
+        assert shown["status"] == "running", shown
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed" and done["result"]["value"] == ack
+    outputs = done["attempts"][0]["outputs"]
+    assert [(o["source"], o["value"]) for o in outputs] == [("ack", ack)]
+    with closing(sqlite3.connect(db)) as conn:  # on disk, each in its row
+        rows = conn.execute("SELECT data FROM task_outputs WHERE task_id = ?", (task["id"],))
+        assert [json.loads(data)[1] for (data,) in rows] == ["ack"]
+    await ws.close()
+    await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from operator_server.store import SQLiteStore, TaskEvent
@@ -125,6 +126,65 @@ async def test_a_version_4_database_keeps_its_inline_asks_when_the_task_is_next_
         without = json.loads(json.dumps(old))
         for attempt in without["attempts"]:
             del attempt["asks"]
+        await store.put_task(without)
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+        bad = await store.get_task("t-bad")
+        assert bad is not None and bad.error is not None  # skipped as before, not fatal
+    finally:
+        await store.close()
+
+
+def inline_outputs_task(task_id: str) -> dict[str, object]:
+    """A task as a server before v6 wrote it: its attempts' outputs inline."""
+    return {
+        "id": task_id,
+        "status": "running",
+        "created_at": 1.0,
+        "updated_at": 1.0,
+        "attempts": [
+            {
+                "number": 1,
+                "status": "failed",
+                "tail": [
+                    ["final", "worker", {"big": [1, 2]}, True, 2.0],
+                    ["output", "ack", "late", False, 3.0],
+                ],
+            },
+            {"number": 2, "status": "running", "tail": [["final", "agent", "x", True, 4.0]]},
+        ],
+    }
+
+
+async def test_a_version_5_database_keeps_its_inline_outputs_when_the_task_is_next_written(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "v5.sqlite"
+    conn = sqlite3.connect(db)
+    for step in MIGRATIONS[:5]:
+        conn.executescript(step)
+    old = inline_outputs_task("t-1")
+    for task_id, data in (("t-1", json.dumps(old)), ("t-bad", "{not json")):
+        conn.execute(
+            "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?)",
+            (task_id, "running", 1.0, 1.0, data),
+        )
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        with closing(sqlite3.connect(db)) as check:
+            copied = check.execute("SELECT task_id, count(*) FROM task_outputs GROUP BY task_id")
+            assert dict(copied.fetchall()) == {"t-1": 3}
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+        # Written again as the engine writes it now (no outputs inline): still there.
+        without = json.loads(json.dumps(old))
+        for attempt in without["attempts"]:
+            del attempt["tail"]
         await store.put_task(without)
         row = await store.get_task("t-1")
         assert row is not None and row.value == old

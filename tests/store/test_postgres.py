@@ -29,7 +29,7 @@ from operator_server.store import (
 )
 from operator_server.store.postgres import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, wait_task
-from tests.store.test_migrations import inline_asks_task
+from tests.store.test_migrations import inline_asks_task, inline_outputs_task
 from tests.store.test_postgres_cluster import common, daemons
 from tests.test_daemon import start_daemon
 from tests.wsop import connect, mint
@@ -154,7 +154,8 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     conn = await asyncpg.connect(pg_url)
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
-        "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks; "
+        "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
+        "task_outputs; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
@@ -185,10 +186,10 @@ async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_w
     odd = {**inline_asks_task("t-odd"), "directive": "\u0000"}
     conn = await asyncpg.connect(pg_url)
     # The schema as it was just before the migration that brought task_asks
-    # (and so before the later epoch column too).
+    # (and so before the later epoch column and outputs table too).
     before = next(n for n, step in enumerate(MIGRATIONS) if "CREATE TABLE task_asks" in step)
     await conn.execute(
-        "DROP TABLE task_asks; ALTER TABLE tasks DROP COLUMN epoch; "
+        "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; "
         f"UPDATE operator_server_schema SET version = {before}"
     )
     for rec in (old, odd):
@@ -209,6 +210,47 @@ async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_w
         without = json.loads(json.dumps(old))
         for attempt in without["attempts"]:
             del attempt["asks"]
+        await store.put_task(without)
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+    finally:
+        await store.close()
+        await conn.close()
+
+
+async def test_upgrading_keeps_the_outputs_rows_hold_inline_once_the_task_is_next_written(
+    pg_url: str,
+) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    old = inline_outputs_task("t-1")
+    # jsonb refuses \u0000: this row's outputs cannot be copied, and stay inline.
+    odd = {**inline_outputs_task("t-odd"), "directive": "\u0000"}
+    conn = await asyncpg.connect(pg_url)
+    # The schema as it was just before the migration that brought task_outputs.
+    before = next(n for n, step in enumerate(MIGRATIONS) if "CREATE TABLE task_outputs" in step)
+    await conn.execute(
+        f"DROP TABLE task_outputs; UPDATE operator_server_schema SET version = {before}"
+    )
+    for rec in (old, odd):
+        await conn.execute(
+            "INSERT INTO tasks (id, status, created_at, updated_at, data) "
+            "VALUES ($1, 'running', 1, 1, $2)",
+            rec["id"],
+            json.dumps(rec),
+        )
+    await store.open()
+    try:
+        copied = "SELECT task_id, count(*) FROM task_outputs GROUP BY task_id"
+        assert dict(await conn.fetch(copied)) == {"t-1": 3}
+        for rec in (old, odd):
+            row = await store.get_task(str(rec["id"]))
+            assert row is not None and row.value == rec
+        # Written again as the engine writes it now (no outputs inline): still there.
+        without = json.loads(json.dumps(old))
+        for attempt in without["attempts"]:
+            del attempt["tail"]
         await store.put_task(without)
         row = await store.get_task("t-1")
         assert row is not None and row.value == old
@@ -273,6 +315,29 @@ async def test_a_node_whose_task_was_taken_over_adds_no_ask_to_it(pg_url: str) -
         row = await a.get_task("t-1")
         assert row is not None
         assert [k["ask_id"] for k in row.value["attempts"][0]["asks"]] == ["ask-a", "ask-b"]
+
+
+async def test_a_node_whose_task_was_taken_over_adds_no_output_to_it(pg_url: str) -> None:
+    """Fenced as a task's write is: while the other node holds the lease, and
+    after it ended the task and dropped the lease (the epoch moved on)."""
+    out = ["final", "worker", "mine", True, 1.0]
+    async with cut_off_pair(pg_url) as (a, b):
+        record = {**task_record("t-1", "running"), "attempts": [{"number": 1}]}
+        await a.put_task(record)
+        await a.put_output("t-1", 1, out)
+        await asyncio.sleep(0.3)  # a is cut off: no renewal, the lease lapses
+        [taken] = await b.take_over(at_start=False, limit=10)
+        assert taken.value["attempts"][0]["tail"] == [out]
+        # a comes back and adds to the task it no longer runs: refused.
+        with pytest.raises(Fenced, match="taken over"):
+            await a.put_output("t-1", 1, ["final", "worker", "late", True, 2.0])
+        a.put_output_soon("t-1", 1, ["output", "ack", "late", True, 2.0])
+        await a.flush()
+        await b.put_task({**record, "status": "passed"})  # b ends it: no lease row left
+        with pytest.raises(Fenced, match="taken over"):
+            await a.put_output("t-1", 1, ["final", "worker", "later", True, 3.0])
+        row = await b.get_task("t-1")
+        assert row is not None and row.value["attempts"][0]["tail"] == [out]
 
 
 def event(task_id: str, type: str) -> TaskEvent:
