@@ -71,10 +71,18 @@ def handlers_suspended(name: str) -> int:
 
 def _awaits_through(coro: Any, name: str) -> bool:
     while isinstance(coro, types.CoroutineType):
-        if coro.cr_code.co_name == name:
+        if coro.cr_code.co_name == name or _declared_handler(coro) == name:
             return True
         coro = coro.cr_await
     return False
+
+
+def _declared_handler(coro: types.CoroutineType[Any, Any, Any]) -> str | None:
+    """The handler a ``@documented`` route's wrapper runs: the wrapper reads the
+    body before calling it, so a handler "waiting for its body" is its wrapper."""
+    frame = coro.cr_frame
+    handler = frame.f_locals.get("handler") if frame is not None else None
+    return getattr(handler, "__name__", None) if coro.cr_code.co_name == "run" else None
 
 
 async def thin_path_task(client: TestClient[Any, Any], ws: Any, sid: str) -> dict[str, Any]:
