@@ -48,6 +48,7 @@ from operator_server.engine.faces import (
     WorkerResult,
 )
 from operator_server.engine.middleware import Upheld, build_chain
+from operator_server.engine.outputs import OutputEvent
 from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
 from operator_server.engine.tasks import (
@@ -57,7 +58,6 @@ from operator_server.engine.tasks import (
     Callback,
     Ending,
     OperatorSpec,
-    OutputEvent,
     Task,
     TaskStatus,
 )
