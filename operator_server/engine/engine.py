@@ -24,7 +24,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -41,16 +41,13 @@ from operator_server.engine.faces import (
     AttemptContext,
     Face,
     Kind,
-    Operator,
-    OperatorInfo,
     SeniorBridge,
-    SpawnHook,
     WorkerResult,
 )
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.outputs import OutputEvent
-from operator_server.engine.registries import Registry, RoleAliases
 from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
+from operator_server.engine.resolution import FindElsewhere, OperatorResolution
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -105,6 +102,7 @@ class Engine:
         store: Store,
         metrics: Metrics | None = None,
         fanout: EventFanout | None = None,
+        find_operator: FindElsewhere | None = None,
     ) -> None:
         self.settings = settings
         self.background = background
@@ -136,15 +134,7 @@ class Engine:
         # Set when a finished task's webhook delivery is stored (or queued to be:
         # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
-        self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
-        self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
-        self.operators: Registry[Operator] = Registry(Face.BACKEND)
-        self.registries: dict[Face, Registry[Any]] = {
-            Face.SENIOR_BRIDGE: self.senior_bridges,
-            Face.SPAWN_HOOK: self.spawn_hooks,
-            Face.BACKEND: self.operators,
-        }
-        self.roles = RoleAliases()
+        self.resolution = OperatorResolution(find_operator)
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
         self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
@@ -163,9 +153,6 @@ class Engine:
         # Tasks let go whose leases (if still this node's) are to be given up,
         # so that the next takeover, here or elsewhere, re-dispatches them.
         self.unleased: set[str] = set()
-        # A name (sid or role) no registry here knows: another node's session,
-        # looked up and brought here by the operator directory (cluster mode).
-        self.find_operator: Callable[[str], Awaitable[None]] | None = None
 
     @staticmethod
     def _random_secret() -> bytes:
@@ -174,50 +161,6 @@ class Engine:
             "restart (set `secret` or OPERATOR_SERVER_SECRET)"
         )
         return secrets.token_bytes(32)
-
-    # -- registries -------------------------------------------------------
-
-    def register_operator(self, sid: str, face: Any) -> None:
-        """Register one object under ``sid`` in all three registries."""
-        for registry in self.registries.values():
-            registry.register(sid, face)
-
-    def unregister_operator(self, sid: str) -> None:
-        for registry in self.registries.values():
-            registry.unregister(sid)
-        self.roles.release(sid)
-
-    async def find_operators(self, task: Task) -> None:
-        """Bring here any session ``task`` names that this node does not know
-        yet (minted on another node; a role held there); no-op in one process."""
-        spec = task.operator
-        if spec is None or self.find_operator is None:
-            return
-        for face, name in spec.face_names().items():
-            if name is None or self.registries[face].get(name) is not None:
-                continue
-            if self.roles.resolve(name) is None:
-                await self.find_operator(name)
-
-    def resolve_operator_info(self, task: Task) -> OperatorInfo:
-        """Look up, live, who serves this dispatch of ``task``."""
-        spec = task.operator
-        if spec is None:
-            return OperatorInfo()
-        found: dict[Face, tuple[str, Any]] = {}
-        for face, name in spec.face_names().items():
-            if name is None:
-                continue
-            registry = self.registries[face]
-            key = name if registry.get(name) is not None else self.roles.resolve(name)
-            item = registry.get(key) if key is not None else None
-            if key is None or item is None:
-                raise AttemptFailed(
-                    Code.OPERATOR_NOT_FOUND,
-                    f"{face} {name!r} is not registered (no operator session or role by that name)",
-                )
-            found[face] = (key, item)
-        return OperatorInfo(found)
 
     # -- tasks ------------------------------------------------------------
 
@@ -769,10 +712,10 @@ class Engine:
                     Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
                 ) from exc
             try:
-                await self.find_operators(task)
+                await self.resolution.find_operators(task)
             except StoreError as exc:
                 log.warning("could not look up the operator in the store", error=str(exc))
-            ctx.operator = info = self.resolve_operator_info(task)
+            ctx.operator = info = self.resolution.resolve_operator_info(task)
             record.served_by = info.served_by()
             if info.backend is not None:
                 # Credentials only when a spawn frame will carry them.
