@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -36,6 +35,7 @@ from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
 from operator_server.engine.cluster import Cluster
+from operator_server.engine.counts import StatusCounts
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
@@ -46,6 +46,7 @@ from operator_server.engine.faces import (
 )
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.outputs import OutputEvent
+from operator_server.engine.reads import TaskReads
 from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
 from operator_server.engine.resolution import FindElsewhere, OperatorResolution
 from operator_server.engine.tasks import (
@@ -61,8 +62,7 @@ from operator_server.engine.tasks import (
 from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
-from operator_server.store import Fenced, Row, Store, StoreError, TaskEvent
-from operator_server.wire import json
+from operator_server.store import Fenced, Store, StoreError, TaskEvent
 
 log = get_logger(__name__)
 # Retention deletes at most this many tasks per sweep, so one sweep after a
@@ -76,22 +76,6 @@ TAIL_BATCH = 1000
 # the most (``Engine._end``): quick after a blip, a few tries a minute after that.
 END_RETRY_FIRST_S = 0.05
 END_RETRY_MAX_S = 2.0
-
-
-class StatusCounts(Counter[str]):
-    """How many tasks are in each status, kept as tasks move (healthz reads
-    this instead of scanning); started from the store at start-up."""
-
-    def moved(self, old: TaskStatus | None, new: TaskStatus) -> None:
-        if old is not None:
-            self[str(old)] -= 1
-        self[str(new)] += 1
-
-    def removed(self, status: str, n: int) -> None:
-        self[status] -= n
-
-    def view(self) -> dict[str, int]:
-        return {status: n for status, n in self.items() if n > 0}
 
 
 class Engine:
@@ -142,6 +126,7 @@ class Engine:
         # ones are read from the store.
         self.tasks: dict[str, Task] = {}
         self.counts = StatusCounts()
+        self.reads = TaskReads(self)
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._contexts: dict[str, AttemptContext] = {}
         self._accepting = True
@@ -273,75 +258,6 @@ class Engine:
             return
         event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
         self.store.put_events_soon([event])
-
-    # -- reading tasks: live ones from memory, finished ones from the store --
-
-    async def find(self, task_id: str) -> Task | None:
-        """The task, live or finished; None when unknown (or retained no longer)."""
-        live = self.tasks.get(task_id)
-        if live is not None:
-            return live
-        row = await self.store.get_task(task_id)
-        return None if row is None else self.decode_row(row)
-
-    async def wait_finished(self, task: Task, timeout: float) -> Task:
-        """``task`` once it has ended, or as it is after ``timeout`` seconds.
-
-        A task running here wakes its waiters as it ends; one another node runs
-        (cluster mode) is read again each time the store announces it ended.
-        """
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not task.status.terminal:
-                    live = self.tasks.get(task.id)
-                    if live is not None or self.cluster is None:
-                        await (live or task).finished.wait()
-                        if (live or task).status.terminal or self.cluster is None:
-                            return live or task
-                        continue  # let go here: follow it to the node that runs it
-                    ended = self.cluster.watch_ended(task.id)
-                    try:
-                        # Read after watching: an end committed in between is seen.
-                        task = await self.find(task.id) or task
-                        if not task.status.terminal:
-                            await ended
-                    finally:
-                        self.cluster.unwatch(task.id, ended)
-        return task
-
-    async def page(
-        self, status: TaskStatus | None, after_seq: int, limit: int
-    ) -> tuple[list[Task], int | None]:
-        """One page of tasks in creation order, and the cursor after it (if more)."""
-        stored = await self.store.list_tasks(
-            None if status is None else str(status), after_seq, limit + 1
-        )
-        more = len(stored) > limit
-        stored = stored[:limit]
-        tasks = []
-        for item in stored:
-            # A live task's own object is fresher than its row (outputs so far).
-            task = self.tasks.get(item.row.key) or self.decode_row(item.row)
-            if task is not None:
-                tasks.append(task)
-        return tasks, (stored[-1].seq if more and stored else None)
-
-    @staticmethod
-    def decode_row(row: Row) -> Task | None:
-        """A stored task, or None (with a warning naming it) when its row is
-        unusable for any reason — including one that loads but could not be
-        served, which would otherwise fail every read of it."""
-        try:
-            if row.error is not None:
-                raise ValueError(row.error)
-            task = Task.from_record(row.value)
-            json.dumps(task.as_dict())
-            return task
-        except Exception as exc:  # whatever is wrong with the row, only it is skipped
-            log.warning(
-                "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
-            )
-            return None
 
     # -- restart and retention -------------------------------------------
 

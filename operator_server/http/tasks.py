@@ -238,7 +238,7 @@ def _callback_url(settings: Settings, url: str) -> str:
 async def _task(request: web.Request) -> Task:
     """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
-    task = await request.app[ENGINE].find(task_id)
+    task = await request.app[ENGINE].reads.find(task_id)
     if task is None:
         raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
@@ -266,7 +266,7 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
     callback = body.get("callback_url")
     if callback is not None:
         _callback_url(request.app[SETTINGS], callback)
-    if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
+    if (parent := body.get("parent_task_id")) and await engine.reads.find(parent) is None:
         # A body naming a missing task is a bad body (400), not a missing resource.
         raise ApiError(Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}", status=400)
     try:
@@ -311,7 +311,7 @@ async def list_tasks(request: web.Request, query: dict[str, Any]) -> web.Respons
     engine = request.app[ENGINE]
     seen = engine.published_event_id  # before the read: the page is at least this new
     after = await _cursor(engine, query.get("after"))
-    tasks, more = await engine.page(query.get("status"), after, query["limit"])
+    tasks, more = await engine.reads.page(query.get("status"), after, query["limit"])
     return json_response(
         {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)},
         headers={LAST_EVENT_HEADER: str(seen)},
@@ -353,7 +353,7 @@ async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -
         raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
         # As it is after ``wait``, if it has not ended by then.
-        task = await request.app[ENGINE].wait_finished(task, wait)
+        task = await request.app[ENGINE].reads.wait_finished(task, wait)
     return json_response(task.as_dict())
 
 
@@ -380,7 +380,7 @@ async def cancel_task(request: web.Request, subject: Task, body: dict[str, Any])
     reason = body.get("reason") or "cancelled by request"
     engine = request.app[ENGINE]
     cancelled = await engine.cancel(task.id, reason)
-    task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
+    task = await engine.reads.find(task.id) or task  # as it is now (ended on another node, say)
     if not cancelled:
         raise ApiError(
             Code.TASK_FINISHED,

@@ -332,6 +332,6 @@ async def test_shutdown_ends_running_tasks_cancelled_with_a_reason(server: Serve
     await asyncio.wait_for(fake.executing.wait(), 2)
     engine = engine_of(client)
     await client.close()  # runs the app's shutdown, as SIGTERM does
-    stored = await engine.find(task["id"])
+    stored = await engine.reads.find(task["id"])
     assert stored is not None and stored.status == "cancelled"
     assert stored.error is not None and stored.error.message == "server shutting down"
