@@ -9,25 +9,27 @@ from typing import TYPE_CHECKING
 
 from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.logs import get_logger
-from operator_server.store import Row
 from operator_server.wire import json
 
 if TYPE_CHECKING:
-    from operator_server.engine.engine import Engine
+    from operator_server.engine.cluster import Cluster
+    from operator_server.store import Row, Store
 
 log = get_logger(__name__)
 
 
 class TaskReads:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, tasks: dict[str, Task], store: Store, cluster: Cluster | None) -> None:
+        self.tasks = tasks  # the engine's live tasks
+        self.store = store
+        self.cluster = cluster
 
     async def find(self, task_id: str) -> Task | None:
         """The task, live or finished; None when unknown (or retained no longer)."""
-        live = self.engine.tasks.get(task_id)
+        live = self.tasks.get(task_id)
         if live is not None:
             return live
-        row = await self.engine.store.get_task(task_id)
+        row = await self.store.get_task(task_id)
         return None if row is None else decode_row(row)
 
     async def wait_finished(self, task: Task, timeout: float) -> Task:
@@ -39,27 +41,27 @@ class TaskReads:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while not task.status.terminal:
-                    live = self.engine.tasks.get(task.id)
-                    if live is not None or self.engine.cluster is None:
+                    live = self.tasks.get(task.id)
+                    if live is not None or self.cluster is None:
                         await (live or task).finished.wait()
-                        if (live or task).status.terminal or self.engine.cluster is None:
+                        if (live or task).status.terminal or self.cluster is None:
                             return live or task
                         continue  # let go here: follow it to the node that runs it
-                    ended = self.engine.cluster.watch_ended(task.id)
+                    ended = self.cluster.watch_ended(task.id)
                     try:
                         # Read after watching: an end committed in between is seen.
                         task = await self.find(task.id) or task
                         if not task.status.terminal:
                             await ended
                     finally:
-                        self.engine.cluster.unwatch(task.id, ended)
+                        self.cluster.unwatch(task.id, ended)
         return task
 
     async def page(
         self, status: TaskStatus | None, after_seq: int, limit: int
     ) -> tuple[list[Task], int | None]:
         """One page of tasks in creation order, and the cursor after it (if more)."""
-        stored = await self.engine.store.list_tasks(
+        stored = await self.store.list_tasks(
             None if status is None else str(status), after_seq, limit + 1
         )
         more = len(stored) > limit
@@ -67,7 +69,7 @@ class TaskReads:
         tasks = []
         for item in stored:
             # A live task's own object is fresher than its row (outputs so far).
-            task = self.engine.tasks.get(item.row.key) or decode_row(item.row)
+            task = self.tasks.get(item.row.key) or decode_row(item.row)
             if task is not None:
                 tasks.append(task)
         return tasks, (stored[-1].seq if more and stored else None)
