@@ -310,28 +310,9 @@ class Engine:
         current = task.current
         cut_short = current is not None and not current.status.terminal
         if current is not None and cut_short:
-            now = time.time()
             open_asks = [a for a in current.asks if not a.status.settled]
-            if self.recording:
-                self.store.put_events_soon(
-                    [
-                        self.events.make(
-                            task,
-                            EventType.ATTEMPT_ENDED,
-                            now,
-                            current.number,
-                            TaskStatus.FAILED.value,
-                            Code.INTERRUPTED.value,
-                        )
-                    ]
-                )
-            current.finish(
-                TaskStatus.FAILED,
-                error=AttemptFailed(Code.INTERRUPTED, "the server stopped during this attempt"),
-                at=now,
-            )
-            task.interruptions += 1
-            for ask in open_asks:  # withdrawn by ``finish``: stored so
+            self._end_soon(task, task.interrupt("the server stopped during this attempt"))
+            for ask in open_asks:  # withdrawn by the ending: stored so
                 ask.attempt = current.number
                 self.worker.ask_changed(task, ask)
         if task.interruptions > limit:
@@ -356,8 +337,7 @@ class Engine:
                 task, Ending(current.status, result=current.result, error=current.error)
             )
         else:
-            self.counts.moved(task.status, TaskStatus.PENDING)
-            task.status = TaskStatus.PENDING
+            self.counts.moved(task.requeue(), TaskStatus.PENDING)
             log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
             self.adopt(task)
 
@@ -507,18 +487,46 @@ class Engine:
                 **({"code": error.code, "message": error.message} if error is not None else {}),
             )
 
-    def _apply_end(self, task: Task, ending: Ending) -> None:
-        """Also when cancelled while waiting for the write: it is queued and lands."""
+    def _apply_end(self, task: Task, ending: Ending, *, stored: bool = True) -> None:
+        """The one place an ending — of an attempt, and with ``ending.final``
+        of its task — is applied; its events are built before (``_ending_events``).
+
+        ``stored``: its write has committed (``_end``; also when cancelled
+        while waiting for the write: it is queued and lands).  A final end
+        then takes the task out of memory (reads find it in the store), and
+        the attempt's duration is measured.  Otherwise (``_end_soon``) the
+        task stays in memory until its write is sure.  Counts and metrics
+        move here, once per ending: an attempt or task already ended is not
+        ended again (``Task.end``)."""
         before = task.status
         attempt = task.current
         running = attempt is not None and not attempt.status.terminal
         task.end(ending)
-        if running and attempt is not None and attempt.ended_at is not None:
+        if stored and running and attempt is not None and attempt.ended_at is not None:
             self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
         if ending.final:
             self.counts.moved(before, task.status)
             self.metrics.task_finished(str(task.status))
-            self.tasks.pop(task.id, None)
+            if stored:
+                self.tasks.pop(task.id, None)
+
+    def _end_soon(self, task: Task, ending: Ending) -> None:
+        """Apply ``ending`` before its write commits, where nothing can wait
+        for the store (``_settle``: a run that never took its first step or
+        crashed; ``recover_task``: the attempt a restart cut short).  A final
+        end queues the task's row with its events and its webhook; an
+        attempt's end queues its events, and is stored with the task's next
+        write (its next attempt's start, or its end)."""
+        events = self._ending_events(task, ending)
+        deliver = self._delivery_at(task, ending)
+        self._apply_end(task, ending, stored=False)
+        if not ending.final:
+            if events:
+                self.store.put_events_soon(events)
+            return
+        self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
+        if deliver is not None:
+            self.deliveries_due.set()
 
     def _cut_by_store(self, task: Task, error: AttemptFailed) -> Ending:
         """The store, not the work, cut this attempt short (its start or an
@@ -526,11 +534,7 @@ class Engine:
         is — not counted against ``max_attempts``, counted against
         ``store.max_interruptions`` — and the task is dispatched again once
         this ending is stored (``_end`` waits for the store to answer)."""
-        task.interruptions += 1
-        return Ending(
-            TaskStatus.FAILED,
-            error=AttemptFailed(Code.INTERRUPTED, f"the store failed: {error.message}"),
-        )
+        return task.interrupt(f"the store failed: {error.message}")
 
     def _let_go_of(self, task: Task, why: str) -> None:
         """Another node runs ``task`` now: forget it here without ending it."""
@@ -547,7 +551,7 @@ class Engine:
         runs = list(self._runs.items())
         for task_id, run in runs:
             if (task := self.tasks.get(task_id)) is not None:
-                task.cancel_reason = reason
+                task.cancelling(reason)
                 self._let_go_of(task, reason)
             run.cancel(reason)
         return len(runs)
@@ -558,9 +562,9 @@ class Engine:
 
     def _settle(self, task: Task, run: asyncio.Task[None]) -> None:
         """The run ended; if it never got to record that (cancelled before it
-        took its first step, or crashed), record it here.  This is the one
-        ending applied before its write commits (nothing here can wait), so
-        the task stays in memory until the next sweep.
+        took its first step, or crashed), record it here, before its write
+        commits (nothing here can wait: ``_end_soon``), so the task stays in
+        memory until the next sweep.
         """
         if self._runs.get(task.id) is run:  # not a newer run of the same task
             del self._runs[task.id]
@@ -571,16 +575,7 @@ class Engine:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
-            self.counts.moved(task.status, status)
-            ending = Ending(status, error=AttemptFailed(code, reason))
-            events = self._ending_events(task, ending)
-            task.end(ending)
-            self.metrics.task_finished(str(status))
-            # Its webhook is owed like any other end's (``_end``).
-            deliver = self._delivery_at(task, ending)
-            self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
-            if deliver is not None:
-                self.deliveries_due.set()
+            self._end_soon(task, Ending(status, error=AttemptFailed(code, reason)))
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
         """Run the next attempt of ``task`` through the middleware chain.
@@ -715,7 +710,7 @@ class Engine:
         run = self._runs.get(task_id)
         if task is None or task.status.terminal or run is None:
             return False
-        task.cancel_reason = reason
+        task.cancelling(reason)
         run.cancel(reason)
         # Withdrawal (cancel frames, revocation) is quick; the caller sees the end state.
         await asyncio.wait({run}, timeout=5)
@@ -733,7 +728,7 @@ class Engine:
         runs = list(self._runs.items())
         for task_id, run in runs:
             if (task := self.tasks.get(task_id)) is not None:
-                task.cancel_reason = reason
+                task.cancelling(reason)
             run.cancel(reason)
         if runs:
             await asyncio.wait([run for _, run in runs], timeout=self.settings.shutdown_timeout_s)

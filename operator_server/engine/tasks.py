@@ -294,9 +294,32 @@ class Task:
         self.touch(at)
         self.finished.set()
 
+    def interrupt(self, message: str) -> Ending:
+        """The current attempt was cut short by something other than its
+        work (a restart, the store failing): how it ends, to be applied like
+        any ending.  An interruption does not use up ``max_attempts``; the
+        engine fails the task once there are too many of them."""
+        self.interruptions += 1
+        return Ending(
+            TaskStatus.FAILED,
+            error=AttemptFailed(Code.INTERRUPTED, message),
+            final=False,
+        )
+
+    def requeue(self) -> TaskStatus:
+        """Back to ``pending``, to be dispatched again (recovered after a
+        restart); the status it had."""
+        before, self.status = self.status, TaskStatus.PENDING
+        return before
+
+    def cancelling(self, reason: str) -> None:
+        """Its run is being stopped: the reason its end will give."""
+        self.cancel_reason = reason
+
     def end(self, ending: Ending) -> None:
         """Apply ``ending``: the current attempt ends (if it has not), and with
-        ``ending.final`` the task too."""
+        ``ending.final`` the task too.  Only the engine's ``_apply_end`` calls
+        this: the one place every ending is applied."""
         current = self.current
         if current is not None and not current.status.terminal:
             current.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
