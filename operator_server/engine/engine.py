@@ -276,7 +276,6 @@ class Engine:
         """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())
         stored = await self.store.last_event_id()
-        self.events.resume_after(stored)
         self._stored_event_id = self._tailed = stored
 
     async def _tail_events(self) -> None:

@@ -176,6 +176,12 @@ def _result_from(rec: dict[str, Any] | None) -> WorkerResult | None:
     return None if rec is None else WorkerResult(rec["value"], bool(rec["ok"]))
 
 
+def _kind_from(value: str) -> Kind:
+    # ``composite`` was a third kind that behaved exactly as ``main_ai``; it is
+    # refused on the way in now, but rows written before still read back.
+    return Kind.MAIN_AI if value == "composite" else Kind(value)
+
+
 def _error_from(rec: dict[str, Any] | None) -> AttemptFailed | None:
     if rec is None:
         return None
@@ -381,7 +387,7 @@ class Task:
         if operator is not None:
             operator = OperatorSpec(
                 **{k: v for k, v in operator.items() if k != "kind"},
-                kind=Kind(operator["kind"]) if "kind" in operator else None,
+                kind=_kind_from(operator["kind"]) if "kind" in operator else None,
             )
         task = cls(
             agent=rec["agent"],
@@ -389,7 +395,7 @@ class Task:
             system=rec["system"],
             operator=operator,
             layers=tuple(rec["layers"]),
-            kind=Kind(rec["kind"]),
+            kind=_kind_from(rec["kind"]),
             max_attempts=int(rec["max_attempts"]),
             parent_task_id=rec["parent_task_id"],
             # Absent from records written before webhooks existed.
