@@ -1,4 +1,4 @@
-"""The engine: owns the registries, the tasks, and every dispatch.
+"""The engine: owns the live tasks and every run of them.
 
 A task's run is one background task (``task:<id>``) looping over attempts;
 ``dispatch_attempt`` runs one attempt through the middleware chain with a fresh
@@ -13,8 +13,13 @@ end the store cannot take (database unreachable, disk full) is written again
 until it lands, and an attempt the store cut short (its start or an operator
 request not stored) is an interruption, dispatched again once the store
 answers: a store failure never ends a task by itself.  A worker ask is
-stored on its own row as it changes (``_ask_changed``), never by rewriting
+stored on its own row as it changes (``WorkerApi.ask_changed``), never by rewriting
 its task, and ``recover_task`` decides what a restart does with each stored task.
+
+Size: a task's run from start to end, with each ending's guarantees written
+beside the code that keeps them.  What is not the run has its own module:
+reads (``reads``), counts (``counts``), the worker API (``worker``) and
+operator resolution (``resolution``).
 """
 
 from __future__ import annotations
