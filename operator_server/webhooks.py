@@ -48,6 +48,7 @@ from operator_server.background import Background
 from operator_server.config import Settings, webhook_host_allowed
 from operator_server.engine import Engine
 from operator_server.engine.reads import decode_row
+from operator_server.engine.task_json import task_view
 from operator_server.engine.tasks import Callback, Task
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
@@ -274,7 +275,7 @@ class WebhookSender:
         refusal = self._refusal(url)
         if refusal is not None:
             return f"refused: {refusal}"
-        body = json.dumps(task.as_dict()).encode()
+        body = json.dumps(task_view(task)).encode()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),

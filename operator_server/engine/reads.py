@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
+from operator_server.engine.task_json import task_view
 from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.logs import get_logger
 from operator_server.wire import json
@@ -83,7 +84,7 @@ def decode_row(row: Row) -> Task | None:
         if row.error is not None:
             raise ValueError(row.error)
         task = Task.from_record(row.value)
-        json.dumps(task.as_dict())
+        json.dumps(task_view(task))
         return task
     except Exception as exc:  # whatever is wrong with the row, only it is skipped
         log.warning(

@@ -1,7 +1,9 @@
 """Tasks and their attempts (each attempt's outputs: ``engine.outputs``).
 
-Plain data owned by the engine.  ``as_dict`` is the task JSON every HTTP route
-returns (documented in the README).
+A task owns its own state changes (``start_attempt``, ``interrupt``,
+``requeue``, ``cancelling``, ``end``); the engine does the I/O around them.
+``to_record``/``from_record`` are the stored form; the task JSON the API
+answers with is declared in ``engine.task_json``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from operator_server.engine.bounds import AttemptBudget
 from operator_server.engine.faces import Face, Kind, WorkerResult
 from operator_server.engine.outputs import OutputEvent, OutputTail
 from operator_server.errors import AttemptFailed, Code
-from operator_server.wire.times import iso
 
 
 class TaskStatus(StrEnum):
@@ -118,27 +119,14 @@ class AttemptRecord:
     def ask(self, ask_id: str) -> WorkerAsk | None:
         return next((a for a in self.asks if a.ask_id == ask_id), None)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "attempt": self.number,
-            "status": str(self.status),
-            "started_at": iso(self.started_at),
-            "ended_at": iso(self.ended_at),
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
-            "served_by": self.served_by,
-            "outputs": [e.as_dict() for e in self.tail.events],
-            "asks": [a.as_dict() for a in self.asks],
-        }
-
     def to_record(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "status": str(self.status),
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
+            "result": result_record(self.result),
+            "error": error_record(self.error),
             "served_by": self.served_by,
             # Asks and outputs are stored on their own (``Store.put_ask_soon``,
             # ``Store.put_output``): the task's row never carries them, reads
@@ -164,11 +152,11 @@ class AttemptRecord:
         )
 
 
-def _result_record(result: WorkerResult | None) -> dict[str, Any] | None:
+def result_record(result: WorkerResult | None) -> dict[str, Any] | None:
     return None if result is None else result.as_dict()
 
 
-def _error_record(error: AttemptFailed | None) -> dict[str, Any] | None:
+def error_record(error: AttemptFailed | None) -> dict[str, Any] | None:
     return None if error is None else error.as_dict()
 
 
@@ -202,15 +190,6 @@ class Callback:
     delivered_at: float | None = None
     last_error: str | None = None
     delivery_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "attempts": self.attempts,
-            "delivered_at": iso(self.delivered_at),
-            "last_error": self.last_error,
-            "delivery_id": self.delivery_id,
-        }
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -342,7 +321,7 @@ class Task:
         ``end`` sets; a test holds the two to the same result.
         """
         record = self.to_record()
-        result, error = _result_record(ending.result), _error_record(ending.error)
+        result, error = result_record(ending.result), error_record(ending.error)
         attempts = record["attempts"]
         if attempts and not self.attempts[-1].status.terminal:
             attempts[-1].update(
@@ -371,8 +350,8 @@ class Task:
             "max_attempts": self.max_attempts,
             "parent_task_id": self.parent_task_id,
             "attempt": self.attempt,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
+            "result": result_record(self.result),
+            "error": error_record(self.error),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "attempts": [a.to_record() for a in self.attempts],
@@ -414,25 +393,3 @@ class Task:
         if task.status.terminal:
             task.finished.set()
         return task
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": str(self.status),
-            "agent": self.agent,
-            "kind": str(self.kind),
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "interruptions": self.interruptions,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
-            "directive": self.directive,
-            "system": self.system,
-            "operator": self.operator.as_dict() if self.operator else None,
-            "layers": list(self.layers),
-            "parent_task_id": self.parent_task_id,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "attempts": [a.as_dict() for a in self.attempts],
-            "callback": self.callback.as_dict() if self.callback else None,
-        }
