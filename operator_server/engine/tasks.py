@@ -108,8 +108,8 @@ class AttemptRecord:
     ) -> None:
         self.status, self.result, self.error = status, result, error
         self.ended_at = time.time() if at is None else at
-        # Normally the engine has withdrawn them already; after a restart an
-        # interrupted attempt's open asks end here.
+        # Only ``Task.end`` calls this.  Normally the engine has withdrawn
+        # them already; after a restart an interrupted attempt's open asks end here.
         for ask in self.asks:
             ask.settle(
                 AskStatus.WITHDRAWN,
@@ -267,18 +267,6 @@ class Task:
         self.touch()
         return record
 
-    def finish(
-        self,
-        status: TaskStatus,
-        *,
-        result: WorkerResult | None = None,
-        error: AttemptFailed | None = None,
-        at: float | None = None,
-    ) -> None:
-        self.status, self.result, self.error = status, result, error
-        self.touch(at)
-        self.finished.set()
-
     def interrupt(self, message: str) -> Ending:
         """The current attempt was cut short by something other than its
         work (a restart, the store failing): how it ends, to be applied like
@@ -308,10 +296,10 @@ class Task:
         current = self.current
         if current is not None and not current.status.terminal:
             current.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
+        self.touch(ending.at)
         if ending.final:
-            self.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
-        else:
-            self.touch(ending.at)
+            self.status, self.result, self.error = ending.status, ending.result, ending.error
+            self.finished.set()
 
     def record_with(self, ending: Ending) -> dict[str, Any]:
         """The stored record of this task once ``ending`` applies, leaving it as it is.
