@@ -546,7 +546,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
-        task.finished.set()  # its waiters here read it again, wherever it runs now
+        task.let_go()
 
     def let_go_all(self, reason: str) -> int:
         """Cluster mode, cut off from the store for longer than a lease: the other

@@ -289,6 +289,11 @@ class Task:
         """Its run is being stopped: the reason its end will give."""
         self.cancel_reason = reason
 
+    def let_go(self) -> None:
+        """Another node runs it now: not ended here, but its waiters here
+        wake and read it again, wherever it runs."""
+        self.finished.set()
+
     def end(self, ending: Ending) -> None:
         """Apply ``ending``: the current attempt ends (if it has not), and with
         ``ending.final`` the task too.  Only the engine's ``_apply_end`` calls
