@@ -48,7 +48,7 @@ from bench.common import (
 from operator_server.config import Settings
 from operator_server.engine import Kind, WorkerResult
 from operator_server.engine.faces import Face
-from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
+from operator_server.engine.tasks import Ending, OperatorSpec, Task, TaskStatus
 from operator_server.store import open_store
 
 FILL = 100_000
@@ -85,8 +85,7 @@ def finished_task(i: int, at: float) -> Task:
     result = WorkerResult({"echo": directive})
     attempt.tail.append_final(result, "worker")
     attempt.tail.offer_ack(WorkerResult({}))
-    attempt.finish(TaskStatus.PASSED, result=result)
-    task.finish(TaskStatus.PASSED, result=result)
+    task.end(Ending(TaskStatus.PASSED, result=result))
     task.created_at, attempt.started_at = at, at + 0.004
     attempt.ended_at, task.updated_at = at + 0.008, at + 0.009
     return task

@@ -66,7 +66,14 @@ def build_app(
     meters = Metrics() if settings.metrics else DisabledMetrics()
     meters.identify(settings.node_id, __version__)
     store.observe_commits(meters.store_committed)
-    engine = Engine(settings, background, store, meters)
+    directory: OperatorDirectory
+
+    async def find_operator(name: str) -> None:
+        # A task names a session or role no session here answers to: the
+        # directory, which knows where sessions are stored, brings it here.
+        await directory.find_name(name)
+
+    engine = Engine(settings, background, store, meters, find_operator=find_operator)
     directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
     _sample_current_counts(meters, engine, directory)
 

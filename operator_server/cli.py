@@ -117,7 +117,7 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who = create.add_mutually_exclusive_group()
     who.add_argument("--role", help="the operator role that serves it")
     who.add_argument("--sid", help="the operator session that serves it")
-    create.add_argument("--kind", choices=("main_ai", "composite", "automate"))
+    create.add_argument("--kind", choices=("main_ai", "automate"))
     create.add_argument("--layers", help="comma-separated middleware, outermost first")
     create.add_argument("--max-attempts", type=int)
     create.add_argument(

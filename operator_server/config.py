@@ -13,6 +13,8 @@ Loading fails with ``ConfigError`` naming the key; the CLI turns that into exit
 code 2.
 """
 
+# size: every setting is declared here, its limits and help beside it: the one
+# place a key is looked up.
 from __future__ import annotations
 
 import ipaddress

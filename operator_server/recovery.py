@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from operator_server.engine import Engine
+from operator_server.engine.reads import decode_row
 from operator_server.logs import get_logger
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.store import Store
@@ -74,7 +75,7 @@ async def _take_over(engine: Engine, store: Store, *, at_start: bool) -> tuple[i
     while True:
         rows = await store.take_over(at_start=at_start, limit=TAKE_OVER_BATCH)
         for row in rows:
-            task = engine.decode_row(row)
+            task = decode_row(row)
             if task is None:
                 skipped += 1
                 continue

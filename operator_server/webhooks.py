@@ -47,6 +47,8 @@ from yarl import URL
 from operator_server.background import Background
 from operator_server.config import Settings, webhook_host_allowed
 from operator_server.engine import Engine
+from operator_server.engine.reads import decode_row
+from operator_server.engine.task_json import task_view
 from operator_server.engine.tasks import Callback, Task
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
@@ -198,7 +200,7 @@ class WebhookSender:
     async def _deliver(self, task_id: str) -> None:
         assert self._http is not None  # set before any try starts
         row = await self.store.get_task(task_id)
-        task = None if row is None else self.engine.decode_row(row)
+        task = None if row is None else decode_row(row)
         callback = None if task is None else task.callback
         if task is None or callback is None:
             await self.store.record_delivery(task_id, None, None)
@@ -273,7 +275,7 @@ class WebhookSender:
         refusal = self._refusal(url)
         if refusal is not None:
             return f"refused: {refusal}"
-        body = json.dumps(task.as_dict()).encode()
+        body = json.dumps(task_view(task)).encode()
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),

@@ -107,3 +107,104 @@ def test_the_client_library_loads_nothing_of_the_server() -> None:
     ).stdout.split()
     assert {"operator_server.client.operator", "operator_server.client.mcp"} <= set(out)
     assert [m for m in out if m.startswith(SERVER_ONLY)] == []
+
+
+def module_name(path: Path) -> str:
+    parts = ["operator_server", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, type-checking imports
+    included (a cycle there still means neither side can be read alone)."""
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    found.add(full if full in paths else base)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {n for n in found if n in paths and n != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for succ in graph[node]:
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+# KNOWN EXCEPTION, UNTIL THE ISSUE-21 MERGE ONLY: engine/remote.py names the
+# Engine (for types) while the engine serves remote calls through it; the
+# cluster package that replaces engine/remote.py removes this edge.  Delete
+# this entry then: the test must hold with no exception at all.
+CYCLE_EXCEPTIONS = {("operator_server.engine.remote", "operator_server.engine.engine")}
+
+
+def test_no_import_cycle_anywhere_in_the_package() -> None:
+    graph = import_graph()
+    for importer, imported in CYCLE_EXCEPTIONS:
+        graph[importer].discard(imported)
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+# A module longer than this says at its top why it is one module.
+MODULE_LINES = 500
+
+
+def says_why_it_is_long(text: str) -> bool:
+    head = text.split("\n", 60)[:60]
+    docstring = ast.get_docstring(ast.parse(text)) or ""
+    return any(line.startswith("# size: ") for line in head) or any(
+        paragraph.startswith("Size: ") for paragraph in docstring.split("\n\n")
+    )
+
+
+def test_no_module_is_long_without_a_reason_at_its_top() -> None:
+    long = [
+        f"{path.relative_to(PACKAGE)} ({lines} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (lines := len((text := path.read_text(encoding="utf-8")).splitlines())) > MODULE_LINES
+        and not says_why_it_is_long(text)
+    ]
+    assert long == [], "add a '# size: <why>' line or a 'Size: <why>' docstring paragraph"

@@ -18,6 +18,8 @@ connection that was not replayed is no longer held by the server (it restarted
 and re-dispatched the attempt as a new request), so the bridge withdraws it.
 """
 
+# size: one bridge: the inbox, the tool handlers and the reply bookkeeping share one
+# session's state (the tools' declarations are apart, in mcp_tools.py).
 from __future__ import annotations
 
 import asyncio

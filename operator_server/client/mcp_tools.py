@@ -220,7 +220,7 @@ TOOLS: list[types.Tool] = [
             directive=_ANY,
             role=_STR,
             sid=_STR,
-            kind={"type": "string", "enum": ["main_ai", "composite", "automate"]},
+            kind={"type": "string", "enum": ["main_ai", "automate"]},
             max_attempts={"type": "integer", "minimum": 1},
             system=_STR,
         ),

@@ -1,4 +1,4 @@
-"""The engine: registries, tasks, dispatch through the middleware chain, capabilities."""
+"""The engine: tasks and their runs, dispatch through the middleware chain, capabilities."""
 
 from operator_server.engine.engine import Engine
 from operator_server.engine.faces import (

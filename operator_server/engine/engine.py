@@ -1,4 +1,4 @@
-"""The engine: owns the registries, the tasks, and every dispatch.
+"""The engine: owns the live tasks and every run of them.
 
 A task's run is one background task (``task:<id>``) looping over attempts;
 ``dispatch_attempt`` runs one attempt through the middleware chain with a fresh
@@ -13,8 +13,13 @@ end the store cannot take (database unreachable, disk full) is written again
 until it lands, and an attempt the store cut short (its start or an operator
 request not stored) is an interruption, dispatched again once the store
 answers: a store failure never ends a task by itself.  A worker ask is
-stored on its own row as it changes (``_ask_changed``), never by rewriting
+stored on its own row as it changes (``WorkerApi.ask_changed``), never by rewriting
 its task, and ``recover_task`` decides what a restart does with each stored task.
+
+Size: a task's run from start to end, with each ending's guarantees written
+beside the code that keeps them.  What is not the run has its own module:
+reads (``reads``), counts (``counts``), the worker API (``worker``) and
+operator resolution (``resolution``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -33,68 +37,45 @@ import structlog
 from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
-from operator_server.engine.asks import AskStatus, WorkerAsk
-from operator_server.engine.capabilities import CapabilityIssuer, Claims
+from operator_server.engine.capabilities import CapabilityIssuer
 from operator_server.engine.cluster import Cluster
+from operator_server.engine.counts import StatusCounts
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
-    Face,
     Kind,
-    Operator,
-    OperatorInfo,
-    SeniorBridge,
-    SpawnHook,
     WorkerResult,
 )
 from operator_server.engine.middleware import Upheld, build_chain
-from operator_server.engine.registries import Registry, RoleAliases
-from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
+from operator_server.engine.outputs import OutputEvent
+from operator_server.engine.reads import TaskReads
+from operator_server.engine.remote import serve_calls
+from operator_server.engine.resolution import FindElsewhere, OperatorResolution
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
-    AttemptRecord,
     Callback,
     Ending,
     OperatorSpec,
-    OutputEvent,
     Task,
     TaskStatus,
 )
-from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
+from operator_server.engine.worker import WorkerApi
+from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
-from operator_server.store import Fenced, Row, Store, StoreError, TaskEvent
-from operator_server.wire import json
+from operator_server.store import Fenced, Store, StoreError, TaskEvent
 
 log = get_logger(__name__)
 # Retention deletes at most this many tasks per sweep, so one sweep after a
 # long downtime cannot hold the store for long.
 RETENTION_BATCH = 5000
-# What a node says of a credential another node issued: ask that node instead.
-ELSEWHERE_CODES = frozenset({Code.UNKNOWN_HANDLE, Code.CAPABILITY_REVOKED})
 # Events read per store round trip when following other nodes' (cluster mode).
 TAIL_BATCH = 1000
 # An end the store could not write is tried again after this, doubling up to
 # the most (``Engine._end``): quick after a blip, a few tries a minute after that.
 END_RETRY_FIRST_S = 0.05
 END_RETRY_MAX_S = 2.0
-
-
-class StatusCounts(Counter[str]):
-    """How many tasks are in each status, kept as tasks move (healthz reads
-    this instead of scanning); started from the store at start-up."""
-
-    def moved(self, old: TaskStatus | None, new: TaskStatus) -> None:
-        if old is not None:
-            self[str(old)] -= 1
-        self[str(new)] += 1
-
-    def removed(self, status: str, n: int) -> None:
-        self[status] -= n
-
-    def view(self) -> dict[str, int]:
-        return {status: n for status, n in self.items() if n > 0}
 
 
 class Engine:
@@ -105,6 +86,7 @@ class Engine:
         store: Store,
         metrics: Metrics | None = None,
         fanout: EventFanout | None = None,
+        find_operator: FindElsewhere | None = None,
     ) -> None:
         self.settings = settings
         self.background = background
@@ -136,15 +118,7 @@ class Engine:
         # Set when a finished task's webhook delivery is stored (or queued to be:
         # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
-        self.senior_bridges: Registry[SeniorBridge] = Registry(Face.SENIOR_BRIDGE)
-        self.spawn_hooks: Registry[SpawnHook] = Registry(Face.SPAWN_HOOK)
-        self.operators: Registry[Operator] = Registry(Face.BACKEND)
-        self.registries: dict[Face, Registry[Any]] = {
-            Face.SENIOR_BRIDGE: self.senior_bridges,
-            Face.SPAWN_HOOK: self.spawn_hooks,
-            Face.BACKEND: self.operators,
-        }
-        self.roles = RoleAliases()
+        self.resolution = OperatorResolution(find_operator)
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
         self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
@@ -153,7 +127,19 @@ class Engine:
         self.tasks: dict[str, Task] = {}
         self.counts = StatusCounts()
         self._runs: dict[str, asyncio.Task[None]] = {}
-        self._contexts: dict[str, AttemptContext] = {}
+        self.contexts: dict[str, AttemptContext] = {}
+        self.reads = TaskReads(self.tasks, store, self.cluster)
+        self.worker = WorkerApi(
+            settings,
+            store,
+            background,
+            self.metrics,
+            self.capabilities,
+            self.tasks,
+            self.contexts,
+            self.cluster,
+            self._on_owner,
+        )
         self._accepting = True
         # Stopping to let another node take the running tasks: runs end without
         # ending their tasks (``shutdown(hand_over=True)``).
@@ -163,9 +149,6 @@ class Engine:
         # Tasks let go whose leases (if still this node's) are to be given up,
         # so that the next takeover, here or elsewhere, re-dispatches them.
         self.unleased: set[str] = set()
-        # A name (sid or role) no registry here knows: another node's session,
-        # looked up and brought here by the operator directory (cluster mode).
-        self.find_operator: Callable[[str], Awaitable[None]] | None = None
 
     @staticmethod
     def _random_secret() -> bytes:
@@ -174,50 +157,6 @@ class Engine:
             "restart (set `secret` or OPERATOR_SERVER_SECRET)"
         )
         return secrets.token_bytes(32)
-
-    # -- registries -------------------------------------------------------
-
-    def register_operator(self, sid: str, face: Any) -> None:
-        """Register one object under ``sid`` in all three registries."""
-        for registry in self.registries.values():
-            registry.register(sid, face)
-
-    def unregister_operator(self, sid: str) -> None:
-        for registry in self.registries.values():
-            registry.unregister(sid)
-        self.roles.release(sid)
-
-    async def find_operators(self, task: Task) -> None:
-        """Bring here any session ``task`` names that this node does not know
-        yet (minted on another node; a role held there); no-op in one process."""
-        spec = task.operator
-        if spec is None or self.find_operator is None:
-            return
-        for face, name in spec.face_names().items():
-            if name is None or self.registries[face].get(name) is not None:
-                continue
-            if self.roles.resolve(name) is None:
-                await self.find_operator(name)
-
-    def resolve_operator_info(self, task: Task) -> OperatorInfo:
-        """Look up, live, who serves this dispatch of ``task``."""
-        spec = task.operator
-        if spec is None:
-            return OperatorInfo()
-        found: dict[Face, tuple[str, Any]] = {}
-        for face, name in spec.face_names().items():
-            if name is None:
-                continue
-            registry = self.registries[face]
-            key = name if registry.get(name) is not None else self.roles.resolve(name)
-            item = registry.get(key) if key is not None else None
-            if key is None or item is None:
-                raise AttemptFailed(
-                    Code.OPERATOR_NOT_FOUND,
-                    f"{face} {name!r} is not registered (no operator session or role by that name)",
-                )
-            found[face] = (key, item)
-        return OperatorInfo(found)
 
     # -- tasks ------------------------------------------------------------
 
@@ -331,75 +270,6 @@ class Engine:
         event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
         self.store.put_events_soon([event])
 
-    # -- reading tasks: live ones from memory, finished ones from the store --
-
-    async def find(self, task_id: str) -> Task | None:
-        """The task, live or finished; None when unknown (or retained no longer)."""
-        live = self.tasks.get(task_id)
-        if live is not None:
-            return live
-        row = await self.store.get_task(task_id)
-        return None if row is None else self.decode_row(row)
-
-    async def wait_finished(self, task: Task, timeout: float) -> Task:
-        """``task`` once it has ended, or as it is after ``timeout`` seconds.
-
-        A task running here wakes its waiters as it ends; one another node runs
-        (cluster mode) is read again each time the store announces it ended.
-        """
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not task.status.terminal:
-                    live = self.tasks.get(task.id)
-                    if live is not None or self.cluster is None:
-                        await (live or task).finished.wait()
-                        if (live or task).status.terminal or self.cluster is None:
-                            return live or task
-                        continue  # let go here: follow it to the node that runs it
-                    ended = self.cluster.watch_ended(task.id)
-                    try:
-                        # Read after watching: an end committed in between is seen.
-                        task = await self.find(task.id) or task
-                        if not task.status.terminal:
-                            await ended
-                    finally:
-                        self.cluster.unwatch(task.id, ended)
-        return task
-
-    async def page(
-        self, status: TaskStatus | None, after_seq: int, limit: int
-    ) -> tuple[list[Task], int | None]:
-        """One page of tasks in creation order, and the cursor after it (if more)."""
-        stored = await self.store.list_tasks(
-            None if status is None else str(status), after_seq, limit + 1
-        )
-        more = len(stored) > limit
-        stored = stored[:limit]
-        tasks = []
-        for item in stored:
-            # A live task's own object is fresher than its row (outputs so far).
-            task = self.tasks.get(item.row.key) or self.decode_row(item.row)
-            if task is not None:
-                tasks.append(task)
-        return tasks, (stored[-1].seq if more and stored else None)
-
-    @staticmethod
-    def decode_row(row: Row) -> Task | None:
-        """A stored task, or None (with a warning naming it) when its row is
-        unusable for any reason — including one that loads but could not be
-        served, which would otherwise fail every read of it."""
-        try:
-            if row.error is not None:
-                raise ValueError(row.error)
-            task = Task.from_record(row.value)
-            json.dumps(task.as_dict())
-            return task
-        except Exception as exc:  # whatever is wrong with the row, only it is skipped
-            log.warning(
-                "skipping a stored task that cannot be decoded", task_id=row.key, error=str(exc)
-            )
-            return None
-
     # -- restart and retention -------------------------------------------
 
     async def recount(self) -> None:
@@ -411,7 +281,6 @@ class Engine:
         """Start the status counters and the event ids from what is stored (at start-up)."""
         self.counts = StatusCounts(await self.store.count_tasks())
         stored = await self.store.last_event_id()
-        self.events.resume_after(stored)
         self._stored_event_id = self._tailed = stored
 
     async def _tail_events(self) -> None:
@@ -445,30 +314,11 @@ class Engine:
         current = task.current
         cut_short = current is not None and not current.status.terminal
         if current is not None and cut_short:
-            now = time.time()
             open_asks = [a for a in current.asks if not a.status.settled]
-            if self.recording:
-                self.store.put_events_soon(
-                    [
-                        self.events.make(
-                            task,
-                            EventType.ATTEMPT_ENDED,
-                            now,
-                            current.number,
-                            TaskStatus.FAILED.value,
-                            Code.INTERRUPTED.value,
-                        )
-                    ]
-                )
-            current.finish(
-                TaskStatus.FAILED,
-                error=AttemptFailed(Code.INTERRUPTED, "the server stopped during this attempt"),
-                at=now,
-            )
-            task.interruptions += 1
-            for ask in open_asks:  # withdrawn by ``finish``: stored so
+            self._end_soon(task, task.interrupt("the server stopped during this attempt"))
+            for ask in open_asks:  # withdrawn by the ending: stored so
                 ask.attempt = current.number
-                self._ask_changed(task, ask)
+                self.worker.ask_changed(task, ask)
         if task.interruptions > limit:
             await self._end(
                 task,
@@ -491,8 +341,7 @@ class Engine:
                 task, Ending(current.status, result=current.result, error=current.error)
             )
         else:
-            self.counts.moved(task.status, TaskStatus.PENDING)
-            task.status = TaskStatus.PENDING
+            self.counts.moved(task.requeue(), TaskStatus.PENDING)
             log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
             self.adopt(task)
 
@@ -517,7 +366,7 @@ class Engine:
         self.tasks[task.id] = task
         # A child task started while its parent's spawn is held nests its
         # requests under that spawn.
-        parent = self._contexts.get(task.parent_task_id or "")
+        parent = self.contexts.get(task.parent_task_id or "")
         parent_req = parent.open_request if parent else None
         run = self.background.spawn(self._run(task, parent_req), name=f"task:{task.id}")
         self._runs[task.id] = run
@@ -642,18 +491,46 @@ class Engine:
                 **({"code": error.code, "message": error.message} if error is not None else {}),
             )
 
-    def _apply_end(self, task: Task, ending: Ending) -> None:
-        """Also when cancelled while waiting for the write: it is queued and lands."""
+    def _apply_end(self, task: Task, ending: Ending, *, stored: bool = True) -> None:
+        """The one place an ending — of an attempt, and with ``ending.final``
+        of its task — is applied; its events are built before (``_ending_events``).
+
+        ``stored``: its write has committed (``_end``; also when cancelled
+        while waiting for the write: it is queued and lands).  A final end
+        then takes the task out of memory (reads find it in the store), and
+        the attempt's duration is measured.  Otherwise (``_end_soon``) the
+        task stays in memory until its write is sure.  Counts and metrics
+        move here, once per ending: an attempt or task already ended is not
+        ended again (``Task.end``)."""
         before = task.status
         attempt = task.current
         running = attempt is not None and not attempt.status.terminal
         task.end(ending)
-        if running and attempt is not None and attempt.ended_at is not None:
+        if stored and running and attempt is not None and attempt.ended_at is not None:
             self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
         if ending.final:
             self.counts.moved(before, task.status)
             self.metrics.task_finished(str(task.status))
-            self.tasks.pop(task.id, None)
+            if stored:
+                self.tasks.pop(task.id, None)
+
+    def _end_soon(self, task: Task, ending: Ending) -> None:
+        """Apply ``ending`` before its write commits, where nothing can wait
+        for the store (``_settle``: a run that never took its first step or
+        crashed; ``recover_task``: the attempt a restart cut short).  A final
+        end queues the task's row with its events and its webhook; an
+        attempt's end queues its events, and is stored with the task's next
+        write (its next attempt's start, or its end)."""
+        events = self._ending_events(task, ending)
+        deliver = self._delivery_at(task, ending)
+        self._apply_end(task, ending, stored=False)
+        if not ending.final:
+            if events:
+                self.store.put_events_soon(events)
+            return
+        self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
+        if deliver is not None:
+            self.deliveries_due.set()
 
     def _cut_by_store(self, task: Task, error: AttemptFailed) -> Ending:
         """The store, not the work, cut this attempt short (its start or an
@@ -661,11 +538,7 @@ class Engine:
         is — not counted against ``max_attempts``, counted against
         ``store.max_interruptions`` — and the task is dispatched again once
         this ending is stored (``_end`` waits for the store to answer)."""
-        task.interruptions += 1
-        return Ending(
-            TaskStatus.FAILED,
-            error=AttemptFailed(Code.INTERRUPTED, f"the store failed: {error.message}"),
-        )
+        return task.interrupt(f"the store failed: {error.message}")
 
     def _let_go_of(self, task: Task, why: str) -> None:
         """Another node runs ``task`` now: forget it here without ending it."""
@@ -673,7 +546,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
-        task.finished.set()  # its waiters here read it again, wherever it runs now
+        task.let_go()
 
     def let_go_all(self, reason: str) -> int:
         """Cluster mode, cut off from the store for longer than a lease: the other
@@ -682,7 +555,7 @@ class Engine:
         runs = list(self._runs.items())
         for task_id, run in runs:
             if (task := self.tasks.get(task_id)) is not None:
-                task.cancel_reason = reason
+                task.cancelling(reason)
                 self._let_go_of(task, reason)
             run.cancel(reason)
         return len(runs)
@@ -693,9 +566,9 @@ class Engine:
 
     def _settle(self, task: Task, run: asyncio.Task[None]) -> None:
         """The run ended; if it never got to record that (cancelled before it
-        took its first step, or crashed), record it here.  This is the one
-        ending applied before its write commits (nothing here can wait), so
-        the task stays in memory until the next sweep.
+        took its first step, or crashed), record it here, before its write
+        commits (nothing here can wait: ``_end_soon``), so the task stays in
+        memory until the next sweep.
         """
         if self._runs.get(task.id) is run:  # not a newer run of the same task
             del self._runs[task.id]
@@ -706,16 +579,7 @@ class Engine:
             reason = task.cancel_reason or "dispatch ended unexpectedly"
             code = Code.CANCELLED if task.cancel_reason else Code.INTERNAL
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
-            self.counts.moved(task.status, status)
-            ending = Ending(status, error=AttemptFailed(code, reason))
-            events = self._ending_events(task, ending)
-            task.end(ending)
-            self.metrics.task_finished(str(status))
-            # Its webhook is owed like any other end's (``_end``).
-            deliver = self._delivery_at(task, ending)
-            self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
-            if deliver is not None:
-                self.deliveries_due.set()
+            self._end_soon(task, Ending(status, error=AttemptFailed(code, reason)))
 
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
         """Run the next attempt of ``task`` through the middleware chain.
@@ -754,7 +618,7 @@ class Engine:
             fire_and_forget=self._fire_and_forget,
             parent_req_id=parent_req_id,
         )
-        self._contexts[task.id] = ctx
+        self.contexts[task.id] = ctx
         log.debug("attempt started", kind=str(task.kind))
         try:
             # Durable before anyone is asked to work on it: a crash from here on
@@ -769,10 +633,10 @@ class Engine:
                     Code.STORE_FAILED, f"could not record the start of the attempt: {exc}"
                 ) from exc
             try:
-                await self.find_operators(task)
+                await self.resolution.find_operators(task)
             except StoreError as exc:
                 log.warning("could not look up the operator in the store", error=str(exc))
-            ctx.operator = info = self.resolve_operator_info(task)
+            ctx.operator = info = self.resolution.resolve_operator_info(task)
             record.served_by = info.served_by()
             if info.backend is not None:
                 # Credentials only when a spawn frame will carry them.
@@ -799,8 +663,8 @@ class Engine:
                 self.capabilities.revoke(grant)
             # Open worker asks are withdrawn (cancel frames) before the end is
             # stored, so a waiting worker hears ``attempt_ended`` from it.
-            await self._withdraw_asks(task, record)
-            self._contexts.pop(task.id, None)
+            await self.worker.withdraw_asks(task, record)
+            self.contexts.pop(task.id, None)
         status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
         log.debug("attempt ended", status=str(status))
         return Ending(status, result=result)
@@ -816,9 +680,9 @@ class Engine:
         task_id = structlog.contextvars.get_contextvars().get("task_id")
         self.background.spawn(_report_failure(coro, what), name=f"{what}:{task_id}")
 
-    # -- worker side ------------------------------------------------------
-    # Each worker call is done by the node running the attempt: another node
-    # passes it there (``_on_owner``; ``engine/remote.py`` serves it).
+    # -- cluster routing ---------------------------------------------------
+    # Each worker call (``engine/worker.py``) and each cancel is done by the
+    # node running the attempt: another node passes it there.
 
     async def _on_owner(
         self,
@@ -837,250 +701,6 @@ class Engine:
             return None
         return await self.cluster.call(owner, method, args(), longer=longer)
 
-    async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
-        """A worker's credential, checked where its attempt runs: here, or on
-        its owner node (cluster mode), which alone knows it is still live."""
-        try:
-            return self.capabilities.verify(bearer, verb, task_id)
-        except CapabilityError as exc:
-            if self.cluster is None or exc.code not in ELSEWHERE_CODES:
-                raise
-            named = self.capabilities.task_named(bearer)
-            args = {"bearer": bearer, "verb": verb, "task_id": task_id}
-            found = await self._on_owner(named, "verify_worker", lambda: args) if named else None
-            if found is None:
-                raise
-            return claims_from_wire(found)
-
-    async def worker_prompt(self, claims: Claims) -> dict[str, Any]:
-        found = await self._on_owner(
-            claims.task_id, "worker_prompt", lambda: {"claims": claims_wire(claims)}
-        )
-        return found if found is not None else self.worker_view(claims)
-
-    async def worker_result(self, claims: Claims, result: WorkerResult) -> None:
-        def args() -> dict[str, Any]:
-            return {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
-
-        if await self._on_owner(claims.task_id, "worker_result", args) is None:
-            await self.post_worker_result(claims, result)
-
-    async def ask_senior(
-        self,
-        claims: Claims,
-        question: Any,
-        answer_schema: dict[str, Any] | None = None,
-        key: str | None = None,
-    ) -> WorkerAsk:
-        def args() -> dict[str, Any]:
-            wire = claims_wire(claims)
-            return {"claims": wire, "question": question, "schema": answer_schema, "key": key}
-
-        found = await self._on_owner(claims.task_id, "worker_ask", args)
-        if found is not None:
-            return WorkerAsk.from_record(found)
-        return self.worker_ask(claims, question, answer_schema, key)
-
-    def worker_view(self, claims: Claims) -> dict[str, Any]:
-        task = self.tasks.get(claims.task_id)
-        if task is None:  # verified a moment ago; ended since
-            raise AttemptEnded(f"task {claims.task_id} has ended")
-        view = {
-            "task_id": task.id,
-            "attempt": claims.attempt,
-            "agent": task.agent,
-            "prompt": task.directive,
-        }
-        if task.system is not None:
-            view["system"] = task.system
-        return view
-
-    async def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:
-        """A worker's HTTP post: authoritative for its attempt, if it still runs.
-
-        The credential was verified before the request body was read; the
-        attempt may have ended (or a retry begun) while the body arrived, so
-        it is checked again here, where the append happens, with no await
-        between the check and the append.  The append is answered only once
-        its output row is committed (a 200 means it is on disk).  Meanwhile
-        the attempt cannot be decided without it: its decision first waits
-        for every result being written (``OutputTail.settle``), and one whose
-        write failed is taken back out before that decision, its worker told
-        503 ``store_failed`` (409 ``attempt_ended`` when the store refused it
-        because another node holds the task now): no attempt is decided by a
-        result that is not stored, and none passes over one answered 200.
-        """
-        task = self.tasks.get(claims.task_id)
-        record = task.current if task is not None else None
-        if (
-            task is None
-            or record is None
-            or record.number != claims.attempt
-            or record.status.terminal
-            or record.tail.decided
-            or not self.capabilities.is_live(claims)
-        ):
-            raise AttemptEnded(
-                f"attempt {claims.attempt} of task {claims.task_id} ended before the result "
-                "arrived; it was not recorded"
-            )
-        record.budget.take_result(self.settings, result.value)  # AttemptFull past a bound
-        event, done = record.tail.append_pending(result)
-        stored = False
-        try:
-            # Queued behind every write made so far, ahead of the attempt's end.
-            await self.store.put_output(task.id, record.number, event.to_record())
-            stored = True
-        except Fenced as exc:
-            raise AttemptEnded(
-                f"task {claims.task_id} is run by another node now; the result was not recorded"
-            ) from exc
-        finally:
-            record.tail.written(done, stored)
-        log.debug(
-            "worker posted result", task_id=claims.task_id, attempt=claims.attempt, ok=result.ok
-        )
-
-    # -- worker asks ------------------------------------------------------
-
-    def _live_attempt(self, claims: Claims) -> tuple[Task, AttemptRecord, AttemptContext]:
-        """The attempt a verified credential belongs to, if it still runs."""
-        task = self.tasks.get(claims.task_id)
-        record = task.current if task is not None else None
-        ctx = self._contexts.get(claims.task_id)
-        if (
-            task is None
-            or record is None
-            or ctx is None
-            or record.number != claims.attempt
-            or record.status.terminal
-            or not self.capabilities.is_live(claims)
-        ):
-            raise AttemptEnded(f"attempt {claims.attempt} of task {claims.task_id} has ended")
-        return task, record, ctx
-
-    def worker_ask(
-        self,
-        claims: Claims,
-        question: Any,
-        answer_schema: dict[str, Any] | None = None,
-        key: str | None = None,
-    ) -> WorkerAsk:
-        """Ask the task's senior on behalf of its worker; the ask runs in the
-        background, so it outlives the worker's HTTP call.  The same ``key``
-        in the same attempt is the same ask (a retried POST asks nothing new).
-
-        ``answer_schema`` must already be checked (``wire.answer_schema``).
-        Raises ``AttemptEnded``, or ``AttemptFailed`` ``no_senior`` when nobody
-        could answer.
-        """
-        task, record, ctx = self._live_attempt(claims)
-        if key is not None:
-            for earlier in record.asks:
-                if earlier.key == key:
-                    return earlier
-        found = ctx.operator.found.get(Face.SENIOR_BRIDGE)
-        if found is None:
-            raise AttemptFailed(
-                Code.NO_SENIOR,
-                f"task {task.id} has no senior bridge to ask (its operator names none, "
-                "or it did not resolve)",
-            )
-        sid, senior = found
-        record.budget.take_ask(self.settings, question, answer_schema)  # AttemptFull past a bound
-        ask = WorkerAsk(
-            question=question,
-            schema=answer_schema,
-            # Nested under the spawn being worked on (the operator holds it).
-            parent_req_id=ctx.open_request or ctx.parent_req_id,
-            key=key,
-            attempt=record.number,
-        )
-        record.asks.append(ask)
-        self._ask_changed(task, ask)
-        ask.runner = self.background.spawn(
-            self._hold_ask(task, ask, senior, sid), name=f"worker-ask:{task.id}:{ask.ask_id}"
-        )
-        log.debug("worker asked", ask_id=ask.ask_id, parent_req_id=ask.parent_req_id)
-        return ask
-
-    def _ask_changed(self, task: Task, ask: WorkerAsk) -> None:
-        """One ask, new or changed, is written on its own: its cost is the ask's,
-        never the task's with every ask before it (the task's row holds none)."""
-        self.store.put_ask_soon(task.id, ask.attempt, ask.to_record())
-
-    async def _hold_ask(self, task: Task, ask: WorkerAsk, senior: SeniorBridge, sid: str) -> None:
-        """Hold the senior's ask until it is answered or the attempt ends."""
-
-        def issued(req_id: str) -> None:
-            ask.req_id = req_id
-            self._ask_changed(task, ask)
-
-        try:
-            value = await senior.ask(
-                task.id,
-                ask.question,
-                parent_req_id=ask.parent_req_id,
-                answer_schema=ask.schema,
-                issued=issued,
-            )
-        except asyncio.CancelledError as exc:
-            reason = str(exc.args[0]) if exc.args and exc.args[0] else "the attempt ended"
-            self._ask_settled(
-                task,
-                ask,
-                AskStatus.WITHDRAWN,
-                error=AttemptFailed(Code.ATTEMPT_ENDED, f"withdrawn: {reason}"),
-            )
-            raise
-        except AttemptFailed as exc:
-            if exc.code == Code.OPERATOR_ERROR:
-                declined = str(exc.detail.get("reason", exc.message))
-                self._ask_settled(task, ask, AskStatus.DECLINED, declined=declined, by=sid)
-            else:
-                self._ask_settled(task, ask, AskStatus.FAILED, error=exc)
-        else:
-            self._ask_settled(task, ask, AskStatus.ANSWERED, answer=value, by=sid)
-
-    def _ask_settled(self, task: Task, ask: WorkerAsk, status: AskStatus, **outcome: Any) -> None:
-        """Record how a worker ask ended, once."""
-        if ask.settle(status, **outcome):
-            self.metrics.worker_ask_settled(str(status))
-            self._ask_changed(task, ask)
-            log.debug("worker ask settled", ask_id=ask.ask_id, status=str(status))
-
-    async def wait_ask(self, claims: Claims, ask_id: str, wait: float) -> WorkerAsk | None:
-        """The worker's ask ``ask_id`` once settled, or as it is after ``wait``
-        seconds; None when its attempt has no such ask.  Answers are kept, so
-        asking again returns the same outcome."""
-
-        def args() -> dict[str, Any]:
-            return {"claims": claims_wire(claims), "ask_id": ask_id, "wait": wait}
-
-        found = await self._on_owner(claims.task_id, "wait_ask", args, longer=wait)
-        if found is not None:
-            return None if found["ask"] is None else WorkerAsk.from_record(found["ask"])
-        task = self.tasks.get(claims.task_id)
-        record = next(
-            (a for a in (task.attempts if task else []) if a.number == claims.attempt), None
-        )
-        ask = record.ask(ask_id) if record is not None else None
-        if ask is None:
-            return None
-        if wait and not ask.status.settled:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await ask.done.wait()
-        return ask
-
-    async def _withdraw_asks(self, task: Task, record: AttemptRecord) -> None:
-        runners = [a.runner for a in record.asks if a.runner is not None and not a.runner.done()]
-        reason = task.cancel_reason or "the attempt ended"
-        for runner in runners:
-            runner.cancel(reason)
-        if runners:
-            await asyncio.wait(runners)
-
     # -- cancel and shutdown ---------------------------------------------
 
     async def cancel(self, task_id: str, reason: str) -> bool:
@@ -1094,7 +714,7 @@ class Engine:
         run = self._runs.get(task_id)
         if task is None or task.status.terminal or run is None:
             return False
-        task.cancel_reason = reason
+        task.cancelling(reason)
         run.cancel(reason)
         # Withdrawal (cancel frames, revocation) is quick; the caller sees the end state.
         await asyncio.wait({run}, timeout=5)
@@ -1112,7 +732,7 @@ class Engine:
         runs = list(self._runs.items())
         for task_id, run in runs:
             if (task := self.tasks.get(task_id)) is not None:
-                task.cancel_reason = reason
+                task.cancelling(reason)
             run.cancel(reason)
         if runs:
             await asyncio.wait([run for _, run in runs], timeout=self.settings.shutdown_timeout_s)

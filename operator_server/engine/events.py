@@ -56,15 +56,8 @@ def sse(event: TaskEvent) -> bytes:
 class EventLog:
     """Builds events.  Their ids come from the store, which numbers each as it
     queues the write it rides with (one sequence for all tasks, continued
-    from what is stored), so ids increase in commit order.  ``last_id`` only
-    records the newest id stored at start-up: no id is taken from it, and the
-    newest published id is ``Engine.published_event_id``."""
-
-    def __init__(self) -> None:
-        self.last_id = 0
-
-    def resume_after(self, last_id: int) -> None:
-        self.last_id = max(self.last_id, last_id)
+    from what is stored), so ids increase in commit order; the newest
+    published id is ``Engine.published_event_id``."""
 
     def make(
         self, task: Task, type: str, at: float, *values: Any, status: TaskStatus | None = None

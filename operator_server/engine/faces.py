@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from operator_server.engine.outputs import OutputTail
 from operator_server.wire.values import Face, HookVerdict, Kind, WorkerResult
-
-if TYPE_CHECKING:
-    from operator_server.engine.tasks import OutputTail
-
 
 # Told the req_id of a request as soon as it is issued (before any reply).
 Issued = Callable[[str], None]

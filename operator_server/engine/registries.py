@@ -1,35 +1,6 @@
-"""Registries keyed by operator session id, and the role-alias map."""
+"""The role-alias map: each role held by at most one operator session."""
 
 from __future__ import annotations
-
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """sid -> face.  Registering a taken id is a programming error."""
-
-    def __init__(self, face: str) -> None:
-        self.face = face
-        self._items: dict[str, T] = {}
-
-    def register(self, key: str, item: T) -> None:
-        if key in self._items:
-            raise KeyError(f"{self.face} {key!r} is already registered")
-        self._items[key] = item
-
-    def unregister(self, key: str) -> T | None:
-        return self._items.pop(key, None)
-
-    def get(self, key: str) -> T | None:
-        return self._items.get(key)
-
-    def ids(self) -> list[str]:
-        return list(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class RolesConflict(Exception):

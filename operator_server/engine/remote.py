@@ -34,21 +34,21 @@ def serve_calls(engine: Engine, cluster: Cluster) -> None:
         return claims_wire(claims)
 
     async def worker_prompt(args: dict[str, Any]) -> dict[str, Any]:
-        return engine.worker_view(claims_from_wire(args["claims"]))
+        return engine.worker.worker_view(claims_from_wire(args["claims"]))
 
     async def worker_result(args: dict[str, Any]) -> dict[str, Any]:
         result = WorkerResult(args["value"], bool(args["ok"]))
-        await engine.post_worker_result(claims_from_wire(args["claims"]), result)
+        await engine.worker.post_worker_result(claims_from_wire(args["claims"]), result)
         return {}
 
     async def worker_ask(args: dict[str, Any]) -> dict[str, Any]:
         claims = claims_from_wire(args["claims"])
-        ask = engine.worker_ask(claims, args["question"], args["schema"], args["key"])
+        ask = engine.worker.worker_ask(claims, args["question"], args["schema"], args["key"])
         return ask.to_record()
 
     async def wait_ask(args: dict[str, Any]) -> dict[str, Any]:
         claims = claims_from_wire(args["claims"])
-        ask = await engine.wait_ask(claims, str(args["ask_id"]), float(args["wait"]))
+        ask = await engine.worker.wait_ask(claims, str(args["ask_id"]), float(args["wait"]))
         return {"ask": None if ask is None else ask.to_record()}
 
     async def cancel(args: dict[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""Tasks, their attempts, and each attempt's output tail.
+"""Tasks and their attempts (each attempt's outputs: ``engine.outputs``).
 
-Plain data owned by the engine.  ``as_dict`` is the task JSON every HTTP route
-returns (documented in the README).
+A task owns its own state changes (``start_attempt``, ``interrupt``,
+``requeue``, ``cancelling``, ``end``); the engine does the I/O around them.
+``to_record``/``from_record`` are the stored form; the task JSON the API
+answers with is declared in ``engine.task_json``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,8 +19,8 @@ from operator_server import entropy
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.bounds import AttemptBudget
 from operator_server.engine.faces import Face, Kind, WorkerResult
+from operator_server.engine.outputs import OutputEvent, OutputTail
 from operator_server.errors import AttemptFailed, Code
-from operator_server.wire.times import iso
 
 
 class TaskStatus(StrEnum):
@@ -68,138 +69,6 @@ class OperatorSpec:
 
 
 @dataclass(frozen=True)
-class OutputEvent:
-    kind: str  # "final" decides the attempt; "output" is recorded only
-    source: str  # "worker" | "ack" | "halt" | "agent" | "senior"
-    value: Any
-    ok: bool
-    at: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "source": self.source,
-            "value": self.value,
-            "ok": self.ok,
-            "at": iso(self.at),
-        }
-
-    def to_record(self) -> list[Any]:
-        return [self.kind, self.source, self.value, self.ok, self.at]
-
-    @classmethod
-    def from_record(cls, rec: list[Any]) -> OutputEvent:
-        kind, source, value, ok, at = rec
-        return cls(kind, source, value, bool(ok), float(at))
-
-
-class OutputTail:
-    """Ordered output of one (task, attempt).  The last ``final`` decides.
-
-    A worker's HTTP post is authoritative: once one exists, an operator's
-    ``spawn_ack`` value is recorded as plain output and does not decide.
-    ``listener``, when set, is told of each new output (the task's event stream);
-    ``keep``, when set, stores each new output on its own (``Store.put_output_soon``).
-    A worker's result is stored by its poster instead, who waits for the commit
-    (``append_pending``); the decision waits for every such write (``settle``).
-    """
-
-    def __init__(self) -> None:
-        self.events: list[OutputEvent] = []
-        self.listener: Callable[[OutputEvent], None] | None = None
-        self.keep: Callable[[OutputEvent], asyncio.Future[None]] | None = None
-        # Outputs ``keep`` queued, with their commits, until the end checks them.
-        self._keeping: list[tuple[OutputEvent, asyncio.Future[None]]] = []
-        # Set once the tail is deciding the attempt: a worker's result after
-        # that could only be accepted and ignored, so it is refused instead.
-        self.decided = False
-        # Worker results appended whose rows are still being written.
-        self._writing: dict[asyncio.Future[None], OutputEvent] = {}
-
-    def _append(self, event: OutputEvent) -> None:
-        self.events.append(event)
-        if self.keep is not None:
-            done = self.keep(event)
-            done.add_done_callback(_seen)  # its failure is handled by ``unkept``
-            self._keeping.append((event, done))
-        if self.listener is not None:
-            self.listener(event)
-
-    def append_final(self, result: WorkerResult, source: str) -> None:
-        self._append(OutputEvent("final", source, result.value, result.ok, time.time()))
-
-    def append_pending(self, result: WorkerResult) -> tuple[OutputEvent, asyncio.Future[None]]:
-        """A worker's result, in the tail at once (in order, seen by the
-        decision) but neither stored nor announced: its poster stores it and
-        then calls ``written``; ``settle`` waits for that."""
-        event = OutputEvent("final", "worker", result.value, result.ok, time.time())
-        self.events.append(event)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._writing[done] = event
-        return event, done
-
-    def written(self, done: asyncio.Future[None], stored: bool) -> None:
-        """A pending result's row is committed (announced now), or it is not
-        (taken back out: the worker is told it was not accepted)."""
-        event = self._writing.pop(done)
-        if stored:
-            if self.listener is not None:
-                self.listener(event)
-        else:
-            self.events = [e for e in self.events if e is not event]
-        done.set_result(None)
-
-    async def settle(self) -> None:
-        """Refuse any further worker result and wait until every one already
-        appended is stored or taken back: the decision that follows counts
-        exactly the results whose posters are told 200."""
-        self.decided = True
-        if self._writing:
-            await asyncio.gather(*self._writing)
-
-    def unkept(self) -> list[OutputEvent]:
-        """The outputs ``keep`` queued whose rows failed to commit (the store
-        failed meanwhile): the attempt's end writes them again before it
-        tries again (``kept`` once one lands), so an end on disk has its
-        outputs too.  Nothing waits here: an output still being written was
-        queued before the end, so it commits before it, or fails with it."""
-        self._keeping = [(e, d) for e, d in self._keeping if not d.done() or _failed(d)]
-        return [e for e, d in self._keeping if d.done()]
-
-    def kept(self, event: OutputEvent) -> None:
-        """``event``'s row, written again, is committed now."""
-        self._keeping = [(e, done) for e, done in self._keeping if e is not event]
-
-    def worker_posted(self) -> bool:
-        """A worker's result was accepted into this attempt."""
-        return any(e.kind == "final" and e.source == "worker" for e in self.events)
-
-    def offer_ack(self, result: WorkerResult) -> None:
-        if result.halted:
-            self.append_final(result, "halt")
-        elif self.worker_posted():
-            self._append(OutputEvent("output", "ack", result.value, result.ok, time.time()))
-        else:
-            self.append_final(result, "ack")
-
-    def decide(self) -> WorkerResult:
-        self.decided = True
-        for event in reversed(self.events):
-            if event.kind == "final":
-                return WorkerResult(event.value, event.ok)
-        raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
-
-
-def _failed(done: asyncio.Future[None]) -> bool:
-    return done.cancelled() or done.exception() is not None
-
-
-def _seen(done: asyncio.Future[None]) -> None:
-    if not done.cancelled():
-        done.exception()
-
-
-@dataclass(frozen=True)
 class Ending:
     """How an attempt — and, when ``final``, its task — ends.
 
@@ -239,8 +108,8 @@ class AttemptRecord:
     ) -> None:
         self.status, self.result, self.error = status, result, error
         self.ended_at = time.time() if at is None else at
-        # Normally the engine has withdrawn them already; after a restart an
-        # interrupted attempt's open asks end here.
+        # Only ``Task.end`` calls this.  Normally the engine has withdrawn
+        # them already; after a restart an interrupted attempt's open asks end here.
         for ask in self.asks:
             ask.settle(
                 AskStatus.WITHDRAWN,
@@ -250,27 +119,14 @@ class AttemptRecord:
     def ask(self, ask_id: str) -> WorkerAsk | None:
         return next((a for a in self.asks if a.ask_id == ask_id), None)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "attempt": self.number,
-            "status": str(self.status),
-            "started_at": iso(self.started_at),
-            "ended_at": iso(self.ended_at),
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
-            "served_by": self.served_by,
-            "outputs": [e.as_dict() for e in self.tail.events],
-            "asks": [a.as_dict() for a in self.asks],
-        }
-
     def to_record(self) -> dict[str, Any]:
         return {
             "number": self.number,
             "status": str(self.status),
             "started_at": self.started_at,
             "ended_at": self.ended_at,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
+            "result": result_record(self.result),
+            "error": error_record(self.error),
             "served_by": self.served_by,
             # Asks and outputs are stored on their own (``Store.put_ask_soon``,
             # ``Store.put_output``): the task's row never carries them, reads
@@ -296,16 +152,22 @@ class AttemptRecord:
         )
 
 
-def _result_record(result: WorkerResult | None) -> dict[str, Any] | None:
+def result_record(result: WorkerResult | None) -> dict[str, Any] | None:
     return None if result is None else result.as_dict()
 
 
-def _error_record(error: AttemptFailed | None) -> dict[str, Any] | None:
+def error_record(error: AttemptFailed | None) -> dict[str, Any] | None:
     return None if error is None else error.as_dict()
 
 
 def _result_from(rec: dict[str, Any] | None) -> WorkerResult | None:
     return None if rec is None else WorkerResult(rec["value"], bool(rec["ok"]))
+
+
+def _kind_from(value: str) -> Kind:
+    # ``composite`` was a third kind that behaved exactly as ``main_ai``; it is
+    # refused on the way in now, but rows written before still read back.
+    return Kind.MAIN_AI if value == "composite" else Kind(value)
 
 
 def _error_from(rec: dict[str, Any] | None) -> AttemptFailed | None:
@@ -328,15 +190,6 @@ class Callback:
     delivered_at: float | None = None
     last_error: str | None = None
     delivery_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "attempts": self.attempts,
-            "delivered_at": iso(self.delivered_at),
-            "last_error": self.last_error,
-            "delivery_id": self.delivery_id,
-        }
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -414,28 +267,44 @@ class Task:
         self.touch()
         return record
 
-    def finish(
-        self,
-        status: TaskStatus,
-        *,
-        result: WorkerResult | None = None,
-        error: AttemptFailed | None = None,
-        at: float | None = None,
-    ) -> None:
-        self.status, self.result, self.error = status, result, error
-        self.touch(at)
+    def interrupt(self, message: str) -> Ending:
+        """The current attempt was cut short by something other than its
+        work (a restart, the store failing): how it ends, to be applied like
+        any ending.  An interruption does not use up ``max_attempts``; the
+        engine fails the task once there are too many of them."""
+        self.interruptions += 1
+        return Ending(
+            TaskStatus.FAILED,
+            error=AttemptFailed(Code.INTERRUPTED, message),
+            final=False,
+        )
+
+    def requeue(self) -> TaskStatus:
+        """Back to ``pending``, to be dispatched again (recovered after a
+        restart); the status it had."""
+        before, self.status = self.status, TaskStatus.PENDING
+        return before
+
+    def cancelling(self, reason: str) -> None:
+        """Its run is being stopped: the reason its end will give."""
+        self.cancel_reason = reason
+
+    def let_go(self) -> None:
+        """Another node runs it now: not ended here, but its waiters here
+        wake and read it again, wherever it runs."""
         self.finished.set()
 
     def end(self, ending: Ending) -> None:
         """Apply ``ending``: the current attempt ends (if it has not), and with
-        ``ending.final`` the task too."""
+        ``ending.final`` the task too.  Only the engine's ``_apply_end`` calls
+        this: the one place every ending is applied."""
         current = self.current
         if current is not None and not current.status.terminal:
             current.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
+        self.touch(ending.at)
         if ending.final:
-            self.finish(ending.status, result=ending.result, error=ending.error, at=ending.at)
-        else:
-            self.touch(ending.at)
+            self.status, self.result, self.error = ending.status, ending.result, ending.error
+            self.finished.set()
 
     def record_with(self, ending: Ending) -> dict[str, Any]:
         """The stored record of this task once ``ending`` applies, leaving it as it is.
@@ -445,7 +314,7 @@ class Task:
         ``end`` sets; a test holds the two to the same result.
         """
         record = self.to_record()
-        result, error = _result_record(ending.result), _error_record(ending.error)
+        result, error = result_record(ending.result), error_record(ending.error)
         attempts = record["attempts"]
         if attempts and not self.attempts[-1].status.terminal:
             attempts[-1].update(
@@ -474,8 +343,8 @@ class Task:
             "max_attempts": self.max_attempts,
             "parent_task_id": self.parent_task_id,
             "attempt": self.attempt,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
+            "result": result_record(self.result),
+            "error": error_record(self.error),
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "attempts": [a.to_record() for a in self.attempts],
@@ -490,7 +359,7 @@ class Task:
         if operator is not None:
             operator = OperatorSpec(
                 **{k: v for k, v in operator.items() if k != "kind"},
-                kind=Kind(operator["kind"]) if "kind" in operator else None,
+                kind=_kind_from(operator["kind"]) if "kind" in operator else None,
             )
         task = cls(
             agent=rec["agent"],
@@ -498,7 +367,7 @@ class Task:
             system=rec["system"],
             operator=operator,
             layers=tuple(rec["layers"]),
-            kind=Kind(rec["kind"]),
+            kind=_kind_from(rec["kind"]),
             max_attempts=int(rec["max_attempts"]),
             parent_task_id=rec["parent_task_id"],
             # Absent from records written before webhooks existed.
@@ -517,25 +386,3 @@ class Task:
         if task.status.terminal:
             task.finished.set()
         return task
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": str(self.status),
-            "agent": self.agent,
-            "kind": str(self.kind),
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "interruptions": self.interruptions,
-            "result": _result_record(self.result),
-            "error": _error_record(self.error),
-            "directive": self.directive,
-            "system": self.system,
-            "operator": self.operator.as_dict() if self.operator else None,
-            "layers": list(self.layers),
-            "parent_task_id": self.parent_task_id,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "attempts": [a.as_dict() for a in self.attempts],
-            "callback": self.callback.as_dict() if self.callback else None,
-        }

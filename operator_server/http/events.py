@@ -154,7 +154,7 @@ class EventStream:
             if await self._catch_up():
                 return self.response
             if self.task_id is not None:
-                task = await self.engine.find(self.task_id)
+                task = await self.engine.reads.find(self.task_id)
                 if task is None or task.status.terminal:
                     # It ended while we caught up; its end is committed, so its
                     # events are stored or queued here: send what is queued, then stop.
@@ -289,7 +289,7 @@ _STREAM = Body(
 async def task_events(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     stream = EventStream(request, task_id)  # a bad Last-Event-ID is a 400 before the lookup
-    if await request.app[ENGINE].find(task_id) is None:
+    if await request.app[ENGINE].reads.find(task_id) is None:
         raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return await stream.run()
 

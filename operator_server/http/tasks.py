@@ -4,8 +4,7 @@ When ``api_token`` is configured, each of these needs
 ``Authorization: Bearer <api_token>``; with no token configured the daemon is
 loopback-only (start-up refuses otherwise) and the routes are open.
 
-``TaskSchema`` declares the task JSON (built by ``Task.as_dict``) for the
-OpenAPI document; the tests hold real answers to it.
+The task JSON and its schema are declared together in ``engine/task_json.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ from typing import Any
 
 from aiohttp import web
 from marshmallow import (
-    INCLUDE,
     Schema,
     ValidationError,
     fields,
-    post_load,
     validate,
     validates_schema,
 )
@@ -26,10 +23,10 @@ from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
 from operator_server.config import LAYER_NAMES, Settings, webhook_host_allowed
-from operator_server.engine import Engine, Kind
-from operator_server.engine.asks import AskStatus
-from operator_server.engine.faces import Face
-from operator_server.engine.tasks import OperatorSpec, Task, TaskStatus
+from operator_server.engine import Engine
+from operator_server.engine.task_json import NAME as _NAME
+from operator_server.engine.task_json import OperatorSpecSchema, TaskSchema, task_view
+from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
@@ -38,31 +35,6 @@ from operator_server.wire.requests import json_response
 routes = web.RouteTableDef()
 # On a task list: where a live follower of GET /v1/events takes over from it.
 LAST_EVENT_HEADER = "X-Last-Event-Id"
-
-_NAME = validate.Length(min=1, max=200)
-
-
-# One optional name per face, derived from the one declaration of the faces.
-_FaceNamesSchema = Schema.from_dict(
-    {str(face): fields.String(validate=_NAME) for face in Face}, name="FaceNames"
-)
-
-
-class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
-    sid = fields.String(validate=_NAME)
-    role = fields.String(validate=_NAME)
-    kind = fields.Enum(Kind, by_value=True)
-
-    @validates_schema
-    def _one_target(self, data: dict[str, Any], **_: Any) -> None:
-        if "sid" in data and "role" in data:
-            raise ValidationError("give either sid or role, not both", "role")
-        if not data:
-            raise ValidationError("name a sid, a role, or a face (senior_bridge, ...)")
-
-    @post_load
-    def _make(self, data: dict[str, Any], **_: Any) -> OperatorSpec:
-        return OperatorSpec(**data)
 
 
 class TaskRequestSchema(Schema):
@@ -104,93 +76,6 @@ class GetQuerySchema(Schema):
         validate=validate.Range(min=0),
         metadata={"description": "seconds to wait for the task to end; at most max_wait_s"},
     )
-
-
-class TaskResultSchema(Schema):
-    value = fields.Raw(required=True, allow_none=True)
-    ok = fields.Boolean(required=True)
-
-
-class OutcomeErrorSchema(Schema):
-    """Why an attempt failed: a stable ``code`` and a human ``message``."""
-
-    class Meta:
-        unknown = INCLUDE
-
-    code = fields.String(required=True)
-    message = fields.String(required=True)
-
-
-class OutputSchema(Schema):
-    kind = fields.String(required=True, validate=validate.OneOf(["final", "output"]))
-    source = fields.String(required=True)
-    value = fields.Raw(required=True, allow_none=True)
-    ok = fields.Boolean(required=True)
-    at = fields.DateTime(required=True)
-
-
-class WorkerAskSchema(Schema):
-    """A worker's ask during the attempt (``POST /v1/worker/ask``)."""
-
-    ask_id = fields.String(required=True)
-    req_id = fields.String(required=True, allow_none=True)
-    parent_req_id = fields.String(required=True, allow_none=True)
-    question = fields.Raw(required=True, allow_none=True)
-    answer_schema = fields.Dict(required=True, allow_none=True)
-    status = fields.Enum(AskStatus, by_value=True, required=True)
-    answer = fields.Raw(required=True, allow_none=True)
-    declined = fields.String(required=True, allow_none=True)
-    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
-    answered_by = fields.String(required=True, allow_none=True)
-    asked_at = fields.DateTime(required=True)
-    answered_at = fields.DateTime(required=True, allow_none=True)
-
-
-class AttemptSchema(Schema):
-    attempt = fields.Integer(required=True)
-    status = fields.Enum(TaskStatus, by_value=True, required=True)
-    started_at = fields.DateTime(required=True)
-    ended_at = fields.DateTime(required=True, allow_none=True)
-    result = fields.Nested(TaskResultSchema, required=True, allow_none=True)
-    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
-    served_by = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
-    outputs = fields.List(fields.Nested(OutputSchema), required=True)
-    asks = fields.List(fields.Nested(WorkerAskSchema), required=True)
-
-
-class CallbackStateSchema(Schema):
-    """Where the task's end is delivered (``callback_url``), and how that went."""
-
-    url = fields.String(required=True)
-    attempts = fields.Integer(required=True, metadata={"description": "tries made so far"})
-    delivered_at = fields.DateTime(required=True, allow_none=True)
-    last_error = fields.String(required=True, allow_none=True)
-    delivery_id = fields.String(
-        required=True, metadata={"description": "X-Operator-Server-Delivery of every try"}
-    )
-
-
-class TaskSchema(Schema):
-    """The task JSON every task route answers with (``Task.as_dict``)."""
-
-    id = fields.String(required=True)
-    status = fields.Enum(TaskStatus, by_value=True, required=True)
-    agent = fields.String(required=True)
-    kind = fields.Enum(Kind, by_value=True, required=True)
-    attempt = fields.Integer(required=True)
-    max_attempts = fields.Integer(required=True)
-    interruptions = fields.Integer(required=True)
-    result = fields.Nested(TaskResultSchema, required=True, allow_none=True)
-    error = fields.Nested(OutcomeErrorSchema, required=True, allow_none=True)
-    directive = fields.Raw(required=True, allow_none=True)
-    system = fields.String(required=True, allow_none=True)
-    operator = fields.Nested(OperatorSpecSchema, required=True, allow_none=True)
-    layers = fields.List(fields.String(), required=True)
-    parent_task_id = fields.String(required=True, allow_none=True)
-    created_at = fields.DateTime(required=True)
-    updated_at = fields.DateTime(required=True)
-    attempts = fields.List(fields.Nested(AttemptSchema), required=True)
-    callback = fields.Nested(CallbackStateSchema, required=True, allow_none=True)
 
 
 class TaskPageSchema(Schema):
@@ -238,7 +123,7 @@ def _callback_url(settings: Settings, url: str) -> str:
 async def _task(request: web.Request) -> Task:
     """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
-    task = await request.app[ENGINE].find(task_id)
+    task = await request.app[ENGINE].reads.find(task_id)
     if task is None:
         raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
@@ -266,7 +151,7 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
     callback = body.get("callback_url")
     if callback is not None:
         _callback_url(request.app[SETTINGS], callback)
-    if (parent := body.get("parent_task_id")) and await engine.find(parent) is None:
+    if (parent := body.get("parent_task_id")) and await engine.reads.find(parent) is None:
         # A body naming a missing task is a bad body (400), not a missing resource.
         raise ApiError(Code.TASK_NOT_FOUND, f"parent_task_id: no task {parent!r}", status=400)
     try:
@@ -284,7 +169,7 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
         # Refused at submission, whatever the code: the request asked for what cannot run.
         raise ApiError(exc.code, exc.message, status=400) from None
     location = f"/v1/tasks/{task.id}"
-    return json_response(task.as_dict(), status=202, headers={"Location": location})
+    return json_response(task_view(task), status=202, headers={"Location": location})
 
 
 @routes.get("/v1/tasks")
@@ -311,9 +196,9 @@ async def list_tasks(request: web.Request, query: dict[str, Any]) -> web.Respons
     engine = request.app[ENGINE]
     seen = engine.published_event_id  # before the read: the page is at least this new
     after = await _cursor(engine, query.get("after"))
-    tasks, more = await engine.page(query.get("status"), after, query["limit"])
+    tasks, more = await engine.reads.page(query.get("status"), after, query["limit"])
     return json_response(
-        {"tasks": [t.as_dict() for t in tasks], "next": None if more is None else str(more)},
+        {"tasks": [task_view(t) for t in tasks], "next": None if more is None else str(more)},
         headers={LAST_EVENT_HEADER: str(seen)},
     )
 
@@ -353,8 +238,8 @@ async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -
         raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
         # As it is after ``wait``, if it has not ended by then.
-        task = await request.app[ENGINE].wait_finished(task, wait)
-    return json_response(task.as_dict())
+        task = await request.app[ENGINE].reads.wait_finished(task, wait)
+    return json_response(task_view(task))
 
 
 @routes.post("/v1/tasks/{task_id}/cancel")
@@ -380,11 +265,11 @@ async def cancel_task(request: web.Request, subject: Task, body: dict[str, Any])
     reason = body.get("reason") or "cancelled by request"
     engine = request.app[ENGINE]
     cancelled = await engine.cancel(task.id, reason)
-    task = await engine.find(task.id) or task  # as it is now (ended on another node, say)
+    task = await engine.reads.find(task.id) or task  # as it is now (ended on another node, say)
     if not cancelled:
         raise ApiError(
             Code.TASK_FINISHED,
             f"task {task.id} already ended with status {task.status}",
-            task=task.as_dict(),
+            task=task_view(task),
         )
-    return json_response(task.as_dict())
+    return json_response(task_view(task))

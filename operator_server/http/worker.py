@@ -48,7 +48,7 @@ class SubmitQuerySchema(Schema):
 
 
 class PromptSchema(Schema):
-    """What the sub-agent is asked to do (``Engine.worker_view``)."""
+    """What the sub-agent is asked to do (``WorkerApi.worker_view``)."""
 
     task_id = fields.String(required=True)
     attempt = fields.Integer(required=True)
@@ -98,7 +98,7 @@ class AskQuerySchema(Schema):
 
 
 async def _claims(request: web.Request, verb: str, task_id: str | None = None) -> Claims:
-    return await request.app[ENGINE].verify_worker(bearer_of(request) or "", verb, task_id)
+    return await request.app[ENGINE].worker.verify_worker(bearer_of(request) or "", verb, task_id)
 
 
 def _credential(verb: str) -> Callable[[web.Request], Awaitable[Claims]]:
@@ -127,7 +127,7 @@ def _accepted(claims: Claims) -> web.Response:
 )
 async def worker_prompt(request: web.Request, query: dict[str, Any]) -> web.Response:
     claims = await _claims(request, "prompt", query.get("task_id"))
-    return json_response(await request.app[ENGINE].worker_prompt(claims))
+    return json_response(await request.app[ENGINE].worker.worker_prompt(claims))
 
 
 @routes.post("/v1/worker/result")
@@ -147,7 +147,7 @@ async def worker_result(
 ) -> web.Response:
     claims = subject
     require_task(claims, body.get("task_id"))
-    await request.app[ENGINE].worker_result(claims, WorkerResult(body["value"], body["ok"]))
+    await request.app[ENGINE].worker.worker_result(claims, WorkerResult(body["value"], body["ok"]))
     return _accepted(claims)
 
 
@@ -174,7 +174,7 @@ async def worker_submit(
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(Code.BAD_REQUEST, "body must be UTF-8 text") from None
-    await request.app[ENGINE].worker_result(claims, WorkerResult(text, query["ok"]))
+    await request.app[ENGINE].worker.worker_result(claims, WorkerResult(text, query["ok"]))
     return _accepted(claims)
 
 
@@ -261,12 +261,12 @@ async def worker_ask(request: web.Request, subject: Claims, body: dict[str, Any]
             raise ApiError(Code.BAD_REQUEST, str(exc)) from None
     engine = request.app[ENGINE]
     try:
-        ask = await engine.ask_senior(claims, body["question"], schema, body.get("key"))
+        ask = await engine.worker.ask_senior(claims, body["question"], schema, body.get("key"))
     except AttemptFailed as exc:
         if exc.code != Code.NO_SENIOR:
             raise
         raise ApiError(exc.code, exc.message) from None
-    settled = await engine.wait_ask(claims, ask.ask_id, wait)
+    settled = await engine.worker.wait_ask(claims, ask.ask_id, wait)
     return _ask_answer(settled or ask)
 
 
@@ -288,7 +288,7 @@ async def worker_ask_status(
     claims = subject
     wait = _wait_limit(request, query["wait"], "wait")
     ask_id = request.match_info["ask_id"]
-    ask = await request.app[ENGINE].wait_ask(claims, ask_id, wait)
+    ask = await request.app[ENGINE].worker.wait_ask(claims, ask_id, wait)
     if ask is None:
         raise ApiError(
             Code.ASK_NOT_FOUND,

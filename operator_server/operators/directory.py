@@ -1,6 +1,6 @@
 """Every operator session the server knows, from mint to teardown.
 
-A session is registered into the engine's three registries under its sid the
+A session is registered with the engine's operator resolution under its sid the
 moment it is minted — never by the connect path — and unregistered (roles
 released, pending requests failed, socket closed) when it is deleted or expires.
 
@@ -61,7 +61,6 @@ class OperatorDirectory:
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
-        engine.find_operator = self.find_name
         self.relay: Relay | None = None
         if engine.cluster is not None:
             self.relay = Relay(engine.store, engine.cluster)
@@ -132,7 +131,7 @@ class OperatorDirectory:
         token = token or secrets.token_urlsafe(32)  # 256 bits
         now = time.time()
         record = SessionRecord(sid, hash_token(token), list(roles), desc, now, now)
-        self.engine.roles.claim(sid, roles)
+        self.engine.resolution.roles.claim(sid, roles)
         session = self._session(record)
         self._add(session)
         try:
@@ -165,7 +164,7 @@ class OperatorDirectory:
 
     def _add(self, session: WSOperatorSession) -> None:
         self.sessions[session.sid] = session
-        self.engine.register_operator(session.sid, session)
+        self.engine.resolution.register(session.sid, session)
 
     def restore(self, record: SessionRecord, now: float) -> bool:
         """Bring back a stored session; False when it has expired or clashes."""
@@ -174,7 +173,7 @@ class OperatorDirectory:
             log.info("stored session expired while the server was down", sid=record.sid)
             return False
         try:
-            self.engine.roles.claim(record.sid, record.roles)
+            self.engine.resolution.roles.claim(record.sid, record.roles)
         except RolesConflict as exc:
             log.warning(
                 "stored session skipped: its roles are taken", sid=record.sid, error=str(exc)
@@ -239,9 +238,9 @@ class OperatorDirectory:
         return session.end(AttemptFailed(code, message), close_code, message)
 
     def _drop(self, sid: str) -> WSOperatorSession:
-        """Out of the directory, the three registries and the role map."""
+        """Out of the directory, the engine's session map and the role map."""
         session = self.sessions.pop(sid)
-        self.engine.unregister_operator(sid)
+        self.engine.resolution.unregister(sid)
         return session
 
     def counts(self) -> dict[str, int]:

@@ -20,6 +20,8 @@ replies come back through the relay (``operators/relay.py``).  ``routed`` maps
 the requests this node shows on its socket for other nodes to their issuer.
 """
 
+# size: one session's pending requests behind its three faces, replay and timeouts
+# included; the socket's own I/O is apart (pump.py).
 from __future__ import annotations
 
 import asyncio

@@ -40,6 +40,8 @@ Webhook deliveries: a finished task with a ``callback_url`` gets a delivery row
 and the row together after each try.
 """
 
+# size: the store contract: every record and method the stores implement, each with
+# the guarantee callers rely on.
 from __future__ import annotations
 
 import asyncio

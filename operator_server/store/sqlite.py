@@ -29,6 +29,8 @@ disturb SQLite's.  The sidecar is left in place on exit: removing it would let
 a starting process lock a file a third one is about to replace.
 """
 
+# size: one store behind one thread: its queue, migrations and SQL share the one
+# connection the thread owns.
 from __future__ import annotations
 
 import asyncio

@@ -24,7 +24,6 @@ class Face(StrEnum):
 
 class Kind(StrEnum):
     MAIN_AI = "main_ai"
-    COMPOSITE = "composite"
     AUTOMATE = "automate"
 
     @property

@@ -43,7 +43,7 @@ class Parked:
 
 async def start_parked(client: TestClient[Any, Any], **task: Any) -> tuple[Parked, dict[str, Any]]:
     parked = Parked()
-    engine_of(client).register_operator("op-parked", FakeOperator(execute=parked.execute))
+    engine_of(client).resolution.register("op-parked", FakeOperator(execute=parked.execute))
     body = {"agent": "coder", "operator": {"sid": "op-parked"}, "layers": ["operator_delegate"]}
     body.update(task)
     return parked, await create_task(client, **body)
@@ -306,7 +306,7 @@ async def test_a_result_arriving_while_the_decided_attempts_asks_are_withdrawn_i
     client = await server()
     parked = Parked()
     senior = SlowToWithdraw(parked.execute)
-    engine_of(client).register_operator("op-slow", senior)
+    engine_of(client).resolution.register("op-slow", senior)
     task = await create_task(
         client, agent="coder", operator={"sid": "op-slow"}, layers=["operator_delegate"]
     )
@@ -349,7 +349,7 @@ async def test_a_result_posted_while_the_senior_weighs_the_decided_result_is_ref
     client = await server()
     parked = Parked()
     senior = SlowToWithdraw(parked.execute)
-    engine_of(client).register_operator("op-slow", senior)
+    engine_of(client).resolution.register("op-slow", senior)
     task = await create_task(
         client,
         agent="coder",

@@ -14,7 +14,7 @@ from tests.fakes import FakeOperator
 
 
 def seat(client: TestClient[Any, Any], fake: FakeOperator, sid: str = "op-fake") -> str:
-    engine_of(client).register_operator(sid, fake)
+    engine_of(client).resolution.register(sid, fake)
     return sid
 
 
@@ -271,7 +271,7 @@ async def test_a_role_resolves_to_its_sid_at_dispatch_time(server: Server) -> No
 
     first = seat(client, FakeOperator(execute=blocked_then_wait), "op-first")
     second = seat(client, FakeOperator(), "op-second")
-    engine.roles.claim(first, ["reviewer"])
+    engine.resolution.roles.claim(first, ["reviewer"])
     task = await create_task(
         client,
         agent="coder",
@@ -280,8 +280,8 @@ async def test_a_role_resolves_to_its_sid_at_dispatch_time(server: Server) -> No
         max_attempts=2,
     )
     await asyncio.wait_for(first_done.wait(), 5)
-    engine.roles.release(first)
-    engine.roles.claim(second, ["reviewer"])
+    engine.resolution.roles.release(first)
+    engine.resolution.roles.claim(second, ["reviewer"])
     moved.set()
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed"
@@ -332,6 +332,6 @@ async def test_shutdown_ends_running_tasks_cancelled_with_a_reason(server: Serve
     await asyncio.wait_for(fake.executing.wait(), 2)
     engine = engine_of(client)
     await client.close()  # runs the app's shutdown, as SIGTERM does
-    stored = await engine.find(task["id"])
+    stored = await engine.reads.find(task["id"])
     assert stored is not None and stored.status == "cancelled"
     assert stored.error is not None and stored.error.message == "server shutting down"

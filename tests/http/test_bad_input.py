@@ -55,6 +55,11 @@ async def error(resp: Any, status: int, code: str) -> str:
             "bad_request",
             "operator.kind",
         ),
+        (  # ``composite`` behaved exactly as ``main_ai``: no longer a kind
+            b'{"agent": "echo", "directive": "x", "operator": {"sid": "a", "kind": "composite"}}',
+            "bad_request",
+            "operator.kind",
+        ),
         (b'{"agent": "no-such-agent", "directive": "x"}', "unknown_agent", "no-such-agent"),
         (
             b'{"agent": "echo", "directive": "x", "parent_task_id": "t-missing"}',

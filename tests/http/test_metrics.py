@@ -126,7 +126,7 @@ async def test_a_peer_past_the_queue_cap_counts_as_a_slow_peer_disconnect(
     client = await server(outbound_queue_max=10)
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
-    bridge: Any = engine_of(client).senior_bridges.get(sid)
+    bridge: Any = engine_of(client).resolution.get(sid)
     session = directory_of(client).sessions[sid]
     callers = [asyncio.create_task(bridge.ask(f"t-{i}", i)) for i in range(50)]
     await eventually(lambda: not session.connected, what="cap disconnect")

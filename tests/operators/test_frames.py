@@ -148,7 +148,7 @@ async def test_a_thousand_concurrent_asks_answered_out_of_order_reach_their_call
     client = await server()
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
-    bridge = engine_of(client).senior_bridges.get(sid)
+    bridge = engine_of(client).resolution.get(sid)
     assert bridge is not None
     n = 1000
     callers = [asyncio.create_task(bridge.ask(f"t-{i}", {"n": i})) for i in range(n)]

@@ -207,7 +207,7 @@ async def test_idle_sessions_are_swept_like_delete(server: Server) -> None:
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed" and done["error"]["code"] == "operator_expired"
     assert sid not in directory_of(client).sessions
-    assert engine_of(client).roles.resolve("main") is None
+    assert engine_of(client).resolution.roles.resolve("main") is None
     assert (
         await client.get(f"/v1/operators/{sid}", headers={"Authorization": f"Bearer {token}"})
     ).status == 404
@@ -221,7 +221,7 @@ async def test_a_peer_that_stops_reading_is_disconnected_and_loses_nothing(
     client = await server(write_timeout_s=0.3)
     sid, token = await mint(client)
     ws = await connect(client, sid, token, max_msg_size=0)
-    bridge = engine_of(client).senior_bridges.get(sid)
+    bridge = engine_of(client).resolution.get(sid)
     assert bridge is not None
     session = directory_of(client).sessions[sid]
     big = "x" * 200_000
@@ -247,7 +247,7 @@ async def test_cancelled_callers_leave_nothing_pending(server: Server) -> None:
     client = await server()
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
-    bridge: Any = engine_of(client).senior_bridges.get(sid)
+    bridge: Any = engine_of(client).resolution.get(sid)
     caller = asyncio.create_task(bridge.ask("t-1", "q"))
     ask = await expect(ws, "ask")
     caller.cancel("caller gave up")
@@ -262,7 +262,7 @@ async def test_a_burst_past_the_queue_cap_disconnects_and_the_replay_still_gets_
     client = await server(outbound_queue_max=10)
     sid, token = await mint(client)
     ws = await connect(client, sid, token)
-    bridge: Any = engine_of(client).senior_bridges.get(sid)
+    bridge: Any = engine_of(client).resolution.get(sid)
     session = directory_of(client).sessions[sid]
     with capture_logs() as logs:
         callers = [asyncio.create_task(bridge.ask(f"t-{i}", i)) for i in range(50)]

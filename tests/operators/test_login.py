@@ -20,10 +20,9 @@ async def test_mint_returns_a_sid_a_strong_token_and_the_roles(server: Server) -
     assert len(body["token"]) >= 43  # 256 bits, url-safe base64
     assert body["roles"] == ["main", "review"]
     engine = engine_of(client)
-    # Registered into all three registries at mint time, before any socket.
-    for registry in (engine.senior_bridges, engine.spawn_hooks, engine.operators):
-        assert registry.get(body["sid"]) is not None
-    assert engine.roles.resolve("review") == body["sid"]
+    # Registered with the engine at mint time, before any socket.
+    assert engine.resolution.get(body["sid"]) is not None
+    assert engine.resolution.roles.resolve("review") == body["sid"]
 
 
 async def test_mint_with_no_body_is_a_session_without_roles(server: Server) -> None:
@@ -64,7 +63,7 @@ async def test_roles_are_exclusive_and_a_conflict_names_each_holder(server: Serv
     assert err["conflicts"] == [{"role": "main", "sid": sid_a}, {"role": "review", "sid": sid_b}]
     assert sid_a in err["message"] and sid_b in err["message"]
     # All or nothing: "free" was not taken by the failed mint.
-    assert engine_of(client).roles.resolve("free") is None
+    assert engine_of(client).resolution.roles.resolve("free") is None
     assert len(directory_of(client).sessions) == 2
 
 
@@ -179,7 +178,7 @@ async def test_delete_with_pending_requests_fails_them_loudly_and_closes_1000(
         assert done["status"] == "failed"
         assert done["error"] == {"code": "operator_deleted", "message": "operator session deleted"}
     engine = engine_of(client)
-    assert engine.operators.get(sid) is None and engine.roles.resolve("main") is None
+    assert engine.resolution.get(sid) is None and engine.resolution.roles.resolve("main") is None
     assert (await client.get(f"/v1/operators/{sid}", headers=auth)).status == 404
     # The role is free again.
     assert (await client.post("/v1/operators", json={"roles": ["main"]})).status == 201

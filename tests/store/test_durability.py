@@ -119,8 +119,8 @@ async def test_a_failed_write_is_a_5xx_and_leaves_no_half_state(server: Server, 
     err = (await resp.json())["error"]
     assert err["code"] == "store_failed" and "nothing was changed" in err["message"]
     engine = engine_of(client)
-    assert engine.roles.resolve("main") is None  # the failed mint released its role
-    assert len(directory_of(client).sessions) == 1 and len(engine.operators) == 1
+    assert engine.resolution.roles.resolve("main") is None  # the failed mint released its role
+    assert len(directory_of(client).sessions) == 1 and len(engine.resolution.sessions) == 1
 
     resp = await client.post("/v1/tasks", json={"agent": "echo", "directive": "x"})
     assert resp.status == 503 and (await resp.json())["error"]["code"] == "store_failed"
@@ -129,7 +129,7 @@ async def test_a_failed_write_is_a_5xx_and_leaves_no_half_state(server: Server, 
     resp = await client.delete(f"/v1/operators/{sid}", headers=auth(token))
     assert resp.status == 503
     assert (await client.get(f"/v1/operators/{sid}", headers=auth(token))).status == 200
-    assert engine.roles.resolve("kept") == sid
+    assert engine.resolution.roles.resolve("kept") == sid
 
 
 async def test_a_corrupt_row_is_skipped_with_a_warning_naming_it(server: Server, db: Path) -> None:

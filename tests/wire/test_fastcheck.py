@@ -61,7 +61,7 @@ def test_task_bodies_fast_and_slow_agree() -> None:
             "agent": "coder",
             "directive": {"spec": [1, 2]},
             "system": "be brief",
-            "operator": {"role": "main", "kind": "composite"},
+            "operator": {"role": "main", "kind": "automate"},
             "layers": ["main_ai", "operator_delegate"],
             "max_attempts": 3,
             "parent_task_id": "t-1",

@@ -1,0 +1,79 @@
+"""Operator resolution: which session serves each face of a task's dispatch.
+
+One map of the operator sessions this node holds, by sid, and the role
+aliases (role -> sid).  A session is one object that serves all three faces
+(``SeniorBridge``, ``SpawnHook``, ``Operator``): a task's ``OperatorSpec``
+names a sid or a role per face, and each name is looked up live, at dispatch
+time, first as a sid, then as a role.
+
+In cluster mode a task may name a session minted on another node:
+``find_elsewhere`` (given at construction, by whoever knows where sessions
+are stored: the operator directory) brings it here first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from operator_server.engine.faces import Face, OperatorInfo
+from operator_server.engine.registries import RoleAliases
+from operator_server.errors import AttemptFailed, Code
+
+if TYPE_CHECKING:
+    from operator_server.engine.tasks import Task
+
+# Looks up a name (sid or role) no session here answers to, and registers it here.
+FindElsewhere = Callable[[str], Awaitable[None]]
+
+
+class OperatorResolution:
+    def __init__(self, find_elsewhere: FindElsewhere | None = None) -> None:
+        # sid -> the session; it serves every face a task names it for.
+        self.sessions: dict[str, Any] = {}
+        self.roles = RoleAliases()
+        self._find_elsewhere = find_elsewhere
+
+    def register(self, sid: str, session: Any) -> None:
+        """Registering a taken sid is a programming error."""
+        if sid in self.sessions:
+            raise KeyError(f"operator session {sid!r} is already registered")
+        self.sessions[sid] = session
+
+    def unregister(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+        self.roles.release(sid)
+
+    def get(self, sid: str) -> Any:
+        return self.sessions.get(sid)
+
+    async def find_operators(self, task: Task) -> None:
+        """Bring here any session ``task`` names that this node does not know
+        yet (minted on another node; a role held there)."""
+        spec = task.operator
+        if spec is None or self._find_elsewhere is None:
+            return
+        for name in spec.face_names().values():
+            if name is None or name in self.sessions:
+                continue
+            if self.roles.resolve(name) is None:
+                await self._find_elsewhere(name)
+
+    def resolve_operator_info(self, task: Task) -> OperatorInfo:
+        """Look up, live, who serves this dispatch of ``task``."""
+        spec = task.operator
+        if spec is None:
+            return OperatorInfo()
+        found: dict[Face, tuple[str, Any]] = {}
+        for face, name in spec.face_names().items():
+            if name is None:
+                continue
+            key = name if name in self.sessions else self.roles.resolve(name)
+            item = self.sessions.get(key) if key is not None else None
+            if key is None or item is None:
+                raise AttemptFailed(
+                    Code.OPERATOR_NOT_FOUND,
+                    f"{face} {name!r} is not registered (no operator session or role by that name)",
+                )
+            found[face] = (key, item)
+        return OperatorInfo(found)
