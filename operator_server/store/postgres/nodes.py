@@ -1,0 +1,145 @@
+"""What the nodes of a cluster share in the database: leases, heartbeats, and
+the routing of operator requests between nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operator_server.logs import get_logger
+from operator_server.store.base import PendingRow
+from operator_server.store.pgbus import SQL_CHANNEL, encode
+from operator_server.wire import json as wire_json
+from operator_server.wire.json import STORED_MAX_DEPTH
+
+log = get_logger(__name__)
+
+# Leases a batch of this node is writing right now are skipped (they are
+# renewed next round): the renewal never waits in a batch's way, or it in its.
+RENEW_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 FOR UPDATE SKIP LOCKED
+    )
+"""
+# Only the runs a node holds: a lease of its without a run (an end it could not
+# store, a run it let go) lapses, and the task is taken over.
+RENEW_HELD_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 AND task_id = ANY($3::text[])
+        FOR UPDATE SKIP LOCKED
+    )
+"""
+RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
+# Live tasks with a lapsed or missing lease, locked so that concurrent reapers
+# skip each other's; the upsert re-checks the lease row as it is now (a lease
+# renewed or taken since the scan's snapshot does not come back).  Each task
+# taken moves to a new epoch: whatever its former node still writes is refused.
+TAKE_OVER = """
+    WITH lapsed AS (
+        SELECT t.id FROM tasks t LEFT JOIN task_leases l ON l.task_id = t.id
+        WHERE t.status = ANY($3::text[]) AND (l.task_id IS NULL OR l.expires_at < now())
+        ORDER BY t.seq LIMIT $4
+        FOR UPDATE OF t SKIP LOCKED
+    ), taken AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT id, $1, now() + make_interval(secs => $2) FROM lapsed
+        ON CONFLICT (task_id) DO UPDATE
+            SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
+            WHERE task_leases.expires_at < now()
+        RETURNING task_id
+    ), bumped AS (
+        UPDATE tasks t SET epoch = t.epoch + 1 FROM taken k WHERE t.id = k.task_id
+        RETURNING t.id, t.data, t.epoch, t.seq
+    )
+    SELECT id, data, epoch FROM bumped ORDER BY seq
+"""
+# Cluster routing (v5).  A request is inserted under a share lock on its
+# session's row, and a socket attaches under an update lock on it, so the two
+# take turns: either the attach's replay reads the request, or the request's
+# writer reads the new socket node and sends the frame there.  (The lock is
+# held to commit, and the insert is seen only at commit, whatever order the
+# statement runs its parts in.)  One statement: one round trip.
+# ``$6``, when given, is the frame's notice to the node holding the socket,
+# sent by the same statement (as it commits): one transaction, not two.
+ISSUE_REQUEST = f"""
+    WITH session AS (
+        SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
+    ), request AS (
+        INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at)
+        VALUES ($1, $2, $3, $4, $5)
+    ), told AS (
+        SELECT pg_notify({SQL_CHANNEL.format("socket_node")}, $6) FROM session
+        WHERE $6::text IS NOT NULL AND socket_node IS NOT NULL AND socket_node <> $3
+    )
+    SELECT socket_node, (SELECT count(*) FROM told) > 0 AS told FROM session
+"""
+SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
+ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
+PENDING_OF = (
+    "SELECT req_id, owner_node, frame, issued_at FROM pending_requests WHERE sid = $1 ORDER BY seq"
+)
+# Notify the node holding a session's socket, if another node holds it.
+NOTIFY_SOCKET_NODE = (
+    f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
+    "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
+)
+# A request answered: its row goes, and a withdrawal (if any) is told to the
+# node holding the socket — one statement.
+FINISH_REQUEST = "DELETE FROM pending_requests WHERE req_id = $1"
+FINISH_WITHDRAWN = (
+    "WITH finished AS (DELETE FROM pending_requests WHERE req_id = $4) " + NOTIFY_SOCKET_NODE
+)
+DETACH_SOCKET = (
+    "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
+)
+HEARTBEAT = (
+    "INSERT INTO cluster_nodes (node_id, expires_at) "
+    "VALUES ($1, now() + make_interval(secs => $2)) "
+    "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+# A node that stopped beating: its sockets are gone and its requests' waiters
+# too (their attempts are interrupted and taken over).  A node beats from the
+# moment its store opens, so a node with no row at all is gone as well.
+BURY_NODES = """
+    WITH dead AS (
+        DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
+    ), unplugged AS (
+        UPDATE operator_sessions SET socket_node = NULL
+        WHERE socket_node IN (SELECT node_id FROM dead)
+           OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
+    )
+    SELECT node_id FROM dead
+"""
+# Their requests (and any whose node has no row), to be withdrawn wherever a
+# live node shows them to an operator.
+DEAD_REQUESTS = """
+    DELETE FROM pending_requests p USING operator_sessions s
+    WHERE s.sid = p.sid AND (
+        p.owner_node = ANY($1::text[])
+        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = p.owner_node)
+    )
+    RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
+"""
+OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
+TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
+
+
+def withdraw_notice(from_node: str, sid: str, req_id: str, reason: str) -> str:
+    """The message that has the node showing ``req_id`` send the operator its
+    ``cancel`` (handled by the operator directory)."""
+    return encode("withdraw", from_node, {"sid": sid, "req_id": req_id, "reason": reason})
+
+
+def pending_rows(rows: list[Any]) -> list[PendingRow]:
+    out = []
+    for req_id, owner, frame, issued_at in rows:
+        try:
+            decoded = wire_json.loads(frame, STORED_MAX_DEPTH)
+        except ValueError as exc:  # one bad row is skipped, never fatal
+            log.warning(
+                "skipping a stored request that cannot be decoded", req_id=req_id, error=str(exc)
+            )
+            continue
+        out.append(PendingRow(req_id, owner, decoded, float(issued_at)))
+    return out
