@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from operator_server.logs import get_logger
+from operator_server.store import migrations
 from operator_server.store.base import StoreError
 from operator_server.store.postgres.writer import CONNECTION_ERRORS
-
-log = get_logger(__name__)
 
 # Any fixed 64-bit number names the lock; this one is "operator-server schema".
 MIGRATION_LOCK = 0x6F70_7365_7276_0001
@@ -237,14 +235,8 @@ async def _migrate_locked(conn: asyncpg.Connection) -> int:
         if version is None:
             version = 0
             await conn.execute("INSERT INTO operator_server_schema VALUES (0)")
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"database schema version {version} is newer than this server knows "
-            f"({len(MIGRATIONS)}); refusing to touch it"
-        )
-    for target in range(version, len(MIGRATIONS)):
+    for new_version, sql in migrations.steps("PostgreSQL", version, MIGRATIONS):
         async with conn.transaction():
-            await conn.execute(MIGRATIONS[target])
-            await conn.execute("UPDATE operator_server_schema SET version = $1", target + 1)
-        log.info("migrated the PostgreSQL schema", version=target + 1)
+            await conn.execute(sql)
+            await conn.execute("UPDATE operator_server_schema SET version = $1", new_version)
     return len(MIGRATIONS)
