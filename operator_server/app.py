@@ -27,6 +27,7 @@ from aiohttp import web
 from operator_server import __version__
 from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.background import Background
+from operator_server.cluster.store import cluster_store
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
@@ -188,6 +189,9 @@ async def keep_leases_once(app: web.Application) -> None:
     store answers again.
     """
     store = app[STORE]
+    shared = cluster_store(store)
+    if shared is None:  # one process: nothing is leased
+        return
     engine = app[ENGINE]
     # Woken after its leases lapsed (SIGSTOP, a stalled host): another node may
     # run its tasks now.  Drop every run without a word, then renew; what
@@ -201,7 +205,7 @@ async def keep_leases_once(app: web.Application) -> None:
             let_go = list(engine.unleased)
             await store.release_leases(let_go)
             engine.unleased.difference_update(let_go)
-        dead = await store.bury_dead_nodes()
+        dead = await shared.bury_dead_nodes()
     except StoreError as exc:  # healthz says so; the next round tries again
         log.error("could not renew task leases", error=str(exc))
         cut_off = time.monotonic() - app[LEASES_RENEWED] >= app[SETTINGS].cluster.lease_s

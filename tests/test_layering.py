@@ -107,3 +107,31 @@ def test_the_client_library_loads_nothing_of_the_server() -> None:
     ).stdout.split()
     assert {"operator_server.client.operator", "operator_server.client.mcp"} <= set(out)
     assert [m for m in out if m.startswith(SERVER_ONLY)] == []
+
+
+CLUSTER_ONLY = (
+    "bus",
+    "bury_dead_nodes",
+    "task_owner",
+    "issue_request",
+    "finish_request_soon",
+    "attach_socket",
+    "detach_socket_soon",
+    "pending_of",
+)
+
+
+def test_only_the_postgresql_store_keeps_the_cluster_contract(tmp_path: Path) -> None:
+    from operator_server.cluster.store import ClusterStore, cluster_store
+    from operator_server.store import MemoryStore, PostgresStore, SQLiteStore, Store
+
+    one_process = (MemoryStore(), SQLiteStore(tmp_path / "db.sqlite"))
+    for store in one_process:
+        assert not isinstance(store, ClusterStore)
+        assert cluster_store(store) is None
+    # Not even as methods that raise: a one-process store cannot route between nodes.
+    for cls in (Store, MemoryStore, SQLiteStore):
+        assert [name for name in CLUSTER_ONLY if hasattr(cls, name)] == []
+    shared = PostgresStore("postgresql://nowhere/none")
+    assert isinstance(shared, ClusterStore)
+    assert cluster_store(shared) is shared

@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from operator_server.background import Background
+from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
@@ -123,9 +124,10 @@ class Engine:
         )
         # Many nodes: streams follow every node's events from the store, in the
         # order of the one sequence (never this node's own ahead of the others').
+        self._shared = cluster_store(store)
         self.cluster = (
-            Cluster(store.bus, background, settings.cluster.lease_s)
-            if store.bus is not None
+            Cluster(self._shared.bus, background, settings.cluster.lease_s)
+            if self._shared is not None
             else None
         )
         if self.cluster is None:
@@ -830,9 +832,9 @@ class Engine:
         """Cluster mode, when another node runs ``task_id``: ``method`` run
         there, with ``args()`` (built only then), and its answer.  None when
         the task runs here (or no node holds it): do it here."""
-        if self.cluster is None or task_id in self.tasks:
+        if self.cluster is None or self._shared is None or task_id in self.tasks:
             return None
-        owner = await self.store.task_owner(task_id)
+        owner = await self._shared.task_owner(task_id)
         if owner is None or owner == self.cluster.node_id:
             return None
         return await self.cluster.call(owner, method, args(), longer=longer)

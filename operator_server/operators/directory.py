@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.cluster import Cluster
@@ -63,8 +64,9 @@ class OperatorDirectory:
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
         engine.find_operator = self.find_name
         self.relay: Relay | None = None
-        if engine.cluster is not None:
-            self.relay = Relay(engine.store, engine.cluster)
+        shared = cluster_store(engine.store)
+        if engine.cluster is not None and shared is not None:
+            self.relay = Relay(shared, engine.cluster)
             self._route(engine.cluster)
 
     def _route(self, cluster: Cluster) -> None:

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from operator_server.cluster.store import ClusterStore
 from operator_server.engine.cluster import Cluster
-from operator_server.store import Fenced, PendingRow, Store
+from operator_server.store import Fenced, PendingRow
 
 
 class Relay:
-    def __init__(self, store: Store, cluster: Cluster) -> None:
+    def __init__(self, store: ClusterStore, cluster: Cluster) -> None:
         self.store = store
         self.cluster = cluster
         self.node_id = cluster.node_id
