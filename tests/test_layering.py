@@ -135,3 +135,59 @@ def test_only_the_postgresql_store_keeps_the_cluster_contract(tmp_path: Path) ->
     shared = PostgresStore("postgresql://nowhere/none")
     assert isinstance(shared, ClusterStore)
     assert cluster_store(shared) is shared
+
+
+def _chain(node: ast.expr) -> list[str]:
+    """``self.cluster.bus`` -> ["self", "cluster", "bus"]."""
+    names: list[str] = []
+    while isinstance(node, ast.Attribute):
+        names.insert(0, node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        names.insert(0, node.id)
+    return names
+
+
+def cluster_message_knowledge(path: Path) -> list[str]:
+    """Where ``path`` builds, sends or handles a cross-node message itself."""
+    from operator_server.cluster.messages import KINDS
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = _chain(node.func.value)
+            if owner[-1:] in (["bus"], ["cluster"]) and node.func.attr in ("send", "inline", "on"):
+                found.append(f"line {node.lineno}: {'.'.join(owner)}.{node.func.attr}(...)")
+        elif isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if {"k", "f", "b"} <= keys:
+                found.append(f"line {node.lineno}: a message envelope")
+        # The kinds no other layer has a word for ("answer", "events", "call"
+        # and "delivered" are ordinary words elsewhere).
+        elif isinstance(node, ast.Constant) and node.value in KINDS and node.value in (
+            "nodes_gone",
+            "session_gone",
+            "withdraw",
+            "replaced",
+            "deliver",
+        ):
+            found.append(f"line {node.lineno}: the kind {node.value!r}")
+    return found
+
+
+def test_nothing_outside_the_cluster_package_knows_cluster_message_shapes() -> None:
+    outside = {
+        str(path.relative_to(PACKAGE)): cluster_message_knowledge(path)
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] != "cluster"
+    }
+    assert {module: found for module, found in outside.items() if found} == {}
+    # Messages are built only from their declarations: the cluster package, and
+    # the PostgreSQL store whose transactions send notices as they commit.
+    importers = [
+        module
+        for module, names in imports_under(".").items()
+        if "operator_server.cluster.messages" in names
+        and not module.startswith(("cluster/", "store/postgres/"))
+    ]
+    assert importers == []

@@ -31,12 +31,12 @@ from typing import Any
 import structlog
 
 from operator_server.background import Background
+from operator_server.cluster.calls import Cluster
 from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import CapabilityIssuer, Claims
-from operator_server.engine.cluster import Cluster
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,

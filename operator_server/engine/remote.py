@@ -16,7 +16,7 @@ from operator_server.engine.capabilities import Claims
 from operator_server.engine.faces import WorkerResult
 
 if TYPE_CHECKING:
-    from operator_server.engine.cluster import Cluster
+    from operator_server.cluster.calls import Cluster
     from operator_server.engine.engine import Engine
 
 

@@ -11,7 +11,7 @@ start-up ``restore`` brings back stored sessions before the server listens.
 With a store many nodes share, a session minted on another node is brought
 here the first time it is named (``find``: its sid on a route; ``find_name``:
 a task naming its sid or one of its roles), so mint on one node and connect on
-any other.  The relay (``operators/relay.py``) then routes each session's
+any other.  The relay (``cluster/relay.py``) then routes each session's
 requests, replies and socket changes between the nodes; the handlers for what
 other nodes send are here.
 """
@@ -22,21 +22,18 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
 
+from operator_server.cluster.relay import Relay
 from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
-from operator_server.engine.cluster import Cluster
 from operator_server.engine.faces import Face
 from operator_server.engine.registries import RolesConflict
-from operator_server.errors import AttemptFailed, Code, ProtocolError
+from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.relay import Relay
 from operator_server.operators.session import WSOperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
@@ -67,51 +64,9 @@ class OperatorDirectory:
         shared = cluster_store(engine.store)
         if engine.cluster is not None and shared is not None:
             self.relay = Relay(shared, engine.cluster)
-            self._route(engine.cluster)
+            self.relay.route(self)
 
-    def _route(self, cluster: Cluster) -> None:
-        """Handle what other nodes send about sessions held here."""
-
-        Act = Callable[[WSOperatorSession, str, dict[str, Any]], None]
-
-        def to_session(act: Act) -> Callable[[str, dict[str, Any]], None]:
-            """A handler for a message about one session: ignored unless it is here."""
-
-            def handle(node: str, body: dict[str, Any]) -> None:
-                if (session := self.sessions.get(body["sid"])) is not None:
-                    act(session, node, body)
-
-            return handle
-
-        def gone(node: str, body: dict[str, Any]) -> None:
-            sid = body["sid"]
-            if node != cluster.node_id and sid in self.sessions:
-                self.remove(sid, Code(body["code"]), body["message"])
-
-        async def operator_reply(args: dict[str, Any]) -> dict[str, Any]:
-            session = self.sessions.get(args["sid"])
-            if session is None:
-                raise ProtocolError(
-                    Code.UNKNOWN_REQ_ID,
-                    f"{args['data']['req_id']} is not pending (its session is gone here)",
-                    args["data"]["req_id"],
-                )
-            session.reply_from_elsewhere(args["kind"], args["data"])
-            return {}
-
-        cluster.on(
-            "deliver", to_session(lambda s, node, b: s.deliver_from(node, b["req_id"], b["frame"]))
-        )
-        cluster.on(
-            "withdraw", to_session(lambda s, _, b: s.withdrawn_elsewhere(b["req_id"], b["reason"]))
-        )
-        cluster.on("delivered", to_session(lambda s, _, b: s.delivered_elsewhere()))
-        cluster.on("replaced", to_session(lambda s, _, b: s.replaced_elsewhere(int(b["epoch"]))))
-        cluster.on("session_gone", gone)
-        cluster.serve("operator_reply", operator_reply)
-        cluster.bus.on_resync(self._resync)
-
-    def _resync(self) -> None:
+    def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
         re-read the requests of every socket held here (each is sent once)."""
         for session in self.sessions.values():

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from operator_server.cluster.bus import SQL_CHANNEL
+from operator_server.cluster.messages import Withdraw
 from operator_server.logs import get_logger
 from operator_server.store.base import PendingRow
-from operator_server.store.pgbus import SQL_CHANNEL, encode
 from operator_server.wire import json as wire_json
 from operator_server.wire.json import STORED_MAX_DEPTH
 
@@ -128,7 +129,7 @@ TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at 
 def withdraw_notice(from_node: str, sid: str, req_id: str, reason: str) -> str:
     """The message that has the node showing ``req_id`` send the operator its
     ``cancel`` (handled by the operator directory)."""
-    return encode("withdraw", from_node, {"sid": sid, "req_id": req_id, "reason": reason})
+    return Withdraw(sid, req_id, reason).encode(from_node)
 
 
 def pending_rows(rows: list[Any]) -> list[PendingRow]:

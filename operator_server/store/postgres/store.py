@@ -13,6 +13,14 @@ from typing import Any
 
 import asyncpg
 
+from operator_server.cluster.bus import ALL, PgBus, channel
+from operator_server.cluster.messages import (
+    Delivered,
+    EventsStored,
+    NodesGone,
+    Replaced,
+    TasksEnded,
+)
 from operator_server.logs import get_logger
 from operator_server.store.base import (
     Delivery,
@@ -33,7 +41,6 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
-from operator_server.store.pgbus import ALL, PgBus, channel, encode
 from operator_server.store.postgres.nodes import (
     ATTACH_SOCKET,
     BURY_NODES,
@@ -212,10 +219,10 @@ class PostgresStore(Store, GroupCommitWriter):
         ended, self._ended = self._ended, []
         last = max((e.id for op in batch for e in op.events), default=0)
         if last:
-            body = encode("events", self._node_id, {"last": last})
+            body = EventsStored(last).encode(self._node_id)
             await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
         for i in range(0, len(ended), ENDED_PER_NOTIFY):
-            body = encode("ended", self._node_id, {"ids": ended[i : i + ENDED_PER_NOTIFY]})
+            body = TasksEnded(ended[i : i + ENDED_PER_NOTIFY]).encode(self._node_id)
             await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
         return ended
 
@@ -525,7 +532,7 @@ class PostgresStore(Store, GroupCommitWriter):
                     withdraw = withdraw_notice(me, sid, req_id, "its node stopped")
                     await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
                 if dead:
-                    gone = encode("nodes_gone", me, {"nodes": sorted(dead)})
+                    gone = NodesGone(sorted(dead)).encode(me)
                     await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
                 await c.execute(OLD_MESSAGES)
                 return sorted(dead)
@@ -578,10 +585,10 @@ class PostgresStore(Store, GroupCommitWriter):
             await c.execute(ATTACH_SOCKET, sid, me, epoch)
             old = before["socket_node"]
             if old is not None and old != me:
-                replaced = encode("replaced", me, {"sid": sid, "epoch": epoch})
+                replaced = Replaced(sid, epoch).encode(me)
                 await c.execute("SELECT pg_notify($1, $2)", channel(old), replaced)
             rows = list(await c.fetch(PENDING_OF, sid))
-            delivered = encode("delivered", me, {"sid": sid})
+            delivered = Delivered(sid).encode(me)
             for owner in {row["owner_node"] for row in rows} - {me}:
                 await c.execute("SELECT pg_notify($1, $2)", channel(owner), delivered)
             return epoch, rows

@@ -19,15 +19,31 @@ be on any node.  So, with a shared store:
 * A withdrawn request (timeout, cancel, attempt end) loses its row, and the
   socket's node sends the operator its ``cancel`` (``withdraw``).
 * A deleted session is forgotten by every node (``session_gone``).
+
+``route`` handles each of those messages for the operator directory.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from operator_server.cluster.calls import Cluster
+from operator_server.cluster.messages import (
+    Deliver,
+    Delivered,
+    M,
+    Replaced,
+    SessionGone,
+    Withdraw,
+)
 from operator_server.cluster.store import ClusterStore
-from operator_server.engine.cluster import Cluster
+from operator_server.errors import Code, ProtocolError
 from operator_server.store import Fenced, PendingRow
+
+if TYPE_CHECKING:
+    from operator_server.operators.directory import OperatorDirectory
+    from operator_server.operators.session import WSOperatorSession
 
 
 class Relay:
@@ -45,16 +61,16 @@ class Relay:
             # another node's now, and the operator must not do its work twice.
             # Nothing is shown; the run's end is refused in turn, and it is let go.
             raise Fenced(f"{req_id} not issued: this node's leases lapsed")
-        body = {"sid": sid, "req_id": req_id, "frame": frame}
+        deliver = Deliver(sid, req_id, frame)
         # Sent by the insert's own transaction when it fits in a NOTIFY.
-        notice = self.cluster.bus.inline("deliver", body)
+        notice = self.cluster.bus.inline(deliver)
         where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice)
         if where is None or where == self.node_id:
             return False
         if not told:
             # Not delivered if this notice is lost: the row is replayed by that
             # node's resync, or at the next attach.
-            await self.cluster.send(where, "deliver", body)
+            await self.cluster.send(where, deliver)
         return True
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
@@ -72,6 +88,55 @@ class Relay:
         await self.cluster.call(owner, "operator_reply", {"sid": sid, "kind": kind, "data": data})
 
     async def gone(self, sid: str, code: str, message: str) -> None:
-        await self.cluster.send(
-            None, "session_gone", {"sid": sid, "code": code, "message": message}
-        )
+        await self.cluster.send(None, SessionGone(sid, code, message))
+
+    def route(self, directory: OperatorDirectory) -> None:
+        """Handle what other nodes send about the sessions ``directory`` holds here."""
+        cluster = self.cluster
+
+        def to_session(
+            act: Callable[[WSOperatorSession, str, M], None],
+        ) -> Callable[[str, M], None]:
+            """A handler for a message about one session: ignored unless it is here."""
+
+            def handle(node: str, message: M) -> None:
+                session = directory.sessions.get(message.sid)  # type: ignore[attr-defined]
+                if session is not None:
+                    act(session, node, message)
+
+            return handle
+
+        def gone(node: str, message: SessionGone) -> None:
+            if node != cluster.node_id and message.sid in directory.sessions:
+                directory.remove(message.sid, Code(message.code), message.message)
+
+        async def operator_reply(args: dict[str, Any]) -> dict[str, Any]:
+            session = directory.sessions.get(args["sid"])
+            if session is None:
+                raise ProtocolError(
+                    Code.UNKNOWN_REQ_ID,
+                    f"{args['data']['req_id']} is not pending (its session is gone here)",
+                    args["data"]["req_id"],
+                )
+            session.reply_from_elsewhere(args["kind"], args["data"])
+            return {}
+
+        def deliver(s: WSOperatorSession, node: str, m: Deliver) -> None:
+            s.deliver_from(node, m.req_id, m.frame)
+
+        def withdraw(s: WSOperatorSession, node: str, m: Withdraw) -> None:
+            s.withdrawn_elsewhere(m.req_id, m.reason)
+
+        def delivered(s: WSOperatorSession, node: str, m: Delivered) -> None:
+            s.delivered_elsewhere()
+
+        def replaced(s: WSOperatorSession, node: str, m: Replaced) -> None:
+            s.replaced_elsewhere(m.epoch)
+
+        cluster.on(Deliver, to_session(deliver))
+        cluster.on(Withdraw, to_session(withdraw))
+        cluster.on(Delivered, to_session(delivered))
+        cluster.on(Replaced, to_session(replaced))
+        cluster.on(SessionGone, gone)
+        cluster.serve("operator_reply", operator_reply)
+        cluster.bus.on_resync(directory.resync_sockets)
