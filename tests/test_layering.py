@@ -164,12 +164,17 @@ def cluster_message_knowledge(path: Path) -> list[str]:
                 found.append(f"line {node.lineno}: a message envelope")
         # The kinds no other layer has a word for ("answer", "events", "call"
         # and "delivered" are ordinary words elsewhere).
-        elif isinstance(node, ast.Constant) and node.value in KINDS and node.value in (
-            "nodes_gone",
-            "session_gone",
-            "withdraw",
-            "replaced",
-            "deliver",
+        elif (
+            isinstance(node, ast.Constant)
+            and node.value in KINDS
+            and node.value
+            in (
+                "nodes_gone",
+                "session_gone",
+                "withdraw",
+                "replaced",
+                "deliver",
+            )
         ):
             found.append(f"line {node.lineno}: the kind {node.value!r}")
     return found
