@@ -31,12 +31,16 @@ from typing import Any
 import structlog
 
 from operator_server.background import Background
-from operator_server.cluster.calls import Cluster
-from operator_server.cluster.store import cluster_store
+from operator_server.cluster.routing import LocalRouting, Routing
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.asks import AskStatus, WorkerAsk
-from operator_server.engine.capabilities import CapabilityIssuer, Claims
+from operator_server.engine.capabilities import (
+    CapabilityIssuer,
+    Claims,
+    claims_from_wire,
+    claims_wire,
+)
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
@@ -50,7 +54,6 @@ from operator_server.engine.faces import (
 )
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.registries import Registry, RoleAliases
-from operator_server.engine.remote import claims_from_wire, claims_wire, serve_calls
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -122,19 +125,11 @@ class Engine:
         store.lease_tasks(
             settings.node_id, settings.cluster.lease_s, [str(s) for s in LIVE_STATUSES]
         )
-        # Many nodes: streams follow every node's events from the store, in the
-        # order of the one sequence (never this node's own ahead of the others').
-        self._shared = cluster_store(store)
-        self.cluster = (
-            Cluster(self._shared.bus, background, settings.cluster.lease_s)
-            if self._shared is not None
-            else None
-        )
-        if self.cluster is None:
-            store.observe_events(self.fanout.publish)
-        else:
-            self.cluster.follow_events(self._tail_events)
-            serve_calls(self, self.cluster)
+        # Where a task's work is done: here, until ``cluster/wiring.py`` (the
+        # one place cluster mode is set up) routes it between nodes, and has
+        # streams follow every node's events from the store instead.
+        self.routing: Routing = LocalRouting()
+        store.observe_events(self.fanout.publish)
         # Set when a finished task's webhook delivery is stored (or queued to be:
         # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
@@ -353,19 +348,19 @@ class Engine:
             async with asyncio.timeout(timeout):
                 while not task.status.terminal:
                     live = self.tasks.get(task.id)
-                    if live is not None or self.cluster is None:
+                    if live is not None or not self.routing.shared:
                         await (live or task).finished.wait()
-                        if (live or task).status.terminal or self.cluster is None:
+                        if (live or task).status.terminal or not self.routing.shared:
                             return live or task
                         continue  # let go here: follow it to the node that runs it
-                    ended = self.cluster.watch_ended(task.id)
+                    ended = self.routing.watch_ended(task.id)
                     try:
                         # Read after watching: an end committed in between is seen.
                         task = await self.find(task.id) or task
                         if not task.status.terminal:
                             await ended
                     finally:
-                        self.cluster.unwatch(task.id, ended)
+                        self.routing.unwatch(task.id, ended)
         return task
 
     async def page(
@@ -820,7 +815,7 @@ class Engine:
 
     # -- worker side ------------------------------------------------------
     # Each worker call is done by the node running the attempt: another node
-    # passes it there (``_on_owner``; ``engine/remote.py`` serves it).
+    # passes it there (``_on_owner``; ``cluster/serving.py`` serves it).
 
     async def _on_owner(
         self,
@@ -832,12 +827,9 @@ class Engine:
         """Cluster mode, when another node runs ``task_id``: ``method`` run
         there, with ``args()`` (built only then), and its answer.  None when
         the task runs here (or no node holds it): do it here."""
-        if self.cluster is None or self._shared is None or task_id in self.tasks:
+        if task_id in self.tasks:
             return None
-        owner = await self._shared.task_owner(task_id)
-        if owner is None or owner == self.cluster.node_id:
-            return None
-        return await self.cluster.call(owner, method, args(), longer=longer)
+        return await self.routing.on_owner(task_id, method, args, longer=longer)
 
     async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
         """A worker's credential, checked where its attempt runs: here, or on
@@ -845,7 +837,7 @@ class Engine:
         try:
             return self.capabilities.verify(bearer, verb, task_id)
         except CapabilityError as exc:
-            if self.cluster is None or exc.code not in ELSEWHERE_CODES:
+            if exc.code not in ELSEWHERE_CODES:
                 raise
             named = self.capabilities.task_named(bearer)
             args = {"bearer": bearer, "verb": verb, "task_id": task_id}

@@ -24,7 +24,6 @@ import time
 import uuid
 
 from operator_server.cluster.relay import Relay
-from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.faces import Face
@@ -50,7 +49,13 @@ class SessionGone(LookupError):
 
 
 class OperatorDirectory:
-    def __init__(self, engine: Engine, settings: Settings, directive: DirectiveTemplate) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        directive: DirectiveTemplate,
+        relay: Relay | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.directive = directive
@@ -60,11 +65,10 @@ class OperatorDirectory:
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
         engine.find_operator = self.find_name
-        self.relay: Relay | None = None
-        shared = cluster_store(engine.store)
-        if engine.cluster is not None and shared is not None:
-            self.relay = Relay(shared, engine.cluster)
-            self.relay.route(self)
+        # Cluster mode (``cluster/wiring.py``): requests reach sockets on any node.
+        self.relay = relay
+        if relay is not None:
+            relay.route(self)
 
     def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
