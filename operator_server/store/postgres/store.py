@@ -13,12 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.cluster.bus import ALL, PgBus, channel
+from operator_server.cluster.bus import ALL, PgBus
 from operator_server.cluster.messages import (
-    Delivered,
     EventsStored,
-    NodesGone,
-    Replaced,
     TasksEnded,
 )
 from operator_server.logs import get_logger
@@ -26,7 +23,6 @@ from operator_server.store.base import (
     Delivery,
     Events,
     Fenced,
-    PendingRow,
     RolesTaken,
     Row,
     SessionRecord,
@@ -42,24 +38,8 @@ from operator_server.store.base import (
     output_row,
 )
 from operator_server.store.postgres.nodes import (
-    ATTACH_SOCKET,
-    BURY_NODES,
-    DEAD_REQUESTS,
-    DETACH_SOCKET,
-    FINISH_REQUEST,
-    FINISH_WITHDRAWN,
     HEARTBEAT,
-    ISSUE_REQUEST,
-    OLD_MESSAGES,
-    PENDING_OF,
-    RELEASE_LEASES,
-    RENEW_HELD_LEASES,
-    RENEW_LEASES,
-    SOCKET_NODE,
-    TAKE_OVER,
-    TASK_OWNER,
-    pending_rows,
-    withdraw_notice,
+    NodeOps,
 )
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.sessions import CLAIM_ROLES, ROLE_HOLDERS, UPSERT_SESSION
@@ -73,7 +53,6 @@ from operator_server.store.postgres.tasks import (
 )
 from operator_server.store.postgres.writer import (
     CONNECTION_ERRORS,
-    GroupCommitWriter,
     Op,
     Work,
     nothing,
@@ -88,7 +67,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(Store, GroupCommitWriter):
+class PostgresStore(NodeOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -471,137 +450,6 @@ class PostgresStore(Store, GroupCommitWriter):
             "count tasks",
         )
         return {status: int(n) for status, n in rows}
-
-    # -- cluster ----------------------------------------------------------
-
-    async def take_over(self, *, at_start: bool, limit: int) -> list[Row]:
-        del at_start  # the same at start-up: a live node's tasks keep their lease
-        args = (self._node_id, self._lease_s, list(self._live), limit)
-
-        async def work(
-            c: asyncpg.Connection,
-        ) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[Any]]]:
-            async with c.transaction():
-                return await with_asks_of(c, c.fetch(TAKE_OVER, *args))
-
-        rows, asks, outputs = await self._read(work, "take over tasks")
-        for row in rows:
-            self._epochs[row["id"]] = int(row["epoch"])
-        return [
-            decode_task_row(
-                row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
-            )
-            for row in rows
-        ]
-
-    async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
-        sent = time.monotonic()
-        if task_ids is None:
-            await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
-        else:
-            args = (self._node_id, self._lease_s, list(task_ids))
-            await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
-        self._renewal_sent = sent
-        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
-
-    async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
-        if task_ids is not None:
-            sql = RELEASE_LEASES + " AND task_id = ANY($2::text[])"
-            await self._direct(sql, self._node_id, list(task_ids), what="release leases")
-            for task_id in task_ids:  # taken again (here or elsewhere) at a new epoch
-                self._epochs.pop(task_id, None)
-            return
-        await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
-        await self._direct(
-            "DELETE FROM cluster_nodes WHERE node_id = $1", self._node_id, what="leave"
-        )
-
-    async def bury_dead_nodes(self) -> list[str]:
-        """Forget the nodes whose heartbeat lapsed: their sockets and the requests
-        they were waiting on; each such request still shown to an operator on a
-        live node is withdrawn there, and every node hears which nodes died."""
-        me = self._node_id
-
-        async def work(c: asyncpg.Connection) -> list[str]:
-            async with c.transaction():
-                dead = {str(row["node_id"]) for row in await c.fetch(BURY_NODES)}
-                for req_id, sid, owner, node in await c.fetch(DEAD_REQUESTS, list(dead)):
-                    dead.add(owner)
-                    if node is None or node in dead:
-                        continue
-                    withdraw = withdraw_notice(me, sid, req_id, "its node stopped")
-                    await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
-                if dead:
-                    gone = NodesGone(sorted(dead)).encode(me)
-                    await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
-                await c.execute(OLD_MESSAGES)
-                return sorted(dead)
-
-        found: list[str] = await self._read(work, "bury dead nodes")
-        return found
-
-    async def task_owner(self, task_id: str) -> str | None:
-        node = await self._read(lambda c: c.fetchval(TASK_OWNER, task_id), f"owner of {task_id}")
-        return None if node is None else str(node)
-
-    async def issue_request(
-        self,
-        sid: str,
-        req_id: str,
-        frame: dict[str, Any],
-        issued_at: float,
-        notice: str | None = None,
-    ) -> tuple[str | None, bool]:
-        text = wire_json.dumps(frame)
-        args = (req_id, sid, self._node_id, text, float(issued_at), notice)
-
-        async def work(c: asyncpg.Connection) -> tuple[str | None, bool]:
-            row = await c.fetchrow(ISSUE_REQUEST, *args)
-            if row is None or row["socket_node"] is None:
-                return None, False
-            return str(row["socket_node"]), bool(row["told"])
-
-        found: tuple[str | None, bool] = await self._call(work, f"issue request {req_id}")
-        return found
-
-    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
-        me = self._node_id
-        notice = None if withdrawn is None else withdraw_notice(me, sid, req_id, withdrawn)
-
-        what = f"finish request {req_id}"
-        if notice is None:
-            self._soon_plain(what, FINISH_REQUEST, req_id)
-        else:
-            self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
-
-    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
-        me = self._node_id
-
-        async def work(c: asyncpg.Connection) -> tuple[int, list[Any]]:
-            before = await c.fetchrow(SOCKET_NODE, sid)
-            if before is None:
-                raise StoreError(f"no operator session {sid}")
-            epoch = int(before["socket_epoch"]) + 1
-            await c.execute(ATTACH_SOCKET, sid, me, epoch)
-            old = before["socket_node"]
-            if old is not None and old != me:
-                replaced = Replaced(sid, epoch).encode(me)
-                await c.execute("SELECT pg_notify($1, $2)", channel(old), replaced)
-            rows = list(await c.fetch(PENDING_OF, sid))
-            delivered = Delivered(sid).encode(me)
-            for owner in {row["owner_node"] for row in rows} - {me}:
-                await c.execute("SELECT pg_notify($1, $2)", channel(owner), delivered)
-            return epoch, rows
-
-        epoch, rows = await self._call(work, f"attach socket of {sid}")
-        return epoch, pending_rows(rows)
-
-    async def pending_of(self, sid: str) -> list[PendingRow]:
-        rows = await self._read(lambda c: c.fetch(PENDING_OF, sid), f"pending of {sid}")
-        return pending_rows(rows)
-
-    def detach_socket_soon(self, sid: str) -> None:
-        self._soon_plain(f"detach {sid}", DETACH_SOCKET, sid, self._node_id)
 
     async def get_session(self, sid: str) -> SessionRecord | None:
         row = await self._read(
