@@ -146,9 +146,11 @@ class OperatorDirectory:
 
     async def find(self, sid: str) -> WSOperatorSession | None:
         """The session ``sid``: known here, or stored by another node (then it is
-        restored here, lazily); None when there is none, or it cannot be."""
+        restored here, lazily); None when there is none, or it cannot be.  (A
+        one-process store knows no session this directory does not: it answers
+        None.)"""
         session = self.sessions.get(sid)
-        if session is not None or not self.engine.store.shared:
+        if session is not None:
             return session
         record = await self.engine.store.get_session(sid)
         if (session := self.sessions.get(sid)) is not None:  # restored meanwhile
@@ -242,8 +244,7 @@ class OperatorDirectory:
                 self.seen(session)
         gone = self.expired(now)
         ttl = self.settings.session_idle_ttl_s
-        if self.engine.store.shared:
-            gone = [sid for sid in gone if not await self._seen_elsewhere(sid, now)]
+        gone = [sid for sid in gone if not await self._seen_elsewhere(sid, now)]
         for sid in gone:
             try:
                 await self.delete(
@@ -258,8 +259,9 @@ class OperatorDirectory:
         return gone
 
     async def _seen_elsewhere(self, sid: str, now: float) -> bool:
-        """A shared store: another node has seen the session lately (its socket is
-        there, and that node touches it every sweep), so it is not idle."""
+        """Another node has seen the session lately (its socket is there, and
+        that node touches it every sweep), so it is not idle.  Never, with a
+        one-process store (it knows no other node's sessions: None)."""
         try:
             record = await self.engine.store.get_session(sid)
         except StoreError:
