@@ -27,6 +27,8 @@ from aiohttp import web
 from operator_server import __version__
 from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
 from operator_server.background import Background
+from operator_server.cluster.leases import Leases
+from operator_server.cluster.wiring import ClusterWiring
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
@@ -40,14 +42,14 @@ from operator_server.operators import admin, login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
-from operator_server.recovery import recover, take_over_lapsed
+from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
 from operator_server.webhooks import WebhookSender
 
 log = get_logger(__name__)
 SHUTDOWN_REASON = "server shutting down"
-# When this node last renewed its leases (cluster mode; monotonic clock).
-LEASES_RENEWED = web.AppKey("leases_renewed", float)
+# Kept in cluster mode (``cluster/leases.py``); a no-op in one process.
+LEASES = web.AppKey("leases", Leases)
 
 
 def load_directive(settings: Settings) -> DirectiveTemplate:
@@ -73,8 +75,19 @@ def build_app(
         # directory, which knows where sessions are stored, brings it here.
         await directory.find_name(name)
 
-    engine = Engine(settings, background, store, meters, find_operator=find_operator)
-    directory = OperatorDirectory(engine, settings, directive or load_directive(settings))
+    cluster = ClusterWiring(store, background, settings)
+    engine = Engine(
+        settings,
+        background,
+        store,
+        meters,
+        find_operator=find_operator,
+        routing=cluster.routing,
+    )
+    wired = cluster.finish(engine)
+    directory = OperatorDirectory(
+        engine, settings, directive or load_directive(settings), relay=wired.relay
+    )
     _sample_current_counts(meters, engine, directory)
 
     # Outermost first.  Observe sees every answer, admission's refusals (403
@@ -97,6 +110,7 @@ def build_app(
     app[OPERATOR_COUNTS] = directory.counts
     app[STORE] = store
     app[METRICS] = meters
+    app[LEASES] = wired.leases
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -186,76 +200,19 @@ async def _start_webhooks(app: web.Application) -> None:
     app[BACKGROUND].spawn(sender.run(), name="webhooks")
 
 
-async def keep_leases_once(app: web.Application) -> None:
-    """Renew this node's leases, then take over any that lapsed elsewhere.
-
-    Cut off from the store for a whole lease, the node lets its running tasks
-    go: the other nodes take them over now, and whatever it still wrote would
-    be refused (``Fenced``).  It takes back whatever nobody took once the
-    store answers again.
-    """
-    store = app[STORE]
-    engine = app[ENGINE]
-    # Woken after its leases lapsed (SIGSTOP, a stalled host): another node may
-    # run its tasks now.  Drop every run without a word, then renew; what
-    # nobody took is taken back next round (not this one: the runs must end first).
-    lapsed_runs = store.leases_lapsed and engine.let_go_all("this node's leases lapsed")
-    if lapsed_runs:
-        log.warning("leases lapsed; let every run go to whichever node takes it", tasks=lapsed_runs)
-    try:
-        await store.renew_leases(engine.held())  # never a lease without a run here
-        if engine.unleased:  # let go: taken over now, not once their leases lapse
-            let_go = list(engine.unleased)
-            await store.release_leases(let_go)
-            engine.unleased.difference_update(let_go)
-        dead = await store.bury_dead_nodes()
-    except StoreError as exc:  # healthz says so; the next round tries again
-        log.error("could not renew task leases", error=str(exc))
-        cut_off = time.monotonic() - app[LEASES_RENEWED] >= app[SETTINGS].cluster.lease_s
-        if cut_off and (dropped := engine.let_go_all("lost the store for a whole lease")):
-            log.warning("let running tasks go to the other nodes", tasks=dropped)
-        return
-    app[LEASES_RENEWED] = time.monotonic()
-    if dead:
-        log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
-    if not lapsed_runs:
-        await take_over_lapsed(engine, store)
-    await engine.recount()
-
-
-async def _keep_leases_forever(app: web.Application) -> None:
-    # A third of the lease: two renewals may fail before another node takes over.
-    interval = app[SETTINGS].cluster.lease_s / 3
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await keep_leases_once(app)
-        except Exception:  # one bad round must not end renewal
-            log.exception("lease round failed; the next one runs in cluster.lease_s / 3")
-
-
 async def _start_lease_keeper(app: web.Application) -> None:
-    app[LEASES_RENEWED] = time.monotonic()
-    if app[STORE].shared:
-        app[BACKGROUND].spawn(_keep_leases_forever(app), name="lease-keeper")
+    app[LEASES].start()
 
 
 async def _shutdown(app: web.Application) -> None:
     log.info("shutting down")
     store = app[STORE]
     # A shared store: the running tasks go to another node rather than end cancelled.
-    await app[ENGINE].shutdown(SHUTDOWN_REASON, hand_over=store.shared)
+    await app[ENGINE].shutdown(SHUTDOWN_REASON, hand_over=app[LEASES].hands_over)
     # After the runs ended, so streams carry their cancellations; then each ends cleanly.
     app[ENGINE].fanout.close()
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
     await app[BACKGROUND].close(SHUTDOWN_REASON)  # the lease keeper too: no renewal now
-    if store.shared:
-        try:
-            await store.flush()
-            await store.release_leases()
-        except StoreError as exc:  # then they lapse after cluster.lease_s instead
-            log.error("could not hand over running tasks", error=str(exc))
-        else:
-            log.info("handed over running tasks to the other nodes")
+    await app[LEASES].hand_over()
     await store.close()
     log.info("shut down")

@@ -169,17 +169,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-# KNOWN EXCEPTION, UNTIL THE ISSUE-21 MERGE ONLY: engine/remote.py names the
-# Engine (for types) while the engine serves remote calls through it; the
-# cluster package that replaces engine/remote.py removes this edge.  Delete
-# this entry then: the test must hold with no exception at all.
-CYCLE_EXCEPTIONS = {("operator_server.engine.remote", "operator_server.engine.engine")}
-
-
 def test_no_import_cycle_anywhere_in_the_package() -> None:
     graph = import_graph()
-    for importer, imported in CYCLE_EXCEPTIONS:
-        graph[importer].discard(imported)
     assert cycles(graph) == []
 
 
@@ -208,3 +199,92 @@ def test_no_module_is_long_without_a_reason_at_its_top() -> None:
         and not says_why_it_is_long(text)
     ]
     assert long == [], "add a '# size: <why>' line or a 'Size: <why>' docstring paragraph"
+
+
+CLUSTER_ONLY = (
+    "bus",
+    "bury_dead_nodes",
+    "task_owner",
+    "issue_request",
+    "finish_request_soon",
+    "attach_socket",
+    "detach_socket_soon",
+    "pending_of",
+)
+
+
+def test_only_the_postgresql_store_keeps_the_cluster_contract(tmp_path: Path) -> None:
+    from operator_server.cluster.store import ClusterStore, cluster_store
+    from operator_server.store import MemoryStore, PostgresStore, SQLiteStore, Store
+
+    one_process = (MemoryStore(), SQLiteStore(tmp_path / "db.sqlite"))
+    for store in one_process:
+        assert not isinstance(store, ClusterStore)
+        assert cluster_store(store) is None
+    # Not even as methods that raise: a one-process store cannot route between nodes.
+    for cls in (Store, MemoryStore, SQLiteStore):
+        assert [name for name in CLUSTER_ONLY if hasattr(cls, name)] == []
+    shared = PostgresStore("postgresql://nowhere/none")
+    assert isinstance(shared, ClusterStore)
+    assert cluster_store(shared) is shared
+
+
+def _chain(node: ast.expr) -> list[str]:
+    """``self.cluster.bus`` -> ["self", "cluster", "bus"]."""
+    names: list[str] = []
+    while isinstance(node, ast.Attribute):
+        names.insert(0, node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        names.insert(0, node.id)
+    return names
+
+
+def cluster_message_knowledge(path: Path) -> list[str]:
+    """Where ``path`` builds, sends or handles a cross-node message itself."""
+    from operator_server.cluster.messages import KINDS
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = _chain(node.func.value)
+            if owner[-1:] in (["bus"], ["cluster"]) and node.func.attr in ("send", "inline", "on"):
+                found.append(f"line {node.lineno}: {'.'.join(owner)}.{node.func.attr}(...)")
+        elif isinstance(node, ast.Dict):
+            keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+            if {"k", "f", "b"} <= keys:
+                found.append(f"line {node.lineno}: a message envelope")
+        # The kinds no other layer has a word for ("answer", "events", "call"
+        # and "delivered" are ordinary words elsewhere).
+        elif (
+            isinstance(node, ast.Constant)
+            and node.value in KINDS
+            and node.value
+            in (
+                "nodes_gone",
+                "session_gone",
+                "withdraw",
+                "replaced",
+                "deliver",
+            )
+        ):
+            found.append(f"line {node.lineno}: the kind {node.value!r}")
+    return found
+
+
+def test_nothing_outside_the_cluster_package_knows_cluster_message_shapes() -> None:
+    outside = {
+        str(path.relative_to(PACKAGE)): cluster_message_knowledge(path)
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] != "cluster"
+    }
+    assert {module: found for module, found in outside.items() if found} == {}
+    # Messages are built only from their declarations: the cluster package, and
+    # the PostgreSQL store whose transactions send notices as they commit.
+    importers = [
+        module
+        for module, names in imports_under(".").items()
+        if "operator_server.cluster.messages" in names
+        and not module.startswith(("cluster/", "store/postgres/"))
+    ]
+    assert importers == []

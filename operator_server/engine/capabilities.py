@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from operator_server import entropy
 from operator_server.errors import CapabilityError, Code
@@ -198,3 +200,12 @@ class CapabilityIssuer:
             return Claims(**signed)
         except (TypeError, KeyError):
             raise invalid from None
+
+
+def claims_wire(claims: Claims) -> dict[str, Any]:
+    """``claims`` as a call between nodes carries them (``cluster/serving.py``)."""
+    return dataclasses.asdict(claims)
+
+
+def claims_from_wire(data: dict[str, Any]) -> Claims:
+    return Claims(**{**data, "scopes": tuple(data["scopes"])})

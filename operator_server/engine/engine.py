@@ -35,10 +35,10 @@ from typing import Any
 import structlog
 
 from operator_server.background import Background
+from operator_server.cluster.routing import LocalRouting, Routing
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer
-from operator_server.engine.cluster import Cluster
 from operator_server.engine.counts import StatusCounts
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
@@ -49,7 +49,6 @@ from operator_server.engine.faces import (
 from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.outputs import OutputEvent
 from operator_server.engine.reads import TaskReads
-from operator_server.engine.remote import serve_calls
 from operator_server.engine.resolution import FindElsewhere, OperatorResolution
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
@@ -87,6 +86,7 @@ class Engine:
         metrics: Metrics | None = None,
         fanout: EventFanout | None = None,
         find_operator: FindElsewhere | None = None,
+        routing: Routing | None = None,
     ) -> None:
         self.settings = settings
         self.background = background
@@ -103,18 +103,12 @@ class Engine:
         store.lease_tasks(
             settings.node_id, settings.cluster.lease_s, [str(s) for s in LIVE_STATUSES]
         )
-        # Many nodes: streams follow every node's events from the store, in the
-        # order of the one sequence (never this node's own ahead of the others').
-        self.cluster = (
-            Cluster(store.bus, background, settings.cluster.lease_s)
-            if store.bus is not None
-            else None
-        )
-        if self.cluster is None:
-            store.observe_events(self.fanout.publish)
-        else:
-            self.cluster.follow_events(self._tail_events)
-            serve_calls(self, self.cluster)
+        # Where a task's work is done: here (``LocalRouting``), or, given by
+        # ``cluster/wiring.py`` (the one place cluster mode is set up), on
+        # whichever node holds its lease.  There, streams follow every node's
+        # events from the store instead of this node's commits.
+        self.routing: Routing = routing or LocalRouting()
+        store.observe_events(self.fanout.publish)
         # Set when a finished task's webhook delivery is stored (or queued to be:
         # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
@@ -128,7 +122,7 @@ class Engine:
         self.counts = StatusCounts()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self.contexts: dict[str, AttemptContext] = {}
-        self.reads = TaskReads(self.tasks, store, self.cluster)
+        self.reads = TaskReads(self.tasks, store, self.routing)
         self.worker = WorkerApi(
             settings,
             store,
@@ -137,7 +131,6 @@ class Engine:
             self.capabilities,
             self.tasks,
             self.contexts,
-            self.cluster,
             self._on_owner,
         )
         self._accepting = True
@@ -283,7 +276,7 @@ class Engine:
         stored = await self.store.last_event_id()
         self._stored_event_id = self._tailed = stored
 
-    async def _tail_events(self) -> None:
+    async def tail_events(self) -> None:
         """Cluster mode: publish every stored event after the last one published."""
         while True:
             events = await self.store.load_events(self._tailed, None, TAIL_BATCH)
@@ -694,12 +687,9 @@ class Engine:
         """Cluster mode, when another node runs ``task_id``: ``method`` run
         there, with ``args()`` (built only then), and its answer.  None when
         the task runs here (or no node holds it): do it here."""
-        if self.cluster is None or task_id in self.tasks:
+        if task_id in self.tasks:
             return None
-        owner = await self.store.task_owner(task_id)
-        if owner is None or owner == self.cluster.node_id:
-            return None
-        return await self.cluster.call(owner, method, args(), longer=longer)
+        return await self.routing.on_owner(task_id, method, args, longer=longer)
 
     # -- cancel and shutdown ---------------------------------------------
 

@@ -13,17 +13,17 @@ from operator_server.logs import get_logger
 from operator_server.wire import json
 
 if TYPE_CHECKING:
-    from operator_server.engine.cluster import Cluster
+    from operator_server.cluster.routing import Routing
     from operator_server.store import Row, Store
 
 log = get_logger(__name__)
 
 
 class TaskReads:
-    def __init__(self, tasks: dict[str, Task], store: Store, cluster: Cluster | None) -> None:
+    def __init__(self, tasks: dict[str, Task], store: Store, routing: Routing) -> None:
         self.tasks = tasks  # the engine's live tasks
         self.store = store
-        self.cluster = cluster
+        self.routing = routing
 
     async def find(self, task_id: str) -> Task | None:
         """The task, live or finished; None when unknown (or retained no longer)."""
@@ -43,19 +43,19 @@ class TaskReads:
             async with asyncio.timeout(timeout):
                 while not task.status.terminal:
                     live = self.tasks.get(task.id)
-                    if live is not None or self.cluster is None:
+                    if live is not None or not self.routing.shared:
                         await (live or task).finished.wait()
-                        if (live or task).status.terminal or self.cluster is None:
+                        if (live or task).status.terminal or not self.routing.shared:
                             return live or task
                         continue  # let go here: follow it to the node that runs it
-                    ended = self.cluster.watch_ended(task.id)
+                    ended = self.routing.watch_ended(task.id)
                     try:
                         # Read after watching: an end committed in between is seen.
                         task = await self.find(task.id) or task
                         if not task.status.terminal:
                             await ended
                     finally:
-                        self.cluster.unwatch(task.id, ended)
+                        self.routing.unwatch(task.id, ended)
         return task
 
     async def page(

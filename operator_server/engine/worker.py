@@ -3,7 +3,7 @@ with its attempt's credential — read its prompt, post its result, ask the
 task's senior and wait for the answer.
 
 Each call is done by the node running the attempt: another node passes it
-there (``Engine._on_owner``; ``engine/remote.py`` serves it), so every check
+there (``Engine._on_owner``; ``cluster/serving.py`` serves it), so every check
 (the attempt still live, the credential not revoked, the same ask ``key``) is
 made where the state is.
 """
@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from operator_server.engine.asks import AskStatus, WorkerAsk
-from operator_server.engine.capabilities import Claims
+from operator_server.engine.capabilities import Claims, claims_from_wire, claims_wire
 from operator_server.engine.faces import AttemptContext, Face, SeniorBridge, WorkerResult
-from operator_server.engine.remote import claims_from_wire, claims_wire
 from operator_server.engine.tasks import AttemptRecord, Task
 from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
 from operator_server.logs import get_logger
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from operator_server.background import Background
     from operator_server.config import Settings
     from operator_server.engine.capabilities import CapabilityIssuer
-    from operator_server.engine.cluster import Cluster
     from operator_server.metrics import Metrics
     from operator_server.store import Store
 
@@ -55,13 +53,12 @@ class WorkerApi:
         capabilities: CapabilityIssuer,
         tasks: dict[str, Task],
         contexts: dict[str, AttemptContext],
-        cluster: Cluster | None,
         on_owner: OnOwner,
     ) -> None:
         self.settings, self.store, self.background = settings, store, background
         self.metrics, self.capabilities = metrics, capabilities
         self.tasks, self.contexts = tasks, contexts
-        self.cluster, self._on_owner = cluster, on_owner
+        self._on_owner = on_owner
 
     async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
         """A worker's credential, checked where its attempt runs: here, or on
@@ -69,7 +66,7 @@ class WorkerApi:
         try:
             return self.capabilities.verify(bearer, verb, task_id)
         except CapabilityError as exc:
-            if self.cluster is None or exc.code not in ELSEWHERE_CODES:
+            if exc.code not in ELSEWHERE_CODES:
                 raise
             named = self.capabilities.task_named(bearer)
             args = {"bearer": bearer, "verb": verb, "task_id": task_id}

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from operator_server.cluster.store import cluster_store
 from operator_server.errors import ApiError, Code
 from operator_server.operators.access import (
     LOOKUP_ERRORS,
@@ -181,8 +182,9 @@ async def pending_requests(request: web.Request) -> web.Response:
     session, _ = await authorize_session_or_admin(request)
     now = time.time()
     store = request.app[DIRECTORY].engine.store
-    if store.shared:  # a cluster: the rows hold every node's, in issue order
-        rows = await store.pending_of(session.sid)
+    shared = cluster_store(store)
+    if shared is not None:  # a cluster: the rows hold every node's, in issue order
+        rows = await shared.pending_of(session.sid)
         views = [row_view(row, now) for row in rows]
     else:
         views = [pending_view(r, now) for r in session.pending.values()]

@@ -11,7 +11,7 @@ start-up ``restore`` brings back stored sessions before the server listens.
 With a store many nodes share, a session minted on another node is brought
 here the first time it is named (``find``: its sid on a route; ``find_name``:
 a task naming its sid or one of its roles), so mint on one node and connect on
-any other.  The relay (``operators/relay.py``) then routes each session's
+any other.  The relay (``cluster/relay.py``) then routes each session's
 requests, replies and socket changes between the nodes; the handlers for what
 other nodes send are here.
 """
@@ -22,20 +22,17 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
 
+from operator_server.cluster.relay import Relay
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
-from operator_server.engine.cluster import Cluster
 from operator_server.engine.faces import Face
 from operator_server.engine.registries import RolesConflict
-from operator_server.errors import AttemptFailed, Code, ProtocolError
+from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.relay import Relay
 from operator_server.operators.session import WSOperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
@@ -52,7 +49,13 @@ class SessionGone(LookupError):
 
 
 class OperatorDirectory:
-    def __init__(self, engine: Engine, settings: Settings, directive: DirectiveTemplate) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        directive: DirectiveTemplate,
+        relay: Relay | None = None,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.directive = directive
@@ -61,54 +64,12 @@ class OperatorDirectory:
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
-        self.relay: Relay | None = None
-        if engine.cluster is not None:
-            self.relay = Relay(engine.store, engine.cluster)
-            self._route(engine.cluster)
+        # Cluster mode (``cluster/wiring.py``): requests reach sockets on any node.
+        self.relay = relay
+        if relay is not None:
+            relay.route(self)
 
-    def _route(self, cluster: Cluster) -> None:
-        """Handle what other nodes send about sessions held here."""
-
-        Act = Callable[[WSOperatorSession, str, dict[str, Any]], None]
-
-        def to_session(act: Act) -> Callable[[str, dict[str, Any]], None]:
-            """A handler for a message about one session: ignored unless it is here."""
-
-            def handle(node: str, body: dict[str, Any]) -> None:
-                if (session := self.sessions.get(body["sid"])) is not None:
-                    act(session, node, body)
-
-            return handle
-
-        def gone(node: str, body: dict[str, Any]) -> None:
-            sid = body["sid"]
-            if node != cluster.node_id and sid in self.sessions:
-                self.remove(sid, Code(body["code"]), body["message"])
-
-        async def operator_reply(args: dict[str, Any]) -> dict[str, Any]:
-            session = self.sessions.get(args["sid"])
-            if session is None:
-                raise ProtocolError(
-                    Code.UNKNOWN_REQ_ID,
-                    f"{args['data']['req_id']} is not pending (its session is gone here)",
-                    args["data"]["req_id"],
-                )
-            session.reply_from_elsewhere(args["kind"], args["data"])
-            return {}
-
-        cluster.on(
-            "deliver", to_session(lambda s, node, b: s.deliver_from(node, b["req_id"], b["frame"]))
-        )
-        cluster.on(
-            "withdraw", to_session(lambda s, _, b: s.withdrawn_elsewhere(b["req_id"], b["reason"]))
-        )
-        cluster.on("delivered", to_session(lambda s, _, b: s.delivered_elsewhere()))
-        cluster.on("replaced", to_session(lambda s, _, b: s.replaced_elsewhere(int(b["epoch"]))))
-        cluster.on("session_gone", gone)
-        cluster.serve("operator_reply", operator_reply)
-        cluster.bus.on_resync(self._resync)
-
-    def _resync(self) -> None:
+    def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
         re-read the requests of every socket held here (each is sent once)."""
         for session in self.sessions.values():
@@ -184,9 +145,11 @@ class OperatorDirectory:
 
     async def find(self, sid: str) -> WSOperatorSession | None:
         """The session ``sid``: known here, or stored by another node (then it is
-        restored here, lazily); None when there is none, or it cannot be."""
+        restored here, lazily); None when there is none, or it cannot be.  (A
+        one-process store knows no session this directory does not: it answers
+        None.)"""
         session = self.sessions.get(sid)
-        if session is not None or not self.engine.store.shared:
+        if session is not None:
             return session
         record = await self.engine.store.get_session(sid)
         if (session := self.sessions.get(sid)) is not None:  # restored meanwhile
@@ -280,8 +243,7 @@ class OperatorDirectory:
                 self.seen(session)
         gone = self.expired(now)
         ttl = self.settings.session_idle_ttl_s
-        if self.engine.store.shared:
-            gone = [sid for sid in gone if not await self._seen_elsewhere(sid, now)]
+        gone = [sid for sid in gone if not await self._seen_elsewhere(sid, now)]
         for sid in gone:
             try:
                 await self.delete(
@@ -296,8 +258,9 @@ class OperatorDirectory:
         return gone
 
     async def _seen_elsewhere(self, sid: str, now: float) -> bool:
-        """A shared store: another node has seen the session lately (its socket is
-        there, and that node touches it every sweep), so it is not idle."""
+        """Another node has seen the session lately (its socket is there, and
+        that node touches it every sweep), so it is not idle.  Never, with a
+        one-process store (it knows no other node's sessions: None)."""
         try:
             record = await self.engine.store.get_session(sid)
         except StoreError:

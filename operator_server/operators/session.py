@@ -16,7 +16,7 @@ frames.  That split is what makes reconnects lose nothing:
 
 With a shared store (``relay`` set) the socket may be on another node: each
 request is stored before it is shown, the socket's node gets the frame, and
-replies come back through the relay (``operators/relay.py``).  ``routed`` maps
+replies come back through the relay (``cluster/relay.py``).  ``routed`` maps
 the requests this node shows on its socket for other nodes to their issuer.
 """
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server import entropy
+from operator_server.cluster.relay import Relay
 from operator_server.config import Settings
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
@@ -42,7 +43,6 @@ from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.relay import Relay
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem

@@ -501,52 +501,8 @@ class Store(ABC):
         del role
         return None
 
-    # Routing between nodes (a shared store only; see ``store/pgbus.py`` and
-    # ``operators/relay.py``).  One process never calls these.
-
-    @property
-    def bus(self) -> Any:
-        """The nodes' message bus (``PgBus``); None for a one-process store."""
-        return None
-
-    async def bury_dead_nodes(self) -> list[str]:
-        """Forget the nodes that stopped beating; which ones."""
-        raise NotImplementedError("a one-process store has no other nodes")
-
-    async def task_owner(self, task_id: str) -> str | None:
-        """The node whose lease on ``task_id`` is current, if any."""
-        raise NotImplementedError("a one-process store has no other nodes")
-
-    async def issue_request(
-        self,
-        sid: str,
-        req_id: str,
-        frame: dict[str, Any],
-        issued_at: float,
-        notice: str | None = None,
-    ) -> tuple[str | None, bool]:
-        """Store an operator request (durably): the node holding the session's
-        socket as the row commits, if any, and whether it was sent ``notice``
-        (a bus message) by the same transaction, when it is another node."""
-        raise NotImplementedError("a one-process store keeps requests in memory")
-
-    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
-        """Forget a request; ``withdrawn`` (a reason): also have the node showing
-        it to the operator send a ``cancel``."""
-        raise NotImplementedError("a one-process store keeps requests in memory")
-
-    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
-        """This node now holds the session's socket (the node before it is told
-        so): the attach's epoch (one more than the last), and every request
-        still unanswered, in issue order."""
-        raise NotImplementedError("a one-process store keeps requests in memory")
-
-    def detach_socket_soon(self, sid: str) -> None:
-        raise NotImplementedError("a one-process store keeps requests in memory")
-
-    async def pending_of(self, sid: str) -> list[PendingRow]:
-        """Every unanswered request of the session, whichever node issued it."""
-        raise NotImplementedError("a one-process store keeps requests in memory")
+    # Routing between nodes is not here: a shared store also keeps the
+    # ``ClusterStore`` contract (``cluster/store.py``).
 
 
 @dataclass(frozen=True)

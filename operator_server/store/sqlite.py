@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from operator_server.logs import get_logger
+from operator_server.store import migrations
 from operator_server.store.base import (
     Delivery,
     Events,
@@ -822,14 +823,9 @@ def _max_event_id(conn: sqlite3.Connection) -> int:
 
 def _migrate(conn: sqlite3.Connection) -> int:
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"database schema version {version} is newer than this server knows "
-            f"({len(MIGRATIONS)}); refusing to touch it"
-        )
-    for target in range(version, len(MIGRATIONS)):
-        for statement in MIGRATIONS[target].split(";"):
+    for new_version, sql in migrations.steps("SQLite", version, MIGRATIONS, sqlite3.DatabaseError):
+        for statement in sql.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {target + 1}")
+        conn.execute(f"PRAGMA user_version = {new_version}")
     return len(MIGRATIONS)

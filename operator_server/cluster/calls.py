@@ -1,6 +1,6 @@
 """Many nodes on one shared store: calls between them, and waking on their changes.
 
-Built on the store's bus (``store/pgbus.py``: PostgreSQL ``LISTEN/NOTIFY``),
+Built on the store's bus (``cluster/bus.py``: PostgreSQL ``LISTEN/NOTIFY``),
 so there is no broker and no home-made consensus: the database is the only
 thing the nodes share.
 
@@ -27,6 +27,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from operator_server.background import Background
+from operator_server.cluster.messages import (
+    Answer,
+    Call,
+    EventsStored,
+    M,
+    Message,
+    NodesGone,
+    TasksEnded,
+)
 from operator_server.errors import (
     AttemptEnded,
     AttemptFailed,
@@ -75,31 +84,36 @@ def error_from_wire(err: dict[str, Any]) -> CodedError | StoreError:
 class Cluster:
     def __init__(self, bus: Any, background: Background, lease_s: float) -> None:
         self.bus = bus
-        self.node_id: str = bus.node_id
         self._background = background
         self._served: dict[str, Served] = {}
-        self._calls: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self._calls: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
         self._ids = itertools.count(1)
         self._ended: dict[str, set[asyncio.Future[None]]] = {}
         self._tail: Callable[[], Awaitable[None]] | None = None
         self._tailing: asyncio.Task[None] | None = None
         self._tail_again = False
-        bus.on("call", self._called)
-        bus.on("answer", self._answered)
-        bus.on("ended", self._heard_ended)
-        bus.on("events", lambda _node, _body: self.read_events())
-        bus.on("nodes_gone", self._heard_gone)
+        bus.on(Call, self._called)
+        bus.on(Answer, self._answered)
+        bus.on(TasksEnded, self._heard_ended)
+        bus.on(EventsStored, lambda _node, _message: self.read_events())
+        bus.on(NodesGone, self._heard_gone)
         # Nodes found dead (when): a call to one fails at once rather than timing out.
         self._dead: dict[str, float] = {}
         self._forget_dead_s = lease_s
         bus.on_resync(self._resync)
 
-    def on(self, kind: str, handler: Callable[[str, dict[str, Any]], None]) -> None:
-        """A plain message handler (the operator directory routes frames with these)."""
+    @property
+    def node_id(self) -> str:
+        # Read from the bus each time: the store names its node when the engine
+        # leases it tasks, after this object is built (``cluster/wiring.py``).
+        return str(self.bus.node_id)
+
+    def on(self, kind: type[M], handler: Callable[[str, M], None]) -> None:
+        """A plain message handler (the relay routes frames with these)."""
         self.bus.on(kind, handler)
 
-    async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
-        await self.bus.send(node, kind, body)
+    async def send(self, node: str | None, message: Message) -> None:
+        await self.bus.send(node, message)
 
     # -- calls --------------------------------------------------------------
 
@@ -114,10 +128,10 @@ class Cluster:
         if self._known_dead(node):
             raise NodeUnreachable(f"node {node} stopped; its work is taken over by the others")
         call_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (node, future)
         try:
-            await self.bus.send(node, "call", {"id": call_id, "m": method, "a": args})
+            await self.bus.send(node, Call(call_id, method, args))
             async with asyncio.timeout(CALL_TIMEOUT_S + longer):
                 answer = await future
         except TimeoutError:
@@ -128,50 +142,49 @@ class Cluster:
             raise NodeUnreachable(f"cannot reach node {node}: {exc}") from exc
         finally:
             self._calls.pop(call_id, None)
-        if "error" in answer:
-            raise error_from_wire(answer["error"])
-        result: dict[str, Any] = answer["value"]
-        return result
+        if answer.error is not None:
+            raise error_from_wire(answer.error)
+        assert answer.value is not None  # one or the other (``Answer.parse``)
+        return answer.value
 
-    def _called(self, node: str, body: dict[str, Any]) -> None:
-        method = str(body["m"])
+    def _called(self, node: str, call: Call) -> None:
         self._background.spawn(
-            self._run_call(node, body["id"], method, body["a"]), name=f"call:{method}:{node}"
+            self._run_call(node, call.id, call.m, call.a), name=f"call:{call.m}:{node}"
         )
 
     async def _run_call(self, node: str, call_id: int, method: str, args: dict[str, Any]) -> None:
         fn = self._served.get(method)
-        answer: dict[str, Any]
+        answer: Answer
         if fn is None:
-            answer = {"error": error_to_wire(AttemptFailed(Code.INTERNAL, f"no method {method}"))}
+            failed = AttemptFailed(Code.INTERNAL, f"no method {method}")
+            answer = Answer(call_id, error=error_to_wire(failed))
         else:
             try:
-                answer = {"value": await fn(args)}
+                answer = Answer(call_id, value=await fn(args))
             except CodedError as exc:
-                answer = {"error": error_to_wire(exc)}
+                answer = Answer(call_id, error=error_to_wire(exc))
             except StoreError as exc:
-                answer = {
-                    "error": {"type": "StoreError", "code": "store_failed", "message": str(exc)}
-                }
+                error = {"type": "StoreError", "code": "store_failed", "message": str(exc)}
+                answer = Answer(call_id, error=error)
             except Exception:  # the caller gets an answer, never a silent timeout
                 log.exception("call failed", method=method)
                 failed = AttemptFailed(Code.INTERNAL, f"{method} failed on node {self.node_id}")
-                answer = {"error": error_to_wire(failed)}
+                answer = Answer(call_id, error=error_to_wire(failed))
         try:
-            await self.bus.send(node, "answer", {"id": call_id, **answer})
+            await self.bus.send(node, answer)
         except Exception as exc:  # the caller times out and says so
             log.warning("could not answer a call", node=node, method=method, error=str(exc))
 
-    def _answered(self, node: str, body: dict[str, Any]) -> None:
+    def _answered(self, node: str, answer: Answer) -> None:
         del node
-        found = self._calls.get(int(body["id"]))
+        found = self._calls.get(answer.id)
         if found is not None and not found[1].done():
-            found[1].set_result(body)
+            found[1].set_result(answer)
 
-    def _heard_gone(self, node: str, body: dict[str, Any]) -> None:
+    def _heard_gone(self, node: str, message: NodesGone) -> None:
         del node
         now = time.monotonic()
-        for gone in body["nodes"]:
+        for gone in message.nodes:
             self._dead[gone] = now
         for callee, future in self._calls.values():  # their answers will not come
             if callee in self._dead and not future.done():
@@ -199,9 +212,9 @@ class Cluster:
             if not waiters:
                 del self._ended[task_id]
 
-    def _heard_ended(self, node: str, body: dict[str, Any]) -> None:
+    def _heard_ended(self, node: str, message: TasksEnded) -> None:
         del node
-        for task_id in body["ids"]:
+        for task_id in message.ids:
             for future in self._ended.get(task_id, ()):
                 if not future.done():
                     future.set_result(None)

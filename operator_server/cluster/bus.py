@@ -4,7 +4,7 @@ No broker of our own: a message is a ``NOTIFY`` on the database every node
 already shares.  Each node listens on two channels — its own (``channel(node)``)
 and ``os_all`` (every node, itself included) — on one dedicated connection.
 
-A message is a JSON object ``{"k": kind, "f": from_node, "b": body}``.  A
+A message is one of ``cluster/messages.py``, encoded there.  A
 ``NOTIFY`` payload is limited to 8000 bytes, so a larger message is stored in
 ``cluster_messages`` and only ``#<id>`` is notified; the receiver reads it from
 there (the reaper deletes what is a minute old).
@@ -27,12 +27,12 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from operator_server.cluster.messages import Message, decode
 from operator_server.logs import get_logger
-from operator_server.wire import json as wire_json
 
 log = get_logger(__name__)
 ALL = "os_all"
@@ -41,7 +41,8 @@ INLINE_MAX = 7000
 RETRY_S = 0.5
 START_TIMEOUT_S = 10
 STOP_RETRY_S = 1.0
-Handler = Callable[[str, dict[str, Any]], None]  # (from node, body)
+M = TypeVar("M", bound=Message)
+Handler = Callable[[str, Any], None]  # (from node, message)
 
 
 def channel(node_id: str) -> str:
@@ -51,10 +52,6 @@ def channel(node_id: str) -> str:
 
 
 SQL_CHANNEL = "'os_' || left(md5({}), 16)"
-
-
-def encode(kind: str, from_node: str, body: dict[str, Any]) -> str:
-    return wire_json.dumps({"k": kind, "f": from_node, "b": body})
 
 
 class PgBus:
@@ -69,8 +66,9 @@ class PgBus:
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
-    def on(self, kind: str, handler: Handler) -> None:
-        self._handlers[kind] = handler
+    def on(self, kind: type[M], handler: Callable[[str, M], None]) -> None:
+        """``handler(from_node, message)`` for every message of ``kind``."""
+        self._handlers[kind.KIND] = handler
 
     def on_resync(self, callback: Callable[[], None]) -> None:
         """Called each time listening starts again after a lost connection."""
@@ -101,18 +99,18 @@ class PgBus:
 
     # -- sending ------------------------------------------------------------
 
-    def inline(self, kind: str, body: dict[str, Any]) -> str | None:
+    def inline(self, message: Message) -> str | None:
         """The message as a NOTIFY payload a statement can send itself, or None
         when it is too large for one (then ``send`` it)."""
-        text = encode(kind, self.node_id, body)
+        text = message.encode(self.node_id)
         return text if len(text) <= INLINE_MAX else None
 
-    async def send(self, node: str | None, kind: str, body: dict[str, Any]) -> None:
+    async def send(self, node: str | None, message: Message) -> None:
         """Notify ``node`` (None: every node, this one too).  Raises
         ``OSError`` when it cannot; a node not listening just does not get it."""
         if self._pool is None:
             raise asyncpg.InterfaceError("the cluster bus is not started")
-        text = encode(kind, self.node_id, body)
+        text = message.encode(self.node_id)
         name = ALL if node is None else channel(node)
         try:
             async with self._pool.acquire() as conn:
@@ -183,9 +181,9 @@ class PgBus:
 
     def _dispatch(self, payload: str) -> None:
         try:
-            message = wire_json.loads(payload, wire_json.STORED_MAX_DEPTH)
-            handler = self._handlers.get(message["k"])
+            sender, message = decode(payload)
+            handler = None if message is None else self._handlers.get(message.KIND)
             if handler is not None:
-                handler(str(message["f"]), message["b"])
+                handler(sender, message)
         except Exception:  # one bad message must not stop the listener
             log.exception("cluster message failed", payload=payload[:200])

@@ -1,31 +1,23 @@
 """What a node does for callers on other nodes (cluster mode).
 
 A worker's HTTP call, or a cancel, may reach any node; only the node running
-the task's attempt can do it (``Engine._on_owner``).  The receiving node
-passes it on with ``Cluster.call``; the owner runs the same engine method a
-local caller would, so every check — the attempt still live, the credential
-not revoked, the same ask ``key`` — is made where the state is.
+the task's attempt can do it (``Engine._on_owner``, through
+``cluster/routing.py``).  The receiving node passes it on with
+``Cluster.call``; the owner runs the same engine method a local caller
+would, so every check — the attempt still live, the credential not revoked,
+the same ask ``key`` — is made where the state is.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from operator_server.engine.capabilities import Claims
+from operator_server.engine.capabilities import claims_from_wire, claims_wire
 from operator_server.engine.faces import WorkerResult
 
 if TYPE_CHECKING:
-    from operator_server.engine.cluster import Cluster
+    from operator_server.cluster.calls import Cluster
     from operator_server.engine.engine import Engine
-
-
-def claims_wire(claims: Claims) -> dict[str, Any]:
-    return dataclasses.asdict(claims)
-
-
-def claims_from_wire(data: dict[str, Any]) -> Claims:
-    return Claims(**{**data, "scopes": tuple(data["scopes"])})
 
 
 def serve_calls(engine: Engine, cluster: Cluster) -> None:

@@ -1,0 +1,128 @@
+"""Leases and takeover: the round every node of a cluster runs every
+``cluster.lease_s / 3``.
+
+Each round renews the leases of the runs this node holds (never a lease
+without a run here), gives up those it let go, buries the nodes that stopped
+beating, takes over the tasks whose leases lapsed elsewhere, and recounts
+the cluster's tasks.  Cut off from the store for a whole lease, the node lets
+its running tasks go: the other nodes take them over now, and whatever it
+still wrote would be refused (``Fenced``).  It takes back whatever nobody
+took once the store answers again.  At a graceful stop it hands its tasks
+over (``hand_over``): another node takes them at its next look rather than
+after ``lease_s``.
+
+One process leases nothing: ``NoLeases`` is passed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from operator_server.background import Background
+from operator_server.cluster.store import ClusterStore
+from operator_server.engine import Engine
+from operator_server.logs import get_logger
+from operator_server.recovery import take_over_lapsed
+from operator_server.store import Store, StoreError
+
+log = get_logger(__name__)
+
+
+class Leases(Protocol):
+    @property
+    def hands_over(self) -> bool:
+        """A stop hands the running tasks to other nodes (they do not end)."""
+
+    def start(self) -> None:
+        """Start the rounds (once the store is open and recovered)."""
+
+    async def hand_over(self) -> None:
+        """At a graceful stop, after the runs ended: let go of every lease."""
+
+
+class NoLeases:
+    """One process: nothing is leased, nothing is handed over."""
+
+    hands_over = False
+
+    def start(self) -> None:
+        pass
+
+    async def hand_over(self) -> None:
+        pass
+
+
+class LeaseKeeper:
+    hands_over = True
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        shared: ClusterStore,
+        background: Background,
+        lease_s: float,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.shared = shared
+        self.background = background
+        self.lease_s = lease_s
+        # When this node last renewed its leases (monotonic clock).
+        self.renewed = time.monotonic()
+
+    def start(self) -> None:
+        self.renewed = time.monotonic()
+        self.background.spawn(self._keep_forever(), name="lease-keeper")
+
+    async def keep_once(self) -> None:
+        """Renew this node's leases, then take over any that lapsed elsewhere."""
+        store, engine = self.store, self.engine
+        # Woken after its leases lapsed (SIGSTOP, a stalled host): another node may
+        # run its tasks now.  Drop every run without a word, then renew; what
+        # nobody took is taken back next round (not this one: the runs must end first).
+        lapsed_runs = store.leases_lapsed and engine.let_go_all("this node's leases lapsed")
+        if lapsed_runs:
+            log.warning(
+                "leases lapsed; let every run go to whichever node takes it", tasks=lapsed_runs
+            )
+        try:
+            await store.renew_leases(engine.held())  # never a lease without a run here
+            if engine.unleased:  # let go: taken over now, not once their leases lapse
+                let_go = list(engine.unleased)
+                await store.release_leases(let_go)
+                engine.unleased.difference_update(let_go)
+            dead = await self.shared.bury_dead_nodes()
+        except StoreError as exc:  # healthz says so; the next round tries again
+            log.error("could not renew task leases", error=str(exc))
+            cut_off = time.monotonic() - self.renewed >= self.lease_s
+            if cut_off and (dropped := engine.let_go_all("lost the store for a whole lease")):
+                log.warning("let running tasks go to the other nodes", tasks=dropped)
+            return
+        self.renewed = time.monotonic()
+        if dead:
+            log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
+        if not lapsed_runs:
+            await take_over_lapsed(engine, store)
+        await engine.recount()
+
+    async def _keep_forever(self) -> None:
+        # A third of the lease: two renewals may fail before another node takes over.
+        interval = self.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.keep_once()
+            except Exception:  # one bad round must not end renewal
+                log.exception("lease round failed; the next one runs in cluster.lease_s / 3")
+
+    async def hand_over(self) -> None:
+        try:
+            await self.store.flush()
+            await self.store.release_leases()
+        except StoreError as exc:  # then they lapse after cluster.lease_s instead
+            log.error("could not hand over running tasks", error=str(exc))
+        else:
+            log.info("handed over running tasks to the other nodes")

@@ -1,0 +1,80 @@
+"""Owner routing: where a task's work is done.
+
+Only the node running a task's attempt can take its worker's calls or cancel
+it.  The engine asks its ``routing`` before doing such work itself:
+``LocalRouting`` (one process) always says "here"; ``ClusterRouting`` asks
+the store which node holds the task's lease and, when it is another node,
+runs the method there (``cluster/serving.py`` serves it) and returns its
+answer.  It also waits for an end committed by another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from operator_server.cluster.calls import Cluster
+from operator_server.cluster.store import ClusterStore
+
+Args = Callable[[], dict[str, Any]]
+
+
+class Routing(Protocol):
+    @property
+    def shared(self) -> bool:
+        """Other nodes may run tasks (and end them) too."""
+
+    async def on_owner(
+        self, task_id: str, method: str, args: Args, *, longer: float = 0
+    ) -> dict[str, Any] | None:
+        """``method`` run on the node that owns ``task_id``, with ``args()``
+        (built only then), and its answer; None when it is to be done here."""
+
+    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+        """Set when another node announces ``task_id`` ended (or: look again)."""
+
+    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None: ...
+
+
+class LocalRouting:
+    """One process: every task is run here."""
+
+    shared = False
+
+    async def on_owner(
+        self, task_id: str, method: str, args: Args, *, longer: float = 0
+    ) -> dict[str, Any] | None:
+        del task_id, method, args, longer
+        return None
+
+    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+        del task_id  # nothing else ends a task: never set
+        return asyncio.get_running_loop().create_future()
+
+    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+        del task_id, future
+
+
+class ClusterRouting:
+    """Many nodes: the task's lease says which one runs it."""
+
+    shared = True
+
+    def __init__(self, cluster: Cluster, store: ClusterStore) -> None:
+        self.cluster = cluster
+        self._store = store
+
+    async def on_owner(
+        self, task_id: str, method: str, args: Args, *, longer: float = 0
+    ) -> dict[str, Any] | None:
+        owner = await self._store.task_owner(task_id)
+        if owner is None or owner == self.cluster.node_id:
+            return None
+        return await self.cluster.call(owner, method, args(), longer=longer)
+
+    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+        return self.cluster.watch_ended(task_id)
+
+    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+        self.cluster.unwatch(task_id, future)

@@ -1,0 +1,65 @@
+"""What a store must do to be shared by many nodes, beyond ``Store``.
+
+Only the PostgreSQL store keeps this contract; the memory and SQLite stores
+do not carry it at all (one process has no other nodes, and keeps its
+operator requests in memory).  Cluster code takes a ``ClusterStore``; single
+-node code never sees one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from operator_server.store.base import PendingRow, Store
+
+
+@runtime_checkable
+class ClusterStore(Protocol):
+    """Routing between nodes: who runs a task, where an operator's socket is,
+    and the operator requests waiting on it, as rows every node reads."""
+
+    @property
+    def leases_lapsed(self) -> bool:
+        """No lease renewal succeeded for a whole lease (``Store.leases_lapsed``)."""
+
+    @property
+    def bus(self) -> Any:
+        """The nodes' message bus (``cluster.bus.PgBus``)."""
+
+    async def bury_dead_nodes(self) -> list[str]:
+        """Forget the nodes that stopped beating; which ones."""
+
+    async def task_owner(self, task_id: str) -> str | None:
+        """The node whose lease on ``task_id`` is current, if any."""
+
+    async def issue_request(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        notice: str | None = None,
+    ) -> tuple[str | None, bool]:
+        """Store an operator request (durably): the node holding the session's
+        socket as the row commits, if any, and whether it was sent ``notice``
+        (a bus message) by the same transaction, when it is another node."""
+
+    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        """Forget a request; ``withdrawn`` (a reason): also have the node showing
+        it to the operator send a ``cancel``."""
+
+    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+        """This node now holds the session's socket (the node before it is told
+        so): the attach's epoch (one more than the last), and every request
+        still unanswered, in issue order."""
+
+    def detach_socket_soon(self, sid: str) -> None:
+        """This node no longer holds the session's socket."""
+
+    async def pending_of(self, sid: str) -> list[PendingRow]:
+        """Every unanswered request of the session, whichever node issued it."""
+
+
+def cluster_store(store: Store) -> ClusterStore | None:
+    """``store`` as a shared store, or None for a one-process one."""
+    return store if isinstance(store, ClusterStore) else None

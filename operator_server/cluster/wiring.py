@@ -1,0 +1,70 @@
+"""Cluster mode is set up here, and only here, at start-up.
+
+With a store many nodes share (one that keeps ``ClusterStore``), the engine
+routes each task's work to the node that owns it, streams follow every
+node's events from the store (in the order of the one sequence, never this
+node's own ahead of the others'), other nodes' calls are served, operator
+requests are relayed to whichever node holds the socket, and leases are kept.
+With a one-process store none of it exists: the engine keeps its
+``LocalRouting``, there is no relay, and ``NoLeases`` keeps nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from operator_server.background import Background
+from operator_server.cluster.calls import Cluster
+from operator_server.cluster.leases import LeaseKeeper, Leases, NoLeases
+from operator_server.cluster.relay import Relay
+from operator_server.cluster.routing import ClusterRouting, LocalRouting, Routing
+from operator_server.cluster.serving import serve_calls
+from operator_server.cluster.store import cluster_store
+from operator_server.config import Settings
+from operator_server.engine import Engine
+from operator_server.store import Events, Store
+
+
+@dataclass
+class Wired:
+    """What the rest of the app is handed: a relay for the operator directory
+    (None: one process), and the lease keeper."""
+
+    relay: Relay | None = None
+    leases: Leases = field(default_factory=NoLeases)
+
+
+class ClusterWiring:
+    """Built before the engine, whose routing it decides; ``finish`` wires
+    the rest once the engine exists (the engine is never told it is clustered)."""
+
+    def __init__(self, store: Store, background: Background, settings: Settings) -> None:
+        self._store, self._background, self._settings = store, background, settings
+        self._shared = cluster_store(store)
+        self._cluster = (
+            None
+            if self._shared is None
+            else Cluster(self._shared.bus, background, settings.cluster.lease_s)
+        )
+        self.routing: Routing = (
+            LocalRouting()
+            if self._cluster is None or self._shared is None
+            else ClusterRouting(self._cluster, self._shared)
+        )
+
+    def finish(self, engine: Engine) -> Wired:
+        """Set up the rest of cluster mode if the store is shared; before it opens."""
+        cluster, shared = self._cluster, self._shared
+        if cluster is None or shared is None:
+            return Wired()
+        # Streams publish what the tail reads from the rows, not this node's commits.
+        self._store.observe_events(_published_by_the_tail)
+        cluster.follow_events(engine.tail_events)
+        serve_calls(engine, cluster)
+        lease_s = self._settings.cluster.lease_s
+        leases = LeaseKeeper(engine, self._store, shared, self._background, lease_s)
+        return Wired(Relay(shared, cluster), leases)
+
+
+def _published_by_the_tail(events: Events) -> None:
+    del events

@@ -1,0 +1,295 @@
+"""What the nodes of a cluster share in the database: leases, heartbeats, and
+the routing of operator requests between nodes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from typing import Any
+
+import asyncpg
+
+from operator_server.cluster.bus import ALL, SQL_CHANNEL, channel
+from operator_server.cluster.messages import Delivered, NodesGone, Replaced, Withdraw
+from operator_server.logs import get_logger
+from operator_server.store.base import PendingRow, Row, StoreError, decode_task_row
+from operator_server.store.postgres.tasks import with_asks_of
+from operator_server.store.postgres.writer import GroupCommitWriter
+from operator_server.wire import json as wire_json
+from operator_server.wire.json import STORED_MAX_DEPTH
+
+log = get_logger(__name__)
+
+# Leases a batch of this node is writing right now are skipped (they are
+# renewed next round): the renewal never waits in a batch's way, or it in its.
+RENEW_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 FOR UPDATE SKIP LOCKED
+    )
+"""
+# Only the runs a node holds: a lease of its without a run (an end it could not
+# store, a run it let go) lapses, and the task is taken over.
+RENEW_HELD_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE task_id IN (
+        SELECT task_id FROM task_leases WHERE node_id = $1 AND task_id = ANY($3::text[])
+        FOR UPDATE SKIP LOCKED
+    )
+"""
+RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
+# Live tasks with a lapsed or missing lease, locked so that concurrent reapers
+# skip each other's; the upsert re-checks the lease row as it is now (a lease
+# renewed or taken since the scan's snapshot does not come back).  Each task
+# taken moves to a new epoch: whatever its former node still writes is refused.
+TAKE_OVER = """
+    WITH lapsed AS (
+        SELECT t.id FROM tasks t LEFT JOIN task_leases l ON l.task_id = t.id
+        WHERE t.status = ANY($3::text[]) AND (l.task_id IS NULL OR l.expires_at < now())
+        ORDER BY t.seq LIMIT $4
+        FOR UPDATE OF t SKIP LOCKED
+    ), taken AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT id, $1, now() + make_interval(secs => $2) FROM lapsed
+        ON CONFLICT (task_id) DO UPDATE
+            SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
+            WHERE task_leases.expires_at < now()
+        RETURNING task_id
+    ), bumped AS (
+        UPDATE tasks t SET epoch = t.epoch + 1 FROM taken k WHERE t.id = k.task_id
+        RETURNING t.id, t.data, t.epoch, t.seq
+    )
+    SELECT id, data, epoch FROM bumped ORDER BY seq
+"""
+# Cluster routing (v5).  A request is inserted under a share lock on its
+# session's row, and a socket attaches under an update lock on it, so the two
+# take turns: either the attach's replay reads the request, or the request's
+# writer reads the new socket node and sends the frame there.  (The lock is
+# held to commit, and the insert is seen only at commit, whatever order the
+# statement runs its parts in.)  One statement: one round trip.
+# ``$6``, when given, is the frame's notice to the node holding the socket,
+# sent by the same statement (as it commits): one transaction, not two.
+ISSUE_REQUEST = f"""
+    WITH session AS (
+        SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
+    ), request AS (
+        INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at)
+        VALUES ($1, $2, $3, $4, $5)
+    ), told AS (
+        SELECT pg_notify({SQL_CHANNEL.format("socket_node")}, $6) FROM session
+        WHERE $6::text IS NOT NULL AND socket_node IS NOT NULL AND socket_node <> $3
+    )
+    SELECT socket_node, (SELECT count(*) FROM told) > 0 AS told FROM session
+"""
+SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
+ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
+PENDING_OF = (
+    "SELECT req_id, owner_node, frame, issued_at FROM pending_requests WHERE sid = $1 ORDER BY seq"
+)
+# Notify the node holding a session's socket, if another node holds it.
+NOTIFY_SOCKET_NODE = (
+    f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
+    "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
+)
+# A request answered: its row goes, and a withdrawal (if any) is told to the
+# node holding the socket — one statement.
+FINISH_REQUEST = "DELETE FROM pending_requests WHERE req_id = $1"
+FINISH_WITHDRAWN = (
+    "WITH finished AS (DELETE FROM pending_requests WHERE req_id = $4) " + NOTIFY_SOCKET_NODE
+)
+DETACH_SOCKET = (
+    "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
+)
+HEARTBEAT = (
+    "INSERT INTO cluster_nodes (node_id, expires_at) "
+    "VALUES ($1, now() + make_interval(secs => $2)) "
+    "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+# A node that stopped beating: its sockets are gone and its requests' waiters
+# too (their attempts are interrupted and taken over).  A node beats from the
+# moment its store opens, so a node with no row at all is gone as well.
+BURY_NODES = """
+    WITH dead AS (
+        DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
+    ), unplugged AS (
+        UPDATE operator_sessions SET socket_node = NULL
+        WHERE socket_node IN (SELECT node_id FROM dead)
+           OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
+    )
+    SELECT node_id FROM dead
+"""
+# Their requests (and any whose node has no row), to be withdrawn wherever a
+# live node shows them to an operator.
+DEAD_REQUESTS = """
+    DELETE FROM pending_requests p USING operator_sessions s
+    WHERE s.sid = p.sid AND (
+        p.owner_node = ANY($1::text[])
+        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = p.owner_node)
+    )
+    RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
+"""
+OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
+TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
+
+
+def withdraw_notice(from_node: str, sid: str, req_id: str, reason: str) -> str:
+    """The message that has the node showing ``req_id`` send the operator its
+    ``cancel`` (handled by the operator directory)."""
+    return Withdraw(sid, req_id, reason).encode(from_node)
+
+
+def pending_rows(rows: list[Any]) -> list[PendingRow]:
+    out = []
+    for req_id, owner, frame, issued_at in rows:
+        try:
+            decoded = wire_json.loads(frame, STORED_MAX_DEPTH)
+        except ValueError as exc:  # one bad row is skipped, never fatal
+            log.warning(
+                "skipping a stored request that cannot be decoded", req_id=req_id, error=str(exc)
+            )
+            continue
+        out.append(PendingRow(req_id, owner, decoded, float(issued_at)))
+    return out
+
+
+class NodeOps(GroupCommitWriter):
+    """The PostgreSQL store's operations between nodes, a mixin: leases and
+    takeover, heartbeats and burials, who owns a task, and the operator
+    requests routed to whichever node holds the socket (``ClusterStore``)."""
+
+    _node_id: str
+    _lease_s: float
+    _live: frozenset[str]
+    # The epoch of each live task this node writes (v8).
+    _epochs: dict[str, int]
+    # When the last lease renewal that succeeded was sent (monotonic).
+    _renewal_sent: float
+
+    async def take_over(self, *, at_start: bool, limit: int) -> list[Row]:
+        del at_start  # the same at start-up: a live node's tasks keep their lease
+        args = (self._node_id, self._lease_s, list(self._live), limit)
+
+        async def work(
+            c: asyncpg.Connection,
+        ) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[Any]]]:
+            async with c.transaction():
+                return await with_asks_of(c, c.fetch(TAKE_OVER, *args))
+
+        rows, asks, outputs = await self._read(work, "take over tasks")
+        for row in rows:
+            self._epochs[row["id"]] = int(row["epoch"])
+        return [
+            decode_task_row(
+                row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
+            )
+            for row in rows
+        ]
+
+    async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
+        sent = time.monotonic()
+        if task_ids is None:
+            await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
+        else:
+            args = (self._node_id, self._lease_s, list(task_ids))
+            await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
+        self._renewal_sent = sent
+        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
+
+    async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
+        if task_ids is not None:
+            sql = RELEASE_LEASES + " AND task_id = ANY($2::text[])"
+            await self._direct(sql, self._node_id, list(task_ids), what="release leases")
+            for task_id in task_ids:  # taken again (here or elsewhere) at a new epoch
+                self._epochs.pop(task_id, None)
+            return
+        await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
+        await self._direct(
+            "DELETE FROM cluster_nodes WHERE node_id = $1", self._node_id, what="leave"
+        )
+
+    async def bury_dead_nodes(self) -> list[str]:
+        """Forget the nodes whose heartbeat lapsed: their sockets and the requests
+        they were waiting on; each such request still shown to an operator on a
+        live node is withdrawn there, and every node hears which nodes died."""
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> list[str]:
+            async with c.transaction():
+                dead = {str(row["node_id"]) for row in await c.fetch(BURY_NODES)}
+                for req_id, sid, owner, node in await c.fetch(DEAD_REQUESTS, list(dead)):
+                    dead.add(owner)
+                    if node is None or node in dead:
+                        continue
+                    withdraw = withdraw_notice(me, sid, req_id, "its node stopped")
+                    await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
+                if dead:
+                    gone = NodesGone(sorted(dead)).encode(me)
+                    await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
+                await c.execute(OLD_MESSAGES)
+                return sorted(dead)
+
+        found: list[str] = await self._read(work, "bury dead nodes")
+        return found
+
+    async def task_owner(self, task_id: str) -> str | None:
+        node = await self._read(lambda c: c.fetchval(TASK_OWNER, task_id), f"owner of {task_id}")
+        return None if node is None else str(node)
+
+    async def issue_request(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        notice: str | None = None,
+    ) -> tuple[str | None, bool]:
+        text = wire_json.dumps(frame)
+        args = (req_id, sid, self._node_id, text, float(issued_at), notice)
+
+        async def work(c: asyncpg.Connection) -> tuple[str | None, bool]:
+            row = await c.fetchrow(ISSUE_REQUEST, *args)
+            if row is None or row["socket_node"] is None:
+                return None, False
+            return str(row["socket_node"]), bool(row["told"])
+
+        found: tuple[str | None, bool] = await self._call(work, f"issue request {req_id}")
+        return found
+
+    def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        me = self._node_id
+        notice = None if withdrawn is None else withdraw_notice(me, sid, req_id, withdrawn)
+
+        what = f"finish request {req_id}"
+        if notice is None:
+            self._soon_plain(what, FINISH_REQUEST, req_id)
+        else:
+            self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
+
+    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> tuple[int, list[Any]]:
+            before = await c.fetchrow(SOCKET_NODE, sid)
+            if before is None:
+                raise StoreError(f"no operator session {sid}")
+            epoch = int(before["socket_epoch"]) + 1
+            await c.execute(ATTACH_SOCKET, sid, me, epoch)
+            old = before["socket_node"]
+            if old is not None and old != me:
+                replaced = Replaced(sid, epoch).encode(me)
+                await c.execute("SELECT pg_notify($1, $2)", channel(old), replaced)
+            rows = list(await c.fetch(PENDING_OF, sid))
+            delivered = Delivered(sid).encode(me)
+            for owner in {row["owner_node"] for row in rows} - {me}:
+                await c.execute("SELECT pg_notify($1, $2)", channel(owner), delivered)
+            return epoch, rows
+
+        epoch, rows = await self._call(work, f"attach socket of {sid}")
+        return epoch, pending_rows(rows)
+
+    async def pending_of(self, sid: str) -> list[PendingRow]:
+        rows = await self._read(lambda c: c.fetch(PENDING_OF, sid), f"pending of {sid}")
+        return pending_rows(rows)
+
+    def detach_socket_soon(self, sid: str) -> None:
+        self._soon_plain(f"detach {sid}", DETACH_SOCKET, sid, self._node_id)

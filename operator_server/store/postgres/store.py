@@ -1,0 +1,488 @@
+"""The PostgreSQL store itself: its lifecycle and every operation of the ``Store``
+contract, in SQL declared beside it (``tasks``, ``sessions``, ``nodes``) and run
+by the group-commit writer (``writer``).  The package docstring says how."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+from typing import Any
+
+import asyncpg
+
+from operator_server.cluster.bus import ALL, PgBus
+from operator_server.cluster.messages import (
+    EventsStored,
+    TasksEnded,
+)
+from operator_server.logs import get_logger
+from operator_server.store.base import (
+    Delivery,
+    Events,
+    Fenced,
+    RolesTaken,
+    Row,
+    SessionRecord,
+    Store,
+    StoredTask,
+    StoreError,
+    TaskEvent,
+    ask_row,
+    decode_event_rows,
+    decode_session,
+    decode_session_rows,
+    decode_task_row,
+    output_row,
+)
+from operator_server.store.postgres.nodes import (
+    HEARTBEAT,
+    NodeOps,
+)
+from operator_server.store.postgres.schema import migrate
+from operator_server.store.postgres.sessions import CLAIM_ROLES, ROLE_HOLDERS, UPSERT_SESSION
+from operator_server.store.postgres.tasks import (
+    DELETE_FINISHED,
+    INSERT_OUTPUT,
+    UPSERT_ASK,
+    WRITE_TASK,
+    store_events,
+    with_asks_of,
+)
+from operator_server.store.postgres.writer import (
+    CONNECTION_ERRORS,
+    Op,
+    Work,
+    nothing,
+)
+from operator_server.wire import json as wire_json
+
+log = get_logger(__name__)
+# Task ids per "ended" notice: well within a NOTIFY payload.
+ENDED_PER_NOTIFY = 100
+POOL_MAX = 8
+CONNECT_TIMEOUT_S = 10
+CLOSE_TIMEOUT_S = 5
+
+
+class PostgresStore(NodeOps, Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._writer_init()
+        self._writer: asyncio.Task[None] | None = None
+        self._node_id = ""
+        self._lease_s = 10.0
+        self._live: frozenset[str] = frozenset()
+        self._bus = PgBus(url)
+        self._ended: list[str] = []  # tasks the batch being written ends
+        # The epoch of each live task this node writes (v8): every write of it
+        # must match the row's, and a takeover moves the row's on.
+        self._epochs: dict[str, int] = {}
+        # When the last lease renewal that succeeded was sent (monotonic): every
+        # lease this node holds runs at least ``lease_s`` from then.
+        self._renewal_sent = time.monotonic()
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def bus(self) -> PgBus:
+        return self._bus
+
+    @property
+    def leases_lapsed(self) -> bool:
+        """No renewal has succeeded for a whole lease (the node was frozen, or
+        cut off): its leases may be another node's now.  Told by this node's
+        own clock, so a node woken from SIGSTOP knows it before its first
+        round trip."""
+        return time.monotonic() - self._renewal_sent >= self._lease_s
+
+    def lease_tasks(self, node_id: str, lease_s: float, live_statuses: Collection[str]) -> None:
+        super().lease_tasks(node_id, lease_s, live_statuses)
+        self._node_id, self._lease_s = node_id, float(lease_s)
+        self._bus.node_id = node_id
+        self._live = frozenset(live_statuses)
+
+    def claim(self) -> None:
+        """Nothing to take: every node of a cluster opens the same database."""
+
+    async def open(self) -> None:
+        """Connect, migrate under the advisory lock, start the writer."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=POOL_MAX,
+                timeout=CONNECT_TIMEOUT_S,
+                # Whose task_counts rows this connection's writes move (v6).
+                server_settings={"operator_server.node_id": self._node_id},
+            )
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            await migrate(self._pool)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        # Owned by the store, like the SQLite store's thread: it lives exactly as
+        # long as the store is open, and ``close`` drains and awaits it.
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write_forever(), name="store-postgres-writer"
+        )
+        self._accepting = True
+        # Pinged as often as leases are renewed: a cut is noticed as soon.
+        await self._bus.start(self._pool, self._lease_s / 3)
+        # Beating from the start: the other nodes count this node in at once
+        # (and a node with no row is one they bury).
+        self._renewal_sent = time.monotonic()
+        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
+
+    async def close(self) -> None:
+        """Commit everything queued, stop the writer and the listener, close the pool."""
+        self._accepting = False  # nothing may queue behind the stop marker
+        if self._writer is not None:
+            self._queue.put_nowait(None)
+            await self._writer
+            self._writer = None
+        await self._bus.stop()
+        if self._pool is not None:
+            try:
+                # A connection broken mid-way (the database went away and came
+                # back) can hold a graceful close forever: then cut them all.
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("PostgreSQL connections did not close in time; cut them")
+                self._pool.terminate()
+            self._pool = None
+
+    async def flush(self) -> None:
+        await self.flush_queue()
+
+    def observe_commits(self, observer: Callable[[float], None]) -> None:
+        self._commit_observer = observer
+
+    # -- what a batch does as it ends --------------------------------------
+
+    def _batch_starts(self) -> None:
+        self._ended = []
+
+    async def _batch_ends(
+        self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
+    ) -> list[str]:
+        await store_events(conn, done)
+        return await self._announce(conn, batch)
+
+    def _batch_committed(self, ending: list[str]) -> None:
+        # Forgotten once the end is committed, not before: an end whose commit
+        # failed is written again at the same epoch.
+        for task_id in ending:
+            self._epochs.pop(task_id, None)
+
+    def _ops_committed(self, op: Op) -> None:
+        self._events_committed(op.events)
+
+    async def _announce(self, conn: asyncpg.Connection, batch: list[Op]) -> list[str]:
+        """Tell every node, as the batch commits, which tasks it ended (their
+        long-polls wake) and the newest event it stored (their streams read on):
+        a few NOTIFYs per batch, not one per write.  The tasks ended."""
+        ended, self._ended = self._ended, []
+        last = max((e.id for op in batch for e in op.events), default=0)
+        if last:
+            body = EventsStored(last).encode(self._node_id)
+            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
+        for i in range(0, len(ended), ENDED_PER_NOTIFY):
+            body = TasksEnded(ended[i : i + ENDED_PER_NOTIFY]).encode(self._node_id)
+            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
+        return ended
+
+    # -- operations -------------------------------------------------------
+
+    async def put_session(self, record: SessionRecord) -> None:
+        args = (
+            record.sid,
+            record.token_sha256,
+            json.dumps(record.roles),
+            record.desc,
+            float(record.created_at),
+            float(record.last_seen_at),
+        )
+        roles = list(record.roles)
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(UPSERT_SESSION, *args)
+            taken = await c.fetch(CLAIM_ROLES, record.sid, roles)
+            if len(taken) < len(set(roles)):
+                held = await c.fetch(ROLE_HOLDERS, record.sid, roles)
+                # Raised inside the op's savepoint: the session row goes too.
+                raise RolesTaken({row["role"]: row["sid"] for row in held})
+
+        await self._call(work, f"save session {record.sid}")
+
+    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
+        self._soon_plain(
+            f"touch session {sid}",
+            "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
+            float(last_seen_at),
+            sid,
+        )
+
+    async def delete_session(self, sid: str) -> None:
+        await self._call(
+            lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = $1", sid),
+            f"delete session {sid}",
+        )
+
+    async def load_sessions(self) -> list[Row]:
+        rows = await self._read(
+            lambda c: c.fetch(
+                "SELECT sid, token_sha256, roles, description, created_at, last_seen_at "
+                "FROM operator_sessions ORDER BY created_at"
+            ),
+            "load sessions",
+        )
+        return decode_session_rows(rows)
+
+    def _task_write(
+        self, record: dict[str, Any], events: Events, deliver_at: float | None = None
+    ) -> tuple[Work, str, Events]:
+        """The write for ``record`` and its events, snapshotted now, not when the
+        writer gets to it."""
+        task_id = record["id"]
+        live = record["status"] in self._live
+        args = (
+            task_id,
+            record["status"],
+            float(record["created_at"]),
+            float(record["updated_at"]),
+            wire_json.dumps_bytes(record).decode(),
+            self._node_id,
+            live,
+            self._lease_s,
+        )
+        delivery = None if deliver_at is None else float(deliver_at)
+        expected = self._epochs.get(task_id)  # as of now, like the record
+
+        async def work(c: asyncpg.Connection) -> None:
+            found = await c.fetchrow(WRITE_TASK, *args, delivery, expected)
+            if not found["ok"]:
+                self._epochs.pop(task_id, None)
+                owner = found["holder"]
+                if owner is not None and owner != self._node_id:
+                    raise Fenced(f"task {task_id} is run by node {owner} now")
+                raise Fenced(
+                    f"task {task_id} was taken over since this node last wrote it "
+                    f"(epoch {found['epoch']}, not {expected or 0})"
+                )
+            if live:
+                self._epochs[task_id] = int(found["epoch"])
+            else:
+                self._ended.append(task_id)  # announced as the batch commits
+
+        return work, f"save task {task_id}", events
+
+    async def put_task(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        await self._call(*self._task_write(record, events, deliver_at))
+
+    def put_task_soon(
+        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+    ) -> None:
+        self._soon(*self._task_write(record, events, deliver_at))
+
+    def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
+        row = ask_row(task_id, attempt, ask)
+        epoch = self._epochs.get(task_id)  # as of now, like the ask
+        what = f"save ask {row[2]} of {task_id}"
+        self._soon_plain(what, UPSERT_ASK, *row, self._node_id, epoch)
+
+    def _output_write(self, task_id: str, attempt: int, output: list[Any]) -> tuple[Work, str]:
+        row = output_row(task_id, attempt, output)
+        epoch = self._epochs.get(task_id)  # as of now, like the output
+
+        async def work(c: asyncpg.Connection) -> None:
+            if await c.fetchval(INSERT_OUTPUT, *row, self._node_id, epoch) is None:
+                raise Fenced(f"task {task_id} was taken over; its output was not stored")
+
+        return work, f"save output of {task_id}"
+
+    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+        await self.put_output_soon(task_id, attempt, output)
+
+    def put_output_soon(
+        self, task_id: str, attempt: int, output: list[Any]
+    ) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self._accepting:
+            fut.set_exception(StoreError("the store is not open"))
+        else:  # queued now, not when first awaited
+            work, what = self._output_write(task_id, attempt, output)
+            self._unsettled += 1
+            self._queue.put_nowait(Op(work, fut, what))
+        return fut
+
+    def put_events_soon(self, events: Events) -> None:
+        self._soon(nothing, "save events", events)  # stored by the writer
+
+    async def last_event_id(self) -> int:
+        found = await self._read(
+            lambda c: c.fetchval("SELECT MAX(id) FROM task_events"), "last event id"
+        )
+        return int(found or 0)
+
+    async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:
+        if task_id is None:
+            sql = "SELECT id, task_id, data FROM task_events WHERE id > $1 ORDER BY id LIMIT $2"
+            args: tuple[Any, ...] = (after_id, limit)
+        else:
+            sql = (
+                "SELECT id, task_id, data FROM task_events WHERE task_id = $1 AND id > $2 "
+                "ORDER BY id LIMIT $3"
+            )
+            args = (task_id, after_id, limit)
+        rows = await self._read(lambda c: c.fetch(sql, *args), "load events")
+        return decode_event_rows(rows)
+
+    async def next_deliveries(self, limit: int) -> list[Delivery]:
+        rows = await self._read(
+            lambda c: c.fetch(
+                "SELECT task_id, due_at FROM webhook_deliveries ORDER BY due_at LIMIT $1", limit
+            ),
+            "load deliveries",
+        )
+        return [Delivery(str(task_id), float(due)) for task_id, due in rows]
+
+    async def record_delivery(
+        self, task_id: str, record: dict[str, Any] | None, due_at: float | None
+    ) -> None:
+        data = None if record is None else wire_json.dumps_bytes(record).decode()
+
+        async def work(c: asyncpg.Connection) -> None:
+            # An UPDATE, never an upsert: a task retention deleted stays deleted.
+            found = await c.fetchval("SELECT 1 FROM tasks WHERE id = $1", task_id)
+            if found and data is not None:
+                await c.execute("UPDATE tasks SET data = $1 WHERE id = $2", data, task_id)
+            if due_at is None or not found:
+                await c.execute("DELETE FROM webhook_deliveries WHERE task_id = $1", task_id)
+            else:
+                await c.execute(
+                    "UPDATE webhook_deliveries SET due_at = $1 WHERE task_id = $2",
+                    float(due_at),
+                    task_id,
+                )
+
+        await self._call(work, f"record delivery of {task_id}")
+
+    async def load_tasks(self, statuses: Collection[str]) -> list[Row]:
+        wanted = list(statuses)
+        rows, asks, outputs = await self._read(
+            lambda c: with_asks_of(
+                c,
+                c.fetch(
+                    "SELECT id, data FROM tasks WHERE status = ANY($1::text[]) ORDER BY seq",
+                    wanted,
+                ),
+            ),
+            "load tasks",
+        )
+        return [
+            decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ()))
+            for task_id, data in rows
+        ]
+
+    async def get_task(self, task_id: str) -> Row | None:
+        rows, asks, outputs = await self._read(
+            lambda c: with_asks_of(c, c.fetch("SELECT id, data FROM tasks WHERE id = $1", task_id)),
+            f"read task {task_id}",
+        )
+        return (
+            decode_task_row(
+                task_id, rows[0]["data"], asks.get(task_id, ()), outputs.get(task_id, ())
+            )
+            if rows
+            else None
+        )
+
+    async def task_seq(self, task_id: str) -> int | None:
+        seq = await self._read(
+            lambda c: c.fetchval("SELECT seq FROM tasks WHERE id = $1", task_id),
+            f"find task {task_id}",
+        )
+        return None if seq is None else int(seq)
+
+    async def list_tasks(self, status: str | None, after_seq: int, limit: int) -> list[StoredTask]:
+        # Keyset paging: a seek on (status, seq) or on seq, then ``limit`` rows.
+        if status is None:
+            sql = "SELECT seq, id, data FROM tasks WHERE seq > $1 ORDER BY seq LIMIT $2"
+            args: tuple[Any, ...] = (after_seq, limit)
+        else:
+            sql = (
+                "SELECT seq, id, data FROM tasks WHERE status = $1 AND seq > $2 "
+                "ORDER BY seq LIMIT $3"
+            )
+            args = (status, after_seq, limit)
+        rows, asks, outputs = await self._read(
+            lambda c: with_asks_of(c, c.fetch(sql, *args)), "list tasks"
+        )
+        return [
+            StoredTask(
+                int(seq),
+                decode_task_row(task_id, data, asks.get(task_id, ()), outputs.get(task_id, ())),
+            )
+            for seq, task_id, data in rows
+        ]
+
+    async def count_tasks(self) -> dict[str, int]:
+        rows = await self._read(
+            lambda c: c.fetch(
+                "SELECT status, SUM(n) FROM task_counts GROUP BY status HAVING SUM(n) <> 0"
+            ),
+            "count tasks",
+        )
+        return {status: int(n) for status, n in rows}
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        row = await self._read(
+            lambda c: c.fetchrow(
+                "SELECT sid, token_sha256, roles, description, created_at, last_seen_at "
+                "FROM operator_sessions WHERE sid = $1",
+                sid,
+            ),
+            f"read session {sid}",
+        )
+        if row is None:
+            return None
+        try:
+            return decode_session(*row)
+        except Exception as exc:  # a bad row is as good as none
+            log.warning("skipping a stored session that cannot be decoded", sid=sid, error=str(exc))
+            return None
+
+    async def role_holder(self, role: str) -> str | None:
+        sid = await self._read(
+            lambda c: c.fetchval("SELECT sid FROM operator_roles WHERE role = $1", role),
+            f"find role {role}",
+        )
+        return None if sid is None else str(sid)
+
+    async def delete_finished(
+        self, statuses: Collection[str], updated_before: float, limit: int
+    ) -> dict[str, int]:
+        wanted = list(statuses)
+
+        async def work(c: asyncpg.Connection) -> dict[str, int]:
+            gone = await c.fetch(DELETE_FINISHED, wanted, float(updated_before), limit)
+            return dict(Counter(row["status"] for row in gone))
+
+        result: dict[str, int] = await self._call(work, "delete finished tasks")
+        return result

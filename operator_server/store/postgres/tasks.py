@@ -1,0 +1,153 @@
+"""The task SQL: a task's fenced write, its asks, outputs and events, retention."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+import asyncpg
+
+from operator_server.store.base import TaskEvent
+from operator_server.store.postgres.writer import Op
+from operator_server.wire import json as wire_json
+
+# A task's write, in one statement (one round trip).  The lease row and the
+# task row are locked first — a takeover waits for this write's commit, or this
+# write sees the new holder and epoch — and nothing is written while another
+# node holds the lease, nor unless the row's epoch is the one the writer holds
+# (``$10``; NULL: a task new to this node, epoch 0): a takeover moves it on and
+# the row keeps it after its lease is gone, so a node woken after its task was
+# taken over and ended elsewhere is refused too (``Fenced``).  A missing row
+# may be written (a new task).  A live task's
+# first write leases it to its writer (a lease someone else holds stays
+# theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
+# seq.  Its webhook delivery rides along; its events are stored by the writer.
+WRITE_TASK = """
+    WITH holder AS (
+        SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
+    ), stored AS (
+        SELECT epoch FROM tasks WHERE id = $1 FOR UPDATE
+    ), mine AS (
+        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6)
+           AND NOT EXISTS (SELECT 1 FROM stored WHERE epoch <> COALESCE($10::bigint, 0)) AS ok
+    ), task AS (
+        INSERT INTO tasks (id, status, created_at, updated_at, data)
+        SELECT $1, $2, $3, $4, $5 FROM mine WHERE ok
+        ON CONFLICT (id) DO UPDATE SET
+            status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
+    ), leased AS (
+        INSERT INTO task_leases (task_id, node_id, expires_at)
+        SELECT $1, $6, now() + make_interval(secs => $8) FROM mine WHERE ok AND $7
+        ON CONFLICT (task_id) DO NOTHING
+    ), unleased AS (
+        DELETE FROM task_leases WHERE task_id = $1 AND NOT $7 AND (SELECT ok FROM mine)
+    ), delivery AS (
+        INSERT INTO webhook_deliveries (task_id, due_at)
+        SELECT $1, $9 FROM mine WHERE ok AND $9::float8 IS NOT NULL
+        ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
+    )
+    SELECT (SELECT ok FROM mine) AS ok, (SELECT node_id FROM holder) AS holder,
+        COALESCE((SELECT epoch FROM stored), 0) AS epoch
+"""
+# Event-storing transactions take turns (this lock, taken at a batch's end and
+# held to commit): event ids from the shared sequence increase in commit order
+# across nodes, so a reader following ``id > last`` never passes an id that
+# commits later.
+EVENTS_LOCK = 0x6F70_7365_7276_0002
+NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
+# Retention on several nodes at once: SKIP LOCKED lets each sweep take rows the
+# others are not already deleting, rather than queueing behind them.
+DELETE_FINISHED = """
+    WITH victims AS (
+        SELECT seq FROM tasks
+        WHERE status = ANY($1::text[]) AND updated_at < $2
+        ORDER BY updated_at LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM tasks t USING victims v WHERE t.seq = v.seq RETURNING t.id, t.status
+    ), events AS (
+        DELETE FROM task_events e USING gone g WHERE e.task_id = g.id
+    ), deliveries AS (
+        DELETE FROM webhook_deliveries d USING gone g WHERE d.task_id = g.id
+    ), asks AS (
+        DELETE FROM task_asks a USING gone g WHERE a.task_id = g.id
+    ), outputs AS (
+        DELETE FROM task_outputs o USING gone g WHERE o.task_id = g.id
+    )
+    SELECT status FROM gone
+"""
+# One ask, written only while no other node holds its task's lease and the
+# task's epoch is the one its writer holds, as a task's own write is
+# (``WRITE_TASK``): a node that lost the task does not add to it, even after
+# the task ended elsewhere.  (Skipped, not refused: nobody waits for an ask's write.)
+UPSERT_ASK = """
+    INSERT INTO task_asks (task_id, attempt, ask_id, data)
+    SELECT $1, $2, $3, $4
+    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $5)
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($6::bigint, 0))
+    ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
+"""
+# One output, fenced exactly as an ask is (``UPSERT_ASK``); it returns its seq
+# when written, nothing when fenced off: a worker waits on this write (its 200
+# says the result is on disk), so a fenced one is refused, not skipped.
+INSERT_OUTPUT = """
+    INSERT INTO task_outputs (task_id, attempt, data)
+    SELECT $1, $2, $3
+    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $4)
+      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($5::bigint, 0))
+    RETURNING seq
+"""
+OUTPUTS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_outputs WHERE task_id = ANY($1::text[]) ORDER BY seq"
+)
+ASKS_OF_TASKS = (
+    "SELECT task_id, attempt, data FROM task_asks WHERE task_id = ANY($1::text[]) ORDER BY seq"
+)
+INSERT_EVENTS = (
+    "INSERT INTO task_events (id, task_id, data) "
+    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
+)
+
+
+async def with_asks_of(
+    c: asyncpg.Connection, fetching: Awaitable[list[Any]]
+) -> tuple[list[Any], dict[str, list[tuple[int, str]]], dict[str, list[tuple[int, str]]]]:
+    """The task rows ``fetching`` reads (each with an ``id``) and their tasks'
+    stored asks and outputs, by task: ``(attempt, data)`` in the order first
+    stored."""
+    rows = list(await fetching)
+    asks: dict[str, list[tuple[int, str]]] = {}
+    outputs: dict[str, list[tuple[int, str]]] = {}
+    if rows:
+        ids = [r["id"] for r in rows]
+        for sql, found in ((ASKS_OF_TASKS, asks), (OUTPUTS_OF_TASKS, outputs)):
+            for task_id, attempt, data in await c.fetch(sql, ids):
+                found.setdefault(task_id, []).append((attempt, data))
+    return rows, asks, outputs
+
+
+async def store_events(c: asyncpg.Connection, done: list[Op]) -> None:
+    """Store the events of the batch's operations that succeeded, under ids from
+    the shared sequence in the batch's order: three round trips per batch,
+    whatever their number, at the batch's end — so ``EVENTS_LOCK``, held to
+    commit, is held for those and the commit only, and writers of several
+    nodes run their operations side by side.  A run that rolls back leaves its
+    ids unused: gaps, never a reuse."""
+    wanted = sum(len(op.given) for op in done)
+    if not wanted:
+        return
+    await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+    ids = iter(sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, wanted)))
+    stored: list[TaskEvent] = []
+    for op in done:
+        numbered = []
+        for event in op.given:
+            numbered.append(event.renumbered(next(ids)))
+        op.events[:] = numbered
+        stored += numbered
+    await c.execute(INSERT_EVENTS, *_event_columns(stored))
+
+
+def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:
+    texts = [wire_json.dumps_bytes(e.stored()).decode() for e in events]
+    return [e.id for e in events], [e.task_id for e in events], texts
