@@ -3,9 +3,9 @@
 from operator_server.engine.engine import Engine
 from operator_server.engine.faces import (
     AttemptContext,
+    Backend,
     HookVerdict,
     Kind,
-    Operator,
     OperatorInfo,
     SeniorBridge,
     SpawnHook,
@@ -14,10 +14,10 @@ from operator_server.engine.faces import (
 
 __all__ = [
     "AttemptContext",
+    "Backend",
     "Engine",
     "HookVerdict",
     "Kind",
-    "Operator",
     "OperatorInfo",
     "SeniorBridge",
     "SpawnHook",

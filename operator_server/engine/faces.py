@@ -1,6 +1,6 @@
 """The three faces of the Operator role, and what flows through them.
 
-``SeniorBridge`` (judgement), ``SpawnHook`` (observation) and ``Operator``
+``SeniorBridge`` (judgement), ``SpawnHook`` (observation) and ``Backend``
 (execution) are ``typing.Protocol``s: anything with the right methods plugs into
 the engine's registries — the WebSocket session does, and so do the in-test
 fakes — with no change to the engine.
@@ -50,7 +50,7 @@ class SpawnHook(Protocol):
 
 
 @runtime_checkable
-class Operator(Protocol):
+class Backend(Protocol):
     async def execute(
         self, ctx: AttemptContext, system: str | None, prompt: Any, capability: str
     ) -> WorkerResult | None:
@@ -80,8 +80,8 @@ class OperatorInfo:
         return face
 
     @property
-    def backend(self) -> Operator | None:
-        face: Operator | None = self._face(Face.BACKEND)
+    def backend(self) -> Backend | None:
+        face: Backend | None = self._face(Face.BACKEND)
         return face
 
     def served_by(self) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 One map of the operator sessions this node holds, by sid, and the role
 aliases (role -> sid).  A session is one object that serves all three faces
-(``SeniorBridge``, ``SpawnHook``, ``Operator``): a task's ``OperatorSpec``
+(``SeniorBridge``, ``SpawnHook``, ``Backend``): a task's ``OperatorSpec``
 names a sid or a role per face, and each name is looked up live, at dispatch
 time, first as a sid, then as a role.
 

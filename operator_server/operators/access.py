@@ -23,7 +23,7 @@ from operator_server.appkeys import SETTINGS
 from operator_server.config import is_loopback
 from operator_server.errors import ApiError, Code
 from operator_server.operators.keys import DIRECTORY
-from operator_server.operators.session import WSOperatorSession
+from operator_server.operators.session import OperatorSession
 from operator_server.store import StoreError
 from operator_server.wire.requests import bearer_of, require_bearer, text_token
 
@@ -49,7 +49,7 @@ def subprotocol_token(request: web.Request) -> tuple[str | None, str | None]:
     return None, None
 
 
-async def _session(request: web.Request) -> WSOperatorSession:
+async def _session(request: web.Request) -> OperatorSession:
     sid = request.match_info["sid"]
     # Known here, or minted on another node of a cluster (read from the store).
     try:
@@ -63,7 +63,7 @@ async def _session(request: web.Request) -> WSOperatorSession:
 
 async def authorize_session(
     request: web.Request, *, websocket: bool = False
-) -> tuple[WSOperatorSession, str | None]:
+) -> tuple[OperatorSession, str | None]:
     """The session named in the path, for a caller holding its token."""
     token, subprotocol = bearer_of(request), None
     if token is None and websocket:
@@ -100,7 +100,7 @@ def require_admin(request: web.Request) -> None:
         )
 
 
-async def authorize_session_or_admin(request: web.Request) -> tuple[WSOperatorSession, bool]:
+async def authorize_session_or_admin(request: web.Request) -> tuple[OperatorSession, bool]:
     """The session named in the path, for its own holder or the admin; and
     whether the caller is the admin."""
     api_token = request.app[SETTINGS].api_token

@@ -29,7 +29,7 @@ from operator_server.operators.access import (
 )
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view
-from operator_server.operators.session import PendingRequest, WSOperatorSession
+from operator_server.operators.session import OperatorSession, PendingRequest
 from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.frames import REQ_KIND
@@ -77,7 +77,7 @@ class PendingListSchema(Schema):
     pending = fields.List(fields.Nested(PendingSchema), required=True)
 
 
-def _order(session: WSOperatorSession) -> tuple[int, str]:
+def _order(session: OperatorSession) -> tuple[int, str]:
     return int(session.created_at * 1_000_000), session.sid
 
 

@@ -33,7 +33,7 @@ from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.session import WSOperatorSession, hash_token
+from operator_server.operators.session import OperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
 
@@ -60,7 +60,7 @@ class OperatorDirectory:
         self.settings = settings
         self.directive = directive
         self.metrics: Metrics = engine.metrics  # one set per app, owned by the engine's maker
-        self.sessions: dict[str, WSOperatorSession] = {}
+        self.sessions: dict[str, OperatorSession] = {}
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
@@ -83,7 +83,7 @@ class OperatorDirectory:
 
     async def mint(
         self, roles: list[str], desc: str, token: str | None = None
-    ) -> tuple[WSOperatorSession, str]:
+    ) -> tuple[OperatorSession, str]:
         """A new session and its token (the caller's ``token``, if it chose one), on disk.
 
         Raises ``RolesConflict`` or ``StoreError``; either way nothing is taken.
@@ -106,8 +106,8 @@ class OperatorDirectory:
         log.info("operator minted", sid=sid, roles=roles)
         return session, token
 
-    def _session(self, record: SessionRecord) -> WSOperatorSession:
-        return WSOperatorSession(
+    def _session(self, record: SessionRecord) -> OperatorSession:
+        return OperatorSession(
             sid=record.sid,
             token_hash=record.token_sha256,
             roles=record.roles,
@@ -123,7 +123,7 @@ class OperatorDirectory:
             spawn=self.engine.background.spawn,
         )
 
-    def _add(self, session: WSOperatorSession) -> None:
+    def _add(self, session: OperatorSession) -> None:
         self.sessions[session.sid] = session
         self.engine.resolution.register(session.sid, session)
 
@@ -143,7 +143,7 @@ class OperatorDirectory:
         self._add(self._session(record))
         return True
 
-    async def find(self, sid: str) -> WSOperatorSession | None:
+    async def find(self, sid: str) -> OperatorSession | None:
         """The session ``sid``: known here, or stored by another node (then it is
         restored here, lazily); None when there is none, or it cannot be.  (A
         one-process store knows no session this directory does not: it answers
@@ -166,7 +166,7 @@ class OperatorDirectory:
         if sid is not None:
             await self.find(sid)
 
-    def seen(self, session: WSOperatorSession) -> None:
+    def seen(self, session: OperatorSession) -> None:
         """Record that the session was just seen (socket attached or detached)."""
         self.engine.store.touch_session_soon(session.sid, session.last_seen_at)
 
@@ -200,7 +200,7 @@ class OperatorDirectory:
         session = self._drop(sid)
         return session.end(AttemptFailed(code, message), close_code, message)
 
-    def _drop(self, sid: str) -> WSOperatorSession:
+    def _drop(self, sid: str) -> OperatorSession:
         """Out of the directory, the engine's session map and the role map."""
         session = self.sessions.pop(sid)
         self.engine.resolution.unregister(sid)

@@ -30,7 +30,7 @@ from operator_server.operators.access import (
 from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.session import WSOperatorSession
+from operator_server.operators.session import OperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response, read_json
 from operator_server.wire.requests import validate as load
@@ -135,7 +135,7 @@ def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...])
     return origin == f"{request.scheme}://{request.host}" or origin in allowed
 
 
-def session_view(session: WSOperatorSession) -> dict[str, Any]:
+def session_view(session: OperatorSession) -> dict[str, Any]:
     return {
         "sid": session.sid,
         "roles": session.roles,

@@ -1,4 +1,4 @@
-"""``WSOperatorSession``: one operator, three faces, any number of sockets over time.
+"""``OperatorSession``: one operator, three faces, any number of sockets over time.
 
 The session owns its pending requests; a socket (``SocketPump``) only carries
 frames.  That split is what makes reconnects lose nothing:
@@ -79,7 +79,7 @@ class PendingRequest:
     answer_schema: dict[str, Any] | None = None
 
 
-class WSOperatorSession:
+class OperatorSession:
     """SeniorBridge + SpawnHook + Operator over one operator's sockets."""
 
     def __init__(
