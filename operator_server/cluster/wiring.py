@@ -6,7 +6,9 @@ node's events from the store (in the order of the one sequence, never this
 node's own ahead of the others'), other nodes' calls are served, operator
 requests are relayed to whichever node holds the socket, and leases are kept.
 With a one-process store none of it exists: the engine keeps its
-``LocalRouting``, there is no relay, and ``NoLeases`` keeps nothing.
+``LocalRouting``, the operator sessions keep their requests in memory
+(``app.py`` hands them ``operators.relay.NoRelay``), and ``NoLeases`` keeps
+nothing.
 """
 
 from __future__ import annotations
