@@ -42,6 +42,7 @@ from operator_server.operators import admin, login
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
+from operator_server.operators.relay import NoRelay
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
 from operator_server.webhooks import WebhookSender
@@ -86,8 +87,9 @@ def build_app(
     )
     wired = cluster.finish(engine)
     directory = OperatorDirectory(
-        engine, settings, directive or load_directive(settings), relay=wired.relay
+        engine, settings, directive or load_directive(settings), relay=wired.relay or NoRelay()
     )
+    wired.route(directory)
     _sample_current_counts(meters, engine, directory)
 
     # Outermost first.  Observe sees every answer, admission's refusals (403

@@ -288,3 +288,43 @@ def test_nothing_outside_the_cluster_package_knows_cluster_message_shapes() -> N
         and not module.startswith(("cluster/", "store/postgres/"))
     ]
     assert importers == []
+
+
+CLUSTER_WORDS = ("relay", "cluster", "shared")
+
+
+def _asks_clustered(test: ast.expr) -> bool:
+    """``relay``, ``not self.relay``, ``x.shared and ...``, ``self._relay is not None``:
+    a test of whether a relay, a cluster or a shared store is there."""
+    if isinstance(test, ast.BoolOp):
+        return any(_asks_clustered(value) for value in test.values)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _asks_clustered(test.operand)
+    if isinstance(test, ast.Compare) and all(isinstance(op, ast.Is | ast.IsNot) for op in test.ops):
+        return _asks_clustered(test.left)
+    name = _chain(test)[-1:]
+    return any(word in name[0].lower() for word in CLUSTER_WORDS) if name else False
+
+
+def branches_on_cluster(path: Path) -> list[str]:
+    """Where ``path`` asks "am I clustered": an ``if``, a conditional
+    expression, a ``while`` or an ``assert`` whose test is whether a relay, a
+    cluster or a shared store is there."""
+    return [
+        f"line {node.lineno}: {ast.unparse(node.test)}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.If | ast.IfExp | ast.While | ast.Assert)
+        and _asks_clustered(node.test)
+    ]
+
+
+def test_sessions_and_the_directory_never_ask_whether_they_are_clustered() -> None:
+    """One process or many, the session and the directory run the same code:
+    what differs is the relay they were handed at start-up (``NoRelay`` or
+    the cluster's), never a branch of their own."""
+    found = {
+        module: branches
+        for module in ("operators/session.py", "operators/directory.py")
+        if (branches := branches_on_cluster(PACKAGE / module))
+    }
+    assert found == {}

@@ -6,7 +6,9 @@ node's events from the store (in the order of the one sequence, never this
 node's own ahead of the others'), other nodes' calls are served, operator
 requests are relayed to whichever node holds the socket, and leases are kept.
 With a one-process store none of it exists: the engine keeps its
-``LocalRouting``, there is no relay, and ``NoLeases`` keeps nothing.
+``LocalRouting``, the operator sessions keep their requests in memory
+(``app.py`` hands them ``operators.relay.NoRelay``), and ``NoLeases`` keeps
+nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from operator_server.background import Background
 from operator_server.cluster.calls import Cluster
 from operator_server.cluster.leases import LeaseKeeper, Leases, NoLeases
-from operator_server.cluster.relay import Relay
+from operator_server.cluster.relay import Relay, SessionsHere
 from operator_server.cluster.routing import ClusterRouting, LocalRouting, Routing
 from operator_server.cluster.serving import serve_calls
 from operator_server.cluster.store import cluster_store
@@ -28,10 +30,17 @@ from operator_server.store import Events, Store
 @dataclass
 class Wired:
     """What the rest of the app is handed: a relay for the operator directory
-    (None: one process), and the lease keeper."""
+    (None: one process, whose sessions keep their requests in memory), and the
+    lease keeper."""
 
     relay: Relay | None = None
     leases: Leases = field(default_factory=NoLeases)
+
+    def route(self, directory: SessionsHere) -> None:
+        """Hand what other nodes send about sessions to ``directory`` (the
+        sessions held here); with one process nothing is sent."""
+        if self.relay is not None:
+            self.relay.route(directory)
 
 
 class ClusterWiring:

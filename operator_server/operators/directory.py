@@ -11,9 +11,10 @@ start-up ``restore`` brings back stored sessions before the server listens.
 With a store many nodes share, a session minted on another node is brought
 here the first time it is named (``find``: its sid on a route; ``find_name``:
 a task naming its sid or one of its roles), so mint on one node and connect on
-any other.  The relay (``cluster/relay.py``) then routes each session's
-requests, replies and socket changes between the nodes; the handlers for what
-other nodes send are here.
+any other.  The relay the directory is handed (``operators/relay.py``) then
+carries each session's requests, replies and socket changes between the nodes;
+what other nodes send is handed to ``sessions``, ``remove`` and
+``resync_sockets`` (``cluster/relay.py``, wired at start-up by ``app.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import secrets
 import time
 import uuid
 
-from operator_server.cluster.relay import Relay
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.faces import Face
@@ -33,6 +33,7 @@ from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
+from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.operators.session import OperatorSession, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
@@ -54,7 +55,7 @@ class OperatorDirectory:
         engine: Engine,
         settings: Settings,
         directive: DirectiveTemplate,
-        relay: Relay | None = None,
+        relay: RequestRelay | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -64,10 +65,8 @@ class OperatorDirectory:
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
-        # Cluster mode (``cluster/wiring.py``): requests reach sockets on any node.
-        self.relay = relay
-        if relay is not None:
-            relay.route(self)
+        # How requests reach sockets (on any node, with a shared store).
+        self.relay: RequestRelay = relay or NoRelay()
 
     def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
@@ -186,11 +185,10 @@ class OperatorDirectory:
         except BaseException:
             session.deleting = False
             raise
-        if self.relay is not None:  # every other node forgets it too
-            try:
-                await self.relay.gone(sid, str(code), message)
-            except Exception as exc:  # they find it gone at their next store read
-                log.warning("could not tell the other nodes of a deleted session", error=str(exc))
+        try:  # every other node forgets it too
+            await self.relay.gone(sid, str(code), message)
+        except Exception as exc:  # they find it gone at their next store read
+            log.warning("could not tell the other nodes of a deleted session", error=str(exc))
         return self.remove(sid, code, message)
 
     def remove(

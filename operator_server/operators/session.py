@@ -14,9 +14,11 @@ frames.  That split is what makes reconnects lose nothing:
 * The first reply to a ``req_id`` wins; a duplicate gets ``already_answered``.
 * A withdrawn request (cancel, timeout) is told to the operator with ``cancel``.
 
-With a shared store (``relay`` set) the socket may be on another node: each
-request is stored before it is shown, the socket's node gets the frame, and
-replies come back through the relay (``cluster/relay.py``).  ``routed`` maps
+Where requests are recorded and which node shows them is the relay's business
+(``operators/relay.py``), chosen at start-up: with one process (``NoRelay``)
+memory is the only record and the socket is here; with a store many nodes share
+(``cluster/relay.py``) each request is stored before it is shown, the socket's
+node gets the frame, and replies come back through the relay.  ``routed`` maps
 the requests this node shows on its socket for other nodes to their issuer.
 """
 
@@ -34,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server import entropy
-from operator_server.cluster.relay import Relay
 from operator_server.config import Settings
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
@@ -43,6 +44,7 @@ from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.pump import SocketPump
+from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
@@ -96,7 +98,7 @@ class OperatorSession:
         last_seen_at: float | None = None,
         metrics: Metrics | None = None,
         report: Report | None = None,
-        relay: Relay | None = None,
+        relay: RequestRelay | None = None,
         spawn: Spawn | None = None,
     ) -> None:
         self.sid = sid
@@ -118,7 +120,7 @@ class OperatorSession:
         self._report = report
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
-        self._relay = relay
+        self._relay: RequestRelay = relay or NoRelay()
         # Replies on their way to the node that issued them (cluster mode),
         # started through the server's one place for background tasks.
         self._spawn = spawn
@@ -157,25 +159,18 @@ class OperatorSession:
         if old is not None:
             old.close(4000, "replaced by a newer connection for this session")
             self.log.info("socket replaced by a newer one")
-        if self._relay is not None:
-            await self._replay_stored(pump)
-            return
-        replayed = 0
-        for req in list(self.pending.values()):
-            replayed += req.delivered
-            self._deliver(req, replay=True)
-        self.log.info("socket attached", pending=len(self.pending), replayed=replayed)
+        await self._replay_stored(pump)
 
     async def resync(self) -> None:
         """Re-read the stored requests for the socket attached here (frames sent
         to this node may have been lost); nothing already shown is sent again."""
-        if self._pump is not None and self._relay is not None:
+        if self._pump is not None:
             await self._replay_stored(self._pump)
 
     async def _replay_stored(self, pump: SocketPump) -> None:
-        """Cluster mode: every unanswered request of the session, whichever node
-        issued it, from the store, in issue order, once."""
-        assert self._relay is not None
+        """Every unanswered request of the session, whichever node issued it,
+        from the relay's record (with one process: none) and then from memory,
+        in issue order, once."""
         self._held = []
         try:
             epoch, rows = await self._relay.attach(self.sid)
@@ -262,8 +257,7 @@ class OperatorSession:
         self._sent = set()
         self.routed.clear()
         self.last_seen_at = time.time()
-        if self._relay is not None:
-            self._relay.detach(self.sid)
+        self._relay.detach(self.sid)
         self.log.info("socket detached", pending=len(self.pending))
 
     def close_socket(self, code: int, reason: str) -> SocketPump | None:
@@ -302,7 +296,7 @@ class OperatorSession:
     def _forget(self, req: PendingRequest, withdrawn: str | None = None) -> None:
         """Out of the pending map (and the store; ``withdrawn``: the node showing
         it on another socket sends the ``cancel``)."""
-        if self.pending.pop(req.req_id, None) is not None and self._relay is not None:
+        if self.pending.pop(req.req_id, None) is not None:
             self._relay.finish(self.sid, req.req_id, withdrawn)
         self._sent.discard(req.req_id)
         if req.grace is not None:
@@ -361,12 +355,11 @@ class OperatorSession:
             issued(req_id)
         if self._report is not None:
             self._report(EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid)
-        if self._relay is not None:
-            try:
-                await self._issue_stored(req)
-            except BaseException:
-                self._forget(req)
-                raise
+        try:
+            await self._issue_stored(req)
+        except BaseException:
+            self._forget(req)
+            raise
         if self._pump is not None and not req.delivered:
             self._deliver(req)
         if not req.delivered:
@@ -397,9 +390,8 @@ class OperatorSession:
                 ctx.open_request = None
 
     async def _issue_stored(self, req: PendingRequest) -> None:
-        """Cluster mode: the request is a row before anyone sees it; when another
-        node holds the socket, it was sent there."""
-        assert self._relay is not None
+        """The relay records the request before anyone sees it; when another
+        node holds the socket, it was sent there (with one process: never)."""
         try:
             elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame, req.issued_at)
         except (StoreError, OSError) as exc:
@@ -458,7 +450,6 @@ class OperatorSession:
         self._resolve("ping", data)
 
     async def _reply_elsewhere(self, owner: str, kind: str, data: dict[str, Any]) -> None:
-        assert self._relay is not None
         req_id = data["req_id"]
         try:
             await self._relay.reply(owner, self.sid, kind, data)

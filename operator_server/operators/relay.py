@@ -1,0 +1,78 @@
+"""Where a session's requests are kept and how they reach a socket on any node.
+
+``OperatorSession`` and ``OperatorDirectory`` are handed a ``RequestRelay`` at
+start-up (``app.py``) and never ask whether they are clustered:
+
+* ``NoRelay`` (here): one process.  The session's memory is the only record of
+  its requests, and its socket, when there is one, is here; nothing is stored,
+  nothing is sent, and no other node can speak of a session.
+* ``cluster.relay.Relay``: a store many nodes share.  Every request is a row
+  before it is shown, and frames and replies travel to and from whichever node
+  holds the socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from operator_server.store import PendingRow
+
+
+class RequestRelay(Protocol):
+    @property
+    def node_id(self) -> str:
+        """This node: a stored request it did not issue was issued elsewhere."""
+        ...
+
+    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
+        """Record a request before it is shown; True when another node holds
+        the socket and was sent the frame."""
+        ...
+
+    def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        """The request is answered or withdrawn (``withdrawn``: the reason the
+        node showing it gives the operator in its ``cancel``)."""
+        ...
+
+    async def attach(self, sid: str) -> tuple[int, list[PendingRow]]:
+        """A socket attached here: its epoch, and every stored request of the
+        session in issue order, whichever node issued it."""
+        ...
+
+    def detach(self, sid: str) -> None: ...
+
+    async def reply(self, owner: str, sid: str, kind: str, data: dict[str, Any]) -> None:
+        """Hand a reply to ``owner``, the node that issued the request."""
+        ...
+
+    async def gone(self, sid: str, code: str, message: str) -> None:
+        """The session was deleted: every other node forgets it."""
+        ...
+
+
+class NoRelay:
+    """One process: the session's memory is the whole record (see the module)."""
+
+    # No row is ever read back (``attach`` returns none), so no request is
+    # ever compared with it.
+    node_id = ""
+
+    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
+        return False
+
+    def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
+        pass
+
+    async def attach(self, sid: str) -> tuple[int, list[PendingRow]]:
+        return 0, []
+
+    def detach(self, sid: str) -> None:
+        pass
+
+    async def reply(self, owner: str, sid: str, kind: str, data: dict[str, Any]) -> None:
+        # Only a request another node issued is replied to through the relay,
+        # and with one process there is none.
+        raise AssertionError(f"{data.get('req_id')} has no other node to go to")
+
+    async def gone(self, sid: str, code: str, message: str) -> None:
+        pass
