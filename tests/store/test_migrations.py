@@ -100,37 +100,48 @@ def inline_asks_task(task_id: str) -> dict[str, object]:
     }
 
 
-async def test_a_version_4_database_keeps_its_inline_asks_when_the_task_is_next_written(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "v4.sqlite"
-    conn = sqlite3.connect(db)
-    for step in MIGRATIONS[:4]:
+def database_at(path: Path, version: int, task: dict[str, object]) -> Path:
+    """A SQLite file as a server at schema ``version`` left it, holding ``task``
+    (``t-1``) and a row that is not JSON (``t-bad``)."""
+    conn = sqlite3.connect(path)
+    for step in MIGRATIONS[:version]:
         conn.executescript(step)
-    old = inline_asks_task("t-1")
-    for task_id, data in (("t-1", json.dumps(old)), ("t-bad", "{not json")):
+    for task_id, data in (("t-1", json.dumps(task)), ("t-bad", "{not json")):
         conn.execute(
             "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?)",
             (task_id, "running", 1.0, 1.0, data),
         )
-    conn.execute("PRAGMA user_version = 4")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
+    return path
 
-    store = SQLiteStore(db)
+
+async def reads_back_after_a_write_without(
+    store: SQLiteStore, old: dict[str, object], key: str
+) -> None:
+    """``t-1`` reads back as ``old``, also once written again as the engine
+    writes it now (without ``key`` inline); the unreadable row is skipped as before."""
+    row = await store.get_task("t-1")
+    assert row is not None and row.value == old
+    without = json.loads(json.dumps(old))
+    for attempt in without["attempts"]:
+        del attempt[key]
+    await store.put_task(without)
+    row = await store.get_task("t-1")
+    assert row is not None and row.value == old
+    bad = await store.get_task("t-bad")
+    assert bad is not None and bad.error is not None  # skipped as before, not fatal
+
+
+async def test_a_version_4_database_keeps_its_inline_asks_when_the_task_is_next_written(
+    tmp_path: Path,
+) -> None:
+    old = inline_asks_task("t-1")
+    store = SQLiteStore(database_at(tmp_path / "v4.sqlite", 4, old))
     await store.open()
     try:
-        row = await store.get_task("t-1")
-        assert row is not None and row.value == old
-        # Written again as the engine writes it now (no asks inline): still there.
-        without = json.loads(json.dumps(old))
-        for attempt in without["attempts"]:
-            del attempt["asks"]
-        await store.put_task(without)
-        row = await store.get_task("t-1")
-        assert row is not None and row.value == old
-        bad = await store.get_task("t-bad")
-        assert bad is not None and bad.error is not None  # skipped as before, not fatal
+        await reads_back_after_a_write_without(store, old, "asks")
     finally:
         await store.close()
 
@@ -159,36 +170,14 @@ def inline_outputs_task(task_id: str) -> dict[str, object]:
 async def test_a_version_5_database_keeps_its_inline_outputs_when_the_task_is_next_written(
     tmp_path: Path,
 ) -> None:
-    db = tmp_path / "v5.sqlite"
-    conn = sqlite3.connect(db)
-    for step in MIGRATIONS[:5]:
-        conn.executescript(step)
     old = inline_outputs_task("t-1")
-    for task_id, data in (("t-1", json.dumps(old)), ("t-bad", "{not json")):
-        conn.execute(
-            "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?)",
-            (task_id, "running", 1.0, 1.0, data),
-        )
-    conn.execute("PRAGMA user_version = 5")
-    conn.commit()
-    conn.close()
-
+    db = database_at(tmp_path / "v5.sqlite", 5, old)
     store = SQLiteStore(db)
     await store.open()
     try:
         with closing(sqlite3.connect(db)) as check:
             copied = check.execute("SELECT task_id, count(*) FROM task_outputs GROUP BY task_id")
             assert dict(copied.fetchall()) == {"t-1": 3}
-        row = await store.get_task("t-1")
-        assert row is not None and row.value == old
-        # Written again as the engine writes it now (no outputs inline): still there.
-        without = json.loads(json.dumps(old))
-        for attempt in without["attempts"]:
-            del attempt["tail"]
-        await store.put_task(without)
-        row = await store.get_task("t-1")
-        assert row is not None and row.value == old
-        bad = await store.get_task("t-bad")
-        assert bad is not None and bad.error is not None  # skipped as before, not fatal
+        await reads_back_after_a_write_without(store, old, "tail")
     finally:
         await store.close()
