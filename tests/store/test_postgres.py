@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -175,23 +175,41 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     assert holders == {"main": "op-old", "x": "op-old"}
 
 
-async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_written(
+@pytest.mark.parametrize(
+    ("table", "undo", "old_task", "key", "copied"),
+    [
+        # Undoing every later step too: the epoch column, the outputs table.
+        (
+            "task_asks",
+            "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch",
+            inline_asks_task,
+            "asks",
+            2,
+        ),
+        ("task_outputs", "DROP TABLE task_outputs", inline_outputs_task, "tail", 3),
+    ],
+)
+async def test_upgrading_keeps_what_rows_hold_inline_once_the_task_is_next_written(
     pg_url: str,
+    table: str,
+    undo: str,
+    old_task: Callable[[str], dict[str, Any]],
+    key: str,
+    copied: int,
 ) -> None:
+    """The migration that brought ``table`` copies what older rows hold inline
+    (``key`` of each attempt) and the task reads back the same, also once
+    written again without it."""
     store = PostgresStore(pg_url)
     await store.open()
     await store.close()
-    old = inline_asks_task("t-1")
-    # jsonb refuses \u0000: this row's asks cannot be copied, and stay inline.
-    odd = {**inline_asks_task("t-odd"), "directive": "\u0000"}
+    old = old_task("t-1")
+    # jsonb refuses \u0000: this row's items cannot be copied, and stay inline.
+    odd = {**old_task("t-odd"), "directive": "\u0000"}
     conn = await asyncpg.connect(pg_url)
-    # The schema as it was just before the migration that brought task_asks
-    # (and so before the later epoch column and outputs table too).
-    before = next(n for n, step in enumerate(MIGRATIONS) if "CREATE TABLE task_asks" in step)
-    await conn.execute(
-        "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; "
-        f"UPDATE operator_server_schema SET version = {before}"
-    )
+    # The schema as it was just before the migration that brought ``table``.
+    before = next(n for n, step in enumerate(MIGRATIONS) if f"CREATE TABLE {table}" in step)
+    await conn.execute(f"{undo}; UPDATE operator_server_schema SET version = {before}")
     for rec in (old, odd):
         await conn.execute(
             "INSERT INTO tasks (id, status, created_at, updated_at, data) "
@@ -201,56 +219,15 @@ async def test_upgrading_keeps_the_asks_rows_hold_inline_once_the_task_is_next_w
         )
     await store.open()
     try:
-        copied = "SELECT task_id, count(*) FROM task_asks GROUP BY task_id"
-        assert dict(await conn.fetch(copied)) == {"t-1": 2}
+        counted = f"SELECT task_id, count(*) FROM {table} GROUP BY task_id"
+        assert dict(await conn.fetch(counted)) == {"t-1": copied}
         for rec in (old, odd):
             row = await store.get_task(str(rec["id"]))
             assert row is not None and row.value == rec
-        # Written again as the engine writes it now (no asks inline): still there.
+        # Written again as the engine writes it now (nothing inline): still there.
         without = json.loads(json.dumps(old))
         for attempt in without["attempts"]:
-            del attempt["asks"]
-        await store.put_task(without)
-        row = await store.get_task("t-1")
-        assert row is not None and row.value == old
-    finally:
-        await store.close()
-        await conn.close()
-
-
-async def test_upgrading_keeps_the_outputs_rows_hold_inline_once_the_task_is_next_written(
-    pg_url: str,
-) -> None:
-    store = PostgresStore(pg_url)
-    await store.open()
-    await store.close()
-    old = inline_outputs_task("t-1")
-    # jsonb refuses \u0000: this row's outputs cannot be copied, and stay inline.
-    odd = {**inline_outputs_task("t-odd"), "directive": "\u0000"}
-    conn = await asyncpg.connect(pg_url)
-    # The schema as it was just before the migration that brought task_outputs.
-    before = next(n for n, step in enumerate(MIGRATIONS) if "CREATE TABLE task_outputs" in step)
-    await conn.execute(
-        f"DROP TABLE task_outputs; UPDATE operator_server_schema SET version = {before}"
-    )
-    for rec in (old, odd):
-        await conn.execute(
-            "INSERT INTO tasks (id, status, created_at, updated_at, data) "
-            "VALUES ($1, 'running', 1, 1, $2)",
-            rec["id"],
-            json.dumps(rec),
-        )
-    await store.open()
-    try:
-        copied = "SELECT task_id, count(*) FROM task_outputs GROUP BY task_id"
-        assert dict(await conn.fetch(copied)) == {"t-1": 3}
-        for rec in (old, odd):
-            row = await store.get_task(str(rec["id"]))
-            assert row is not None and row.value == rec
-        # Written again as the engine writes it now (no outputs inline): still there.
-        without = json.loads(json.dumps(old))
-        for attempt in without["attempts"]:
-            del attempt["tail"]
+            del attempt[key]
         await store.put_task(without)
         row = await store.get_task("t-1")
         assert row is not None and row.value == old
