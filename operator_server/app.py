@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,7 +55,9 @@ LEASES = web.AppKey("leases", Leases)
 
 
 def load_directive(settings: Settings) -> DirectiveTemplate:
-    path = settings.directive_template_path
+    if not settings.directive_template:
+        return DirectiveTemplate.builtin()
+    path = Path(settings.directive_template)
     try:
         return DirectiveTemplate.from_file(path)
     except (OSError, ValueError) as exc:

@@ -42,8 +42,14 @@ from operator_server.wire.json import DEFAULT_MAX_DEPTH, MAX_CONFIG_DEPTH
 ENV_PREFIX = "OPERATOR_SERVER_"
 LAYER_NAMES = ("main_ai", "senior_escalation", "operator_delegate")
 DEFAULT_LAYERS = list(LAYER_NAMES)
-# The shipped spawn-directive template, used when ``directive_template`` is empty.
-BUILTIN_DIRECTIVE = Path(__file__).resolve().parent.parent / "config" / "spawn-directive.txt"
+
+
+def default_store_path() -> str:
+    """``$XDG_DATA_HOME/operator-server/operator-server.sqlite`` (``~/.local/share``
+    when unset): the same file whatever directory the daemon starts in. The shipped
+    ``config/operator-server.toml`` (``make run``) sets ``data/...`` in the checkout."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "operator-server" / "operator-server.sqlite")
 
 
 class ConfigError(Exception):
@@ -52,7 +58,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class StoreSettings:
-    path: str = "data/operator-server.sqlite"
+    path: str = field(default_factory=default_store_path)
     url: str = ""
     retention_s: float = 7 * 24 * 3600
     max_interruptions: int = 3
@@ -115,10 +121,6 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
-    @property
-    def directive_template_path(self) -> Path:
-        return Path(self.directive_template) if self.directive_template else BUILTIN_DIRECTIVE
-
 
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
 _NON_NEGATIVE = validate.Range(min=0)
@@ -141,7 +143,7 @@ def _seconds(default: float, help: str, *, allow_zero: bool = True) -> fields.Fl
 
 class StoreSchema(Schema):
     path = fields.String(
-        load_default=StoreSettings.path,
+        load_default=default_store_path,
         validate=validate.Length(min=1),
         metadata=_help('SQLite file holding sessions and tasks; ":memory:" keeps nothing'),
     )

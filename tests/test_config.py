@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from operator_server.app import load_directive
 from operator_server.cli import main
 from operator_server.config import ConfigError, load_settings
 
@@ -24,8 +26,33 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_config_file_loads_and_matches_the_defaults() -> None:
     shipped = load_settings(file=REPO / "config" / "operator-server.toml", env={})
-    assert shipped == load_settings(env={})
+    # Only store.path differs: ``make run`` keeps its database in the checkout.
+    assert shipped.store.path == "data/operator-server.sqlite"
+    defaults = load_settings(env={"OPERATOR_SERVER_STORE_PATH": shipped.store.path})
+    assert shipped == defaults
     assert shipped.port == 7786 and shipped.host == "127.0.0.1"
+
+
+def test_the_default_store_is_under_xdg_data_home_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
+    monkeypatch.chdir(tmp_path)
+    expected = str(tmp_path / "share" / "operator-server" / "operator-server.sqlite")
+    assert load_settings(env={}).store.path == expected
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = tmp_path / "home" / ".local" / "share" / "operator-server" / "operator-server.sqlite"
+    assert load_settings(env={}).store.path == str(home)
+
+
+def test_the_spawn_directive_ships_inside_the_package() -> None:
+    """An installed wheel has no config/ directory: the default template must be
+    package data, not a file next to the checkout."""
+    shipped = importlib.resources.files("operator_server.operators") / "spawn-directive.txt"
+    assert shipped.is_file()
+    assert load_directive(load_settings(env={})).text == shipped.read_text(encoding="utf-8")
+    assert not (REPO / "config" / "spawn-directive.txt").exists()
 
 
 def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
