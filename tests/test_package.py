@@ -1,0 +1,102 @@
+"""The built wheel, installed outside the checkout, serves a task.
+
+A checkout hides what a wheel lacks: ``config/`` sits next to the package and the
+working directory is the checkout. This test builds the wheel from the checkout
+(``pip wheel --no-deps``), installs it into a fresh virtualenv in a temporary
+directory, starts ``<venv>/bin/operator-server serve`` there with the working
+directory outside the checkout, and runs one echo task through it over HTTP.
+
+The install is real for our package: pip unpacks the wheel into the new venv's
+site-packages and writes its ``operator-server`` console script. The third-party
+dependencies are not downloaded again: a ``.pth`` file in the new venv appends the
+project venv's site-packages to ``sys.path`` *after* the venv's own, so
+``operator_server`` is imported from the wheel and only aiohttp & co. come from
+the project venv (a ``.pth`` line is a plain path: the project venv's own ``.pth``
+files, among them the editable install pointing at the checkout, are not run).
+Installing the dependencies from the index as well took 15 s on the development
+machine (and needs the network); this way the install takes about a second and
+the whole test a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.processes import started
+from tests.test_daemon import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*command: str | Path, cwd: Path) -> str:
+    done = subprocess.run(
+        [str(part) for part in command], cwd=cwd, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.timeout(300)
+async def test_the_wheel_installed_in_a_fresh_venv_serves_a_task(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, REPO, cwd=tmp_path)
+    [wheel] = wheels.glob("operator_server-*.whl")
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    pip = (sys.executable, "-m", "pip", "--python", python, "--disable-pip-version-check")
+    run(*pip, "install", "-q", "--no-deps", wheel, cwd=tmp_path)
+    purelib = run(
+        python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))", cwd=tmp_path
+    )
+    (Path(purelib.strip()) / "project-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+
+    where = run(
+        python, "-c", "import operator_server; print(operator_server.__file__)", cwd=tmp_path
+    )
+    assert Path(where.strip()).is_relative_to(venv), where
+
+    home = tmp_path / "home"  # the default store goes under $XDG_DATA_HOME
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = free_port()
+    proc = started(
+        subprocess.Popen(
+            [venv / "bin" / "operator-server", "serve", "--port", str(port), "--secret", "s"],
+            cwd=elsewhere,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_DATA_HOME": str(home / "data")},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(400):
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                async with http.get(f"{base}/v1/healthz") as resp:
+                    if resp.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        body = {"agent": "echo", "directive": {"n": 1}}
+        async with http.post(f"{base}/v1/tasks", json=body) as resp:
+            assert resp.status == 202, await resp.text()
+            location = resp.headers["Location"]
+        async with http.get(f"{base}{location}?wait=10") as resp:
+            task = await resp.json()
+    assert task["status"] == "passed" and task["result"]["value"] == {"n": 1}
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=15) == 0
+    assert (home / "data" / "operator-server" / "operator-server.sqlite").is_file()
+    assert not (elsewhere / "data").exists()
