@@ -7,38 +7,45 @@ CONFIG ?= config/operator-server.toml
 
 .PHONY: run test lint fmt bench demo cluster screenshots clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# Two stamps: the daemon's own dependencies (run, demo, cluster), then the test and
+# lint tools on top (test, lint, fmt, bench, screenshots). Editing setup.cfg or
+# pyproject.toml redoes both.
+$(BIN)/.installed-run: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed-run
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 	touch $@
 
-run: $(BIN)/.installed
+run: $(BIN)/.installed-run
 	$(BIN)/operator-server serve --config $(CONFIG)
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-fmt: $(BIN)/.installed
+fmt: $(BIN)/.installed-test
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed-test
 	$(BIN)/python -m bench $(ARGS)
 
-demo: $(BIN)/.installed
+demo: $(BIN)/.installed-run
 	$(BIN)/python -m operator_server.demo
 
 # Two nodes on a throwaway PostgreSQL, in the foreground; Ctrl-C stops and removes all.
-cluster: $(BIN)/.installed
+cluster: $(BIN)/.installed-run
 	$(BIN)/python -m operator_server.localcluster
 
 # PNGs of the console (inbox, task page) into docs/, for the README; needs chromium.
-screenshots: $(BIN)/.installed
+screenshots: $(BIN)/.installed-test
 	$(BIN)/python -m tests.console.screenshots
 
 clean:

@@ -100,3 +100,21 @@ async def test_the_wheel_installed_in_a_fresh_venv_serves_a_task(tmp_path: Path)
     assert proc.wait(timeout=15) == 0
     assert (home / "data" / "operator-server" / "operator-server.sqlite").is_file()
     assert not (elsewhere / "data").exists()
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands ``make TARGET`` would run in a fresh clone (``-n -B``: none runs)."""
+    out = run("make", "-n", "-B", f"VENV={venv}", target, cwd=REPO)
+    return out.splitlines()
+
+
+def test_make_run_installs_only_what_the_daemon_needs(tmp_path: Path) -> None:
+    installs = [line for line in make_dry_run("run", tmp_path / "v") if "pip install" in line]
+    assert installs and all(line.endswith("-e .") for line in installs), installs
+    assert f"touch {tmp_path}/v/bin/.installed-run" in make_dry_run("run", tmp_path / "v")
+    test = make_dry_run("test", tmp_path / "v")
+    assert any(line.endswith("-e '.[test,dev]'") for line in test), test
+    assert test[-2:] == [
+        f"touch {tmp_path}/v/bin/.installed-test",
+        f"{tmp_path}/v/bin/python -m pytest -q",
+    ]
