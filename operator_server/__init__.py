@@ -1,3 +1,4 @@
 """operator_server: seat external Operators inside an agent-work engine over a WebSocket."""
 
-__version__ = "0.1.0"
+# The release being prepared; CHANGELOG.md says how a version is cut.
+__version__ = "0.2.0"

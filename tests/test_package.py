@@ -21,15 +21,18 @@ the whole test a few seconds.
 from __future__ import annotations
 
 import asyncio
+import configparser
 import signal
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from operator_server import __version__
 from tests.processes import started
 from tests.test_daemon import free_port
 
@@ -48,7 +51,11 @@ def run(*command: str | Path, cwd: Path) -> str:
 async def test_the_wheel_installed_in_a_fresh_venv_serves_a_task(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, REPO, cwd=tmp_path)
-    [wheel] = wheels.glob("operator_server-*.whl")
+    [wheel] = wheels.glob(f"operator_server-{__version__}-*.whl")
+    with zipfile.ZipFile(wheel) as unpacked:
+        names = unpacked.namelist()
+    assert "operator_server/operators/spawn-directive.txt" in names
+    assert any(".dist-info/" in name and name.endswith("LICENSE") for name in names), names
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
@@ -118,3 +125,14 @@ def test_make_run_installs_only_what_the_daemon_needs(tmp_path: Path) -> None:
         f"touch {tmp_path}/v/bin/.installed-test",
         f"{tmp_path}/v/bin/python -m pytest -q",
     ]
+
+
+def test_the_package_has_a_license_and_a_version_past_the_seed() -> None:
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    assert setup["metadata"]["license"] == "MIT" and license_text.startswith("MIT License")
+    assert setup["metadata"]["license_files"] == "LICENSE"
+    assert tuple(int(part) for part in __version__.split(".")) > (0, 1, 0)
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert f"{__version__} now" in changelog and "A cut renames" in changelog
