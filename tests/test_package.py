@@ -1,10 +1,11 @@
 """The built wheel, installed outside the checkout, serves a task.
 
 A checkout hides what a wheel lacks: ``config/`` sits next to the package and the
-working directory is the checkout. This test builds the wheel from the checkout
-(``pip wheel --no-deps``), installs it into a fresh virtualenv in a temporary
-directory, starts ``<venv>/bin/operator-server serve`` there with the working
-directory outside the checkout, and runs one echo task through it over HTTP.
+working directory is the checkout. This test builds the wheel from a copy of the
+checkout's files (``pip wheel --no-deps .``), installs it into a fresh virtualenv
+in a temporary directory, starts ``<venv>/bin/operator-server serve`` there with
+the working directory outside the checkout, and runs one echo task through it
+over HTTP.
 
 The install is real for our package: pip unpacks the wheel into the new venv's
 site-packages and writes its ``operator-server`` console script. The third-party
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +39,7 @@ from tests.processes import started
 from tests.test_daemon import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+LEFT_BEHIND = (".git", ".venv", "build", "dist", "data", "*.egg-info", "__pycache__", ".*_cache")
 
 
 def run(*command: str | Path, cwd: Path) -> str:
@@ -49,8 +52,12 @@ def run(*command: str | Path, cwd: Path) -> str:
 
 @pytest.mark.timeout(300)
 async def test_the_wheel_installed_in_a_fresh_venv_serves_a_task(tmp_path: Path) -> None:
+    # The checkout's files without what builds and runs leave behind: pip builds a
+    # local directory in place, and a stale build/lib would hide a file missing.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*LEFT_BEHIND))
     wheels = tmp_path / "wheels"
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, REPO, cwd=tmp_path)
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, ".", cwd=source)
     [wheel] = wheels.glob(f"operator_server-{__version__}-*.whl")
     with zipfile.ZipFile(wheel) as unpacked:
         names = unpacked.namelist()

@@ -2,8 +2,8 @@
 
 ``open_store(settings)`` picks the implementation: PostgreSQL when
 ``store.url`` is set (the store a cluster of nodes shares), else SQLite for a
-file path (the default, ``data/operator-server.sqlite``), or a process-local
-``MemoryStore`` for ``":memory:"``.
+file path (the default, ``$XDG_DATA_HOME/operator-server/operator-server.sqlite``),
+or a process-local ``MemoryStore`` for ``":memory:"``.
 """
 
 from operator_server.config import Settings
