@@ -145,7 +145,10 @@ class StoreSchema(Schema):
     path = fields.String(
         load_default=default_store_path,
         validate=validate.Length(min=1),
-        metadata=_help('SQLite file holding sessions and tasks; ":memory:" keeps nothing'),
+        metadata=_help(
+            "SQLite file holding sessions and tasks, by default under"
+            ' $XDG_DATA_HOME/operator-server/; ":memory:" keeps nothing'
+        ),
     )
     url = fields.String(
         load_default=StoreSettings.url,
