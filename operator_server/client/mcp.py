@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ log = get_logger(__name__)
 MEMORY = 4096  # req_ids remembered as answered or withdrawn, for clear tool errors
 NOTICE_LIMIT = 1000  # notices kept for a model that never calls next_request
 FOREVER = 10 * 365 * 86400.0
+STDIN_LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line, large answers too
 
 
 class ToolError(Exception):
@@ -103,6 +106,9 @@ class OperatorBridge:
         self.options = options
         self.url = options.url.rstrip("/")
         self.client: OperatorClient | None = None
+        # The client being seated, from before its mint: whatever stops the bridge
+        # mid-start still closes it, and leaves the session its mint may have made.
+        self._seating: OperatorClient | None = None
         self.error: str | None = None  # why the bridge holds no session, if it does not
         self._background = Background()
         self._held: dict[str, Held] = {}  # insertion order = issue order
@@ -123,15 +129,21 @@ class OperatorBridge:
 
     async def close(self) -> None:
         """Leave the session (or keep it, with ``keep_session``) and stop."""
-        client = self.client
         await self._background.close("bridge closing")
+        client = self.client or self._seating
         if client is not None:
             if self.options.keep_session:
                 await client.close()
             else:
                 try:
+                    if client.sid is None and client.token is not None:
+                        # Stopped mid-mint: the server may have made the session.
+                        # Minting again with the same token finds it (or makes
+                        # one), so there is a sid to delete.
+                        async with asyncio.timeout(self.options.confirm_timeout_s):
+                            await client.join()
                     await client.leave()
-                except (RequestFailed, aiohttp.ClientError, OSError) as exc:
+                except (RequestFailed, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("could not leave the session", sid=client.sid, error=str(exc))
                     await client.close()
                 if self.options.state_file is not None:
@@ -169,6 +181,7 @@ class OperatorBridge:
         sid, token = self._resume_from()
         while True:
             client = self._new_client(sid, token)
+            self._seating = client
             try:
                 await self._join(client)
                 self.client, self._swept_on = client, 1
@@ -180,6 +193,7 @@ class OperatorBridge:
             except SessionGone as exc:
                 self._drop_all(f"the operator session ended: {exc}")
                 await client.close()
+                self._seating = None
                 if sid is not None and self.options.sid is None:
                     # A kept session the server no longer knows: start afresh.
                     log.warning("kept session is gone; joining anew", sid=sid)
@@ -192,6 +206,7 @@ class OperatorBridge:
                 self.error = f"cannot join: {exc}"
                 log.error("cannot join", code=exc.code, error=exc.message)
                 await client.close()
+                self._seating = None
                 return
 
     async def _join(self, client: OperatorClient) -> None:
@@ -201,9 +216,12 @@ class OperatorBridge:
         bridge killed before it kept the answer takes that session back at its
         next start instead of finding its roles held by its own ghost."""
         path = self.options.state_file
-        if path is not None and client.sid is None:
+        if client.sid is None:
+            # Chosen here, not by the server: a bridge stopped before the mint's
+            # answer can still find (and leave) the session it made.
             client.token = client.token or secrets.token_urlsafe(32)
-            save_state(path, SessionState(self.url, "", client.token, client.roles))
+            if path is not None:
+                save_state(path, SessionState(self.url, "", client.token, client.roles))
         delay = 0.2
         while True:
             try:
@@ -548,15 +566,58 @@ def build_server(bridge: OperatorBridge) -> Server[Any, Any]:
     return server
 
 
+class _StdinLines:
+    """stdin as lines, read on the event loop rather than in a worker thread (the
+    SDK's default), so SIGTERM can stop the server while stdin is still open."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._reader.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+async def _stdin_lines() -> Any:
+    """``_StdinLines`` on fd 0, or None (the SDK's own reader) when stdin is not a
+    pipe, socket or terminal the loop can watch (a regular file, say)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STDIN_LINE_LIMIT)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (OSError, ValueError):
+        return None
+    return _StdinLines(reader)
+
+
 async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> None:
-    """Serve MCP on stdin and ``protocol_out`` (default stdout) until stdin ends."""
+    """Serve MCP on stdin and ``protocol_out`` (default stdout) until stdin ends
+    or SIGTERM / SIGINT; then leave the session (unless ``keep_session``)."""
     bridge = OperatorBridge(options)
     bridge.open()
     server = build_server(bridge)
     stdout = anyio.wrap_file(protocol_out) if protocol_out is not None else None
-    try:
-        async with stdio_server(stdout=stdout) as (read, write):
+    stdin = await _stdin_lines()
+
+    async def run() -> None:
+        async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):
             await server.run(read, write, server.create_initialization_options())
+
+    loop = asyncio.get_running_loop()
+    runner = asyncio.create_task(run(), name="mcp-bridge:stdio")
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, runner.cancel)
+    try:
+        await asyncio.gather(runner, return_exceptions=True)
     finally:
-        log.info("stdin closed; leaving" if not options.keep_session else "stdin closed")
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        why = "stopped" if runner.cancelled() else "stdin closed"
+        log.info(f"{why}; leaving" if not options.keep_session else why)
         await bridge.close()

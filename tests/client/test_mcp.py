@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -488,3 +489,66 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert done["status"] == "passed" and done["attempt"] == 1
         finally:
             await proxy.close()
+
+
+async def operators(daemon: Daemon) -> list[dict[str, Any]]:
+    """The daemon's session list (admin view; the test is on loopback)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.base}/v1/operators") as resp:
+        listed: list[dict[str, Any]] = (await resp.json())["operators"]
+        return listed
+
+
+async def bridge_process(daemon: Daemon, *args: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *BRIDGE,
+        "--url",
+        daemon.base,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    started(proc)
+    return proc
+
+
+async def exit_of(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    assert proc.stderr is not None
+    err = await asyncio.wait_for(proc.stderr.read(), 30)
+    return await asyncio.wait_for(proc.wait(), 30), err.decode()
+
+
+def clean(err: str) -> bool:
+    return "Traceback" not in err and "Unclosed" not in err and "Error:" not in err
+
+
+async def test_sigterm_leaves_the_session_and_exits_cleanly(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        proc = await bridge_process(daemon, "--role", "main")
+        for _ in range(1500):
+            if any(o["connected"] for o in await operators(daemon)):
+                break
+            await asyncio.sleep(0.02)  # polling the daemon's own list
+        else:
+            raise AssertionError("the bridge did not take its seat")
+        proc.send_signal(signal.SIGTERM)
+        code, err = await exit_of(proc)
+        assert code == 0 and clean(err), err
+        assert await operators(daemon) == []
+
+
+async def test_stdin_closed_during_start_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        # stdin closes before the bridge has begun, then as soon as its mint lands
+        # (before its socket is up), at different points of the start-up.
+        for wait_for_mint in (False, True, False, True):
+            proc = await bridge_process(daemon, "--role", "main")
+            assert proc.stdin is not None
+            for _ in range(3000 if wait_for_mint else 0):
+                if await operators(daemon):
+                    break
+                await asyncio.sleep(0.005)  # polling the daemon's own list
+            proc.stdin.close()
+            code, err = await exit_of(proc)
+            assert code == 0 and clean(err), err
+            assert await operators(daemon) == []
