@@ -386,8 +386,8 @@ def mcp_main(args: argparse.Namespace) -> int:
     )
     # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_stdio(options, protocol_out))
-    return 0
+        return asyncio.run(serve_stdio(options, protocol_out))
+    return 130
 
 
 def serve_main(args: argparse.Namespace) -> int:

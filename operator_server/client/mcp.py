@@ -109,7 +109,9 @@ class OperatorBridge:
         # The client being seated, from before its mint: whatever stops the bridge
         # mid-start still closes it, and leaves the session its mint may have made.
         self._seating: OperatorClient | None = None
+        self._mint_sent = False  # its mint may have reached the server
         self.error: str | None = None  # why the bridge holds no session, if it does not
+        self._remedy = ""  # what the user does about ``error`` while unseated
         self._background = Background()
         self._held: dict[str, Held] = {}  # insertion order = issue order
         self._answered: OrderedDict[str, str] = OrderedDict()  # req_id -> reply type
@@ -136,7 +138,7 @@ class OperatorBridge:
                 await client.close()
             else:
                 try:
-                    if client.sid is None and client.token is not None:
+                    if client.sid is None and client.token is not None and self._mint_sent:
                         # Stopped mid-mint: the server may have made the session.
                         # Minting again with the same token finds it (or makes
                         # one), so there is a sid to delete.
@@ -204,6 +206,7 @@ class OperatorBridge:
                 return
             except RequestFailed as exc:
                 self.error = f"cannot join: {exc}"
+                self._remedy = _remedy(exc)
                 log.error("cannot join", code=exc.code, error=exc.message)
                 await client.close()
                 self._seating = None
@@ -225,10 +228,18 @@ class OperatorBridge:
         delay = 0.2
         while True:
             try:
+                self._mint_sent = True
                 await client.join()
                 break
             except (aiohttp.ClientConnectionError, OSError) as exc:
+                # Refused before anything was sent: no session can have been made.
+                self._mint_sent = not isinstance(exc, aiohttp.ClientConnectorError)
                 self.error = f"cannot reach {self.url}: {exc}"
+                self._remedy = (
+                    f"is the daemon running at {self.url}? (`make run`; or set "
+                    "OPERATOR_SERVER_URL / --url); the bridge keeps trying and takes its seat "
+                    "once it answers"
+                )
                 await asyncio.sleep(delay)  # backoff between attempts, not a settle-wait
                 delay = min(self.options.backoff_max_s, delay * 2)
         if path is not None and client.sid is not None and client.token is not None:
@@ -331,10 +342,21 @@ class OperatorBridge:
 
     # -- tools -----------------------------------------------------------------
 
+    @property
+    def unseated(self) -> bool:
+        """The bridge tried to take its seat and could not (so far)."""
+        return self.client is None and self.error is not None
+
     async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         tool = TOOL_BY_NAME.get(name)
         if tool is None:
             raise ToolError("unknown_tool", f"no tool named {name!r}")
+        if self.unseated:
+            # Every tool, or a model looping on next_request waits on nothing forever.
+            raise ToolError(
+                "not_seated",
+                f"this bridge holds no operator session ({self.error}): {self._remedy}",
+            )
         try:
             jsonschema.validate(arguments, tool.inputSchema)
         except jsonschema.ValidationError as exc:
@@ -514,6 +536,23 @@ class OperatorBridge:
 TOOL_BY_NAME = {tool.name: tool for tool in TOOLS}
 
 
+def _remedy(exc: RequestFailed) -> str:
+    """What a user does about a mint the daemon refused, in their terms."""
+    if exc.code == "roles_conflict":
+        what = (
+            "another operator session holds the role: stop that operator, or pick "
+            "another --role, or attach to that session with --sid/--token"
+        )
+    elif exc.status in (401, 403):
+        what = (
+            "set OPERATOR_SERVER_API_TOKEN (or --api-token) in the bridge's configuration "
+            "to the daemon's api_token"
+        )
+    else:
+        what = "fix what the error says"
+    return f"{what}, then restart the bridge (the MCP client starts it again)"
+
+
 def _error_result(code: str, message: str) -> types.CallToolResult:
     error = {"error": {"code": code, "message": message}}
     return types.CallToolResult(
@@ -595,9 +634,10 @@ async def _stdin_lines() -> Any:
     return _StdinLines(reader)
 
 
-async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> None:
+async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> int:
     """Serve MCP on stdin and ``protocol_out`` (default stdout) until stdin ends
-    or SIGTERM / SIGINT; then leave the session (unless ``keep_session``)."""
+    or SIGTERM / SIGINT; then leave the session (unless ``keep_session``).
+    Returns the exit code: 1 when the bridge never took its seat."""
     bridge = OperatorBridge(options)
     bridge.open()
     server = build_server(bridge)
@@ -620,4 +660,9 @@ async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> None:
             loop.remove_signal_handler(sig)
         why = "stopped" if runner.cancelled() else "stdin closed"
         log.info(f"{why}; leaving" if not options.keep_session else why)
+        unseated = bridge.unseated
         await bridge.close()
+    if unseated:
+        log.error("the bridge never took its seat", error=bridge.error)
+        return 1
+    return 0
