@@ -211,7 +211,11 @@ def operator_main(args: argparse.Namespace) -> int:
     import aiohttp
 
     from operator_server.client.operator import SessionGone
-    from operator_server.client.state import default_state_file
+    from operator_server.client.state import (
+        StateFileInUse,
+        claim_state_file,
+        default_state_file,
+    )
     from operator_server.client.terminal import StartupFailed, TerminalOperator
     from operator_server.logs import configure_logging
 
@@ -227,6 +231,11 @@ def operator_main(args: argparse.Namespace) -> int:
         if args.state_file
         else default_state_file("operator", url, [args.role])
     )
+    try:
+        claim_state_file(state_file)  # held until this process ends
+    except (StateFileInUse, OSError) as exc:
+        print(f"operator-server: {exc}", file=sys.stderr)
+        return 1
     configure_logging("warning", "console")
     terminal = TerminalOperator(
         url,
@@ -377,8 +386,8 @@ def mcp_main(args: argparse.Namespace) -> int:
     )
     # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_stdio(options, protocol_out))
-    return 0
+        return asyncio.run(serve_stdio(options, protocol_out))
+    return 130
 
 
 def serve_main(args: argparse.Namespace) -> int:

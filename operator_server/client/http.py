@@ -47,7 +47,10 @@ class _Http:
 
     async def close(self) -> None:
         if self._own_session and self._session is not None:
-            await self._session.close()
+            # Forgotten once closed: a later request (a leave after a stopped
+            # start-up) opens a new one instead of failing "Session is closed".
+            session, self._session = self._session, None
+            await session.close()
 
     async def __aenter__(self) -> Any:
         return self

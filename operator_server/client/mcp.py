@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ log = get_logger(__name__)
 MEMORY = 4096  # req_ids remembered as answered or withdrawn, for clear tool errors
 NOTICE_LIMIT = 1000  # notices kept for a model that never calls next_request
 FOREVER = 10 * 365 * 86400.0
+STDIN_LINE_LIMIT = 64 * 1024 * 1024  # one JSON-RPC message per line, large answers too
 
 
 class ToolError(Exception):
@@ -103,7 +106,12 @@ class OperatorBridge:
         self.options = options
         self.url = options.url.rstrip("/")
         self.client: OperatorClient | None = None
+        # The client being seated, from before its mint: whatever stops the bridge
+        # mid-start still closes it, and leaves the session its mint may have made.
+        self._seating: OperatorClient | None = None
+        self._mint_sent = False  # its mint may have reached the server
         self.error: str | None = None  # why the bridge holds no session, if it does not
+        self._remedy = ""  # what the user does about ``error`` while unseated
         self._background = Background()
         self._held: dict[str, Held] = {}  # insertion order = issue order
         self._answered: OrderedDict[str, str] = OrderedDict()  # req_id -> reply type
@@ -123,15 +131,21 @@ class OperatorBridge:
 
     async def close(self) -> None:
         """Leave the session (or keep it, with ``keep_session``) and stop."""
-        client = self.client
         await self._background.close("bridge closing")
+        client = self.client or self._seating
         if client is not None:
             if self.options.keep_session:
                 await client.close()
             else:
                 try:
+                    if client.sid is None and client.token is not None and self._mint_sent:
+                        # Stopped mid-mint: the server may have made the session.
+                        # Minting again with the same token finds it (or makes
+                        # one), so there is a sid to delete.
+                        async with asyncio.timeout(self.options.confirm_timeout_s):
+                            await client.join()
                     await client.leave()
-                except (RequestFailed, aiohttp.ClientError, OSError) as exc:
+                except (RequestFailed, aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("could not leave the session", sid=client.sid, error=str(exc))
                     await client.close()
                 if self.options.state_file is not None:
@@ -169,6 +183,7 @@ class OperatorBridge:
         sid, token = self._resume_from()
         while True:
             client = self._new_client(sid, token)
+            self._seating = client
             try:
                 await self._join(client)
                 self.client, self._swept_on = client, 1
@@ -180,6 +195,7 @@ class OperatorBridge:
             except SessionGone as exc:
                 self._drop_all(f"the operator session ended: {exc}")
                 await client.close()
+                self._seating = None
                 if sid is not None and self.options.sid is None:
                     # A kept session the server no longer knows: start afresh.
                     log.warning("kept session is gone; joining anew", sid=sid)
@@ -190,8 +206,10 @@ class OperatorBridge:
                 return
             except RequestFailed as exc:
                 self.error = f"cannot join: {exc}"
+                self._remedy = _remedy(exc)
                 log.error("cannot join", code=exc.code, error=exc.message)
                 await client.close()
+                self._seating = None
                 return
 
     async def _join(self, client: OperatorClient) -> None:
@@ -201,16 +219,27 @@ class OperatorBridge:
         bridge killed before it kept the answer takes that session back at its
         next start instead of finding its roles held by its own ghost."""
         path = self.options.state_file
-        if path is not None and client.sid is None:
+        if client.sid is None:
+            # Chosen here, not by the server: a bridge stopped before the mint's
+            # answer can still find (and leave) the session it made.
             client.token = client.token or secrets.token_urlsafe(32)
-            save_state(path, SessionState(self.url, "", client.token, client.roles))
+            if path is not None:
+                save_state(path, SessionState(self.url, "", client.token, client.roles))
         delay = 0.2
         while True:
             try:
+                self._mint_sent = True
                 await client.join()
                 break
             except (aiohttp.ClientConnectionError, OSError) as exc:
+                # Refused before anything was sent: no session can have been made.
+                self._mint_sent = not isinstance(exc, aiohttp.ClientConnectorError)
                 self.error = f"cannot reach {self.url}: {exc}"
+                self._remedy = (
+                    f"is the daemon running at {self.url}? (`make run`; or set "
+                    "OPERATOR_SERVER_URL / --url); the bridge keeps trying and takes its seat "
+                    "once it answers"
+                )
                 await asyncio.sleep(delay)  # backoff between attempts, not a settle-wait
                 delay = min(self.options.backoff_max_s, delay * 2)
         if path is not None and client.sid is not None and client.token is not None:
@@ -313,10 +342,21 @@ class OperatorBridge:
 
     # -- tools -----------------------------------------------------------------
 
+    @property
+    def unseated(self) -> bool:
+        """The bridge tried to take its seat and could not (so far)."""
+        return self.client is None and self.error is not None
+
     async def call(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         tool = TOOL_BY_NAME.get(name)
         if tool is None:
             raise ToolError("unknown_tool", f"no tool named {name!r}")
+        if self.unseated:
+            # Every tool, or a model looping on next_request waits on nothing forever.
+            raise ToolError(
+                "not_seated",
+                f"this bridge holds no operator session ({self.error}): {self._remedy}",
+            )
         try:
             jsonschema.validate(arguments, tool.inputSchema)
         except jsonschema.ValidationError as exc:
@@ -496,6 +536,23 @@ class OperatorBridge:
 TOOL_BY_NAME = {tool.name: tool for tool in TOOLS}
 
 
+def _remedy(exc: RequestFailed) -> str:
+    """What a user does about a mint the daemon refused, in their terms."""
+    if exc.code == "roles_conflict":
+        what = (
+            "another operator session holds the role: stop that operator, or pick "
+            "another --role, or attach to that session with --sid/--token"
+        )
+    elif exc.status in (401, 403):
+        what = (
+            "set OPERATOR_SERVER_API_TOKEN (or --api-token) in the bridge's configuration "
+            "to the daemon's api_token"
+        )
+    else:
+        what = "fix what the error says"
+    return f"{what}, then restart the bridge (the MCP client starts it again)"
+
+
 def _error_result(code: str, message: str) -> types.CallToolResult:
     error = {"error": {"code": code, "message": message}}
     return types.CallToolResult(
@@ -548,15 +605,64 @@ def build_server(bridge: OperatorBridge) -> Server[Any, Any]:
     return server
 
 
-async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> None:
-    """Serve MCP on stdin and ``protocol_out`` (default stdout) until stdin ends."""
+class _StdinLines:
+    """stdin as lines, read on the event loop rather than in a worker thread (the
+    SDK's default), so SIGTERM can stop the server while stdin is still open."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+
+    def __aiter__(self) -> _StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._reader.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+
+async def _stdin_lines() -> Any:
+    """``_StdinLines`` on fd 0, or None (the SDK's own reader) when stdin is not a
+    pipe, socket or terminal the loop can watch (a regular file, say)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STDIN_LINE_LIMIT)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (OSError, ValueError):
+        return None
+    return _StdinLines(reader)
+
+
+async def serve_stdio(options: BridgeOptions, protocol_out: Any = None) -> int:
+    """Serve MCP on stdin and ``protocol_out`` (default stdout) until stdin ends
+    or SIGTERM / SIGINT; then leave the session (unless ``keep_session``).
+    Returns the exit code: 1 when the bridge never took its seat."""
     bridge = OperatorBridge(options)
     bridge.open()
     server = build_server(bridge)
     stdout = anyio.wrap_file(protocol_out) if protocol_out is not None else None
-    try:
-        async with stdio_server(stdout=stdout) as (read, write):
+    stdin = await _stdin_lines()
+
+    async def run() -> None:
+        async with stdio_server(stdin=stdin, stdout=stdout) as (read, write):
             await server.run(read, write, server.create_initialization_options())
+
+    loop = asyncio.get_running_loop()
+    runner = asyncio.create_task(run(), name="mcp-bridge:stdio")
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, runner.cancel)
+    try:
+        await asyncio.gather(runner, return_exceptions=True)
     finally:
-        log.info("stdin closed; leaving" if not options.keep_session else "stdin closed")
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        why = "stopped" if runner.cancelled() else "stdin closed"
+        log.info(f"{why}; leaving" if not options.keep_session else why)
+        unseated = bridge.unseated
         await bridge.close()
+    if unseated:
+        log.error("the bridge never took its seat", error=bridge.error)
+        return 1
+    return 0

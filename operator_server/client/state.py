@@ -8,10 +8,17 @@ under ``$XDG_STATE_HOME/operator-server/`` (``~/.local/state`` when unset).
 A kept ``sid`` of ``""`` is a mint started with the kept (client-chosen) token
 whose answer was never kept: the session it made, if any, is the one that
 token opens.
+
+One process per state file: ``claim_state_file`` takes an exclusive ``flock``
+on a sidecar ``<file>.lock`` holding the owner's PID, for the process's life
+(the kernel drops it when the process dies).  Two operators sharing a file
+would resume one session and replace each other's socket without end.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -75,3 +82,30 @@ def save_state(path: Path, state: SessionState) -> None:
 
 def forget_state(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+class StateFileInUse(Exception):
+    """Another live process keeps its session in this state file."""
+
+
+def claim_state_file(path: Path) -> int:
+    """Lock ``path`` for this process (held until the returned descriptor is
+    closed, or the process ends), or raise ``StateFileInUse`` naming the holder."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = path.with_name(path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise StateFileInUse(
+                f"{path} is in use by another operator (pid {holder or 'unknown'}): one seat "
+                "per state file; stop that one, or pass --state-file PATH to run a second"
+            ) from None
+        raise
+    # Only the holder writes: the PID is what a second process reports.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from mcp.client.stdio import stdio_client
 
 from tests.client.test_operator_cli import AnswersSwallowed
 from tests.processes import started
-from tests.test_daemon import Daemon, start_daemon
+from tests.test_daemon import Daemon, free_port, start_daemon
 
 BRIDGE = [sys.executable, "-m", "operator_server", "mcp"]
 
@@ -488,3 +489,135 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert done["status"] == "passed" and done["attempt"] == 1
         finally:
             await proxy.close()
+
+
+async def operators(daemon: Daemon) -> list[dict[str, Any]]:
+    """The daemon's session list (admin view; the test is on loopback)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{daemon.base}/v1/operators") as resp:
+        listed: list[dict[str, Any]] = (await resp.json())["operators"]
+        return listed
+
+
+async def bridge_process(daemon: Daemon, *args: str) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *BRIDGE,
+        "--url",
+        daemon.base,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    started(proc)
+    return proc
+
+
+async def exit_of(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    assert proc.stderr is not None
+    err = await asyncio.wait_for(proc.stderr.read(), 30)
+    return await asyncio.wait_for(proc.wait(), 30), err.decode()
+
+
+def clean(err: str) -> bool:
+    return "Traceback" not in err and "Unclosed" not in err and "Error:" not in err
+
+
+async def test_sigterm_leaves_the_session_and_exits_cleanly(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        proc = await bridge_process(daemon, "--role", "main")
+        for _ in range(1500):
+            if any(o["connected"] for o in await operators(daemon)):
+                break
+            await asyncio.sleep(0.02)  # polling the daemon's own list
+        else:
+            raise AssertionError("the bridge did not take its seat")
+        proc.send_signal(signal.SIGTERM)
+        code, err = await exit_of(proc)
+        assert code == 0 and clean(err), err
+        assert await operators(daemon) == []
+
+
+async def test_stdin_closed_during_start_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        # stdin closes before the bridge has begun, then as soon as its mint lands
+        # (before its socket is up), at different points of the start-up.
+        for wait_for_mint in (False, True, False, True):
+            proc = await bridge_process(daemon, "--role", "main")
+            assert proc.stdin is not None
+            for _ in range(3000 if wait_for_mint else 0):
+                if await operators(daemon):
+                    break
+                await asyncio.sleep(0.005)  # polling the daemon's own list
+            proc.stdin.close()
+            code, err = await exit_of(proc)
+            assert code == 0 and clean(err), err
+            assert await operators(daemon) == []
+
+
+@asynccontextmanager
+async def unseated_bridge(url: str, tmp_path: Path, *args: str) -> AsyncIterator[ClientSession]:
+    """A bridge (through a shell that writes down its exit code) that has tried
+    to take its seat and could not."""
+    command = " ".join([*BRIDGE, "--url", url, "--backoff-max-s", "0.3", *args])
+    params = StdioServerParameters(
+        command="sh",
+        args=["-c", f'{command}; echo $? > "{tmp_path / "exit"}"'],
+        env=dict(os.environ),
+    )
+    with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            for _ in range(500):
+                if (await session.call_tool("status", {})).isError:
+                    break
+                await asyncio.sleep(0.02)  # polling the bridge's own status
+            yield session
+
+
+async def every_tool_fails(session: ClientSession, *words: str) -> None:
+    arguments = {"req_id": "r", "reason": "x", "value": 1, "worker_handle": "w"}
+    arguments |= {"task_id": "t", "agent": "a", "directive": "d"}
+    for tool in CONTRACT:
+        schema = next(t for t in (await session.list_tools()).tools if t.name == tool)
+        given = {k: v for k, v in arguments.items() if k in schema.inputSchema["properties"]}
+        error = await call_error(session, tool, **given)
+        assert error["code"] == "not_seated", (tool, error)
+        for word in words:
+            assert word in error["message"], (tool, error)
+
+
+async def exit_code_written(tmp_path: Path) -> int:
+    for _ in range(1500):
+        if (tmp_path / "exit").exists() and (tmp_path / "exit").read_text().strip():
+            return int((tmp_path / "exit").read_text())
+        await asyncio.sleep(0.02)  # the shell writes it once the bridge exits
+    raise AssertionError("the bridge did not exit")
+
+
+async def test_a_bridge_refused_its_seat_fails_every_tool_and_exits_non_zero(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+        ):
+            holder = (await resp.json())["sid"]
+        async with unseated_bridge(daemon.base, tmp_path, "--role", "main") as mcp:
+            await every_tool_fails(mcp, "roles_conflict", "--role", "restart the bridge")
+        assert await exit_code_written(tmp_path) == 1
+        assert [o["sid"] for o in await operators(daemon)] == [holder]
+
+
+async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_non_zero(
+    tmp_path: Path,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with unseated_bridge(url, tmp_path, "--role", "main") as mcp:
+        await every_tool_fails(mcp, f"cannot reach {url}", "is the daemon running")
+    assert await exit_code_written(tmp_path) == 1
+    err = (tmp_path / "bridge.stderr").read_text()
+    assert clean(err) and "could not leave" not in err, err

@@ -93,6 +93,26 @@ async def test_a_restarted_operator_resumes_its_session_instead_of_a_roles_confl
     assert kept.sid not in directory_of(client).sessions
 
 
+async def test_a_second_operator_on_the_same_state_file_refuses_naming_the_first(
+    server: Server, tmp_path: Path
+) -> None:
+    client = await server()
+    state_file = str(tmp_path / "op.json")
+    first = await start_operator(client, "--role", "main", "--state-file", state_file)
+    kept = load_state(Path(state_file))
+    assert kept is not None
+    code, out, err = await run_operator_until_exit(
+        "--url", base(client), "--role", "main", "--state-file", state_file
+    )
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"pid {first.pid}" in err and "--state-file" in err, err
+    # The first keeps its seat: not resumed under it, not deleted by the second.
+    assert list(directory_of(client).sessions) == [kept.sid]
+    assert load_state(Path(state_file)) == kept
+    await stop(first)
+    assert not directory_of(client).sessions
+
+
 class AnswersSwallowed:
     """A TCP proxy to the server that, while ``swallowing``, passes each request
     on but never its answer: the server acts, the client never hears of it."""
