@@ -118,7 +118,9 @@ async def test_the_wheel_installed_in_a_fresh_venv_serves_a_task(tmp_path: Path)
 
 def make_dry_run(target: str, venv: Path) -> list[str]:
     """The commands ``make TARGET`` would run in a fresh clone (``-n -B``: none runs)."""
-    out = run("make", "-n", "-B", f"VENV={venv}", target, cwd=REPO)
+    # --no-print-directory: under ``make test`` this make is a sub-make (MAKELEVEL
+    # is inherited), which would otherwise add "Entering/Leaving directory" lines.
+    out = run("make", "--no-print-directory", "-n", "-B", f"VENV={venv}", target, cwd=REPO)
     return out.splitlines()
 
 
