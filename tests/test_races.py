@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from operator_server.appkeys import STORE
 from operator_server.engine import WorkerResult
 from tests.conftest import Server, directory_of, engine_of, wait_task
 from tests.engine.test_capabilities import bearer, start_parked
-from tests.wsop import eventually, handler_suspended, handlers_suspended, mint
+from tests.wsop import eventually, handler_suspended, handlers_suspended, mint, slow_body
 
 
 async def test_concurrent_deletes_give_one_204_and_404s(server: Server, tmp_path: Path) -> None:
@@ -80,12 +79,6 @@ async def test_a_failing_sweep_is_logged_and_the_next_one_runs(server: Server) -
     assert failed and failed[0]["log_level"] == "error" and failed[0]["exc_info"]
 
 
-async def _slow_body(first: bytes, gate: asyncio.Event, rest: bytes) -> AsyncIterator[bytes]:
-    yield first
-    await gate.wait()
-    yield rest
-
-
 async def test_a_result_arriving_after_its_attempt_ended_is_409(server: Server) -> None:
     client = await server()
     parked, task = await start_parked(client)
@@ -94,7 +87,7 @@ async def test_a_result_arriving_after_its_attempt_ended_is_409(server: Server) 
     post = asyncio.create_task(
         client.post(
             "/v1/worker/result",
-            data=_slow_body(b'{"value": ', gate, b'"late", "ok": true}'),
+            data=slow_body(b'{"value": ', gate, b'"late", "ok": true}'),
             headers=bearer(ctx.worker_handle),
         )
     )
@@ -118,7 +111,7 @@ async def test_a_result_for_attempt_1_arriving_during_attempt_2_is_409(server: S
     post = asyncio.create_task(
         client.post(
             "/v1/worker/result",
-            data=_slow_body(b'{"value": ', gate, b'"late"}'),
+            data=slow_body(b'{"value": ', gate, b'"late"}'),
             headers=bearer(first.worker_handle),
         )
     )

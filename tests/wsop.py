@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import types
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType
@@ -58,6 +59,14 @@ async def eventually(condition: Any, within: float = 5, what: str = "condition")
         if loop.time() > deadline:
             raise AssertionError(f"{what} did not happen within {within}s")
         await asyncio.sleep(0.01)
+
+
+async def slow_body(first: bytes, gate: asyncio.Event, rest: bytes) -> AsyncIterator[bytes]:
+    """A request body sent in two parts, the second once ``gate`` is set: the
+    handler is then inside its body read (``handler_suspended``) meanwhile."""
+    yield first
+    await gate.wait()
+    yield rest
 
 
 def handler_suspended(name: str) -> bool:

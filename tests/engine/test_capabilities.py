@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from operator_server.engine import AttemptContext, WorkerResult
 from operator_server.store import Events, Fenced, SQLiteStore, StoreError
 from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.fakes import FakeOperator
-from tests.wsop import eventually, handler_suspended
+from tests.wsop import eventually, handler_suspended, slow_body
 
 
 class Parked:
@@ -254,14 +253,12 @@ async def test_a_result_arriving_while_the_decided_end_is_written_is_refused_409
 
     # A worker's post whose credential is checked now, its body sent later.
     body_sent = asyncio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b'{"value": "la'
-        await body_sent.wait()
-        yield b'te"}'
-
     posting = asyncio.create_task(
-        client.post("/v1/worker/result", data=body(), headers=bearer(ctx.worker_handle))
+        client.post(
+            "/v1/worker/result",
+            data=slow_body(b'{"value": "la', body_sent, b'te"}'),
+            headers=bearer(ctx.worker_handle),
+        )
     )
     await eventually(lambda: handler_suspended("read_json"), what="the body being read")
     # The operator decides the attempt; its end is being written (held).
@@ -318,14 +315,12 @@ async def test_a_result_arriving_while_the_decided_attempts_asks_are_withdrawn_i
     await asyncio.wait_for(senior.asked.wait(), 5)
 
     body_sent = asyncio.Event()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield b'{"value": "la'
-        await body_sent.wait()
-        yield b'te"}'
-
     posting = asyncio.create_task(
-        client.post("/v1/worker/result", data=body(), headers=bearer(ctx.worker_handle))
+        client.post(
+            "/v1/worker/result",
+            data=slow_body(b'{"value": "la', body_sent, b'te"}'),
+            headers=bearer(ctx.worker_handle),
+        )
     )
     await eventually(lambda: handler_suspended("read_json"), what="the body being read")
     # Decided; its open ask is being withdrawn when the body arrives.
