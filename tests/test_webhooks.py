@@ -209,11 +209,10 @@ async def test_callbacks_are_refused_while_no_webhook_secret_is_set(server: Serv
     assert "webhook_secret" in (await resp.json())["error"]["message"]
 
 
-async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    receiver.hold = asyncio.Event()  # the first try hangs: in flight when the daemon dies
-    args = (
+def killable_sender(tmp_path: Path) -> tuple[str, ...]:
+    """A daemon on a file store whose one try to the local receiver hangs (60 s
+    timeout) until the test kills it, retrying after 0.05 s."""
+    return (
         "--secret",
         "s",
         "--store-path",
@@ -224,10 +223,17 @@ async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
         "127.0.0.1",
         "--webhook-timeout-s",
         "60",
-        # The try cut short was counted: the retry waits the usual backoff.
         "--webhook-backoff-s",
         "0.05",
     )
+
+
+async def test_a_delivery_pending_at_sigkill_is_made_after_the_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    receiver.hold = asyncio.Event()  # the first try hangs: in flight when the daemon dies
+    # The try cut short was counted: the retry waits the usual backoff.
+    args = killable_sender(tmp_path)
     first = await start_daemon(*args)
     try:
         async with aiohttp.ClientSession() as http:
@@ -348,22 +354,7 @@ async def test_a_try_cut_short_by_sigkill_is_counted_and_never_exceeds_max_attem
     tmp_path: Path, receiver: Receiver
 ) -> None:
     receiver.hold = asyncio.Event()  # the only try hangs: in flight when the daemon dies
-    args = (
-        "--secret",
-        "s",
-        "--store-path",
-        str(tmp_path / "d.sqlite"),
-        "--webhook-secret",
-        SECRET,
-        "--webhook-allow-hosts",
-        "127.0.0.1",
-        "--webhook-timeout-s",
-        "60",
-        "--webhook-backoff-s",
-        "0.05",
-        "--webhook-max-attempts",
-        "1",
-    )
+    args = (*killable_sender(tmp_path), "--webhook-max-attempts", "1")
     first = await start_daemon(*args)
     second = None
     try:
