@@ -202,10 +202,12 @@ async def test_a_forced_delete_frees_the_roles_and_fails_pending_requests(
     assert sid not in directory_of(client).sessions
 
 
-async def test_a_result_accepted_before_a_forced_delete_decides_the_attempt(
-    server: Server,
-) -> None:
-    client = await server(api_token=API)
+async def spawn_with_a_result_accepted(
+    client: TestClient[Any, Any], value: Any
+) -> tuple[str, Any, dict[str, Any], dict[str, Any]]:
+    """A session of role ``main`` holding the spawn of a new task, whose worker
+    has posted ``value`` (answered 200) before any spawn_ack: the session's
+    sid and socket, the task and the spawn frame."""
     sid, token = await mint_as_admin(client, ["main"])
     ws = await connect(client, sid, token)
     task = await create_task_as_admin(client, {"role": "main"})
@@ -213,8 +215,16 @@ async def test_a_result_accepted_before_a_forced_delete_decides_the_attempt(
     await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
     spawn = await expect(ws, "spawn")
     auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
-    resp = await client.post("/v1/worker/result", json={"value": {"done": 1}}, headers=auth)
+    resp = await client.post("/v1/worker/result", json={"value": value}, headers=auth)
     assert resp.status == 200
+    return sid, ws, task, spawn
+
+
+async def test_a_result_accepted_before_a_forced_delete_decides_the_attempt(
+    server: Server,
+) -> None:
+    client = await server(api_token=API)
+    sid, ws, task, _spawn = await spawn_with_a_result_accepted(client, {"done": 1})
 
     # The operator is deleted before it acknowledges the spawn.
     assert (await client.delete(f"/v1/operators/{sid}", headers=ADMIN)).status == 204
@@ -230,15 +240,7 @@ async def test_a_result_accepted_before_the_spawn_times_out_decides_the_attempt(
     server: Server,
 ) -> None:
     client = await server(api_token=API, spawn_timeout_s=0.5)
-    sid, token = await mint_as_admin(client, ["main"])
-    ws = await connect(client, sid, token)
-    task = await create_task_as_admin(client, {"role": "main"})
-    hook = await expect(ws, "hook_before")
-    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
-    spawn = await expect(ws, "spawn")
-    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
-    resp = await client.post("/v1/worker/result", json={"value": "mine"}, headers=auth)
-    assert resp.status == 200
+    _sid, ws, task, spawn = await spawn_with_a_result_accepted(client, "mine")
 
     # No spawn_ack ever comes: the spawn is withdrawn at its timeout.
     assert (await expect(ws, "cancel"))["req_id"] == spawn["req_id"]
@@ -251,15 +253,7 @@ async def test_a_result_accepted_before_the_spawn_times_out_decides_the_attempt(
 
 async def test_an_error_ack_still_fails_an_attempt_a_worker_posted_to(server: Server) -> None:
     client = await server(api_token=API)
-    sid, token = await mint_as_admin(client, ["main"])
-    ws = await connect(client, sid, token)
-    task = await create_task_as_admin(client, {"role": "main"})
-    hook = await expect(ws, "hook_before")
-    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
-    spawn = await expect(ws, "spawn")
-    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
-    resp = await client.post("/v1/worker/result", json={"value": "mine"}, headers=auth)
-    assert resp.status == 200
+    _sid, ws, task, spawn = await spawn_with_a_result_accepted(client, "mine")
 
     # The operator's own verdict on its spawn is not a lost session: it counts.
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "error": "wrong repo"})
