@@ -478,10 +478,9 @@ class Store(ABC):
 
     _live_statuses: Collection[str] = ()
 
-    async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
-        """Extend every lease this node holds, or only those of ``task_ids``
-        (the runs it holds: any other lapses, to be taken over); ``StoreError``
-        when it cannot."""
+    async def renew_leases(self, task_ids: Collection[str]) -> None:
+        """Extend this node's leases of ``task_ids`` (the runs it holds: any
+        other lapses, to be taken over); ``StoreError`` when it cannot."""
         del task_ids
         return None  # one process: nothing is leased
 

@@ -20,16 +20,10 @@ from operator_server.wire.json import STORED_MAX_DEPTH
 
 log = get_logger(__name__)
 
-# Leases a batch of this node is writing right now are skipped (they are
-# renewed next round): the renewal never waits in a batch's way, or it in its.
-RENEW_LEASES = """
-    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
-    WHERE task_id IN (
-        SELECT task_id FROM task_leases WHERE node_id = $1 FOR UPDATE SKIP LOCKED
-    )
-"""
 # Only the runs a node holds: a lease of its without a run (an end it could not
-# store, a run it let go) lapses, and the task is taken over.
+# store, a run it let go) lapses, and the task is taken over.  Leases a batch
+# of this node is writing right now are skipped (they are renewed next round):
+# the renewal never waits in a batch's way, or it in its.
 RENEW_HELD_LEASES = """
     UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
     WHERE task_id IN (
@@ -185,13 +179,10 @@ class NodeOps(GroupCommitWriter):
             for row in rows
         ]
 
-    async def renew_leases(self, task_ids: Collection[str] | None = None) -> None:
+    async def renew_leases(self, task_ids: Collection[str]) -> None:
         sent = time.monotonic()
-        if task_ids is None:
-            await self._direct(RENEW_LEASES, self._node_id, self._lease_s, what="renew leases")
-        else:
-            args = (self._node_id, self._lease_s, list(task_ids))
-            await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
+        args = (self._node_id, self._lease_s, list(task_ids))
+        await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
         self._renewal_sent = sent
         await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
