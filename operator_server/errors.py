@@ -39,6 +39,11 @@ class Code(StrEnum):
     NODE_UNREACHABLE = "node_unreachable"
     INTERNAL = "internal"
 
+    # Principals (``auth/``): a credential that is not, or no longer, accepted.
+    BAD_CREDENTIALS = "bad_credentials"
+    KEY_EXPIRED = "key_expired"
+    KEY_REVOKED = "key_revoked"
+
     # Worker credentials
     MISSING_CREDENTIAL = "missing_credential"
     INVALID_CAPABILITY = "invalid_capability"
@@ -104,6 +109,9 @@ STATUS: dict[Code, int] = {
     Code.SHUTTING_DOWN: 503,
     Code.NODE_UNREACHABLE: 503,
     Code.INTERNAL: 500,
+    Code.BAD_CREDENTIALS: 401,
+    Code.KEY_EXPIRED: 401,
+    Code.KEY_REVOKED: 401,
     Code.MISSING_CREDENTIAL: 401,
     Code.INVALID_CAPABILITY: 401,
     Code.CAPABILITY_EXPIRED: 401,
