@@ -11,7 +11,7 @@ to one ``Principal``.  A route asks ``allows(scope)``; minting a session asks
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
@@ -96,3 +96,15 @@ class Principal:
 EVERY_SCOPE = frozenset({str(Scope.ADMIN)})
 BOOTSTRAP = Principal(name="bootstrap", via=Via.BOOTSTRAP, scopes=EVERY_SCOPE)
 LOOPBACK = Principal(name="local", via=Via.LOOPBACK, scopes=EVERY_SCOPE)
+
+
+# Where the route check leaves the caller's principal on the ``web.Request``
+# (``request[PRINCIPAL_ON_REQUEST]``), for handlers that record who acted.
+PRINCIPAL_ON_REQUEST = "operator_server.principal"
+
+
+def principal_of(request: Mapping[str, object]) -> Principal:
+    """The principal the route check found for ``request``; the loopback
+    principal where no check ran (a route open to every caller)."""
+    found = request.get(PRINCIPAL_ON_REQUEST)
+    return found if isinstance(found, Principal) else LOOPBACK
