@@ -154,6 +154,8 @@ _ROLE_TAGS = {
     "textbox": "input, textarea",
     "combobox": "select",
     "checkbox": "input",
+    "radio": "input",
+    "radiogroup": "fieldset",
 }
 
 
@@ -198,3 +200,26 @@ def until(driver: WebDriver, condition: Callable[[], T], timeout: float = 15) ->
 def severe_log_entries(driver: WebDriver) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = driver.get_log("browser")
     return [e for e in entries if e.get("level") == "SEVERE"]
+
+
+def own_sid(page: WebDriver) -> str:
+    """The signed-in session's whole id (the bar shows it short; the chip holds it)."""
+    sid: str = page.find_element("css selector", "#who button.id").get_attribute("data-id") or ""
+    return sid
+
+
+def open_task(page: WebDriver, task_id: str) -> None:
+    """Click the task's row in the list (its button shows the id short)."""
+    until(page, lambda: page.find_elements("css selector", f'#task-rows tr[data-task-id="{task_id}"]'))
+    button = page.find_element("css selector", f'#task-rows tr[data-task-id="{task_id}"] button')
+    assert task_id.endswith(button.text.removeprefix("t-…")), button.text
+    button.click()
+    until(page, lambda: shown_task(page) == task_id)
+
+
+def shown_task(page: WebDriver) -> str | None:
+    """The id of the task whose page is open."""
+    found: str | None = page.execute_script(
+        "const p = document.getElementById('task-page'); return p.hidden ? null : p.dataset.taskId || null;"
+    )
+    return found

@@ -10,7 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.console.browser import browser_missing, chromium, control, start_daemon, until
+from tests.console.browser import (
+    browser_missing,
+    chromium,
+    control,
+    open_task,
+    start_daemon,
+    until,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -48,7 +55,7 @@ def main() -> int:
             until(page, lambda: page.find_element("id", "tasks-live").text == "live")
             until(page, lambda: page.find_elements("css selector", "#operator-rows tr"))
             page.save_screenshot(str(DOCS / "console-inbox.png"))
-            control(page, "button", done["id"]).click()
+            open_task(page, done["id"])
             until(page, lambda: "passed" in page.find_element("id", "task-summary").text)
             until(page, lambda: page.find_element("id", "timeline-live").text == "ended")
             # The whole task page, timeline included, not the first screenful.

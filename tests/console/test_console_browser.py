@@ -18,7 +18,10 @@ from tests.console.browser import (
     Daemon,
     control,
     has_control,
+    open_task,
+    own_sid,
     severe_log_entries,
+    shown_task,
     start_daemon,
     until,
 )
@@ -37,7 +40,7 @@ def cards(page: WebDriver, task_id: str) -> list[WebElement]:
     return [
         c
         for c in page.find_elements("css selector", "#inbox li.card")
-        if c.find_element("css selector", ".task").text == task_id
+        if c.get_attribute("data-task-id") == task_id
     ]
 
 
@@ -48,8 +51,7 @@ def pending_card(page: WebDriver, task_id: str, title: str) -> WebElement:
         found = [
             c
             for c in cards(page, task_id)
-            if "done" not in (c.get_attribute("class") or "")
-            and c.find_element("css selector", "h3").text == title
+            if c.find_element("css selector", "h3").text == title
         ]
         assert len(found) <= 1, f"{len(found)} cards for one request"
         return found[0] if found else None
@@ -66,7 +68,7 @@ def test_join_mints_a_session_and_connects(page: WebDriver, daemon: Daemon) -> N
     join(page)
     who = page.find_element("id", "who").text
     assert "Ada" in who and ROLE in who
-    sid = who.rsplit(" · ", 1)[-1]
+    sid = own_sid(page)
     health = daemon.call("GET", "/v1/healthz")
     assert health["operators"] == {"sessions": 1, "connected": 1}
     assert sid.startswith("op-")
@@ -78,8 +80,7 @@ def test_a_person_approves_does_the_work_and_the_task_passes_with_that_result(
     join(page)
     control(page, "textbox", "Directive").send_keys('{"write": "a haiku"}')
     control(page, "button", "New task").click()
-    heading = until(page, lambda: page.find_element("id", "task-page-h").text)
-    task_id = heading.removeprefix("Task ")
+    task_id = until(page, lambda: shown_task(page))
 
     card = pending_card(page, task_id, "Approve spawn?")
     assert card.find_element("css selector", ".agent").text == "coder"
@@ -92,7 +93,7 @@ def test_a_person_approves_does_the_work_and_the_task_passes_with_that_result(
     until(page, lambda: '"write": "a haiku"' in spawn.find_element("css selector", ".prompt").text)
     control(spawn, "textbox", "Result").send_keys('{"haiku": "old pond"}')
     control(spawn, "button", "Submit result").click()
-    until(page, lambda: "Result posted (ok) · ack sent" in spawn.text)
+    until(page, lambda: "Result posted (ok) · ack sent" in page.find_element("id", "activity").text)
 
     task = daemon.finished(task_id)
     assert task["status"] == "passed"
@@ -231,9 +232,7 @@ def test_cancelling_the_task_removes_its_card_and_shows_the_reason(
     card = pending_card(page, task["id"], "Approve spawn?")
     req_id = card.get_attribute("data-req-id")
 
-    until(page, lambda: page.find_element("css selector", "#task-rows button"))
-    control(page, "button", task["id"]).click()
-    until(page, lambda: page.find_element("id", "task-page-h").text == f"Task {task['id']}")
+    open_task(page, task["id"])
     control(page, "textbox", "Cancel reason").send_keys("wrong repo")
     control(page, "button", "Cancel task").click()
 
@@ -250,7 +249,7 @@ def test_markup_in_a_directive_shows_as_text_and_runs_nothing(
     task = daemon.create_task(directive=evil, **served_by_console())
     card = pending_card(page, task["id"], "Approve spawn?")
     until(page, lambda: card.find_element("css selector", ".directive").text == evil)
-    control(page, "button", task["id"]).click()
+    open_task(page, task["id"])
     until(page, lambda: page.find_element("id", "task-directive-view").text == evil)
     assert page.find_elements("css selector", "main img, main script") == []
     assert page.execute_script("return window.pwned") is None
@@ -262,7 +261,7 @@ def test_leave_deletes_the_session_and_a_reload_stays_signed_out(
     page: WebDriver, daemon: Daemon
 ) -> None:
     join(page)
-    sid = page.find_element("id", "who").text.rsplit(" · ", 1)[-1]
+    sid = own_sid(page)
     stored = json.loads(page.execute_script("return sessionStorage.getItem('operator-console')"))
     assert stored["sid"] == sid and page.execute_script("return localStorage.length") == 0
     assert stored["token"] not in page.current_url
@@ -286,9 +285,8 @@ def test_with_an_api_token_the_field_shows_and_joining_uses_it(browser: WebDrive
         control(browser, "textbox", "Agent").send_keys("echo")
         control(browser, "textbox", "Directive").send_keys("hi")
         control(browser, "button", "New task").click()  # creates and lists with the token
-        heading = until(browser, lambda: browser.find_element("id", "task-page-h").text)
-        task_id = heading.removeprefix("Task ")
-        assert has_control(browser, "button", task_id)
+        task_id = until(browser, lambda: shown_task(browser))
+        until(browser, lambda: row_status(browser, task_id))
         assert daemon.status_of("GET", f"/v1/tasks/{task_id}") == 401  # the token was needed
         # The event stream carries the token in a header, never in its URL.
         live(browser)
@@ -297,7 +295,7 @@ def test_with_an_api_token_the_field_shows_and_joining_uses_it(browser: WebDrive
         )
         until(browser, lambda: row_status(browser, other["id"]) == "passed")
         # The api token makes this console the admin.
-        sid = browser.find_element("id", "who").text.rsplit(" · ", 1)[-1]
+        sid = own_sid(browser)
         until(browser, lambda: operator_row(browser, sid))
         urls = browser.execute_script(
             "return performance.getEntriesByType('resource').map((e) => e.name)"
@@ -370,7 +368,7 @@ def test_the_task_page_shows_its_event_timeline_from_creation_to_the_end_in_orde
     join(page)
     task = daemon.create_task(directive="review this", **served_by_console())
     until(page, lambda: row_status(page, task["id"]) is not None)
-    control(page, "button", task["id"]).click()
+    open_task(page, task["id"])
     timeline = page.find_element("id", "task-timeline")
     until(page, lambda: "request" in [e.get_attribute("data-type") for e in events(timeline)])
     control(pending_card(page, task["id"], "Approve spawn?"), "button", "Approve").click()
@@ -401,6 +399,21 @@ def operator_row(page: WebDriver, sid: str) -> WebElement | None:
     return rows[0] if rows else None
 
 
+def operator_view(page: WebDriver, sid: str) -> dict[str, Any] | None:
+    """A session's row as the Operators panel shows it, read in one go (the panel
+    is live: rows are redrawn as events arrive): its cells' text and the whole
+    ids of the tasks its pending requests belong to."""
+    view: dict[str, Any] | None = page.execute_script(
+        "const row = [...document.querySelectorAll('#operator-rows tr')]"
+        ".find((r) => r.dataset.sid === arguments[0]);"
+        "return row ? {cells: [...row.cells].map((c) => c.innerText),"
+        " pending: [...row.querySelectorAll('.pending button.id')].map((b) => b.dataset.id),"
+        " buttons: [...row.querySelectorAll('button:not(.id)')].map((b) => b.textContent)} : null;",
+        sid,
+    )
+    return view
+
+
 def test_the_operators_view_lists_another_session_and_force_leave_frees_its_roles(
     page: WebDriver, daemon: Daemon
 ) -> None:
@@ -410,18 +423,56 @@ def test_the_operators_view_lists_another_session_and_force_leave_frees_its_role
         directive="for the night", agent="coder", operator={"role": "night-shift"}
     )
     control(page, "button", "Refresh").click()
-    row = until(page, lambda: operator_row(page, other["sid"]))
-    cells = [c.text for c in row.find_elements("css selector", "td")]
-    assert cells[1:3] == ["Grace", "night-shift"] and cells[3].startswith("disconnected")
-    until(page, lambda: task["id"] in (operator_row(page, other["sid"]) or row).text)
-    own = page.find_element("id", "who").text.rsplit(" · ", 1)[-1]
-    own_row = operator_row(page, own)
-    assert own_row is not None and "connected" in own_row.text and "(you)" in own_row.text
-    assert not has_control(own_row, "button", "Force leave")
+    view = until(page, lambda: operator_view(page, other["sid"]))
+    assert view["cells"][1:3] == ["Grace", "night-shift"]
+    assert view["cells"][3].startswith("disconnected")
+    until(page, lambda: task["id"] in (operator_view(page, other["sid"]) or {})["pending"])
+    own = operator_view(page, own_sid(page))
+    assert own is not None and "connected" in own["cells"][3] and "(you)" in own["cells"][0]
+    assert "Force leave" not in own["buttons"]
 
-    control(row, "button", "Force leave").click()
+    control(operator_row(page, other["sid"]), "button", "Force leave").click()
+    until(page, lambda: "Confirm force leave" in operator_view(page, other["sid"])["buttons"])
+    control(operator_row(page, other["sid"]), "button", "Confirm force leave").click()
     until(page, lambda: operator_row(page, other["sid"]) is None)
     assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 404
     again = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"]})  # the role is free
     assert again["roles"] == ["night-shift"]
     daemon.call("DELETE", f"/v1/operators/{again['sid']}", bearer=again["token"])
+
+
+def test_force_leave_asks_first_and_keep_session_leaves_it_alone(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
+    control(page, "button", "Refresh").click()
+    row = until(page, lambda: operator_row(page, other["sid"]))
+    control(row, "button", "Force leave").click()
+    asking = until(page, lambda: operator_view(page, other["sid"]))
+    assert "Confirm force leave" in asking["buttons"] and "Keep session" in asking["buttons"]
+    assert "End Grace's session?" in asking["cells"][5]
+    # The first click ended nothing.
+    assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 200
+    control(operator_row(page, other["sid"]), "button", "Keep session").click()
+    until(page, lambda: operator_view(page, other["sid"])["buttons"] == ["Force leave"])
+    assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 200
+
+
+def test_the_operators_view_follows_pending_requests_live_without_refresh(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
+    control(page, "button", "Refresh").click()  # a new session is no task event: read it once
+    until(page, lambda: (operator_view(page, other["sid"]) or {}).get("cells", [""] * 5)[4] == "none")
+    live(page)
+    night = {"agent": "coder", "operator": {"role": "night-shift"}}
+    held = [daemon.create_task(directive=f"job {i}", **night)["id"] for i in range(4)]
+    # No click: the panel follows the event stream.
+    until(page, lambda: sorted(operator_view(page, other["sid"])["pending"]) == sorted(held))
+    daemon.call("POST", f"/v1/tasks/{held[0]}/cancel", {"reason": "not tonight"})
+    until(page, lambda: sorted(operator_view(page, other["sid"])["pending"]) == sorted(held[1:]))
+    for task_id in held[1:]:
+        daemon.call("POST", f"/v1/tasks/{task_id}/cancel", {})
+    until(page, lambda: operator_view(page, other["sid"])["cells"][4] == "none")

@@ -9,12 +9,22 @@ export class ApiError extends Error {
   }
 }
 
+// A refused API token, said in the console's terms rather than the HTTP
+// header the server's message names.
+export function apiTokenProblem(sent) {
+  return sent
+    ? 'the server did not accept this API token: check the "API token" field of Sign in'
+    : 'this server needs its API token: enter it in the "API token" field of Sign in';
+}
+
 async function call(method, path, options = {}) {
   return (await exchange(method, path, options)).data;
 }
 
 // The answer's body and headers (a task list says where its event stream starts).
-async function exchange(method, path, { bearer, body } = {}) {
+// `withApiToken`: the call carries the API token (when there is one) as its bearer.
+async function exchange(method, path, { bearer, body, withApiToken = false } = {}) {
+  if (withApiToken) bearer = api.apiToken;
   const headers = {};
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -39,6 +49,7 @@ async function exchange(method, path, { bearer, body } = {}) {
   }
   if (!resp.ok) {
     const error = (data && data.error) || {};
+    if (withApiToken && resp.status === 401) throw new ApiError(401, error.code || "unauthorized", apiTokenProblem(bearer));
     throw new ApiError(resp.status, error.code || "http_error", error.message || `HTTP ${resp.status}`);
   }
   return { data, headers: resp.headers };
@@ -50,7 +61,7 @@ export const api = {
 
   config: () => call("GET", "/console/config.json"),
   mint: (roles, desc) =>
-    call("POST", "/v1/operators", { bearer: api.apiToken, body: { roles, desc } }),
+    call("POST", "/v1/operators", { withApiToken: true, body: { roles, desc } }),
   operator: (sid, token) => call("GET", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
   leave: (sid, token) => call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
 
@@ -65,7 +76,7 @@ export const api = {
       const q = new URLSearchParams({ limit: "500" });
       if (status) q.set("status", status);
       if (after) q.set("after", after);
-      const { data, headers } = await exchange("GET", `/v1/tasks?${q}`, { bearer: api.apiToken });
+      const { data, headers } = await exchange("GET", `/v1/tasks?${q}`, { withApiToken: true });
       if (lastEventId === null) {
         const seen = headers.get("X-Last-Event-Id");
         lastEventId = seen && /^\d+$/.test(seen) ? Number(seen) : 0;
@@ -76,11 +87,11 @@ export const api = {
     }
     return { tasks: all, lastEventId };
   },
-  task: (id) => call("GET", `/v1/tasks/${encodeURIComponent(id)}`, { bearer: api.apiToken }),
-  createTask: (body) => call("POST", "/v1/tasks", { bearer: api.apiToken, body }),
+  task: (id) => call("GET", `/v1/tasks/${encodeURIComponent(id)}`, { withApiToken: true }),
+  createTask: (body) => call("POST", "/v1/tasks", { withApiToken: true, body }),
   cancelTask: (id, reason) =>
     call("POST", `/v1/tasks/${encodeURIComponent(id)}/cancel`, {
-      bearer: api.apiToken,
+      withApiToken: true,
       body: reason ? { reason } : {},
     }),
 
@@ -91,7 +102,7 @@ export const api = {
     for (let page = 0; page < 20; page++) {
       const q = new URLSearchParams({ limit: "500" });
       if (after) q.set("after", after);
-      const body = await call("GET", `/v1/operators?${q}`, { bearer: api.apiToken });
+      const body = await call("GET", `/v1/operators?${q}`, { withApiToken: true });
       all.push(...body.operators);
       if (!body.next) break;
       after = body.next;
@@ -101,7 +112,7 @@ export const api = {
   pendingOf: (sid, bearer) =>
     call("GET", `/v1/operators/${encodeURIComponent(sid)}/pending`, { bearer }),
   forceLeave: (sid) =>
-    call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: api.apiToken }),
+    call("DELETE", `/v1/operators/${encodeURIComponent(sid)}`, { withApiToken: true }),
 
   // A spawn's worker handle is the bearer: the person does the sub-agent's part.
   workerPrompt: (handle) => call("GET", "/v1/worker/prompt", { bearer: handle }),

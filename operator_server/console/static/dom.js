@@ -60,3 +60,56 @@ export function clock(iso) {
   const d = new Date(iso);
   return Number.isNaN(d.getTime()) ? String(iso) : d.toLocaleTimeString();
 }
+
+// Ids as a person reads them: long ids shortened to the part that tells them
+// apart (a task id's head is its creation time, shared by tasks made together,
+// so its tail; a session id's head is random), the whole id on hover.
+export function shortId(id) {
+  const text = String(id || "");
+  const task = /^t-[0-9a-f]{12}([0-9a-f]{8,})$/.exec(text);
+  if (task) return `t-…${task[1].slice(-8)}`;
+  const other = /^([a-z]+-)([0-9a-f-]{12,})$/.exec(text);
+  if (other) return `${other[1]}${other[2].slice(0, 8)}…`;
+  return text;
+}
+
+// A short id that copies the whole id in one click (full id on hover).
+export function idChip(id, { label = "" } = {}) {
+  const chip = h("button", {
+    type: "button",
+    class: "id",
+    title: `${id} (click to copy)`,
+    "aria-label": `Copy ${label ? `${label} ` : ""}${id}`,
+    "data-id": id,
+    text: shortId(id),
+  });
+  chip.addEventListener("click", () => copy(id, chip));
+  return chip;
+}
+
+async function copy(text, chip) {
+  try {
+    await navigator.clipboard.writeText(text);
+    chip.dataset.copied = "true";
+    chip.classList.add("copied");
+    setTimeout(() => chip.classList.remove("copied"), 1200);
+  } catch {
+    // No clipboard (an insecure origin): select the text so Ctrl+C takes it.
+    const range = document.createRange();
+    chip.textContent = text;
+    range.selectNodeContents(chip);
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+  }
+}
+
+// A schema key as a label when the field has no title: "max_retries" and
+// "maxRetries" read "Max retries".
+export function readableKey(key) {
+  const words = String(key)
+    .replace(/([a-z0-9])([A-Z])/g, "$1 $2")
+    .replace(/[_\-.]+/g, " ")
+    .trim()
+    .toLowerCase();
+  return words ? words[0].toUpperCase() + words.slice(1) : String(key);
+}

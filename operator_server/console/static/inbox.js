@@ -1,4 +1,6 @@
-// The inbox: one card per pending operator request, newest last.
+// The inbox: one card per pending operator request, newest last.  It holds
+// only what waits for the person: a card they decide leaves the inbox at once
+// and the decision goes to the Activity feed, so the count is the cards shown.
 //
 // Cards are keyed by req_id, so a request the server replays (after a reconnect
 // or a reload) shows once.  Each reply is recorded (in sessionStorage) before it
@@ -7,7 +9,7 @@
 // answer, and the recorded reply goes out again unchanged.
 
 import { api } from "./api.js";
-import { $, h, parseInput, pretty, since } from "./dom.js";
+import { $, h, idChip, parseInput, pretty, since } from "./dom.js";
 import { drawForm } from "./form.js";
 import { stored } from "./storage.js";
 
@@ -65,11 +67,11 @@ export class Inbox {
     stored.update((s) => {
       s.seen = trim({ ...s.seen, [frame.req_id]: seen });
     });
-    const node = this.card(frame, seen);
-    this.cards.set(frame.req_id, { frame, node, done: false });
     // A worker's ask shows nested under the spawn card it was asked during.
     const parent = frame.parent_req_id ? this.cards.get(frame.parent_req_id) : null;
     const nest = parent ? parent.node.querySelector(".nested") : null;
+    const node = this.card(frame, seen, Boolean(nest));
+    this.cards.set(frame.req_id, { frame, node });
     (nest || this.list).append(node);
     this.counts();
     this.describeTask(frame, node);
@@ -90,7 +92,7 @@ export class Inbox {
         const seen = {};
         for (const p of body.pending) {
           const card = this.cards.get(p.req_id);
-          if (!card || card.done) continue;
+          if (!card) continue;
           // waiting_s, not issued_at: the browser's clock may be off from the server's.
           seen[p.req_id] = Math.round(now - p.waiting_s * 1000);
           card.node.dataset.seen = String(seen[p.req_id]);
@@ -110,35 +112,33 @@ export class Inbox {
     });
   }
 
+  // Decided: the reply is recorded, sent, and the card leaves the inbox for
+  // the Activity feed (a replay of it re-sends the recorded reply, see request).
   reply(reqId, reply, outcome) {
     const card = this.cards.get(reqId);
-    if (!card || card.done) return false;
-    card.done = true;
+    if (!card) return false;
     stored.update((s) => {
       s.replies = trim({ ...s.replies, [reqId]: reply });
     });
     this.send(reply);
-    this.finish(card, outcome);
+    this.remove(card);
+    const what = card.node.querySelector("h3").textContent;
+    this.note(`${outcome} (${what.toLowerCase()})`, card.frame.task_id);
+    this.counts();
     return true;
   }
 
-  finish(card, outcome) {
-    card.node.classList.add("done");
-    for (const control of card.node.querySelectorAll("button, input, textarea, select")) {
-      if (!control.classList.contains("dismiss")) control.disabled = true;
-    }
-    card.node.querySelector(".outcome").textContent = outcome;
-    card.node.querySelector(".dismiss").hidden = false;
-    this.note(outcome, card.frame.task_id);
-    this.counts();
+  // Off the inbox; a worker's ask still waiting under this spawn card stays
+  // in the inbox on its own.
+  remove(card) {
+    for (const nested of card.node.querySelectorAll(".nested > li.card")) this.list.append(nested);
+    card.node.remove();
+    this.cards.delete(card.frame.req_id);
   }
 
   withdraw(reqId, reason) {
     const card = this.cards.get(reqId);
-    if (card) {
-      card.node.remove();
-      this.cards.delete(reqId);
-    }
+    if (card) this.remove(card);
     stored.update((s) => {
       delete (s.seen || {})[reqId];
       delete (s.replies || {})[reqId];
@@ -147,29 +147,22 @@ export class Inbox {
     this.counts();
   }
 
-  dismiss(reqId) {
-    const card = this.cards.get(reqId);
-    if (!card) return;
-    card.node.remove();
-    this.cards.delete(reqId);
-    this.counts();
-  }
-
   counts() {
-    const waiting = [...this.cards.values()].filter((c) => !c.done).length;
+    const waiting = this.cards.size;
     $("inbox-count").textContent = waiting ? `(${waiting})` : "";
-    $("inbox-empty").hidden = this.cards.size > 0;
+    $("inbox-empty").hidden = waiting > 0;
   }
 
   tick() {
-    for (const { node, done } of this.cards.values()) {
-      if (!done) node.querySelector(".waited").textContent = `waiting ${since(Number(node.dataset.seen))}`;
+    for (const { node } of this.cards.values()) {
+      node.querySelector(".waited").textContent = `waiting ${since(Number(node.dataset.seen))}`;
     }
   }
 
   note(text, taskId, level = "info") {
     const when = new Date().toLocaleTimeString();
-    const item = h("li", { class: `note ${level}` }, h("time", { text: when }), " ", taskId ? `${taskId}: ` : "", text);
+    const item = h("li", { class: `note ${level}`, "data-task-id": taskId || null },
+      h("time", { text: when }), " ", taskId ? [idChip(taskId, { label: "task id" }), " "] : null, text);
     this.feed.prepend(item);
     while (this.feed.children.length > MAX_ACTIVITY) this.feed.lastChild.remove();
   }
@@ -180,31 +173,33 @@ export class Inbox {
       const task = await api.task(frame.task_id);
       node.querySelector(".agent").textContent = task.agent;
       node.querySelector(".attempt-no").textContent = `attempt ${frame.attempt || task.attempt}`;
-      node.querySelector(".directive").textContent = pretty(task.directive);
+      const directive = node.querySelector(".directive");
+      if (directive) directive.textContent = pretty(task.directive);
     } catch (err) {
-      node.querySelector(".directive").textContent = `(task not readable: ${err.message})`;
+      node.querySelector(".agent").textContent = `(task not readable: ${err.message})`;
     }
   }
 
-  card(frame, seen) {
+  // A nested card (a worker's ask under its spawn) shows no directive: the
+  // spawn card above it already shows the task's work.
+  card(frame, seen, nested) {
     const id = `card-${frame.req_id}`;
     const titleId = `${id}-title`;
     const node = h(
       "li",
-      { class: `card card-${frame.type}`, id, "data-seen": String(seen), "data-req-id": frame.req_id },
+      { class: `card card-${frame.type}`, id, "data-seen": String(seen), "data-req-id": frame.req_id, "data-task-id": frame.task_id },
       h("article", { "aria-labelledby": titleId },
         h("header", {},
           h("h3", { id: titleId, text: frame.type === "ask" && frame.parent_req_id ? WORKER_ASK_TITLE : TITLES[frame.type] }),
           h("p", { class: "meta" },
-            h("span", { class: "task", text: frame.task_id }), " · ",
+            h("span", { class: "task" }, idChip(frame.task_id, { label: "task id" })), " · ",
             h("span", { class: "agent", text: frame.agent || "" }), " · ",
             h("span", { class: "attempt-no", text: frame.attempt ? `attempt ${frame.attempt}` : "" }), " · ",
             h("span", { class: "waited", text: `waiting ${since(seen)}` }))),
-        h("h4", { text: "Directive" }),
-        h("pre", { class: "code directive", text: "…" }),
+        nested ? null : h("h4", { text: "Directive" }),
+        nested ? null : h("pre", { class: "code directive", text: "…" }),
         ...this.body(frame, id),
         h("p", { class: "outcome", role: "status" }),
-        h("button", { type: "button", class: "dismiss", hidden: true, text: "Dismiss", onclick: () => this.dismiss(frame.req_id) }),
         frame.type === "spawn" ? h("ul", { class: "nested", "aria-label": "Asked during this spawn" }) : null));
     return node;
   }
@@ -296,7 +291,7 @@ export class Inbox {
     const outcome = () => this.cards.get(frame.req_id).node.querySelector(".outcome");
     const submit = async (ok) => {
       const card = this.cards.get(frame.req_id);
-      if (!card || card.done || card.posting) return;
+      if (!card || card.posting) return;
       card.posting = true;
       try {
         await api.workerResult(frame.worker_handle, parseInput(result.value), ok);

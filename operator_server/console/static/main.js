@@ -4,20 +4,35 @@
 
 import { api } from "./api.js";
 import { OperatorConnection } from "./connection.js";
-import { $ } from "./dom.js";
+import { $, idChip } from "./dom.js";
 import { Inbox } from "./inbox.js";
+import { names } from "./names.js";
 import { OperatorsView } from "./operators.js";
 import { stored } from "./storage.js";
 import { TasksView } from "./tasks.js";
 
 let connection = null;
 let inbox = null;
-const tasks = new TasksView();
 const operators = new OperatorsView();
+// The Operators panel follows the task list's event stream: a request issued
+// or answered, a task ended, changes what sessions hold pending.
+const tasks = new TasksView({ onEvent: (event) => operators.heard(event) });
+
+// The badge's words.  Red ("session ended") is only for a session lost from
+// under the person; before a first sign-in and after Leave it is grey.
+const STATE_TEXT = {
+  idle: "not signed in",
+  "signed-out": "signed out",
+  connecting: "connecting",
+  connected: "connected",
+  reconnecting: "reconnecting",
+  gone: "session ended",
+};
 
 function setState(state, why = "") {
   const conn = $("conn");
-  conn.textContent = why ? `${state}: ${why}` : state;
+  const text = STATE_TEXT[state] || state;
+  conn.textContent = why ? `${text}: ${why}` : text;
   conn.className = `conn conn-${state}`;
   if (state === "gone" && connection) {
     stored.clear();
@@ -30,6 +45,7 @@ function showSignIn(message = "") {
   inbox = null;
   tasks.stopTaskUpdates();
   operators.stop();
+  names.forget();
   connection = null;
   $("signin").hidden = false;
   $("workspace").hidden = true;
@@ -40,10 +56,12 @@ function showSignIn(message = "") {
 
 function attach(session) {
   api.apiToken = session.apiToken || "";
+  names.learn(session.sid, session.name ? `${session.name} (you)` : "you");
   $("signin").hidden = true;
   $("workspace").hidden = false;
   $("leave").hidden = false;
-  $("who").textContent = `${session.name || "operator"} · ${session.roles.join(", ") || "no roles"} · ${session.sid}`;
+  $("who").replaceChildren(`${session.name || "operator"} · ${session.roles.join(", ") || "no roles"} · `,
+    idChip(session.sid, { label: "your session id" }));
   if (!$("task-role").value && session.roles.length) $("task-role").value = session.roles[0];
   inbox = new Inbox({
     send: (frame) => connection && connection.send(frame),
@@ -66,12 +84,20 @@ async function join(event) {
   api.apiToken = $("api-token").value.trim();
   const roles = $("roles").value.split(/[\s,]+/).filter(Boolean);
   const name = $("name").value.trim();
+  // A session with no role is reached by no task: refused here, not minted.
+  $("roles").setAttribute("aria-invalid", String(!roles.length));
+  if (!roles.length) {
+    $("signin-error").textContent = "Name at least one role to join: tasks reach you by role (main, reviewer, …).";
+    $("roles").focus();
+    return;
+  }
   try {
     const minted = await api.mint(roles, name);
     const session = { sid: minted.sid, token: minted.token, roles: minted.roles, name, apiToken: api.apiToken };
     stored.save(session);
     attach(session);
   } catch (err) {
+    if (err.status === 401) $("api-token-field").hidden = false;
     $("signin-error").textContent = `Could not join: ${err.message}`;
   }
 }
@@ -95,7 +121,7 @@ async function leave() {
   const session = stored.session();
   const current = connection;
   connection = null; // leaving on purpose: no "gone" message
-  if (current) current.stop("gone");
+  if (current) current.stop("signed-out");
   stored.clear();
   showSignIn();
   if (session) {

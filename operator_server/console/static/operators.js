@@ -2,17 +2,33 @@
 // pending requests, with Force leave.  Shown to whoever the server takes for
 // the admin: the holder of the API token, or (when the server has none) the
 // console on loopback.  Anyone else gets 401/403 and the section stays hidden.
-// The list is read when the console starts, on Refresh and after a Force leave.
+//
+// The list is live: read when the console starts, then again (coalesced) each
+// time the task event stream reports a request issued or answered or a task's
+// status changing, since those are what change a session's pending requests.
+// A session connecting or dropping is no task event: Refresh reads that.
+// Force leave asks for confirmation in place before it ends a session.
 
 import { ApiError, api } from "./api.js";
-import { $, clock, h } from "./dom.js";
+import { $, clock, h, idChip } from "./dom.js";
+import { names } from "./names.js";
+
+// The events after which what sessions hold pending may differ.
+const CHANGES_PENDING = new Set(["request", "reply", "status"]);
+const REQUEST_WORDS = { hook_before: "approval", ask: "question", spawn: "work" };
 
 export class OperatorsView {
   constructor() {
     this.ownSid = null;
     this.reading = null;
     this.again = false;
+    this.shown = new Map(); // sid -> [session, pending] as last drawn
+    this.confirming = new Set(); // sids whose Force leave waits for a yes
     $("operators-refresh").addEventListener("click", () => this.refresh());
+  }
+
+  heard(event) {
+    if (this.ownSid && CHANGES_PENDING.has(event.type)) this.refresh();
   }
 
   start(ownSid) {
@@ -22,6 +38,8 @@ export class OperatorsView {
 
   stop() {
     this.ownSid = null;
+    this.shown.clear();
+    this.confirming.clear();
     $("operators").hidden = true;
     $("operator-rows").replaceChildren();
   }
@@ -63,7 +81,20 @@ export class OperatorsView {
     if (own !== this.ownSid) return; // signed out meanwhile
     this.error("");
     $("operators").hidden = false;
-    $("operator-rows").replaceChildren(...sessions.map((s, i) => this.row(s, pending[i])));
+    for (const s of sessions) names.learn(s.sid, s.sid === own ? null : s.desc);
+    this.shown = new Map(sessions.map((s, i) => [s.sid, [s, pending[i]]]));
+    for (const sid of this.confirming) if (!this.shown.has(sid)) this.confirming.delete(sid);
+    // A row whose session reads the same is kept (not redrawn), so a live
+    // refresh does not pull a button from under the pointer.
+    const drawn = new Map([...$("operator-rows").children].map((r) => [r.dataset.sid, r]));
+    $("operator-rows").replaceChildren(...sessions.map((s, i) => {
+      const old = drawn.get(s.sid);
+      const looks = JSON.stringify([s, pending[i], this.confirming.has(s.sid)]);
+      if (old && old.dataset.looks === looks) return old;
+      const row = this.row(s, pending[i]);
+      row.dataset.looks = looks;
+      return row;
+    }));
     $("operators-status").textContent = `${sessions.length} session${sessions.length === 1 ? "" : "s"} · read ${new Date().toLocaleTimeString()}`;
   }
 
@@ -73,20 +104,46 @@ export class OperatorsView {
       ? (session.remote ? `from ${session.remote}` : "")
       : (session.last_seen_at ? `last seen ${clock(session.last_seen_at)}` : "");
     return h("tr", { "data-sid": session.sid },
-      h("td", {}, h("span", { class: "sid", text: session.sid }), own ? " (you)" : ""),
+      h("td", {}, h("span", { class: "sid" }, idChip(session.sid, { label: "session id" })), own ? " (you)" : ""),
       h("td", { text: session.desc || "—" }),
       h("td", { text: session.roles.join(", ") || "—" }),
       h("td", {},
         h("span", { class: `badge ${session.connected ? "status-passed" : "status-cancelled"}`, text: session.connected ? "connected" : "disconnected" }),
         detail ? h("span", { class: "muted", text: ` ${detail}` }) : null),
       h("td", {}, this.pending(session, pending)),
-      h("td", {}, own ? null : h("button", {
+      h("td", {}, own ? null : this.leaveControls(session)));
+  }
+
+  leaveControls(session) {
+    const who = session.desc || names.of(session.sid);
+    if (!this.confirming.has(session.sid)) {
+      return h("button", {
         type: "button",
         class: "danger",
         text: "Force leave",
         title: `End ${session.sid}: its roles are released and its pending requests fail`,
-        onclick: (e) => this.forceLeave(session.sid, e.currentTarget),
-      })));
+        onclick: () => this.ask(session.sid, true),
+      });
+    }
+    return h("div", { class: "confirm", role: "group", "aria-label": `Force leave ${who}?` },
+      h("span", { text: `End ${who}'s session? Its roles are released and its pending requests fail.` }),
+      h("button", { type: "button", class: "danger", text: "Confirm force leave",
+        onclick: (e) => this.forceLeave(session.sid, e.currentTarget) }),
+      h("button", { type: "button", text: "Keep session", onclick: () => this.ask(session.sid, false) }));
+  }
+
+  // Show (or take back) the confirmation in this session's row.
+  ask(sid, confirming) {
+    if (confirming) this.confirming.add(sid);
+    else this.confirming.delete(sid);
+    const drawn = this.shown.get(sid);
+    const row = $("operator-rows").querySelector(`tr[data-sid="${CSS.escape(sid)}"]`);
+    if (drawn && row) {
+      const fresh = this.row(...drawn);
+      fresh.dataset.looks = JSON.stringify([...drawn, confirming]);
+      row.replaceWith(fresh);
+      fresh.querySelector(confirming ? ".confirm button" : "button.danger").focus();
+    }
   }
 
   pending(session, list) {
@@ -94,11 +151,13 @@ export class OperatorsView {
     if (!list.length) return "none";
     return h("ul", { class: "pending", "aria-label": `Pending requests of ${session.sid}` },
       ...list.map((p) =>
-        h("li", { text: `${p.type} · ${p.task_id}${p.agent ? ` · ${p.agent}` : ""} · since ${clock(p.issued_at)}` })));
+        h("li", {}, `${REQUEST_WORDS[p.type] || p.type} · task `, idChip(p.task_id, { label: "task id" }),
+          `${p.agent ? ` · ${p.agent}` : ""} · since ${clock(p.issued_at)}`)));
   }
 
   async forceLeave(sid, button) {
     button.disabled = true;
+    this.confirming.delete(sid);
     try {
       await api.forceLeave(sid);
       $("operators-status").textContent = `Removed ${sid}`;

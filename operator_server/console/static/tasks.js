@@ -7,10 +7,14 @@
 // is read again only when the person changes the status filter.  An open task
 // follows its own stream (GET /v1/tasks/{id}/events), which ends at its final
 // status; each of its events re-reads that one task for the page.
+//
+// Ids show short (the whole id on hover, a click copies it), and the timeline
+// and attempts name operators as people: "approval asked of Ada".
 
 import { api } from "./api.js";
-import { $, clock, h, parseInput, pretty } from "./dom.js";
+import { $, clock, h, idChip, parseInput, pretty, shortId } from "./dom.js";
 import { EventReader } from "./events.js";
+import { names } from "./names.js";
 
 const MAX_ROWS = 200;
 const MAX_KNOWN = 2000;
@@ -22,9 +26,32 @@ const LIVE_TEXT = {
   ended: "ended",
   failed: "stopped",
 };
+// What each face of an operator is asked for, in a person's words.
+const ASKED = {
+  spawn_hook: (who) => `approval asked of ${who}`,
+  senior_bridge: (who) => `question asked of ${who}`,
+  backend: (who) => `work handed to ${who}`,
+};
+const REPLIED = {
+  spawn_hook: (who) => `${who} answered the approval`,
+  senior_bridge: (who) => `${who} answered the question`,
+  backend: (who) => `${who} handed the work back`,
+};
+const FACE_WORK = { spawn_hook: "approvals", senior_bridge: "questions", backend: "work" };
+// An output event: where the attempt's result came from.
+const OUTPUT_WORDS = {
+  "final/worker": "result posted by the worker",
+  "final/ack": "result sent with the operator's acknowledgement",
+  "final/halt": "halted by the operator",
+  "final/agent": "result from the local agent",
+  "final/senior": "result decided by the senior's answer",
+  "output/ack": "operator's acknowledgement recorded (the worker's result stands)",
+};
 
 export class TasksView {
-  constructor() {
+  // onEvent: every event of the list's stream, for other views that follow it.
+  constructor({ onEvent = () => {} } = {}) {
+    this.onEvent = onEvent;
     this.openId = null;
     this.rows = new Map(); // task id -> {id, agent, status, updated_at}, oldest first
     this.rowNodes = new Map(); // task id -> its <tr>
@@ -84,7 +111,10 @@ export class TasksView {
       this.feed = new EventReader("/v1/events", {
         bearer: api.apiToken,
         lastId: listed.lastEventId,
-        onEvent: (event) => this.apply(event.data),
+        onEvent: (event) => {
+          this.apply(event.data);
+          this.onEvent(event);
+        },
         onState: (state, why) => {
           $("tasks-live").textContent = why ? `${LIVE_TEXT[state]}: ${why}` : LIVE_TEXT[state];
           $("tasks-live").className = `live live-${state}`;
@@ -133,7 +163,7 @@ export class TasksView {
     let row = this.rowNodes.get(t.id);
     if (!row) {
       row = h("tr", { "data-task-id": t.id },
-        h("td", {}, h("button", { type: "button", class: "link", text: t.id, onclick: () => this.open(t.id) })),
+        h("td", {}, h("button", { type: "button", class: "link", text: shortId(t.id), title: t.id, onclick: () => this.open(t.id) })),
         h("td", { text: t.agent }),
         h("td", {}, h("span", { class: "badge" })),
         h("td", { class: "updated" }));
@@ -201,19 +231,21 @@ export class TasksView {
   }
 
   timelineItem({ id, type, data }) {
+    const who = names.of(data.sid);
     const parts = {
-      created: () => `created (${data.status})`,
+      created: () => "created",
       status: () => `status → ${data.status}`,
       attempt_started: () => `attempt ${data.attempt} started`,
       attempt_ended: () => `attempt ${data.attempt} ended: ${data.outcome}${data.error_code ? ` (${data.error_code})` : ""}`,
-      output: () => `${data.kind} output from ${data.source}${data.ok === false ? " (not ok)" : ""}`,
-      request: () => `request to ${data.sid || "an operator"} (${data.face})`,
-      reply: () => `reply from ${data.sid || "the operator"} (${data.face})`,
+      output: () => (OUTPUT_WORDS[`${data.kind}/${data.source}`] || `${data.kind} from ${data.source}`)
+        + (data.ok === false ? ", marked failed" : ""),
+      request: () => (ASKED[data.face] || ((w) => `request to ${w}`))(who),
+      reply: () => (REPLIED[data.face] || ((w) => `${w} replied`))(who),
     };
     const what = (parts[type] || (() => type))();
     return h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status, "data-event-id": String(id) },
       h("time", { class: "muted", datetime: data.at, text: clock(data.at) }), " ",
-      h("span", { class: "what", text: what }));
+      h("span", { class: "what", text: what, title: data.sid || null }));
   }
 
   // Re-read the open task; coalesced, so a burst of events reads it at most twice.
@@ -249,7 +281,8 @@ export class TasksView {
 
   render(task) {
     $("task-page").hidden = false;
-    $("task-page-h").textContent = `Task ${task.id}`;
+    $("task-page").dataset.taskId = task.id;
+    $("task-page-h").replaceChildren("Task ", idChip(task.id, { label: "task id" }));
     $("cancel-task").disabled = TERMINAL.has(task.status);
     const facts = [
       ["Status", h("span", { class: `badge status-${task.status}`, text: task.status })],
@@ -268,12 +301,13 @@ export class TasksView {
   }
 
   attempt(a) {
-    const served = Object.entries(a.served_by || {}).map(([face, sid]) => `${face}: ${sid}`).join(", ");
+    const served = servedBy(a.served_by || {});
     return h("li", { class: "attempt" },
       h("p", {}, h("strong", { text: `Attempt ${a.attempt}` }), " ",
         h("span", { class: `badge status-${a.status}`, text: a.status }), " ",
         h("span", { class: "muted", text: `${clock(a.started_at)} → ${clock(a.ended_at)}` })),
-      h("p", { class: "muted", text: `served by: ${served || "local agent"}` }),
+      h("p", { class: "muted served", title: [...new Set(Object.values(a.served_by || {}))].join(", ") || null,
+        text: `served by ${served || "the local agent"}` }),
       a.error ? h("p", { class: "error-text", text: `${a.error.code}: ${a.error.message}` }) : null,
       a.result ? h("pre", { class: "code", text: `result: ${pretty(a.result)}` }) : null,
       h("ol", { class: "outputs", "aria-label": `Outputs of attempt ${a.attempt}` },
@@ -286,4 +320,12 @@ export class TasksView {
   error(text) {
     $("tasks-error").textContent = text;
   }
+}
+
+// "Ada" when one session served every face (the usual case), else who served what.
+function servedBy(faces) {
+  const sids = [...new Set(Object.values(faces))];
+  if (!sids.length) return "";
+  if (sids.length === 1) return names.of(sids[0]);
+  return Object.entries(faces).map(([face, sid]) => `${FACE_WORK[face] || face}: ${names.of(sid)}`).join(" · ");
 }
