@@ -210,7 +210,9 @@ def own_sid(page: WebDriver) -> str:
 
 def open_task(page: WebDriver, task_id: str) -> None:
     """Click the task's row in the list (its button shows the id short)."""
-    until(page, lambda: page.find_elements("css selector", f'#task-rows tr[data-task-id="{task_id}"]'))
+    until(
+        page, lambda: page.find_elements("css selector", f'#task-rows tr[data-task-id="{task_id}"]')
+    )
     button = page.find_element("css selector", f'#task-rows tr[data-task-id="{task_id}"] button')
     assert task_id.endswith(button.text.removeprefix("t-…")), button.text
     button.click()
@@ -220,6 +222,7 @@ def open_task(page: WebDriver, task_id: str) -> None:
 def shown_task(page: WebDriver) -> str | None:
     """The id of the task whose page is open."""
     found: str | None = page.execute_script(
-        "const p = document.getElementById('task-page'); return p.hidden ? null : p.dataset.taskId || null;"
+        "const p = document.getElementById('task-page');"
+        "return p.hidden ? null : p.dataset.taskId || null;"
     )
     return found

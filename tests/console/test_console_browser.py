@@ -49,9 +49,7 @@ def pending_card(page: WebDriver, task_id: str, title: str) -> WebElement:
 
     def find() -> WebElement | None:
         found = [
-            c
-            for c in cards(page, task_id)
-            if c.find_element("css selector", "h3").text == title
+            c for c in cards(page, task_id) if c.find_element("css selector", "h3").text == title
         ]
         assert len(found) <= 1, f"{len(found)} cards for one request"
         return found[0] if found else None
@@ -465,7 +463,9 @@ def test_the_operators_view_follows_pending_requests_live_without_refresh(
     join(page)
     other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
     control(page, "button", "Refresh").click()  # a new session is no task event: read it once
-    until(page, lambda: (operator_view(page, other["sid"]) or {}).get("cells", [""] * 5)[4] == "none")
+    until(
+        page, lambda: (operator_view(page, other["sid"]) or {}).get("cells", [""] * 5)[4] == "none"
+    )
     live(page)
     night = {"agent": "coder", "operator": {"role": "night-shift"}}
     held = [daemon.create_task(directive=f"job {i}", **night)["id"] for i in range(4)]
