@@ -181,8 +181,9 @@ export class Inbox {
   }
 
   // A nested card (a worker's ask under its spawn) shows no directive: the
-  // spawn card above it already shows the task's work.
+  // spawn card above it already shows the task's work, as its prompt.
   card(frame, seen, nested) {
+    const directive = !nested && frame.type !== "spawn";
     const id = `card-${frame.req_id}`;
     const titleId = `${id}-title`;
     const node = h(
@@ -196,8 +197,8 @@ export class Inbox {
             h("span", { class: "agent", text: frame.agent || "" }), " · ",
             h("span", { class: "attempt-no", text: frame.attempt ? `attempt ${frame.attempt}` : "" }), " · ",
             h("span", { class: "waited", text: `waiting ${since(seen)}` }))),
-        nested ? null : h("h4", { text: "Directive" }),
-        nested ? null : h("pre", { class: "code directive", text: "…" }),
+        directive ? h("h4", { text: "Directive" }) : null,
+        directive ? h("pre", { class: "code directive", text: "…" }) : null,
         ...this.body(frame, id),
         h("p", { class: "outcome", role: "status" }),
         frame.type === "spawn" ? h("ul", { class: "nested", "aria-label": "Asked during this spawn" }) : null));

@@ -237,8 +237,7 @@ export class TasksView {
       status: () => `status → ${data.status}`,
       attempt_started: () => `attempt ${data.attempt} started`,
       attempt_ended: () => `attempt ${data.attempt} ended: ${data.outcome}${data.error_code ? ` (${data.error_code})` : ""}`,
-      output: () => (OUTPUT_WORDS[`${data.kind}/${data.source}`] || `${data.kind} from ${data.source}`)
-        + (data.ok === false ? ", marked failed" : ""),
+      output: () => outputWords(data),
       request: () => (ASKED[data.face] || ((w) => `request to ${w}`))(who),
       reply: () => (REPLIED[data.face] || ((w) => `${w} replied`))(who),
     };
@@ -313,13 +312,18 @@ export class TasksView {
       h("ol", { class: "outputs", "aria-label": `Outputs of attempt ${a.attempt}` },
         ...(a.outputs || []).map((o) =>
           h("li", {},
-            h("span", { class: "muted", text: `${clock(o.at)} ${o.kind} from ${o.source}${o.ok === false ? " (not ok)" : ""}` }),
+            h("span", { class: "muted", text: `${clock(o.at)} ${outputWords(o)}` }),
             h("pre", { class: "code", text: pretty(o.value) })))));
   }
 
   error(text) {
     $("tasks-error").textContent = text;
   }
+}
+
+function outputWords({ kind, source, ok }) {
+  const words = OUTPUT_WORDS[`${kind}/${source}`] || `${kind} from ${source}`;
+  return ok === false ? `${words}, marked failed` : words;
 }
 
 // "Ada" when one session served every face (the usual case), else who served what.
