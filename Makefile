@@ -44,7 +44,7 @@ demo: $(BIN)/.installed-run
 cluster: $(BIN)/.installed-run
 	$(BIN)/python -m operator_server.localcluster
 
-# PNGs of the console (inbox, task page) into docs/, for the README; needs chromium.
+# PNGs of the console (sign-in, inbox, task page) into docs/, for the README; needs chromium.
 screenshots: $(BIN)/.installed-test
 	$(BIN)/python -m tests.console.screenshots
 
