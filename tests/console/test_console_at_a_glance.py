@@ -152,6 +152,9 @@ def test_a_worker_ask_nested_under_its_spawn_does_not_repeat_the_directive(
     )
     ask = until(page, lambda: nested_ask(spawn))
     until(page, lambda: ask.find_element("css selector", ".agent").text == "coder")
+    # The spawn card shows the work once, as its prompt.
+    until(page, lambda: "particular" in spawn.find_element("css selector", ".prompt").text)
+    assert spawn.text.count("a very particular directive") == 1
     assert "which branch?" in ask.text
     assert ask.find_elements("css selector", ".directive") == []
     assert "a very particular directive" not in ask.text
