@@ -43,6 +43,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _flag_help(fld: fields.Field) -> str:
     """The key's meaning and default, both read from its one declaration."""
+    if fld.required:  # a key of an optional table, such as auth.jwt.issuer
+        return f"{fld.metadata.get('help', '')} (required with its table)".replace("%", "%%")
     default = fld.load_default() if callable(fld.load_default) else fld.load_default
     shown = json.dumps(list(default) if isinstance(default, list | tuple) else default)
     # argparse formats help with %-style: a literal percent sign must be doubled.
