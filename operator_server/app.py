@@ -10,7 +10,8 @@ Shutdown, in order: stop taking tasks and cancel every run (each task ends
 ``cancelled`` with the reason, operators get ``cancel`` frames — except with a
 shared store, where the runs stop but their tasks stay running, to be handed
 over), end every event stream, close every socket with 1001,
-cancel and await every remaining background task, flush the store, let go of
+cancel and await every remaining background task, close the JWKS client
+(``[auth.jwt]``), flush the store, let go of
 this node's leases (a shared store: another node takes the tasks at its next
 look, rather than after ``lease_s``), and last close the store so every state
 change made on the way down is written.
@@ -26,7 +27,16 @@ from typing import Any
 from aiohttp import web
 
 from operator_server import __version__
-from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
+from operator_server.appkeys import (
+    BACKGROUND,
+    ENGINE,
+    JWT_VERIFIER,
+    METRICS,
+    OPERATOR_COUNTS,
+    SETTINGS,
+    STORE,
+)
+from operator_server.auth.jwt import JwtVerifier
 from operator_server.background import Background
 from operator_server.cluster.leases import Leases
 from operator_server.cluster.wiring import ClusterWiring
@@ -116,6 +126,8 @@ def build_app(
     app[STORE] = store
     app[METRICS] = meters
     app[LEASES] = wired.leases
+    jwt = settings.auth.jwt
+    app[JWT_VERIFIER] = JwtVerifier.started(jwt) if jwt is not None else None
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -218,6 +230,8 @@ async def _shutdown(app: web.Application) -> None:
     app[ENGINE].fanout.close()
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
     await app[BACKGROUND].close(SHUTDOWN_REASON)  # the lease keeper too: no renewal now
+    if (verifier := app[JWT_VERIFIER]) is not None:  # no request is left to need the JWKS
+        await verifier.close()
     await app[LEASES].hand_over()
     await store.close()
     log.info("shut down")

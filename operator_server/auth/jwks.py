@@ -115,6 +115,11 @@ class KeySet:
             raise ApiError(Code.BAD_CREDENTIALS, f"unknown kid {kid!r}: not in {self.source}")
         return self._prepare(jwk, kid, alg)
 
+    @property
+    def closed(self) -> bool:
+        """No HTTP client left open (none was needed yet, or ``close`` ran)."""
+        return self._session is None
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -136,6 +136,10 @@ class JwtVerifier:
             expires_at=float(claims["exp"]),
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._keys.closed
+
     async def close(self) -> None:
         await self._keys.close()
 
