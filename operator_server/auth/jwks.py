@@ -8,8 +8,9 @@ The set is loaded at the first token, from ``jwks_url`` (aiohttp, bounded by
   removed, perhaps because it leaked, stops verifying tokens),
 
 but never twice within ``jwks_refresh_s``: a stream of tokens with made-up
-``kid``\\s costs the provider one fetch per interval, not one per request.  One
-load runs at a time; requests that need it wait for it.
+kids costs the provider one fetch per interval, not one per request.  One load
+runs at a time: a request whose key is missing waits for it, one whose key is
+at hand does not.
 
 A failed load keeps the keys already held (a stale set still verifies the
 tokens it knows).  A token whose key is unknown while the last load failed gets
@@ -92,13 +93,14 @@ class KeySet:
 
         Raises ``ApiError``: ``bad_credentials`` (unknown kid, a key unfit
         for ``alg``) or ``jwks_unavailable``."""
-        if self._loaded_at is None or self._stale() or self._find(kid) is None:
-            async with self._lock:  # one load at a time; the others see its result
-                if (self._loaded_at is None or self._stale() or self._find(kid) is None) and (
-                    self._may_load()
-                ):
-                    await self._load()
         jwk = self._find(kid)
+        # A key at hand is used at once, even while a refresh of a stale set
+        # runs; the others wait for the one load in flight and see its result.
+        if (jwk is None or self._stale()) and not (jwk is not None and self._lock.locked()):
+            async with self._lock:
+                if (self._find(kid) is None or self._stale()) and self._may_load():
+                    await self._load()
+            jwk = self._find(kid)
         if jwk is None:
             if self._failure is not None:
                 raise ApiError(

@@ -109,7 +109,7 @@ class JwtVerifier:
         settings = self._settings
         header = self._header(token)
         alg = header.get("alg")
-        if alg not in self._algorithms:
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise _refused(
                 f"algorithm not allowed: {alg!r} (allowed: {', '.join(settings.algorithms)})"
             )
@@ -133,7 +133,7 @@ class JwtVerifier:
             name=f"{settings.issuer}#{self._subject(claims)}",
             via=Via.JWT,
             scopes=self._scopes(claims),
-            expires_at=float(claims["exp"]),
+            expires_at=_expiry(claims["exp"]),
         )
 
     @property
@@ -199,6 +199,14 @@ class JwtVerifier:
             if claim_matches(read_claim(claims, claim), value):
                 scopes |= granted
         return frozenset(scopes)
+
+
+def _expiry(exp: Any) -> float:
+    """``exp`` as Unix seconds; PyJWT has checked it is a number not past."""
+    try:
+        return float(exp)
+    except (OverflowError, TypeError, ValueError):
+        raise _refused(f"exp {exp!r} is not a time") from None
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:

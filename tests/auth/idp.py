@@ -54,6 +54,7 @@ class Provider:
     hits: int = 0  # JWKS fetches answered
     status: int = 200  # what the JWKS endpoint answers
     stall: asyncio.Event | None = None  # set: the endpoint waits for it before answering
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # a fetch came in
 
     def add(self, kid: str, alg: str = "RS256", *, publish: bool = True) -> None:
         self.keys[kid] = (alg, new_key(alg))
@@ -81,6 +82,7 @@ class Provider:
 
     async def _serve_jwks(self, request: web.Request) -> web.Response:
         self.hits += 1
+        self.arrived.set()
         if self.stall is not None:
             await self.stall.wait()
         if self.status != 200:

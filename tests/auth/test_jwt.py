@@ -167,6 +167,7 @@ REFUSALS = [
     ({"exp": None}, "token has no 'exp' claim"),
     ({"aud": None}, "token has no 'aud' claim"),
     ({"iss": None}, "token has no 'iss' claim"),
+    ({"exp": 10**400}, "is not a time"),
 ]
 
 
@@ -246,6 +247,10 @@ async def test_a_token_naming_an_rsa_key_with_an_ec_algorithm_is_refused(
 
 async def test_malformed_tokens_are_refused_as_malformed(idp: IdP, verifier: JwtVerifier) -> None:
     provider, _ = idp
+    for alg in (["RS256"], None, {"RS256": 1}):
+        error = await refusal(verifier, hand_made({"alg": alg, "kid": "k1"}, claims()))
+        assert error.code == Code.BAD_CREDENTIALS
+        assert error.message.startswith(f"algorithm not allowed: {alg!r}")
     error = await refusal(verifier, "a.b.c")
     assert error.code == Code.BAD_CREDENTIALS
     assert error.message.startswith("malformed token: Invalid header")
@@ -318,6 +323,31 @@ async def test_a_key_the_provider_removed_stops_working_once_the_set_is_old(idp:
         assert error.message == f"unknown kid 'k1': not in {url}"
         assert provider.hits == 2
         await verifier.principal(provider.token("k2"))
+    finally:
+        await verifier.close()
+
+
+async def test_a_known_key_does_not_wait_for_a_refresh_in_flight(idp: IdP) -> None:
+    provider, url = idp
+    clock = Clock()
+    settings = jwt_settings(jwks_url=url, jwks_max_age_s=600)
+    verifier = JwtVerifier(settings, keys=KeySet(settings, clock=clock))
+    try:
+        await verifier.principal(provider.token("k1"))
+        provider.add("k2", "ES256")
+        provider.stall = asyncio.Event()
+        provider.arrived.clear()
+        clock.now += 600  # the set is stale: the next token refreshes it
+        refreshing = asyncio.ensure_future(verifier.principal(provider.token("k1")))
+        await provider.arrived.wait()  # that refresh hangs at the provider
+        # Meanwhile a token whose key is at hand is answered at once (the guard
+        # only ends a test that would otherwise hang).
+        who = await asyncio.wait_for(verifier.principal(provider.token("k1")), 10)
+        assert who.name == f"{ISSUER}#alice" and not refreshing.done()
+        provider.stall.set()
+        assert (await refreshing).name == f"{ISSUER}#alice"
+        await verifier.principal(provider.token("k2"))  # from the refreshed set
+        assert provider.hits == 2
     finally:
         await verifier.close()
 
