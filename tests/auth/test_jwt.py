@@ -13,7 +13,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from operator_server.auth.jwks import KeySet
 from operator_server.auth.jwt import JwtVerifier, looks_like_jwt
@@ -438,3 +442,50 @@ def test_a_bad_jwks_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=rf"^auth\.jwt\.jwks_file: .*{says}"):
             JwtVerifier.started(jwt_settings(jwks_file=str(path)))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+CLAIM_NAMES = ["iss", "aud", "exp", "nbf", "iat", "sub", "scope", "groups", "email", "jti"]
+HEADER_NAMES = ["alg", "kid", "typ", "crit", "b64", "jku", "x5c"]
+
+
+@pytest.fixture(scope="module")
+def signed_by_k1(tmp_path_factory: pytest.TempPathFactory) -> tuple[Provider, JwtVerifier]:
+    provider = Provider()
+    provider.add("k1", "RS256")
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps(provider.jwks()))
+    settings = jwt_settings(
+        jwks_file=str(path), principal_claim="email", claim_scopes={"groups=sre": ["admin"]}
+    )
+    return provider, JwtVerifier.started(settings)
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    header=st.dictionaries(st.sampled_from(HEADER_NAMES), JSON, max_size=3),
+    changed=st.dictionaries(st.sampled_from(CLAIM_NAMES), JSON, max_size=4),
+)
+def test_whatever_a_validly_signed_token_holds_the_answer_is_a_principal_or_an_api_error(
+    signed_by_k1: tuple[Provider, JwtVerifier], header: dict[str, Any], changed: dict[str, Any]
+) -> None:
+    """Signed with the provider's real key, so every header and claim check is
+    reached: hostile values there are refusals, never a crash (a 500)."""
+    provider, verifier = signed_by_k1
+    key = provider.keys["k1"][1]
+    assert isinstance(key, rsa.RSAPrivateKey)
+    token = hand_made(
+        {"alg": "RS256", "kid": "k1", **header},
+        {**claims(email="a@example.com"), **changed},
+        lambda data: key.sign(data, padding.PKCS1v15(), hashes.SHA256()),
+    )
+    try:
+        asyncio.run(verifier.principal(token))
+    except ApiError as error:
+        assert error.code in (Code.BAD_CREDENTIALS, Code.TOKEN_EXPIRED), error
