@@ -75,6 +75,7 @@ class KeySet:
         self._keys: list[dict[str, Any]] = []
         self._prepared: dict[tuple[str | None, str], PyJWK] = {}
         self._loaded_at: float | None = None  # last good load
+        self.generation = 0  # counts good loads: what was verified with an older set is not trusted
         self._tried_at: float | None = None  # last load, good or not
         self._failure: str | None = None  # why the last load failed
         self._lock = asyncio.Lock()
@@ -96,9 +97,9 @@ class KeySet:
         jwk = self._find(kid)
         # A key at hand is used at once, even while a refresh of a stale set
         # runs; the others wait for the one load in flight and see its result.
-        if (jwk is None or self._stale()) and not (jwk is not None and self._lock.locked()):
+        if (jwk is None or self.stale()) and not (jwk is not None and self._lock.locked()):
             async with self._lock:
-                if (self._find(kid) is None or self._stale()) and self._may_load():
+                if (self._find(kid) is None or self.stale()) and self._may_load():
                     await self._load()
             jwk = self._find(kid)
         if jwk is None:
@@ -133,7 +134,8 @@ class KeySet:
             return self._keys[0] if len(self._keys) == 1 else None
         return next((key for key in self._keys if key.get("kid") == kid), None)
 
-    def _stale(self) -> bool:
+    def stale(self) -> bool:
+        """The set is older than ``jwks_max_age_s``: the next token reloads it."""
         loaded = self._loaded_at
         return loaded is not None and self._clock() - loaded >= self._settings.jwks_max_age_s
 
@@ -175,6 +177,7 @@ class KeySet:
 
     def _take(self, keys: list[dict[str, Any]]) -> None:
         self._keys = keys
+        self.generation += 1
         self._prepared = {}
         self._loaded_at = self._tried_at = self._clock()
         self._failure = None

@@ -4,9 +4,10 @@
 its ``alg`` must be one of the configured asymmetric algorithms (so ``none``
 and HS256 "signed" with the provider's public key are refused before any key
 is touched), its ``kid`` must name a key of the provider's JWKS (``jwks.py``),
-its signature must verify with that key, and ``exp`` (required), ``nbf``,
-``iat``, ``iss`` (required, equal to ``issuer``) and ``aud`` (required, naming
-``audience``) must hold, ``leeway_s`` allowing for clock skew.  PyJWT does the
+its signature must verify with that key, and ``nbf``, ``iat``, ``iss``
+(required, equal to ``issuer``), ``aud`` (required, naming ``audience``) and
+``exp`` (required; checked here, on the clock the cache reads) must hold,
+``leeway_s`` allowing for clock skew.  PyJWT does the
 cryptography; this module only decides what is asked of it.
 
 The principal it yields:
@@ -24,6 +25,12 @@ dotted path (``realm_access.roles`` for Keycloak's realm roles).  A claim
 matches ``value`` when it is that string, a list holding it, or a number or
 boolean that JSON spells so (``email_verified=true``).
 
+A verified token is remembered (the ``cache_size`` most recently used) until
+its ``exp``: a client sends the same token for its whole life, and checking a
+signature costs hundreds of microseconds.  What the cache holds is trusted only
+while the key set it was verified with is the current one and not stale, so a
+key the provider withdraws is noticed exactly as without the cache.
+
 Every refusal is an ``ApiError``: 401 ``token_expired`` for a token past its
 ``exp``, 401 ``bad_credentials`` for everything else a client cannot fix by
 retrying, with a message naming what was wrong, and 503 ``jwks_unavailable``
@@ -34,6 +41,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +59,7 @@ from operator_server.errors import ApiError, Code
 # malformed key.
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 API_KEY_PREFIX = "osk_"
+VERIFIED_CACHE_SIZE = 4096
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -86,9 +97,23 @@ def claim_matches(found: Any, value: str) -> bool:
 class JwtVerifier:
     """Turns a bearer JWT from the configured provider into a ``Principal``."""
 
-    def __init__(self, settings: JwtSettings, *, keys: KeySet | None = None) -> None:
+    def __init__(
+        self,
+        settings: JwtSettings,
+        *,
+        keys: KeySet | None = None,
+        wall: Callable[[], float] = time.time,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+    ) -> None:
         self._settings = settings
         self._keys = keys or KeySet(settings)
+        self._wall = wall
+        # token -> its principal, least recently used first: a client sends the
+        # same token for its whole life, and a signature check costs far more
+        # than the request it guards (hundreds of microseconds).
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._verified_with = self._keys.generation
+        self._cache_size = cache_size
         self._algorithms = frozenset(settings.algorithms)
         self._claim_scopes = [
             (claim, value, frozenset(scopes))
@@ -105,7 +130,44 @@ class JwtVerifier:
             verifier._keys.load_file_now()
         return verifier
 
+    @property
+    def remembered(self) -> int:
+        """How many verified tokens are held, at most ``cache_size``."""
+        return len(self._verified)
+
     async def principal(self, token: str) -> Principal:
+        """The principal ``token`` proves, or ``ApiError`` saying why not."""
+        known = self._remembered(token)
+        if known is not None:
+            return known
+        who = await self._verify(token)
+        self._remember(token, who)
+        return who
+
+    def _remembered(self, token: str) -> Principal | None:
+        """A principal verified before, while its token has not expired and
+        the key set it was verified with is the current one and not stale
+        (so a key the provider withdrew is noticed as without the cache)."""
+        if self._verified_with != self._keys.generation or self._keys.stale():
+            return None
+        who = self._verified.get(token)
+        if who is None:
+            return None
+        if who.expires_at is None or self._wall() >= who.expires_at + self._settings.leeway_s:
+            del self._verified[token]  # verified again: it is refused as expired
+            return None
+        self._verified.move_to_end(token)
+        return who
+
+    def _remember(self, token: str, who: Principal) -> None:
+        if self._verified_with != self._keys.generation:
+            self._verified.clear()
+            self._verified_with = self._keys.generation
+        self._verified[token] = who
+        if len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+
+    async def _verify(self, token: str) -> Principal:
         settings = self._settings
         header = self._header(token)
         alg = header.get("alg")
@@ -125,7 +187,8 @@ class JwtVerifier:
                 audience=settings.audience,
                 issuer=settings.issuer,
                 leeway=settings.leeway_s,
-                options={"require": ["exp", "iss", "aud"]},
+                # exp is checked below, on the clock the cache reads too.
+                options={"require": ["exp", "iss", "aud"], "verify_exp": False},
             )
         except jwt.PyJWTError as exc:
             raise self._why(token, exc) from None
@@ -133,8 +196,24 @@ class JwtVerifier:
             name=f"{settings.issuer}#{self._subject(claims)}",
             via=Via.JWT,
             scopes=self._scopes(claims),
-            expires_at=_expiry(claims["exp"]),
+            expires_at=self._expiry(claims["exp"]),
         )
+
+    def _expiry(self, exp: Any) -> float:
+        """``exp`` as Unix seconds, refused when past (by more than ``leeway_s``)."""
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise _refused(f"exp {exp!r} is not a time")
+        try:
+            expires_at = float(exp)
+        except OverflowError:
+            raise _refused(f"exp {exp!r} is not a time") from None
+        if expires_at + self._settings.leeway_s <= self._wall():
+            raise ApiError(
+                Code.TOKEN_EXPIRED,
+                f"token expired at {_when(exp)} (leeway {self._settings.leeway_s:g} s); "
+                f"get a fresh one from {self._settings.issuer}",
+            )
+        return expires_at
 
     @property
     def closed(self) -> bool:
@@ -156,12 +235,6 @@ class JwtVerifier:
         # Claims are read unverified only to say what was wrong with them:
         # PyJWT checks them after the signature, so they are genuine here.
         seen = _unverified_claims(token).get
-        if isinstance(exc, jwt.ExpiredSignatureError):
-            return ApiError(
-                Code.TOKEN_EXPIRED,
-                f"token expired at {_when(seen('exp'))} "
-                f"(leeway {settings.leeway_s:g} s); get a fresh one from {settings.issuer}",
-            )
         if isinstance(exc, jwt.ImmatureSignatureError):
             claim = "nbf" if "nbf" in str(exc) else "iat"
             return _refused(
@@ -199,14 +272,6 @@ class JwtVerifier:
             if claim_matches(read_claim(claims, claim), value):
                 scopes |= granted
         return frozenset(scopes)
-
-
-def _expiry(exp: Any) -> float:
-    """``exp`` as Unix seconds; PyJWT has checked it is a number not past."""
-    try:
-        return float(exp)
-    except (OverflowError, TypeError, ValueError):
-        raise _refused(f"exp {exp!r} is not a time") from None
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:

@@ -356,6 +356,55 @@ async def test_a_known_key_does_not_wait_for_a_refresh_in_flight(idp: IdP) -> No
         await verifier.close()
 
 
+async def test_a_remembered_token_is_refused_once_it_expires(idp: IdP) -> None:
+    provider, url = idp
+    wall = Clock()
+    wall.now = time.time()
+    verifier = JwtVerifier(jwt_settings(jwks_url=url), wall=wall)
+    try:
+        token = provider.token(exp=int(wall.now) + 300)
+        await verifier.principal(token)
+        assert (await verifier.principal(token)).name == f"{ISSUER}#alice"
+        assert verifier.remembered == 1
+        wall.now += 300 + 29  # within the leeway
+        await verifier.principal(token)
+        wall.now += 1
+        error = await refusal(verifier, token)
+        assert error.code == Code.TOKEN_EXPIRED
+        assert verifier.remembered == 0
+        assert provider.hits == 1
+    finally:
+        await verifier.close()
+
+
+async def test_remembered_tokens_are_forgotten_when_the_key_set_changes(idp: IdP) -> None:
+    provider, url = idp
+    clock = Clock()
+    settings = jwt_settings(jwks_url=url)
+    verifier = JwtVerifier(settings, keys=KeySet(settings, clock=clock), cache_size=2)
+    try:
+        old = provider.token("k1")
+        await verifier.principal(old)
+        for name in ("bob", "carol"):
+            await verifier.principal(provider.token("k1", sub=name))
+        assert verifier.remembered == 2  # bounded: alice's went first
+        await verifier.principal(old)
+        # The provider rotates and withdraws k1 at once; the next fetch (here
+        # for a token it refuses) forgets what k1 verified.
+        provider.add("k2", "ES256")
+        provider.published.remove("k1")
+        provider.add("k3", "ES256", publish=False)
+        clock.now += 30
+        assert (await refusal(verifier, provider.token("k3"))).message.startswith("unknown kid")
+        assert provider.hits == 2
+        error = await refusal(verifier, old)
+        assert error.message == f"unknown kid 'k1': not in {url}"
+        await verifier.principal(provider.token("k2"))
+        assert verifier.remembered == 1
+    finally:
+        await verifier.close()
+
+
 async def test_a_failing_jwks_endpoint_answers_503_and_is_not_hammered(idp: IdP) -> None:
     provider, url = idp
     provider.status = 500
