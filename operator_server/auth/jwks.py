@@ -71,6 +71,8 @@ class KeySet:
     ) -> None:
         self._settings = settings
         self._clock = clock
+        # Named in logs and start-up errors; not to clients (a file's path is
+        # nobody's business, and the log line has it).
         self.source = settings.jwks_url or settings.jwks_file
         self._keys: list[dict[str, Any]] = []
         self._prepared: dict[tuple[str | None, str], PyJWK] = {}
@@ -106,7 +108,7 @@ class KeySet:
             if self._failure is not None:
                 raise ApiError(
                     Code.JWKS_UNAVAILABLE,
-                    f"the identity provider's keys could not be loaded from {self.source}: "
+                    f"the identity provider's keys could not be loaded: "
                     f"{self._failure} (next try in at most "
                     f"{self._settings.jwks_refresh_s:g} s)",
                 )
@@ -115,7 +117,9 @@ class KeySet:
                     Code.BAD_CREDENTIALS,
                     f"the token names no kid and the JWKS holds {len(self._keys)} keys",
                 )
-            raise ApiError(Code.BAD_CREDENTIALS, f"unknown kid {kid!r}: not in {self.source}")
+            raise ApiError(
+                Code.BAD_CREDENTIALS, f"unknown kid {kid!r}: not in the provider's key set"
+            )
         return self._prepare(jwk, kid, alg)
 
     @property
@@ -190,8 +194,10 @@ class KeySet:
             else:
                 raw = await self._fetch(settings.jwks_url)
             return json.loads(raw)
-        except (OSError, ValueError) as exc:
-            raise JwksError(str(exc) or type(exc).__name__) from None
+        except OSError as exc:  # its text would name the file to the client
+            raise JwksError(f"jwks_file: {exc.strerror or type(exc).__name__}") from None
+        except ValueError as exc:
+            raise JwksError(f"not JSON: {exc}") from None
 
     async def _fetch(self, url: str) -> bytes:
         if self._session is None:

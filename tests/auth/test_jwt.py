@@ -272,7 +272,7 @@ async def test_an_unknown_kid_is_refused_after_one_refetch(idp: IdP, verifier: J
     provider.add("stranger", "RS256", publish=False)
     error = await refusal(verifier, provider.token("stranger"))
     assert error.code == Code.BAD_CREDENTIALS
-    assert error.message == f"unknown kid 'stranger': not in {idp[1]}"
+    assert error.message == "unknown kid 'stranger': not in the provider's key set"
     assert provider.hits == 1
 
 
@@ -291,7 +291,7 @@ async def test_a_rotated_key_is_fetched_once_and_refetches_are_rate_limited(idp:
         provider.add("k2", "ES256")
         clock.now += 29
         error = await refusal(verifier, provider.token("k2"))
-        assert error.message == f"unknown kid 'k2': not in {url}"
+        assert error.message == "unknown kid 'k2': not in the provider's key set"
         assert provider.hits == 1
 
         # Past it: one refetch, shared by every request waiting for it.
@@ -324,7 +324,7 @@ async def test_a_key_the_provider_removed_stops_working_once_the_set_is_old(idp:
         assert provider.hits == 1
         clock.now += 1
         error = await refusal(verifier, provider.token("k1"))
-        assert error.message == f"unknown kid 'k1': not in {url}"
+        assert error.message == "unknown kid 'k1': not in the provider's key set"
         assert provider.hits == 2
         await verifier.principal(provider.token("k2"))
     finally:
@@ -398,7 +398,7 @@ async def test_remembered_tokens_are_forgotten_when_the_key_set_changes(idp: IdP
         assert (await refusal(verifier, provider.token("k3"))).message.startswith("unknown kid")
         assert provider.hits == 2
         error = await refusal(verifier, old)
-        assert error.message == f"unknown kid 'k1': not in {url}"
+        assert error.message == "unknown kid 'k1': not in the provider's key set"
         await verifier.principal(provider.token("k2"))
         assert verifier.remembered == 1
     finally:
@@ -416,7 +416,7 @@ async def test_a_failing_jwks_endpoint_answers_503_and_is_not_hammered(idp: IdP)
             error = await refusal(verifier, provider.token("k1"))
             assert (error.code, error.status) == (Code.JWKS_UNAVAILABLE, 503)
             assert error.message == (
-                f"the identity provider's keys could not be loaded from {url}: HTTP 500 "
+                "the identity provider's keys could not be loaded: HTTP 500 "
                 "(next try in at most 30 s)"
             )
         assert provider.hits == 1
@@ -483,6 +483,15 @@ async def test_a_jwks_file_is_read_at_start_and_reread_for_a_new_kid(tmp_path: P
     path.write_text(json.dumps(provider.jwks()))
     clock.now += 30
     assert (await verifier.principal(provider.token("k2"))).name == f"{ISSUER}#alice"
+    path.unlink()
+    provider.add("k3", "ES256")
+    clock.now += 30
+    error = await refusal(verifier, provider.token("k3"))
+    assert error.code == Code.JWKS_UNAVAILABLE
+    assert error.message.startswith(
+        "the identity provider's keys could not be loaded: jwks_file: No such file or directory"
+    )
+    assert str(tmp_path) not in error.message  # the client learns no path
 
 
 def test_a_bad_jwks_file_stops_start_up_naming_the_key(tmp_path: Path) -> None:
