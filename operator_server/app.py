@@ -75,8 +75,15 @@ def load_directive(settings: Settings) -> DirectiveTemplate:
 
 
 def build_app(
-    settings: Settings, directive: DirectiveTemplate | None = None, store: Store | None = None
+    settings: Settings,
+    directive: DirectiveTemplate | None = None,
+    store: Store | None = None,
+    jwt: JwtVerifier | None = None,
 ) -> web.Application:
+    """The app; ``jwt``: the verifier of identity-provider tokens, built from
+    ``[auth.jwt]`` when not given (None without that table)."""
+    if jwt is None and settings.auth.jwt is not None:
+        jwt = JwtVerifier.started(settings.auth.jwt)
     background = Background()
     store = store or open_store(settings)
     meters = Metrics() if settings.metrics else DisabledMetrics()
@@ -126,8 +133,7 @@ def build_app(
     app[STORE] = store
     app[METRICS] = meters
     app[LEASES] = wired.leases
-    jwt = settings.auth.jwt
-    app[JWT_VERIFIER] = JwtVerifier.started(jwt) if jwt is not None else None
+    app[JWT_VERIFIER] = jwt
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)

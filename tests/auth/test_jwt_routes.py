@@ -15,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from operator_server.app import build_app, listening_on
-from operator_server.appkeys import JWT_VERIFIER
 from operator_server.auth.jwks import KeySet
 from operator_server.auth.jwt import JwtVerifier
 from tests.auth.conftest import Clock
@@ -49,8 +48,8 @@ async def daemon(
     )
     assert settings.auth.jwt is not None
     clock = Clock()
-    app = build_app(settings)
-    app[JWT_VERIFIER] = JwtVerifier(settings.auth.jwt, keys=KeySet(settings.auth.jwt, clock=clock))
+    verifier = JwtVerifier(settings.auth.jwt, keys=KeySet(settings.auth.jwt, clock=clock))
+    app = build_app(settings, jwt=verifier)
     client: TestClient[Any, Any] = await aiohttp_client(app)
     listening_on(app, str(client.make_url("")).rstrip("/"))
     yield client, provider, clock
