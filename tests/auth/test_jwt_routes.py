@@ -60,14 +60,18 @@ async def test_a_jwt_with_tasks_create_creates_a_task_and_one_without_it_gets_40
 ) -> None:
     client, provider, _ = daemon
     allowed = provider.token(scope="openid tasks:create tasks:read")
-    resp = await client.post("/v1/tasks", json={"directive": "hi"}, headers=bearer(allowed))
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "echo", "directive": "hi"}, headers=bearer(allowed)
+    )
     assert resp.status == 202, await resp.text()
     task = await resp.json()
     resp = await client.get(f"/v1/tasks/{task['id']}", headers=bearer(allowed))
     assert resp.status == 200
 
     lacking = provider.token(scope="tasks:read")
-    resp = await client.post("/v1/tasks", json={"directive": "hi"}, headers=bearer(lacking))
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "echo", "directive": "hi"}, headers=bearer(lacking)
+    )
     assert resp.status == 403
     error = (await resp.json())["error"]
     assert error["code"] == "forbidden" and "tasks:create" in error["message"]
