@@ -74,6 +74,13 @@ def load_directive(settings: Settings) -> DirectiveTemplate:
         raise ConfigError(f"directive_template: {path}: {exc}") from exc
 
 
+def load_jwt_verifier(settings: Settings) -> JwtVerifier | None:
+    """The verifier of ``[auth.jwt]`` (None without it); ``ConfigError`` for a
+    ``jwks_file`` that holds no usable key, before anything has started."""
+    jwt = settings.auth.jwt
+    return JwtVerifier.started(jwt) if jwt is not None else None
+
+
 def build_app(
     settings: Settings,
     directive: DirectiveTemplate | None = None,
@@ -82,8 +89,7 @@ def build_app(
 ) -> web.Application:
     """The app; ``jwt``: the verifier of identity-provider tokens, built from
     ``[auth.jwt]`` when not given (None without that table)."""
-    if jwt is None and settings.auth.jwt is not None:
-        jwt = JwtVerifier.started(settings.auth.jwt)
+    jwt = jwt if jwt is not None else load_jwt_verifier(settings)
     background = Background()
     store = store or open_store(settings)
     meters = Metrics() if settings.metrics else DisabledMetrics()

@@ -288,3 +288,17 @@ def test_the_shipped_auth_jwt_example_loads_once_uncommented(tmp_path: Path) -> 
     jwt = load_settings(file=write(tmp_path, "\n".join(lines)), env={}).auth.jwt
     assert jwt is not None and jwt.issuer.startswith("https://")
     assert jwt.claim_scopes["groups=sre"] == ("operate:*", "tasks:read")
+
+
+def test_the_daemon_process_exits_2_on_a_jwks_file_that_holds_no_keys(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    text = f"port = 0\n[store]\npath = ':memory:'\n{JWT}jwks_file = '{jwks}'\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "operator_server", "--config", str(write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"auth.jwt.jwks_file: {jwks}: the JWKS holds no signing key" in proc.stderr
