@@ -10,7 +10,8 @@ Shutdown, in order: stop taking tasks and cancel every run (each task ends
 ``cancelled`` with the reason, operators get ``cancel`` frames — except with a
 shared store, where the runs stop but their tasks stay running, to be handed
 over), end every event stream, close every socket with 1001,
-cancel and await every remaining background task, flush the store, let go of
+cancel and await every remaining background task, close the JWKS client
+(``[auth.jwt]``), flush the store, let go of
 this node's leases (a shared store: another node takes the tasks at its next
 look, rather than after ``lease_s``), and last close the store so every state
 change made on the way down is written.
@@ -26,7 +27,16 @@ from typing import Any
 from aiohttp import web
 
 from operator_server import __version__
-from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
+from operator_server.appkeys import (
+    BACKGROUND,
+    ENGINE,
+    JWT_VERIFIER,
+    METRICS,
+    OPERATOR_COUNTS,
+    SETTINGS,
+    STORE,
+)
+from operator_server.auth.jwt import JwtVerifier
 from operator_server.background import Background
 from operator_server.cluster.leases import Leases
 from operator_server.cluster.wiring import ClusterWiring
@@ -64,9 +74,22 @@ def load_directive(settings: Settings) -> DirectiveTemplate:
         raise ConfigError(f"directive_template: {path}: {exc}") from exc
 
 
+def load_jwt_verifier(settings: Settings) -> JwtVerifier | None:
+    """The verifier of ``[auth.jwt]`` (None without it); ``ConfigError`` for a
+    ``jwks_file`` that holds no usable key, before anything has started."""
+    jwt = settings.auth.jwt
+    return JwtVerifier.started(jwt) if jwt is not None else None
+
+
 def build_app(
-    settings: Settings, directive: DirectiveTemplate | None = None, store: Store | None = None
+    settings: Settings,
+    directive: DirectiveTemplate | None = None,
+    store: Store | None = None,
+    jwt: JwtVerifier | None = None,
 ) -> web.Application:
+    """The app; ``jwt``: the verifier of identity-provider tokens, built from
+    ``[auth.jwt]`` when not given (None without that table)."""
+    jwt = jwt if jwt is not None else load_jwt_verifier(settings)
     background = Background()
     store = store or open_store(settings)
     meters = Metrics() if settings.metrics else DisabledMetrics()
@@ -116,6 +139,7 @@ def build_app(
     app[STORE] = store
     app[METRICS] = meters
     app[LEASES] = wired.leases
+    app[JWT_VERIFIER] = jwt
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -218,6 +242,8 @@ async def _shutdown(app: web.Application) -> None:
     app[ENGINE].fanout.close()
     await app[DIRECTORY].close_sockets(1001, SHUTDOWN_REASON)
     await app[BACKGROUND].close(SHUTDOWN_REASON)  # the lease keeper too: no renewal now
+    if (verifier := app[JWT_VERIFIER]) is not None:  # no request is left to need the JWKS
+        await verifier.close()
     await app[LEASES].hand_over()
     await store.close()
     log.info("shut down")

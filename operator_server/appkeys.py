@@ -14,6 +14,7 @@ from typing import cast
 
 from aiohttp import web
 
+from operator_server.auth.jwt import JwtVerifier
 from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine import Engine
@@ -29,3 +30,5 @@ STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 # ``{"sessions": n, "connected": n}``, set by the app from the operator directory.
 OPERATOR_COUNTS: web.AppKey[Callable[[], dict[str, int]]] = web.AppKey("operator_counts")
+# Bearer JWTs from the identity provider of ``[auth.jwt]``; None without that table.
+JWT_VERIFIER: web.AppKey[JwtVerifier | None] = web.AppKey("jwt_verifier")

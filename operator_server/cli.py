@@ -43,6 +43,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _flag_help(fld: fields.Field) -> str:
     """The key's meaning and default, both read from its one declaration."""
+    if fld.required:  # a key of an optional table, such as auth.jwt.issuer
+        return f"{fld.metadata.get('help', '')} (required with its table)".replace("%", "%%")
     default = fld.load_default() if callable(fld.load_default) else fld.load_default
     shown = json.dumps(list(default) if isinstance(default, list | tuple) else default)
     # argparse formats help with %-style: a literal percent sign must be doubled.
@@ -393,7 +395,7 @@ def mcp_main(args: argparse.Namespace) -> int:
 def serve_main(args: argparse.Namespace) -> int:
     import structlog
 
-    from operator_server.app import load_directive
+    from operator_server.app import load_directive, load_jwt_verifier
     from operator_server.daemon import StartupFailed, serve
     from operator_server.logs import configure_logging, get_logger
 
@@ -405,6 +407,7 @@ def serve_main(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(file=args.config, flags=flags)
         directive = load_directive(settings)
+        jwt = load_jwt_verifier(settings)
     except ConfigError as exc:
         print(f"operator-server: config error: {exc}", file=sys.stderr)
         return 2
@@ -413,7 +416,7 @@ def serve_main(args: argparse.Namespace) -> int:
     structlog.contextvars.bind_contextvars(node_id=settings.node_id)
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings, directive))
+            runner.run(serve(settings, directive, jwt))
     except StartupFailed as exc:
         print(f"operator-server: {exc}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from marshmallow import (
     Schema,
@@ -36,6 +37,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from operator_server.auth.principal import valid_scope
 from operator_server.errors import describe_validation
 from operator_server.wire.json import DEFAULT_MAX_DEPTH, MAX_CONFIG_DEPTH
 
@@ -67,6 +69,48 @@ class StoreSettings:
 @dataclass(frozen=True)
 class ClusterSettings:
     lease_s: float = 10
+
+
+# The only algorithms ``[auth.jwt]`` accepts: asymmetric ones, whose verifying
+# key is public.  ``none`` and HS* are refused outright: an HS256 token "signed"
+# with the provider's public key as the HMAC secret would otherwise verify
+# (algorithm confusion).
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+DEFAULT_JWT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+
+
+@dataclass(frozen=True)
+class JwtSettings:
+    """``[auth.jwt]``: bearer JWTs from one identity provider (``auth/jwt.py``)."""
+
+    issuer: str
+    audience: str
+    jwks_url: str = ""
+    jwks_file: str = ""
+    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    leeway_s: float = 30
+    principal_claim: str = "sub"
+    jwks_refresh_s: float = 30
+    jwks_max_age_s: float = 600
+    jwks_timeout_s: float = 5
+    # "claim=value" -> the scopes a token whose claim holds value is granted.
+    claim_scopes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt: JwtSettings | None = None  # None: no [auth.jwt], JWTs are not accepted
 
 
 @dataclass(frozen=True)
@@ -120,6 +164,7 @@ class Settings:
     webhook_timeout_s: float = 10
     store: StoreSettings = field(default_factory=StoreSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -181,6 +226,120 @@ class ClusterSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> ClusterSettings:
         return ClusterSettings(**data)
+
+
+def _asymmetric_algorithm(name: str) -> None:
+    if name not in ASYMMETRIC_ALGORITHMS:
+        raise ValidationError(
+            f"{name!r} is not allowed: only asymmetric algorithms "
+            f"({', '.join(ASYMMETRIC_ALGORITHMS)}); none and HS* would let a token be "
+            "forged (an HS256 token keyed with the provider's public key)"
+        )
+
+
+def _jwks_url(url: str) -> None:
+    """https, or http to a loopback host only: keys fetched in clear text from
+    elsewhere could be swapped on the way, and then any token verifies."""
+    if not url:
+        return
+    _URL(url)
+    parsed = urlsplit(url)
+    if parsed.scheme != "https" and not is_loopback(parsed.hostname or ""):
+        raise ValidationError("must be https:// (http:// only to a loopback host)")
+
+
+def _claim_scopes(table: Mapping[str, Any]) -> None:
+    """Each key ``claim=value`` with a claim name; each value a list of scopes."""
+    for key, scopes in table.items():
+        claim, sep, _ = key.partition("=")
+        if not sep or not claim:
+            raise ValidationError(f'{key!r}: expected "claim=value", e.g. "groups=sre"')
+        bad = [s for s in scopes if not valid_scope(s)]
+        if bad:
+            raise ValidationError(
+                f"{key!r}: not a scope: {', '.join(map(repr, bad))} (tasks:create, "
+                "tasks:read, tasks:cancel, events:read, operate:<glob>, admin)"
+            )
+
+
+class JwtSchema(Schema):
+    issuer = fields.String(
+        required=True,
+        validate=validate.Length(min=1),
+        metadata=_help("the identity provider's issuer: a token's iss must equal it"),
+    )
+    audience = fields.String(
+        required=True,
+        validate=validate.Length(min=1),
+        metadata=_help("this daemon's audience: a token's aud must name it"),
+    )
+    jwks_url = fields.String(
+        load_default="",
+        validate=_jwks_url,
+        metadata=_help("URL of the provider's JWKS (https; or jwks_file)"),
+    )
+    jwks_file = fields.String(
+        load_default="",
+        metadata=_help("a JWKS file instead of jwks_url, re-read as jwks_url is refetched"),
+    )
+    algorithms = fields.List(
+        fields.String(validate=_asymmetric_algorithm),
+        load_default=list(DEFAULT_JWT_ALGORITHMS),
+        validate=validate.Length(min=1),
+        metadata=_help("signature algorithms accepted (asymmetric only)"),
+    )
+    leeway_s = _seconds(
+        JwtSettings.leeway_s, "clock skew allowed when checking a token's exp, nbf and iat"
+    )
+    principal_claim = fields.String(
+        load_default=JwtSettings.principal_claim,
+        validate=validate.Length(min=1),
+        metadata=_help("the claim naming the principal (<issuer>#<value>); a.b reads nested"),
+    )
+    jwks_refresh_s = _seconds(
+        JwtSettings.jwks_refresh_s,
+        "least time between two fetches of the JWKS for a token with an unknown kid",
+        allow_zero=False,
+    )
+    jwks_max_age_s = _seconds(
+        JwtSettings.jwks_max_age_s,
+        "a JWKS older than this is fetched again at the next token (removed keys stop working)",
+        allow_zero=False,
+    )
+    jwks_timeout_s = _seconds(
+        JwtSettings.jwks_timeout_s,
+        "longest a JWKS fetch may take; past it the request gets 503 jwks_unavailable",
+        allow_zero=False,
+    )
+    claim_scopes = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        load_default=dict,
+        validate=_claim_scopes,
+        metadata=_help('scopes granted by a claim: {"groups=sre": ["operate:*", "tasks:read"]}'),
+    )
+
+    @validates_schema
+    def _one_key_source(self, data: dict[str, Any], **_: Any) -> None:
+        url, file = data.get("jwks_url"), data.get("jwks_file")
+        if bool(url) == bool(file):
+            raise ValidationError("set exactly one of jwks_url and jwks_file", "jwks_url")
+        if file and not Path(file).is_file():
+            raise ValidationError(f"file not found: {file}", "jwks_file")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> JwtSettings:
+        data["algorithms"] = tuple(data["algorithms"])
+        data["claim_scopes"] = {k: tuple(v) for k, v in data["claim_scopes"].items()}
+        return JwtSettings(**data)
+
+
+class AuthSchema(Schema):
+    jwt = fields.Nested(JwtSchema, load_default=None)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> AuthSettings:
+        return AuthSettings(**data)
 
 
 def _split_host_port(entry: str) -> tuple[str, int | None]:
@@ -474,6 +633,7 @@ class SettingsSchema(Schema):
     )
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
     cluster = fields.Nested(ClusterSchema, load_default=lambda: ClusterSchema().load({}))
+    auth = fields.Nested(AuthSchema, load_default=lambda: AuthSchema().load({}))
 
     @validates_schema
     def _checks(self, data: dict[str, Any], **_: Any) -> None:
@@ -535,15 +695,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def setting_keys() -> list[tuple[str, fields.Field]]:
-    """Every settable key as a dotted name with its field, in declaration order."""
+def setting_keys(schema: Schema | None = None, prefix: str = "") -> list[tuple[str, fields.Field]]:
+    """Every settable key as a dotted name with its field, in declaration order
+    (``auth.jwt.issuer``: tables nest to any depth)."""
     keys: list[tuple[str, fields.Field]] = []
-    for name, fld in SettingsSchema().fields.items():
+    for name, fld in (schema or SettingsSchema()).fields.items():
         if isinstance(fld, fields.Nested):
-            nested = fld.schema
-            keys.extend((f"{name}.{sub}", subfld) for sub, subfld in nested.fields.items())
+            keys.extend(setting_keys(fld.schema, f"{prefix}{name}."))
         else:
-            keys.append((name, fld))
+            keys.append((f"{prefix}{name}", fld))
     return keys
 
 
@@ -556,7 +716,13 @@ def flag_name(key: str) -> str:
 
 
 def _coerce_text(fld: fields.Field, raw: str) -> Any:
-    """Env vars and flags are strings; lists take JSON or comma-separated text."""
+    """Env vars and flags are strings; lists take JSON or comma-separated text,
+    tables (``auth.jwt.claim_scopes``) JSON."""
+    if isinstance(fld, fields.Dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # let the schema report the bad value
     if isinstance(fld, fields.List):
         text = raw.strip()
         if text.startswith("["):

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from operator_server import __version__
 from operator_server.app import build_app, listening_on, runner_options
+from operator_server.auth.jwt import JwtVerifier
 from operator_server.config import Settings, listen_url
 from operator_server.logs import get_logger
 from operator_server.operators.directive import DirectiveTemplate
@@ -83,7 +84,9 @@ def bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-async def serve(settings: Settings, directive: DirectiveTemplate) -> None:
+async def serve(
+    settings: Settings, directive: DirectiveTemplate, jwt: JwtVerifier | None = None
+) -> None:
     """Run until SIGTERM or SIGINT; raise ``StartupFailed`` if it never got going."""
     store = open_store(settings)
     try:
@@ -102,7 +105,7 @@ async def serve(settings: Settings, directive: DirectiveTemplate) -> None:
             "name it as is; set public_url to the address sub-agents can reach",
             url=url,
         )
-    app = build_app(settings, directive, store)
+    app = build_app(settings, directive, store, jwt)
     listening_on(app, url)
     runner = web.AppRunner(app, **runner_options(settings))
     loop_name = type(asyncio.get_running_loop()).__module__.partition(".")[0]  # uvloop | asyncio

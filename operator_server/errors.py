@@ -43,6 +43,10 @@ class Code(StrEnum):
     BAD_CREDENTIALS = "bad_credentials"
     KEY_EXPIRED = "key_expired"
     KEY_REVOKED = "key_revoked"
+    # A JWT past its ``exp``: the client should fetch a fresh one from its provider.
+    TOKEN_EXPIRED = "token_expired"
+    # The identity provider's key set could not be fetched: try again (503).
+    JWKS_UNAVAILABLE = "jwks_unavailable"
 
     # Worker credentials
     MISSING_CREDENTIAL = "missing_credential"
@@ -112,6 +116,8 @@ STATUS: dict[Code, int] = {
     Code.BAD_CREDENTIALS: 401,
     Code.KEY_EXPIRED: 401,
     Code.KEY_REVOKED: 401,
+    Code.TOKEN_EXPIRED: 401,
+    Code.JWKS_UNAVAILABLE: 503,
     Code.MISSING_CREDENTIAL: 401,
     Code.INVALID_CAPABILITY: 401,
     Code.CAPABILITY_EXPIRED: 401,

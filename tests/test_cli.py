@@ -26,6 +26,8 @@ def test_serve_help_shows_each_flag_with_its_meaning_and_default(
     assert '(default "127.0.0.1")' in text and "(default 7786)" in text
     assert "(default false)" in text  # access_log
     assert '(default ["main_ai", "senior_escalation", "operator_delegate"])' in text
+    # A key of an optional table has no default of its own: the table needs it.
+    assert "a token's iss must equal it (required with its table)" in text  # auth.jwt.issuer
 
 
 @pytest.mark.parametrize("argv", [["serve", "--version"], ["--version"]])

@@ -158,8 +158,12 @@ def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> 
     import dataclasses
 
     from operator_server.config import (
+        AuthSchema,
+        AuthSettings,
         ClusterSchema,
         ClusterSettings,
+        JwtSchema,
+        JwtSettings,
         Settings,
         SettingsSchema,
         StoreSchema,
@@ -170,8 +174,131 @@ def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> 
         (Settings, SettingsSchema),
         (StoreSettings, StoreSchema),
         (ClusterSettings, ClusterSchema),
+        (AuthSettings, AuthSchema),
+        (JwtSettings, JwtSchema),
     ):
         assert set(schema().fields) == {f.name for f in dataclasses.fields(cls)}, cls
     # Nothing given: every default is the dataclass's (the node id is made up at load).
     loaded = SettingsSchema().load({})
     assert dataclasses.replace(loaded, node_id="") == Settings()
+
+
+JWT = "[auth.jwt]\nissuer = 'https://idp.example.com'\naudience = 'ops'\n"
+JWKS_URL = "jwks_url = 'https://idp.example.com/jwks'\n"
+
+
+def test_auth_jwt_is_off_unless_its_table_is_there_and_then_takes_its_defaults(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(env={}).auth.jwt is None
+    jwt = load_settings(file=write(tmp_path, JWT + JWKS_URL), env={}).auth.jwt
+    assert jwt is not None
+    assert (jwt.issuer, jwt.audience, jwt.jwks_url) == (
+        "https://idp.example.com",
+        "ops",
+        "https://idp.example.com/jwks",
+    )
+    assert jwt.algorithms == ("RS256", "ES256", "EdDSA")
+    assert (jwt.leeway_s, jwt.principal_claim, jwt.jwks_refresh_s) == (30, "sub", 30)
+    assert jwt.claim_scopes == {}
+    mapped = write(
+        tmp_path,
+        JWT + JWKS_URL + "[auth.jwt.claim_scopes]\n'groups=sre' = ['operate:*', 'tasks:read']\n",
+    )
+    jwt = load_settings(file=mapped, env={}).auth.jwt
+    assert jwt is not None and jwt.claim_scopes == {"groups=sre": ("operate:*", "tasks:read")}
+
+
+def test_auth_jwt_keys_come_from_the_environment_and_flags_too() -> None:
+    env = {
+        "OPERATOR_SERVER_AUTH_JWT_ISSUER": "https://idp.example.com",
+        "OPERATOR_SERVER_AUTH_JWT_AUDIENCE": "ops",
+        "OPERATOR_SERVER_AUTH_JWT_JWKS_URL": "http://127.0.0.1:8080/jwks",
+        "OPERATOR_SERVER_AUTH_JWT_ALGORITHMS": "ES256, EdDSA",
+        "OPERATOR_SERVER_AUTH_JWT_CLAIM_SCOPES": '{"role=admin": ["admin"]}',
+    }
+    jwt = load_settings(env=env, flags={"auth.jwt.leeway_s": "5"}).auth.jwt
+    assert jwt is not None
+    assert jwt.algorithms == ("ES256", "EdDSA")
+    assert jwt.claim_scopes == {"role=admin": ("admin",)}
+    assert jwt.leeway_s == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[auth.jwt]\naudience = 'ops'\n" + JWKS_URL, r"auth\.jwt\.issuer: Missing data"),
+        ("[auth.jwt]\nissuer = 'i'\n" + JWKS_URL, r"auth\.jwt\.audience: Missing data"),
+        ("[auth.jwt]\nissuer = ''\naudience = 'ops'\n" + JWKS_URL, r"auth\.jwt\.issuer: Shorter"),
+        (JWT, r"auth\.jwt\.jwks_url: set exactly one of jwks_url and jwks_file"),
+        (
+            JWT + JWKS_URL + "jwks_file = 'jwks.json'\n",
+            r"auth\.jwt\.jwks_url: set exactly one of jwks_url and jwks_file",
+        ),
+        (JWT + "jwks_url = 'not a url'\n", r"auth\.jwt\.jwks_url: Not a valid URL"),
+        (
+            JWT + "jwks_url = 'http://idp.example.com/jwks'\n",
+            r"auth\.jwt\.jwks_url: must be https:// \(http:// only to a loopback host\)",
+        ),
+        (JWT + "jwks_file = '/no/such/jwks.json'\n", r"auth\.jwt\.jwks_file: file not found"),
+        (JWT + JWKS_URL + "algorithms = ['none']\n", r"auth\.jwt\.algorithms\.0: 'none' is not"),
+        (
+            JWT + JWKS_URL + "algorithms = ['RS256', 'HS256']\n",
+            r"auth\.jwt\.algorithms\.1: 'HS256' is not allowed: only asymmetric",
+        ),
+        (JWT + JWKS_URL + "algorithms = []\n", r"auth\.jwt\.algorithms: Shorter than"),
+        (JWT + JWKS_URL + "leeway_s = -1\n", r"auth\.jwt\.leeway_s"),
+        (JWT + JWKS_URL + "principal_claim = ''\n", r"auth\.jwt\.principal_claim"),
+        (JWT + JWKS_URL + "jwks_refresh_s = 0\n", r"auth\.jwt\.jwks_refresh_s"),
+        (JWT + JWKS_URL + "jwks_max_age_s = 0\n", r"auth\.jwt\.jwks_max_age_s"),
+        (JWT + JWKS_URL + "jwks_timeout_s = 'soon'\n", r"auth\.jwt\.jwks_timeout_s"),
+        (JWT + JWKS_URL + "colour = 'red'\n", r"auth\.jwt\.colour: Unknown field"),
+        ("[auth]\ncolour = 'red'\n", r"auth\.colour: Unknown field"),
+        (
+            JWT + JWKS_URL + "[auth.jwt.claim_scopes]\n'groups' = ['admin']\n",
+            r"auth\.jwt\.claim_scopes: 'groups': expected \"claim=value\"",
+        ),
+        (
+            JWT + JWKS_URL + "[auth.jwt.claim_scopes]\n'=sre' = ['admin']\n",
+            r"auth\.jwt\.claim_scopes: '=sre': expected \"claim=value\"",
+        ),
+        (
+            JWT
+            + JWKS_URL
+            + "[auth.jwt.claim_scopes]\n'groups=sre' = ['admin', 'sudo', 'operate:']\n",
+            r"auth\.jwt\.claim_scopes: 'groups=sre': not a scope: 'sudo', 'operate:'",
+        ),
+        (
+            JWT + JWKS_URL + "[auth.jwt.claim_scopes]\n'groups=sre' = 'admin'\n",
+            r"auth\.jwt\.claim_scopes\.groups=sre\.value: Not a valid list",
+        ),
+    ],
+)
+def test_bad_auth_jwt_settings_are_refused_naming_the_key(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(file=write(tmp_path, text), env={})
+
+
+def test_the_shipped_auth_jwt_example_loads_once_uncommented(tmp_path: Path) -> None:
+    shipped = (REPO / "config" / "operator-server.toml").read_text()
+    example = shipped[shipped.index("# [auth.jwt]\n") :].splitlines()
+    lines = [line.removeprefix("# ") for line in example if not line.startswith("# jwks_file")]
+    jwt = load_settings(file=write(tmp_path, "\n".join(lines)), env={}).auth.jwt
+    assert jwt is not None and jwt.issuer.startswith("https://")
+    assert jwt.claim_scopes["groups=sre"] == ("operate:*", "tasks:read")
+
+
+def test_the_daemon_process_exits_2_on_a_jwks_file_that_holds_no_keys(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text('{"keys": []}')
+    text = f"port = 0\n[store]\npath = ':memory:'\n{JWT}jwks_file = '{jwks}'\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "operator_server", "--config", str(write(tmp_path, text))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"auth.jwt.jwks_file: {jwks}: the JWKS holds no signing key" in proc.stderr
