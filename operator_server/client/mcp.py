@@ -41,6 +41,7 @@ from mcp.server.stdio import stdio_server
 
 from operator_server import __version__
 from operator_server.background import Background
+from operator_server.client import advice
 from operator_server.client.errors import RequestFailed
 from operator_server.client.http import TaskClient, WorkerClient
 from operator_server.client.mcp_tools import (
@@ -234,11 +235,10 @@ class OperatorBridge:
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 # Refused before anything was sent: no session can have been made.
                 self._mint_sent = not isinstance(exc, aiohttp.ClientConnectorError)
-                self.error = f"cannot reach {self.url}: {exc}"
+                self.error = advice.not_reached(self.url, exc)
                 self._remedy = (
-                    f"is the daemon running at {self.url}? (`make run`; or set "
-                    "OPERATOR_SERVER_URL / --url); the bridge keeps trying and takes its seat "
-                    "once it answers"
+                    f"{advice.START_HINT}; the bridge keeps trying and takes its seat once "
+                    "it answers"
                 )
                 await asyncio.sleep(delay)  # backoff between attempts, not a settle-wait
                 delay = min(self.options.backoff_max_s, delay * 2)
@@ -402,7 +402,7 @@ class OperatorBridge:
     async def tool_pending(self) -> dict[str, Any]:
         await self._sweep()
         return {
-            "requests": [{**self._view(h), "handed_out": h.handed_out} for h in self._held.values()]
+            "pending": [{**self._view(h), "handed_out": h.handed_out} for h in self._held.values()]
         }
 
     def _view(self, held: Held) -> dict[str, Any]:
@@ -585,7 +585,7 @@ def build_server(bridge: OperatorBridge) -> Server[Any, Any]:
         except RequestFailed as exc:
             return _error_result(exc.code, exc.message)
         except (aiohttp.ClientError, OSError) as exc:
-            return _error_result("unreachable", f"cannot reach {bridge.url}: {exc}")
+            return _error_result("unreachable", advice.unreachable(bridge.url, exc))
 
     @server.list_prompts()
     async def list_prompts() -> list[types.Prompt]:

@@ -137,7 +137,7 @@ TOOLS: list[types.Tool] = [
         "Every request this bridge holds now, oldest first, whether handed out by "
         "next_request yet or not. Use it to recover your place after losing track.",
         _obj(),
-        _open(("requests",), requests={"type": "array", "items": REQUEST}),
+        _open(("pending",), pending={"type": "array", "items": REQUEST}),
     ),
     _tool(
         "approve",

@@ -181,7 +181,7 @@ async def test_a_spawn_goes_through_approve_worker_prompt_worker_result_and_spaw
         assert after["notices"][0]["result"]["ok"] is True
         listed = await call(mcp, "task_list", status="passed")
         assert [t["id"] for t in listed["tasks"]] == [task["id"]]
-        assert (await call(mcp, "pending"))["requests"] == []
+        assert (await call(mcp, "pending"))["pending"] == []
 
 
 async def test_an_ask_answered_through_answer_overrides_a_failing_worker(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ async def test_bad_arguments_and_wrong_replies_are_tool_errors_and_the_bridge_go
         assert missing["code"] == "task_not_found"
 
         # Still working: the same hook is approved and the task goes on.
-        held = (await call(mcp, "pending"))["requests"]
+        held = (await call(mcp, "pending"))["pending"]
         assert [(r["req_id"], r["handed_out"]) for r in held] == [(hook["req_id"], True)]
         await call(mcp, "approve", req_id=hook["req_id"])
         spawn = await next_of(mcp, "spawn")
@@ -478,7 +478,7 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert proxy.cut() >= 1
                 await wait_connected(mcp)  # reconnected through the proxy by itself
                 held = await call(mcp, "pending")
-                assert [r["req_id"] for r in held["requests"]] == [hook["req_id"]]
+                assert [r["req_id"] for r in held["pending"]] == [hook["req_id"]]
                 assert (await call(mcp, "approve", req_id=hook["req_id"]))["delivered"] is True
                 again = await call_error(mcp, "approve", req_id=hook["req_id"])
                 assert again["code"] in ("already_answered", "unknown_req_id")
