@@ -10,18 +10,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from operator_server.demo import port_option
 from tests.console.browser import browser_missing, chromium, control, start_daemon, until
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    port = port_option("make screenshots: the console's pictures for the README", argv)
     missing = browser_missing()
     if missing:
         print(f"screenshots: {missing}", file=sys.stderr)
         return 1
     DOCS.mkdir(exist_ok=True)
-    daemon = start_daemon()
+    daemon = start_daemon(port=port or None)
     try:
         with chromium() as page:
             page.get(daemon.base + "/")
