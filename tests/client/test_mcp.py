@@ -617,7 +617,13 @@ async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with unseated_bridge(url, tmp_path, "--role", "main") as mcp:
-        await every_tool_fails(mcp, f"cannot reach {url}", "is the daemon running")
+        await every_tool_fails(
+            mcp,
+            f"cannot reach {url} (connection refused: nothing listens there)",
+            "is the daemon running? (`make run`",
+        )
+        status = await call_error(mcp, "status")
+        assert "ssl:default" not in status["message"], status
     assert await exit_code_written(tmp_path) == 1
     err = (tmp_path / "bridge.stderr").read_text()
     assert clean(err) and "could not leave" not in err, err
