@@ -119,19 +119,19 @@ def _follow_command(args: argparse.Namespace, task_id: str) -> str:
 
 def _interrupted(args: argparse.Namespace, seen: dict[str, Any]) -> int:
     task = seen.get("task")
-    task_id = task["id"] if task is not None else getattr(args, "id", None)
+    if task is not None:
+        print(json.dumps(task, indent=2))  # stdout still gets the task, as created
+    waited_for = task["id"] if task is not None else getattr(args, "id", None)
     if args.verb == "create" and task is None:
         print(
             "operator-server: interrupted before the daemon answered; the task may or may "
             "not exist: see `operator-server task list`",
             file=sys.stderr,
         )
-    elif task_id is not None and args.verb in ("create", "get"):
-        if task is not None:
-            print(json.dumps(task, indent=2))  # stdout still gets the task, as created
+    elif waited_for is not None and bool(getattr(args, "wait", 0)):
         print(
-            f"operator-server: stopped waiting; task {task_id} goes on. Follow it with:\n"
-            f"  {_follow_command(args, task_id)}",
+            f"operator-server: stopped waiting; task {waited_for} goes on. Follow it with:\n"
+            f"  {_follow_command(args, waited_for)}",
             file=sys.stderr,
         )
     else:
