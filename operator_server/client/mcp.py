@@ -202,7 +202,13 @@ class OperatorBridge:
                     log.warning("kept session is gone; joining anew", sid=sid)
                     sid = token = None
                     continue
-                self.error = str(exc)
+                # A refused --token is the user's to fix: say which option, not "401".
+                refused = getattr(exc.__cause__, "status", None) == 401
+                self.error = (
+                    advice.session_token_refused(self.url, client.sid)
+                    if refused and client.sid
+                    else str(exc)
+                )
                 log.error("operator session gone", error=self.error)
                 return
             except RequestFailed as exc:

@@ -627,3 +627,31 @@ async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_
     assert await exit_code_written(tmp_path) == 1
     err = (tmp_path / "bridge.stderr").read_text()
     assert clean(err) and "could not leave" not in err, err
+
+
+async def test_a_refused_session_token_is_said_as_the_token_option(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+        ):
+            sid = (await resp.json())["sid"]
+        params = StdioServerParameters(
+            command=BRIDGE[0],
+            args=[*BRIDGE[1:], "--url", daemon.base, "--sid", sid, "--token", "x" * 40],
+            env=dict(os.environ),
+        )
+        with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                for _ in range(500):
+                    status = (await session.call_tool("status", {})).structuredContent or {}
+                    if status.get("error"):
+                        break
+                    await asyncio.sleep(0.02)  # polling the bridge's own status
+                error = status.get("error") or ""
+                assert f"cannot attach to session {sid}" in error, status
+                assert "as --token" in error and "401" not in error, status
