@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/operator-server.toml
+# The port to listen on: `make run PORT=8000` (default: the config file's, 7786),
+# `make demo PORT=8000`, `make cluster PORT=8000` (node-a; node-b on the next one),
+# `make screenshots PORT=8000` (default for these three: a free port).
+PORT   ?=
 
 .PHONY: run test lint fmt bench demo cluster screenshots clean
 
@@ -20,7 +24,7 @@ $(BIN)/.installed-test: $(BIN)/.installed-run
 	touch $@
 
 run: $(BIN)/.installed-run
-	$(BIN)/operator-server serve --config $(CONFIG)
+	$(BIN)/operator-server serve --config $(CONFIG)$(if $(PORT), --port $(PORT))
 
 test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q
@@ -38,15 +42,15 @@ bench: $(BIN)/.installed-test
 	$(BIN)/python -m bench $(ARGS)
 
 demo: $(BIN)/.installed-run
-	$(BIN)/python -m operator_server.demo
+	$(BIN)/python -m operator_server.demo$(if $(PORT), --port $(PORT))
 
 # Two nodes on a throwaway PostgreSQL, in the foreground; Ctrl-C stops and removes all.
 cluster: $(BIN)/.installed-run
-	$(BIN)/python -m operator_server.localcluster
+	$(BIN)/python -m operator_server.localcluster$(if $(PORT), --port $(PORT))
 
 # PNGs of the console (sign-in, inbox, task page) into docs/, for the README; needs chromium.
 screenshots: $(BIN)/.installed-test
-	$(BIN)/python -m tests.console.screenshots
+	$(BIN)/python -m tests.console.screenshots$(if $(PORT), --port $(PORT))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from bench import (
     ask_rtt,
     bigasks,
+    cli,
     cluster,
     e2e,
     fanout,
@@ -36,6 +37,10 @@ from bench.common import history_file, progress
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object]]]] = {
     "ask": ("ask round trips vs raw aiohttp", lambda a: ask_rtt.run()),
     "bigasks": ("one handle's 80 asks of 200 KB: latency, RSS, stop", lambda a: bigasks.run()),
+    "cli": (
+        "--help, task get and the MCP bridge's first answer vs python -c pass",
+        lambda a: cli.run(),
+    ),
     "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "fanout": ("a task burst with 500 live event streams vs none", lambda a: fanout.run()),

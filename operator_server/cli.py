@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+# Start-up time is part of the interface: ``--help`` and a one-shot ``task get``
+# answer in a fraction of a second because this module imports only the
+# standard library's argparse at the top; each command imports what it needs
+# when it runs (the daemon: aiohttp.web, marshmallow, the engine; ``task``:
+# aiohttp's client only).  tests/test_cli.py holds that; ``make bench ARGS=cli``
+# measures it.
 import argparse
-import asyncio
-import contextlib
-import io
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from marshmallow import fields
+from typing import TYPE_CHECKING
 
 from operator_server import __version__
-from operator_server.client import RequestFailed, TaskClient
-from operator_server.config import ConfigError, flag_name, load_settings, setting_keys
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from marshmallow import fields
 
 CONFIG_DEST = "cfg:"
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_serve(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], with_settings: bool
+) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the daemon (the default command)",
@@ -30,6 +35,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     serve.add_argument("--config", metavar="PATH", help="TOML config file")
     serve.add_argument("--version", action="version", version=f"operator-server {__version__}")
+    serve.set_defaults(func=serve_main)
+    if not with_settings:
+        return  # another command runs: the settings' schema need not be loaded
+    from operator_server.config import flag_name, setting_keys
+
     for key, fld in setting_keys():
         serve.add_argument(
             flag_name(key),
@@ -38,11 +48,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             default=argparse.SUPPRESS,
             help=_flag_help(fld),
         )
-    serve.set_defaults(func=serve_main)
 
 
 def _flag_help(fld: fields.Field) -> str:
     """The key's meaning and default, both read from its one declaration."""
+    import json
+
     if fld.required:  # a key of an optional table, such as auth.jwt.issuer
         return f"{fld.metadata.get('help', '')} (required with its table)".replace("%", "%%")
     default = fld.load_default() if callable(fld.load_default) else fld.load_default
@@ -58,11 +69,13 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get("OPERATOR_SERVER_URL") or DEFAULT_URL,
+        metavar="URL",
         help=f"the daemon (default: $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
     )
     parser.add_argument(
         "--api-token",
         default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
+        metavar="TOKEN",
         help="the daemon's api_token, if it has one (default: $OPERATOR_SERVER_API_TOKEN)",
     )
 
@@ -75,7 +88,9 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "in a state file, so a restart resumes it. Ctrl-C leaves (deletes the session).",
     )
     _add_client_options(op)
-    op.add_argument("--role", required=True, help="the role to hold (tasks name it)")
+    op.add_argument(
+        "--role", required=True, metavar="ROLE", help="the role to hold (tasks name it)"
+    )
     op.add_argument(
         "--approve",
         choices=("all", "none", "ask"),
@@ -90,14 +105,31 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "result, exit code 0 is ok",
     )
     op.add_argument(
+        "--desc",
+        metavar="TEXT",
+        help="the session's description, shown in the console's Operators view and "
+        'GET /v1/operators (default: "operator-server operator (exec)", or '
+        '"(terminal)" without --exec)',
+    )
+    op.add_argument(
         "--state-file",
         metavar="PATH",
         help="where the session's sid and token are kept (mode 0600; default: one file per "
         "url and role under $XDG_STATE_HOME/operator-server/)",
     )
-    op.add_argument("--sid", help="attach to this existing session (with --token)")
-    op.add_argument("--token", help="the token of --sid")
+    op.add_argument("--sid", metavar="SID", help="attach to this existing session (with --token)")
+    op.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
+    op.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="how much of the client's own log (reconnects, replays) goes to stderr "
+        "(default warning)",
+    )
     op.set_defaults(func=operator_main)
+
+
+TASK_STATUSES = "pending, running, passed, blocked, failed, cancelled"
 
 
 def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,47 +137,94 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "task",
         help="create, read, list or cancel tasks (prints JSON)",
         description="Exit codes: 0 done (with --wait: the task passed); 1 the request "
-        "failed (the error JSON is on stderr); 2 bad usage; with --wait, 3 the task ended "
-        "but did not pass, 4 it had not ended when the wait ran out.",
+        "failed (the error JSON is on stderr) or the daemon is unreachable; 2 bad usage; "
+        "with --wait, 3 the task ended but did not pass, 4 it had not ended when the wait "
+        "ran out; 130 interrupted (Ctrl-C): the task goes on, and the command to follow "
+        "it is printed.",
     )
     verbs = task.add_subparsers(dest="verb", required=True)
 
     create = verbs.add_parser("create", help="create a task")
-    create.add_argument("--agent", required=True)
     create.add_argument(
-        "--directive", required=True, help="JSON if it parses as JSON, else plain text"
+        "--agent",
+        required=True,
+        metavar="NAME",
+        help="who does the work: a local agent (echo is built in) when no operator serves "
+        "the task, else any name the operator's sub-agent understands",
     )
-    create.add_argument("--system")
+    create.add_argument(
+        "--directive",
+        required=True,
+        metavar="TEXT",
+        help="what the worker gets as its prompt: JSON if it parses as JSON, else plain text",
+    )
+    create.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="a system prompt, handed to the worker with the directive",
+    )
     who = create.add_mutually_exclusive_group()
-    who.add_argument("--role", help="the operator role that serves it")
-    who.add_argument("--sid", help="the operator session that serves it")
-    create.add_argument("--kind", choices=("main_ai", "automate"))
-    create.add_argument("--layers", help="comma-separated middleware, outermost first")
-    create.add_argument("--max-attempts", type=int)
+    who.add_argument("--role", metavar="ROLE", help="the operator role that serves it")
+    who.add_argument("--sid", metavar="SID", help="the operator session that serves it")
+    create.add_argument(
+        "--kind",
+        choices=("main_ai", "automate"),
+        help="main_ai: spawn hooks fire (the default when --role or --sid names an "
+        "operator); automate: they do not (the default otherwise)",
+    )
+    create.add_argument(
+        "--layers",
+        metavar="LIST",
+        help="comma-separated middleware, outermost first (default: the daemon's default_layers)",
+    )
+    create.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="run a blocked or failed attempt again, up to N attempts in all (1-100; "
+        "default: the daemon's default_max_attempts, 1)",
+    )
     create.add_argument(
         "--wait",
         type=float,
         default=0,
+        metavar="S",
         help="wait up to S seconds for the end; then exit 0 only if it passed",
     )
 
     get = verbs.add_parser("get", help="read a task")
-    get.add_argument("id")
+    get.add_argument("id", help="the task's id (t-...)")
     get.add_argument(
         "--wait",
         type=float,
         default=0,
+        metavar="S",
         help="long-poll up to S seconds for the end; then exit 0 only if it passed",
     )
 
-    listing = verbs.add_parser("list", help="list tasks")
-    listing.add_argument("--status")
-    listing.add_argument("--limit", type=int)
-    listing.add_argument("--after")
+    listing = verbs.add_parser(
+        "list",
+        help="list tasks",
+        description='One page of tasks in creation order, as {"tasks": [...], "next"}; '
+        'pass "next" as --after for the following page.',
+    )
+    listing.add_argument(
+        "--status", metavar="STATUS", help=f"only tasks with this status ({TASK_STATUSES})"
+    )
+    listing.add_argument(
+        "--limit", type=int, metavar="N", help="at most N tasks on the page (1-500; default 50)"
+    )
+    listing.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the page after this cursor (the previous page's next) or this task id",
+    )
 
     cancel = verbs.add_parser("cancel", help="cancel a task")
-    cancel.add_argument("id")
-    cancel.add_argument("--reason")
+    cancel.add_argument("id", help="the task's id (t-...)")
+    cancel.add_argument(
+        "--reason", metavar="TEXT", help="why; the cancelled task's error.message says it"
+    )
 
     for verb in (create, get, listing, cancel):
         _add_client_options(verb)
@@ -166,17 +245,24 @@ def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="roles",
         action="append",
         default=[],
+        metavar="ROLE",
         help="a role to hold (repeatable); tasks naming it are served by this agent",
     )
-    mcp.add_argument("--desc", default="operator-server mcp", help="the session's description")
+    mcp.add_argument(
+        "--desc",
+        default="operator-server mcp",
+        metavar="TEXT",
+        help="the session's description, shown in the console's Operators view "
+        '(default "operator-server mcp")',
+    )
     resume = mcp.add_mutually_exclusive_group()
     resume.add_argument(
         "--state-file",
         metavar="PATH",
         help="keep the session here and resume it on the next start",
     )
-    resume.add_argument("--sid", help="resume this session (with --token)")
-    mcp.add_argument("--token", help="the session token of --sid")
+    resume.add_argument("--sid", metavar="SID", help="resume this session (with --token)")
+    mcp.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
     mcp.add_argument(
         "--keep-session",
         action="store_true",
@@ -184,23 +270,35 @@ def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "default one under $XDG_STATE_HOME/operator-server) instead of leaving",
     )
     mcp.add_argument(
-        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="how much of the bridge's log goes to stderr (default warning)",
     )
-    mcp.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+    mcp.add_argument(
+        "--log-format",
+        default="auto",
+        choices=("auto", "json", "console"),
+        help="the log's form: JSON lines, readable lines, or auto: readable when stderr "
+        "is a terminal (default auto)",
+    )
     mcp.add_argument(
         "--backoff-max-s",
         type=float,
         default=10.0,
+        metavar="S",
         help="longest wait between reconnect attempts (default 10)",
     )
     mcp.set_defaults(func=mcp_main)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve_settings: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; ``serve_settings=False`` leaves out ``serve``'s
+    one flag per setting, which needs the settings' schema (marshmallow) loaded."""
     parser = argparse.ArgumentParser(prog="operator-server")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command")
-    _add_serve(sub)
+    _add_serve(sub, serve_settings)
     _add_operator(sub)
     _add_task(sub)
     _add_mcp(sub)
@@ -208,10 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def operator_main(args: argparse.Namespace) -> int:
+    import asyncio
     from pathlib import Path
 
     import aiohttp
 
+    from operator_server.client import advice
+    from operator_server.client.errors import RequestFailed
     from operator_server.client.operator import SessionGone
     from operator_server.client.state import (
         StateFileInUse,
@@ -238,7 +339,7 @@ def operator_main(args: argparse.Namespace) -> int:
     except (StateFileInUse, OSError) as exc:
         print(f"operator-server: {exc}", file=sys.stderr)
         return 1
-    configure_logging("warning", "console")
+    configure_logging(args.log_level, "console", stream=sys.stderr)
     terminal = TerminalOperator(
         url,
         role=args.role,
@@ -248,113 +349,43 @@ def operator_main(args: argparse.Namespace) -> int:
         state_file=state_file,
         sid=args.sid,
         token=args.token,
+        desc=args.desc,
     )
+
+    def refused(exc: BaseException | None) -> str | None:
+        """A 401 said in the user's terms: which flag to pass."""
+        if not (isinstance(exc, RequestFailed) and exc.status == 401):
+            return None
+        if args.sid is not None:
+            return advice.session_token_refused(url, args.sid)
+        return advice.api_token_refused(url, sent=bool(args.api_token))
+
     try:
         return asyncio.run(terminal.run())
     except StartupFailed as exc:
-        print(f"operator-server: {exc}", file=sys.stderr)
+        print(f"operator-server: {refused(exc.__cause__) or exc}", file=sys.stderr)
     except SessionGone as exc:
         print(f"operator-server: {exc}", file=sys.stderr)
     except RequestFailed as exc:
-        print(f"operator-server: {url}: {exc}", file=sys.stderr)
+        print(f"operator-server: {refused(exc) or f'{url}: {exc}'}", file=sys.stderr)
     except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-        print(f"operator-server: cannot reach {url}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"operator-server: {advice.unreachable(url, exc)}", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C while still starting up
         print("operator-server: interrupted while starting", file=sys.stderr)
         return 130
     return 1
 
 
-def _parse_directive(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-# ``task ... --wait`` exit codes (0 passed, 1 request failed, 2 usage).
-EXIT_NOT_PASSED = 3
-EXIT_STILL_RUNNING = 4
-# One long-poll at most this long: well under the server's max_wait_s (300 s by
-# default), so any --wait works by polling again.
-WAIT_CHUNK_S = 30.0
-
-
-async def _wait_for_end(tasks: TaskClient, task_id: str, wait: float) -> Any:
-    from operator_server.engine.tasks import TaskStatus
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        remaining = deadline - loop.time()
-        task = await tasks.get(task_id, wait=max(0.0, min(remaining, WAIT_CHUNK_S)))
-        if TaskStatus(task["status"]).terminal or remaining <= WAIT_CHUNK_S:
-            return task
-
-
-async def _task_command(args: argparse.Namespace) -> Any:
-    async with TaskClient(args.url, args.api_token) as tasks:
-        if args.verb == "create":
-            body: dict[str, Any] = {
-                "agent": args.agent,
-                "directive": _parse_directive(args.directive),
-            }
-            operator = {
-                k: v for k, v in (("role", args.role), ("sid", args.sid), ("kind", args.kind)) if v
-            }
-            if operator:
-                body["operator"] = operator
-            if args.system is not None:
-                body["system"] = args.system
-            if args.layers is not None:
-                body["layers"] = [x.strip() for x in args.layers.split(",") if x.strip()]
-            if args.max_attempts is not None:
-                body["max_attempts"] = args.max_attempts
-            task = await tasks.create(**body)
-            return await _wait_for_end(tasks, task["id"], args.wait) if args.wait else task
-        if args.verb == "get":
-            return (
-                await _wait_for_end(tasks, args.id, args.wait)
-                if args.wait
-                else await tasks.get(args.id)
-            )
-        if args.verb == "list":
-            return await tasks.list(args.status, args.limit, args.after)
-        return await tasks.cancel(args.id, args.reason)
-
-
-def _exit_code(args: argparse.Namespace, result: Any) -> int:
-    """With ``--wait`` the exit code says how the task ended, for scripts."""
-    if not getattr(args, "wait", 0):
-        return 0
-    status = result.get("status")
-    if status == "passed":
-        return 0
-    return EXIT_STILL_RUNNING if status in ("pending", "running") else EXIT_NOT_PASSED
-
-
 def task_main(args: argparse.Namespace) -> int:
-    import aiohttp
+    from operator_server.client.task_command import run
 
-    try:
-        result = asyncio.run(_task_command(args))
-    except RequestFailed as exc:
-        print(
-            json.dumps(exc.body or {"error": {"code": exc.code, "message": exc.message}}),
-            file=sys.stderr,
-        )
-        return 1
-    except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-        print(
-            f"operator-server: cannot reach {args.url}: {exc or type(exc).__name__}",
-            file=sys.stderr,
-        )
-        return 1
-    print(json.dumps(result, indent=2))
-    return _exit_code(args, result)
+    return run(args)
 
 
 def mcp_main(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import io
     import logging
     from pathlib import Path
 
@@ -393,9 +424,12 @@ def mcp_main(args: argparse.Namespace) -> int:
 
 
 def serve_main(args: argparse.Namespace) -> int:
+    import asyncio
+
     import structlog
 
     from operator_server.app import load_directive, load_jwt_verifier
+    from operator_server.config import ConfigError, load_settings
     from operator_server.daemon import StartupFailed, serve
     from operator_server.logs import configure_logging, get_logger
 
@@ -441,6 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")
     ):
         args_list.insert(0, "serve")
-    args = build_parser().parse_args(args_list)
+    args = build_parser(serve_settings=args_list[0] == "serve").parse_args(args_list)
     result: int = args.func(args)
     return result

@@ -410,8 +410,9 @@ class SettingsSchema(Schema):
         load_default=Settings.public_url,
         validate=lambda v: not v or _URL(v),
         metadata=_help(
-            "base URL sub-agents use to reach the worker endpoints (empty: the URL the "
-            "operator's socket connected to)"
+            "base URL sub-agents use to reach the worker endpoints, as written into spawn "
+            "directives (empty: the URL the daemon listens on, http://<host>:<bound port>; "
+            "set it behind a proxy or on a wildcard host)"
         ),
     )
     secret = fields.String(

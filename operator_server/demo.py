@@ -7,6 +7,7 @@ their results, and stops everything.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -57,8 +58,18 @@ def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def main() -> int:
-    port = free_port()
+def port_option(what: str, argv: list[str] | None) -> int:
+    """``--port N`` (``make ... PORT=N``); 0 when not given: take a free port."""
+    parser = argparse.ArgumentParser(description=what)
+    parser.add_argument(
+        "--port", type=int, default=0, help="the port to listen on (default: a free one)"
+    )
+    port: int = parser.parse_args(argv).port
+    return port
+
+
+def main(argv: list[str] | None = None) -> int:
+    port = port_option("make demo: the daemon, an operator and a few tasks", argv) or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OPERATOR_SERVER_LOG_LEVEL": "warning"}
     step(f"starting the daemon on {url}")

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from operator_server.demo import wait_health
+from operator_server.demo import port_option, wait_health
 
 RUN_AS = "nobody"
 CLI = [sys.executable, "-m", "operator_server"]
@@ -173,8 +173,9 @@ def throwaway_postgres(*, durable: bool = False, max_connections: int = 200) -> 
 # -- make cluster ---------------------------------------------------------------
 
 
-def start_node(node_id: str, store_url: str, secret: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+def start_node(
+    node_id: str, store_url: str, secret: str, port: int
+) -> tuple[subprocess.Popen[bytes], str]:
     # The secret and the database URL go by environment, not argv: ps shows argv.
     env = {
         **os.environ,
@@ -218,7 +219,10 @@ Ctrl-C stops both nodes and the database and removes its directory.
 """
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # --port N: node-a on N, node-b on N + 1 (easy to guess); else free ports.
+    first = port_option("make cluster: two nodes on a throwaway PostgreSQL", argv)
+    ports = [first + i for i in range(len(NODES))] if first else [free_port() for _ in NODES]
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -232,8 +236,8 @@ def main() -> int:
             secret = secrets.token_hex(32)
             urls: dict[str, str] = {}
             try:
-                for node in NODES:
-                    proc, url = start_node(node, pg.url(), secret)
+                for node, port in zip(NODES, ports, strict=True):
+                    proc, url = start_node(node, pg.url(), secret, port)
                     procs.append(proc)
                     urls[node] = url
                 for node, url in urls.items():

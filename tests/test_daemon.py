@@ -337,3 +337,20 @@ async def test_half_sent_requests_are_cut_off_while_healthz_keeps_answering(
     finally:
         d.proc.terminate()
         assert d.proc.wait(timeout=15) == 0
+
+
+async def test_a_daemon_without_a_secret_says_nothing_about_it(tmp_path: Path) -> None:
+    """One daemon loses nothing to a random key (a capability dies with the
+    process that minted it), so a start without ``secret`` is as quiet as one
+    with it: no warning line, on stdout or stderr, in JSON or in words."""
+    daemon = await start_daemon("--log-format", "json", "--store-path", str(tmp_path / "d.sqlite"))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{daemon.base}/v1/tasks", json={"agent": "echo", "directive": "x"}) as resp,
+    ):
+        assert resp.status == 202  # it works with the random key
+    daemon.proc.send_signal(signal.SIGTERM)
+    out, _ = daemon.proc.communicate(timeout=30)
+    assert daemon.proc.returncode == 0
+    assert "secret" not in out, out
+    assert [line for line in out.splitlines() if '"warning"' in line] == [], out

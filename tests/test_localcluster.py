@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.pg import require_postgres
 
@@ -35,16 +36,38 @@ def refuses(url_or_port: str) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-async def test_make_cluster_starts_two_nodes_on_one_database_and_ctrl_c_leaves_nothing_behind() -> (
-    None
-):
+def two_free_ports() -> int:
+    """A free port whose next one is free too."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+@pytest.mark.parametrize("port_given", [False, True], ids=["free-ports", "port"])
+async def test_make_cluster_starts_two_nodes_on_one_database_and_ctrl_c_leaves_nothing_behind(
+    port_given: bool,
+) -> None:
     require_postgres()
+    port = two_free_ports() if port_given else None
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "operator_server.localcluster", stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "operator_server.localcluster",
+        *(["--port", str(port)] if port else []),
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         started = await read_banner(proc)
         a, b = started["node-a"], started["node-b"]
+        if port:  # make cluster PORT=N: node-a on N, node-b on N + 1
+            assert (a, b) == (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}")
         async with aiohttp.ClientSession() as http:
             ids = []
             for url in (a, b):

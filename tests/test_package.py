@@ -145,3 +145,14 @@ def test_the_package_has_a_license_and_a_version_past_the_seed() -> None:
     assert tuple(int(part) for part in __version__.split(".")) > (0, 1, 0)
     changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
     assert f"{__version__} now" in changelog and "A cut renames" in changelog
+
+
+@pytest.mark.parametrize("target", ["run", "demo", "cluster", "screenshots"])
+def test_make_takes_the_port_to_listen_on_from_port(target: str, tmp_path: Path) -> None:
+    given = run(
+        "make", "--no-print-directory", "-n", "-B", f"VENV={tmp_path}/v", "PORT=8123", target,
+        cwd=REPO,
+    ).splitlines()  # fmt: skip
+    assert given[-1].endswith(" --port 8123"), given[-1]
+    # Without PORT, run keeps the config file's port and the others take a free one.
+    assert "--port" not in make_dry_run(target, tmp_path / "v")[-1]

@@ -41,6 +41,7 @@ from mcp.server.stdio import stdio_server
 
 from operator_server import __version__
 from operator_server.background import Background
+from operator_server.client import advice
 from operator_server.client.errors import RequestFailed
 from operator_server.client.http import TaskClient, WorkerClient
 from operator_server.client.mcp_tools import (
@@ -201,7 +202,13 @@ class OperatorBridge:
                     log.warning("kept session is gone; joining anew", sid=sid)
                     sid = token = None
                     continue
-                self.error = str(exc)
+                # A refused --token is the user's to fix: say which option, not "401".
+                refused = getattr(exc.__cause__, "status", None) == 401
+                self.error = (
+                    advice.session_token_refused(self.url, client.sid)
+                    if refused and client.sid
+                    else str(exc)
+                )
                 log.error("operator session gone", error=self.error)
                 return
             except RequestFailed as exc:
@@ -234,11 +241,10 @@ class OperatorBridge:
             except (aiohttp.ClientConnectionError, OSError) as exc:
                 # Refused before anything was sent: no session can have been made.
                 self._mint_sent = not isinstance(exc, aiohttp.ClientConnectorError)
-                self.error = f"cannot reach {self.url}: {exc}"
+                self.error = advice.not_reached(self.url, exc)
                 self._remedy = (
-                    f"is the daemon running at {self.url}? (`make run`; or set "
-                    "OPERATOR_SERVER_URL / --url); the bridge keeps trying and takes its seat "
-                    "once it answers"
+                    f"{advice.START_HINT}; the bridge keeps trying and takes its seat once "
+                    "it answers"
                 )
                 await asyncio.sleep(delay)  # backoff between attempts, not a settle-wait
                 delay = min(self.options.backoff_max_s, delay * 2)
@@ -402,7 +408,7 @@ class OperatorBridge:
     async def tool_pending(self) -> dict[str, Any]:
         await self._sweep()
         return {
-            "requests": [{**self._view(h), "handed_out": h.handed_out} for h in self._held.values()]
+            "pending": [{**self._view(h), "handed_out": h.handed_out} for h in self._held.values()]
         }
 
     def _view(self, held: Held) -> dict[str, Any]:
@@ -585,7 +591,7 @@ def build_server(bridge: OperatorBridge) -> Server[Any, Any]:
         except RequestFailed as exc:
             return _error_result(exc.code, exc.message)
         except (aiohttp.ClientError, OSError) as exc:
-            return _error_result("unreachable", f"cannot reach {bridge.url}: {exc}")
+            return _error_result("unreachable", advice.unreachable(bridge.url, exc))
 
     @server.list_prompts()
     async def list_prompts() -> list[types.Prompt]:

@@ -135,9 +135,10 @@ TOOLS: list[types.Tool] = [
     _tool(
         "pending",
         "Every request this bridge holds now, oldest first, whether handed out by "
-        "next_request yet or not. Use it to recover your place after losing track.",
+        'next_request yet or not, as {"pending": [...]}. Use it to recover your place '
+        "after losing track.",
         _obj(),
-        _open(("requests",), requests={"type": "array", "items": REQUEST}),
+        _open(("pending",), pending={"type": "array", "items": REQUEST}),
     ),
     _tool(
         "approve",

@@ -144,6 +144,7 @@ class TerminalOperator:
         state_file: Path | None = None,
         sid: str | None = None,
         token: str | None = None,
+        desc: str | None = None,
         out: TextIO = sys.stdout,
         err: TextIO = sys.stderr,
         interactive: bool | None = None,
@@ -155,6 +156,7 @@ class TerminalOperator:
         self.api_token = api_token
         self.state_file = state_file
         self._given = (sid, token) if sid is not None and token is not None else None
+        self.desc = desc or f"operator-server operator ({'exec' if command else 'terminal'})"
         self.out = out
         self.err = err
         self.interactive = sys.stdin.isatty() if interactive is None else interactive
@@ -175,7 +177,7 @@ class TerminalOperator:
             sid=sid,
             token=token,
             roles=[self.role],
-            desc=f"operator-server operator ({'exec' if self.command else 'terminal'})",
+            desc=self.desc,
             api_token=self.api_token,
             on_ask=self.on_ask,
             on_hook_before=self.on_hook_before,

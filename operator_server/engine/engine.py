@@ -145,10 +145,12 @@ class Engine:
 
     @staticmethod
     def _random_secret() -> bytes:
-        log.warning(
-            "no secret configured: using a random one; capabilities will not survive a "
-            "restart (set `secret` or OPERATOR_SERVER_SECRET)"
-        )
+        # Not a warning: a capability is live only in the memory of the process
+        # that minted it (``CapabilityIssuer._live``), so a restart ends every
+        # one of them whatever the key; one daemon loses nothing to a random
+        # key.  A cluster, where it would matter, cannot start without one
+        # (config.py).
+        log.debug("no secret configured: worker credentials are signed with a random key")
         return secrets.token_bytes(32)
 
     # -- tasks ------------------------------------------------------------

@@ -181,7 +181,7 @@ async def test_a_spawn_goes_through_approve_worker_prompt_worker_result_and_spaw
         assert after["notices"][0]["result"]["ok"] is True
         listed = await call(mcp, "task_list", status="passed")
         assert [t["id"] for t in listed["tasks"]] == [task["id"]]
-        assert (await call(mcp, "pending"))["requests"] == []
+        assert (await call(mcp, "pending"))["pending"] == []
 
 
 async def test_an_ask_answered_through_answer_overrides_a_failing_worker(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ async def test_bad_arguments_and_wrong_replies_are_tool_errors_and_the_bridge_go
         assert missing["code"] == "task_not_found"
 
         # Still working: the same hook is approved and the task goes on.
-        held = (await call(mcp, "pending"))["requests"]
+        held = (await call(mcp, "pending"))["pending"]
         assert [(r["req_id"], r["handed_out"]) for r in held] == [(hook["req_id"], True)]
         await call(mcp, "approve", req_id=hook["req_id"])
         spawn = await next_of(mcp, "spawn")
@@ -478,7 +478,7 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert proxy.cut() >= 1
                 await wait_connected(mcp)  # reconnected through the proxy by itself
                 held = await call(mcp, "pending")
-                assert [r["req_id"] for r in held["requests"]] == [hook["req_id"]]
+                assert [r["req_id"] for r in held["pending"]] == [hook["req_id"]]
                 assert (await call(mcp, "approve", req_id=hook["req_id"]))["delivered"] is True
                 again = await call_error(mcp, "approve", req_id=hook["req_id"])
                 assert again["code"] in ("already_answered", "unknown_req_id")
@@ -617,7 +617,41 @@ async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with unseated_bridge(url, tmp_path, "--role", "main") as mcp:
-        await every_tool_fails(mcp, f"cannot reach {url}", "is the daemon running")
+        await every_tool_fails(
+            mcp,
+            f"cannot reach {url} (connection refused: nothing listens there)",
+            "is the daemon running? (`make run`",
+        )
+        status = await call_error(mcp, "status")
+        assert "ssl:default" not in status["message"], status
     assert await exit_code_written(tmp_path) == 1
     err = (tmp_path / "bridge.stderr").read_text()
     assert clean(err) and "could not leave" not in err, err
+
+
+async def test_a_refused_session_token_is_said_as_the_token_option(tmp_path: Path) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+        ):
+            sid = (await resp.json())["sid"]
+        params = StdioServerParameters(
+            command=BRIDGE[0],
+            args=[*BRIDGE[1:], "--url", daemon.base, "--sid", sid, "--token", "x" * 40],
+            env=dict(os.environ),
+        )
+        with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                for _ in range(500):
+                    status = (await session.call_tool("status", {})).structuredContent or {}
+                    if status.get("error"):
+                        break
+                    await asyncio.sleep(0.02)  # polling the bridge's own status
+                error = status.get("error") or ""
+                assert f"cannot attach to session {sid}" in error, status
+                assert "as --token" in error and "401" not in error, status

@@ -40,7 +40,7 @@ async def test_the_bridge_shows_a_worker_ask_with_its_schema_and_answers_it(
         assert ask["task_id"] == task["id"] and ask["question"] == "which branch?"
         assert ask["answer_schema"] == FORM
         assert ask["parent_req_id"] == spawn["req_id"]
-        listed = (await call(mcp, "pending"))["requests"]
+        listed = (await call(mcp, "pending"))["pending"]
         assert [r["answer_schema"] for r in listed if r["type"] == "ask"] == [FORM]
 
         refused = await call_error(

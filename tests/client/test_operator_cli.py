@@ -447,3 +447,26 @@ def test_exit_codes_are_documented_in_the_help() -> None:
     out = subprocess.run([*CLI, "task", "--help"], capture_output=True, text=True, check=True)
     text = " ".join(out.stdout.split())
     assert "3 the task ended but did not pass" in text and "4 it had not ended" in text
+
+
+async def test_desc_names_the_session_and_log_level_info_shows_the_client_log(
+    server: Server, tmp_path: Path
+) -> None:
+    client = await server()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "operator", "--url", base(client), "--role", "main",
+        "--state-file", str(tmp_path / "op.json"),
+        "--desc", "Ada's laptop", "--log-level", "info",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    started(proc)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"waiting for work" in await asyncio.wait_for(proc.stdout.readline(), 30)
+    (session,) = directory_of(client).sessions.values()
+    assert session.desc == "Ada's laptop"
+    # The client library's own info lines (quiet at the default, warning) go to stderr.
+    assert b"operator connected" in await asyncio.wait_for(proc.stderr.readline(), 30)
+    proc.send_signal(signal.SIGINT)
+    assert await proc.wait() == 0

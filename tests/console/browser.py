@@ -124,8 +124,8 @@ class Daemon:
                 self.proc.wait()
 
 
-def start_daemon(*args: str) -> Daemon:
-    port = free_port()
+def start_daemon(*args: str, port: int | None = None) -> Daemon:
+    port = port or free_port()
     command = [sys.executable, "-m", "operator_server", "serve", "--port", str(port)]
     command += ["--secret", "console-test", "--store-path", ":memory:", "--log-format", "json"]
     proc = subprocess.Popen(

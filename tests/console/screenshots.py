@@ -17,6 +17,7 @@ from pathlib import Path
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
+from operator_server.demo import port_option
 from tests.console.browser import (
     browser_missing,
     chromium,
@@ -58,13 +59,14 @@ def full_height(page: WebDriver) -> None:
     page.set_window_size(1440, int(height) + 200)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    port = port_option("make screenshots: the console's pictures for the README", argv)
     missing = browser_missing()
     if missing:
         print(f"screenshots: {missing}", file=sys.stderr)
         return 1
     DOCS.mkdir(exist_ok=True)
-    daemon = start_daemon()
+    daemon = start_daemon(port=port or None)
     try:
         with chromium() as page:
             # Another operator, away, with work waiting for it.
