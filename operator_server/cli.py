@@ -104,7 +104,8 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="create, read, list or cancel tasks (prints JSON)",
         description="Exit codes: 0 done (with --wait: the task passed); 1 the request "
         "failed (the error JSON is on stderr); 2 bad usage; with --wait, 3 the task ended "
-        "but did not pass, 4 it had not ended when the wait ran out.",
+        "but did not pass, 4 it had not ended when the wait ran out, 5 its operator "
+        "halted it.",
     )
     verbs = task.add_subparsers(dest="verb", required=True)
 
@@ -273,6 +274,8 @@ def _parse_directive(text: str) -> Any:
 # ``task ... --wait`` exit codes (0 passed, 1 request failed, 2 usage).
 EXIT_NOT_PASSED = 3
 EXIT_STILL_RUNNING = 4
+# Its operator stopped it on purpose (``spawn_halt``): neither a pass nor a failure.
+EXIT_HALTED = 5
 # One long-poll at most this long: well under the server's max_wait_s (300 s by
 # default), so any --wait works by polling again.
 WAIT_CHUNK_S = 30.0
@@ -328,6 +331,8 @@ def _exit_code(args: argparse.Namespace, result: Any) -> int:
     status = result.get("status")
     if status == "passed":
         return 0
+    if status == "halted":
+        return EXIT_HALTED
     return EXIT_STILL_RUNNING if status in ("pending", "running") else EXIT_NOT_PASSED
 
 

@@ -242,7 +242,15 @@ TOOLS: list[types.Tool] = [
         _obj(
             status={
                 "type": "string",
-                "enum": ["pending", "running", "passed", "blocked", "failed", "cancelled"],
+                "enum": [
+                    "pending",
+                    "running",
+                    "passed",
+                    "blocked",
+                    "failed",
+                    "cancelled",
+                    "halted",
+                ],
             },
             limit={"type": "integer", "minimum": 1},
         ),

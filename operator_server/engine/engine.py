@@ -327,7 +327,7 @@ class Engine:
         elif (
             current is not None
             and not cut_short
-            and (current.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts)
+            and (current.status.settles or task.attempts_used >= task.max_attempts)
         ):
             # The last attempt had ended; only the task's own ending was lost.
             await self._end(
@@ -373,7 +373,7 @@ class Engine:
                 if decided.error is not None and decided.error.code == Code.STORE_FAILED:
                     decided = self._cut_by_store(task, decided.error)
                 final = (
-                    decided.status is TaskStatus.PASSED
+                    decided.status.settles
                     or task.attempts_used >= task.max_attempts
                     or task.interruptions > self.settings.store.max_interruptions
                 )
@@ -658,7 +658,10 @@ class Engine:
             # stored, so a waiting worker hears ``attempt_ended`` from it.
             await self.worker.withdraw_asks(task, record)
             self.contexts.pop(task.id, None)
-        status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+        if result.halted:
+            status = TaskStatus.HALTED
+        else:
+            status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
         log.debug("attempt ended", status=str(status))
         return Ending(status, result=result)
 

@@ -138,7 +138,7 @@ class OutputTail:
         self.decided = True
         for event in reversed(self.events):
             if event.kind == "final":
-                return WorkerResult(event.value, event.ok)
+                return WorkerResult(event.value, event.ok, halted=event.source == "halt")
         raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
 
 

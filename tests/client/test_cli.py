@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.processes import started
-from tests.wsop import eventually
+from tests.wsop import connect, eventually, expect, mint
 
 CLI = [sys.executable, "-m", "operator_server"]
 
@@ -134,6 +134,24 @@ async def test_task_commands_against_a_real_server(server: Server) -> None:
     assert code == 1 and json.loads(err)["error"]["code"] == "task_finished"
     code, _, err = await run_cli("task", "create", *url, "--agent", "nope", "--directive", "x")
     assert code == 1 and json.loads(err)["error"]["code"] == "unknown_agent"
+
+
+async def test_task_create_wait_exits_5_when_the_operator_halts_the_task(server: Server) -> None:
+    client = await server()
+    sid, token = await mint(client, ["main"])
+    ws = await connect(client, sid, token)
+    waiting = asyncio.ensure_future(
+        run_cli(
+            "task", "create", "--url", base(client), "--agent", "coder", "--role", "main",
+            "--directive", "x", "--wait", "20",
+        )
+    )  # fmt: skip
+    hook = await expect(ws, "hook_before", timeout=30)
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_halt", "req_id": spawn["req_id"], "reason": "enough"})
+    code, halted, _ = await waiting
+    assert code == 5 and halted["status"] == "halted"
 
 
 async def test_task_cancel_command_stops_a_running_task(server: Server) -> None:
