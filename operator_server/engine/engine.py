@@ -658,12 +658,18 @@ class Engine:
             # stored, so a waiting worker hears ``attempt_ended`` from it.
             await self.worker.withdraw_asks(task, record)
             self.contexts.pop(task.id, None)
+        why = None
         if result.halted:
             status = TaskStatus.HALTED
+        elif result.ok:
+            status = TaskStatus.PASSED
         else:
-            status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+            status = TaskStatus.BLOCKED
+            # The worker's own words on why, when it gave them: a blocked
+            # task whose error is null leaves its reader guessing.
+            why = AttemptFailed(Code.WORKER_FAILED, result.error) if result.error else None
         log.debug("attempt ended", status=str(status))
-        return Ending(status, result=result)
+        return Ending(status, result=result, error=why)
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:
         agent = self.agents.get(ctx.agent)

@@ -546,7 +546,11 @@ def with_outputs(record: dict[str, Any], outputs: Iterable[tuple[Any, Any]]) -> 
     the order appended — in their attempts' ``tail``, as ``with_asks`` does for
     asks (rows written before outputs were stored apart carry them inline)."""
     return _put_back(
-        record, outputs, "tail", lambda output: isinstance(output, list) and len(output) == 5
+        # Five elements, or six with a failed worker's error (``OutputEvent.to_record``).
+        record,
+        outputs,
+        "tail",
+        lambda output: isinstance(output, list) and len(output) in (5, 6),
     )
 
 

@@ -254,3 +254,34 @@ async def test_the_directive_names_the_configured_public_url(server: Server) -> 
     assert "https://ops.example:8443/v1/worker/prompt" in spawn["directive"]
     assert "https://ops.example:8443/v1/worker/result" in spawn["directive"]
     assert f"Bearer {spawn['worker_handle']}" in spawn["directive"]
+
+
+async def test_a_worker_says_why_its_work_failed_and_the_blocked_task_shows_it(
+    server: Server,
+) -> None:
+    client = await server()
+    ws, task, spawn = await spawned(client)
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    refused = await client.post(
+        "/v1/worker/result", json={"value": 1, "ok": True, "error": "no"}, headers=auth
+    )
+    assert refused.status == 400
+    assert "error: only with ok=false" in (await refused.json())["error"]["message"]
+    too_long = {"value": 1, "ok": False, "error": "x" * 4097}
+    assert (await client.post("/v1/worker/result", json=too_long, headers=auth)).status == 400
+    posted = await client.post(
+        "/v1/worker/submit",
+        params={"ok": "false", "error": "make: *** [test] Error 2"},
+        data=b"3 tests failed",
+        headers=auth,
+    )
+    assert posted.status == 200, await posted.text()
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+    ask = await expect(ws, "ask")  # the senior sees why too
+    assert ask["question"]["error"] == "make: *** [test] Error 2"
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "error": "not mine to decide"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": "3 tests failed", "ok": False}
+    assert done["error"] == {"code": "worker_failed", "message": "make: *** [test] Error 2"}
+    assert done["attempts"][0]["outputs"][0]["error"] == "make: *** [test] Error 2"
