@@ -39,13 +39,16 @@ class PromptQuerySchema(Schema):
 # Why the work failed, in the worker's words: a bounded line or two (a
 # command's exit status and the tail of its stderr), not a log.
 MAX_ERROR_CHARS = 4096
-_ERROR_FIELD = {
-    "validate": checks.Length(min=1, max=MAX_ERROR_CHARS),
-    "metadata": {
-        "description": "with ok=false only: why the work failed; it becomes the "
-        "blocked attempt's error (`worker_failed`)"
-    },
-}
+
+
+def _error_field() -> fields.String:
+    return fields.String(
+        validate=checks.Length(min=1, max=MAX_ERROR_CHARS),
+        metadata={
+            "description": "with ok=false only: why the work failed; it becomes the "
+            "blocked attempt's error (`worker_failed`)"
+        },
+    )
 
 
 class _FailureSaysWhy(Schema):
@@ -58,13 +61,13 @@ class _FailureSaysWhy(Schema):
 class ResultSchema(_FailureSaysWhy):
     value = fields.Raw(required=True, allow_none=True)
     ok = StrictBoolean(load_default=True)
-    error = fields.String(**_ERROR_FIELD)
+    error = _error_field()
     task_id = fields.String()
 
 
 class SubmitQuerySchema(_FailureSaysWhy):
     ok = QueryBoolean(load_default=True)
-    error = fields.String(**_ERROR_FIELD)
+    error = _error_field()
     task_id = fields.String()
 
 

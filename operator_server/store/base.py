@@ -514,6 +514,17 @@ class PendingRow:
     issued_at: float
 
 
+@dataclass(frozen=True)
+class PlacedSession:
+    """A stored operator session as every node sees it: where its socket is
+    (``socket_node``: a node whose heartbeat is current, else None) and how
+    many requests wait on it, whichever node issued them."""
+
+    record: SessionRecord
+    socket_node: str | None
+    pending: int
+
+
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --
 
 
