@@ -257,7 +257,7 @@ async def test_a_request_pending_while_the_daemon_restarts_comes_back_answerable
             spawn = await next_of(mcp, "spawn")
             await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
             done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
-            assert done["status"] == "passed"
+            assert done["status"] == "halted"
             assert done["result"]["value"]["halted"] is True
         finally:
             restarted.proc.kill()
@@ -486,7 +486,7 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert not [n for n in spawn["notices"] if n["type"] == "cancel"]
                 await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
                 done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
-                assert done["status"] == "passed" and done["attempt"] == 1
+                assert done["status"] == "halted" and done["attempt"] == 1
         finally:
             await proxy.close()
 
