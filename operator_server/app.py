@@ -50,6 +50,7 @@ from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
 from operator_server.operators import admin, login
+from operator_server.operators.census import session_counts
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
@@ -135,7 +136,11 @@ def build_app(
     app[BACKGROUND] = background
     app[ENGINE] = engine
     app[DIRECTORY] = directory
-    app[OPERATOR_COUNTS] = directory.counts
+
+    async def operator_counts() -> dict[str, int]:
+        return await session_counts(directory)
+
+    app[OPERATOR_COUNTS] = operator_counts
     app[STORE] = store
     app[METRICS] = meters
     app[LEASES] = wired.leases

@@ -9,7 +9,7 @@ for healthz) is handed over as a plain callable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
 from aiohttp import web
@@ -28,7 +28,8 @@ BACKGROUND = web.AppKey("background", Background)
 ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
-# ``{"sessions": n, "connected": n}``, set by the app from the operator directory.
-OPERATOR_COUNTS: web.AppKey[Callable[[], dict[str, int]]] = web.AppKey("operator_counts")
+# ``{"sessions": n, "connected": n}``, set by the app from the operator census
+# (every node's sessions in a cluster).
+OPERATOR_COUNTS: web.AppKey[Callable[[], Awaitable[dict[str, int]]]] = web.AppKey("operator_counts")
 # Bearer JWTs from the identity provider of ``[auth.jwt]``; None without that table.
 JWT_VERIFIER: web.AppKey[JwtVerifier | None] = web.AppKey("jwt_verifier")

@@ -129,7 +129,7 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     op.set_defaults(func=operator_main)
 
 
-TASK_STATUSES = "pending, running, passed, blocked, failed, cancelled"
+TASK_STATUSES = "pending, running, passed, halted, blocked, failed, cancelled"
 
 
 def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,8 +139,8 @@ def _add_task(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Exit codes: 0 done (with --wait: the task passed); 1 the request "
         "failed (the error JSON is on stderr) or the daemon is unreachable; 2 bad usage; "
         "with --wait, 3 the task ended but did not pass, 4 it had not ended when the wait "
-        "ran out; 130 interrupted (Ctrl-C): the task goes on, and the command to follow "
-        "it is printed.",
+        "ran out, 5 its operator halted it; 130 interrupted (Ctrl-C): the task goes on, "
+        "and the command to follow it is printed.",
     )
     verbs = task.add_subparsers(dest="verb", required=True)
 

@@ -75,6 +75,7 @@ class Code(StrEnum):
     INTERRUPTED = "interrupted"
     AGENT_CRASHED = "agent_crashed"
     SENIOR_UPHELD = "senior_upheld"
+    WORKER_FAILED = "worker_failed"
 
     # WebSocket frames from the client
     BAD_MESSAGE = "bad_message"
@@ -142,6 +143,7 @@ STATUS: dict[Code, int] = {
     Code.INTERRUPTED: 400,
     Code.AGENT_CRASHED: 400,
     Code.SENIOR_UPHELD: 400,
+    Code.WORKER_FAILED: 400,
     Code.BAD_MESSAGE: 400,
     Code.UNKNOWN_REQ_ID: 400,
     Code.ALREADY_ANSWERED: 400,

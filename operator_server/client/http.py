@@ -72,10 +72,12 @@ class WorkerClient(_Http):
         body: dict[str, Any] = await self.request("GET", "/v1/worker/prompt")
         return body
 
-    async def result(self, value: Any, ok: bool = True) -> dict[str, Any]:
-        body: dict[str, Any] = await self.request(
-            "POST", "/v1/worker/result", json={"value": value, "ok": ok}
-        )
+    async def result(self, value: Any, ok: bool = True, error: str | None = None) -> dict[str, Any]:
+        """``error`` (with ``ok=False``): why the work failed, shown as the task's error."""
+        payload: dict[str, Any] = {"value": value, "ok": ok}
+        if error is not None:
+            payload["error"] = error
+        body: dict[str, Any] = await self.request("POST", "/v1/worker/result", json=payload)
         return body
 
     async def submit(self, text: str, ok: bool = True) -> dict[str, Any]:

@@ -179,8 +179,8 @@ TOOLS: list[types.Tool] = [
     ),
     _tool(
         "spawn_halt",
-        "Stop a 'spawn' request on purpose (not an error): the attempt ends ok with "
-        "{halted: true, reason, value}.",
+        "Stop a 'spawn' request on purpose (not an error): the task ends 'halted' "
+        "(neither passed nor failed, never retried), its result {halted: true, reason, value}.",
         _obj(("req_id",), req_id=REQ_ID, reason=_STR, value=_ANY),
         SENT,
     ),
@@ -243,7 +243,15 @@ TOOLS: list[types.Tool] = [
         _obj(
             status={
                 "type": "string",
-                "enum": ["pending", "running", "passed", "blocked", "failed", "cancelled"],
+                "enum": [
+                    "pending",
+                    "running",
+                    "passed",
+                    "blocked",
+                    "failed",
+                    "cancelled",
+                    "halted",
+                ],
             },
             limit={"type": "integer", "minimum": 1},
         ),

@@ -34,6 +34,8 @@ def _parse_directive(text: str) -> Any:
 # ``task ... --wait`` exit codes (0 passed, 1 request failed, 2 usage).
 EXIT_NOT_PASSED = 3
 EXIT_STILL_RUNNING = 4
+# Its operator stopped it on purpose (``spawn_halt``): neither a pass nor a failure.
+EXIT_HALTED = 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 # One long-poll at most this long: well under the server's max_wait_s (300 s by
 # default), so any --wait works by polling again.
@@ -106,6 +108,8 @@ def _exit_code(args: argparse.Namespace, result: Any) -> int:
     status = result.get("status")
     if status == "passed":
         return 0
+    if status == "halted":
+        return EXIT_HALTED
     return EXIT_STILL_RUNNING if status in LIVE_STATUSES else EXIT_NOT_PASSED
 
 

@@ -49,21 +49,33 @@ class StartupFailed(Exception):
     """The operator could not take its seat; ``str(exc)`` is one line for the user."""
 
 
-async def run_in_own_group(command: str, stdin: bytes, env: dict[str, str]) -> tuple[int, bytes]:
-    """Run ``command`` in a new session (so a new process group); return its exit
-    code and stdout.  Whatever is left of the group when the shell exits, or when
-    this coroutine is cancelled, is killed.
+# How much of a failed command's stderr its task's error keeps: the end,
+# where a shell or a traceback says what went wrong.
+STDERR_TAIL_BYTES = 2048
 
-    Stdin and stdout are temporary files, not pipes: a grandchild that inherits
-    a pipe would keep it open, and we would wait for the grandchild, not the
-    command.
+
+async def run_in_own_group(
+    command: str, stdin: bytes, env: dict[str, str]
+) -> tuple[int, bytes, bytes]:
+    """Run ``command`` in a new session (so a new process group); return its exit
+    code, stdout and the last ``STDERR_TAIL_BYTES`` of its stderr.  Whatever is
+    left of the group when the shell exits, or when this coroutine is
+    cancelled, is killed.
+
+    Stdin, stdout and stderr are temporary files, not pipes: a grandchild that
+    inherits a pipe would keep it open, and we would wait for the grandchild,
+    not the command.
     """
-    with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout:
+    with (
+        tempfile.TemporaryFile() as fin,
+        tempfile.TemporaryFile() as fout,
+        tempfile.TemporaryFile() as ferr,
+    ):
         fin.write(stdin)
         fin.flush()
         fin.seek(0)
         proc = await asyncio.create_subprocess_shell(
-            command, stdin=fin, stdout=fout, env=env, start_new_session=True
+            command, stdin=fin, stdout=fout, stderr=ferr, env=env, start_new_session=True
         )
         try:
             returncode = await proc.wait()
@@ -72,7 +84,16 @@ async def run_in_own_group(command: str, stdin: bytes, env: dict[str, str]) -> t
             if proc.returncode is None:  # cancelled while it ran: reap it
                 await proc.wait()
         fout.seek(0)
-        return returncode, fout.read()
+        ferr.seek(max(0, ferr.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
+        return returncode, fout.read(), ferr.read()
+
+
+def exec_failure(returncode: int, stderr_tail: bytes) -> str:
+    """The task's error for a command that failed: how it ended, then what it
+    last said on stderr (``exec exited 127: sh: 1: nosuchcmd: not found``)."""
+    how = f"exec killed by signal {-returncode}" if returncode < 0 else f"exec exited {returncode}"
+    said = stderr_tail.decode(errors="replace").strip()
+    return f"{how}: {said}" if said else f"{how} (nothing on stderr)"
 
 
 def _kill_group(pgid: int) -> None:
@@ -371,8 +392,12 @@ class TerminalOperator:
                 "WORKER_HANDLE": frame["worker_handle"],
                 "BASE_URL": self.base_url,
             }
-            returncode, stdout = await run_in_own_group(self.command, stdin.encode(), env)
-            await worker.result(stdout.decode(errors="replace"), ok=returncode == 0)
+            returncode, stdout, stderr = await run_in_own_group(self.command, stdin.encode(), env)
+            if stderr:  # still shown here, as when it went straight to this terminal
+                self.err.write(stderr.decode(errors="replace"))
+                self.err.flush()
+            failure = exec_failure(returncode, stderr) if returncode else None
+            await worker.result(stdout.decode(errors="replace"), ok=not failure, error=failure)
         self.say(f"task {frame['task_id']}: command exited {returncode}")
         return {}
 

@@ -29,7 +29,8 @@ def serve_calls(engine: Engine, cluster: Cluster) -> None:
         return engine.worker.worker_view(claims_from_wire(args["claims"]))
 
     async def worker_result(args: dict[str, Any]) -> dict[str, Any]:
-        result = WorkerResult(args["value"], bool(args["ok"]))
+        # ``error`` is absent from a call sent by a node older than it.
+        result = WorkerResult(args["value"], bool(args["ok"]), error=args.get("error"))
         await engine.worker.post_worker_result(claims_from_wire(args["claims"]), result)
         return {}
 

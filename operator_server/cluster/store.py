@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from operator_server.store.base import PendingRow, Store
+from operator_server.store.base import PendingRow, PlacedSession, Store
 
 
 @runtime_checkable
@@ -58,6 +58,11 @@ class ClusterStore(Protocol):
 
     async def pending_of(self, sid: str) -> list[PendingRow]:
         """Every unanswered request of the session, whichever node issued it."""
+
+    async def placed_sessions(self, sid: str | None = None) -> list[PlacedSession]:
+        """Every session (or only ``sid``), oldest first, with the node holding
+        its socket — only a node whose heartbeat is current — and its count of
+        unanswered requests."""
 
 
 def cluster_store(store: Store) -> ClusterStore | None:

@@ -329,7 +329,7 @@ class Engine:
         elif (
             current is not None
             and not cut_short
-            and (current.status is TaskStatus.PASSED or task.attempts_used >= task.max_attempts)
+            and (current.status.settles or task.attempts_used >= task.max_attempts)
         ):
             # The last attempt had ended; only the task's own ending was lost.
             await self._end(
@@ -375,7 +375,7 @@ class Engine:
                 if decided.error is not None and decided.error.code == Code.STORE_FAILED:
                     decided = self._cut_by_store(task, decided.error)
                 final = (
-                    decided.status is TaskStatus.PASSED
+                    decided.status.settles
                     or task.attempts_used >= task.max_attempts
                     or task.interruptions > self.settings.store.max_interruptions
                 )
@@ -660,9 +660,18 @@ class Engine:
             # stored, so a waiting worker hears ``attempt_ended`` from it.
             await self.worker.withdraw_asks(task, record)
             self.contexts.pop(task.id, None)
-        status = TaskStatus.PASSED if result.ok else TaskStatus.BLOCKED
+        why = None
+        if result.halted:
+            status = TaskStatus.HALTED
+        elif result.ok:
+            status = TaskStatus.PASSED
+        else:
+            status = TaskStatus.BLOCKED
+            # The worker's own words on why, when it gave them: a blocked
+            # task whose error is null leaves its reader guessing.
+            why = AttemptFailed(Code.WORKER_FAILED, result.error) if result.error else None
         log.debug("attempt ended", status=str(status))
-        return Ending(status, result=result)
+        return Ending(status, result=result, error=why)
 
     async def _run_local_agent(self, ctx: AttemptContext) -> WorkerResult:
         agent = self.agents.get(ctx.agent)

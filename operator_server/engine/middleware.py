@@ -71,10 +71,13 @@ async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResul
     senior = ctx.operator.senior_bridge
     if result.ok or senior is None:
         return result
+    question = {"reason": "worker reported ok=false", "value": result.value}
+    if result.error:
+        question["error"] = result.error
     try:
         answer = await senior.ask(
             ctx.task_id,
-            {"reason": "worker reported ok=false", "value": result.value},
+            question,
             parent_req_id=ctx.parent_req_id,
             answer_schema=ESCALATION_SCHEMA,
         )

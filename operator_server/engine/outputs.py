@@ -26,6 +26,8 @@ class OutputEvent:
     value: Any
     ok: bool
     at: float
+    # Why a worker's ``ok=false`` result failed, when it said (``WorkerResult.error``).
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,15 +36,19 @@ class OutputEvent:
             "value": self.value,
             "ok": self.ok,
             "at": iso(self.at),
+            "error": self.error,
         }
 
     def to_record(self) -> list[Any]:
-        return [self.kind, self.source, self.value, self.ok, self.at]
+        # The error rides as a sixth element only when there is one, so rows
+        # written before it existed (five elements) read back unchanged.
+        rec = [self.kind, self.source, self.value, self.ok, self.at]
+        return rec if self.error is None else [*rec, self.error]
 
     @classmethod
     def from_record(cls, rec: list[Any]) -> OutputEvent:
-        kind, source, value, ok, at = rec
-        return cls(kind, source, value, bool(ok), float(at))
+        kind, source, value, ok, at, *rest = rec
+        return cls(kind, source, value, bool(ok), float(at), rest[0] if rest else None)
 
 
 class OutputTail:
@@ -78,13 +84,15 @@ class OutputTail:
             self.listener(event)
 
     def append_final(self, result: WorkerResult, source: str) -> None:
-        self._append(OutputEvent("final", source, result.value, result.ok, time.time()))
+        self._append(
+            OutputEvent("final", source, result.value, result.ok, time.time(), result.error)
+        )
 
     def append_pending(self, result: WorkerResult) -> tuple[OutputEvent, asyncio.Future[None]]:
         """A worker's result, in the tail at once (in order, seen by the
         decision) but neither stored nor announced: its poster stores it and
         then calls ``written``; ``settle`` waits for that."""
-        event = OutputEvent("final", "worker", result.value, result.ok, time.time())
+        event = OutputEvent("final", "worker", result.value, result.ok, time.time(), result.error)
         self.events.append(event)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writing[done] = event
@@ -138,7 +146,9 @@ class OutputTail:
         self.decided = True
         for event in reversed(self.events):
             if event.kind == "final":
-                return WorkerResult(event.value, event.ok)
+                return WorkerResult(
+                    event.value, event.ok, halted=event.source == "halt", error=event.error
+                )
         raise AttemptFailed(Code.NO_FINAL_RESULT, "no final result")
 
 

@@ -21,7 +21,7 @@ from operator_server.engine.registries import RoleAliases
 from operator_server.errors import AttemptFailed, Code
 
 if TYPE_CHECKING:
-    from operator_server.engine.tasks import Task
+    from operator_server.engine.tasks import OperatorSpec, Task
 
 # Looks up a name (sid or role) no session here answers to, and registers it here.
 FindElsewhere = Callable[[str], Awaitable[None]]
@@ -71,9 +71,26 @@ class OperatorResolution:
             key = name if name in self.sessions else self.roles.resolve(name)
             item = self.sessions.get(key) if key is not None else None
             if key is None or item is None:
-                raise AttemptFailed(
-                    Code.OPERATOR_NOT_FOUND,
-                    f"{face} {name!r} is not registered (no operator session or role by that name)",
-                )
+                raise AttemptFailed(Code.OPERATOR_NOT_FOUND, _nobody_serves(spec, face, name))
             found[face] = (key, item)
         return OperatorInfo(found)
+
+
+def _nobody_serves(spec: OperatorSpec, face: Face, name: str) -> str:
+    """What a user reads when ``name`` resolves to no session: who is missing
+    and how to seat one.  A name is tried as a sid first, then as a role; one
+    shaped like a minted sid (``op-…``) is a session that left or expired."""
+    # The face is named only when the task chose one per face; a task that
+    # names one operator for all three faces would otherwise read as if only
+    # the first face looked were missing.
+    where = f" for its {face}" if getattr(spec, face) == name else ""
+    if name.startswith("op-"):
+        return (
+            f"no operator session {name!r}{where}: it left or expired "
+            "(GET /v1/operators lists the sessions)"
+        )
+    return (
+        f"no operator holds role {name!r}{where}: start one with "
+        f"`operator-server operator --role {name}` (or join with that role in the console), "
+        "or see who holds which role with GET /v1/operators"
+    )

@@ -84,6 +84,11 @@ class OutputSchema(Schema):
     value = fields.Raw(required=True, allow_none=True)
     ok = fields.Boolean(required=True)
     at = fields.DateTime(required=True)
+    error = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "why a worker's ok=false result failed, when it said"},
+    )
 
 
 class WorkerAskSchema(Schema):

@@ -30,14 +30,24 @@ class TaskStatus(StrEnum):
     BLOCKED = "blocked"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # The operator stopped the attempt on purpose (``spawn_halt``): neither
+    # passed (nothing was done) nor failed (nothing went wrong).
+    HALTED = "halted"
 
     @property
     def terminal(self) -> bool:
         return self not in LIVE_STATUSES
 
+    @property
+    def settles(self) -> bool:
+        """An attempt ending so ends its task: nothing a retry would change
+        (it passed, or its operator chose to stop it)."""
+        return self in SETTLING_STATUSES
+
 
 LIVE_STATUSES = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})
 TERMINAL_STATUSES = frozenset(set(TaskStatus) - LIVE_STATUSES)
+SETTLING_STATUSES = frozenset({TaskStatus.PASSED, TaskStatus.HALTED})
 
 
 @dataclass(frozen=True)

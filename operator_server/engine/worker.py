@@ -83,7 +83,12 @@ class WorkerApi:
 
     async def worker_result(self, claims: Claims, result: WorkerResult) -> None:
         def args() -> dict[str, Any]:
-            return {"claims": claims_wire(claims), "value": result.value, "ok": result.ok}
+            return {
+                "claims": claims_wire(claims),
+                "value": result.value,
+                "ok": result.ok,
+                "error": result.error,
+            }
 
         if await self._on_owner(claims.task_id, "worker_result", args) is None:
             await self.post_worker_result(claims, result)

@@ -67,6 +67,6 @@ async def healthz(request: web.Request) -> web.Response:
             "node_id": request.app[SETTINGS].node_id,
             "uptime_s": round(time.monotonic() - _STARTED, 3),
             "tasks": engine.counts.view(),
-            "operators": request.app[OPERATOR_COUNTS](),
+            "operators": await request.app[OPERATOR_COUNTS](),
         }
     )

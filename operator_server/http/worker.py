@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from marshmallow import Schema, fields
+from marshmallow import Schema, ValidationError, fields, validates_schema
 from marshmallow import validate as checks
 from marshmallow.validate import Equal
 
@@ -36,14 +36,38 @@ class PromptQuerySchema(Schema):
     task_id = fields.String()
 
 
-class ResultSchema(Schema):
+# Why the work failed, in the worker's words: a bounded line or two (a
+# command's exit status and the tail of its stderr), not a log.
+MAX_ERROR_CHARS = 4096
+
+
+def _error_field() -> fields.String:
+    return fields.String(
+        validate=checks.Length(min=1, max=MAX_ERROR_CHARS),
+        metadata={
+            "description": "with ok=false only: why the work failed; it becomes the "
+            "blocked attempt's error (`worker_failed`)"
+        },
+    )
+
+
+class _FailureSaysWhy(Schema):
+    @validates_schema
+    def _error_only_when_failed(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("error") is not None and data["ok"]:
+            raise ValidationError("only with ok=false", "error")
+
+
+class ResultSchema(_FailureSaysWhy):
     value = fields.Raw(required=True, allow_none=True)
     ok = StrictBoolean(load_default=True)
+    error = _error_field()
     task_id = fields.String()
 
 
-class SubmitQuerySchema(Schema):
+class SubmitQuerySchema(_FailureSaysWhy):
     ok = QueryBoolean(load_default=True)
+    error = _error_field()
     task_id = fields.String()
 
 
@@ -147,7 +171,8 @@ async def worker_result(
 ) -> web.Response:
     claims = subject
     require_task(claims, body.get("task_id"))
-    await request.app[ENGINE].worker.worker_result(claims, WorkerResult(body["value"], body["ok"]))
+    result = WorkerResult(body["value"], body["ok"], error=body.get("error"))
+    await request.app[ENGINE].worker.worker_result(claims, result)
     return _accepted(claims)
 
 
@@ -174,7 +199,8 @@ async def worker_submit(
         text: Any = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(Code.BAD_REQUEST, "body must be UTF-8 text") from None
-    await request.app[ENGINE].worker.worker_result(claims, WorkerResult(text, query["ok"]))
+    result = WorkerResult(text, query["ok"], error=query.get("error"))
+    await request.app[ENGINE].worker.worker_result(claims, result)
     return _accepted(claims)
 
 

@@ -2,7 +2,8 @@
 
 ``GET /v1/operators`` is for the admin only (see ``access.py``);
 ``GET /v1/operators/{sid}/pending`` also answers the session's own holder.
-In a cluster it reads the stored requests, so any node lists every node's.  The
+In a cluster both read the stored rows, so any node lists every node's
+sessions, connected wherever their socket is (``census.py``), and their requests.  The
 forced leave is ``DELETE /v1/operators/{sid}`` with the admin's credential
 (``login.py``).  No view holds a token, a token hash, a capability or a worker
 handle: each is built field by field from what is safe to show.
@@ -27,9 +28,10 @@ from operator_server.operators.access import (
     authorize_session_or_admin,
     require_admin,
 )
+from operator_server.operators.census import SeenSession, session_views
 from operator_server.operators.keys import DIRECTORY
-from operator_server.operators.login import SessionSchema, session_view
-from operator_server.operators.session import OperatorSession, PendingRequest
+from operator_server.operators.login import SessionSchema
+from operator_server.operators.session import PendingRequest
 from operator_server.store import PendingRow
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.frames import REQ_KIND
@@ -77,7 +79,7 @@ class PendingListSchema(Schema):
     pending = fields.List(fields.Nested(PendingSchema), required=True)
 
 
-def _order(session: OperatorSession) -> tuple[int, str]:
+def _order(session: SeenSession) -> tuple[int, str]:
     return int(session.created_at * 1_000_000), session.sid
 
 
@@ -148,9 +150,9 @@ async def list_operators(request: web.Request, query: dict[str, Any]) -> web.Res
     after = _parse_cursor(query["after"]) if "after" in query else None
     chosen = [
         s
-        for s in request.app[DIRECTORY].sessions.values()
-        if (role is None or role in s.roles)
-        and (connected is None or s.connected is connected)
+        for s in await session_views(request.app[DIRECTORY])
+        if (role is None or role in s.view["roles"])
+        and (connected is None or s.view["connected"] is connected)
         and (after is None or _order(s) > after)
     ]
     chosen.sort(key=_order)
@@ -159,7 +161,7 @@ async def list_operators(request: web.Request, query: dict[str, Any]) -> web.Res
     more = len(chosen) > limit
     return json_response(
         {
-            "operators": [session_view(s) for s in page],
+            "operators": [s.view for s in page],
             "next": _cursor(_order(page[-1])) if more else None,
         }
     )

@@ -27,14 +27,13 @@ from operator_server.operators.access import (
     authorize_session,
     authorize_session_or_admin,
 )
+from operator_server.operators.census import session_view, session_views
 from operator_server.operators.directory import SessionGone
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.pump import SocketPump
-from operator_server.operators.session import OperatorSession
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response, read_json
 from operator_server.wire.requests import validate as load
-from operator_server.wire.times import iso
 
 routes = web.RouteTableDef()
 # A token a client chooses: long enough to be a secret, and a valid Bearer credential.
@@ -112,12 +111,21 @@ class SessionSchema(Schema):
     sid = fields.String(required=True)
     roles = fields.List(fields.String(), required=True)
     desc = fields.String(required=True)
-    connected = fields.Boolean(required=True)
+    connected = fields.Boolean(
+        required=True, metadata={"description": "a socket is attached, on any node of a cluster"}
+    )
+    node = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the node (config node_id) holding its socket, if connected"},
+    )
     pending = fields.Integer(required=True, metadata={"description": "requests awaiting a reply"})
     created_at = fields.DateTime(required=True)
     last_seen_at = fields.DateTime(required=True, allow_none=True)
     remote = fields.String(
-        required=True, allow_none=True, metadata={"description": "the socket's peer, if connected"}
+        required=True,
+        allow_none=True,
+        metadata={"description": "the socket's peer, if connected (known on its node only)"},
     )
 
 
@@ -133,19 +141,6 @@ def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...])
     # The console the daemon serves is same-origin with this socket and must
     # always be able to open it, whatever allowed_origins lists.
     return origin == f"{request.scheme}://{request.host}" or origin in allowed
-
-
-def session_view(session: OperatorSession) -> dict[str, Any]:
-    return {
-        "sid": session.sid,
-        "roles": session.roles,
-        "desc": session.desc,
-        "connected": session.connected,
-        "pending": len(session.pending),
-        "created_at": iso(session.created_at),
-        "last_seen_at": iso(session.last_seen_at),
-        "remote": session.remote,
-    }
 
 
 @routes.post("/v1/operators")
@@ -197,7 +192,11 @@ async def mint_operator(request: web.Request) -> web.Response:
 )
 async def operator_info(request: web.Request) -> web.Response:
     session, _ = await authorize_session(request)
-    return json_response(session_view(session))
+    directory = request.app[DIRECTORY]
+    seen = await session_views(directory, session.sid)
+    # Deleted meanwhile on another node: this node's copy is all there is.
+    view = seen[0].view if seen else session_view(session, directory.settings.node_id)
+    return json_response(view)
 
 
 @routes.delete("/v1/operators/{sid}")

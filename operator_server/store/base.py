@@ -514,6 +514,17 @@ class PendingRow:
     issued_at: float
 
 
+@dataclass(frozen=True)
+class PlacedSession:
+    """A stored operator session as every node sees it: where its socket is
+    (``socket_node``: a node whose heartbeat is current, else None) and how
+    many requests wait on it, whichever node issued them."""
+
+    record: SessionRecord
+    socket_node: str | None
+    pending: int
+
+
 # -- rows as loaded, shared by every store: one bad row is skipped, never fatal --
 
 
@@ -546,7 +557,11 @@ def with_outputs(record: dict[str, Any], outputs: Iterable[tuple[Any, Any]]) -> 
     the order appended — in their attempts' ``tail``, as ``with_asks`` does for
     asks (rows written before outputs were stored apart carry them inline)."""
     return _put_back(
-        record, outputs, "tail", lambda output: isinstance(output, list) and len(output) == 5
+        # Five elements, or six with a failed worker's error (``OutputEvent.to_record``).
+        record,
+        outputs,
+        "tail",
+        lambda output: isinstance(output, list) and len(output) in (5, 6),
     )
 
 

@@ -38,6 +38,10 @@ class WorkerResult:
     # A deliberate stop by the operator (``spawn_halt``): final even over a
     # worker-posted result, because the operator chose to end the attempt.
     halted: bool = False
+    # Why the work failed, in the worker's words (only with ``ok=false``): it
+    # becomes the attempt's ``error`` (``worker_failed``), e.g. a command's
+    # exit status and the tail of its stderr.
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"value": self.value, "ok": self.ok}

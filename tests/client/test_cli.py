@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, directory_of, wait_task
 from tests.processes import started
-from tests.wsop import eventually
+from tests.wsop import connect, eventually, expect, mint
 
 CLI = [sys.executable, "-m", "operator_server"]
 
@@ -80,9 +80,12 @@ async def test_ready_made_operator_runs_exec_as_the_sub_agent(server: Server) ->
     assert sid not in directory_of(client).sessions  # Ctrl-C left cleanly
 
 
-async def test_a_failing_command_blocks_the_task(server: Server) -> None:
+async def test_a_failing_command_blocks_the_task_with_its_exit_status_and_stderr(
+    server: Server,
+) -> None:
     client = await server()
-    proc = await start_operator(client, "--role", "runner", "--exec", "echo broken; exit 3")
+    command = "echo broken; echo 'first line' >&2; echo 'tests failed' >&2; exit 3"
+    proc = await start_operator(client, "--role", "runner", "--exec", command)
     task = await create_task(
         client,
         agent="shell",
@@ -92,6 +95,37 @@ async def test_a_failing_command_blocks_the_task(server: Server) -> None:
     done = await wait_task(client, task["id"], wait=20)
     assert done["status"] == "blocked"
     assert done["result"] == {"value": "broken\n", "ok": False}
+    error = {"code": "worker_failed", "message": "exec exited 3: first line\ntests failed"}
+    assert done["error"] == error and done["attempts"][0]["error"] == error
+    rest = await stop(proc)
+    assert b"tests failed" in rest  # still shown at the operator's terminal
+
+
+async def test_a_command_that_is_not_found_says_so_in_the_tasks_error(server: Server) -> None:
+    client = await server()
+    proc = await start_operator(client, "--role", "runner", "--exec", "nosuchcmd-xyz")
+    task = await create_task(
+        client, agent="shell", directive="x", operator={"backend": "runner", "spawn_hook": "runner"}
+    )
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["status"] == "blocked"
+    assert done["error"]["code"] == "worker_failed"
+    message = done["error"]["message"]
+    assert message.startswith("exec exited 127: ") and "nosuchcmd-xyz: not found" in message
+    await stop(proc)
+
+
+async def test_only_the_tail_of_a_long_stderr_is_kept(server: Server) -> None:
+    client = await server()
+    command = "head -c 10000 /dev/zero | tr '\\0' a >&2; echo ' the end' >&2; exit 1"
+    proc = await start_operator(client, "--role", "runner", "--exec", command)
+    task = await create_task(
+        client, agent="shell", directive="x", operator={"backend": "runner", "spawn_hook": "runner"}
+    )
+    done = await wait_task(client, task["id"], wait=20)
+    message = done["error"]["message"]
+    assert message.startswith("exec exited 1: aaa") and message.endswith("aaa the end")
+    assert len(message) == len("exec exited 1: ") + 2048 - 1  # 2 KB, its last newline stripped
     await stop(proc)
 
 
@@ -134,6 +168,24 @@ async def test_task_commands_against_a_real_server(server: Server) -> None:
     assert code == 1 and json.loads(err)["error"]["code"] == "task_finished"
     code, _, err = await run_cli("task", "create", *url, "--agent", "nope", "--directive", "x")
     assert code == 1 and json.loads(err)["error"]["code"] == "unknown_agent"
+
+
+async def test_task_create_wait_exits_5_when_the_operator_halts_the_task(server: Server) -> None:
+    client = await server()
+    sid, token = await mint(client, ["main"])
+    ws = await connect(client, sid, token)
+    waiting = asyncio.ensure_future(
+        run_cli(
+            "task", "create", "--url", base(client), "--agent", "coder", "--role", "main",
+            "--directive", "x", "--wait", "20",
+        )
+    )  # fmt: skip
+    hook = await expect(ws, "hook_before", timeout=30)
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    await ws.send_json({"type": "spawn_halt", "req_id": spawn["req_id"], "reason": "enough"})
+    code, halted, _ = await waiting
+    assert code == 5 and halted["status"] == "halted"
 
 
 async def test_task_cancel_command_stops_a_running_task(server: Server) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
+from operator_server.engine.tasks import TaskStatus
 from tests.client.test_operator_cli import AnswersSwallowed
 from tests.processes import started
 from tests.test_daemon import Daemon, free_port, start_daemon
@@ -136,6 +137,10 @@ async def test_the_tool_list_matches_the_contract_with_input_and_output_schemas(
             ok = by_name[name].inputSchema["properties"]["ok"]
             assert ok["type"] == "boolean" and ok["default"] is True, name
         assert by_name["reject"].inputSchema["properties"]["reason"]["type"] == "string"
+        # The bridge imports nothing of the engine, so it spells the statuses
+        # again: they must be the server's, every one.
+        statuses = by_name["task_list"].inputSchema["properties"]["status"]["enum"]
+        assert sorted(statuses) == sorted(str(s) for s in TaskStatus)
         # What comes back: the fields an agent relies on are declared.
         status_out = by_name["status"].outputSchema["properties"]
         assert {"sid", "roles", "connected", "pending", "url"} <= set(status_out)
@@ -257,7 +262,7 @@ async def test_a_request_pending_while_the_daemon_restarts_comes_back_answerable
             spawn = await next_of(mcp, "spawn")
             await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
             done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
-            assert done["status"] == "passed"
+            assert done["status"] == "halted"
             assert done["result"]["value"]["halted"] is True
         finally:
             restarted.proc.kill()
@@ -486,7 +491,7 @@ async def test_a_dropped_socket_keeps_the_held_request_answerable_once(tmp_path:
                 assert not [n for n in spawn["notices"] if n["type"] == "cancel"]
                 await call(mcp, "spawn_halt", req_id=spawn["req_id"], reason="enough")
                 done = await call(mcp, "task_get", task_id=task["id"], wait_s=20)
-                assert done["status"] == "passed" and done["attempt"] == 1
+                assert done["status"] == "halted" and done["attempt"] == 1
         finally:
             await proxy.close()
 

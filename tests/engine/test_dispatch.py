@@ -248,13 +248,31 @@ async def test_unknown_agent_with_a_resolving_operator_is_the_operators_business
     assert (await wait_task(client, task["id"]))["status"] == "passed"
 
 
-async def test_an_operator_that_does_not_resolve_fails_the_attempt(server: Server) -> None:
+async def test_a_role_nobody_holds_fails_the_task_saying_how_to_seat_one(server: Server) -> None:
     client = await server()
-    task = await create_task(client, agent="coder", operator={"role": "nobody-has-this"})
+    task = await create_task(client, agent="coder", operator={"role": "nobody"})
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed"
-    assert done["error"]["code"] == "operator_not_found"
-    assert "nobody-has-this" in done["error"]["message"]
+    assert done["error"] == {
+        "code": "operator_not_found",
+        "message": "no operator holds role 'nobody': start one with "
+        "`operator-server operator --role nobody` (or join with that role in the console), "
+        "or see who holds which role with GET /v1/operators",
+    }
+
+
+async def test_a_missing_operator_named_for_one_face_says_which_face(server: Server) -> None:
+    client = await server()
+    sid = seat(client, FakeOperator())
+    task = await create_task(
+        client, agent="coder", operator={"sid": sid, "senior_bridge": "op-gone"}
+    )
+    done = await wait_task(client, task["id"])
+    assert done["error"] == {
+        "code": "operator_not_found",
+        "message": "no operator session 'op-gone' for its senior_bridge: it left or expired "
+        "(GET /v1/operators lists the sessions)",
+    }
 
 
 async def test_a_role_resolves_to_its_sid_at_dispatch_time(server: Server) -> None:

@@ -54,6 +54,7 @@ async def test_the_list_shows_each_session_and_never_a_secret(server: Server) ->
         "roles",
         "desc",
         "connected",
+        "node",
         "pending",
         "created_at",
         "last_seen_at",
@@ -61,7 +62,9 @@ async def test_the_list_shows_each_session_and_never_a_secret(server: Server) ->
     }
     assert views[sid_a]["roles"] == ["main"] and views[sid_a]["desc"] == "laptop"
     assert views[sid_a]["connected"] is True and views[sid_a]["remote"] == "127.0.0.1"
+    assert views[sid_a]["node"] == directory_of(client).settings.node_id
     assert views[sid_b]["connected"] is False and views[sid_b]["remote"] is None
+    assert views[sid_b]["node"] is None
     for secret in (token_a, token_b, hash_token(token_a), hash_token(token_b), API):
         assert secret not in text
     assert "token" not in text

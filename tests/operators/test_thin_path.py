@@ -8,6 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Server, create_task, wait_task
+from tests.http.sse import read_all
+from tests.http.test_metrics import scrape, value
 from tests.wsop import connect, expect, mint, no_frame
 
 
@@ -120,17 +122,36 @@ async def test_an_escalation_upheld_stays_blocked_with_the_note_and_a_stray_answ
     assert done["error"] == {"code": "senior_upheld", "message": "the tests must pass first"}
 
 
-async def test_spawn_halt_ends_the_attempt_ok_and_beats_a_worker_post(server: Server) -> None:
+async def test_spawn_halt_ends_the_task_halted_everywhere_and_beats_a_worker_post(
+    server: Server,
+) -> None:
+    """A halt is its own outcome, not a pass: over REST, in the task's events
+    and in the metrics; and a halted task is not retried."""
     client = await server()
-    ws, task, spawn = await spawned(client)
+    sid, ws = await seated(client)
+    task = await create_task(client, agent="coder", operator={"sid": sid}, max_attempts=3)
+    await answer_hook(ws)
+    spawn = await expect(ws, "spawn")
     auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
     await client.post("/v1/worker/result", json={"value": "partial"}, headers=auth)
     await ws.send_json(
         {"type": "spawn_halt", "req_id": spawn["req_id"], "reason": "enough", "value": 3}
     )
     done = await wait_task(client, task["id"])
-    assert done["status"] == "passed"
-    assert done["result"]["value"] == {"halted": True, "reason": "enough", "value": 3}
+    assert done["status"] == "halted"
+    assert [a["status"] for a in done["attempts"]] == ["halted"]
+    assert done["result"] == {"value": {"halted": True, "reason": "enough", "value": 3}, "ok": True}
+    assert done["error"] is None
+
+    events = await read_all(await client.get(f"/v1/tasks/{task['id']}/events"))
+    assert [e.data["status"] for e in events if e.type == "status"] == ["running", "halted"]
+    listed = await (await client.get("/v1/tasks", params={"status": "halted"})).json()
+    assert [t["id"] for t in listed["tasks"]] == [task["id"]]
+
+    samples, _ = await scrape(client)
+    assert value(samples, "operator_server_tasks_finished_total", status="halted") == 1
+    assert value(samples, "operator_server_tasks_finished_total", status="passed") == 0
+    assert value(samples, "operator_server_tasks", status="halted") == 1
 
 
 async def test_spawn_ack_with_error_fails_the_attempt(server: Server) -> None:
@@ -233,3 +254,34 @@ async def test_the_directive_names_the_configured_public_url(server: Server) -> 
     assert "https://ops.example:8443/v1/worker/prompt" in spawn["directive"]
     assert "https://ops.example:8443/v1/worker/result" in spawn["directive"]
     assert f"Bearer {spawn['worker_handle']}" in spawn["directive"]
+
+
+async def test_a_worker_says_why_its_work_failed_and_the_blocked_task_shows_it(
+    server: Server,
+) -> None:
+    client = await server()
+    ws, task, spawn = await spawned(client)
+    auth = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    refused = await client.post(
+        "/v1/worker/result", json={"value": 1, "ok": True, "error": "no"}, headers=auth
+    )
+    assert refused.status == 400
+    assert "error: only with ok=false" in (await refused.json())["error"]["message"]
+    too_long = {"value": 1, "ok": False, "error": "x" * 4097}
+    assert (await client.post("/v1/worker/result", json=too_long, headers=auth)).status == 400
+    posted = await client.post(
+        "/v1/worker/submit",
+        params={"ok": "false", "error": "make: *** [test] Error 2"},
+        data=b"3 tests failed",
+        headers=auth,
+    )
+    assert posted.status == 200, await posted.text()
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+    ask = await expect(ws, "ask")  # the senior sees why too
+    assert ask["question"]["error"] == "make: *** [test] Error 2"
+    await ws.send_json({"type": "answer", "req_id": ask["req_id"], "error": "not mine to decide"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "blocked"
+    assert done["result"] == {"value": "3 tests failed", "ok": False}
+    assert done["error"] == {"code": "worker_failed", "message": "make: *** [test] Error 2"}
+    assert done["attempts"][0]["outputs"][0]["error"] == "make: *** [test] Error 2"

@@ -335,3 +335,53 @@ async def test_a_frame_too_large_for_a_notify_payload_still_reaches_the_other_no
         async with http.get(f"{a.base}/v1/worker/ask/{ask_id}?wait=10", headers=auth) as resp:
             assert (await resp.json())["value"] == "this one"
         await ws.close()
+
+
+async def test_every_node_shows_an_operator_connected_to_another_until_that_node_dies(
+    pg_url: str,
+) -> None:
+    """The admin's views and healthz's counts are the cluster's: node A shows
+    the operator whose socket is on node B as connected (there, with its
+    pending request); once B dies, A shows it disconnected as soon as B's
+    heartbeat lapses, before anyone buries B."""
+    a, b = await two_nodes(pg_url, 1.5)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        ws = await connect(http, b, op)
+        await create(http, a, THIN)  # its spawn waits on the socket at B
+        assert (await next_of(ws, "spawn"))["type"] == "spawn"
+        own = {"Authorization": f"Bearer {op['token']}"}
+
+        async def views(node: Daemon) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+            async with http.get(f"{node.base}/v1/operators") as resp:
+                assert resp.status == 200, await resp.text()
+                (listed,) = (await resp.json())["operators"]
+            async with http.get(f"{node.base}/v1/operators/{op['sid']}", headers=own) as resp:
+                one = await resp.json()
+            async with http.get(f"{node.base}/v1/healthz") as resp:
+                counts = (await resp.json())["operators"]
+            return listed, one, counts
+
+        for node in (a, b):
+            listed, one, counts = await views(node)
+            for view in (listed, one):
+                assert (view["sid"], view["connected"], view["node"]) == (op["sid"], True, "node-b")
+                assert view["pending"] == 1
+            assert counts == {"sessions": 1, "connected": 1}
+            # The peer's address is known where the socket is, and only there.
+            assert (listed["remote"] is not None) is (node is b)
+        async with http.get(f"{a.base}/v1/operators", params={"connected": "false"}) as resp:
+            assert (await resp.json())["operators"] == []
+
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait()
+        await ws.close()
+        # Within a few of B's leases (1.5 s), its heartbeat has lapsed.
+        for _ in range(150):
+            listed, one, counts = await views(a)
+            if not listed["connected"]:
+                break
+            await asyncio.sleep(0.1)
+        for view in (listed, one):
+            assert (view["connected"], view["node"], view["remote"]) == (False, None, None)
+        assert counts == {"sessions": 1, "connected": 0}

@@ -18,7 +18,7 @@ import { names } from "./names.js";
 
 const MAX_ROWS = 200;
 const MAX_KNOWN = 2000;
-const TERMINAL = new Set(["passed", "blocked", "failed", "cancelled"]);
+const TERMINAL = new Set(["passed", "blocked", "failed", "cancelled", "halted"]);
 const LIVE_TEXT = {
   connecting: "connecting…",
   live: "live",

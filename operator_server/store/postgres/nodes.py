@@ -12,7 +12,14 @@ import asyncpg
 from operator_server.cluster.bus import ALL, SQL_CHANNEL, channel
 from operator_server.cluster.messages import Delivered, NodesGone, Replaced, Withdraw
 from operator_server.logs import get_logger
-from operator_server.store.base import PendingRow, Row, StoreError, decode_task_row
+from operator_server.store.base import (
+    PendingRow,
+    PlacedSession,
+    Row,
+    StoreError,
+    decode_session,
+    decode_task_row,
+)
 from operator_server.store.postgres.tasks import with_asks_of
 from operator_server.store.postgres.writer import GroupCommitWriter
 from operator_server.wire import json as wire_json
@@ -94,6 +101,18 @@ FINISH_WITHDRAWN = (
 DETACH_SOCKET = (
     "UPDATE operator_sessions SET socket_node = NULL WHERE sid = $1 AND socket_node = $2"
 )
+# Every session with where its socket is and how much waits on it.  A socket
+# counts only on a node whose heartbeat is current: a dead node's sockets are
+# gone the moment it stops beating, before any survivor buries it.
+PLACED_SESSIONS = """
+    SELECT s.sid, s.token_sha256, s.roles, s.description, s.created_at, s.last_seen_at,
+           n.node_id AS socket_node,
+           (SELECT count(*) FROM pending_requests p WHERE p.sid = s.sid) AS pending
+    FROM operator_sessions s
+    LEFT JOIN cluster_nodes n ON n.node_id = s.socket_node AND n.expires_at > now()
+    WHERE $1::text IS NULL OR s.sid = $1
+    ORDER BY s.created_at, s.sid
+"""
 HEARTBEAT = (
     "INSERT INTO cluster_nodes (node_id, expires_at) "
     "VALUES ($1, now() + make_interval(secs => $2)) "
@@ -281,6 +300,19 @@ class NodeOps(GroupCommitWriter):
     async def pending_of(self, sid: str) -> list[PendingRow]:
         rows = await self._read(lambda c: c.fetch(PENDING_OF, sid), f"pending of {sid}")
         return pending_rows(rows)
+
+    async def placed_sessions(self, sid: str | None = None) -> list[PlacedSession]:
+        rows = await self._read(lambda c: c.fetch(PLACED_SESSIONS, sid), "read sessions")
+        out = []
+        for row in rows:
+            try:
+                record = decode_session(*tuple(row)[:6])
+            except ValueError as exc:  # one bad row is skipped, never fatal
+                log.warning("skipping a stored session that cannot be decoded", error=str(exc))
+                continue
+            node = row["socket_node"]
+            out.append(PlacedSession(record, None if node is None else str(node), row["pending"]))
+        return out
 
     def detach_socket_soon(self, sid: str) -> None:
         self._soon_plain(f"detach {sid}", DETACH_SOCKET, sid, self._node_id)
