@@ -16,7 +16,9 @@ from marshmallow import fields
 
 from operator_server import __version__
 from operator_server.client import RequestFailed, TaskClient
+from operator_server.client.http import credential_from_env
 from operator_server.config import ConfigError, flag_name, load_settings, setting_keys
+from operator_server.keys_cli import add_keys
 
 CONFIG_DEST = "cfg:"
 
@@ -59,9 +61,12 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"the daemon (default: $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
     )
     parser.add_argument(
+        "--api-key",
         "--api-token",
-        default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
-        help="the daemon's api_token, if it has one (default: $OPERATOR_SERVER_API_TOKEN)",
+        dest="api_token",
+        default=credential_from_env(),
+        help="an API key (osk_…) or the daemon's api_token (default: $OPERATOR_SERVER_API_KEY, "
+        "else $OPERATOR_SERVER_API_TOKEN)",
     )
 
 
@@ -202,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator(sub)
     _add_task(sub)
     _add_mcp(sub)
+    add_keys(sub)
     return parser
 
 

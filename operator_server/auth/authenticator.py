@@ -44,9 +44,11 @@ from operator_server.auth.principal import LOOPBACK, PRINCIPAL_ON_REQUEST, Princ
 from operator_server.auth.principal import BOOTSTRAP as BOOTSTRAP_PRINCIPAL
 from operator_server.config import is_loopback
 from operator_server.errors import ApiError, Code
+from operator_server.logs import get_logger
 from operator_server.wire import contract
 from operator_server.wire.requests import bearer_of
 
+log = get_logger(__name__)
 CACHE_SIZE = 4096
 _JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _WHAT = "the api_token, an API key (osk_…) or a JWT from the configured identity provider"
@@ -145,9 +147,11 @@ class Authenticator:
         """Drop what is cached of key ``key_id`` (None: of every credential)."""
         if key_id is None:
             self._cache.clear()
+            log.info("forgot every cached principal")
             return
         for token in [t for t, p in self._cache.items() if p.key_id == key_id]:
             del self._cache[token]
+        log.info("API key revoked: refused from now on", key_id=key_id)
 
     @property
     def cached(self) -> int:
