@@ -175,3 +175,11 @@ def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> 
     # Nothing given: every default is the dataclass's (the node id is made up at load).
     loaded = SettingsSchema().load({})
     assert dataclasses.replace(loaded, node_id="") == Settings()
+
+
+def test_the_clients_credential_in_the_environment_is_no_setting_of_the_daemon() -> None:
+    """One shell runs the daemon and its clients: their variables pass by."""
+    env = {"OPERATOR_SERVER_API_KEY": "osk_x", "OPERATOR_SERVER_URL": "http://h:1"}
+    assert load_settings(env=env).api_token == ""
+    with pytest.raises(ConfigError, match="OPERATOR_SERVER_API_KEYS"):
+        load_settings(env={"OPERATOR_SERVER_API_KEYS": "x"})  # a typo is still refused
