@@ -39,16 +39,18 @@ SCOPES = ["tasks:create", "tasks:read", "operate:*"]
 
 
 async def make_key(url: str) -> str:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"{url}/v1/keys",
             json={"name": "bench", "scopes": SCOPES},
             headers={"Authorization": f"Bearer {BOOTSTRAP}"},
-        ) as resp:
-            if resp.status != 201:
-                raise RuntimeError(f"POST /v1/keys: {resp.status} {await resp.text()}")
-            key: str = (await resp.json())["key"]
-            return key
+        ) as resp,
+    ):
+        if resp.status != 201:
+            raise RuntimeError(f"POST /v1/keys: {resp.status} {await resp.text()}")
+        key: str = (await resp.json())["key"]
+        return key
 
 
 async def run() -> float:

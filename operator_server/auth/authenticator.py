@@ -40,8 +40,8 @@ from typing import Protocol, cast
 from aiohttp import web
 
 from operator_server.auth.keys import ApiKeys, looks_like_key
-from operator_server.auth.principal import LOOPBACK, PRINCIPAL_ON_REQUEST, Principal
 from operator_server.auth.principal import BOOTSTRAP as BOOTSTRAP_PRINCIPAL
+from operator_server.auth.principal import LOOPBACK, PRINCIPAL_ON_REQUEST, Principal
 from operator_server.config import is_loopback
 from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger

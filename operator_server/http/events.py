@@ -42,12 +42,12 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server.appkeys import ENGINE, METRICS, SETTINGS
+from operator_server.auth.principal import Scope
 from operator_server.engine.events import Encoded, FeedSubscription, Subscription, is_terminal, sse
 from operator_server.engine.tasks import TaskStatus
 from operator_server.errors import ApiError, Code
 from operator_server.logs import get_logger
 from operator_server.store import TaskEvent
-from operator_server.auth.principal import Scope
 from operator_server.wire.contract import EVENT_STREAM, Body, Operation, Security, documented
 
 log = get_logger(__name__)

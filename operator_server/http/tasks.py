@@ -23,13 +23,13 @@ from marshmallow import (
 from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
+from operator_server.auth.principal import Scope
 from operator_server.config import LAYER_NAMES, Settings, webhook_host_allowed
 from operator_server.engine import Engine
 from operator_server.engine.task_json import NAME as _NAME
 from operator_server.engine.task_json import OperatorSpecSchema, TaskSchema, task_view
 from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.errors import ApiError, AttemptFailed, Code
-from operator_server.auth.principal import Scope
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
 from operator_server.wire.requests import json_response

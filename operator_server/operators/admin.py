@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from operator_server.auth.principal import Scope
 from operator_server.cluster.store import cluster_store
 from operator_server.errors import ApiError, Code
-from operator_server.auth.principal import Scope
 from operator_server.operators.access import LOOKUP_ERRORS, authorize_session_or_admin
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.login import SessionSchema, session_view

@@ -533,7 +533,9 @@ class SQLiteStore(Store):
     async def put_key(self, record: KeyRecord) -> None:
         row = key_row(record)
         await self._call(
-            lambda c: c.execute(f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row),
+            lambda c: c.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row
+            ),
             f"save key {record.id}",
         )
 
@@ -562,7 +564,9 @@ class SQLiteStore(Store):
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (at, key_id),
             )
-            return c.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return c.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
 
         row = await self._call(work, f"revoke key {key_id}")
         found = decode_key_rows([row] if row is not None else [])

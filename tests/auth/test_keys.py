@@ -3,8 +3,8 @@ Bearer, listed without their secret, refused once expired or revoked."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from operator_server.auth.authenticator import AUTHENTICATOR
 from operator_server.auth.keys import ApiKeys
 from tests.conftest import Server
+from tests.processes import started
 
 BOOT = "bootstrap-token"
 ADMIN = {"Authorization": f"Bearer {BOOT}"}
@@ -142,13 +143,22 @@ async def test_managing_keys_needs_admin(server: Server) -> None:
         assert (status, code) == (403, "forbidden") and "'admin'" in message
 
 
-def keys_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "operator_server", "keys", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
+async def keys_cli(*args: str) -> tuple[int, str, str]:
+    """``operator-server keys ARGS`` as a real process: exit code, stdout, stderr."""
+    proc = started(
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "operator_server",
+            "keys",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.parametrize("secret", ["", "configured-secret"])
@@ -156,12 +166,14 @@ async def test_a_key_made_by_the_cli_works_in_the_daemon_and_after_a_restart(
     server: Server, tmp_path: Path, secret: str
 ) -> None:
     db = str(tmp_path / "keys.sqlite")
-    made = keys_cli("create", "--store-path", db, "--name", "deploy", "--scope", "tasks:read")
-    assert made.returncode == 0, made.stderr
-    key = made.stdout.strip().splitlines()[-1]
+    code, out, err = await keys_cli(
+        "create", "--store-path", db, "--name", "deploy", "--scope", "tasks:read"
+    )
+    assert code == 0, err
+    key = out.strip().splitlines()[-1]
     assert KEY_TEXT.match(key)
-    listed = keys_cli("list", "--store-path", db)
-    assert listed.returncode == 0 and '"deploy"' in listed.stdout and key not in listed.stdout
+    code, out, _ = await keys_cli("list", "--store-path", db)
+    assert code == 0 and '"deploy"' in out and key not in out
 
     for run in range(2):  # each start has a secret of its own when none is configured
         client = await server(api_token=BOOT, store__path=db, secret=secret)
@@ -170,12 +182,14 @@ async def test_a_key_made_by_the_cli_works_in_the_daemon_and_after_a_restart(
         await client.close()
 
     key_id = key.split("_")[1]
-    revoked = keys_cli("revoke", key_id, "--store-path", db)
-    assert revoked.returncode == 0, revoked.stderr
+    code, _, err = await keys_cli("revoke", key_id, "--store-path", db)
+    assert code == 0, err
     client = await server(api_token=BOOT, store__path=db)
     assert (await error_of(await client.get("/v1/tasks", headers=bearer(key))))[1] == "key_revoked"
     await client.close()
-    unknown = keys_cli("revoke", "0000000000000000", "--store-path", db)
-    assert unknown.returncode == 1 and "no API key" in unknown.stderr
-    bad = keys_cli("create", "--store-path", db, "--name", "n", "--scope", "tasks:write")
-    assert bad.returncode == 2 and "tasks:write" in bad.stderr
+    code, _, err = await keys_cli("revoke", "0000000000000000", "--store-path", db)
+    assert code == 1 and "no API key" in err
+    code, _, err = await keys_cli(
+        "create", "--store-path", db, "--name", "n", "--scope", "tasks:write"
+    )
+    assert code == 2 and "tasks:write" in err

@@ -186,8 +186,7 @@ UNDO_KEYS = "DROP TABLE api_keys; ALTER TABLE operator_sessions DROP COLUMN mint
         # the keys and who minted each session.
         (
             "task_asks",
-            "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; "
-            f"{UNDO_KEYS}",
+            f"DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
             inline_asks_task,
             "asks",
             2,

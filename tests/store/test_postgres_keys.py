@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from typing import Any
 
 import aiohttp
 
+from tests.auth.test_keys import keys_cli
 from tests.store.test_cluster_routing import two_nodes
 from tests.store.test_postgres_cluster import daemons
 from tests.test_daemon import Daemon
@@ -80,22 +79,16 @@ async def test_a_key_revoked_by_the_cli_on_the_database_is_refused_by_running_no
 ) -> None:
     a, b = await two_nodes(pg_url, 10, "--api-token", BOOT)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        made = subprocess.run(
-            [sys.executable, "-m", "operator_server", "keys", "create", "--store-url", pg_url,
-             "--name", "cli", "--scope", "tasks:read"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert made.returncode == 0, made.stderr
-        key = made.stdout.strip().splitlines()[-1]
+        code, out, err = await keys_cli(
+            "create", "--store-url", pg_url, "--name", "cli", "--scope", "tasks:read"
+        )
+        assert code == 0, err
+        key = out.strip().splitlines()[-1]
         key_id = key.split("_")[1]
         for node in (a, b):
             assert await code_of(http, f"{node.base}/v1/tasks", key) == (200, None)
-        revoked = subprocess.run(
-            [sys.executable, "-m", "operator_server", "keys", "revoke", key_id,
-             "--store-url", pg_url],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert revoked.returncode == 0, revoked.stderr
+        code, _, err = await keys_cli("revoke", key_id, "--store-url", pg_url)
+        assert code == 0, err
         for node in (a, b):
             await heard_revocation(node, key_id)
             assert await code_of(http, f"{node.base}/v1/tasks", key) == (401, "key_revoked")
