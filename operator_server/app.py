@@ -27,7 +27,7 @@ from aiohttp import web
 
 from operator_server import __version__
 from operator_server.appkeys import BACKGROUND, ENGINE, METRICS, OPERATOR_COUNTS, SETTINGS, STORE
-from operator_server.auth.authenticator import AUTHENTICATOR, Authenticator, JwtVerifier
+from operator_server.auth.authenticator import AUTHENTICATOR, Authenticator, JwtPrincipals
 from operator_server.auth.keys import ApiKeys
 from operator_server.background import Background
 from operator_server.cluster.leases import Leases
@@ -70,7 +70,7 @@ def build_app(
     settings: Settings,
     directive: DirectiveTemplate | None = None,
     store: Store | None = None,
-    jwt: JwtVerifier | None = None,
+    jwt: JwtPrincipals | None = None,
 ) -> web.Application:
     """The app; ``jwt``: the verifier of identity-provider tokens (``[auth.jwt]``,
     ``auth/jwt.py``), None when none is configured."""

@@ -54,9 +54,9 @@ _JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 _WHAT = "the api_token, an API key (osk_…) or a JWT from the configured identity provider"
 
 
-class JwtVerifier(Protocol):
-    """What ``[auth.jwt]`` provides (``auth/jwt.py``): a JWT's principal, or
-    ``ApiError`` (401) saying why it is refused."""
+class JwtPrincipals(Protocol):
+    """The slot for ``[auth.jwt]`` (``auth/jwt.py``'s ``JwtVerifier``): a JWT's
+    principal, or ``ApiError`` (401) saying why it is refused."""
 
     async def principal(self, token: str) -> Principal: ...
 
@@ -66,7 +66,7 @@ class Authenticator:
         self,
         keys: ApiKeys,
         api_token: str,
-        jwt: JwtVerifier | None = None,
+        jwt: JwtPrincipals | None = None,
         *,
         cache_size: int = CACHE_SIZE,
         clock: Callable[[], float] = time.time,
