@@ -4,7 +4,8 @@ Session-token routes check, in order: 401 (no usable Bearer credential) ->
 404 (unknown sid) -> 401 (the token does not match).  Admin-capable routes
 (``GET /v1/operators/{sid}/pending``, ``DELETE /v1/operators/{sid}``) accept a
 principal holding ``admin`` in place of the session's token, in the same order;
-a principal without it is answered 403 ``forbidden`` before the sid is looked up.
+a principal without it is answered 403 ``forbidden``.  The session's own token
+is tried first, so a token its client chose never passes for a key.
 
 An admin is a principal with the ``admin`` scope (``auth/``): the bootstrap
 ``api_token``, an API key or JWT granting it, or — with no ``api_token``
@@ -19,7 +20,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from operator_server.auth.authenticator import AUTHENTICATOR
-from operator_server.auth.principal import PRINCIPAL_ON_REQUEST, Principal, Scope
+from operator_server.auth.principal import PRINCIPAL_ON_REQUEST, Scope
 from operator_server.errors import ApiError, Code
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.session import OperatorSession
@@ -77,10 +78,12 @@ async def authorize_session(
 
 async def authorize_session_or_admin(request: web.Request) -> tuple[OperatorSession, bool]:
     """The session named in the path, for its own holder or an admin; and
-    whether the caller is an admin (then its principal is on the request)."""
+    whether the caller is an admin (then its principal is on the request).
+
+    The session's own token is tried first: a token its client chose (which
+    may look like a key or a JWT) always opens its own session."""
     authenticator = request.app[AUTHENTICATOR]
     token = bearer_of(request)
-    principal: Principal | None
     if token is None:
         # No credential: the open daemon's loopback admin; else the session's
         # token is what is missing.
@@ -88,18 +91,21 @@ async def authorize_session_or_admin(request: web.Request) -> tuple[OperatorSess
             principal = await authenticator.principal(request)
         except ApiError as exc:
             raise ApiError(Code.UNAUTHORIZED, f"{_MISSING}, or an admin's credential") from exc
+        session = await _session(request)
     else:
-        principal = await authenticator.of_token(token)  # None: maybe the session's own
-    if principal is not None:
-        if not principal.allows(Scope.ADMIN):
-            raise ApiError(
-                Code.FORBIDDEN,
-                f"{principal.name} lacks the scope 'admin'; send the session's own token "
-                "or an admin's credential",
-                scope=str(Scope.ADMIN),
-            )
-        request[PRINCIPAL_ON_REQUEST] = principal
-    session = await _session(request)
-    if principal is None and not session.verify_token(token or ""):
-        raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
-    return session, principal is not None
+        session = await _session(request)
+        if session.verify_token(token):
+            return session, False
+        found = await authenticator.of_token(token)
+        if found is None:
+            raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
+        principal = found
+    if not principal.allows(Scope.ADMIN):
+        raise ApiError(
+            Code.FORBIDDEN,
+            f"{principal.name} lacks the scope 'admin'; send the session's own token "
+            "or an admin's credential",
+            scope=str(Scope.ADMIN),
+        )
+    request[PRINCIPAL_ON_REQUEST] = principal
+    return session, True

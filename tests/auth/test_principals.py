@@ -91,3 +91,17 @@ async def test_forcing_a_session_out_needs_a_principal_with_admin(server: Server
     pending = await client.get(f"/v1/operators/{op['sid']}/pending", headers=bearer(admin))
     assert pending.status == 200
     assert (await client.delete(f"/v1/operators/{op['sid']}", headers=bearer(admin))).status == 204
+
+
+async def test_a_session_whose_chosen_token_looks_like_a_key_still_opens_itself(
+    server: Server,
+) -> None:
+    client = await server(api_token=BOOT)
+    chosen = f"osk_{'0' * 16}_{'a' * 43}"
+    minted = await client.post(
+        "/v1/operators", json={"roles": ["main"], "token": chosen}, headers=ADMIN
+    )
+    sid = (await minted.json())["sid"]
+    pending = await client.get(f"/v1/operators/{sid}/pending", headers=bearer(chosen))
+    assert pending.status == 200
+    assert (await client.delete(f"/v1/operators/{sid}", headers=bearer(chosen))).status == 204

@@ -44,7 +44,12 @@ def only(scope: str) -> list[str]:
 async def call(
     client: TestClient[Any, Any], method: str, path: str, key: str
 ) -> tuple[int, dict[str, Any]]:
-    """The status and the error of ``method path`` (path parameters made up)."""
+    """The status and the error of ``method path``: ``{sid}`` is a session
+    minted for the call (its holder's token is tried before a principal's),
+    any other path parameter made up."""
+    if "{sid}" in path:
+        minted = await client.post("/v1/operators", json={}, headers=ADMIN)
+        path = path.replace("{sid}", (await minted.json())["sid"])
     concrete = re.sub(r"\{[^}]+\}", "x-unknown", path)
     async with client.request(method, concrete, headers=bearer(key)) as resp:
         error = (await resp.json())["error"] if resp.status >= 400 else {}
