@@ -364,7 +364,9 @@ class Peer:
         self.proc = proc
 
     @classmethod
-    async def start(cls, *args: str) -> Peer:
+    async def start(cls, *args: str, credential: str = "") -> Peer:
+        """``credential``: what its clients send (``OPERATOR_SERVER_API_KEY``)."""
+        env = {**os.environ, "OPERATOR_SERVER_API_KEY": credential} if credential else None
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -372,6 +374,7 @@ class Peer:
             *args,
             stdout=asyncio.subprocess.PIPE,
             cwd=ROOT,
+            env=env,
             # One result line carries every latency of a run.
             limit=1 << 26,
         )
@@ -407,7 +410,13 @@ _roles = iter(range(1_000_000))
 
 
 async def e2e_load(
-    url: str, tasks: int, *, seconds: float = 0, window: int = WINDOW, task_url: str = ""
+    url: str,
+    tasks: int,
+    *,
+    seconds: float = 0,
+    window: int = WINDOW,
+    task_url: str = "",
+    credential: str = "",
 ) -> E2E:
     """The peer's thin-path load: ``tasks`` tasks, or as many as fit in ``seconds``.
 
@@ -416,10 +425,11 @@ async def e2e_load(
 
     Each load is a fresh operator under a fresh role: a session outlives its
     socket on the daemon, and a role is held by one session at a time.
+    ``credential``: the API key or api_token its mint and task calls send.
     """
     role = f"bench-{os.getpid()}-{next(_roles)}"
     args = [url, str(tasks), str(window), str(seconds), role] + ([task_url] if task_url else [])
-    peer = await Peer.start("e2e", *args)
+    peer = await Peer.start("e2e", *args, credential=credential)
     try:
         stats = await peer.line(timeout=max(600, seconds * 3))
     finally:

@@ -36,14 +36,16 @@ from operator_server.appkeys import (
     SETTINGS,
     STORE,
 )
+from operator_server.auth.authenticator import AUTHENTICATOR, Authenticator, JwtPrincipals
 from operator_server.auth.jwt import JwtVerifier
+from operator_server.auth.keys import ApiKeys
 from operator_server.background import Background
 from operator_server.cluster.leases import Leases
 from operator_server.cluster.wiring import ClusterWiring
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
-from operator_server.http import console, events, health, metrics, openapi, tasks, worker
+from operator_server.http import console, events, health, keys, metrics, openapi, tasks, worker
 from operator_server.http.admission import admission_middleware
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
@@ -86,7 +88,7 @@ def build_app(
     settings: Settings,
     directive: DirectiveTemplate | None = None,
     store: Store | None = None,
-    jwt: JwtVerifier | None = None,
+    jwt: JwtPrincipals | None = None,
 ) -> web.Application:
     """The app; ``jwt``: the verifier of identity-provider tokens, built from
     ``[auth.jwt]`` when not given (None without that table)."""
@@ -117,6 +119,9 @@ def build_app(
         engine, settings, directive or load_directive(settings), relay=wired.relay or NoRelay()
     )
     wired.route(directory)
+    # Who each request is: the bootstrap api_token, API keys from the store, JWTs.
+    authenticator = Authenticator(ApiKeys(store), settings.api_token, jwt)
+    wired.follow_revocations(authenticator.forget)
     _sample_current_counts(meters, engine, directory)
 
     # Outermost first.  Observe sees every answer, admission's refusals (403
@@ -145,6 +150,7 @@ def build_app(
     app[METRICS] = meters
     app[LEASES] = wired.leases
     app[JWT_VERIFIER] = jwt
+    app[AUTHENTICATOR] = authenticator
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -155,6 +161,7 @@ def build_app(
     app.add_routes(metrics.routes)
     app.add_routes(openapi.routes)
     app.add_routes(events.routes)
+    app.add_routes(keys.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)

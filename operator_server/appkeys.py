@@ -14,7 +14,7 @@ from typing import cast
 
 from aiohttp import web
 
-from operator_server.auth.jwt import JwtVerifier
+from operator_server.auth.authenticator import JwtPrincipals
 from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine import Engine
@@ -32,4 +32,4 @@ METRICS = web.AppKey("metrics", Metrics)
 # (every node's sessions in a cluster).
 OPERATOR_COUNTS: web.AppKey[Callable[[], Awaitable[dict[str, int]]]] = web.AppKey("operator_counts")
 # Bearer JWTs from the identity provider of ``[auth.jwt]``; None without that table.
-JWT_VERIFIER: web.AppKey[JwtVerifier | None] = web.AppKey("jwt_verifier")
+JWT_VERIFIER: web.AppKey[JwtPrincipals | None] = web.AppKey("jwt_verifier")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from operator_server import __version__
+from operator_server.keys_cli import add_keys
 
 if TYPE_CHECKING:
     import asyncio
@@ -73,10 +74,16 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         help=f"the daemon (default: $OPERATOR_SERVER_URL, else {DEFAULT_URL})",
     )
     parser.add_argument(
+        "--api-key",
         "--api-token",
-        default=os.environ.get("OPERATOR_SERVER_API_TOKEN"),
-        metavar="TOKEN",
-        help="the daemon's api_token, if it has one (default: $OPERATOR_SERVER_API_TOKEN)",
+        dest="api_token",
+        # Read here, not from client.http: --help must not load the client.
+        default=os.environ.get("OPERATOR_SERVER_API_KEY")
+        or os.environ.get("OPERATOR_SERVER_API_TOKEN")
+        or None,
+        metavar="KEY",
+        help="an API key (osk_…) or the daemon's api_token (default: $OPERATOR_SERVER_API_KEY, "
+        "else $OPERATOR_SERVER_API_TOKEN)",
     )
 
 
@@ -302,6 +309,7 @@ def build_parser(serve_settings: bool = True) -> argparse.ArgumentParser:
     _add_operator(sub)
     _add_task(sub)
     _add_mcp(sub)
+    add_keys(sub)
     return parser
 
 

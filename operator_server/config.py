@@ -42,6 +42,9 @@ from operator_server.errors import describe_validation
 from operator_server.wire.json import DEFAULT_MAX_DEPTH, MAX_CONFIG_DEPTH
 
 ENV_PREFIX = "OPERATOR_SERVER_"
+# Read by the clients (``operator-server operator|task|mcp``), not the daemon:
+# a shell that runs both keeps them set, so the daemon's config passes them by.
+CLIENT_ENV = frozenset({"OPERATOR_SERVER_API_KEY", "OPERATOR_SERVER_URL"})
 LAYER_NAMES = ("main_ai", "senior_escalation", "operator_delegate")
 DEFAULT_LAYERS = list(LAYER_NAMES)
 
@@ -784,7 +787,7 @@ def load_settings(
     from_env: dict[str, Any] = {}
     known_env = {env_name(key): key for key in known}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in CLIENT_ENV:
             continue
         key = known_env.get(name)
         if key is None:

@@ -302,3 +302,11 @@ def test_the_daemon_process_exits_2_on_a_jwks_file_that_holds_no_keys(tmp_path: 
     )
     assert proc.returncode == 2, proc.stderr
     assert f"auth.jwt.jwks_file: {jwks}: the JWKS holds no signing key" in proc.stderr
+
+
+def test_the_clients_credential_in_the_environment_is_no_setting_of_the_daemon() -> None:
+    """One shell runs the daemon and its clients: their variables pass by."""
+    env = {"OPERATOR_SERVER_API_KEY": "osk_x", "OPERATOR_SERVER_URL": "http://h:1"}
+    assert load_settings(env=env).api_token == ""
+    with pytest.raises(ConfigError, match="OPERATOR_SERVER_API_KEYS"):
+        load_settings(env={"OPERATOR_SERVER_API_KEYS": "x"})  # a typo is still refused

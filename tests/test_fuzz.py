@@ -156,7 +156,9 @@ async def test_generated_bodies_get_only_documented_answers(
 ) -> None:
     client = target["client"]
     for route, body in bodies.items():
-        resp = await client.post(target["paths"][route], data=encode(body), headers=target["auth"])
+        # The open daemon's own routes take no credential (one sent is checked).
+        headers = target["auth"] if route in ("result", "ask") else {}
+        resp = await client.post(target["paths"][route], data=encode(body), headers=headers)
         assert resp.status in _DOCUMENTED[route], (route, resp.status, await resp.text())
         assert resp.content_type == "application/json"
         answer = _standard_json(await resp.read())

@@ -15,6 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from typing import Any
+
+from aiohttp import web
 
 OPERATE_PREFIX = "operate:"
 
@@ -27,6 +30,12 @@ class Scope(StrEnum):
     TASKS_CANCEL = "tasks:cancel"
     EVENTS_READ = "events:read"
     ADMIN = "admin"
+
+
+# What a route that mints sessions declares: *some* ``operate:<glob>`` scope.
+# Which roles it covers is checked against the roles a mint claims
+# (``Principal.roles_refused``), since the route alone cannot know them.
+OPERATE_ANY = f"{OPERATE_PREFIX}<glob>"
 
 
 def operate(glob: str) -> str:
@@ -70,9 +79,12 @@ class Principal:
     def allows(self, scope: str) -> bool:
         """Whether the principal holds ``scope`` (``admin`` holds them all).
 
-        For an ``operate:<role>`` scope this is ``may_operate(<role>)``."""
+        For an ``operate:<role>`` scope this is ``may_operate(<role>)``; for
+        ``OPERATE_ANY``, whether it holds any ``operate:`` scope at all."""
         if self.admin or scope in self.scopes:
             return True
+        if scope == OPERATE_ANY:
+            return any(True for _ in self._operate_globs())
         if scope.startswith(OPERATE_PREFIX):
             return self.may_operate(scope[len(OPERATE_PREFIX) :])
         return False
@@ -100,10 +112,10 @@ LOOPBACK = Principal(name="local", via=Via.LOOPBACK, scopes=EVERY_SCOPE)
 
 # Where the route check leaves the caller's principal on the ``web.Request``
 # (``request[PRINCIPAL_ON_REQUEST]``), for handlers that record who acted.
-PRINCIPAL_ON_REQUEST = "operator_server.principal"
+PRINCIPAL_ON_REQUEST = web.RequestKey("operator_server.principal", Principal)
 
 
-def principal_of(request: Mapping[str, object]) -> Principal:
+def principal_of(request: Mapping[Any, object]) -> Principal:
     """The principal the route check found for ``request``; the loopback
     principal where no check ran (a route open to every caller)."""
     found = request.get(PRINCIPAL_ON_REQUEST)

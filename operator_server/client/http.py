@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -12,6 +14,15 @@ from operator_server.client.errors import AskDeclined, RequestFailed
 
 # A worker ask whose HTTP call dropped is picked up again this many times.
 ASK_RETRIES = 5
+# Where a client finds its credential when it is given none: an API key, or
+# (the older name, still read) the daemon's api_token.  The key wins.
+CREDENTIAL_ENV = ("OPERATOR_SERVER_API_KEY", "OPERATOR_SERVER_API_TOKEN")
+
+
+def credential_from_env(env: Mapping[str, str] | None = None) -> str | None:
+    """The first of ``CREDENTIAL_ENV`` that is set and not empty; None if neither is."""
+    env = os.environ if env is None else env
+    return next((env[name] for name in CREDENTIAL_ENV if env.get(name)), None)
 
 
 class _Http:
@@ -134,7 +145,10 @@ class WorkerClient(_Http):
 
 
 class TaskClient(_Http):
-    """The task routes, for scripts and the ``operator-server task`` commands."""
+    """The task routes, for scripts and the ``operator-server task`` commands.
+
+    ``api_token``: an API key, the bootstrap api_token or a JWT; when None,
+    ``$OPERATOR_SERVER_API_KEY``, else ``$OPERATOR_SERVER_API_TOKEN``."""
 
     def __init__(
         self,
@@ -142,7 +156,7 @@ class TaskClient(_Http):
         api_token: str | None = None,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        super().__init__(base_url, api_token, session)
+        super().__init__(base_url, api_token or credential_from_env(), session)
 
     async def create(self, **task: Any) -> dict[str, Any]:
         body: dict[str, Any] = await self.request("POST", "/v1/tasks", json=task)

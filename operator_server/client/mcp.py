@@ -549,10 +549,15 @@ def _remedy(exc: RequestFailed) -> str:
             "another operator session holds the role: stop that operator, or pick "
             "another --role, or attach to that session with --sid/--token"
         )
-    elif exc.status in (401, 403):
+    elif exc.status == 403:
         what = (
-            "set OPERATOR_SERVER_API_TOKEN (or --api-token) in the bridge's configuration "
-            "to the daemon's api_token"
+            "use an API key whose scopes let it operate this role (operate:<glob>): set "
+            "OPERATOR_SERVER_API_KEY (or --api-key) in the bridge's configuration"
+        )
+    elif exc.status == 401:
+        what = (
+            "set OPERATOR_SERVER_API_KEY (or --api-key) in the bridge's configuration to an "
+            "API key, or the daemon's api_token"
         )
     else:
         what = "fix what the error says"

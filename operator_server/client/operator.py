@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from operator_server.client.errors import RequestFailed
-from operator_server.client.http import _Http
+from operator_server.client.http import _Http, credential_from_env
 from operator_server.errors import ProtocolError
 from operator_server.logs import get_logger
 from operator_server.wire import frames as p
@@ -92,7 +92,9 @@ class OperatorClient:
         heartbeat_s: float | None = 30.0,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        self._api = _Http(base_url, api_token, session)
+        # A principal's credential for the mint: given, else from the
+        # environment (``client.http.CREDENTIAL_ENV``: the API key wins).
+        self._api = _Http(base_url, api_token or credential_from_env(), session)
         self.base_url = self._api.base_url
         self.sid, self.token = sid, token
         self.roles, self.desc = list(roles), desc

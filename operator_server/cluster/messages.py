@@ -105,6 +105,14 @@ class NodesGone(Message):
     nodes: list[str]
 
 
+@dataclass(frozen=True)
+class KeyRevoked(Message):
+    """To every node: API key ``key_id`` is revoked; forget what was cached of it."""
+
+    KIND: ClassVar[str] = "key_revoked"
+    key_id: str
+
+
 # -- an operator's requests, wherever its socket is (``cluster/relay.py``) -----
 
 
@@ -199,6 +207,7 @@ KINDS: dict[str, type[Message]] = {
         EventsStored,
         TasksEnded,
         NodesGone,
+        KeyRevoked,
         Deliver,
         Withdraw,
         Delivered,

@@ -13,11 +13,14 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from operator_server.background import Background
 from operator_server.cluster.calls import Cluster
 from operator_server.cluster.leases import LeaseKeeper, Leases, NoLeases
+from operator_server.cluster.messages import KeyRevoked
 from operator_server.cluster.relay import Relay, SessionsHere
 from operator_server.cluster.routing import ClusterRouting, LocalRouting, Routing
 from operator_server.cluster.serving import serve_calls
@@ -35,12 +38,21 @@ class Wired:
 
     relay: Relay | None = None
     leases: Leases = field(default_factory=NoLeases)
+    bus: Any = None  # ``cluster.bus.PgBus``; None: one process
 
     def route(self, directory: SessionsHere) -> None:
         """Hand what other nodes send about sessions to ``directory`` (the
         sessions held here); with one process nothing is sent."""
         if self.relay is not None:
             self.relay.route(directory)
+
+    def follow_revocations(self, forget: Callable[[str | None], None]) -> None:
+        """Have ``forget(key_id)`` called as any node revokes an API key, and
+        ``forget(None)`` (everything) when notices may have been missed (the
+        listener was cut); with one process the revoking route calls it."""
+        if self.bus is not None:
+            self.bus.on(KeyRevoked, lambda _node, message: forget(message.key_id))
+            self.bus.on_resync(lambda: forget(None))
 
 
 class ClusterWiring:
@@ -72,7 +84,7 @@ class ClusterWiring:
         serve_calls(engine, cluster)
         lease_s = self._settings.cluster.lease_s
         leases = LeaseKeeper(engine, self._store, shared, self._background, lease_s)
-        return Wired(Relay(shared, cluster), leases)
+        return Wired(Relay(shared, cluster), leases, shared.bus)
 
 
 def _published_by_the_tail(events: Events) -> None:

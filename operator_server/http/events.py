@@ -42,6 +42,7 @@ from aiohttp import web
 from marshmallow import Schema, fields, validate
 
 from operator_server.appkeys import ENGINE, METRICS, SETTINGS
+from operator_server.auth.principal import Scope
 from operator_server.engine.events import Encoded, FeedSubscription, Subscription, is_terminal, sse
 from operator_server.engine.tasks import TaskStatus
 from operator_server.errors import ApiError, Code
@@ -277,10 +278,11 @@ _STREAM = Body(
         {200: _STREAM},
         errors={
             400: "a malformed Last-Event-ID",
-            401: "no or wrong api_token",
+            401: "no credential, or one that is not accepted",
             404: "no such task, or task events are turned off (events = false)",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.EVENTS_READ,),
         # None are recorded, so there is nothing to follow: as if the route did not exist.
         switch=("events", "task events"),
         tags=("tasks",),
@@ -301,10 +303,11 @@ async def task_events(request: web.Request) -> web.StreamResponse:
         {200: _STREAM},
         errors={
             400: "a bad query or Last-Event-ID",
-            401: "no or wrong api_token",
+            401: "no credential, or one that is not accepted",
             404: "task events are turned off (events = false)",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.EVENTS_READ,),
         switch=("events", "task events"),
         query=EventsQuerySchema,
         tags=("tasks",),

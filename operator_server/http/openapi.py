@@ -28,6 +28,7 @@ from operator_server.wire.contract import (
     Body,
     ErrorSchema,
     Operation,
+    Security,
     documented,
     operation_of,
 )
@@ -120,7 +121,10 @@ def _operation(spec: APISpec, op: Operation, operation_id: str, path: str) -> di
         }
     out["responses"] = responses
     if op.security:
-        out["security"] = [{str(s): []} for s in op.security] + ([{}] if op.anonymous else [])
+        # OpenAPI 3.1 lets an http scheme's requirement list role names: the scopes.
+        out["security"] = [
+            {str(s): list(op.scopes) if s is Security.API_KEY else []} for s in op.security
+        ] + ([{}] if op.anonymous else [])
     return out
 
 

@@ -1,8 +1,9 @@
 """Task routes: create, list, read (with long-poll), cancel.
 
-When ``api_token`` is configured, each of these needs
-``Authorization: Bearer <api_token>``; with no token configured the daemon is
-loopback-only (start-up refuses otherwise) and the routes are open.
+Each needs a principal holding its scope (``tasks:create``, ``tasks:read``,
+``tasks:cancel``; ``auth/``): an API key, the bootstrap ``api_token``, or —
+with no token configured, when the daemon is loopback-only — a loopback
+caller that sends no credential.
 
 The task JSON and its schema are declared together in ``engine/task_json.py``.
 """
@@ -22,6 +23,7 @@ from marshmallow import (
 from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
+from operator_server.auth.principal import Scope
 from operator_server.config import LAYER_NAMES, Settings, webhook_host_allowed
 from operator_server.engine import Engine
 from operator_server.engine.task_json import NAME as _NAME
@@ -92,7 +94,7 @@ class CancelSchema(Schema):
 
 
 _TASK = Body("the task", TaskSchema)
-_UNAUTHORIZED = "no or wrong api_token"
+_UNAUTHORIZED = "no credential, or one that is not accepted"
 _NO_TASK = "no such task (`task_not_found`)"
 
 
@@ -139,7 +141,8 @@ async def _task(request: web.Request) -> Task:
             401: _UNAUTHORIZED,
             503: "the server is shutting down, or the store could not save the task",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.TASKS_CREATE,),
         body=TaskRequestSchema,
         tags=("tasks",),
     )
@@ -187,7 +190,8 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
             )
         },
         errors={400: "a bad query parameter or `after` cursor", 401: _UNAUTHORIZED},
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.TASKS_READ,),
         query=ListQuerySchema,
         tags=("tasks",),
     )
@@ -224,7 +228,8 @@ async def _cursor(engine: Engine, after: str | None) -> int:
         "Read a task; with `wait`, long-poll until it is terminal",
         {200: _TASK},
         errors={400: "a bad `wait` (more than max_wait_s)", 401: _UNAUTHORIZED, 404: _NO_TASK},
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.TASKS_READ,),
         query=GetQuerySchema,
         tags=("tasks",),
     ),
@@ -253,7 +258,8 @@ async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -
             409: "the task already ended (`task_finished`; `error.task` holds it)",
             503: "the store could not save the change",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.TASKS_CANCEL,),
         body=CancelSchema,
         body_required=False,
         tags=("tasks",),

@@ -1,31 +1,31 @@
-"""Who may act on an operator session: its own token, or the admin.
+"""Who may act on an operator session: its own token, or an admin.
 
 Session-token routes check, in order: 401 (no usable Bearer credential) ->
 404 (unknown sid) -> 401 (the token does not match).  Admin-capable routes
-(``GET /v1/operators/{sid}/pending``, ``DELETE /v1/operators/{sid}``) accept the
-``api_token`` in place of the session's token, in the same order.
+(``GET /v1/operators/{sid}/pending``, ``DELETE /v1/operators/{sid}``) accept a
+principal holding ``admin`` in place of the session's token, in the same order;
+a principal without it is answered 403 ``forbidden``.  The session's own token
+is tried first, so a token its client chose never passes for a key.
 
-The admin is whoever holds ``api_token``.  With no ``api_token`` configured the
-daemon only binds loopback (config refuses anything else), and the admin is a
-caller on a loopback address that sends no ``Authorization`` header at all — the
-same trust the open task routes give it.  A caller that sends a credential has
-it checked, so a wrong token is always a 401.  Behind a reverse proxy on the same
-host every caller looks local: set ``api_token`` there.
+An admin is a principal with the ``admin`` scope (``auth/``): the bootstrap
+``api_token``, an API key or JWT granting it, or — with no ``api_token``
+configured, when the daemon only binds loopback — a caller on a loopback
+address that sends no ``Authorization`` header at all.  A caller that sends a
+credential has it checked, so a wrong token is always a 401.  Behind a reverse
+proxy on the same host every caller looks local: set ``api_token`` there.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
-from operator_server.appkeys import SETTINGS
-from operator_server.config import is_loopback
+from operator_server.auth.authenticator import AUTHENTICATOR
+from operator_server.auth.principal import PRINCIPAL_ON_REQUEST, Scope
 from operator_server.errors import ApiError, Code
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.session import OperatorSession
 from operator_server.store import StoreError
-from operator_server.wire.requests import bearer_of, require_bearer, text_token
+from operator_server.wire.requests import bearer_of, text_token
 
 SUBPROTOCOL_PREFIX = "bearer."
 # What looking a session up can answer besides the session itself: every
@@ -76,44 +76,36 @@ async def authorize_session(
     return session, subprotocol
 
 
-def _local_admin(request: web.Request) -> bool:
-    """No api_token configured: a credential-less caller on loopback is the admin."""
-    return "Authorization" not in request.headers and is_loopback(request.remote or "")
+async def authorize_session_or_admin(request: web.Request) -> tuple[OperatorSession, bool]:
+    """The session named in the path, for its own holder or an admin; and
+    whether the caller is an admin (then its principal is on the request).
 
-
-def require_admin(request: web.Request) -> None:
-    api_token = request.app[SETTINGS].api_token
-    if api_token:
-        require_bearer(request, api_token, "api_token")
-    elif "Authorization" in request.headers:
-        # A credential that is sent is checked, and none is the admin's here.
-        raise ApiError(
-            Code.UNAUTHORIZED,
-            "no api_token is configured: the admin is a loopback caller that sends no "
-            "Authorization header",
-        )
-    elif not _local_admin(request):
+    The session's own token is tried first: a token its client chose (which
+    may look like a key or a JWT) always opens its own session."""
+    authenticator = request.app[AUTHENTICATOR]
+    token = bearer_of(request)
+    if token is None:
+        # No credential: the open daemon's loopback admin; else the session's
+        # token is what is missing.
+        try:
+            principal = await authenticator.principal(request)
+        except ApiError as exc:
+            raise ApiError(Code.UNAUTHORIZED, f"{_MISSING}, or an admin's credential") from exc
+        session = await _session(request)
+    else:
+        session = await _session(request)
+        if session.verify_token(token):
+            return session, False
+        found = await authenticator.of_token(token)
+        if found is None:
+            raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
+        principal = found
+    if not principal.allows(Scope.ADMIN):
         raise ApiError(
             Code.FORBIDDEN,
-            "with no api_token configured, admin routes answer loopback callers that send "
-            "no Authorization header; set api_token to administer from elsewhere",
+            f"{principal.name} lacks the scope 'admin'; send the session's own token "
+            "or an admin's credential",
+            scope=str(Scope.ADMIN),
         )
-
-
-async def authorize_session_or_admin(request: web.Request) -> tuple[OperatorSession, bool]:
-    """The session named in the path, for its own holder or the admin; and
-    whether the caller is the admin."""
-    api_token = request.app[SETTINGS].api_token
-    token = bearer_of(request)
-    if api_token:
-        if token is None:
-            raise ApiError(Code.UNAUTHORIZED, f"{_MISSING}, or the api_token")
-        admin = hmac.compare_digest(token.encode(), api_token.encode())
-    else:
-        admin = _local_admin(request)
-        if token is None and not admin:
-            raise ApiError(Code.UNAUTHORIZED, _MISSING)
-    session = await _session(request)
-    if not admin and not session.verify_token(token or ""):
-        raise ApiError(Code.UNAUTHORIZED, "the token does not match this session")
-    return session, admin
+    request[PRINCIPAL_ON_REQUEST] = principal
+    return session, True

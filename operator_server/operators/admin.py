@@ -21,12 +21,12 @@ from typing import Any
 from aiohttp import web
 from marshmallow import Schema, fields, validate
 
+from operator_server.auth.principal import Scope
 from operator_server.cluster.store import cluster_store
 from operator_server.errors import ApiError, Code
 from operator_server.operators.access import (
     LOOKUP_ERRORS,
     authorize_session_or_admin,
-    require_admin,
 )
 from operator_server.operators.census import SeenSession, session_views
 from operator_server.operators.keys import DIRECTORY
@@ -118,12 +118,6 @@ def _view(frame: dict[str, Any], issued_at: float, now: float) -> dict[str, Any]
     }
 
 
-async def _admin(request: web.Request) -> None:
-    """With no api_token, only a credential-less loopback caller is the admin:
-    checked before the query is read, like the token."""
-    require_admin(request)
-
-
 @routes.get("/v1/operators")
 @documented(
     Operation(
@@ -136,14 +130,14 @@ async def _admin(request: web.Request) -> None:
         },
         errors={
             400: "a bad query parameter or `after` cursor",
-            401: "no or wrong api_token",
-            403: "no api_token is configured and the caller is not a credential-less loopback one",
+            403: "the principal lacks admin (`forbidden`), or no api_token is configured and "
+            "the caller is not a credential-less loopback one",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
+        scopes=(Scope.ADMIN,),
         query=OperatorListQuerySchema,
         tags=("operators",),
     ),
-    subject=_admin,
 )
 async def list_operators(request: web.Request, query: dict[str, Any]) -> web.Response:
     role, connected = query.get("role"), query.get("connected")
@@ -173,10 +167,12 @@ async def list_operators(request: web.Request, query: dict[str, Any]) -> web.Res
         "What an operator session holds pending (its holder, or the admin)",
         {200: Body("requests awaiting a reply, in issue order", PendingListSchema)},
         errors={
-            401: "no usable Bearer credential, or neither the session's token nor the api_token",
+            401: "no usable Bearer credential, or neither the session's token nor an admin's",
+            403: "a principal that lacks admin (`forbidden`)",
             **LOOKUP_ERRORS,
         },
-        security=(Security.SESSION_TOKEN, Security.API_TOKEN),
+        security=(Security.SESSION_TOKEN, Security.API_KEY),
+        scopes=(Scope.ADMIN,),
         tags=("operators",),
     )
 )

@@ -81,7 +81,7 @@ class OperatorDirectory:
             self.base_url = url
 
     async def mint(
-        self, roles: list[str], desc: str, token: str | None = None
+        self, roles: list[str], desc: str, token: str | None = None, *, minted_by: str = ""
     ) -> tuple[OperatorSession, str]:
         """A new session and its token (the caller's ``token``, if it chose one), on disk.
 
@@ -90,7 +90,7 @@ class OperatorDirectory:
         sid = f"op-{uuid.uuid4()}"
         token = token or secrets.token_urlsafe(32)  # 256 bits
         now = time.time()
-        record = SessionRecord(sid, hash_token(token), list(roles), desc, now, now)
+        record = SessionRecord(sid, hash_token(token), list(roles), desc, now, now, minted_by)
         self.engine.resolution.roles.claim(sid, roles)
         session = self._session(record)
         self._add(session)
@@ -102,7 +102,7 @@ class OperatorDirectory:
         except StoreError:
             self._drop(sid)
             raise
-        log.info("operator minted", sid=sid, roles=roles)
+        log.info("operator minted", sid=sid, roles=roles, minted_by=minted_by)
         return session, token
 
     def _session(self, record: SessionRecord) -> OperatorSession:
@@ -116,6 +116,7 @@ class OperatorDirectory:
             base_url=lambda: self.base_url,
             created_at=record.created_at,
             last_seen_at=record.last_seen_at,
+            minted_by=record.minted_by,
             metrics=self.metrics,
             report=self.engine.operator_event,
             relay=self.relay,

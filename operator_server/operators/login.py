@@ -1,6 +1,8 @@
 """REST-like operator session resource and its WebSocket upgrade.
 
-``POST /v1/operators`` mints; ``GET /v1/operators/{sid}`` and
+``POST /v1/operators`` mints, for a principal that may operate every role
+claimed (``operate:<glob>`` scopes; 403 naming the roles refused), and the
+session remembers that principal's name (``minted_by``); ``GET /v1/operators/{sid}`` and
 ``GET /v1/operators/{sid}/ws`` need the session's token, checked in the order:
 401 (missing, empty or not Bearer) -> 404 (unknown sid) -> 401 (mismatch).
 ``DELETE /v1/operators/{sid}`` takes the session's token or the admin's (a
@@ -19,6 +21,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
+from operator_server.auth.principal import OPERATE_ANY, Scope, principal_of
 from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import ApiError, Code
@@ -127,6 +130,13 @@ class SessionSchema(Schema):
         allow_none=True,
         metadata={"description": "the socket's peer, if connected (known on its node only)"},
     )
+    minted_by = fields.String(
+        required=True,
+        metadata={
+            "description": "the principal that minted it: `bootstrap`, `local`, `key:<name>`, "
+            "or `<issuer>#<subject>`; empty for sessions minted before principals existed"
+        },
+    )
 
 
 _SESSION_ERRORS = {
@@ -134,7 +144,7 @@ _SESSION_ERRORS = {
     **LOOKUP_ERRORS,
 }
 _SESSION = (Security.SESSION_TOKEN,)
-_SESSION_OR_ADMIN = (Security.SESSION_TOKEN, Security.API_TOKEN)
+_SESSION_OR_ADMIN = (Security.SESSION_TOKEN, Security.API_KEY)
 
 
 def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...]) -> bool:
@@ -149,13 +159,15 @@ def _origin_allowed(request: web.Request, origin: str, allowed: tuple[str, ...])
         "Mint an operator session holding the given roles",
         {201: Body("the new session and its token", MintedSchema, headers={"Location": "its URL"})},
         errors={
-            401: "api_token is configured and was not sent, or is wrong",
+            403: "the principal holds no operate:<glob> scope, or none matching a role "
+            "claimed (`forbidden`; `error.roles` names those refused)",
             409: "a role is already held (`roles_conflict`; `error.conflicts` names the holders)",
             503: "the store could not save the session",
         },
-        # With an API token configured, seating an operator is an admin act too:
-        # otherwise anyone who can reach the port could claim roles and receive work.
-        security=(Security.API_TOKEN,),
+        # Seating an operator is a privileged act: otherwise anyone who can reach
+        # the port could claim roles and receive work.
+        security=(Security.API_KEY,),
+        scopes=(OPERATE_ANY,),
         # Documented with the shipped limits; max_roles and max_role_length set them.
         body=mint_schema(Settings.max_roles, Settings.max_role_length),
         body_required=False,
@@ -167,9 +179,19 @@ async def mint_operator(request: web.Request) -> web.Response:
     schema = mint_schema(settings.max_roles, settings.max_role_length)
     raw = await read_json(request, settings.max_json_depth) if request.can_read_body else {}
     body = load(schema, raw)
+    principal = principal_of(request)
+    refused = principal.roles_refused(body["roles"])
+    if refused:
+        raise ApiError(
+            Code.FORBIDDEN,
+            f"{principal.name} may not operate the role(s) {', '.join(refused)}: each needs "
+            "an operate:<glob> scope whose glob matches it (operate:* for every role)",
+            roles=refused,
+            scope=OPERATE_ANY,
+        )
     try:
         session, token = await request.app[DIRECTORY].mint(
-            body["roles"], body["desc"], body["token"]
+            body["roles"], body["desc"], body["token"], minted_by=principal.name
         )
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
@@ -204,8 +226,13 @@ async def operator_info(request: web.Request) -> web.Response:
     Operation(
         "End an operator session (its own holder, or the admin forcing it out)",
         {204: Body("ended: roles released, socket closed, pending requests failed", media=())},
-        errors={**_SESSION_ERRORS, 503: "the store could not be read or save the change"},
+        errors={
+            **_SESSION_ERRORS,
+            403: "a principal that lacks admin (`forbidden`)",
+            503: "the store could not be read or save the change",
+        },
         security=_SESSION_OR_ADMIN,
+        scopes=(Scope.ADMIN,),
         tags=("operators",),
     )
 )

@@ -96,6 +96,7 @@ class OperatorSession:
         base_url: Callable[[], str],
         created_at: float | None = None,
         last_seen_at: float | None = None,
+        minted_by: str = "",
         metrics: Metrics | None = None,
         report: Report | None = None,
         relay: RequestRelay | None = None,
@@ -107,6 +108,9 @@ class OperatorSession:
         self.desc = desc
         self.created_at = created_at or time.time()
         self.last_seen_at = last_seen_at or self.created_at
+        # The name of the principal that minted it (``auth/principal.py``):
+        # whoever acts through this session acts on that principal's authority.
+        self.minted_by = minted_by
         self.pending: dict[str, PendingRequest] = {}
         self._settings = settings
         self._directive = directive

@@ -1,4 +1,4 @@
-"""Durable state: operator sessions and tasks.
+"""Durable state: operator sessions, tasks and API keys.
 
 ``open_store(settings)`` picks the implementation: PostgreSQL when
 ``store.url`` is set (the store a cluster of nodes shares), else SQLite for a
@@ -11,6 +11,7 @@ from operator_server.store.base import (
     Delivery,
     Events,
     Fenced,
+    KeyRecord,
     PendingRow,
     RolesTaken,
     Row,
@@ -38,6 +39,7 @@ __all__ = [
     "Delivery",
     "Events",
     "Fenced",
+    "KeyRecord",
     "MemoryStore",
     "PendingRow",
     "PostgresStore",

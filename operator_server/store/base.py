@@ -94,6 +94,26 @@ class SessionRecord:
     desc: str
     created_at: float
     last_seen_at: float
+    # The principal's name that minted it (``auth/principal.py``); "" for a
+    # session stored before principals existed.
+    minted_by: str = ""
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored (``auth/keys.py`` makes them): never its secret,
+    only ``secret_sha256``.  Times are epoch seconds; ``expires_at`` None: no
+    expiry; ``revoked_at`` None: not revoked.  A revoked key keeps its row, so
+    using it answers ``key_revoked`` rather than an unknown key's refusal."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    secret_sha256: str
+    created_at: float
+    expires_at: float | None = None
+    note: str = ""
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -293,19 +313,87 @@ def decode_task(data: Any) -> dict[str, Any]:
 
 
 def decode_session(
-    sid: Any, token_sha256: Any, roles: Any, desc: Any, created_at: Any, last_seen_at: Any
+    sid: Any,
+    token_sha256: Any,
+    roles: Any,
+    desc: Any,
+    created_at: Any,
+    last_seen_at: Any,
+    minted_by: Any = "",
 ) -> SessionRecord:
     """A stored session row as its record; ``ValueError`` saying which column is bad."""
     role_list = json.loads(roles, json.STORED_MAX_DEPTH) if isinstance(roles, str) else roles
     if not isinstance(role_list, list) or not all(isinstance(r, str) for r in role_list):
         raise ValueError("roles: not a JSON list of strings")
-    for name, value in (("sid", sid), ("token_sha256", token_sha256), ("desc", desc)):
+    texts = (("sid", sid), ("token_sha256", token_sha256), ("desc", desc), ("minted_by", minted_by))
+    for name, value in texts:
         if not isinstance(value, str):
             raise ValueError(f"{name}: not text")
     for name, value in (("created_at", created_at), ("last_seen_at", last_seen_at)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name}: not a number")
-    return SessionRecord(sid, token_sha256, role_list, desc, float(created_at), float(last_seen_at))
+    return SessionRecord(
+        sid, token_sha256, role_list, desc, float(created_at), float(last_seen_at), minted_by
+    )
+
+
+def decode_key(
+    id: Any,
+    name: Any,
+    scopes: Any,
+    secret_sha256: Any,
+    created_at: Any,
+    expires_at: Any,
+    note: Any,
+    revoked_at: Any,
+) -> KeyRecord:
+    """A stored key row as its record; ``ValueError`` saying which column is bad."""
+    scope_list = json.loads(scopes, json.STORED_MAX_DEPTH) if isinstance(scopes, str) else scopes
+    if not isinstance(scope_list, list) or not all(isinstance(s, str) for s in scope_list):
+        raise ValueError("scopes: not a JSON list of strings")
+    for label, value in (("id", id), ("name", name), ("secret_sha256", secret_sha256)):
+        if not isinstance(value, str):
+            raise ValueError(f"{label}: not text")
+    times = (("created_at", created_at), ("expires_at", expires_at), ("revoked_at", revoked_at))
+    for label, value in times:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{label}: not a number")
+    return KeyRecord(
+        id,
+        name,
+        scope_list,
+        secret_sha256,
+        float(created_at),
+        None if expires_at is None else float(expires_at),
+        note if isinstance(note, str) else "",
+        None if revoked_at is None else float(revoked_at),
+    )
+
+
+def decode_key_rows(rows: Iterable[Sequence[Any]]) -> list[KeyRecord]:
+    """Stored key rows as records; a row that cannot be decoded is logged and
+    left out (its key is then refused as unknown)."""
+    out = []
+    for row in rows:
+        try:
+            out.append(decode_key(*row))
+        except Exception as exc:  # one bad row is skipped, whatever is wrong with it
+            log.warning("skipping a stored key that cannot be decoded", id=row[0], error=str(exc))
+    return out
+
+
+def key_row(record: KeyRecord) -> tuple[Any, ...]:
+    """The stored columns of a key, in ``decode_key``'s order (scopes as JSON text)."""
+    return (
+        record.id,
+        record.name,
+        json.dumps(record.scopes),
+        record.secret_sha256,
+        record.created_at,
+        record.expires_at,
+        record.note,
+        record.revoked_at,
+    )
 
 
 class Store(ABC):
@@ -354,6 +442,27 @@ class Store(ABC):
 
     @abstractmethod
     async def load_sessions(self) -> list[Row]: ...
+
+    # -- API keys (``auth/keys.py``): few rows, each read once per node and
+    # cached there; a revocation is a durable write every node hears of --
+
+    @abstractmethod
+    async def put_key(self, record: KeyRecord) -> None:
+        """Store a new key, durably."""
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key ``key_id`` (revoked ones too); None when there is none."""
+
+    @abstractmethod
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abstractmethod
+    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+        """Mark ``key_id`` revoked at ``at`` (a revoked one keeps its first
+        time), durably; the key as it is now, or None when there is none.  A
+        shared store tells every node in the same transaction."""
 
     @abstractmethod
     async def put_task(
@@ -611,7 +720,7 @@ def ask_row(task_id: str, attempt: int, ask: dict[str, Any]) -> tuple[str, int, 
 
 def decode_session_rows(rows: Iterable[Sequence[Any]]) -> list[Row]:
     """Stored session rows ``(sid, token_sha256, roles, desc, created_at,
-    last_seen_at)`` as ``Row``s."""
+    last_seen_at, minted_by)`` as ``Row``s."""
     out = []
     for row in rows:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from operator_server.store.base import (
     Delivery,
     Events,
+    KeyRecord,
     Row,
     SessionRecord,
     Store,
@@ -32,6 +34,7 @@ from operator_server.wire import json
 class MemoryStore(Store):
     def __init__(self) -> None:
         self.sessions: dict[str, SessionRecord] = {}
+        self.keys: dict[str, KeyRecord] = {}  # insertion order: oldest first
         self.tasks: dict[str, dict[str, Any]] = {}
         self._seq_of: dict[str, int] = {}
         self._order: list[int] = []  # every stored seq, ascending
@@ -63,15 +66,28 @@ class MemoryStore(Store):
 
     def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
         if (old := self.sessions.get(sid)) is not None:
-            self.sessions[sid] = SessionRecord(
-                old.sid, old.token_sha256, old.roles, old.desc, old.created_at, last_seen_at
-            )
+            self.sessions[sid] = dataclasses.replace(old, last_seen_at=last_seen_at)
 
     async def delete_session(self, sid: str) -> None:
         self.sessions.pop(sid, None)
 
     async def load_sessions(self) -> list[Row]:
         return [Row(sid, rec) for sid, rec in self.sessions.items()]
+
+    async def put_key(self, record: KeyRecord) -> None:
+        self.keys[record.id] = record
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return self.keys.get(key_id)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return list(self.keys.values())
+
+    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+        found = self.keys.get(key_id)
+        if found is not None and found.revoked_at is None:
+            found = self.keys[key_id] = dataclasses.replace(found, revoked_at=at)
+        return found
 
     async def put_task(
         self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None

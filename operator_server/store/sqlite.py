@@ -53,6 +53,7 @@ from operator_server.store import migrations
 from operator_server.store.base import (
     Delivery,
     Events,
+    KeyRecord,
     Row,
     SessionRecord,
     Store,
@@ -62,8 +63,10 @@ from operator_server.store.base import (
     TaskEvent,
     ask_row,
     decode_event_batch_rows,
+    decode_key_rows,
     decode_session_rows,
     decode_task_row,
+    key_row,
     output_row,
 )
 from operator_server.wire import json as wire_json
@@ -195,7 +198,25 @@ MIGRATIONS: list[str] = [
           AND json_type(o.value) = 'array'
         ORDER BY t.seq, a.key, o.key;
     """,
+    # v7: API keys (``auth/keys.py``: only the secret's SHA-256 is kept; a
+    # revoked key keeps its row) and who minted each session (a principal's
+    # name; "" for sessions minted before).
+    """
+    CREATE TABLE api_keys (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        scopes        TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        created_at    REAL NOT NULL,
+        expires_at    REAL,
+        note          TEXT NOT NULL,
+        revoked_at    REAL
+    );
+    ALTER TABLE operator_sessions ADD COLUMN minted_by TEXT NOT NULL DEFAULT '';
+    """,
 ]
+KEY_COLUMNS = "id, name, scopes, secret_sha256, created_at, expires_at, note, revoked_at"
+SESSION_COLUMNS = "sid, token_sha256, roles, desc, created_at, last_seen_at, minted_by"
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
     "ON CONFLICT (id) DO UPDATE SET "
@@ -475,10 +496,13 @@ class SQLiteStore(Store):
             record.desc,
             record.created_at,
             record.last_seen_at,
+            record.minted_by,
         )
         await self._call(
             lambda c: c.execute(
-                "INSERT OR REPLACE INTO operator_sessions VALUES (?,?,?,?,?,?)", row
+                f"INSERT OR REPLACE INTO operator_sessions ({SESSION_COLUMNS}) "
+                "VALUES (?,?,?,?,?,?,?)",
+                row,
             ),
             f"save session {record.sid}",
         )
@@ -499,10 +523,54 @@ class SQLiteStore(Store):
 
     async def load_sessions(self) -> list[Row]:
         rows = await self._call(
-            lambda c: c.execute("SELECT * FROM operator_sessions ORDER BY created_at").fetchall(),
+            lambda c: c.execute(
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions ORDER BY created_at"
+            ).fetchall(),
             "load sessions",
         )
         return decode_session_rows(rows)
+
+    async def put_key(self, record: KeyRecord) -> None:
+        row = key_row(record)
+        await self._call(
+            lambda c: c.execute(
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row
+            ),
+            f"save key {record.id}",
+        )
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._call(
+            lambda c: c.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone(),
+            f"read key {key_id}",
+        )
+        found = decode_key_rows([row] if row is not None else [])
+        return found[0] if found else None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        rows = await self._call(
+            lambda c: c.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ).fetchall(),
+            "list keys",
+        )
+        return decode_key_rows(rows)
+
+    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+        def work(c: sqlite3.Connection) -> Any:
+            c.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (at, key_id),
+            )
+            return c.execute(
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+
+        row = await self._call(work, f"revoke key {key_id}")
+        found = decode_key_rows([row] if row is not None else [])
+        return found[0] if found else None
 
     def _task_write(
         self, record: dict[str, Any], events: Events, deliver_at: float | None = None

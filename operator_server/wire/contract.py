@@ -7,13 +7,16 @@ answer it gives, the error statuses it can answer with, and who may call it.
 the OpenAPI document from them.
 
 The declaration is also what runs: before the handler, the decorator answers
-404 for a route whose ``switch`` setting is off, checks a fixed bearer token
-(``api_token``, ``metrics_token``) named in ``security``, and loads the query
-and the body with the declared schemas, handing them to the handler as
-``query=`` and ``body=`` when its signature takes them.  So the document
-cannot promise a credential or a schema the handler does not get.  (A worker
-credential and a session token are checked by the handler: what they grant
-depends on the route's verb and on the session they name.)
+404 for a route whose ``switch`` setting is off, finds the caller's principal
+and checks it holds the route's ``scopes`` (401 without a credential, 403
+``forbidden`` naming the scope it lacks; ``auth/authenticator.py``), checks
+the fixed ``metrics_token``, and loads the query and the body with the
+declared schemas, handing them to the handler as ``query=`` and ``body=``
+when its signature takes them.  So the document cannot promise a credential,
+a scope or a schema the handler does not get.  (A worker credential and a
+session token are checked by the handler: what they grant depends on the
+route's verb and on the session they name.  So is a principal offered beside
+a session token, as on the "its holder or an admin" routes.)
 
 It lives here, below both surfaces, so ``http/`` and ``operators/`` declare
 their routes the same way without importing each other.  The error body and
@@ -32,6 +35,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from marshmallow import INCLUDE, Schema, fields, validate
 
+from operator_server.auth.principal import Principal
 from operator_server.errors import ApiError, Code
 from operator_server.wire.requests import query as load_query
 from operator_server.wire.requests import read_json, require_bearer
@@ -46,15 +50,29 @@ SchemaLike = Schema | type[Schema]
 class Security(StrEnum):
     """The credentials a route may accept; each is an HTTP bearer token."""
 
-    API_TOKEN = "api_token"
+    # A principal's credential: an API key, the bootstrap ``api_token`` or a
+    # JWT.  A route accepting it declares the ``scopes`` it needs.
+    API_KEY = "api_key"
+    # The same scheme by its older name (the bootstrap token is one such key).
+    API_TOKEN = "api_key"
     SESSION_TOKEN = "session_token"
     WORKER = "worker_credential"
     METRICS_TOKEN = "metrics_token"
 
 
 # The credentials that are one fixed token from the settings, by the setting's
-# name; with the setting empty the route is open (``api_token``: loopback only).
-FIXED_TOKENS = frozenset({Security.API_TOKEN, Security.METRICS_TOKEN})
+# name; with the setting empty the route is open.
+FIXED_TOKENS = frozenset({Security.METRICS_TOKEN})
+
+
+class Principals(Protocol):
+    """What the decorator asks who a caller is (``auth.authenticator.Authenticator``)."""
+
+    async def require(self, request: web.Request, scopes: tuple[str, ...]) -> Principal: ...
+
+
+# The app's authenticator; ``auth.authenticator.AUTHENTICATOR`` is this very key.
+PRINCIPALS: web.AppKey[Principals] = web.AppKey("principals")
 
 
 class RouteSettings(Protocol):
@@ -70,12 +88,17 @@ SETTINGS: web.AppKey[RouteSettings] = web.AppKey("settings")
 
 
 SECURITY_SCHEMES: dict[Security, dict[str, str]] = {
-    Security.API_TOKEN: {
+    Security.API_KEY: {
         "type": "http",
         "scheme": "bearer",
+        "bearerFormat": "osk_<id>_<secret> API key, the bootstrap api_token, or a JWT",
         "description": (
-            "The admin's `api_token` from config. When none is configured the daemon "
-            "binds loopback only and these routes are open to loopback callers."
+            "A principal's credential: an API key (`operator-server keys create`, "
+            "`POST /v1/keys`), the bootstrap `api_token` from config (every scope), or a "
+            "JWT from the configured identity provider. Each operation lists the scopes "
+            "it needs (`admin` implies every other). When no `api_token` is configured "
+            "the daemon binds loopback only, and a loopback caller that sends no "
+            "credential holds every scope."
         ),
     },
     Security.SESSION_TOKEN: {
@@ -157,6 +180,9 @@ class Operation:
     responses: Mapping[int, Body]
     errors: Mapping[int, str] = field(default_factory=dict)
     security: tuple[Security, ...] = ()
+    # What a principal (``Security.API_KEY``) must hold, every one of them;
+    # required when ``security`` names API_KEY (``auth/principal.py``).
+    scopes: tuple[str, ...] = ()
     # True when the credential is optional (``metrics_token`` unset: open).
     anonymous: bool = False
     body: SchemaLike | None = None
@@ -174,10 +200,15 @@ class Operation:
         """The error statuses of this route, with those every route and every
         body route has."""
         errors = {403: HOST_REFUSED}
+        if Security.API_KEY in self.security:
+            errors[401] = "no credential, or one that is not accepted (the code says why)"
+            errors[403] = f"the principal lacks {' and '.join(self.scopes)} (`forbidden`)"
         if self.body is not None or self.text_body:
             errors.update(BODY_ERRORS)
         for status, text in self.errors.items():
-            errors[status] = f"{text}; or {HOST_REFUSED}" if status == 403 else text
+            errors[status] = text
+        if errors[403] != HOST_REFUSED:
+            errors[403] = f"{errors[403]}; or {HOST_REFUSED}"
         return errors
 
 
@@ -200,10 +231,13 @@ def documented(
     whatever the query or body; the handler receives it as ``subject=`` if it
     takes one (a check that finds nothing returns None).
     """
-    # ``security`` lists alternatives: a fixed token is checked here only when
+    # ``security`` lists alternatives: a credential is checked here only when
     # it is the one way in (with a session token beside it, the handler decides).
     only = operation.security[0] if len(operation.security) == 1 else None
     token = str(only) if only in FIXED_TOKENS else None
+    scopes = operation.scopes if only is Security.API_KEY else None
+    if Security.API_KEY in operation.security and not operation.scopes:
+        raise ValueError(f"{operation.summary!r}: a route taking an API key declares its scopes")
     query_schema = _instance(operation.query)
     body_schema = _instance(operation.body)
 
@@ -218,7 +252,9 @@ def documented(
             if operation.switch is not None and not getattr(settings, operation.switch[0]):
                 name, what = operation.switch
                 raise ApiError(Code.NOT_FOUND, f"{what} are turned off ({name} = false)")
-            if token is not None and (expected := getattr(settings, token)):
+            if scopes is not None:
+                await request.app[PRINCIPALS].require(request, scopes)
+            elif token is not None and (expected := getattr(settings, token)):
                 require_bearer(request, expected, token)
             given: dict[str, Any] = {}
             if subject is not None:

@@ -108,13 +108,18 @@ async def test_security_is_stated_per_route(server: Server) -> None:
         for path, ops in doc["paths"].items()
         for method, op in ops.items()
     }
-    assert security["post", "/v1/tasks"] == ["api_token"]
+    assert security["post", "/v1/tasks"] == ["api_key"]
     assert security["get", "/v1/operators/{sid}"] == ["session_token"]
     assert security["get", "/v1/operators/{sid}/ws"] == ["session_token"]
-    assert security["delete", "/v1/operators/{sid}"] == ["session_token", "api_token"]
+    assert security["delete", "/v1/operators/{sid}"] == ["session_token", "api_key"]
     assert security["post", "/v1/worker/result"] == ["worker_credential"]
     assert security["get", "/metrics"] == ["metrics_token", None]  # optional
     assert security["get", "/v1/healthz"] == []
+    # A principal's alternative names the scopes it needs (OpenAPI 3.1 role names).
+    create = doc["paths"]["/v1/tasks"]["post"]["security"]
+    assert create == [{"api_key": ["tasks:create"]}]
+    leave = doc["paths"]["/v1/operators/{sid}"]["delete"]["security"]
+    assert leave == [{"session_token": []}, {"api_key": ["admin"]}]
     ws = doc["paths"]["/v1/operators/{sid}/ws"]["get"]["responses"]
     assert {"101", "401", "403", "404"} <= set(ws)
 

@@ -50,6 +50,7 @@ async def test_the_list_shows_each_session_and_never_a_secret(server: Server) ->
     views = {v["sid"]: v for v in body["operators"]}
     assert [v["sid"] for v in body["operators"]] == [sid_a, sid_b]  # creation order
     assert set(views[sid_a]) == {
+        "minted_by",
         "sid",
         "roles",
         "desc",

@@ -142,7 +142,10 @@ async def test_a_corrupt_row_is_skipped_with_a_warning_naming_it(server: Server,
     columns = "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES"
     conn.execute(f"{columns} ('t-broken', 'running', 0, 0, '{{not json')")
     conn.execute(f"{columns} ('t-odd', 'running', 0, 0, '{{\"id\": \"t-odd\"}}')")
-    conn.execute("INSERT INTO operator_sessions VALUES ('op-broken', 'x', 'not-json', '', 0, 9e99)")
+    conn.execute(
+        "INSERT INTO operator_sessions (sid, token_sha256, roles, desc, created_at, "
+        "last_seen_at) VALUES ('op-broken', 'x', 'not-json', '', 0, 9e99)"
+    )
     conn.commit()
     conn.close()
     with capture_logs() as logs:

@@ -66,7 +66,8 @@ async def test_rows_broken_in_any_way_are_skipped_and_the_rest_is_served(
     }
     for sid, (roles, desc, created) in sessions.items():
         conn.execute(
-            "INSERT INTO operator_sessions VALUES (?, 'x', ?, ?, ?, 9e99)",
+            "INSERT INTO operator_sessions (sid, token_sha256, roles, desc, created_at, "
+            "last_seen_at) VALUES (?, 'x', ?, ?, ?, 9e99)",
             (sid, roles, desc, created),
         )
     conn.commit()

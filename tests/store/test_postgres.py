@@ -155,10 +155,11 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
         "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
-        "task_outputs; "
+        "task_outputs, api_keys; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
-        "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
+        "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch, "
+        "DROP COLUMN minted_by; "
         "ALTER TABLE tasks DROP COLUMN epoch; "
         "UPDATE operator_server_schema SET version = 1"
     )
@@ -175,18 +176,22 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     assert holders == {"main": "op-old", "x": "op-old"}
 
 
+UNDO_KEYS = "DROP TABLE api_keys; ALTER TABLE operator_sessions DROP COLUMN minted_by"
+
+
 @pytest.mark.parametrize(
     ("table", "undo", "old_task", "key", "copied"),
     [
-        # Undoing every later step too: the epoch column, the outputs table.
+        # Undoing every later step too: the epoch column, the outputs table,
+        # the keys and who minted each session.
         (
             "task_asks",
-            "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch",
+            f"DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
             inline_asks_task,
             "asks",
             2,
         ),
-        ("task_outputs", "DROP TABLE task_outputs", inline_outputs_task, "tail", 3),
+        ("task_outputs", f"DROP TABLE task_outputs; {UNDO_KEYS}", inline_outputs_task, "tail", 3),
     ],
 )
 async def test_upgrading_keeps_what_rows_hold_inline_once_the_task_is_next_written(

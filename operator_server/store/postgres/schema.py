@@ -209,6 +209,22 @@ MIGRATIONS: list[str] = [
         END LOOP;
     END $$;
     """,
+    # v10: API keys (``auth/keys.py``: only the secret's SHA-256 is kept; a
+    # revoked key keeps its row) and who minted each session (a principal's
+    # name; "" for sessions minted before).
+    """
+    CREATE TABLE api_keys (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL,
+        scopes        TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        created_at    DOUBLE PRECISION NOT NULL,
+        expires_at    DOUBLE PRECISION,
+        note          TEXT NOT NULL,
+        revoked_at    DOUBLE PRECISION
+    );
+    ALTER TABLE operator_sessions ADD COLUMN minted_by TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

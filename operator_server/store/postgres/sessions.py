@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+SESSION_COLUMNS = "sid, token_sha256, roles, description, created_at, last_seen_at, minted_by"
 UPSERT_SESSION = (
-    "INSERT INTO operator_sessions "
-    "(sid, token_sha256, roles, description, created_at, last_seen_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6) "
+    f"INSERT INTO operator_sessions ({SESSION_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) "
     "ON CONFLICT (sid) DO UPDATE SET token_sha256 = EXCLUDED.token_sha256, "
     "roles = EXCLUDED.roles, description = EXCLUDED.description, "
-    "created_at = EXCLUDED.created_at, last_seen_at = EXCLUDED.last_seen_at"
+    "created_at = EXCLUDED.created_at, last_seen_at = EXCLUDED.last_seen_at, "
+    "minted_by = EXCLUDED.minted_by"
 )
 # Claims every role the session does not already hold; whichever ones come back
 # are the session's now.  A role held by another session does not come back.

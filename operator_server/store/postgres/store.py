@@ -37,12 +37,18 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
+from operator_server.store.postgres.keys import KeyOps
 from operator_server.store.postgres.nodes import (
     HEARTBEAT,
     NodeOps,
 )
 from operator_server.store.postgres.schema import migrate
-from operator_server.store.postgres.sessions import CLAIM_ROLES, ROLE_HOLDERS, UPSERT_SESSION
+from operator_server.store.postgres.sessions import (
+    CLAIM_ROLES,
+    ROLE_HOLDERS,
+    SESSION_COLUMNS,
+    UPSERT_SESSION,
+)
 from operator_server.store.postgres.tasks import (
     DELETE_FINISHED,
     INSERT_OUTPUT,
@@ -67,7 +73,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, Store):
+class PostgresStore(NodeOps, KeyOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -215,6 +221,7 @@ class PostgresStore(NodeOps, Store):
             record.desc,
             float(record.created_at),
             float(record.last_seen_at),
+            record.minted_by,
         )
         roles = list(record.roles)
 
@@ -245,8 +252,7 @@ class PostgresStore(NodeOps, Store):
     async def load_sessions(self) -> list[Row]:
         rows = await self._read(
             lambda c: c.fetch(
-                "SELECT sid, token_sha256, roles, description, created_at, last_seen_at "
-                "FROM operator_sessions ORDER BY created_at"
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions ORDER BY created_at"
             ),
             "load sessions",
         )
@@ -454,8 +460,7 @@ class PostgresStore(NodeOps, Store):
     async def get_session(self, sid: str) -> SessionRecord | None:
         row = await self._read(
             lambda c: c.fetchrow(
-                "SELECT sid, token_sha256, roles, description, created_at, last_seen_at "
-                "FROM operator_sessions WHERE sid = $1",
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE sid = $1",
                 sid,
             ),
             f"read session {sid}",
