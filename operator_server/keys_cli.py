@@ -53,10 +53,13 @@ def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         dest="scopes",
         action="append",
         required=True,
+        metavar="SCOPE",
         help="a scope (repeatable): tasks:create, tasks:read, tasks:cancel, events:read, "
         "operate:<glob>, admin",
     )
-    create.add_argument("--expires-in-s", type=float, help="refused this many seconds from now")
+    create.add_argument(
+        "--expires-in-s", type=float, metavar="S", help="refused this many seconds from now"
+    )
     create.add_argument("--note", default="", help="free text kept with the key")
     verbs.add_parser("list", help="every key as JSON, revoked ones too (never a secret)")
     revoke = verbs.add_parser("revoke", help="refuse a key from now on")

@@ -108,7 +108,8 @@ def flags_of_every_command() -> dict[str, set[str]]:
                 found[path].update(o for o in action.option_strings if o.startswith("--"))
 
     walk(build_parser(), "")
-    found.pop("task")  # only verbs: it takes no option of its own
+    for verbs_only in ("task", "keys"):  # only verbs: no option of its own
+        assert found.pop(verbs_only) == set()
     settings = {flag_name(key) for key, _ in setting_keys()}
     assert settings <= found["serve"]
     found["serve"] = (found["serve"] - settings) | {"--<key>"}  # one README row for them
@@ -133,6 +134,28 @@ def flags_in_the_readme() -> dict[str, set[str]]:
 
 def test_the_readme_reference_lists_every_flag_of_every_command_and_no_other() -> None:
     assert flags_in_the_readme() == flags_of_every_command()
+
+
+def test_every_option_of_every_command_says_what_it_is_for() -> None:
+    """``--help`` explains each option, and a repeatable one names its value
+    in the singular (given once per value: ``--role ROLE``, not ``ROLES``)."""
+    unexplained = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}".strip())
+            elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                flag = f"{path} {action.option_strings[-1]}"
+                if not (action.help or "").strip():
+                    unexplained.append(f"{flag}: no help")
+                metavar = action.metavar or action.dest.upper()
+                if isinstance(action, argparse._AppendAction) and str(metavar).endswith("S"):
+                    unexplained.append(f"{flag}: plural metavar {metavar}")
+
+    walk(build_parser(), "")
+    assert unexplained == []
 
 
 def test_public_url_is_described_alike_in_help_readme_and_config_file(

@@ -47,6 +47,7 @@ def session_view(session: OperatorSession, node: str | None) -> dict[str, Any]:
         "created_at": iso(session.created_at),
         "last_seen_at": iso(session.last_seen_at),
         "remote": session.remote,
+        "minted_by": session.minted_by,
     }
 
 
@@ -65,6 +66,7 @@ def _placed_view(row: PlacedSession, here: OperatorSession | None, me: str) -> d
         "created_at": iso(record.created_at),
         "last_seen_at": iso(last_seen),
         "remote": here.remote if here is not None and row.socket_node == me else None,
+        "minted_by": record.minted_by,
     }
 
 

@@ -1,9 +1,7 @@
 """End to end: ``Authorization: Bearer <JWT>`` on the daemon's own routes.
 
-These need the authenticator (branch i23-keys) that hands a JWT-shaped bearer
-credential to ``app[JWT_VERIFIER]`` and checks each route's scope; until that
-is merged the module is skipped.  At merge: drop the skip mark and make these
-pass.
+The authenticator hands a JWT-shaped bearer credential to the app's verifier
+and checks each route's scope against the principal it answers.
 """
 
 from __future__ import annotations
@@ -21,8 +19,6 @@ from tests.auth.conftest import Clock
 from tests.auth.idp import AUDIENCE, ISSUER, Provider
 from tests.conftest import make_settings
 from tests.wsop import connect, expect
-
-pytestmark = pytest.mark.skip(reason="needs the authenticator from i23-keys")
 
 BOOTSTRAP = "bootstrap-token"
 

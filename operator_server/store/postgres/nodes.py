@@ -106,7 +106,7 @@ DETACH_SOCKET = (
 # gone the moment it stops beating, before any survivor buries it.
 PLACED_SESSIONS = """
     SELECT s.sid, s.token_sha256, s.roles, s.description, s.created_at, s.last_seen_at,
-           n.node_id AS socket_node,
+           s.minted_by, n.node_id AS socket_node,
            (SELECT count(*) FROM pending_requests p WHERE p.sid = s.sid) AS pending
     FROM operator_sessions s
     LEFT JOIN cluster_nodes n ON n.node_id = s.socket_node AND n.expires_at > now()
@@ -306,7 +306,7 @@ class NodeOps(GroupCommitWriter):
         out = []
         for row in rows:
             try:
-                record = decode_session(*tuple(row)[:6])
+                record = decode_session(*tuple(row)[:7])
             except ValueError as exc:  # one bad row is skipped, never fatal
                 log.warning("skipping a stored session that cannot be decoded", error=str(exc))
                 continue
