@@ -360,6 +360,63 @@ def test_the_task_list_follows_tasks_changed_elsewhere_from_the_event_stream_not
     assert list_reads(page) == 2
 
 
+def badge_colour(page: WebDriver, classes: str) -> str:
+    """The background a badge with these classes is drawn with (a throwaway one)."""
+    colour: str = page.execute_script(
+        "const b = document.createElement('span'); b.className = arguments[0];"
+        "document.body.append(b); const c = getComputedStyle(b).backgroundColor;"
+        "b.remove(); return c;",
+        classes,
+    )
+    return colour
+
+
+def shown_badge(page: WebDriver, scope: str) -> tuple[str, str, str]:
+    """The text, classes and background of the first badge under ``scope`` (one read)."""
+    found: list[str] = page.execute_script(
+        "const b = document.querySelector(arguments[0] + ' .badge');"
+        "return b ? [b.textContent, b.className, getComputedStyle(b).backgroundColor] : null;",
+        scope,
+    )
+    assert found is not None, f"no badge under {scope}"
+    return found[0], found[1], found[2]
+
+
+def test_a_spawn_halted_from_its_card_reads_halted_in_its_own_colour_and_the_filter_finds_it(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    live(page)
+    done = daemon.create_task(agent="echo", directive="a passing neighbour")
+    until(page, lambda: row_status(page, done["id"]) == "passed")
+    control(page, "textbox", "Directive").send_keys('{"write": "an epic"}')
+    control(page, "button", "New task").click()
+    task_id = until(page, lambda: shown_task(page))
+    control(pending_card(page, task_id, "Approve spawn?"), "button", "Approve").click()
+    spawn = pending_card(page, task_id, "Do the work")
+    control(spawn, "textbox", "Halt reason").send_keys("enough for today")
+    control(spawn, "button", "Halt").click()
+
+    ended = daemon.finished(task_id)
+    assert ended["status"] == "halted"
+    assert ended["result"]["value"]["reason"] == "enough for today"
+    # The list row and the task page both say halted, in a colour of its own:
+    # neither the passed green nor the plain grey of a status without one.
+    until(page, lambda: row_status(page, task_id) == "halted")
+    row = f'#task-rows tr[data-task-id="{task_id}"]'
+    text, classes, colour = shown_badge(page, row)
+    assert text == "halted"
+    assert "status-halted" in classes.split()
+    assert colour not in (badge_colour(page, "badge status-passed"), badge_colour(page, "badge"))
+    until(page, lambda: shown_badge(page, "#task-summary")[0] == "halted")
+    assert shown_badge(page, "#task-summary")[1:] == (classes, colour)
+
+    # The status filter has halted: it lists this task and not the passed one.
+    Select(control(page, "combobox", "Status")).select_by_visible_text("halted")
+    until(page, lambda: row_status(page, done["id"]) is None)
+    assert row_status(page, task_id) == "halted"
+
+
 def test_the_task_page_shows_its_event_timeline_from_creation_to_the_end_in_order(
     page: WebDriver, daemon: Daemon
 ) -> None:
