@@ -6,10 +6,15 @@ which the browser console holds an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.select import Select
@@ -519,7 +524,7 @@ def test_the_operators_view_follows_pending_requests_live_without_refresh(
 ) -> None:
     join(page)
     other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
-    control(page, "button", "Refresh").click()  # a new session is no task event: read it once
+    control(page, "button", "Refresh").click()  # reads now, not at the next timed read
     until(
         page, lambda: (operator_view(page, other["sid"]) or {}).get("cells", [""] * 5)[4] == "none"
     )
@@ -533,3 +538,62 @@ def test_the_operators_view_follows_pending_requests_live_without_refresh(
     for task_id in held[1:]:
         daemon.call("POST", f"/v1/tasks/{task_id}/cancel", {})
     until(page, lambda: operator_view(page, other["sid"])["cells"][4] == "none")
+
+
+@contextmanager
+def operator_socket(daemon: Daemon, sid: str, token: str) -> Iterator[None]:
+    """A session's real WebSocket, held open (and read, so pings are answered)
+    on an event loop of its own while the browser is driven from this thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="operator-socket", daemon=True)
+    thread.start()
+
+    async def connect() -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+        http = aiohttp.ClientSession()
+        ws = await http.ws_connect(
+            f"{daemon.base}/v1/operators/{sid}/ws", headers={"Authorization": f"Bearer {token}"}
+        )
+        return http, ws
+
+    async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for _ in ws:
+            pass
+
+    async def close(http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        await ws.close()
+        await http.close()
+
+    http, ws = asyncio.run_coroutine_threadsafe(connect(), loop).result(20)
+    reader = asyncio.run_coroutine_threadsafe(drain(ws), loop)
+    try:
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(close(http, ws), loop).result(20)
+        reader.result(20)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def connection_shown(page: WebDriver, sid: str) -> str | None:
+    """What the Operators panel says of a session's connection (None: no row)."""
+    view = operator_view(page, sid)
+    return None if view is None else view["cells"][3].split()[0]
+
+
+def test_the_operators_view_follows_sessions_joining_connecting_dropping_and_leaving_unclicked(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    until(page, lambda: operator_view(page, own_sid(page)))
+    # None of these is a task event, and nothing here is clicked: the panel
+    # re-reads itself while it is visible (within SESSIONS_EVERY_MS).
+    other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
+    until(page, lambda: connection_shown(page, other["sid"]) == "disconnected", timeout=30)
+    assert operator_view(page, other["sid"])["cells"][1:3] == ["Grace", "night-shift"]
+    with operator_socket(daemon, other["sid"], other["token"]):
+        until(page, lambda: connection_shown(page, other["sid"]) == "connected", timeout=30)
+    until(page, lambda: connection_shown(page, other["sid"]) == "disconnected", timeout=30)
+    daemon.call("DELETE", f"/v1/operators/{other['sid']}", bearer=other["token"])
+    until(page, lambda: connection_shown(page, other["sid"]) is None, timeout=30)
+    assert connection_shown(page, own_sid(page)) == "connected"

@@ -6,7 +6,11 @@
 // The list is live: read when the console starts, then again (coalesced) each
 // time the task event stream reports a request issued or answered or a task's
 // status changing, since those are what change a session's pending requests.
-// A session connecting or dropping is no task event: Refresh reads that.
+// A session joining, connecting, dropping or leaving is no task event (the
+// event stream is the tasks' own, stored and resumable by id, and every node's
+// sessions would have to be relayed into it), so the panel also re-reads itself
+// every SESSIONS_EVERY_MS while the page is visible; a hidden tab reads
+// nothing, and reads at once when shown again.  Refresh still reads now.
 // Force leave asks for confirmation in place before it ends a session.
 
 import { ApiError, api } from "./api.js";
@@ -16,6 +20,9 @@ import { names } from "./names.js";
 // The events after which what sessions hold pending may differ.
 const CHANGES_PENDING = new Set(["request", "reply", "status"]);
 const REQUEST_WORDS = { hook_before: "approval", ask: "question", spawn: "work" };
+// How often a visible panel re-reads the sessions (one GET /v1/operators, plus
+// the pending list of each session holding some).
+const SESSIONS_EVERY_MS = 5000;
 
 export class OperatorsView {
   constructor() {
@@ -24,7 +31,12 @@ export class OperatorsView {
     this.again = false;
     this.shown = new Map(); // sid -> [session, pending] as last drawn
     this.confirming = new Set(); // sids whose Force leave waits for a yes
+    this.timer = null;
+    this.denied = false; // not the admin: nothing to re-read
     $("operators-refresh").addEventListener("click", () => this.refresh());
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && this.ownSid) this.refresh();
+    });
   }
 
   heard(event) {
@@ -33,11 +45,14 @@ export class OperatorsView {
 
   start(ownSid) {
     this.ownSid = ownSid;
+    this.denied = false;
     return this.refresh();
   }
 
   stop() {
     this.ownSid = null;
+    clearTimeout(this.timer);
+    this.timer = null;
     this.shown.clear();
     this.confirming.clear();
     $("operators").hidden = true;
@@ -50,14 +65,31 @@ export class OperatorsView {
       this.again = true;
       return this.reading;
     }
+    clearTimeout(this.timer); // this read is the next one due
+    this.timer = null;
     this.reading = this.load().finally(() => {
       this.reading = null;
       if (this.again) {
         this.again = false;
         this.refresh();
+      } else {
+        this.schedule();
       }
     });
     return this.reading;
+  }
+
+  // The next timed read, counted from the end of this one (reads never overlap
+  // or pile up behind a slow server).  None while signed out, not the admin, or
+  // hidden: the visibilitychange listener reads when the page is shown again.
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (!this.ownSid || this.denied || document.hidden) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (!document.hidden) this.refresh();
+    }, SESSIONS_EVERY_MS);
   }
 
   async load() {
@@ -68,6 +100,7 @@ export class OperatorsView {
     } catch (err) {
       if (err instanceof ApiError && (err.status === 401 || err.status === 403)) {
         $("operators").hidden = true; // not the admin: nothing to show
+        this.denied = true;
         return;
       }
       this.error(`Could not list operators: ${err.message}`);
