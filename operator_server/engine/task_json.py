@@ -59,7 +59,9 @@ def _deadline_s() -> StrictNumber:
 
 def _on_timeout() -> fields.String:
     return fields.String(
-        validate=validate.OneOf([str(a) for a in OnTimeout]),
+        validate=validate.OneOf(
+            [str(a) for a in OnTimeout], error="{input!r} is not an action: one of {choices}"
+        ),
         metadata={
             "description": "what an unanswered request becomes at its deadline: `fail` (the "
             "attempt fails operator_timeout), `decline` (asks only: answered as declined), "

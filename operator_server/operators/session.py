@@ -137,7 +137,7 @@ class OperatorSession:
         # so that they follow the replay rather than overtake it.
         self._held: list[tuple[str, str, dict[str, Any]]] | None = None
         # Deadlines and reminders: the engine's one heap for every session.
-        self._clock = clock or LoopTimers()
+        self._clock = clock if clock is not None else LoopTimers()
         self._due_soon = due_soon
         self.log = log.bind(sid=sid)
 
