@@ -129,23 +129,23 @@ async def test_an_ask_whose_task_says_fail_fails_the_attempt_at_its_deadline(
 async def test_a_task_wide_deadline_applies_to_every_kind_and_a_kind_may_override_it(
     server: Server,
 ) -> None:
-    client = await server()  # config: 10 s for every kind
+    client = await server()  # config: 10 s for every kind, and fail
     _, ws = await _operator(client)
     operator = {
         "role": "main",
         "deadline_s": SHORT,
         "on_timeout": "fail",
-        "deadlines": {"hook_before": {"deadline_s": 30}},
+        # Its own action; its deadline still the task's.
+        "deadlines": {"hook_before": {"on_timeout": "approve"}},
     }
     task = await create_task(client, agent="coder", operator=operator)
     assert task["operator"] == operator  # shown back as given
-    # The hook's own 30 s leave time to answer; the spawn gets the task's SHORT.
     hb = await expect(ws, "hook_before")
-    await ws.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": True})
+    assert (await expect(ws, "cancel"))["reason"] == f"no reply within {SHORT:g}s: approve"
     spawn = await expect(ws, "spawn")
-    assert spawn["task_id"] == task["id"]
     cancel = await expect(ws, "cancel")
-    assert cancel["req_id"] == spawn["req_id"]
+    assert (cancel["req_id"], cancel["reason"]) == (spawn["req_id"], f"no reply within {SHORT:g}s")
+    assert hb["req_id"] != spawn["req_id"]
     done = await wait_task(client, task["id"])
     assert done["error"]["code"] == "operator_timeout"
 
