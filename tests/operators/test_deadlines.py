@@ -261,3 +261,42 @@ async def test_a_reply_takes_its_requests_deadline_and_reminder_off_the_clock(
     done = await wait_task(client, task["id"])
     assert done["error"]["code"] == "spawn_rejected"
     assert len(heap) == 0
+
+
+async def test_a_workers_ask_takes_its_tasks_ask_deadline_and_is_declined_at_it(
+    server: Server,
+) -> None:
+    client = await server()  # config: 10 s for asks
+    _, ws = await _operator(client)
+    operator = {"role": "main", "deadlines": {"ask": {"deadline_s": SHORT}}}
+    task = await create_task(client, agent="coder", operator=operator)
+    hb = await expect(ws, "hook_before")
+    await ws.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    headers = {"Authorization": f"Bearer {spawn['worker_handle']}"}
+    resp = await client.post(
+        "/v1/worker/ask", json={"question": "which branch?", "timeout_s": 10}, headers=headers
+    )
+    assert resp.status == 200, await resp.text()
+    declined = await resp.json()
+    assert declined["declined"] == f"no reply within {SHORT:g}s (on_timeout: decline)"
+    ask = await expect(ws, "ask")
+    assert (await expect(ws, "cancel"))["req_id"] == ask["req_id"]
+    await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "done"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed"
+    assert done["attempts"][0]["asks"][0]["status"] == "declined"
+
+
+async def test_the_openapi_document_shows_the_operator_specs_deadline_fields(
+    server: Server,
+) -> None:
+    client = await server()
+    doc = await (await client.get("/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    spec = next(s for name, s in schemas.items() if name.startswith("OperatorSpec"))
+    assert {"deadline_s", "on_timeout", "deadlines"} <= set(spec["properties"])
+    assert spec["properties"]["on_timeout"]["enum"] == ["fail", "decline", "approve"]
+    per_kind = next(s for name, s in schemas.items() if name.startswith("KindDeadlines"))
+    assert set(per_kind["properties"]) == {"hook_before", "ask", "spawn"}
+    assert per_kind.get("additionalProperties") is False
