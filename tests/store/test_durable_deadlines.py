@@ -1,21 +1,25 @@
 """A deadline survives a real crash: the daemon is SIGKILLed while a request
-waits, restarted on the same file, and the request issued again (a new
-req_id, in the re-dispatched attempt) keeps the due time the first one had."""
+waits, restarted on the same file (or, in a cluster, another node takes the
+task over), and the request issued again (a new req_id, in the re-dispatched
+attempt) keeps the due time the first one had."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from operator_server.wire.times import iso
 from tests.http.sse import read_all
+from tests.store.test_postgres_cluster import common, connect, daemons
 from tests.test_daemon import free_port, start_daemon, task_row
-from tests.wsop import expect
+from tests.wsop import expect, recv
 
 DEADLINE_S = 6
 
@@ -92,3 +96,71 @@ async def test_a_request_reissued_after_a_sigkill_keeps_its_due_time(tmp_path: P
         if daemon.proc.poll() is None:
             daemon.proc.terminate()
             daemon.proc.wait(timeout=15)
+
+
+async def _next(
+    ws: aiohttp.ClientWebSocketResponse, wanted: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    """The next frame ``wanted`` picks, passing over the others."""
+    while True:
+        frame = await recv(ws, timeout)
+        if wanted(frame):
+            return frame
+
+
+async def _stored_due_in(pg_url: str, task_id: str, kind: str) -> float:
+    """``kind``'s due time, once a node has written it to the shared database."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        for _ in range(400):
+            data = await conn.fetchval("SELECT data FROM tasks WHERE id = $1", task_id)
+            dues = json.loads(data).get("dues", {}) if data else {}
+            if kind in dues:
+                return float(dues[kind]["due_at"])
+            await asyncio.sleep(0.025)
+    finally:
+        await conn.close()
+    raise AssertionError(f"the {kind}'s due time was never stored")
+
+
+async def test_a_node_taking_a_task_over_keeps_its_requests_due_time(pg_url: str) -> None:
+    args = (*common(pg_url, 1.5), "--remind-at-fraction", "0.05")
+    a = await start_daemon(*args, "--node-id", "node-a")
+    async with daemons(a), aiohttp.ClientSession() as http:
+        async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
+            op = await resp.json()
+        ws = await connect(http, a, op)
+        body = {
+            "agent": "coder",
+            "directive": "x",
+            "operator": {"role": "main", "deadlines": {"spawn": {"deadline_s": DEADLINE_S}}},
+            "layers": ["operator_delegate"],
+        }
+        async with http.post(f"{a.base}/v1/tasks", json=body) as resp:
+            task: dict[str, Any] = await resp.json()
+        first = await expect(ws, "spawn")
+        due = await _stored_due_in(pg_url, task["id"], "spawn")
+        b = await start_daemon(*args, "--node-id", "node-b")
+        async with daemons(b):
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait()
+            await ws.close()
+            ws = await connect(http, b, op)
+            # The first spawn, stored, may be replayed and then withdrawn
+            # before B takes the task over and issues the second.
+            again = await _next(ws, lambda f: f["type"] == "spawn" and f["attempt"] == 2, 15)
+            assert again["req_id"] != first["req_id"]
+            await _next(
+                ws,
+                lambda f: f["type"] == "cancel" and f["req_id"] == again["req_id"],
+                DEADLINE_S + 15,
+            )
+            async with http.get(f"{b.base}/v1/tasks/{task['id']}?wait=10") as resp:
+                done = await resp.json()
+            assert done["error"]["code"] == "operator_timeout", done
+            async with http.get(f"{b.base}/v1/tasks/{task['id']}/events") as resp:
+                events = await read_all(resp)
+            await ws.close()
+    reminders = {e.data["req_id"]: e.data for e in events if e.type == "request_due_soon"}
+    # Node B went on with node A's clock.
+    assert reminders[again["req_id"]]["due_at"] == iso(due)
