@@ -71,7 +71,10 @@ class DeadlineHeap:
         earliest = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (when, next(self._seq), timer))
         if self._runner is None or self._runner.done():
-            self._runner = self._spawn(self._run(), name="deadlines")
+            try:
+                self._runner = self._spawn(self._run(), name="deadlines")
+            except RuntimeError:  # shutting down: nothing is started, nothing is due any more
+                self._runner = None
         elif earliest is None or when < earliest:
             self._wake.set()  # the sleeper's alarm is later than this one
         return timer
