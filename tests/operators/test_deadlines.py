@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientWebSocketResponse
+from structlog.testing import capture_logs
 from aiohttp.test_utils import TestClient
 
 from operator_server.config import ConfigError, load_settings
@@ -64,14 +65,19 @@ async def test_a_hook_before_with_on_timeout_approve_lets_the_spawn_go_ahead(
         "role": "main",
         "deadlines": {"hook_before": {"deadline_s": SHORT, "on_timeout": "approve"}},
     }
-    task = await create_task(client, agent="coder", operator=operator)
-    hb = await expect(ws, "hook_before")
-    cancel = await expect(ws, "cancel")
-    assert (cancel["req_id"], cancel["reason"]) == (
-        hb["req_id"],
-        f"no reply within {SHORT:g}s: approve",
-    )
-    spawn = await expect(ws, "spawn")  # approved by its deadline: the work goes ahead
+    with capture_logs() as logs:
+        task = await create_task(client, agent="coder", operator=operator)
+        hb = await expect(ws, "hook_before")
+        cancel = await expect(ws, "cancel")
+        assert (cancel["req_id"], cancel["reason"]) == (
+            hb["req_id"],
+            f"no reply within {SHORT:g}s: approve",
+        )
+        spawn = await expect(ws, "spawn")  # approved by its deadline: the work goes ahead
+    # Said loudly, naming what went ahead unapproved.
+    [loud] = [e for e in logs if e["log_level"] == "warning"]
+    assert "APPROVED" in loud["event"]
+    assert (loud["task_id"], loud["req_id"]) == (task["id"], hb["req_id"])
     await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {"did": 1}})
     done = await wait_task(client, task["id"])
     assert done["status"] == "passed"
