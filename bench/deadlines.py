@@ -1,14 +1,15 @@
 """The deadline machinery with 10,000 pending requests (issue 24).
 
 Each pending request holds what an operator session holds for it: a future,
-and, with deadlines, three clock entries — its deadline, its reminder at
-``remind_at_fraction`` and the delayed write of its due time — at the shipped
-defaults (``hook_timeout_s`` 60, ``remind_at_fraction`` 0.8).  Three ways,
-in the same process, interleaved over ``ROUNDS``:
+and, with deadlines, its timed steps (``TimedSteps``: the delayed write of
+its due time, its reminder at ``remind_at_fraction``, its deadline — one
+clock entry at a time) at the shipped defaults (``hook_timeout_s`` 60,
+``remind_at_fraction`` 0.8).  Three ways, in the same process, interleaved
+over ``ROUNDS``:
 
 * **none**: the futures alone (no deadline at all), the baseline;
-* **heap**: the engine's one ``DeadlineHeap`` (what ships);
-* **call_later**: one event-loop timer per entry (a timer per request).
+* **heap**: the steps on the engine's one ``DeadlineHeap`` (what ships);
+* **call_later**: the same steps on event-loop timers (a timer per request).
 
 Measured: memory held by the entries (``tracemalloc``, per request), CPU to
 issue all of them, to answer all of them (each reply cancels its entries),
@@ -27,7 +28,7 @@ from typing import Any
 
 from bench.common import median, progress, record, table, verdict
 from operator_server.config import Settings
-from operator_server.engine.schedule import DeadlineHeap
+from operator_server.engine.schedule import DeadlineHeap, LoopTimers, TimedSteps
 
 N = 10_000
 ROUNDS = 5
@@ -63,14 +64,7 @@ async def _round(way: str) -> dict[str, float]:
     settings = Settings()
     deadline_s = settings.hook_timeout_s
     background = _Background()
-    heap = DeadlineHeap(background.spawn)
-    at: Callable[[float, Callable[[], None]], Any]
-    if way == "heap":
-        at = heap.at
-    else:
-
-        def at(when: float, callback: Callable[[], None]) -> Any:
-            return loop.call_later(when - time.time(), callback)
+    clock = DeadlineHeap(background.spawn) if way == "heap" else LoopTimers()
 
     def issue() -> list[Any]:
         """N pending requests: (futures, clock entries), as a session holds them."""
@@ -82,9 +76,12 @@ async def _round(way: str) -> dict[str, float]:
             futures.append(future)
             if way != "none":
                 due = now + deadline_s
-                entries.append(at(due, functools.partial(_fail, future)))
-                entries.append(at(due - (1 - settings.remind_at_fraction) * deadline_s, _noop))
-                entries.append(at(now + 1.0, _noop))
+                steps: list[tuple[float, Callable[[], None]]] = [
+                    (now + 1.0, _noop),
+                    (due - (1 - settings.remind_at_fraction) * deadline_s, _noop),
+                    (due, functools.partial(_fail, future)),
+                ]
+                entries.append(TimedSteps(clock, steps))
         return [futures, entries]
 
     # Memory first (tracemalloc slows every allocation: no CPU is read then).
@@ -111,7 +108,7 @@ async def _round(way: str) -> dict[str, float]:
     past = time.time() - 1
     if way != "none":
         for future in futures:
-            at(past, functools.partial(_fail, future))
+            TimedSteps(clock, [(past, functools.partial(_fail, future))])
     cpu = time.process_time()
     if way != "none":
         await asyncio.wait(futures)
@@ -170,8 +167,8 @@ async def run() -> dict[str, dict[str, float]]:
     )
     body += (
         f"\n\nThe heap over none: {extra:,.0f} bytes per request (target ≤ {TARGET_BYTES}): "
-        f"{verdict(extra <= TARGET_BYTES)}. Medians of {ROUNDS} rounds; three entries per "
-        "request (deadline, reminder, delayed write of its due time)."
+        f"{verdict(extra <= TARGET_BYTES)}. Medians of {ROUNDS} rounds; three steps per "
+        "request (delayed write of its due time, reminder, deadline), one clock entry at a time."
     )
     record("deadlines: 10,000 pending requests, one heap vs a timer per request vs none", body)
     return out

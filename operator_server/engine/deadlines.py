@@ -32,14 +32,12 @@ The clock itself is one heap for the whole process (``engine.schedule``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from operator_server.config import Settings
-from operator_server.engine.schedule import DeadlineHeap, LoopTimers, Timer
 from operator_server.wire.values import ON_TIMEOUT_ALLOWED, OnTimeout, on_timeout_problem
 
 KINDS = tuple(ON_TIMEOUT_ALLOWED)
@@ -125,6 +123,10 @@ class RequestDeadline:
     due_at: float | None
     remind_at: float | None
     step: int = 0
+    # A due time to store: ``write`` is called at ``write_at`` if the request
+    # is still open then (``PERSIST_AFTER_S``, or its due time if sooner).
+    write_at: float | None = None
+    write: Callable[[], None] | None = None
     # Told once the request has an outcome (a reply, or its deadline): a
     # stored due time is then forgotten.  Not told when the attempt is cut
     # (cancelled, handed over, killed): the due time must survive that.
@@ -175,8 +177,8 @@ class AttemptDeadlines:
     """The deadlines of one attempt's requests (``AttemptContext.deadlines``).
 
     ``dues`` is the task's own map of open chain requests (kind -> ``{"due_at",
-    "step"}``) and ``save`` writes the task's row with it; ``clock`` runs the
-    delayed write."""
+    "step"}``) and ``save`` writes the task's row with it (the session runs
+    each request's ``write`` on the clock)."""
 
     def __init__(
         self,
@@ -184,13 +186,11 @@ class AttemptDeadlines:
         fraction: float,
         dues: dict[str, dict[str, float]],
         save: Callable[[], None],
-        clock: DeadlineHeap | LoopTimers,
     ) -> None:
         self.rules = rules
         self._fraction = fraction
         self._dues = dues
         self._save = save
-        self._clock = clock
 
     def for_request(self, kind: str, *, durable: bool = True) -> RequestDeadline:
         """The deadline of a new ``kind`` request; ``durable``: one of the
@@ -200,7 +200,6 @@ class AttemptDeadlines:
             return fresh(kind, rule, self._fraction)
         stored = self._dues.get(kind)
         written = stored is not None  # read back from the store: it is there
-        timer: Timer | asyncio.TimerHandle | None = None
         if stored is not None:
             due, step = float(stored["due_at"]), int(stored.get("step", 0))
             deadline = RequestDeadline(
@@ -223,11 +222,9 @@ class AttemptDeadlines:
                     written = True
                     self._save()
 
-            timer = self._clock.at(min(now + PERSIST_AFTER_S, due), write)
+            deadline.write_at, deadline.write = min(now + PERSIST_AFTER_S, due), write
 
         def settled() -> None:
-            if timer is not None:
-                timer.cancel()
             if self._dues.pop(kind, None) is not None and written:
                 self._save()  # a stored due time must not outlive its request
 

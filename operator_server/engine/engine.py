@@ -672,7 +672,6 @@ class Engine:
             self.settings.remind_at_fraction,
             task.dues,
             lambda: self._save_dues(task),
-            self.deadline_heap,
         )
         self.contexts[task.id] = ctx
         log.debug("attempt started", kind=str(task.kind))

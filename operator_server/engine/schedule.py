@@ -111,6 +111,38 @@ class DeadlineHeap:
                     log.exception("a deadline callback failed")
 
 
+class TimedSteps:
+    """One request's timed steps (write its due time, remind, give up), run in
+    time order with one clock entry at a time: a request answered before its
+    first step costs one entry and one cancel, however many steps it has."""
+
+    __slots__ = ("_clock", "_steps", "_timer")
+
+    def __init__(
+        self, clock: DeadlineHeap | LoopTimers, steps: list[tuple[float, Callable[[], None]]]
+    ) -> None:
+        self._clock = clock
+        # Latest first: the next step is popped off the end.
+        self._steps = sorted(steps, key=lambda step: step[0], reverse=True)
+        self._timer: Timer | asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._timer = self._clock.at(self._steps[-1][0], self._next) if self._steps else None
+
+    def _next(self) -> None:
+        _, step = self._steps.pop()
+        step()
+        if self._timer is not None:  # not cancelled by the step itself
+            self._arm()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._steps.clear()
+
+
 class LoopTimers:
     """The same ``at`` on the event loop's own timers: for a session built
     without the engine's heap (unit tests, tools)."""

@@ -40,7 +40,7 @@ from operator_server.config import Settings
 from operator_server.engine.deadlines import DueSoon, RequestDeadline, config_rules, fresh
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
-from operator_server.engine.schedule import DeadlineHeap, LoopTimers
+from operator_server.engine.schedule import DeadlineHeap, LoopTimers, TimedSteps
 from operator_server.errors import AttemptFailed, Code, NodeUnreachable, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
@@ -139,6 +139,7 @@ class OperatorSession:
         # Deadlines and reminders: the engine's one heap for every session.
         self._clock = clock if clock is not None else LoopTimers()
         self._due_soon = due_soon
+        self._config_rules = config_rules(settings)
         self.log = log.bind(sid=sid)
 
     # -- identity and sockets --------------------------------------------
@@ -374,13 +375,16 @@ class OperatorSession:
             req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
         if ctx is not None:
             ctx.open_request = req_id
-        # Entries on the engine's one heap rather than a timer per request
-        # (``engine/schedule.py``): a reply cancels them with a flag.
-        due = deadline.due_at
-        timer = self._clock.at(due, lambda: _no_reply(req.future)) if due is not None else None
-        reminder = None
+        # On the engine's one heap rather than a timer per request
+        # (``engine/schedule.py``), one entry at a time: a reply cancels it with a flag.
+        steps: list[tuple[float, Callable[[], None]]] = []
+        if deadline.write_at is not None and deadline.write is not None:
+            steps.append((deadline.write_at, deadline.write))
         if deadline.remind_at is not None and self._due_soon is not None:
-            reminder = self._clock.at(deadline.remind_at, lambda: self._remind(req, deadline))
+            steps.append((deadline.remind_at, lambda: self._remind(req, deadline)))
+        if deadline.due_at is not None:
+            steps.append((deadline.due_at, lambda: _no_reply(req.future)))
+        timer = TimedSteps(self._clock, steps) if steps else None
         try:
             reply = await req.future
         except _NoReply:
@@ -393,8 +397,6 @@ class OperatorSession:
         finally:
             if timer is not None:
                 timer.cancel()
-            if reminder is not None:
-                reminder.cancel()
             self._forget(req)
             if ctx is not None:
                 ctx.open_request = None
@@ -604,8 +606,7 @@ class OperatorSession:
 
     def _config_deadline(self, kind: str) -> RequestDeadline:
         """A request no task rule covers: the config's own deadline for its kind."""
-        rule = config_rules(self._settings)[kind]
-        return fresh(kind, rule, self._settings.remind_at_fraction)
+        return fresh(kind, self._config_rules[kind], self._settings.remind_at_fraction)
 
     def _deadline_of(self, ctx: AttemptContext, kind: str) -> RequestDeadline:
         if ctx.deadlines is None:
