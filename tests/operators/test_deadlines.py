@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientWebSocketResponse
-from structlog.testing import capture_logs
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from operator_server.config import ConfigError, load_settings
 from operator_server.engine.deadlines import DueSoon
