@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from operator_server.background import Background
-from operator_server.engine.schedule import DeadlineHeap
+from operator_server.engine.schedule import DeadlineHeap, TimedSteps
 
 HOUR = 3600
 
@@ -88,3 +88,27 @@ async def test_ten_thousand_entries_share_one_background_task_cancelled_at_shutd
     # After shutdown nothing is started, and scheduling does not raise.
     heap.at(time.time() - 1, lambda: None)
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "deadlines"]
+
+
+async def test_a_requests_steps_run_in_time_order_holding_one_entry_at_a_time() -> None:
+    background = Background()
+    heap = DeadlineHeap(background.spawn)
+    ran: list[str] = []
+    done = asyncio.Event()
+    now = time.time()
+    steps = TimedSteps(
+        heap,
+        [
+            (now - 1, lambda: (ran.append("remind"), done.set())),
+            (now + HOUR, lambda: ran.append("give up")),
+            (now - 2, lambda: ran.append("write")),
+        ],
+    )
+    assert len(heap) == 1
+    await _until(done)
+    assert ran == ["write", "remind"]
+    assert len(heap) == 1  # the last step waits its hour
+    steps.cancel()  # the reply came
+    assert len(heap) == 0
+    await background.close()
+    assert ran == ["write", "remind"]
