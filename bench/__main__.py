@@ -23,6 +23,7 @@ from bench import (
     bigasks,
     cli,
     cluster,
+    deadlines,
     e2e,
     fanout,
     history,
@@ -43,6 +44,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
         lambda a: cli.run(),
     ),
     "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
+    "deadlines": (
+        "10,000 pending requests' deadlines: one heap vs a timer each vs none",
+        lambda a: deadlines.run(),
+    ),
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "fanout": ("a task burst with 500 live event streams vs none", lambda a: fanout.run()),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),

@@ -40,6 +40,7 @@ from marshmallow import (
 from operator_server.auth.principal import valid_scope
 from operator_server.errors import describe_validation
 from operator_server.wire.json import DEFAULT_MAX_DEPTH, MAX_CONFIG_DEPTH
+from operator_server.wire.values import ON_TIMEOUT_ALLOWED
 
 ENV_PREFIX = "OPERATOR_SERVER_"
 # Read by the clients (``operator-server operator|task|mcp``), not the daemon:
@@ -148,6 +149,13 @@ class Settings:
     ask_timeout_s: float = 300
     hook_timeout_s: float = 60
     spawn_timeout_s: float = 1800
+    # What each kind's deadline (the three above) decides: see wire.values.OnTimeout.
+    ask_on_timeout: str = "decline"
+    hook_on_timeout: str = "fail"
+    spawn_on_timeout: str = "fail"
+    # A request still unanswered at this fraction of its deadline raises
+    # ``request_due_soon`` (0 = no reminders).
+    remind_at_fraction: float = 0.8
     heartbeat_s: float = 20
     session_idle_ttl_s: float = 3600
     sweep_interval_s: float = 30
@@ -186,6 +194,18 @@ def _seconds(default: float, help: str, *, allow_zero: bool = True) -> fields.Fl
         allow_nan=False,
         validate=_NON_NEGATIVE if allow_zero else _POSITIVE,
         metadata=_help(help),
+    )
+
+
+def _on_timeout(kind: str, default: str) -> fields.String:
+    """A kind's default on-timeout action: only one that makes sense for it."""
+    allowed = [str(a) for a in ON_TIMEOUT_ALLOWED[kind]]
+    return fields.String(
+        load_default=default,
+        validate=validate.OneOf(
+            allowed, error=f"{{input!r}} cannot end {kind} requests: one of {{choices}}"
+        ),
+        metadata=_help(f"what an unanswered {kind} becomes at its deadline ({', '.join(allowed)})"),
     )
 
 
@@ -552,6 +572,18 @@ class SettingsSchema(Schema):
         Settings.hook_timeout_s, "reply timeout for hook_before (0 = forever)"
     )
     spawn_timeout_s = _seconds(Settings.spawn_timeout_s, "reply timeout for spawn (0 = forever)")
+    ask_on_timeout = _on_timeout("ask", Settings.ask_on_timeout)
+    hook_on_timeout = _on_timeout("hook_before", Settings.hook_on_timeout)
+    spawn_on_timeout = _on_timeout("spawn", Settings.spawn_on_timeout)
+    remind_at_fraction = fields.Float(
+        load_default=Settings.remind_at_fraction,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=1, max_inclusive=False),
+        metadata=_help(
+            "raise request_due_soon when a request is unanswered at this fraction of its "
+            "deadline (0 = never)"
+        ),
+    )
     heartbeat_s = _seconds(
         Settings.heartbeat_s, "server ping interval; a silent peer is detached (0 = off)"
     )

@@ -50,6 +50,7 @@ class FakeOperator:
         parent_req_id: str | None = None,
         answer_schema: dict[str, Any] | None = None,
         issued: Issued | None = None,
+        deadline: Any = None,
     ) -> Any:
         self.questions.append((task_id, question))
         self.schemas.append(answer_schema)

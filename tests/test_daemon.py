@@ -174,7 +174,13 @@ async def test_a_second_daemon_on_the_store_exits_naming_the_file_and_holder_and
                 task = await resp.json()
             spawn = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
             assert spawn["type"] == "spawn"
-            before = task_row(db, task["id"])
+            # Once the spawn's due time is stored (a second after it was
+            # issued), the first daemon writes nothing until the spawn is answered.
+            for _ in range(400):
+                before = task_row(db, task["id"])
+                if "spawn" in json.loads(before[1]).get("dues", {}):
+                    break
+                await asyncio.sleep(0.025)
             assert before[0] == "running"
 
             # Another port, the same file: a restart's recovery would re-dispatch

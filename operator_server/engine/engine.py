@@ -40,6 +40,7 @@ from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer
 from operator_server.engine.counts import StatusCounts
+from operator_server.engine.deadlines import AttemptDeadlines, DueSoon, DueSoonObserver, task_rules
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
@@ -50,6 +51,7 @@ from operator_server.engine.middleware import Upheld, build_chain
 from operator_server.engine.outputs import OutputEvent
 from operator_server.engine.reads import TaskReads
 from operator_server.engine.resolution import FindElsewhere, OperatorResolution
+from operator_server.engine.schedule import DeadlineHeap
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
@@ -64,6 +66,7 @@ from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.store import Fenced, Store, StoreError, TaskEvent
+from operator_server.wire.times import iso
 
 log = get_logger(__name__)
 # Retention deletes at most this many tasks per sweep, so one sweep after a
@@ -113,6 +116,11 @@ class Engine:
         # the sender's read comes after it in the store's order): wakes the sender.
         self.deliveries_due = asyncio.Event()
         self.resolution = OperatorResolution(find_operator)
+        # Every operator request's deadline and reminder, on one heap served
+        # by one background task (``deadlines``).
+        self.deadline_heap = DeadlineHeap(background.spawn)
+        # The hook point notifications attach to: each ``request_due_soon``.
+        self.due_soon_observers: list[DueSoonObserver] = []
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
         self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
@@ -264,6 +272,46 @@ class Engine:
             return
         event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
         self.store.put_events_soon([event])
+
+    def request_due_soon(self, notice: DueSoon) -> None:
+        """A request is unanswered at ``remind_at_fraction`` of its deadline:
+        an event on its task's stream, then each observer."""
+        task = self.tasks.get(notice.task_id)
+        if (
+            task is not None
+            and not task.history_closed
+            and self.recording
+            and not self._stale(task.id)
+        ):
+            event = self.events.make(
+                task,
+                EventType.REQUEST_DUE_SOON,
+                time.time(),
+                task.attempt,
+                notice.req_id,
+                notice.face,
+                notice.sid,
+                iso(notice.due_at),
+                notice.on_timeout,
+            )
+            self.store.put_events_soon([event])
+        log.info(
+            "request due soon",
+            task_id=notice.task_id,
+            req_id=notice.req_id,
+            due_at=iso(notice.due_at),
+            on_timeout=notice.on_timeout,
+        )
+        for observer in list(self.due_soon_observers):
+            try:
+                observer(notice)
+            except Exception:  # a notifier's bug must not stop the reminders
+                log.exception("a request_due_soon observer failed")
+
+    def _save_dues(self, task: Task) -> None:
+        """The task's open due times changed: its row is written (soon) with them."""
+        if not self._stale(task.id) and not task.status.terminal:
+            self.store.put_task_soon(task.to_record())
 
     # -- restart and retention -------------------------------------------
 
@@ -612,6 +660,18 @@ class Engine:
             tail=record.tail,
             fire_and_forget=self._fire_and_forget,
             parent_req_id=parent_req_id,
+        )
+        spec = task.operator
+        ctx.deadlines = AttemptDeadlines(
+            task_rules(
+                self.settings,
+                spec.deadline_s if spec else None,
+                spec.on_timeout if spec else None,
+                spec.deadlines if spec else None,
+            ),
+            self.settings.remind_at_fraction,
+            task.dues,
+            lambda: self._save_dues(task),
         )
         self.contexts[task.id] = ctx
         log.debug("attempt started", kind=str(task.kind))

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from operator_server.engine.outputs import OutputTail
 from operator_server.wire.values import Face, HookVerdict, Kind, WorkerResult
+
+if TYPE_CHECKING:
+    from operator_server.engine.deadlines import AttemptDeadlines, RequestDeadline
 
 # Told the req_id of a request as soon as it is issued (before any reply).
 Issued = Callable[[str], None]
@@ -34,11 +37,13 @@ class SeniorBridge(Protocol):
         parent_req_id: str | None = None,
         answer_schema: dict[str, Any] | None = None,
         issued: Issued | None = None,
+        deadline: RequestDeadline | None = None,
     ) -> Any:
         """Ask for judgement; ``parent_req_id`` names the request it is nested
         under; an answer must validate against ``answer_schema`` when given (the
         bridge refuses one that does not and keeps waiting); ``issued`` learns
-        the request's id."""
+        the request's id; ``deadline`` (default: the config's for asks) says
+        how long it waits and what it becomes then."""
         ...
 
 
@@ -109,3 +114,5 @@ class AttemptContext:
     # it (set by the session), the parent of whatever is issued during it.
     parent_req_id: str | None = None
     open_request: str | None = None
+    # Its requests' deadlines, by the task's rules (None: the config's).
+    deadlines: AttemptDeadlines | None = None

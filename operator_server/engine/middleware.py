@@ -80,6 +80,7 @@ async def senior_escalation(ctx: AttemptContext, call_next: Next) -> WorkerResul
             question,
             parent_req_id=ctx.parent_req_id,
             answer_schema=ESCALATION_SCHEMA,
+            deadline=ctx.deadlines.for_request("ask") if ctx.deadlines is not None else None,
         )
     except AttemptFailed as exc:
         if exc.code != Code.OPERATOR_ERROR:

@@ -24,6 +24,8 @@ from marshmallow import (
 )
 
 from operator_server.engine.asks import AskStatus
+from operator_server.engine.deadlines import KINDS as DEADLINE_KINDS
+from operator_server.engine.deadlines import spec_problems
 from operator_server.engine.faces import Face, Kind
 from operator_server.engine.outputs import OutputEvent
 from operator_server.engine.tasks import (
@@ -35,7 +37,9 @@ from operator_server.engine.tasks import (
     error_record,
     result_record,
 )
+from operator_server.wire.fields import StrictNumber
 from operator_server.wire.times import iso
+from operator_server.wire.values import OnTimeout
 
 NAME = validate.Length(min=1, max=200)
 
@@ -46,10 +50,49 @@ _FaceNamesSchema = Schema.from_dict(
 )
 
 
+def _deadline_s() -> StrictNumber:
+    return StrictNumber(
+        validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "seconds a request waits for its reply (more than 0)"},
+    )
+
+
+def _on_timeout() -> fields.String:
+    return fields.String(
+        validate=validate.OneOf(
+            [str(a) for a in OnTimeout], error="{input!r} is not an action: one of {choices}"
+        ),
+        metadata={
+            "description": "what an unanswered request becomes at its deadline: `fail` (the "
+            "attempt fails operator_timeout), `decline` (asks only: answered as declined), "
+            "`approve` (hook_before only: the spawn goes ahead)"
+        },
+    )
+
+
+class KindDeadlineSchema(Schema):
+    """One request kind's deadline and on-timeout action."""
+
+    deadline_s = _deadline_s()
+    on_timeout = _on_timeout()
+
+
+# One optional entry per kind that has a deadline; any other key is refused.
+_KindDeadlinesSchema = Schema.from_dict(
+    {kind: fields.Nested(KindDeadlineSchema) for kind in DEADLINE_KINDS}, name="KindDeadlines"
+)
+
+
 class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
     sid = fields.String(validate=NAME)
     role = fields.String(validate=NAME)
     kind = fields.Enum(Kind, by_value=True)
+    deadline_s = _deadline_s()
+    on_timeout = _on_timeout()
+    deadlines = fields.Nested(
+        _KindDeadlinesSchema,
+        metadata={"description": "per request kind, overriding deadline_s and on_timeout"},
+    )
 
     @validates_schema
     def _one_target(self, data: dict[str, Any], **_: Any) -> None:
@@ -57,6 +100,12 @@ class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
             raise ValidationError("give either sid or role, not both", "role")
         if not data:
             raise ValidationError("name a sid, a role, or a face (senior_bridge, ...)")
+
+    @validates_schema
+    def _deadlines_fit(self, data: dict[str, Any], **_: Any) -> None:
+        problems = spec_problems(data.get("on_timeout"), data.get("deadlines"))
+        if problems:
+            raise ValidationError(problems)
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> OperatorSpec:

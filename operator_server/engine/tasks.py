@@ -63,6 +63,11 @@ class OperatorSpec:
     spawn_hook: str | None = None
     backend: str | None = None
     kind: Kind | None = None
+    # Request deadlines (``engine.deadlines``): for every request of the task,
+    # and per kind (``{"ask": {"deadline_s": .., "on_timeout": ..}, ...}``).
+    deadline_s: float | None = None
+    on_timeout: str | None = None
+    deadlines: dict[str, dict[str, Any]] | None = None
 
     def face_names(self) -> dict[Face, str | None]:
         everyone = self.sid or self.role
@@ -261,6 +266,10 @@ class Task:
     # nothing is recorded on its stream after it.  Not stored: a finished task
     # read back has its history closed by its status.
     history_closed: bool = field(default=False, repr=False)
+    # Due times of the current attempt's open chain requests, by kind
+    # (``{"due_at": unix seconds, "step": n}``): stored, so that an attempt
+    # re-dispatched after an interruption resumes them (``engine.deadlines``).
+    dues: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def current(self) -> AttemptRecord | None:
@@ -270,6 +279,10 @@ class Task:
         self.updated_at = time.time() if at is None else at
 
     def start_attempt(self) -> AttemptRecord:
+        previous = self.current
+        if previous is None or previous.error is None or previous.error.code != Code.INTERRUPTED:
+            # Only an interrupted attempt's requests are issued again as they were.
+            self.dues = {}
         self.attempt += 1
         record = AttemptRecord(self.attempt)
         self.attempts.append(record)
@@ -361,6 +374,7 @@ class Task:
             "cancel_reason": self.cancel_reason,
             "interruptions": self.interruptions,
             "callback": self.callback.to_record() if self.callback else None,
+            "dues": self.dues,
         }
 
     @classmethod
@@ -392,6 +406,8 @@ class Task:
             attempts=[AttemptRecord.from_record(a) for a in rec["attempts"]],
             cancel_reason=rec["cancel_reason"],
             interruptions=int(rec["interruptions"]),
+            # Absent from records written before deadlines were stored.
+            dues={str(k): dict(v) for k, v in (rec.get("dues") or {}).items()},
         )
         if task.status.terminal:
             task.finished.set()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import Claims, claims_from_wire, claims_wire
+from operator_server.engine.deadlines import RequestDeadline
 from operator_server.engine.faces import AttemptContext, Face, SeniorBridge, WorkerResult
 from operator_server.engine.tasks import AttemptRecord, Task
 from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
@@ -224,8 +225,12 @@ class WorkerApi:
         )
         record.asks.append(ask)
         self.ask_changed(task, ask)
+        # A worker's ask is never re-issued after its attempt ends: its due
+        # time needs no storing (``engine/deadlines.py``).
+        deadline = ctx.deadlines.for_request("ask", durable=False) if ctx.deadlines else None
         ask.runner = self.background.spawn(
-            self._hold_ask(task, ask, senior, sid), name=f"worker-ask:{task.id}:{ask.ask_id}"
+            self._hold_ask(task, ask, senior, sid, deadline),
+            name=f"worker-ask:{task.id}:{ask.ask_id}",
         )
         log.debug("worker asked", ask_id=ask.ask_id, parent_req_id=ask.parent_req_id)
         return ask
@@ -235,7 +240,14 @@ class WorkerApi:
         never the task's with every ask before it (the task's row holds none)."""
         self.store.put_ask_soon(task.id, ask.attempt, ask.to_record())
 
-    async def _hold_ask(self, task: Task, ask: WorkerAsk, senior: SeniorBridge, sid: str) -> None:
+    async def _hold_ask(
+        self,
+        task: Task,
+        ask: WorkerAsk,
+        senior: SeniorBridge,
+        sid: str,
+        deadline: RequestDeadline | None,
+    ) -> None:
         """Hold the senior's ask until it is answered or the attempt ends."""
 
         def issued(req_id: str) -> None:
@@ -249,6 +261,7 @@ class WorkerApi:
                 parent_req_id=ask.parent_req_id,
                 answer_schema=ask.schema,
                 issued=issued,
+                deadline=deadline,
             )
         except asyncio.CancelledError as exc:
             reason = str(exc.args[0]) if exc.args and exc.args[0] else "the attempt ended"

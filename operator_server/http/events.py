@@ -78,7 +78,16 @@ class EventDataSchema(Schema):
     type = fields.String(
         required=True,
         validate=validate.OneOf(
-            ["created", "status", "attempt_started", "attempt_ended", "output", "request", "reply"]
+            [
+                "created",
+                "status",
+                "attempt_started",
+                "attempt_ended",
+                "output",
+                "request",
+                "reply",
+                "request_due_soon",
+            ]
         ),
     )
     at = fields.String(required=True, metadata={"description": "ISO 8601 UTC"})
@@ -95,6 +104,12 @@ class EventDataSchema(Schema):
     req_id = fields.String()
     face = fields.String()
     sid = fields.String()
+    due_at = fields.String(
+        metadata={"description": "request_due_soon: when the request's deadline passes (ISO)"}
+    )
+    on_timeout = fields.String(
+        metadata={"description": "request_due_soon: what it becomes then (fail|decline|approve)"}
+    )
 
 
 def _last_event_id(request: web.Request) -> int | None:

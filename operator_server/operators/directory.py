@@ -121,6 +121,8 @@ class OperatorDirectory:
             report=self.engine.operator_event,
             relay=self.relay,
             spawn=self.engine.background.spawn,
+            clock=self.engine.deadline_heap,
+            due_soon=self.engine.request_due_soon,
         )
 
     def _add(self, session: OperatorSession) -> None:

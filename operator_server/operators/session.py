@@ -4,8 +4,8 @@ The session owns its pending requests; a socket (``SocketPump``) only carries
 frames.  That split is what makes reconnects lose nothing:
 
 * A request issued while a socket is attached is written at once and waits for
-  its reply, across disconnects, until its face's reply timeout (0 = none), a
-  cancel, or the session's end.
+  its reply, across disconnects, until its deadline (``engine/deadlines.py``:
+  what it then becomes is its on-timeout action), a cancel, or the session's end.
 * A request issued while no socket is attached waits ``reconnect_grace_s`` for
   one, then fails with ``operator_unavailable``.
 * ``attach`` re-sends every unanswered request in issue order before anything
@@ -37,8 +37,10 @@ from typing import Any
 
 from operator_server import entropy
 from operator_server.config import Settings
+from operator_server.engine.deadlines import DueSoon, RequestDeadline, config_rules, fresh
 from operator_server.engine.events import EventType
 from operator_server.engine.faces import AttemptContext, HookVerdict, Issued, WorkerResult
+from operator_server.engine.schedule import DeadlineHeap, LoopTimers, TimedSteps
 from operator_server.errors import AttemptFailed, Code, NodeUnreachable, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
@@ -48,6 +50,7 @@ from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
+from operator_server.wire.values import OnTimeout
 
 log = get_logger(__name__)
 # How many answered req_ids to remember for ``already_answered``.
@@ -101,6 +104,8 @@ class OperatorSession:
         report: Report | None = None,
         relay: RequestRelay | None = None,
         spawn: Spawn | None = None,
+        clock: DeadlineHeap | LoopTimers | None = None,
+        due_soon: Callable[[DueSoon], None] | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -135,6 +140,10 @@ class OperatorSession:
         # While an attach reads the stored requests: frames sent meanwhile, held
         # so that they follow the replay rather than overtake it.
         self._held: list[tuple[str, str, dict[str, Any]]] | None = None
+        # Deadlines and reminders: the engine's one heap for every session.
+        self._clock = clock if clock is not None else LoopTimers()
+        self._due_soon = due_soon
+        self._config_rules = config_rules(settings)
         self.log = log.bind(sid=sid)
 
     # -- identity and sockets --------------------------------------------
@@ -334,7 +343,7 @@ class OperatorSession:
         kind: str,
         task_id: str,
         build: Callable[[str], dict[str, Any]],
-        timeout: float,
+        deadline: RequestDeadline,
         *,
         expects_reply: bool = True,
         ctx: AttemptContext | None = None,
@@ -370,20 +379,23 @@ class OperatorSession:
             req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
         if ctx is not None:
             ctx.open_request = req_id
-        # One timer handle that fails the future, rather than asyncio.timeout
-        # (a context object, a reschedule and an uncancel per request: a sixth
-        # of an ask's cost at window 100).
-        timer = loop.call_later(timeout, _no_reply, req.future) if timeout else None
+        # On the engine's one heap rather than a timer per request
+        # (``engine/schedule.py``), one entry at a time: a reply cancels it with a flag.
+        steps: list[tuple[float, Callable[[], None]]] = []
+        if deadline.write_at is not None and deadline.write is not None:
+            steps.append((deadline.write_at, deadline.write))
+        if deadline.remind_at is not None and self._due_soon is not None:
+            steps.append((deadline.remind_at, lambda: self._remind(req, deadline)))
+        if deadline.due_at is not None:
+            steps.append((deadline.due_at, lambda: _no_reply(req.future)))
+        timer = TimedSteps(self._clock, steps) if steps else None
         try:
-            return await req.future
+            reply = await req.future
         except _NoReply:
-            self._withdraw(req, f"no reply within {timeout:g}s")
-            self.log.info("request timed out", req_id=req_id, task_id=task_id, kind=kind)
-            raise AttemptFailed(
-                Code.OPERATOR_TIMEOUT,
-                f"operator {self.sid} did not answer {kind} within {timeout:g}s",
-            ) from None
+            deadline.settle()
+            return self._timed_out(req, deadline)
         except asyncio.CancelledError as exc:
+            # Not settled: an attempt cut short keeps its stored due time.
             self._withdraw(req, str(exc.args[0]) if exc.args and exc.args[0] else "cancelled")
             raise
         finally:
@@ -392,6 +404,45 @@ class OperatorSession:
             self._forget(req)
             if ctx is not None:
                 ctx.open_request = None
+        deadline.settle()
+        return reply
+
+    def _timed_out(self, req: PendingRequest, deadline: RequestDeadline) -> Reply:
+        """Nobody replied by ``deadline``: withdraw the request and do what its
+        on-timeout action says."""
+        waited = f"no reply within {deadline.deadline_s:g}s"
+        action = deadline.on_timeout
+        self._withdraw(req, waited if action is OnTimeout.FAIL else f"{waited}: {action}")
+        where = {"req_id": req.req_id, "task_id": req.task_id, "kind": req.kind}
+        if action is OnTimeout.DECLINE:
+            self.log.info("request declined by its deadline", **where)
+            # As an operator's decline: an answer carrying ``error``.
+            return "answer", {"req_id": req.req_id, "error": f"{waited} (on_timeout: decline)"}
+        if action is OnTimeout.APPROVE:
+            # Loud on purpose: a spawn went ahead that no one approved.
+            self.log.warning("hook_before APPROVED by its deadline, nobody replied", **where)
+            reason = f"{waited} (on_timeout: approve)"
+            return "hook_ack", {"req_id": req.req_id, "ok": True, "reason": reason}
+        self.log.info("request timed out", **where)
+        raise AttemptFailed(
+            Code.OPERATOR_TIMEOUT,
+            f"operator {self.sid} did not answer {req.kind} within {deadline.deadline_s:g}s",
+        )
+
+    def _remind(self, req: PendingRequest, deadline: RequestDeadline) -> None:
+        if req.future.done() or self._due_soon is None or deadline.due_at is None:
+            return
+        self._due_soon(
+            DueSoon(
+                req.task_id,
+                req.req_id,
+                req.kind,
+                str(p.FACE_OF[req.kind]),
+                self.sid,
+                deadline.due_at,
+                str(deadline.on_timeout),
+            )
+        )
 
     async def _issue_stored(self, req: PendingRequest) -> None:
         """The relay records the request before anyone sees it; when another
@@ -530,12 +581,13 @@ class OperatorSession:
         parent_req_id: str | None = None,
         answer_schema: dict[str, Any] | None = None,
         issued: Issued | None = None,
+        deadline: RequestDeadline | None = None,
     ) -> Any:
         _, reply = await self._request(
             "ask",
             task_id,
             lambda req_id: p.ask_frame(req_id, task_id, question, parent_req_id, answer_schema),
-            self._settings.ask_timeout_s,
+            deadline or self._config_deadline("ask"),
             answer_schema=answer_schema,
             issued=issued,
         )
@@ -552,9 +604,18 @@ class OperatorSession:
             lambda req_id: p.hook_before_frame(
                 req_id, ctx.task_id, ctx.agent, ctx.attempt, ctx.parent_req_id
             ),
-            self._settings.hook_timeout_s,
+            self._deadline_of(ctx, "hook_before"),
         )
         return HookVerdict(reply["ok"], reply.get("reason"))
+
+    def _config_deadline(self, kind: str) -> RequestDeadline:
+        """A request no task rule covers: the config's own deadline for its kind."""
+        return fresh(kind, self._config_rules[kind], self._settings.remind_at_fraction)
+
+    def _deadline_of(self, ctx: AttemptContext, kind: str) -> RequestDeadline:
+        if ctx.deadlines is None:
+            return self._config_deadline(kind)
+        return ctx.deadlines.for_request(kind)
 
     async def after(self, ctx: AttemptContext, result: WorkerResult) -> None:
         await self._request(
@@ -563,7 +624,7 @@ class OperatorSession:
             lambda req_id: p.hook_after_frame(
                 req_id, ctx.task_id, ctx.agent, ctx.attempt, result.as_dict(), ctx.parent_req_id
             ),
-            0,
+            _TOLD,
             expects_reply=False,
         )
 
@@ -592,7 +653,7 @@ class OperatorSession:
                 directive,
                 ctx.parent_req_id,
             ),
-            self._settings.spawn_timeout_s,
+            self._deadline_of(ctx, "spawn"),
             ctx=ctx,
         )
         if kind == "spawn_halt":
@@ -601,6 +662,10 @@ class OperatorSession:
         if reply.get("error"):
             raise AttemptFailed(Code.OPERATOR_ERROR, f"operator reported: {reply['error']}")
         return WorkerResult(reply["value"], reply["ok"])
+
+
+# A hook_after is only told: nothing to wait for.
+_TOLD = RequestDeadline("hook_after", 0, OnTimeout.FAIL, None, None)
 
 
 class _NoReply(Exception):

@@ -21,6 +21,8 @@ class EventType:
     OUTPUT = "output"
     REQUEST = "request"
     REPLY = "reply"
+    # A request still unanswered at ``remind_at_fraction`` of its deadline.
+    REQUEST_DUE_SOON = "request_due_soon"
 
 
 # Each type's own fields after the common five.  Events are built and stored
@@ -36,4 +38,5 @@ FIELDS: dict[str, tuple[str, ...]] = {
     EventType.OUTPUT: ("attempt", "kind", "source", "ok"),
     EventType.REQUEST: _OPERATOR,
     EventType.REPLY: _OPERATOR,
+    EventType.REQUEST_DUE_SOON: (*_OPERATOR, "due_at", "on_timeout"),
 }

@@ -23,7 +23,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, missing
 
-from operator_server.wire.fields import StrictBoolean, StrictInteger
+from operator_server.wire.fields import StrictBoolean, StrictInteger, StrictNumber
 
 # Field type -> the exact JSON types it accepts (bool is never an int here).
 _TYPES: dict[type[fields.Field], tuple[type, ...]] = {
@@ -65,6 +65,16 @@ def _checker(field: fields.Field) -> Check:
             return validated(value)
 
         return plain
+    if type(field) is StrictNumber:
+
+        def number(value: Any) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return _DECLINE
+            if value != value or value in (float("inf"), float("-inf")):
+                return _DECLINE  # NaN and infinities: the schema names them
+            return validated(float(value))
+
+        return number
     if type(field) is fields.Nested and isinstance(field.nested, type | Schema):
         inner = fast_check(field.schema)
         if not inner.usable or field.many:

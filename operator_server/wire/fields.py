@@ -44,6 +44,19 @@ class StrictInteger(fields.Integer):
         return result
 
 
+class StrictNumber(fields.Float):
+    """Only a JSON number, loaded as a float: not ``"5"``, not ``true``, never NaN."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_nan=False, **kwargs)
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid", input=value)
+        result: float = super()._validated(value)
+        return result
+
+
 _DECIMAL = re.compile(r"-?[0-9]+")
 
 

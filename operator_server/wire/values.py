@@ -51,3 +51,32 @@ class WorkerResult:
 class HookVerdict:
     ok: bool
     reason: str | None = None
+
+
+class OnTimeout(StrEnum):
+    """What a request's deadline decides when nobody replied in time."""
+
+    FAIL = "fail"  # the attempt fails ``operator_timeout`` (fail closed)
+    DECLINE = "decline"  # an ask is answered as declined, as an operator can
+    APPROVE = "approve"  # a hook_before lets the spawn go ahead (opt-in only)
+
+
+# Per request kind, the actions that make sense, the first being the default
+# when nothing else is configured.  Nothing approves itself by default.
+ON_TIMEOUT_ALLOWED: dict[str, tuple[OnTimeout, ...]] = {
+    "hook_before": (OnTimeout.FAIL, OnTimeout.APPROVE),
+    "ask": (OnTimeout.DECLINE, OnTimeout.FAIL),
+    "spawn": (OnTimeout.FAIL,),
+}
+
+
+def on_timeout_problem(kind: str, action: str) -> str | None:
+    """Why ``action`` cannot end a ``kind`` request, or None when it can."""
+    allowed = ON_TIMEOUT_ALLOWED.get(kind)
+    if allowed is None:
+        return f"{kind!r} is not a request kind with a deadline ({', '.join(ON_TIMEOUT_ALLOWED)})"
+    if action not in set(OnTimeout):
+        return f"{action!r} is not an on_timeout action ({', '.join(OnTimeout)})"
+    if action not in allowed:
+        return f"{action!r} cannot end {kind} requests (allowed: {', '.join(allowed)})"
+    return None
