@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
+from typing import Any
 
 OPERATE_PREFIX = "operate:"
 
@@ -103,7 +104,7 @@ LOOPBACK = Principal(name="local", via=Via.LOOPBACK, scopes=EVERY_SCOPE)
 PRINCIPAL_ON_REQUEST = "operator_server.principal"
 
 
-def principal_of(request: Mapping[str, object]) -> Principal:
+def principal_of(request: Mapping[Any, object]) -> Principal:
     """The principal the route check found for ``request``; the loopback
     principal where no check ran (a route open to every caller)."""
     found = request.get(PRINCIPAL_ON_REQUEST)

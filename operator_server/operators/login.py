@@ -19,6 +19,8 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
+from operator_server.audit.record import Action
+from operator_server.auth.principal import principal_of
 from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import ApiError, Code
@@ -174,7 +176,7 @@ async def mint_operator(request: web.Request) -> web.Response:
     body = load(schema, raw)
     try:
         session, token = await request.app[DIRECTORY].mint(
-            body["roles"], body["desc"], body["token"]
+            body["roles"], body["desc"], body["token"], principal=principal_of(request).name
         )
     except RolesConflict as exc:
         conflicts = [{"role": r, "sid": s} for r, s in exc.conflicts.items()]
@@ -214,8 +216,16 @@ async def delete_operator(request: web.Request) -> web.Response:
     session, admin = await authorize_session_or_admin(request)
     # Same code either way: the session's requests fail ``operator_deleted``.
     message = "operator session deleted by an admin" if admin else "operator session deleted"
+    # A forced leave is the admin's act; a leave, the session holder's.
+    action, by = (
+        (Action.SESSION_FORCE_LEFT, principal_of(request).name)
+        if admin
+        else (Action.SESSION_LEFT, None)
+    )
     try:
-        await request.app[DIRECTORY].delete(session.sid, Code.OPERATOR_DELETED, message)
+        await request.app[DIRECTORY].delete(
+            session.sid, Code.OPERATOR_DELETED, message, action=action, principal=by
+        )
     except SessionGone as exc:
         raise ApiError(Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
@@ -265,7 +275,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     )
     directory = request.app[DIRECTORY]
     await session.attach(pump)
-    directory.seen(session)
+    directory.seen(session, attached=True)
     try:
         await pump.read_loop(session.handle_text)
     finally:

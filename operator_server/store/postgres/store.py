@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 
+from operator_server.audit.chain import Anchor
+from operator_server.audit.record import AuditRow
 from operator_server.cluster.bus import ALL, PgBus
 from operator_server.cluster.messages import (
     EventsStored,
@@ -20,6 +22,8 @@ from operator_server.cluster.messages import (
 )
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    Audit,
+    AuditQuery,
     Delivery,
     Events,
     Fenced,
@@ -37,6 +41,7 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
+from operator_server.store.postgres import audit as audit_sql
 from operator_server.store.postgres.nodes import (
     HEARTBEAT,
     NodeOps,
@@ -180,6 +185,7 @@ class PostgresStore(NodeOps, Store):
         self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
     ) -> list[str]:
         await store_events(conn, done)
+        await audit_sql.append_audit(conn, self.audit_node, done)
         return await self._announce(conn, batch)
 
     def _batch_committed(self, ending: list[str]) -> None:
@@ -207,7 +213,7 @@ class PostgresStore(NodeOps, Store):
 
     # -- operations -------------------------------------------------------
 
-    async def put_session(self, record: SessionRecord) -> None:
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
         args = (
             record.sid,
             record.token_sha256,
@@ -226,20 +232,20 @@ class PostgresStore(NodeOps, Store):
                 # Raised inside the op's savepoint: the session row goes too.
                 raise RolesTaken({row["role"]: row["sid"] for row in held})
 
-        await self._call(work, f"save session {record.sid}")
+        await self._call(work, f"save session {record.sid}", audit=audit)
 
-    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
-        self._soon_plain(
-            f"touch session {sid}",
-            "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
-            float(last_seen_at),
-            sid,
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
+        sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
+        args = (float(last_seen_at), sid)
+        self._soon(
+            lambda c: c.execute(sql, *args), f"touch session {sid}", plain=(sql, args), audit=audit
         )
 
-    async def delete_session(self, sid: str) -> None:
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
         await self._call(
             lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = $1", sid),
             f"delete session {sid}",
+            audit=audit,
         )
 
     async def load_sessions(self) -> list[Row]:
@@ -291,14 +297,24 @@ class PostgresStore(NodeOps, Store):
         return work, f"save task {task_id}", events
 
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        await self._call(*self._task_write(record, events, deliver_at))
+        await self._call(*self._task_write(record, events, deliver_at), audit=audit)
 
     def put_task_soon(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        self._soon(*self._task_write(record, events, deliver_at))
+        self._soon(*self._task_write(record, events, deliver_at), audit=audit)
 
     def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
         row = ask_row(task_id, attempt, ask)
@@ -316,11 +332,13 @@ class PostgresStore(NodeOps, Store):
 
         return work, f"save output of {task_id}"
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        await self.put_output_soon(task_id, attempt, output)
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
+        await self.put_output_soon(task_id, attempt, output, audit=audit)
 
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._accepting:
@@ -328,11 +346,29 @@ class PostgresStore(NodeOps, Store):
         else:  # queued now, not when first awaited
             work, what = self._output_write(task_id, attempt, output)
             self._unsettled += 1
-            self._queue.put_nowait(Op(work, fut, what))
+            self._queue.put_nowait(Op(work, fut, what, audit=audit))
         return fut
 
-    def put_events_soon(self, events: Events) -> None:
-        self._soon(nothing, "save events", events)  # stored by the writer
+    def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
+        self._soon(nothing, "save events", events, audit=audit)  # stored by the writer
+
+    # -- the audit trail ---------------------------------------------------
+
+    async def append_audit(self, entries: Audit) -> None:
+        await self._call(nothing, "save audit", audit=list(entries))
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        sql, args = audit_sql.page_sql(query)
+        found = await self._read(lambda c: c.fetch(sql, *args), "read audit")
+        return audit_sql.rows_of(found)
+
+    async def audit_anchor(self) -> Anchor | None:
+        found: Anchor | None = await self._read(audit_sql.anchor, "read audit anchor")
+        return found
+
+    async def prune_audit(self, before: float) -> int:
+        gone: int = await self._call(lambda c: audit_sql.prune(c, before), "prune audit")
+        return gone
 
     async def last_event_id(self) -> int:
         found = await self._read(
