@@ -15,6 +15,7 @@ from typing import Any
 from marshmallow import fields
 
 from operator_server import __version__
+from operator_server.audit.cli import add_audit
 from operator_server.client import RequestFailed, TaskClient
 from operator_server.config import ConfigError, flag_name, load_settings, setting_keys
 
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator(sub)
     _add_task(sub)
     _add_mcp(sub)
+    add_audit(sub)
     return parser
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from operator_server.wire.times import iso
+
 # The previous hash of a chain's first row.
 GENESIS = "0" * 64
 
@@ -84,7 +86,9 @@ class AuditRow:
         e = self.entry
         return {
             "seq": self.seq,
-            "at": e.at,
+            "at": iso(e.at),
+            # What the hash covers: ``at`` exactly, for a verifier of an export.
+            "at_s": e.at,
             "node": self.node,
             "principal": e.principal,
             "session_id": e.session_id,

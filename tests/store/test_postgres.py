@@ -155,7 +155,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
         "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
-        "task_outputs; "
+        "task_outputs, audit_log, audit_pruned; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch; "
@@ -181,12 +181,19 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
         # Undoing every later step too: the epoch column, the outputs table.
         (
             "task_asks",
-            "DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch",
+            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned; "
+            "ALTER TABLE tasks DROP COLUMN epoch",
             inline_asks_task,
             "asks",
             2,
         ),
-        ("task_outputs", "DROP TABLE task_outputs", inline_outputs_task, "tail", 3),
+        (
+            "task_outputs",
+            "DROP TABLE task_outputs, audit_log, audit_pruned",
+            inline_outputs_task,
+            "tail",
+            3,
+        ),
     ],
 )
 async def test_upgrading_keeps_what_rows_hold_inline_once_the_task_is_next_written(
