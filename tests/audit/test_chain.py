@@ -5,6 +5,7 @@ directly), and after retention pruned its start."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,7 +94,7 @@ async def test_every_write_appends_its_entries_to_one_chain_that_verifies(store:
     assert [r.seq for r in rows] == list(range(1, 8))
     assert {r.node for r in rows} == {"node-a"}
     assert rows[4].entry.reason == "too risky"
-    assert all(b.prev_hash == a.hash for a, b in zip(rows, rows[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
     verdict = await verify_store(store)
     assert verdict.ok and verdict.checked == 7 and verdict.head_seq == 7
 
