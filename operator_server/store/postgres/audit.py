@@ -15,9 +15,9 @@ import asyncpg
 
 from operator_server.audit.chain import Anchor
 from operator_server.audit.record import COLUMNS, GENESIS, AuditRow, chain, from_columns, to_columns
-from operator_server.store.base import AuditQuery
+from operator_server.store.base import Audit, AuditQuery
 from operator_server.store.postgres.tasks import EVENTS_LOCK
-from operator_server.store.postgres.writer import Op
+from operator_server.store.postgres.writer import GroupCommitWriter, Op, nothing
 
 AUDIT_COLUMNS = ", ".join(COLUMNS)
 # Column types, in ``COLUMNS`` order: a batch's rows go in one statement.
@@ -94,3 +94,24 @@ async def prune(c: asyncpg.Connection, before: float) -> int:
     await c.execute("DELETE FROM audit_pruned")
     await c.execute("INSERT INTO audit_pruned VALUES ($1, $2)", int(last[0]), str(last[1]))
     return int(gone)
+
+
+class AuditOps(GroupCommitWriter):
+    """The PostgreSQL store's audit operations, a mixin (``Store``'s audit
+    contract): appends ride the writer's queue, reads the pool."""
+
+    async def append_audit(self, entries: Audit) -> None:
+        await self._call(nothing, "save audit", audit=list(entries))
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        sql, args = page_sql(query)
+        found = await self._read(lambda c: c.fetch(sql, *args), "read audit")
+        return rows_of(found)
+
+    async def audit_anchor(self) -> Anchor | None:
+        found: Anchor | None = await self._read(anchor, "read audit anchor")
+        return found
+
+    async def prune_audit(self, before: float) -> int:
+        gone: int = await self._call(lambda c: prune(c, before), "prune audit")
+        return gone

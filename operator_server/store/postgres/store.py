@@ -13,8 +13,6 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.audit.chain import Anchor
-from operator_server.audit.record import AuditRow
 from operator_server.cluster.bus import ALL, PgBus
 from operator_server.cluster.messages import (
     EventsStored,
@@ -23,7 +21,6 @@ from operator_server.cluster.messages import (
 from operator_server.logs import get_logger
 from operator_server.store.base import (
     Audit,
-    AuditQuery,
     Delivery,
     Events,
     Fenced,
@@ -41,7 +38,7 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
-from operator_server.store.postgres import audit as audit_sql
+from operator_server.store.postgres.audit import AuditOps, append_audit
 from operator_server.store.postgres.nodes import (
     HEARTBEAT,
     NodeOps,
@@ -72,7 +69,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, Store):
+class PostgresStore(NodeOps, AuditOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -185,7 +182,7 @@ class PostgresStore(NodeOps, Store):
         self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
     ) -> list[str]:
         await store_events(conn, done)
-        await audit_sql.append_audit(conn, self.audit_node, done)
+        await append_audit(conn, self.audit_node, done)
         return await self._announce(conn, batch)
 
     def _batch_committed(self, ending: list[str]) -> None:
@@ -236,10 +233,7 @@ class PostgresStore(NodeOps, Store):
 
     def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
         sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
-        args = (float(last_seen_at), sid)
-        self._soon(
-            lambda c: c.execute(sql, *args), f"touch session {sid}", plain=(sql, args), audit=audit
-        )
+        self._soon_plain(f"touch session {sid}", sql, float(last_seen_at), sid, audit=audit)
 
     async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
         await self._call(
@@ -351,24 +345,6 @@ class PostgresStore(NodeOps, Store):
 
     def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
         self._soon(nothing, "save events", events, audit=audit)  # stored by the writer
-
-    # -- the audit trail ---------------------------------------------------
-
-    async def append_audit(self, entries: Audit) -> None:
-        await self._call(nothing, "save audit", audit=list(entries))
-
-    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
-        sql, args = audit_sql.page_sql(query)
-        found = await self._read(lambda c: c.fetch(sql, *args), "read audit")
-        return audit_sql.rows_of(found)
-
-    async def audit_anchor(self) -> Anchor | None:
-        found: Anchor | None = await self._read(audit_sql.anchor, "read audit anchor")
-        return found
-
-    async def prune_audit(self, before: float) -> int:
-        gone: int = await self._call(lambda c: audit_sql.prune(c, before), "prune audit")
-        return gone
 
     async def last_event_id(self) -> int:
         found = await self._read(

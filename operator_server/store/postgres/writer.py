@@ -196,9 +196,9 @@ class GroupCommitWriter:
         """Return once everything queued before now has committed (the queue is in order)."""
         await self._call(nothing, "flush")
 
-    def _soon_plain(self, what: str, sql: str, *args: Any) -> None:
+    def _soon_plain(self, what: str, sql: str, *args: Any, audit: Audit = ()) -> None:
         """A "soon" write that is one statement with no result."""
-        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args))
+        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args), audit=audit)
 
     def _soon(
         self,
