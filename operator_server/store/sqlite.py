@@ -735,6 +735,7 @@ class SQLiteStore(Store):
         await self._call(lambda c: None, "save audit", audit=list(entries))
 
     async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        self._release_lingering(None)  # a read sees every decision made before it
         where: list[str] = ["seq > ?"]
         args: list[Any] = [query.after]
         for column, value in (
