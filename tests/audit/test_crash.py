@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -74,7 +75,18 @@ async def test_after_a_sigkill_every_stored_decision_has_its_audit_row_and_no_mo
             if created >= BEFORE_KILL:
                 enough.set()
 
-    op = OperatorClient(daemon.base, roles=["main"], on_spawn=lambda frame: "done")
+    spawns = 0
+
+    async def on_spawn(frame: dict[str, Any]) -> Any:
+        # Every other spawn is held to the end: its task's decisions so far
+        # wait, as they do under load, for a write to ride with.
+        nonlocal spawns
+        spawns += 1
+        if spawns % 2:
+            await asyncio.Event().wait()
+        return "done"
+
+    op = OperatorClient(daemon.base, roles=["main"], on_spawn=on_spawn)
     creators: list[asyncio.Task[None]] = []
     try:
         await op.start()
