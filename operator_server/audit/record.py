@@ -194,3 +194,12 @@ def from_columns(values: Any) -> AuditRow:
         at=float(at),
     )
     return AuditRow(int(seq), node, entry, prev, h)
+
+
+def key_act(created: bool, principal: str, key_id: str, name: str) -> AuditEntry:
+    """An API key created (``created``) or revoked by ``principal``: the key's
+    id is the outcome, its name the reason (never its secret, nor its hash).
+    Appended with the key's own write (``Store.append_audit`` where that write
+    cannot take it along)."""
+    action = Action.KEY_CREATED if created else Action.KEY_REVOKED
+    return AuditEntry(action, principal, outcome=key_id, reason=name)

@@ -16,7 +16,7 @@ import pytest
 
 from operator_server.audit.chain import Verdict
 from operator_server.audit.cli import verify_store
-from operator_server.audit.record import Action, AuditEntry
+from operator_server.audit.record import Action, AuditEntry, key_act
 from operator_server.store import MemoryStore, PostgresStore, SessionRecord, SQLiteStore, Store
 from operator_server.store.base import AuditQuery
 from tests.pg import new_database
@@ -209,3 +209,16 @@ async def test_verify_names_the_first_row_that_does_not_fit(
     assert not verdict.ok
     assert verdict.broken_at == broken_at
     assert why in verdict.why
+
+
+async def test_a_key_created_and_revoked_are_appended_naming_the_key_not_its_secret(
+    store: Store,
+) -> None:
+    await store.append_audit([key_act(True, "bootstrap", "k7", "ci-bot")])
+    await store.append_audit([key_act(False, "key:admin", "k7", "ci-bot")])
+    rows = await store.audit_page(AuditQuery())
+    assert [(r.entry.action, r.entry.principal, r.entry.outcome, r.entry.reason) for r in rows] == [
+        ("key.created", "bootstrap", "k7", "ci-bot"),
+        ("key.revoked", "key:admin", "k7", "ci-bot"),
+    ]
+    assert (await verify_store(store)).ok
