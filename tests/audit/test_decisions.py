@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from operator_server.app import sweep_once
 from operator_server.audit.cli import verify_store
 from tests.conftest import Server, create_task, engine_of, wait_task
 from tests.wsop import connect, expect, mint
@@ -217,3 +219,26 @@ async def test_the_audit_route_needs_the_api_token_when_one_is_set(server: Serve
     assert (await client.get("/v1/audit")).status == 401
     resp = await client.get("/v1/audit", headers={"Authorization": f"Bearer {'t' * 32}"})
     assert resp.status == 200
+
+
+async def test_task_retention_keeps_the_audit_and_audit_retention_prunes_the_oldest(
+    server: Server,
+) -> None:
+    client = await server(store__retention_s=0)
+    app: web.Application = client.app  # type: ignore[assignment]
+    done = [await create_task(client, agent="echo") for _ in range(3)]
+    for task in done:
+        assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await sweep_once(app)
+    assert (await client.get(f"/v1/tasks/{done[0]['id']}")).status == 404  # retention ran
+    assert [e["task_id"] for e in await audit(client)] == [t["id"] for t in done]
+
+    # A trail kept a moment only: everything goes but the newest row.
+    pruning = await server(audit_retention_days=1e-9)
+    app = pruning.app  # type: ignore[assignment]
+    for _ in range(3):
+        await create_task(pruning, agent="echo")
+    await sweep_once(app)
+    assert [e["seq"] for e in await audit(pruning)] == [3]
+    verdict = await verify_store(engine_of(pruning).store)
+    assert verdict.ok and verdict.pruned_through == 2 and verdict.first_seq == 3
