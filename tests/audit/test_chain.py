@@ -5,6 +5,7 @@ directly), and after retention pruned its start."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -222,3 +223,28 @@ async def test_a_key_created_and_revoked_are_appended_naming_the_key_not_its_sec
         ("key.revoked", "key:admin", "k7", "ci-bot"),
     ]
     assert (await verify_store(store)).ok
+
+
+async def test_two_nodes_writing_at_once_make_one_chain_naming_each_node(request: Any) -> None:
+    url = await new_database(request.getfixturevalue("postgres"))
+    nodes = []
+    for name in ("node-a", "node-b"):
+        node = PostgresStore(url)
+        node.lease_tasks(name, 10, ["pending", "running"])
+        await node.open()
+        nodes.append(node)
+    try:
+
+        async def decide(node: PostgresStore, n: int) -> None:
+            for i in range(n):
+                entry = AuditEntry(Action.TASK_CREATED, "key:ci", task_id=f"{node.audit_node}-{i}")
+                await node.put_task(task_record(f"{node.audit_node}-{i}"), audit=[entry])
+
+        await asyncio.gather(*(decide(node, 40) for node in nodes))
+        rows = await nodes[0].audit_page(AuditQuery(limit=1000))
+        assert len(rows) == 80 and {r.node for r in rows} == {"node-a", "node-b"}
+        assert [r.seq for r in rows] == list(range(1, 81))
+        assert (await verify_store(nodes[1])).ok
+    finally:
+        for node in nodes:
+            await node.close()
