@@ -582,6 +582,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
+        self._cancelled_by.pop(task.id, None)  # its end is the other node's to audit
         task.let_go()
 
     def let_go_all(self, reason: str) -> int:

@@ -209,8 +209,10 @@ MIGRATIONS: list[str] = [
     """,
     # The audit trail (``operator_server/audit``): one hash chain, appended in
     # the commit of the decision each row records; ``audit_pruned`` holds the
-    # last row retention removed, which the first kept row follows.  Written
-    # to apply after any other step: it touches no other table.
+    # last row retention removed, which the first kept row follows.  One
+    # index besides seq (a task's rows, for its page): each costs every row a
+    # write, and pruning finds its prefix by walking seq.  Written to apply
+    # after any other step: it touches no other table.
     """
     CREATE TABLE audit_log (
         seq            INTEGER PRIMARY KEY,
@@ -228,7 +230,6 @@ MIGRATIONS: list[str] = [
         hash           TEXT NOT NULL
     );
     CREATE INDEX audit_log_by_task ON audit_log (task_id, seq);
-    CREATE INDEX audit_log_by_at ON audit_log (at);
     CREATE TABLE audit_pruned (
         seq  INTEGER NOT NULL,
         hash TEXT NOT NULL
@@ -767,9 +768,12 @@ class SQLiteStore(Store):
             head = c.execute(AUDIT_HEAD).fetchone()
             if head is None:
                 return 0
-            # The first row to keep: the oldest as new as ``before``, else the head.
-            found = c.execute("SELECT MIN(seq) FROM audit_log WHERE at >= ?", (before,)).fetchone()
-            keep = min(int(found[0]), int(head[0])) if found[0] is not None else int(head[0])
+            # The first row to keep: the oldest as new as ``before``, else the
+            # head; walked from the oldest row, it reads the prefix it removes.
+            found = c.execute(
+                "SELECT seq FROM audit_log WHERE at >= ? ORDER BY seq LIMIT 1", (before,)
+            ).fetchone()
+            keep = min(int(found[0]), int(head[0])) if found is not None else int(head[0])
             last = c.execute(
                 "SELECT seq, hash FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT 1", (keep,)
             ).fetchone()

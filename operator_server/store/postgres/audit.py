@@ -80,7 +80,10 @@ async def prune(c: asyncpg.Connection, before: float) -> int:
     head = await c.fetchrow(HEAD)
     if head is None:
         return 0
-    first_new = await c.fetchval("SELECT MIN(seq) FROM audit_log WHERE at >= $1", float(before))
+    # Walked from the oldest row: it reads the prefix it removes, no more.
+    first_new = await c.fetchval(
+        "SELECT seq FROM audit_log WHERE at >= $1 ORDER BY seq LIMIT 1", float(before)
+    )
     keep = min(int(first_new), int(head[0])) if first_new is not None else int(head[0])
     last = await c.fetchrow(
         "SELECT seq, hash FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT 1", keep

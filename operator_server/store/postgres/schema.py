@@ -231,7 +231,6 @@ MIGRATIONS: list[str] = [
         hash           TEXT NOT NULL
     );
     CREATE INDEX audit_log_by_task ON audit_log (task_id, seq);
-    CREATE INDEX audit_log_by_at ON audit_log (at);
     CREATE TABLE audit_pruned (
         seq  BIGINT NOT NULL,
         hash TEXT NOT NULL
