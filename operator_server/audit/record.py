@@ -21,6 +21,9 @@ from operator_server.wire.times import iso
 
 # The previous hash of a chain's first row.
 GENESIS = "0" * 64
+# Compact JSON, encoder made once: every decision hashes its row with it.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_SORTED = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode
 
 
 class Action(StrEnum):
@@ -50,11 +53,10 @@ class Action(StrEnum):
 def payload_sha256(value: Any) -> str:
     """The SHA-256 of ``value``'s canonical JSON (sorted keys, compact): the
     same value always gives the same digest, whoever encoded it."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_SORTED(value).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built for every decision: slots, no frozen setattr
 class AuditEntry:
     """A decision as its maker sees it; the store chains it (``AuditRow``)."""
 
@@ -107,7 +109,7 @@ def canonical(seq: int, node: str, entry: AuditEntry) -> bytes:
     """The bytes a row's hash covers: every column but the hashes, in a fixed
     order, as compact JSON (a float's ``repr`` round-trips, so a row read back
     from any store encodes the same)."""
-    return json.dumps(
+    return _COMPACT(
         [
             seq,
             node,
@@ -120,9 +122,7 @@ def canonical(seq: int, node: str, entry: AuditEntry) -> bytes:
             entry.outcome,
             entry.reason,
             entry.payload_sha256,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
+        ]
     ).encode()
 
 
@@ -130,6 +130,36 @@ def link(seq: int, node: str, entry: AuditEntry, prev_hash: str) -> AuditRow:
     """``entry`` as the row after ``prev_hash`` in its chain."""
     digest = hashlib.sha256(canonical(seq, node, entry) + prev_hash.encode()).hexdigest()
     return AuditRow(seq, node, entry, prev_hash, digest)
+
+
+def chained_columns(
+    start_seq: int, node: str, entries: list[AuditEntry], prev_hash: str
+) -> list[tuple[Any, ...]]:
+    """``chain``'s rows as stored columns (``COLUMNS`` order), built straight
+    from the entries: what a store's writer runs in every commit."""
+    out = []
+    sha256 = hashlib.sha256
+    for seq, e in enumerate(entries, start_seq):
+        digest = sha256(canonical(seq, node, e) + prev_hash.encode()).hexdigest()
+        out.append(
+            (
+                seq,
+                node,
+                e.at,
+                e.principal,
+                e.session_id,
+                e.action,
+                e.task_id,
+                e.req_id,
+                e.outcome,
+                e.reason,
+                e.payload_sha256,
+                prev_hash,
+                digest,
+            )
+        )
+        prev_hash = digest
+    return out
 
 
 def chain(start_seq: int, node: str, entries: list[AuditEntry], prev_hash: str) -> list[AuditRow]:
@@ -158,25 +188,6 @@ COLUMNS = (
     "prev_hash",
     "hash",
 )
-
-
-def to_columns(row: AuditRow) -> tuple[Any, ...]:
-    e = row.entry
-    return (
-        row.seq,
-        row.node,
-        e.at,
-        e.principal,
-        e.session_id,
-        e.action,
-        e.task_id,
-        e.req_id,
-        e.outcome,
-        e.reason,
-        e.payload_sha256,
-        row.prev_hash,
-        row.hash,
-    )
 
 
 def from_columns(values: Any) -> AuditRow:

@@ -54,9 +54,8 @@ from operator_server.audit.record import (
     GENESIS,
     AuditEntry,
     AuditRow,
-    chain,
+    chained_columns,
     from_columns,
-    to_columns,
 )
 from operator_server.logs import get_logger
 from operator_server.store import migrations
@@ -970,7 +969,7 @@ def _append_audit(conn: sqlite3.Connection, node: str, entries: list[AuditEntry]
     in the transaction that holds what they record."""
     head = conn.execute(AUDIT_HEAD).fetchone() or conn.execute(AUDIT_ANCHOR).fetchone()
     seq, prev = (int(head[0]), str(head[1])) if head is not None else (0, GENESIS)
-    conn.executemany(INSERT_AUDIT, [to_columns(r) for r in chain(seq + 1, node, entries, prev)])
+    conn.executemany(INSERT_AUDIT, chained_columns(seq + 1, node, entries, prev))
 
 
 def _max_event_id(conn: sqlite3.Connection) -> int:

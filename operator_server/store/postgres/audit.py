@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 
 from operator_server.audit.chain import Anchor
-from operator_server.audit.record import COLUMNS, GENESIS, AuditRow, chain, from_columns, to_columns
+from operator_server.audit.record import COLUMNS, GENESIS, AuditRow, chained_columns, from_columns
 from operator_server.store.base import Audit, AuditQuery
 from operator_server.store.postgres.tasks import EVENTS_LOCK
 from operator_server.store.postgres.writer import GroupCommitWriter, Op, nothing
@@ -40,7 +40,7 @@ async def append_audit(c: asyncpg.Connection, node: str, done: list[Op]) -> None
         await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
     head = await c.fetchrow(HEAD) or await c.fetchrow(ANCHOR)
     seq, prev = (int(head[0]), str(head[1])) if head is not None else (0, GENESIS)
-    rows = [to_columns(r) for r in chain(seq + 1, node, entries, prev)]
+    rows = chained_columns(seq + 1, node, entries, prev)
     await c.execute(INSERT_AUDIT, *(list(column) for column in zip(*rows, strict=True)))
 
 
