@@ -45,7 +45,17 @@ from operator_server.cluster.wiring import ClusterWiring
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
-from operator_server.http import console, events, health, keys, metrics, openapi, tasks, worker
+from operator_server.http import (
+    audit,
+    console,
+    events,
+    health,
+    keys,
+    metrics,
+    openapi,
+    tasks,
+    worker,
+)
 from operator_server.http.admission import admission_middleware
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
@@ -162,6 +172,7 @@ def build_app(
     app.add_routes(openapi.routes)
     app.add_routes(events.routes)
     app.add_routes(keys.routes)
+    app.add_routes(audit.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)
@@ -211,15 +222,27 @@ async def _open_and_recover(app: web.Application) -> None:
 
 
 async def sweep_once(app: web.Application) -> None:
-    """Expire idle sessions and forget finished tasks past ``store.retention_s``."""
+    """Expire idle sessions, forget finished tasks past ``store.retention_s``,
+    and prune audit rows past ``audit_retention_days`` (task retention never
+    touches them: the trail outlives the tasks it speaks of)."""
     await app[DIRECTORY].sweep()
+    now = time.time()
     try:
-        gone = await app[ENGINE].expire_finished(time.time())
+        gone = await app[ENGINE].expire_finished(now)
     except StoreError as exc:  # they go next time
         log.error("could not delete expired tasks", error=str(exc))
     else:
         if gone:
             log.info("expired finished tasks", count=gone)
+    days = app[SETTINGS].audit_retention_days
+    if days:
+        try:
+            pruned = await app[STORE].prune_audit(now - days * 86400)
+        except StoreError as exc:  # pruned next time
+            log.error("could not prune the audit trail", error=str(exc))
+        else:
+            if pruned:
+                log.info("pruned the audit trail", count=pruned)
 
 
 async def _sweep_forever(app: web.Application) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from operator_server import __version__
+from operator_server.audit.cli import add_audit
 from operator_server.keys_cli import add_keys
 
 if TYPE_CHECKING:
@@ -310,6 +311,7 @@ def build_parser(serve_settings: bool = True) -> argparse.ArgumentParser:
     _add_task(sub)
     _add_mcp(sub)
     add_keys(sub)
+    add_audit(sub)
     return parser
 
 

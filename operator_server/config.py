@@ -159,6 +159,7 @@ class Settings:
     heartbeat_s: float = 20
     session_idle_ttl_s: float = 3600
     sweep_interval_s: float = 30
+    audit_retention_days: float = 365
     outbound_queue_max: int = 8192
     write_timeout_s: float = 10
     allowed_origins: tuple[str, ...] = ()
@@ -593,6 +594,14 @@ class SettingsSchema(Schema):
     )
     sweep_interval_s = _seconds(
         Settings.sweep_interval_s, "how often the periodic sweep runs", allow_zero=False
+    )
+    audit_retention_days = fields.Float(
+        load_default=Settings.audit_retention_days,
+        allow_nan=False,
+        validate=_NON_NEGATIVE,
+        metadata=_help(
+            "audit rows older than this are pruned, oldest first, never the newest (0 = keep all)"
+        ),
     )
     outbound_queue_max = fields.Integer(
         load_default=Settings.outbound_queue_max,

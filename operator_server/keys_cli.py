@@ -32,6 +32,17 @@ if TYPE_CHECKING:
         async def close(self) -> None: ...
 
 
+def cli_principal() -> str:
+    """Who the audit trail says made or revoked a key from this command: the
+    account at the machine (it held the store itself, no credential)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "cli"
+
+
 _STORE_FLAGS = (("config", None), ("store_path", "store.path"), ("store_url", "store.url"))
 
 
@@ -92,13 +103,15 @@ async def _run(args: argparse.Namespace, book: _OpenBook) -> int:
     try:
         keys = ApiKeys(book)
         if args.verb == "create":
-            record, text = await keys.create(args.name, args.scopes, args.expires_in_s, args.note)
+            record, text = await keys.create(
+                args.name, args.scopes, args.expires_in_s, args.note, by=cli_principal()
+            )
             print(json.dumps(key_view(record), indent=2))
             print(text)
         elif args.verb == "list":
             print(json.dumps([key_view(r) for r in await keys.list()], indent=2))
         else:
-            revoked = await keys.revoke(args.id)
+            revoked = await keys.revoke(args.id, by=cli_principal())
             if revoked is None:
                 print(f"operator-server: no API key {args.id!r}", file=sys.stderr)
                 return 1

@@ -26,9 +26,10 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from operator_server.audit.record import AuditEntry, key_act
 from operator_server.auth.principal import Principal, Via, valid_scope
 from operator_server.errors import ApiError, Code
 from operator_server.store import KeyRecord
@@ -48,13 +49,15 @@ SCOPES_MAX = 64
 class KeyBook(Protocol):
     """Where keys are kept: every ``Store``, and the CLI's PostgreSQL key book."""
 
-    async def put_key(self, record: KeyRecord) -> None: ...
+    async def put_key(self, record: KeyRecord, audit: Sequence[AuditEntry] = ()) -> None: ...
 
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
 
     async def list_keys(self) -> list[KeyRecord]: ...
 
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None: ...
+    async def revoke_key(
+        self, key_id: str, at: float, audit: Sequence[AuditEntry] = ()
+    ) -> KeyRecord | None: ...
 
 
 def looks_like_key(token: str) -> bool:
@@ -114,9 +117,12 @@ class ApiKeys:
         scopes: list[str],
         expires_in_s: float | None = None,
         note: str = "",
+        *,
+        by: str,
     ) -> tuple[KeyRecord, str]:
-        """A new key, stored, and its text (to be shown once).  ``ApiError``
-        (400) naming what is wrong with the input."""
+        """A new key, stored, and its text (to be shown once); audited as
+        ``by``'s act in the same commit.  ``ApiError`` (400) naming what is
+        wrong with the input."""
         problems = []
         if not name.strip() or len(name) > NAME_MAX:
             problems.append(f"name must be 1 to {NAME_MAX} characters, not blank")
@@ -147,15 +153,21 @@ class ApiKeys:
             expires_at=None if expires_in_s is None else now + expires_in_s,
             note=note,
         )
-        await self.book.put_key(record)
+        await self.book.put_key(record, [key_act(True, by, key_id, name)])
         return record, text
 
     async def list(self) -> list[KeyRecord]:
         return await self.book.list_keys()
 
-    async def revoke(self, key_id: str) -> KeyRecord | None:
-        """Revoke ``key_id``; None when there is no such key."""
-        return await self.book.revoke_key(key_id, self._clock())
+    async def revoke(self, key_id: str, *, by: str) -> KeyRecord | None:
+        """Revoke ``key_id``, audited as ``by``'s act in the same commit; None
+        when there is no such key (and nothing is written)."""
+        known = await self.book.get_key(key_id)
+        if known is None:
+            return None
+        return await self.book.revoke_key(
+            key_id, self._clock(), [key_act(False, by, key_id, known.name)]
+        )
 
     async def verify(self, text: str) -> Principal:
         """The principal of key ``text``, or ``ApiError`` 401: ``bad_credentials``

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from operator_server.audit.principals import SERVER
 from operator_server.engine.capabilities import claims_from_wire, claims_wire
 from operator_server.engine.faces import WorkerResult
 
@@ -45,7 +46,9 @@ def serve_calls(engine: Engine, cluster: Cluster) -> None:
         return {"ask": None if ask is None else ask.to_record()}
 
     async def cancel(args: dict[str, Any]) -> dict[str, Any]:
-        return {"cancelled": await engine.cancel(str(args["task_id"]), str(args["reason"]))}
+        # The caller's principal travels with it: the end is audited here.
+        by = str(args.get("principal") or SERVER)
+        return {"cancelled": await engine.cancel(str(args["task_id"]), str(args["reason"]), by)}
 
     for fn in (verify_worker, worker_prompt, worker_result, worker_ask, wait_ask, cancel):
         cluster.serve(fn.__name__, fn)

@@ -34,6 +34,8 @@ from typing import Any
 
 import structlog
 
+from operator_server.audit.principals import SERVER
+from operator_server.audit.record import Action, AuditEntry
 from operator_server.background import Background
 from operator_server.cluster.routing import LocalRouting, Routing
 from operator_server.config import Settings
@@ -150,6 +152,8 @@ class Engine:
         # Tasks let go whose leases (if still this node's) are to be given up,
         # so that the next takeover, here or elsewhere, re-dispatches them.
         self.unleased: set[str] = set()
+        # Who cancelled each task being cancelled: audited with its end.
+        self._cancelled_by: dict[str, AuditEntry] = {}
 
     @staticmethod
     def _random_secret() -> bytes:
@@ -174,8 +178,10 @@ class Engine:
         max_attempts: int | None = None,
         parent_task_id: str | None = None,
         callback_url: str | None = None,
+        principal: str = SERVER,
     ) -> Task:
-        """Create a task, store it durably, and start dispatching it.
+        """Create a task, store it durably, and start dispatching it; audited
+        as ``principal``'s act in the same commit.
 
         Raises ``AttemptFailed`` (``unknown_agent``) when nobody could ever serve
         it, and ``StoreError`` when it could not be saved — then nothing of it
@@ -209,7 +215,16 @@ class Engine:
         created = (
             [self.events.make(task, EventType.CREATED, task.created_at)] if self.recording else []
         )
-        await self.store.put_task(task.to_record(), created)
+        audit = [
+            AuditEntry(
+                Action.TASK_CREATED,
+                principal,
+                task_id=task.id,
+                outcome=str(task.status),
+                at=task.created_at,
+            )
+        ]
+        await self.store.put_task(task.to_record(), created, audit=audit)
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.adopt(task)
@@ -251,6 +266,16 @@ class Engine:
             task.history_closed = True
         return events
 
+    def _ending_audit(self, task: Task, ending: Ending) -> list[AuditEntry]:
+        """A task's final end as ``cancelled`` records who cancelled it (a
+        cancel by the server itself, at shutdown, records nobody's act)."""
+        if not ending.final:
+            return []
+        cancelled = self._cancelled_by.pop(task.id, None)
+        if cancelled is None or ending.status is not TaskStatus.CANCELLED:
+            return []
+        return [cancelled]
+
     def _output(self, task: Task, attempt: int, output: OutputEvent) -> None:
         """An attempt's new output, as an event: its kind and source, never its value."""
         if self._stale(task.id):
@@ -260,18 +285,32 @@ class Engine:
         )
         self.store.put_events_soon([event])
 
-    def operator_event(self, type: str, task_id: str, req_id: str, face: str, sid: str) -> None:
+    def operator_event(
+        self,
+        type: str,
+        task_id: str,
+        req_id: str,
+        face: str,
+        sid: str,
+        audit: AuditEntry | None = None,
+    ) -> None:
         """An operator request was issued (``request``) or answered (``reply``):
-        reported by the operator session, recorded on the task's stream."""
+        reported by the operator session, recorded on the task's stream, with
+        the audit entry of what it asked or decided in the same write."""
         task = self.tasks.get(task_id)
-        if task is None or task.history_closed or not self.recording or self._stale(task_id):
+        if task is None or self._stale(task_id):
+            return  # not this node's to write
+        entries = [] if audit is None else [audit]
+        if task.history_closed or not self.recording:
             # A task's history ends with its terminal status.  What comes after
             # it — the hook_after notice, sent as the attempt's result is
             # decided — would follow the event that closed the stream, with a
             # status the task no longer has.
+            if entries:
+                self.store.put_events_soon((), audit=entries)
             return
         event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
-        self.store.put_events_soon([event])
+        self.store.put_events_soon([event], audit=entries)
 
     def request_due_soon(self, notice: DueSoon) -> None:
         """A request is unanswered at ``remind_at_fraction`` of its deadline:
@@ -477,6 +516,7 @@ class Engine:
         """
         events = self._ending_events(task, ending)
         deliver = self._delivery_at(task, ending)
+        audit = self._ending_audit(task, ending)
         fenced: Fenced | None = None
         delay = END_RETRY_FIRST_S
         while True:
@@ -484,7 +524,9 @@ class Engine:
                 if self._stale(task.id):  # its end may be decided elsewhere: not written here
                     raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
                 await self._outputs_kept(task)
-                await self.store.put_task(task.record_with(ending), events, deliver_at=deliver)
+                await self.store.put_task(
+                    task.record_with(ending), events, deliver_at=deliver, audit=audit
+                )
             except Fenced as exc:
                 fenced = exc
             except StoreError as exc:
@@ -566,12 +608,13 @@ class Engine:
         write (its next attempt's start, or its end)."""
         events = self._ending_events(task, ending)
         deliver = self._delivery_at(task, ending)
+        audit = self._ending_audit(task, ending)
         self._apply_end(task, ending, stored=False)
         if not ending.final:
             if events:
                 self.store.put_events_soon(events)
             return
-        self.store.put_task_soon(task.to_record(), events, deliver_at=deliver)
+        self.store.put_task_soon(task.to_record(), events, deliver_at=deliver, audit=audit)
         if deliver is not None:
             self.deliveries_due.set()
 
@@ -589,6 +632,7 @@ class Engine:
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
+        self._cancelled_by.pop(task.id, None)  # its end is the other node's to audit
         task.let_go()
 
     def let_go_all(self, reason: str) -> int:
@@ -764,10 +808,13 @@ class Engine:
 
     # -- cancel and shutdown ---------------------------------------------
 
-    async def cancel(self, task_id: str, reason: str) -> bool:
-        """Stop the task's run; True when it was still going."""
+    async def cancel(self, task_id: str, reason: str, principal: str = SERVER) -> bool:
+        """Stop the task's run; True when it was still going.  Its end is
+        audited as ``principal``'s cancel."""
         found = await self._on_owner(
-            task_id, "cancel", lambda: {"task_id": task_id, "reason": reason}
+            task_id,
+            "cancel",
+            lambda: {"task_id": task_id, "reason": reason, "principal": principal},
         )
         if found is not None:
             return bool(found["cancelled"])
@@ -775,6 +822,16 @@ class Engine:
         run = self._runs.get(task_id)
         if task is None or task.status.terminal or run is None:
             return False
+        self._cancelled_by.setdefault(
+            task_id,
+            AuditEntry(
+                Action.TASK_CANCELLED,
+                principal,
+                task_id=task_id,
+                outcome="cancelled",
+                reason=reason,
+            ),
+        )
         task.cancelling(reason)
         run.cancel(reason)
         # Withdrawal (cancel frames, revocation) is quick; the caller sees the end state.

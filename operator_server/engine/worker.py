@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from operator_server.audit.principals import WORKER
+from operator_server.audit.record import Action, AuditEntry, payload_sha256
 from operator_server.engine.asks import AskStatus, WorkerAsk
 from operator_server.engine.capabilities import Claims, claims_from_wire, claims_wire
 from operator_server.engine.deadlines import RequestDeadline
@@ -158,7 +160,14 @@ class WorkerApi:
         stored = False
         try:
             # Queued behind every write made so far, ahead of the attempt's end.
-            await self.store.put_output(task.id, record.number, event.to_record())
+            audit = AuditEntry(
+                Action.WORKER_RESULT,
+                WORKER,
+                task_id=task.id,
+                outcome="ok" if result.ok else "not_ok",
+                payload_sha256=payload_sha256(result.value),
+            )
+            await self.store.put_output(task.id, record.number, event.to_record(), audit=[audit])
             stored = True
         except Fenced as exc:
             raise AttemptEnded(

@@ -17,7 +17,7 @@ from marshmallow import Schema, fields, validate
 
 from operator_server.auth.authenticator import AUTHENTICATOR
 from operator_server.auth.keys import NAME_MAX, NOTE_MAX, SCOPES_MAX, key_view
-from operator_server.auth.principal import Scope
+from operator_server.auth.principal import Scope, principal_of
 from operator_server.errors import ApiError, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import json_response
@@ -89,7 +89,11 @@ _SCOPES = (Scope.ADMIN,)
 async def create_key(request: web.Request, body: dict[str, Any]) -> web.Response:
     keys = request.app[AUTHENTICATOR].keys
     record, text = await keys.create(
-        body["name"], body["scopes"], body["expires_in_s"], body["note"]
+        body["name"],
+        body["scopes"],
+        body["expires_in_s"],
+        body["note"],
+        by=principal_of(request).name,
     )
     return json_response(
         {**key_view(record), "key": text},
@@ -127,7 +131,7 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     key_id = request.match_info["key_id"]
     authenticator = request.app[AUTHENTICATOR]
-    record = await authenticator.keys.revoke(key_id)
+    record = await authenticator.keys.revoke(key_id, by=principal_of(request).name)
     if record is None:
         raise ApiError(Code.NOT_FOUND, f"no API key {key_id!r}")
     authenticator.forget(key_id)

@@ -23,7 +23,7 @@ from marshmallow import (
 from yarl import URL
 
 from operator_server.appkeys import ENGINE, SETTINGS
-from operator_server.auth.principal import Scope
+from operator_server.auth.principal import Scope, principal_of
 from operator_server.config import LAYER_NAMES, Settings, webhook_host_allowed
 from operator_server.engine import Engine
 from operator_server.engine.task_json import NAME as _NAME
@@ -167,6 +167,7 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
             max_attempts=body.get("max_attempts"),
             parent_task_id=parent,
             callback_url=callback,
+            principal=principal_of(request).name,
         )
     except AttemptFailed as exc:
         # Refused at submission, whatever the code: the request asked for what cannot run.
@@ -270,7 +271,7 @@ async def cancel_task(request: web.Request, subject: Task, body: dict[str, Any])
     task = subject
     reason = body.get("reason") or "cancelled by request"
     engine = request.app[ENGINE]
-    cancelled = await engine.cancel(task.id, reason)
+    cancelled = await engine.cancel(task.id, reason, principal_of(request).name)
     task = await engine.reads.find(task.id) or task  # as it is now (ended on another node, say)
     if not cancelled:
         raise ApiError(

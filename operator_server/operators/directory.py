@@ -24,6 +24,8 @@ import secrets
 import time
 import uuid
 
+from operator_server.audit.principals import SERVER, session_principal
+from operator_server.audit.record import Action, AuditEntry
 from operator_server.config import Settings, listen_url
 from operator_server.engine import Engine
 from operator_server.engine.faces import Face
@@ -81,9 +83,10 @@ class OperatorDirectory:
             self.base_url = url
 
     async def mint(
-        self, roles: list[str], desc: str, token: str | None = None, *, minted_by: str = ""
+        self, roles: list[str], desc: str, token: str | None = None, *, minted_by: str = SERVER
     ) -> tuple[OperatorSession, str]:
-        """A new session and its token (the caller's ``token``, if it chose one), on disk.
+        """A new session and its token (the caller's ``token``, if it chose one),
+        on disk, audited as ``minted_by``'s act in the same commit.
 
         Raises ``RolesConflict`` or ``StoreError``; either way nothing is taken.
         """
@@ -95,7 +98,14 @@ class OperatorDirectory:
         session = self._session(record)
         self._add(session)
         try:
-            await self.engine.store.put_session(record)
+            minted = AuditEntry(
+                Action.SESSION_MINTED,
+                minted_by,
+                session_id=sid,
+                outcome=",".join(roles),
+                at=now,
+            )
+            await self.engine.store.put_session(record, audit=[minted])
         except RolesTaken as exc:  # held by a session of another node (shared store)
             self._drop(sid)
             raise RolesConflict(exc.conflicts) from None
@@ -168,12 +178,27 @@ class OperatorDirectory:
         if sid is not None:
             await self.find(sid)
 
-    def seen(self, session: OperatorSession) -> None:
-        """Record that the session was just seen (socket attached or detached)."""
-        self.engine.store.touch_session_soon(session.sid, session.last_seen_at)
+    def seen(self, session: OperatorSession, *, attached: bool = False) -> None:
+        """Record that the session was just seen (socket attached or detached);
+        a socket attached is its holder taking the session up (audited)."""
+        audit = (
+            [AuditEntry(Action.SESSION_RESUMED, session_principal(session), session_id=session.sid)]
+            if attached
+            else []
+        )
+        self.engine.store.touch_session_soon(session.sid, session.last_seen_at, audit=audit)
 
-    async def delete(self, sid: str, code: Code, message: str) -> SocketPump | None:
-        """Forget the session on disk first, then everywhere in memory.
+    async def delete(
+        self,
+        sid: str,
+        code: Code,
+        message: str,
+        *,
+        action: Action = Action.SESSION_LEFT,
+        principal: str | None = None,
+    ) -> SocketPump | None:
+        """Forget the session on disk first, then everywhere in memory; audited
+        as ``action`` by ``principal`` (default: the session's own) in the same commit.
 
         Exactly one of any number of concurrent deletes (a DELETE, a forced
         admin delete, the idle sweep) does the work; it claims the session
@@ -184,7 +209,13 @@ class OperatorDirectory:
             raise SessionGone(sid)
         session.deleting = True
         try:
-            await self.engine.store.delete_session(sid)
+            left = AuditEntry(
+                action,
+                principal or session_principal(session),
+                session_id=sid,
+                reason=message,
+            )
+            await self.engine.store.delete_session(sid, audit=[left])
         except BaseException:
             session.deleting = False
             raise
@@ -248,7 +279,11 @@ class OperatorDirectory:
         for sid in gone:
             try:
                 await self.delete(
-                    sid, Code.OPERATOR_EXPIRED, f"session idle with no socket for {ttl:g}s"
+                    sid,
+                    Code.OPERATOR_EXPIRED,
+                    f"session idle with no socket for {ttl:g}s",
+                    action=Action.SESSION_EXPIRED,
+                    principal=SERVER,
                 )
             except SessionGone:
                 continue  # deleted meanwhile by someone else: nothing left to expire

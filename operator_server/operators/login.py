@@ -21,6 +21,7 @@ from aiohttp import web
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from operator_server.appkeys import BACKGROUND, METRICS, SETTINGS
+from operator_server.audit.record import Action
 from operator_server.auth.principal import OPERATE_ANY, Scope, principal_of
 from operator_server.config import Settings
 from operator_server.engine.registries import RolesConflict
@@ -240,8 +241,16 @@ async def delete_operator(request: web.Request) -> web.Response:
     session, admin = await authorize_session_or_admin(request)
     # Same code either way: the session's requests fail ``operator_deleted``.
     message = "operator session deleted by an admin" if admin else "operator session deleted"
+    # A forced leave is the admin's act; a leave, the session holder's.
+    action, by = (
+        (Action.SESSION_FORCE_LEFT, principal_of(request).name)
+        if admin
+        else (Action.SESSION_LEFT, None)
+    )
     try:
-        await request.app[DIRECTORY].delete(session.sid, Code.OPERATOR_DELETED, message)
+        await request.app[DIRECTORY].delete(
+            session.sid, Code.OPERATOR_DELETED, message, action=action, principal=by
+        )
     except SessionGone as exc:
         raise ApiError(Code.OPERATOR_NOT_FOUND, str(exc)) from None
     return web.Response(status=204)
@@ -291,7 +300,7 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
     )
     directory = request.app[DIRECTORY]
     await session.attach(pump)
-    directory.seen(session)
+    directory.seen(session, attached=True)
     try:
         await pump.read_loop(session.handle_text)
     finally:

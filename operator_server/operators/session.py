@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server import entropy
+from operator_server.audit.principals import session_principal
+from operator_server.audit.record import Action, AuditEntry
+from operator_server.audit.replies import reply_entry
 from operator_server.config import Settings
 from operator_server.engine.deadlines import DueSoon, RequestDeadline, config_rules, fresh
 from operator_server.engine.events import EventType
@@ -59,8 +62,9 @@ Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
-# (event type "request" | "reply", task_id, req_id, face, sid)
-Report = Callable[[str, str, str, str, str], None]
+# (event type "request" | "reply", task_id, req_id, face, sid, the audit entry
+# of what it decided or asked for, if anything)
+Report = Callable[[str, str, str, str, str, AuditEntry | None], None]
 
 
 def hash_token(token: str) -> str:
@@ -367,7 +371,22 @@ class OperatorSession:
         if issued is not None:
             issued(req_id)
         if self._report is not None:
-            self._report(EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid)
+            # A hook_after only tells: it asks nobody to decide anything.
+            issued_entry = (
+                None
+                if not expects_reply
+                else AuditEntry(
+                    Action.REQUEST_ISSUED,
+                    session_principal(self),
+                    task_id=task_id,
+                    req_id=req_id,
+                    session_id=self.sid,
+                    outcome=kind,
+                )
+            )
+            self._report(
+                EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid, issued_entry
+            )
         try:
             await self._issue_stored(req)
         except BaseException:
@@ -562,7 +581,15 @@ class OperatorSession:
         face = str(p.FACE_OF[req.kind])
         self._metrics.reply_received(face, time.monotonic() - req.issued_mono)
         if self._report is not None:
-            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid)
+            decided = reply_entry(
+                kind,
+                data,
+                req.answer_schema,
+                principal=session_principal(self),
+                task_id=req.task_id,
+                session_id=self.sid,
+            )
+            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided)
         if not req.future.done():
             req.future.set_result((kind, data))
 

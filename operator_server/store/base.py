@@ -38,6 +38,14 @@ stored the same way, one row per output, appended once and never rewritten.
 Webhook deliveries: a finished task with a ``callback_url`` gets a delivery row
 (due time) in the same commit as its end; ``record_delivery`` updates the task
 and the row together after each try.
+
+The audit trail (``operator_server/audit``): a write that commits a decision
+takes its ``audit`` entries along, and the store appends them to the hash
+chain in the same commit (a batch's entries as it ends, in queue order), so a
+decision a restart shows is always audited and an audited one always shown.
+Events held back to ride with a task's next write hold its entries back too.
+Audit rows are not task rows: task retention never removes them;
+``prune_audit`` removes whole prefixes and remembers where the chain went on.
 """
 
 # size: the store contract: every record and method the stores implement, each with
@@ -50,6 +58,8 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from operator_server.audit.chain import Anchor
+from operator_server.audit.record import AuditEntry, AuditRow
 from operator_server.logs import get_logger
 from operator_server.wire import json
 from operator_server.wire.events import FIELDS
@@ -296,6 +306,30 @@ class Delivery:
 
 
 Events = Sequence[TaskEvent]
+Audit = Sequence[AuditEntry]
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """A page of the audit trail: rows with ``seq > after``, oldest first, that
+    match every filter given (``since``: ``at`` at or after it, epoch seconds)."""
+
+    task_id: str | None = None
+    principal: str | None = None
+    action: str | None = None
+    since: float | None = None
+    after: int = 0
+    limit: int = 100
+
+    def matches(self, row: AuditRow) -> bool:
+        e = row.entry
+        return (
+            row.seq > self.after
+            and (self.task_id is None or e.task_id == self.task_id)
+            and (self.principal is None or e.principal == self.principal)
+            and (self.action is None or e.action == self.action)
+            and (self.since is None or e.at >= self.since)
+        )
 
 
 def decode_task(data: Any) -> dict[str, Any]:
@@ -432,13 +466,13 @@ class Store(ABC):
         """Return once every write queued so far is committed."""
 
     @abstractmethod
-    async def put_session(self, record: SessionRecord) -> None: ...
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None: ...
 
     @abstractmethod
-    def touch_session_soon(self, sid: str, last_seen_at: float) -> None: ...
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None: ...
 
     @abstractmethod
-    async def delete_session(self, sid: str) -> None: ...
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None: ...
 
     @abstractmethod
     async def load_sessions(self) -> list[Row]: ...
@@ -447,8 +481,8 @@ class Store(ABC):
     # cached there; a revocation is a durable write every node hears of --
 
     @abstractmethod
-    async def put_key(self, record: KeyRecord) -> None:
-        """Store a new key, durably."""
+    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
+        """Store a new key, durably, with ``audit``'s entries in its commit."""
 
     @abstractmethod
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -459,21 +493,32 @@ class Store(ABC):
         """Every key, revoked ones too, oldest first."""
 
     @abstractmethod
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         """Mark ``key_id`` revoked at ``at`` (a revoked one keeps its first
-        time), durably; the key as it is now, or None when there is none.  A
-        shared store tells every node in the same transaction."""
+        time), durably, with ``audit``'s entries in its commit; the key as it
+        is now, or None when there is none.  A shared store tells every node
+        in the same transaction."""
 
     @abstractmethod
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
         """Store ``record`` with ``events``; with ``deliver_at``, also a webhook
         delivery of it due then — all in one commit."""
 
     @abstractmethod
     def put_task_soon(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
         """``put_task`` with nobody waiting for the commit."""
 
@@ -485,7 +530,9 @@ class Store(ABC):
         whose ``number`` is ``attempt``, asks in the order first stored."""
 
     @abstractmethod
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
         """Append one output of ``task_id``'s attempt ``attempt`` (a worker's
         result), one row of its own — the task's row holds none — and return
         once it is committed.  It is queued in order with every other write
@@ -497,15 +544,37 @@ class Store(ABC):
 
     @abstractmethod
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         """``put_output`` queued now, with nobody made to wait: the future
         settles once it is committed (``StoreError`` if it is not), for the
         attempt's end to check before it is written (an ack, an agent's final)."""
 
     @abstractmethod
-    def put_events_soon(self, events: Events) -> None:
-        """Events that come with no task write (operator requests, outputs)."""
+    def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
+        """Events that come with no task write (operator requests, outputs),
+        with the audit entries of the decisions they show."""
+
+    # -- the audit trail ---------------------------------------------------
+
+    @abstractmethod
+    async def append_audit(self, entries: Audit) -> None:
+        """Append ``entries`` on their own, durably: for an act whose own
+        write is not the store's (or has none)."""
+
+    @abstractmethod
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        """Up to ``query.limit`` rows after ``query.after`` matching it, in seq order."""
+
+    @abstractmethod
+    async def audit_anchor(self) -> Anchor | None:
+        """Where the chain goes on after retention pruned its start; None: never pruned."""
+
+    @abstractmethod
+    async def prune_audit(self, before: float) -> int:
+        """Remove the chain's prefix of rows older than ``before``, keeping the
+        newest row whatever its age (the chain's head), and remember the last
+        removed as the anchor; how many went."""
 
     @abstractmethod
     async def last_event_id(self) -> int:
@@ -575,8 +644,12 @@ class Store(ABC):
         """Lease every task in ``live_statuses`` this node writes to ``node_id``
         for ``lease_s``: nobody else takes it over while the lease is renewed.
         Called once, before ``open``; a one-process store only notes the statuses."""
-        del node_id, lease_s
+        del lease_s
         self._live_statuses = tuple(live_statuses)
+        self.audit_node = node_id
+
+    # The node each audit row names: this one (``lease_tasks``).
+    audit_node = ""
 
     async def take_over(self, *, at_start: bool, limit: int) -> list[Row]:
         """Live tasks this node now owns and must recover: in one process, every

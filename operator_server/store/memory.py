@@ -13,7 +13,11 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
+from operator_server.audit.chain import Anchor
+from operator_server.audit.record import GENESIS, AuditRow, chain
 from operator_server.store.base import (
+    Audit,
+    AuditQuery,
     Delivery,
     Events,
     KeyRecord,
@@ -48,6 +52,9 @@ class MemoryStore(Store):
         self.asks: dict[str, dict[str, tuple[int, str]]] = {}
         # Each task's outputs, appended apart likewise: (attempt, JSON text).
         self.outputs: dict[str, list[tuple[int, str]]] = {}
+        # The audit chain, oldest first, and where it goes on after pruning.
+        self.audit: list[AuditRow] = []
+        self.anchor: Anchor | None = None
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -61,21 +68,25 @@ class MemoryStore(Store):
     async def close(self) -> None:
         return None
 
-    async def put_session(self, record: SessionRecord) -> None:
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
         self.sessions[record.sid] = record
+        self._append(audit)
 
-    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
+        self._append(audit)
         if (old := self.sessions.get(sid)) is not None:
             self.sessions[sid] = dataclasses.replace(old, last_seen_at=last_seen_at)
 
-    async def delete_session(self, sid: str) -> None:
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
         self.sessions.pop(sid, None)
+        self._append(audit)
 
     async def load_sessions(self) -> list[Row]:
         return [Row(sid, rec) for sid, rec in self.sessions.items()]
 
-    async def put_key(self, record: KeyRecord) -> None:
+    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
         self.keys[record.id] = record
+        self._append(audit)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         return self.keys.get(key_id)
@@ -83,21 +94,34 @@ class MemoryStore(Store):
     async def list_keys(self) -> list[KeyRecord]:
         return list(self.keys.values())
 
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         found = self.keys.get(key_id)
         if found is not None and found.revoked_at is None:
             found = self.keys[key_id] = dataclasses.replace(found, revoked_at=at)
+        if found is not None:
+            self._append(audit)
         return found
 
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        self.put_task_soon(record, events, deliver_at=deliver_at)
+        self.put_task_soon(record, events, deliver_at=deliver_at, audit=audit)
 
     def put_task_soon(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
         self._put(record, events)
+        self._append(audit)
         if deliver_at is not None:
             self.deliveries[record["id"]] = deliver_at
         self._events_committed(events)
@@ -106,21 +130,59 @@ class MemoryStore(Store):
         _, number, ask_id, data = ask_row(task_id, attempt, ask)
         self.asks.setdefault(task_id, {})[ask_id] = (number, data)
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        await self.put_output_soon(task_id, attempt, output)
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
+        await self.put_output_soon(task_id, attempt, output, audit=audit)
 
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         _, number, data = output_row(task_id, attempt, output)
         self.outputs.setdefault(task_id, []).append((number, data))
+        self._append(audit)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
-    def put_events_soon(self, events: Events) -> None:
+    def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
         self._add_events(events)
+        self._append(audit)
         self._events_committed(events)
+
+    # -- the audit trail ---------------------------------------------------
+
+    def _append(self, entries: Audit) -> None:
+        if not entries:
+            return
+        if self.audit:
+            seq, prev = self.audit[-1].seq, self.audit[-1].hash
+        elif self.anchor is not None:
+            seq, prev = self.anchor.seq, self.anchor.hash
+        else:
+            seq, prev = 0, GENESIS
+        self.audit.extend(chain(seq + 1, self.audit_node, list(entries), prev))
+
+    async def append_audit(self, entries: Audit) -> None:
+        self._append(entries)
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        start = bisect.bisect_right([r.seq for r in self.audit], query.after)
+        return [r for r in self.audit[start:] if query.matches(r)][: query.limit]
+
+    async def audit_anchor(self) -> Anchor | None:
+        return self.anchor
+
+    async def prune_audit(self, before: float) -> int:
+        keep = next(
+            (i for i, r in enumerate(self.audit) if r.entry.at >= before), len(self.audit) - 1
+        )
+        if keep <= 0:
+            return 0
+        last = self.audit[keep - 1]
+        self.anchor = Anchor(last.seq, last.hash)
+        del self.audit[:keep]
+        return keep
 
     def _add_events(self, events: Events) -> None:
         for event in events:  # numbered as stored, like every store

@@ -48,9 +48,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from operator_server.audit.chain import Anchor
+from operator_server.audit.record import (
+    COLUMNS,
+    GENESIS,
+    AuditEntry,
+    AuditRow,
+    chained_columns,
+    from_columns,
+)
 from operator_server.logs import get_logger
 from operator_server.store import migrations
 from operator_server.store.base import (
+    Audit,
+    AuditQuery,
     Delivery,
     Events,
     KeyRecord,
@@ -214,6 +225,34 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE operator_sessions ADD COLUMN minted_by TEXT NOT NULL DEFAULT '';
     """,
+    # v8: the audit trail (``operator_server/audit``): one hash chain, appended in
+    # the commit of the decision each row records; ``audit_pruned`` holds the
+    # last row retention removed, which the first kept row follows.  One
+    # index besides seq (a task's rows, for its page): each costs every row a
+    # write, and pruning finds its prefix by walking seq.  Written to apply
+    # after any other step: it touches no other table.
+    """
+    CREATE TABLE audit_log (
+        seq            INTEGER PRIMARY KEY,
+        node           TEXT NOT NULL,
+        at             REAL NOT NULL,
+        principal      TEXT NOT NULL,
+        session_id     TEXT,
+        action         TEXT NOT NULL,
+        task_id        TEXT,
+        req_id         TEXT,
+        outcome        TEXT,
+        reason         TEXT,
+        payload_sha256 TEXT,
+        prev_hash      TEXT NOT NULL,
+        hash           TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_by_task ON audit_log (task_id, seq);
+    CREATE TABLE audit_pruned (
+        seq  INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    );
+    """,
 ]
 KEY_COLUMNS = "id, name, scopes, secret_sha256, created_at, expires_at, note, revoked_at"
 SESSION_COLUMNS = "sid, token_sha256, roles, desc, created_at, last_seen_at, minted_by"
@@ -244,6 +283,10 @@ ASKS_OF_TASKS = (
 )
 ASKS_PER_QUERY = 500
 INSERT_OUTPUT = "INSERT INTO task_outputs (task_id, attempt, data) VALUES (?,?,?)"
+AUDIT_COLUMNS = ", ".join(COLUMNS)
+INSERT_AUDIT = f"INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES ({','.join('?' * len(COLUMNS))})"
+AUDIT_HEAD = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
+AUDIT_ANCHOR = "SELECT seq, hash FROM audit_pruned"
 OUTPUTS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_outputs WHERE task_id IN ({marks}) ORDER BY seq"
 )
@@ -263,6 +306,7 @@ class _Op:
     future: asyncio.Future[Any] | None  # None: a "soon" write
     what: str
     events: Events = ()  # handed to the event observer once committed
+    audit: Audit = ()  # chained as the batch ends, if the operation succeeded
 
 
 class SQLiteStore(Store):
@@ -280,6 +324,8 @@ class SQLiteStore(Store):
         self._event_id = 0
         # Events with no task write yet, by task, and when each task's must go.
         self._lingering: dict[str, list[TaskEvent]] = {}
+        # Audit entries of those events' decisions: they go with them.
+        self._lingering_audit: dict[str, list[AuditEntry]] = {}
         self._linger_due: deque[tuple[float, str]] = deque()
         self._linger_timer: asyncio.TimerHandle | None = None
         # False from a batch the file could not take (disk full, I/O error)
@@ -413,6 +459,11 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 outcomes = [self._isolated(conn, op) for op in batch]
+            audited = [
+                e for op, (ok, _) in zip(batch, outcomes, strict=True) if ok for e in op.audit
+            ]
+            if audited:  # in this commit, or the batch fails with it
+                _append_audit(conn, self.audit_node, audited)
             conn.execute("COMMIT")
             if self._commit_observer is not None:
                 self._commit_observer(time.perf_counter() - began)
@@ -473,22 +524,22 @@ class SQLiteStore(Store):
             ops, self._outbox = self._outbox, []
             self._queue.put(ops)
 
-    async def _call(self, work: Work, what: str, events: Events = ()) -> Any:
+    async def _call(self, work: Work, what: str, events: Events = (), audit: Audit = ()) -> Any:
         if self._thread is None or self._loop is None:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._enqueue(_Op(work, fut, what, events))
+        self._enqueue(_Op(work, fut, what, events, audit))
         return await fut
 
-    def _soon(self, work: Work, what: str, events: Events = ()) -> None:
+    def _soon(self, work: Work, what: str, events: Events = (), audit: Audit = ()) -> None:
         if self._thread is None:
             log.error("store write after close dropped", what=what)
             return
-        self._enqueue(_Op(work, None, what, events))
+        self._enqueue(_Op(work, None, what, events, audit))
 
     # -- operations -------------------------------------------------------
 
-    async def put_session(self, record: SessionRecord) -> None:
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
         row = (
             record.sid,
             record.token_sha256,
@@ -505,20 +556,23 @@ class SQLiteStore(Store):
                 row,
             ),
             f"save session {record.sid}",
+            audit=audit,
         )
 
-    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
         self._soon(
             lambda c: c.execute(
                 "UPDATE operator_sessions SET last_seen_at = ? WHERE sid = ?", (last_seen_at, sid)
             ),
             f"touch session {sid}",
+            audit=audit,
         )
 
-    async def delete_session(self, sid: str) -> None:
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
         await self._call(
             lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = ?", (sid,)),
             f"delete session {sid}",
+            audit=audit,
         )
 
     async def load_sessions(self) -> list[Row]:
@@ -530,13 +584,14 @@ class SQLiteStore(Store):
         )
         return decode_session_rows(rows)
 
-    async def put_key(self, record: KeyRecord) -> None:
+    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
         row = key_row(record)
         await self._call(
             lambda c: c.execute(
                 f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row
             ),
             f"save key {record.id}",
+            audit=audit,
         )
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
@@ -558,7 +613,7 @@ class SQLiteStore(Store):
         )
         return decode_key_rows(rows)
 
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         def work(c: sqlite3.Connection) -> Any:
             c.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -568,13 +623,17 @@ class SQLiteStore(Store):
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
             ).fetchone()
 
-        row = await self._call(work, f"revoke key {key_id}")
+        row = await self._call(work, f"revoke key {key_id}", audit=audit)
         found = decode_key_rows([row] if row is not None else [])
         return found[0] if found else None
 
     def _task_write(
-        self, record: dict[str, Any], events: Events, deliver_at: float | None = None
-    ) -> tuple[Work, str, Events]:
+        self,
+        record: dict[str, Any],
+        events: Events,
+        deliver_at: float | None = None,
+        audit: Audit = (),
+    ) -> tuple[Work, str, Events, Audit]:
         """The write for ``record`` and its events, snapshotted now, on the caller's thread."""
         row = (
             record["id"],
@@ -587,6 +646,9 @@ class SQLiteStore(Store):
         if waiting:
             # The task's own earlier events go first, in the same row.
             events = [*waiting, *events]
+        held = self._lingering_audit.pop(record["id"], None)
+        if held:
+            audit = [*held, *audit]
         event_rows = self._number(events)
 
         def work(c: sqlite3.Connection) -> None:
@@ -599,17 +661,27 @@ class SQLiteStore(Store):
                     "INSERT OR REPLACE INTO webhook_deliveries VALUES (?,?)", (row[0], deliver_at)
                 )
 
-        return work, f"save task {record['id']}", events
+        return work, f"save task {record['id']}", events, audit
 
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        await self._call(*self._task_write(record, events, deliver_at))
+        await self._call(*self._task_write(record, events, deliver_at, audit))
 
     def put_task_soon(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        self._soon(*self._task_write(record, events, deliver_at))
+        self._soon(*self._task_write(record, events, deliver_at, audit))
 
     def _number(self, events: Events) -> list[tuple[int, str, Events]]:
         """Give ``events`` the next ids; the rows they make, one per run of one
@@ -639,11 +711,13 @@ class SQLiteStore(Store):
         row = ask_row(task_id, attempt, ask)
         self._soon(lambda c: c.execute(UPSERT_ASK, row), f"save ask {row[2]} of {task_id}")
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        await self.put_output_soon(task_id, attempt, output)
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
+        await self.put_output_soon(task_id, attempt, output, audit=audit)
 
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         row = output_row(task_id, attempt, output)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -651,13 +725,20 @@ class SQLiteStore(Store):
             fut.set_exception(StoreError("the store is not open"))
         else:  # queued now, not when first awaited
             self._enqueue(
-                _Op(lambda c: c.execute(INSERT_OUTPUT, row), fut, f"save output of {task_id}")
+                _Op(
+                    lambda c: c.execute(INSERT_OUTPUT, row),
+                    fut,
+                    f"save output of {task_id}",
+                    audit=audit,
+                )
             )
         return fut
 
-    def put_events_soon(self, events: Events) -> None:
+    def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
         """Held for up to ``LINGER_S`` to ride with the task's next write; then
-        written on their own, one row per task (``_release_lingering``)."""
+        written on their own, one row per task (``_release_lingering``).  An
+        audit entry waits with its task's events, or, with none waiting,
+        goes at once."""
         if self._thread is None:
             log.error("store write after close dropped", what="save events")
             return
@@ -673,6 +754,14 @@ class SQLiteStore(Store):
                     self._linger_timer = loop.call_at(self._linger_due[0][0], self._on_linger_timer)
             else:
                 waiting.append(event)
+        alone = []
+        for entry in audit:
+            if entry.task_id is not None and entry.task_id in lingering:
+                self._lingering_audit.setdefault(entry.task_id, []).append(entry)
+            else:
+                alone.append(entry)
+        if alone:
+            self._soon(lambda c: None, "save audit", audit=alone)
 
     def _release_lingering(self, now: float | None) -> None:
         """Queue every lingering event due by ``now`` (all of them: ``None``)."""
@@ -681,18 +770,21 @@ class SQLiteStore(Store):
             self._linger_timer = None
         due = self._linger_due
         rows = []
+        audit: list[AuditEntry] = []
         while due and (now is None or due[0][0] <= now):
             _, task_id = due.popleft()
             waiting = self._lingering.pop(task_id, None)
             if waiting:  # else a task write took them meanwhile
                 rows.extend(self._number(waiting))
-        if rows:
+            audit.extend(self._lingering_audit.pop(task_id, ()))
+        if rows or audit:
             self._enqueue(
                 _Op(
                     lambda c: c.executemany(INSERT_EVENTS, [_event_row(*r) for r in rows]),
                     None,
                     "save events",
                     [e for _, _, events in rows for e in events],
+                    audit,
                 )
             )
         if due and self._loop is not None:
@@ -705,6 +797,63 @@ class SQLiteStore(Store):
         assert self._loop is not None
         self._linger_timer = None
         self._release_lingering(self._loop.time())
+
+    # -- the audit trail ---------------------------------------------------
+
+    async def append_audit(self, entries: Audit) -> None:
+        await self._call(lambda c: None, "save audit", audit=list(entries))
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        self._release_lingering(None)  # a read sees every decision made before it
+        where: list[str] = ["seq > ?"]
+        args: list[Any] = [query.after]
+        for column, value in (
+            ("task_id", query.task_id),
+            ("principal", query.principal),
+            ("action", query.action),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.since is not None:
+            where.append("at >= ?")
+            args.append(query.since)
+        sql = (
+            f"SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} "
+            "ORDER BY seq LIMIT ?"
+        )
+        rows = await self._call(
+            lambda c: c.execute(sql, (*args, query.limit)).fetchall(), "read audit"
+        )
+        return [from_columns(r) for r in rows]
+
+    async def audit_anchor(self) -> Anchor | None:
+        found = await self._call(lambda c: c.execute(AUDIT_ANCHOR).fetchone(), "read audit anchor")
+        return None if found is None else Anchor(int(found[0]), str(found[1]))
+
+    async def prune_audit(self, before: float) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            head = c.execute(AUDIT_HEAD).fetchone()
+            if head is None:
+                return 0
+            # The first row to keep: the oldest as new as ``before``, else the
+            # head; walked from the oldest row, it reads the prefix it removes.
+            found = c.execute(
+                "SELECT seq FROM audit_log WHERE at >= ? ORDER BY seq LIMIT 1", (before,)
+            ).fetchone()
+            keep = min(int(found[0]), int(head[0])) if found is not None else int(head[0])
+            last = c.execute(
+                "SELECT seq, hash FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT 1", (keep,)
+            ).fetchone()
+            if last is None:
+                return 0
+            gone = c.execute("DELETE FROM audit_log WHERE seq < ?", (keep,)).rowcount
+            c.execute("DELETE FROM audit_pruned")
+            c.execute("INSERT INTO audit_pruned VALUES (?, ?)", (last[0], last[1]))
+            return int(gone)
+
+        result: int = await self._call(work, "prune audit")
+        return result
 
     async def last_event_id(self) -> int:
         self._release_lingering(None)
@@ -882,6 +1031,14 @@ def _with_asks_of(
             for task_id, attempt, data in conn.execute(sql.format(marks=marks), chunk):
                 found.setdefault(task_id, []).append((attempt, data))
     return rows, asks, outputs
+
+
+def _append_audit(conn: sqlite3.Connection, node: str, entries: list[AuditEntry]) -> None:
+    """Chain ``entries`` after the newest row (or the anchor, or the start),
+    in the transaction that holds what they record."""
+    head = conn.execute(AUDIT_HEAD).fetchone() or conn.execute(AUDIT_ANCHOR).fetchone()
+    seq, prev = (int(head[0]), str(head[1])) if head is not None else (0, GENESIS)
+    conn.executemany(INSERT_AUDIT, chained_columns(seq + 1, node, entries, prev))
 
 
 def _max_event_id(conn: sqlite3.Connection) -> int:

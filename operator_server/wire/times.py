@@ -54,3 +54,22 @@ def iso(ts: float | None) -> str | None:
         _recent.clear()
     _recent[ts] = text
     return text
+
+
+def parse_instant(text: str) -> float:
+    """An instant a person types, as epoch seconds: ISO 8601 (a date, or a
+    date and time; UTC unless it names an offset) or epoch seconds.
+    ``ValueError`` saying what was expected."""
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else _from_iso(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither ISO 8601 (2026-12-01, 2026-12-01T10:00:00Z) nor epoch seconds"
+        ) from None
+
+
+def _from_iso(text: str) -> float:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

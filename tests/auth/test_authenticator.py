@@ -36,7 +36,7 @@ async def test_the_cache_holds_at_most_its_size_most_recent_first() -> None:
     store = MemoryStore()
     keys = ApiKeys(store)
     authenticator = Authenticator(keys, "", cache_size=2)
-    texts = [(await keys.create(f"k{i}", ["tasks:read"]))[1] for i in range(3)]
+    texts = [(await keys.create(f"k{i}", ["tasks:read"], by="test"))[1] for i in range(3)]
     for text in texts:
         found = await authenticator.of_token(text)
         assert found is not None and found.via is Via.KEY
@@ -52,7 +52,7 @@ async def test_a_cached_key_is_refused_once_it_expires() -> None:
     clock = Clock()
     keys = ApiKeys(MemoryStore(), clock=clock)
     authenticator = Authenticator(keys, "", clock=clock)
-    _, text = await keys.create("short", ["tasks:read"], expires_in_s=60)
+    _, text = await keys.create("short", ["tasks:read"], expires_in_s=60, by="test")
     assert await code_of(authenticator, text) is None
     assert authenticator.cached == 1
     clock.now += 61
@@ -63,11 +63,11 @@ async def test_a_cached_key_is_refused_once_it_expires() -> None:
 async def test_forgetting_a_key_drops_only_its_entries() -> None:
     keys = ApiKeys(MemoryStore())
     authenticator = Authenticator(keys, "")
-    _, kept_text = await keys.create("kept", ["tasks:read"])
-    gone, gone_text = await keys.create("gone", ["tasks:read"])
+    _, kept_text = await keys.create("kept", ["tasks:read"], by="test")
+    gone, gone_text = await keys.create("gone", ["tasks:read"], by="test")
     for text in (kept_text, gone_text):
         await authenticator.of_token(text)
-    await keys.revoke(gone.id)
+    await keys.revoke(gone.id, by="test")
     assert await code_of(authenticator, gone_text) is None  # still cached: not yet told
     authenticator.forget(gone.id)
     assert authenticator.cached == 1

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from operator_server.app import build_app, listening_on
 from operator_server.engine import AttemptContext, WorkerResult
 from operator_server.store import Events, Fenced, SQLiteStore, StoreError
+from operator_server.store.base import Audit
 from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.fakes import FakeOperator
 from tests.wsop import eventually, handler_suspended, slow_body
@@ -231,13 +232,18 @@ class EndsHeld(SQLiteStore):
         self.release = asyncio.Event()
 
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
         attempts = record["attempts"]
         if attempts and attempts[-1]["status"] != "running":
             self.holding.set()
             await self.release.wait()
-        await super().put_task(record, events, deliver_at=deliver_at)
+        await super().put_task(record, events, deliver_at=deliver_at, audit=audit)
 
 
 async def test_a_result_arriving_while_the_decided_end_is_written_is_refused_409(
@@ -376,10 +382,12 @@ class OutputsHeld(SQLiteStore):
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
         self.holding.set()
         await self.release.wait()
-        await super().put_output(task_id, attempt, output)
+        await super().put_output(task_id, attempt, output, audit=audit)
 
 
 async def test_a_result_being_written_when_the_operator_acks_is_answered_200_and_decides(
@@ -427,10 +435,10 @@ class FirstOutputFails(SQLiteStore):
         self.failed = False
 
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         if self.failed:
-            return super().put_output_soon(task_id, attempt, output)
+            return super().put_output_soon(task_id, attempt, output, audit=audit)
         self.failed = True
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_exception(StoreError("injected: the disk is full"))
@@ -461,7 +469,9 @@ class ResultsFenced(SQLiteStore):
     """A real SQLite store that refuses a worker's result as a shared store
     does once another node holds the task (``Fenced``)."""
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
         raise Fenced(f"task {task_id} was taken over; its output was not stored")
 
 

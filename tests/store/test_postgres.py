@@ -155,7 +155,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
         "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
-        "task_outputs, api_keys; "
+        "task_outputs, api_keys, audit_log, audit_pruned; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch, "
@@ -186,12 +186,19 @@ UNDO_KEYS = "DROP TABLE api_keys; ALTER TABLE operator_sessions DROP COLUMN mint
         # the keys and who minted each session.
         (
             "task_asks",
-            f"DROP TABLE task_asks, task_outputs; ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
+            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned; "
+            f"ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
             inline_asks_task,
             "asks",
             2,
         ),
-        ("task_outputs", f"DROP TABLE task_outputs; {UNDO_KEYS}", inline_outputs_task, "tail", 3),
+        (
+            "task_outputs",
+            f"DROP TABLE task_outputs, audit_log, audit_pruned; {UNDO_KEYS}",
+            inline_outputs_task,
+            "tail",
+            3,
+        ),
     ],
 )
 async def test_upgrading_keeps_what_rows_hold_inline_once_the_task_is_next_written(

@@ -15,7 +15,8 @@ import asyncpg
 
 from operator_server.cluster.bus import ALL
 from operator_server.cluster.messages import KeyRevoked
-from operator_server.store.base import KeyRecord, StoreError, decode_key_rows, key_row
+from operator_server.store.base import Audit, KeyRecord, StoreError, decode_key_rows, key_row
+from operator_server.store.postgres.audit import append_entries
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.writer import CONNECTION_ERRORS, GroupCommitWriter
 
@@ -61,8 +62,8 @@ class KeyOps(GroupCommitWriter):
 
     _node_id: str
 
-    async def put_key(self, record: KeyRecord) -> None:
-        await self._call(lambda c: insert_key(c, record), f"save key {record.id}")
+    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
+        await self._call(lambda c: insert_key(c, record), f"save key {record.id}", audit=audit)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         found: KeyRecord | None = await self._read(
@@ -74,9 +75,9 @@ class KeyOps(GroupCommitWriter):
         found: list[KeyRecord] = await self._read(list_keys, "list keys")
         return found
 
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         found: KeyRecord | None = await self._call(
-            lambda c: revoke_key(c, key_id, at, self._node_id), f"revoke key {key_id}"
+            lambda c: revoke_key(c, key_id, at, self._node_id), f"revoke key {key_id}", audit=audit
         )
         return found
 
@@ -104,17 +105,20 @@ class PostgresKeyBook:
             await self._pool.close()
             self._pool = None
 
-    async def _run(self, what: str, work: Any, *args: Any) -> Any:
+    async def _run(self, what: str, work: Any, *args: Any, audit: Audit = ()) -> Any:
         if self._pool is None:
             raise StoreError("the store is not open")
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                return await work(conn, *args)
+                done = await work(conn, *args)
+                # The act's audit entries commit with it, on the one chain.
+                await append_entries(conn, self.FROM, list(audit))
+                return done
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"{what}: {exc}") from exc
 
-    async def put_key(self, record: KeyRecord) -> None:
-        await self._run(f"save key {record.id}", insert_key, record)
+    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
+        await self._run(f"save key {record.id}", insert_key, record, audit=audit)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         found: KeyRecord | None = await self._run(f"read key {key_id}", get_key, key_id)
@@ -124,8 +128,8 @@ class PostgresKeyBook:
         found: list[KeyRecord] = await self._run("list keys", list_keys)
         return found
 
-    async def revoke_key(self, key_id: str, at: float) -> KeyRecord | None:
+    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         found: KeyRecord | None = await self._run(
-            f"revoke key {key_id}", revoke_key, key_id, at, self.FROM
+            f"revoke key {key_id}", revoke_key, key_id, at, self.FROM, audit=audit
         )
         return found

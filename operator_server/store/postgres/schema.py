@@ -225,6 +225,33 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE operator_sessions ADD COLUMN minted_by TEXT NOT NULL DEFAULT '';
     """,
+    # v11: the audit trail (``operator_server/audit``): one hash chain for the
+    # whole cluster, appended by each node's writer in the commit of the
+    # decision each row records, under the lock event ids are drawn under;
+    # ``audit_pruned`` holds the last row retention removed.  Written to apply
+    # after any other step: it touches no other table.
+    """
+    CREATE TABLE audit_log (
+        seq            BIGINT PRIMARY KEY,
+        node           TEXT NOT NULL,
+        at             DOUBLE PRECISION NOT NULL,
+        principal      TEXT NOT NULL,
+        session_id     TEXT,
+        action         TEXT NOT NULL,
+        task_id        TEXT,
+        req_id         TEXT,
+        outcome        TEXT,
+        reason         TEXT,
+        payload_sha256 TEXT,
+        prev_hash      TEXT NOT NULL,
+        hash           TEXT NOT NULL
+    );
+    CREATE INDEX audit_log_by_task ON audit_log (task_id, seq);
+    CREATE TABLE audit_pruned (
+        seq  BIGINT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    """,
 ]
 
 

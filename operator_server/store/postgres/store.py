@@ -20,6 +20,7 @@ from operator_server.cluster.messages import (
 )
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    Audit,
     Delivery,
     Events,
     Fenced,
@@ -37,6 +38,7 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
+from operator_server.store.postgres.audit import AuditOps, append_audit
 from operator_server.store.postgres.keys import KeyOps
 from operator_server.store.postgres.nodes import (
     HEARTBEAT,
@@ -73,7 +75,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, KeyOps, Store):
+class PostgresStore(NodeOps, KeyOps, AuditOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -186,6 +188,7 @@ class PostgresStore(NodeOps, KeyOps, Store):
         self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
     ) -> list[str]:
         await store_events(conn, done)
+        await append_audit(conn, self.audit_node, done)
         return await self._announce(conn, batch)
 
     def _batch_committed(self, ending: list[str]) -> None:
@@ -213,7 +216,7 @@ class PostgresStore(NodeOps, KeyOps, Store):
 
     # -- operations -------------------------------------------------------
 
-    async def put_session(self, record: SessionRecord) -> None:
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
         args = (
             record.sid,
             record.token_sha256,
@@ -233,20 +236,17 @@ class PostgresStore(NodeOps, KeyOps, Store):
                 # Raised inside the op's savepoint: the session row goes too.
                 raise RolesTaken({row["role"]: row["sid"] for row in held})
 
-        await self._call(work, f"save session {record.sid}")
+        await self._call(work, f"save session {record.sid}", audit=audit)
 
-    def touch_session_soon(self, sid: str, last_seen_at: float) -> None:
-        self._soon_plain(
-            f"touch session {sid}",
-            "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2",
-            float(last_seen_at),
-            sid,
-        )
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
+        sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
+        self._soon_plain(f"touch session {sid}", sql, float(last_seen_at), sid, audit=audit)
 
-    async def delete_session(self, sid: str) -> None:
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
         await self._call(
             lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = $1", sid),
             f"delete session {sid}",
+            audit=audit,
         )
 
     async def load_sessions(self) -> list[Row]:
@@ -297,14 +297,24 @@ class PostgresStore(NodeOps, KeyOps, Store):
         return work, f"save task {task_id}", events
 
     async def put_task(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        await self._call(*self._task_write(record, events, deliver_at))
+        await self._call(*self._task_write(record, events, deliver_at), audit=audit)
 
     def put_task_soon(
-        self, record: dict[str, Any], events: Events = (), *, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events = (),
+        *,
+        deliver_at: float | None = None,
+        audit: Audit = (),
     ) -> None:
-        self._soon(*self._task_write(record, events, deliver_at))
+        self._soon(*self._task_write(record, events, deliver_at), audit=audit)
 
     def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
         row = ask_row(task_id, attempt, ask)
@@ -322,11 +332,13 @@ class PostgresStore(NodeOps, KeyOps, Store):
 
         return work, f"save output of {task_id}"
 
-    async def put_output(self, task_id: str, attempt: int, output: list[Any]) -> None:
-        await self.put_output_soon(task_id, attempt, output)
+    async def put_output(
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
+    ) -> None:
+        await self.put_output_soon(task_id, attempt, output, audit=audit)
 
     def put_output_soon(
-        self, task_id: str, attempt: int, output: list[Any]
+        self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._accepting:
@@ -334,11 +346,11 @@ class PostgresStore(NodeOps, KeyOps, Store):
         else:  # queued now, not when first awaited
             work, what = self._output_write(task_id, attempt, output)
             self._unsettled += 1
-            self._queue.put_nowait(Op(work, fut, what))
+            self._queue.put_nowait(Op(work, fut, what, audit=audit))
         return fut
 
-    def put_events_soon(self, events: Events) -> None:
-        self._soon(nothing, "save events", events)  # stored by the writer
+    def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
+        self._soon(nothing, "save events", events, audit=audit)  # stored by the writer
 
     async def last_event_id(self) -> int:
         found = await self._read(

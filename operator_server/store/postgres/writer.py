@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from operator_server.logs import get_logger
-from operator_server.store.base import Events, StoreError, TaskEvent
+from operator_server.store.base import Audit, Events, StoreError, TaskEvent
 
 log = get_logger(__name__)
 BATCH = 512
@@ -46,6 +46,8 @@ class Op:
     # Set for a write that is one statement with no result: a run of them with
     # the same SQL is sent in one go (``executemany``, pipelined).
     plain: tuple[str, tuple[Any, ...]] | None = None
+    # Audit entries chained as the batch ends, if the operation succeeded.
+    audit: Audit = ()
 
 
 class OpFailed(Exception):
@@ -181,21 +183,22 @@ class GroupCommitWriter:
         work: Work,
         what: str,
         given: Events = (),
+        audit: Audit = (),
     ) -> Any:
         if not self._accepting:
             raise StoreError("the store is not open")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._unsettled += 1
-        self._queue.put_nowait(Op(work, fut, what, given))
+        self._queue.put_nowait(Op(work, fut, what, given, audit=audit))
         return await fut
 
     async def flush_queue(self) -> None:
         """Return once everything queued before now has committed (the queue is in order)."""
         await self._call(nothing, "flush")
 
-    def _soon_plain(self, what: str, sql: str, *args: Any) -> None:
+    def _soon_plain(self, what: str, sql: str, *args: Any, audit: Audit = ()) -> None:
         """A "soon" write that is one statement with no result."""
-        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args))
+        self._soon(lambda c: c.execute(sql, *args), what, plain=(sql, args), audit=audit)
 
     def _soon(
         self,
@@ -204,12 +207,13 @@ class GroupCommitWriter:
         given: Events = (),
         *,
         plain: tuple[str, tuple[Any, ...]] | None = None,
+        audit: Audit = (),
     ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(Op(work, None, what, given, plain=plain))
+        self._queue.put_nowait(Op(work, None, what, given, plain=plain, audit=audit))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
