@@ -108,7 +108,7 @@ def flags_of_every_command() -> dict[str, set[str]]:
                 found[path].update(o for o in action.option_strings if o.startswith("--"))
 
     walk(build_parser(), "")
-    for verbs_only in ("task", "keys"):  # only verbs: no option of its own
+    for verbs_only in ("task", "keys", "audit"):  # only verbs: no option of its own
         assert found.pop(verbs_only) == set()
     settings = {flag_name(key) for key, _ in setting_keys()}
     assert settings <= found["serve"]

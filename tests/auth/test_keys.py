@@ -97,7 +97,7 @@ async def test_an_expired_key_is_refused_naming_when_it_expired(server: Server) 
     app: web.Application = client.app  # type: ignore[assignment]
     # Made an hour ago with a minute to live: the daemon's own store and rules.
     an_hour_ago = ApiKeys(app[AUTHENTICATOR].keys.book, clock=lambda: time.time() - 3600)
-    record, text = await an_hour_ago.create("old", ["tasks:read"], expires_in_s=60)
+    record, text = await an_hour_ago.create("old", ["tasks:read"], expires_in_s=60, by="test")
     status, code, message = await error_of(await client.get("/v1/tasks", headers=bearer(text)))
     assert (status, code) == (401, "key_expired") and "expired at" in message
     still = await client.get("/v1/keys", headers=ADMIN)
