@@ -202,12 +202,19 @@ class OperatorBridge:
                     log.warning("kept session is gone; joining anew", sid=sid)
                     sid = token = None
                     continue
+                # Unseated, like a refused mint: every tool says so and the exit is 1.
+                self.client = None
                 # A refused --token is the user's to fix: say which option, not "401".
                 refused = getattr(exc.__cause__, "status", None) == 401
                 self.error = (
                     advice.session_token_refused(self.url, client.sid)
                     if refused and client.sid
                     else str(exc)
+                )
+                self._remedy = (
+                    "fix --sid/--token or leave both out, then restart the bridge"
+                    if self.options.sid is not None
+                    else "restart the bridge (the MCP client starts it again) to join anew"
                 )
                 log.error("operator session gone", error=self.error)
                 return

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
@@ -560,14 +561,16 @@ async def test_stdin_closed_during_start_up_leaves_nothing_behind(tmp_path: Path
 
 
 @asynccontextmanager
-async def unseated_bridge(url: str, tmp_path: Path, *args: str) -> AsyncIterator[ClientSession]:
+async def unseated_bridge(
+    url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
     """A bridge (through a shell that writes down its exit code) that has tried
     to take its seat and could not."""
     command = " ".join([*BRIDGE, "--url", url, "--backoff-max-s", "0.3", *args])
     params = StdioServerParameters(
         command="sh",
         args=["-c", f'{command}; echo $? > "{tmp_path / "exit"}"'],
-        env=dict(os.environ),
+        env=dict(os.environ) if env is None else env,
     )
     with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
         async with (
@@ -634,29 +637,44 @@ async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_
     assert clean(err) and "could not leave" not in err, err
 
 
-async def test_a_refused_session_token_is_said_as_the_token_option(tmp_path: Path) -> None:
+async def test_a_refused_session_token_is_said_as_the_token_option_and_fails_every_tool(
+    tmp_path: Path,
+) -> None:
     async with running_daemon(tmp_path) as daemon:
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
         ):
             sid = (await resp.json())["sid"]
-        params = StdioServerParameters(
-            command=BRIDGE[0],
-            args=[*BRIDGE[1:], "--url", daemon.base, "--sid", sid, "--token", "x" * 40],
-            env=dict(os.environ),
-        )
-        with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
-            async with (
-                stdio_client(params, errlog=errlog) as (read, write),
-                ClientSession(read, write) as session,
-            ):
-                await session.initialize()
-                for _ in range(500):
-                    status = (await session.call_tool("status", {})).structuredContent or {}
-                    if status.get("error"):
-                        break
-                    await asyncio.sleep(0.02)  # polling the bridge's own status
-                error = status.get("error") or ""
-                assert f"cannot attach to session {sid}" in error, status
-                assert "as --token" in error and "401" not in error, status
+        given = ("--sid", sid, "--token", "x" * 40)
+        async with unseated_bridge(daemon.base, tmp_path, *given) as mcp:
+            await every_tool_fails(
+                mcp, f"cannot attach to session {sid}", "as --token", "fix --sid/--token"
+            )
+            status = await call_error(mcp, "status")
+            assert "401" not in status["message"], status
+        assert await exit_code_written(tmp_path) == 1
+        # Not its session to leave: the holder keeps it.
+        assert [o["sid"] for o in await operators(daemon)] == [sid]
+
+
+@pytest.mark.parametrize("how", ["variable", "flag"])
+async def test_a_refused_api_token_leaves_the_bridge_unseated_naming_the_option(
+    tmp_path: Path, how: str
+) -> None:
+    async with running_daemon(tmp_path, "--api-token", "the-right-token") as daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPERATOR_SERVER_API")}
+        if how == "variable":
+            env["OPERATOR_SERVER_API_TOKEN"] = "wrong"
+        args = ("--api-key", "wrong") if how == "flag" else ()
+        async with unseated_bridge(daemon.base, tmp_path, "--role", "main", *args, env=env) as mcp:
+            await every_tool_fails(mcp, "cannot join", "--api-key", "restart the bridge")
+        assert await exit_code_written(tmp_path) == 1
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{daemon.base}/v1/operators",
+                headers={"Authorization": "Bearer the-right-token"},
+            ) as resp,
+        ):
+            assert (await resp.json())["operators"] == []
