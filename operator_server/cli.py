@@ -127,6 +127,12 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     op.add_argument("--sid", metavar="SID", help="attach to this existing session (with --token)")
     op.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
     op.add_argument(
+        "--take-over",
+        action="store_true",
+        help="when another operator runs on this state file, resume its session anyway: "
+        "its socket is replaced, and it stops with one line, leaving the session here",
+    )
+    op.add_argument(
         "--log-level",
         default="warning",
         choices=("debug", "info", "warning", "error"),
@@ -319,12 +325,15 @@ def operator_main(args: argparse.Namespace) -> int:
 
     import aiohttp
 
+    from operator_server.background import Background
     from operator_server.client import advice
     from operator_server.client.errors import RequestFailed
     from operator_server.client.operator import SessionGone
     from operator_server.client.state import (
         StateFileInUse,
+        StateFileLock,
         claim_state_file,
+        claim_when_free,
         default_state_file,
     )
     from operator_server.client.terminal import StartupFailed, TerminalOperator
@@ -342,9 +351,16 @@ def operator_main(args: argparse.Namespace) -> int:
         if args.state_file
         else default_state_file("operator", url, [args.role])
     )
+    lock: StateFileLock | None = None
+    holder: int | None = None
     try:
-        claim_state_file(state_file)  # held until this process ends
-    except (StateFileInUse, OSError) as exc:
+        lock = claim_state_file(state_file)
+    except StateFileInUse as exc:
+        if not args.take_over:
+            print(f"operator-server: {exc}, or pass --take-over", file=sys.stderr)
+            return 1
+        holder = exc.pid
+    except OSError as exc:
         print(f"operator-server: {exc}", file=sys.stderr)
         return 1
     configure_logging(args.log_level, "console", stream=sys.stderr)
@@ -368,8 +384,25 @@ def operator_main(args: argparse.Namespace) -> int:
             return advice.session_token_refused(url, args.sid)
         return advice.api_token_refused(url, sent=bool(args.api_token))
 
+    async def serve() -> int:
+        """Run the operator; after a take-over, claim the state file's lock once
+        the operator it took over from has stopped."""
+        nonlocal lock
+        if lock is not None:
+            return await terminal.run()
+        background = Background()
+        claim = background.spawn(
+            claim_when_free(state_file, holder), name="operator:claim-state-file"
+        )
+        try:
+            return await terminal.run()
+        finally:
+            await background.close("operator stopping")
+            if claim.done() and not claim.cancelled() and claim.exception() is None:
+                lock = claim.result()
+
     try:
-        return asyncio.run(terminal.run())
+        return asyncio.run(serve())
     except StartupFailed as exc:
         print(f"operator-server: {refused(exc.__cause__) or exc}", file=sys.stderr)
     except SessionGone as exc:
@@ -381,6 +414,9 @@ def operator_main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C while still starting up
         print("operator-server: interrupted while starting", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()
     return 1
 
 
@@ -398,7 +434,11 @@ def mcp_main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from operator_server.client.mcp import BridgeOptions, serve_stdio
-    from operator_server.client.state import default_state_file
+    from operator_server.client.state import (
+        StateFileInUse,
+        claim_state_file,
+        default_state_file,
+    )
     from operator_server.logs import configure_logging
 
     if (args.sid is None) != (args.token is None):
@@ -414,6 +454,14 @@ def mcp_main(args: argparse.Namespace) -> int:
     state_file = Path(args.state_file) if args.state_file else None
     if state_file is None and args.keep_session and args.sid is None:
         state_file = default_state_file("mcp", args.url, args.roles)
+    lock = None
+    if state_file is not None:
+        # Two bridges on one file would share one session and replace each other's socket.
+        try:
+            lock = claim_state_file(state_file)
+        except (StateFileInUse, OSError) as exc:
+            print(f"operator-server mcp: {exc}", file=sys.stderr)
+            return 1
     options = BridgeOptions(
         url=args.url,
         api_token=args.api_token,
@@ -425,10 +473,14 @@ def mcp_main(args: argparse.Namespace) -> int:
         keep_session=args.keep_session,
         backoff_max_s=args.backoff_max_s,
     )
-    # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve_stdio(options, protocol_out))
-    return 130
+    try:
+        # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve_stdio(options, protocol_out))
+        return 130
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def serve_main(args: argparse.Namespace) -> int:

@@ -51,7 +51,13 @@ from operator_server.client.mcp_tools import (
     NEXT_REQUEST_MAX_S,
     TOOLS,
 )
-from operator_server.client.operator import Ack, Halt, OperatorClient, SessionGone
+from operator_server.client.operator import (
+    Ack,
+    Halt,
+    OperatorClient,
+    SessionGone,
+    SessionTakenOver,
+)
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
 from operator_server.logs import get_logger
 from operator_server.wire import frames as p
@@ -217,6 +223,18 @@ class OperatorBridge:
                     else "restart the bridge (the MCP client starts it again) to join anew"
                 )
                 log.error("operator session gone", error=self.error)
+                return
+            except SessionTakenOver as exc:
+                # The session is another connection's now: not ours to leave or forget.
+                self._drop_all(str(exc))
+                await client.close()
+                self.client = self._seating = None
+                self.error = str(exc)
+                self._remedy = (
+                    "another process serves this session now; stop that one first if this "
+                    "bridge is to serve it, then restart the bridge"
+                )
+                log.error("operator session taken over", error=self.error)
                 return
             except RequestFailed as exc:
                 self.error = f"cannot join: {exc}"

@@ -374,9 +374,11 @@ async def test_stdout_carries_only_protocol_messages_even_at_log_level_debug(
 async def test_stdin_eof_leaves_the_session_unless_keep_session(tmp_path: Path) -> None:
     async with running_daemon(tmp_path) as daemon:
         state = tmp_path / "state.json"
+        lock = tmp_path / "state.json.lock"
         async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
             sid = (await call(mcp, "status"))["sid"]
-        assert not state.exists()
+            assert lock.exists()
+        assert not state.exists() and not lock.exists()  # a clean exit leaves nothing
         async with bridge(
             daemon, tmp_path, "--role", "keep", "--state-file", str(state), "--keep-session"
         ) as mcp:
@@ -560,6 +562,24 @@ async def test_stdin_closed_during_start_up_leaves_nothing_behind(tmp_path: Path
             assert await operators(daemon) == []
 
 
+async def test_a_second_bridge_on_the_same_state_file_refuses_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        state = tmp_path / "state.json"
+        async with bridge(daemon, tmp_path, "--role", "main", "--state-file", str(state)) as mcp:
+            sid = (await call(mcp, "status"))["sid"]
+            first = (tmp_path / "state.json.lock").read_text().strip()
+            second = await bridge_process(daemon, "--role", "main", "--state-file", str(state))
+            code, err = await exit_of(second)
+            assert code == 1 and err.count("\n") == 1, err
+            assert f"pid {first}" in err and "another --role" in err, err
+            # The first keeps its seat: not resumed under it, not deleted by the second.
+            assert [o["sid"] for o in await operators(daemon)] == [sid]
+            assert json.loads(state.read_text())["sid"] == sid
+            assert (await call(mcp, "status"))["connected"]
+
+
 @asynccontextmanager
 async def unseated_bridge(
     url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
@@ -678,3 +698,46 @@ async def test_a_refused_api_token_leaves_the_bridge_unseated_naming_the_option(
             ) as resp,
         ):
             assert (await resp.json())["operators"] == []
+
+
+async def test_a_bridge_whose_session_is_taken_over_stops_serving_it_and_leaves_it(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+        ):
+            minted = await resp.json()
+        sid, token = minted["sid"], minted["token"]
+        command = " ".join([*BRIDGE, "--url", daemon.base, "--sid", sid, "--token", token])
+        params = StdioServerParameters(
+            command="sh",
+            args=["-c", f'{command}; echo $? > "{tmp_path / "exit"}"'],
+            env=dict(os.environ),
+        )
+        with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as mcp,
+            ):
+                await mcp.initialize()
+                await wait_connected(mcp)
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.ws_connect(
+                        f"{daemon.base}/v1/operators/{sid}/ws",
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as ws,
+                ):
+                    for _ in range(500):
+                        if (await mcp.call_tool("status", {})).isError:
+                            break
+                        await asyncio.sleep(0.02)  # polling the bridge's own status
+                    await every_tool_fails(mcp, "taken over by another connection")
+                    # It did not reconnect and take the socket back.
+                    assert not ws.closed
+                    assert [o["connected"] for o in await operators(daemon)] == [True]
+        assert await exit_code_written(tmp_path) == 1
+        # The session is the other connection's: the bridge did not delete it.
+        assert [o["sid"] for o in await operators(daemon)] == [sid]
