@@ -328,7 +328,7 @@ def operator_main(args: argparse.Namespace) -> int:
     from operator_server.background import Background
     from operator_server.client import advice
     from operator_server.client.errors import RequestFailed
-    from operator_server.client.operator import SessionGone
+    from operator_server.client.operator import SessionGone, SessionTakenOver
     from operator_server.client.state import (
         StateFileInUse,
         StateFileLock,
@@ -405,7 +405,7 @@ def operator_main(args: argparse.Namespace) -> int:
         return asyncio.run(serve())
     except StartupFailed as exc:
         print(f"operator-server: {refused(exc.__cause__) or exc}", file=sys.stderr)
-    except SessionGone as exc:
+    except (SessionGone, SessionTakenOver) as exc:  # the latter: replaced while starting
         print(f"operator-server: {exc}", file=sys.stderr)
     except RequestFailed as exc:
         print(f"operator-server: {refused(exc) or f'{url}: {exc}'}", file=sys.stderr)
