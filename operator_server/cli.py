@@ -272,7 +272,8 @@ def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resume.add_argument(
         "--state-file",
         metavar="PATH",
-        help="keep the session here and resume it on the next start",
+        help="keep the session here and resume it on the next start (one bridge per "
+        "file: a second one exits 1 naming the first one's PID)",
     )
     resume.add_argument("--sid", metavar="SID", help="resume this session (with --token)")
     mcp.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
