@@ -128,6 +128,12 @@ def _add_operator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     op.add_argument("--sid", metavar="SID", help="attach to this existing session (with --token)")
     op.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
     op.add_argument(
+        "--take-over",
+        action="store_true",
+        help="when another operator runs on this state file, resume its session anyway: "
+        "its socket is replaced, and it stops with one line, leaving the session here",
+    )
+    op.add_argument(
         "--log-level",
         default="warning",
         choices=("debug", "info", "warning", "error"),
@@ -267,7 +273,8 @@ def _add_mcp(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     resume.add_argument(
         "--state-file",
         metavar="PATH",
-        help="keep the session here and resume it on the next start",
+        help="keep the session here and resume it on the next start (one bridge per "
+        "file: a second one exits 1 naming the first one's PID)",
     )
     resume.add_argument("--sid", metavar="SID", help="resume this session (with --token)")
     mcp.add_argument("--token", metavar="TOKEN", help="the session token of --sid")
@@ -316,74 +323,9 @@ def build_parser(serve_settings: bool = True) -> argparse.ArgumentParser:
 
 
 def operator_main(args: argparse.Namespace) -> int:
-    import asyncio
-    from pathlib import Path
+    from operator_server.client.operator_command import run
 
-    import aiohttp
-
-    from operator_server.client import advice
-    from operator_server.client.errors import RequestFailed
-    from operator_server.client.operator import SessionGone
-    from operator_server.client.state import (
-        StateFileInUse,
-        claim_state_file,
-        default_state_file,
-    )
-    from operator_server.client.terminal import StartupFailed, TerminalOperator
-    from operator_server.logs import configure_logging
-
-    if args.approve == "ask" and not sys.stdin.isatty():
-        print("operator-server: --approve ask needs a terminal on stdin", file=sys.stderr)
-        return 2
-    if (args.sid is None) != (args.token is None):
-        print("operator-server: --sid and --token go together", file=sys.stderr)
-        return 2
-    url = args.url.rstrip("/")
-    state_file = (
-        Path(args.state_file)
-        if args.state_file
-        else default_state_file("operator", url, [args.role])
-    )
-    try:
-        claim_state_file(state_file)  # held until this process ends
-    except (StateFileInUse, OSError) as exc:
-        print(f"operator-server: {exc}", file=sys.stderr)
-        return 1
-    configure_logging(args.log_level, "console", stream=sys.stderr)
-    terminal = TerminalOperator(
-        url,
-        role=args.role,
-        approve=args.approve,
-        command=args.command,
-        api_token=args.api_token,
-        state_file=state_file,
-        sid=args.sid,
-        token=args.token,
-        desc=args.desc,
-    )
-
-    def refused(exc: BaseException | None) -> str | None:
-        """A 401 said in the user's terms: which flag to pass."""
-        if not (isinstance(exc, RequestFailed) and exc.status == 401):
-            return None
-        if args.sid is not None:
-            return advice.session_token_refused(url, args.sid)
-        return advice.api_token_refused(url, sent=bool(args.api_token))
-
-    try:
-        return asyncio.run(terminal.run())
-    except StartupFailed as exc:
-        print(f"operator-server: {refused(exc.__cause__) or exc}", file=sys.stderr)
-    except SessionGone as exc:
-        print(f"operator-server: {exc}", file=sys.stderr)
-    except RequestFailed as exc:
-        print(f"operator-server: {refused(exc) or f'{url}: {exc}'}", file=sys.stderr)
-    except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-        print(f"operator-server: {advice.unreachable(url, exc)}", file=sys.stderr)
-    except KeyboardInterrupt:  # Ctrl-C while still starting up
-        print("operator-server: interrupted while starting", file=sys.stderr)
-        return 130
-    return 1
+    return run(args)
 
 
 def task_main(args: argparse.Namespace) -> int:
@@ -400,7 +342,11 @@ def mcp_main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from operator_server.client.mcp import BridgeOptions, serve_stdio
-    from operator_server.client.state import default_state_file
+    from operator_server.client.state import (
+        StateFileInUse,
+        claim_state_file,
+        default_state_file,
+    )
     from operator_server.logs import configure_logging
 
     if (args.sid is None) != (args.token is None):
@@ -416,6 +362,14 @@ def mcp_main(args: argparse.Namespace) -> int:
     state_file = Path(args.state_file) if args.state_file else None
     if state_file is None and args.keep_session and args.sid is None:
         state_file = default_state_file("mcp", args.url, args.roles)
+    lock = None
+    if state_file is not None:
+        # Two bridges on one file would share one session and replace each other's socket.
+        try:
+            lock = claim_state_file(state_file)
+        except (StateFileInUse, OSError) as exc:
+            print(f"operator-server mcp: {exc}", file=sys.stderr)
+            return 1
     options = BridgeOptions(
         url=args.url,
         api_token=args.api_token,
@@ -427,10 +381,14 @@ def mcp_main(args: argparse.Namespace) -> int:
         keep_session=args.keep_session,
         backoff_max_s=args.backoff_max_s,
     )
-    # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve_stdio(options, protocol_out))
-    return 130
+    try:
+        # Ctrl-C: asyncio.run cancels the server, whose cleanup still leaves the session.
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(serve_stdio(options, protocol_out))
+        return 130
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def serve_main(args: argparse.Namespace) -> int:

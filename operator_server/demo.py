@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 CLI = [sys.executable, "-m", "operator_server"]
 SUB_AGENT = "tr a-z A-Z | sed 's/^/[sub-agent] /'"
@@ -72,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     port = port_option("make demo: the daemon, an operator and a few tasks", argv) or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OPERATOR_SERVER_LOG_LEVEL": "warning"}
+    with tempfile.TemporaryDirectory(prefix="operator-server-demo-") as scratch:
+        return run(url, port, env, Path(scratch))
+
+
+def run(url: str, port: int, env: dict[str, str], scratch: Path) -> int:
+    """The demo proper; ``scratch`` holds the operator's state file, so a run on
+    a random port leaves nothing under ``$XDG_STATE_HOME`` (the default file is
+    named after the URL: each port would be a new one)."""
     step(f"starting the daemon on {url}")
     daemon = subprocess.Popen(
         [*CLI, "serve", "--port", str(port), "--store-path", ":memory:"], env=env
@@ -81,7 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         wait_health(url, "the daemon to start")
         step(f"starting the ready-made operator: --role demo --exec {SUB_AGENT!r}")
         operator = subprocess.Popen(
-            [*CLI, "operator", "--url", url, "--role", "demo", "--exec", SUB_AGENT],
+            [
+                *CLI,
+                "operator",
+                "--url",
+                url,
+                "--role",
+                "demo",
+                "--exec",
+                SUB_AGENT,
+                "--state-file",
+                str(scratch / "operator.json"),
+            ],
             stdin=subprocess.DEVNULL,
         )
         wait_health(url, "the operator to connect", lambda h: h["operators"]["connected"] == 1)

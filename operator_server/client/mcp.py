@@ -51,7 +51,13 @@ from operator_server.client.mcp_tools import (
     NEXT_REQUEST_MAX_S,
     TOOLS,
 )
-from operator_server.client.operator import Ack, Halt, OperatorClient, SessionGone
+from operator_server.client.operator import (
+    Ack,
+    Halt,
+    OperatorClient,
+    SessionGone,
+    SessionTakenOver,
+)
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
 from operator_server.logs import get_logger
 from operator_server.wire import frames as p
@@ -202,6 +208,8 @@ class OperatorBridge:
                     log.warning("kept session is gone; joining anew", sid=sid)
                     sid = token = None
                     continue
+                # Unseated, like a refused mint: every tool says so and the exit is 1.
+                self.client = None
                 # A refused --token is the user's to fix: say which option, not "401".
                 refused = getattr(exc.__cause__, "status", None) == 401
                 self.error = (
@@ -209,7 +217,24 @@ class OperatorBridge:
                     if refused and client.sid
                     else str(exc)
                 )
+                self._remedy = (
+                    "fix --sid/--token or leave both out, then restart the bridge"
+                    if self.options.sid is not None
+                    else "restart the bridge (the MCP client starts it again) to join anew"
+                )
                 log.error("operator session gone", error=self.error)
+                return
+            except SessionTakenOver as exc:
+                # The session is another connection's now: not ours to leave or forget.
+                self._drop_all(str(exc))
+                await client.close()
+                self.client = self._seating = None
+                self.error = str(exc)
+                self._remedy = (
+                    "another process serves this session now; stop that one first if this "
+                    "bridge is to serve it, then restart the bridge"
+                )
+                log.error("operator session taken over", error=self.error)
                 return
             except RequestFailed as exc:
                 self.error = f"cannot join: {exc}"

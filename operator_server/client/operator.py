@@ -16,9 +16,12 @@ with ``error``).  Raising ``Decline(reason)`` does the same without logging a
 traceback: it is an answer ("I will not"), not a bug.
 
 After a drop the client reconnects with the same sid and token (never a
-re-mint), with exponential backoff and jitter.  The server replays what is
-unanswered; the client runs each ``req_id``'s handler once and re-sends a reply
-it already made, so a replay is answered exactly once.
+re-mint), with exponential backoff and jitter; but a socket the server closed
+because a newer connection for the session replaced it ends the client with
+``SessionTakenOver`` (from ``wait_closed``), the session left to that
+connection.  The server replays what is unanswered; the client runs each
+``req_id``'s handler once and re-sends a reply it already made, so a replay is
+answered exactly once.
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ class Halt:
 
 class SessionGone(Exception):
     """The server no longer knows this session (deleted or expired)."""
+
+
+class SessionTakenOver(Exception):
+    """Another connection with this session's token replaced this client's socket
+    (close code ``REPLACED_CLOSE_CODE``): the session is still there, but it is
+    the other connection's to serve now.  Reconnecting would replace that one
+    back, and the two would take turns without end."""
 
 
 class Decline(Exception):
@@ -267,6 +277,10 @@ class OperatorClient:
                 await self._serve_socket(ws)
                 if self._stopping:
                     break
+                if ws.close_code == p.REPLACED_CLOSE_CODE:
+                    raise SessionTakenOver(
+                        f"session {self.sid} was taken over by another connection"
+                    )
             await asyncio.sleep(self._delay(failures))
 
     async def _serve_socket(self, ws: aiohttp.ClientWebSocketResponse) -> None:

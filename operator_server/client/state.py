@@ -10,13 +10,15 @@ whose answer was never kept: the session it made, if any, is the one that
 token opens.
 
 One process per state file: ``claim_state_file`` takes an exclusive ``flock``
-on a sidecar ``<file>.lock`` holding the owner's PID, for the process's life
-(the kernel drops it when the process dies).  Two operators sharing a file
-would resume one session and replace each other's socket without end.
+on a sidecar ``<file>.lock`` holding the owner's PID, until ``release`` (which
+removes the file) or the process dies (the kernel drops the lock; the file
+stays and is reused).  Two operators sharing a file would resume one session
+and replace each other's socket without end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -87,25 +89,104 @@ def forget_state(path: Path) -> None:
 class StateFileInUse(Exception):
     """Another live process keeps its session in this state file."""
 
+    def __init__(self, path: Path, pid: int | None) -> None:
+        # Not "pass --state-file to run a second": a role is held by one session,
+        # so a second operator for it would only meet roles_conflict.
+        super().__init__(
+            f"{path} is in use by another operator (pid {pid or 'unknown'}): one seat per "
+            f"state file, and a role is held by one session; stop pid {pid or 'unknown'} "
+            "first, or use another --role"
+        )
+        self.path = path
+        self.pid = pid
 
-def claim_state_file(path: Path) -> int:
-    """Lock ``path`` for this process (held until the returned descriptor is
-    closed, or the process ends), or raise ``StateFileInUse`` naming the holder."""
+
+class StateFileLock:
+    """This process's hold on a state file, from ``claim_state_file``."""
+
+    def __init__(self, lock_path: Path, fd: int) -> None:
+        self.lock_path = lock_path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Remove the lock file while still holding it, then let go: a clean exit
+        leaves nothing behind (a killed process leaves the file; the next claim
+        reuses it).  Removing it while held is safe because ``claim_state_file``
+        checks, once it holds a lock, that the file it locked is still the one
+        at the path."""
+        if self._fd is None:
+            return
+        self.lock_path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def claim_state_file(path: Path) -> StateFileLock:
+    """Lock ``path`` for this process (held until ``release``, or the process
+    ends), or raise ``StateFileInUse`` naming the holder."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StateFileInUse(path, int(holder) if holder.isdigit() else None) from None
+            raise
+        # The holder may have released (removed the file) between our open and
+        # our flock: then we hold a lock on a file nobody else will open.
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (
+            opened.st_dev,
+            opened.st_ino,
+        ):
+            break
         os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StateFileInUse(
-                f"{path} is in use by another operator (pid {holder or 'unknown'}): one seat "
-                "per state file; stop that one, or pass --state-file PATH to run a second"
-            ) from None
-        raise
     # Only the holder writes: the PID is what a second process reports.
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return StateFileLock(lock, fd)
+
+
+async def claim_when_free(path: Path, holder: int | None) -> StateFileLock | None:
+    """The lock on ``path`` once ``holder`` (the process that held it) has
+    exited: for an operator that took over that process's session, so that the
+    file is guarded again as soon as the other one stops.  None when the holder
+    is unknown or another process claimed the file first."""
+    while holder is not None:
+        await _exited(holder)
+        try:
+            return claim_state_file(path)
+        except StateFileInUse as exc:
+            if exc.pid in (holder, None):
+                return None  # claimed by one that has not written its PID yet
+            holder = exc.pid
+    return None
+
+
+async def _exited(pid: int) -> None:
+    """Until process ``pid`` has exited: a pidfd becomes readable when it does."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():  # called on every loop pass until the reader is removed
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

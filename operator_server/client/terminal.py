@@ -21,7 +21,9 @@ It joins under one role and serves all three faces from a terminal:
 Its session (sid and token) is kept in a state file, so an operator that is
 killed and started again resumes the same session, roles and pending requests
 instead of finding its role held by its own ghost.  Leaving (Ctrl-C, SIGTERM)
-deletes the session and the file.
+deletes the session and the file.  An operator whose socket another connection
+replaced (``operator --take-over`` elsewhere) stops with one line and exit 0,
+leaving both to that one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ import aiohttp
 
 from operator_server.client.errors import RequestFailed
 from operator_server.client.http import WorkerClient
-from operator_server.client.operator import Decline, OperatorClient, SessionGone
+from operator_server.client.operator import (
+    Decline,
+    OperatorClient,
+    SessionGone,
+    SessionTakenOver,
+)
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
 
 
@@ -432,6 +439,11 @@ class TerminalOperator:
                 self._forget()
                 self.warn(f"the server ended this session ({exc})")
                 return 1
+            if isinstance(exc, SessionTakenOver):
+                # Asked for (--take-over): the session and its state file are the
+                # newer operator's now, so neither is deleted, and this is no failure.
+                self.warn(f"{exc}; stopping, and leaving the session to it")
+                return 0
             self.say(f"stopped: {exc}")
             return 0 if exc is None else 1
         try:

@@ -174,7 +174,7 @@ class OperatorSession:
         self._sent = set()
         self.last_seen_at = time.time()
         if old is not None:
-            old.close(4000, "replaced by a newer connection for this session")
+            old.close(p.REPLACED_CLOSE_CODE, p.REPLACED_REASON)
             self.log.info("socket replaced by a newer one")
         await self._replay_stored(pump)
 
@@ -258,7 +258,7 @@ class OperatorSession:
         """A newer socket attached on another node: close this node's (unless it
         is newer still)."""
         if self._pump is not None and epoch > self._epoch:
-            self.close_socket(4000, "replaced by a newer connection for this session")
+            self.close_socket(p.REPLACED_CLOSE_CODE, p.REPLACED_REASON)
             self.log.info("socket replaced by a newer one on another node")
 
     def reply_from_elsewhere(self, kind: str, data: dict[str, Any]) -> None:

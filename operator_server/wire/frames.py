@@ -30,6 +30,10 @@ FACE_OF = {
     "hook_after": Face.SPAWN_HOOK,
     "spawn": Face.BACKEND,
 }
+# The close code of a socket a newer connection for the same session replaced:
+# the client that sees it stops, rather than reconnecting and replacing it back.
+REPLACED_CLOSE_CODE = 4000
+REPLACED_REASON = "replaced by a newer connection for this session"
 # Which request each reply answers.
 REPLY_TO = {
     "answer": "ask",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
 
@@ -373,9 +374,11 @@ async def test_stdout_carries_only_protocol_messages_even_at_log_level_debug(
 async def test_stdin_eof_leaves_the_session_unless_keep_session(tmp_path: Path) -> None:
     async with running_daemon(tmp_path) as daemon:
         state = tmp_path / "state.json"
+        lock = tmp_path / "state.json.lock"
         async with bridge(daemon, tmp_path, "--role", "keep", "--state-file", str(state)) as mcp:
             sid = (await call(mcp, "status"))["sid"]
-        assert not state.exists()
+            assert lock.exists()
+        assert not state.exists() and not lock.exists()  # a clean exit leaves nothing
         async with bridge(
             daemon, tmp_path, "--role", "keep", "--state-file", str(state), "--keep-session"
         ) as mcp:
@@ -559,15 +562,35 @@ async def test_stdin_closed_during_start_up_leaves_nothing_behind(tmp_path: Path
             assert await operators(daemon) == []
 
 
+async def test_a_second_bridge_on_the_same_state_file_refuses_naming_the_first(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        state = tmp_path / "state.json"
+        async with bridge(daemon, tmp_path, "--role", "main", "--state-file", str(state)) as mcp:
+            sid = (await call(mcp, "status"))["sid"]
+            first = (tmp_path / "state.json.lock").read_text().strip()
+            second = await bridge_process(daemon, "--role", "main", "--state-file", str(state))
+            code, err = await exit_of(second)
+            assert code == 1 and err.count("\n") == 1, err
+            assert f"pid {first}" in err and "another --role" in err, err
+            # The first keeps its seat: not resumed under it, not deleted by the second.
+            assert [o["sid"] for o in await operators(daemon)] == [sid]
+            assert json.loads(state.read_text())["sid"] == sid
+            assert (await call(mcp, "status"))["connected"]
+
+
 @asynccontextmanager
-async def unseated_bridge(url: str, tmp_path: Path, *args: str) -> AsyncIterator[ClientSession]:
+async def unseated_bridge(
+    url: str, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
     """A bridge (through a shell that writes down its exit code) that has tried
     to take its seat and could not."""
     command = " ".join([*BRIDGE, "--url", url, "--backoff-max-s", "0.3", *args])
     params = StdioServerParameters(
         command="sh",
         args=["-c", f'{command}; echo $? > "{tmp_path / "exit"}"'],
-        env=dict(os.environ),
+        env=dict(os.environ) if env is None else env,
     )
     with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
         async with (
@@ -634,29 +657,87 @@ async def test_a_bridge_that_cannot_reach_the_daemon_fails_every_tool_and_exits_
     assert clean(err) and "could not leave" not in err, err
 
 
-async def test_a_refused_session_token_is_said_as_the_token_option(tmp_path: Path) -> None:
+async def test_a_refused_session_token_is_said_as_the_token_option_and_fails_every_tool(
+    tmp_path: Path,
+) -> None:
     async with running_daemon(tmp_path) as daemon:
         async with (
             aiohttp.ClientSession() as http,
             http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
         ):
             sid = (await resp.json())["sid"]
+        given = ("--sid", sid, "--token", "x" * 40)
+        async with unseated_bridge(daemon.base, tmp_path, *given) as mcp:
+            await every_tool_fails(
+                mcp, f"cannot attach to session {sid}", "as --token", "fix --sid/--token"
+            )
+            status = await call_error(mcp, "status")
+            assert "401" not in status["message"], status
+        assert await exit_code_written(tmp_path) == 1
+        # Not its session to leave: the holder keeps it.
+        assert [o["sid"] for o in await operators(daemon)] == [sid]
+
+
+@pytest.mark.parametrize("how", ["variable", "flag"])
+async def test_a_refused_api_token_leaves_the_bridge_unseated_naming_the_option(
+    tmp_path: Path, how: str
+) -> None:
+    async with running_daemon(tmp_path, "--api-token", "the-right-token") as daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPERATOR_SERVER_API")}
+        if how == "variable":
+            env["OPERATOR_SERVER_API_TOKEN"] = "wrong"
+        args = ("--api-key", "wrong") if how == "flag" else ()
+        async with unseated_bridge(daemon.base, tmp_path, "--role", "main", *args, env=env) as mcp:
+            await every_tool_fails(mcp, "cannot join", "--api-key", "restart the bridge")
+        assert await exit_code_written(tmp_path) == 1
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{daemon.base}/v1/operators",
+                headers={"Authorization": "Bearer the-right-token"},
+            ) as resp,
+        ):
+            assert (await resp.json())["operators"] == []
+
+
+async def test_a_bridge_whose_session_is_taken_over_stops_serving_it_and_leaves_it(
+    tmp_path: Path,
+) -> None:
+    async with running_daemon(tmp_path) as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{daemon.base}/v1/operators", json={"roles": ["main"]}) as resp,
+        ):
+            minted = await resp.json()
+        sid, token = minted["sid"], minted["token"]
+        command = " ".join([*BRIDGE, "--url", daemon.base, "--sid", sid, "--token", token])
         params = StdioServerParameters(
-            command=BRIDGE[0],
-            args=[*BRIDGE[1:], "--url", daemon.base, "--sid", sid, "--token", "x" * 40],
+            command="sh",
+            args=["-c", f'{command}; echo $? > "{tmp_path / "exit"}"'],
             env=dict(os.environ),
         )
         with open(tmp_path / "bridge.stderr", "a") as errlog:  # noqa: ASYNC230
             async with (
                 stdio_client(params, errlog=errlog) as (read, write),
-                ClientSession(read, write) as session,
+                ClientSession(read, write) as mcp,
             ):
-                await session.initialize()
-                for _ in range(500):
-                    status = (await session.call_tool("status", {})).structuredContent or {}
-                    if status.get("error"):
-                        break
-                    await asyncio.sleep(0.02)  # polling the bridge's own status
-                error = status.get("error") or ""
-                assert f"cannot attach to session {sid}" in error, status
-                assert "as --token" in error and "401" not in error, status
+                await mcp.initialize()
+                await wait_connected(mcp)
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.ws_connect(
+                        f"{daemon.base}/v1/operators/{sid}/ws",
+                        headers={"Authorization": f"Bearer {token}"},
+                    ) as ws,
+                ):
+                    for _ in range(500):
+                        if (await mcp.call_tool("status", {})).isError:
+                            break
+                        await asyncio.sleep(0.02)  # polling the bridge's own status
+                    await every_tool_fails(mcp, "taken over by another connection")
+                    # It did not reconnect and take the socket back.
+                    assert not ws.closed
+                    assert [o["connected"] for o in await operators(daemon)] == [True]
+        assert await exit_code_written(tmp_path) == 1
+        # The session is the other connection's: the bridge did not delete it.
+        assert [o["sid"] for o in await operators(daemon)] == [sid]

@@ -58,8 +58,10 @@ async def test_the_session_is_kept_in_a_private_state_file_until_the_operator_le
     assert kept is not None and kept.roles == ["main"] and kept.url == base(client)
     assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
     assert kept.sid in directory_of(client).sessions
+    lock = tmp_path / "op.json.lock"
+    assert lock.read_text() == f"{proc.pid}\n"
     await stop(proc)
-    assert not state_file.exists()
+    assert not state_file.exists() and not lock.exists()  # a clean exit leaves nothing
     assert kept.sid not in directory_of(client).sessions
 
 
@@ -105,12 +107,53 @@ async def test_a_second_operator_on_the_same_state_file_refuses_naming_the_first
         "--url", base(client), "--role", "main", "--state-file", state_file
     )
     assert code == 1 and out == ""
-    assert err.count("\n") == 1 and f"pid {first.pid}" in err and "--state-file" in err, err
+    assert err.count("\n") == 1 and f"stop pid {first.pid} first" in err, err
+    # Not "give it its own --state-file": the role is the first one's either way.
+    assert "another --role" in err and "--take-over" in err and "--state-file" not in err, err
     # The first keeps its seat: not resumed under it, not deleted by the second.
     assert list(directory_of(client).sessions) == [kept.sid]
     assert load_state(Path(state_file)) == kept
     await stop(first)
     assert not directory_of(client).sessions
+
+
+async def test_take_over_moves_the_session_and_the_first_operator_stops_cleanly(
+    server: Server, tmp_path: Path
+) -> None:
+    client = await server()
+    state_file = tmp_path / "op.json"
+    lock = tmp_path / "op.json.lock"
+    first = await start_operator(client, "--role", "main", "--state-file", str(state_file))
+    kept = load_state(state_file)
+    assert kept is not None
+    second, line = await started_operator(
+        client, "--role", "main", "--state-file", str(state_file), "--take-over"
+    )
+    assert line.startswith(f"resumed as {kept.sid}".encode()), line
+    # The first sees its socket replaced and stops, in one line, without
+    # deleting the session or its state file, and without reconnecting.
+    assert first.stdout is not None
+    said = (await asyncio.wait_for(first.stdout.read(), 30)).decode()
+    assert await asyncio.wait_for(first.wait(), 30) == 0
+    assert said.count("\n") == 1 and "taken over by another connection" in said, said
+    assert list(directory_of(client).sessions) == [kept.sid]
+    assert load_state(state_file) == kept
+    (session,) = directory_of(client).sessions.values()
+    assert session.connected
+    # The file is guarded again, by the second, once the first is gone.
+    await eventually(
+        lambda: lock.exists() and lock.read_text() == f"{second.pid}\n", 30, "the lock"
+    )
+    code, _, err = await run_operator_until_exit(
+        "--url", base(client), "--role", "main", "--state-file", str(state_file)
+    )
+    assert code == 1 and f"pid {second.pid}" in err, err
+    task = await create_task(client, agent="echo", directive="x", operator={"role": "main"})
+    done = await wait_task(client, task["id"], wait=20)
+    assert done["attempts"][0]["served_by"]["backend"] == kept.sid
+    await stop(second)
+    assert not directory_of(client).sessions
+    assert not state_file.exists() and not lock.exists()
 
 
 class AnswersSwallowed:
