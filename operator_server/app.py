@@ -45,7 +45,17 @@ from operator_server.cluster.wiring import ClusterWiring
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
 from operator_server.engine.tasks import TaskStatus
-from operator_server.http import console, events, health, keys, metrics, openapi, tasks, worker
+from operator_server.http import (
+    console,
+    events,
+    health,
+    keys,
+    metrics,
+    openapi,
+    tasks,
+    whoami,
+    worker,
+)
 from operator_server.http.admission import admission_middleware
 from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
@@ -162,6 +172,7 @@ def build_app(
     app.add_routes(openapi.routes)
     app.add_routes(events.routes)
     app.add_routes(keys.routes)
+    app.add_routes(whoami.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)
