@@ -54,6 +54,7 @@ from operator_server.http import (
     metrics,
     openapi,
     tasks,
+    whoami,
     worker,
 )
 from operator_server.http.admission import admission_middleware
@@ -173,6 +174,7 @@ def build_app(
     app.add_routes(events.routes)
     app.add_routes(keys.routes)
     app.add_routes(audit.routes)
+    app.add_routes(whoami.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)

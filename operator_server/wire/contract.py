@@ -183,6 +183,9 @@ class Operation:
     # What a principal (``Security.API_KEY``) must hold, every one of them;
     # required when ``security`` names API_KEY (``auth/principal.py``).
     scopes: tuple[str, ...] = ()
+    # True: any principal may call it, whatever it holds (``scopes`` stays
+    # empty on purpose): a route about the caller itself, such as who it is.
+    any_principal: bool = False
     # True when the credential is optional (``metrics_token`` unset: open).
     anonymous: bool = False
     body: SchemaLike | None = None
@@ -202,7 +205,8 @@ class Operation:
         errors = {403: HOST_REFUSED}
         if Security.API_KEY in self.security:
             errors[401] = "no credential, or one that is not accepted (the code says why)"
-            errors[403] = f"the principal lacks {' and '.join(self.scopes)} (`forbidden`)"
+            if self.scopes:
+                errors[403] = f"the principal lacks {' and '.join(self.scopes)} (`forbidden`)"
         if self.body is not None or self.text_body:
             errors.update(BODY_ERRORS)
         for status, text in self.errors.items():
@@ -236,8 +240,11 @@ def documented(
     only = operation.security[0] if len(operation.security) == 1 else None
     token = str(only) if only in FIXED_TOKENS else None
     scopes = operation.scopes if only is Security.API_KEY else None
-    if Security.API_KEY in operation.security and not operation.scopes:
-        raise ValueError(f"{operation.summary!r}: a route taking an API key declares its scopes")
+    if Security.API_KEY in operation.security and not (operation.scopes or operation.any_principal):
+        raise ValueError(
+            f"{operation.summary!r}: a route taking an API key declares its scopes "
+            "(or any_principal=True)"
+        )
     query_schema = _instance(operation.query)
     body_schema = _instance(operation.body)
 

@@ -3,7 +3,7 @@ real Chromium against the daemon as a real process.
 
 The inbox holds only what waits; ids show short and copy whole; the timeline
 and attempts name people; forms make a person choose; sign-in says which way
-is which; a refused API token is said in the console's own terms.
+is which; a refused API key is said in the console's own terms.
 """
 
 from __future__ import annotations
@@ -291,24 +291,24 @@ def test_leave_shows_signed_out_not_a_red_session_ended(page: WebDriver, daemon:
     assert "conn-gone" not in (badge.get_attribute("class") or "")
 
 
-def test_a_missing_api_token_is_said_in_terms_of_the_api_token_field(browser: WebDriver) -> None:
+def test_a_missing_api_key_is_said_in_terms_of_the_api_key_field(browser: WebDriver) -> None:
     daemon = start_daemon("--api-token", "console-admin")
     try:
         severe_log_entries(browser)
         browser.get(daemon.base + "/console/")
-        until(browser, lambda: has_control(browser, "textbox", "API token"))
+        until(browser, lambda: has_control(browser, "textbox", "API key"))
         control(browser, "textbox", "Roles").send_keys(ROLE)
         control(browser, "button", "Join").click()
         error = browser.find_element("id", "signin-error")
         until(browser, lambda: error.text)
         assert error.text == (
-            "Could not join: this server needs its API token: "
-            'enter it in the "API token" field of Sign in'
+            "Could not join: this server needs an API key: "
+            'enter it in the "API key" field of Sign in'
         )
         assert "Bearer" not in error.text
-        control(browser, "textbox", "API token").send_keys("wrong")
+        control(browser, "textbox", "API key").send_keys("wrong")
         control(browser, "button", "Join").click()
-        until(browser, lambda: "did not accept this API token" in error.text)
+        until(browser, lambda: "did not accept this API key" in error.text)
         browser.get("about:blank")
     finally:
         daemon.stop()

@@ -67,7 +67,7 @@ def served_by_console(**extra: Any) -> dict[str, Any]:
 
 
 def test_join_mints_a_session_and_connects(page: WebDriver, daemon: Daemon) -> None:
-    assert not has_control(page, "textbox", "API token")  # this server needs none
+    assert not has_control(page, "textbox", "API key")  # this server needs none
     join(page)
     who = page.find_element("id", "who").text
     assert "Ada" in who and ROLE in who
@@ -280,8 +280,8 @@ def test_with_an_api_token_the_field_shows_and_joining_uses_it(browser: WebDrive
     try:
         severe_log_entries(browser)
         browser.get(daemon.base + "/console/")
-        until(browser, lambda: has_control(browser, "textbox", "API token"))
-        control(browser, "textbox", "API token").send_keys("console-admin")
+        until(browser, lambda: has_control(browser, "textbox", "API key"))
+        control(browser, "textbox", "API key").send_keys("console-admin")
         join(browser)
         control(browser, "textbox", "Role").clear()  # served by the local echo agent
         control(browser, "textbox", "Agent").clear()

@@ -2,7 +2,9 @@
 declares: each answers 403 ``forbidden`` naming that scope, and lets in a key
 holding only it.  A route that declares no scope and takes no other
 credential must be one of the few public ones, so a new route without a
-declared scope fails here."""
+declared scope fails here; one open to any principal (an empty scope list)
+must be one of the few listed as such, and still refuses a caller with no
+credential."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ PUBLIC = {
     ("get", "/console/config.json"),
     ("get", "/console/{name}"),
 }
+# Routes any principal may use, whatever it holds (it must still be one).
+ANY_PRINCIPAL = {("get", "/v1/whoami")}
 # Credentials that are not principals (a session's token, a worker's, the scraper's).
 NOT_PRINCIPALS = {"session_token", "worker_credential", "metrics_token"}
 EVERY = [*(str(s) for s in Scope if s is not Scope.ADMIN), operate("*")]
@@ -46,12 +50,13 @@ async def call(
 ) -> tuple[int, dict[str, Any]]:
     """The status and the error of ``method path``: ``{sid}`` is a session
     minted for the call (its holder's token is tried before a principal's),
-    any other path parameter made up."""
+    any other path parameter made up; an empty ``key`` sends no credential."""
     if "{sid}" in path:
         minted = await client.post("/v1/operators", json={}, headers=ADMIN)
         path = path.replace("{sid}", (await minted.json())["sid"])
     concrete = re.sub(r"\{[^}]+\}", "x-unknown", path)
-    async with client.request(method, concrete, headers=bearer(key)) as resp:
+    headers = bearer(key) if key else {}
+    async with client.request(method, concrete, headers=headers) as resp:
         error = (await resp.json())["error"] if resp.status >= 400 else {}
         return resp.status, error
 
@@ -78,7 +83,15 @@ async def test_every_route_declares_its_scopes_and_enforces_each(server: Server)
                 )
                 continue
             (scopes,) = needs
-            assert scopes, f"{method.upper()} {path} takes a principal but names no scope"
+            if not scopes:
+                assert (method, path) in ANY_PRINCIPAL, (
+                    f"{method.upper()} {path} takes a principal but names no scope"
+                )
+                status, error = await call(client, method, path, "")
+                assert (status, error.get("code")) == (401, "unauthorized"), (method, path)
+                status, _ = await call(client, method, path, await key_with(["events:read"]))
+                assert status not in (401, 403), (method, path, status)
+                continue
             for scope in scopes:
                 status, error = await call(client, method, path, await key_with(without(scope)))
                 assert (status, error.get("code")) == (403, "forbidden"), (method, path, scope)

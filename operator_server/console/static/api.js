@@ -9,12 +9,18 @@ export class ApiError extends Error {
   }
 }
 
-// A refused API token, said in the console's terms rather than the HTTP
-// header the server's message names.
-export function apiTokenProblem(sent) {
-  return sent
-    ? 'the server did not accept this API token: check the "API token" field of Sign in'
-    : 'this server needs its API token: enter it in the "API token" field of Sign in';
+// A missing or refused credential, said in terms of the "API key" field of
+// Sign in (which takes an API key, the bootstrap api_token or a JWT) rather
+// than the HTTP header the server's message names.
+export function apiKeyProblem(sent, code = "") {
+  if (!sent) return 'this server needs an API key: enter it in the "API key" field of Sign in';
+  if (code === "key_expired" || code === "token_expired") {
+    return 'this API key has expired: enter a current one in the "API key" field of Sign in';
+  }
+  if (code === "key_revoked") {
+    return 'this API key was revoked: enter another in the "API key" field of Sign in';
+  }
+  return 'the server did not accept this API key: check the "API key" field of Sign in';
 }
 
 async function call(method, path, options = {}) {
@@ -22,7 +28,8 @@ async function call(method, path, options = {}) {
 }
 
 // The answer's body and headers (a task list says where its event stream starts).
-// `withApiToken`: the call carries the API token (when there is one) as its bearer.
+// `withApiToken`: the call carries the API key field's credential (when there
+// is one) as its bearer.
 async function exchange(method, path, { bearer, body, withApiToken = false } = {}) {
   if (withApiToken) bearer = api.apiToken;
   const headers = {};
@@ -49,17 +56,19 @@ async function exchange(method, path, { bearer, body, withApiToken = false } = {
   }
   if (!resp.ok) {
     const error = (data && data.error) || {};
-    if (withApiToken && resp.status === 401) throw new ApiError(401, error.code || "unauthorized", apiTokenProblem(bearer));
+    if (withApiToken && resp.status === 401) throw new ApiError(401, error.code || "unauthorized", apiKeyProblem(bearer, error.code));
     throw new ApiError(resp.status, error.code || "http_error", error.message || `HTTP ${resp.status}`);
   }
   return { data, headers: resp.headers };
 }
 
 export const api = {
-  // Set after sign-in when the server needs it; kept in sessionStorage only.
+  // The "API key" field's credential (an API key, the api_token or a JWT),
+  // set at sign-in; kept in sessionStorage only.
   apiToken: "",
 
   config: () => call("GET", "/console/config.json"),
+  whoami: () => call("GET", "/v1/whoami", { withApiToken: true }),
   mint: (roles, desc) =>
     call("POST", "/v1/operators", { withApiToken: true, body: { roles, desc } }),
   operator: (sid, token) => call("GET", `/v1/operators/${encodeURIComponent(sid)}`, { bearer: token }),
@@ -95,7 +104,7 @@ export const api = {
       body: reason ? { reason } : {},
     }),
 
-  // Admin (the api token; with none configured, the console on loopback is the admin).
+  // Admin (a principal holding admin; with no api_token configured, the console on loopback).
   operators: async () => {
     const all = [];
     let after = null;

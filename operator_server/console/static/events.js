@@ -4,7 +4,7 @@
 // with Last-Event-ID, until stop() or until an event the caller says ends it
 // (a task's stream closes after its final status).
 
-import { apiTokenProblem } from "./api.js";
+import { apiKeyProblem } from "./api.js";
 
 const FIRST_DELAY_MS = 500;
 const MAX_DELAY_MS = 15000;
@@ -55,7 +55,7 @@ export class EventReader {
           // A wrong token, a removed task: retrying will not change the answer.
           if (resp.status >= 400 && resp.status < 500) {
             this.stopped = true;
-            this.onState("failed", resp.status === 401 ? apiTokenProblem(this.bearer) : `HTTP ${resp.status}`);
+            this.onState("failed", resp.status === 401 ? apiKeyProblem(this.bearer) : `HTTP ${resp.status}`);
             return;
           }
           throw new Error(`HTTP ${resp.status}`);

@@ -1,6 +1,14 @@
 // The console's start: sign in (Join or Resume), then the inbox and tasks.
 // A reload finds the session in sessionStorage and re-attaches; the server
 // replays whatever is still pending.
+//
+// The "API key" field's credential names a principal (GET /v1/whoami): the
+// bar says "Signed in as <name>", Join refuses roles it may not operate
+// before sending anything, and what it may not use is hidden (the Operators
+// view without admin, New task without tasks:create, Cancel task without
+// tasks:cancel, the task list without tasks:read, its live streams without
+// events:read).  With no api_token configured the console on loopback is
+// the principal "local", which may do everything.
 
 import { api } from "./api.js";
 import { OperatorConnection } from "./connection.js";
@@ -8,6 +16,7 @@ import { $, idChip } from "./dom.js";
 import { Inbox } from "./inbox.js";
 import { names } from "./names.js";
 import { OperatorsView } from "./operators.js";
+import { allows, refusal } from "./principal.js";
 import { stored } from "./storage.js";
 import { TasksView } from "./tasks.js";
 
@@ -51,10 +60,43 @@ function showSignIn(message = "") {
   $("workspace").hidden = true;
   $("leave").hidden = true;
   $("who").textContent = "";
+  $("principal").textContent = "";
   $("signin-error").textContent = message;
 }
 
-function attach(session) {
+// Name the principal in the bar and show only what it may use.  `known`:
+// the principal Join already asked for; else it is asked here (a Resume, a
+// reload).
+async function showPrincipal(session, known) {
+  const current = connection;
+  let principal = known;
+  if (!principal) {
+    try {
+      principal = await api.whoami();
+    } catch {
+      principal = null;
+    }
+  }
+  if (connection !== current || !current) return; // signed out meanwhile
+  $("principal").textContent = principal ? `Signed in as ${principal.name}` : "";
+  $("principal").title = principal
+    ? `via ${principal.via}; scopes: ${principal.scopes.join(", ")}` +
+      (principal.expires_at ? `; until ${new Date(principal.expires_at).toLocaleString()}` : "")
+    : "";
+  // Unknown (no answer): the task controls stay, and the server's refusal
+  // of them says what is missing; the admin's view needs a known admin.
+  const may = (scope) => principal === null || allows(principal, scope);
+  $("new-task").hidden = !may("tasks:create");
+  $("cancel-task").hidden = !may("tasks:cancel");
+  $("cancel-reason").hidden = !may("tasks:cancel");
+  $("tasks-error").textContent = may("tasks:read")
+    ? ""
+    : `${principal.name} may not read tasks: that needs the tasks:read scope.`;
+  if (may("tasks:read")) tasks.startTaskUpdates({ follows: may("events:read") });
+  if (principal && principal.admin) operators.start(session.sid);
+}
+
+function attach(session, principal = null) {
   api.apiToken = session.apiToken || "";
   names.learn(session.sid, session.name ? `${session.name} (you)` : "you");
   $("signin").hidden = true;
@@ -75,13 +117,12 @@ function attach(session) {
     onState: setState,
   });
   connection.start();
-  tasks.startTaskUpdates();
-  operators.start(session.sid);
+  showPrincipal(session, principal);
 }
 
 async function join(event) {
   event.preventDefault();
-  api.apiToken = $("api-token").value.trim();
+  api.apiToken = $("api-key").value.trim();
   const roles = $("roles").value.split(/[\s,]+/).filter(Boolean);
   const name = $("name").value.trim();
   // A session with no role is reached by no task: refused here, not minted.
@@ -92,19 +133,29 @@ async function join(event) {
     return;
   }
   try {
+    // Who the key is, and so which roles it may claim: refused here, before
+    // a mint the server would refuse (its own 403 still shows if it does).
+    const principal = await api.whoami();
+    const refused = refusal(principal, roles);
+    $("roles").setAttribute("aria-invalid", String(Boolean(refused)));
+    if (refused) {
+      $("signin-error").textContent = `Could not join: ${refused}`;
+      $("roles").focus();
+      return;
+    }
     const minted = await api.mint(roles, name);
     const session = { sid: minted.sid, token: minted.token, roles: minted.roles, name, apiToken: api.apiToken };
     stored.save(session);
-    attach(session);
+    attach(session, principal);
   } catch (err) {
-    if (err.status === 401) $("api-token-field").hidden = false;
+    if (err.status === 401) $("api-key-field").hidden = false;
     $("signin-error").textContent = `Could not join: ${err.message}`;
   }
 }
 
 async function resume(event) {
   event.preventDefault();
-  api.apiToken = $("api-token").value.trim();
+  api.apiToken = $("api-key").value.trim();
   const sid = $("resume-sid").value.trim();
   const token = $("resume-token").value.trim();
   try {
@@ -139,9 +190,9 @@ async function start() {
   $("leave").addEventListener("click", leave);
   try {
     const config = await api.config();
-    $("api-token-field").hidden = !config.api_token_required;
+    $("api-key-field").hidden = !config.api_token_required;
   } catch {
-    $("api-token-field").hidden = false; // cannot tell: offer the field
+    $("api-key-field").hidden = false; // cannot tell: offer the field
   }
   const session = stored.session();
   if (session && session.sid && session.token) attach(session);

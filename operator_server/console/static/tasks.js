@@ -8,6 +8,9 @@
 // follows its own stream (GET /v1/tasks/{id}/events), which ends at its final
 // status; each of its events re-reads that one task for the page.
 //
+// A principal without events:read gets the list and pages without their
+// streams (read once; the filter reads the list again), and is told so.
+//
 // Ids show short (the whole id on hover, a click copies it), and the timeline
 // and attempts name operators as people: "approval asked of Ada".
 
@@ -37,6 +40,7 @@ const REPLIED = {
   senior_bridge: (who) => `${who} answered the question`,
   backend: (who) => `${who} handed the work back`,
 };
+const NOT_LIVE = "not live: events need the events:read scope";
 const FACE_WORK = { spawn_hook: "approvals", senior_bridge: "questions", backend: "work" };
 // An output event: where the attempt's result came from.
 const OUTPUT_WORDS = {
@@ -58,6 +62,7 @@ export class TasksView {
     this.generation = 0;
     this.feed = null; // the list's event stream
     this.timeline = null; // the open task's event stream
+    this.follows = true; // may read event streams (events:read)
     this.drawing = false;
     this.reading = null;
     this.readAgain = false;
@@ -70,9 +75,10 @@ export class TasksView {
     $("close-task").addEventListener("click", () => this.close());
   }
 
-  // Read the list once, then follow every task's events.
-  startTaskUpdates() {
+  // Read the list once, then follow every task's events (when `follows`).
+  startTaskUpdates({ follows = true } = {}) {
     this.stopTaskUpdates();
+    this.follows = follows;
     this.reload();
   }
 
@@ -107,7 +113,10 @@ export class TasksView {
     // A running stream needs no restart: the events it still delivers are older
     // than this read, and each carries its task's status once it applies, so
     // the last one per task leaves the row as it is now.
-    if (!this.feed) {
+    if (!this.follows) {
+      $("tasks-live").textContent = NOT_LIVE;
+      $("tasks-live").className = "live";
+    } else if (!this.feed) {
       this.feed = new EventReader("/v1/events", {
         bearer: api.apiToken,
         lastId: listed.lastEventId,
@@ -217,6 +226,10 @@ export class TasksView {
     if (this.timeline) this.timeline.stop();
     $("task-timeline").replaceChildren();
     $("timeline-live").textContent = "";
+    if (!this.follows) {
+      $("timeline-live").textContent = NOT_LIVE;
+      return;
+    }
     this.timeline = new EventReader(`/v1/tasks/${encodeURIComponent(id)}/events`, {
       bearer: api.apiToken,
       onEvent: (event) => {
