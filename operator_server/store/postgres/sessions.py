@@ -1,6 +1,24 @@
-"""The operator session SQL: a session's row and the roles it claims."""
+"""Operator sessions on PostgreSQL: a session's row and the roles it claims,
+and the store's operations on them (a mixin of ``PostgresStore``)."""
 
 from __future__ import annotations
+
+import json
+
+import asyncpg
+
+from operator_server.logs import get_logger
+from operator_server.store.base import (
+    Audit,
+    RolesTaken,
+    Row,
+    SessionRecord,
+    decode_session,
+    decode_session_rows,
+)
+from operator_server.store.postgres.writer import GroupCommitWriter
+
+log = get_logger(__name__)
 
 SESSION_COLUMNS = "sid, token_sha256, roles, description, created_at, last_seen_at, minted_by"
 UPSERT_SESSION = (
@@ -19,3 +37,73 @@ CLAIM_ROLES = """
     RETURNING role
 """
 ROLE_HOLDERS = "SELECT role, sid FROM operator_roles WHERE role = ANY($2::text[]) AND sid <> $1"
+
+
+class SessionOps(GroupCommitWriter):
+    """The PostgreSQL store's session operations: writes through the
+    group-commit writer (roles claimed in the session's own op), reads on the pool."""
+
+    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
+        args = (
+            record.sid,
+            record.token_sha256,
+            json.dumps(record.roles),
+            record.desc,
+            float(record.created_at),
+            float(record.last_seen_at),
+            record.minted_by,
+        )
+        roles = list(record.roles)
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(UPSERT_SESSION, *args)
+            taken = await c.fetch(CLAIM_ROLES, record.sid, roles)
+            if len(taken) < len(set(roles)):
+                held = await c.fetch(ROLE_HOLDERS, record.sid, roles)
+                # Raised inside the op's savepoint: the session row goes too.
+                raise RolesTaken({row["role"]: row["sid"] for row in held})
+
+        await self._call(work, f"save session {record.sid}", audit=audit)
+
+    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
+        sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
+        self._soon_plain(f"touch session {sid}", sql, float(last_seen_at), sid, audit=audit)
+
+    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
+        await self._call(
+            lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = $1", sid),
+            f"delete session {sid}",
+            audit=audit,
+        )
+
+    async def load_sessions(self) -> list[Row]:
+        rows = await self._read(
+            lambda c: c.fetch(
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions ORDER BY created_at"
+            ),
+            "load sessions",
+        )
+        return decode_session_rows(rows)
+
+    async def get_session(self, sid: str) -> SessionRecord | None:
+        row = await self._read(
+            lambda c: c.fetchrow(
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE sid = $1",
+                sid,
+            ),
+            f"read session {sid}",
+        )
+        if row is None:
+            return None
+        try:
+            return decode_session(*row)
+        except Exception as exc:  # a bad row is as good as none
+            log.warning("skipping a stored session that cannot be decoded", sid=sid, error=str(exc))
+            return None
+
+    async def role_holder(self, role: str) -> str | None:
+        sid = await self._read(
+            lambda c: c.fetchval("SELECT sid FROM operator_roles WHERE role = $1", role),
+            f"find role {role}",
+        )
+        return None if sid is None else str(sid)

@@ -5,7 +5,6 @@ by the group-commit writer (``writer``).  The package docstring says how."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -24,17 +23,13 @@ from operator_server.store.base import (
     Delivery,
     Events,
     Fenced,
-    RolesTaken,
     Row,
-    SessionRecord,
     Store,
     StoredTask,
     StoreError,
     TaskEvent,
     ask_row,
     decode_event_rows,
-    decode_session,
-    decode_session_rows,
     decode_task_row,
     output_row,
 )
@@ -45,12 +40,7 @@ from operator_server.store.postgres.nodes import (
     NodeOps,
 )
 from operator_server.store.postgres.schema import migrate
-from operator_server.store.postgres.sessions import (
-    CLAIM_ROLES,
-    ROLE_HOLDERS,
-    SESSION_COLUMNS,
-    UPSERT_SESSION,
-)
+from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
     DELETE_FINISHED,
     INSERT_OUTPUT,
@@ -75,7 +65,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, KeyOps, AuditOps, Store):
+class PostgresStore(NodeOps, SessionOps, KeyOps, AuditOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -215,48 +205,6 @@ class PostgresStore(NodeOps, KeyOps, AuditOps, Store):
         return ended
 
     # -- operations -------------------------------------------------------
-
-    async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
-        args = (
-            record.sid,
-            record.token_sha256,
-            json.dumps(record.roles),
-            record.desc,
-            float(record.created_at),
-            float(record.last_seen_at),
-            record.minted_by,
-        )
-        roles = list(record.roles)
-
-        async def work(c: asyncpg.Connection) -> None:
-            await c.execute(UPSERT_SESSION, *args)
-            taken = await c.fetch(CLAIM_ROLES, record.sid, roles)
-            if len(taken) < len(set(roles)):
-                held = await c.fetch(ROLE_HOLDERS, record.sid, roles)
-                # Raised inside the op's savepoint: the session row goes too.
-                raise RolesTaken({row["role"]: row["sid"] for row in held})
-
-        await self._call(work, f"save session {record.sid}", audit=audit)
-
-    def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
-        sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
-        self._soon_plain(f"touch session {sid}", sql, float(last_seen_at), sid, audit=audit)
-
-    async def delete_session(self, sid: str, *, audit: Audit = ()) -> None:
-        await self._call(
-            lambda c: c.execute("DELETE FROM operator_sessions WHERE sid = $1", sid),
-            f"delete session {sid}",
-            audit=audit,
-        )
-
-    async def load_sessions(self) -> list[Row]:
-        rows = await self._read(
-            lambda c: c.fetch(
-                f"SELECT {SESSION_COLUMNS} FROM operator_sessions ORDER BY created_at"
-            ),
-            "load sessions",
-        )
-        return decode_session_rows(rows)
 
     def _task_write(
         self, record: dict[str, Any], events: Events, deliver_at: float | None = None
@@ -468,29 +416,6 @@ class PostgresStore(NodeOps, KeyOps, AuditOps, Store):
             "count tasks",
         )
         return {status: int(n) for status, n in rows}
-
-    async def get_session(self, sid: str) -> SessionRecord | None:
-        row = await self._read(
-            lambda c: c.fetchrow(
-                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE sid = $1",
-                sid,
-            ),
-            f"read session {sid}",
-        )
-        if row is None:
-            return None
-        try:
-            return decode_session(*row)
-        except Exception as exc:  # a bad row is as good as none
-            log.warning("skipping a stored session that cannot be decoded", sid=sid, error=str(exc))
-            return None
-
-    async def role_holder(self, role: str) -> str | None:
-        sid = await self._read(
-            lambda c: c.fetchval("SELECT sid FROM operator_roles WHERE role = $1", role),
-            f"find role {role}",
-        )
-        return None if sid is None else str(sid)
 
     async def delete_finished(
         self, statuses: Collection[str], updated_before: float, limit: int
