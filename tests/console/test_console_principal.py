@@ -126,6 +126,8 @@ def test_an_admin_key_is_named_and_shown_the_operators_view(
     sid = own_sid(page)
     until(page, lambda: operators_shown(page))
     until(page, lambda: page.find_elements("css selector", f'#operator-rows tr[data-sid="{sid}"]'))
+    minted = page.find_element("css selector", f'#operator-rows tr[data-sid="{sid}"] .minted-by')
+    assert minted.text == "minted by key:ops"
     assert has_control(page, "button", "New task")
     # A reload asks again who the stored key is.
     page.refresh()

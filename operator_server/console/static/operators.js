@@ -138,7 +138,9 @@ export class OperatorsView {
       : (session.last_seen_at ? `last seen ${clock(session.last_seen_at)}` : "");
     return h("tr", { "data-sid": session.sid },
       h("td", {}, h("span", { class: "sid" }, idChip(session.sid, { label: "session id" })), own ? " (you)" : ""),
-      h("td", { text: session.desc || "—" }),
+      // Who minted it: whatever it answers, it answers on that principal's authority.
+      h("td", {}, session.desc || "—",
+        session.minted_by ? h("span", { class: "muted minted-by", text: ` minted by ${session.minted_by}` }) : null),
       h("td", { text: session.roles.join(", ") || "—" }),
       h("td", {},
         h("span", { class: `badge ${session.connected ? "status-passed" : "status-cancelled"}`, text: session.connected ? "connected" : "disconnected" }),
