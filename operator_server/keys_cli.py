@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from operator_server.offline import add_store_options, store_flags
 
 # The parser is built for every command, ``--help`` included: what the verbs
 # run is imported when they run (``cli.py`` keeps start-up light).
@@ -41,9 +43,6 @@ def cli_principal() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no name for this uid (a bare container)
         return "cli"
-
-
-_STORE_FLAGS = (("config", None), ("store_path", "store.path"), ("store_url", "store.url"))
 
 
 def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,9 +75,7 @@ def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     revoke = verbs.add_parser("revoke", help="refuse a key from now on")
     revoke.add_argument("id", help="the key's id (the part after osk_)")
     for verb in verbs.choices.values():
-        verb.add_argument("--config", metavar="PATH", help="TOML config file")
-        verb.add_argument("--store-path", metavar="PATH", help="the SQLite file (store.path)")
-        verb.add_argument("--store-url", metavar="URL", help="the PostgreSQL URL (store.url)")
+        add_store_options(verb)
     keys.set_defaults(func=keys_main)
 
 
@@ -129,9 +126,7 @@ def keys_main(args: argparse.Namespace) -> int:
     from operator_server.logs import configure_logging
     from operator_server.store import StoreError
 
-    flags: dict[str, Any] = {
-        key: getattr(args, name) for name, key in _STORE_FLAGS if key and getattr(args, name)
-    }
+    flags = store_flags(args)
     try:
         # A key's hash does not depend on ``secret`` (``auth/keys.py``), so the
         # check that a cluster's nodes share one is not this command's to make.

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from operator_server.audit.chain import Verdict, verify
 from operator_server.audit.record import AuditRow
+from operator_server.offline import add_store_options, store_flags
 from operator_server.wire.times import parse_instant
 
 if TYPE_CHECKING:  # the store is loaded only when a verb runs
@@ -47,9 +48,7 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="only rows at or after WHEN (ISO 8601, e.g. 2026-12-01T00:00:00Z, or epoch seconds)",
     )
     for parser in (check, export):
-        parser.add_argument("--config", metavar="PATH", help="TOML config file")
-        parser.add_argument("--store-path", metavar="PATH", help="the SQLite file (store.path)")
-        parser.add_argument("--store-url", metavar="URL", help="the PostgreSQL URL (store.url)")
+        add_store_options(parser)
     audit.set_defaults(func=audit_main)
 
 
@@ -58,11 +57,7 @@ def audit_main(args: argparse.Namespace) -> int:
     from operator_server.logs import configure_logging
     from operator_server.store import StoreError, open_store
 
-    flags = {
-        key: value
-        for key, value in (("store.path", args.store_path), ("store.url", args.store_url))
-        if value is not None
-    }
+    flags = store_flags(args)
     since = None
     try:
         if getattr(args, "since", None) is not None:
