@@ -93,7 +93,7 @@ def lines(page: WebDriver) -> list[WebElement]:
 def line_texts(page: WebDriver) -> dict[str, str]:
     """Each timeline line's text by its kind (a reply by its request's id)."""
     return {
-        (e.get_attribute("data-req-id") or e.get_attribute("data-type") or ""): "".join(
+        (e.get_attribute("data-request-id") or e.get_attribute("data-type") or ""): "".join(
             s.get_attribute("textContent") or "" for s in e.find_elements("css selector", "span")
         )
         for e in lines(page)

@@ -1,8 +1,9 @@
 // Who decided each request of the open task, read from its audit trail
 // (GET /v1/audit?task_id=, every page): the line "created" reads "created by
-// key:ci", "Ada answered the approval" goes on "— approved by key:reviewer".  A decision is matched to its timeline line by the request's
-// id (a reply event and the row of what it decided share it); the task's
-// creation and its cancel, which have no request, by the line's kind.
+// key:ci", "Ada answered the approval" goes on "— approved by key:reviewer".
+// A decision is matched to its timeline line by the request's id (a reply
+// event and the row of what it decided share it); the task's creation and
+// its cancel, which have no request, by the line's kind.
 //
 // The trail is the admin's to read (as the Operators list's names are): a
 // principal's name can be a person (a JWT's subject), and tasks:read says
@@ -93,12 +94,12 @@ export class DecidedBy {
     }
   }
 
-  // What follows a timeline line's words ({type, reqId, status} as its data
+  // What follows a timeline line's words ({type, requestId, status} as its data
   // attributes hold them): " — approved by key:reviewer" after a reply, " by
   // key:ci" after "created" or "status → cancelled"; "" when none is known.
-  of({ type, reqId, status }) {
+  of({ type, requestId, status }) {
     if (type === "reply") {
-      const row = this.byReq.get(reqId);
+      const row = this.byReq.get(requestId);
       return row ? ` — ${WORDS[row.action]} by ${row.principal}` : "";
     }
     let row = null;

@@ -69,7 +69,10 @@ export class TasksView {
     this.follows = true; // may read event streams (events:read)
     this.decides = false; // may read who decided (admin: the audit trail)
     this.decided = new DecidedBy({
-      onRead: () => this.labelDecisions(),
+      onRead: () => {
+        $("timeline-decided").textContent = ""; // a failed read before is mended
+        this.labelDecisions();
+      },
       onError: (text) => {
         $("timeline-decided").textContent = text;
       },
@@ -272,7 +275,7 @@ export class TasksView {
     };
     const what = (parts[type] || (() => type))();
     const item = h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status,
-      "data-req-id": data.req_id || null, "data-event-id": String(id) },
+      "data-request-id": data.req_id || null, "data-event-id": String(id) },
       h("time", { class: "muted", datetime: data.at, text: clock(data.at) }), " ",
       h("span", { class: "what", text: what, title: data.sid || null }),
       h("span", { class: "decided" }));
