@@ -134,7 +134,7 @@ class Authenticator:
             if not found.allows(scope):
                 raise ApiError(
                     Code.FORBIDDEN,
-                    f"{found.name} lacks the scope {scope!r}, which this route needs",
+                    f"{found.name} lacks the scope '{scope}', which this route needs",
                     scope=scope,
                 )
         request[PRINCIPAL_ON_REQUEST] = found

@@ -105,6 +105,20 @@ export const api = {
     }),
 
   // Admin (a principal holding admin; with no api_token configured, the console on loopback).
+  // A task's audit trail, every page, oldest first: who decided what.
+  audit: async (taskId, { pageSize = 1000 } = {}) => {
+    const all = [];
+    let after = null;
+    for (let page = 0; page < 20; page++) {
+      const q = new URLSearchParams({ task_id: taskId, limit: String(pageSize) });
+      if (after) q.set("after", after);
+      const body = await call("GET", `/v1/audit?${q}`, { withApiToken: true });
+      all.push(...body.entries);
+      if (!body.next) break;
+      after = body.next;
+    }
+    return all;
+  },
   operators: async () => {
     const all = [];
     let after = null;

@@ -92,7 +92,10 @@ async function showPrincipal(session, known) {
   $("tasks-error").textContent = may("tasks:read")
     ? ""
     : `${principal.name} may not read tasks: that needs the tasks:read scope.`;
-  if (may("tasks:read")) tasks.startTaskUpdates({ follows: may("events:read") });
+  // Who decided each request is read from the audit trail: a known admin's.
+  if (may("tasks:read")) {
+    tasks.startTaskUpdates({ follows: may("events:read"), decides: Boolean(principal && principal.admin) });
+  }
   if (principal && principal.admin) operators.start(session.sid);
 }
 

@@ -12,9 +12,13 @@
 // streams (read once; the filter reads the list again), and is told so.
 //
 // Ids show short (the whole id on hover, a click copies it), and the timeline
-// and attempts name operators as people: "approval asked of Ada".
+// and attempts name operators as people: "approval asked of Ada".  For a
+// principal holding admin, each decided line also names the principal that
+// decided it, from the task's audit trail ("approved by key:reviewer";
+// decided.js).
 
 import { api } from "./api.js";
+import { DecidedBy, NOT_SHOWN } from "./decided.js";
 import { $, clock, h, idChip, parseInput, pretty, shortId } from "./dom.js";
 import { EventReader } from "./events.js";
 import { names } from "./names.js";
@@ -63,6 +67,16 @@ export class TasksView {
     this.feed = null; // the list's event stream
     this.timeline = null; // the open task's event stream
     this.follows = true; // may read event streams (events:read)
+    this.decides = false; // may read who decided (admin: the audit trail)
+    this.decided = new DecidedBy({
+      onRead: () => {
+        $("timeline-decided").textContent = ""; // a failed read before is mended
+        this.labelDecisions();
+      },
+      onError: (text) => {
+        $("timeline-decided").textContent = text;
+      },
+    });
     this.drawing = false;
     this.reading = null;
     this.readAgain = false;
@@ -75,10 +89,12 @@ export class TasksView {
     $("close-task").addEventListener("click", () => this.close());
   }
 
-  // Read the list once, then follow every task's events (when `follows`).
-  startTaskUpdates({ follows = true } = {}) {
+  // Read the list once, then follow every task's events (when `follows`);
+  // `decides`: the task page names who decided (a principal holding admin).
+  startTaskUpdates({ follows = true, decides = false } = {}) {
     this.stopTaskUpdates();
     this.follows = follows;
+    this.decides = decides;
     this.reload();
   }
 
@@ -226,6 +242,8 @@ export class TasksView {
     if (this.timeline) this.timeline.stop();
     $("task-timeline").replaceChildren();
     $("timeline-live").textContent = "";
+    $("timeline-decided").textContent = this.decides ? "" : NOT_SHOWN;
+    if (this.decides) this.decided.follow(id);
     if (!this.follows) {
       $("timeline-live").textContent = NOT_LIVE;
       return;
@@ -235,6 +253,7 @@ export class TasksView {
       onEvent: (event) => {
         $("task-timeline").append(this.timelineItem(event));
         this.reread();
+        if (this.decides) this.decided.heard(event.type);
       },
       onState: (state, why) => {
         $("timeline-live").textContent = why ? `${LIVE_TEXT[state]}: ${why}` : LIVE_TEXT[state];
@@ -255,9 +274,22 @@ export class TasksView {
       reply: () => (REPLIED[data.face] || ((w) => `${w} replied`))(who),
     };
     const what = (parts[type] || (() => type))();
-    return h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status, "data-event-id": String(id) },
+    const item = h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status,
+      "data-request-id": data.req_id || null, "data-event-id": String(id) },
       h("time", { class: "muted", datetime: data.at, text: clock(data.at) }), " ",
-      h("span", { class: "what", text: what, title: data.sid || null }));
+      h("span", { class: "what", text: what, title: data.sid || null }),
+      h("span", { class: "decided" }));
+    if (this.decides) this.labelDecision(item);
+    return item;
+  }
+
+  // Each line's "approved by key:reviewer", from the trail as last read.
+  labelDecisions() {
+    for (const item of $("task-timeline").children) this.labelDecision(item);
+  }
+
+  labelDecision(item) {
+    item.querySelector(".decided").textContent = this.decided.of(item.dataset);
   }
 
   // Re-read the open task; coalesced, so a burst of events reads it at most twice.
@@ -285,6 +317,7 @@ export class TasksView {
 
   close() {
     this.openId = null;
+    this.decided.stop();
     if (this.timeline) this.timeline.stop();
     this.timeline = null;
     $("task-page").hidden = true;
