@@ -14,7 +14,9 @@ only who holds it changes.
   nothing: exactly once.
 * **Then issued to the target** (stored before it is shown, as any request:
   ``OperatorSession.adopt``), in the background, named, through the server's
-  one place for tasks.
+  one place for tasks.  With a shared store the withdrawal's row delete and
+  the new holder's insert go through the store's one ordered write queue, so
+  the same ``req_id`` is never stored twice.
 * **A role nobody holds**: the request waits for it here, with no holder,
   until a session with that role is seated on this node (minted, restored, or
   found in the store), which is then issued it and shows it as it would any

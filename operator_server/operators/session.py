@@ -542,8 +542,9 @@ class OperatorSession:
         on-timeout action says."""
         waited = f"no reply within {deadline.deadline_s:g}s"
         action = deadline.on_timeout
-        if req.holder is not None:
-            req.holder._withdraw(req, waited if action is OnTimeout.FAIL else f"{waited}: {action}")
+        holder = req.holder
+        if holder is not None:
+            holder._withdraw(req, waited if action is OnTimeout.FAIL else f"{waited}: {action}")
         where = {"req_id": req.req_id, "task_id": req.task_id, "kind": req.kind}
         if action is OnTimeout.DECLINE:
             self.log.info("request declined by its deadline", **where)
@@ -557,7 +558,11 @@ class OperatorSession:
         self.log.info("request timed out", **where)
         raise AttemptFailed(
             Code.OPERATOR_TIMEOUT,
-            f"operator {self.sid} did not answer {req.kind} within {deadline.deadline_s:g}s",
+            f"operator {holder.sid} did not answer {req.kind} within {deadline.deadline_s:g}s"
+            if holder is not None
+            # Escalated to a role nobody came to hold.
+            else f"nobody holding {deadline.holder_name(deadline.step)!r} answered {req.kind} "
+            f"within {deadline.deadline_s:g}s",
         )
 
     def _remind(self, req: PendingRequest, deadline: RequestDeadline) -> None:
