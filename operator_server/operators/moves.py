@@ -44,6 +44,7 @@ class Movable(Protocol):
     future: asyncio.Future[Any]
     holder: Any  # the ``Holder`` holding it, or None
     moving: bool
+    then: tuple[str, str] | None  # a move asked for while one was under way
     waiting_for: str | None
 
 
@@ -54,7 +55,9 @@ class Holder(Protocol):
 
     def release(self, req: Any, reason: str) -> bool: ...
 
-    async def adopt(self, req: Any) -> None: ...
+    async def adopt(self, req: Any) -> bool:
+        """Hold ``req``; False when this session has ended meanwhile."""
+        ...
 
 
 # Finds the session holding a role (here, or brought from the store): None when nobody does.
@@ -72,13 +75,16 @@ class RequestMoves:
     def move(self, req: Movable, role: str, reason: str) -> bool:
         """Withdraw ``req`` from its holder (``cancel`` with ``reason``) and
         issue it to whoever holds ``role``.  False, and nothing changed, when
-        it is settled or already on its way elsewhere."""
-        if req.future.done() or req.moving:
+        it is settled or no longer held where it was.  Asked while an earlier
+        move of it is still under way (a step shorter than a store round
+        trip), it is done right after that one: steps are never skipped."""
+        if req.future.done():
             return False
-        source = req.holder
-        if source is not None and not source.release(req, reason):
+        if req.moving:
+            req.then = (role, reason)
+            return True
+        if not self._withdraw(req, reason):
             return False
-        self._unwait(req)
         req.moving = True
         try:
             self._spawn(self._issue_to(req, role), name=f"move:{req.req_id}")
@@ -86,19 +92,34 @@ class RequestMoves:
             req.moving = False
         return True
 
-    async def _issue_to(self, req: Movable, role: str) -> None:
+    def _withdraw(self, req: Movable, reason: str) -> bool:
+        source = req.holder
+        if source is not None and not source.release(req, reason):
+            return False
+        self._unwait(req)
+        return True
+
+    async def _issue_to(self, req: Movable, role: str, target: Holder | None = None) -> None:
         try:
-            target = await self._holder_of(role)
+            while True:
+                if target is None:
+                    target = await self._holder_of(role)
+                if req.future.done():
+                    return
+                if target is None or not await target.adopt(req):
+                    log.info("request waits for a role nobody holds", req_id=req.req_id, role=role)
+                    req.waiting_for = role
+                    self.waiting.setdefault(role, []).append(req)
+                target = None
+                # A move asked for meanwhile (``then``) follows this one.
+                if req.then is None or req.future.done():
+                    return
+                (role, reason), req.then = req.then, None
+                if not self._withdraw(req, reason):
+                    return
         finally:
             req.moving = False
-        if req.future.done():
-            return
-        if target is None:
-            log.info("request waits for a role nobody holds", req_id=req.req_id, role=role)
-            req.waiting_for = role
-            self.waiting.setdefault(role, []).append(req)
-            return
-        await target.adopt(req)
+            req.then = None
 
     def seated(self, session: Holder) -> None:
         """``session`` now serves here: it is issued what waits for its roles."""
@@ -106,7 +127,8 @@ class RequestMoves:
             for req in self.waiting.pop(role, []):
                 req.waiting_for = None
                 if not req.future.done():
-                    self._spawn(session.adopt(req), name=f"move:{req.req_id}")
+                    req.moving = True
+                    self._spawn(self._issue_to(req, role, session), name=f"move:{req.req_id}")
 
     def settled(self, req: Movable) -> None:
         """``req`` has its outcome: it waits for no role any more."""

@@ -98,6 +98,7 @@ class PendingRequest:
     # moves; None while it moves or waits for a role nobody holds.
     holder: OperatorSession | None = field(default=None, repr=False)
     moving: bool = False
+    then: tuple[str, str] | None = None
     waiting_for: str | None = None
     # Its clock's next entry (deadline, reminder, escalation step).
     timer: TimedSteps | None = field(default=None, repr=False)
@@ -374,12 +375,15 @@ class OperatorSession:
             self._moved.popitem(last=False)
         return True
 
-    async def adopt(self, req: PendingRequest) -> None:
+    async def adopt(self, req: PendingRequest) -> bool:
         """Hold ``req``, moved here from another holder: stored and shown as a
         request issued here would be (at once, or at the next attach).  No
-        reconnect grace: the request's own clock bounds its wait."""
-        if self._ended is not None or req.future.done():
-            return
+        reconnect grace: the request's own clock bounds its wait.  False when
+        this session has ended (deleted, expired): it cannot hold anything."""
+        if self._ended is not None:
+            return False
+        if req.future.done():
+            return True
         req.holder, req.delivered = self, False
         self._moved.pop(req.req_id, None)
         self.pending[req.req_id] = req
@@ -389,11 +393,12 @@ class OperatorSession:
             self._forget(req)
             if not req.future.done():
                 req.future.set_exception(exc)
-            return
+            return True
         if req.future.done():  # settled meanwhile
             self._forget(req)
         elif self._pump is not None and not req.delivered:
             self._deliver(req)
+        return True
 
     async def _request(
         self,
