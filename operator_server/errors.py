@@ -81,6 +81,8 @@ class Code(StrEnum):
     BAD_MESSAGE = "bad_message"
     UNKNOWN_REQ_ID = "unknown_req_id"
     ALREADY_ANSWERED = "already_answered"
+    # A reply to a request that has moved on to another holder (escalated).
+    ALREADY_MOVED = "already_moved"
     WRONG_REPLY = "wrong_reply"
     BAD_ANSWER = "bad_answer"
 
@@ -147,6 +149,7 @@ STATUS: dict[Code, int] = {
     Code.BAD_MESSAGE: 400,
     Code.UNKNOWN_REQ_ID: 400,
     Code.ALREADY_ANSWERED: 400,
+    Code.ALREADY_MOVED: 409,
     Code.WRONG_REPLY: 400,
     Code.BAD_ANSWER: 400,
 }

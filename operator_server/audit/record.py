@@ -32,6 +32,7 @@ class Action(StrEnum):
     TASK_CREATED = "task.created"
     TASK_CANCELLED = "task.cancelled"
     REQUEST_ISSUED = "request.issued"
+    REQUEST_ESCALATED = "request.escalated"
     ASK_ANSWERED = "ask.answered"
     ASK_DECLINED = "ask.declined"
     HOOK_APPROVED = "hook.approved"

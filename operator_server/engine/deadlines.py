@@ -22,10 +22,18 @@ on disk before anyone could miss it; a crash inside that first second
 restarts its clock at most ``PERSIST_AFTER_S`` late.  A restart,
 or another node taking the task over, re-dispatches the interrupted attempt:
 its requests are issued again under new ``req_id``s and each picks up the
-stored due time of its kind (and its ``step``, the place in an escalation
-chain, 0 until chains exist), so the clock keeps running.  An attempt that
+stored due time of its kind (and its ``step``, the place in its escalation
+chain), so the clock keeps running.  An attempt that
 ended any other way leaves nothing to pick up.  A worker's own asks are
 withdrawn when their attempt ends, never re-issued, so theirs is not stored.
+
+**Escalation chains.**  A task's ``operator.escalate`` (``EscalationStep``s)
+gives every request of the task a chain of holders: step 0 is whoever the task
+names, step ``n`` the ``n``-th entry's role.  While a request is at a step with
+a next one, its stored ``due_at`` is when it moves on (the step's ``after_s``
+counted from when it got there); at the last step it is the request's own
+deadline, counted from then.  So one stored pair ``{"due_at", "step"}``
+resumes either.
 
 The clock itself is one heap for the whole process (``engine.schedule``).
 """
@@ -49,6 +57,18 @@ _CONFIG_KEYS = {
     "hook_before": ("hook_timeout_s", "hook_on_timeout"),
     "spawn": ("spawn_timeout_s", "spawn_on_timeout"),
 }
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    """Where an unanswered request goes after ``after_s`` at the step before."""
+
+    after_s: float
+    role: str
+
+
+def chain_of(escalate: list[dict[str, Any]] | None) -> tuple[EscalationStep, ...]:
+    return tuple(EscalationStep(float(s["after_s"]), str(s["role"])) for s in escalate or ())
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,14 @@ class RequestDeadline:
     due_at: float | None
     remind_at: float | None
     step: int = 0
+    # The escalation chain (``escalate``): while ``step < len(chain)`` the
+    # request moves on at ``step_until`` and ``due_at`` / ``remind_at`` wait.
+    chain: tuple[EscalationStep, ...] = ()
+    step_until: float | None = None
+    # Whom the task names for the request's face: the holder at step 0.
+    first: str = ""
+    # Told of each step reached, to store it (durable requests only).
+    stepped: Callable[[], None] | None = None
     # A due time to store: ``write`` is called at ``write_at`` if the request
     # is still open then (``PERSIST_AFTER_S``, or its due time if sooner).
     write_at: float | None = None
@@ -137,14 +165,46 @@ class RequestDeadline:
             settled, self.settled = self.settled, None
             settled()
 
+    def holder_name(self, step: int) -> str:
+        """The sid or role that holds the request at ``step``."""
+        return self.chain[step - 1].role if step else self.first
 
-def fresh(kind: str, rule: Rule, fraction: float, now: float | None = None) -> RequestDeadline:
-    """A deadline starting now."""
+    @property
+    def escalating(self) -> bool:
+        """The request has a step ahead of it in its chain."""
+        return self.step < len(self.chain)
+
+    def reach(self, step: int, at: float, fraction: float) -> None:
+        """The request got to ``step`` at ``at``: its next move or, at the
+        last step, its deadline counts from then."""
+        self.step = step
+        if self.escalating:
+            self.step_until = at + self.chain[step].after_s
+            self.due_at = self.remind_at = None
+        else:
+            self.step_until = None
+            self.due_at = at + self.deadline_s if self.deadline_s else None
+            self.remind_at = remind_time(self.due_at, self.deadline_s, fraction)
+        if self.stepped is not None:
+            self.stepped()
+
+    def stored(self) -> dict[str, Any]:
+        """What ``Task.dues`` keeps of it: when the current step ends, and the step."""
+        return {"due_at": self.step_until if self.escalating else self.due_at, "step": self.step}
+
+
+def fresh(
+    kind: str,
+    rule: Rule,
+    fraction: float,
+    now: float | None = None,
+    chain: tuple[EscalationStep, ...] = (),
+) -> RequestDeadline:
+    """A deadline starting now, at the first step of ``chain``."""
     now = time.time() if now is None else now
-    due = now + rule.deadline_s if rule.deadline_s else None
-    return RequestDeadline(
-        kind, rule.deadline_s, rule.on_timeout, due, remind_time(due, rule.deadline_s, fraction)
-    )
+    deadline = RequestDeadline(kind, rule.deadline_s, rule.on_timeout, None, None, chain=chain)
+    deadline.reach(0, now, fraction)
+    return deadline
 
 
 def remind_time(due_at: float | None, deadline_s: float, fraction: float) -> float | None:
@@ -184,37 +244,47 @@ class AttemptDeadlines:
         self,
         rules: dict[str, Rule],
         fraction: float,
-        dues: dict[str, dict[str, float]],
+        dues: dict[str, dict[str, Any]],
         save: Callable[[], None],
+        chain: tuple[EscalationStep, ...] = (),
+        first: dict[str, str] | None = None,
     ) -> None:
         self.rules = rules
         self._fraction = fraction
         self._dues = dues
         self._save = save
+        self.chain = chain
+        self._first = first or {}
 
     def for_request(self, kind: str, *, durable: bool = True) -> RequestDeadline:
         """The deadline of a new ``kind`` request; ``durable``: one of the
-        attempt's chain, which resumes a stored due time and stores its own."""
-        rule = self.rules[kind]
-        if not durable or not rule.deadline_s:
-            return fresh(kind, rule, self._fraction)
+        attempt's chain, which resumes a stored due time (and step) and stores its own."""
+        deadline = self._for_request(kind, durable)
+        deadline.first = self._first.get(kind, "")
+        return deadline
+
+    def _for_request(self, kind: str, durable: bool) -> RequestDeadline:
+        rule, chain = self.rules[kind], self.chain
+        if not durable or not (rule.deadline_s or chain):
+            return fresh(kind, rule, self._fraction, chain=chain)
         stored = self._dues.get(kind)
         written = stored is not None  # read back from the store: it is there
         if stored is not None:
-            due, step = float(stored["due_at"]), int(stored.get("step", 0))
+            step = min(int(stored.get("step", 0)), len(chain))
             deadline = RequestDeadline(
-                kind,
-                rule.deadline_s,
-                rule.on_timeout,
-                due,
-                remind_time(due, rule.deadline_s, self._fraction),
-                step,
+                kind, rule.deadline_s, rule.on_timeout, None, None, step, chain
             )
+            due = stored.get("due_at")
+            if deadline.escalating:
+                deadline.step_until = float(due) if due is not None else time.time()
+            elif due is not None:
+                deadline.due_at = float(due)
+                deadline.remind_at = remind_time(deadline.due_at, rule.deadline_s, self._fraction)
+            entry = stored
         else:
             now = time.time()
-            due = now + rule.deadline_s
-            deadline = fresh(kind, rule, self._fraction, now)
-            entry = self._dues[kind] = {"due_at": due, "step": 0}
+            deadline = fresh(kind, rule, self._fraction, now, chain)
+            entry = self._dues[kind] = deadline.stored()
 
             def write() -> None:
                 nonlocal written
@@ -222,11 +292,20 @@ class AttemptDeadlines:
                     written = True
                     self._save()
 
-            deadline.write_at, deadline.write = min(now + PERSIST_AFTER_S, due), write
+            first_end = deadline.step_until or deadline.due_at or now
+            deadline.write_at, deadline.write = min(now + PERSIST_AFTER_S, first_end), write
+
+        def stepped() -> None:
+            # A move is a decision: stored at once, whatever the request waited.
+            nonlocal written, entry
+            if self._dues.get(kind) is entry:
+                entry = self._dues[kind] = deadline.stored()
+                written = True
+                self._save()
 
         def settled() -> None:
             if self._dues.pop(kind, None) is not None and written:
                 self._save()  # a stored due time must not outlive its request
 
-        deadline.settled = settled
+        deadline.stepped, deadline.settled = stepped, settled
         return deadline

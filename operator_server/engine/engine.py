@@ -42,7 +42,13 @@ from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer
 from operator_server.engine.counts import StatusCounts
-from operator_server.engine.deadlines import AttemptDeadlines, DueSoon, DueSoonObserver, task_rules
+from operator_server.engine.deadlines import (
+    AttemptDeadlines,
+    DueSoon,
+    DueSoonObserver,
+    chain_of,
+    task_rules,
+)
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
 from operator_server.engine.faces import (
     AttemptContext,
@@ -68,6 +74,7 @@ from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.store import Fenced, Store, StoreError, TaskEvent
+from operator_server.wire.frames import FACE_OF
 from operator_server.wire.times import iso
 
 log = get_logger(__name__)
@@ -291,10 +298,12 @@ class Engine:
         task_id: str,
         req_id: str,
         face: str,
-        sid: str,
+        sid: str | None,
         audit: AuditEntry | None = None,
+        fields: tuple[Any, ...] = (),
     ) -> None:
-        """An operator request was issued (``request``) or answered (``reply``):
+        """An operator request was issued (``request``), answered (``reply``)
+        or moved on (``request_moved``, its own ``fields`` after the common ones):
         reported by the operator session, recorded on the task's stream, with
         the audit entry of what it asked or decided in the same write."""
         task = self.tasks.get(task_id)
@@ -309,7 +318,7 @@ class Engine:
             if entries:
                 self.store.put_events_soon((), audit=entries)
             return
-        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
+        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid, *fields)
         self.store.put_events_soon([event], audit=entries)
 
     def request_due_soon(self, notice: DueSoon) -> None:
@@ -716,6 +725,12 @@ class Engine:
             self.settings.remind_at_fraction,
             task.dues,
             lambda: self._save_dues(task),
+            chain_of(spec.escalate if spec else None),
+            {
+                kind: name
+                for kind, face in FACE_OF.items()
+                if spec and (name := spec.face_names()[face])
+            },
         )
         self.contexts[task.id] = ctx
         log.debug("attempt started", kind=str(task.kind))

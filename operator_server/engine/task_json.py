@@ -83,6 +83,22 @@ _KindDeadlinesSchema = Schema.from_dict(
 )
 
 
+class EscalationStepSchema(Schema):
+    """One step of an escalation chain: after ``after_s`` at the step before,
+    an unanswered request moves to ``role``."""
+
+    after_s = StrictNumber(
+        required=True,
+        validate=validate.Range(min=0, min_inclusive=False),
+        metadata={"description": "seconds at the step before, counted from when it got there"},
+    )
+    role = fields.String(required=True, validate=NAME)
+
+
+# A chain longer than this is a mistake, not a roster.
+MAX_ESCALATION_STEPS = 10
+
+
 class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
     sid = fields.String(validate=NAME)
     role = fields.String(validate=NAME)
@@ -92,6 +108,14 @@ class OperatorSpecSchema(_FaceNamesSchema):  # type: ignore[valid-type,misc]
     deadlines = fields.Nested(
         _KindDeadlinesSchema,
         metadata={"description": "per request kind, overriding deadline_s and on_timeout"},
+    )
+    escalate = fields.List(
+        fields.Nested(EscalationStepSchema),
+        validate=validate.Length(min=1, max=MAX_ESCALATION_STEPS),
+        metadata={
+            "description": "escalation chain: an unanswered request moves to each role in turn; "
+            "after the last step its deadline and on_timeout count from when it got there"
+        },
     )
 
     @validates_schema

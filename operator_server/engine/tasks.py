@@ -68,6 +68,8 @@ class OperatorSpec:
     deadline_s: float | None = None
     on_timeout: str | None = None
     deadlines: dict[str, dict[str, Any]] | None = None
+    # Escalation chain (``engine.deadlines``): ``[{"after_s": .., "role": ..}, ...]``.
+    escalate: list[dict[str, Any]] | None = None
 
     def face_names(self) -> dict[Face, str | None]:
         everyone = self.sid or self.role
@@ -269,7 +271,7 @@ class Task:
     # Due times of the current attempt's open chain requests, by kind
     # (``{"due_at": unix seconds, "step": n}``): stored, so that an attempt
     # re-dispatched after an interruption resumes them (``engine.deadlines``).
-    dues: dict[str, dict[str, float]] = field(default_factory=dict)
+    dues: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def current(self) -> AttemptRecord | None:

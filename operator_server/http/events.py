@@ -87,6 +87,7 @@ class EventDataSchema(Schema):
                 "request",
                 "reply",
                 "request_due_soon",
+                "request_moved",
             ]
         ),
     )
@@ -109,6 +110,16 @@ class EventDataSchema(Schema):
     )
     on_timeout = fields.String(
         metadata={"description": "request_due_soon: what it becomes then (fail|decline|approve)"}
+    )
+    from_ = fields.String(
+        data_key="from",
+        metadata={"description": "request_moved: the role (or sid) the request left"},
+    )
+    to = fields.String(metadata={"description": "request_moved: the role it went to"})
+    step = fields.Integer(metadata={"description": "request_moved: its place in the chain now"})
+    reason = fields.String(metadata={"description": "request_moved: why (escalated)"})
+    after_s = fields.Float(
+        metadata={"description": "request_moved: how long it waited at the step it left"}
     )
 
 

@@ -34,6 +34,7 @@ from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
+from operator_server.operators.moves import RequestMoves
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.operators.session import OperatorSession, hash_token
@@ -69,6 +70,8 @@ class OperatorDirectory:
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
         # How requests reach sockets (on any node, with a shared store).
         self.relay: RequestRelay = relay or NoRelay()
+        # Moves pending requests between sessions (escalation steps).
+        self.moves = RequestMoves(self._holder_of, engine.background.spawn)
 
     def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
@@ -112,6 +115,7 @@ class OperatorDirectory:
         except StoreError:
             self._drop(sid)
             raise
+        self.moves.seated(session)
         log.info("operator minted", sid=sid, roles=roles, minted_by=minted_by)
         return session, token
 
@@ -133,6 +137,7 @@ class OperatorDirectory:
             spawn=self.engine.background.spawn,
             clock=self.engine.deadline_heap,
             due_soon=self.engine.request_due_soon,
+            moves=self.moves,
         )
 
     def _add(self, session: OperatorSession) -> None:
@@ -152,8 +157,21 @@ class OperatorDirectory:
                 "stored session skipped: its roles are taken", sid=record.sid, error=str(exc)
             )
             return False
-        self._add(self._session(record))
+        session = self._session(record)
+        self._add(session)
+        self.moves.seated(session)
         return True
+
+    async def _holder_of(self, role: str) -> OperatorSession | None:
+        """The session holding ``role``, here or (brought from) the store."""
+        sid = self.engine.resolution.roles.resolve(role)
+        if sid is None:
+            try:
+                await self.find_name(role)
+            except StoreError as exc:
+                log.warning("could not look up a role in the store", role=role, error=str(exc))
+            sid = self.engine.resolution.roles.resolve(role)
+        return self.sessions.get(sid) if sid is not None else None
 
     async def find(self, sid: str) -> OperatorSession | None:
         """The session ``sid``: known here, or stored by another node (then it is

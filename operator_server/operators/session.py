@@ -13,6 +13,10 @@ frames.  That split is what makes reconnects lose nothing:
   socket that was already replaced changes nothing.
 * The first reply to a ``req_id`` wins; a duplicate gets ``already_answered``.
 * A withdrawn request (cancel, timeout) is told to the operator with ``cancel``.
+* A request can move to another holder (``operators/moves.py``: an escalation
+  step): it keeps its ``req_id``, this session ``release``s it (a ``cancel``
+  with the move's reason) and the next one ``adopt``s it; a late reply here gets
+  ``already_moved``.  Whoever holds it, the coroutine that issued it awaits it.
 
 Where requests are recorded and which node shows them is the relay's business
 (``operators/relay.py``), chosen at start-up: with one process (``NoRelay``)
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server import entropy
-from operator_server.audit.principals import session_principal
+from operator_server.audit.principals import SERVER, session_principal
 from operator_server.audit.record import Action, AuditEntry
 from operator_server.audit.replies import reply_entry
 from operator_server.config import Settings
@@ -48,6 +52,7 @@ from operator_server.errors import AttemptFailed, Code, NodeUnreachable, Protoco
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
+from operator_server.operators.moves import RequestMoves
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import StoreError
@@ -60,11 +65,14 @@ log = get_logger(__name__)
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
+# The ``cancel`` reason of a request moved on by its escalation chain.
+ESCALATED = "escalated"
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
-# (event type "request" | "reply", task_id, req_id, face, sid, the audit entry
-# of what it decided or asked for, if anything)
-Report = Callable[[str, str, str, str, str, AuditEntry | None], None]
+# (event type "request" | "reply" | "request_moved", task_id, req_id, face, sid,
+# the audit entry of what it decided or asked for, if anything[, the type's own
+# fields after those])
+Report = Callable[..., None]
 
 
 def hash_token(token: str) -> str:
@@ -86,6 +94,14 @@ class PendingRequest:
     issued_mono: float = field(default_factory=time.monotonic, repr=False)
     # An ``ask``'s answer form: an answer that does not fill it is refused.
     answer_schema: dict[str, Any] | None = None
+    # Who holds it now (``operators/moves.py``): the issuing session until it
+    # moves; None while it moves or waits for a role nobody holds.
+    holder: OperatorSession | None = field(default=None, repr=False)
+    moving: bool = False
+    then: tuple[str, str] | None = None
+    waiting_for: str | None = None
+    # Its clock's next entry (deadline, reminder, escalation step).
+    timer: TimedSteps | None = field(default=None, repr=False)
 
 
 class OperatorSession:
@@ -110,6 +126,7 @@ class OperatorSession:
         spawn: Spawn | None = None,
         clock: DeadlineHeap | LoopTimers | None = None,
         due_soon: Callable[[DueSoon], None] | None = None,
+        moves: RequestMoves | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -124,6 +141,9 @@ class OperatorSession:
         self._settings = settings
         self._directive = directive
         self._answered: OrderedDict[str, None] = OrderedDict()
+        # req_ids this session held and gave up to another holder: req_id -> why.
+        self._moved: OrderedDict[str, str] = OrderedDict()
+        self._moves = moves
         self._pump: SocketPump | None = None
         # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
         self._base_url = base_url
@@ -342,6 +362,44 @@ class OperatorSession:
         if shown and self._pump is not None:
             self._pump.send(p.cancel_frame(req.req_id, reason))
 
+    def release(self, req: PendingRequest, reason: str) -> bool:
+        """Give ``req`` up to be moved (``operators/moves.py``): withdrawn here
+        (``cancel`` with ``reason``); a reply to it here gets ``already_moved``.
+        False when it is not held here."""
+        if self.pending.get(req.req_id) is not req:
+            return False
+        self._withdraw(req, reason)
+        req.holder = None
+        self._moved[req.req_id] = reason
+        if len(self._moved) > ANSWERED_MEMORY:
+            self._moved.popitem(last=False)
+        return True
+
+    async def adopt(self, req: PendingRequest) -> bool:
+        """Hold ``req``, moved here from another holder: stored and shown as a
+        request issued here would be (at once, or at the next attach).  No
+        reconnect grace: the request's own clock bounds its wait.  False when
+        this session has ended (deleted, expired): it cannot hold anything."""
+        if self._ended is not None:
+            return False
+        if req.future.done():
+            return True
+        req.holder, req.delivered = self, False
+        self._moved.pop(req.req_id, None)
+        self.pending[req.req_id] = req
+        try:
+            await self._issue_stored(req)
+        except AttemptFailed as exc:
+            self._forget(req)
+            if not req.future.done():
+                req.future.set_exception(exc)
+            return True
+        if req.future.done():  # settled meanwhile
+            self._forget(req)
+        elif self._pump is not None and not req.delivered:
+            self._deliver(req)
+        return True
+
     async def _request(
         self,
         kind: str,
@@ -366,6 +424,7 @@ class OperatorSession:
             loop.create_future(),
             expects_reply,
             answer_schema=answer_schema,
+            holder=self,
         )
         self.pending[req_id] = req
         if issued is not None:
@@ -387,27 +446,24 @@ class OperatorSession:
             self._report(
                 EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid, issued_entry
             )
-        try:
-            await self._issue_stored(req)
-        except BaseException:
-            self._forget(req)
-            raise
-        if self._pump is not None and not req.delivered:
-            self._deliver(req)
-        if not req.delivered:
-            req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
+        resumed = deadline.step and self._moves is not None and deadline.chain
+        if resumed and self._moves is not None:
+            # Re-issued past its chain's first step (``engine/deadlines.py``):
+            # straight to where the chain had got, before anyone here saw it.
+            self._moves.move(req, deadline.holder_name(deadline.step), "resumed")
+        else:
+            try:
+                await self._issue_stored(req)
+            except BaseException:
+                self._forget(req)
+                raise
+            if self._pump is not None and not req.delivered:
+                self._deliver(req)
+            if not req.delivered:
+                req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
         if ctx is not None:
             ctx.open_request = req_id
-        # On the engine's one heap rather than a timer per request
-        # (``engine/schedule.py``), one entry at a time: a reply cancels it with a flag.
-        steps: list[tuple[float, Callable[[], None]]] = []
-        if deadline.write_at is not None and deadline.write is not None:
-            steps.append((deadline.write_at, deadline.write))
-        if deadline.remind_at is not None and self._due_soon is not None:
-            steps.append((deadline.remind_at, lambda: self._remind(req, deadline)))
-        if deadline.due_at is not None:
-            steps.append((deadline.due_at, lambda: _no_reply(req.future)))
-        timer = TimedSteps(self._clock, steps) if steps else None
+        self._arm(req, deadline, deadline.write_at, deadline.write)
         try:
             reply = await req.future
         except _NoReply:
@@ -415,23 +471,85 @@ class OperatorSession:
             return self._timed_out(req, deadline)
         except asyncio.CancelledError as exc:
             # Not settled: an attempt cut short keeps its stored due time.
-            self._withdraw(req, str(exc.args[0]) if exc.args and exc.args[0] else "cancelled")
+            if req.holder is not None:
+                req.holder._withdraw(req, _cancel_reason(exc))
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
-            self._forget(req)
+            if req.timer is not None:
+                req.timer.cancel()
+                req.timer = None
+            if req.holder is not None:
+                req.holder._forget(req)
+            if self._moves is not None:
+                self._moves.settled(req)
             if ctx is not None:
                 ctx.open_request = None
         deadline.settle()
         return reply
+
+    def _arm(
+        self,
+        req: PendingRequest,
+        deadline: RequestDeadline,
+        write_at: float | None = None,
+        write: Callable[[], None] | None = None,
+    ) -> None:
+        """The request's clock for the step it is at: on the engine's one heap
+        rather than a timer per request (``engine/schedule.py``), one entry at
+        a time, so a reply cancels it with a flag."""
+        steps: list[tuple[float, Callable[[], None]]] = []
+        if write_at is not None and write is not None:
+            steps.append((write_at, write))
+        if deadline.escalating and self._moves is not None and deadline.step_until is not None:
+            steps.append((deadline.step_until, lambda: self._escalate(req, deadline)))
+        else:
+            if deadline.remind_at is not None and self._due_soon is not None:
+                steps.append((deadline.remind_at, lambda: self._remind(req, deadline)))
+            if deadline.due_at is not None:
+                steps.append((deadline.due_at, lambda: _no_reply(req.future)))
+        req.timer = TimedSteps(self._clock, steps) if steps else None
+
+    def _escalate(self, req: PendingRequest, deadline: RequestDeadline) -> None:
+        """Its step's time passed with no reply: on to the chain's next role."""
+        if req.future.done() or self._moves is None:
+            return
+        step = deadline.step + 1
+        source, to = deadline.holder_name(deadline.step), deadline.holder_name(step)
+        left = req.holder.sid if req.holder is not None else None
+        if not self._moves.move(req, to, ESCALATED):
+            return  # settled or on its way: a reply beat the clock
+        waited = deadline.chain[deadline.step].after_s
+        deadline.reach(step, time.time(), self._settings.remind_at_fraction)
+        self.log.info("request escalated", req_id=req.req_id, to=to, step=step)
+        if self._report is not None:
+            entry = AuditEntry(
+                Action.REQUEST_ESCALATED,
+                SERVER,
+                task_id=req.task_id,
+                req_id=req.req_id,
+                session_id=left,
+                outcome=f"{source} -> {to}",
+                reason=f"no reply within {waited:g}s",
+            )
+            self._report(
+                EventType.REQUEST_MOVED,
+                req.task_id,
+                req.req_id,
+                str(p.FACE_OF[req.kind]),
+                left,
+                entry,
+                (source, to, step, ESCALATED, waited),
+            )
+        self._arm(req, deadline)
 
     def _timed_out(self, req: PendingRequest, deadline: RequestDeadline) -> Reply:
         """Nobody replied by ``deadline``: withdraw the request and do what its
         on-timeout action says."""
         waited = f"no reply within {deadline.deadline_s:g}s"
         action = deadline.on_timeout
-        self._withdraw(req, waited if action is OnTimeout.FAIL else f"{waited}: {action}")
+        holder = req.holder
+        if holder is not None:
+            holder._withdraw(req, waited if action is OnTimeout.FAIL else f"{waited}: {action}")
         where = {"req_id": req.req_id, "task_id": req.task_id, "kind": req.kind}
         if action is OnTimeout.DECLINE:
             self.log.info("request declined by its deadline", **where)
@@ -445,7 +563,11 @@ class OperatorSession:
         self.log.info("request timed out", **where)
         raise AttemptFailed(
             Code.OPERATOR_TIMEOUT,
-            f"operator {self.sid} did not answer {req.kind} within {deadline.deadline_s:g}s",
+            f"operator {holder.sid} did not answer {req.kind} within {deadline.deadline_s:g}s"
+            if holder is not None
+            # Escalated to a role nobody came to hold.
+            else f"nobody holding {deadline.holder_name(deadline.step)!r} answered {req.kind} "
+            f"within {deadline.deadline_s:g}s",
         )
 
     def _remind(self, req: PendingRequest, deadline: RequestDeadline) -> None:
@@ -457,7 +579,7 @@ class OperatorSession:
                 req.req_id,
                 req.kind,
                 str(p.FACE_OF[req.kind]),
-                self.sid,
+                req.holder.sid if req.holder is not None else "",
                 deadline.due_at,
                 str(deadline.on_timeout),
             )
@@ -551,6 +673,13 @@ class OperatorSession:
         req_id = data["req_id"]
         req = self.pending.get(req_id)
         if req is None:
+            if req_id in self._moved:
+                raise ProtocolError(
+                    Code.ALREADY_MOVED,
+                    f"{req_id} has moved on to another holder ({self._moved[req_id]}); "
+                    "this reply changed nothing",
+                    req_id,
+                )
             if req_id in self._answered:
                 raise ProtocolError(
                     Code.ALREADY_ANSWERED,
@@ -693,6 +822,10 @@ class OperatorSession:
 
 # A hook_after is only told: nothing to wait for.
 _TOLD = RequestDeadline("hook_after", 0, OnTimeout.FAIL, None, None)
+
+
+def _cancel_reason(exc: asyncio.CancelledError) -> str:
+    return str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
 
 
 class _NoReply(Exception):

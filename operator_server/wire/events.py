@@ -23,6 +23,8 @@ class EventType:
     REPLY = "reply"
     # A request still unanswered at ``remind_at_fraction`` of its deadline.
     REQUEST_DUE_SOON = "request_due_soon"
+    # A request moved on to another holder (``reason``: "escalated").
+    REQUEST_MOVED = "request_moved"
 
 
 # Each type's own fields after the common five.  Events are built and stored
@@ -39,4 +41,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     EventType.REQUEST: _OPERATOR,
     EventType.REPLY: _OPERATOR,
     EventType.REQUEST_DUE_SOON: (*_OPERATOR, "due_at", "on_timeout"),
+    # ``sid``: the session it left; ``from``/``to``: the names of the steps.
+    EventType.REQUEST_MOVED: (*_OPERATOR, "from", "to", "step", "reason", "after_s"),
 }

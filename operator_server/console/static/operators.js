@@ -18,7 +18,7 @@ import { $, clock, h, idChip } from "./dom.js";
 import { names } from "./names.js";
 
 // The events after which what sessions hold pending may differ.
-const CHANGES_PENDING = new Set(["request", "reply", "status"]);
+const CHANGES_PENDING = new Set(["request", "reply", "request_moved", "status"]);
 const REQUEST_WORDS = { hook_before: "approval", ask: "question", spawn: "work" };
 // How often a visible panel re-reads the sessions (one GET /v1/operators, plus
 // the pending list of each session holding some).

@@ -44,6 +44,12 @@ const REPLIED = {
   senior_bridge: (who) => `${who} answered the question`,
   backend: (who) => `${who} handed the work back`,
 };
+// A request that moved on (escalation): "approval moved from l1 to l2 (no reply in 10 min)".
+const REQUEST_NOUN = { spawn_hook: "approval", senior_bridge: "question", backend: "work" };
+const movedWords = ({ face, from, to, reason, after_s: after }) =>
+  `${REQUEST_NOUN[face] || "request"} moved from ${from} to ${to}` +
+  (reason === "escalated" ? ` (no reply in ${duration(after)})` : ` (${reason})`);
+const duration = (s) => (s >= 3600 ? `${+(s / 3600).toFixed(1)} h` : s >= 60 ? `${+(s / 60).toFixed(1)} min` : `${s} s`);
 const NOT_LIVE = "not live: events need the events:read scope";
 const FACE_WORK = { spawn_hook: "approvals", senior_bridge: "questions", backend: "work" };
 // An output event: where the attempt's result came from.
@@ -272,6 +278,7 @@ export class TasksView {
       output: () => outputWords(data),
       request: () => (ASKED[data.face] || ((w) => `request to ${w}`))(who),
       reply: () => (REPLIED[data.face] || ((w) => `${w} replied`))(who),
+      request_moved: () => movedWords(data),
     };
     const what = (parts[type] || (() => type))();
     const item = h("li", { class: `event event-${type}`, "data-type": type, "data-status": data.status,
