@@ -293,10 +293,12 @@ class Engine:
         face: str,
         sid: str,
         audit: AuditEntry | None = None,
+        via: str | None = None,
     ) -> None:
-        """An operator request was issued (``request``) or answered (``reply``):
-        reported by the operator session, recorded on the task's stream, with
-        the audit entry of what it asked or decided in the same write."""
+        """An operator request was issued (``request``) or answered (``reply``,
+        ``via`` where the reply came from): reported by the operator session,
+        recorded on the task's stream, with the audit entry of what it asked or
+        decided in the same write."""
         task = self.tasks.get(task_id)
         if task is None or self._stale(task_id):
             return  # not this node's to write
@@ -309,7 +311,8 @@ class Engine:
             if entries:
                 self.store.put_events_soon((), audit=entries)
             return
-        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid)
+        extra = () if via is None else (via,)
+        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid, *extra)
         self.store.put_events_soon([event], audit=entries)
 
     def request_due_soon(self, notice: DueSoon) -> None:
