@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.auth.test_keys import BOOT, make_key
 from tests.conftest import Server
+from tests.http.sse import read_all
 from tests.wsop import connect, expect, recv
 
 ADMIN = {"Authorization": f"Bearer {BOOT}"}
@@ -107,6 +108,9 @@ async def test_a_rest_reply_wins_and_the_socket_is_told_answered_elsewhere(serve
         ("key:chatbot", hook["req_id"], "not today")
     ]
     assert (await replies_counted(client)) == {("rest", "hook_ack"): 1.0}
+    events = await read_all(await client.get(f"/v1/tasks/{task_id}/events", headers=ADMIN))
+    replies = [e.data for e in events if e.type == "reply"]
+    assert [(r["req_id"], r["via"]) for r in replies] == [(hook["req_id"], "rest")]
     await ws.close()
 
 
