@@ -33,6 +33,7 @@ class Code(StrEnum):
     NO_SENIOR = "no_senior"
     CALLBACK_NOT_ALLOWED = "callback_not_allowed"
     OPERATOR_NOT_FOUND = "operator_not_found"
+    REQUEST_NOT_FOUND = "request_not_found"
     ROLES_CONFLICT = "roles_conflict"
     STORE_FAILED = "store_failed"
     SHUTTING_DOWN = "shutting_down"
@@ -81,10 +82,11 @@ class Code(StrEnum):
     BAD_MESSAGE = "bad_message"
     UNKNOWN_REQ_ID = "unknown_req_id"
     ALREADY_ANSWERED = "already_answered"
-    # A reply to a request that has moved on to another holder (escalated).
-    ALREADY_MOVED = "already_moved"
     WRONG_REPLY = "wrong_reply"
     BAD_ANSWER = "bad_answer"
+    # The request went on to another holder (escalated, reassigned, handed
+    # over) before this reply came: it changed nothing.
+    ALREADY_MOVED = "already_moved"
 
 
 # The HTTP status each code is answered with: ``ApiError`` and ``http/errors.py``
@@ -111,6 +113,7 @@ STATUS: dict[Code, int] = {
     Code.NO_SENIOR: 409,
     Code.CALLBACK_NOT_ALLOWED: 400,
     Code.OPERATOR_NOT_FOUND: 404,
+    Code.REQUEST_NOT_FOUND: 404,
     Code.ROLES_CONFLICT: 409,
     Code.STORE_FAILED: 503,
     Code.SHUTTING_DOWN: 503,
@@ -148,7 +151,8 @@ STATUS: dict[Code, int] = {
     Code.WORKER_FAILED: 400,
     Code.BAD_MESSAGE: 400,
     Code.UNKNOWN_REQ_ID: 400,
-    Code.ALREADY_ANSWERED: 400,
+    # A reply over REST that lost to another (``POST /v1/requests/{req_id}/reply``).
+    Code.ALREADY_ANSWERED: 409,
     Code.ALREADY_MOVED: 409,
     Code.WRONG_REPLY: 400,
     Code.BAD_ANSWER: 400,

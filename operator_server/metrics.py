@@ -185,6 +185,13 @@ class Metrics:
             buckets=SLOW_BUCKETS,
             registry=reg,
         )
+        self.replies = Counter(
+            PREFIX + "replies_total",
+            "Operator replies that settled a request, by where they came from "
+            "(socket, rest, batch) and their type (answer, hook_ack, spawn_ack, spawn_halt).",
+            ("via", "kind"),
+            registry=reg,
+        )
         self.frames = Counter(
             PREFIX + "frames_total",
             "WebSocket frames, by direction (in, out) and frame type.",
@@ -281,8 +288,9 @@ class Metrics:
     def attempt_ended(self, seconds: float) -> None:
         self.attempt_duration.observe(seconds)
 
-    def reply_received(self, face: str, waited_s: float) -> None:
+    def reply_received(self, face: str, waited_s: float, via: str, kind: str) -> None:
         self.request_wait.observe(waited_s, face)
+        self.replies.inc(via, kind)
 
     def frame_received(self, frame_type: str) -> None:
         cell = self._frames_in.get(frame_type)

@@ -12,10 +12,11 @@ be on any node.  So, with a shared store:
   newer socket), and replays every unanswered request of the session, from the
   rows, in issue order, once; the nodes waiting for them are told they were
   delivered (``delivered``), so their reconnect grace stops.
-* A reply arriving on the socket's node for a request issued elsewhere is
-  passed to the issuer (``operator_reply``, a ``Cluster.call``), which checks
-  it exactly as a local reply — wrong kind, answer form, already answered —
-  and the socket's node sends back whatever error it raised.
+* A reply arriving on the socket's node (or over REST on any node) for a
+  request issued elsewhere is passed to the issuer (``operator_reply``, a
+  ``Cluster.call``), which checks it exactly as a local reply — wrong kind,
+  answer form, already answered — and the sender gets back whatever error it
+  raised.
 * A withdrawn request (timeout, cancel, attempt end) loses its row, and the
   socket's node sends the operator its ``cancel`` (``withdraw``).
 * A deleted session is forgotten by every node (``session_gone``).
@@ -51,7 +52,9 @@ class RelayedSession(Protocol):
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None: ...
     def delivered_elsewhere(self) -> None: ...
     def replaced_elsewhere(self, epoch: int) -> None: ...
-    def reply_from_elsewhere(self, kind: str, data: dict[str, Any]) -> None: ...
+    def reply_from_elsewhere(
+        self, kind: str, data: dict[str, Any], via: str = ..., principal: str = ...
+    ) -> None: ...
 
 
 class SessionsHere(Protocol):
@@ -99,10 +102,21 @@ class Relay:
     def detach(self, sid: str) -> None:
         self.store.detach_socket_soon(sid)
 
-    async def reply(self, owner: str, sid: str, kind: str, data: dict[str, Any]) -> None:
+    async def reply(
+        self,
+        owner: str,
+        sid: str,
+        kind: str,
+        data: dict[str, Any],
+        via: str = "socket",
+        principal: str = "",
+    ) -> None:
         """Hand a reply to the node that issued the request; raises its
-        ``ProtocolError``, or ``NodeUnreachable``."""
-        await self.cluster.call(owner, "operator_reply", {"sid": sid, "kind": kind, "data": data})
+        ``ProtocolError``, or ``NodeUnreachable``.  ``via`` and ``principal``:
+        where it came from (a socket, REST) and who sent it, for the event and
+        the audit trail written there."""
+        args = {"sid": sid, "kind": kind, "data": data, "via": via, "principal": principal}
+        await self.cluster.call(owner, "operator_reply", args)
 
     async def gone(self, sid: str, code: str, message: str) -> None:
         await self.cluster.send(None, SessionGone(sid, code, message))
@@ -135,7 +149,12 @@ class Relay:
                     f"{args['data']['req_id']} is not pending (its session is gone here)",
                     args["data"]["req_id"],
                 )
-            session.reply_from_elsewhere(args["kind"], args["data"])
+            session.reply_from_elsewhere(
+                args["kind"],
+                args["data"],
+                str(args.get("via", "socket")),
+                str(args.get("principal", "")),
+            )
             return {}
 
         def deliver(s: RelayedSession, node: str, m: Deliver) -> None:

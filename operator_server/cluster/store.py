@@ -59,6 +59,10 @@ class ClusterStore(Protocol):
     async def pending_of(self, sid: str) -> list[PendingRow]:
         """Every unanswered request of the session, whichever node issued it."""
 
+    async def pending_requests(self, req_id: str | None = None) -> list[tuple[str, PendingRow]]:
+        """Every unanswered request of every session (or only ``req_id``), in
+        issue order, each with its session's sid."""
+
     async def placed_sessions(self, sid: str | None = None) -> list[PlacedSession]:
         """Every session (or only ``sid``), oldest first, with the node holding
         its socket — only a node whose heartbeat is current — and its count of

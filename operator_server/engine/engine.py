@@ -301,11 +301,13 @@ class Engine:
         sid: str | None,
         audit: AuditEntry | None = None,
         fields: tuple[Any, ...] = (),
+        via: str | None = None,
     ) -> None:
-        """An operator request was issued (``request``), answered (``reply``)
-        or moved on (``request_moved``, its own ``fields`` after the common ones):
-        reported by the operator session, recorded on the task's stream, with
-        the audit entry of what it asked or decided in the same write."""
+        """An operator request was issued (``request``), answered (``reply``,
+        ``via`` where the reply came from) or moved on (``request_moved``, its
+        own ``fields`` after the common ones): reported by the operator session,
+        recorded on the task's stream, with the audit entry of what it asked or
+        decided in the same write."""
         task = self.tasks.get(task_id)
         if task is None or self._stale(task_id):
             return  # not this node's to write
@@ -318,7 +320,8 @@ class Engine:
             if entries:
                 self.store.put_events_soon((), audit=entries)
             return
-        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid, *fields)
+        extra = fields if via is None else (*fields, via)
+        event = self.events.make(task, type, time.time(), task.attempt, req_id, face, sid, *extra)
         self.store.put_events_soon([event], audit=entries)
 
     def request_due_soon(self, notice: DueSoon) -> None:

@@ -41,8 +41,17 @@ class RequestRelay(Protocol):
 
     def detach(self, sid: str) -> None: ...
 
-    async def reply(self, owner: str, sid: str, kind: str, data: dict[str, Any]) -> None:
-        """Hand a reply to ``owner``, the node that issued the request."""
+    async def reply(
+        self,
+        owner: str,
+        sid: str,
+        kind: str,
+        data: dict[str, Any],
+        via: str = "socket",
+        principal: str = "",
+    ) -> None:
+        """Hand a reply to ``owner``, the node that issued the request (``via``
+        and ``principal``: where it came from and who sent it over REST)."""
         ...
 
     async def gone(self, sid: str, code: str, message: str) -> None:
@@ -69,7 +78,15 @@ class NoRelay:
     def detach(self, sid: str) -> None:
         pass
 
-    async def reply(self, owner: str, sid: str, kind: str, data: dict[str, Any]) -> None:
+    async def reply(
+        self,
+        owner: str,
+        sid: str,
+        kind: str,
+        data: dict[str, Any],
+        via: str = "socket",
+        principal: str = "",
+    ) -> None:
         # Only a request another node issued is replied to through the relay,
         # and with one process there is none.
         raise AssertionError(f"{data.get('req_id')} has no other node to go to")

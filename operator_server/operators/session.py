@@ -11,7 +11,12 @@ frames.  That split is what makes reconnects lose nothing:
 * ``attach`` re-sends every unanswered request in issue order before anything
   new can be queued, and a newer socket replaces an older one; ``detach`` from a
   socket that was already replaced changes nothing.
-* The first reply to a ``req_id`` wins; a duplicate gets ``already_answered``.
+* The first reply to a ``req_id`` wins, wherever it came from (this socket,
+  another node's, ``POST /v1/requests/{req_id}/reply``): ``settle_reply`` is
+  the one place a reply is checked and counted.  A later one gets
+  ``already_answered``; one to a request that moved to another holder gets
+  ``already_moved``.  A socket shown a request someone else answered is told
+  with ``cancel`` (reason ``answered_elsewhere``).
 * A withdrawn request (cancel, timeout) is told to the operator with ``cancel``.
 * A request can move to another holder (``operators/moves.py``: an escalation
   step): it keeps its ``req_id``, this session ``release``s it (a ``cancel``
@@ -58,10 +63,11 @@ from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
-from operator_server.wire.values import OnTimeout
+from operator_server.wire.values import OnTimeout, ReplyVia
 
 log = get_logger(__name__)
-# How many answered req_ids to remember for ``already_answered``.
+# How many answered (and moved) req_ids to remember for ``already_answered``
+# (``already_moved``).
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
@@ -71,7 +77,7 @@ ESCALATED = "escalated"
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
 # (event type "request" | "reply" | "request_moved", task_id, req_id, face, sid,
 # the audit entry of what it decided or asked for, if anything[, the type's own
-# fields after those])
+# fields after those]; a reply: ``via=`` where it came from)
 Report = Callable[..., None]
 
 
@@ -102,6 +108,20 @@ class PendingRequest:
     waiting_for: str | None = None
     # Its clock's next entry (deadline, reminder, escalation step).
     timer: TimedSteps | None = field(default=None, repr=False)
+    # Its deadline and place in an escalation chain (``engine/deadlines.py``),
+    # moved on by each step: what ``GET /v1/requests`` shows.
+    deadline: RequestDeadline | None = field(default=None, repr=False)
+
+    @property
+    def deadline_at(self) -> float | None:
+        """When its deadline (or its current step's end) decides it; None: never."""
+        if self.deadline is None:
+            return None
+        return self.deadline.step_until or self.deadline.due_at
+
+    @property
+    def step(self) -> int:
+        return self.deadline.step if self.deadline is not None else 0
 
 
 class OperatorSession:
@@ -141,7 +161,8 @@ class OperatorSession:
         self._settings = settings
         self._directive = directive
         self._answered: OrderedDict[str, None] = OrderedDict()
-        # req_ids this session held and gave up to another holder: req_id -> why.
+        # req_ids this session held and gave up to another holder: req_id ->
+        # why, or where it went (``release``, ``moved_away``).
         self._moved: OrderedDict[str, str] = OrderedDict()
         self._moves = moves
         self._pump: SocketPump | None = None
@@ -262,6 +283,8 @@ class OperatorSession:
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
         self.routed.pop(req_id, None)
+        if reason == p.ANSWERED_ELSEWHERE:  # a late reply here is then told so
+            self._remember_answered(req_id)
         if req_id in self._sent and self._pump is not None:
             self._sent.discard(req_id)
             self._pump.send(p.cancel_frame(req_id, reason))
@@ -281,10 +304,14 @@ class OperatorSession:
             self.close_socket(p.REPLACED_CLOSE_CODE, p.REPLACED_REASON)
             self.log.info("socket replaced by a newer one on another node")
 
-    def reply_from_elsewhere(self, kind: str, data: dict[str, Any]) -> None:
-        """A reply the operator sent through another node's socket."""
-        self.last_seen_at = time.time()
-        self._resolve(kind, data)
+    def reply_from_elsewhere(
+        self, kind: str, data: dict[str, Any], via: str = ReplyVia.SOCKET, principal: str = ""
+    ) -> None:
+        """A reply that reached another node: the operator's, through that
+        node's socket, or a principal's over REST there."""
+        if via == ReplyVia.SOCKET:
+            self.last_seen_at = time.time()
+        self.settle_reply(kind, data, via=ReplyVia(via), principal=principal or None)
 
     def detach(self, pump: SocketPump) -> None:
         """Forget ``pump`` — unless a newer socket already took its place."""
@@ -425,6 +452,7 @@ class OperatorSession:
             expects_reply,
             answer_schema=answer_schema,
             holder=self,
+            deadline=deadline,
         )
         self.pending[req_id] = req
         if issued is not None:
@@ -444,7 +472,13 @@ class OperatorSession:
                 )
             )
             self._report(
-                EventType.REQUEST, task_id, req_id, str(p.FACE_OF[kind]), self.sid, issued_entry
+                EventType.REQUEST,
+                task_id,
+                req_id,
+                str(p.FACE_OF[kind]),
+                self.sid,
+                issued_entry,
+                None,
             )
         resumed = deadline.step and self._moves is not None and deadline.chain
         if resumed and self._moves is not None:
@@ -670,28 +704,30 @@ class OperatorSession:
             if self._pump is not None:
                 self._pump.send(p.pong_frame(data["id"]))
             return
+        self.settle_reply(kind, data, via=ReplyVia.SOCKET)
+
+    def settle_reply(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        via: ReplyVia,
+        principal: str | None = None,
+    ) -> None:
+        """Settle a request this node issued with ``data``, a reply of ``kind``
+        (its schema already checked), whatever path it came by; raises
+        ``ProtocolError`` naming why it changed nothing.
+
+        The one place a reply is judged: it must be pending here (not answered
+        already, not moved to another holder), of the kind that answers it, and
+        fill an ask's answer form.  ``principal``: who replied over REST (a
+        socket's reply is its session minter's).  A reply from anywhere but
+        the socket withdraws the request from the socket with ``cancel``
+        (``answered_elsewhere``)."""
         req_id = data["req_id"]
         req = self.pending.get(req_id)
         if req is None:
-            if req_id in self._moved:
-                raise ProtocolError(
-                    Code.ALREADY_MOVED,
-                    f"{req_id} has moved on to another holder ({self._moved[req_id]}); "
-                    "this reply changed nothing",
-                    req_id,
-                )
-            if req_id in self._answered:
-                raise ProtocolError(
-                    Code.ALREADY_ANSWERED,
-                    f"{req_id} was already answered; the first reply won and this one changed "
-                    "nothing",
-                    req_id,
-                )
-            raise ProtocolError(
-                Code.UNKNOWN_REQ_ID,
-                f"{req_id} is not pending (never issued, withdrawn, or timed out)",
-                req_id,
-            )
+            raise self.why_not_pending(req_id)
         if p.REPLY_TO.get(kind) != req.kind:
             raise ProtocolError(
                 Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req_id
@@ -706,21 +742,60 @@ class OperatorSession:
                     req_id,
                 )
         self._remember_answered(req_id)
-        self._forget(req)
+        if via is ReplyVia.SOCKET:
+            self._forget(req)
+        else:
+            shown = req_id in self._sent
+            self._forget(req, p.ANSWERED_ELSEWHERE)
+            if shown and self._pump is not None:
+                self._pump.send(p.cancel_frame(req_id, p.ANSWERED_ELSEWHERE))
         face = str(p.FACE_OF[req.kind])
-        self._metrics.reply_received(face, time.monotonic() - req.issued_mono)
+        self._metrics.reply_received(face, time.monotonic() - req.issued_mono, via, kind)
         if self._report is not None:
             decided = reply_entry(
                 kind,
                 data,
                 req.answer_schema,
-                principal=session_principal(self),
+                principal=principal or session_principal(self),
                 task_id=req.task_id,
                 session_id=self.sid,
             )
-            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided)
+            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided, via)
         if not req.future.done():
             req.future.set_result((kind, data))
+
+    def why_not_pending(self, req_id: str) -> ProtocolError:
+        """Why a reply to ``req_id`` finds nothing pending here."""
+        if req_id in self._moved:
+            return ProtocolError(
+                Code.ALREADY_MOVED,
+                f"{req_id} has moved on to another holder ({self._moved[req_id]}); "
+                "this reply changed nothing",
+                req_id,
+            )
+        if req_id in self._answered:
+            return ProtocolError(
+                Code.ALREADY_ANSWERED,
+                f"{req_id} was already answered; the first reply won and this one changed nothing",
+                req_id,
+            )
+        return ProtocolError(
+            Code.UNKNOWN_REQ_ID,
+            f"{req_id} is not pending (never issued, withdrawn, or timed out)",
+            req_id,
+        )
+
+    def answered(self, req_id: str) -> bool:
+        """Whether a reply to ``req_id`` already won here (within memory)."""
+        return req_id in self._answered
+
+    def moved_away(self, req_id: str, to: str) -> None:
+        """``req_id`` went on to another holder (``to``, e.g. ``role l2``): a
+        late reply here gets ``already_moved`` (escalation and reassignment
+        call this as they withdraw a request from this session)."""
+        self._moved[req_id] = to
+        if len(self._moved) > ANSWERED_MEMORY:
+            self._moved.popitem(last=False)
 
     def _remember_answered(self, req_id: str) -> None:
         self._answered[req_id] = None

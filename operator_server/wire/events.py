@@ -39,7 +39,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     EventType.ATTEMPT_ENDED: ("attempt", "outcome", "error_code"),
     EventType.OUTPUT: ("attempt", "kind", "source", "ok"),
     EventType.REQUEST: _OPERATOR,
-    EventType.REPLY: _OPERATOR,
+    # ``via``: where the reply came from (socket, rest, batch).
+    EventType.REPLY: (*_OPERATOR, "via"),
     EventType.REQUEST_DUE_SOON: (*_OPERATOR, "due_at", "on_timeout"),
     # ``sid``: the session it left; ``from``/``to``: the names of the steps.
     EventType.REQUEST_MOVED: (*_OPERATOR, "from", "to", "step", "reason", "after_s"),

@@ -34,6 +34,9 @@ FACE_OF = {
 # the client that sees it stops, rather than reconnecting and replacing it back.
 REPLACED_CLOSE_CODE = 4000
 REPLACED_REASON = "replaced by a newer connection for this session"
+# The ``cancel`` reason a socket is told when its request was answered by
+# someone else (over REST, or a batch).
+ANSWERED_ELSEWHERE = "answered_elsewhere"
 # Which request each reply answers.
 REPLY_TO = {
     "answer": "ask",
@@ -193,6 +196,27 @@ def parse_server_frame(
     level or two deeper (an escalation ``ask`` holds the worker's value), so the
     client allows what the server may store."""
     return parse_frame(text, SERVER_FRAMES, max_depth)
+
+
+def parse_reply(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A reply given as a JSON object rather than a frame's text (``POST
+    /v1/requests/{req_id}/reply``): checked by the very schemas a socket's
+    reply is, ``type`` included; ``ProtocolError`` (``bad_message``) says what
+    is wrong."""
+    body = dict(data)
+    kind = body.pop("type", None)
+    req_id = body.get("req_id") if isinstance(body.get("req_id"), str) else None
+    if not isinstance(kind, str) or kind not in REPLY_TO:
+        raise ProtocolError(
+            Code.BAD_MESSAGE,
+            f"type: {kind!r} is not a reply type ({', '.join(REPLY_TO)})",
+            req_id,
+        )
+    try:
+        return kind, CLIENT_FRAMES[kind].load(body)
+    except ValidationError as exc:
+        message = "; ".join(describe_validation(exc.messages))
+        raise ProtocolError(Code.BAD_MESSAGE, message, req_id) from None
 
 
 def encode(frame: dict[str, Any]) -> str:

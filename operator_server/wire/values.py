@@ -53,6 +53,15 @@ class HookVerdict:
     reason: str | None = None
 
 
+class ReplyVia(StrEnum):
+    """Where an operator's reply came from (the ``reply`` event's ``via``, the
+    ``replies_total`` metric's label)."""
+
+    SOCKET = "socket"  # a frame on the operator's WebSocket
+    REST = "rest"  # POST /v1/requests/{req_id}/reply
+    BATCH = "batch"  # one item of POST /v1/requests/reply
+
+
 class OnTimeout(StrEnum):
     """What a request's deadline decides when nobody replied in time."""
 

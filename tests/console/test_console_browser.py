@@ -597,3 +597,33 @@ def test_the_operators_view_follows_sessions_joining_connecting_dropping_and_lea
     daemon.call("DELETE", f"/v1/operators/{other['sid']}", bearer=other["token"])
     until(page, lambda: connection_shown(page, other["sid"]) is None, timeout=30)
     assert connection_shown(page, own_sid(page)) == "connected"
+
+
+def test_approve_selected_and_reject_selected_decide_several_approvals_with_one_reason(
+    page: WebDriver, daemon: Daemon
+) -> None:
+    join(page)
+    batch = page.find_element("id", "inbox-batch")
+    tasks = [daemon.create_task(directive=f"job {i}", **served_by_console()) for i in range(4)]
+    approvals = [pending_card(page, t["id"], "Approve spawn?") for t in tasks]
+    until(page, batch.is_displayed)
+    assert not control(page, "button", "Reject selected").is_enabled()  # nothing selected yet
+
+    for card in approvals[:2]:
+        control(card, "checkbox", "Select").click()
+    control(page, "textbox", "Reason for the selected").send_keys("not this week")
+    control(page, "button", "Reject selected").click()
+    for task in tasks[:2]:
+        ended = daemon.finished(task["id"])
+        assert ended["status"] == "failed" and "not this week" in ended["error"]["message"]
+
+    for card in approvals[2:]:
+        control(card, "checkbox", "Select").click()
+    control(page, "button", "Approve selected").click()
+    for task in tasks[2:]:
+        pending_card(page, task["id"], "Do the work")  # approved: the spawn follows
+    until(page, lambda: not batch.is_displayed())  # no approvals left to choose from
+    activity = page.find_element("id", "activity").text
+    assert activity.count("Rejected (selected): not this week") == 2
+    assert activity.count("Approved (selected)") == 2
+    assert not severe_log_entries(page)

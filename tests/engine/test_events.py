@@ -46,7 +46,8 @@ def test_an_event_holds_the_common_fields_then_its_types_own_in_order() -> None:
         ("face", "spawn_hook"),
         ("sid", "s-1"),
     ]
-    assert list(FIELDS[EventType.REPLY]) == ["attempt", "req_id", "face", "sid"]
+    # A reply also says where it came from (socket, rest, batch), appended last.
+    assert list(FIELDS[EventType.REPLY]) == ["attempt", "req_id", "face", "sid", "via"]
     assert event.text == (
         f'{{"task_id":"{event.task_id}","type":"request","at":"{iso(now)}","agent":"writer",'
         '"status":"running","attempt":1,"req_id":"r-1","face":"spawn_hook","sid":"s-1"}'

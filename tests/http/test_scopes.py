@@ -28,7 +28,14 @@ PUBLIC = {
     ("get", "/console/{name}"),
 }
 # Routes any principal may use, whatever it holds (it must still be one).
-ANY_PRINCIPAL = {("get", "/v1/whoami")}
+# Any principal, filtered per request by the roles it may operate (``operate:<glob>``).
+ANY_PRINCIPAL = {
+    ("get", "/v1/whoami"),
+    ("get", "/v1/requests"),
+    ("get", "/v1/requests/{req_id}"),
+    ("post", "/v1/requests/{req_id}/reply"),
+    ("post", "/v1/requests/reply"),
+}
 # Credentials that are not principals (a session's token, a worker's, the scraper's).
 NOT_PRINCIPALS = {"session_token", "worker_credential", "metrics_token"}
 EVERY = [*(str(s) for s in Scope if s is not Scope.ADMIN), operate("*")]

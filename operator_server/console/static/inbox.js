@@ -7,6 +7,11 @@
 // is sent and the card's controls are disabled at once, so a person cannot send
 // two; when the server replays a request we already answered, it never got the
 // answer, and the recorded reply goes out again unchanged.
+//
+// Approval cards (hook_before) each carry a "Select" box; with two or more in
+// the inbox, "Approve selected" / "Reject selected" decide every selected one
+// at once, with one reason: each is replied to as if its own button were
+// pressed, so each is recorded, sent and moved to Activity on its own.
 
 import { api } from "./api.js";
 import { $, h, idChip, parseInput, pretty, since } from "./dom.js";
@@ -31,6 +36,41 @@ export class Inbox {
     this.list = $("inbox");
     this.feed = $("activity");
     this.ticker = setInterval(() => this.tick(), 1000);
+    this.batch = $("inbox-batch");
+    this.batchReason = $("batch-reason");
+    this.approveSelected = $("batch-approve");
+    this.rejectSelected = $("batch-reject");
+    this.approveSelected.onclick = () => this.decideSelected(true);
+    this.rejectSelected.onclick = () => this.decideSelected(false);
+  }
+
+  // The approval cards whose "Select" box is ticked.
+  selected() {
+    return [...this.cards.values()].filter(
+      ({ frame, node }) => frame.type === "hook_before" && node.querySelector("input.select").checked,
+    );
+  }
+
+  decideSelected(ok) {
+    const chosen = this.selected();
+    const why = this.batchReason.value.trim() || `rejected by ${this.name}`;
+    for (const { frame } of chosen) {
+      const reply = ok
+        ? { type: "hook_ack", req_id: frame.req_id, ok: true }
+        : { type: "hook_ack", req_id: frame.req_id, ok: false, reason: why };
+      this.reply(frame.req_id, reply, ok ? "Approved (selected)" : `Rejected (selected): ${why}`);
+    }
+    this.batchReason.value = "";
+    this.selectionChanged();
+  }
+
+  // The batch bar shows once there are two approvals to choose from.
+  selectionChanged() {
+    const approvals = [...this.cards.values()].filter(({ frame }) => frame.type === "hook_before");
+    this.batch.hidden = approvals.length < 2;
+    const none = this.selected().length === 0;
+    this.approveSelected.disabled = none;
+    this.rejectSelected.disabled = none;
   }
 
   handle(frame) {
@@ -148,6 +188,7 @@ export class Inbox {
   }
 
   counts() {
+    this.selectionChanged();
     const waiting = this.cards.size;
     $("inbox-count").textContent = waiting ? `(${waiting})` : "";
     $("inbox-empty").hidden = waiting > 0;
@@ -218,8 +259,11 @@ export class Inbox {
       const why = reason.value.trim() || `rejected by ${this.name}`;
       this.reply(frame.req_id, { type: "hook_ack", req_id: frame.req_id, ok: false, reason: why }, `Rejected: ${why}`);
     };
+    const select = h("input", { type: "checkbox", class: "select", id: `${id}-select`, "aria-label": "Select" });
+    select.onchange = () => this.selectionChanged();
     return [
       h("p", { class: "actions" },
+        select,
         h("button", { type: "button", class: "primary", onclick: approve, text: "Approve" })),
       h("p", { class: "actions" },
         reason,
@@ -328,6 +372,7 @@ export class Inbox {
     this.list.replaceChildren();
     this.feed.replaceChildren();
     this.cards.clear();
+    this.batch.hidden = true;
   }
 }
 

@@ -87,6 +87,11 @@ ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $
 PENDING_OF = (
     "SELECT req_id, owner_node, frame, issued_at FROM pending_requests WHERE sid = $1 ORDER BY seq"
 )
+# Every unanswered request (or the one ``$1`` names), with its session, in issue order.
+PENDING_ALL = (
+    "SELECT sid, req_id, owner_node, frame, issued_at FROM pending_requests "
+    "WHERE $1::text IS NULL OR req_id = $1 ORDER BY seq"
+)
 # Notify the node holding a session's socket, if another node holds it.
 NOTIFY_SOCKET_NODE = (
     f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
@@ -300,6 +305,12 @@ class NodeOps(GroupCommitWriter):
     async def pending_of(self, sid: str) -> list[PendingRow]:
         rows = await self._read(lambda c: c.fetch(PENDING_OF, sid), f"pending of {sid}")
         return pending_rows(rows)
+
+    async def pending_requests(self, req_id: str | None = None) -> list[tuple[str, PendingRow]]:
+        rows = await self._read(lambda c: c.fetch(PENDING_ALL, req_id), "read pending requests")
+        sids = {row["req_id"]: row["sid"] for row in rows}
+        decoded = pending_rows([tuple(row)[1:] for row in rows])
+        return [(sids[row.req_id], row) for row in decoded]
 
     async def placed_sessions(self, sid: str | None = None) -> list[PlacedSession]:
         rows = await self._read(lambda c: c.fetch(PLACED_SESSIONS, sid), "read sessions")
