@@ -478,7 +478,6 @@ class OperatorSession:
                 str(p.FACE_OF[kind]),
                 self.sid,
                 issued_entry,
-                None,
             )
         resumed = deadline.step and self._moves is not None and deadline.chain
         if resumed and self._moves is not None:
@@ -760,7 +759,7 @@ class OperatorSession:
                 task_id=req.task_id,
                 session_id=self.sid,
             )
-            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided, via)
+            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided, via=via)
         if not req.future.done():
             req.future.set_result((kind, data))
 
