@@ -484,7 +484,7 @@ def test_the_operators_view_lists_another_session_and_force_leave_frees_its_role
     )
     control(page, "button", "Refresh").click()
     view = until(page, lambda: operator_view(page, other["sid"]))
-    assert view["cells"][1:3] == ["Grace", "night-shift"]
+    assert view["cells"][1:3] == ["Grace minted by local", "night-shift"]
     assert view["cells"][3].startswith("disconnected")
     until(page, lambda: task["id"] in (operator_view(page, other["sid"]) or {})["pending"])
     own = operator_view(page, own_sid(page))
@@ -590,7 +590,10 @@ def test_the_operators_view_follows_sessions_joining_connecting_dropping_and_lea
     # re-reads itself while it is visible (within SESSIONS_EVERY_MS).
     other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
     until(page, lambda: connection_shown(page, other["sid"]) == "disconnected", timeout=30)
-    assert operator_view(page, other["sid"])["cells"][1:3] == ["Grace", "night-shift"]
+    assert operator_view(page, other["sid"])["cells"][1:3] == [
+        "Grace minted by local",
+        "night-shift",
+    ]
     with operator_socket(daemon, other["sid"], other["token"]):
         until(page, lambda: connection_shown(page, other["sid"]) == "connected", timeout=30)
     until(page, lambda: connection_shown(page, other["sid"]) == "disconnected", timeout=30)
