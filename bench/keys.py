@@ -17,7 +17,9 @@ JWT, the last two holding just the scopes the load needs (``tasks:create``,
 
 The target is that each costs at most 5% of the bootstrap token's tasks/s.
 Daemon CPU per task is read from /proc as the steadier reading of the same
-question on a shared machine.
+question on a shared machine.  The verdict takes the larger of the two costs,
+and says "not decided" when the bootstrap token's own rounds spread wider than
+the cost found (on a loaded machine they spread wider than the target).
 
 The same question without the noise of a shared machine: the authenticator's
 own cost per request, in this process (``Authenticator.of_token`` on the key
@@ -143,6 +145,24 @@ async def per_request_us(jwks_file: str, token: str) -> dict[str, float]:
     return found
 
 
+def spread(values: list[float]) -> float:
+    """Half the range of ``values``, relative to their median."""
+    return (max(values) - min(values)) / 2 / median(values)
+
+
+def judged(cost: float, noise: float) -> str:
+    """The verdict on ``cost``, saying so when the run's own noise is larger
+    than the target, so that neither a met nor a missed can be read from it."""
+    if cost <= TARGET:
+        return verdict(True) + f" (noise in this run ±{noise * 100:.0f}%)"
+    if cost <= noise:
+        return (
+            f"not decided by this run: its noise (±{noise * 100:.0f}%, the bootstrap"
+            f" token's own rounds) exceeds the target"
+        )
+    return verdict(False) + f" (noise in this run ±{noise * 100:.0f}%)"
+
+
 def load_average() -> str:
     return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -217,6 +237,13 @@ async def run() -> float:
         name: (1 - rates[name] / base, cpus[name] / base_cpu - 1) for name in ("API key", "JWT")
     }
     worst = max(max(pair) for pair in costs.values())
+    # The same credential against itself: how far the bootstrap token's own
+    # rounds spread around their median.  A cost smaller than that spread is
+    # not seen by this run, whichever way it points.
+    noise = max(
+        spread([e.rate for e in results["bootstrap token"]]),
+        spread(cpu_ms["bootstrap token"]),
+    )
     # The audit append's CPU, over every task the daemon ran (the trail is the
     # same whatever the credential), against the daemon's CPU per task.
     audit_ms = audit["cpu_s"] * 1000 / tasks_run
@@ -241,7 +268,7 @@ async def run() -> float:
         + "\n\n"
         + ";\n".join(lines)
         + f" (target ≤ {TARGET * 100:.0f}% each): "
-        + verdict(worst <= TARGET)
+        + judged(worst, noise)
         + "\n\nThe authenticator alone, per request, in process (CPU µs, mean"
         f" of {CALLS:,} calls after the first): "
         + ", ".join(f"{name} {us:.2f}" for name, us in check_us.items())
