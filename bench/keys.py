@@ -19,7 +19,8 @@ The target is that each costs at most 5% of the bootstrap token's tasks/s.
 Daemon CPU per task is read from /proc as the steadier reading of the same
 question on a shared machine.  The verdict takes the larger of the two costs,
 and says "not decided" when the bootstrap token's own rounds spread wider than
-the cost found (on a loaded machine they spread wider than the target).
+the target (on a loaded machine they do): then neither met nor missed is
+readable from the run.
 
 The same question without the noise of a shared machine: the authenticator's
 own cost per request, in this process (``Authenticator.of_token`` on the key
@@ -153,14 +154,12 @@ def spread(values: list[float]) -> float:
 def judged(cost: float, noise: float) -> str:
     """The verdict on ``cost``, saying so when the run's own noise is larger
     than the target, so that neither a met nor a missed can be read from it."""
-    if cost <= TARGET:
-        return verdict(True) + f" (noise in this run ±{noise * 100:.0f}%)"
-    if cost <= noise:
+    if noise > TARGET:
         return (
             f"not decided by this run: its noise (±{noise * 100:.0f}%, the bootstrap"
             f" token's own rounds) exceeds the target"
         )
-    return verdict(False) + f" (noise in this run ±{noise * 100:.0f}%)"
+    return verdict(cost <= TARGET) + f" (noise in this run ±{noise * 100:.0f}%)"
 
 
 def load_average() -> str:
