@@ -51,7 +51,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
     "e2e": ("end-to-end tasks vs a bare relay", lambda a: e2e.run(profile=a.profile)),
     "fanout": ("a task burst with 500 live event streams vs none", lambda a: fanout.run()),
     "history": ("cost vs 100,000 finished tasks", lambda a: history.run()),
-    "keys": ("e2e tasks/s: an API key vs the bootstrap token", lambda a: keys.run()),
+    "keys": (
+        "e2e tasks/s: an API key and a JWT vs the bootstrap token; the audit trail's cost",
+        lambda a: keys.run(),
+    ),
     "many": ("1,000 connected operators", lambda a: many.run()),
     "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),
     "start": ("exec to first healthz on an empty store, and where it goes", lambda a: start.run()),

@@ -265,15 +265,18 @@ class Daemon:
         workdir: str,
         *,
         gc_log: bool = False,
+        audit_log: bool = False,
         profile: str = "",
         settings: dict[str, str] | None = None,
     ) -> None:
         """``settings``: keys to set away from their defaults (``{"events": "false"}``),
-        passed as ``OPERATOR_SERVER_<KEY>`` variables."""
+        passed as ``OPERATOR_SERVER_<KEY>`` variables.  ``audit_log``: time the
+        store's audit appends (see gcserve.py; read with ``audit()`` after ``stop``)."""
         self.store_path = store_path
         self.settings = settings or {}
         self.workdir = Path(workdir)
         self.gc_path = str(self.workdir / f"gc-{id(self)}.json") if gc_log else ""
+        self.audit_path = str(self.workdir / f"audit-{id(self)}.json") if audit_log else ""
         self.log_path = self.workdir / f"daemon-{id(self)}.log"
         self.profile = profile
         self.port = free_port()
@@ -285,6 +288,8 @@ class Daemon:
         extra = {ENV_PREFIX + k.upper(): v for k, v in self.settings.items()}
         if self.gc_path:
             extra["OPERATOR_SERVER_BENCH_GC_LOG"] = self.gc_path
+        if self.audit_path:
+            extra["OPERATOR_SERVER_BENCH_AUDIT_LOG"] = self.audit_path
         if self.profile:
             extra["OPERATOR_SERVER_BENCH_PROFILE"] = self.profile
         with self.log_path.open("a") as log:
@@ -325,6 +330,11 @@ class Daemon:
     def gc(self) -> dict[str, Any]:
         """What gcserve wrote at exit: ``{"counts": [...], "pauses": [[t, gen, ms], ...]}``."""
         data: dict[str, Any] = json.loads(Path(self.gc_path).read_text())
+        return data
+
+    def audit(self) -> dict[str, Any]:
+        """What gcserve wrote at exit: ``{"rows": N, "calls": N, "cpu_s": S}``."""
+        data: dict[str, Any] = json.loads(Path(self.audit_path).read_text())
         return data
 
     def log_lines(self) -> int:
