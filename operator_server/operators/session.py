@@ -69,6 +69,9 @@ Spawn = Callable[..., "asyncio.Task[None]"]
 ESCALATED = "escalated"
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
+# What a ``reassign`` frame asks of the session that sent it (``operators/handover.py``):
+# refusals come back as ``ProtocolError``.
+Reassign = Callable[["OperatorSession", dict[str, Any]], Awaitable[None]]
 # (event type "request" | "reply" | "request_moved", task_id, req_id, face, sid,
 # the audit entry of what it decided or asked for, if anything[, the type's own
 # fields after those])
@@ -127,6 +130,7 @@ class OperatorSession:
         clock: DeadlineHeap | LoopTimers | None = None,
         due_soon: Callable[[DueSoon], None] | None = None,
         moves: RequestMoves | None = None,
+        reassign: Reassign | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -144,6 +148,7 @@ class OperatorSession:
         # req_ids this session held and gave up to another holder: req_id -> why.
         self._moved: OrderedDict[str, str] = OrderedDict()
         self._moves = moves
+        self._reassign = reassign
         self._pump: SocketPump | None = None
         # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
         self._base_url = base_url
@@ -619,6 +624,8 @@ class OperatorSession:
             self._refuse(exc)
             return None
         self._metrics.frame_received(kind)
+        if kind == "reassign":
+            return self._reassign_frame(data)
         owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
         if owner is not None and data["req_id"] not in self.pending and self._spawn is not None:
             try:
@@ -640,6 +647,25 @@ class OperatorSession:
         except ProtocolError as exc:
             self._refuse(exc)
         return None
+
+    async def _reassign_frame(self, data: dict[str, Any]) -> None:
+        """Handled before the next frame, so a reply after it sees it done."""
+        try:
+            if self._reassign is None:
+                raise ProtocolError(
+                    Code.BAD_MESSAGE, "reassign is not served here", data["req_id"]
+                )
+            await self._reassign(self, data)
+        except ProtocolError as exc:
+            self._refuse(exc)
+
+    def answered(self, req_id: str) -> bool:
+        """A reply to ``req_id`` counted here (lately: ``ANSWERED_MEMORY``)."""
+        return req_id in self._answered
+
+    def moved(self, req_id: str) -> bool:
+        """``req_id`` was held here and has moved on."""
+        return req_id in self._moved
 
     async def _pong_after(self, passing: list[asyncio.Task[None]], data: dict[str, Any]) -> None:
         await asyncio.wait(passing)
