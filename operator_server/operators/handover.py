@@ -15,6 +15,9 @@ its audit row, and only then, with no await between, gives the roles to the
 target in memory and moves every request the source holds.  A reply racing it
 either is handled before that instant (it counts, and there is nothing left to
 move) or after it (``already_moved``): exactly one counts, none is lost.
+The seat is the target's from then on: a request still issued through the
+source (by an attempt that found the source before the handover, or a task
+naming its sid) goes straight on to the target.
 
 Who may ask is the caller's business (the socket's holder, or the route's
 check in ``operators/reassign.py``); refusals are ``MoveRefused`` with a code
@@ -32,7 +35,7 @@ from operator_server.audit.record import Action, AuditEntry
 from operator_server.engine.events import EventType
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
-from operator_server.operators.session import OperatorSession, PendingRequest
+from operator_server.operators.session import HANDED_OVER, OperatorSession, PendingRequest
 from operator_server.store import SessionRecord
 from operator_server.wire.frames import FACE_OF
 
@@ -41,9 +44,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# The ``cancel`` reasons (and ``request_moved`` reasons) of these moves.
+# The ``cancel`` (and ``request_moved``) reason of a reassignment.
 REASSIGNED = "reassigned"
-HANDED_OVER = "handed_over"
 
 
 class MoveRefused(CodedError):
@@ -244,6 +246,10 @@ class Handovers:
             aliases.release(source.sid)
             aliases.claim(target.sid, taken)
             source.roles, target.roles = [], taken
+            for session in self._directory.sessions.values():
+                if session.successor == source.sid:
+                    session.successor = target.sid
+            source.successor, target.successor = target.sid, None
             moved = [req.req_id for req in self._move_all(source, target)]
             self._directory.moves.seated(target)
         finally:

@@ -67,6 +67,8 @@ Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
 # The ``cancel`` reason of a request moved on by its escalation chain.
 ESCALATED = "escalated"
+# ... and of one that went with its seat to another session (``operators/handover.py``).
+HANDED_OVER = "handed_over"
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
 # What a ``reassign`` frame asks of the session that sent it (``operators/handover.py``):
@@ -149,6 +151,9 @@ class OperatorSession:
         self._moved: OrderedDict[str, str] = OrderedDict()
         self._moves = moves
         self._reassign = reassign
+        # The session this one handed its seat to: what is still issued through
+        # this one (an attempt that found it before the handover) goes there.
+        self.successor: str | None = None
         self._pump: SocketPump | None = None
         # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
         self._base_url = base_url
@@ -456,6 +461,8 @@ class OperatorSession:
             # Re-issued past its chain's first step (``engine/deadlines.py``):
             # straight to where the chain had got, before anyone here saw it.
             self._moves.move(req, deadline.holder_name(deadline.step), "resumed")
+        elif self.successor is not None and self._moves is not None:
+            self._moves.move(req, self.successor, HANDED_OVER)
         else:
             try:
                 await self._issue_stored(req)
