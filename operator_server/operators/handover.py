@@ -85,9 +85,9 @@ class Handovers:
             if req is not None:
                 return session, req
         for waiting in self._directory.moves.waiting.values():
-            for req in waiting:
-                if req.req_id == req_id:
-                    return None, req
+            for waiter in waiting:
+                if waiter.req_id == req_id and isinstance(waiter, PendingRequest):
+                    return None, waiter
         if any(s.answered(req_id) for s in sessions):
             raise MoveRefused(
                 Code.ALREADY_ANSWERED, f"{req_id} was already answered; nothing to move", 409
@@ -121,13 +121,11 @@ class Handovers:
                 note=data.get("note"),
             )
         except MoveRefused as exc:
-            raise ProtocolError(exc.code, exc.message, req_id) from None
+            raise ProtocolError(Code(exc.code), exc.message, req_id) from None
 
     def _not_held_by(self, session: OperatorSession, req_id: str) -> MoveRefused:
         if session.moved(req_id):
-            return MoveRefused(
-                Code.ALREADY_MOVED, f"{req_id} has moved on to another holder", 409
-            )
+            return MoveRefused(Code.ALREADY_MOVED, f"{req_id} has moved on to another holder", 409)
         if session.answered(req_id):
             return MoveRefused(Code.ALREADY_ANSWERED, f"{req_id} was already answered", 409)
         if req_id in session.routed:
@@ -254,9 +252,7 @@ class Handovers:
             self._directory.moves.seated(target)
         finally:
             self._busy -= {source.sid, target.sid}
-        log.info(
-            "seat handed over", source=source.sid, target=target.sid, roles=roles, moved=moved
-        )
+        log.info("seat handed over", source=source.sid, target=target.sid, roles=roles, moved=moved)
         return target, roles, moved
 
     def _move_all(

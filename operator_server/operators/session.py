@@ -659,9 +659,7 @@ class OperatorSession:
         """Handled before the next frame, so a reply after it sees it done."""
         try:
             if self._reassign is None:
-                raise ProtocolError(
-                    Code.BAD_MESSAGE, "reassign is not served here", data["req_id"]
-                )
+                raise ProtocolError(Code.BAD_MESSAGE, "reassign is not served here", data["req_id"])
             await self._reassign(self, data)
         except ProtocolError as exc:
             self._refuse(exc)

@@ -241,9 +241,7 @@ async def test_reassign_passes_a_held_request_to_another_role_and_it_leaves_the_
         hook = await next_of(first, "hook_before")
         bad = await call_error(first, "reassign", req_id=hook["req_id"])
         assert bad["code"] == "bad_arguments"
-        moved = await call(
-            first, "reassign", req_id=hook["req_id"], role="review", note="yours"
-        )
+        moved = await call(first, "reassign", req_id=hook["req_id"], role="review", note="yours")
         assert moved == {"req_id": hook["req_id"], "to": "review"}
         assert (await call(first, "pending"))["pending"] == []
         late = await call_error(first, "approve", req_id=hook["req_id"])

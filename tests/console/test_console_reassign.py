@@ -27,6 +27,7 @@ def test_reassign_on_a_card_passes_the_request_to_another_role_with_a_note(
     until(page, lambda: not cards(page, task["id"]))
     feed = page.find_element("id", "activity")
     until(page, lambda: "Withdrawn: reassigned to second-line" in feed.text)
+
     # The request waits at the second line's session, which is not connected yet
     # (it is issued there right after the cancel the console saw).
     def pending_there() -> list[str]:

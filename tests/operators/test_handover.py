@@ -117,7 +117,9 @@ async def test_bad_handovers_are_refused_naming_what_is_wrong(server: Server) ->
     # The admin may hand any seat over.
     resp = await client.post(url, json={"sid": other["sid"]}, headers=admin)
     assert resp.status == 200, await resp.text()
-    entries = await (await client.get("/v1/audit", params={"action": "session.handed_over"}, headers=admin)).json()
+    entries = await (
+        await client.get("/v1/audit", params={"action": "session.handed_over"}, headers=admin)
+    ).json()
     assert [e["principal"] for e in entries["entries"]] == ["bootstrap"]
 
 
@@ -131,7 +133,9 @@ async def test_replies_racing_a_handover_count_exactly_once_and_none_is_lost(
     target, target_token = await mint(client, roles=["l2"])
     ws2 = await connect(client, target, target_token)
     count = 20
-    tasks = [await create_task(client, agent="coder", operator={"role": "l1"}) for _ in range(count)]
+    tasks = [
+        await create_task(client, agent="coder", operator={"role": "l1"}) for _ in range(count)
+    ]
     held = [(await expect(ws1, "hook_before"))["req_id"] for _ in range(count)]
 
     early, racing, late = held[:5], held[5:15], held[15:]
