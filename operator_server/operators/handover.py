@@ -28,19 +28,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from operator_server.audit.principals import session_principal
 from operator_server.audit.record import Action, AuditEntry
+from operator_server.engine import Engine
 from operator_server.engine.events import EventType
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
+from operator_server.operators.moves import RequestMoves
 from operator_server.operators.session import HANDED_OVER, OperatorSession, PendingRequest
 from operator_server.store import SessionRecord
 from operator_server.wire.frames import FACE_OF
-
-if TYPE_CHECKING:
-    from operator_server.operators.directory import OperatorDirectory
 
 log = get_logger(__name__)
 
@@ -68,8 +67,18 @@ class Target:
         return self.role if self.role is not None else str(self.sid)
 
 
+class Seats(Protocol):
+    """What a move needs of the directory (``directory.OperatorDirectory``)."""
+
+    engine: Engine
+    sessions: dict[str, OperatorSession]
+    moves: RequestMoves
+
+    async def find(self, sid: str) -> OperatorSession | None: ...
+
+
 class Handovers:
-    def __init__(self, directory: OperatorDirectory) -> None:
+    def __init__(self, directory: Seats) -> None:
         self._directory = directory
         # Sessions a handover is writing: another move of theirs waits its turn.
         self._busy: set[str] = set()

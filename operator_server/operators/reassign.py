@@ -102,7 +102,10 @@ async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
             "role, nor an admin (`forbidden`)",
             404: "no pending request with this req_id (`unknown_req_id`)",
             409: "answered first (`already_answered`), or moving right now (`already_moved`)",
+            503: "the store could not be read to find the target session (`store_failed`)",
         },
+        # Read by the handler once the caller is known to be allowed (401/403 first).
+        body=ReassignBodySchema,
         security=(Security.SESSION_TOKEN, Security.API_KEY),
         scopes=(OPERATE_ANY,),
         description="The request keeps its req_id, clock and escalation chain; its holder "
@@ -114,15 +117,14 @@ async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
 )
 async def reassign_request(request: web.Request) -> web.Response:
     directory = request.app[DIRECTORY]
-    token = bearer_of(request)
-    loopback = None if token is not None else await _loopback(request)
+    caller = await _caller(request, directory)
     req_id = request.match_info["req_id"]
     handovers: Handovers = directory.handovers
     try:
         holder, req = handovers.held(req_id)
     except MoveRefused as exc:
         raise _refused(exc) from None
-    principal = loopback or await _may_move(request, directory, token or "", holder, req)
+    principal = _may_move(caller, holder, req)
     body = await _body(request, ReassignBodySchema())
     target = Target(role=body.get("role"), sid=body.get("sid"))
     left = holder.sid if holder is not None else str(req.waiting_for)
@@ -133,46 +135,57 @@ async def reassign_request(request: web.Request) -> web.Response:
     return json_response({"req_id": req_id, "from": left, "to": target.name})
 
 
-async def _loopback(request: web.Request) -> str:
-    """No credential: the open daemon's loopback admin, else 401."""
+async def _caller(
+    request: web.Request, directory: OperatorDirectory
+) -> OperatorSession | Principal:
+    """A session (by its own token), or a principal holding some operate scope; 401/403."""
+    authenticator = request.app[AUTHENTICATOR]
+    token = bearer_of(request)
+    if token is not None:
+        digest = hash_token(token)
+        for session in directory.sessions.values():
+            if session.token_hash == digest:
+                return session
     try:
-        principal = await request.app[AUTHENTICATOR].principal(request)
+        principal = await authenticator.principal(request)
     except ApiError as exc:
+        if exc.code != Code.UNAUTHORIZED:
+            raise
         raise ApiError(
             Code.UNAUTHORIZED,
             "send Authorization: Bearer <the holding session's token, or a principal's>",
         ) from exc
-    return principal.name
+    if not principal.allows(OPERATE_ANY):
+        raise ApiError(
+            Code.FORBIDDEN,
+            f"{principal.name} lacks the scope {OPERATE_ANY!r}; send the holding session's "
+            "token, or a credential that may operate the request's role",
+            scope=OPERATE_ANY,
+        )
+    return principal
 
 
-async def _may_move(
-    request: web.Request,
-    directory: OperatorDirectory,
-    token: str,
-    holder: OperatorSession | None,
-    req: PendingRequest,
+def _may_move(
+    caller: OperatorSession | Principal, holder: OperatorSession | None, req: PendingRequest
 ) -> str:
-    """Who is moving ``req`` (for the audit row), or 401/403."""
-    if holder is not None and holder.verify_token(token):
-        return session_principal(holder)
-    digest = hash_token(token)
-    if any(s.token_hash == digest for s in directory.sessions.values()):
-        raise ApiError(
-            Code.FORBIDDEN,
-            f"{req.req_id} is held by another session; only its holder (or an admin) moves it",
-        )
-    principal = await request.app[AUTHENTICATOR].of_token(token)
-    if principal is None:
-        raise ApiError(Code.UNAUTHORIZED, "the token is no session's and no principal's")
+    """Who is moving ``req`` (for the audit row), or 403."""
+    if isinstance(caller, OperatorSession):
+        if caller is not holder:
+            raise ApiError(
+                Code.FORBIDDEN,
+                f"{req.req_id} is held by another session; only its holder (or an admin) moves it",
+            )
+        return session_principal(caller)
     roles = holder.roles if holder is not None else [str(req.waiting_for)]
-    if not _operates(principal, roles):
+    if not _operates(caller, roles):
+        scope = f"operate:{roles[0]}" if roles else str(Scope.ADMIN)
         raise ApiError(
             Code.FORBIDDEN,
-            f"{principal.name} may not operate {', '.join(roles) or 'its holder'}: send the "
+            f"{caller.name} may not operate {', '.join(roles) or 'its holder'}: send the "
             "holding session's token, or a credential with operate:<its role> or admin",
-            scope=str(Scope.ADMIN),
+            scope=scope,
         )
-    return principal.name
+    return caller.name
 
 
 def _operates(principal: Principal, roles: list[str]) -> bool:
@@ -190,7 +203,9 @@ def _operates(principal: Principal, roles: list[str]) -> bool:
             403: "a principal that lacks admin (`forbidden`)",
             409: "either session is being handed over right now (`already_moved`)",
             **LOOKUP_ERRORS,
+            503: "the store could not be read, or could not save the handover (`store_failed`)",
         },
+        body=HandoverBodySchema,
         security=(Security.SESSION_TOKEN, Security.API_KEY),
         scopes=(Scope.ADMIN,),
         description="Atomic: both sessions' rows are written in one commit with the "
