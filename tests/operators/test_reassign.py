@@ -223,3 +223,42 @@ async def audit_with(client: TestClient[Any, Any], **params: str) -> list[dict[s
     assert resp.status == 200, await resp.text()
     entries: list[dict[str, Any]] = (await resp.json())["entries"]
     return entries
+
+
+async def test_a_request_sent_to_a_role_nobody_holds_waits_and_whoever_operates_it_moves_it_on(
+    server: Server,
+) -> None:
+    client = await server(api_token="admin-secret")
+    sid1, _, ws1 = await _seat_with(client, "l1")
+    _, _, ws3 = await _seat_with(client, "oncall")
+    created = await client.post(
+        "/v1/tasks",
+        json={"agent": "coder", "directive": "do it", "operator": {"role": "l1"}},
+        headers={"Authorization": "Bearer admin-secret"},
+    )
+    assert created.status == 202, await created.text()
+    hb = await expect(ws1, "hook_before")
+    await ws1.send_json({"type": "reassign", "req_id": hb["req_id"], "role": "security"})
+    assert (await expect(ws1, "cancel"))["reason"] == "reassigned"
+
+    # Nobody holds "security": the request waits for it.  A key that may not
+    # operate it cannot move it; one that may, can.
+    url = f"/v1/requests/{hb['req_id']}/reassign"
+    for scopes, status in ((["operate:l*"], 403), (["operate:sec*"], 200)):
+        made = await client.post(
+            "/v1/keys",
+            json={"name": scopes[0], "scopes": scopes},
+            headers={"Authorization": "Bearer admin-secret"},
+        )
+        key = (await made.json())["key"]
+        resp = await client.post(
+            url, json={"role": "oncall"}, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert resp.status == status, await resp.text()
+    assert await expect(ws3, "hook_before") == hb
+    entries = await audit_with(client, action="request.reassigned")
+    # The first move is the session's (its minter's act), the second the key's.
+    assert [(e["principal"], e["outcome"]) for e in entries] == [
+        ("bootstrap", f"{sid1} -> security"),
+        ("key:operate:sec*", "security -> oncall"),
+    ]
