@@ -62,7 +62,7 @@ from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
-from operator_server.operators import admin, login, request_routes
+from operator_server.operators import admin, login, reassign, request_routes
 from operator_server.operators.census import session_counts
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
@@ -170,6 +170,7 @@ def build_app(
     app.on_response_prepare.append(console.secure_console_response)
     app.add_routes(admin.routes)
     app.add_routes(request_routes.routes)
+    app.add_routes(reassign.routes)
     app.add_routes(metrics.routes)
     app.add_routes(openapi.routes)
     app.add_routes(events.routes)

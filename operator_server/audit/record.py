@@ -33,6 +33,7 @@ class Action(StrEnum):
     TASK_CANCELLED = "task.cancelled"
     REQUEST_ISSUED = "request.issued"
     REQUEST_ESCALATED = "request.escalated"
+    REQUEST_REASSIGNED = "request.reassigned"
     ASK_ANSWERED = "ask.answered"
     ASK_DECLINED = "ask.declined"
     HOOK_APPROVED = "hook.approved"
@@ -47,6 +48,7 @@ class Action(StrEnum):
     SESSION_LEFT = "session.left"
     SESSION_FORCE_LEFT = "session.force_left"
     SESSION_EXPIRED = "session.expired"
+    SESSION_HANDED_OVER = "session.handed_over"
     KEY_CREATED = "key.created"
     KEY_REVOKED = "key.revoked"
 

@@ -480,6 +480,33 @@ class OperatorBridge:
     ) -> dict[str, Any]:
         return await self._reply(req_id, "spawn_halt", Halt(reason, value))
 
+    async def tool_reassign(
+        self, req_id: str, role: str | None = None, sid: str | None = None, note: str | None = None
+    ) -> dict[str, Any]:
+        if (role is None) == (sid is None):
+            raise ToolError("bad_arguments", "name exactly one target: role or sid")
+        await self._sweep()
+        held = self._held.get(req_id)
+        client = self.client
+        if held is None or held.reply.done() or client is None:
+            raise self._not_held(req_id)
+        self._watch[req_id] = []
+        try:
+            frame = p.reassign_frame(req_id, role=role, sid=sid, note=note)
+            # The server handles the frame before the barrier's ping: its cancel
+            # (or its error) has arrived when the barrier returns.
+            moved = await client.send(frame) and await self._barrier()
+            errors = self._watch[req_id]
+        finally:
+            del self._watch[req_id]
+        if errors:
+            raise ToolError(errors[0]["code"], errors[0]["message"])
+        if not moved:
+            raise ToolError(
+                "not_connected", f"not connected: {req_id} was not moved; try again once connected"
+            )
+        return {"req_id": req_id, "to": role or sid}
+
     async def _reply(self, req_id: str, sent: str, result: Any) -> dict[str, Any]:
         await self._sweep()
         held = self._held.get(req_id)

@@ -154,6 +154,20 @@ TOOLS: list[types.Tool] = [
         SENT,
     ),
     _tool(
+        "reassign",
+        "Pass a request you hold (any type) to another role or operator session, e.g. "
+        "when it belongs to someone else: name exactly one of role or sid, and a note for "
+        "its next holder. It leaves your pending list; you must not reply to it any more.",
+        _obj(
+            ("req_id",),
+            req_id=REQ_ID,
+            role={"type": "string", "minLength": 1, "description": "the role to pass it to"},
+            sid={"type": "string", "minLength": 1, "description": "or the session to pass it to"},
+            note={"type": "string", "description": "for the next holder"},
+        ),
+        _open(("req_id", "to"), req_id=_STR, to=_STR),
+    ),
+    _tool(
         "answer",
         "Answer an 'ask' request. When the request has an answer_schema, value must be an "
         "object that fills it (checked before sending: a bad_answer error names the field). "
@@ -290,6 +304,8 @@ that form (its `required` fields, each of its `type`, an `enum` one of its choic
 An ask with a `parent_req_id` comes from the sub-agent of that spawn, mid-work. An \
 escalation (a worker said ok=false) asks `{decision: "override" | "uphold", note?}`: \
 override passes the task, uphold keeps it blocked with your note.
+   A request that belongs to someone else: `reassign` it to their role (or session) \
+with a note instead of replying.
 3. Go back to 1. Each request takes exactly one reply; a second reply, a reply of \
 the wrong kind, or a reply to a withdrawn request comes back as a tool error and \
 changes nothing.

@@ -39,7 +39,7 @@ import aiohttp
 
 from operator_server.client.errors import RequestFailed
 from operator_server.client.http import _Http, credential_from_env
-from operator_server.errors import ProtocolError
+from operator_server.errors import ProtocolError, status_of
 from operator_server.logs import get_logger
 from operator_server.wire import frames as p
 
@@ -381,6 +381,34 @@ class OperatorClient:
         """Write one client frame on the current socket; False when there is none
         (nothing is queued: a reply is re-sent when the server replays its request)."""
         return await self._send(frame)
+
+    async def reassign(
+        self,
+        req_id: str,
+        *,
+        role: str | None = None,
+        sid: str | None = None,
+        note: str | None = None,
+        timeout: float = 10,
+    ) -> bool:
+        """Move a request this session holds to another ``role`` or session
+        (``sid``), with an optional ``note`` for the next holder.  True once
+        the server has moved it (its ``cancel``, reason ``reassigned``, has then
+        arrived and the request's handler is cancelled); ``RequestFailed`` with
+        the server's code when it refused (``forbidden``, ``already_answered``,
+        ``already_moved``, ``bad_request`` naming the target); False when there
+        is no socket, or no answer within ``timeout`` (it may have moved)."""
+        if (role is None) == (sid is None):
+            raise ValueError("name exactly one target: role or sid")
+        seen = len(self.errors)
+        if not await self._send(p.reassign_frame(req_id, role=role, sid=sid, note=note)):
+            return False
+        if not await self.sync(timeout):
+            return False
+        for error in self.errors[seen:]:
+            if error.get("req_id") == req_id:
+                raise RequestFailed(status_of(error["code"]), error["code"], error["message"])
+        return True
 
     async def sync(self, timeout: float = 10) -> bool:
         """True once the server has handled every frame this client sent before

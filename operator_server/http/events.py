@@ -117,9 +117,14 @@ class EventDataSchema(Schema):
     )
     to = fields.String(metadata={"description": "request_moved: the role it went to"})
     step = fields.Integer(metadata={"description": "request_moved: its place in the chain now"})
-    reason = fields.String(metadata={"description": "request_moved: why (escalated)"})
+    reason = fields.String(
+        metadata={"description": "request_moved: why (escalated | reassigned | handed_over)"}
+    )
     after_s = fields.Float(
         metadata={"description": "request_moved: how long it waited at the step it left"}
+    )
+    note = fields.String(
+        metadata={"description": "request_moved: the reassigning principal's note, if any"}
     )
 
 

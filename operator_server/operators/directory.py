@@ -34,6 +34,7 @@ from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
+from operator_server.operators.handover import Handovers
 from operator_server.operators.moves import RequestMoves
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
@@ -72,6 +73,8 @@ class OperatorDirectory:
         self.relay: RequestRelay = relay or NoRelay()
         # Moves pending requests between sessions (escalation steps).
         self.moves = RequestMoves(self._holder_of, engine.background.spawn)
+        # Moves a person asks for: reassignment, seat handover.
+        self.handovers = Handovers(self)
 
     def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
@@ -138,6 +141,7 @@ class OperatorDirectory:
             clock=self.engine.deadline_heap,
             due_soon=self.engine.request_due_soon,
             moves=self.moves,
+            reassign=self.handovers.reassign_frame,
         )
 
     def _add(self, session: OperatorSession) -> None:
@@ -163,7 +167,14 @@ class OperatorDirectory:
         return True
 
     async def _holder_of(self, role: str) -> OperatorSession | None:
-        """The session holding ``role``, here or (brought from) the store."""
+        """The session holding ``role``, here or (brought from) the store; a
+        sid (a reassignment or handover to one session) names that session."""
+        if role.startswith("op-"):
+            try:
+                return await self.find(role)
+            except StoreError as exc:
+                log.warning("could not look up a session in the store", sid=role, error=str(exc))
+                return None
         sid = self.engine.resolution.roles.resolve(role)
         if sid is None:
             try:

@@ -73,8 +73,13 @@ Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
 # The ``cancel`` reason of a request moved on by its escalation chain.
 ESCALATED = "escalated"
+# ... and of one that went with its seat to another session (``operators/handover.py``).
+HANDED_OVER = "handed_over"
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
+# What a ``reassign`` frame asks of the session that sent it (``operators/handover.py``):
+# refusals come back as ``ProtocolError``.
+Reassign = Callable[["OperatorSession", dict[str, Any]], Awaitable[None]]
 # (event type "request" | "reply" | "request_moved", task_id, req_id, face, sid,
 # the audit entry of what it decided or asked for, if anything[, the type's own
 # fields after those]; a reply: ``via=`` where it came from)
@@ -147,6 +152,7 @@ class OperatorSession:
         clock: DeadlineHeap | LoopTimers | None = None,
         due_soon: Callable[[DueSoon], None] | None = None,
         moves: RequestMoves | None = None,
+        reassign: Reassign | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -165,6 +171,10 @@ class OperatorSession:
         # why, or where it went (``release``, ``moved_away``).
         self._moved: OrderedDict[str, str] = OrderedDict()
         self._moves = moves
+        self._reassign = reassign
+        # The session this one handed its seat to: what is still issued through
+        # this one (an attempt that found it before the handover) goes there.
+        self.successor: str | None = None
         self._pump: SocketPump | None = None
         # Read when a spawn is issued: the directory's URL is final once the daemon is bound.
         self._base_url = base_url
@@ -484,6 +494,8 @@ class OperatorSession:
             # Re-issued past its chain's first step (``engine/deadlines.py``):
             # straight to where the chain had got, before anyone here saw it.
             self._moves.move(req, deadline.holder_name(deadline.step), "resumed")
+        elif self.successor is not None and self._moves is not None:
+            self._moves.move(req, self.successor, HANDED_OVER)
         else:
             try:
                 await self._issue_stored(req)
@@ -652,6 +664,8 @@ class OperatorSession:
             self._refuse(exc)
             return None
         self._metrics.frame_received(kind)
+        if kind == "reassign":
+            return self._reassign_frame(data)
         owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
         if owner is not None and data["req_id"] not in self.pending and self._spawn is not None:
             try:
@@ -673,6 +687,23 @@ class OperatorSession:
         except ProtocolError as exc:
             self._refuse(exc)
         return None
+
+    async def _reassign_frame(self, data: dict[str, Any]) -> None:
+        """Handled before the next frame, so a reply after it sees it done."""
+        try:
+            if self._reassign is None:
+                raise ProtocolError(Code.BAD_MESSAGE, "reassign is not served here", data["req_id"])
+            await self._reassign(self, data)
+        except ProtocolError as exc:
+            self._refuse(exc)
+
+    def answered(self, req_id: str) -> bool:
+        """A reply to ``req_id`` counted here (lately: ``ANSWERED_MEMORY``)."""
+        return req_id in self._answered
+
+    def moved(self, req_id: str) -> bool:
+        """``req_id`` was held here and has moved on."""
+        return req_id in self._moved
 
     async def _pong_after(self, passing: list[asyncio.Task[None]], data: dict[str, Any]) -> None:
         await asyncio.wait(passing)
@@ -783,10 +814,6 @@ class OperatorSession:
             f"{req_id} is not pending (never issued, withdrawn, or timed out)",
             req_id,
         )
-
-    def answered(self, req_id: str) -> bool:
-        """Whether a reply to ``req_id`` already won here (within memory)."""
-        return req_id in self._answered
 
     def moved_away(self, req_id: str, to: str) -> None:
         """``req_id`` went on to another holder (``to``, e.g. ``role l2``): a

@@ -469,6 +469,14 @@ class Store(ABC):
     async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None: ...
 
     @abstractmethod
+    async def hand_over_session(
+        self, source: SessionRecord, target: SessionRecord, *, audit: Audit = ()
+    ) -> None:
+        """Both sessions' rows in one commit (a seat handover: ``source`` gave
+        its roles to ``target``); with a shared store the role claims move with
+        them, so no instant shows a role held by both or by neither."""
+
+    @abstractmethod
     def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None: ...
 
     @abstractmethod

@@ -72,6 +72,13 @@ class MemoryStore(Store):
         self.sessions[record.sid] = record
         self._append(audit)
 
+    async def hand_over_session(
+        self, source: SessionRecord, target: SessionRecord, *, audit: Audit = ()
+    ) -> None:
+        self.sessions[source.sid] = source
+        self.sessions[target.sid] = target
+        self._append(audit)
+
     def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
         self._append(audit)
         if (old := self.sessions.get(sid)) is not None:

@@ -540,15 +540,7 @@ class SQLiteStore(Store):
     # -- operations -------------------------------------------------------
 
     async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
-        row = (
-            record.sid,
-            record.token_sha256,
-            json.dumps(record.roles),
-            record.desc,
-            record.created_at,
-            record.last_seen_at,
-            record.minted_by,
-        )
+        row = _session_row(record)
         await self._call(
             lambda c: c.execute(
                 f"INSERT OR REPLACE INTO operator_sessions ({SESSION_COLUMNS}) "
@@ -556,6 +548,20 @@ class SQLiteStore(Store):
                 row,
             ),
             f"save session {record.sid}",
+            audit=audit,
+        )
+
+    async def hand_over_session(
+        self, source: SessionRecord, target: SessionRecord, *, audit: Audit = ()
+    ) -> None:
+        rows = [_session_row(source), _session_row(target)]
+        await self._call(
+            lambda c: c.executemany(
+                f"INSERT OR REPLACE INTO operator_sessions ({SESSION_COLUMNS}) "
+                "VALUES (?,?,?,?,?,?,?)",
+                rows,
+            ),
+            f"hand session {source.sid} over to {target.sid}",
             audit=audit,
         )
 
@@ -1054,3 +1060,15 @@ def _migrate(conn: sqlite3.Connection) -> int:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {new_version}")
     return len(MIGRATIONS)
+
+
+def _session_row(record: SessionRecord) -> tuple[Any, ...]:
+    return (
+        record.sid,
+        record.token_sha256,
+        json.dumps(record.roles),
+        record.desc,
+        record.created_at,
+        record.last_seen_at,
+        record.minted_by,
+    )

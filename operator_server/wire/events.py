@@ -43,5 +43,6 @@ FIELDS: dict[str, tuple[str, ...]] = {
     EventType.REPLY: (*_OPERATOR, "via"),
     EventType.REQUEST_DUE_SOON: (*_OPERATOR, "due_at", "on_timeout"),
     # ``sid``: the session it left; ``from``/``to``: the names of the steps.
-    EventType.REQUEST_MOVED: (*_OPERATOR, "from", "to", "step", "reason", "after_s"),
+    # ``note``: what a reassigning principal wrote for the next holder.
+    EventType.REQUEST_MOVED: (*_OPERATOR, "from", "to", "step", "reason", "after_s", "note"),
 }

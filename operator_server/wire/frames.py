@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import json
@@ -88,6 +88,23 @@ class PingFrame(_Frame):
     id = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 
+class ReassignFrame(_Frame):
+    """Client -> server: the holder of ``req_id`` moves it to another role or
+    session (exactly one of ``role`` / ``sid``).  Its acknowledgement is the
+    ``cancel`` (reason ``reassigned``) that withdraws it from this socket; a
+    refusal is an ``error`` frame naming the ``req_id``."""
+
+    req_id = fields.String(required=True, validate=validate.Length(min=1))
+    role = fields.String(validate=validate.Length(min=1, max=200))
+    sid = fields.String(validate=validate.Length(min=1, max=200))
+    note = fields.String(validate=validate.Length(max=2000))
+
+    @validates_schema
+    def _one_target(self, data: dict[str, Any], **_: Any) -> None:
+        if ("role" in data) == ("sid" in data):
+            raise ValidationError("name exactly one target: role or sid", "role")
+
+
 class PongFrame(_Frame):
     id = fields.String(required=True)
 
@@ -145,6 +162,7 @@ CLIENT_FRAMES: dict[str, Schema] = {
     "spawn_ack": SpawnAckFrame(),
     "spawn_halt": SpawnHaltFrame(),
     "ping": PingFrame(),
+    "reassign": ReassignFrame(),
 }
 
 
@@ -341,6 +359,16 @@ def spawn_halt_frame(req_id: str, reason: str | None = None, value: Any = None) 
         frame["reason"] = reason
     if value is not None:
         frame["value"] = value
+    return frame
+
+
+def reassign_frame(
+    req_id: str, *, role: str | None = None, sid: str | None = None, note: str | None = None
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "reassign", "req_id": req_id}
+    for key, value in (("role", role), ("sid", sid), ("note", note)):
+        if value is not None:
+            frame[key] = value
     return frame
 
 

@@ -102,6 +102,7 @@ CONTRACT = {
     "pending": (set(), set()),
     "approve": ({"req_id"}, {"req_id"}),
     "reject": ({"req_id", "reason"}, {"req_id", "reason"}),
+    "reassign": ({"req_id", "role", "sid", "note"}, {"req_id"}),
     "answer": ({"req_id", "value"}, {"req_id", "value"}),
     "decline": ({"req_id", "reason"}, {"req_id", "reason"}),
     "spawn_ack": ({"req_id", "value", "ok", "error"}, {"req_id"}),
@@ -226,6 +227,30 @@ async def test_reject_fails_the_task_with_the_reason(tmp_path: Path) -> None:
         assert done["status"] == "failed"
         assert done["error"]["code"] == "spawn_rejected"
         assert "too risky" in done["error"]["message"]
+
+
+async def test_reassign_passes_a_held_request_to_another_role_and_it_leaves_the_inbox(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_daemon(tmp_path) as daemon,
+        bridge(daemon, tmp_path, "--role", "main") as first,
+        bridge(daemon, tmp_path, "--role", "review") as second,
+    ):
+        task = await call(first, "task_create", agent="coder", directive="x", role="main")
+        hook = await next_of(first, "hook_before")
+        bad = await call_error(first, "reassign", req_id=hook["req_id"])
+        assert bad["code"] == "bad_arguments"
+        moved = await call(first, "reassign", req_id=hook["req_id"], role="review", note="yours")
+        assert moved == {"req_id": hook["req_id"], "to": "review"}
+        assert (await call(first, "pending"))["pending"] == []
+        late = await call_error(first, "approve", req_id=hook["req_id"])
+        assert late["code"] == "unknown_req_id" and "reassigned" in late["message"]
+        passed = await next_of(second, "hook_before")
+        assert passed["req_id"] == hook["req_id"]
+        await call(second, "reject", req_id=passed["req_id"], reason="not yet")
+        done = await call(first, "task_get", task_id=task["id"], wait_s=20)
+        assert (done["status"], done["error"]["code"]) == ("failed", "spawn_rejected")
 
 
 async def test_a_request_pending_while_the_daemon_restarts_comes_back_answerable_once(

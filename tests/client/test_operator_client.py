@@ -220,3 +220,41 @@ async def test_task_client_drives_the_task_routes(server: Server) -> None:
         with pytest.raises(RequestFailed) as missing:
             await tasks.get("t-nope")
         assert missing.value.code == "task_not_found"
+
+
+async def test_reassign_moves_a_held_request_to_another_role_and_reports_refusals(
+    server: Server,
+) -> None:
+    client = await server()
+    held: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    reasons: list[str] = []
+
+    async def park(frame: dict[str, Any]) -> Any:
+        await held.put(frame)
+        await asyncio.Event().wait()  # a person still thinking: only a cancel ends it
+
+    async def on_cancel(frame: dict[str, Any]) -> None:
+        reasons.append(frame["reason"])
+
+    async def work(frame: dict[str, Any]) -> Any:
+        return "done"
+
+    first = await started(
+        client, roles=["l1"], on_hook_before=park, on_cancel=on_cancel, on_spawn=work
+    )
+    second = await started(client, roles=["review"])  # approves by default
+    task = await create_task(client, agent="a", operator={"role": "l1"})
+    frame = await asyncio.wait_for(held.get(), 5)
+    with pytest.raises(ValueError):
+        await first.reassign(frame["req_id"])
+    assert await first.reassign(frame["req_id"], role="review", note="yours")
+    assert not first._handling  # its handler was cancelled: no reply is owed
+    with pytest.raises(RequestFailed) as refused:
+        await first.reassign(frame["req_id"], role="l1")
+    assert (refused.value.code, refused.value.status) == ("already_moved", 409)
+    await eventually(lambda: reasons == ["reassigned"])
+    # The second seat approved it (its default); the spawn, a new request, is l1's.
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed", done["error"]
+    await first.close()
+    await second.close()

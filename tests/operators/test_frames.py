@@ -186,6 +186,8 @@ def test_every_builder_makes_a_frame_its_schema_accepts() -> None:
         p.spawn_ack_frame("r", error="boom"),
         p.spawn_halt_frame("r", "stop", 3),
         p.ping_frame("b-1"),
+        p.reassign_frame("r", role="l2", note="yours"),
+        p.reassign_frame("r", sid="op-1"),
     ]
     for frame in client_frames:
         kind, _ = p.parse_client_frame(p.encode(frame))
@@ -209,6 +211,9 @@ def test_the_fast_path_agrees_with_the_schemas_on_every_frame() -> None:
         p.spawn_halt_frame("r", "stop", 3),
         p.ping_frame("b-1"),
         p.pong_frame("b-1"),
+        p.reassign_frame("r", role="l2", note="yours"),
+        {"type": "reassign", "req_id": "r"},  # no target: both paths refuse it
+        {"type": "reassign", "req_id": "r", "role": "a", "sid": "b"},
     ]
     checked = 0
     for sample in samples:

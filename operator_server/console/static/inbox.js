@@ -33,6 +33,7 @@ export class Inbox {
     this.name = name;
     this.onTaskTouched = onTaskTouched;
     this.cards = new Map(); // req_id -> {frame, node}
+    this.reassigning = new Map(); // req_id -> the role it was sent to, until its cancel
     this.list = $("inbox");
     this.feed = $("activity");
     this.ticker = setInterval(() => this.tick(), 1000);
@@ -87,6 +88,7 @@ export class Inbox {
         this.withdraw(frame.req_id, frame.reason);
         break;
       case "error":
+        this.refused(frame);
         this.note(`server said ${frame.code}: ${frame.message}`, null, "error");
         break;
       default:
@@ -177,6 +179,9 @@ export class Inbox {
   }
 
   withdraw(reqId, reason) {
+    const to = this.reassigning.get(reqId);
+    this.reassigning.delete(reqId);
+    if (to !== undefined && reason === "reassigned") reason = `reassigned to ${to}`;
     const card = this.cards.get(reqId);
     if (card) this.remove(card);
     stored.update((s) => {
@@ -241,9 +246,41 @@ export class Inbox {
         directive ? h("h4", { text: "Directive" }) : null,
         directive ? h("pre", { class: "code directive", text: "…" }) : null,
         ...this.body(frame, id),
+        this.reassignControl(frame, id),
         h("p", { class: "outcome", role: "status" }),
         frame.type === "spawn" ? h("ul", { class: "nested", "aria-label": "Asked during this spawn" }) : null));
     return node;
+  }
+
+  // Reassign: pass the request to another role with a note.  The card stays
+  // (its controls disabled) until the server's cancel (reason "reassigned")
+  // withdraws it, or its error gives the controls back with the reason.
+  reassignControl(frame, id) {
+    const role = h("input", { type: "text", id: `${id}-reassign-role`, "aria-label": "Reassign to role", placeholder: "role" });
+    const note = h("input", { type: "text", id: `${id}-reassign-note`, "aria-label": "Note for the next holder", placeholder: "note (optional)" });
+    const button = h("button", { type: "button", text: "Reassign" });
+    button.onclick = () => {
+      const target = role.value.trim();
+      if (!target) {
+        role.focus();
+        return;
+      }
+      const frameOut = { type: "reassign", req_id: frame.req_id, role: target };
+      if (note.value.trim()) frameOut.note = note.value.trim();
+      for (const el of [role, note, button]) el.disabled = true;
+      this.reassigning.set(frame.req_id, target);
+      this.send(frameOut);
+    };
+    return h("p", { class: "actions reassign" }, role, note, button);
+  }
+
+  refused(frame) {
+    if (!frame.req_id || !this.reassigning.has(frame.req_id)) return;
+    this.reassigning.delete(frame.req_id);
+    const card = this.cards.get(frame.req_id);
+    if (!card) return;
+    for (const el of card.node.querySelectorAll(".reassign input, .reassign button")) el.disabled = false;
+    card.node.querySelector(".outcome").textContent = `Not reassigned: ${frame.message}`;
   }
 
   body(frame, id) {

@@ -36,6 +36,8 @@ CLAIM_ROLES = """
     ON CONFLICT (role) DO UPDATE SET sid = EXCLUDED.sid WHERE operator_roles.sid = EXCLUDED.sid
     RETURNING role
 """
+# A handover: every role claim of the source becomes the target's.
+MOVE_ROLES = "UPDATE operator_roles SET sid = $2 WHERE sid = $1"
 ROLE_HOLDERS = "SELECT role, sid FROM operator_roles WHERE role = ANY($2::text[]) AND sid <> $1"
 
 
@@ -44,15 +46,7 @@ class SessionOps(GroupCommitWriter):
     group-commit writer (roles claimed in the session's own op), reads on the pool."""
 
     async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
-        args = (
-            record.sid,
-            record.token_sha256,
-            json.dumps(record.roles),
-            record.desc,
-            float(record.created_at),
-            float(record.last_seen_at),
-            record.minted_by,
-        )
+        args = _session_args(record)
         roles = list(record.roles)
 
         async def work(c: asyncpg.Connection) -> None:
@@ -64,6 +58,16 @@ class SessionOps(GroupCommitWriter):
                 raise RolesTaken({row["role"]: row["sid"] for row in held})
 
         await self._call(work, f"save session {record.sid}", audit=audit)
+
+    async def hand_over_session(
+        self, source: SessionRecord, target: SessionRecord, *, audit: Audit = ()
+    ) -> None:
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(UPSERT_SESSION, *_session_args(source))
+            await c.execute(UPSERT_SESSION, *_session_args(target))
+            await c.execute(MOVE_ROLES, source.sid, target.sid)
+
+        await self._call(work, f"hand session {source.sid} over to {target.sid}", audit=audit)
 
     def touch_session_soon(self, sid: str, last_seen_at: float, *, audit: Audit = ()) -> None:
         sql = "UPDATE operator_sessions SET last_seen_at = $1 WHERE sid = $2"
@@ -107,3 +111,15 @@ class SessionOps(GroupCommitWriter):
             f"find role {role}",
         )
         return None if sid is None else str(sid)
+
+
+def _session_args(record: SessionRecord) -> tuple[object, ...]:
+    return (
+        record.sid,
+        record.token_sha256,
+        json.dumps(record.roles),
+        record.desc,
+        float(record.created_at),
+        float(record.last_seen_at),
+        record.minted_by,
+    )
