@@ -190,10 +190,13 @@ def has_control(scope: WebDriver | WebElement, role: str, name: str) -> bool:
 
 
 def until(driver: WebDriver, condition: Callable[[], T], timeout: float = 15) -> T:
-    """Wait for ``condition()`` to be truthy and return it (WebDriverWait, no sleeps)."""
-    result: T = WebDriverWait(driver, timeout, ignored_exceptions=(AssertionError,)).until(
-        lambda _: condition()
-    )
+    """Wait for ``condition()`` to be truthy and return it (WebDriverWait, no sleeps).
+
+    An element redrawn while the condition reads it (stale) is a page still
+    changing: the condition is asked again, as for a falsy answer."""
+    result: T = WebDriverWait(
+        driver, timeout, ignored_exceptions=(AssertionError, StaleElementReferenceException)
+    ).until(lambda _: condition())
     return result
 
 
