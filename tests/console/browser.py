@@ -229,3 +229,7 @@ def shown_task(page: WebDriver) -> str | None:
         "return p.hidden ? null : p.dataset.taskId || null;"
     )
     return found
+
+
+# The api_token of the daemons the sign-in tests start (``guarded``).
+BOOT = "console-bootstrap"

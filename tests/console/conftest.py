@@ -8,11 +8,14 @@ import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.console.browser import (
+    BOOT,
     Daemon,
     browser_missing,
     chromium,
+    has_control,
     severe_log_entries,
     start_daemon,
+    until,
 )
 from tests.needs import unavailable
 
@@ -42,3 +45,19 @@ def page(browser: WebDriver, daemon: Daemon) -> Iterator[WebDriver]:
     errors = severe_log_entries(browser)
     browser.get("about:blank")  # close this origin's socket before its daemon stops
     assert errors == [], f"the browser console logged errors: {errors}"
+
+
+@pytest.fixture
+def guarded(browser: WebDriver) -> Iterator[tuple[WebDriver, Daemon]]:
+    """The console of a daemon with an api_token; no browser error afterwards."""
+    daemon = start_daemon("--api-token", BOOT)
+    try:
+        severe_log_entries(browser)
+        browser.get(daemon.base + "/console/")
+        until(browser, lambda: has_control(browser, "textbox", "API key"))
+        yield browser, daemon
+        errors = severe_log_entries(browser)
+        browser.get("about:blank")
+        assert errors == [], f"the browser console logged errors: {errors}"
+    finally:
+        daemon.stop()

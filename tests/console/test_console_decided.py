@@ -9,39 +9,20 @@ no names and says why."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import aiohttp
-import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
 from tests.console.browser import (
+    BOOT,
     Daemon,
-    has_control,
     open_task,
-    severe_log_entries,
-    start_daemon,
     until,
 )
-from tests.console.test_console_principal import BOOT, joined, make_key, requested, sign_in
+from tests.console.test_console_principal import joined, make_key, requested, sign_in
 from tests.wsop import expect
-
-
-@pytest.fixture
-def guarded(browser: WebDriver) -> Iterator[tuple[WebDriver, Daemon]]:
-    """The console of a daemon with an api_token; no browser error afterwards."""
-    daemon = start_daemon("--api-token", BOOT)
-    try:
-        severe_log_entries(browser)
-        browser.get(daemon.base + "/console/")
-        until(browser, lambda: has_control(browser, "textbox", "API key"))
-        yield browser, daemon
-        errors = severe_log_entries(browser)
-        browser.get("about:blank")
-        assert errors == [], f"the browser console logged errors: {errors}"
-    finally:
-        daemon.stop()
 
 
 def nothing(task_id: str) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.auth.idp import AUDIENCE, ISSUER, Provider
 from tests.console.browser import (
+    BOOT,
     Daemon,
     control,
     has_control,
@@ -24,24 +23,6 @@ from tests.console.browser import (
     start_daemon,
     until,
 )
-
-BOOT = "console-bootstrap"
-
-
-@pytest.fixture
-def guarded(browser: WebDriver) -> Iterator[tuple[WebDriver, Daemon]]:
-    """The console of a daemon with an api_token; no browser error afterwards."""
-    daemon = start_daemon("--api-token", BOOT)
-    try:
-        severe_log_entries(browser)
-        browser.get(daemon.base + "/console/")
-        until(browser, lambda: has_control(browser, "textbox", "API key"))
-        yield browser, daemon
-        errors = severe_log_entries(browser)
-        browser.get("about:blank")
-        assert errors == [], f"the browser console logged errors: {errors}"
-    finally:
-        daemon.stop()
 
 
 def make_key(daemon: Daemon, name: str, *scopes: str) -> str:
