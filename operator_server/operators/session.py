@@ -756,7 +756,10 @@ class OperatorSession:
         (``answered_elsewhere``)."""
         req_id = data["req_id"]
         req = self.pending.get(req_id)
-        if req is None:
+        # A done future with the request still here: its deadline has just
+        # fired and the attempt has not yet woken to withdraw it.  The clock
+        # won; counting this reply too would end the request twice.
+        if req is None or req.future.done():
             raise self.why_not_pending(req_id)
         if p.REPLY_TO.get(kind) != req.kind:
             raise ProtocolError(
