@@ -36,9 +36,10 @@ from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.handover import Handovers
 from operator_server.operators.moves import RequestMoves
+from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
-from operator_server.operators.session import OperatorSession, hash_token
+from operator_server.operators.session import OperatorSession, PendingRequest, hash_token
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
 
@@ -66,6 +67,8 @@ class OperatorDirectory:
         self.directive = directive
         self.metrics: Metrics = engine.metrics  # one set per app, owned by the engine's maker
         self.sessions: dict[str, OperatorSession] = {}
+        # Every session's pending requests in list order (``GET /v1/requests``).
+        self.pending_index: PendingIndex[OperatorSession, PendingRequest] = PendingIndex()
         # What spawn directives name: public_url, else where the daemon listens.
         # Until the daemon says (``listening_on``), the configured address.
         self.base_url = settings.public_url or listen_url(settings.host, settings.port)
@@ -142,6 +145,7 @@ class OperatorDirectory:
             due_soon=self.engine.request_due_soon,
             moves=self.moves,
             reassign=self.handovers.reassign_frame,
+            index=self.pending_index,
         )
 
     def _add(self, session: OperatorSession) -> None:

@@ -21,6 +21,7 @@ is in the task's events and the audit trail).  The session remembers the last
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from operator_server.errors import (
 )
 from operator_server.operators.census import session_views
 from operator_server.operators.directory import OperatorDirectory
+from operator_server.operators.pending_index import Key, key_of
 from operator_server.operators.session import PendingRequest
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
@@ -107,6 +109,23 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
             )
     found.sort(key=lambda f: (f.issued_at, f.req_id))
     return found
+
+
+async def listed(directory: OperatorDirectory, cursor: Key | None) -> Iterator[Found]:
+    """The pending requests past ``cursor`` in list order, read lazily: with
+    one process from the sessions' index, so a page costs what it shows
+    rather than what is pending; in a cluster from the store, as ``pending``.
+    Raises ``ApiError`` (``store_failed``)."""
+    if cluster_store(directory.engine.store) is not None:
+        return (
+            found
+            for found in await pending(directory)
+            if cursor is None or key_of(found.issued_at, found.req_id) > cursor
+        )
+    return (
+        Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
+        for session, req in directory.pending_index.after(cursor, directory.sessions)
+    )
 
 
 def may_see(principal: Principal, found: Found) -> bool:

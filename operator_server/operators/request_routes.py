@@ -17,6 +17,7 @@ time in microseconds and its req_id).
 from __future__ import annotations
 
 import time
+from itertools import islice
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from operator_server.auth.principal import principal_of
 from operator_server.errors import ApiError, Code
 from operator_server.operators import inbox
 from operator_server.operators.keys import DIRECTORY
+from operator_server.operators.pending_index import Key, key_of
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.frames import REPLY_TO
 from operator_server.wire.requests import json_response, read_json
@@ -137,8 +139,8 @@ class BatchResultSchema(Schema):
     results = fields.List(fields.Nested(ItemResultSchema), required=True)
 
 
-def _key(found: inbox.Found) -> tuple[int, str]:
-    return int(found.issued_at * 1_000_000), found.req_id
+def _key(found: inbox.Found) -> Key:
+    return key_of(found.issued_at, found.req_id)
 
 
 def _parse_cursor(text: str) -> tuple[int, str]:
@@ -178,16 +180,21 @@ async def list_requests(request: web.Request, query: dict[str, Any]) -> web.Resp
     principal = principal_of(request)
     role, kind, task_id = query.get("role"), query.get("kind"), query.get("task_id")
     after = _parse_cursor(query["after"]) if "after" in query else None
-    chosen = [
-        found
-        for found in await inbox.pending(request.app[DIRECTORY])
-        if inbox.may_see(principal, found)
-        and (role is None or role in found.roles)
-        and (kind is None or found.kind == kind)
-        and (task_id is None or found.frame.get("task_id") == task_id)
-        and (after is None or _key(found) > after)
-    ]
     limit = query["limit"]
+    # One past the page tells whether there is a next one; no more is read.
+    chosen = list(
+        islice(
+            (
+                found
+                for found in await inbox.listed(request.app[DIRECTORY], after)
+                if inbox.may_see(principal, found)
+                and (role is None or role in found.roles)
+                and (kind is None or found.kind == kind)
+                and (task_id is None or found.frame.get("task_id") == task_id)
+            ),
+            limit + 1,
+        )
+    )
     page = chosen[:limit]
     now = time.time()
     more = len(chosen) > limit

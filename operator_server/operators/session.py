@@ -58,6 +58,7 @@ from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.moves import RequestMoves
+from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import StoreError
@@ -153,6 +154,7 @@ class OperatorSession:
         due_soon: Callable[[DueSoon], None] | None = None,
         moves: RequestMoves | None = None,
         reassign: Reassign | None = None,
+        index: PendingIndex[OperatorSession, PendingRequest] | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -164,6 +166,10 @@ class OperatorSession:
         # whoever acts through this session acts on that principal's authority.
         self.minted_by = minted_by
         self.pending: dict[str, PendingRequest] = {}
+        # What it holds, kept in list order for ``GET /v1/requests``.
+        self._index: PendingIndex[OperatorSession, PendingRequest] = (
+            index if index is not None else PendingIndex()
+        )
         self._settings = settings
         self._directive = directive
         self._answered: OrderedDict[str, None] = OrderedDict()
@@ -371,6 +377,7 @@ class OperatorSession:
         """Out of the pending map (and the store; ``withdrawn``: the node showing
         it on another socket sends the ``cancel``)."""
         if self.pending.pop(req.req_id, None) is not None:
+            self._index.discard(self, req.req_id)
             self._relay.finish(self.sid, req.req_id, withdrawn)
         self._sent.discard(req.req_id)
         if req.grace is not None:
@@ -424,6 +431,7 @@ class OperatorSession:
         req.holder, req.delivered = self, False
         self._moved.pop(req.req_id, None)
         self.pending[req.req_id] = req
+        self._index.add(self, req)
         try:
             await self._issue_stored(req)
         except AttemptFailed as exc:
@@ -465,6 +473,7 @@ class OperatorSession:
             deadline=deadline,
         )
         self.pending[req_id] = req
+        self._index.add(self, req)
         if issued is not None:
             issued(req_id)
         if self._report is not None:
