@@ -30,6 +30,7 @@ from bench import (
     keys,
     many,
     overhead,
+    requests_list,
     start,
     takeover,
 )
@@ -57,6 +58,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
     ),
     "many": ("1,000 connected operators", lambda a: many.run()),
     "overhead": ("metrics, events and access log: on vs off", lambda a: overhead.run()),
+    "requests": (
+        "GET /v1/requests latency with 100 vs 10,000 pending; daemon memory",
+        lambda a: requests_list.run(),
+    ),
     "start": ("exec to first healthz on an empty store, and where it goes", lambda a: start.run()),
     "takeover": ("a SIGKILLed node's tasks re-dispatched, vs lease_s", lambda a: takeover.run()),
 }
