@@ -37,7 +37,7 @@ from operator_server.errors import (
 from operator_server.operators.census import session_views
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.pending_index import Key, key_of
-from operator_server.operators.session import PendingRequest
+from operator_server.operators.session import OperatorSession, PendingRequest
 from operator_server.store import StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.times import iso
@@ -80,12 +80,12 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
     every node, oldest first.  Raises ``ApiError`` (``store_failed``)."""
     shared = cluster_store(directory.engine.store)
     if shared is None:
-        found = [
-            Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
-            for session in directory.sessions.values()
-            for req in list(session.pending.values())
-            if req.expects_reply and (req_id is None or req.req_id == req_id)
-        ]
+        # One process: the sessions' index holds them in list order, and finds
+        # one by its req_id without reading every session's requests.
+        if req_id is None:
+            return [_here(s, r) for s, r in directory.pending_index.after(None, directory.sessions)]
+        held = directory.pending_index.held(req_id, directory.sessions)
+        return [] if held is None else [_here(*held)]
     else:
         try:
             rows = await shared.pending_requests(req_id)
@@ -123,9 +123,14 @@ async def listed(directory: OperatorDirectory, cursor: Key | None) -> Iterator[F
             if cursor is None or key_of(found.issued_at, found.req_id) > cursor
         )
     return (
-        Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
+        _here(session, req)
         for session, req in directory.pending_index.after(cursor, directory.sessions)
     )
+
+
+def _here(session: OperatorSession, req: PendingRequest) -> Found:
+    """A request a session of this process holds."""
+    return Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
 
 
 def may_see(principal: Principal, found: Found) -> bool:

@@ -81,5 +81,19 @@ class PendingIndex(Generic[S, R]):
             req_id = self._keys[i][1]
             i += 1
             session, req = self._held[req_id]
-            if sessions.get(session.sid) is session and session.pending.get(req_id) is req:
+            if _still_held(sessions, session, req):
                 yield session, req
+
+    def held(self, req_id: str, sessions: Mapping[str, S]) -> tuple[S, R] | None:
+        """The session holding ``req_id`` and the request, if it is still
+        pending there: one lookup, whichever session it has moved to."""
+        found = self._held.get(req_id)
+        if found is None or not _still_held(sessions, *found):
+            return None
+        return found
+
+
+def _still_held(sessions: Mapping[str, Holder], session: Holder, req: Request) -> bool:
+    """The index's entry is the truth: ``session`` is still a live session of
+    ``sessions`` and ``req`` is still pending in it."""
+    return sessions.get(session.sid) is session and session.pending.get(req.req_id) is req
