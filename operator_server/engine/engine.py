@@ -327,25 +327,14 @@ class Engine:
     def request_due_soon(self, notice: DueSoon) -> None:
         """A request is unanswered at ``remind_at_fraction`` of its deadline:
         an event on its task's stream, then each observer."""
-        task = self.tasks.get(notice.task_id)
-        if (
-            task is not None
-            and not task.history_closed
-            and self.recording
-            and not self._stale(task.id)
-        ):
-            event = self.events.make(
-                task,
-                EventType.REQUEST_DUE_SOON,
-                time.time(),
-                task.attempt,
-                notice.req_id,
-                notice.face,
-                notice.sid,
-                iso(notice.due_at),
-                notice.on_timeout,
-            )
-            self.store.put_events_soon([event])
+        self.operator_event(
+            EventType.REQUEST_DUE_SOON,
+            notice.task_id,
+            notice.req_id,
+            notice.face,
+            notice.sid,
+            fields=(iso(notice.due_at), notice.on_timeout),
+        )
         log.info(
             "request due soon",
             task_id=notice.task_id,

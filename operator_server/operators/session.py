@@ -414,9 +414,7 @@ class OperatorSession:
             return False
         self._withdraw(req, reason)
         req.holder = None
-        self._moved[req.req_id] = reason
-        if len(self._moved) > ANSWERED_MEMORY:
-            self._moved.popitem(last=False)
+        self.moved_away(req.req_id, reason)
         return True
 
     async def adopt(self, req: PendingRequest) -> bool:
@@ -827,11 +825,10 @@ class OperatorSession:
             req_id,
         )
 
-    def moved_away(self, req_id: str, to: str) -> None:
-        """``req_id`` went on to another holder (``to``, e.g. ``role l2``): a
-        late reply here gets ``already_moved`` (escalation and reassignment
-        call this as they withdraw a request from this session)."""
-        self._moved[req_id] = to
+    def moved_away(self, req_id: str, why: str) -> None:
+        """``req_id`` went on to another holder (``why``: the move's reason, as
+        ``release`` gives it): a late reply here gets ``already_moved``."""
+        self._moved[req_id] = why
         if len(self._moved) > ANSWERED_MEMORY:
             self._moved.popitem(last=False)
 
