@@ -96,8 +96,9 @@ async def session_views(directory: OperatorDirectory, sid: str | None = None) ->
 async def session_counts(directory: OperatorDirectory) -> dict[str, int]:
     """How many sessions there are and how many are connected; in a cluster,
     over every node (healthz)."""
-    if cluster_store(directory.engine.store) is None:
+    shared = cluster_store(directory.engine.store)
+    if shared is None:
         return directory.counts()
-    views = await session_views(directory)
-    connected = sum(1 for seen in views if seen.view["connected"])
-    return {"sessions": len(views), "connected": connected}
+    rows = await shared.placed_sessions()  # counted from the rows: no view is built
+    connected = sum(1 for row in rows if row.socket_node is not None)
+    return {"sessions": len(rows), "connected": connected}
