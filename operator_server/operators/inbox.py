@@ -34,7 +34,6 @@ from operator_server.errors import (
     NodeUnreachable,
     ProtocolError,
 )
-from operator_server.operators.census import session_views
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.pending_index import Key, key_of
 from operator_server.operators.session import OperatorSession, PendingRequest
@@ -89,10 +88,15 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
     else:
         try:
             rows = await shared.pending_requests(req_id)
-            roles = {
-                seen.sid: list(seen.view["roles"])
-                for seen in await session_views(directory, sid_of(req_id) if req_id else None)
-            }
+            # The roles of the sessions that hold them now: a moved request is
+            # stored under its new holder, not the session its req_id names.
+            if req_id is None:
+                placed = await shared.placed_sessions()
+            else:
+                placed = [
+                    p for sid in {sid for sid, _ in rows} for p in await shared.placed_sessions(sid)
+                ]
+            roles = {p.record.sid: list(p.record.roles) for p in placed}
         except StoreError as exc:
             raise ApiError(
                 Code.STORE_FAILED, f"could not read the pending requests: {exc}"
