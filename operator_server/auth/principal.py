@@ -95,6 +95,11 @@ class Principal:
             return True
         return any(fnmatchcase(role, glob) for glob in self._operate_globs())
 
+    def may_operate_any(self, roles: Iterable[str]) -> bool:
+        """Whether the principal may act on what a holder of ``roles`` holds:
+        an admin always (no roles too), else one role it may operate."""
+        return self.admin or any(self.may_operate(role) for role in roles)
+
     def roles_refused(self, roles: Iterable[str]) -> list[str]:
         """The roles of ``roles`` this principal may not claim, in order."""
         return [role for role in roles if not self.may_operate(role)]

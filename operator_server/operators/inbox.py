@@ -138,7 +138,7 @@ def _here(session: OperatorSession, req: PendingRequest) -> Found:
 
 
 def may_see(principal: Principal, found: Found) -> bool:
-    return principal.admin or any(principal.may_operate(role) for role in found.roles)
+    return principal.may_operate_any(found.roles)
 
 
 def authorize(principal: Principal, found: Found) -> None:

@@ -83,6 +83,11 @@ def _refused(exc: MoveRefused) -> ApiError:
     return ApiError(exc.code, exc.message, status=exc.status)
 
 
+# Built once: building a schema deep-copies every field.
+_REASSIGN_BODY = ReassignBodySchema()
+_HANDOVER_BODY = HandoverBodySchema()
+
+
 async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
     raw = await read_json(request, request.app[SETTINGS].max_json_depth)
     loaded: dict[str, Any] = load(schema, raw)
@@ -125,7 +130,7 @@ async def reassign_request(request: web.Request) -> web.Response:
     except MoveRefused as exc:
         raise _refused(exc) from None
     principal = _may_move(caller, holder, req)
-    body = await _body(request, ReassignBodySchema())
+    body = await _body(request, _REASSIGN_BODY)
     target = Target(role=body.get("role"), sid=body.get("sid"))
     left = holder.sid if holder is not None else str(req.waiting_for)
     try:
@@ -177,7 +182,7 @@ def _may_move(
             )
         return session_principal(caller)
     roles = holder.roles if holder is not None else [str(req.waiting_for)]
-    if not _operates(caller, roles):
+    if not caller.may_operate_any(roles):
         scope = f"operate:{roles[0]}" if roles else str(Scope.ADMIN)
         raise ApiError(
             Code.FORBIDDEN,
@@ -186,10 +191,6 @@ def _may_move(
             scope=scope,
         )
     return caller.name
-
-
-def _operates(principal: Principal, roles: list[str]) -> bool:
-    return principal.admin or any(principal.may_operate(r) for r in roles)
 
 
 @routes.post("/v1/operators/{sid}/handover")
@@ -217,7 +218,7 @@ def _operates(principal: Principal, roles: list[str]) -> bool:
 )
 async def hand_over_seat(request: web.Request) -> web.Response:
     source, admin = await authorize_session_or_admin(request)
-    body = await _body(request, HandoverBodySchema())
+    body = await _body(request, _HANDOVER_BODY)
     principal = principal_of(request).name if admin else session_principal(source)
     try:
         target, roles, moved = await request.app[DIRECTORY].handovers.hand_over(
