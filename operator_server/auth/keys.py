@@ -93,9 +93,9 @@ def key_view(record: KeyRecord) -> dict[str, Any]:
         "name": record.name,
         "scopes": list(record.scopes),
         "created_at": iso(record.created_at),
-        "expires_at": None if record.expires_at is None else iso(record.expires_at),
+        "expires_at": iso(record.expires_at),
         "note": record.note,
-        "revoked_at": None if record.revoked_at is None else iso(record.revoked_at),
+        "revoked_at": iso(record.revoked_at),
     }
 
 

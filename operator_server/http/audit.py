@@ -102,7 +102,7 @@ class AuditPageSchema(Schema):
             400: "a bad filter, `after` or `limit`",
             503: "the store could not be read",
         },
-        security=(Security.API_TOKEN,),
+        security=(Security.API_KEY,),
         scopes=(Scope.ADMIN,),
         query=AuditQuerySchema,
         tags=("audit",),

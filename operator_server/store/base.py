@@ -404,6 +404,16 @@ def decode_key(
     )
 
 
+# A key's stored columns, in ``key_row``'s order: both stores' SQL names them so.
+KEY_COLUMNS = "id, name, scopes, secret_sha256, created_at, expires_at, note, revoked_at"
+
+
+def decode_key_row(row: Sequence[Any] | None) -> KeyRecord | None:
+    """One stored key row as a record; None for no row or one that cannot be decoded."""
+    found = decode_key_rows([tuple(row)] if row is not None else [])
+    return found[0] if found else None
+
+
 def decode_key_rows(rows: Iterable[Sequence[Any]]) -> list[KeyRecord]:
     """Stored key rows as records; a row that cannot be decoded is logged and
     left out (its key is then refused as unknown)."""

@@ -60,6 +60,7 @@ from operator_server.audit.record import (
 from operator_server.logs import get_logger
 from operator_server.store import migrations
 from operator_server.store.base import (
+    KEY_COLUMNS,
     Audit,
     AuditQuery,
     Delivery,
@@ -74,6 +75,7 @@ from operator_server.store.base import (
     TaskEvent,
     ask_row,
     decode_event_batch_rows,
+    decode_key_row,
     decode_key_rows,
     decode_session_rows,
     decode_task_row,
@@ -254,7 +256,6 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
-KEY_COLUMNS = "id, name, scopes, secret_sha256, created_at, expires_at, note, revoked_at"
 SESSION_COLUMNS = "sid, token_sha256, roles, desc, created_at, last_seen_at, minted_by"
 UPSERT_TASK = (
     "INSERT INTO tasks (id, status, created_at, updated_at, data) VALUES (?,?,?,?,?) "
@@ -607,8 +608,7 @@ class SQLiteStore(Store):
             ).fetchone(),
             f"read key {key_id}",
         )
-        found = decode_key_rows([row] if row is not None else [])
-        return found[0] if found else None
+        return decode_key_row(row)
 
     async def list_keys(self) -> list[KeyRecord]:
         rows = await self._call(
@@ -630,8 +630,7 @@ class SQLiteStore(Store):
             ).fetchone()
 
         row = await self._call(work, f"revoke key {key_id}", audit=audit)
-        found = decode_key_rows([row] if row is not None else [])
-        return found[0] if found else None
+        return decode_key_row(row)
 
     def _task_write(
         self,

@@ -53,8 +53,6 @@ class Security(StrEnum):
     # A principal's credential: an API key, the bootstrap ``api_token`` or a
     # JWT.  A route accepting it declares the ``scopes`` it needs.
     API_KEY = "api_key"
-    # The same scheme by its older name (the bootstrap token is one such key).
-    API_TOKEN = "api_key"
     SESSION_TOKEN = "session_token"
     WORKER = "worker_credential"
     METRICS_TOKEN = "metrics_token"

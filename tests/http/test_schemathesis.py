@@ -155,7 +155,7 @@ class LiveServer:
             name for alt in case.operation.definition.raw.get("security", []) for name in alt
         ]
         token = {
-            Security.API_TOKEN: API_TOKEN,
+            Security.API_KEY: API_TOKEN,
             Security.METRICS_TOKEN: METRICS_TOKEN,
             Security.WORKER: self.worker,
             Security.SESSION_TOKEN: getattr(self, "deleting", None)

@@ -15,12 +15,19 @@ import asyncpg
 
 from operator_server.cluster.bus import ALL
 from operator_server.cluster.messages import KeyRevoked
-from operator_server.store.base import Audit, KeyRecord, StoreError, decode_key_rows, key_row
+from operator_server.store.base import (
+    KEY_COLUMNS,
+    Audit,
+    KeyRecord,
+    StoreError,
+    decode_key_row,
+    decode_key_rows,
+    key_row,
+)
 from operator_server.store.postgres.audit import append_entries
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.writer import CONNECTION_ERRORS, GroupCommitWriter
 
-KEY_COLUMNS = "id, name, scopes, secret_sha256, created_at, expires_at, note, revoked_at"
 INSERT_KEY = f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 GET_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"
 LIST_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
@@ -36,8 +43,7 @@ async def insert_key(conn: asyncpg.Connection, record: KeyRecord) -> None:
 
 async def get_key(conn: asyncpg.Connection, key_id: str) -> KeyRecord | None:
     row = await conn.fetchrow(GET_KEY, key_id)
-    found = decode_key_rows([tuple(row)] if row is not None else [])
-    return found[0] if found else None
+    return decode_key_row(row)
 
 
 async def list_keys(conn: asyncpg.Connection) -> list[KeyRecord]:
@@ -52,8 +58,7 @@ async def revoke_key(
     if row is None:
         return None
     await conn.execute("SELECT pg_notify($1, $2)", ALL, KeyRevoked(key_id).encode(from_node))
-    found = decode_key_rows([tuple(row)])
-    return found[0] if found else None
+    return decode_key_row(row)
 
 
 class KeyOps(GroupCommitWriter):
