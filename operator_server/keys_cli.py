@@ -20,7 +20,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Protocol
 
-from operator_server.offline import add_store_options, store_flags
+from operator_server.offline import add_store_options, store_settings
 
 # The parser is built for every command, ``--help`` included: what the verbs
 # run is imported when they run (``cli.py`` keeps start-up light).
@@ -85,9 +85,9 @@ def _book(settings: Settings) -> _OpenBook:
 
     if settings.store.url:
         # Imported here: asyncpg is loaded only for a PostgreSQL store.
-        from operator_server.store.postgres.keys import PostgresKeyBook
+        from operator_server.store.postgres.offline import PostgresOffline
 
-        return PostgresKeyBook(settings.store.url)
+        return PostgresOffline(settings.store.url, node="operator-server keys")
     if settings.store.path == ":memory:":
         raise ConfigError("store.path is :memory:, which forgets every key on exit")
     return SQLiteStore(settings.store.path)
@@ -121,16 +121,13 @@ async def _run(args: argparse.Namespace, book: _OpenBook) -> int:
 def keys_main(args: argparse.Namespace) -> int:
     import asyncio
 
-    from operator_server.config import ConfigError, load_settings
+    from operator_server.config import ConfigError
     from operator_server.errors import ApiError
     from operator_server.logs import configure_logging
     from operator_server.store import StoreError
 
-    flags = store_flags(args)
     try:
-        # A key's hash does not depend on ``secret`` (``auth/keys.py``), so the
-        # check that a cluster's nodes share one is not this command's to make.
-        settings = load_settings(file=args.config, flags=flags, overrides={"secret": "-"})
+        settings = store_settings(args)
         book = _book(settings)
     except ConfigError as exc:
         print(f"operator-server: config error: {exc}", file=sys.stderr)

@@ -14,15 +14,30 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from operator_server.audit.chain import Verdict, verify
 from operator_server.audit.record import AuditRow
-from operator_server.offline import add_store_options, store_flags
+from operator_server.offline import add_store_options, store_settings
 from operator_server.wire.times import parse_instant
 
 if TYPE_CHECKING:  # the store is loaded only when a verb runs
-    from operator_server.store import Store
+    from operator_server.audit.chain import Anchor
+    from operator_server.store.base import AuditQuery
+
+
+class AuditRows(Protocol):
+    """What reading the trail needs of a store: every ``Store``, and the
+    commands' own PostgreSQL store (``store/postgres/offline.py``)."""
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]: ...
+
+    async def audit_anchor(self) -> Anchor | None: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 # Rows read per store round trip while walking the chain.
 PAGE = 1000
@@ -53,16 +68,15 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def audit_main(args: argparse.Namespace) -> int:
-    from operator_server.config import ConfigError, load_settings
+    from operator_server.config import ConfigError
     from operator_server.logs import configure_logging
     from operator_server.store import StoreError, open_store
 
-    flags = store_flags(args)
     since = None
     try:
         if getattr(args, "since", None) is not None:
             since = parse_instant(args.since)
-        settings = load_settings(file=args.config, flags=flags)
+        settings = store_settings(args)
     except (ConfigError, ValueError) as exc:
         print(f"operator-server audit: {exc}", file=sys.stderr)
         return 2
@@ -70,8 +84,15 @@ def audit_main(args: argparse.Namespace) -> int:
     configure_logging("warning", "console", once=True)
 
     async def run() -> int:
-        store = open_store(settings)
-        store.lease_tasks(settings.node_id, settings.cluster.lease_s, ())
+        store: AuditRows
+        if settings.store.url:
+            # Not the daemon's store: reading the trail must not join the
+            # cluster (a heartbeat row, a listener) as a node would.
+            from operator_server.store.postgres.offline import PostgresOffline
+
+            store = PostgresOffline(settings.store.url, node="operator-server audit")
+        else:
+            store = open_store(settings)
         await store.open()
         try:
             if args.verb == "verify":
@@ -88,7 +109,7 @@ def audit_main(args: argparse.Namespace) -> int:
         return 1
 
 
-async def rows_of(store: Store, since: float | None = None) -> AsyncIterator[AuditRow]:
+async def rows_of(store: AuditRows, since: float | None = None) -> AsyncIterator[AuditRow]:
     """Every audit row of ``store``, in seq order, a page at a time."""
     from operator_server.store.base import AuditQuery
 
@@ -102,7 +123,7 @@ async def rows_of(store: Store, since: float | None = None) -> AsyncIterator[Aud
         after = page[-1].seq
 
 
-async def verify_store(store: Store) -> Verdict:
+async def verify_store(store: AuditRows) -> Verdict:
     """Walk ``store``'s chain from its start, or from where retention pruned it."""
     return await verify(rows_of(store), await store.audit_anchor())
 
@@ -129,7 +150,7 @@ def report(verdict: Verdict, out: TextIO) -> int:
     return 0
 
 
-async def export(store: Store, since: float | None, out: TextIO) -> None:
+async def export(store: AuditRows, since: float | None, out: TextIO) -> None:
     """Every row at or after ``since``, one JSON object a line."""
     async for row in rows_of(store, since):
         out.write(json.dumps(row.view(), ensure_ascii=False) + "\n")

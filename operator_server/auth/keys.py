@@ -14,7 +14,7 @@ before and after a restart, whether or not ``secret`` is set (and changing
 ``secret`` does not void every key).
 
 ``ApiKeys`` works on any ``KeyBook`` — every store is one, and the CLI opens
-PostgreSQL through ``store.postgres.keys.PostgresKeyBook`` — so the REST routes
+PostgreSQL through ``store.postgres.offline.PostgresOffline`` — so the REST routes
 and ``operator-server keys`` share every rule here.
 """
 

@@ -8,9 +8,13 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
-from operator_server.store import SQLiteStore
+import asyncpg
+
+from operator_server.store import PostgresStore, SQLiteStore
 from tests.audit.test_chain import fill
+from tests.pg import new_database
 
 
 async def run(*args: str) -> tuple[int, str]:
@@ -81,3 +85,27 @@ async def test_a_bad_since_is_refused_with_exit_2(tmp_path: Path) -> None:
     status, out = await run("export", "--store-path", str(tmp_path / "a.sqlite"), "--since", "soon")
     assert status == 2
     assert "'soon' is neither ISO 8601" in out
+
+
+async def test_verify_on_postgresql_reads_the_chain_without_joining_the_cluster(
+    postgres: Any,
+) -> None:
+    """An auditor's command is no node: it leaves no heartbeat row behind."""
+    url = await new_database(postgres)
+    store = PostgresStore(url)
+    store.lease_tasks("node-a", 10, ["pending", "running"])
+    await store.open()
+    await fill(store)
+    await store.close()
+    conn = await asyncpg.connect(url)
+    try:
+        before = await conn.fetch("SELECT node_id FROM cluster_nodes ORDER BY node_id")
+        status, out = await run("verify", "--store-url", url)
+        assert status == 0, out
+        assert "audit chain ok: 7 rows, seq 1 to 7; head hash " in out
+        status, out = await run("export", "--store-url", url)
+        assert status == 0 and len(out.splitlines()) == 7, out
+        after = await conn.fetch("SELECT node_id FROM cluster_nodes ORDER BY node_id")
+        assert after == before
+    finally:
+        await conn.close()

@@ -9,8 +9,6 @@ statement, so a key revoked there is refused at once by every running node.
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 
 from operator_server.cluster.bus import ALL
@@ -19,14 +17,11 @@ from operator_server.store.base import (
     KEY_COLUMNS,
     Audit,
     KeyRecord,
-    StoreError,
     decode_key_row,
     decode_key_rows,
     key_row,
 )
-from operator_server.store.postgres.audit import append_entries
-from operator_server.store.postgres.schema import migrate
-from operator_server.store.postgres.writer import CONNECTION_ERRORS, GroupCommitWriter
+from operator_server.store.postgres.writer import GroupCommitWriter
 
 INSERT_KEY = f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 GET_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"
@@ -83,58 +78,5 @@ class KeyOps(GroupCommitWriter):
     async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
         found: KeyRecord | None = await self._call(
             lambda c: revoke_key(c, key_id, at, self._node_id), f"revoke key {key_id}", audit=audit
-        )
-        return found
-
-
-class PostgresKeyBook:
-    """The keys of a PostgreSQL store, for the CLI: a connection pool and the
-    schema brought up to date, and nothing else (no heartbeat, no lease, no
-    listener), so running it never looks like a node joining the cluster."""
-
-    FROM = "operator-server keys"
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._pool: asyncpg.Pool | None = None
-
-    async def open(self) -> None:
-        try:
-            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2, timeout=10)
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
-        await migrate(self._pool)
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    async def _run(self, what: str, work: Any, *args: Any, audit: Audit = ()) -> Any:
-        if self._pool is None:
-            raise StoreError("the store is not open")
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                done = await work(conn, *args)
-                # The act's audit entries commit with it, on the one chain.
-                await append_entries(conn, self.FROM, list(audit))
-                return done
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreError(f"{what}: {exc}") from exc
-
-    async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
-        await self._run(f"save key {record.id}", insert_key, record, audit=audit)
-
-    async def get_key(self, key_id: str) -> KeyRecord | None:
-        found: KeyRecord | None = await self._run(f"read key {key_id}", get_key, key_id)
-        return found
-
-    async def list_keys(self) -> list[KeyRecord]:
-        found: list[KeyRecord] = await self._run("list keys", list_keys)
-        return found
-
-    async def revoke_key(self, key_id: str, at: float, audit: Audit = ()) -> KeyRecord | None:
-        found: KeyRecord | None = await self._run(
-            f"revoke key {key_id}", revoke_key, key_id, at, self.FROM, audit=audit
         )
         return found
