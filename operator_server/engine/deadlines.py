@@ -87,14 +87,15 @@ def config_rules(settings: Settings) -> dict[str, Rule]:
 
 
 def task_rules(
-    settings: Settings,
+    configured: dict[str, Rule],
     deadline_s: float | None,
     on_timeout: str | None,
     per_kind: dict[str, dict[str, Any]] | None,
 ) -> dict[str, Rule]:
-    """Each kind's rule for a task whose operator spec says these (None: not said)."""
-    rules = config_rules(settings)
-    for kind, base in rules.items():
+    """Each kind's rule for a task whose operator spec says these (None: not
+    said), over the ``configured`` ones (``config_rules``, read once)."""
+    rules = dict(configured)
+    for kind, base in configured.items():
         own = (per_kind or {}).get(kind, {})
         seconds = own.get("deadline_s", deadline_s)
         action = own.get("on_timeout", on_timeout)

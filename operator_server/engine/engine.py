@@ -47,6 +47,7 @@ from operator_server.engine.deadlines import (
     DueSoon,
     DueSoonObserver,
     chain_of,
+    config_rules,
     task_rules,
 )
 from operator_server.engine.events import EventFanout, EventLog, EventType, LocalFanout
@@ -109,6 +110,9 @@ class Engine:
         self.events = EventLog()
         # ``events = false``: none are built or stored (the stream routes answer 404).
         self.recording = settings.events
+        # Each request kind's deadline and on-timeout action from config: read
+        # once, and overridden per task by its operator spec.
+        self._config_rules = config_rules(settings)
         self.fanout: EventFanout = fanout or LocalFanout()
         self._stored_event_id = 0  # the store's newest event at start-up
         # In a shared store, every live task this node writes is leased to it.
@@ -669,6 +673,14 @@ class Engine:
             status = TaskStatus.CANCELLED if task.cancel_reason else TaskStatus.FAILED
             self._end_soon(task, Ending(status, error=AttemptFailed(code, reason)))
 
+    @staticmethod
+    def _named_per_kind(spec: OperatorSpec | None) -> dict[str, str]:
+        """The session or role the task's operator spec names, by request kind."""
+        if spec is None:
+            return {}
+        names = spec.face_names()
+        return {kind: name for kind, face in FACE_OF.items() if (name := names[face])}
+
     async def dispatch_attempt(self, task: Task, parent_req_id: str | None = None) -> Ending:
         """Run the next attempt of ``task`` through the middleware chain.
 
@@ -709,7 +721,7 @@ class Engine:
         spec = task.operator
         ctx.deadlines = AttemptDeadlines(
             task_rules(
-                self.settings,
+                self._config_rules,
                 spec.deadline_s if spec else None,
                 spec.on_timeout if spec else None,
                 spec.deadlines if spec else None,
@@ -718,11 +730,7 @@ class Engine:
             task.dues,
             lambda: self._save_dues(task),
             chain_of(spec.escalate if spec else None),
-            {
-                kind: name
-                for kind, face in FACE_OF.items()
-                if spec and (name := spec.face_names()[face])
-            },
+            self._named_per_kind(spec),
         )
         self.contexts[task.id] = ctx
         log.debug("attempt started", kind=str(task.kind))
