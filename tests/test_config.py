@@ -310,3 +310,15 @@ def test_the_clients_credential_in_the_environment_is_no_setting_of_the_daemon()
     assert load_settings(env=env).api_token == ""
     with pytest.raises(ConfigError, match="OPERATOR_SERVER_API_KEYS"):
         load_settings(env={"OPERATOR_SERVER_API_KEYS": "x"})  # a typo is still refused
+
+
+def test_the_shipped_store_comment_says_what_a_cluster_does_and_nothing_it_no_longer_lacks() -> (
+    None
+):
+    """Issue 22: the comment said cross-node frames and ?wait= did not work yet,
+    long after the cluster tests showed both working."""
+    shipped = (REPO / "config" / "operator-server.toml").read_text()
+    store = shipped[shipped.index("\n[store]\n") : shipped.index("\n[cluster]\n")]
+    said = " ".join(line.lstrip("# ") for line in store.splitlines())
+    assert "not yet" not in said.lower()
+    assert "relayed there" in said and "?wait= and event streams see every node" in said
