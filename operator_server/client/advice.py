@@ -43,13 +43,26 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# Where every client command takes its credential (``--api-token`` and
+# ``OPERATOR_SERVER_API_TOKEN`` still work, as aliases: the advice names the new spelling).
+CREDENTIAL_WHERE = "--api-key KEY or OPERATOR_SERVER_API_KEY"
+CREDENTIAL_WHAT = "an API key (osk_…) or the daemon's api_token"
+
+
 def api_token_refused(url: str, sent: bool) -> str:
-    """A 401 on a route that takes the daemon's ``api_token``."""
-    what = "refused the API token given" if sent else "wants an API token and none was given"
+    """A 401 on a route that takes an API key or the daemon's ``api_token``."""
+    what = "refused the API key given" if sent else "wants an API key and none was given"
     return (
-        f"the daemon at {url} {what}: pass --api-token TOKEN or set "
-        "OPERATOR_SERVER_API_TOKEN to the daemon's api_token (its config file, "
-        "OPERATOR_SERVER_API_TOKEN or --api-token where it runs)"
+        f"the daemon at {url} {what}: pass --api-key KEY or set "
+        f"OPERATOR_SERVER_API_KEY to {CREDENTIAL_WHAT}"
+    )
+
+
+def scope_refused(role_hint: str) -> str:
+    """A 403: the credential is known, but its scopes do not cover what was asked."""
+    return (
+        f"use an API key whose scopes let it {role_hint}: pass {CREDENTIAL_WHERE} "
+        "(an admin mints one with `operator-server keys create`)"
     )
 
 

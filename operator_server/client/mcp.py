@@ -602,14 +602,11 @@ def _remedy(exc: RequestFailed) -> str:
             "another --role, or attach to that session with --sid/--token"
         )
     elif exc.status == 403:
-        what = (
-            "use an API key whose scopes let it operate this role (operate:<glob>): set "
-            "OPERATOR_SERVER_API_KEY (or --api-key) in the bridge's configuration"
-        )
+        what = advice.scope_refused("operate this role (operate:<glob>)")
     elif exc.status == 401:
         what = (
-            "set OPERATOR_SERVER_API_KEY (or --api-key) in the bridge's configuration to an "
-            "API key, or the daemon's api_token"
+            f"pass {advice.CREDENTIAL_WHERE} in the bridge's configuration: "
+            f"{advice.CREDENTIAL_WHAT}"
         )
     else:
         what = "fix what the error says"

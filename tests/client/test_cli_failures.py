@@ -78,7 +78,7 @@ async def test_ctrl_c_during_task_get_wait_says_how_to_go_on_waiting(server: Ser
 
 @pytest.mark.parametrize(
     ("token", "said"),
-    [(None, "none was given"), ("wrong-token", "refused the API token given")],
+    [(None, "none was given"), ("wrong-token", "refused the API key given")],
 )
 async def test_a_refused_api_token_is_said_in_flags_and_variables(
     server: Server, token: str | None, said: str
@@ -90,7 +90,7 @@ async def test_a_refused_api_token_is_said_in_flags_and_variables(
     first, advice = err.strip().split("\n")
     assert json.loads(first)["error"]["code"] == "unauthorized"  # for scripts, unchanged
     assert said in advice
-    assert "pass --api-token TOKEN or set OPERATOR_SERVER_API_TOKEN" in advice, advice
+    assert "pass --api-key KEY or set OPERATOR_SERVER_API_KEY" in advice, advice
 
 
 async def test_the_operator_says_which_flag_a_refused_api_token_needs(
@@ -101,7 +101,7 @@ async def test_the_operator_says_which_flag_a_refused_api_token_needs(
         "--url", base(client), "--role", "main", "--state-file", str(tmp_path / "op.json")
     )
     assert code == 1 and err.count("\n") == 1, err
-    assert "pass --api-token TOKEN or set OPERATOR_SERVER_API_TOKEN" in err, err
+    assert "pass --api-key KEY or set OPERATOR_SERVER_API_KEY" in err, err
     assert "Bearer" not in err, err
 
 

@@ -725,6 +725,29 @@ async def test_a_refused_api_token_leaves_the_bridge_unseated_naming_the_option(
             assert (await resp.json())["operators"] == []
 
 
+async def test_a_key_without_the_role_s_scope_leaves_the_bridge_unseated_naming_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A 403 (the key is known; its scopes do not cover the role) names the
+    scope it needs and where the bridge takes a key, in the CLI's own words."""
+    async with running_daemon(tmp_path, "--api-token", "the-right-token") as daemon:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{daemon.base}/v1/keys",
+                json={"name": "reader", "scopes": ["tasks:read"]},
+                headers={"Authorization": "Bearer the-right-token"},
+            ) as resp,
+        ):
+            assert resp.status == 201, await resp.text()
+            key = (await resp.json())["key"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPERATOR_SERVER_API")}
+        given = ("--role", "main", "--api-key", key)
+        async with unseated_bridge(daemon.base, tmp_path, *given, env=env) as mcp:
+            await every_tool_fails(mcp, "operate:<glob>", "--api-key KEY", "keys create")
+        assert await exit_code_written(tmp_path) == 1
+
+
 async def test_a_bridge_whose_session_is_taken_over_stops_serving_it_and_leaves_it(
     tmp_path: Path,
 ) -> None:
