@@ -144,7 +144,7 @@ def test_notifications_are_asked_for_on_a_click_never_on_load_and_the_choice_sur
     assert asked(page) == 0
 
 
-def test_notify_me_says_when_the_browser_blocks_notifications(
+def test_notify_me_says_when_the_browser_blocks_notifications_and_follows_the_site_settings(
     watched: WebDriver, daemon: Daemon
 ) -> None:
     page = watched
@@ -154,6 +154,10 @@ def test_notify_me_says_when_the_browser_blocks_notifications(
     assert asked(page) == 1
     assert permission(page) == "denied"
     assert not control(page, "button", "Notify me").is_enabled()
+    # Allowed later in the site settings: the page follows without a reload.
+    allow_notifications(page, daemon)
+    until(page, lambda: notify_state(page) == ("notifications off", "false"))
+    assert control(page, "button", "Notify me").is_enabled()
 
 
 def test_a_hidden_tab_counts_new_requests_in_its_title_and_notifies_each_until_shown_again(
