@@ -25,8 +25,13 @@ const MAX_REMEMBERED = 500;
 const MAX_ACTIVITY = 200;
 
 export class Inbox {
-  constructor({ send, name, onTaskTouched, pending }) {
+  constructor({ send, name, onTaskTouched, pending, onArrival, onGone }) {
     this.send = send;
+    // Told of each request new to this tab (not a replay of one shown before)
+    // with its card's title and a promise of its task, and of each that
+    // leaves the inbox.
+    this.onArrival = onArrival;
+    this.onGone = onGone;
     this.pending = pending;
     this.syncing = null;
     this.syncAgain = false;
@@ -105,7 +110,8 @@ export class Inbox {
       return;
     }
     if (this.cards.has(frame.req_id)) return;
-    const seen = (session.seen || {})[frame.req_id] || Date.now();
+    const before = (session.seen || {})[frame.req_id];
+    const seen = before || Date.now();
     stored.update((s) => {
       s.seen = trim({ ...s.seen, [frame.req_id]: seen });
     });
@@ -116,7 +122,9 @@ export class Inbox {
     this.cards.set(frame.req_id, { frame, node });
     (nest || this.list).append(node);
     this.counts();
-    this.describeTask(frame, node);
+    const task = api.task(frame.task_id);
+    this.describeTask(frame, node, task);
+    if (!before) this.onArrival(frame, node.querySelector("h3").textContent, task);
     this.syncWaits();
   }
 
@@ -176,6 +184,7 @@ export class Inbox {
     for (const nested of card.node.querySelectorAll(".nested > li.card")) this.list.append(nested);
     card.node.remove();
     this.cards.delete(card.frame.req_id);
+    this.onGone(card.frame.req_id);
   }
 
   withdraw(reqId, reason) {
@@ -213,10 +222,10 @@ export class Inbox {
     while (this.feed.children.length > MAX_ACTIVITY) this.feed.lastChild.remove();
   }
 
-  async describeTask(frame, node) {
+  async describeTask(frame, node, reading) {
     // hook_before and ask frames are thin: the task itself says what is asked.
     try {
-      const task = await api.task(frame.task_id);
+      const task = await reading;
       node.querySelector(".agent").textContent = task.agent;
       node.querySelector(".attempt-no").textContent = `attempt ${frame.attempt || task.attempt}`;
       const directive = node.querySelector(".directive");

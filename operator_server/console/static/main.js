@@ -15,6 +15,7 @@ import { OperatorConnection } from "./connection.js";
 import { $, idChip } from "./dom.js";
 import { Inbox } from "./inbox.js";
 import { names } from "./names.js";
+import { Notifier } from "./notify.js";
 import { OperatorsView } from "./operators.js";
 import { allows, refusal } from "./principal.js";
 import { stored } from "./storage.js";
@@ -22,6 +23,9 @@ import { TasksView } from "./tasks.js";
 
 let connection = null;
 let inbox = null;
+// New requests while the tab is hidden: a count in the title, a notification
+// when the person asked for them (its control is in the bar, signed in or not).
+const notifier = new Notifier();
 const operators = new OperatorsView();
 // The Operators panel follows the task list's event stream: a request issued
 // or answered, a task ended, changes what sessions hold pending.
@@ -114,7 +118,10 @@ function attach(session, principal = null) {
     onTaskTouched: (id) => tasks.touched(id),
     // The server's own issue times, so "waiting" counts from when it asked.
     pending: () => api.pendingOf(session.sid, session.token),
+    onArrival: (frame, title, task) => notifier.arrived(frame, title, task),
+    onGone: (reqId) => notifier.gone(reqId),
   });
+  notifier.signedIn(session.roles);
   connection = new OperatorConnection(session.sid, session.token, {
     onFrame: (frame) => inbox && inbox.handle(frame),
     onState: setState,
