@@ -61,11 +61,11 @@ from operator_server.logs import get_logger
 from operator_server.store import migrations
 from operator_server.store.base import (
     KEY_COLUMNS,
+    LINK_USE_COLUMNS,
     Audit,
     AuditQuery,
     Delivery,
     Events,
-    LINK_USE_COLUMNS,
     KeyRecord,
     LinkUse,
     Row,
