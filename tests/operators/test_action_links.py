@@ -202,7 +202,7 @@ async def test_a_rejection_through_the_page_is_attributed_audited_and_the_link_i
 
 async def test_an_answer_through_the_form_reaches_the_asking_worker(server: Server) -> None:
     client = await server(api_token=BOOT)
-    ws, task, ask, asking = await asked(client)
+    ws, _, ask, asking = await asked(client)
     link = await link_for(client, ask, recipient=None)
     check = check_of(await page(client, path_of(link)))
     form = {
@@ -239,7 +239,7 @@ def _forged(token: str, **claims: Any) -> str:
 async def test_forged_and_expired_links_are_refused_and_decide_nothing(server: Server) -> None:
     client = await server(api_token=BOOT)
     ws = await operator(client)
-    task_id, hook = await hooked_task(client, ws)
+    _, hook = await hooked_task(client, ws)
     _, other = await hooked_task(client, ws)
     link = await link_for(client, hook)
     token = path_of(link).rsplit("/", 1)[1]
@@ -272,7 +272,6 @@ async def test_forged_and_expired_links_are_refused_and_decide_nothing(server: S
     assert resp.status == 303
     await expect(ws, "cancel")
     assert [e["action"] for e in await decisions(client, hook["req_id"])] == ["hook.approved"]
-    assert task_id
     await ws.close()
 
 
@@ -281,7 +280,7 @@ async def test_a_link_whose_request_was_answered_elsewhere_or_moved_says_so(
 ) -> None:
     client = await server(api_token=BOOT)
     ws = await operator(client)
-    answered_task, answered = await hooked_task(client, ws)
+    _, answered = await hooked_task(client, ws)
     _, moved = await hooked_task(client, ws)
     answered_link, moved_link = await link_for(client, answered), await link_for(client, moved)
     answered_check = check_of(await page(client, path_of(answered_link)))
@@ -307,7 +306,6 @@ async def test_a_link_whose_request_was_answered_elsewhere_or_moved_says_so(
     decided = await decisions(client, answered["req_id"], moved["req_id"])
     assert [(e["action"], e["principal"]) for e in decided] == [("hook.approved", "bootstrap")]
     assert await pending_ids(client, "hook_before") == [moved["req_id"]]
-    assert answered_task
     await ws.close()
     await other_ws.close()
 
@@ -419,7 +417,7 @@ async def test_the_signing_key_outlives_the_process_without_a_secret(tmp_path: P
         return None
 
     async def minted_then_verified(paths: list[str]) -> list[str]:
-        tokens = []
+        tokens: list[str] = []
         for path in paths:
             store = SQLiteStore(path)
             await store.open()
