@@ -19,6 +19,7 @@ import jwt
 import pytest
 from aiohttp import ClientResponse, ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from operator_server.appkeys import ACTION_LINKS
 from operator_server.config import load_settings
@@ -436,3 +437,21 @@ async def test_the_signing_key_outlives_the_process_without_a_secret(tmp_path: P
     assert (await minted_then_verified([first, first]))[1] == "r"
     with pytest.raises(Exception, match="not signed by this server"):
         await minted_then_verified([first, str(tmp_path / "b.sqlite")])
+
+
+async def test_the_access_log_never_holds_a_links_token(server: Server) -> None:
+    client = await server(api_token=BOOT, access_log=True)
+    ws = await operator(client)
+    _, hook = await hooked_task(client, ws)
+    link = await link_for(client, hook)
+    token = path_of(link).rsplit("/", 1)[1]
+    with capture_logs() as logs:
+        check = check_of(await page(client, path_of(link)))
+        await post_form(client, path_of(link), {"check": check, "action": "approve"})
+    lines = [e for e in logs if e["event"] == "http request"]
+    assert [(e["method"], e["path"]) for e in lines] == [
+        ("GET", "/v1/links/{token}"),
+        ("POST", "/v1/links/{token}"),
+    ]
+    assert token not in repr(logs)
+    await ws.close()
