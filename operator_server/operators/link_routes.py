@@ -42,13 +42,12 @@ from operator_server.operators.keys import DIRECTORY
 from operator_server.store import LinkUse, StoreError
 from operator_server.store.base import AuditQuery
 from operator_server.wire.answer_schema import answer_problem
-from operator_server.wire.contract import Body, Operation, documented
+from operator_server.wire.contract import FORM, HTML, Body, Operation, documented
 from operator_server.wire.times import iso
 from operator_server.wire.values import ReplyVia
 
 routes = web.RouteTableDef()
 
-HTML = "text/html"
 # The trail's actions that settle a request: how a page tells who answered it elsewhere.
 _SETTLED = frozenset(
     {
@@ -109,6 +108,7 @@ def _refusal(request: web.Request, exc: CodedError) -> web.Response:
         description="Safe to open any number of times, by anyone or anything (mail "
         "scanners, link previews, HEAD): only the page's own form decides. The token is the "
         "credential; no other is needed.",
+        error_pages=True,
         tags=("links",),
     )
 )
@@ -143,15 +143,23 @@ async def _verified(request: web.Request) -> Claims | web.Response:
 @documented(
     Operation(
         "Decide the request of an action link (the form of its confirmation page)",
-        {303: Body("decided: to the link's page, which shows the decision", media=())},
+        {
+            303: Body(
+                "decided: to the link's page, which shows the decision",
+                media=(),
+                headers={"Location": "the link's own page"},
+            )
+        },
         errors=_REFUSALS,
-        description="A form (`application/x-www-form-urlencoded`) with `check` (from the "
-        "page), `action` (one the link offers: `approve`/`reject` for a hook_before, "
-        "`answer`/`decline` for an ask, `halt` for a spawn), `reason` (optional, for all but "
-        f"`answer`), and for `answer` either one `{pages.ANSWER_FIELD}<property>` field per "
-        f"property of the ask's answer_schema or, with no schema, `{pages.ANSWER_JSON}` "
-        "holding the answer as JSON. A link decides once; a decision that is refused leaves "
-        "it usable.",
+        form_body=(
+            "`check` (from the page); `action`, one the link offers (`approve`/`reject` for a "
+            "hook_before, `answer`/`decline` for an ask, `halt` for a spawn); `reason` "
+            "(optional, for all but `answer`); for `answer`, one "
+            f"`{pages.ANSWER_FIELD}<property>` field per property of the ask's answer_schema "
+            f"or, with no schema, `{pages.ANSWER_JSON}` holding the answer as JSON. A link "
+            "decides once; a decision that is refused leaves it usable."
+        ),
+        error_pages=True,
         tags=("links",),
     )
 )
@@ -271,7 +279,7 @@ async def _shown(directory: OperatorDirectory, found: inbox.Found, claims: Claim
 
 
 async def _form(request: web.Request) -> MultiDictProxy[str | Any]:
-    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    if request.content_type not in (FORM, "multipart/form-data"):
         raise ApiError(
             Code.BAD_REQUEST,
             "a decision is the page's form (application/x-www-form-urlencoded), "
