@@ -455,3 +455,26 @@ async def test_the_access_log_never_holds_a_links_token(server: Server) -> None:
     ]
     assert token not in repr(logs)
     await ws.close()
+
+
+async def test_a_spawns_link_only_halts_and_never_shows_its_credentials(server: Server) -> None:
+    client = await server(api_token=BOOT)
+    ws = await operator(client)
+    task_id, hook = await hooked_task(client, ws)
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(ws, "spawn")
+    link = await link_for(client, spawn)
+    assert link.actions == ("halt",)
+    shown = await page(client, path_of(link))
+    assert "Halt the attempt" in shown and "Approve" not in shown
+    assert spawn["capability_token"] not in shown and spawn["worker_handle"] not in shown
+    form = {"check": check_of(shown), "action": "halt", "reason": "wrong repository"}
+    assert (await post_form(client, path_of(link), form)).status == 303
+    await wait_task(client, task_id)
+    [decided] = await decisions(client, spawn["req_id"])
+    assert (decided["action"], decided["principal"], decided["reason"]) == (
+        "spawn.halted",
+        ANN,
+        "wrong repository",
+    )
+    await ws.close()
