@@ -24,6 +24,7 @@ from structlog.testing import capture_logs
 from operator_server.appkeys import ACTION_LINKS
 from operator_server.config import load_settings
 from operator_server.notify.links import ActionLinks, Link
+from operator_server.operators.link_pages import Shown, decided_page, refused_page, request_page
 from operator_server.store import SQLiteStore
 from tests.conftest import Server
 from tests.http.sse import read_all
@@ -478,3 +479,25 @@ async def test_a_spawns_link_only_halts_and_never_shows_its_credentials(server: 
         "wrong repository",
     )
     await ws.close()
+
+
+def test_every_value_a_page_shows_is_escaped() -> None:
+    """Questions, directives, ids, names and answer forms come from agents and
+    operators: none of them can put markup on the page."""
+    evil = '<script>alert(1)</script>"'
+    schema = {
+        "type": "object",
+        "description": evil,
+        "properties": {
+            evil: {"type": "string", "title": evil, "description": evil, "enum": [evil]},
+            "n": {"type": "number", "default": 1, "title": evil},
+        },
+    }
+    shown = Shown("ask", evil, evil, evil, None, {"q": evil}, evil, schema, None, 1e9)
+    pages = [
+        request_page(shown, ("answer", "decline"), evil),
+        decided_page(evil, evil, 1e9, evil),
+        refused_page(400, evil, evil),
+    ]
+    for text in pages:
+        assert "<script>" not in text and "&lt;script&gt;" in text
