@@ -227,8 +227,10 @@ def refused_page(status: int, code: str, message: str) -> str:
         409: "Nothing to decide here",
         410: "This link no longer works",
     }.get(status, "Nothing was decided")
+    # A form that was refused can be filled again: the page's own URL shows it.
+    back = '<p><a href="">Back to the request</a></p>' if status in (400, 403) else ""
     body = (
-        f'<h1 class="refused">{escape(headline)}</h1><p>{escape(message)}</p>'
+        f'<h1 class="refused">{escape(headline)}</h1><p>{escape(message)}</p>{back}'
         f"<p><small>{escape(code)} ({status}). Nothing was decided through this page.</small></p>"
     )
     return _page(headline, body)
