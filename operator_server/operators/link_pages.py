@@ -60,6 +60,8 @@ HEADERS: Mapping[str, str] = {
     "X-Robots-Tag": "noindex, nofollow",
 }
 
+# The refusals of a form, not of its link: the page can be filled again.
+_FORM_CODES = frozenset({"bad_request", "bad_answer", "forbidden", "too_large"})
 _VERBS = {
     "approve": "Approved",
     "reject": "Rejected",
@@ -228,7 +230,7 @@ def refused_page(status: int, code: str, message: str) -> str:
         410: "This link no longer works",
     }.get(status, "Nothing was decided")
     # A form that was refused can be filled again: the page's own URL shows it.
-    back = '<p><a href="">Back to the request</a></p>' if status in (400, 403) else ""
+    back = '<p><a href="">Back to the request</a></p>' if code in _FORM_CODES else ""
     body = (
         f'<h1 class="refused">{escape(headline)}</h1><p>{escape(message)}</p>{back}'
         f"<p><small>{escape(code)} ({status}). Nothing was decided through this page.</small></p>"
