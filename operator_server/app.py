@@ -28,6 +28,7 @@ from aiohttp import web
 
 from operator_server import __version__
 from operator_server.appkeys import (
+    ACTION_LINKS,
     BACKGROUND,
     ENGINE,
     JWT_VERIFIER,
@@ -62,7 +63,8 @@ from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
-from operator_server.operators import admin, login, reassign, request_routes
+from operator_server.notify.links import ActionLinks
+from operator_server.operators import admin, link_routes, login, reassign, request_routes
 from operator_server.operators.census import session_counts
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
@@ -162,6 +164,9 @@ def build_app(
     app[LEASES] = wired.leases
     app[JWT_VERIFIER] = jwt
     app[AUTHENTICATOR] = authenticator
+    app[ACTION_LINKS] = ActionLinks(
+        settings, store, link_routes.locator(directory), lambda: directory.base_url
+    )
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -177,6 +182,7 @@ def build_app(
     app.add_routes(keys.routes)
     app.add_routes(audit.routes)
     app.add_routes(whoami.routes)
+    app.add_routes(link_routes.routes)
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)

@@ -19,6 +19,7 @@ from operator_server.background import Background
 from operator_server.config import Settings
 from operator_server.engine import Engine
 from operator_server.metrics import Metrics
+from operator_server.notify.links import ActionLinks
 from operator_server.store import Store
 from operator_server.wire import contract
 
@@ -33,3 +34,5 @@ METRICS = web.AppKey("metrics", Metrics)
 OPERATOR_COUNTS: web.AppKey[Callable[[], Awaitable[dict[str, int]]]] = web.AppKey("operator_counts")
 # Bearer JWTs from the identity provider of ``[auth.jwt]``; None without that table.
 JWT_VERIFIER: web.AppKey[JwtPrincipals | None] = web.AppKey("jwt_verifier")
+# Mints and verifies the action links of notifications (``notify/links.py``).
+ACTION_LINKS = web.AppKey("action_links", ActionLinks)

@@ -156,6 +156,7 @@ class Settings:
     # A request still unanswered at this fraction of its deadline raises
     # ``request_due_soon`` (0 = no reminders).
     remind_at_fraction: float = 0.8
+    link_max_age_s: float = 86400
     heartbeat_s: float = 20
     session_idle_ttl_s: float = 3600
     sweep_interval_s: float = 30
@@ -587,6 +588,12 @@ class SettingsSchema(Schema):
     )
     heartbeat_s = _seconds(
         Settings.heartbeat_s, "server ping interval; a silent peer is detached (0 = off)"
+    )
+    link_max_age_s = _seconds(
+        Settings.link_max_age_s,
+        "longest an action link in a notification stays valid (it ends sooner with its "
+        "request's deadline)",
+        allow_zero=False,
     )
     session_idle_ttl_s = _seconds(
         Settings.session_idle_ttl_s,

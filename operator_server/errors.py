@@ -88,6 +88,12 @@ class Code(StrEnum):
     # over) before this reply came: it changed nothing.
     ALREADY_MOVED = "already_moved"
 
+    # Action links (``notify/links.py``): why a link's page offers no decision.
+    LINK_NOT_FOUND = "link_not_found"  # not a link at all
+    LINK_FORGED = "link_forged"  # a signature this server did not make (altered, or foreign)
+    LINK_EXPIRED = "link_expired"
+    LINK_USED = "link_used"  # it already decided its request
+
 
 # The HTTP status each code is answered with: ``ApiError`` and ``http/errors.py``
 # read it here, so a handler names the code and never the status.  Attempt
@@ -156,6 +162,10 @@ STATUS: dict[Code, int] = {
     Code.ALREADY_MOVED: 409,
     Code.WRONG_REPLY: 400,
     Code.BAD_ANSWER: 400,
+    Code.LINK_NOT_FOUND: 404,
+    Code.LINK_FORGED: 403,
+    Code.LINK_EXPIRED: 410,
+    Code.LINK_USED: 409,
 }
 
 

@@ -57,6 +57,9 @@ class Via(StrEnum):
     KEY = "key"  # an API key (osk_<id>_<secret>)
     JWT = "jwt"  # a token from the configured identity provider
     LOOPBACK = "loopback"  # no api_token configured and no credential sent
+    # An action link from a notification: its signature is the credential, and
+    # it decides the one request it names (``notify/links.py``).
+    LINK = "link"
 
 
 @dataclass(frozen=True)

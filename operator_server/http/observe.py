@@ -7,7 +7,9 @@ path, so the label values stay bounded; a request matching no route is
 
 The access log is one ``info`` line per request (``access_log = true``): method,
 route, path, status, duration, remote.  Never the query string (it is where a
-careless client would put a credential) and never a header.  It is off by
+careless client would put a credential), never a header, and never a path
+whose route names a ``{token}`` (an action link: the path is the credential;
+its route pattern is logged as its path).  It is off by
 default: at several requests per task it would outnumber the one info line per
 task, and log rendering is the largest cost a request has (see bench/).
 """
@@ -27,6 +29,8 @@ from operator_server.metrics import Metrics
 
 access_log = get_logger("operator_server.access")
 UNMATCHED = "unmatched"
+# A path segment that is itself a credential (``/v1/links/{token}``).
+_TOKEN = "{token}"
 
 
 def route_of(request: web.Request) -> str:
@@ -65,7 +69,7 @@ def observe_middleware(metrics: Metrics, log_access: bool) -> Middleware:
                     "http request",
                     method=request.method,
                     route=found[0],
-                    path=request.path,
+                    path=found[0] if _TOKEN in found[0] else request.path,
                     status=status,
                     duration_s=round(seconds, 6),
                     remote=request.remote,

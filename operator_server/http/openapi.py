@@ -23,6 +23,8 @@ from operator_server import __version__
 from operator_server.wire import json
 from operator_server.wire.contract import (
     EVENT_STREAM,
+    FORM,
+    HTML,
     JSON,
     SECURITY_SCHEMES,
     Body,
@@ -113,12 +115,18 @@ def _operation(spec: APISpec, op: Operation, operation_id: str, path: str) -> di
             "description": op.text_body,
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
+    elif op.form_body:
+        out["requestBody"] = {
+            "required": True,
+            "description": op.form_body,
+            "content": {FORM: {"schema": {"type": "object"}}},
+        }
     responses = {str(status): _response(spec, body) for status, body in op.responses.items()}
     for status, why in sorted(op.all_errors().items()):
-        responses[str(status)] = {
-            "description": why,
-            "content": {JSON: {"schema": ErrorSchema}},
-        }
+        content: dict[str, Any] = {JSON: {"schema": ErrorSchema}}
+        if op.error_pages:
+            content[HTML] = {"schema": {"type": "string"}}
+        responses[str(status)] = {"description": why, "content": content}
     out["responses"] = responses
     if op.security:
         # OpenAPI 3.1 lets an http scheme's requirement list role names: the scopes.

@@ -224,6 +224,23 @@ async def reply(
     wherever it was issued; its kind.  Raises ``ApiError`` saying why not."""
     kind, data = reply_of(req_id, body)
     found = await find(directory, principal, req_id)
+    await settle(directory, principal, found, kind, data, via)
+    return kind
+
+
+async def settle(
+    directory: OperatorDirectory,
+    principal: Principal,
+    found: Found,
+    kind: str,
+    data: dict[str, Any],
+    via: ReplyVia,
+) -> None:
+    """Settle ``found`` with ``data`` (a reply of ``kind``, from ``reply_of``),
+    attributed to ``principal``, whom the caller has allowed to answer it (an
+    action link is allowed by its signature, not by a scope).  Raises
+    ``ApiError`` saying why not."""
+    req_id = found.req_id
     try:
         if found.owner in ("", directory.relay.node_id):
             session = directory.sessions.get(found.sid)
@@ -244,4 +261,3 @@ async def reply(
         raise ApiError(exc.code, f"{exc.message}; {req_id} was not answered", status=503) from None
     except StoreError as exc:
         raise ApiError(Code.STORE_FAILED, f"{exc}; {req_id} was not answered") from None
-    return kind

@@ -298,6 +298,20 @@ def decode_event_batch_rows(rows: Iterable[Sequence[Any]]) -> list[TaskEvent]:
 
 
 @dataclass(frozen=True)
+class LinkUse:
+    """The one decision made through an action link: which, by whom, when."""
+
+    link_id: str
+    req_id: str
+    action: str
+    principal: str
+    at: float
+
+
+LINK_USE_COLUMNS = "link_id, req_id, action, principal, at"
+
+
+@dataclass(frozen=True)
 class Delivery:
     """A webhook delivery still to be made: the task and when it is next due."""
 
@@ -494,6 +508,27 @@ class Store(ABC):
 
     @abstractmethod
     async def load_sessions(self) -> list[Row]: ...
+
+    # -- action links (``notify/links.py``): one signing key, created once, and
+    # each link's single use, claimed durably before its decision is made --
+
+    @abstractmethod
+    async def link_key(self, candidate: str) -> str:
+        """The action links' signing key: the one stored, or ``candidate``,
+        stored now when there is none (the first writer wins on every node)."""
+
+    @abstractmethod
+    async def claim_link(self, use: LinkUse) -> LinkUse | None:
+        """Record ``use`` durably unless its link was used already: None when
+        recorded, else the use that came first (nothing written)."""
+
+    @abstractmethod
+    async def release_link(self, link_id: str) -> None:
+        """Forget the claim of ``link_id``: its decision did not go through."""
+
+    @abstractmethod
+    async def link_use(self, link_id: str) -> LinkUse | None:
+        """The use recorded for ``link_id``; None when it is still unused."""
 
     # -- API keys (``auth/keys.py``): few rows, each read once per node and
     # cached there; a revocation is a durable write every node hears of --

@@ -21,6 +21,7 @@ from operator_server.store.base import (
     Delivery,
     Events,
     KeyRecord,
+    LinkUse,
     Row,
     SessionRecord,
     Store,
@@ -55,6 +56,8 @@ class MemoryStore(Store):
         # The audit chain, oldest first, and where it goes on after pruning.
         self.audit: list[AuditRow] = []
         self.anchor: Anchor | None = None
+        self.link_signing_key: str | None = None
+        self.link_uses: dict[str, LinkUse] = {}
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -90,6 +93,21 @@ class MemoryStore(Store):
 
     async def load_sessions(self) -> list[Row]:
         return [Row(sid, rec) for sid, rec in self.sessions.items()]
+
+    async def link_key(self, candidate: str) -> str:
+        if self.link_signing_key is None:
+            self.link_signing_key = candidate
+        return self.link_signing_key
+
+    async def claim_link(self, use: LinkUse) -> LinkUse | None:
+        first = self.link_uses.setdefault(use.link_id, use)
+        return None if first is use else first
+
+    async def release_link(self, link_id: str) -> None:
+        self.link_uses.pop(link_id, None)
+
+    async def link_use(self, link_id: str) -> LinkUse | None:
+        return self.link_uses.get(link_id)
 
     async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
         self.keys[record.id] = record

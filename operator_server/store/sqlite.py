@@ -61,11 +61,13 @@ from operator_server.logs import get_logger
 from operator_server.store import migrations
 from operator_server.store.base import (
     KEY_COLUMNS,
+    LINK_USE_COLUMNS,
     Audit,
     AuditQuery,
     Delivery,
     Events,
     KeyRecord,
+    LinkUse,
     Row,
     SessionRecord,
     Store,
@@ -253,6 +255,22 @@ MIGRATIONS: list[str] = [
     CREATE TABLE audit_pruned (
         seq  INTEGER NOT NULL,
         hash TEXT NOT NULL
+    );
+    """,
+    # v9: action links (``notify/links.py``): the key that signs them when no
+    # ``secret`` is set (one row, made once), and each link's one use.
+    # Written to apply after any other step: it touches no other table.
+    """
+    CREATE TABLE link_keys (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        key TEXT NOT NULL
+    );
+    CREATE TABLE link_uses (
+        link_id   TEXT PRIMARY KEY,
+        req_id    TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        at        REAL NOT NULL
     );
     """,
 ]
@@ -590,6 +608,45 @@ class SQLiteStore(Store):
             "load sessions",
         )
         return decode_session_rows(rows)
+
+    async def link_key(self, candidate: str) -> str:
+        def work(c: sqlite3.Connection) -> Any:
+            c.execute("INSERT OR IGNORE INTO link_keys (id, key) VALUES (1, ?)", (candidate,))
+            return c.execute("SELECT key FROM link_keys WHERE id = 1").fetchone()
+
+        row = await self._call(work, "read the action links' key")
+        return str(row[0])
+
+    async def claim_link(self, use: LinkUse) -> LinkUse | None:
+        row = (use.link_id, use.req_id, use.action, use.principal, use.at)
+
+        def work(c: sqlite3.Connection) -> Any:
+            added = c.execute(
+                f"INSERT OR IGNORE INTO link_uses ({LINK_USE_COLUMNS}) VALUES (?,?,?,?,?)", row
+            ).rowcount
+            if added:
+                return None
+            return c.execute(
+                f"SELECT {LINK_USE_COLUMNS} FROM link_uses WHERE link_id = ?", (use.link_id,)
+            ).fetchone()
+
+        found = await self._call(work, f"claim link {use.link_id}")
+        return None if found is None else LinkUse(*found)
+
+    async def release_link(self, link_id: str) -> None:
+        await self._call(
+            lambda c: c.execute("DELETE FROM link_uses WHERE link_id = ?", (link_id,)),
+            f"release link {link_id}",
+        )
+
+    async def link_use(self, link_id: str) -> LinkUse | None:
+        found = await self._call(
+            lambda c: c.execute(
+                f"SELECT {LINK_USE_COLUMNS} FROM link_uses WHERE link_id = ?", (link_id,)
+            ).fetchone(),
+            f"read link {link_id}",
+        )
+        return None if found is None else LinkUse(*found)
 
     async def put_key(self, record: KeyRecord, audit: Audit = ()) -> None:
         row = key_row(record)

@@ -43,6 +43,8 @@ from operator_server.wire.requests import validate as load_body
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
+HTML = "text/html"
+FORM = "application/x-www-form-urlencoded"
 
 SchemaLike = Schema | type[Schema]
 
@@ -190,6 +192,12 @@ class Operation:
     body_required: bool = True
     # A raw ``text/plain`` body instead of JSON: what it holds.
     text_body: str = ""
+    # A form (``application/x-www-form-urlencoded``) instead of JSON: what it
+    # holds.  The handler reads it itself.
+    form_body: str = ""
+    # True: a refusal is an HTML page for a browser (``text/html``), and the
+    # JSON error only for a client that asks for ``application/json`` alone.
+    error_pages: bool = False
     query: SchemaLike | None = None
     description: str = ""
     tags: tuple[str, ...] = ()
@@ -205,7 +213,7 @@ class Operation:
             errors[401] = "no credential, or one that is not accepted (the code says why)"
             if self.scopes:
                 errors[403] = f"the principal lacks {' and '.join(self.scopes)} (`forbidden`)"
-        if self.body is not None or self.text_body:
+        if self.body is not None or self.text_body or self.form_body:
             errors.update(BODY_ERRORS)
         for status, text in self.errors.items():
             errors[status] = text

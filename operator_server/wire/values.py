@@ -60,6 +60,7 @@ class ReplyVia(StrEnum):
     SOCKET = "socket"  # a frame on the operator's WebSocket
     REST = "rest"  # POST /v1/requests/{req_id}/reply
     BATCH = "batch"  # one item of POST /v1/requests/reply
+    LINK = "link"  # the confirmation page of an action link (POST /v1/links/{token})
 
 
 class OnTimeout(StrEnum):

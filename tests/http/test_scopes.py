@@ -26,6 +26,9 @@ PUBLIC = {
     ("get", "/console/"),
     ("get", "/console/config.json"),
     ("get", "/console/{name}"),
+    # An action link: the signed token in the path is its own credential.
+    ("get", "/v1/links/{token}"),
+    ("post", "/v1/links/{token}"),
 }
 # Routes any principal may use, whatever it holds (it must still be one).
 # Any principal, filtered per request by the roles it may operate (``operate:<glob>``).

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from operator_server.store import (
+    LinkUse,
     MemoryStore,
     PostgresStore,
     SessionRecord,
@@ -365,3 +366,21 @@ async def test_retention_takes_a_tasks_outputs_with_it(store: Store) -> None:
     await store.put_task(record("t-old", "passed", attempts=[{"number": 1}]))
     row = await store.get_task("t-old")
     assert row is not None and "tail" not in row.value["attempts"][0]
+
+
+async def test_a_link_is_claimed_once_and_a_released_claim_can_be_made_again(store: Store) -> None:
+    first = LinkUse("l-1", "r-1", "approve", "email:a@example.org", 10.0)
+    assert await store.link_use("l-1") is None
+    assert await store.claim_link(first) is None
+    again = LinkUse("l-1", "r-1", "reject", "link", 11.0)
+    assert await store.claim_link(again) == first
+    assert await store.link_use("l-1") == first
+    await store.release_link("l-1")
+    assert await store.link_use("l-1") is None
+    assert await store.claim_link(again) is None
+    assert await store.link_use("l-1") == again
+
+
+async def test_the_link_key_is_made_once_and_kept(store: Store) -> None:
+    assert await store.link_key("first") == "first"
+    assert await store.link_key("second") == "first"

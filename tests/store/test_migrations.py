@@ -7,7 +7,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from operator_server.store import SQLiteStore, TaskEvent
+from operator_server.store import LinkUse, SQLiteStore, TaskEvent
 from operator_server.store.sqlite import MIGRATIONS
 
 
@@ -179,5 +179,29 @@ async def test_a_version_5_database_keeps_its_inline_outputs_when_the_task_is_ne
             copied = check.execute("SELECT task_id, count(*) FROM task_outputs GROUP BY task_id")
             assert dict(copied.fetchall()) == {"t-1": 3}
         await reads_back_after_a_write_without(store, old, "tail")
+    finally:
+        await store.close()
+
+
+async def test_a_version_8_database_gains_action_links_and_keeps_its_tasks(
+    tmp_path: Path,
+) -> None:
+    """v9 only adds the links' tables: a database from before reads as it did,
+    and its first link key and claim are kept."""
+    old = inline_outputs_task("t-1")
+    store = SQLiteStore(database_at(tmp_path / "v8.sqlite", 8, old))
+    await store.open()
+    try:
+        row = await store.get_task("t-1")
+        assert row is not None and row.value == old
+        assert await store.link_key("k1") == "k1"
+        assert await store.claim_link(LinkUse("l", "r", "approve", "link", 1.0)) is None
+    finally:
+        await store.close()
+    store = SQLiteStore(tmp_path / "v8.sqlite")
+    await store.open()
+    try:
+        assert await store.link_key("k2") == "k1"
+        assert await store.link_use("l") == LinkUse("l", "r", "approve", "link", 1.0)
     finally:
         await store.close()

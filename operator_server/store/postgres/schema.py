@@ -252,6 +252,23 @@ MIGRATIONS: list[str] = [
         hash TEXT NOT NULL
     );
     """,
+    # v12: action links (``notify/links.py``): the key that signs them when no
+    # ``secret`` is set (one row, made once by whichever node comes first), and
+    # each link's one use.  Written to apply after any other step: it touches
+    # no other table.
+    """
+    CREATE TABLE link_keys (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        key TEXT NOT NULL
+    );
+    CREATE TABLE link_uses (
+        link_id   TEXT PRIMARY KEY,
+        req_id    TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        at        DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 

@@ -35,6 +35,7 @@ from operator_server.store.base import (
 )
 from operator_server.store.postgres.audit import AuditOps, append_audit
 from operator_server.store.postgres.keys import KeyOps
+from operator_server.store.postgres.links import LinkOps
 from operator_server.store.postgres.nodes import (
     HEARTBEAT,
     NodeOps,
@@ -65,7 +66,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, SessionOps, KeyOps, AuditOps, Store):
+class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
