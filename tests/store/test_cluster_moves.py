@@ -219,3 +219,33 @@ async def test_a_request_waiting_for_a_role_reaches_a_session_seated_later_on_th
         assert (task["status"], task["error"]["code"]) == ("failed", "spawn_rejected")
         for ws in (ws1, ws2):
             await ws.close()
+
+
+async def test_a_request_waiting_on_one_node_for_a_role_nobody_holds_is_reassigned_from_the_other(
+    pg_url: str,
+) -> None:
+    """A request waiting for a role has no row: the node asked finds it by
+    asking the others (here the loopback admin asks B; A holds it)."""
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        ws1 = await connect(http, a, await _mint(http, a.base, "l1"))
+        ws3 = await connect(http, a, await _mint(http, a.base, "l3"))
+        operator = {"role": "l1", "escalate": [{"after_s": 0.5, "role": "l2"}]}
+        task_id = await create(http, a, {**HOOKED, "operator": operator})
+        hb = await next_of(ws1, "hook_before")
+        await next_of(ws1, "cancel")  # escalated to l2, which nobody holds
+
+        # Until A has looked for l2 in the store, the request is on its way
+        # (409 ``already_moved``: "retry"); then it waits, and B finds it there.
+        for _ in range(100):
+            status, body = await reassign(http, b.base, hb["req_id"], {"role": "l3"}, {})
+            if status != 409 or body["error"]["code"] != "already_moved":
+                break
+        assert status == 200, body
+        assert body == {"req_id": hb["req_id"], "from": "l2", "to": "l3"}
+        assert await next_of(ws3, "hook_before") == hb
+        await ws3.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": False})
+        task = await ended(http, a, task_id)
+        assert (task["status"], task["error"]["code"]) == ("failed", "spawn_rejected")
+        for ws in (ws1, ws3):
+            await ws.close()
