@@ -48,7 +48,7 @@ from operator_server.auth.principal import Principal, Scope, Via
 from operator_server.engine import Engine
 from operator_server.engine.events import EventType
 from operator_server.engine.registries import RolesConflict
-from operator_server.errors import AttemptFailed, Code, CodedError, NodeUnreachable, ProtocolError
+from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.operators.moves import RequestMoves
 from operator_server.operators.relay import RequestRelay
@@ -285,7 +285,7 @@ class Handovers:
         }
         try:
             answer = await self._directory.relay.reassign(node, args)
-        except (NodeUnreachable, AttemptFailed, StoreError) as exc:
+        except (CodedError, StoreError) as exc:  # unreachable, or it failed
             raise _not_moved(req_id, exc) from None
         if "refused" in answer:
             raise MoveRefused.from_wire(answer["refused"])
