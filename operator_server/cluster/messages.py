@@ -164,6 +164,16 @@ class SessionGone(Message):
     message: str
 
 
+@dataclass(frozen=True)
+class Seated(Message):
+    """To every node: session ``sid`` now holds ``roles`` (minted, or handed a
+    seat); a node with requests waiting for one of them issues them to it."""
+
+    KIND: ClassVar[str] = "seated"
+    sid: str
+    roles: list[str]
+
+
 # -- calls between nodes (``cluster/calls.py``) --------------------------------
 
 
@@ -213,6 +223,7 @@ KINDS: dict[str, type[Message]] = {
         Delivered,
         Replaced,
         SessionGone,
+        Seated,
         Call,
         Answer,
     )

@@ -20,13 +20,20 @@ be on any node.  So, with a shared store:
 * A withdrawn request (timeout, cancel, attempt end) loses its row, and the
   socket's node sends the operator its ``cancel`` (``withdraw``).
 * A deleted session is forgotten by every node (``session_gone``).
+* A move asked for on a node that did not issue the request (a REST
+  reassign, a socket's ``reassign`` frame, a seat handover) is done by the
+  node that did (``reassign_request``, ``hand_over_seat``: ``Cluster.call``s):
+  its requests, its copy of the sessions and its role map live there.  A
+  session newly holding roles is announced to every node (``seated``), so a
+  request waiting on another node for one of them is issued to it at once.
 
 ``route`` handles each of those messages for the operator directory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from operator_server.cluster.calls import Cluster
@@ -35,12 +42,16 @@ from operator_server.cluster.messages import (
     Delivered,
     M,
     Replaced,
+    Seated,
     SessionGone,
     Withdraw,
 )
 from operator_server.cluster.store import ClusterStore
-from operator_server.errors import Code, ProtocolError
-from operator_server.store import Fenced, PendingRow
+from operator_server.errors import Code, CodedError, ProtocolError
+from operator_server.logs import get_logger
+from operator_server.store import Fenced, PendingRow, StoreError
+
+log = get_logger(__name__)
 
 
 class RelayedSession(Protocol):
@@ -64,6 +75,12 @@ class SessionsHere(Protocol):
     def sessions(self) -> Mapping[str, RelayedSession]: ...
     def remove(self, sid: str, code: Code, message: str) -> Any: ...
     def resync_sockets(self) -> None: ...
+    def reassign_here(self, args: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
+    def handed_over_here(
+        self, source: str, target: str, roles: list[str]
+    ) -> Awaitable[list[str]]: ...
+    def seated_elsewhere(self, sid: str, roles: list[str]) -> None: ...
+    def resync_waiting(self) -> None: ...
 
 
 class Relay:
@@ -121,6 +138,39 @@ class Relay:
     async def gone(self, sid: str, code: str, message: str) -> None:
         await self.cluster.send(None, SessionGone(sid, code, message))
 
+    async def other_nodes(self) -> list[str]:
+        return [node for node in await self.store.live_nodes() if node != self.node_id]
+
+    async def reassign(self, node: str, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.cluster.call(node, "reassign_request", args)
+
+    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+        """Asked of every live node at once; one that cannot be reached is
+        logged (it moves nothing, and its role map learns the roles' new
+        holder from the store only when it next looks them up)."""
+        try:
+            nodes = await self.other_nodes()
+        except StoreError as exc:
+            log.error("could not read the live nodes to hand a seat over", error=str(exc))
+            return []
+        args = {"source": source, "target": target, "roles": roles}
+        answers = await asyncio.gather(
+            *(self.cluster.call(node, "hand_over_seat", args) for node in nodes),
+            return_exceptions=True,
+        )
+        moved: list[str] = []
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, CodedError | StoreError):
+                log.error("a node did not take a handover", node=node, error=str(answer))
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                moved.extend(str(req_id) for req_id in answer["moved"])
+        return moved
+
+    async def seated(self, sid: str, roles: list[str]) -> None:
+        await self.cluster.send(None, Seated(sid, roles))
+
     def route(self, directory: SessionsHere) -> None:
         """Handle what other nodes send about the sessions ``directory`` holds here."""
         cluster = self.cluster
@@ -157,6 +207,18 @@ class Relay:
             )
             return {}
 
+        async def reassign_request(args: dict[str, Any]) -> dict[str, Any]:
+            return await directory.reassign_here(args)
+
+        async def hand_over_seat(args: dict[str, Any]) -> dict[str, Any]:
+            roles = [str(role) for role in args["roles"]]
+            moved = await directory.handed_over_here(args["source"], args["target"], roles)
+            return {"moved": moved}
+
+        def seated(node: str, message: Seated) -> None:
+            if node != cluster.node_id:
+                directory.seated_elsewhere(message.sid, message.roles)
+
         def deliver(s: RelayedSession, node: str, m: Deliver) -> None:
             s.deliver_from(node, m.req_id, m.frame)
 
@@ -174,5 +236,10 @@ class Relay:
         cluster.on(Delivered, to_session(delivered))
         cluster.on(Replaced, to_session(replaced))
         cluster.on(SessionGone, gone)
+        cluster.on(Seated, seated)
         cluster.serve("operator_reply", operator_reply)
+        cluster.serve("reassign_request", reassign_request)
+        cluster.serve("hand_over_seat", hand_over_seat)
         cluster.bus.on_resync(directory.resync_sockets)
+        # A ``seated`` notice may have been lost: look for the roles again.
+        cluster.bus.on_resync(directory.resync_waiting)

@@ -29,6 +29,9 @@ class ClusterStore(Protocol):
     async def bury_dead_nodes(self) -> list[str]:
         """Forget the nodes that stopped beating; which ones."""
 
+    async def live_nodes(self) -> list[str]:
+        """Every node whose heartbeat is current, this one included."""
+
     async def task_owner(self, task_id: str) -> str | None:
         """The node whose lease on ``task_id`` is current, if any."""
 

@@ -13,8 +13,10 @@ here the first time it is named (``find``: its sid on a route; ``find_name``:
 a task naming its sid or one of its roles), so mint on one node and connect on
 any other.  The relay the directory is handed (``operators/relay.py``) then
 carries each session's requests, replies and socket changes between the nodes;
-what other nodes send is handed to ``sessions``, ``remove`` and
-``resync_sockets`` (``cluster/relay.py``, wired at start-up by ``app.py``).
+what other nodes send is handed to ``sessions``, ``remove``,
+``resync_sockets`` and the moves other nodes ask of this one
+(``reassign_here``, ``handed_over_here``, ``seated_elsewhere``,
+``resync_waiting``; ``cluster/relay.py``, wired at start-up by ``app.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import secrets
 import time
 import uuid
+from typing import Any
 
 from operator_server.audit.principals import SERVER, session_principal
 from operator_server.audit.record import Action, AuditEntry
@@ -86,6 +89,40 @@ class OperatorDirectory:
             if session.connected:
                 self.engine.background.spawn(session.resync(), name=f"resync:{session.sid}")
 
+    # -- moves other nodes ask of this one (cluster mode) -------------------
+
+    async def reassign_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Another node was asked to move a request this node issued."""
+        return await self.handovers.reassign_here(args)
+
+    async def handed_over_here(self, source: str, target: str, roles: list[str]) -> list[str]:
+        """Another node handed ``source``'s seat to ``target``: the req_ids moved here."""
+        return await self.handovers.handed_over_here(source, target, roles)
+
+    def seated_elsewhere(self, sid: str, roles: list[str]) -> None:
+        """A session of another node holds ``roles`` now: if a request here
+        waits for one of them, bring the session here and issue it."""
+        if any(role in self.moves.waiting for role in roles):
+            self.engine.background.spawn(self._seat(sid), name=f"seat:{sid}")
+
+    def resync_waiting(self) -> None:
+        """A ``seated`` notice may have been lost: look each waited-for role up again."""
+        for role in list(self.moves.waiting):
+            self.engine.background.spawn(self._seat(role), name=f"seat:{role}")
+
+    async def _seat(self, name: str) -> None:
+        session = await self._holder_of(name)
+        if session is not None:
+            self.moves.seated(session)
+
+    async def _tell_seated(self, session: OperatorSession) -> None:
+        if not session.roles:
+            return
+        try:
+            await self.relay.seated(session.sid, list(session.roles))
+        except OSError as exc:  # a node waiting for its roles finds it at its next resync
+            log.warning("could not tell the other nodes of a new session", error=str(exc))
+
     def listening_on(self, url: str) -> None:
         """The daemon is bound at ``url``; directives use it unless public_url is set."""
         if not self.settings.public_url:
@@ -122,6 +159,7 @@ class OperatorDirectory:
             self._drop(sid)
             raise
         self.moves.seated(session)
+        await self._tell_seated(session)
         log.info("operator minted", sid=sid, roles=roles, minted_by=minted_by)
         return session, token
 

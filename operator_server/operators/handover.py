@@ -19,9 +19,21 @@ The seat is the target's from then on: a request still issued through the
 source (by an attempt that found the source before the handover, or a task
 naming its sid) goes straight on to the target.
 
-Who may ask is the caller's business (the socket's holder, or the route's
-check in ``operators/reassign.py``); refusals are ``MoveRefused`` with a code
-each path answers in its own way.
+Who may move a request is decided here (``authorize``) for every path: the
+session holding it (its socket, or its token over REST), or a principal that
+may operate its holder's roles (or the role it waits for), or an admin.
+Refusals are ``MoveRefused`` with a code each path answers in its own way.
+
+**In a cluster** a request lives on the node that issued it, whichever node
+shows it on a socket.  A move asked for elsewhere (a REST reassign on any
+node, a ``reassign`` frame on the socket's node) is done there
+(``reassign_here``, through the relay), with the same checks and answers.  A
+handover is committed by the node it was asked of, which then has every
+other live node do the rest for what it issued and what its role map says
+(``handed_over_here``): each withdraws what it issued to the source, sends it
+on to the target, and routes the roles to the target from then on.  A reply
+racing it is judged on the request's own node, before or after that node's
+move: exactly one counts.
 """
 
 from __future__ import annotations
@@ -32,27 +44,107 @@ from typing import Any, Protocol
 
 from operator_server.audit.principals import session_principal
 from operator_server.audit.record import Action, AuditEntry
+from operator_server.auth.principal import Principal, Scope, Via
 from operator_server.engine import Engine
 from operator_server.engine.events import EventType
+from operator_server.engine.registries import RolesConflict
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
 from operator_server.operators.moves import RequestMoves
-from operator_server.operators.session import HANDED_OVER, OperatorSession, PendingRequest
-from operator_server.store import SessionRecord
+from operator_server.operators.relay import RequestRelay
+from operator_server.operators.session import (
+    HANDED_OVER,
+    REASSIGNED,
+    OperatorSession,
+    PendingRequest,
+)
+from operator_server.store import SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
 
 log = get_logger(__name__)
-
-# The ``cancel`` (and ``request_moved``) reason of a reassignment.
-REASSIGNED = "reassigned"
 
 
 class MoveRefused(CodedError):
     """A move that cannot be done; ``status`` is its HTTP answer."""
 
-    def __init__(self, code: Code, message: str, status: int) -> None:
-        super().__init__(code, message)
+    def __init__(self, code: Code | str, message: str, status: int, **detail: Any) -> None:
+        super().__init__(code, message, **detail)
         self.status = status
+
+    def wire(self) -> dict[str, Any]:
+        """As another node's answer carries it back (``from_wire``)."""
+        return {"code": self.code, "message": self.message, "status": self.status, **self.detail}
+
+    @classmethod
+    def from_wire(cls, refused: dict[str, Any]) -> MoveRefused:
+        code, message, status = refused["code"], refused["message"], refused["status"]
+        detail = {k: v for k, v in refused.items() if k not in ("code", "message", "status")}
+        return cls(str(code), str(message), int(status), **detail)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks for a move: a session (over its socket, or with its own token)
+    or a principal; ``name`` is whom the audit row names."""
+
+    name: str
+    sid: str | None = None
+    principal: Principal | None = None
+
+    @classmethod
+    def of_session(cls, session: OperatorSession) -> Caller:
+        return cls(session_principal(session), sid=session.sid)
+
+    @classmethod
+    def of_principal(cls, principal: Principal) -> Caller:
+        return cls(principal.name, principal=principal)
+
+    def wire(self) -> dict[str, Any]:
+        """What the node holding the request is told (it trusts the node that
+        checked the credential, as it does for a reply passed on)."""
+        if self.principal is None:
+            return {"name": self.name, "sid": self.sid}
+        return {
+            "name": self.name,
+            "via": str(self.principal.via),
+            "scopes": sorted(self.principal.scopes),
+        }
+
+    @classmethod
+    def from_wire(cls, caller: dict[str, Any]) -> Caller:
+        name = str(caller["name"])
+        if "scopes" not in caller:
+            return cls(name, sid=str(caller["sid"]))
+        scopes = frozenset(str(s) for s in caller["scopes"])
+        return cls(name, principal=Principal(name, Via(caller["via"]), scopes))
+
+
+def authorize(caller: Caller, req_id: str, holder_sid: str | None, roles: list[str]) -> None:
+    """``MoveRefused`` (403) unless ``caller`` may move ``req_id``, held by
+    ``holder_sid`` with ``roles`` (or waiting, with no holder, for ``roles``)."""
+    if caller.principal is None:
+        if caller.sid != holder_sid:
+            raise MoveRefused(
+                Code.FORBIDDEN,
+                f"{req_id} is held by another session; only its holder (or an admin) moves it",
+                403,
+            )
+        return
+    if not caller.principal.may_operate_any(roles):
+        scope = f"operate:{roles[0]}" if roles else str(Scope.ADMIN)
+        raise MoveRefused(
+            Code.FORBIDDEN,
+            f"{caller.name} may not operate {', '.join(roles) or 'its holder'}: send the "
+            "holding session's token, or a credential with operate:<its role> or admin",
+            403,
+            scope=scope,
+        )
+
+
+def _not_moved(req_id: str, exc: CodedError | StoreError) -> MoveRefused:
+    """The node holding ``req_id`` could not be asked, or failed: 503, nothing moved."""
+    code = Code.STORE_FAILED if isinstance(exc, StoreError) else exc.code
+    return MoveRefused(code, f"{exc}; {req_id} was not moved", 503)
 
 
 @dataclass(frozen=True)
@@ -73,6 +165,7 @@ class Seats(Protocol):
     engine: Engine
     sessions: dict[str, OperatorSession]
     moves: RequestMoves
+    relay: RequestRelay
 
     async def find(self, sid: str) -> OperatorSession | None: ...
 
@@ -116,19 +209,21 @@ class Handovers:
     # -- reassignment -----------------------------------------------------
 
     async def reassign_frame(self, session: OperatorSession, data: dict[str, Any]) -> None:
-        """A ``reassign`` frame from ``session``'s socket: it must hold the request."""
+        """A ``reassign`` frame from ``session``'s socket: it must hold the
+        request (issued here, or by the node it is passed to)."""
         req_id = data["req_id"]
         req = session.pending.get(req_id)
+        target = Target(role=data.get("role"), sid=data.get("sid"))
+        caller = Caller.of_session(session)
         try:
-            if req is None:
+            if req is not None:
+                await self.reassign(
+                    session, req, target, principal=caller.name, note=data.get("note")
+                )
+            elif (owner := session.routed.get(req_id)) is not None:
+                await self.reassign_on(owner, req_id, target, caller, data.get("note"))
+            else:
                 raise self._not_held_by(session, req_id)
-            await self.reassign(
-                session,
-                req,
-                Target(role=data.get("role"), sid=data.get("sid")),
-                principal=session_principal(session),
-                note=data.get("note"),
-            )
         except MoveRefused as exc:
             raise ProtocolError(Code(exc.code), exc.message, req_id) from None
 
@@ -137,13 +232,6 @@ class Handovers:
             return MoveRefused(Code.ALREADY_MOVED, f"{req_id} has moved on to another holder", 409)
         if session.answered(req_id):
             return MoveRefused(Code.ALREADY_ANSWERED, f"{req_id} was already answered", 409)
-        if req_id in session.routed:
-            # Its issuer is another node of the cluster: it holds the request.
-            return MoveRefused(
-                Code.BAD_MESSAGE,
-                f"{req_id} was issued by another node; reassign it over REST there",
-                400,
-            )
         self.held(req_id)  # raises what it is if it is pending nowhere
         return MoveRefused(
             Code.FORBIDDEN, f"{req_id} is held by another session; only its holder moves it", 403
@@ -182,6 +270,41 @@ class Handovers:
             )
         log.info("request reassigned", req_id=req.req_id, to=target.name, by=principal)
         self._report(req, left, target.name, REASSIGNED, principal, note, Action.REQUEST_REASSIGNED)
+
+    async def reassign_on(
+        self, node: str, req_id: str, target: Target, caller: Caller, note: str | None
+    ) -> dict[str, str]:
+        """Have ``node``, which issued ``req_id``, move it (``reassign_here``):
+        ``{"from", "to"}``, or its refusal raised here."""
+        args = {
+            "req_id": req_id,
+            "role": target.role,
+            "sid": target.sid,
+            "note": note,
+            "caller": caller.wire(),
+        }
+        try:
+            answer = await self._directory.relay.reassign(node, args)
+        except (CodedError, StoreError) as exc:  # unreachable, or it failed
+            raise _not_moved(req_id, exc) from None
+        if "refused" in answer:
+            raise MoveRefused.from_wire(answer["refused"])
+        return {"from": str(answer["from"]), "to": str(answer["to"])}
+
+    async def reassign_here(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A move another node was asked for, of a request this node issued:
+        checked and done as if it had been asked here."""
+        req_id, caller = str(args["req_id"]), Caller.from_wire(args["caller"])
+        target = Target(role=args.get("role"), sid=args.get("sid"))
+        try:
+            holder, req = self.held(req_id)
+            roles = holder.roles if holder is not None else [str(req.waiting_for)]
+            authorize(caller, req_id, holder.sid if holder is not None else None, roles)
+            left = holder.sid if holder is not None else str(req.waiting_for)
+            await self.reassign(holder, req, target, principal=caller.name, note=args.get("note"))
+        except MoveRefused as exc:
+            return {"refused": exc.wire()}
+        return {"from": left, "to": target.name}
 
     def _report(
         self,
@@ -248,7 +371,8 @@ class Handovers:
             await self._directory.engine.store.hand_over_session(
                 _record(source, []), _record(target, taken), audit=[entry]
             )
-            # From here to the end nothing awaits: no reply sees half a handover.
+            # From here to this node's last move nothing awaits: no reply here
+            # sees half a handover (each other node keeps the same rule for its own).
             aliases = self._directory.engine.resolution.roles
             aliases.release(source.sid)
             aliases.claim(target.sid, taken)
@@ -257,19 +381,58 @@ class Handovers:
                 if session.successor == source.sid:
                     session.successor = target.sid
             source.successor, target.successor = target.sid, None
-            moved = [req.req_id for req in self._move_all(source, target)]
+            moved = [req.req_id for req in self._move_all(source, target.sid)]
             self._directory.moves.seated(target)
+            # Then every other node, for what it issued and what its role map says.
+            moved += await self._directory.relay.hand_over(source.sid, target.sid, taken)
         finally:
             self._busy -= {source.sid, target.sid}
         log.info("seat handed over", source=source.sid, target=target.sid, roles=roles, moved=moved)
         return target, roles, moved
 
-    def _move_all(
-        self, source: OperatorSession, target: OperatorSession
-    ) -> Iterator[PendingRequest]:
+    async def handed_over_here(
+        self, source_sid: str, target_sid: str, roles: list[str]
+    ) -> list[str]:
+        """Another node committed a handover from ``source_sid`` to
+        ``target_sid`` (``roles``: all the target holds now): this node's role
+        map says so from now on, and what this node issued to the source moves
+        to the target; the req_ids moved."""
+        aliases = self._directory.engine.resolution.roles
+        source = self._directory.sessions.get(source_sid)
+        # Nothing awaits until the source holds nothing more here: a reply
+        # judged here either came first (it counts) or finds it moved.
+        aliases.release(source_sid)
+        for session in self._directory.sessions.values():
+            if session.successor == source_sid:
+                session.successor = target_sid
+        moved: list[str] = []
+        if source is not None:
+            source.roles, source.successor = [], target_sid
+            moved = [req.req_id for req in self._move_all(source, target_sid)]
+        # Known here: it holds the roles now; else it is read from the store
+        # (with them) when it is next named.
+        target = self._directory.sessions.get(target_sid)
+        if target is not None:
+            try:
+                aliases.claim(target_sid, roles)
+            except RolesConflict as exc:
+                log.warning("a handed-over role is held here by another session", error=str(exc))
+            else:
+                target.roles, target.successor = list(roles), None
+                self._directory.moves.seated(target)
+        elif any(role in self._directory.moves.waiting for role in roles):
+            found = await self._directory.find(target_sid)
+            if found is not None:
+                self._directory.moves.seated(found)
+        log.info(
+            "seat handed over on another node", source=source_sid, target=target_sid, moved=moved
+        )
+        return moved
+
+    def _move_all(self, source: OperatorSession, target_sid: str) -> Iterator[PendingRequest]:
         for req in list(source.pending.values()):
-            if req.expects_reply and self._directory.moves.move(req, target.sid, HANDED_OVER):
-                self._report(req, source.sid, target.sid, HANDED_OVER, "", None, None)
+            if req.expects_reply and self._directory.moves.move(req, target_sid, HANDED_OVER):
+                self._report(req, source.sid, target_sid, HANDED_OVER, "", None, None)
                 yield req
 
 

@@ -18,10 +18,11 @@ only who holds it changes.
   the new holder's insert go through the store's one ordered write queue, so
   the same ``req_id`` is never stored twice.
 * **A role nobody holds**: the request waits for it here, with no holder,
-  until a session with that role is seated on this node (minted, restored, or
-  found in the store), which is then issued it and shows it as it would any
-  request (at once, or at its socket's next attach).  Only the request's own
-  clock ends that wait: its next step, or its deadline.  (Unlike a dispatch,
+  until a session with that role is seated on this node (minted, restored,
+  found in the store, or minted on another node, which says so: the
+  directory's ``seated_elsewhere``), which is then issued it and shows it as
+  it would any request (at once, or at its socket's next attach).  Only the
+  request's own clock ends that wait: its next step, or its deadline.  (Unlike a dispatch,
   which fails ``operator_not_found`` at once when a task names a role nobody
   holds: a request already issued is not failed for where it was sent.)
 """

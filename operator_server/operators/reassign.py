@@ -11,9 +11,14 @@ order 401 (no credential) -> 404 / 409 (no such pending request) -> 403 ->
 ``POST /v1/operators/{sid}/handover`` may be called with the source session's
 own token or an admin's credential (as ``DELETE /v1/operators/{sid}``).
 
-In a cluster a request lives on the node that issued it: these routes find
-the requests of this node (a request shown on a socket here but issued by
-another node is answered 404 here).
+In a cluster either route may be called on any node.  A request issued by
+another node is moved there (``Handovers.reassign_on``): found through its
+row, or, with no row (settled, or waiting for a role nobody holds), by asking
+the other live nodes in turn; the holding session's token is checked against
+the session its row (or its req_id) names, read from the store.  The answers
+are the node's that holds it, so the same as on one node, except that a
+malformed body is then answered 400 before a missing request's 404.  A
+handover moves the source's requests on every node (``Handovers.hand_over``).
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from operator_server.appkeys import SETTINGS
 from operator_server.audit.principals import session_principal
 from operator_server.auth.authenticator import AUTHENTICATOR
-from operator_server.auth.principal import OPERATE_ANY, Principal, Scope, principal_of
+from operator_server.auth.principal import OPERATE_ANY, Scope, principal_of
+from operator_server.cluster.store import cluster_store
 from operator_server.errors import ApiError, Code
+from operator_server.operators import inbox
 from operator_server.operators.access import LOOKUP_ERRORS, authorize_session_or_admin
 from operator_server.operators.directory import OperatorDirectory
-from operator_server.operators.handover import Handovers, MoveRefused, Target
+from operator_server.operators.handover import Caller, Handovers, MoveRefused, Target, authorize
 from operator_server.operators.keys import DIRECTORY
-from operator_server.operators.session import OperatorSession, PendingRequest, hash_token
+from operator_server.operators.session import hash_token
+from operator_server.store import StoreError
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.requests import bearer_of, json_response, read_json
 from operator_server.wire.requests import validate as load
@@ -80,7 +88,7 @@ class HandedOverSchema(Schema):
 
 
 def _refused(exc: MoveRefused) -> ApiError:
-    return ApiError(exc.code, exc.message, status=exc.status)
+    return ApiError(exc.code, exc.message, status=exc.status, **exc.detail)
 
 
 # Built once: building a schema deep-copies every field.
@@ -107,7 +115,9 @@ async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
             "role, nor an admin (`forbidden`)",
             404: "no pending request with this req_id (`unknown_req_id`)",
             409: "answered first (`already_answered`), or moving right now (`already_moved`)",
-            503: "the store could not be read to find the target session (`store_failed`)",
+            503: "the store could not be read to find the request or the target session "
+            "(`store_failed`), or the node that issued the request did not answer "
+            "(`node_unreachable`)",
         },
         # Read by the handler once the caller is known to be allowed (401/403 first).
         body=ReassignBodySchema,
@@ -116,33 +126,76 @@ async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
         description="The request keeps its req_id, clock and escalation chain; its holder "
         "gets `cancel` with reason `reassigned`; a late reply there gets `already_moved`. "
         "A target not connected gets it when its socket attaches; a role nobody holds "
-        "waits for its first holder.",
+        "waits for its first holder. In a cluster any node takes it: the node that "
+        "issued the request moves it.",
         tags=("requests",),
     )
 )
 async def reassign_request(request: web.Request) -> web.Response:
     directory = request.app[DIRECTORY]
-    caller = await _caller(request, directory)
     req_id = request.match_info["req_id"]
+    caller = await _caller(request, directory, req_id)
     handovers: Handovers = directory.handovers
     try:
         holder, req = handovers.held(req_id)
     except MoveRefused as exc:
-        raise _refused(exc) from None
-    principal = _may_move(caller, holder, req)
-    body = await _body(request, _REASSIGN_BODY)
-    target = Target(role=body.get("role"), sid=body.get("sid"))
+        if exc.code != Code.UNKNOWN_REQ_ID:
+            raise _refused(exc) from None
+        return await _reassign_elsewhere(request, directory, caller, req_id, exc)
+    roles = holder.roles if holder is not None else [str(req.waiting_for)]
     left = holder.sid if holder is not None else str(req.waiting_for)
     try:
-        await handovers.reassign(holder, req, target, principal=principal, note=body.get("note"))
+        authorize(caller, req_id, holder.sid if holder is not None else None, roles)
+        body = await _body(request, _REASSIGN_BODY)
+        target = Target(role=body.get("role"), sid=body.get("sid"))
+        await handovers.reassign(holder, req, target, principal=caller.name, note=body.get("note"))
     except MoveRefused as exc:
         raise _refused(exc) from None
     return json_response({"req_id": req_id, "from": left, "to": target.name})
 
 
-async def _caller(
-    request: web.Request, directory: OperatorDirectory
-) -> OperatorSession | Principal:
+async def _reassign_elsewhere(
+    request: web.Request,
+    directory: OperatorDirectory,
+    caller: Caller,
+    req_id: str,
+    not_here: MoveRefused,
+) -> web.Response:
+    """``req_id`` is not pending on this node: move it on the node that issued
+    it (its row names it), or on the first other node that knows it."""
+    found = await inbox.pending(directory, req_id)
+    if found and found[0].owner in ("", directory.relay.node_id):
+        raise _refused(not_here)  # settled here while we looked
+    try:
+        if found:
+            authorize(caller, req_id, found[0].sid, found[0].roles)
+            nodes = [found[0].owner]
+        else:
+            nodes = await directory.relay.other_nodes()
+    except MoveRefused as exc:
+        raise _refused(exc) from None
+    except StoreError as exc:
+        raise ApiError(Code.STORE_FAILED, f"could not read the live nodes: {exc}") from exc
+    if not nodes:
+        raise _refused(not_here)
+    body = await _body(request, _REASSIGN_BODY)
+    target = Target(role=body.get("role"), sid=body.get("sid"))
+    refused = not_here
+    for node in nodes:
+        try:
+            moved = await directory.handovers.reassign_on(
+                node, req_id, target, caller, body.get("note")
+            )
+        except MoveRefused as exc:
+            if exc.code == Code.UNKNOWN_REQ_ID:
+                refused = exc
+                continue  # not that node's: ask the next
+            raise _refused(exc) from None
+        return json_response({"req_id": req_id, **moved})
+    raise _refused(refused)
+
+
+async def _caller(request: web.Request, directory: OperatorDirectory, req_id: str) -> Caller:
     """A session (by its own token), or a principal holding some operate scope; 401/403."""
     authenticator = request.app[AUTHENTICATOR]
     token = bearer_of(request)
@@ -150,7 +203,10 @@ async def _caller(
         digest = hash_token(token)
         for session in directory.sessions.values():
             if session.token_hash == digest:
-                return session
+                return Caller.of_session(session)
+        elsewhere = await _holder_elsewhere(directory, req_id, digest)
+        if elsewhere is not None:
+            return elsewhere
     try:
         principal = await authenticator.principal(request)
     except ApiError as exc:
@@ -167,30 +223,25 @@ async def _caller(
             "token, or a credential that may operate the request's role",
             scope=OPERATE_ANY,
         )
-    return principal
+    return Caller.of_principal(principal)
 
 
-def _may_move(
-    caller: OperatorSession | Principal, holder: OperatorSession | None, req: PendingRequest
-) -> str:
-    """Who is moving ``req`` (for the audit row), or 403."""
-    if isinstance(caller, OperatorSession):
-        if caller is not holder:
-            raise ApiError(
-                Code.FORBIDDEN,
-                f"{req.req_id} is held by another session; only its holder (or an admin) moves it",
-            )
-        return session_principal(caller)
-    roles = holder.roles if holder is not None else [str(req.waiting_for)]
-    if not caller.may_operate_any(roles):
-        scope = f"operate:{roles[0]}" if roles else str(Scope.ADMIN)
-        raise ApiError(
-            Code.FORBIDDEN,
-            f"{caller.name} may not operate {', '.join(roles) or 'its holder'}: send the "
-            "holding session's token, or a credential with operate:<its role> or admin",
-            scope=scope,
-        )
-    return caller.name
+async def _holder_elsewhere(
+    directory: OperatorDirectory, req_id: str, digest: str
+) -> Caller | None:
+    """In a cluster, the session holding ``req_id`` (its row's) or the one that
+    was issued it (its req_id's), from the store, if ``digest`` is its token's."""
+    if cluster_store(directory.engine.store) is None:
+        return None  # one process: every session is in memory
+    try:
+        sids = [found.sid for found in await inbox.pending(directory, req_id)]
+        for sid in dict.fromkeys([*sids, inbox.sid_of(req_id)]):
+            session = await directory.find(sid)
+            if session is not None and session.token_hash == digest:
+                return Caller.of_session(session)
+    except StoreError as exc:
+        raise ApiError(Code.STORE_FAILED, f"could not look up the session: {exc}") from exc
+    return None
 
 
 @routes.post("/v1/operators/{sid}/handover")
@@ -212,7 +263,8 @@ def _may_move(
         description="Atomic: both sessions' rows are written in one commit with the "
         "`session.handed_over` audit row; then every role and every pending request "
         "moves at once (`cancel` reason `handed_over`). The source stays, with no roles; "
-        "its late replies get `already_moved`.",
+        "its late replies get `already_moved`. In a cluster every node moves the requests "
+        "it issued to the source and routes the roles to the target from then on.",
         tags=("operators",),
     )
 )

@@ -58,6 +58,26 @@ class RequestRelay(Protocol):
         """The session was deleted: every other node forgets it."""
         ...
 
+    async def other_nodes(self) -> list[str]:
+        """Every other live node (where a request may be that this one does not hold)."""
+        ...
+
+    async def reassign(self, node: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Have ``node``, which issued a request, move it
+        (``Handovers.reassign_here``): its answer.  Raises ``NodeUnreachable``."""
+        ...
+
+    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+        """Every other node gives ``source``'s roles (``roles``: the target's
+        now) and the requests it issued to ``source`` to ``target``
+        (``Handovers.handed_over_here``): the req_ids they moved."""
+        ...
+
+    async def seated(self, sid: str, roles: list[str]) -> None:
+        """``sid`` holds ``roles`` now: other nodes with requests waiting for
+        one of them issue them to it."""
+        ...
+
 
 class NoRelay:
     """One process: the session's memory is the whole record (see the module)."""
@@ -92,4 +112,17 @@ class NoRelay:
         raise AssertionError(f"{data.get('req_id')} has no other node to go to")
 
     async def gone(self, sid: str, code: str, message: str) -> None:
+        pass
+
+    async def other_nodes(self) -> list[str]:
+        return []
+
+    async def reassign(self, node: str, args: dict[str, Any]) -> dict[str, Any]:
+        # Only a request another node holds is moved through the relay.
+        raise AssertionError(f"{args.get('req_id')} has no other node to go to")
+
+    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+        return []
+
+    async def seated(self, sid: str, roles: list[str]) -> None:
         pass

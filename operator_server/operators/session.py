@@ -74,8 +74,12 @@ Reply = tuple[str, dict[str, Any]]
 Spawn = Callable[..., "asyncio.Task[None]"]
 # The ``cancel`` reason of a request moved on by its escalation chain.
 ESCALATED = "escalated"
-# ... and of one that went with its seat to another session (``operators/handover.py``).
+# ... and of one that went with its seat to another session, or was passed on
+# by its holder (``operators/handover.py``).
 HANDED_OVER = "handed_over"
+REASSIGNED = "reassigned"
+# The reasons a request leaves a holder for another: a late reply gets ``already_moved``.
+MOVED_ON = frozenset({ESCALATED, HANDED_OVER, REASSIGNED})
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
 # What a ``reassign`` frame asks of the session that sent it (``operators/handover.py``):
@@ -299,8 +303,11 @@ class OperatorSession:
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
         self.routed.pop(req_id, None)
-        if reason == p.ANSWERED_ELSEWHERE:  # a late reply here is then told so
+        # A late reply here is then told what became of it.
+        if reason == p.ANSWERED_ELSEWHERE:
             self._remember_answered(req_id)
+        elif reason in MOVED_ON:
+            self.moved_away(req_id, reason)
         if req_id in self._sent and self._pump is not None:
             self._sent.discard(req_id)
             self._pump.send(p.cancel_frame(req_id, reason))

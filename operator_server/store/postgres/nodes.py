@@ -123,6 +123,8 @@ HEARTBEAT = (
     "VALUES ($1, now() + make_interval(secs => $2)) "
     "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
 )
+# The nodes whose heartbeat is current (a move asks each for what it holds).
+LIVE_NODES = "SELECT node_id FROM cluster_nodes WHERE expires_at > now() ORDER BY node_id"
 # A node that stopped beating: its sockets are gone and its requests' waiters
 # too (their attempts are interrupted and taken over).  A node beats from the
 # moment its store opens, so a node with no row at all is gone as well.
@@ -245,6 +247,10 @@ class NodeOps(GroupCommitWriter):
 
         found: list[str] = await self._read(work, "bury dead nodes")
         return found
+
+    async def live_nodes(self) -> list[str]:
+        rows = await self._read(lambda c: c.fetch(LIVE_NODES), "read live nodes")
+        return [str(row["node_id"]) for row in rows]
 
     async def task_owner(self, task_id: str) -> str | None:
         node = await self._read(lambda c: c.fetchval(TASK_OWNER, task_id), f"owner of {task_id}")
