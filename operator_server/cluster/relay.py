@@ -40,7 +40,7 @@ from operator_server.cluster.messages import (
 )
 from operator_server.cluster.store import ClusterStore
 from operator_server.errors import Code, ProtocolError
-from operator_server.store import Fenced, PendingRow
+from operator_server.store import NO_COURSE, Fenced, PendingRow, RequestCourse
 
 
 class RelayedSession(Protocol):
@@ -72,10 +72,17 @@ class Relay:
         self.cluster = cluster
         self.node_id = cluster.node_id
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
-        """Store the request; True when another node holds the socket and was
-        sent the frame.  Raises ``StoreError`` (``Fenced`` while this node's
-        leases have lapsed)."""
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
+        """Store the request with its course; True when another node holds the
+        socket and was sent the frame.  Raises ``StoreError`` (``Fenced``
+        while this node's leases have lapsed)."""
         if self.store.leases_lapsed:
             # Woken after its leases lapsed (a freeze): the request's run may be
             # another node's now, and the operator must not do its work twice.
@@ -84,7 +91,7 @@ class Relay:
         deliver = Deliver(sid, req_id, frame)
         # Sent by the insert's own transaction when it fits in a NOTIFY.
         notice = self.cluster.bus.inline(deliver)
-        where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice)
+        where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice, course)
         if where is None or where == self.node_id:
             return False
         if not told:

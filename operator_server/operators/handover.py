@@ -26,6 +26,7 @@ each path answers in its own way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,7 +37,7 @@ from operator_server.engine import Engine
 from operator_server.engine.events import EventType
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
-from operator_server.operators.moves import RequestMoves
+from operator_server.operators.moves import RequestMoves, move_record
 from operator_server.operators.session import HANDED_OVER, OperatorSession, PendingRequest
 from operator_server.store import SessionRecord
 from operator_server.wire.frames import FACE_OF
@@ -193,6 +194,7 @@ class Handovers:
         note: str | None,
         action: Action | None,
     ) -> None:
+        req.moved_on(move_record(time.time(), left, to, reason, req.step, principal or None, note))
         entry = (
             None
             if action is None
@@ -257,7 +259,7 @@ class Handovers:
                 if session.successor == source.sid:
                     session.successor = target.sid
             source.successor, target.successor = target.sid, None
-            moved = [req.req_id for req in self._move_all(source, target)]
+            moved = [req.req_id for req in self._move_all(source, target, principal)]
             self._directory.moves.seated(target)
         finally:
             self._busy -= {source.sid, target.sid}
@@ -265,11 +267,12 @@ class Handovers:
         return target, roles, moved
 
     def _move_all(
-        self, source: OperatorSession, target: OperatorSession
+        self, source: OperatorSession, target: OperatorSession, principal: str
     ) -> Iterator[PendingRequest]:
         for req in list(source.pending.values()):
             if req.expects_reply and self._directory.moves.move(req, target.sid, HANDED_OVER):
-                self._report(req, source.sid, target.sid, HANDED_OVER, "", None, None)
+                # Audited once, as the handover's own row; each move names who asked.
+                self._report(req, source.sid, target.sid, HANDED_OVER, principal, None, None)
                 yield req
 
 

@@ -37,7 +37,7 @@ from operator_server.errors import (
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.pending_index import Key, key_of
 from operator_server.operators.session import OperatorSession, PendingRequest
-from operator_server.store import StoreError
+from operator_server.store import NO_COURSE, RequestCourse, StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.times import iso
 from operator_server.wire.values import ReplyVia
@@ -59,6 +59,12 @@ class Found:
     frame: dict[str, Any]
     issued_at: float
     here: PendingRequest | None
+    # As its row was stored (cluster); the request itself says, when issued here.
+    stored_course: RequestCourse = NO_COURSE
+
+    @property
+    def course(self) -> RequestCourse:
+        return self.here.course if self.here is not None else self.stored_course
 
     @property
     def req_id(self) -> str:
@@ -109,7 +115,15 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
             session = directory.sessions.get(sid) if row.owner_node == me else None
             here = session.pending.get(row.req_id) if session is not None else None
             found.append(
-                Found(sid, roles.get(sid, []), row.owner_node, row.frame, row.issued_at, here)
+                Found(
+                    sid,
+                    roles.get(sid, []),
+                    row.owner_node,
+                    row.frame,
+                    row.issued_at,
+                    here,
+                    row.course,
+                )
             )
     found.sort(key=lambda f: (f.issued_at, f.req_id))
     return found
@@ -157,17 +171,17 @@ def authorize(principal: Principal, found: Found) -> None:
 def view(found: Found, now: float) -> dict[str, Any]:
     """The request as its frame shows it (no credentials), and where it is."""
     frame = {k: v for k, v in found.frame.items() if k not in _SECRET}
-    here = found.here
+    course = found.course
     return {
         **frame,
         "state": "pending",
         "holder": {"sid": found.sid, "roles": found.roles},
         "issued_at": iso(found.issued_at),
         "waiting_s": round(max(0.0, now - found.issued_at), 3),
-        # Known on the node that issued it; null from another node's row.
-        "deadline_at": iso(here.deadline_at) if here is not None else None,
-        "step": here.step if here is not None else 0,
-        "moves": [],
+        # From the request on the node that issued it, else from its row.
+        "deadline_at": iso(course.deadline_at) if course.deadline_at is not None else None,
+        "step": course.step,
+        "moves": list(course.moves),
     }
 
 

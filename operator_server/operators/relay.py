@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from operator_server.store import PendingRow
+from operator_server.store import NO_COURSE, PendingRow, RequestCourse
 
 
 class RequestRelay(Protocol):
@@ -24,9 +24,17 @@ class RequestRelay(Protocol):
         """This node: a stored request it did not issue was issued elsewhere."""
         ...
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
-        """Record a request before it is shown; True when another node holds
-        the socket and was sent the frame."""
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
+        """Record a request (and its course as it stands: a move or an
+        escalation step records it again) before it is shown; True when
+        another node holds the socket and was sent the frame."""
         ...
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
@@ -66,7 +74,14 @@ class NoRelay:
     # ever compared with it.
     node_id = ""
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
         return False
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:

@@ -57,11 +57,11 @@ from operator_server.errors import AttemptFailed, Code, NodeUnreachable, Protoco
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
-from operator_server.operators.moves import RequestMoves
+from operator_server.operators.moves import RequestMoves, move_record
 from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
-from operator_server.store import StoreError
+from operator_server.store import RequestCourse, StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
 from operator_server.wire.values import OnTimeout, ReplyVia
@@ -117,6 +117,12 @@ class PendingRequest:
     # Its deadline and place in an escalation chain (``engine/deadlines.py``),
     # moved on by each step: what ``GET /v1/requests`` shows.
     deadline: RequestDeadline | None = field(default=None, repr=False)
+    # Every move so far (``moves.move_record``), oldest first.  Kept here and
+    # stored with the request's row each time a holder stores it, rather than
+    # read back from the task's ``request_moved`` events: a list of pending
+    # requests then costs one read on any node, not one per request, and the
+    # row a move writes carries its own history (nothing to lag behind it).
+    moves: tuple[dict[str, Any], ...] = ()
 
     @property
     def deadline_at(self) -> float | None:
@@ -128,6 +134,15 @@ class PendingRequest:
     @property
     def step(self) -> int:
         return self.deadline.step if self.deadline is not None else 0
+
+    @property
+    def course(self) -> RequestCourse:
+        return RequestCourse(self.deadline_at, self.step, self.moves)
+
+    def moved_on(self, move: dict[str, Any]) -> None:
+        """Record a move (``moves.move_record``): called as the move is made,
+        before its target stores the request, so the new row carries it."""
+        self.moves = (*self.moves, move)
 
 
 class OperatorSession:
@@ -571,7 +586,9 @@ class OperatorSession:
         if not self._moves.move(req, to, ESCALATED):
             return  # settled or on its way: a reply beat the clock
         waited = deadline.chain[deadline.step].after_s
-        deadline.reach(step, time.time(), self._settings.remind_at_fraction)
+        now = time.time()
+        deadline.reach(step, now, self._settings.remind_at_fraction)
+        req.moved_on(move_record(now, source, to, ESCALATED, step))
         self.log.info("request escalated", req_id=req.req_id, to=to, step=step)
         if self._report is not None:
             entry = AuditEntry(
@@ -641,7 +658,9 @@ class OperatorSession:
         """The relay records the request before anyone sees it; when another
         node holds the socket, it was sent there (with one process: never)."""
         try:
-            elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame, req.issued_at)
+            elsewhere = await self._relay.issue(
+                self.sid, req.req_id, req.frame, req.issued_at, req.course
+            )
         except (StoreError, OSError) as exc:
             raise AttemptFailed(
                 Code.STORE_FAILED, f"could not store the {req.kind} request: {exc}"

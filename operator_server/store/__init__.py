@@ -8,11 +8,13 @@ or a process-local ``MemoryStore`` for ``":memory:"``.
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    NO_COURSE,
     Delivery,
     Events,
     Fenced,
     KeyRecord,
     PendingRow,
+    RequestCourse,
     RolesTaken,
     Row,
     SessionRecord,
@@ -36,6 +38,7 @@ def open_store(settings: Settings) -> Store:
 
 
 __all__ = [
+    "NO_COURSE",
     "Delivery",
     "Events",
     "Fenced",
@@ -43,6 +46,7 @@ __all__ = [
     "MemoryStore",
     "PendingRow",
     "PostgresStore",
+    "RequestCourse",
     "RolesTaken",
     "Row",
     "SQLiteStore",

@@ -6,6 +6,7 @@ and audited with where it came from."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
@@ -381,3 +382,66 @@ async def test_fifty_races_of_socket_against_rest_count_one_reply_each_and_the_a
     assert counted.get(("rest", "hook_ack"), 0) == len(rest_won)
     assert counted.get(("socket", "hook_ack"), 0) == 50 - len(rest_won)
     await ws.close()
+
+
+async def _shown(client: TestClient[Any, Any], req_id: str) -> dict[str, Any]:
+    """The request as ``GET /v1/requests/{req_id}`` shows it, which the list agrees with."""
+    resp = await client.get(f"/v1/requests/{req_id}", headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    one: dict[str, Any] = await resp.json()
+    listed = (await (await client.get("/v1/requests", headers=ADMIN)).json())["requests"]
+    assert [{**r, "waiting_s": 0} for r in listed if r["req_id"] == req_id] == [
+        {**one, "waiting_s": 0}
+    ]
+    return one
+
+
+def _moves(shown: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (m["from"], m["to"], m["reason"], m["step"], m["by"], m["note"]) for m in shown["moves"]
+    ]
+
+
+async def test_a_request_shows_each_move_its_step_and_its_deadline_as_it_travels(
+    server: Server,
+) -> None:
+    client = await server(api_token=BOOT)
+    lead = (await make_key(client, "operate:*", name="lead"))["key"]
+    ws1, ws2, ws3 = [await operator(client, [role]) for role in ("l1", "l2", "review")]
+    sid4, token4 = await mint(client, ["spare"])
+    chain = {"role": "l1", "escalate": [{"after_s": 0.3, "role": "l2"}], "deadline_s": 60}
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "coder", "directive": "x", "operator": chain}, headers=ADMIN
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(ws1, "hook_before")
+    assert await expect(ws2, "hook_before") == hb  # escalated to l2, the last step
+    sid2 = (await _shown(client, hb["req_id"]))["holder"]["sid"]
+    resp = await client.post(
+        f"/v1/requests/{hb['req_id']}/reassign",
+        json={"role": "review", "note": "yours"},
+        headers={"Authorization": f"Bearer {lead}"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert await expect(ws3, "hook_before") == hb
+    sid3 = (await _shown(client, hb["req_id"]))["holder"]["sid"]
+    resp = await client.post(f"/v1/operators/{sid3}/handover", json={"sid": sid4}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    ws4 = await connect(client, sid4, token4)
+    assert await expect(ws4, "hook_before") == hb
+
+    shown = await _shown(client, hb["req_id"])
+    assert (shown["holder"]["sid"], shown["step"]) == (sid4, 1)
+    assert _moves(shown) == [
+        ("l1", "l2", "escalated", 1, None, None),
+        (sid2, "review", "reassigned", 1, "key:lead", "yours"),
+        (sid3, sid4, "handed_over", 1, "bootstrap", None),
+    ]
+    # At the last step its deadline counts from when it got there: 60 s on.
+    escalated_at = datetime.fromisoformat(shown["moves"][0]["at"])
+    waits = datetime.fromisoformat(shown["deadline_at"]) - escalated_at
+    assert abs(waits - timedelta(seconds=60)) <= timedelta(milliseconds=1)  # rounding only
+    await ws4.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": False})
+    assert (await wait_task(client, hb["task_id"]))["status"] == "failed"
+    for ws in (ws1, ws2, ws3, ws4):
+        await ws.close()
