@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from heapq import merge
 from typing import Any
 
 from operator_server.auth.principal import Principal
@@ -51,9 +52,11 @@ ANSWERABLE = tuple(p.REPLY_TO.values())
 @dataclass(frozen=True)
 class Found:
     """One pending request: its session, that session's roles, the node that
-    issued it (``""`` with one process) and, when issued here, the request."""
+    issued it (``""`` with one process) and, when issued here, the request.
+    A request held by no session (it waits for a role nobody holds) has no
+    ``sid``; its roles are the one it waits for."""
 
-    sid: str
+    sid: str | None
     roles: list[str]
     owner: str
     frame: dict[str, Any]
@@ -88,9 +91,9 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
         # One process: the sessions' index holds them in list order, and finds
         # one by its req_id without reading every session's requests.
         if req_id is None:
-            return [_here(s, r) for s, r in directory.pending_index.after(None, directory.sessions)]
+            return list(await listed(directory, None))
         held = directory.pending_index.held(req_id, directory.sessions)
-        return [] if held is None else [_here(*held)]
+        return [_here(*held)] if held is not None else _waiting(directory, req_id)
     else:
         try:
             rows = await shared.pending_requests(req_id)
@@ -125,6 +128,8 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
                     row.course,
                 )
             )
+        # Held by nobody, so in no row: known to the node that issued them.
+        found += _waiting(directory, req_id)
     found.sort(key=lambda f: (f.issued_at, f.req_id))
     return found
 
@@ -140,15 +145,37 @@ async def listed(directory: OperatorDirectory, cursor: Key | None) -> Iterator[F
             for found in await pending(directory)
             if cursor is None or key_of(found.issued_at, found.req_id) > cursor
         )
-    return (
+    held = (
         _here(session, req)
         for session, req in directory.pending_index.after(cursor, directory.sessions)
     )
+    # Those waiting for a role are few and kept apart: merged in, in order.
+    waiting = (f for f in _waiting(directory) if cursor is None or _key(f) > cursor)
+    return merge(held, waiting, key=_key)
+
+
+def _key(found: Found) -> Key:
+    return key_of(found.issued_at, found.req_id)
 
 
 def _here(session: OperatorSession, req: PendingRequest) -> Found:
     """A request a session of this process holds."""
     return Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
+
+
+def _waiting(directory: OperatorDirectory, req_id: str | None = None) -> list[Found]:
+    """The requests this node issued that wait for a role nobody holds (or
+    only ``req_id``), in list order: pending, held by no session."""
+    found = [
+        Found(None, [role], directory.relay.node_id, req.frame, req.issued_at, req)
+        for role, waiting in directory.moves.waiting.items()
+        for req in waiting
+        if isinstance(req, PendingRequest)
+        and req.expects_reply
+        and not req.future.done()
+        and (req_id is None or req.req_id == req_id)
+    ]
+    return sorted(found, key=_key)
 
 
 def may_see(principal: Principal, found: Found) -> bool:
@@ -239,7 +266,14 @@ async def reply(
     kind, data = reply_of(req_id, body)
     found = await find(directory, principal, req_id)
     try:
-        if found.owner in ("", directory.relay.node_id):
+        if found.sid is None:
+            # Held by no session: the one that issued it (its req_id names
+            # it) judges the reply and hands it to the attempt awaiting it.
+            issuer = directory.sessions.get(sid_of(req_id))
+            if issuer is None or found.here is None:
+                raise _not_pending(directory, principal, req_id)
+            issuer.settle_unheld(found.here, kind, data, via=via, principal=principal.name)
+        elif found.owner in ("", directory.relay.node_id):
             session = directory.sessions.get(found.sid)
             if session is None:
                 raise _not_pending(directory, principal, req_id)

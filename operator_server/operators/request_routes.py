@@ -58,8 +58,16 @@ class RequestListQuerySchema(Schema):
 
 
 class HolderSchema(Schema):
-    sid = fields.String(required=True)
-    roles = fields.List(fields.String(), required=True)
+    sid = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "null: held by no session, waiting for its role's first holder"},
+    )
+    roles = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "the holding session's roles, or the one role it waits for"},
+    )
 
 
 class MoveSchema(Schema):

@@ -787,19 +787,7 @@ class OperatorSession:
         # won; counting this reply too would end the request twice.
         if req is None or req.future.done():
             raise self.why_not_pending(req_id)
-        if p.REPLY_TO.get(kind) != req.kind:
-            raise ProtocolError(
-                Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req_id
-            )
-        if req.answer_schema is not None and not data.get("error"):
-            # Refused before it counts as a reply: the ask stays pending.
-            problem = answer_problem(req.answer_schema, data.get("value"))
-            if problem is not None:
-                raise ProtocolError(
-                    Code.BAD_ANSWER,
-                    f"{problem}; the ask is still pending, answer it again",
-                    req_id,
-                )
+        _judge(req, kind, data)
         self._remember_answered(req_id)
         if via is ReplyVia.SOCKET:
             self._forget(req)
@@ -808,6 +796,32 @@ class OperatorSession:
             self._forget(req, p.ANSWERED_ELSEWHERE)
             if shown and self._pump is not None:
                 self._pump.send(p.cancel_frame(req_id, p.ANSWERED_ELSEWHERE))
+        self._count(req, kind, data, via, principal or session_principal(self), self.sid)
+
+    def settle_unheld(
+        self, req: PendingRequest, kind: str, data: dict[str, Any], *, via: ReplyVia, principal: str
+    ) -> None:
+        """Settle ``req``, a request this session issued that no session holds
+        now (it waits for a role nobody holds: ``operators/moves.py``), with
+        ``data`` on ``principal``'s authority; judged as ``settle_reply``
+        judges a held one.  Raises ``ProtocolError`` naming why it changed nothing."""
+        if req.holder is not None or req.waiting_for is None or req.future.done():
+            raise self.why_not_pending(req.req_id)
+        _judge(req, kind, data)
+        self._remember_answered(req.req_id)
+        self._count(req, kind, data, via, principal, None)
+
+    def _count(
+        self,
+        req: PendingRequest,
+        kind: str,
+        data: dict[str, Any],
+        via: ReplyVia,
+        principal: str,
+        held_by: str | None,
+    ) -> None:
+        """``data`` answers ``req``: counted, reported (event and audit row), and
+        handed to the attempt awaiting it."""
         face = str(p.FACE_OF[req.kind])
         self._metrics.reply_received(face, time.monotonic() - req.issued_mono, via, kind)
         if self._report is not None:
@@ -815,11 +829,11 @@ class OperatorSession:
                 kind,
                 data,
                 req.answer_schema,
-                principal=principal or session_principal(self),
+                principal=principal,
                 task_id=req.task_id,
-                session_id=self.sid,
+                session_id=held_by,
             )
-            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided, via=via)
+            self._report(EventType.REPLY, req.task_id, req.req_id, face, held_by, decided, via=via)
         if not req.future.done():
             req.future.set_result((kind, data))
 
@@ -951,6 +965,22 @@ class OperatorSession:
 
 # A hook_after is only told: nothing to wait for.
 _TOLD = RequestDeadline("hook_after", 0, OnTimeout.FAIL, None, None)
+
+
+def _judge(req: PendingRequest, kind: str, data: dict[str, Any]) -> None:
+    """A reply of ``kind`` must answer ``req``'s kind and fill an ask's answer
+    form; ``ProtocolError`` says why not (refused before it counts: the
+    request stays pending)."""
+    if p.REPLY_TO.get(kind) != req.kind:
+        raise ProtocolError(
+            Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req.req_id
+        )
+    if req.answer_schema is not None and not data.get("error"):
+        problem = answer_problem(req.answer_schema, data.get("value"))
+        if problem is not None:
+            raise ProtocolError(
+                Code.BAD_ANSWER, f"{problem}; the ask is still pending, answer it again", req.req_id
+            )
 
 
 def _cancel_reason(exc: asyncio.CancelledError) -> str:

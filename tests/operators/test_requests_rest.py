@@ -445,3 +445,53 @@ async def test_a_request_shows_each_move_its_step_and_its_deadline_as_it_travels
     assert (await wait_task(client, hb["task_id"]))["status"] == "failed"
     for ws in (ws1, ws2, ws3, ws4):
         await ws.close()
+
+
+async def test_a_request_waiting_for_a_role_nobody_holds_is_listed_and_answered_over_rest(
+    server: Server,
+) -> None:
+    """Escalated to a role no session holds, a request is held by nobody: it
+    is still pending, so whoever may operate that role sees it and answers it
+    without a seat."""
+    client = await server(api_token=BOOT)
+    oncall = (await make_key(client, "operate:oncall", name="pager"))["key"]
+    first_line = (await make_key(client, "operate:l1", name="l1-bot"))["key"]
+    ws1 = await operator(client, ["l1"])
+    chain = {"role": "l1", "escalate": [{"after_s": 0.3, "role": "oncall"}], "deadline_s": 60}
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "coder", "directive": "x", "operator": chain}, headers=ADMIN
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(ws1, "hook_before")
+    assert (await expect(ws1, "cancel"))["reason"] == "escalated"
+
+    as_pager = {"Authorization": f"Bearer {oncall}"}
+    resp = await client.get("/v1/requests", headers=as_pager)
+    [shown] = (await resp.json())["requests"]
+    assert (shown["req_id"], shown["holder"], shown["step"]) == (
+        hb["req_id"],
+        {"sid": None, "roles": ["oncall"]},
+        1,
+    )
+    assert _moves(shown) == [("l1", "oncall", "escalated", 1, None, None)]
+    resp = await client.get(f"/v1/requests/{hb['req_id']}", headers=as_pager)
+    assert resp.status == 200 and (await resp.json())["holder"]["sid"] is None
+    # The first line no longer operates it.
+    resp = await client.get(
+        f"/v1/requests/{hb['req_id']}", headers={"Authorization": f"Bearer {first_line}"}
+    )
+    assert resp.status == 403, await resp.text()
+
+    rejected = {"type": "hook_ack", "ok": False, "reason": "paged: no"}
+    status, body = await post_reply(client, hb["req_id"], rejected, oncall)
+    assert (status, body) == (200, {"req_id": hb["req_id"], "type": "hook_ack", "via": "rest"})
+    task = await wait_task(client, hb["task_id"])
+    assert task["status"] == "failed" and "paged: no" in task["error"]["message"]
+    # A late reply changes nothing (told by the session it left, as it knows it).
+    status, body = await post_reply(client, hb["req_id"], rejected)
+    assert (status, body["error"]["code"]) == (409, "already_moved")
+    decided = await audit(client, task_id=hb["task_id"], action="hook.rejected")
+    assert [(e["principal"], e["session_id"]) for e in decided] == [("key:pager", None)]
+    assert (await replies_counted(client)) == {("rest", "hook_ack"): 1.0}
+    assert (await (await client.get("/v1/requests", headers=ADMIN)).json())["requests"] == []
+    await ws1.close()
