@@ -71,6 +71,8 @@ log = get_logger(__name__)
 # (``already_moved``).
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
+# How many of a request's moves it shows (the newest).
+MOVES_KEPT = 50
 Spawn = Callable[..., "asyncio.Task[None]"]
 # The ``cancel`` reason of a request moved on by its escalation chain.
 ESCALATED = "escalated"
@@ -141,8 +143,11 @@ class PendingRequest:
 
     def moved_on(self, move: dict[str, Any]) -> None:
         """Record a move (``moves.move_record``): called as the move is made,
-        before its target stores the request, so the new row carries it."""
-        self.moves = (*self.moves, move)
+        before its target stores the request, so the new row carries it.
+        Only the newest ``MOVES_KEPT`` are kept: a request passed back and
+        forth must not make every move rewrite an ever longer row (the
+        task's ``request_moved`` events keep them all)."""
+        self.moves = (*self.moves, move)[-MOVES_KEPT:]
 
 
 class OperatorSession:

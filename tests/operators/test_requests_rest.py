@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
 
+from operator_server.operators.session import MOVES_KEPT
 from tests.auth.test_keys import BOOT, make_key
 from tests.conftest import Server
 from tests.http.sse import read_all
@@ -495,3 +496,38 @@ async def test_a_request_waiting_for_a_role_nobody_holds_is_listed_and_answered_
     assert (await replies_counted(client)) == {("rest", "hook_ack"): 1.0}
     assert (await (await client.get("/v1/requests", headers=ADMIN)).json())["requests"] == []
     await ws1.close()
+
+
+async def test_a_request_passed_back_and_forth_shows_only_its_newest_moves(
+    server: Server,
+) -> None:
+    client = await server(api_token=BOOT)
+    seats = {}
+    for role in ("a", "b"):
+        sid, token = await mint(client, [role])
+        seats[role] = (token, await connect(client, sid, token))
+    resp = await client.post(
+        "/v1/tasks",
+        json={"agent": "coder", "directive": "x", "operator": {"role": "a"}},
+        headers=ADMIN,
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(seats["a"][1], "hook_before")
+    here, there = "a", "b"
+    for _ in range(MOVES_KEPT + 1):
+        token = seats[here][0]
+        resp = await client.post(
+            f"/v1/requests/{hb['req_id']}/reassign",
+            json={"role": there, "note": f"to {there}"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status == 200, await resp.text()
+        assert (await expect(seats[here][1], "cancel"))["reason"] == "reassigned"
+        assert (await expect(seats[there][1], "hook_before"))["req_id"] == hb["req_id"]
+        here, there = there, here
+    shown = await _shown(client, hb["req_id"])
+    assert len(shown["moves"]) == MOVES_KEPT
+    # The newest kept: the first move (to b) is gone, the last one (to b) is there.
+    assert shown["moves"][0]["to"] == "a" and shown["moves"][-1]["to"] == "b"
+    for _, ws in seats.values():
+        await ws.close()
