@@ -13,7 +13,8 @@ frames.  That split is what makes reconnects lose nothing:
   socket that was already replaced changes nothing.
 * The first reply to a ``req_id`` wins, wherever it came from (this socket,
   another node's, ``POST /v1/requests/{req_id}/reply``): ``settle_reply`` is
-  the one place a reply is checked and counted.  A later one gets
+  the one place a reply is checked and counted (``settle_unheld`` for one
+  that waits for a role nobody holds, judged and counted alike).  A later one gets
   ``already_answered``; one to a request that moved to another holder gets
   ``already_moved``.  A socket shown a request someone else answered is told
   with ``cancel`` (reason ``answered_elsewhere``).
@@ -119,7 +120,8 @@ class PendingRequest:
     # Its deadline and place in an escalation chain (``engine/deadlines.py``),
     # moved on by each step: what ``GET /v1/requests`` shows.
     deadline: RequestDeadline | None = field(default=None, repr=False)
-    # Every move so far (``moves.move_record``), oldest first.  Kept here and
+    # Its moves (``moves.move_record``), oldest first, the newest
+    # ``MOVES_KEPT`` of them (``moved_on``).  Kept here and
     # stored with the request's row each time a holder stores it, rather than
     # read back from the task's ``request_moved`` events: a list of pending
     # requests then costs one read on any node, not one per request, and the
