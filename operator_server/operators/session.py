@@ -845,18 +845,20 @@ class OperatorSession:
             req.future.set_result((kind, data))
 
     def why_not_pending(self, req_id: str) -> ProtocolError:
-        """Why a reply to ``req_id`` finds nothing pending here."""
+        """Why a reply to ``req_id`` finds nothing pending here.  Answered
+        comes first: a request this session moved on and then settled while
+        nobody held it (``settle_unheld``) is answered, not moving."""
+        if req_id in self._answered:
+            return ProtocolError(
+                Code.ALREADY_ANSWERED,
+                f"{req_id} was already answered; the first reply won and this one changed nothing",
+                req_id,
+            )
         if req_id in self._moved:
             return ProtocolError(
                 Code.ALREADY_MOVED,
                 f"{req_id} has moved on to another holder ({self._moved[req_id]}); "
                 "this reply changed nothing",
-                req_id,
-            )
-        if req_id in self._answered:
-            return ProtocolError(
-                Code.ALREADY_ANSWERED,
-                f"{req_id} was already answered; the first reply won and this one changed nothing",
                 req_id,
             )
         return ProtocolError(

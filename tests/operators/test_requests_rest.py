@@ -488,9 +488,9 @@ async def test_a_request_waiting_for_a_role_nobody_holds_is_listed_and_answered_
     assert (status, body) == (200, {"req_id": hb["req_id"], "type": "hook_ack", "via": "rest"})
     task = await wait_task(client, hb["task_id"])
     assert task["status"] == "failed" and "paged: no" in task["error"]["message"]
-    # A late reply changes nothing (told by the session it left, as it knows it).
+    # A late reply changes nothing and is told why.
     status, body = await post_reply(client, hb["req_id"], rejected)
-    assert (status, body["error"]["code"]) == (409, "already_moved")
+    assert (status, body["error"]["code"]) == (409, "already_answered")
     decided = await audit(client, task_id=hb["task_id"], action="hook.rejected")
     assert [(e["principal"], e["session_id"]) for e in decided] == [("key:pager", None)]
     assert (await replies_counted(client)) == {("rest", "hook_ack"): 1.0}
