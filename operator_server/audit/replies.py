@@ -22,7 +22,7 @@ def reply_entry(
     *,
     principal: str,
     task_id: str,
-    session_id: str,
+    session_id: str | None,
 ) -> AuditEntry:
     """The entry for ``data``, a reply of ``kind`` accepted for its request
     (``answer_schema``: the ask's answer form, which tells an escalation)."""

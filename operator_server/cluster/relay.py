@@ -49,7 +49,7 @@ from operator_server.cluster.messages import (
 from operator_server.cluster.store import ClusterStore
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
-from operator_server.store import Fenced, PendingRow, StoreError
+from operator_server.store import NO_COURSE, Fenced, PendingRow, RequestCourse, StoreError
 
 log = get_logger(__name__)
 
@@ -77,7 +77,7 @@ class SessionsHere(Protocol):
     def resync_sockets(self) -> None: ...
     def reassign_here(self, args: dict[str, Any]) -> Awaitable[dict[str, Any]]: ...
     def handed_over_here(
-        self, source: str, target: str, roles: list[str]
+        self, source: str, target: str, roles: list[str], by: str
     ) -> Awaitable[list[str]]: ...
     def seated_elsewhere(self, sid: str, roles: list[str]) -> None: ...
     def resync_waiting(self) -> None: ...
@@ -89,10 +89,17 @@ class Relay:
         self.cluster = cluster
         self.node_id = cluster.node_id
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
-        """Store the request; True when another node holds the socket and was
-        sent the frame.  Raises ``StoreError`` (``Fenced`` while this node's
-        leases have lapsed)."""
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
+        """Store the request with its course; True when another node holds the
+        socket and was sent the frame.  Raises ``StoreError`` (``Fenced``
+        while this node's leases have lapsed)."""
         if self.store.leases_lapsed:
             # Woken after its leases lapsed (a freeze): the request's run may be
             # another node's now, and the operator must not do its work twice.
@@ -101,7 +108,7 @@ class Relay:
         deliver = Deliver(sid, req_id, frame)
         # Sent by the insert's own transaction when it fits in a NOTIFY.
         notice = self.cluster.bus.inline(deliver)
-        where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice)
+        where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice, course)
         if where is None or where == self.node_id:
             return False
         if not told:
@@ -144,7 +151,7 @@ class Relay:
     async def reassign(self, node: str, args: dict[str, Any]) -> dict[str, Any]:
         return await self.cluster.call(node, "reassign_request", args)
 
-    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+    async def hand_over(self, source: str, target: str, roles: list[str], by: str) -> list[str]:
         """Asked of every live node at once; one that cannot be reached is
         logged (it moves nothing, and its role map learns the roles' new
         holder from the store only when it next looks them up)."""
@@ -153,7 +160,7 @@ class Relay:
         except StoreError as exc:
             log.error("could not read the live nodes to hand a seat over", error=str(exc))
             return []
-        args = {"source": source, "target": target, "roles": roles}
+        args = {"source": source, "target": target, "roles": roles, "by": by}
         answers = await asyncio.gather(
             *(self.cluster.call(node, "hand_over_seat", args) for node in nodes),
             return_exceptions=True,
@@ -212,7 +219,9 @@ class Relay:
 
         async def hand_over_seat(args: dict[str, Any]) -> dict[str, Any]:
             roles = [str(role) for role in args["roles"]]
-            moved = await directory.handed_over_here(args["source"], args["target"], roles)
+            moved = await directory.handed_over_here(
+                args["source"], args["target"], roles, str(args.get("by") or "")
+            )
             return {"moved": moved}
 
         def seated(node: str, message: Seated) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from operator_server.store.base import PendingRow, PlacedSession, Store
+from operator_server.store.base import NO_COURSE, PendingRow, PlacedSession, RequestCourse, Store
 
 
 @runtime_checkable
@@ -42,10 +42,12 @@ class ClusterStore(Protocol):
         frame: dict[str, Any],
         issued_at: float,
         notice: str | None = None,
+        course: RequestCourse = NO_COURSE,
     ) -> tuple[str | None, bool]:
-        """Store an operator request (durably): the node holding the session's
-        socket as the row commits, if any, and whether it was sent ``notice``
-        (a bus message) by the same transaction, when it is another node."""
+        """Store an operator request (durably) with its ``course`` as it
+        stands: the node holding the session's socket as the row commits, if
+        any, and whether it was sent ``notice`` (a bus message) by the same
+        transaction, when it is another node."""
 
     def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
         """Forget a request; ``withdrawn`` (a reason): also have the node showing

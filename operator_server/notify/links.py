@@ -54,9 +54,9 @@ _ALGORITHM = "HS256"
 _KEY_CONTEXT = b"operator-server action links v1"
 _REQUIRED = ["jti", "req", "act", "exp"]
 
-# Where a pending request is now: the session holding it and its task; None
-# when nothing pending has that req_id.
-Locate = Callable[[str], Awaitable[tuple[str, str] | None]]
+# Where a pending request is now: the session holding it (None while it waits
+# for a role nobody holds) and its task; None when nothing pending has that req_id.
+Locate = Callable[[str], Awaitable[tuple[str | None, str] | None]]
 
 
 class LinkRefused(CodedError):
@@ -132,7 +132,11 @@ class ActionLinks:
             claims["due"] = due_at
         where = await self._locate(req_id)
         if where is not None:
-            claims["hld"], claims["tsk"] = where
+            holder, claims["tsk"] = where
+            # A request waiting for a role nobody holds binds no holder: the
+            # session that joins for the role and is issued it is not a move.
+            if holder is not None:
+                claims["hld"] = holder
         token = jwt.encode(claims, await self._signing_key(), algorithm=_ALGORITHM)
         return Link(f"{self._base_url().rstrip('/')}/v1/links/{token}", actions, expires_at)
 

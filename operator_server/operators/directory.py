@@ -95,9 +95,11 @@ class OperatorDirectory:
         """Another node was asked to move a request this node issued."""
         return await self.handovers.reassign_here(args)
 
-    async def handed_over_here(self, source: str, target: str, roles: list[str]) -> list[str]:
+    async def handed_over_here(
+        self, source: str, target: str, roles: list[str], by: str
+    ) -> list[str]:
         """Another node handed ``source``'s seat to ``target``: the req_ids moved here."""
-        return await self.handovers.handed_over_here(source, target, roles)
+        return await self.handovers.handed_over_here(source, target, roles, by)
 
     def seated_elsewhere(self, sid: str, roles: list[str]) -> None:
         """A session of another node holds ``roles`` now: if a request here

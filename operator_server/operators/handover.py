@@ -38,6 +38,7 @@ move: exactly one counts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -50,7 +51,7 @@ from operator_server.engine.events import EventType
 from operator_server.engine.registries import RolesConflict
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
-from operator_server.operators.moves import RequestMoves
+from operator_server.operators.moves import RequestMoves, move_record
 from operator_server.operators.relay import RequestRelay
 from operator_server.operators.session import (
     HANDED_OVER,
@@ -316,6 +317,7 @@ class Handovers:
         note: str | None,
         action: Action | None,
     ) -> None:
+        req.moved_on(move_record(time.time(), left, to, reason, req.step, principal or None, note))
         entry = (
             None
             if action is None
@@ -381,17 +383,17 @@ class Handovers:
                 if session.successor == source.sid:
                     session.successor = target.sid
             source.successor, target.successor = target.sid, None
-            moved = [req.req_id for req in self._move_all(source, target.sid)]
+            moved = [req.req_id for req in self._move_all(source, target.sid, principal)]
             self._directory.moves.seated(target)
             # Then every other node, for what it issued and what its role map says.
-            moved += await self._directory.relay.hand_over(source.sid, target.sid, taken)
+            moved += await self._directory.relay.hand_over(source.sid, target.sid, taken, principal)
         finally:
             self._busy -= {source.sid, target.sid}
         log.info("seat handed over", source=source.sid, target=target.sid, roles=roles, moved=moved)
         return target, roles, moved
 
     async def handed_over_here(
-        self, source_sid: str, target_sid: str, roles: list[str]
+        self, source_sid: str, target_sid: str, roles: list[str], by: str
     ) -> list[str]:
         """Another node committed a handover from ``source_sid`` to
         ``target_sid`` (``roles``: all the target holds now): this node's role
@@ -408,7 +410,7 @@ class Handovers:
         moved: list[str] = []
         if source is not None:
             source.roles, source.successor = [], target_sid
-            moved = [req.req_id for req in self._move_all(source, target_sid)]
+            moved = [req.req_id for req in self._move_all(source, target_sid, by)]
         # Known here: it holds the roles now; else it is read from the store
         # (with them) when it is next named.
         target = self._directory.sessions.get(target_sid)
@@ -429,10 +431,13 @@ class Handovers:
         )
         return moved
 
-    def _move_all(self, source: OperatorSession, target_sid: str) -> Iterator[PendingRequest]:
+    def _move_all(
+        self, source: OperatorSession, target_sid: str, principal: str
+    ) -> Iterator[PendingRequest]:
         for req in list(source.pending.values()):
             if req.expects_reply and self._directory.moves.move(req, target_sid, HANDED_OVER):
-                self._report(req, source.sid, target_sid, HANDED_OVER, "", None, None)
+                # Audited once, as the handover's own row; each move names who asked.
+                self._report(req, source.sid, target_sid, HANDED_OVER, principal, None, None)
                 yield req
 
 

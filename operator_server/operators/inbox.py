@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from heapq import merge
 from typing import Any
 
 from operator_server.auth.principal import Principal
@@ -37,7 +38,7 @@ from operator_server.errors import (
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.pending_index import Key, key_of
 from operator_server.operators.session import OperatorSession, PendingRequest
-from operator_server.store import StoreError
+from operator_server.store import NO_COURSE, RequestCourse, StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.times import iso
 from operator_server.wire.values import ReplyVia
@@ -51,14 +52,22 @@ ANSWERABLE = tuple(p.REPLY_TO.values())
 @dataclass(frozen=True)
 class Found:
     """One pending request: its session, that session's roles, the node that
-    issued it (``""`` with one process) and, when issued here, the request."""
+    issued it (``""`` with one process) and, when issued here, the request.
+    A request held by no session (it waits for a role nobody holds) has no
+    ``sid``; its roles are the one it waits for."""
 
-    sid: str
+    sid: str | None
     roles: list[str]
     owner: str
     frame: dict[str, Any]
     issued_at: float
     here: PendingRequest | None
+    # As its row was stored (cluster); the request itself says, when issued here.
+    stored_course: RequestCourse = NO_COURSE
+
+    @property
+    def course(self) -> RequestCourse:
+        return self.here.course if self.here is not None else self.stored_course
 
     @property
     def req_id(self) -> str:
@@ -82,9 +91,9 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
         # One process: the sessions' index holds them in list order, and finds
         # one by its req_id without reading every session's requests.
         if req_id is None:
-            return [_here(s, r) for s, r in directory.pending_index.after(None, directory.sessions)]
+            return list(await listed(directory, None))
         held = directory.pending_index.held(req_id, directory.sessions)
-        return [] if held is None else [_here(*held)]
+        return [_here(*held)] if held is not None else _waiting(directory, req_id)
     else:
         try:
             rows = await shared.pending_requests(req_id)
@@ -109,8 +118,18 @@ async def pending(directory: OperatorDirectory, req_id: str | None = None) -> li
             session = directory.sessions.get(sid) if row.owner_node == me else None
             here = session.pending.get(row.req_id) if session is not None else None
             found.append(
-                Found(sid, roles.get(sid, []), row.owner_node, row.frame, row.issued_at, here)
+                Found(
+                    sid,
+                    roles.get(sid, []),
+                    row.owner_node,
+                    row.frame,
+                    row.issued_at,
+                    here,
+                    row.course,
+                )
             )
+        # Held by nobody, so in no row: known to the node that issued them.
+        found += _waiting(directory, req_id)
     found.sort(key=lambda f: (f.issued_at, f.req_id))
     return found
 
@@ -126,15 +145,37 @@ async def listed(directory: OperatorDirectory, cursor: Key | None) -> Iterator[F
             for found in await pending(directory)
             if cursor is None or key_of(found.issued_at, found.req_id) > cursor
         )
-    return (
+    held = (
         _here(session, req)
         for session, req in directory.pending_index.after(cursor, directory.sessions)
     )
+    # Those waiting for a role are few and kept apart: merged in, in order.
+    waiting = (f for f in _waiting(directory) if cursor is None or _key(f) > cursor)
+    return merge(held, waiting, key=_key)
+
+
+def _key(found: Found) -> Key:
+    return key_of(found.issued_at, found.req_id)
 
 
 def _here(session: OperatorSession, req: PendingRequest) -> Found:
     """A request a session of this process holds."""
     return Found(session.sid, list(session.roles), "", req.frame, req.issued_at, req)
+
+
+def _waiting(directory: OperatorDirectory, req_id: str | None = None) -> list[Found]:
+    """The requests this node issued that wait for a role nobody holds (or
+    only ``req_id``), in list order: pending, held by no session."""
+    found = [
+        Found(None, [role], directory.relay.node_id, req.frame, req.issued_at, req)
+        for role, waiting in directory.moves.waiting.items()
+        for req in waiting
+        if isinstance(req, PendingRequest)
+        and req.expects_reply
+        and not req.future.done()
+        and (req_id is None or req.req_id == req_id)
+    ]
+    return sorted(found, key=_key)
 
 
 def may_see(principal: Principal, found: Found) -> bool:
@@ -157,17 +198,17 @@ def authorize(principal: Principal, found: Found) -> None:
 def view(found: Found, now: float) -> dict[str, Any]:
     """The request as its frame shows it (no credentials), and where it is."""
     frame = {k: v for k, v in found.frame.items() if k not in _SECRET}
-    here = found.here
+    course = found.course
     return {
         **frame,
         "state": "pending",
         "holder": {"sid": found.sid, "roles": found.roles},
         "issued_at": iso(found.issued_at),
         "waiting_s": round(max(0.0, now - found.issued_at), 3),
-        # Known on the node that issued it; null from another node's row.
-        "deadline_at": iso(here.deadline_at) if here is not None else None,
-        "step": here.step if here is not None else 0,
-        "moves": [],
+        # From the request on the node that issued it, else from its row.
+        "deadline_at": iso(course.deadline_at) if course.deadline_at is not None else None,
+        "step": course.step,
+        "moves": list(course.moves),
     }
 
 
@@ -242,7 +283,14 @@ async def settle(
     ``ApiError`` saying why not."""
     req_id = found.req_id
     try:
-        if found.owner in ("", directory.relay.node_id):
+        if found.sid is None:
+            # Held by no session: the one that issued it (its req_id names
+            # it) judges the reply and hands it to the attempt awaiting it.
+            issuer = directory.sessions.get(sid_of(req_id))
+            if issuer is None or found.here is None:
+                raise _not_pending(directory, principal, req_id)
+            issuer.settle_unheld(found.here, kind, data, via=via, principal=principal.name)
+        elif found.owner in ("", directory.relay.node_id):
             session = directory.sessions.get(found.sid)
             if session is None:
                 raise _not_pending(directory, principal, req_id)

@@ -79,7 +79,7 @@ _REFUSALS = {
 def locator(directory: OperatorDirectory) -> Locate:
     """Where a request is pending now, for ``ActionLinks.mint``."""
 
-    async def locate(req_id: str) -> tuple[str, str] | None:
+    async def locate(req_id: str) -> tuple[str | None, str] | None:
         for found in await inbox.pending(directory, req_id):
             return found.sid, str(found.frame.get("task_id", ""))
         return None

@@ -34,8 +34,34 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from operator_server.logs import get_logger
+from operator_server.wire.times import iso
 
 log = get_logger(__name__)
+
+
+def move_record(
+    at: float,
+    source: str,
+    to: str,
+    reason: str,
+    step: int,
+    by: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """One move in a request's history as ``GET /v1/requests`` shows it and
+    its stored row keeps it: when, from which role or sid to which, why
+    (``escalated``, ``reassigned``, ``handed_over``), the chain step it is at
+    after it, who moved it (a principal's name; null when its chain did) and
+    their note."""
+    return {
+        "at": iso(at),
+        "from": source,
+        "to": to,
+        "reason": reason,
+        "step": step,
+        "by": by,
+        "note": note,
+    }
 
 
 class Movable(Protocol):

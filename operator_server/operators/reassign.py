@@ -234,7 +234,8 @@ async def _holder_elsewhere(
     if cluster_store(directory.engine.store) is None:
         return None  # one process: every session is in memory
     try:
-        sids = [found.sid for found in await inbox.pending(directory, req_id)]
+        found = await inbox.pending(directory, req_id)
+        sids = [p.sid for p in found if p.sid is not None]  # None: waiting for a role
         for sid in dict.fromkeys([*sids, inbox.sid_of(req_id)]):
             session = await directory.find(sid)
             if session is not None and session.token_hash == digest:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from operator_server.store import PendingRow
+from operator_server.store import NO_COURSE, PendingRow, RequestCourse
 
 
 class RequestRelay(Protocol):
@@ -24,9 +24,17 @@ class RequestRelay(Protocol):
         """This node: a stored request it did not issue was issued elsewhere."""
         ...
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
-        """Record a request before it is shown; True when another node holds
-        the socket and was sent the frame."""
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
+        """Record a request (and its course as it stands: a move or an
+        escalation step records it again) before it is shown; True when
+        another node holds the socket and was sent the frame."""
         ...
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
@@ -67,10 +75,11 @@ class RequestRelay(Protocol):
         (``Handovers.reassign_here``): its answer.  Raises ``NodeUnreachable``."""
         ...
 
-    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+    async def hand_over(self, source: str, target: str, roles: list[str], by: str) -> list[str]:
         """Every other node gives ``source``'s roles (``roles``: the target's
         now) and the requests it issued to ``source`` to ``target``
-        (``Handovers.handed_over_here``): the req_ids they moved."""
+        (``Handovers.handed_over_here``), each move naming ``by`` (the principal
+        that asked for the handover): the req_ids they moved."""
         ...
 
     async def seated(self, sid: str, roles: list[str]) -> None:
@@ -86,7 +95,14 @@ class NoRelay:
     # ever compared with it.
     node_id = ""
 
-    async def issue(self, sid: str, req_id: str, frame: dict[str, Any], issued_at: float) -> bool:
+    async def issue(
+        self,
+        sid: str,
+        req_id: str,
+        frame: dict[str, Any],
+        issued_at: float,
+        course: RequestCourse = NO_COURSE,
+    ) -> bool:
         return False
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
@@ -121,7 +137,7 @@ class NoRelay:
         # Only a request another node holds is moved through the relay.
         raise AssertionError(f"{args.get('req_id')} has no other node to go to")
 
-    async def hand_over(self, source: str, target: str, roles: list[str]) -> list[str]:
+    async def hand_over(self, source: str, target: str, roles: list[str], by: str) -> list[str]:
         return []
 
     async def seated(self, sid: str, roles: list[str]) -> None:

@@ -58,8 +58,38 @@ class RequestListQuerySchema(Schema):
 
 
 class HolderSchema(Schema):
-    sid = fields.String(required=True)
-    roles = fields.List(fields.String(), required=True)
+    sid = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "null: held by no session, waiting for its role's first holder"},
+    )
+    roles = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "the holding session's roles, or the one role it waits for"},
+    )
+
+
+class MoveSchema(Schema):
+    """One move of the request (``operators/moves.move_record``)."""
+
+    at = fields.DateTime(required=True)
+    from_ = fields.String(
+        data_key="from", required=True, metadata={"description": "the role or sid it left"}
+    )
+    to = fields.String(required=True, metadata={"description": "the role or sid it went to"})
+    reason = fields.String(
+        required=True, validate=validate.OneOf(("escalated", "reassigned", "handed_over"))
+    )
+    step = fields.Integer(
+        required=True, metadata={"description": "its place in its escalation chain after the move"}
+    )
+    by = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the principal who moved it; null when its chain did"},
+    )
+    note = fields.String(required=True, allow_none=True)
 
 
 class RequestSchema(Schema):
@@ -80,14 +110,18 @@ class RequestSchema(Schema):
         required=True,
         allow_none=True,
         metadata={
-            "description": "when its on-timeout action decides it; null: no deadline, "
-            "or issued by another node"
+            "description": "when its on-timeout action decides it, or (with an escalation "
+            "step ahead) when it moves on; null: no deadline"
         },
     )
     step = fields.Integer(
         required=True, metadata={"description": "its place in an escalation chain"}
     )
-    moves = fields.List(fields.Dict(), required=True)
+    moves = fields.List(
+        fields.Nested(MoveSchema),
+        required=True,
+        metadata={"description": "how it came to its holder, oldest first"},
+    )
 
 
 class RequestPageSchema(Schema):

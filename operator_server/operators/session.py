@@ -13,7 +13,8 @@ frames.  That split is what makes reconnects lose nothing:
   socket that was already replaced changes nothing.
 * The first reply to a ``req_id`` wins, wherever it came from (this socket,
   another node's, ``POST /v1/requests/{req_id}/reply``): ``settle_reply`` is
-  the one place a reply is checked and counted.  A later one gets
+  the one place a reply is checked and counted (``settle_unheld`` for one
+  that waits for a role nobody holds, judged and counted alike).  A later one gets
   ``already_answered``; one to a request that moved to another holder gets
   ``already_moved``.  A socket shown a request someone else answered is told
   with ``cancel`` (reason ``answered_elsewhere``).
@@ -57,11 +58,11 @@ from operator_server.errors import AttemptFailed, Code, NodeUnreachable, Protoco
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.operators.directive import DirectiveTemplate
-from operator_server.operators.moves import RequestMoves
+from operator_server.operators.moves import RequestMoves, move_record
 from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
-from operator_server.store import StoreError
+from operator_server.store import RequestCourse, StoreError
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
 from operator_server.wire.values import OnTimeout, ReplyVia
@@ -71,6 +72,8 @@ log = get_logger(__name__)
 # (``already_moved``).
 ANSWERED_MEMORY = 4096
 Reply = tuple[str, dict[str, Any]]
+# How many of a request's moves it shows (the newest).
+MOVES_KEPT = 50
 Spawn = Callable[..., "asyncio.Task[None]"]
 # The ``cancel`` reason of a request moved on by its escalation chain.
 ESCALATED = "escalated"
@@ -121,6 +124,13 @@ class PendingRequest:
     # Its deadline and place in an escalation chain (``engine/deadlines.py``),
     # moved on by each step: what ``GET /v1/requests`` shows.
     deadline: RequestDeadline | None = field(default=None, repr=False)
+    # Its moves (``moves.move_record``), oldest first, the newest
+    # ``MOVES_KEPT`` of them (``moved_on``).  Kept here and
+    # stored with the request's row each time a holder stores it, rather than
+    # read back from the task's ``request_moved`` events: a list of pending
+    # requests then costs one read on any node, not one per request, and the
+    # row a move writes carries its own history (nothing to lag behind it).
+    moves: tuple[dict[str, Any], ...] = ()
 
     @property
     def deadline_at(self) -> float | None:
@@ -132,6 +142,18 @@ class PendingRequest:
     @property
     def step(self) -> int:
         return self.deadline.step if self.deadline is not None else 0
+
+    @property
+    def course(self) -> RequestCourse:
+        return RequestCourse(self.deadline_at, self.step, self.moves)
+
+    def moved_on(self, move: dict[str, Any]) -> None:
+        """Record a move (``moves.move_record``): called as the move is made,
+        before its target stores the request, so the new row carries it.
+        Only the newest ``MOVES_KEPT`` are kept: a request passed back and
+        forth must not make every move rewrite an ever longer row (the
+        task's ``request_moved`` events keep them all)."""
+        self.moves = (*self.moves, move)[-MOVES_KEPT:]
 
 
 class OperatorSession:
@@ -578,7 +600,9 @@ class OperatorSession:
         if not self._moves.move(req, to, ESCALATED):
             return  # settled or on its way: a reply beat the clock
         waited = deadline.chain[deadline.step].after_s
-        deadline.reach(step, time.time(), self._settings.remind_at_fraction)
+        now = time.time()
+        deadline.reach(step, now, self._settings.remind_at_fraction)
+        req.moved_on(move_record(now, source, to, ESCALATED, step))
         self.log.info("request escalated", req_id=req.req_id, to=to, step=step)
         if self._report is not None:
             entry = AuditEntry(
@@ -648,7 +672,9 @@ class OperatorSession:
         """The relay records the request before anyone sees it; when another
         node holds the socket, it was sent there (with one process: never)."""
         try:
-            elsewhere = await self._relay.issue(self.sid, req.req_id, req.frame, req.issued_at)
+            elsewhere = await self._relay.issue(
+                self.sid, req.req_id, req.frame, req.issued_at, req.course
+            )
         except (StoreError, OSError) as exc:
             raise AttemptFailed(
                 Code.STORE_FAILED, f"could not store the {req.kind} request: {exc}"
@@ -775,19 +801,7 @@ class OperatorSession:
         # won; counting this reply too would end the request twice.
         if req is None or req.future.done():
             raise self.why_not_pending(req_id)
-        if p.REPLY_TO.get(kind) != req.kind:
-            raise ProtocolError(
-                Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req_id
-            )
-        if req.answer_schema is not None and not data.get("error"):
-            # Refused before it counts as a reply: the ask stays pending.
-            problem = answer_problem(req.answer_schema, data.get("value"))
-            if problem is not None:
-                raise ProtocolError(
-                    Code.BAD_ANSWER,
-                    f"{problem}; the ask is still pending, answer it again",
-                    req_id,
-                )
+        _judge(req, kind, data)
         self._remember_answered(req_id)
         if via is ReplyVia.SOCKET:
             self._forget(req)
@@ -796,6 +810,32 @@ class OperatorSession:
             self._forget(req, p.ANSWERED_ELSEWHERE)
             if shown and self._pump is not None:
                 self._pump.send(p.cancel_frame(req_id, p.ANSWERED_ELSEWHERE))
+        self._count(req, kind, data, via, principal or session_principal(self), self.sid)
+
+    def settle_unheld(
+        self, req: PendingRequest, kind: str, data: dict[str, Any], *, via: ReplyVia, principal: str
+    ) -> None:
+        """Settle ``req``, a request this session issued that no session holds
+        now (it waits for a role nobody holds: ``operators/moves.py``), with
+        ``data`` on ``principal``'s authority; judged as ``settle_reply``
+        judges a held one.  Raises ``ProtocolError`` naming why it changed nothing."""
+        if req.holder is not None or req.waiting_for is None or req.future.done():
+            raise self.why_not_pending(req.req_id)
+        _judge(req, kind, data)
+        self._remember_answered(req.req_id)
+        self._count(req, kind, data, via, principal, None)
+
+    def _count(
+        self,
+        req: PendingRequest,
+        kind: str,
+        data: dict[str, Any],
+        via: ReplyVia,
+        principal: str,
+        held_by: str | None,
+    ) -> None:
+        """``data`` answers ``req``: counted, reported (event and audit row), and
+        handed to the attempt awaiting it."""
         face = str(p.FACE_OF[req.kind])
         self._metrics.reply_received(face, time.monotonic() - req.issued_mono, via, kind)
         if self._report is not None:
@@ -803,27 +843,29 @@ class OperatorSession:
                 kind,
                 data,
                 req.answer_schema,
-                principal=principal or session_principal(self),
+                principal=principal,
                 task_id=req.task_id,
-                session_id=self.sid,
+                session_id=held_by,
             )
-            self._report(EventType.REPLY, req.task_id, req_id, face, self.sid, decided, via=via)
+            self._report(EventType.REPLY, req.task_id, req.req_id, face, held_by, decided, via=via)
         if not req.future.done():
             req.future.set_result((kind, data))
 
     def why_not_pending(self, req_id: str) -> ProtocolError:
-        """Why a reply to ``req_id`` finds nothing pending here."""
+        """Why a reply to ``req_id`` finds nothing pending here.  Answered
+        comes first: a request this session moved on and then settled while
+        nobody held it (``settle_unheld``) is answered, not moving."""
+        if req_id in self._answered:
+            return ProtocolError(
+                Code.ALREADY_ANSWERED,
+                f"{req_id} was already answered; the first reply won and this one changed nothing",
+                req_id,
+            )
         if req_id in self._moved:
             return ProtocolError(
                 Code.ALREADY_MOVED,
                 f"{req_id} has moved on to another holder ({self._moved[req_id]}); "
                 "this reply changed nothing",
-                req_id,
-            )
-        if req_id in self._answered:
-            return ProtocolError(
-                Code.ALREADY_ANSWERED,
-                f"{req_id} was already answered; the first reply won and this one changed nothing",
                 req_id,
             )
         return ProtocolError(
@@ -939,6 +981,22 @@ class OperatorSession:
 
 # A hook_after is only told: nothing to wait for.
 _TOLD = RequestDeadline("hook_after", 0, OnTimeout.FAIL, None, None)
+
+
+def _judge(req: PendingRequest, kind: str, data: dict[str, Any]) -> None:
+    """A reply of ``kind`` must answer ``req``'s kind and fill an ask's answer
+    form; ``ProtocolError`` says why not (refused before it counts: the
+    request stays pending)."""
+    if p.REPLY_TO.get(kind) != req.kind:
+        raise ProtocolError(
+            Code.WRONG_REPLY, f"{kind} cannot answer a {req.kind} request", req.req_id
+        )
+    if req.answer_schema is not None and not data.get("error"):
+        problem = answer_problem(req.answer_schema, data.get("value"))
+        if problem is not None:
+            raise ProtocolError(
+                Code.BAD_ANSWER, f"{problem}; the ask is still pending, answer it again", req.req_id
+            )
 
 
 def _cancel_reason(exc: asyncio.CancelledError) -> str:

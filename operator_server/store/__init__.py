@@ -8,12 +8,14 @@ or a process-local ``MemoryStore`` for ``":memory:"``.
 
 from operator_server.config import Settings
 from operator_server.store.base import (
+    NO_COURSE,
     Delivery,
     Events,
     Fenced,
     KeyRecord,
     LinkUse,
     PendingRow,
+    RequestCourse,
     RolesTaken,
     Row,
     SessionRecord,
@@ -37,6 +39,7 @@ def open_store(settings: Settings) -> Store:
 
 
 __all__ = [
+    "NO_COURSE",
     "Delivery",
     "Events",
     "Fenced",
@@ -45,6 +48,7 @@ __all__ = [
     "MemoryStore",
     "PendingRow",
     "PostgresStore",
+    "RequestCourse",
     "RolesTaken",
     "Row",
     "SQLiteStore",

@@ -740,13 +740,32 @@ class Store(ABC):
 
 
 @dataclass(frozen=True)
+class RequestCourse:
+    """Where a pending request is on its way: when its deadline (or its
+    escalation step's end) decides it, its place in its escalation chain, and
+    every move that brought it to its holder (each as ``GET /v1/requests``
+    shows it: at, from, to, reason, step, by, note), oldest first."""
+
+    deadline_at: float | None = None
+    step: int = 0
+    moves: tuple[dict[str, Any], ...] = ()
+
+
+# A request whose course is not known (a row stored before courses were).
+NO_COURSE = RequestCourse()
+
+
+@dataclass(frozen=True)
 class PendingRow:
-    """An unanswered operator request as stored: who waits for it, and its frame."""
+    """An unanswered operator request as stored: who waits for it, its frame,
+    and its course as it stood when its holder was last stored (a move or an
+    escalation step stores the row anew)."""
 
     req_id: str
     owner_node: str
     frame: dict[str, Any]
     issued_at: float
+    course: RequestCourse = NO_COURSE
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -629,4 +630,32 @@ def test_approve_selected_and_reject_selected_decide_several_approvals_with_one_
     activity = page.find_element("id", "activity").text
     assert activity.count("Rejected (selected): not this week") == 2
     assert activity.count("Approved (selected)") == 2
+    # Decided through the batch route, not the socket: counted and told as batch.
+    assert replies_counted(daemon) == {("batch", "hook_ack"): 4.0}
+    for task in tasks[:2]:
+        replies = [data for kind, data in task_events(daemon, task["id"]) if kind == "reply"]
+        assert [(r["face"], r["via"]) for r in replies] == [("spawn_hook", "batch")]
     assert not severe_log_entries(page)
+
+
+def replies_counted(daemon: Daemon) -> dict[tuple[str, str], float]:
+    """``operator_server_replies_total`` by (via, kind)."""
+    with urllib.request.urlopen(daemon.base + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    counted = {}
+    for labels, value in re.findall(r"^operator_server_replies_total\{(.*)\} (\S+)$", text, re.M):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        counted[(pairs["via"], pairs["kind"])] = float(value)
+    return counted
+
+
+def task_events(daemon: Daemon, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """An ended task's whole event stream (it closes after the task's end): (type, data)."""
+    with urllib.request.urlopen(f"{daemon.base}/v1/tasks/{task_id}/events", timeout=30) as resp:
+        text = resp.read().decode()
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields and "data" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events

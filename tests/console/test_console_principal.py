@@ -23,6 +23,7 @@ from tests.console.browser import (
     start_daemon,
     until,
 )
+from tests.console.test_console_browser import pending_card, replies_counted
 
 
 def make_key(daemon: Daemon, name: str, *scopes: str) -> str:
@@ -290,3 +291,34 @@ def test_the_form_matches_roles_to_globs_exactly_as_the_server_does(
         ROLES,
     )
     assert got == expected
+
+
+def test_selected_approvals_go_over_the_socket_when_the_batch_route_refuses_the_key(
+    guarded: tuple[WebDriver, Daemon],
+) -> None:
+    """The batch call refused as a whole (the key was revoked while the
+    person worked; their seat stays, by its own token): each selected reply
+    goes over the socket instead, and none is dropped."""
+    page, daemon = guarded
+    made = daemon.call(
+        "POST", "/v1/keys", {"name": "shift", "scopes": ["operate:*", "tasks:read"]}, BOOT
+    )
+    sign_in(page, made["key"], "main")
+    joined(page)
+    body = {"agent": "coder", "directive": "x", "operator": {"role": "main"}}
+    tasks = [daemon.call("POST", "/v1/tasks", body, BOOT) for _ in range(2)]
+    approvals = [pending_card(page, t["id"], "Approve spawn?") for t in tasks]
+    assert daemon.status_of("DELETE", f"/v1/keys/{made['id']}", bearer=BOOT) == 200
+
+    for card in approvals:
+        control(card, "checkbox", "Select").click()
+    control(page, "button", "Approve selected").click()
+    for task in tasks:
+        pending_card(page, task["id"], "Do the work")  # approved: the spawn follows
+    activity = page.find_element("id", "activity").text
+    assert "Batch not sent" in activity and activity.count("Approved (selected)") == 2
+    assert replies_counted(daemon) == {("socket", "hook_ack"): 2.0}
+    # What the browser logged: the refusals of the revoked key, nothing else.
+    logged = [e["message"] for e in severe_log_entries(page)]
+    assert any("/v1/requests/reply" in m for m in logged), logged
+    assert all("status of 401" in m for m in logged), logged

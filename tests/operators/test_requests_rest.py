@@ -6,11 +6,13 @@ and audited with where it came from."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse
 from aiohttp.test_utils import TestClient
 
+from operator_server.operators.session import MOVES_KEPT
 from tests.auth.test_keys import BOOT, make_key
 from tests.conftest import Server
 from tests.http.sse import read_all
@@ -381,3 +383,151 @@ async def test_fifty_races_of_socket_against_rest_count_one_reply_each_and_the_a
     assert counted.get(("rest", "hook_ack"), 0) == len(rest_won)
     assert counted.get(("socket", "hook_ack"), 0) == 50 - len(rest_won)
     await ws.close()
+
+
+async def _shown(client: TestClient[Any, Any], req_id: str) -> dict[str, Any]:
+    """The request as ``GET /v1/requests/{req_id}`` shows it, which the list agrees with."""
+    resp = await client.get(f"/v1/requests/{req_id}", headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    one: dict[str, Any] = await resp.json()
+    listed = (await (await client.get("/v1/requests", headers=ADMIN)).json())["requests"]
+    assert [{**r, "waiting_s": 0} for r in listed if r["req_id"] == req_id] == [
+        {**one, "waiting_s": 0}
+    ]
+    return one
+
+
+def _moves(shown: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [
+        (m["from"], m["to"], m["reason"], m["step"], m["by"], m["note"]) for m in shown["moves"]
+    ]
+
+
+async def test_a_request_shows_each_move_its_step_and_its_deadline_as_it_travels(
+    server: Server,
+) -> None:
+    client = await server(api_token=BOOT)
+    lead = (await make_key(client, "operate:*", name="lead"))["key"]
+    ws1, ws2, ws3 = [await operator(client, [role]) for role in ("l1", "l2", "review")]
+    sid4, token4 = await mint(client, ["spare"])
+    chain = {"role": "l1", "escalate": [{"after_s": 0.3, "role": "l2"}], "deadline_s": 60}
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "coder", "directive": "x", "operator": chain}, headers=ADMIN
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(ws1, "hook_before")
+    assert await expect(ws2, "hook_before") == hb  # escalated to l2, the last step
+    sid2 = (await _shown(client, hb["req_id"]))["holder"]["sid"]
+    resp = await client.post(
+        f"/v1/requests/{hb['req_id']}/reassign",
+        json={"role": "review", "note": "yours"},
+        headers={"Authorization": f"Bearer {lead}"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert await expect(ws3, "hook_before") == hb
+    sid3 = (await _shown(client, hb["req_id"]))["holder"]["sid"]
+    resp = await client.post(f"/v1/operators/{sid3}/handover", json={"sid": sid4}, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    ws4 = await connect(client, sid4, token4)
+    assert await expect(ws4, "hook_before") == hb
+
+    shown = await _shown(client, hb["req_id"])
+    assert (shown["holder"]["sid"], shown["step"]) == (sid4, 1)
+    assert _moves(shown) == [
+        ("l1", "l2", "escalated", 1, None, None),
+        (sid2, "review", "reassigned", 1, "key:lead", "yours"),
+        (sid3, sid4, "handed_over", 1, "bootstrap", None),
+    ]
+    # At the last step its deadline counts from when it got there: 60 s on.
+    escalated_at = datetime.fromisoformat(shown["moves"][0]["at"])
+    waits = datetime.fromisoformat(shown["deadline_at"]) - escalated_at
+    assert abs(waits - timedelta(seconds=60)) <= timedelta(milliseconds=1)  # rounding only
+    await ws4.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": False})
+    assert (await wait_task(client, hb["task_id"]))["status"] == "failed"
+    for ws in (ws1, ws2, ws3, ws4):
+        await ws.close()
+
+
+async def test_a_request_waiting_for_a_role_nobody_holds_is_listed_and_answered_over_rest(
+    server: Server,
+) -> None:
+    """Escalated to a role no session holds, a request is held by nobody: it
+    is still pending, so whoever may operate that role sees it and answers it
+    without a seat."""
+    client = await server(api_token=BOOT)
+    oncall = (await make_key(client, "operate:oncall", name="pager"))["key"]
+    first_line = (await make_key(client, "operate:l1", name="l1-bot"))["key"]
+    ws1 = await operator(client, ["l1"])
+    chain = {"role": "l1", "escalate": [{"after_s": 0.3, "role": "oncall"}], "deadline_s": 60}
+    resp = await client.post(
+        "/v1/tasks", json={"agent": "coder", "directive": "x", "operator": chain}, headers=ADMIN
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(ws1, "hook_before")
+    assert (await expect(ws1, "cancel"))["reason"] == "escalated"
+
+    as_pager = {"Authorization": f"Bearer {oncall}"}
+    resp = await client.get("/v1/requests", headers=as_pager)
+    [shown] = (await resp.json())["requests"]
+    assert (shown["req_id"], shown["holder"], shown["step"]) == (
+        hb["req_id"],
+        {"sid": None, "roles": ["oncall"]},
+        1,
+    )
+    assert _moves(shown) == [("l1", "oncall", "escalated", 1, None, None)]
+    resp = await client.get(f"/v1/requests/{hb['req_id']}", headers=as_pager)
+    assert resp.status == 200 and (await resp.json())["holder"]["sid"] is None
+    # The first line no longer operates it.
+    resp = await client.get(
+        f"/v1/requests/{hb['req_id']}", headers={"Authorization": f"Bearer {first_line}"}
+    )
+    assert resp.status == 403, await resp.text()
+
+    rejected = {"type": "hook_ack", "ok": False, "reason": "paged: no"}
+    status, body = await post_reply(client, hb["req_id"], rejected, oncall)
+    assert (status, body) == (200, {"req_id": hb["req_id"], "type": "hook_ack", "via": "rest"})
+    task = await wait_task(client, hb["task_id"])
+    assert task["status"] == "failed" and "paged: no" in task["error"]["message"]
+    # A late reply changes nothing and is told why.
+    status, body = await post_reply(client, hb["req_id"], rejected)
+    assert (status, body["error"]["code"]) == (409, "already_answered")
+    decided = await audit(client, task_id=hb["task_id"], action="hook.rejected")
+    assert [(e["principal"], e["session_id"]) for e in decided] == [("key:pager", None)]
+    assert (await replies_counted(client)) == {("rest", "hook_ack"): 1.0}
+    assert (await (await client.get("/v1/requests", headers=ADMIN)).json())["requests"] == []
+    await ws1.close()
+
+
+async def test_a_request_passed_back_and_forth_shows_only_its_newest_moves(
+    server: Server,
+) -> None:
+    client = await server(api_token=BOOT)
+    seats = {}
+    for role in ("a", "b"):
+        sid, token = await mint(client, [role])
+        seats[role] = (token, await connect(client, sid, token))
+    resp = await client.post(
+        "/v1/tasks",
+        json={"agent": "coder", "directive": "x", "operator": {"role": "a"}},
+        headers=ADMIN,
+    )
+    assert resp.status == 202, await resp.text()
+    hb = await expect(seats["a"][1], "hook_before")
+    here, there = "a", "b"
+    for _ in range(MOVES_KEPT + 1):
+        token = seats[here][0]
+        resp = await client.post(
+            f"/v1/requests/{hb['req_id']}/reassign",
+            json={"role": there, "note": f"to {there}"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert resp.status == 200, await resp.text()
+        assert (await expect(seats[here][1], "cancel"))["reason"] == "reassigned"
+        assert (await expect(seats[there][1], "hook_before"))["req_id"] == hb["req_id"]
+        here, there = there, here
+    shown = await _shown(client, hb["req_id"])
+    assert len(shown["moves"]) == MOVES_KEPT
+    # The newest kept: the first move (to b) is gone, the last one (to b) is there.
+    assert shown["moves"][0]["to"] == "a" and shown["moves"][-1]["to"] == "b"
+    for _, ws in seats.values():
+        await ws.close()

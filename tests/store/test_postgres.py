@@ -22,6 +22,7 @@ from operator_server.engine.tasks import Task
 from operator_server.store import (
     Fenced,
     PostgresStore,
+    RequestCourse,
     RolesTaken,
     SessionRecord,
     StoreError,
@@ -176,14 +177,19 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     assert holders == {"main": "op-old", "x": "op-old"}
 
 
-UNDO_KEYS = "DROP TABLE api_keys; ALTER TABLE operator_sessions DROP COLUMN minted_by"
+UNDO_COURSE = (
+    "ALTER TABLE pending_requests DROP COLUMN deadline_at, DROP COLUMN step, DROP COLUMN moves"
+)
+UNDO_KEYS = (
+    f"DROP TABLE api_keys; ALTER TABLE operator_sessions DROP COLUMN minted_by; {UNDO_COURSE}"
+)
 
 
 @pytest.mark.parametrize(
     ("table", "undo", "old_task", "key", "copied"),
     [
         # Undoing every later step too: the epoch column, the outputs table,
-        # the keys and who minted each session.
+        # the keys and who minted each session, the pending requests' course.
         (
             "task_asks",
             "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned; "
@@ -246,6 +252,42 @@ async def test_upgrading_keeps_what_rows_hold_inline_once_the_task_is_next_writt
     finally:
         await store.close()
         await conn.close()
+
+
+async def test_upgrading_keeps_pending_requests_and_then_stores_each_ones_course(
+    pg_url: str,
+) -> None:
+    """A request stored before its course was (v11) reads back with none
+    known; one stored after keeps its deadline, step and moves."""
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(f"{UNDO_COURSE}; UPDATE operator_server_schema SET version = 11")
+        await conn.execute(
+            "INSERT INTO operator_sessions (sid, token_sha256, roles, description, created_at, "
+            "last_seen_at) VALUES ('op-1', 'h', '[\"main\"]', '', 1, 1)"
+        )
+        await conn.execute(
+            "INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at) "
+            "VALUES ('r-old', 'op-1', 'node-a', '{\"type\": \"ask\"}', 1)"
+        )
+    finally:
+        await conn.close()
+    await store.open()
+    try:
+        assert await schema_version(pg_url) == len(MIGRATIONS)
+        course = RequestCourse(99.5, 2, ({"from": "l1", "to": "l2", "reason": "escalated"},))
+        await store.issue_request("op-1", "r-new", {"type": "ask"}, 2.0, None, course)
+        rows = {row.req_id: row for _, row in await store.pending_requests()}
+        assert rows["r-old"].course == RequestCourse()
+        assert rows["r-old"].frame == {"type": "ask"}
+        assert rows["r-new"].course == course
+        assert [row.course for row in await store.pending_of("op-1")] == [RequestCourse(), course]
+    finally:
+        await store.close()
 
 
 def task_record(task_id: str, status: str) -> dict[str, Any]:

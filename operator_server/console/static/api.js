@@ -132,6 +132,10 @@ export const api = {
     }
     return all;
   },
+  // Several replies in one call, each answered on its own: {results: [{req_id, status, error?}]}
+  // in the order sent.  The API key field's credential decides what it may answer.
+  replyBatch: (replies) =>
+    call("POST", "/v1/requests/reply", { withApiToken: true, body: { replies } }),
   pendingOf: (sid, bearer) =>
     call("GET", `/v1/operators/${encodeURIComponent(sid)}/pending`, { bearer }),
   forceLeave: (sid) =>

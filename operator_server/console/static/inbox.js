@@ -10,8 +10,14 @@
 //
 // Approval cards (hook_before) each carry a "Select" box; with two or more in
 // the inbox, "Approve selected" / "Reject selected" decide every selected one
-// at once, with one reason: each is replied to as if its own button were
-// pressed, so each is recorded, sent and moved to Activity on its own.
+// at once, with one reason, in one call to the batch route (POST
+// /v1/requests/reply), so the server counts them as batch decisions.  Each is
+// recorded and leaves the inbox as if its own button were pressed, and goes
+// to Activity with the server's answer for it.  A reply the batch could not
+// deliver (the call failed as a whole, say with no usable API key, or the
+// server refused that item for a reason other than it being settled or moved
+// already) goes over the socket instead, as its own button would send it:
+// a person's decision is never dropped.
 
 import { api } from "./api.js";
 import { $, h, idChip, parseInput, pretty, since } from "./dom.js";
@@ -23,6 +29,9 @@ const TITLES = { hook_before: "Approve spawn?", ask: "Question", spawn: "Do the 
 const WORKER_ASK_TITLE = "Question from the worker";
 const MAX_REMEMBERED = 500;
 const MAX_ACTIVITY = 200;
+// A batch item refused with one of these was settled (or moved on) before it
+// arrived: sending it again over the socket would change nothing.
+const SETTLED_ALREADY = new Set(["already_answered", "already_moved", "request_not_found"]);
 
 export class Inbox {
   constructor({ send, name, onTaskTouched, pending, onArrival, onGone }) {
@@ -57,17 +66,37 @@ export class Inbox {
     );
   }
 
-  decideSelected(ok) {
-    const chosen = this.selected();
+  async decideSelected(ok) {
     const why = this.batchReason.value.trim() || `rejected by ${this.name}`;
-    for (const { frame } of chosen) {
+    const outcome = ok ? "Approved (selected)" : `Rejected (selected): ${why}`;
+    const decided = [];
+    for (const { frame } of this.selected()) {
       const reply = ok
         ? { type: "hook_ack", req_id: frame.req_id, ok: true }
         : { type: "hook_ack", req_id: frame.req_id, ok: false, reason: why };
-      this.reply(frame.req_id, reply, ok ? "Approved (selected)" : `Rejected (selected): ${why}`);
+      const card = this.take(frame.req_id, reply);
+      if (card) decided.push({ card, reply });
     }
     this.batchReason.value = "";
     this.selectionChanged();
+    if (!decided.length) return;
+    let results = null;
+    try {
+      results = (await api.replyBatch(decided.map(({ reply }) => reply))).results;
+    } catch (err) {
+      this.note(`Batch not sent (${err.message}): replying one by one`, null, "warn");
+    }
+    decided.forEach(({ card, reply }, i) => {
+      const result = results ? results[i] : null;
+      if (result && result.status === 200) {
+        this.noteDecided(card, outcome);
+      } else if (result && SETTLED_ALREADY.has(result.error.code)) {
+        this.noteDecided(card, `${outcome} not counted: ${result.error.message}`, "warn");
+      } else {
+        this.send(reply);
+        this.noteDecided(card, outcome);
+      }
+    });
   }
 
   // The batch bar shows once there are two approvals to choose from.
@@ -165,17 +194,28 @@ export class Inbox {
   // Decided: the reply is recorded, sent, and the card leaves the inbox for
   // the Activity feed (a replay of it re-sends the recorded reply, see request).
   reply(reqId, reply, outcome) {
-    const card = this.cards.get(reqId);
+    const card = this.take(reqId, reply);
     if (!card) return false;
+    this.send(reply);
+    this.noteDecided(card, outcome);
+    return true;
+  }
+
+  // The reply recorded and the card off the inbox, before the reply is sent.
+  take(reqId, reply) {
+    const card = this.cards.get(reqId);
+    if (!card) return null;
     stored.update((s) => {
       s.replies = trim({ ...s.replies, [reqId]: reply });
     });
-    this.send(reply);
     this.remove(card);
-    const what = card.node.querySelector("h3").textContent;
-    this.note(`${outcome} (${what.toLowerCase()})`, card.frame.task_id);
     this.counts();
-    return true;
+    return card;
+  }
+
+  noteDecided(card, outcome, level = "info") {
+    const what = card.node.querySelector("h3").textContent;
+    this.note(`${outcome} (${what.toLowerCase()})`, card.frame.task_id, level);
   }
 
   // Off the inbox; a worker's ask still waiting under this spawn card stays

@@ -13,8 +13,10 @@ from operator_server.cluster.bus import ALL, SQL_CHANNEL, channel
 from operator_server.cluster.messages import Delivered, NodesGone, Replaced, Withdraw
 from operator_server.logs import get_logger
 from operator_server.store.base import (
+    NO_COURSE,
     PendingRow,
     PlacedSession,
+    RequestCourse,
     Row,
     StoreError,
     decode_session,
@@ -74,8 +76,9 @@ ISSUE_REQUEST = f"""
     WITH session AS (
         SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
     ), request AS (
-        INSERT INTO pending_requests (req_id, sid, owner_node, frame, issued_at)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO pending_requests
+            (req_id, sid, owner_node, frame, issued_at, deadline_at, step, moves)
+        VALUES ($1, $2, $3, $4, $5, $7, $8, $9)
     ), told AS (
         SELECT pg_notify({SQL_CHANNEL.format("socket_node")}, $6) FROM session
         WHERE $6::text IS NOT NULL AND socket_node IS NOT NULL AND socket_node <> $3
@@ -84,12 +87,11 @@ ISSUE_REQUEST = f"""
 """
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
-PENDING_OF = (
-    "SELECT req_id, owner_node, frame, issued_at FROM pending_requests WHERE sid = $1 ORDER BY seq"
-)
+_PENDING_COLUMNS = "req_id, owner_node, frame, issued_at, deadline_at, step, moves"
+PENDING_OF = f"SELECT {_PENDING_COLUMNS} FROM pending_requests WHERE sid = $1 ORDER BY seq"
 # Every unanswered request (or the one ``$1`` names), with its session, in issue order.
 PENDING_ALL = (
-    "SELECT sid, req_id, owner_node, frame, issued_at FROM pending_requests "
+    f"SELECT sid, {_PENDING_COLUMNS} FROM pending_requests "
     "WHERE $1::text IS NULL OR req_id = $1 ORDER BY seq"
 )
 # Notify the node holding a session's socket, if another node holds it.
@@ -160,7 +162,7 @@ def withdraw_notice(from_node: str, sid: str, req_id: str, reason: str) -> str:
 
 def pending_rows(rows: list[Any]) -> list[PendingRow]:
     out = []
-    for req_id, owner, frame, issued_at in rows:
+    for req_id, owner, frame, issued_at, deadline_at, step, moves in rows:
         try:
             decoded = wire_json.loads(frame, STORED_MAX_DEPTH)
         except ValueError as exc:  # one bad row is skipped, never fatal
@@ -168,8 +170,25 @@ def pending_rows(rows: list[Any]) -> list[PendingRow]:
                 "skipping a stored request that cannot be decoded", req_id=req_id, error=str(exc)
             )
             continue
-        out.append(PendingRow(req_id, owner, decoded, float(issued_at)))
+        course = RequestCourse(
+            None if deadline_at is None else float(deadline_at), int(step), _moves(req_id, moves)
+        )
+        out.append(PendingRow(req_id, owner, decoded, float(issued_at), course))
     return out
+
+
+def _moves(req_id: str, text: str) -> tuple[dict[str, Any], ...]:
+    """A row's moves; a history that cannot be read is shown empty, never
+    fatal: the request itself is still answerable."""
+    try:
+        moves = wire_json.loads(text, STORED_MAX_DEPTH)
+    except ValueError as exc:
+        log.warning("a stored request's moves cannot be decoded", req_id=req_id, error=str(exc))
+        return ()
+    if not isinstance(moves, list) or not all(isinstance(m, dict) for m in moves):
+        log.warning("a stored request's moves are not a list of moves", req_id=req_id)
+        return ()
+    return tuple(moves)
 
 
 class NodeOps(GroupCommitWriter):
@@ -263,9 +282,20 @@ class NodeOps(GroupCommitWriter):
         frame: dict[str, Any],
         issued_at: float,
         notice: str | None = None,
+        course: RequestCourse = NO_COURSE,
     ) -> tuple[str | None, bool]:
         text = wire_json.dumps(frame)
-        args = (req_id, sid, self._node_id, text, float(issued_at), notice)
+        args = (
+            req_id,
+            sid,
+            self._node_id,
+            text,
+            float(issued_at),
+            notice,
+            course.deadline_at,
+            course.step,
+            wire_json.dumps(list(course.moves)),
+        )
 
         async def work(c: asyncpg.Connection) -> tuple[str | None, bool]:
             row = await c.fetchrow(ISSUE_REQUEST, *args)

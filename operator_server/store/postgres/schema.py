@@ -269,6 +269,15 @@ MIGRATIONS: list[str] = [
         at        DOUBLE PRECISION NOT NULL
     );
     """,
+    # v13: a pending request's course, so that every node shows it as the
+    # node that issued it does: when its deadline (or escalation step's end)
+    # decides it, its step, and its moves (JSON).  A row stored before has
+    # none: no deadline known, step 0, no moves.
+    """
+    ALTER TABLE pending_requests ADD COLUMN deadline_at DOUBLE PRECISION;
+    ALTER TABLE pending_requests ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE pending_requests ADD COLUMN moves TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 
