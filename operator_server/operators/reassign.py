@@ -88,6 +88,10 @@ class HandedOverSchema(Schema):
 
 
 def _refused(exc: MoveRefused) -> ApiError:
+    # Over REST a request that is nowhere is ``request_not_found``, as on
+    # ``GET`` and ``reply``; the socket's frames keep ``unknown_req_id``.
+    if exc.code == Code.UNKNOWN_REQ_ID:
+        return ApiError(Code.REQUEST_NOT_FOUND, exc.message, **exc.detail)
     return ApiError(exc.code, exc.message, status=exc.status, **exc.detail)
 
 
@@ -113,7 +117,7 @@ async def _body(request: web.Request, schema: Schema) -> dict[str, Any]:
             401: "no usable Bearer credential",
             403: "neither the holding session's token, nor a principal that may operate its "
             "role, nor an admin (`forbidden`)",
-            404: "no pending request with this req_id (`unknown_req_id`)",
+            404: "no pending request with this req_id (`request_not_found`)",
             409: "answered first (`already_answered`), or moving right now (`already_moved`)",
             503: "the store could not be read to find the request or the target session "
             "(`store_failed`), or the node that issued the request did not answer "

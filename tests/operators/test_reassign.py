@@ -172,7 +172,7 @@ async def test_bad_reassignments_are_answered_with_codes_naming_what_is_wrong(
 
     unknown = await client.post("/v1/requests/op-nope-hb-1/reassign", json={"role": "x"})
     assert unknown.status == 404
-    assert (await unknown.json())["error"]["code"] == "unknown_req_id"
+    assert (await unknown.json())["error"]["code"] == "request_not_found"
     for body, names in (
         ({}, "role"),
         ({"role": "a", "sid": "b"}, "role"),

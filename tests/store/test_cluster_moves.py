@@ -73,7 +73,7 @@ async def test_a_rest_reassign_on_one_node_moves_a_request_issued_on_the_other(
         status, body = await reassign(http, a.base, req_id, {"role": "l1"}, BOOT)
         assert (status, body["error"]["code"]) == (409, "already_answered"), body
         status, body = await reassign(http, a.base, f"{l1['sid']}-hb-none", {"role": "l2"}, BOOT)
-        assert (status, body["error"]["code"]) == (404, "unknown_req_id"), body
+        assert (status, body["error"]["code"]) == (404, "request_not_found"), body
         for ws in (ws1, ws2):
             await ws.close()
 
