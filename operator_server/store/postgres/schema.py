@@ -252,6 +252,30 @@ MIGRATIONS: list[str] = [
         hash TEXT NOT NULL
     );
     """,
+    # v12: notifications, as in SQLite's v9; each node sends the notices it
+    # queued (``node``).
+    """
+    CREATE TABLE notices (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        queued_at  DOUBLE PRECISION NOT NULL,
+        data       TEXT NOT NULL,
+        message_id TEXT
+    );
+    CREATE INDEX notices_by_node ON notices (node, queued_at);
+    CREATE INDEX notices_by_message ON notices (message_id);
+    CREATE TABLE notice_messages (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        due_at     DOUBLE PRECISION,
+        attempts   INTEGER NOT NULL,
+        last_error TEXT,
+        data       TEXT NOT NULL
+    );
+    """,
 ]
 
 
