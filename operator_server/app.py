@@ -32,6 +32,7 @@ from operator_server.appkeys import (
     ENGINE,
     JWT_VERIFIER,
     METRICS,
+    NOTIFIER,
     OPERATOR_COUNTS,
     SETTINGS,
     STORE,
@@ -62,12 +63,15 @@ from operator_server.http.errors import error_middleware
 from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
+from operator_server.notify.news import FindPending, PendingView, TaskFacts
+from operator_server.notify.sender import Notifier
 from operator_server.operators import admin, login, reassign, request_routes
 from operator_server.operators.census import session_counts
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.relay import NoRelay
+from operator_server.operators.session import PendingRequest
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
 from operator_server.webhooks import WebhookSender
@@ -162,6 +166,17 @@ def build_app(
     app[LEASES] = wired.leases
     app[JWT_VERIFIER] = jwt
     app[AUTHENTICATOR] = authenticator
+    app[NOTIFIER] = notifier = Notifier(
+        settings,
+        store,
+        background,
+        meters,
+        find_pending=pending_view(directory),
+        find_task=lambda task_id: _task_facts(engine, task_id),
+    )
+    if settings.notify:
+        engine.request_observers.append(notifier.request_reported)
+        engine.due_soon_observers.append(notifier.due_soon)
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -180,6 +195,7 @@ def build_app(
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)
+    app.on_startup.append(_start_notifier)
     app.on_startup.append(_start_lease_keeper)
     app.on_shutdown.append(_shutdown)
     return app
@@ -266,6 +282,54 @@ async def _start_sweeper(app: web.Application) -> None:
 async def _start_webhooks(app: web.Application) -> None:
     sender = WebhookSender(app[ENGINE], app[SETTINGS], app[BACKGROUND], app[METRICS])
     app[BACKGROUND].spawn(sender.run(), name="webhooks")
+
+
+async def _start_notifier(app: web.Application) -> None:
+    app[BACKGROUND].spawn(app[NOTIFIER].run(), name="notify")
+
+
+def pending_view(directory: OperatorDirectory) -> FindPending:
+    """How notifications read a pending request this node issued: from the
+    sessions' index ``GET /v1/requests`` reads, or, moved to a role nobody
+    holds yet, from where it waits; only the fields a notification may show."""
+
+    def find(req_id: str) -> PendingView | None:
+        held = directory.pending_index.held(req_id, directory.sessions)
+        if held is not None:
+            session, req = held
+            roles, sid, connected = tuple(session.roles), session.sid, session.connected
+        else:
+            waiting = (
+                (role, r)
+                for role, reqs in directory.moves.waiting.items()
+                for r in reqs
+                if r.req_id == req_id and isinstance(r, PendingRequest)
+            )
+            found = next(waiting, None)
+            if found is None:
+                return None
+            (role, req), sid, connected = found, "", False
+            roles = (role,)
+        frame = req.frame
+        return PendingView(
+            req_id,
+            req.kind,
+            req.task_id,
+            sid,
+            roles,
+            connected,
+            req.deadline_at,
+            question=frame.get("question"),
+            attempt=frame.get("attempt"),
+            agent=frame.get("agent"),
+        )
+
+    return find
+
+
+def _task_facts(engine: Engine, task_id: str) -> TaskFacts | None:
+    task = engine.tasks.get(task_id)
+    return None if task is None else TaskFacts(task.agent, task.directive)
 
 
 async def _start_lease_keeper(app: web.Application) -> None:

@@ -1,0 +1,1 @@
+"""Notifications of pending requests: rules, messages, delivery, and safe action links."""
