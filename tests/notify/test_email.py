@@ -77,7 +77,9 @@ async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_li
 
         # Approved with a reason; the spawn that follows carries credentials.
         reason = "reviewed-by-bob-secretly"
-        await ws.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": True, "reason": reason})
+        await ws.send_json(
+            {"type": "hook_ack", "req_id": hb["req_id"], "ok": True, "reason": reason}
+        )
         spawn = await expect(ws, "spawn")
         await eventually(lambda: len(mailbox.messages) == 2, what="the spawn's mail")
         spawn_plain, spawn_html = parts(mailbox.messages[1])
@@ -86,7 +88,9 @@ async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_li
             assert spawn["capability_token"] not in text
             assert spawn["worker_handle"] not in text
             assert reason not in text
-        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "the-result-42"})
+        await ws.send_json(
+            {"type": "spawn_ack", "req_id": spawn["req_id"], "value": "the-result-42"}
+        )
         assert (await wait_task(client, task["id"]))["status"] == "passed"
         assert all("the-result-42" not in str(m) for m in mailbox.messages)
         await ws.close()
@@ -101,7 +105,9 @@ async def test_a_rule_can_leave_the_directive_out_and_names_only_the_roles_it_co
     mailbox = Mailbox()
     smtp, port = await smtp_server(mailbox)
     try:
-        client, _ = await start(server, port, rule={"include_text": False, "kinds": ["hook_before"]})
+        client, _ = await start(
+            server, port, rule={"include_text": False, "kinds": ["hook_before"]}
+        )
         other_sid, other_token = await mint(client, ["ops"])
         other = await connect(client, other_sid, other_token)
         await create_task(client, agent="coder", directive=DIRECTIVE, operator={"role": "ops"})
