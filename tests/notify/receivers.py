@@ -77,10 +77,12 @@ class Receiver:
     headers: list[dict[str, str]] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)
     tries: int = 0
+    keys: list[str] = field(default_factory=list)  # each try's idempotency key
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.tries += 1
+        self.keys.append(request.headers.get("X-Operator-Server-Delivery", ""))
         if self.fail > 0:
             self.fail -= 1
             return web.Response(status=500)
