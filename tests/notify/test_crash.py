@@ -1,0 +1,76 @@
+"""SIGKILL with a notification still owed: the restarted daemon delivers it,
+with the idempotency key it had before (at least once, never a new message
+for the same news).  The receiver stands in for a chat service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.notify.receivers import Receiver
+from tests.test_daemon import start_daemon
+from tests.wsop import eventually
+
+
+def config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "notify.toml"
+    path.write_text(
+        'secret = "s"\n'
+        'log_format = "json"\n'
+        "webhook_backoff_s = 0.2\n"
+        "webhook_backoff_max_s = 0.4\n"
+        "webhook_max_attempts = 100\n"
+        f'[store]\npath = "{tmp_path / "d.sqlite"}"\n'
+        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nbatch_s = 0\n'
+    )
+    return path
+
+
+async def test_a_message_owed_when_the_daemon_is_killed_is_delivered_after_restart_with_its_key(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    receiver = Receiver(fail=10_000)  # down: every try fails until the restart
+    service = await aiohttp_server(receiver.app())
+    path = config(tmp_path, f"http://127.0.0.1:{service.port}/hook")
+    first = await start_daemon("--config", str(path))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{first.base}/v1/operators", json={"roles": ["reviewer"]}) as resp:
+            op = await resp.json()
+        ws = await http.ws_connect(
+            f"{first.base}/v1/operators/{op['sid']}/ws",
+            headers={"Authorization": f"Bearer {op['token']}"},
+        )
+        body = {"agent": "coder", "directive": "x", "operator": {"role": "reviewer"}}
+        async with http.post(f"{first.base}/v1/tasks", json=body) as resp:
+            assert resp.status == 202
+        hb = json.loads((await asyncio.wait_for(ws.receive(), 5)).data)
+        assert hb["type"] == "hook_before"
+        await eventually(lambda: receiver.tries >= 1, what="a failed try")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        await ws.close()
+    (key,) = set(receiver.keys)
+    receiver.fail = 0
+
+    second = await start_daemon("--config", str(path))
+    try:
+        await eventually(
+            lambda: key in [h.get("X-Operator-Server-Delivery") for h in receiver.headers],
+            within=10,
+            what="the owed message, after the restart",
+        )
+        delivered = [
+            b
+            for b, h in zip(receiver.bodies, receiver.headers, strict=True)
+            if h.get("X-Operator-Server-Delivery") == key
+        ]
+        assert len(delivered) == 1
+        assert hb["req_id"] in json.dumps(delivered[0])
+    finally:
+        second.proc.terminate()
+        assert second.proc.wait(timeout=15) == 0
