@@ -64,6 +64,7 @@ from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
 from operator_server.notify.news import FindPending, PendingView, TaskFacts
+from operator_server.notify.rules import covers_role
 from operator_server.notify.sender import Notifier
 from operator_server.operators import admin, login, reassign, request_routes
 from operator_server.operators.census import session_counts
@@ -130,8 +131,15 @@ def build_app(
         routing=cluster.routing,
     )
     wired = cluster.finish(engine)
+    # A role nobody holds waits for its deadline when a rule tells someone of
+    # it (one process only: in a cluster another node may hold it).
+    rules = settings.notify
     directory = OperatorDirectory(
-        engine, settings, directive or load_directive(settings), relay=wired.relay or NoRelay()
+        engine,
+        settings,
+        directive or load_directive(settings),
+        relay=wired.relay or NoRelay(),
+        covered=(lambda role: covers_role(rules, role)) if rules and not store.shared else None,
     )
     wired.route(directory)
     # Who each request is: the bootstrap api_token, API keys from the store, JWTs.

@@ -46,3 +46,9 @@ def covers(
     if kind not in rule.kinds or not role_covered(rule, names):
         return False
     return not (new and rule.only_unattended and attended)
+
+
+def covers_role(rules: Iterable[NotifyRule], role: str) -> bool:
+    """Whether some rule tells someone of requests held under ``role``
+    (however attended): a dispatch for that role may wait rather than fail."""
+    return any(role_covered(rule, (role,)) for rule in rules)
