@@ -27,24 +27,32 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from operator_server.audit.principals import SERVER
 from operator_server.engine.faces import Face
 from operator_server.logs import get_logger
+from operator_server.operators.moves import RequestMoves
 from operator_server.operators.session import HANDED_OVER, OperatorSession, hash_token
 from operator_server.store import SessionRecord
-
-if TYPE_CHECKING:
-    from operator_server.operators.directory import OperatorDirectory
 
 log = get_logger(__name__)
 # Whether a notification rule covers a role.
 Covered = Callable[[str], bool]
 
 
+class Seating(Protocol):
+    """What the seats need of the operator directory."""
+
+    moves: RequestMoves
+
+    def seat_stand_in(self, record: SessionRecord) -> OperatorSession: ...
+
+    def unseat_stand_in(self, sid: str) -> None: ...
+
+
 class StandInSeats:
-    def __init__(self, directory: OperatorDirectory, covered: Covered) -> None:
+    def __init__(self, directory: Seating, covered: Covered) -> None:
         self._directory = directory
         self._covered = covered
         self.seats: dict[str, OperatorSession] = {}  # role -> its stand-in seat
