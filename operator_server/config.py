@@ -143,6 +143,7 @@ class SmtpSettings:
     sender: str = ""
     user_env: str = ""
     password_env: str = ""
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,12 @@ class SmtpSchema(Schema):
         load_default=SmtpSettings.password_env,
         metadata=_help("NAME of the environment variable holding the SMTP password"),
     )
+    ca_file = fields.String(
+        load_default=SmtpSettings.ca_file,
+        metadata=_help(
+            "PEM file of the CAs the server's certificate is checked against (empty: the system's)"
+        ),
+    )
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> SmtpSettings:
@@ -525,6 +532,8 @@ def _notify_problems(data: dict[str, Any]) -> list[str]:
     for name in (smtp.user_env, smtp.password_env):
         if name and name not in os.environ:
             problems.append(f"smtp: the environment variable {name} is not set")
+    if smtp.ca_file and not Path(smtp.ca_file).is_file():
+        problems.append(f"smtp.ca_file: file not found: {smtp.ca_file}")
     return problems
 
 

@@ -39,6 +39,7 @@ async def send_email(smtp: SmtpSettings, message: EmailMessage, timeout: float) 
             password=password,
             use_tls=smtp.tls == "tls",
             start_tls=smtp.tls == "starttls",
+            cert_bundle=smtp.ca_file or None,
             timeout=timeout,
         )
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
