@@ -3,7 +3,8 @@
 Start-up (``daemon.py`` binds the listening socket first, so a busy port stops
 start-up before the store is touched): open the store (running migrations),
 recover sessions and tasks from it and commit what recovery changed, then start
-the periodic sweep and the webhook sender (and, with a shared store, the lease
+the periodic sweep, the webhook sender and, with ``[[notify]]`` rules, the
+notification sender (and, with a shared store, the lease
 keeper: renew this node's leases and take over lapsed ones every
 ``cluster.lease_s / 3``); only then are connections served.
 Shutdown, in order: stop taking tasks and cancel every run (each task ends
@@ -293,7 +294,10 @@ async def _start_webhooks(app: web.Application) -> None:
 
 
 async def _start_notifier(app: web.Application) -> None:
-    app[BACKGROUND].spawn(app[NOTIFIER].run(), name="notify")
+    # No rules, nothing to send: what an earlier configuration left owed
+    # waits for a rule like its own (a message for a rule gone is given up).
+    if app[SETTINGS].notify:
+        app[BACKGROUND].spawn(app[NOTIFIER].run(), name="notify")
 
 
 def pending_view(directory: OperatorDirectory) -> FindPending:
