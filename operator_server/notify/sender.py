@@ -98,6 +98,7 @@ class Notifier:
             batch_of(rule, to): (rule, to) for rule in settings.notify for to in recipients(rule)
         }
         self._intake: deque[Observed] = deque()
+        self._unstored: list[Notice] = []  # matched, not yet stored (a store error)
         self._wake = asyncio.Event()
         self._seen: OrderedDict[str, PendingView] = OrderedDict()
         self._waiting: dict[str, list[Notice]] = {}  # batch -> notices no message carries yet
@@ -164,16 +165,17 @@ class Notifier:
 
     async def _take_in(self) -> float:
         """Queue the notices of everything observed since the last look."""
-        taken: list[Notice] = []
+        taken, self._unstored = self._unstored, []
         while self._intake:
             taken.extend(self._notices_of(self._intake.popleft()))
         if not taken:
             return IDLE_S
         try:
             await self.store.put_notices(taken)
-        except StoreError as exc:
-            log.error("could not queue notifications; they are dropped", error=str(exc))
-            return IDLE_S
+        except StoreError as exc:  # kept, and queued again at the next look
+            log.error("could not queue notifications; will retry", error=str(exc))
+            self._unstored = taken
+            return RETRY_S
         known = {n.id for batch in self._waiting.values() for n in batch}
         for n in taken:
             if n.id not in known:
@@ -229,16 +231,26 @@ class Notifier:
         wait = IDLE_S
         for batch in list(self._waiting):
             notices = self._waiting[batch]
-            urgent = [n for n in notices if n.data["what"] != NEW]
-            batched = [n for n in notices if n.data["what"] == NEW]
+            # A new request settled (or moved on: its move is told) before a
+            # message carried it is told to nobody.
+            settled = [
+                n
+                for n in notices
+                if n.data["what"] == NEW and self._find_pending(n.data["req_id"]) is None
+            ]
+            if settled and not await self._drop(batch, settled, now):
+                return RETRY_S
+            gone = {n.id for n in settled}
+            urgent = [n for n in notices if n.data["what"] != NEW and n.id not in gone]
+            batched = [n for n in notices if n.data["what"] == NEW and n.id not in gone]
             for n in urgent:
-                if not await self._cut(batch, [n], now):
+                if await self._cut(batch, [n], now) is None:
                     return RETRY_S
             target = self._targets.get(batch)
             interval = target[0].batch_s if target is not None else 0.0
             next_at = self._last_cut.get(batch, -interval) + interval
             if batched and next_at <= now:
-                if not await self._cut(batch, batched, now):
+                if await self._cut(batch, batched, now) is None:
                     return RETRY_S
                 self._last_cut[batch] = now
             elif batched:
@@ -254,12 +266,15 @@ class Notifier:
             self.background.spawn(self._try(message.id), name=f"notify:{message.id}")
         return wait
 
-    async def _cut(self, batch: str, notices: list[Notice], now: float) -> bool:
-        """One message for ``notices``, its links minted: stored, then owed."""
+    async def _cut(
+        self, batch: str, notices: list[Notice], now: float, *, mint: bool = True
+    ) -> NoticeMessage | None:
+        """One message for ``notices``, its links minted: stored, then owed
+        (None: it could not be stored)."""
         target = self._targets.get(batch)
         recipient = target[1] if target is not None else None
         links: dict[str, Any] = {}
-        if self.minter is not None:
+        if self.minter is not None and mint:
             for n in notices:
                 try:
                     link = await self.minter.mint(
@@ -283,7 +298,7 @@ class Notifier:
             await self.store.cut_notice_message(message, [n.id for n in notices])
         except StoreError as exc:
             log.error("could not store a notification message", error=str(exc))
-            return False
+            return None
         cut = {n.id for n in notices}
         left = [n for n in self._waiting.get(batch, []) if n.id not in cut]
         if left:
@@ -292,6 +307,14 @@ class Notifier:
             self._waiting.pop(batch, None)
         self._open[message.id] = message
         self._carried[message.id] = [dataclasses.replace(n, message_id=message.id) for n in notices]
+        return message
+
+    async def _drop(self, batch: str, notices: list[Notice], now: float) -> bool:
+        """Their notices go, through a message cut and settled at once."""
+        message = await self._cut(batch, notices, now, mint=False)
+        if message is None:
+            return False
+        await self._record(dataclasses.replace(message, due_at=None, last_error=None))
         return True
 
     async def _try(self, message_id: str) -> None:

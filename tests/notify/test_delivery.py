@@ -147,3 +147,18 @@ async def test_a_webhook_rule_posts_signed_json_to_an_allow_listed_host(
     assert request["kind"] == "hook_before" and request["agent"] == "coder"
     assert request["roles"] == ["reviewer"] and request["link"] is None
     await ws.close()
+
+
+async def test_a_request_answered_before_its_batch_goes_is_left_out_of_it(
+    server: Server, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    client, ws = await started(server, aiohttp_server, receiver, {"batch_s": 1.0})
+    await pending_approval(client, ws)
+    await eventually(lambda: receiver.bodies, what="the first message")
+    _, answered = await pending_approval(client, ws)
+    _, waiting = await pending_approval(client, ws)
+    await ws.send_json({"type": "hook_ack", "req_id": answered, "ok": False, "reason": "no"})
+    await eventually(lambda: len(receiver.bodies) == 2, what="the second message")
+    assert req_ids(receiver.bodies[1]) == [waiting]
+    await ws.close()
