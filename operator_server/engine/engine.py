@@ -318,7 +318,8 @@ class Engine:
         task = self.tasks.get(task_id)
         if task is None or self._stale(task_id):
             return  # not this node's to write
-        if type in OBSERVED and audit is not None:  # a hook_after asks nobody anything
+        # A hook_after (issued with no audit entry) asks nobody anything.
+        if type in OBSERVED and (audit is not None or type != EventType.REQUEST):
             reported = RequestReported(type, task_id, req_id, face, sid, fields)
             for observer in list(self.request_observers):
                 try:

@@ -177,6 +177,7 @@ class Notifier:
             self._unstored = taken
             return RETRY_S
         known = {n.id for batch in self._waiting.values() for n in batch}
+        known.update(n.id for carried in self._carried.values() for n in carried)
         for n in taken:
             if n.id not in known:
                 self._waiting.setdefault(n.batch, []).append(n)
@@ -205,7 +206,7 @@ class Notifier:
         view = found or self._seen.get(observed.req_id)
         if view is None:
             return []
-        if found is None or to not in found.roles:
+        if found is None or (to not in found.roles and to != found.sid):
             view = dataclasses.replace(view, roles=(str(to),), sid="", connected=False)
         extra = {"why": str(why), "moved_to": str(to), "step": step}
         return self._matched(MOVED, view, extra, now, f"{MOVED}:{step}:{to}")
