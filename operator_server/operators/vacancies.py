@@ -45,6 +45,7 @@ class Seating(Protocol):
     """What the seats need of the operator directory."""
 
     moves: RequestMoves
+    sessions: dict[str, OperatorSession]
 
     def seat_stand_in(self, record: SessionRecord) -> OperatorSession: ...
 
@@ -64,7 +65,7 @@ class StandInSeats:
         if name.startswith("op-") or not self._covered(name):
             return None
         seat = self.seats.get(name)
-        if seat is None:
+        if seat is None or seat.sid not in self._directory.sessions:  # none, or forced out
             now = time.time()
             record = SessionRecord(
                 f"op-{uuid.uuid4()}",
