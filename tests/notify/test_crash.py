@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ async def test_a_message_owed_when_the_daemon_is_killed_is_delivered_after_resta
     try:
         await eventually(
             lambda: key in [h.get("X-Operator-Server-Delivery") for h in receiver.headers],
-            within=10,
+            within=30,
             what="the owed message, after the restart",
         )
         delivered = [
@@ -71,6 +72,50 @@ async def test_a_message_owed_when_the_daemon_is_killed_is_delivered_after_resta
         ]
         assert len(delivered) == 1
         assert hb["req_id"] in json.dumps(delivered[0])
+    finally:
+        second.proc.terminate()
+        assert second.proc.wait(timeout=15) == 0
+
+
+async def test_news_held_for_the_next_batch_when_killed_is_told_after_restart_of_the_live_request(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    path = config(tmp_path, f"http://127.0.0.1:{service.port}/hook")
+    path.write_text(path.read_text().replace("batch_s = 0", "batch_s = 600"))
+    first = await start_daemon("--config", str(path))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{first.base}/v1/operators", json={"roles": ["reviewer"]}) as resp:
+            op = await resp.json()
+        ws = await http.ws_connect(
+            f"{first.base}/v1/operators/{op['sid']}/ws",
+            headers={"Authorization": f"Bearer {op['token']}"},
+        )
+        body = {"agent": "coder", "directive": "x", "operator": {"role": "reviewer"}}
+        for _ in range(2):
+            async with http.post(f"{first.base}/v1/tasks", json=body) as resp:
+                assert resp.status == 202
+            assert json.loads((await asyncio.wait_for(ws.receive(), 5)).data)["type"] == (
+                "hook_before"
+            )
+        await eventually(lambda: receiver.bodies, what="the first message")
+        first.proc.send_signal(signal.SIGKILL)  # the second request's news waits for its batch
+        first.proc.wait(timeout=10)
+        await ws.close()
+    assert len(receiver.bodies) == 1
+
+    second = await start_daemon("--config", str(path))
+    try:
+        # Recovery re-issues both requests under new req_ids: what is told is
+        # what can be answered now, at once (a restart forgets the batch's clock).
+        await eventually(lambda: len(receiver.bodies) == 2, within=30, what="after restart")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{second.base}/v1/requests") as resp:
+                live = {r["req_id"] for r in (await resp.json())["requests"]}
+        told = {m for m in re.findall(r"Request: (\S+)", json.dumps(receiver.bodies[1]))}
+        told = {t.split("\\")[0] for t in told}
+        assert told == live and len(live) == 2
     finally:
         second.proc.terminate()
         assert second.proc.wait(timeout=15) == 0
