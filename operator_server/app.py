@@ -3,7 +3,8 @@
 Start-up (``daemon.py`` binds the listening socket first, so a busy port stops
 start-up before the store is touched): open the store (running migrations),
 recover sessions and tasks from it and commit what recovery changed, then start
-the periodic sweep and the webhook sender (and, with a shared store, the lease
+the periodic sweep, the webhook sender and, with ``[[notify]]`` rules, the
+notification sender (and, with a shared store, the lease
 keeper: renew this node's leases and take over lapsed ones every
 ``cluster.lease_s / 3``); only then are connections served.
 Shutdown, in order: stop taking tasks and cancel every run (each task ends
@@ -33,6 +34,7 @@ from operator_server.appkeys import (
     ENGINE,
     JWT_VERIFIER,
     METRICS,
+    NOTIFIER,
     OPERATOR_COUNTS,
     SETTINGS,
     STORE,
@@ -64,12 +66,16 @@ from operator_server.http.observe import observe_middleware
 from operator_server.logs import get_logger
 from operator_server.metrics import DisabledMetrics, Metrics
 from operator_server.notify.links import ActionLinks
+from operator_server.notify.news import FindPending, PendingView, TaskFacts
+from operator_server.notify.rules import covers_role
+from operator_server.notify.sender import Notifier
 from operator_server.operators import admin, link_routes, login, reassign, request_routes
 from operator_server.operators.census import session_counts
 from operator_server.operators.directive import DirectiveTemplate
 from operator_server.operators.directory import OperatorDirectory
 from operator_server.operators.keys import DIRECTORY
 from operator_server.operators.relay import NoRelay
+from operator_server.operators.session import PendingRequest
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
 from operator_server.webhooks import WebhookSender
@@ -128,8 +134,15 @@ def build_app(
         routing=cluster.routing,
     )
     wired = cluster.finish(engine)
+    # A role nobody holds waits for its deadline when a rule tells someone of
+    # it (one process only: in a cluster another node may hold it).
+    rules = settings.notify
     directory = OperatorDirectory(
-        engine, settings, directive or load_directive(settings), relay=wired.relay or NoRelay()
+        engine,
+        settings,
+        directive or load_directive(settings),
+        relay=wired.relay or NoRelay(),
+        covered=(lambda role: covers_role(rules, role)) if rules and not store.shared else None,
     )
     wired.route(directory)
     # Who each request is: the bootstrap api_token, API keys from the store, JWTs.
@@ -164,9 +177,22 @@ def build_app(
     app[LEASES] = wired.leases
     app[JWT_VERIFIER] = jwt
     app[AUTHENTICATOR] = authenticator
-    app[ACTION_LINKS] = ActionLinks(
+    app[ACTION_LINKS] = links = ActionLinks(
         settings, store, link_routes.locator(directory), lambda: directory.base_url
     )
+    app[NOTIFIER] = notifier = Notifier(
+        settings,
+        store,
+        background,
+        meters,
+        find_pending=pending_view(directory),
+        find_task=lambda task_id: _task_facts(engine, task_id),
+    )
+    # Every message carries its requests' action links (``notify/links.py``).
+    notifier.minter = links
+    if settings.notify:
+        engine.request_observers.append(notifier.request_reported)
+        engine.due_soon_observers.append(notifier.due_soon)
     app.add_routes(health.routes)
     app.add_routes(tasks.routes)
     app.add_routes(worker.routes)
@@ -186,6 +212,7 @@ def build_app(
     app.on_startup.append(_open_and_recover)
     app.on_startup.append(_start_sweeper)
     app.on_startup.append(_start_webhooks)
+    app.on_startup.append(_start_notifier)
     app.on_startup.append(_start_lease_keeper)
     app.on_shutdown.append(_shutdown)
     return app
@@ -272,6 +299,57 @@ async def _start_sweeper(app: web.Application) -> None:
 async def _start_webhooks(app: web.Application) -> None:
     sender = WebhookSender(app[ENGINE], app[SETTINGS], app[BACKGROUND], app[METRICS])
     app[BACKGROUND].spawn(sender.run(), name="webhooks")
+
+
+async def _start_notifier(app: web.Application) -> None:
+    # No rules, nothing to send: what an earlier configuration left owed
+    # waits for a rule like its own (a message for a rule gone is given up).
+    if app[SETTINGS].notify:
+        app[BACKGROUND].spawn(app[NOTIFIER].run(), name="notify")
+
+
+def pending_view(directory: OperatorDirectory) -> FindPending:
+    """How notifications read a pending request this node issued: from the
+    sessions' index ``GET /v1/requests`` reads, or, moved to a role nobody
+    holds yet, from where it waits; only the fields a notification may show."""
+
+    def find(req_id: str) -> PendingView | None:
+        held = directory.pending_index.held(req_id, directory.sessions)
+        if held is not None:
+            session, req = held
+            roles, sid, connected = tuple(session.roles), session.sid, session.connected
+        else:
+            waiting = (
+                (role, r)
+                for role, reqs in directory.moves.waiting.items()
+                for r in reqs
+                if r.req_id == req_id and isinstance(r, PendingRequest)
+            )
+            found = next(waiting, None)
+            if found is None:
+                return None
+            (role, req), sid, connected = found, "", False
+            roles = (role,)
+        frame = req.frame
+        return PendingView(
+            req_id,
+            req.kind,
+            req.task_id,
+            sid,
+            roles,
+            connected,
+            req.deadline_at,
+            question=frame.get("question"),
+            attempt=frame.get("attempt"),
+            agent=frame.get("agent"),
+        )
+
+    return find
+
+
+def _task_facts(engine: Engine, task_id: str) -> TaskFacts | None:
+    task = engine.tasks.get(task_id)
+    return None if task is None else TaskFacts(task.agent, task.directive)
 
 
 async def _start_lease_keeper(app: web.Application) -> None:

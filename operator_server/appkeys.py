@@ -20,6 +20,7 @@ from operator_server.config import Settings
 from operator_server.engine import Engine
 from operator_server.metrics import Metrics
 from operator_server.notify.links import ActionLinks
+from operator_server.notify.sender import Notifier
 from operator_server.store import Store
 from operator_server.wire import contract
 
@@ -29,6 +30,8 @@ BACKGROUND = web.AppKey("background", Background)
 ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
+# Notifications of pending requests; ``minter`` is set where the action links are made.
+NOTIFIER = web.AppKey("notifier", Notifier)
 # ``{"sessions": n, "connected": n}``, set by the app from the operator census
 # (every node's sessions in a cluster).
 OPERATOR_COUNTS: web.AppKey[Callable[[], Awaitable[dict[str, int]]]] = web.AppKey("operator_counts")

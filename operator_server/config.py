@@ -112,6 +112,40 @@ class JwtSettings:
     claim_scopes: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
+# Request kinds a notification rule may name (``[[notify]] kinds``).
+NOTIFY_KINDS = ("ask", "hook_before", "spawn")
+NOTIFY_CHANNELS = ("email", "chat", "webhook")
+
+
+@dataclass(frozen=True)
+class NotifyRule:
+    """One ``[[notify]]`` table: who hears of which pending requests, how
+    (``operator_server/notify``)."""
+
+    channel: str
+    roles: tuple[str, ...] = ("*",)
+    kinds: tuple[str, ...] = NOTIFY_KINDS
+    batch_s: float = 60
+    to: tuple[str, ...] = ()
+    url: str = ""
+    only_unattended: bool = False
+    include_text: bool = True
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """``[smtp]``: the mail server email rules send through; the user and
+    password are read from the environment variables named here."""
+
+    host: str = ""
+    port: int = 587
+    tls: str = "starttls"
+    sender: str = ""
+    user_env: str = ""
+    password_env: str = ""
+    ca_file: str = ""
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     jwt: JwtSettings | None = None  # None: no [auth.jwt], JWTs are not accepted
@@ -178,6 +212,8 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    notify: tuple[NotifyRule, ...] = ()
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
 
 
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -365,6 +401,141 @@ class AuthSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> AuthSettings:
         return AuthSettings(**data)
+
+
+_EMAIL = validate.Email(error="{input!r} is not an email address")
+
+
+class NotifyRuleSchema(Schema):
+    channel = fields.String(
+        required=True,
+        validate=validate.OneOf(NOTIFY_CHANNELS),
+        metadata=_help("email | chat (a Slack-style incoming webhook) | webhook (signed JSON)"),
+    )
+    roles = fields.List(
+        fields.String(validate=validate.Length(min=1)),
+        load_default=lambda: list(NotifyRule.roles),
+        validate=validate.Length(min=1),
+        metadata=_help("role globs: a request held under a matching role is covered"),
+    )
+    kinds = fields.List(
+        fields.String(validate=validate.OneOf(NOTIFY_KINDS)),
+        load_default=lambda: list(NotifyRule.kinds),
+        validate=validate.Length(min=1),
+        metadata=_help("request kinds covered: ask, hook_before, spawn"),
+    )
+    batch_s = _seconds(
+        NotifyRule.batch_s, "at most one message per recipient in this long (0: one per request)"
+    )
+    to = fields.List(
+        fields.String(validate=_EMAIL),
+        load_default=list,
+        metadata=_help("email: the recipients' addresses"),
+    )
+    url = fields.String(
+        load_default="",
+        validate=lambda v: not v or _URL(v),
+        metadata=_help("chat: the incoming-webhook URL; webhook: the receiver's URL"),
+    )
+    only_unattended = fields.Boolean(
+        load_default=NotifyRule.only_unattended,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help("only requests no connected session holds"),
+    )
+    include_text = fields.Boolean(
+        load_default=NotifyRule.include_text,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help("put the task's directive and the question in the message"),
+    )
+
+    @validates_schema
+    def _target(self, data: dict[str, Any], **_: Any) -> None:
+        channel = data.get("channel")
+        if channel == "email":
+            if not data.get("to"):
+                raise ValidationError("an email rule needs `to` (addresses)", "to")
+            if data.get("url"):
+                raise ValidationError("an email rule takes `to`, not `url`", "url")
+        elif channel is not None:
+            if not data.get("url"):
+                raise ValidationError(f"a {channel} rule needs `url`", "url")
+            if data.get("to"):
+                raise ValidationError(f"a {channel} rule takes `url`, not `to`", "to")
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> NotifyRule:
+        for key in ("roles", "kinds", "to"):
+            data[key] = tuple(data[key])
+        return NotifyRule(**data)
+
+
+class SmtpSchema(Schema):
+    host = fields.String(
+        load_default=SmtpSettings.host,
+        metadata=_help("the SMTP server email rules send through (empty: no email rules)"),
+    )
+    port = fields.Integer(
+        load_default=SmtpSettings.port,
+        validate=validate.Range(min=1, max=65535),
+        metadata=_help("its port (587 STARTTLS, 465 TLS, 25 none)"),
+    )
+    tls = fields.String(
+        load_default=SmtpSettings.tls,
+        validate=validate.OneOf(["none", "starttls", "tls"]),
+        metadata=_help("none | starttls | tls (implicit TLS from the first byte)"),
+    )
+    sender = fields.String(
+        data_key="from",
+        load_default=SmtpSettings.sender,
+        validate=lambda v: not v or _EMAIL(v),
+        metadata=_help("the From address of notification mail"),
+    )
+    user_env = fields.String(
+        load_default=SmtpSettings.user_env,
+        metadata=_help("NAME of the environment variable holding the SMTP user (empty: no login)"),
+    )
+    password_env = fields.String(
+        load_default=SmtpSettings.password_env,
+        metadata=_help("NAME of the environment variable holding the SMTP password"),
+    )
+    ca_file = fields.String(
+        load_default=SmtpSettings.ca_file,
+        metadata=_help(
+            "PEM file of the CAs the server's certificate is checked against (empty: the system's)"
+        ),
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> SmtpSettings:
+        return SmtpSettings(**data)
+
+
+def _notify_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with the ``[[notify]]`` rules given the rest of the
+    settings, each naming its rule (``notify[0]``)."""
+    problems = []
+    smtp: SmtpSettings = data.get("smtp") or SmtpSettings()
+    allowed = tuple(_webhook_host_key(h) for h in data.get("webhook_allow_hosts", []))
+    for i, rule in enumerate(data.get("notify") or ()):
+        where = f"notify[{i}] ({rule.channel})"
+        if rule.channel == "email" and not (smtp.host and smtp.sender):
+            problems.append(f"{where}: email needs [smtp] host and from")
+        if rule.channel == "webhook":
+            if not data.get("webhook_secret"):
+                problems.append(f"{where}: needs webhook_secret (its bodies are signed)")
+            url = urlsplit(rule.url)
+            host = (url.hostname or "").lower().rstrip(".")
+            port = url.port or (443 if url.scheme == "https" else 80)
+            if host not in allowed and webhook_target_key(host, port) not in allowed:
+                problems.append(f"{where}: {host}:{port} is not in webhook_allow_hosts")
+    for name in (smtp.user_env, smtp.password_env):
+        if name and name not in os.environ:
+            problems.append(f"smtp: the environment variable {name} is not set")
+    if smtp.ca_file and not Path(smtp.ca_file).is_file():
+        problems.append(f"smtp.ca_file: file not found: {smtp.ca_file}")
+    return problems
 
 
 def _split_host_port(entry: str) -> tuple[str, int | None]:
@@ -686,6 +857,12 @@ class SettingsSchema(Schema):
     store = fields.Nested(StoreSchema, load_default=lambda: StoreSchema().load({}))
     cluster = fields.Nested(ClusterSchema, load_default=lambda: ClusterSchema().load({}))
     auth = fields.Nested(AuthSchema, load_default=lambda: AuthSchema().load({}))
+    notify = fields.List(
+        fields.Nested(NotifyRuleSchema),
+        load_default=list,
+        metadata=_help("notification rules ([[notify]] tables; README: Notifications)"),
+    )
+    smtp = fields.Nested(SmtpSchema, load_default=lambda: SmtpSchema().load({}))
 
     @validates_schema
     def _checks(self, data: dict[str, Any], **_: Any) -> None:
@@ -709,6 +886,9 @@ class SettingsSchema(Schema):
         template = data.get("directive_template")
         if template and not Path(template).is_file():
             raise ValidationError(f"file not found: {template}", "directive_template")
+        problems = _notify_problems(data)
+        if problems:
+            raise ValidationError("; ".join(problems), "notify")
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> Settings:
@@ -718,6 +898,7 @@ class SettingsSchema(Schema):
         data["webhook_allow_hosts"] = tuple(
             _webhook_host_key(h) for h in data["webhook_allow_hosts"]
         )
+        data["notify"] = tuple(data["notify"])
         return Settings(**data)
 
 
@@ -753,9 +934,9 @@ def setting_keys(schema: Schema | None = None, prefix: str = "") -> list[tuple[s
     keys: list[tuple[str, fields.Field]] = []
     for name, fld in (schema or SettingsSchema()).fields.items():
         if isinstance(fld, fields.Nested):
-            keys.extend(setting_keys(fld.schema, f"{prefix}{name}."))
+            keys.extend(setting_keys(fld.schema, f"{prefix}{fld.data_key or name}."))
         else:
-            keys.append((f"{prefix}{name}", fld))
+            keys.append((f"{prefix}{fld.data_key or name}", fld))
     return keys
 
 

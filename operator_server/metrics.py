@@ -249,6 +249,13 @@ class Metrics:
             ("outcome",),
             registry=reg,
         )
+        self.notifications = Counter(
+            PREFIX + "notifications_total",
+            "Notification messages, by channel and outcome: sent; failed (a try that "
+            "failed), retried (a failed try to be made again), given_up.",
+            ("channel", "outcome"),
+            registry=reg,
+        )
         reg.register(
             _Sampled(
                 PREFIX + "tasks",
@@ -316,6 +323,9 @@ class Metrics:
     def webhook_tried(self, outcome: str) -> None:
         self.webhook_tries.inc(outcome)
 
+    def notification(self, channel: str, outcome: str) -> None:
+        self.notifications.inc(channel, outcome)
+
     def http_request(self, route: str, status: int, seconds: float) -> None:
         self.http_route(route)(status, seconds)
 
@@ -359,7 +369,7 @@ class DisabledMetrics(Metrics):
 
     task_created = task_finished = attempt_ended = reply_received = _nothing
     frame_received = frame_sent = worker_ask_settled = slow_peer_disconnected = _nothing
-    webhook_tried = http_request = store_committed = _nothing
+    webhook_tried = http_request = store_committed = notification = _nothing
 
     def http_route(self, route: str) -> Callable[[int, float], None]:
         return self._nothing

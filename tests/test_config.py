@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -164,8 +165,12 @@ def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> 
         ClusterSettings,
         JwtSchema,
         JwtSettings,
+        NotifyRule,
+        NotifyRuleSchema,
         Settings,
         SettingsSchema,
+        SmtpSchema,
+        SmtpSettings,
         StoreSchema,
         StoreSettings,
     )
@@ -176,6 +181,8 @@ def test_settings_and_its_schema_name_the_same_keys_with_the_same_defaults() -> 
         (ClusterSettings, ClusterSchema),
         (AuthSettings, AuthSchema),
         (JwtSettings, JwtSchema),
+        (SmtpSettings, SmtpSchema),
+        (NotifyRule, NotifyRuleSchema),
     ):
         assert set(schema().fields) == {f.name for f in dataclasses.fields(cls)}, cls
     # Nothing given: every default is the dataclass's (the node id is made up at load).
@@ -322,3 +329,51 @@ def test_the_shipped_store_comment_says_what_a_cluster_does_and_nothing_it_no_lo
     said = " ".join(line.lstrip("# ") for line in store.splitlines())
     assert "not yet" not in said.lower()
     assert "relayed there" in said and "?wait= and event streams see every node" in said
+
+
+NOTIFY_EMAIL = "[[notify]]\nchannel = 'email'\nto = ['ops@example.com']\n"
+SMTP = "[smtp]\nhost = 'mail.example.com'\nfrom = 'server@example.com'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (NOTIFY_EMAIL, "notify[0] (email): email needs [smtp] host and from"),
+        ("[[notify]]\nchannel = 'pigeon'\nurl = 'http://x'\n", "notify.0.channel"),
+        ("[[notify]]\nchannel = 'email'\nto = ['nobody']\n" + SMTP, "'nobody' is not an email"),
+        ("[[notify]]\nchannel = 'chat'\n", "a chat rule needs `url`"),
+        ("[[notify]]\nchannel = 'chat'\nurl = 'http://c'\nkinds = ['hook_after']\n", "kinds"),
+        (
+            "webhook_secret = 's'\n[[notify]]\nchannel = 'webhook'\nurl = 'https://h.example/x'\n",
+            "notify[0] (webhook): h.example:443 is not in webhook_allow_hosts",
+        ),
+        (
+            "[[notify]]\nchannel = 'webhook'\nurl = 'https://h.example/x'\n",
+            "needs webhook_secret",
+        ),
+        (SMTP + "tls = 'ssl'\n", "smtp.tls"),
+        (SMTP + "password_env = 'NO_SUCH_VARIABLE_HERE'\n", "NO_SUCH_VARIABLE_HERE is not set"),
+    ],
+)
+def test_a_bad_notify_rule_or_smtp_table_stops_start_up_naming_it(
+    tmp_path: Path, text: str, named: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings(file=write(tmp_path, text), env={})
+
+
+def test_notify_rules_load_from_the_file_with_their_defaults(tmp_path: Path) -> None:
+    settings = load_settings(
+        file=write(
+            tmp_path,
+            "webhook_secret = 's'\nwebhook_allow_hosts = ['hooks.example.com']\n"
+            + NOTIFY_EMAIL
+            + "[[notify]]\nchannel = 'webhook'\nurl = 'https://hooks.example.com/n'\n"
+            "roles = ['rev*']\nkinds = ['ask']\nbatch_s = 0\ninclude_text = false\n" + SMTP,
+        ),
+        env={},
+    )
+    email, hook = settings.notify
+    assert email.to == ("ops@example.com",) and email.roles == ("*",) and email.batch_s == 60
+    assert hook.roles == ("rev*",) and hook.kinds == ("ask",) and not hook.include_text
+    assert settings.smtp.sender == "server@example.com" and settings.smtp.tls == "starttls"

@@ -52,6 +52,11 @@ def test_engine_knows_neither_http_nor_operators() -> None:
     assert offenders("engine", ("operator_server.http", "operator_server.operators")) == []
 
 
+def test_notify_knows_neither_http_nor_operators() -> None:
+    # It reads pending requests through a callable ``app.py`` hands it.
+    assert offenders("notify", ("operator_server.http", "operator_server.operators")) == []
+
+
 def test_app_keys_depend_on_neither_side() -> None:
     names = imports_of(PACKAGE / "appkeys.py")
     assert not [

@@ -57,6 +57,7 @@ from operator_server.engine.faces import (
     WorkerResult,
 )
 from operator_server.engine.middleware import Upheld, build_chain
+from operator_server.engine.observers import OBSERVED, RequestObserver, RequestReported
 from operator_server.engine.outputs import OutputEvent
 from operator_server.engine.reads import TaskReads
 from operator_server.engine.resolution import FindElsewhere, OperatorResolution
@@ -132,8 +133,10 @@ class Engine:
         # Every operator request's deadline and reminder, on one heap served
         # by one background task (``deadlines``).
         self.deadline_heap = DeadlineHeap(background.spawn)
-        # The hook point notifications attach to: each ``request_due_soon``.
+        # The hook point notifications attach to: each ``request_due_soon``,
+        # and each request issued or moved on.
         self.due_soon_observers: list[DueSoonObserver] = []
+        self.request_observers: list[RequestObserver] = []
         self.agents = AgentTable()
         secret = settings.secret.encode() if settings.secret else self._random_secret()
         self.capabilities = CapabilityIssuer(secret, settings.capability_ttl_s)
@@ -315,6 +318,14 @@ class Engine:
         task = self.tasks.get(task_id)
         if task is None or self._stale(task_id):
             return  # not this node's to write
+        # A hook_after (issued with no audit entry) asks nobody anything.
+        if type in OBSERVED and (audit is not None or type != EventType.REQUEST):
+            reported = RequestReported(type, task_id, req_id, face, sid, fields)
+            for observer in list(self.request_observers):
+                try:
+                    observer(reported)
+                except Exception:  # a notifier's bug must not stop the request
+                    log.exception("a request observer failed")
         entries = [] if audit is None else [audit]
         if task.history_closed or not self.recording:
             # A task's history ends with its terminal status.  What comes after

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 # Looks up a name (sid or role) no session here answers to, and registers it here.
 FindElsewhere = Callable[[str], Awaitable[None]]
+# Serves a face for a role nobody holds, when someone is told of its requests
+# (``operators/vacancies.py``); None: nobody serves it.
+StandIn = Callable[[str, Face], Any]
 
 
 class OperatorResolution:
@@ -33,6 +36,8 @@ class OperatorResolution:
         self.sessions: dict[str, Any] = {}
         self.roles = RoleAliases()
         self._find_elsewhere = find_elsewhere
+        # Set by the operator directory when notification rules cover roles.
+        self.stand_in: StandIn | None = None
 
     def register(self, sid: str, session: Any) -> None:
         """Registering a taken sid is a programming error."""
@@ -70,6 +75,9 @@ class OperatorResolution:
                 continue
             key = name if name in self.sessions else self.roles.resolve(name)
             item = self.sessions.get(key) if key is not None else None
+            if (key is None or item is None) and self.stand_in is not None:
+                item = self.stand_in(name, face)
+                key = item.sid if item is not None else None
             if key is None or item is None:
                 raise AttemptFailed(Code.OPERATOR_NOT_FOUND, _nobody_serves(spec, face, name))
             found[face] = (key, item)

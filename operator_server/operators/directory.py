@@ -43,6 +43,7 @@ from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.operators.session import OperatorSession, PendingRequest, hash_token
+from operator_server.operators.vacancies import Covered, StandInSeats
 from operator_server.store import RolesTaken, SessionRecord, StoreError
 from operator_server.wire.frames import FACE_OF
 
@@ -64,6 +65,7 @@ class OperatorDirectory:
         settings: Settings,
         directive: DirectiveTemplate,
         relay: RequestRelay | None = None,
+        covered: Covered | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -81,6 +83,11 @@ class OperatorDirectory:
         self.moves = RequestMoves(self._holder_of, engine.background.spawn)
         # Moves a person asks for: reassignment, seat handover.
         self.handovers = Handovers(self)
+        # Roles nobody holds that a notification rule covers: their requests
+        # wait on a stand-in seat (``vacancies.py``) rather than fail.
+        self.stand_ins = StandInSeats(self, covered) if covered is not None else None
+        if self.stand_ins is not None:
+            engine.resolution.stand_in = self.stand_ins.stand_in
 
     def resync_sockets(self) -> None:
         """The listener was cut: frames sent to this node meanwhile were lost, so
@@ -160,7 +167,7 @@ class OperatorDirectory:
         except StoreError:
             self._drop(sid)
             raise
-        self.moves.seated(session)
+        self._seated(session)
         await self._tell_seated(session)
         log.info("operator minted", sid=sid, roles=roles, minted_by=minted_by)
         return session, token
@@ -207,8 +214,27 @@ class OperatorDirectory:
             return False
         session = self._session(record)
         self._add(session)
-        self.moves.seated(session)
+        self._seated(session)
         return True
+
+    def _seated(self, session: OperatorSession) -> None:
+        """``session`` serves here now: what waits for its roles goes to it."""
+        self.moves.seated(session)
+        if self.stand_ins is not None:
+            self.stand_ins.seated(session)
+
+    def seat_stand_in(self, record: SessionRecord) -> OperatorSession:
+        """A stand-in seat (``vacancies.py``): known here by its sid, holding
+        its role for the listings without claiming it, never stored."""
+        session = self._session(record)
+        session.stand_in = True
+        self._add(session)
+        return session
+
+    def unseat_stand_in(self, sid: str) -> None:
+        """Its requests went to the role's holder: it goes, failing nothing."""
+        if sid in self.sessions:
+            self._drop(sid)
 
     async def _holder_of(self, role: str) -> OperatorSession | None:
         """The session holding ``role``, here or (brought from) the store; a
@@ -332,7 +358,7 @@ class OperatorDirectory:
         return [
             sid
             for sid, s in self.sessions.items()
-            if (idle := s.idle_since()) is not None and now - idle >= ttl
+            if not s.stand_in and (idle := s.idle_since()) is not None and now - idle >= ttl
         ]
 
     async def sweep(self) -> list[str]:

@@ -216,6 +216,9 @@ class OperatorSession:
         self._report = report
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
+        # A stand-in for a role nobody holds (``vacancies.py``): its requests
+        # wait for their deadline, not for a socket nobody will attach.
+        self.stand_in = False
         self._relay: RequestRelay = relay or NoRelay()
         # Replies on their way to the node that issued them (cluster mode),
         # started through the server's one place for background tasks.
@@ -540,7 +543,7 @@ class OperatorSession:
                 raise
             if self._pump is not None and not req.delivered:
                 self._deliver(req)
-            if not req.delivered:
+            if not req.delivered and not self.stand_in:
                 req.grace = loop.call_later(self._settings.reconnect_grace_s, self._give_up, req)
         if ctx is not None:
             ctx.open_request = req_id

@@ -55,7 +55,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from operator_server.audit.chain import Anchor
@@ -317,6 +317,40 @@ class Delivery:
 
     task_id: str
     due_at: float
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One request's news for one recipient of one notification rule
+    (``operator_server/notify``), queued until a message carries it.
+
+    ``id`` is unique per (rule, recipient, request, what happened): queueing
+    it twice stores it once.  ``batch`` names the (rule, recipient) one
+    message is for; ``message_id`` the message cut to carry it (None: the
+    next one)."""
+
+    id: str
+    batch: str
+    node: str
+    queued_at: float
+    data: dict[str, Any]
+    message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class NoticeMessage:
+    """A message cut for one batch: ``id`` is its idempotency key, the same on
+    every try; ``due_at`` its next try (None: settled: sent, or given up with
+    ``last_error``); ``data`` what was fixed when it was cut (its links)."""
+
+    id: str
+    batch: str
+    node: str
+    created_at: float
+    due_at: float | None
+    attempts: int = 0
+    last_error: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 Events = Sequence[TaskEvent]
@@ -648,6 +682,27 @@ class Store(ABC):
     ) -> None:
         """After a try: the task's new record (if given, and only if the task is
         still stored) and its delivery due again at ``due_at``, or done (``None``)."""
+
+    # -- notifications (``operator_server/notify``) --
+
+    @abstractmethod
+    async def put_notices(self, notices: Sequence[Notice]) -> None:
+        """Queue ``notices`` durably; one whose id is stored already is left as it is."""
+
+    @abstractmethod
+    async def cut_notice_message(self, message: NoticeMessage, notice_ids: Sequence[str]) -> None:
+        """Store ``message`` and give it ``notice_ids``, in one commit."""
+
+    @abstractmethod
+    async def record_notice_message(self, message: NoticeMessage) -> None:
+        """After a try: its attempts, next due time and last error.  A settled
+        message (``due_at`` None) takes its notices with it; one sent (no
+        ``last_error``) goes too, one given up stays with its reason."""
+
+    @abstractmethod
+    async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
+        """The notices still to be sent and the messages still to be tried
+        (``node``'s only, in a store many nodes share), oldest first."""
 
     @abstractmethod
     async def load_tasks(self, statuses: Collection[str]) -> list[Row]:

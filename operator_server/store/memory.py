@@ -10,7 +10,7 @@ import asyncio
 import bisect
 import dataclasses
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from operator_server.audit.chain import Anchor
@@ -22,6 +22,8 @@ from operator_server.store.base import (
     Events,
     KeyRecord,
     LinkUse,
+    Notice,
+    NoticeMessage,
     Row,
     SessionRecord,
     Store,
@@ -58,6 +60,9 @@ class MemoryStore(Store):
         self.anchor: Anchor | None = None
         self.link_signing_key: str | None = None
         self.link_uses: dict[str, LinkUse] = {}
+        # Notifications: queued notices and open (or given-up) messages.
+        self.notices: dict[str, Notice] = {}
+        self.notice_messages: dict[str, NoticeMessage] = {}
 
     def claim(self) -> None:
         return None  # no other process can reach it
@@ -227,6 +232,31 @@ class MemoryStore(Store):
                 if len(out) >= limit:
                     break
         return out
+
+    async def put_notices(self, notices: Sequence[Notice]) -> None:
+        for notice in notices:
+            self.notices.setdefault(notice.id, notice)
+
+    async def cut_notice_message(self, message: NoticeMessage, notice_ids: Sequence[str]) -> None:
+        self.notice_messages[message.id] = message
+        for nid in notice_ids:
+            if (notice := self.notices.get(nid)) is not None:
+                self.notices[nid] = dataclasses.replace(notice, message_id=message.id)
+
+    async def record_notice_message(self, message: NoticeMessage) -> None:
+        if message.id not in self.notice_messages:
+            return
+        self.notice_messages[message.id] = message
+        if message.due_at is None:
+            self.notices = {k: n for k, n in self.notices.items() if n.message_id != message.id}
+            if message.last_error is None:
+                del self.notice_messages[message.id]
+
+    async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
+        del node  # one process: every notice is this node's
+        notices = sorted(self.notices.values(), key=lambda n: (n.queued_at, n.id))
+        messages = [m for m in self.notice_messages.values() if m.due_at is not None]
+        return notices, sorted(messages, key=lambda m: (m.created_at, m.id))
 
     async def next_deliveries(self, limit: int) -> list[Delivery]:
         soonest = sorted((due, tid) for tid, due in self.deliveries.items())[:limit]

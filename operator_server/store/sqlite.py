@@ -43,7 +43,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ from operator_server.store.base import (
     Events,
     KeyRecord,
     LinkUse,
+    Notice,
+    NoticeMessage,
     Row,
     SessionRecord,
     Store,
@@ -83,6 +85,14 @@ from operator_server.store.base import (
     decode_task_row,
     key_row,
     output_row,
+)
+from operator_server.store.notice_rows import (
+    MESSAGE_COLUMNS,
+    NOTICE_COLUMNS,
+    decode_message,
+    decode_notice,
+    message_row,
+    notice_row,
 )
 from operator_server.wire import json as wire_json
 
@@ -271,6 +281,30 @@ MIGRATIONS: list[str] = [
         action    TEXT NOT NULL,
         principal TEXT NOT NULL,
         at        REAL NOT NULL
+    );
+    """,
+    # v10: notifications (``operator_server/notify``): notices queued per
+    # (rule, recipient, request), and the messages cut to carry them, each
+    # with its next due time and tries, so a restart resumes delivery.
+    """
+    CREATE TABLE notices (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        queued_at  REAL NOT NULL,
+        data       TEXT NOT NULL,
+        message_id TEXT
+    );
+    CREATE INDEX notices_by_message ON notices (message_id);
+    CREATE TABLE notice_messages (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        due_at     REAL,
+        attempts   INTEGER NOT NULL,
+        last_error TEXT,
+        data       TEXT NOT NULL
     );
     """,
 ]
@@ -939,6 +973,58 @@ class SQLiteStore(Store):
             args = (task_id, after_id, limit)
         rows = await self._call(lambda c: c.execute(sql, args).fetchall(), "load events")
         return [e for e in decode_event_batch_rows(rows) if e.id > after_id][:limit]
+
+    async def put_notices(self, notices: Sequence[Notice]) -> None:
+        rows = [notice_row(n) for n in notices]
+        await self._call(
+            lambda c: c.executemany(
+                f"INSERT OR IGNORE INTO notices ({NOTICE_COLUMNS}) VALUES (?,?,?,?,?,?)", rows
+            ),
+            "queue notices",
+        )
+
+    async def cut_notice_message(self, message: NoticeMessage, notice_ids: Sequence[str]) -> None:
+        row, ids = message_row(message), [(message.id, nid) for nid in notice_ids]
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute(
+                f"INSERT INTO notice_messages ({MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row
+            )
+            c.executemany("UPDATE notices SET message_id = ? WHERE id = ?", ids)
+
+        await self._call(work, f"cut notice message {message.id}")
+
+    async def record_notice_message(self, message: NoticeMessage) -> None:
+        m = message
+
+        def work(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE notice_messages SET due_at = ?, attempts = ?, last_error = ?, data = ? "
+                "WHERE id = ?",
+                (m.due_at, m.attempts, m.last_error, message_row(m)[-1], m.id),
+            )
+            if m.due_at is None:
+                c.execute("DELETE FROM notices WHERE message_id = ?", (m.id,))
+                if m.last_error is None:
+                    c.execute("DELETE FROM notice_messages WHERE id = ?", (m.id,))
+
+        await self._call(work, f"record notice message {m.id}")
+
+    async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
+        del node  # one process: every notice is this node's, whatever its id was
+
+        def work(c: sqlite3.Connection) -> tuple[list[Any], list[Any]]:
+            notices = c.execute(
+                f"SELECT {NOTICE_COLUMNS} FROM notices ORDER BY queued_at, id"
+            ).fetchall()
+            messages = c.execute(
+                f"SELECT {MESSAGE_COLUMNS} FROM notice_messages WHERE due_at IS NOT NULL "
+                "ORDER BY created_at, id"
+            ).fetchall()
+            return notices, messages
+
+        notices, messages = await self._call(work, "load notices")
+        return [decode_notice(r) for r in notices], [decode_message(r) for r in messages]
 
     async def next_deliveries(self, limit: int) -> list[Delivery]:
         rows = await self._call(

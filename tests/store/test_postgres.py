@@ -156,7 +156,7 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
         "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
-        "task_outputs, api_keys, audit_log, audit_pruned; "
+        "task_outputs, api_keys, audit_log, audit_pruned, notices, notice_messages; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch, "
@@ -192,7 +192,8 @@ UNDO_KEYS = (
         # the keys and who minted each session, the pending requests' course.
         (
             "task_asks",
-            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned; "
+            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned, notices, "
+            "notice_messages; "
             f"ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
             inline_asks_task,
             "asks",
@@ -200,7 +201,8 @@ UNDO_KEYS = (
         ),
         (
             "task_outputs",
-            f"DROP TABLE task_outputs, audit_log, audit_pruned; {UNDO_KEYS}",
+            "DROP TABLE task_outputs, audit_log, audit_pruned, notices, notice_messages; "
+            f"{UNDO_KEYS}",
             inline_outputs_task,
             "tail",
             3,

@@ -278,6 +278,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE pending_requests ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE pending_requests ADD COLUMN moves TEXT NOT NULL DEFAULT '[]';
     """,
+    # v14: notifications, as in SQLite's v10; each node sends the notices it
+    # queued (``node``).
+    """
+    CREATE TABLE notices (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        queued_at  DOUBLE PRECISION NOT NULL,
+        data       TEXT NOT NULL,
+        message_id TEXT
+    );
+    CREATE INDEX notices_by_node ON notices (node, queued_at);
+    CREATE INDEX notices_by_message ON notices (message_id);
+    CREATE TABLE notice_messages (
+        id         TEXT PRIMARY KEY,
+        batch      TEXT NOT NULL,
+        node       TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        due_at     DOUBLE PRECISION,
+        attempts   INTEGER NOT NULL,
+        last_error TEXT,
+        data       TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -40,6 +40,7 @@ from operator_server.store.postgres.nodes import (
     HEARTBEAT,
     NodeOps,
 )
+from operator_server.store.postgres.notices import NoticeOps
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
@@ -66,7 +67,7 @@ CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
 
 
-class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, Store):
+class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()

@@ -1,0 +1,88 @@
+"""The PostgreSQL store's notification operations, a mixin (``Store``'s
+notify section): writes through the group-commit writer, reads on the pool.
+Each node loads only the notices it queued itself (``node``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from operator_server.store.base import Notice, NoticeMessage
+from operator_server.store.notice_rows import (
+    MESSAGE_COLUMNS,
+    NOTICE_COLUMNS,
+    decode_message,
+    decode_notice,
+    message_row,
+    notice_row,
+)
+from operator_server.store.postgres.writer import GroupCommitWriter
+
+INSERT_NOTICE = (
+    f"INSERT INTO notices ({NOTICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+    "ON CONFLICT (id) DO NOTHING"
+)
+INSERT_MESSAGE = (
+    f"INSERT INTO notice_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+
+
+class NoticeOps(GroupCommitWriter):
+    async def put_notices(self, notices: Sequence[Notice]) -> None:
+        rows = [notice_row(n) for n in notices]
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.executemany(INSERT_NOTICE, rows)
+
+        await self._call(work, "queue notices")
+
+    async def cut_notice_message(self, message: NoticeMessage, notice_ids: Sequence[str]) -> None:
+        row, ids = message_row(message), list(notice_ids)
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(INSERT_MESSAGE, *row)
+            await c.execute(
+                "UPDATE notices SET message_id = $1 WHERE id = ANY($2::text[])", message.id, ids
+            )
+
+        await self._call(work, f"cut notice message {message.id}")
+
+    async def record_notice_message(self, message: NoticeMessage) -> None:
+        m = message
+
+        async def work(c: asyncpg.Connection) -> None:
+            await c.execute(
+                "UPDATE notice_messages SET due_at = $1, attempts = $2, last_error = $3, "
+                "data = $4 WHERE id = $5",
+                m.due_at,
+                m.attempts,
+                m.last_error,
+                message_row(m)[-1],
+                m.id,
+            )
+            if m.due_at is None:
+                await c.execute("DELETE FROM notices WHERE message_id = $1", m.id)
+                if m.last_error is None:
+                    await c.execute("DELETE FROM notice_messages WHERE id = $1", m.id)
+
+        await self._call(work, f"record notice message {m.id}")
+
+    async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
+        async def work(c: asyncpg.Connection) -> tuple[list[Any], list[Any]]:
+            notices = await c.fetch(
+                f"SELECT {NOTICE_COLUMNS} FROM notices WHERE node = $1 ORDER BY queued_at, id",
+                node,
+            )
+            messages = await c.fetch(
+                f"SELECT {MESSAGE_COLUMNS} FROM notice_messages "
+                "WHERE node = $1 AND due_at IS NOT NULL ORDER BY created_at, id",
+                node,
+            )
+            return notices, messages
+
+        notices, messages = await self._read(work, "load notices")
+        return [decode_notice(tuple(r)) for r in notices], [
+            decode_message(tuple(r)) for r in messages
+        ]

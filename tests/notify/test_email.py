@@ -1,0 +1,215 @@
+"""Email notifications, received by a real SMTP server in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiosmtpd.smtp import SMTP, AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from operator_server.appkeys import NOTIFIER
+from tests.conftest import Server, create_task, wait_task
+from tests.notify.receivers import Mailbox, StandInLinks, smtp_server
+from tests.wsop import connect, eventually, expect, mint
+
+DIRECTIVE = "<b>deploy</b> & check"
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    assert message.get_content_type() == "multipart/alternative"
+    plain = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert plain is not None and html is not None
+    return plain.get_content(), html.get_content()
+
+
+async def start(server: Server, port: int, **overrides: Any) -> tuple[Any, StandInLinks]:
+    rule = {"channel": "email", "to": ["alice@example.com"], "roles": ["rev*"], "batch_s": 0}
+    rule.update(overrides.pop("rule", {}))
+    settings = {"smtp__tls": "none", **overrides}
+    client = await server(
+        notify=[rule],
+        smtp__host="127.0.0.1",
+        smtp__port=port,
+        smtp__from="server@example.com",
+        **settings,
+    )
+    app: web.Application = client.app
+    links = StandInLinks()
+    app[NOTIFIER].minter = links
+    return client, links
+
+
+async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_link(
+    server: Server,
+) -> None:
+    mailbox = Mailbox()
+    smtp, port = await smtp_server(mailbox)
+    try:
+        client, links = await start(server, port)
+        sid, token = await mint(client, ["reviewer"])
+        ws = await connect(client, sid, token)
+        task = await create_task(
+            client, agent="coder", directive=DIRECTIVE, operator={"role": "reviewer"}
+        )
+        hb = await expect(ws, "hook_before")
+        await eventually(lambda: mailbox.messages, what="the mail")
+        (message,) = mailbox.messages
+        assert mailbox.envelopes == [("server@example.com", ["alice@example.com"])]
+        assert message["To"] == "alice@example.com"
+        assert message["Subject"] == (
+            f"[operator-server] Approval needed: spawn agent coder (attempt 1) (task {task['id']})"
+        )
+        key = message["X-Operator-Server-Delivery"]
+        assert key and message["Message-ID"] == f"<{key}@operator-server>"
+        plain, html = parts(message)
+        url = f"http://links.test/v1/links/t-{hb['req_id']}-email:alice@example.com"
+        assert links.minted == [
+            {"req_id": hb["req_id"], "kind": "hook_before", "recipient": "email:alice@example.com"}
+        ]
+        for text in (plain, html):
+            assert task["id"] in text and hb["req_id"] in text and "coder" in text
+            assert "reviewer" in text and "Deadline: " in plain
+            assert url in text
+        assert DIRECTIVE in plain
+        # Everything in the HTML part is escaped: the directive's markup too.
+        assert "&lt;b&gt;deploy&lt;/b&gt; &amp; check" in html and "<b>deploy" not in html
+
+        # Approved with a reason; the spawn that follows carries credentials.
+        reason = "reviewed-by-bob-secretly"
+        await ws.send_json(
+            {"type": "hook_ack", "req_id": hb["req_id"], "ok": True, "reason": reason}
+        )
+        spawn = await expect(ws, "spawn")
+        await eventually(lambda: len(mailbox.messages) == 2, what="the spawn's mail")
+        spawn_plain, spawn_html = parts(mailbox.messages[1])
+        assert "Work to do by hand: agent coder" in spawn_plain
+        for text in (spawn_plain, spawn_html, str(mailbox.messages[1])):
+            assert spawn["capability_token"] not in text
+            assert spawn["worker_handle"] not in text
+            assert reason not in text
+        await ws.send_json(
+            {"type": "spawn_ack", "req_id": spawn["req_id"], "value": "the-result-42"}
+        )
+        assert (await wait_task(client, task["id"]))["status"] == "passed"
+        assert all("the-result-42" not in str(m) for m in mailbox.messages)
+        await ws.close()
+    finally:
+        smtp.close()
+        await smtp.wait_closed()
+
+
+async def test_a_rule_can_leave_the_directive_out_and_names_only_the_roles_it_covers(
+    server: Server,
+) -> None:
+    mailbox = Mailbox()
+    smtp, port = await smtp_server(mailbox)
+    try:
+        client, _ = await start(
+            server, port, rule={"include_text": False, "kinds": ["hook_before"]}
+        )
+        other_sid, other_token = await mint(client, ["ops"])
+        other = await connect(client, other_sid, other_token)
+        await create_task(client, agent="coder", directive=DIRECTIVE, operator={"role": "ops"})
+        await expect(other, "hook_before")
+        sid, token = await mint(client, ["reviewer"])
+        ws = await connect(client, sid, token)
+        task = await create_task(
+            client, agent="coder", directive=DIRECTIVE, operator={"role": "reviewer"}
+        )
+        await expect(ws, "hook_before")
+        await eventually(lambda: mailbox.messages, what="the mail")
+        # The "ops" request came first, yet only the covered role's is mailed.
+        plain, html = parts(mailbox.messages[0])
+        assert task["id"] in plain and "deploy" not in plain and "deploy" not in html
+        assert len(mailbox.messages) == 1
+        await ws.close()
+        await other.close()
+    finally:
+        smtp.close()
+        await smtp.wait_closed()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no network, no openssl)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_mail_goes_over_starttls_with_the_login_read_from_the_environment(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth: Any) -> Any:
+        logins.append((auth.login, auth.password))
+        return AuthResult(success=True)
+
+    mailbox = Mailbox()
+    loop = asyncio.get_running_loop()
+    smtp = await loop.create_server(
+        lambda: SMTP(mailbox, tls_context=tls, require_starttls=True, authenticator=authenticate),
+        "127.0.0.1",
+        0,
+    )
+    monkeypatch.setenv("TEST_SMTP_USER", "mailer")
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", "pw-from-env")
+    try:
+        client, _ = await start(
+            server,
+            smtp.sockets[0].getsockname()[1],
+            smtp__tls="starttls",
+            smtp__ca_file=str(cert),
+            smtp__user_env="TEST_SMTP_USER",
+            smtp__password_env="TEST_SMTP_PASSWORD",
+        )
+        sid, token = await mint(client, ["reviewer"])
+        ws = await connect(client, sid, token)
+        await create_task(client, agent="coder", operator={"role": "reviewer"})
+        await expect(ws, "hook_before")
+        await eventually(lambda: mailbox.messages, what="the mail, over STARTTLS")
+        assert logins == [(b"mailer", b"pw-from-env")]
+        await ws.close()
+    finally:
+        smtp.close()
+        await smtp.wait_closed()

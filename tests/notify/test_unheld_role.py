@@ -1,0 +1,75 @@
+"""A request for a role nobody holds waits, when a notification rule covers
+that role, until its deadline: the person told answers over REST (or through
+a link), or joins with the role.  Without such a rule it fails at once, as
+before.  The receiver stands in for a chat service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Server, create_task, wait_task
+from tests.notify.receivers import Receiver
+from tests.notify.test_delivery import req_ids
+from tests.wsop import connect, eventually, expect, mint
+
+# A hook_before, then the local echo agent: a task that needs one approval.
+APPROVAL = {"agent": "echo", "directive": "hello", "layers": ["main_ai"]}
+
+
+async def covered_server(server: Server, aiohttp_server: Any, receiver: Receiver) -> Any:
+    service = await aiohttp_server(receiver.app())
+    url = f"http://127.0.0.1:{service.port}/hook"
+    rule = {"channel": "chat", "url": url, "roles": ["night*"], "kinds": ["hook_before"]}
+    return await server(notify=[rule])
+
+
+async def test_a_request_for_an_unheld_role_a_rule_covers_waits_is_notified_and_answered_over_rest(
+    server: Server, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    client = await covered_server(server, aiohttp_server, receiver)
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    await eventually(lambda: receiver.bodies, what="the notification")
+    listed = (await (await client.get("/v1/requests")).json())["requests"]
+    (request,) = listed
+    assert request["type"] == "hook_before" and request["task_id"] == task["id"]
+    assert request["holder"]["roles"] == ["nightshift"] and request["deadline_at"]
+    assert req_ids(receiver.bodies[0]) == [request["req_id"]]
+    assert (await wait_task(client, task["id"], wait=0))["status"] == "running"
+
+    resp = await client.post(
+        f"/v1/requests/{request['req_id']}/reply", json={"type": "hook_ack", "ok": True}
+    )
+    assert resp.status == 200, await resp.text()
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed", done
+
+
+async def test_whoever_joins_with_the_role_is_shown_the_waiting_request(
+    server: Server, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    client = await covered_server(server, aiohttp_server, receiver)
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    await eventually(lambda: receiver.bodies, what="the notification")
+    (waiting,) = (await (await client.get("/v1/requests")).json())["requests"]
+    sid, token = await mint(client, ["nightshift"])
+    ws = await connect(client, sid, token)
+    hb = await expect(ws, "hook_before")
+    assert hb["req_id"] == waiting["req_id"]
+    (moved,) = (await (await client.get("/v1/requests")).json())["requests"]
+    assert moved["holder"]["sid"] == sid
+    await ws.send_json({"type": "hook_ack", "req_id": hb["req_id"], "ok": True})
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await ws.close()
+
+
+async def test_without_a_covering_rule_an_unheld_role_still_fails_at_once(
+    server: Server, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    client = await covered_server(server, aiohttp_server, receiver)
+    task = await create_task(client, **APPROVAL, operator={"role": "dayshift"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "operator_not_found"
+    assert (await (await client.get("/v1/requests")).json())["requests"] == []
