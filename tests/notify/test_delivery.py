@@ -145,7 +145,10 @@ async def test_a_webhook_rule_posts_signed_json_to_an_allow_listed_host(
     (request,) = body["requests"]
     assert request["req_id"] == req_id and request["task_id"] == task["id"]
     assert request["kind"] == "hook_before" and request["agent"] == "coder"
-    assert request["roles"] == ["reviewer"] and request["link"] is None
+    assert request["roles"] == ["reviewer"]
+    # A webhook rule names no recipient: its link decides as the principal "link".
+    assert "/v1/links/" in request["link"]["url"], request
+    assert request["link"]["actions"] == ["approve", "reject"]
     await ws.close()
 
 

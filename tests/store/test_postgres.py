@@ -156,7 +156,8 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     await conn.execute(
         "DROP TABLE operator_roles, task_events, webhook_deliveries, task_leases, "
         "pending_requests, cluster_nodes, cluster_messages, task_counts, task_asks, "
-        "task_outputs, api_keys, audit_log, audit_pruned, notices, notice_messages; "
+        "task_outputs, api_keys, audit_log, audit_pruned, notices, notice_messages, link_keys, "
+        "link_uses; "
         "DROP FUNCTION operator_server_count_task CASCADE; "
         "DROP SEQUENCE task_event_ids; "
         "ALTER TABLE operator_sessions DROP COLUMN socket_node, DROP COLUMN socket_epoch, "
@@ -177,7 +178,10 @@ async def test_upgrading_gives_each_stored_role_to_its_oldest_session(pg_url: st
     assert holders == {"main": "op-old", "x": "op-old"}
 
 
+# Back to v11: before the action links (v12), the requests' course (v13) and
+# the notifications (v14).
 UNDO_COURSE = (
+    "DROP TABLE link_keys, link_uses, notices, notice_messages; "
     "ALTER TABLE pending_requests DROP COLUMN deadline_at, DROP COLUMN step, DROP COLUMN moves"
 )
 UNDO_KEYS = (
@@ -192,8 +196,7 @@ UNDO_KEYS = (
         # the keys and who minted each session, the pending requests' course.
         (
             "task_asks",
-            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned, notices, "
-            "notice_messages; "
+            "DROP TABLE task_asks, task_outputs, audit_log, audit_pruned; "
             f"ALTER TABLE tasks DROP COLUMN epoch; {UNDO_KEYS}",
             inline_asks_task,
             "asks",
@@ -201,8 +204,7 @@ UNDO_KEYS = (
         ),
         (
             "task_outputs",
-            "DROP TABLE task_outputs, audit_log, audit_pruned, notices, notice_messages; "
-            f"{UNDO_KEYS}",
+            f"DROP TABLE task_outputs, audit_log, audit_pruned; {UNDO_KEYS}",
             inline_outputs_task,
             "tail",
             3,
