@@ -14,8 +14,8 @@ way down, ``app.py``) and every span the daemon makes:
   principal name) and by which path.  Never the question, the answer, the
   result or a credential: what events leave out, spans leave out.
 * ``worker <verb>`` (``prompt``, ``ask``, ``result``) — an HTTP call from a
-  sub-agent; a child of the ``traceparent`` it sends, else of its task's open
-  spawn (or attempt).
+  sub-agent; a child of the ``traceparent`` it sends (the spawn's context, as
+  the spawn frame and the prompt carry it), else of its attempt.
 * ``store commit`` — one group commit of the store: a trace of its own (one
   commit serves many tasks), timed from the store's own clock.
 * ``cluster call <method>`` — a call to the node that owns a task, and the
@@ -245,10 +245,12 @@ class Tracing:
         self, verb: str, task_id: str, attempt: int, headers: Mapping[str, str]
     ) -> Iterator[None]:
         """A sub-agent's call, current while it is served: a child of the
-        ``traceparent`` it sent, else of its task's open spawn or attempt."""
+        ``traceparent`` it sent (the prompt's context: its spawn, or its own
+        span under it), else of its attempt — a worker that sends none is
+        still in the task's trace."""
         parent = context_from(headers)
         if parent is None:
-            span = self._requests.get(self._spawns.get(task_id, "")) or self._attempts.get(task_id)
+            span = self._attempts.get(task_id)
             parent = trace.set_span_in_context(span) if span is not None else None
         with self.tracer.start_as_current_span(
             f"worker {verb}",

@@ -1,0 +1,258 @@
+"""OpenTelemetry traces of a daemon started in this process (``tracing.py``).
+
+The daemon's spans go to the SDK's in-memory exporter; the operators, the
+senior and the sub-agent talk to it over real sockets, as they would to a
+daemon anywhere.  ``tests/test_tracing_e2e.py`` does the same across processes,
+exported over OTLP/HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from operator_server.app import build_app, listening_on
+from operator_server.client import WorkerClient
+from operator_server.client.operator import OperatorClient
+from operator_server.logs import configure_logging, get_logger
+from operator_server.tracing import Tracing, build_provider
+from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
+from tests.wsop import connect, eventually, expect, mint
+
+# What a request, its reply and the work carry: none of it may reach a span.
+PROMPT = "prompt-text-d5e1"
+QUESTION = {"which": "question-text-7f3a"}
+ANSWER = "answer-text-9a1b"
+RESULT = "result-text-c44c"
+# A caller's span (the W3C spec's own example ids).
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+
+Traced = Callable[..., Awaitable[tuple[TestClient[Any, Any], InMemorySpanExporter]]]
+
+
+@pytest.fixture
+def traced(aiohttp_client: Any) -> Traced:
+    """``await traced(**settings)`` -> a client bound to a running daemon with
+    ``[tracing] enabled``, and the exporter its spans end in."""
+
+    async def start(**overrides: Any) -> tuple[TestClient[Any, Any], InMemorySpanExporter]:
+        settings = make_settings(tracing__enabled=True, **overrides)
+        spans = InMemorySpanExporter()
+        tracing = Tracing(build_provider(settings, SimpleSpanProcessor(spans)))
+        app = build_app(settings, tracing=tracing)
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        listening_on(app, base(client))
+        return client, spans
+
+    return start
+
+
+def base(client: TestClient[Any, Any]) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+def named(spans: InMemorySpanExporter) -> dict[str, ReadableSpan]:
+    """Finished spans by name (the store's commits left out: there are many)."""
+    return {s.name: s for s in spans.get_finished_spans() if s.name != "store commit"}
+
+
+def parent_name(span: ReadableSpan, by_name: dict[str, ReadableSpan]) -> str | None:
+    if span.parent is None:
+        return None
+    return next(
+        (n for n, s in by_name.items() if s.context.span_id == span.parent.span_id), "<unknown>"
+    )
+
+
+def everything_said(spans: InMemorySpanExporter) -> str:
+    """Every name, attribute and event of every span, as one text."""
+    said = []
+    for span in spans.get_finished_spans():
+        said.append(span.name)
+        said.append(json.dumps(dict(span.attributes or {}), default=str))
+        said.extend(json.dumps(dict(e.attributes or {}), default=str) for e in span.events)
+        said.append(str(span.status.description))
+    return "\n".join(said)
+
+
+async def test_a_task_with_hook_spawn_worker_ask_and_result_is_one_trace_of_the_expected_shape(
+    traced: Traced, tmp_path: Path
+) -> None:
+    client, spans = await traced(store__path=str(tmp_path / "t.sqlite"))
+    main_sid, main_token = await mint(client, ["main"])
+    senior_sid, senior_token = await mint(client, ["senior"])
+    main = await connect(client, main_sid, main_token)
+    senior = await connect(client, senior_sid, senior_token)
+    task = await create_task(
+        client,
+        agent="shell",
+        directive=PROMPT,
+        operator={"backend": "main", "spawn_hook": "main", "senior_bridge": "senior"},
+    )
+    hook = await expect(main, "hook_before")
+    assert hook["trace"]["traceparent"].startswith("00-")
+    await main.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    spawn = await expect(main, "spawn")
+    # The sub-agent, given the spawn's context as the terminal operator gives it.
+    async with WorkerClient(base(client), spawn["worker_handle"], trace=spawn["trace"]) as worker:
+        prompt = await worker.prompt()
+        assert prompt["trace"] == spawn["trace"]
+        asking = asyncio.ensure_future(worker.ask(QUESTION, timeout_s=5))
+        ask = await expect(senior, "ask")
+        assert ask["trace"]["traceparent"] != spawn["trace"]["traceparent"]
+        await senior.send_json({"type": "answer", "req_id": ask["req_id"], "value": ANSWER})
+        assert await asking == ANSWER
+        await worker.result(RESULT)
+    await main.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+    await expect(main, "hook_after")
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "passed", done
+    await eventually(lambda: {"task", "hook_after"} <= set(named(spans)), what="the task's spans")
+
+    by_name = named(spans)
+    shape = {name: parent_name(span, by_name) for name, span in by_name.items()}
+    assert shape == {
+        "task": None,
+        "attempt 1": "task",
+        "hook_before": "attempt 1",
+        "spawn": "attempt 1",
+        "worker prompt": "spawn",
+        "worker ask": "spawn",
+        "ask": "worker ask",
+        "worker result": "spawn",
+        "hook_after": "attempt 1",
+    }
+    assert {s.context.trace_id for s in by_name.values()} == {by_name["task"].context.trace_id}
+    # The frames' contexts are the spans themselves.
+    assert f"{by_name['spawn'].context.span_id:016x}" in spawn["trace"]["traceparent"]
+    assert f"{by_name['ask'].context.span_id:016x}" in ask["trace"]["traceparent"]
+
+    assert by_name["task"].attributes["task.status"] == "passed"
+    assert by_name["attempt 1"].attributes["attempt.status"] == "passed"
+    spawned = by_name["spawn"].attributes
+    assert spawned["operator.session"] == main_sid
+    assert tuple(spawned["operator.roles"]) == ("main",)
+    assert spawned["reply.kind"] == "spawn_ack"
+    assert spawned["reply.via"] == "socket"
+    assert spawned["reply.principal"]  # who minted the session that answered
+    assert spawned["request.outcome"] == "replied"
+    assert by_name["ask"].attributes["operator.session"] == senior_sid
+    assert by_name["worker result"].attributes["worker.call"] == "result"
+
+    # Each commit of the SQLite store is a span, a trace of its own.
+    commits = [s for s in spans.get_finished_spans() if s.name == "store commit"]
+    assert commits and all(s.parent is None for s in commits)
+    assert commits[0].attributes["db.system"] == "sqlite"
+
+    said = everything_said(spans)
+    secrets = [PROMPT, QUESTION["which"], ANSWER, RESULT, spawn["worker_handle"]]
+    secrets += [spawn["capability_token"], main_token, senior_token]
+    assert [s for s in secrets if s in said] == []
+
+
+async def test_a_traceparent_on_post_tasks_makes_the_task_a_child_of_the_callers_span(
+    traced: Traced,
+) -> None:
+    client, spans = await traced()
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    resp = await client.post("/v1/tasks", json={"agent": "echo", "directive": "x"}, headers=header)
+    assert resp.status == 202
+    assert (await wait_task(client, (await resp.json())["id"]))["status"] == "passed"
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    task = named(spans)["task"]
+    assert task.context.trace_id == int(CALLER_TRACE, 16)
+    assert task.parent is not None and task.parent.is_remote
+    assert task.parent.span_id == int(CALLER_SPAN, 16)
+    assert named(spans)["attempt 1"].parent.span_id == task.context.span_id
+
+
+async def test_a_malformed_traceparent_is_ignored_and_the_task_starts_its_own_trace(
+    traced: Traced,
+) -> None:
+    client, spans = await traced()
+    header = {"traceparent": "00-not-a-trace-01"}
+    resp = await client.post("/v1/tasks", json={"agent": "echo", "directive": "x"}, headers=header)
+    assert resp.status == 202  # W3C: an unusable traceparent is dropped, not refused
+    await wait_task(client, (await resp.json())["id"])
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    assert named(spans)["task"].parent is None
+
+
+async def test_operator_client_runs_a_spawn_handler_in_the_spawns_trace(traced: Traced) -> None:
+    """A handler's ``WorkerClient``, given no context, sends the spawn's back."""
+    client, spans = await traced()
+
+    async def on_spawn(frame: dict[str, Any]) -> Any:
+        async with WorkerClient(base(client), frame["worker_handle"]) as worker:
+            await worker.result("done")
+        return None
+
+    op = OperatorClient(base(client), roles=["main"], on_spawn=on_spawn)
+    await op.start()
+    try:
+        task = await create_task(client, agent="shell", operator={"backend": "main"})
+        assert (await wait_task(client, task["id"]))["status"] == "passed"
+    finally:
+        await op.close()
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    by_name = named(spans)
+    assert parent_name(by_name["worker result"], by_name) == "spawn"
+
+
+async def test_tracing_is_off_by_default_and_nothing_carries_a_context(server: Server) -> None:
+    client = await server()
+    assert engine_of(client).tracing.enabled is False
+    # Nothing installed process-wide either: the API's default, not an SDK provider.
+    assert not isinstance(trace.get_tracer_provider(), SdkTracerProvider)
+    sid, token = await mint(client, ["main"])
+    main = await connect(client, sid, token)
+    await create_task(client, agent="shell", operator={"backend": "main"})
+    spawn = await expect(main, "spawn")
+    assert "trace" not in spawn
+    async with WorkerClient(base(client), spawn["worker_handle"]) as worker:
+        assert "trace" not in await worker.prompt()
+
+
+@pytest.fixture
+def traced_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The daemon's JSON lines with ``[tracing] enabled``, into a buffer."""
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    configure_logging("info", "json", trace_ids=True)
+    try:
+        yield out
+    finally:
+        structlog.reset_defaults()
+
+
+async def test_log_lines_carry_the_trace_and_span_of_the_task_they_speak_of(
+    traced: Traced, traced_logs: io.StringIO
+) -> None:
+    client, spans = await traced()
+    task = await create_task(client, agent="echo")
+    await wait_task(client, task["id"])
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    span = named(spans)["task"]
+    lines = [json.loads(line) for line in traced_logs.getvalue().splitlines()]
+    [finished] = [line for line in lines if line["event"] == "task finished"]
+    assert finished["trace_id"] == f"{span.context.trace_id:032x}"
+    assert finished["span_id"] == f"{span.context.span_id:016x}"
+    # A line outside any span carries neither.
+    get_logger("test").info("outside any span")
+    [outside] = [json.loads(line) for line in traced_logs.getvalue().splitlines()[len(lines) :]]
+    assert "trace_id" not in outside and "span_id" not in outside
