@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from operator_server.app import build_app, listening_on
@@ -226,6 +226,23 @@ async def test_tracing_is_off_by_default_and_nothing_carries_a_context(server: S
     assert "trace" not in spawn
     async with WorkerClient(base(client), spawn["worker_handle"]) as worker:
         assert "trace" not in await worker.prompt()
+
+
+async def test_shutdown_flushes_the_spans_still_batched_to_the_exporter(
+    aiohttp_client: Any,
+) -> None:
+    settings = make_settings(tracing__enabled=True)
+    spans = InMemorySpanExporter()
+    # Batched as the OTLP exporter is, and never sent on a timer: only a flush sends.
+    batched = BatchSpanProcessor(spans, schedule_delay_millis=3_600_000)
+    client = await aiohttp_client(
+        build_app(settings, tracing=Tracing(build_provider(settings, batched)))
+    )
+    task = await create_task(client, agent="echo")
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    assert spans.get_finished_spans() == ()
+    await client.close()  # the app's shutdown
+    assert {"task", "attempt 1"} <= set(named(spans))
 
 
 @pytest.fixture
