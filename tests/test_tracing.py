@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from operator_server.app import build_app, listening_on
 from operator_server.client import WorkerClient
+from operator_server.client.mcp import BridgeOptions, OperatorBridge
 from operator_server.client.operator import OperatorClient
 from operator_server.logs import configure_logging, get_logger
 from operator_server.tracing import Tracing, build_provider
@@ -243,6 +244,35 @@ async def test_shutdown_flushes_the_spans_still_batched_to_the_exporter(
     assert spans.get_finished_spans() == ()
     await client.close()  # the app's shutdown
     assert {"task", "attempt 1"} <= set(named(spans))
+
+
+async def test_the_mcp_bridge_shows_the_context_and_its_worker_tools_continue_it(
+    traced: Traced,
+) -> None:
+    client, spans = await traced()
+    bridge = OperatorBridge(BridgeOptions(url=base(client), roles=["main"]))
+    bridge.open()
+    try:
+        await eventually(
+            lambda: bridge.client is not None and bridge.client.connected.is_set(),
+            what="the bridge's seat",
+        )
+        task = await create_task(client, agent="coder", operator={"role": "main"})
+        hook = await bridge.call("next_request", {"timeout_s": 5})
+        assert hook["trace"]["traceparent"]  # an agent sees what it would pass on
+        await bridge.call("approve", {"req_id": hook["req_id"]})
+        spawn = await bridge.call("next_request", {"timeout_s": 5})
+        handle = spawn["worker_handle"]
+        await bridge.call("worker_prompt", {"worker_handle": handle})
+        await bridge.call("worker_result", {"worker_handle": handle, "value": "hi"})
+        await bridge.call("spawn_ack", {"req_id": spawn["req_id"]})
+        assert (await wait_task(client, task["id"]))["status"] == "passed"
+    finally:
+        await bridge.close()
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    by_name = named(spans)
+    assert parent_name(by_name["worker prompt"], by_name) == "spawn"
+    assert parent_name(by_name["worker result"], by_name) == "spawn"
 
 
 @pytest.fixture
