@@ -215,6 +215,40 @@ async def test_operator_client_runs_a_spawn_handler_in_the_spawns_trace(traced: 
     assert parent_name(by_name["worker result"], by_name) == "spawn"
 
 
+async def test_worker_client_continues_the_context_of_its_environment_or_else_its_prompt(
+    traced: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, spans = await traced()
+    sid, token = await mint(client, ["main"])
+    main = await connect(client, sid, token)
+    task = await create_task(client, agent="shell", operator={"backend": "main"})
+    spawn = await expect(main, "spawn")
+    handle = spawn["worker_handle"]
+    # A sub-agent started with TRACEPARENT (as ``operator --exec`` starts one).
+    monkeypatch.setenv("TRACEPARENT", spawn["trace"]["traceparent"])
+    async with WorkerClient(base(client), handle) as worker:
+        await worker.prompt()
+    # One given nothing: its first call is the attempt's, then it follows the prompt.
+    monkeypatch.delenv("TRACEPARENT")
+    async with WorkerClient(base(client), handle) as worker:
+        await worker.prompt()
+        await worker.result("done")
+    await main.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    by_name = named(spans)
+    parents = [
+        (s.name, parent_name(s, by_name))
+        for s in spans.get_finished_spans()
+        if s.name.startswith("worker ")
+    ]
+    assert parents == [
+        ("worker prompt", "spawn"),
+        ("worker prompt", "attempt 1"),
+        ("worker result", "spawn"),
+    ]
+
+
 async def test_tracing_is_off_by_default_and_nothing_carries_a_context(server: Server) -> None:
     client = await server()
     assert engine_of(client).tracing.enabled is False
