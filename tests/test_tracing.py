@@ -29,8 +29,9 @@ from operator_server.app import build_app, listening_on
 from operator_server.client import WorkerClient
 from operator_server.client.mcp import BridgeOptions, OperatorBridge
 from operator_server.client.operator import OperatorClient
+from operator_server.config import ConfigError
 from operator_server.logs import configure_logging, get_logger
-from operator_server.tracing import Tracing, build_provider
+from operator_server.tracing import Tracing, build_provider, traces_url
 from tests.conftest import Server, create_task, engine_of, make_settings, wait_task
 from tests.wsop import connect, eventually, expect, mint
 
@@ -42,6 +43,20 @@ RESULT = "result-text-c44c"
 # A caller's span (the W3C spec's own example ids).
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN = "b7ad6b7169203331"
+
+
+def test_the_tracing_config_names_what_is_wrong_and_a_bare_endpoint_gets_the_traces_path() -> None:
+    assert make_settings().tracing.enabled is False
+    with pytest.raises(ConfigError, match=r"tracing\.otlp_endpoint"):
+        make_settings(tracing__otlp_endpoint="localhost:4318")
+    with pytest.raises(ConfigError, match=r"tracing\.sampling_ratio"):
+        make_settings(tracing__sampling_ratio=1.5)
+    assert traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
+    assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
+    assert traces_url("https://vendor.example/otlp/v1/traces") == (
+        "https://vendor.example/otlp/v1/traces"
+    )
+
 
 Traced = Callable[..., Awaitable[tuple[TestClient[Any, Any], InMemorySpanExporter]]]
 

@@ -93,14 +93,16 @@ async def collector() -> AsyncIterator[tuple[Collector, str]]:
 
 
 async def test_one_task_is_one_trace_from_its_caller_through_an_exec_sub_agent_and_back(
-    collector: tuple[Collector, str], tmp_path: Path
+    collector: tuple[Collector, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     found, collector_url = collector
+    # The standard variable, as an operator sets it for any OpenTelemetry SDK;
+    # ``otlp_endpoint`` is left empty.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url)
     daemon = await start_daemon(
         *("--secret", "s", "--log-format", "json"),
         *("--store-path", str(tmp_path / "d.sqlite")),
-        *("--tracing-enabled", "true", "--tracing-otlp-endpoint", collector_url),
-        *("--node-id", "node-e2e"),
+        *("--tracing-enabled", "true", "--node-id", "node-e2e"),
     )
 
     async def answer(frame: dict[str, Any]) -> Any:
