@@ -61,6 +61,7 @@ class Collector:
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.resources: list[dict[str, Any]] = []
+        self.node_of: dict[bytes, str] = {}  # span id -> the node_id that exported it
 
     async def traces(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -68,11 +69,12 @@ class Collector:
             body = gzip.decompress(body)
         export = ExportTraceServiceRequest.FromString(body)
         for resource_spans in export.resource_spans:
-            self.resources.append(
-                {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            )
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            self.resources.append(resource)
             for scope_spans in resource_spans.scope_spans:
                 self.spans.extend(scope_spans.spans)
+                for span in scope_spans.spans:
+                    self.node_of[span.span_id] = resource["operator_server.node_id"]
         return web.Response(
             body=ExportTraceServiceResponse().SerializeToString(),
             content_type="application/x-protobuf",
