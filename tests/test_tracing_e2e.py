@@ -25,7 +25,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from operator_server.client import TaskClient
 from operator_server.client.operator import OperatorClient
+from operator_server.client.tracecontext import continued
 from tests.processes import started
 from tests.test_daemon import free_port, start_daemon
 
@@ -127,18 +129,17 @@ async def test_one_task_is_one_trace_from_its_caller_through_an_exec_sub_agent_a
     assert terminal.stdout is not None
     assert b"waiting for work" in await asyncio.wait_for(terminal.stdout.readline(), 30)
 
-    async with senior._api as http:  # plain HTTP as the task's caller, with its span
-        task = await http.request(
-            "POST",
-            "/v1/tasks",
-            json={
-                "agent": "shell",
-                "directive": "tidy the branch",
-                "operator": {"backend": "main", "spawn_hook": "main", "senior_bridge": "senior"},
-            },
-            headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
-        )
-        done = await http.request("GET", f"/v1/tasks/{task['id']}", params={"wait": "30"})
+    # The task's caller, a program that traces: its span is current when it
+    # creates the task, and TaskClient sends it as the traceparent.
+    caller = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    async with TaskClient(daemon.base) as tasks:
+        with continued(caller):
+            task = await tasks.create(
+                agent="shell",
+                directive="tidy the branch",
+                operator={"backend": "main", "spawn_hook": "main", "senior_bridge": "senior"},
+            )
+        done = await tasks.get(task["id"], wait=30)
     assert done["status"] == "passed", done
     given = done["result"]["value"].strip()  # the TRACEPARENT the sub-agent saw
 
