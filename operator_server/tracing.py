@@ -5,7 +5,7 @@ way down, ``app.py``) and every span the daemon makes:
 
 * ``task`` — created (``POST /v1/tasks``, or taken back after a restart) to
   ended, its outcome as ``task.status`` (and the span's status ``ERROR`` with
-  the error code for a failed task).  A ``traceparent`` header on the create
+  the error code for a failed or blocked task).  A ``traceparent`` header on the create
   makes it a child of the caller's span.
 * ``attempt <n>`` — a child of its task, current in the task's run while the
   attempt is dispatched, so each operator request issued for it is its child.
@@ -45,14 +45,16 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from operator_server.config import Settings, TracingSettings
+from operator_server.errors import CodedError
 from operator_server.logs import get_logger
 
 log = get_logger(__name__)
 PROPAGATOR = TraceContextTextMapPropagator()
 # The OTLP/HTTP path of traces, added to an endpoint given as a bare host.
 TRACES_PATH = "/v1/traces"
-# Statuses that mean the task or attempt did not do its work.
-_FAILED = frozenset({"failed", "cancelled", "interrupted"})
+# Ends whose span is an ``ERROR``: the work was not done, for a reason (a
+# cancel or a halt is somebody's decision, not an error).
+_FAILED = frozenset({"failed", "blocked", "interrupted"})
 
 
 def traces_url(endpoint: str) -> str:
@@ -136,10 +138,11 @@ class Tracing:
             "task", context=context_from(parent) or otel_context.Context(), attributes=attributes
         )
 
-    def task_ended(self, task_id: str, status: str, code: str | None) -> None:
+    def task_ended(self, task_id: str, status: object, error: CodedError | None) -> None:
+        """``status``: how it ended (a ``TaskStatus``); ``error``: why, if it failed."""
         span = self._tasks.pop(task_id, None)
         if span is not None:
-            _outcome(span, "task.status", status, code)
+            _outcome(span, "task.status", status, error)
             span.end()
 
     def task_let_go(self, task_id: str) -> None:
@@ -184,10 +187,10 @@ class Tracing:
         finally:
             otel_context.detach(token)
 
-    def attempt_ended(self, task_id: str, status: str, code: str | None) -> None:
+    def attempt_ended(self, task_id: str, status: object, error: CodedError | None) -> None:
         span = self._attempts.pop(task_id, None)
         if span is not None:
-            _outcome(span, "attempt.status", status, code)
+            _outcome(span, "attempt.status", status, error)
             span.end()
 
     # -- operator requests -------------------------------------------------
@@ -377,9 +380,13 @@ def start_tracing(settings: Settings) -> Tracing:
     return Tracing(provider)
 
 
-def _outcome(span: Span, key: str, status: str, code: str | None) -> None:
-    span.set_attribute(key, status)
+def _outcome(span: Span, key: str, status: object, error: CodedError | None) -> None:
+    """The end's status, its error code (never its message: it may quote the
+    worker), and ``ERROR`` for an end that did not do the work."""
+    text = str(status)
+    span.set_attribute(key, text)
+    code = None if error is None else str(error.code)
     if code is not None:
         span.set_attribute("error.code", code)
-    if status in _FAILED:
-        span.set_status(Status(StatusCode.ERROR, code or status))
+    if text in _FAILED:
+        span.set_status(Status(StatusCode.ERROR, code or text))

@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from operator_server.app import build_app, listening_on
 from operator_server.client import WorkerClient
@@ -179,6 +180,27 @@ async def test_a_task_with_hook_spawn_worker_ask_and_result_is_one_trace_of_the_
     secrets = [PROMPT, QUESTION["which"], ANSWER, RESULT, spawn["worker_handle"]]
     secrets += [spawn["capability_token"], main_token, senior_token]
     assert [s for s in secrets if s in said] == []
+
+
+async def test_a_failed_tasks_spans_are_errors_naming_the_code_and_not_the_reason(
+    traced: Traced,
+) -> None:
+    client, spans = await traced()
+    sid, token = await mint(client, ["main"])
+    main = await connect(client, sid, token)
+    task = await create_task(client, agent="shell", operator={"role": "main"})
+    hook = await expect(main, "hook_before")
+    reason = "reason-text-0b7e"
+    await main.send_json(
+        {"type": "hook_ack", "req_id": hook["req_id"], "ok": False, "reason": reason}
+    )
+    assert (await wait_task(client, task["id"]))["status"] == "failed"
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    for name in ("task", "attempt 1"):
+        span = named(spans)[name]
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert span.attributes["error.code"] == "spawn_rejected"
+    assert reason not in everything_said(spans)
 
 
 async def test_a_traceparent_on_post_tasks_makes_the_task_a_child_of_the_callers_span(

@@ -611,15 +611,14 @@ class Engine:
         attempt = task.current
         running = attempt is not None and not attempt.status.terminal
         task.end(ending)
-        code = None if ending.error is None else str(ending.error.code)
         if running and attempt is not None:
-            self.tracing.attempt_ended(task.id, str(attempt.status), code)
+            self.tracing.attempt_ended(task.id, attempt.status, ending.error)
         if stored and running and attempt is not None and attempt.ended_at is not None:
             self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
         if ending.final:
             self.counts.moved(before, task.status)
             self.metrics.task_finished(str(task.status))
-            self.tracing.task_ended(task.id, str(task.status), code)
+            self.tracing.task_ended(task.id, task.status, ending.error)
             if stored:
                 self.tasks.pop(task.id, None)
 
