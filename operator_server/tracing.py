@@ -255,7 +255,7 @@ class Tracing:
         if parent is None:
             span = self._attempts.get(task_id)
             parent = trace.set_span_in_context(span) if span is not None else None
-        with self.tracer.start_as_current_span(
+        with self._failing_as_code(
             f"worker {verb}",
             context=parent,
             kind=SpanKind.SERVER,
@@ -290,13 +290,28 @@ class Tracing:
         """A call to ``node`` (``carrier`` None: made here), or one served here
         for it (``carrier``: the caller's context, from its message)."""
         serving = carrier is not None
-        with self.tracer.start_as_current_span(
+        with self._failing_as_code(
             f"cluster call {method}",
             context=context_from(carrier) if serving else None,
             kind=SpanKind.SERVER if serving else SpanKind.CLIENT,
             attributes={"cluster.method": method, "cluster.peer": node},
         ):
             yield
+
+    @contextlib.contextmanager
+    def _failing_as_code(self, name: str, **how: Any) -> Iterator[None]:
+        """A current span whose failure says its error code, never the
+        exception's message or traceback (a message may quote a worker's
+        question or value)."""
+        with self.tracer.start_as_current_span(
+            name, record_exception=False, set_status_on_exception=False, **how
+        ) as span:
+            try:
+                yield
+            except Exception as exc:
+                code = exc.code if isinstance(exc, CodedError) else type(exc).__name__
+                span.set_status(Status(StatusCode.ERROR, str(code)))
+                raise
 
     # -- lifecycle -----------------------------------------------------------
 

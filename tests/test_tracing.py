@@ -28,6 +28,7 @@ from opentelemetry.trace import StatusCode
 
 from operator_server.app import build_app, listening_on
 from operator_server.client import WorkerClient
+from operator_server.client.errors import RequestFailed
 from operator_server.client.mcp import BridgeOptions, OperatorBridge
 from operator_server.client.operator import OperatorClient
 from operator_server.config import ConfigError
@@ -201,6 +202,27 @@ async def test_a_failed_tasks_spans_are_errors_naming_the_code_and_not_the_reaso
         assert span.status.status_code is StatusCode.ERROR, name
         assert span.attributes["error.code"] == "spawn_rejected"
     assert reason not in everything_said(spans)
+
+
+async def test_a_refused_worker_call_is_an_error_span_that_says_its_code_and_nothing_else(
+    traced: Traced,
+) -> None:
+    client, spans = await traced()
+    sid, token = await mint(client, ["main"])
+    main = await connect(client, sid, token)
+    task = await create_task(client, agent="shell", operator={"backend": "main"})  # no senior
+    spawn = await expect(main, "spawn")
+    async with WorkerClient(base(client), spawn["worker_handle"]) as worker:
+        with pytest.raises(RequestFailed) as refused:
+            await worker.ask(QUESTION, timeout_s=1)
+    assert refused.value.code == "no_senior"
+    await main.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+    await wait_task(client, task["id"])
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    asked = named(spans)["worker ask"]
+    assert asked.status.status_code is StatusCode.ERROR
+    assert asked.status.description == "no_senior"
+    assert asked.events == ()  # no exception event: its message is not the span's to keep
 
 
 async def test_a_traceparent_on_post_tasks_makes_the_task_a_child_of_the_callers_span(
