@@ -33,6 +33,7 @@ from bench import (
     requests_list,
     start,
     takeover,
+    tracing,
 )
 from bench.common import history_file, progress
 
@@ -64,6 +65,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
     ),
     "start": ("exec to first healthz on an empty store, and where it goes", lambda a: start.run()),
     "takeover": ("a SIGKILLed node's tasks re-dispatched, vs lease_s", lambda a: takeover.run()),
+    "tracing": (
+        "e2e tasks/s: tracing on (spans dropped) and off vs a build without it",
+        lambda a: tracing.run(),
+    ),
 }
 
 

@@ -268,10 +268,14 @@ class Daemon:
         audit_log: bool = False,
         profile: str = "",
         settings: dict[str, str] | None = None,
+        source: Path = ROOT,
     ) -> None:
         """``settings``: keys to set away from their defaults (``{"events": "false"}``),
         passed as ``OPERATOR_SERVER_<KEY>`` variables.  ``audit_log``: time the
-        store's audit appends (see gcserve.py; read with ``audit()`` after ``stop``)."""
+        store's audit appends (see gcserve.py; read with ``audit()`` after ``stop``).
+        ``source``: the checkout whose code runs (another commit's tree, to
+        compare builds; default this one)."""
+        self.source = source
         self.store_path = store_path
         self.settings = settings or {}
         self.workdir = Path(workdir)
@@ -292,6 +296,8 @@ class Daemon:
             extra["OPERATOR_SERVER_BENCH_AUDIT_LOG"] = self.audit_path
         if self.profile:
             extra["OPERATOR_SERVER_BENCH_PROFILE"] = self.profile
+        if self.source != ROOT:  # its package, not the one installed from this checkout
+            extra["PYTHONPATH"] = str(self.source)
         with self.log_path.open("a") as log:
             t0 = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
@@ -307,7 +313,7 @@ class Daemon:
                 SECRET,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.source,
                 env=_clean_env(**extra),
             )
         await wait_healthz(self.url, self.proc)

@@ -78,6 +78,7 @@ from operator_server.operators.relay import NoRelay
 from operator_server.operators.session import PendingRequest
 from operator_server.recovery import recover
 from operator_server.store import Store, StoreError, open_store
+from operator_server.tracing import Tracing, start_tracing
 from operator_server.webhooks import WebhookSender
 
 log = get_logger(__name__)
@@ -108,15 +109,28 @@ def build_app(
     directive: DirectiveTemplate | None = None,
     store: Store | None = None,
     jwt: JwtPrincipals | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """The app; ``jwt``: the verifier of identity-provider tokens, built from
-    ``[auth.jwt]`` when not given (None without that table)."""
+    ``[auth.jwt]`` when not given (None without that table); ``tracing``: the
+    spans' owner, built from ``[tracing]`` when not given (its provider is
+    shut down, flushing every span, last of all on the way down)."""
     jwt = jwt if jwt is not None else load_jwt_verifier(settings)
     background = Background()
     store = store or open_store(settings)
     meters = Metrics() if settings.metrics else DisabledMetrics()
     meters.identify(settings.node_id, __version__)
-    store.observe_commits(meters.store_committed)
+    tracing = tracing or start_tracing(settings)
+    if tracing.enabled:
+        system = "postgresql" if store.shared else "sqlite"
+
+        def committed(seconds: float) -> None:
+            meters.store_committed(seconds)
+            tracing.store_committed(seconds, system)
+
+        store.observe_commits(committed)
+    else:
+        store.observe_commits(meters.store_committed)
     directory: OperatorDirectory
 
     async def find_operator(name: str) -> None:
@@ -124,7 +138,7 @@ def build_app(
         # directory, which knows where sessions are stored, brings it here.
         await directory.find_name(name)
 
-    cluster = ClusterWiring(store, background, settings)
+    cluster = ClusterWiring(store, background, settings, tracing)
     engine = Engine(
         settings,
         background,
@@ -132,6 +146,7 @@ def build_app(
         meters,
         find_operator=find_operator,
         routing=cluster.routing,
+        tracing=tracing,
     )
     wired = cluster.finish(engine)
     # A role nobody holds waits for its deadline when a rule tells someone of
@@ -369,4 +384,6 @@ async def _shutdown(app: web.Application) -> None:
         await verifier.close()
     await app[LEASES].hand_over()
     await store.close()
+    # Last: the spans of the way down (cancelled tasks, the final commits) go too.
+    app[ENGINE].tracing.shutdown()
     log.info("shut down")

@@ -413,7 +413,9 @@ def serve_main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"operator-server: config error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format, once=True)
+    configure_logging(
+        settings.log_level, settings.log_format, once=True, trace_ids=settings.tracing.enabled
+    )
     # The runner copies this context into every task: each line names the node.
     structlog.contextvars.bind_contextvars(node_id=settings.node_id)
     try:

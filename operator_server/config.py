@@ -147,6 +147,17 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    """``[tracing]``: OpenTelemetry spans exported over OTLP/HTTP (``tracing.py``)."""
+
+    enabled: bool = False
+    # Empty: the exporter reads the standard OTEL_EXPORTER_OTLP_* variables.
+    otlp_endpoint: str = ""
+    service_name: str = "operator-server"
+    sampling_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     jwt: JwtSettings | None = None  # None: no [auth.jwt], JWTs are not accepted
 
@@ -214,6 +225,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     notify: tuple[NotifyRule, ...] = ()
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 _URL = validate.URL(schemes={"http", "https"}, require_tld=False)
@@ -287,6 +299,40 @@ class ClusterSchema(Schema):
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> ClusterSettings:
         return ClusterSettings(**data)
+
+
+class TracingSchema(Schema):
+    enabled = fields.Boolean(
+        load_default=TracingSettings.enabled,
+        truthy={"true", True},
+        falsy={"false", False},
+        metadata=_help("export OpenTelemetry traces of tasks over OTLP/HTTP (false: none made)"),
+    )
+    otlp_endpoint = fields.String(
+        load_default=TracingSettings.otlp_endpoint,
+        validate=lambda v: not v or _URL(v),
+        metadata=_help(
+            "OTLP/HTTP collector, e.g. http://localhost:4318 (/v1/traces is added to a bare "
+            "host); empty: the OTEL_EXPORTER_OTLP_* variables, else localhost:4318"
+        ),
+    )
+    service_name = fields.String(
+        load_default=TracingSettings.service_name,
+        validate=validate.Length(min=1, max=200),
+        metadata=_help("service.name of every span (node_id goes beside it)"),
+    )
+    sampling_ratio = fields.Float(
+        load_default=TracingSettings.sampling_ratio,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=1),
+        metadata=_help(
+            "share of new traces kept (a task whose caller sent a traceparent follows its choice)"
+        ),
+    )
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> TracingSettings:
+        return TracingSettings(**data)
 
 
 def _asymmetric_algorithm(name: str) -> None:
@@ -863,6 +909,7 @@ class SettingsSchema(Schema):
         metadata=_help("notification rules ([[notify]] tables; README: Notifications)"),
     )
     smtp = fields.Nested(SmtpSchema, load_default=lambda: SmtpSchema().load({}))
+    tracing = fields.Nested(TracingSchema, load_default=lambda: TracingSchema().load({}))
 
     @validates_schema
     def _checks(self, data: dict[str, Any], **_: Any) -> None:

@@ -38,6 +38,19 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``trace_id`` and ``span_id`` of the span current where the line is
+    logged (``[tracing]`` on), so a line and its trace find each other."""
+    # Imported here: only a tracing daemon loads the API for its log lines.
+    from opentelemetry.trace import get_current_span
+
+    context = get_current_span().get_span_context()
+    if context.is_valid:
+        event["trace_id"] = format(context.trace_id, "032x")
+        event["span_id"] = format(context.span_id, "016x")
+    return event
+
+
 def _json_line(event: MutableMapping[str, Any], **_: Any) -> str:
     """One JSON line by orjson (the daemon writes one per task; the standard
     library took several times as long).  What orjson refuses (an integer past
@@ -51,7 +64,12 @@ def _json_line(event: MutableMapping[str, Any], **_: Any) -> str:
 
 
 def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None, *, once: bool = False
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    once: bool = False,
+    trace_ids: bool = False,
 ) -> None:
     """``stream`` defaults to stdout (the daemon's); a process whose stdout is a
     protocol channel (``operator-server mcp``) passes stderr.
@@ -59,7 +77,11 @@ def configure_logging(
     ``once``: this process never configures logging again (the daemon), so each
     logger is built on first use and kept, instead of on every call — four log
     calls per task, most of them filtered ``debug``.  Tests reconfigure, so
-    they keep the default."""
+    they keep the default.
+
+    ``trace_ids``: each line carries the current span's ``trace_id`` and
+    ``span_id`` (the daemon with ``[tracing] enabled``); off, no line pays
+    for the look-up."""
     out = sys.stdout if stream is None else stream
     json_lines = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
@@ -67,9 +89,11 @@ def configure_logging(
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    tracing = [_trace_ids] if trace_ids else []
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *tracing,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,

@@ -60,6 +60,7 @@ HEAVY = (
     "operator_server.store",
     "operator_server.wire.frames",
     "operator_server.client.operator",
+    "opentelemetry",
 )
 
 

@@ -94,6 +94,11 @@ SERVER_ONLY = (
     "asyncpg",
     "prometheus_client",
     "aiohttp.web",
+    # Tracing: the daemon's spans (its SDK and exporter); a client continues a
+    # trace with the OpenTelemetry API alone.
+    "operator_server.tracing",
+    "opentelemetry.sdk",
+    "opentelemetry.exporter",
 )
 
 

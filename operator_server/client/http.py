@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,8 +26,21 @@ def credential_from_env(env: Mapping[str, str] | None = None) -> str | None:
     return next((env[name] for name in CREDENTIAL_ENV if env.get(name)), None)
 
 
+def _trace_headers(given: Mapping[str, str] | None) -> dict[str, str]:
+    """The W3C context a call sends back (``client/tracecontext.py``).  A
+    program that traces has loaded the OpenTelemetry API already, and one
+    given a context has it (``given``, ``TRACEPARENT``): any other has none to
+    send, and its start-up does not pay for loading the API."""
+    if not given and "opentelemetry.trace" not in sys.modules and "TRACEPARENT" not in os.environ:
+        return {}
+    from operator_server.client.tracecontext import outgoing
+
+    return outgoing(given)
+
+
 class _Http:
-    """A base URL, a bearer, and JSON in and out with coded errors."""
+    """A base URL, a bearer, and JSON in and out with coded errors.  Each call
+    carries the caller's trace context (``traceparent``), if it has one."""
 
     def __init__(
         self, base_url: str, bearer: str | None, session: aiohttp.ClientSession | None
@@ -35,6 +49,8 @@ class _Http:
         self._headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         self._session = session
         self._own_session = session is None
+        # A W3C context to continue when the caller has no current span of its own.
+        self.trace: dict[str, str] | None = None
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -43,7 +59,7 @@ class _Http:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         http = await self._http()
-        headers = {**self._headers, **kwargs.pop("headers", {})}
+        headers = {**self._headers, **_trace_headers(self.trace), **kwargs.pop("headers", {})}
         async with http.request(method, self.base_url + path, headers=headers, **kwargs) as resp:
             body: Any = await resp.json() if resp.content_type == "application/json" else None
             if resp.status >= 400:
@@ -71,16 +87,28 @@ class _Http:
 
 
 class WorkerClient(_Http):
-    """What a sub-agent uses with the ``worker_handle`` (or capability) of a spawn."""
+    """What a sub-agent uses with the ``worker_handle`` (or capability) of a spawn.
+
+    ``trace``: the spawn's W3C context (its frame's ``trace``); else the one
+    the prompt carries, once read, or ``TRACEPARENT`` from the environment.
+    Each call sends it back as ``traceparent`` unless the caller has a span
+    of its own current (then that one, a child in the same trace)."""
 
     def __init__(
-        self, base_url: str, credential: str, session: aiohttp.ClientSession | None = None
+        self,
+        base_url: str,
+        credential: str,
+        session: aiohttp.ClientSession | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         super().__init__(base_url, credential, session)
+        self.trace = trace
 
     async def prompt(self) -> dict[str, Any]:
-        """``{task_id, attempt, agent, system?, prompt}``"""
+        """``{task_id, attempt, agent, system?, prompt, trace?}``"""
         body: dict[str, Any] = await self.request("GET", "/v1/worker/prompt")
+        if self.trace is None and isinstance(body.get("trace"), dict):
+            self.trace = body["trace"]
         return body
 
     async def result(self, value: Any, ok: bool = True, error: str | None = None) -> dict[str, Any]:

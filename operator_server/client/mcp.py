@@ -126,6 +126,8 @@ class OperatorBridge:
         self._notices: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._watch: dict[str, list[dict[str, Any]]] = {}  # req_id -> error frames
+        # worker_handle -> its spawn's trace context: the worker tools continue it.
+        self._traces: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._swept_on = 1
         self._sweep_lock = asyncio.Lock()
         self.tasks = TaskClient(self.url, options.api_token)
@@ -280,6 +282,10 @@ class OperatorBridge:
 
     async def _park(self, frame: dict[str, Any]) -> Any:
         req_id = frame["req_id"]
+        if frame["type"] == "spawn" and "trace" in frame:
+            self._traces[frame["worker_handle"]] = frame["trace"]
+            if len(self._traces) > MEMORY:
+                self._traces.popitem(last=False)
         connects = self.client.connects if self.client is not None else 0
         held = Held(
             frame, asyncio.get_running_loop().create_future(), asyncio.current_task(), connects
@@ -438,7 +444,9 @@ class OperatorBridge:
 
     def _view(self, held: Held) -> dict[str, Any]:
         frame = held.frame
-        keep = ["req_id", "type", "task_id", "attempt", "agent", "parent_req_id"]
+        # ``trace``: the W3C context a sub-agent the agent starts passes on
+        # (as the traceparent header, or TRACEPARENT in its environment).
+        keep = ["req_id", "type", "task_id", "attempt", "agent", "parent_req_id", "trace"]
         if frame["type"] == "ask":
             keep += ["question", "answer_schema"]
         elif frame["type"] == "spawn":
@@ -550,13 +558,15 @@ class OperatorBridge:
         )
 
     async def tool_worker_prompt(self, worker_handle: str) -> dict[str, Any]:
-        async with WorkerClient(self.url, worker_handle) as worker:
+        trace = self._traces.get(worker_handle)
+        async with WorkerClient(self.url, worker_handle, trace=trace) as worker:
             return await worker.prompt()
 
     async def tool_worker_result(
         self, worker_handle: str, value: Any, ok: bool = True
     ) -> dict[str, Any]:
-        async with WorkerClient(self.url, worker_handle) as worker:
+        trace = self._traces.get(worker_handle)
+        async with WorkerClient(self.url, worker_handle, trace=trace) as worker:
             return await worker.result(value, ok=ok)
 
     async def tool_task_create(

@@ -62,6 +62,12 @@ REQUEST = _open(
     worker_handle=_STR,
     base_url=_STR,
     handed_out=_BOOL,
+    trace={
+        "type": "object",
+        "description": "when the server traces: the W3C trace context (traceparent, "
+        "tracestate) a sub-agent you start passes on as the traceparent header or the "
+        "TRACEPARENT environment variable; worker_prompt and worker_result send it themselves",
+    },
 )
 SENT = _open(
     ("req_id", "sent", "delivered"),

@@ -39,6 +39,7 @@ import aiohttp
 
 from operator_server.client.errors import RequestFailed
 from operator_server.client.http import _Http, credential_from_env
+from operator_server.client.tracecontext import continued
 from operator_server.errors import ProtocolError, status_of
 from operator_server.logs import get_logger
 from operator_server.wire import frames as p
@@ -325,12 +326,16 @@ class OperatorClient:
             self._spawn(self._notify("cancel", frame), f"cancel:{req_id}")
             return
         if kind == "hook_after":
-            self._spawn(self._notify("hook_after", frame), f"hook_after:{req_id}")
+            with continued(frame.get("trace")):
+                self._spawn(self._notify("hook_after", frame), f"hook_after:{req_id}")
             return
         if req_id in self._replies:  # a replay of something already answered
             self._spawn(self._send(self._replies[req_id]), f"resend:{req_id}")
         elif req_id not in self._handling:  # else: a replay of one still being handled
-            self._handling[req_id] = self._spawn(self._answer(kind, frame), f"{kind}:{req_id}")
+            # The handler runs in the request's trace context (its task copies
+            # it): what it calls over HTTP continues the task's trace.
+            with continued(frame.get("trace")):
+                self._handling[req_id] = self._spawn(self._answer(kind, frame), f"{kind}:{req_id}")
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)

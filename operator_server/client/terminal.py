@@ -11,7 +11,8 @@ It joins under one role and serves all three faces from a terminal:
   to answer, so the ask is declined (an ``answer`` with ``error``) rather than approving anything.
 * ``spawn``: with ``--exec COMMAND`` the command is the sub-agent: the prompt on
   its stdin, ``TASK_ID``, ``ATTEMPT``, ``AGENT``, ``WORKER_HANDLE`` and
-  ``BASE_URL`` in its environment; its stdout is posted as the result and a zero
+  ``BASE_URL`` in its environment (and ``TRACEPARENT``/``TRACESTATE``, the
+  spawn's trace context, when the server traces); its stdout is posted as the result and a zero
   exit code as ``ok``.  The command runs in its own process group, and the whole
   group is killed when it exits, when the request is withdrawn (cancel or
   timeout) and when the operator stops: nothing it started outlives it.
@@ -50,6 +51,7 @@ from operator_server.client.operator import (
     SessionTakenOver,
 )
 from operator_server.client.state import SessionState, forget_state, load_state, save_state
+from operator_server.wire.trace import trace_env
 
 
 class StartupFailed(Exception):
@@ -388,7 +390,8 @@ class TerminalOperator:
         if self.command is None:
             await self.read_line(f"{frame['directive']}\npress Enter once the sub-agent is done")
             return {}
-        async with WorkerClient(self.base_url, frame["worker_handle"]) as worker:
+        trace = frame.get("trace")
+        async with WorkerClient(self.base_url, frame["worker_handle"], trace=trace) as worker:
             prompt = (await worker.prompt())["prompt"]
             stdin = prompt if isinstance(prompt, str) else json.dumps(prompt)
             env = {
@@ -398,6 +401,8 @@ class TerminalOperator:
                 "AGENT": frame["agent"],
                 "WORKER_HANDLE": frame["worker_handle"],
                 "BASE_URL": self.base_url,
+                # The spawn's W3C context: the command's own calls continue the trace.
+                **trace_env(trace),
             }
             returncode, stdout, stderr = await run_in_own_group(self.command, stdin.encode(), env)
             if stderr:  # still shown here, as when it went straight to this terminal

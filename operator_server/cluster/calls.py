@@ -48,6 +48,7 @@ from operator_server.errors import (
 )
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
+from operator_server.tracing import NoTracing, Tracing
 
 log = get_logger(__name__)
 CALL_TIMEOUT_S = 10.0
@@ -82,8 +83,12 @@ def error_from_wire(err: dict[str, Any]) -> CodedError | StoreError:
 
 
 class Cluster:
-    def __init__(self, bus: Any, background: Background, lease_s: float) -> None:
+    def __init__(
+        self, bus: Any, background: Background, lease_s: float, tracing: Tracing | None = None
+    ) -> None:
         self.bus = bus
+        # Each call is a span on both nodes, joined by the context it carries.
+        self._tracing: Tracing = tracing or NoTracing()
         self._background = background
         self._served: dict[str, Served] = {}
         self._calls: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
@@ -127,11 +132,17 @@ class Cluster:
         ``longer``: the method itself may take that long (a long-poll)."""
         if self._known_dead(node):
             raise NodeUnreachable(f"node {node} stopped; its work is taken over by the others")
+        with self._tracing.cluster_call(method, node):
+            return await self._call(node, method, args, longer)
+
+    async def _call(
+        self, node: str, method: str, args: dict[str, Any], longer: float
+    ) -> dict[str, Any]:
         call_id = next(self._ids)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (node, future)
         try:
-            await self.bus.send(node, Call(call_id, method, args))
+            await self.bus.send(node, Call(call_id, method, args, self._tracing.call_context()))
             async with asyncio.timeout(CALL_TIMEOUT_S + longer):
                 answer = await future
         except TimeoutError:
@@ -148,9 +159,11 @@ class Cluster:
         return answer.value
 
     def _called(self, node: str, call: Call) -> None:
-        self._background.spawn(
-            self._run_call(node, call.id, call.m, call.a), name=f"call:{call.m}:{node}"
-        )
+        self._background.spawn(self._traced_call(node, call), name=f"call:{call.m}:{node}")
+
+    async def _traced_call(self, node: str, call: Call) -> None:
+        with self._tracing.cluster_call(call.m, node, call.t or {}):
+            await self._run_call(node, call.id, call.m, call.a)
 
     async def _run_call(self, node: str, call_id: int, method: str, args: dict[str, Any]) -> None:
         fn = self._served.get(method)

@@ -185,6 +185,12 @@ class Call(Message):
     id: int
     m: str
     a: dict[str, Any]
+    # The caller's W3C trace context (``wire/trace.py``), when it traces.
+    t: dict[str, Any] | None = None
+
+    def body(self) -> dict[str, Any]:
+        body = {"id": self.id, "m": self.m, "a": self.a}
+        return body if self.t is None else {**body, "t": self.t}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from operator_server.cluster.store import cluster_store
 from operator_server.config import Settings
 from operator_server.engine import Engine
 from operator_server.store import Events, Store
+from operator_server.tracing import Tracing
 
 
 @dataclass
@@ -59,13 +60,19 @@ class ClusterWiring:
     """Built before the engine, whose routing it decides; ``finish`` wires
     the rest once the engine exists (the engine is never told it is clustered)."""
 
-    def __init__(self, store: Store, background: Background, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        background: Background,
+        settings: Settings,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._store, self._background, self._settings = store, background, settings
         self._shared = cluster_store(store)
         self._cluster = (
             None
             if self._shared is None
-            else Cluster(self._shared.bus, background, settings.cluster.lease_s)
+            else Cluster(self._shared.bus, background, settings.cluster.lease_s, tracing)
         )
         self.routing: Routing = (
             LocalRouting()

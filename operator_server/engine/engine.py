@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -65,6 +65,7 @@ from operator_server.engine.schedule import DeadlineHeap
 from operator_server.engine.tasks import (
     LIVE_STATUSES,
     TERMINAL_STATUSES,
+    AttemptRecord,
     Callback,
     Ending,
     OperatorSpec,
@@ -76,6 +77,7 @@ from operator_server.errors import AttemptFailed, Code
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.store import Fenced, Store, StoreError, TaskEvent
+from operator_server.tracing import NoTracing, Tracing
 from operator_server.wire.frames import FACE_OF
 from operator_server.wire.times import iso
 
@@ -101,8 +103,11 @@ class Engine:
         fanout: EventFanout | None = None,
         find_operator: FindElsewhere | None = None,
         routing: Routing | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        # Spans of tasks, attempts and what they ask of others (``tracing.py``).
+        self.tracing: Tracing = tracing or NoTracing()
         self.background = background
         self.store = store
         self.metrics = metrics or Metrics()
@@ -156,6 +161,7 @@ class Engine:
             self.tasks,
             self.contexts,
             self._on_owner,
+            self.tracing,
         )
         self._accepting = True
         # Stopping to let another node take the running tasks: runs end without
@@ -193,9 +199,11 @@ class Engine:
         parent_task_id: str | None = None,
         callback_url: str | None = None,
         principal: str = SERVER,
+        trace_parent: Mapping[str, str] | None = None,
     ) -> Task:
         """Create a task, store it durably, and start dispatching it; audited
-        as ``principal``'s act in the same commit.
+        as ``principal``'s act in the same commit.  ``trace_parent``: the
+        creator's W3C trace headers, whose span the task's is a child of.
 
         Raises ``AttemptFailed`` (``unknown_agent``) when nobody could ever serve
         it, and ``StoreError`` when it could not be saved — then nothing of it
@@ -241,6 +249,7 @@ class Engine:
         await self.store.put_task(task.to_record(), created, audit=audit)
         self.counts.moved(None, task.status)
         self.metrics.task_created()
+        self.tracing.task_created(task.id, task.agent, str(task.kind), trace_parent)
         self.adopt(task)
         return task
 
@@ -441,6 +450,7 @@ class Engine:
         else:
             self.counts.moved(task.requeue(), TaskStatus.PENDING)
             log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
+            self.tracing.task_created(task.id, task.agent, str(task.kind), recovered=True)
             self.adopt(task)
 
     async def expire_finished(self, now: float) -> int:
@@ -473,19 +483,8 @@ class Engine:
     async def _run(self, task: Task, parent_req: str | None) -> None:
         structlog.contextvars.bind_contextvars(task_id=task.id)
         try:
-            while True:
-                decided = await self.dispatch_attempt(task, parent_req)
-                if decided.error is not None and decided.error.code == Code.STORE_FAILED:
-                    decided = self._cut_by_store(task, decided.error)
-                final = (
-                    decided.status.settles
-                    or task.attempts_used >= task.max_attempts
-                    or task.interruptions > self.settings.store.max_interruptions
-                )
-                await self._end(task, replace(decided, final=final))
-                if final:
-                    break
-                log.debug("retrying", attempt=task.attempt, after=str(decided.status))
+            with self.tracing.running(task.id):
+                await self._attempts(task, parent_req)
         except TakenOver:
             return  # another node runs it now
         except asyncio.CancelledError:
@@ -498,6 +497,22 @@ class Engine:
                     )
         finally:
             self.capabilities.forget_task(task.id)
+
+    async def _attempts(self, task: Task, parent_req: str | None) -> None:
+        """Dispatch attempts until one's end is final, storing each end."""
+        while True:
+            decided = await self.dispatch_attempt(task, parent_req)
+            if decided.error is not None and decided.error.code == Code.STORE_FAILED:
+                decided = self._cut_by_store(task, decided.error)
+            final = (
+                decided.status.settles
+                or task.attempts_used >= task.max_attempts
+                or task.interruptions > self.settings.store.max_interruptions
+            )
+            await self._end(task, replace(decided, final=final))
+            if final:
+                break
+            log.debug("retrying", attempt=task.attempt, after=str(decided.status))
 
     async def _outputs_kept(self, task: Task) -> None:
         """The current attempt's outputs whose rows failed to commit (the
@@ -607,11 +622,14 @@ class Engine:
         attempt = task.current
         running = attempt is not None and not attempt.status.terminal
         task.end(ending)
+        if running and attempt is not None:
+            self.tracing.attempt_ended(task.id, attempt.status, ending.error)
         if stored and running and attempt is not None and attempt.ended_at is not None:
             self.metrics.attempt_ended(attempt.ended_at - attempt.started_at)
         if ending.final:
             self.counts.moved(before, task.status)
             self.metrics.task_finished(str(task.status))
+            self.tracing.task_ended(task.id, task.status, ending.error)
             if stored:
                 self.tasks.pop(task.id, None)
 
@@ -649,6 +667,7 @@ class Engine:
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
         self._cancelled_by.pop(task.id, None)  # its end is the other node's to audit
+        self.tracing.task_let_go(task.id)
         task.let_go()
 
     def let_go_all(self, reason: str) -> int:
@@ -701,6 +720,13 @@ class Engine:
         before = task.status
         self.counts.moved(before, TaskStatus.RUNNING)
         record = task.start_attempt()
+        with self.tracing.attempt(task.id, record.number):
+            return await self._dispatch(task, record, before, parent_req_id)
+
+    async def _dispatch(
+        self, task: Task, record: AttemptRecord, before: TaskStatus, parent_req_id: str | None
+    ) -> Ending:
+        """``dispatch_attempt`` once the attempt has started (its span current)."""
         events: list[TaskEvent] = []
         if self.recording:
             events.append(

@@ -25,6 +25,7 @@ from operator_server.engine.tasks import AttemptRecord, Task
 from operator_server.errors import AttemptEnded, AttemptFailed, CapabilityError, Code
 from operator_server.logs import get_logger
 from operator_server.store import Fenced
+from operator_server.tracing import NoTracing, Tracing
 
 if TYPE_CHECKING:
     from operator_server.background import Background
@@ -57,11 +58,13 @@ class WorkerApi:
         tasks: dict[str, Task],
         contexts: dict[str, AttemptContext],
         on_owner: OnOwner,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings, self.store, self.background = settings, store, background
         self.metrics, self.capabilities = metrics, capabilities
         self.tasks, self.contexts = tasks, contexts
         self._on_owner = on_owner
+        self.tracing: Tracing = tracing or NoTracing()
 
     async def verify_worker(self, bearer: str, verb: str, task_id: str | None = None) -> Claims:
         """A worker's credential, checked where its attempt runs: here, or on
@@ -124,6 +127,9 @@ class WorkerApi:
         }
         if task.system is not None:
             view["system"] = task.system
+        # The spawn's W3C context: the sub-agent's calls continue the task's trace.
+        if (carrier := self.tracing.work_context(task.id)) is not None:
+            view["trace"] = carrier
         return view
 
     async def post_worker_result(self, claims: Claims, result: WorkerResult) -> None:

@@ -33,6 +33,7 @@ from operator_server.errors import ApiError, AttemptFailed, Code
 from operator_server.wire.contract import Body, Operation, Security, documented
 from operator_server.wire.fields import QueryInteger, StrictInteger
 from operator_server.wire.requests import json_response
+from operator_server.wire.trace import trace_headers
 
 routes = web.RouteTableDef()
 # On a task list: where a live follower of GET /v1/events takes over from it.
@@ -168,6 +169,8 @@ async def create_task(request: web.Request, body: dict[str, Any]) -> web.Respons
             parent_task_id=parent,
             callback_url=callback,
             principal=principal_of(request).name,
+            # The caller's span, if it sent one: the task's span is its child.
+            trace_parent=trace_headers(request.headers),
         )
     except AttemptFailed as exc:
         # Refused at submission, whatever the code: the request asked for what cannot run.

@@ -28,6 +28,7 @@ from operator_server.wire.requests import (
     json_response,
     read_body,
 )
+from operator_server.wire.trace import TraceContextSchema
 
 routes = web.RouteTableDef()
 
@@ -79,6 +80,13 @@ class PromptSchema(Schema):
     agent = fields.String(required=True)
     system = fields.String(metadata={"description": "present when the task has one"})
     prompt = fields.Raw(required=True, allow_none=True, metadata={"description": "the directive"})
+    trace = fields.Nested(
+        TraceContextSchema,
+        metadata={
+            "description": "when the server traces: the W3C context of the spawn; send it "
+            "back as the traceparent (and tracestate) header of the worker's calls"
+        },
+    )
 
 
 class AcceptedSchema(Schema):
@@ -151,7 +159,9 @@ def _accepted(claims: Claims) -> web.Response:
 )
 async def worker_prompt(request: web.Request, query: dict[str, Any]) -> web.Response:
     claims = await _claims(request, "prompt", query.get("task_id"))
-    return json_response(await request.app[ENGINE].worker.worker_prompt(claims))
+    engine = request.app[ENGINE]
+    with engine.tracing.worker_call("prompt", claims.task_id, claims.attempt, request.headers):
+        return json_response(await engine.worker.worker_prompt(claims))
 
 
 @routes.post("/v1/worker/result")
@@ -172,7 +182,9 @@ async def worker_result(
     claims = subject
     require_task(claims, body.get("task_id"))
     result = WorkerResult(body["value"], body["ok"], error=body.get("error"))
-    await request.app[ENGINE].worker.worker_result(claims, result)
+    engine = request.app[ENGINE]
+    with engine.tracing.worker_call("result", claims.task_id, claims.attempt, request.headers):
+        await engine.worker.worker_result(claims, result)
     return _accepted(claims)
 
 
@@ -200,7 +212,9 @@ async def worker_submit(
     except UnicodeDecodeError:
         raise ApiError(Code.BAD_REQUEST, "body must be UTF-8 text") from None
     result = WorkerResult(text, query["ok"], error=query.get("error"))
-    await request.app[ENGINE].worker.worker_result(claims, result)
+    engine = request.app[ENGINE]
+    with engine.tracing.worker_call("result", claims.task_id, claims.attempt, request.headers):
+        await engine.worker.worker_result(claims, result)
     return _accepted(claims)
 
 
@@ -286,13 +300,15 @@ async def worker_ask(request: web.Request, subject: Claims, body: dict[str, Any]
         except SchemaNotAllowed as exc:
             raise ApiError(Code.BAD_REQUEST, str(exc)) from None
     engine = request.app[ENGINE]
-    try:
-        ask = await engine.worker.ask_senior(claims, body["question"], schema, body.get("key"))
-    except AttemptFailed as exc:
-        if exc.code != Code.NO_SENIOR:
-            raise
-        raise ApiError(exc.code, exc.message) from None
-    settled = await engine.worker.wait_ask(claims, ask.ask_id, wait)
+    # The senior's ask request is issued inside this span: it is its child.
+    with engine.tracing.worker_call("ask", claims.task_id, claims.attempt, request.headers):
+        try:
+            ask = await engine.worker.ask_senior(claims, body["question"], schema, body.get("key"))
+        except AttemptFailed as exc:
+            if exc.code != Code.NO_SENIOR:
+                raise
+            raise ApiError(exc.code, exc.message) from None
+        settled = await engine.worker.wait_ask(claims, ask.ask_id, wait)
     return _ask_answer(settled or ask)
 
 
@@ -314,7 +330,9 @@ async def worker_ask_status(
     claims = subject
     wait = _wait_limit(request, query["wait"], "wait")
     ask_id = request.match_info["ask_id"]
-    ask = await request.app[ENGINE].worker.wait_ask(claims, ask_id, wait)
+    engine = request.app[ENGINE]
+    with engine.tracing.worker_call("ask wait", claims.task_id, claims.attempt, request.headers):
+        ask = await engine.worker.wait_ask(claims, ask_id, wait)
     if ask is None:
         raise ApiError(
             Code.ASK_NOT_FOUND,

@@ -185,6 +185,7 @@ class OperatorDirectory:
             last_seen_at=record.last_seen_at,
             minted_by=record.minted_by,
             metrics=self.metrics,
+            tracing=self.engine.tracing,
             report=self.engine.operator_event,
             relay=self.relay,
             spawn=self.engine.background.spawn,

@@ -63,6 +63,7 @@ from operator_server.operators.pending_index import PendingIndex
 from operator_server.operators.pump import SocketPump
 from operator_server.operators.relay import NoRelay, RequestRelay
 from operator_server.store import RequestCourse, StoreError
+from operator_server.tracing import NoTracing, Tracing
 from operator_server.wire import frames as p
 from operator_server.wire.answer_schema import answer_problem
 from operator_server.wire.values import OnTimeout, ReplyVia
@@ -181,6 +182,7 @@ class OperatorSession:
         moves: RequestMoves | None = None,
         reassign: Reassign | None = None,
         index: PendingIndex[OperatorSession, PendingRequest] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.sid = sid
         self.token_hash = token_hash
@@ -212,6 +214,7 @@ class OperatorSession:
         self._base_url = base_url
         self._ended: AttemptFailed | None = None
         self._metrics = metrics or Metrics()
+        self._tracing: Tracing = tracing or NoTracing()
         # Tells the task's event stream of each request issued and answered.
         self._report = report
         # Claimed by the one delete that tears this session down (see the directory).
@@ -487,15 +490,55 @@ class OperatorSession:
         answer_schema: dict[str, Any] | None = None,
         issued: Issued | None = None,
     ) -> Reply:
+        """Issue a request and await its reply; its span (``tracing.py``) runs
+        from here to the reply, and its frame carries the span's W3C context."""
         if self._ended is not None:
             raise self._ended
         req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{entropy.uuid4_text()}"
+        carrier = self._tracing.request_issued(kind, req_id, task_id, self.sid, self.roles)
+        frame = build(req_id)
+        if carrier is not None:
+            p.with_trace(frame, carrier)
+        outcome = "failed"
+        try:
+            reply = await self._issue(
+                req_id,
+                kind,
+                task_id,
+                frame,
+                deadline,
+                expects_reply=expects_reply,
+                ctx=ctx,
+                answer_schema=answer_schema,
+                issued=issued,
+            )
+            outcome = "replied"
+            return reply
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._tracing.request_ended(req_id, task_id, outcome)
+
+    async def _issue(
+        self,
+        req_id: str,
+        kind: str,
+        task_id: str,
+        frame: dict[str, Any],
+        deadline: RequestDeadline,
+        *,
+        expects_reply: bool,
+        ctx: AttemptContext | None,
+        answer_schema: dict[str, Any] | None,
+        issued: Issued | None,
+    ) -> Reply:
         loop = asyncio.get_running_loop()
         req = PendingRequest(
             req_id,
             kind,
             task_id,
-            build(req_id),
+            frame,
             loop.create_future(),
             expects_reply,
             answer_schema=answer_schema,
@@ -552,6 +595,7 @@ class OperatorSession:
             reply = await req.future
         except _NoReply:
             deadline.settle()
+            self._tracing.request_ended(req_id, task_id, "timed_out")
             return self._timed_out(req, deadline)
         except asyncio.CancelledError as exc:
             # Not settled: an attempt cut short keeps its stored due time.
@@ -841,6 +885,7 @@ class OperatorSession:
         handed to the attempt awaiting it."""
         face = str(p.FACE_OF[req.kind])
         self._metrics.reply_received(face, time.monotonic() - req.issued_mono, via, kind)
+        self._tracing.request_replied(req.req_id, kind, principal, via)
         if self._report is not None:
             decided = reply_entry(
                 kind,

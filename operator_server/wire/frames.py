@@ -17,6 +17,7 @@ from operator_server.errors import Code, ProtocolError, describe_validation
 from operator_server.wire import json
 from operator_server.wire.fastcheck import fast_check
 from operator_server.wire.fields import StrictBoolean, StrictInteger
+from operator_server.wire.trace import TraceContextSchema
 from operator_server.wire.values import Face
 
 # req_id = <sid>-<kind>-<uuid4>; the kind tag names the face.
@@ -55,6 +56,8 @@ class _Request(_Frame):
     req_id = fields.String(required=True, validate=validate.Length(min=1))
     parent_req_id = fields.String()
     task_id = fields.String(required=True)
+    # The request's W3C trace context when the server traces (``wire/trace.py``).
+    trace = fields.Nested(TraceContextSchema)
 
 
 class AskFrame(_Request):
@@ -248,6 +251,12 @@ def _request(kind: str, req_id: str, parent_req_id: str | None, **body: Any) -> 
     frame = {"type": kind, "req_id": req_id, **body}
     if parent_req_id is not None:
         frame["parent_req_id"] = parent_req_id
+    return frame
+
+
+def with_trace(frame: dict[str, Any], carrier: dict[str, str]) -> dict[str, Any]:
+    """``frame`` (a request) carrying the W3C context of its request's span."""
+    frame["trace"] = carrier
     return frame
 
 

@@ -92,3 +92,12 @@ def test_a_payload_that_is_no_message_is_refused_and_an_unknown_kind_is_skipped(
         with pytest.raises(BadMessage):
             decode(payload)
     assert decode('{"k": "from_a_newer_node", "f": "a", "b": {}}') == ("a", None)
+
+
+def test_a_call_carries_its_callers_trace_context_only_when_there_is_one() -> None:
+    carrier = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    traced = Call(id=9, m="worker_result", a={}, t=carrier)
+    assert decode(traced.encode("node-b")) == ("node-b", traced)
+    assert "t" not in Call(id=9, m="worker_result", a={}).body()  # no bytes when not tracing
+    with pytest.raises(BadMessage):
+        Call.parse({"id": 9, "m": "worker_result", "a": {}, "t": "not an object"})
