@@ -5,12 +5,14 @@ they read the action links out of what they were delivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import html
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from html.parser import HTMLParser
@@ -41,6 +43,18 @@ async def smtp_server(mailbox: Mailbox) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTP(mailbox), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def smtp_running() -> AsyncIterator[tuple[Mailbox, int]]:
+    """A real SMTP server for the length of a ``with``: its mailbox and port."""
+    mailbox = Mailbox()
+    server, port = await smtp_server(mailbox)
+    try:
+        yield mailbox, port
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass

@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +118,7 @@ async def test_a_rule_can_leave_the_directive_out_and_names_only_the_roles_it_co
     mailbox = Mailbox()
     smtp, port = await smtp_server(mailbox)
     try:
-        client = await start(
-            server, port, rule={"include_text": False, "kinds": ["hook_before"]}
-        )
+        client = await start(server, port, rule={"include_text": False, "kinds": ["hook_before"]})
         other_sid, other_token = await mint(client, ["ops"])
         other = await connect(client, other_sid, other_token)
         await create_task(client, agent="coder", directive=DIRECTIVE, operator={"role": "ops"})
