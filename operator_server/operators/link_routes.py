@@ -77,11 +77,16 @@ _REFUSALS = {
 
 
 def locator(directory: OperatorDirectory) -> Locate:
-    """Where a request is pending now, for ``ActionLinks.mint``."""
+    """Where a request is pending now, for ``ActionLinks.mint``.  A request
+    on a stand-in seat (``operators/vacancies.py``) waits for its role, held by
+    nobody: its link binds no holder, so the session that joins with the role
+    and is handed the request has not moved it away from the person told."""
 
     async def locate(req_id: str) -> tuple[str | None, str] | None:
         for found in await inbox.pending(directory, req_id):
-            return found.sid, str(found.frame.get("task_id", ""))
+            seat = directory.sessions.get(found.sid) if found.sid is not None else None
+            holder = None if seat is not None and seat.stand_in else found.sid
+            return holder, str(found.frame.get("task_id", ""))
         return None
 
     return locate
