@@ -213,3 +213,29 @@ async def test_mail_goes_over_starttls_with_the_login_read_from_the_environment(
     finally:
         smtp.close()
         await smtp.wait_closed()
+
+
+async def test_mail_goes_over_tls_from_the_first_byte(server: Server, tmp_path: Path) -> None:
+    """``tls = "tls"`` (usually port 465): the connection is TLS before SMTP
+    says anything, checked against ``ca_file``."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    mailbox = Mailbox()
+    loop = asyncio.get_running_loop()
+    smtp = await loop.create_server(lambda: SMTP(mailbox), "127.0.0.1", 0, ssl=tls)
+    try:
+        client = await start(
+            server, smtp.sockets[0].getsockname()[1], smtp__tls="tls", smtp__ca_file=str(cert)
+        )
+        sid, token = await mint(client, ["reviewer"])
+        ws = await connect(client, sid, token)
+        await create_task(client, agent="coder", operator={"role": "reviewer"})
+        hb = await expect(ws, "hook_before")
+        await eventually(lambda: mailbox.messages, what="the mail, over TLS")
+        (message,) = mailbox.messages
+        assert hb["req_id"] in parts(message)[0]
+        await ws.close()
+    finally:
+        smtp.close()
+        await smtp.wait_closed()
