@@ -139,6 +139,8 @@ async def _verified(request: web.Request) -> Claims | web.Response:
     try:
         return await request.app[ACTION_LINKS].verify(request.match_info["token"])
     except LinkRefused as exc:
+        if exc.code == Code.LINK_EXPIRED and exc.claims is not None:
+            return _refusal(request, await _expired(request.app[DIRECTORY], exc.claims, exc))
         return _refusal(request, exc)
     except StoreError as exc:  # the signing key could not be read
         return _refusal(request, ApiError(Code.STORE_FAILED, f"could not check this link: {exc}"))
@@ -205,6 +207,23 @@ async def decide_link(request: web.Request) -> web.Response:
     except StoreError as exc:
         return _refusal(request, ApiError(Code.STORE_FAILED, f"nothing was decided: {exc}"))
     raise web.HTTPSeeOther(request.path)
+
+
+async def _expired(
+    directory: OperatorDirectory, claims: Claims, expired: LinkRefused
+) -> CodedError:
+    """Why an expired link decides nothing.  A link expires with its holder's
+    deadline, which is also when an escalation step moves the request on: a
+    request answered elsewhere or moved on since says so (409), as the issue's
+    pages promise; otherwise the link's time is simply up (410)."""
+    try:
+        await _pending(directory, claims)
+    except ApiError as why:
+        if why.code in (Code.ALREADY_ANSWERED, Code.ALREADY_MOVED):
+            return why
+    except StoreError:
+        pass  # the expiry is reason enough
+    return expired
 
 
 def _used(use: LinkUse) -> ApiError:

@@ -9,7 +9,10 @@ request and recipient, each deciding its own request only."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from datetime import datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -271,4 +274,67 @@ async def test_a_batched_mail_carries_a_link_per_request_and_recipient_each_deci
             (third["req_id"], "hook.rejected", f"email:{BOB}"),
         ]
         assert await pending_ids(client, "hook_before") == [first["req_id"]]
+        await ws.close()
+
+
+async def test_an_escalated_requests_old_link_says_it_moved_and_the_new_holders_link_decides(
+    server: Server, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    url = f"http://127.0.0.1:{service.port}/hook"
+    client = await server(api_token=BOOT, notify=[{"channel": "chat", "url": url, "batch_s": 0}])
+    first = await operator(client, ["l1"])
+    second = await operator(client, ["l2"])
+    resp = await client.post(
+        "/v1/tasks",
+        json={
+            "agent": "coder",
+            "directive": "x",
+            "operator": {"role": "l1", "escalate": [{"after_s": 0.3, "role": "l2"}]},
+        },
+        headers=ADMIN,
+    )
+    assert resp.status == 202, await resp.text()
+    hook = await expect(first, "hook_before")
+    assert (await expect(first, "cancel"))["req_id"] == hook["req_id"]  # escalated
+    await expect(second, "hook_before")
+    await eventually(lambda: len(receiver.bodies) == 2, what="the escalation's own message")
+    old, new = (button_urls(body)[0] for body in receiver.bodies)
+    async with aiohttp.ClientSession() as http:
+        assert "moved on to another holder" in await opened(http, old, 409)
+        check = check_of(await opened(http, new))
+        await posted(http, old, {"check": check, "action": "approve"}, 409, "already_moved")
+        await posted(http, new, {"check": check, "action": "approve"}, 303)
+    assert (await expect(second, "cancel"))["req_id"] == hook["req_id"]
+    [decided] = await decisions(client, hook["req_id"])
+    assert (decided["action"], decided["principal"]) == ("hook.approved", "link")
+    await first.close()
+    await second.close()
+
+
+async def test_a_delivered_link_expires_after_link_max_age_s_while_its_request_still_waits(
+    server: Server,
+) -> None:
+    async with smtp_running() as (mailbox, port):
+        client = await server(
+            api_token=BOOT, notify=[email_rule(ANN)], link_max_age_s=0.5, **smtp_at(port)
+        )
+        ws = await operator(client)
+        _, hook = await hooked_task(client, ws)
+        await eventually(lambda: mailbox.messages, what="the mail")
+        url = mailed_link(mailbox, hook["req_id"])
+        claims = await claims_of(client, url)
+        resp = await client.get(f"/v1/requests/{hook['req_id']}", headers=ADMIN)
+        deadline = datetime.fromisoformat((await resp.json())["deadline_at"]).timestamp()
+        assert claims.expires_at < deadline  # the configured maximum comes first
+        async with aiohttp.ClientSession() as http:
+            check = check_of(await opened(http, url))
+            # Until the instant the link names (a hair past it: the loop's timer
+            # may wake a clock tick early).
+            await asyncio.sleep(max(0.0, claims.expires_at - time.time()) + 0.02)
+            assert "this link expired at" in await opened(http, url, 410)
+            await posted(http, url, {"check": check, "action": "approve"}, 410, "link_expired")
+        assert await pending_ids(client, "hook_before") == [hook["req_id"]]
+        assert await decisions(client, hook["req_id"]) == []
         await ws.close()
