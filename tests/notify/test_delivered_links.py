@@ -130,6 +130,9 @@ async def test_a_scanner_opening_every_delivered_link_any_way_decides_nothing(
             ),
             what="the mail and the chat message of both requests",
         )
+        # What is asked is in the mail: the question, in both parts.
+        (ask_mail,) = [m for m in mailbox.messages if ask["req_id"] in mailed_req_ids(m)]
+        assert all("Which branch?" in part for part in mail_parts(ask_mail))
         mailed = [url for message in mailbox.messages for url in mailed_links(message)]
         buttons = [url for body in receiver.bodies for url in button_urls(body)]
         for url in mailed + buttons:
