@@ -106,3 +106,19 @@ async def test_a_link_sent_while_the_request_waited_still_decides_it_after_someo
     }
     assert (await wait_task(client, task["id"]))["status"] == "passed"
     await ws.close()
+
+
+async def test_a_request_waiting_for_an_unheld_role_ends_at_its_deadline(
+    server: Server, aiohttp_server: Any
+) -> None:
+    """Nobody answers, nobody joins: the deadline's on-timeout action (fail,
+    for a hook_before) ends the wait, as it would for a held request."""
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    rule = {"channel": "chat", "url": f"http://127.0.0.1:{service.port}/hook"}
+    client = await server(notify=[{**rule, "roles": ["night*"]}], hook_timeout_s=0.5)
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    await eventually(lambda: receiver.bodies, what="the notification")
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "operator_timeout", done
+    assert (await (await client.get("/v1/requests")).json())["requests"] == []
