@@ -14,7 +14,8 @@ Statuses: 200 a page that offers the decision or shows the link's own; 303
 after a decision, to that page; 400 a malformed form (nothing decided, the
 link still works); 403 a forged link or a form not from its page; 404 not a
 link; 409 used already, or its request answered elsewhere or moved on to
-another holder; 410 expired, or its request is no longer pending.  A refusal
+another holder (an expired link too, when that is what became of its
+request); 410 expired, or its request is no longer pending.  A refusal
 is a page for a browser, and the usual ``{"error": {...}}`` for a client that
 asks for JSON alone.
 """
@@ -213,9 +214,10 @@ async def _expired(
     directory: OperatorDirectory, claims: Claims, expired: LinkRefused
 ) -> CodedError:
     """Why an expired link decides nothing.  A link expires with its holder's
-    deadline, which is also when an escalation step moves the request on: a
-    request answered elsewhere or moved on since says so (409), as the issue's
-    pages promise; otherwise the link's time is simply up (410)."""
+    deadline, the very instant an escalation step moves the request on: that
+    its request was escalated (moved on) or answered elsewhere tells the person
+    more than the clock, so that is what the page says (409); otherwise the
+    link's time is simply up (410)."""
     try:
         await _pending(directory, claims)
     except ApiError as why:
