@@ -202,9 +202,9 @@ def build_app(
         meters,
         find_pending=pending_view(directory),
         find_task=lambda task_id: _task_facts(engine, task_id),
+        # Every message carries its requests' action links (``notify/links.py``).
+        minter=links,
     )
-    # Every message carries its requests' action links (``notify/links.py``).
-    notifier.minter = links
     if settings.notify:
         engine.request_observers.append(notifier.request_reported)
         engine.due_soon_observers.append(notifier.due_soon)

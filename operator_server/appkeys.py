@@ -30,7 +30,7 @@ BACKGROUND = web.AppKey("background", Background)
 ENGINE = web.AppKey("engine", Engine)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
-# Notifications of pending requests; ``minter`` is set where the action links are made.
+# Notifications of pending requests, each message with its action links.
 NOTIFIER = web.AppKey("notifier", Notifier)
 # ``{"sessions": n, "connected": n}``, set by the app from the operator census
 # (every node's sessions in a cluster).

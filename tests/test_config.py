@@ -377,3 +377,27 @@ def test_notify_rules_load_from_the_file_with_their_defaults(tmp_path: Path) -> 
     assert email.to == ("ops@example.com",) and email.roles == ("*",) and email.batch_s == 60
     assert hook.roles == ("rev*",) and hook.kinds == ("ask",) and not hook.include_text
     assert settings.smtp.sender == "server@example.com" and settings.smtp.tls == "starttls"
+
+
+def test_the_readmes_notifications_example_loads_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "Notifications" section: one complete email and chat
+    configuration that loads, its action links a subsection of it, and the
+    delivery promise (at least once, an idempotency key) stated there."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Notifications\n") :]
+    section = section[: section.index("\n## ", 1)]
+    example = section[section.index("```toml\n") + len("```toml\n") :]
+    example = example[: example.index("```")]
+    monkeypatch.setenv("SMTP_USER", "mailer")
+    monkeypatch.setenv("SMTP_PASSWORD", "secret")
+    settings = load_settings(file=write(tmp_path, example), env={})
+    email, chat = settings.notify
+    assert (email.channel, email.to) == ("email", ("alice@example.com", "bob@example.com"))
+    assert email.only_unattended and email.kinds == ("hook_before", "ask")
+    assert (chat.channel, chat.url) == ("chat", "https://hooks.slack.com/services/T000/B000/XXXX")
+    assert settings.smtp.tls == "starttls" and settings.smtp.user_env == "SMTP_USER"
+    assert "\n### Action links\n" in section
+    said = " ".join(section.split())
+    assert "Delivery: at least once" in said and "idempotency key" in said

@@ -60,7 +60,13 @@ Locate = Callable[[str], Awaitable[tuple[str | None, str] | None]]
 
 
 class LinkRefused(CodedError):
-    """A token that is no link of ours, or no longer one; the code says which."""
+    """A token that is no link of ours, or no longer one; the code says which.
+    An expired link keeps its verified ``claims``: what became of its request
+    since may say more than its clock does."""
+
+    def __init__(self, code: Code, message: str, claims: Claims | None = None) -> None:
+        super().__init__(code, message)
+        self.claims = claims
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,9 @@ class ActionLinks:
             raise LinkRefused(Code.LINK_FORGED, f"this link is not valid: {exc}") from None
         claims = _claims(found, _check(key, found.get("jti")))
         if claims.expires_at <= self._clock():
-            raise LinkRefused(Code.LINK_EXPIRED, f"this link expired at {iso(claims.expires_at)}")
+            raise LinkRefused(
+                Code.LINK_EXPIRED, f"this link expired at {iso(claims.expires_at)}", claims
+            )
         return claims
 
     async def _signing_key(self) -> bytes:

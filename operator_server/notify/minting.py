@@ -1,9 +1,9 @@
 """What the notifier needs of the action links (``links.py``): a minter.
 
-The notifier depends on this Protocol only, so it runs and is tested without
-the links themselves; ``app.py`` hands it the real ``ActionLinks``.  A link is
-minted per request and recipient when a message is cut, and kept with the
-message, so every try of that message carries the same links.
+The notifier depends on this Protocol only, not on how a link is signed or
+verified; ``app.py`` hands it the real ``ActionLinks``.  A link is minted per
+request and recipient when a message is cut, and kept with the message, so
+every try of that message carries the same links.
 """
 
 from __future__ import annotations

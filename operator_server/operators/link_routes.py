@@ -14,7 +14,8 @@ Statuses: 200 a page that offers the decision or shows the link's own; 303
 after a decision, to that page; 400 a malformed form (nothing decided, the
 link still works); 403 a forged link or a form not from its page; 404 not a
 link; 409 used already, or its request answered elsewhere or moved on to
-another holder; 410 expired, or its request is no longer pending.  A refusal
+another holder (an expired link too, when that is what became of its
+request); 410 expired, or its request is no longer pending.  A refusal
 is a page for a browser, and the usual ``{"error": {...}}`` for a client that
 asks for JSON alone.
 """
@@ -77,11 +78,16 @@ _REFUSALS = {
 
 
 def locator(directory: OperatorDirectory) -> Locate:
-    """Where a request is pending now, for ``ActionLinks.mint``."""
+    """Where a request is pending now, for ``ActionLinks.mint``.  A request
+    on a stand-in seat (``operators/vacancies.py``) waits for its role, held by
+    nobody: its link binds no holder, so the session that joins with the role
+    and is handed the request has not moved it away from the person told."""
 
     async def locate(req_id: str) -> tuple[str | None, str] | None:
         for found in await inbox.pending(directory, req_id):
-            return found.sid, str(found.frame.get("task_id", ""))
+            seat = directory.sessions.get(found.sid) if found.sid is not None else None
+            holder = None if seat is not None and seat.stand_in else found.sid
+            return holder, str(found.frame.get("task_id", ""))
         return None
 
     return locate
@@ -134,6 +140,8 @@ async def _verified(request: web.Request) -> Claims | web.Response:
     try:
         return await request.app[ACTION_LINKS].verify(request.match_info["token"])
     except LinkRefused as exc:
+        if exc.code == Code.LINK_EXPIRED and exc.claims is not None:
+            return _refusal(request, await _expired(request.app[DIRECTORY], exc.claims, exc))
         return _refusal(request, exc)
     except StoreError as exc:  # the signing key could not be read
         return _refusal(request, ApiError(Code.STORE_FAILED, f"could not check this link: {exc}"))
@@ -200,6 +208,24 @@ async def decide_link(request: web.Request) -> web.Response:
     except StoreError as exc:
         return _refusal(request, ApiError(Code.STORE_FAILED, f"nothing was decided: {exc}"))
     raise web.HTTPSeeOther(request.path)
+
+
+async def _expired(
+    directory: OperatorDirectory, claims: Claims, expired: LinkRefused
+) -> CodedError:
+    """Why an expired link decides nothing.  A link expires with its holder's
+    deadline, the very instant an escalation step moves the request on: that
+    its request was escalated (moved on) or answered elsewhere tells the person
+    more than the clock, so that is what the page says (409); otherwise the
+    link's time is simply up (410)."""
+    try:
+        await _pending(directory, claims)
+    except ApiError as why:
+        if why.code in (Code.ALREADY_ANSWERED, Code.ALREADY_MOVED):
+            return why
+    except StoreError:
+        pass  # the expiry is reason enough
+    return expired
 
 
 def _used(use: LinkUse) -> ApiError:

@@ -1,46 +1,25 @@
-"""What the notification tests run on the other end: a real SMTP server, an
-HTTP receiver (standing in for a chat service or a webhook endpoint), and a
-stand-in for the action links."""
+"""What the notification tests run on the other end: a real SMTP server and an
+HTTP receiver (standing in for a chat service or a webhook endpoint), and how
+they read the action links out of what they were delivered."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
+import html
 import json
+import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
-
-
-@dataclass(frozen=True)
-class Link:
-    url: str
-    actions: tuple[str, ...]
-    expires_at: float
-
-
-class StandInLinks:
-    """Stands in for ``ActionLinks`` (``notify/links.py``, built on another
-    branch) until the merge: the same ``mint`` signature, a recognisable URL
-    per request and recipient, and every call kept."""
-
-    def __init__(self, base: str = "http://links.test") -> None:
-        self.base = base
-        self.minted: list[dict[str, Any]] = []
-
-    async def mint(
-        self, *, req_id: str, kind: str, recipient: str | None, due_at: float | None
-    ) -> Link:
-        self.minted.append({"req_id": req_id, "kind": kind, "recipient": recipient})
-        actions = ("approve", "reject") if kind == "hook_before" else ("answer", "decline")
-        return Link(
-            f"{self.base}/v1/links/t-{req_id}-{recipient}", actions, due_at or time.time() + 60
-        )
 
 
 class Mailbox:
@@ -64,6 +43,18 @@ async def smtp_server(mailbox: Mailbox) -> tuple[asyncio.Server, int]:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTP(mailbox), "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def smtp_running() -> AsyncIterator[tuple[Mailbox, int]]:
+    """A real SMTP server for the length of a ``with``: its mailbox and port."""
+    mailbox = Mailbox()
+    server, port = await smtp_server(mailbox)
+    try:
+        yield mailbox, port
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @dataclass
@@ -96,3 +87,56 @@ class Receiver:
         app = web.Application()
         app.router.add_post("/hook", self.handle)
         return app
+
+
+def mail_parts(message: EmailMessage) -> tuple[str, str]:
+    """The text/plain and text/html parts of a ``multipart/alternative`` mail."""
+    assert message.get_content_type() == "multipart/alternative"
+    plain = message.get_body(("plain",))
+    rich = message.get_body(("html",))
+    assert plain is not None and rich is not None
+    return plain.get_content(), rich.get_content()
+
+
+class _Hrefs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.hrefs += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def urls_in_text(text: str) -> list[str]:
+    """Every URL a mail client would make clickable in a plain-text part."""
+    return re.findall(r"https?://[^\s<>\"')]+", text)
+
+
+def urls_in_html(text: str) -> list[str]:
+    """Every href (and src) of an HTML part, unescaped as a browser reads them,
+    and any URL written out in its text."""
+    parser = _Hrefs()
+    parser.feed(text)
+    parser.close()
+    words = html.unescape(re.sub(r"<[^>]*>", " ", text))
+    return parser.hrefs + [u for u in urls_in_text(words) if u not in parser.hrefs]
+
+
+def mailed_links(message: EmailMessage) -> list[str]:
+    """The action links of a delivered mail, in order; its text part and its
+    HTML part must offer the very same ones."""
+    plain, rich = mail_parts(message)
+    in_text, in_html = urls_in_text(plain), urls_in_html(rich)
+    assert in_text == in_html, (in_text, in_html)
+    return in_text
+
+
+def button_urls(payload: dict[str, Any]) -> list[str]:
+    """Every button URL of a Block Kit chat message."""
+    return [
+        element["url"]
+        for block in payload["blocks"]
+        if block["type"] == "actions"
+        for element in block["elements"]
+        if "url" in element
+    ]

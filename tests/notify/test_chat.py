@@ -9,10 +9,10 @@ from typing import Any
 import jsonschema
 from aiohttp import web
 
-from operator_server.appkeys import NOTIFIER
+from operator_server.appkeys import ACTION_LINKS
 from operator_server.notify import messages
 from tests.conftest import Server, create_task
-from tests.notify.receivers import Receiver, StandInLinks
+from tests.notify.receivers import Receiver
 from tests.wsop import connect, eventually, expect, mint
 
 # The subset of Block Kit the notifier uses, with the limits Slack documents:
@@ -95,22 +95,18 @@ BLOCK_KIT = {
 
 async def chat_server(
     server: Server, aiohttp_server: Any, receiver: Receiver, **overrides: Any
-) -> tuple[Any, StandInLinks]:
+) -> Any:
     service = await aiohttp_server(receiver.app())
     rule = {"channel": "chat", "url": f"http://127.0.0.1:{service.port}/hook", "batch_s": 0}
     rule.update(overrides.pop("rule", {}))
-    client = await server(notify=[rule], **overrides)
-    app: web.Application = client.app
-    links = StandInLinks()
-    app[NOTIFIER].minter = links
-    return client, links
+    return await server(notify=[rule], **overrides)
 
 
 async def test_the_chat_service_gets_block_kit_sections_with_a_link_button_per_request(
     server: Server, aiohttp_server: Any
 ) -> None:
     receiver = Receiver()
-    client, links = await chat_server(server, aiohttp_server, receiver)
+    client = await chat_server(server, aiohttp_server, receiver)
     sid, token = await mint(client, ["reviewer"])
     ws = await connect(client, sid, token)
     task = await create_task(
@@ -124,8 +120,16 @@ async def test_the_chat_service_gets_block_kit_sections_with_a_link_button_per_r
     assert "Approval needed: spawn agent coder" in section["text"]["text"]
     assert task["id"] in section["text"]["text"] and "ship &lt;it&gt;" in section["text"]["text"]
     (button,) = actions["elements"]
-    assert button["url"] == f"http://links.test/v1/links/t-{hb['req_id']}-None"
-    assert links.minted[0]["recipient"] is None  # a chat rule has no named recipient
+    origin = str(client.make_url("")).rstrip("/")
+    assert button["url"].startswith(f"{origin}/v1/links/")
+    app: web.Application = client.app
+    claims = await app[ACTION_LINKS].verify(button["url"].rsplit("/", 1)[1])
+    # A chat rule names no recipient: a decision through it is the principal "link"'s.
+    assert (claims.req_id, claims.recipient, claims.principal) == (hb["req_id"], None, "link")
+    assert button["text"]["text"] == "Decide: approve / reject"
+    resp = await client.get(button["url"].removeprefix(origin))
+    shown = await resp.text()
+    assert resp.status == 200 and hb["req_id"] in shown and task["id"] in shown
     key = receiver.headers[0]["X-Operator-Server-Delivery"]
     assert section["block_id"].startswith(key) and actions["block_id"].startswith(key)
     assert task["id"] in payload["text"]

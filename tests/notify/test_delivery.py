@@ -165,3 +165,34 @@ async def test_a_request_answered_before_its_batch_goes_is_left_out_of_it(
     await eventually(lambda: len(receiver.bodies) == 2, what="the second message")
     assert req_ids(receiver.bodies[1]) == [waiting]
     await ws.close()
+
+
+async def test_an_only_unattended_rule_tells_of_requests_no_connected_session_holds(
+    server: Server, aiohttp_server: Any
+) -> None:
+    """The witness rule tells of every request, so once it has told of the
+    attended one the other rule has judged it too; that rule's first message
+    (nothing else could hold it back for ``batch_s``) is the unattended one."""
+    witness, unattended = Receiver(), Receiver()
+    urls = [
+        f"http://127.0.0.1:{(await aiohttp_server(r.app())).port}/hook"
+        for r in (witness, unattended)
+    ]
+    client = await server(
+        notify=[
+            {"channel": "chat", "url": urls[0], "batch_s": 0},
+            {"channel": "chat", "url": urls[1], "batch_s": 600, "only_unattended": True},
+        ]
+    )
+    sid, token = await mint(client, ["reviewer"])
+    ws = await connect(client, sid, token)
+    _, attended = await pending_approval(client, ws)
+    await eventually(lambda: witness.bodies, what="the witness's message")
+    assert req_ids(witness.bodies[0]) == [attended]
+    # A role nobody holds: its request waits on no connected session.
+    await create_task(client, agent="coder", operator={"role": "nightshift"})
+    await eventually(lambda: unattended.bodies, what="the unattended request's message")
+    (waiting,) = (await (await client.get("/v1/requests")).json())["requests"][1:]
+    assert req_ids(unattended.bodies[0]) == [waiting["req_id"]]
+    assert waiting["holder"]["roles"] == ["nightshift"]
+    await ws.close()

@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from operator_server.appkeys import NOTIFIER
+from operator_server.appkeys import ACTION_LINKS
 from tests.conftest import Server, create_task, wait_task
-from tests.notify.receivers import Mailbox, StandInLinks, smtp_server
+from tests.notify.receivers import Mailbox, mail_parts, mailed_links, smtp_server
 from tests.wsop import connect, eventually, expect, mint
 
 DIRECTIVE = "<b>deploy</b> & check"
 
 
-def parts(message: EmailMessage) -> tuple[str, str]:
-    assert message.get_content_type() == "multipart/alternative"
-    plain = message.get_body(("plain",))
-    html = message.get_body(("html",))
-    assert plain is not None and html is not None
-    return plain.get_content(), html.get_content()
+parts = mail_parts
 
 
-async def start(server: Server, port: int, **overrides: Any) -> tuple[Any, StandInLinks]:
+async def start(server: Server, port: int, **overrides: Any) -> Any:
     rule = {"channel": "email", "to": ["alice@example.com"], "roles": ["rev*"], "batch_s": 0}
     rule.update(overrides.pop("rule", {}))
     settings = {"smtp__tls": "none", **overrides}
@@ -45,10 +39,7 @@ async def start(server: Server, port: int, **overrides: Any) -> tuple[Any, Stand
         smtp__from="server@example.com",
         **settings,
     )
-    app: web.Application = client.app
-    links = StandInLinks()
-    app[NOTIFIER].minter = links
-    return client, links
+    return client
 
 
 async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_link(
@@ -57,7 +48,7 @@ async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_li
     mailbox = Mailbox()
     smtp, port = await smtp_server(mailbox)
     try:
-        client, links = await start(server, port)
+        client = await start(server, port)
         sid, token = await mint(client, ["reviewer"])
         ws = await connect(client, sid, token)
         task = await create_task(
@@ -74,14 +65,25 @@ async def test_a_pending_approval_is_mailed_with_both_parts_its_facts_and_its_li
         key = message["X-Operator-Server-Delivery"]
         assert key and message["Message-ID"] == f"<{key}@operator-server>"
         plain, html = parts(message)
-        url = f"http://links.test/v1/links/t-{hb['req_id']}-email:alice@example.com"
-        assert links.minted == [
-            {"req_id": hb["req_id"], "kind": "hook_before", "recipient": "email:alice@example.com"}
-        ]
+        # One link, the same in both parts: this daemon's, for this request and
+        # this recipient, offering what a hook_before offers.
+        (url,) = mailed_links(message)
+        origin = str(client.make_url("")).rstrip("/")
+        assert url.startswith(f"{origin}/v1/links/")
+        app: web.Application = client.app
+        claims = await app[ACTION_LINKS].verify(url.rsplit("/", 1)[1])
+        assert (claims.req_id, claims.recipient, claims.actions) == (
+            hb["req_id"],
+            "email:alice@example.com",
+            ("approve", "reject"),
+        )
         for text in (plain, html):
             assert task["id"] in text and hb["req_id"] in text and "coder" in text
             assert "reviewer" in text and "Deadline: " in plain
-            assert url in text
+        # It opens the request's page (and opening it decides nothing).
+        resp = await client.get(url.removeprefix(origin))
+        shown = await resp.text()
+        assert resp.status == 200 and hb["req_id"] in shown and task["id"] in shown
         assert DIRECTIVE in plain
         # Everything in the HTML part is escaped: the directive's markup too.
         assert "&lt;b&gt;deploy&lt;/b&gt; &amp; check" in html and "<b>deploy" not in html
@@ -116,9 +118,7 @@ async def test_a_rule_can_leave_the_directive_out_and_names_only_the_roles_it_co
     mailbox = Mailbox()
     smtp, port = await smtp_server(mailbox)
     try:
-        client, _ = await start(
-            server, port, rule={"include_text": False, "kinds": ["hook_before"]}
-        )
+        client = await start(server, port, rule={"include_text": False, "kinds": ["hook_before"]})
         other_sid, other_token = await mint(client, ["ops"])
         other = await connect(client, other_sid, other_token)
         await create_task(client, agent="coder", directive=DIRECTIVE, operator={"role": "ops"})
@@ -195,7 +195,7 @@ async def test_mail_goes_over_starttls_with_the_login_read_from_the_environment(
     monkeypatch.setenv("TEST_SMTP_USER", "mailer")
     monkeypatch.setenv("TEST_SMTP_PASSWORD", "pw-from-env")
     try:
-        client, _ = await start(
+        client = await start(
             server,
             smtp.sockets[0].getsockname()[1],
             smtp__tls="starttls",
@@ -209,6 +209,32 @@ async def test_mail_goes_over_starttls_with_the_login_read_from_the_environment(
         await expect(ws, "hook_before")
         await eventually(lambda: mailbox.messages, what="the mail, over STARTTLS")
         assert logins == [(b"mailer", b"pw-from-env")]
+        await ws.close()
+    finally:
+        smtp.close()
+        await smtp.wait_closed()
+
+
+async def test_mail_goes_over_tls_from_the_first_byte(server: Server, tmp_path: Path) -> None:
+    """``tls = "tls"`` (usually port 465): the connection is TLS before SMTP
+    says anything, checked against ``ca_file``."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    mailbox = Mailbox()
+    loop = asyncio.get_running_loop()
+    smtp = await loop.create_server(lambda: SMTP(mailbox), "127.0.0.1", 0, ssl=tls)
+    try:
+        client = await start(
+            server, smtp.sockets[0].getsockname()[1], smtp__tls="tls", smtp__ca_file=str(cert)
+        )
+        sid, token = await mint(client, ["reviewer"])
+        ws = await connect(client, sid, token)
+        await create_task(client, agent="coder", operator={"role": "reviewer"})
+        hb = await expect(ws, "hook_before")
+        await eventually(lambda: mailbox.messages, what="the mail, over TLS")
+        (message,) = mailbox.messages
+        assert hb["req_id"] in parts(message)[0]
         await ws.close()
     finally:
         smtp.close()

@@ -5,10 +5,11 @@ before.  The receiver stands in for a chat service."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tests.conftest import Server, create_task, wait_task
-from tests.notify.receivers import Receiver
+from tests.notify.receivers import Receiver, button_urls
 from tests.notify.test_delivery import req_ids
 from tests.wsop import connect, eventually, expect, mint
 
@@ -72,4 +73,52 @@ async def test_without_a_covering_rule_an_unheld_role_still_fails_at_once(
     task = await create_task(client, **APPROVAL, operator={"role": "dayshift"})
     done = await wait_task(client, task["id"])
     assert done["status"] == "failed" and done["error"]["code"] == "operator_not_found"
+    assert (await (await client.get("/v1/requests")).json())["requests"] == []
+
+
+async def test_a_link_sent_while_the_request_waited_still_decides_it_after_someone_joins(
+    server: Server, aiohttp_server: Any
+) -> None:
+    """The link names no holder while the request waits for its role: the
+    session that then joins with the role did not move it away from anyone."""
+    receiver = Receiver()
+    client = await covered_server(server, aiohttp_server, receiver)
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    await eventually(lambda: receiver.bodies, what="the notification")
+    (url,) = button_urls(receiver.bodies[0])
+    sid, token = await mint(client, ["nightshift"])
+    ws = await connect(client, sid, token)
+    hb = await expect(ws, "hook_before")
+    path = url.removeprefix(str(client.make_url("")).rstrip("/"))
+    page = await client.get(path, headers={"Accept": "text/html"})
+    shown = await page.text()
+    assert page.status == 200 and hb["req_id"] in shown, shown
+    check = re.search(r'name="check" value="([0-9a-f]+)"', shown)
+    assert check is not None
+    resp = await client.post(
+        path, data={"check": check.group(1), "action": "approve"}, allow_redirects=False
+    )
+    assert resp.status == 303, await resp.text()
+    assert await expect(ws, "cancel") == {
+        "type": "cancel",
+        "req_id": hb["req_id"],
+        "reason": "answered_elsewhere",
+    }
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await ws.close()
+
+
+async def test_a_request_waiting_for_an_unheld_role_ends_at_its_deadline(
+    server: Server, aiohttp_server: Any
+) -> None:
+    """Nobody answers, nobody joins: the deadline's on-timeout action (fail,
+    for a hook_before) ends the wait, as it would for a held request."""
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    rule = {"channel": "chat", "url": f"http://127.0.0.1:{service.port}/hook"}
+    client = await server(notify=[{**rule, "roles": ["night*"]}], hook_timeout_s=0.5)
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    await eventually(lambda: receiver.bodies, what="the notification")
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "operator_timeout", done
     assert (await (await client.get("/v1/requests")).json())["requests"] == []
