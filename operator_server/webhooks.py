@@ -16,13 +16,8 @@ at ``webhook_backoff_max_s``), with jitter, up to ``webhook_max_attempts``.
 never buys an extra one: a row still due with ``webhook_max_attempts`` tries
 counted had its last try cut short, and is given up without sending.
 
-**Where a try may go.**  The URL must still match ``webhook_allow_hosts`` (the
-settings may have changed since the task was created).  A host *name* must
-resolve to global addresses: loopback, link-local, private and other
-non-global ones are dropped by the connector's own resolver (``_Resolver``),
-so the check is made on the very addresses the connection is then made to —
-no window between a check and a second lookup.  ``webhook_allow_private``
-lifts that; an allow-listed IP literal is itself the explicit permission.
+**Where a try may go**, and how one is made: ``outbound.py``, shared with
+the notifications.
 
 **One slow receiver cannot starve the others.**  At most ``CONCURRENCY`` tries
 are in flight, and at most ``PER_RECEIVER`` of them to one receiver (scheme,
@@ -33,19 +28,15 @@ tries to end while other receivers' deliveries go ahead.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import random
-import socket
 import time
 from collections import Counter
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from operator_server import outbound
 from operator_server.background import Background
-from operator_server.config import Settings, webhook_host_allowed
+from operator_server.config import Settings
 from operator_server.engine import Engine
 from operator_server.engine.reads import decode_row
 from operator_server.engine.task_json import task_view
@@ -53,8 +44,6 @@ from operator_server.engine.tasks import Callback, Task
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.store import StoreError
-from operator_server.wire import json
-from operator_server.wire.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 
 log = get_logger(__name__)
 # Tries in flight at once, in all; and to one receiver (scheme, host, port).
@@ -66,48 +55,6 @@ LOOK_MAX = 2000
 IDLE_S = 60.0
 
 Receiver = tuple[str, str, int]
-
-
-def is_public(address: str) -> bool:
-    """Whether a resolved address is a global one (not loopback, link-local,
-    private, shared, reserved, multicast or unspecified)."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])  # fe80::1%eth0
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-class RefusedAddress(OSError):
-    """A callback host resolved only to addresses webhooks may not go to."""
-
-
-class _Resolver(AbstractResolver):
-    """The connector's resolver: the usual lookup, minus non-global addresses.
-    The connector connects only to what this returns, so what is checked is
-    what is connected to.  (IP literals never reach a resolver: they are
-    allow-listed by name, see ``_refusal``.)"""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        kept = [r for r in found if is_public(r["host"])]
-        if not kept:
-            refused = ", ".join(sorted({r["host"] for r in found}))
-            raise RefusedAddress(
-                f"{host} resolves only to non-public addresses ({refused}); "
-                "set webhook_allow_private = true, or allow-list the address itself"
-            )
-        return kept
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class WebhookSender:
@@ -127,18 +74,12 @@ class WebhookSender:
         self._http: aiohttp.ClientSession | None = None
 
     def backoff(self, tries: int) -> float:
-        """Wait after ``tries`` failed tries: exponential, capped, with jitter."""
-        s = self.settings
-        ceiling = min(s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (tries - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return outbound.backoff(self.settings, tries)
 
     async def run(self) -> None:
         due_event = self.engine.deliveries_due
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        connector = aiohttp.TCPConnector(
-            limit=CONCURRENCY,
-            resolver=None if self.settings.webhook_allow_private else _Resolver(),
-        )
+        connector = outbound.connector(self.settings, limit=CONCURRENCY)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             self._http = http
             while True:
@@ -184,15 +125,6 @@ class WebhookSender:
         finally:
             self._in_flight.discard(task_id)
             self.engine.deliveries_due.set()
-
-    def _refusal(self, url: URL) -> str | None:
-        """Why a try may not go to ``url`` now, or None."""
-        host = (url.host or "").lower()
-        if url.scheme not in ("http", "https") or not host:
-            return "callback_url is not an http(s) URL"
-        if not webhook_host_allowed(self.settings, host, url.port or 0):
-            return f"{host}:{url.port} is no longer in webhook_allow_hosts"
-        return None
 
     def _settled(self, task_id: str) -> None:
         self._receiver_of.pop(task_id, None)
@@ -272,30 +204,17 @@ class WebhookSender:
     async def _post(self, url: URL, task: Task, delivery_id: str) -> str | None:
         """One try; what went wrong, or None when the receiver took it."""
         assert self._http is not None
-        refusal = self._refusal(url)
+        refusal = outbound.refusal(self.settings, url, "callback_url")
         if refusal is not None:
             return f"refused: {refusal}"
-        body = json.dumps(task_view(task)).encode()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.settings.webhook_secret, body),
-            DELIVERY_HEADER: delivery_id,
-        }
-        try:
-            async with self._http.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                if not 200 <= resp.status < 300:
-                    return f"HTTP {resp.status}"
-        except TimeoutError:
-            return f"no answer within {self.settings.webhook_timeout_s:g}s"
-        except aiohttp.ClientConnectorDNSError as exc:
-            if isinstance(exc.os_error, RefusedAddress):
-                return f"refused: {exc.os_error}"
-            return f"{type(exc).__name__}: {exc}"
-        except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        return await outbound.post_json(
+            self._http,
+            url,
+            task_view(task),
+            delivery_id,
+            secret=self.settings.webhook_secret,
+            timeout=self.settings.webhook_timeout_s,
+        )
 
     async def _give_up(self, task_id: str, task: Task, why: str) -> None:
         assert task.callback is not None

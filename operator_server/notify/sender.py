@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -38,7 +37,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
+from operator_server import outbound
 from operator_server.background import Background
 from operator_server.config import NotifyRule, Settings
 from operator_server.engine.deadlines import DueSoon
@@ -47,7 +48,7 @@ from operator_server.engine.observers import RequestReported
 from operator_server.logs import get_logger
 from operator_server.metrics import Metrics
 from operator_server.notify import messages
-from operator_server.notify.channels import post_json, send_email, webhook_refusal
+from operator_server.notify.channels import send_email
 from operator_server.notify.minting import LinkMinter
 from operator_server.notify.news import (
     DUE_SOON,
@@ -60,7 +61,6 @@ from operator_server.notify.news import (
 )
 from operator_server.notify.rules import batch_of, covers, recipients
 from operator_server.store import Notice, NoticeMessage, Store, StoreError
-from operator_server.webhooks import _Resolver
 
 log = get_logger(__name__)
 # With nothing due, look again this often anyway.
@@ -121,16 +121,12 @@ class Notifier:
     # -- the background task ----------------------------------------------
 
     def backoff(self, tries: int) -> float:
-        s = self.settings
-        ceiling = min(s.webhook_backoff_max_s, s.webhook_backoff_s * 2 ** (tries - 1))
-        return ceiling * random.uniform(0.5, 1.0)
+        return outbound.backoff(self.settings, tries)
 
     async def run(self) -> None:
         await self._load()
         timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        connector = aiohttp.TCPConnector(
-            resolver=None if self.settings.webhook_allow_private else _Resolver()
-        )
+        connector = outbound.connector(self.settings)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             self._http = http
             while True:
@@ -413,13 +409,13 @@ class Notifier:
             return await send_email(smtp, messages.email(digest, smtp.sender, to), timeout)
         assert self._http is not None  # set before any try starts
         if rule.channel == "chat":
-            return await post_json(
+            return await outbound.post_json(
                 self._http, rule.url, messages.chat(digest), digest.key, timeout=timeout
             )
-        refusal = webhook_refusal(self.settings, rule.url)
+        refusal = outbound.refusal(self.settings, URL(rule.url), "the rule's url")
         if refusal is not None:
             return f"refused: {refusal}"
-        return await post_json(
+        return await outbound.post_json(
             self._http,
             rule.url,
             messages.webhook(digest),
