@@ -47,7 +47,11 @@ async def new_database(postgres: Postgres) -> str:
     name = f"test_{os.getpid()}_{next(_databases)}"
     conn = await asyncpg.connect(postgres.url())
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        # FILE_COPY copies the empty template's files (0.09 s here) instead of
+        # writing them all through the WAL, PostgreSQL 15's default (0.14 s);
+        # before 15 it was the only way, and the option did not exist.
+        copy = " STRATEGY = FILE_COPY" if conn.get_server_version().major >= 15 else ""
+        await conn.execute(f'CREATE DATABASE "{name}"{copy}')
     finally:
         await conn.close()
     return postgres.url(name)
