@@ -26,8 +26,12 @@ $(BIN)/.installed-test: $(BIN)/.installed-run
 run: $(BIN)/.installed-run
 	$(BIN)/operator-server serve --config $(CONFIG)$(if $(PORT), --port $(PORT))
 
+# One test process per CPU (PYTEST_XDIST_AUTO_NUM_WORKERS=N to
+# choose): most tests wait on sockets and subprocesses, not on the CPU. Each
+# process starts its own PostgreSQL and Chromium; a file's tests stay together
+# (loadfile), so a module's fixtures are made once.
 test: $(BIN)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 lint: $(BIN)/.installed-test
 	$(BIN)/ruff check .

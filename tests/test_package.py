@@ -132,7 +132,7 @@ def test_make_run_installs_only_what_the_daemon_needs(tmp_path: Path) -> None:
     assert any(line.endswith("-e '.[test,dev]'") for line in test), test
     assert test[-2:] == [
         f"touch {tmp_path}/v/bin/.installed-test",
-        f"{tmp_path}/v/bin/python -m pytest -q",
+        f"{tmp_path}/v/bin/python -m pytest -q -n auto --dist loadfile",
     ]
 
 

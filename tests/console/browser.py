@@ -125,7 +125,13 @@ class Daemon:
 
 
 def start_daemon(*args: str, port: int | None = None) -> Daemon:
-    port = port or free_port()
+    daemon = _spawn(args, port or free_port())
+    started(daemon.proc)
+    return _until_up(daemon)
+
+
+def _spawn(args: tuple[str, ...], port: int) -> Daemon:
+    """The daemon's process, started; not yet listening."""
     command = [sys.executable, "-m", "operator_server", "serve", "--port", str(port)]
     command += ["--secret", "console-test", "--store-path", ":memory:", "--log-format", "json"]
     proc = subprocess.Popen(
@@ -133,8 +139,40 @@ def start_daemon(*args: str, port: int | None = None) -> Daemon:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    started(proc)
-    daemon = Daemon(proc, f"http://127.0.0.1:{port}")
+    return Daemon(proc, f"http://127.0.0.1:{port}")
+
+
+class Spares:
+    """A fresh daemon per test, started while the test before it runs.
+
+    Starting one (a Python process importing the daemon) is most of a console
+    test's set-up: 1-2 s on a busy 2-core machine. Each ``take`` hands out the
+    daemon started at the previous ``take`` with the same arguments, and once
+    that one answers starts the next. A daemon nobody took yet belongs to no
+    test (``tests/processes.py`` would stop it when the current one ends);
+    ``close`` stops those."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, ...], Daemon] = {}
+
+    def take(self, *args: str) -> Daemon:
+        daemon = self._waiting.pop(args, None)
+        if daemon is None or daemon.proc.poll() is not None:  # the first, or one that died
+            daemon = _spawn(args, free_port())
+        started(daemon.proc)
+        _until_up(daemon)
+        self._waiting[args] = _spawn(args, free_port())
+        return daemon
+
+    def close(self) -> None:
+        for daemon in self._waiting.values():
+            daemon.proc.kill()
+            daemon.proc.wait()
+        self._waiting.clear()
+
+
+def _until_up(daemon: Daemon) -> Daemon:
+    proc = daemon.proc
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:

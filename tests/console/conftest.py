@@ -1,4 +1,5 @@
-"""One Chromium per module; a fresh daemon process (a fresh origin) per test."""
+"""One Chromium per module; a fresh daemon process (a fresh origin) per test,
+started while the test before it runs."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from tests.console.browser import (
     BOOT,
     Daemon,
+    Spares,
     browser_missing,
     chromium,
     has_control,
     severe_log_entries,
-    start_daemon,
     until,
 )
 from tests.needs import unavailable
@@ -29,9 +30,17 @@ def browser() -> Iterator[WebDriver]:
         yield driver
 
 
+@pytest.fixture(scope="session")
+def spares() -> Iterator[Spares]:
+    """Each test's daemon, started while the test before it ran."""
+    waiting = Spares()
+    yield waiting
+    waiting.close()
+
+
 @pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    d = start_daemon()
+def daemon(spares: Spares) -> Iterator[Daemon]:
+    d = spares.take()
     yield d
     d.stop()
 
@@ -48,9 +57,9 @@ def page(browser: WebDriver, daemon: Daemon) -> Iterator[WebDriver]:
 
 
 @pytest.fixture
-def guarded(browser: WebDriver) -> Iterator[tuple[WebDriver, Daemon]]:
+def guarded(browser: WebDriver, spares: Spares) -> Iterator[tuple[WebDriver, Daemon]]:
     """The console of a daemon with an api_token; no browser error afterwards."""
-    daemon = start_daemon("--api-token", BOOT)
+    daemon = spares.take("--api-token", BOOT)
     try:
         severe_log_entries(browser)
         browser.get(daemon.base + "/console/")

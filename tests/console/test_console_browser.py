@@ -460,6 +460,20 @@ def operator_row(page: WebDriver, sid: str) -> WebElement | None:
     return rows[0] if rows else None
 
 
+def click_in_row(page: WebDriver, sid: str, name: str) -> None:
+    """Click a session's button. Its row is redrawn whenever the session reads
+    differently (its pending requests change): on a busy machine that can land
+    between finding the row and clicking, so each try finds the row afresh."""
+
+    def click() -> bool:
+        row = operator_row(page, sid)
+        assert row is not None, f"no row for {sid}"
+        control(row, "button", name).click()
+        return True
+
+    until(page, click)
+
+
 def operator_view(page: WebDriver, sid: str) -> dict[str, Any] | None:
     """A session's row as the Operators panel shows it, read in one go (the panel
     is live: rows are redrawn as events arrive): its cells' text and the whole
@@ -492,9 +506,9 @@ def test_the_operators_view_lists_another_session_and_force_leave_frees_its_role
     assert own is not None and "connected" in own["cells"][3] and "(you)" in own["cells"][0]
     assert "Force leave" not in own["buttons"]
 
-    control(operator_row(page, other["sid"]), "button", "Force leave").click()
+    click_in_row(page, other["sid"], "Force leave")
     until(page, lambda: "Confirm force leave" in operator_view(page, other["sid"])["buttons"])
-    control(operator_row(page, other["sid"]), "button", "Confirm force leave").click()
+    click_in_row(page, other["sid"], "Confirm force leave")
     until(page, lambda: operator_row(page, other["sid"]) is None)
     assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 404
     again = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"]})  # the role is free
@@ -508,14 +522,14 @@ def test_force_leave_asks_first_and_keep_session_leaves_it_alone(
     join(page)
     other = daemon.call("POST", "/v1/operators", {"roles": ["night-shift"], "desc": "Grace"})
     control(page, "button", "Refresh").click()
-    row = until(page, lambda: operator_row(page, other["sid"]))
-    control(row, "button", "Force leave").click()
+    until(page, lambda: operator_row(page, other["sid"]))
+    click_in_row(page, other["sid"], "Force leave")
     asking = until(page, lambda: operator_view(page, other["sid"]))
     assert "Confirm force leave" in asking["buttons"] and "Keep session" in asking["buttons"]
     assert "End Grace's session?" in asking["cells"][5]
     # The first click ended nothing.
     assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 200
-    control(operator_row(page, other["sid"]), "button", "Keep session").click()
+    click_in_row(page, other["sid"], "Keep session")
     until(page, lambda: operator_view(page, other["sid"])["buttons"] == ["Force leave"])
     assert daemon.status_of("GET", f"/v1/operators/{other['sid']}", bearer=other["token"]) == 200
 

@@ -71,6 +71,10 @@ async def _race(
     """Race on ``req_id``: which racers run depends on ``i``; they start at an
     offset from the request's own ``deadline_at``, most within milliseconds."""
     resp = await client.get(f"/v1/requests/{req_id}", headers=ADMIN)
+    if resp.status == 404:
+        # On a busy machine its deadline can come before this look: nothing is
+        # left to race, and the checks after the races still hold it to one end.
+        return {}
     assert resp.status == 200, await resp.text()
     deadline_at = datetime.fromisoformat((await resp.json())["deadline_at"]).timestamp()
     delay = max(0.0, deadline_at + SPREAD[i % len(SPREAD)] - time.time())
