@@ -187,7 +187,10 @@ def build_app(
         meters,
         find_pending=pending_view(directory),
         find_task=lambda task_id: _task_facts(engine, task_id),
+        adopt=wired.adopt_notices,
     )
+    # What a stopped node owed is sent by a live one (``notify/sender.py``).
+    wired.follow_stopped_nodes(notifier.nodes_gone)
     # Every message carries its requests' action links (``notify/links.py``).
     notifier.minter = links
     if settings.notify:

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from operator_server.store.base import NO_COURSE, PendingRow, PlacedSession, RequestCourse, Store
+from operator_server.store.base import (
+    NO_COURSE,
+    Notice,
+    NoticeMessage,
+    PendingRow,
+    PlacedSession,
+    RequestCourse,
+    Store,
+)
 
 
 @runtime_checkable
@@ -72,6 +80,12 @@ class ClusterStore(Protocol):
         """Every session (or only ``sid``), oldest first, with the node holding
         its socket — only a node whose heartbeat is current — and its count of
         unanswered requests."""
+
+    async def adopt_notices(self) -> tuple[list[Notice], list[NoticeMessage]]:
+        """Make this node the sender of every notification a node whose
+        heartbeat lapsed had queued or still owed (each adopted by exactly
+        one node): the notices no message carries yet, and the messages
+        still to be tried, as ``Store.load_notices`` gives them."""
 
 
 def cluster_store(store: Store) -> ClusterStore | None:

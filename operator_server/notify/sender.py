@@ -24,6 +24,16 @@ is retried after ``webhook_backoff_s`` doubled per try (capped at
 given up with its reason kept.  A crash during a try means that try is
 made again: the receiver may see a message twice, with the same key.
 Nothing here ever waits on, or fails, the request itself.
+
+**In a cluster** each node sends what it queued (the store's ``node``
+column).  What a node that stopped had queued or still owed is *adopted* by
+a live one (``adopt``, given only with a shared store): looked for at start
+and each time nodes are found stopped (``nodes_gone``), each row by exactly
+one node, then treated as if this node had queued it.  Its messages go with
+the idempotency key and links they were cut with; its news of a new request
+goes only if that request is still pending here (a request dies with the
+node that issued it: the task's next attempt, on the node that takes it
+over, is news of its own).
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -72,6 +82,8 @@ RETRY_S = 1.0
 SEEN_MAX = 4096
 FindTask = Callable[[str], TaskFacts | None]
 Observed = RequestReported | DueSoon
+# What stopped nodes had queued and still owed, now this node's (``ClusterStore.adopt_notices``).
+Adopt = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 class Notifier:
@@ -85,6 +97,7 @@ class Notifier:
         find_pending: FindPending,
         find_task: FindTask,
         minter: LinkMinter | None = None,
+        adopt: Adopt | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -107,6 +120,9 @@ class Notifier:
         self._last_cut: dict[str, float] = {}  # batch -> when its last batched message was cut
         self._in_flight: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
+        self._adopt = adopt
+        # Look for orphans at start too: nodes may have stopped while none ran.
+        self._orphans = adopt is not None
 
     # -- observers (on the reporting path: note and return) ---------------
 
@@ -117,6 +133,12 @@ class Notifier:
     def due_soon(self, notice: DueSoon) -> None:
         self._intake.append(notice)
         self._wake.set()
+
+    def nodes_gone(self) -> None:
+        """Other nodes stopped (or that news may have been missed): adopt what they owed."""
+        if self._adopt is not None:
+            self._orphans = True
+            self._wake.set()
 
     # -- the background task ----------------------------------------------
 
@@ -136,6 +158,8 @@ class Notifier:
             while True:
                 self._wake.clear()
                 wait = await self._take_in()
+                if self._orphans:
+                    wait = min(wait, await self._adopt_orphans())
                 wait = min(wait, await self._cut_and_start(time.time()))
                 try:
                     async with asyncio.timeout(max(0.0, wait)):
@@ -152,16 +176,39 @@ class Notifier:
             except StoreError as exc:
                 log.error("could not read the queued notifications", error=str(exc))
                 await asyncio.sleep(RETRY_S)
+        self._resume(notices, opened)
+        if notices or opened:
+            log.info("notifications resumed", queued=len(notices), messages=len(opened))
+
+    async def _adopt_orphans(self) -> float:
+        assert self._adopt is not None  # ``_orphans`` is only ever set with it
+        self._orphans = False
+        try:
+            notices, opened = await self._adopt()
+        except StoreError as exc:  # still theirs on disk: look again soon
+            log.error("could not adopt the notifications of stopped nodes", error=str(exc))
+            self._orphans = True
+            return RETRY_S
+        self._resume(notices, opened)
+        if notices or opened:
+            log.warning(
+                "adopted the notifications of stopped nodes",
+                queued=len(notices),
+                messages=len(opened),
+            )
+        return IDLE_S
+
+    def _resume(self, notices: list[Notice], opened: list[NoticeMessage]) -> None:
+        """Take on stored notices and owed messages (this node's own after a
+        restart, or adopted)."""
         for message in opened:
             self._open[message.id] = message
-            self._carried[message.id] = []
+            self._carried.setdefault(message.id, [])
         for n in notices:
             if n.message_id is not None and n.message_id in self._carried:
                 self._carried[n.message_id].append(n)
             elif n.message_id is None:
                 self._waiting.setdefault(n.batch, []).append(n)
-        if notices or opened:
-            log.info("notifications resumed", queued=len(notices), messages=len(opened))
 
     async def _take_in(self) -> float:
         """Queue the notices of everything observed since the last look."""

@@ -1,6 +1,7 @@
 """The PostgreSQL store's notification operations, a mixin (``Store``'s
 notify section): writes through the group-commit writer, reads on the pool.
-Each node loads only the notices it queued itself (``node``)."""
+Each node loads only the notices it queued itself (``node``), and adopts
+those of nodes whose heartbeat lapsed (``adopt_notices``)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,30 @@ INSERT_MESSAGE = (
     f"INSERT INTO notice_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 
+# A node whose heartbeat is not current (lapsed, or buried: no row) sends
+# nothing more; whatever it queued or still owes becomes the caller's.  The
+# row lock and PostgreSQL's re-check of the WHERE on the row as it is after a
+# concurrent UPDATE commits (READ COMMITTED) make one survivor win each row:
+# for the other, the row's node is a live node by then.
+_ORPHANED = (
+    "node <> $1 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n "
+    "WHERE n.node_id = {table}.node AND n.expires_at > now())"
+)
+ADOPT_NOTICES = (
+    f"UPDATE notices SET node = $1 WHERE {_ORPHANED.format(table='notices')} "
+    f"RETURNING {NOTICE_COLUMNS}"
+)
+# Given-up messages (``due_at`` null) are adopted too, so that none is left
+# under a node that no longer exists; only the owed ones are returned.
+ADOPT_MESSAGES = (
+    f"UPDATE notice_messages SET node = $1 WHERE {_ORPHANED.format(table='notice_messages')} "
+    f"RETURNING {MESSAGE_COLUMNS}"
+)
+
 
 class NoticeOps(GroupCommitWriter):
+    _node_id: str
+
     async def put_notices(self, notices: Sequence[Notice]) -> None:
         rows = [notice_row(n) for n in notices]
 
@@ -86,3 +109,22 @@ class NoticeOps(GroupCommitWriter):
         return [decode_notice(tuple(r)) for r in notices], [
             decode_message(tuple(r)) for r in messages
         ]
+
+    async def adopt_notices(self) -> tuple[list[Notice], list[NoticeMessage]]:
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> tuple[list[Any], list[Any]]:
+            async with c.transaction():
+                notices = await c.fetch(ADOPT_NOTICES, me)
+                messages = await c.fetch(ADOPT_MESSAGES, me)
+            return notices, messages
+
+        notices, messages = await self._read(work, "adopt notices of stopped nodes")
+        adopted = sorted(
+            (decode_notice(tuple(r)) for r in notices), key=lambda n: (n.queued_at, n.id)
+        )
+        owed = sorted(
+            (m for m in (decode_message(tuple(r)) for r in messages) if m.due_at is not None),
+            key=lambda m: (m.created_at, m.id),
+        )
+        return adopted, owed

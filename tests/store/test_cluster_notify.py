@@ -1,0 +1,90 @@
+"""Notifications in a cluster: real daemons on one real PostgreSQL, a receiver
+the test runs standing in for a chat service.  What a node that was killed
+still owed is sent by a survivor, once, with the key it was cut with."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.notify.receivers import Receiver
+from tests.store.test_cluster_requests import HOOKED
+from tests.store.test_cluster_routing import create, mint, next_of
+from tests.store.test_postgres_cluster import common, connect, daemons
+from tests.test_daemon import Daemon, start_daemon
+from tests.wsop import eventually
+
+KEY = "X-Operator-Server-Delivery"
+LEASE_S = 1.5
+
+
+def chat_rule(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "notify.toml"
+    path.write_text(
+        "webhook_backoff_s = 0.2\n"
+        "webhook_backoff_max_s = 0.4\n"
+        "webhook_max_attempts = 100\n"
+        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nroles = ["main"]\nbatch_s = 0\n'
+    )
+    return path
+
+
+async def node(pg_url: str, config: Path, name: str) -> Daemon:
+    return await start_daemon(*common(pg_url, LEASE_S), "--config", str(config), "--node-id", name)
+
+
+def adopted(d: Daemon) -> int:
+    """How many owed messages ``d`` adopted from stopped nodes (it has stopped)."""
+    return sum(
+        int(str(e["messages"]))
+        for e in d.logs()
+        if e.get("event") == "adopted the notifications of stopped nodes"
+    )
+
+
+async def test_a_message_a_killed_node_owed_is_delivered_by_one_survivor_with_its_key(
+    tmp_path: Path, pg_url: str, aiohttp_server: Any
+) -> None:
+    receiver = Receiver(fail=1_000_000)  # down: every try of node A's fails
+    service = await aiohttp_server(receiver.app())
+    config = chat_rule(tmp_path, f"http://127.0.0.1:{service.port}/hook")
+    a = await node(pg_url, config, "node-a")
+    b = await node(pg_url, config, "node-b")
+    c = await node(pg_url, config, "node-c")
+    async with daemons(a, b, c), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        ws = await connect(http, a, op)
+        await create(http, a, HOOKED)
+        hook = await next_of(ws, "hook_before")
+        await eventually(lambda: receiver.tries >= 2, what="node A's failed tries")
+        (key,) = set(receiver.keys)
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        await ws.close()
+        receiver.fail = 0
+
+        def delivered(k: str) -> list[dict[str, Any]]:
+            return [
+                b for b, h in zip(receiver.bodies, receiver.headers, strict=True) if h[KEY] == k
+            ]
+
+        await eventually(lambda: delivered(key), within=30, what="node A's message, from B or C")
+        (body,) = delivered(key)
+        assert hook["req_id"] in json.dumps(body)
+        # The survivor that takes the task over tells of its next attempt's
+        # request in a message of its own: by then A's has gone only once.
+        await eventually(
+            lambda: any(h[KEY] != key for h in receiver.headers),
+            within=30,
+            what="the news of the task's next attempt",
+        )
+        assert len(delivered(key)) == 1
+        for d in (b, c):
+            d.proc.send_signal(signal.SIGTERM)
+        assert [d.proc.wait(timeout=15) for d in (b, c)] == [0, 0]
+        # Both heard that A stopped and looked for its rows; one took them.
+        assert adopted(b) + adopted(c) == 1
