@@ -135,14 +135,14 @@ def build_app(
     )
     wired = cluster.finish(engine)
     # A role nobody holds waits for its deadline when a rule tells someone of
-    # it (one process only: in a cluster another node may hold it).
+    # it (on a stand-in seat of the node running the task: ``vacancies.py``).
     rules = settings.notify
     directory = OperatorDirectory(
         engine,
         settings,
         directive or load_directive(settings),
         relay=wired.relay or NoRelay(),
-        covered=(lambda role: covers_role(rules, role)) if rules and not store.shared else None,
+        covered=(lambda role: covers_role(rules, role)) if rules else None,
     )
     wired.route(directory)
     # Who each request is: the bootstrap api_token, API keys from the store, JWTs.

@@ -17,6 +17,7 @@ from operator_server.store.base import (
     PendingRow,
     PlacedSession,
     RequestCourse,
+    SessionRecord,
     Store,
 )
 
@@ -80,6 +81,15 @@ class ClusterStore(Protocol):
         """Every session (or only ``sid``), oldest first, with the node holding
         its socket — only a node whose heartbeat is current — and its count of
         unanswered requests."""
+
+    def put_stand_in_soon(self, record: SessionRecord) -> None:
+        """Store a stand-in seat (``operators/vacancies.py``) of this node: a
+        session row every node lists with its role, that claims no role,
+        that no node restores or finds by its sid, and that goes when this
+        node is buried."""
+
+    def delete_stand_in_soon(self, sid: str) -> None:
+        """Forget a stand-in seat of this node (and any request row it still has)."""
 
     async def adopt_notices(self) -> tuple[list[Notice], list[NoticeMessage]]:
         """Make this node the sender of every notification a node whose

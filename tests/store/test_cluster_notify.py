@@ -1,9 +1,12 @@
 """Notifications in a cluster: real daemons on one real PostgreSQL, a receiver
 the test runs standing in for a chat service.  What a node that was killed
-still owed is sent by a survivor, once, with the key it was cut with."""
+still owed is sent by a survivor, once, with the key it was cut with; a
+task for a covered role nobody holds waits on the node running it, and is
+listed, answered and joined from the other."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from pathlib import Path
@@ -12,7 +15,8 @@ from typing import Any
 import aiohttp
 
 from tests.notify.receivers import Receiver
-from tests.store.test_cluster_requests import HOOKED
+from tests.notify.test_delivery import req_ids
+from tests.store.test_cluster_requests import HOOKED, ended, listed, reply
 from tests.store.test_cluster_routing import create, mint, next_of
 from tests.store.test_postgres_cluster import common, connect, daemons
 from tests.test_daemon import Daemon, start_daemon
@@ -22,13 +26,13 @@ KEY = "X-Operator-Server-Delivery"
 LEASE_S = 1.5
 
 
-def chat_rule(tmp_path: Path, url: str) -> Path:
+def chat_rule(tmp_path: Path, url: str, role: str = "main") -> Path:
     path = tmp_path / "notify.toml"
     path.write_text(
         "webhook_backoff_s = 0.2\n"
         "webhook_backoff_max_s = 0.4\n"
         "webhook_max_attempts = 100\n"
-        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nroles = ["main"]\nbatch_s = 0\n'
+        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nroles = ["{role}"]\nbatch_s = 0\n'
     )
     return path
 
@@ -68,9 +72,8 @@ async def test_a_message_a_killed_node_owed_is_delivered_by_one_survivor_with_it
         receiver.fail = 0
 
         def delivered(k: str) -> list[dict[str, Any]]:
-            return [
-                b for b, h in zip(receiver.bodies, receiver.headers, strict=True) if h[KEY] == k
-            ]
+            pairs = zip(receiver.bodies, receiver.headers, strict=True)
+            return [sent for sent, headers in pairs if headers[KEY] == k]
 
         await eventually(lambda: delivered(key), within=30, what="node A's message, from B or C")
         (body,) = delivered(key)
@@ -88,3 +91,49 @@ async def test_a_message_a_killed_node_owed_is_delivered_by_one_survivor_with_it
         assert [d.proc.wait(timeout=15) for d in (b, c)] == [0, 0]
         # Both heard that A stopped and looked for its rows; one took them.
         assert adopted(b) + adopted(c) == 1
+
+
+async def test_a_task_for_a_covered_role_nobody_holds_waits_on_its_node_and_is_served_from_another(
+    tmp_path: Path, pg_url: str, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    config = chat_rule(tmp_path, f"http://127.0.0.1:{service.port}/hook", role="approver")
+    a = await node(pg_url, config, "node-a")
+    b = await node(pg_url, config, "node-b")
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        body = {**HOOKED, "operator": {"role": "approver"}}
+        first = await create(http, a, body)  # run on A; nobody holds "approver"
+
+        async def pending_on_b() -> list[str]:
+            return await listed(http, b.base)
+
+        waiting: list[str] = []
+        for _ in range(500):
+            if waiting := await pending_on_b():
+                break
+            await asyncio.sleep(0.02)
+        (req_id,) = waiting
+        await eventually(lambda: receiver.bodies, what="the notification")
+        rejected = {"type": "hook_ack", "ok": False, "reason": "from node b"}
+        status, _ = await reply(http, b.base, req_id, rejected)
+        assert status == 200
+        task = await ended(http, b.base, first)
+        assert task["status"] == "failed" and "from node b" in task["error"]["message"]
+
+        # The next one waits on A until a session with the role joins on B.
+        second = await create(http, a, body)
+        await eventually(lambda: len(receiver.bodies) == 2, what="the second notification")
+        (waiting_id,) = await pending_on_b()
+        async with http.post(f"{b.base}/v1/operators", json={"roles": ["approver"]}) as resp:
+            assert resp.status == 201
+            op = await resp.json()
+        ws = await connect(http, b, op)
+        hook = await next_of(ws, "hook_before")
+        assert (hook["task_id"], hook["req_id"]) == (second, waiting_id)
+        await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
+        assert (await ended(http, a.base, second))["status"] == "failed"
+        await ws.close()
+        # Each request told once, by the node that issued it.
+        told = [r for body in receiver.bodies for r in req_ids(body)]
+        assert told == [req_id, hook["req_id"]]

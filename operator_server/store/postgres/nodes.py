@@ -22,6 +22,7 @@ from operator_server.store.base import (
     decode_session,
     decode_task_row,
 )
+from operator_server.store.postgres.sessions import STAND_IN
 from operator_server.store.postgres.tasks import with_asks_of
 from operator_server.store.postgres.writer import GroupCommitWriter
 from operator_server.wire import json as wire_json
@@ -150,6 +151,11 @@ DEAD_REQUESTS = """
     )
     RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
 """
+# Their stand-in seats (``sessions.STAND_IN``): nobody else issues to them.
+DEAD_SEATS = (
+    "DELETE FROM operator_sessions WHERE token_sha256 = ANY("
+    f"SELECT '{STAND_IN}' || unnest($1::text[]))"
+)
 OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
 TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
 
@@ -259,6 +265,7 @@ class NodeOps(GroupCommitWriter):
                     withdraw = withdraw_notice(me, sid, req_id, "its node stopped")
                     await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
                 if dead:
+                    await c.execute(DEAD_SEATS, list(dead))
                     gone = NodesGone(sorted(dead)).encode(me)
                     await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
                 await c.execute(OLD_MESSAGES)
