@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 from tests.notify.receivers import Receiver
 from tests.notify.test_delivery import req_ids
@@ -32,13 +34,35 @@ def chat_rule(tmp_path: Path, url: str, role: str = "main") -> Path:
         "webhook_backoff_s = 0.2\n"
         "webhook_backoff_max_s = 0.4\n"
         "webhook_max_attempts = 100\n"
-        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nroles = ["{role}"]\nbatch_s = 0\n'
+        f'[[notify]]\nchannel = "chat"\nurl = "{url}"\nroles = ["{role}*"]\nbatch_s = 0\n'
     )
     return path
 
 
 async def node(pg_url: str, config: Path, name: str) -> Daemon:
     return await start_daemon(*common(pg_url, LEASE_S), "--config", str(config), "--node-id", name)
+
+
+async def seats(pg_url: str) -> list[str]:
+    """The stand-in seats stored, by the node each belongs to."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT token_sha256 FROM operator_sessions "
+            "WHERE token_sha256 LIKE 'stand-in:%' ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return [str(row[0]) for row in rows]
+
+
+async def eventually_async(condition: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Poll an async ``condition`` (a read of the store or of a node) until it holds."""
+    for _ in range(1000):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} did not happen")
 
 
 def adopted(d: Daemon) -> int:
@@ -108,12 +132,13 @@ async def test_a_task_for_a_covered_role_nobody_holds_waits_on_its_node_and_is_s
         async def pending_on_b() -> list[str]:
             return await listed(http, b.base)
 
-        waiting: list[str] = []
-        for _ in range(500):
-            if waiting := await pending_on_b():
-                break
-            await asyncio.sleep(0.02)
-        (req_id,) = waiting
+        await eventually_async(pending_on_b, what="the request, listed on B")
+        (req_id,) = await pending_on_b()
+        # Its seat is no session to open on another node (nor a holder of the role).
+        seat = req_id.rsplit("-", 6)[0]
+        headers = {"Authorization": "Bearer not-a-token"}
+        async with http.get(f"{b.base}/v1/operators/{seat}", headers=headers) as resp:
+            assert resp.status == 404, await resp.text()
         await eventually(lambda: receiver.bodies, what="the notification")
         rejected = {"type": "hook_ack", "ok": False, "reason": "from node b"}
         status, _ = await reply(http, b.base, req_id, rejected)
@@ -137,3 +162,22 @@ async def test_a_task_for_a_covered_role_nobody_holds_waits_on_its_node_and_is_s
         # Each request told once, by the node that issued it.
         told = [r for body in receiver.bodies for r in req_ids(body)]
         assert told == [req_id, hook["req_id"]]
+        assert await seats(pg_url) == []  # the seat went when its role was held
+
+        # A seat of a node that stops goes with it; the task's next attempt,
+        # on the node that takes it over, waits on a seat of that node's.
+        third = await create(http, a, {**HOOKED, "operator": {"role": "approver-2"}})
+        await eventually_async(pending_on_b, what="the third request")
+        (on_a,) = await pending_on_b()
+        assert await seats(pg_url) == ["stand-in:node-a"]
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=15) == 0
+
+        async def reissued_on_b() -> bool:
+            listed_now = await pending_on_b()
+            return len(listed_now) == 1 and listed_now != [on_a]
+
+        await eventually_async(reissued_on_b, what="the next attempt's request")
+        assert await seats(pg_url) == ["stand-in:node-b"]
+        async with http.get(f"{b.base}/v1/tasks/{third}") as resp:
+            assert len((await resp.json())["attempts"]) == 2

@@ -245,6 +245,8 @@ class NodeOps(GroupCommitWriter):
                 self._epochs.pop(task_id, None)
             return
         await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
+        # Its stand-in seats go with it: a node that left is never buried.
+        await self._direct(DEAD_SEATS, [self._node_id], what="unseat stand-ins")
         await self._direct(
             "DELETE FROM cluster_nodes WHERE node_id = $1", self._node_id, what="leave"
         )
