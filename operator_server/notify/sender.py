@@ -33,7 +33,8 @@ one node, then treated as if this node had queued it.  Its messages go with
 the idempotency key and links they were cut with; its news of a new request
 goes only if that request is still pending here (a request dies with the
 node that issued it: the task's next attempt, on the node that takes it
-over, is news of its own).
+over, is news of its own).  A node that froze past its heartbeat and wakes
+is refused what a live node adopted meanwhile (``Fenced``) and forgets it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ from operator_server.notify.news import (
     news,
 )
 from operator_server.notify.rules import batch_of, covers, recipients
-from operator_server.store import Notice, NoticeMessage, Store, StoreError
+from operator_server.store import Fenced, Notice, NoticeMessage, Store, StoreError
 from operator_server.webhooks import _Resolver
 
 log = get_logger(__name__)
@@ -344,18 +345,24 @@ class Notifier:
         )
         try:
             await self.store.cut_notice_message(message, [n.id for n in notices])
+        except Fenced as exc:  # frozen past the heartbeat: a live node sends them now
+            log.warning("notifications adopted by another node; not sent here", error=str(exc))
+            self._forget_waiting(batch, {n.id for n in notices})
+            return None
         except StoreError as exc:
             log.error("could not store a notification message", error=str(exc))
             return None
-        cut = {n.id for n in notices}
-        left = [n for n in self._waiting.get(batch, []) if n.id not in cut]
+        self._forget_waiting(batch, {n.id for n in notices})
+        self._open[message.id] = message
+        self._carried[message.id] = [dataclasses.replace(n, message_id=message.id) for n in notices]
+        return message
+
+    def _forget_waiting(self, batch: str, ids: set[str]) -> None:
+        left = [n for n in self._waiting.get(batch, []) if n.id not in ids]
         if left:
             self._waiting[batch] = left
         else:
             self._waiting.pop(batch, None)
-        self._open[message.id] = message
-        self._carried[message.id] = [dataclasses.replace(n, message_id=message.id) for n in notices]
-        return message
 
     async def _drop(self, batch: str, notices: list[Notice], now: float) -> bool:
         """Their notices go, through a message cut and settled at once."""
@@ -389,6 +396,9 @@ class Notifier:
         )
         try:
             await self.store.record_notice_message(counted)
+        except Fenced as exc:
+            self._adopted_elsewhere(message, exc)
+            return
         except StoreError as exc:  # nothing sent: still due
             log.error("could not count a notification try", message=message.id, error=str(exc))
             return
@@ -431,6 +441,9 @@ class Notifier:
     async def _record(self, message: NoticeMessage) -> None:
         try:
             await self.store.record_notice_message(message)
+        except Fenced as exc:
+            self._adopted_elsewhere(message, exc)
+            return
         except StoreError as exc:  # still due on disk (its try counted): tried again
             log.error("could not record a notification try", message=message.id, error=str(exc))
             return
@@ -439,6 +452,13 @@ class Notifier:
             self._carried.pop(message.id, None)
         else:
             self._open[message.id] = message
+
+    def _adopted_elsewhere(self, message: NoticeMessage, exc: Fenced) -> None:
+        """This node froze past its heartbeat and a live node adopted the
+        message meanwhile: it is that node's to send (or to have sent)."""
+        log.warning("notification adopted by another node; not sent here", error=str(exc))
+        self._open.pop(message.id, None)
+        self._carried.pop(message.id, None)
 
     def digest(self, message: NoticeMessage) -> messages.Digest:
         links = message.data.get("links", {})

@@ -181,3 +181,55 @@ async def test_a_task_for_a_covered_role_nobody_holds_waits_on_its_node_and_is_s
         assert await seats(pg_url) == ["stand-in:node-b"]
         async with http.get(f"{b.base}/v1/tasks/{third}") as resp:
             assert len((await resp.json())["attempts"]) == 2
+
+
+async def test_a_node_frozen_past_its_heartbeat_does_not_send_what_a_live_node_adopted(
+    tmp_path: Path, pg_url: str, aiohttp_server: Any
+) -> None:
+    receiver = Receiver(fail=1_000_000)
+    service = await aiohttp_server(receiver.app())
+    config = chat_rule(tmp_path, f"http://127.0.0.1:{service.port}/hook")
+    a = await node(pg_url, config, "node-a")
+    b = await node(pg_url, config, "node-b")
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, a)
+        ws = await connect(http, a, op)
+        await create(http, a, HOOKED)
+        await next_of(ws, "hook_before")
+        await eventually(lambda: receiver.tries >= 2, what="node A's failed tries")
+        (key,) = set(receiver.keys)
+        a.proc.send_signal(signal.SIGSTOP)  # its message stays due in its memory
+        # A try of A's in flight as it stopped fails too; B's tries (it
+        # adopted the message) come after, and the first to succeed is B's.
+        stopped_at = receiver.tries
+        await eventually(lambda: receiver.tries >= stopped_at + 2, within=30, what="B's tries")
+        receiver.fail = 0
+        await eventually(lambda: key in sent_keys(receiver), within=30, what="B's delivery")
+
+        a.proc.send_signal(signal.SIGCONT)
+        # Its next news is told after it woke and looked at what it had due.
+        later = await create(http, a, HOOKED)
+        hook = await next_of(ws, "hook_before")
+        while hook["task_id"] != later:
+            hook = await next_of(ws, "hook_before")
+        await eventually(
+            lambda: any(hook["req_id"] in json.dumps(body) for body in receiver.bodies),
+            within=30,
+            what="A's news after it woke",
+        )
+        await ws.close()
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=15) == 0
+        logs = a.logs()
+        refused = [
+            e
+            for e in logs
+            if e.get("event") == "notification adopted by another node; not sent here"
+        ]
+        assert len(refused) == 1
+        assert sent_keys(receiver).count(key) == 1
+
+
+def sent_keys(receiver: Receiver) -> list[str]:
+    """The idempotency keys of the messages the receiver took, in order."""
+    return [h[KEY] for h in receiver.headers]
