@@ -150,14 +150,14 @@ def build_app(
     )
     wired = cluster.finish(engine)
     # A role nobody holds waits for its deadline when a rule tells someone of
-    # it (one process only: in a cluster another node may hold it).
+    # it (on a stand-in seat of the node running the task: ``vacancies.py``).
     rules = settings.notify
     directory = OperatorDirectory(
         engine,
         settings,
         directive or load_directive(settings),
         relay=wired.relay or NoRelay(),
-        covered=(lambda role: covers_role(rules, role)) if rules and not store.shared else None,
+        covered=(lambda role: covers_role(rules, role)) if rules else None,
     )
     wired.route(directory)
     # Who each request is: the bootstrap api_token, API keys from the store, JWTs.
@@ -202,9 +202,12 @@ def build_app(
         meters,
         find_pending=pending_view(directory),
         find_task=lambda task_id: _task_facts(engine, task_id),
+        adopt=wired.adopt_notices,
         # Every message carries its requests' action links (``notify/links.py``).
         minter=links,
     )
+    # What a stopped node owed is sent by a live one (``notify/sender.py``).
+    wired.follow_stopped_nodes(notifier.nodes_gone)
     if settings.notify:
         engine.request_observers.append(notifier.request_reported)
         engine.due_soon_observers.append(notifier.due_soon)

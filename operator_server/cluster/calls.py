@@ -102,6 +102,8 @@ class Cluster:
         bus.on(TasksEnded, self._heard_ended)
         bus.on(EventsStored, lambda _node, _message: self.read_events())
         bus.on(NodesGone, self._heard_gone)
+        # Told of every burial after the calls are failed (``on_nodes_gone``).
+        self._gone_watchers: list[Callable[[list[str]], None]] = []
         # Nodes found dead (when): a call to one fails at once rather than timing out.
         self._dead: dict[str, float] = {}
         self._forget_dead_s = lease_s
@@ -194,6 +196,11 @@ class Cluster:
         if found is not None and not found[1].done():
             found[1].set_result(answer)
 
+    def on_nodes_gone(self, watcher: Callable[[list[str]], None]) -> None:
+        """``watcher(nodes)`` each time nodes are found stopped (the bus keeps
+        one handler per kind: this one's)."""
+        self._gone_watchers.append(watcher)
+
     def _heard_gone(self, node: str, message: NodesGone) -> None:
         del node
         now = time.monotonic()
@@ -202,6 +209,8 @@ class Cluster:
         for callee, future in self._calls.values():  # their answers will not come
             if callee in self._dead and not future.done():
                 future.set_exception(NodeUnreachable(f"node {callee} stopped"))
+        for watcher in self._gone_watchers:
+            watcher(list(message.nodes))
 
     def _known_dead(self, node: str) -> bool:
         """Found dead lately: a node that comes back under the same id is

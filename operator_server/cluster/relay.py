@@ -49,7 +49,14 @@ from operator_server.cluster.messages import (
 from operator_server.cluster.store import ClusterStore
 from operator_server.errors import Code, CodedError, ProtocolError
 from operator_server.logs import get_logger
-from operator_server.store import NO_COURSE, Fenced, PendingRow, RequestCourse, StoreError
+from operator_server.store import (
+    NO_COURSE,
+    Fenced,
+    PendingRow,
+    RequestCourse,
+    SessionRecord,
+    StoreError,
+)
 
 log = get_logger(__name__)
 
@@ -177,6 +184,15 @@ class Relay:
 
     async def seated(self, sid: str, roles: list[str]) -> None:
         await self.cluster.send(None, Seated(sid, roles))
+
+    def stand_in(self, record: SessionRecord) -> None:
+        # Its requests are rows like any (every node lists them and passes
+        # replies here), and a row names a stored session; through the one
+        # ordered write queue, the seat is stored before its first request.
+        self.store.put_stand_in_soon(record)
+
+    def unseat(self, sid: str) -> None:
+        self.store.delete_stand_in_soon(sid)
 
     def route(self, directory: SessionsHere) -> None:
         """Handle what other nodes send about the sessions ``directory`` holds here."""

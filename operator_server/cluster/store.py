@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from operator_server.store.base import NO_COURSE, PendingRow, PlacedSession, RequestCourse, Store
+from operator_server.store.base import (
+    NO_COURSE,
+    Notice,
+    NoticeMessage,
+    PendingRow,
+    PlacedSession,
+    RequestCourse,
+    SessionRecord,
+    Store,
+)
 
 
 @runtime_checkable
@@ -72,6 +81,21 @@ class ClusterStore(Protocol):
         """Every session (or only ``sid``), oldest first, with the node holding
         its socket — only a node whose heartbeat is current — and its count of
         unanswered requests."""
+
+    def put_stand_in_soon(self, record: SessionRecord) -> None:
+        """Store a stand-in seat (``operators/vacancies.py``) of this node: a
+        session row every node lists with its role, that claims no role,
+        that no node restores or finds by its sid, and that goes when this
+        node is buried."""
+
+    def delete_stand_in_soon(self, sid: str) -> None:
+        """Forget a stand-in seat of this node (and any request row it still has)."""
+
+    async def adopt_notices(self) -> tuple[list[Notice], list[NoticeMessage]]:
+        """Make this node the sender of every notification a node whose
+        heartbeat lapsed had queued or still owed (each adopted by exactly
+        one node): the notices no message carries yet, and the messages
+        still to be tried, as ``Store.load_notices`` gives them."""
 
 
 def cluster_store(store: Store) -> ClusterStore | None:

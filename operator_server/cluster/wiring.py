@@ -13,7 +13,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +24,13 @@ from operator_server.cluster.messages import KeyRevoked
 from operator_server.cluster.relay import Relay, SessionsHere
 from operator_server.cluster.routing import ClusterRouting, LocalRouting, Routing
 from operator_server.cluster.serving import serve_calls
-from operator_server.cluster.store import cluster_store
+from operator_server.cluster.store import ClusterStore, cluster_store
 from operator_server.config import Settings
 from operator_server.engine import Engine
-from operator_server.store import Events, Store
+from operator_server.store import Events, Notice, NoticeMessage, Store
 from operator_server.tracing import Tracing
+
+AdoptNotices = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 @dataclass
@@ -40,6 +42,21 @@ class Wired:
     relay: Relay | None = None
     leases: Leases = field(default_factory=NoLeases)
     bus: Any = None  # ``cluster.bus.PgBus``; None: one process
+    cluster: Cluster | None = None
+    shared: ClusterStore | None = None
+
+    @property
+    def adopt_notices(self) -> AdoptNotices | None:
+        """How notifications take over what stopped nodes owed; None: one
+        process (a restart loads what it owed itself)."""
+        return None if self.shared is None else self.shared.adopt_notices
+
+    def follow_stopped_nodes(self, heard: Callable[[], None]) -> None:
+        """Have ``heard()`` called when other nodes are found stopped, and when
+        such news may have been missed (the listener was cut)."""
+        if self.cluster is not None and self.bus is not None:
+            self.cluster.on_nodes_gone(lambda _nodes: heard())
+            self.bus.on_resync(heard)
 
     def route(self, directory: SessionsHere) -> None:
         """Hand what other nodes send about sessions to ``directory`` (the
@@ -91,7 +108,7 @@ class ClusterWiring:
         serve_calls(engine, cluster)
         lease_s = self._settings.cluster.lease_s
         leases = LeaseKeeper(engine, self._store, shared, self._background, lease_s)
-        return Wired(Relay(shared, cluster), leases, shared.bus)
+        return Wired(Relay(shared, cluster), leases, shared.bus, cluster, shared)
 
 
 def _published_by_the_tail(events: Events) -> None:

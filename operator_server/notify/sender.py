@@ -24,6 +24,17 @@ is retried after ``webhook_backoff_s`` doubled per try (capped at
 given up with its reason kept.  A crash during a try means that try is
 made again: the receiver may see a message twice, with the same key.
 Nothing here ever waits on, or fails, the request itself.
+
+**In a cluster** each node sends what it queued (the store's ``node``
+column).  What a node that stopped had queued or still owed is *adopted* by
+a live one (``adopt``, given only with a shared store): looked for at start
+and each time nodes are found stopped (``nodes_gone``), each row by exactly
+one node, then treated as if this node had queued it.  Its messages go with
+the idempotency key and links they were cut with; its news of a new request
+goes only if that request is still pending here (a request dies with the
+node that issued it: the task's next attempt, on the node that takes it
+over, is news of its own).  A node that froze past its heartbeat and wakes
+is refused what a live node adopted meanwhile (``Fenced``) and forgets it.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import dataclasses
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -60,7 +71,7 @@ from operator_server.notify.news import (
     news,
 )
 from operator_server.notify.rules import batch_of, covers, recipients
-from operator_server.store import Notice, NoticeMessage, Store, StoreError
+from operator_server.store import Fenced, Notice, NoticeMessage, Store, StoreError
 
 log = get_logger(__name__)
 # With nothing due, look again this often anyway.
@@ -72,6 +83,8 @@ RETRY_S = 1.0
 SEEN_MAX = 4096
 FindTask = Callable[[str], TaskFacts | None]
 Observed = RequestReported | DueSoon
+# What stopped nodes had queued and still owed, now this node's (``ClusterStore.adopt_notices``).
+Adopt = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 class Notifier:
@@ -85,6 +98,7 @@ class Notifier:
         find_pending: FindPending,
         find_task: FindTask,
         minter: LinkMinter | None = None,
+        adopt: Adopt | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -107,6 +121,9 @@ class Notifier:
         self._last_cut: dict[str, float] = {}  # batch -> when its last batched message was cut
         self._in_flight: set[str] = set()
         self._http: aiohttp.ClientSession | None = None
+        self._adopt = adopt
+        # Look for orphans at start too: nodes may have stopped while none ran.
+        self._orphans = adopt is not None
 
     # -- observers (on the reporting path: note and return) ---------------
 
@@ -117,6 +134,12 @@ class Notifier:
     def due_soon(self, notice: DueSoon) -> None:
         self._intake.append(notice)
         self._wake.set()
+
+    def nodes_gone(self) -> None:
+        """Other nodes stopped (or that news may have been missed): adopt what they owed."""
+        if self._adopt is not None:
+            self._orphans = True
+            self._wake.set()
 
     # -- the background task ----------------------------------------------
 
@@ -132,6 +155,8 @@ class Notifier:
             while True:
                 self._wake.clear()
                 wait = await self._take_in()
+                if self._orphans:
+                    wait = min(wait, await self._adopt_orphans())
                 wait = min(wait, await self._cut_and_start(time.time()))
                 try:
                     async with asyncio.timeout(max(0.0, wait)):
@@ -148,16 +173,39 @@ class Notifier:
             except StoreError as exc:
                 log.error("could not read the queued notifications", error=str(exc))
                 await asyncio.sleep(RETRY_S)
+        self._resume(notices, opened)
+        if notices or opened:
+            log.info("notifications resumed", queued=len(notices), messages=len(opened))
+
+    async def _adopt_orphans(self) -> float:
+        assert self._adopt is not None  # ``_orphans`` is only ever set with it
+        self._orphans = False
+        try:
+            notices, opened = await self._adopt()
+        except StoreError as exc:  # still theirs on disk: look again soon
+            log.error("could not adopt the notifications of stopped nodes", error=str(exc))
+            self._orphans = True
+            return RETRY_S
+        self._resume(notices, opened)
+        if notices or opened:
+            log.warning(
+                "adopted the notifications of stopped nodes",
+                queued=len(notices),
+                messages=len(opened),
+            )
+        return IDLE_S
+
+    def _resume(self, notices: list[Notice], opened: list[NoticeMessage]) -> None:
+        """Take on stored notices and owed messages (this node's own after a
+        restart, or adopted)."""
         for message in opened:
             self._open[message.id] = message
-            self._carried[message.id] = []
+            self._carried.setdefault(message.id, [])
         for n in notices:
             if n.message_id is not None and n.message_id in self._carried:
                 self._carried[n.message_id].append(n)
             elif n.message_id is None:
                 self._waiting.setdefault(n.batch, []).append(n)
-        if notices or opened:
-            log.info("notifications resumed", queued=len(notices), messages=len(opened))
 
     async def _take_in(self) -> float:
         """Queue the notices of everything observed since the last look."""
@@ -293,18 +341,24 @@ class Notifier:
         )
         try:
             await self.store.cut_notice_message(message, [n.id for n in notices])
+        except Fenced as exc:  # frozen past the heartbeat: a live node sends them now
+            log.warning("notifications adopted by another node; not sent here", error=str(exc))
+            self._forget_waiting(batch, {n.id for n in notices})
+            return None
         except StoreError as exc:
             log.error("could not store a notification message", error=str(exc))
             return None
-        cut = {n.id for n in notices}
-        left = [n for n in self._waiting.get(batch, []) if n.id not in cut]
+        self._forget_waiting(batch, {n.id for n in notices})
+        self._open[message.id] = message
+        self._carried[message.id] = [dataclasses.replace(n, message_id=message.id) for n in notices]
+        return message
+
+    def _forget_waiting(self, batch: str, ids: set[str]) -> None:
+        left = [n for n in self._waiting.get(batch, []) if n.id not in ids]
         if left:
             self._waiting[batch] = left
         else:
             self._waiting.pop(batch, None)
-        self._open[message.id] = message
-        self._carried[message.id] = [dataclasses.replace(n, message_id=message.id) for n in notices]
-        return message
 
     async def _drop(self, batch: str, notices: list[Notice], now: float) -> bool:
         """Their notices go, through a message cut and settled at once."""
@@ -338,6 +392,9 @@ class Notifier:
         )
         try:
             await self.store.record_notice_message(counted)
+        except Fenced as exc:
+            self._adopted_elsewhere(message, exc)
+            return
         except StoreError as exc:  # nothing sent: still due
             log.error("could not count a notification try", message=message.id, error=str(exc))
             return
@@ -380,6 +437,9 @@ class Notifier:
     async def _record(self, message: NoticeMessage) -> None:
         try:
             await self.store.record_notice_message(message)
+        except Fenced as exc:
+            self._adopted_elsewhere(message, exc)
+            return
         except StoreError as exc:  # still due on disk (its try counted): tried again
             log.error("could not record a notification try", message=message.id, error=str(exc))
             return
@@ -388,6 +448,13 @@ class Notifier:
             self._carried.pop(message.id, None)
         else:
             self._open[message.id] = message
+
+    def _adopted_elsewhere(self, message: NoticeMessage, exc: Fenced) -> None:
+        """This node froze past its heartbeat and a live node adopted the
+        message meanwhile: it is that node's to send (or to have sent)."""
+        log.warning("notification adopted by another node; not sent here", error=str(exc))
+        self._open.pop(message.id, None)
+        self._carried.pop(message.id, None)
 
     def digest(self, message: NoticeMessage) -> messages.Digest:
         links = message.data.get("links", {})

@@ -111,18 +111,24 @@ class OperatorDirectory:
     def seated_elsewhere(self, sid: str, roles: list[str]) -> None:
         """A session of another node holds ``roles`` now: if a request here
         waits for one of them, bring the session here and issue it."""
-        if any(role in self.moves.waiting for role in roles):
+        if any(role in self._waited_for() for role in roles):
             self.engine.background.spawn(self._seat(sid), name=f"seat:{sid}")
+
+    def _waited_for(self) -> set[str]:
+        """The roles nobody holds that requests here wait for: moved to one,
+        or issued to its stand-in seat."""
+        seats = self.stand_ins.seats if self.stand_ins is not None else {}
+        return {*self.moves.waiting, *seats}
 
     def resync_waiting(self) -> None:
         """A ``seated`` notice may have been lost: look each waited-for role up again."""
-        for role in list(self.moves.waiting):
+        for role in self._waited_for():
             self.engine.background.spawn(self._seat(role), name=f"seat:{role}")
 
     async def _seat(self, name: str) -> None:
         session = await self._holder_of(name)
         if session is not None:
-            self.moves.seated(session)
+            self._seated(session)
 
     async def _tell_seated(self, session: OperatorSession) -> None:
         if not session.roles:
@@ -230,12 +236,14 @@ class OperatorDirectory:
         session = self._session(record)
         session.stand_in = True
         self._add(session)
+        self.relay.stand_in(record)
         return session
 
     def unseat_stand_in(self, sid: str) -> None:
         """Its requests went to the role's holder: it goes, failing nothing."""
         if sid in self.sessions:
             self._drop(sid)
+            self.relay.unseat(sid)
 
     async def _holder_of(self, role: str) -> OperatorSession | None:
         """The session holding ``role``, here or (brought from) the store; a

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from operator_server.store import NO_COURSE, PendingRow, RequestCourse
+from operator_server.store import NO_COURSE, PendingRow, RequestCourse, SessionRecord
 
 
 class RequestRelay(Protocol):
@@ -87,6 +87,13 @@ class RequestRelay(Protocol):
         one of them issue them to it."""
         ...
 
+    def stand_in(self, record: SessionRecord) -> None:
+        """A stand-in seat was made here (``vacancies.py``): keep it where its
+        requests are kept, without claiming its role, before any is issued."""
+
+    def unseat(self, sid: str) -> None:
+        """The stand-in seat ``sid`` went (its requests went to a holder)."""
+
 
 class NoRelay:
     """One process: the session's memory is the whole record (see the module)."""
@@ -141,4 +148,10 @@ class NoRelay:
         return []
 
     async def seated(self, sid: str, roles: list[str]) -> None:
+        pass
+
+    def stand_in(self, record: SessionRecord) -> None:
+        pass
+
+    def unseat(self, sid: str) -> None:
         pass

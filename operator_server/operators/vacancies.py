@@ -17,8 +17,14 @@ anyone knows, and is never stored or expired.  Its requests:
   to that session (``cancel`` reason ``handed_over`` on nothing: the seat has
   no socket), which shows them as any request it holds.
 
-With a store many nodes share no seat is made (a role may be held on
-another node): such a dispatch fails as before.
+With a store many nodes share, the dispatch first looks the role up in the
+store (a session of another node may hold it); only when none does is the
+seat made, on the node running the task, and kept through the relay
+(``RequestRelay.stand_in``: a stored row that claims no role), so that its
+requests are rows every node lists and passes replies to.  A session minted
+on another node is announced (``seated``) and brought here, then handed
+the seat's requests.  Each node has its own seat for a role; a dead node's
+seats go with it at its burial (docs/cluster.md, "Notifications").
 """
 
 from __future__ import annotations

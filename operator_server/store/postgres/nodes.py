@@ -22,6 +22,7 @@ from operator_server.store.base import (
     decode_session,
     decode_task_row,
 )
+from operator_server.store.postgres.sessions import STAND_IN
 from operator_server.store.postgres.tasks import with_asks_of
 from operator_server.store.postgres.writer import GroupCommitWriter
 from operator_server.wire import json as wire_json
@@ -150,6 +151,11 @@ DEAD_REQUESTS = """
     )
     RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
 """
+# Their stand-in seats (``sessions.STAND_IN``): nobody else issues to them.
+DEAD_SEATS = (
+    "DELETE FROM operator_sessions WHERE token_sha256 = ANY("
+    f"SELECT '{STAND_IN}' || unnest($1::text[]))"
+)
 OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
 TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
 
@@ -239,6 +245,8 @@ class NodeOps(GroupCommitWriter):
                 self._epochs.pop(task_id, None)
             return
         await self._direct(RELEASE_LEASES, self._node_id, what="release leases")
+        # Its stand-in seats go with it: a node that left is never buried.
+        await self._direct(DEAD_SEATS, [self._node_id], what="unseat stand-ins")
         await self._direct(
             "DELETE FROM cluster_nodes WHERE node_id = $1", self._node_id, what="leave"
         )
@@ -259,6 +267,7 @@ class NodeOps(GroupCommitWriter):
                     withdraw = withdraw_notice(me, sid, req_id, "its node stopped")
                     await c.execute("SELECT pg_notify($1, $2)", channel(node), withdraw)
                 if dead:
+                    await c.execute(DEAD_SEATS, list(dead))
                     gone = NodesGone(sorted(dead)).encode(me)
                     await c.execute("SELECT pg_notify($1, $2)", ALL, gone)
                 await c.execute(OLD_MESSAGES)

@@ -1,6 +1,10 @@
 """The PostgreSQL store's notification operations, a mixin (``Store``'s
 notify section): writes through the group-commit writer, reads on the pool.
-Each node loads only the notices it queued itself (``node``)."""
+Each node loads only the notices it queued itself (``node``), and adopts
+those of nodes whose heartbeat lapsed (``adopt_notices``).  A node that froze
+past its heartbeat wakes with its queue in memory: cutting or recording a row
+that is no longer its own (a survivor adopted it, and may have sent and
+deleted it since) is refused (``Fenced``), so nothing is sent twice."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.store.base import Notice, NoticeMessage
+from operator_server.store.base import Fenced, Notice, NoticeMessage
 from operator_server.store.notice_rows import (
     MESSAGE_COLUMNS,
     NOTICE_COLUMNS,
@@ -28,8 +32,30 @@ INSERT_MESSAGE = (
     f"INSERT INTO notice_messages ({MESSAGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 
+# A node whose heartbeat is not current (lapsed, or buried: no row) sends
+# nothing more; whatever it queued or still owes becomes the caller's.  The
+# row lock and PostgreSQL's re-check of the WHERE on the row as it is after a
+# concurrent UPDATE commits (READ COMMITTED) make one survivor win each row:
+# for the other, the row's node is a live node by then.
+_ORPHANED = (
+    "node <> $1 AND NOT EXISTS (SELECT 1 FROM cluster_nodes n "
+    "WHERE n.node_id = {table}.node AND n.expires_at > now())"
+)
+ADOPT_NOTICES = (
+    f"UPDATE notices SET node = $1 WHERE {_ORPHANED.format(table='notices')} "
+    f"RETURNING {NOTICE_COLUMNS}"
+)
+# Given-up messages (``due_at`` null) are adopted too, so that none is left
+# under a node that no longer exists; only the owed ones are returned.
+ADOPT_MESSAGES = (
+    f"UPDATE notice_messages SET node = $1 WHERE {_ORPHANED.format(table='notice_messages')} "
+    f"RETURNING {MESSAGE_COLUMNS}"
+)
+
 
 class NoticeOps(GroupCommitWriter):
+    _node_id: str
+
     async def put_notices(self, notices: Sequence[Notice]) -> None:
         rows = [notice_row(n) for n in notices]
 
@@ -39,29 +65,38 @@ class NoticeOps(GroupCommitWriter):
         await self._call(work, "queue notices")
 
     async def cut_notice_message(self, message: NoticeMessage, notice_ids: Sequence[str]) -> None:
-        row, ids = message_row(message), list(notice_ids)
+        # The node cutting it (this one): a notice no longer queued under it is refused.
+        row, ids, me = message_row(message), list(notice_ids), message.node
 
         async def work(c: asyncpg.Connection) -> None:
             await c.execute(INSERT_MESSAGE, *row)
-            await c.execute(
-                "UPDATE notices SET message_id = $1 WHERE id = ANY($2::text[])", message.id, ids
+            status = await c.execute(
+                "UPDATE notices SET message_id = $1 WHERE id = ANY($2::text[]) AND node = $3",
+                message.id,
+                ids,
+                me,
             )
+            if status != f"UPDATE {len(set(ids))}":  # the op (and its insert) fails alone
+                raise Fenced(f"notices of message {message.id} were adopted by another node")
 
         await self._call(work, f"cut notice message {message.id}")
 
     async def record_notice_message(self, message: NoticeMessage) -> None:
-        m = message
+        m, me = message, message.node  # its sender (this node)
 
         async def work(c: asyncpg.Connection) -> None:
-            await c.execute(
+            status = await c.execute(
                 "UPDATE notice_messages SET due_at = $1, attempts = $2, last_error = $3, "
-                "data = $4 WHERE id = $5",
+                "data = $4 WHERE id = $5 AND node = $6",
                 m.due_at,
                 m.attempts,
                 m.last_error,
                 message_row(m)[-1],
                 m.id,
+                me,
             )
+            if status == "UPDATE 0":
+                raise Fenced(f"notification message {m.id} was adopted by another node")
             if m.due_at is None:
                 await c.execute("DELETE FROM notices WHERE message_id = $1", m.id)
                 if m.last_error is None:
@@ -86,3 +121,22 @@ class NoticeOps(GroupCommitWriter):
         return [decode_notice(tuple(r)) for r in notices], [
             decode_message(tuple(r)) for r in messages
         ]
+
+    async def adopt_notices(self) -> tuple[list[Notice], list[NoticeMessage]]:
+        me = self._node_id
+
+        async def work(c: asyncpg.Connection) -> tuple[list[Any], list[Any]]:
+            async with c.transaction():
+                notices = await c.fetch(ADOPT_NOTICES, me)
+                messages = await c.fetch(ADOPT_MESSAGES, me)
+            return notices, messages
+
+        notices, messages = await self._read(work, "adopt notices of stopped nodes")
+        adopted = sorted(
+            (decode_notice(tuple(r)) for r in notices), key=lambda n: (n.queued_at, n.id)
+        )
+        owed = sorted(
+            (m for m in (decode_message(tuple(r)) for r in messages) if m.due_at is not None),
+            key=lambda m: (m.created_at, m.id),
+        )
+        return adopted, owed

@@ -3,6 +3,7 @@ and the store's operations on them (a mixin of ``PostgresStore``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import asyncpg
@@ -39,11 +40,17 @@ CLAIM_ROLES = """
 # A handover: every role claim of the source becomes the target's.
 MOVE_ROLES = "UPDATE operator_roles SET sid = $2 WHERE sid = $1"
 ROLE_HOLDERS = "SELECT role, sid FROM operator_roles WHERE role = ANY($2::text[]) AND sid <> $1"
+# A stand-in seat's row says so, and which node's it is, where a session's
+# token hash is (no SHA-256 hex digest has a colon, so no token ever matches).
+STAND_IN = "stand-in:"
+NOT_A_SEAT = f"token_sha256 NOT LIKE '{STAND_IN}%'"
 
 
 class SessionOps(GroupCommitWriter):
     """The PostgreSQL store's session operations: writes through the
     group-commit writer (roles claimed in the session's own op), reads on the pool."""
+
+    _node_id: str
 
     async def put_session(self, record: SessionRecord, *, audit: Audit = ()) -> None:
         args = _session_args(record)
@@ -80,10 +87,19 @@ class SessionOps(GroupCommitWriter):
             audit=audit,
         )
 
+    def put_stand_in_soon(self, record: SessionRecord) -> None:
+        seat = dataclasses.replace(record, token_sha256=f"{STAND_IN}{self._node_id}")
+        self._soon_plain(f"seat stand-in {record.sid}", UPSERT_SESSION, *_session_args(seat))
+
+    def delete_stand_in_soon(self, sid: str) -> None:
+        sql = f"DELETE FROM operator_sessions WHERE sid = $1 AND token_sha256 LIKE '{STAND_IN}%'"
+        self._soon_plain(f"unseat stand-in {sid}", sql, sid)
+
     async def load_sessions(self) -> list[Row]:
         rows = await self._read(
             lambda c: c.fetch(
-                f"SELECT {SESSION_COLUMNS} FROM operator_sessions ORDER BY created_at"
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE {NOT_A_SEAT} "
+                "ORDER BY created_at"
             ),
             "load sessions",
         )
@@ -92,7 +108,7 @@ class SessionOps(GroupCommitWriter):
     async def get_session(self, sid: str) -> SessionRecord | None:
         row = await self._read(
             lambda c: c.fetchrow(
-                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE sid = $1",
+                f"SELECT {SESSION_COLUMNS} FROM operator_sessions WHERE sid = $1 AND {NOT_A_SEAT}",
                 sid,
             ),
             f"read session {sid}",
