@@ -157,7 +157,7 @@ def build_app(
         settings,
         directive or load_directive(settings),
         relay=wired.relay or NoRelay(),
-        covered=(lambda role: covers_role(rules, role)) if rules else None,
+        covered=(lambda role, kind: covers_role(rules, role, kind)) if rules else None,
     )
     wired.route(directory)
     # Who each request is: the bootstrap api_token, API keys from the store, JWTs.

@@ -48,7 +48,9 @@ def covers(
     return not (new and rule.only_unattended and attended)
 
 
-def covers_role(rules: Iterable[NotifyRule], role: str) -> bool:
-    """Whether some rule tells someone of requests held under ``role``
-    (however attended): a dispatch for that role may wait rather than fail."""
-    return any(role_covered(rule, (role,)) for rule in rules)
+def covers_role(rules: Iterable[NotifyRule], role: str, kind: str) -> bool:
+    """Whether some rule tells someone of ``kind`` requests held under
+    ``role`` (however attended): a dispatch whose face issues them to that
+    role may wait rather than fail.  A rule for other kinds does not count:
+    a request would wait with nobody told."""
+    return any(kind in rule.kinds and role_covered(rule, (role,)) for rule in rules)

@@ -220,8 +220,10 @@ class OperatorSession:
         # Claimed by the one delete that tears this session down (see the directory).
         self.deleting = False
         # A stand-in for a role nobody holds (``vacancies.py``): its requests
-        # wait for their deadline, not for a socket nobody will attach.
+        # wait for their deadline, not for a socket nobody will attach; only
+        # the kinds a notification rule tells of (``serves``).
         self.stand_in = False
+        self.serves: Callable[[str], bool] = lambda kind: True
         self._relay: RequestRelay = relay or NoRelay()
         # Replies on their way to the node that issued them (cluster mode),
         # started through the server's one place for background tasks.
@@ -494,6 +496,13 @@ class OperatorSession:
         from here to the reply, and its frame carries the span's W3C context."""
         if self._ended is not None:
             raise self._ended
+        if self.stand_in and expects_reply and not self.serves(kind):
+            raise AttemptFailed(
+                Code.OPERATOR_NOT_FOUND,
+                f"no operator holds role {', '.join(self.roles)!r} and no [[notify]] rule tells "
+                f"anyone of its {kind} requests: start an operator with that role, or add "
+                f"{kind!r} to a rule's kinds",
+            )
         req_id = f"{self.sid}-{p.REQ_KIND[kind]}-{entropy.uuid4_text()}"
         carrier = self._tracing.request_issued(kind, req_id, task_id, self.sid, self.roles)
         frame = build(req_id)

@@ -29,6 +29,7 @@ seats go with it at its burial (docs/cluster.md, "Notifications").
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 import uuid
@@ -43,8 +44,11 @@ from operator_server.operators.session import HANDED_OVER, OperatorSession, hash
 from operator_server.store import SessionRecord
 
 log = get_logger(__name__)
-# Whether a notification rule covers a role.
-Covered = Callable[[str], bool]
+# Whether a notification rule tells of requests of a kind (ask, hook_before,
+# spawn) held under a role.
+Covered = Callable[[str, str], bool]
+# The kinds that wait for an answer (``hook_after`` is only told).
+AWAITED = ("ask", "hook_before", "spawn")
 
 
 class Seating(Protocol):
@@ -66,9 +70,13 @@ class StandInSeats:
 
     def stand_in(self, name: str, face: Face) -> OperatorSession | None:
         """The seat serving ``face`` for role ``name`` nobody holds; None when
-        no rule covers it (or ``name`` is a sid: a session that left)."""
-        del face  # one seat serves every face of its role
-        if name.startswith("op-") or not self._covered(name):
+        no rule covers the role (or ``name`` is a sid: a session that left).
+        One seat serves every face of its role, but waits only with the kinds
+        of request some rule tells of: any other kind issued to it fails
+        ``operator_not_found`` at once (``OperatorSession.serves``), as it
+        would with no seat, rather than wait with nobody told."""
+        del face
+        if name.startswith("op-") or not any(self._covered(name, kind) for kind in AWAITED):
             return None
         seat = self.seats.get(name)
         if seat is None or seat.sid not in self._directory.sessions:  # none, or forced out
@@ -83,6 +91,7 @@ class StandInSeats:
                 SERVER,
             )
             seat = self._directory.seat_stand_in(record)
+            seat.serves = functools.partial(self._covered, name)
             self.seats[name] = seat
             log.info("a stand-in seat waits for a role nobody holds", role=name, sid=seat.sid)
         return seat

@@ -76,6 +76,26 @@ async def test_without_a_covering_rule_an_unheld_role_still_fails_at_once(
     assert (await (await client.get("/v1/requests")).json())["requests"] == []
 
 
+async def test_a_rule_for_other_kinds_does_not_make_a_request_wait_with_nobody_told(
+    server: Server, aiohttp_server: Any
+) -> None:
+    """A rule telling of the role's asks only: the task's hook_before would
+    wait on the role's seat with no message sent, so it fails at once, as it
+    would with no rule, naming what to add."""
+    receiver = Receiver()
+    service = await aiohttp_server(receiver.app())
+    url = f"http://127.0.0.1:{service.port}/hook"
+    rule = {"channel": "chat", "url": url, "roles": ["night*"], "kinds": ["ask"]}
+    client = await server(notify=[rule])
+    task = await create_task(client, **APPROVAL, operator={"role": "nightshift"})
+    done = await wait_task(client, task["id"])
+    assert done["status"] == "failed", done
+    assert done["error"]["code"] == "operator_not_found", done
+    assert "hook_before" in done["error"]["message"], done
+    assert (await (await client.get("/v1/requests")).json())["requests"] == []
+    assert receiver.bodies == []
+
+
 async def test_a_link_sent_while_the_request_waited_still_decides_it_after_someone_joins(
     server: Server, aiohttp_server: Any
 ) -> None:
