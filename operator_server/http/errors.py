@@ -22,6 +22,7 @@ from operator_server.errors import (
     NodeUnreachable,
     status_of,
 )
+from operator_server.http.observe import loggable_path
 from operator_server.logs import get_logger
 from operator_server.store import StoreError
 from operator_server.wire.requests import json_response
@@ -69,7 +70,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except NodeUnreachable as exc:  # the owner of the work is away: worth a retry soon
         return error_response(exc.code, exc.message, {"Retry-After": "1"})
     except StoreError as exc:
-        log.error("store write failed", method=request.method, path=request.path, error=str(exc))
+        log.error(
+            "store write failed", method=request.method, path=loggable_path(request), error=str(exc)
+        )
         return error_response(
             Code.STORE_FAILED,
             f"could not save the change, so nothing was changed: {exc}",
@@ -94,5 +97,5 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("unhandled error", method=request.method, path=request.path)
+        log.exception("unhandled error", method=request.method, path=loggable_path(request))
         return error_response(Code.INTERNAL, "internal error; see the server log")

@@ -38,6 +38,13 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED
 
 
+def loggable_path(request: web.Request) -> str:
+    """The path a log line may hold: the route's pattern where a path segment
+    is itself a credential (an action link's token), else the path."""
+    route = route_of(request)
+    return route if _TOKEN in route else request.path
+
+
 def observe_middleware(metrics: Metrics, log_access: bool) -> Middleware:
     """The middleware of one app.  It runs for every request, so what it needs
     is bound here once: the metrics, whether to log, and per route (by its
@@ -69,7 +76,7 @@ def observe_middleware(metrics: Metrics, log_access: bool) -> Middleware:
                     "http request",
                     method=request.method,
                     route=found[0],
-                    path=found[0] if _TOKEN in found[0] else request.path,
+                    path=loggable_path(request),
                     status=status,
                     duration_s=round(seconds, 6),
                     remote=request.remote,

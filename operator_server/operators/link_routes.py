@@ -315,7 +315,7 @@ async def _form(request: web.Request) -> MultiDictProxy[str | Any]:
         return await request.post()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(Code.TOO_LARGE, "the form is larger than max_body_bytes") from None
-    except ValueError as exc:  # a body that is no form at all
+    except (ValueError, LookupError) as exc:  # no form at all, or a charset nobody knows
         raise ApiError(Code.BAD_REQUEST, f"the form could not be read: {exc}") from None
 
 

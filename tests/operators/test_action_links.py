@@ -458,6 +458,34 @@ async def test_the_access_log_never_holds_a_links_token(server: Server) -> None:
     await ws.close()
 
 
+async def test_a_form_in_a_charset_nobody_knows_is_refused_and_its_token_never_logged(
+    server: Server,
+) -> None:
+    """aiohttp reads an unknown charset as a LookupError: a 400 naming it, not
+    a 500 whose log line would carry the path, and so the link's token."""
+    client = await server(api_token=BOOT)
+    ws = await operator(client)
+    _, hook = await hooked_task(client, ws)
+    link = await link_for(client, hook)
+    token = path_of(link).rsplit("/", 1)[1]
+    check = check_of(await page(client, path_of(link)))
+    with capture_logs() as logs:
+        resp = await client.post(
+            path_of(link),
+            data=f"check={check}&action=approve".encode(),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded; charset=nosuch",
+                "Accept": "text/html",
+            },
+            allow_redirects=False,
+        )
+    text = await said(resp)
+    assert resp.status == 400 and "the form could not be read" in text, text
+    assert token not in repr(logs)
+    assert await pending_ids(client) == [hook["req_id"]]
+    await ws.close()
+
+
 async def test_a_spawns_link_only_halts_and_never_shows_its_credentials(server: Server) -> None:
     client = await server(api_token=BOOT)
     ws = await operator(client)
