@@ -133,7 +133,10 @@ export class Notifier {
     // Seen or withdrawn while the task was read: nothing left to announce.
     if (!this.unread.has(frame.req_id) || this.state() !== "on") return;
     const agent = frame.agent || (task && task.agent) || "an agent";
-    const asked = frame.type === "ask" ? frame.question : task ? task.directive : frame.directive;
+    // Without the task, only a hook_before's frame holds the bare directive: a
+    // spawn's is the rendered instructions, worker handle included.
+    const fallback = frame.type === "hook_before" ? frame.directive : undefined;
+    const asked = frame.type === "ask" ? frame.question : task ? task.directive : fallback;
     const where = `${agent} on ${shortId(frame.task_id)}`;
     const role = roleOf(task, this.roles);
     const note = new Notification(role ? `${title} · ${role}` : title, {
