@@ -47,6 +47,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from operator_server.config import Settings, TracingSettings
 from operator_server.errors import CodedError
 from operator_server.logs import get_logger
+from operator_server.wire.trace import MAX_TRACESTATE, TRACESTATE
 
 log = get_logger(__name__)
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -90,9 +91,14 @@ def build_provider(settings: Settings, processor: SpanProcessor | None = None) -
 
 
 def carrier_of(span: Span) -> dict[str, str] | None:
-    """The W3C context (``traceparent``, ``tracestate``) that continues ``span``."""
+    """The W3C context (``traceparent``, ``tracestate``) that continues ``span``.
+    A caller's ``tracestate`` longer than a frame carries (``MAX_TRACESTATE``)
+    is left out, as W3C lets a participant drop it: kept, it would make every
+    client refuse the frame, and the task would wait for an answer nobody read."""
     carrier: dict[str, str] = {}
     PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+    if len(carrier.get(TRACESTATE, "")) > MAX_TRACESTATE:
+        del carrier[TRACESTATE]
     return carrier or None
 
 

@@ -241,6 +241,34 @@ async def test_a_traceparent_on_post_tasks_makes_the_task_a_child_of_the_callers
     assert named(spans)["attempt 1"].parent.span_id == task.context.span_id
 
 
+async def test_a_tracestate_too_long_for_a_frame_is_dropped_and_the_operator_still_reads_it(
+    traced: Traced,
+) -> None:
+    """W3C lets a tracestate run past what a frame carries; passed on whole,
+    the client would refuse the spawn and the task wait for nobody."""
+    client, spans = await traced()
+
+    async def on_spawn(frame: dict[str, Any]) -> Any:
+        async with WorkerClient(base(client), frame["worker_handle"]) as worker:
+            await worker.result("done")
+        return None
+
+    op = OperatorClient(base(client), roles=["main"], on_spawn=on_spawn)
+    await op.start()
+    state = ",".join(f"k{n}={'v' * 60}" for n in range(20))  # 1,289 characters
+    header = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": state}
+    try:
+        body = {"agent": "shell", "directive": "x", "operator": {"backend": "main"}}
+        resp = await client.post("/v1/tasks", json=body, headers=header)
+        assert resp.status == 202
+        done = await wait_task(client, (await resp.json())["id"], wait=10)
+        assert done["status"] == "passed", done
+    finally:
+        await op.close()
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    assert named(spans)["task"].context.trace_id == int(CALLER_TRACE, 16)
+
+
 async def test_a_malformed_traceparent_is_ignored_and_the_task_starts_its_own_trace(
     traced: Traced,
 ) -> None:
