@@ -291,14 +291,20 @@ class Tracing:
 
     @contextlib.contextmanager
     def cluster_call(
-        self, method: str, node: str, carrier: Mapping[str, str] | None = None
+        self,
+        method: str,
+        node: str,
+        carrier: Mapping[str, str] | None = None,
+        *,
+        parent: Mapping[str, str] | None = None,
     ) -> Iterator[None]:
-        """A call to ``node`` (``carrier`` None: made here), or one served here
-        for it (``carrier``: the caller's context, from its message)."""
+        """A call to ``node`` (``carrier`` None: made here, as a child of the
+        current span or of ``parent``), or one served here for it (``carrier``:
+        the caller's context, from its message)."""
         serving = carrier is not None
         with self._failing_as_code(
             f"cluster call {method}",
-            context=context_from(carrier) if serving else None,
+            context=context_from(carrier if serving else parent),
             kind=SpanKind.SERVER if serving else SpanKind.CLIENT,
             attributes={"cluster.method": method, "cluster.peer": node},
         ):
@@ -385,7 +391,7 @@ class NoTracing(Tracing):
         return None
 
     @contextlib.contextmanager
-    def cluster_call(self, *_: Any) -> Iterator[None]:
+    def cluster_call(self, *_: Any, **__: Any) -> Iterator[None]:
         yield
 
     def shutdown(self) -> None:

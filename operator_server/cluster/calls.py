@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from operator_server.background import Background
@@ -128,13 +128,21 @@ class Cluster:
         self._served[method] = fn
 
     async def call(
-        self, node: str, method: str, args: dict[str, Any], *, longer: float = 0
+        self,
+        node: str,
+        method: str,
+        args: dict[str, Any],
+        *,
+        longer: float = 0,
+        parent: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run ``method`` on ``node``; its result, or its error raised here.
-        ``longer``: the method itself may take that long (a long-poll)."""
+        ``longer``: the method itself may take that long (a long-poll);
+        ``parent``: the W3C context the call's span continues, when it is not
+        the current one (a reply to a request whose frame came from elsewhere)."""
         if self._known_dead(node):
             raise NodeUnreachable(f"node {node} stopped; its work is taken over by the others")
-        with self._tracing.cluster_call(method, node):
+        with self._tracing.cluster_call(method, node, parent=parent):
             return await self._call(node, method, args, longer)
 
     async def _call(

@@ -141,13 +141,16 @@ class Relay:
         data: dict[str, Any],
         via: str = "socket",
         principal: str = "",
+        *,
+        trace: Mapping[str, str] | None = None,
     ) -> None:
         """Hand a reply to the node that issued the request; raises its
         ``ProtocolError``, or ``NodeUnreachable``.  ``via`` and ``principal``:
         where it came from (a socket, REST) and who sent it, for the event and
-        the audit trail written there."""
+        the audit trail written there; ``trace``: the request frame's context,
+        so the hop is part of the task's trace."""
         args = {"sid": sid, "kind": kind, "data": data, "via": via, "principal": principal}
-        await self.cluster.call(owner, "operator_reply", args)
+        await self.cluster.call(owner, "operator_reply", args, parent=trace)
 
     async def gone(self, sid: str, code: str, message: str) -> None:
         await self.cluster.send(None, SessionGone(sid, code, message))

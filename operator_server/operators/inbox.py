@@ -297,7 +297,13 @@ async def settle(
             session.settle_reply(kind, data, via=via, principal=principal.name)
         else:
             await directory.relay.reply(
-                found.owner, found.sid, kind, data, str(via), principal.name
+                found.owner,
+                found.sid,
+                kind,
+                data,
+                str(via),
+                principal.name,
+                trace=found.frame.get(p.TRACE),
             )
     except ProtocolError as exc:
         if exc.code == Code.UNKNOWN_REQ_ID:  # settled or withdrawn while we looked

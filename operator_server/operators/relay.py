@@ -13,6 +13,7 @@ start-up (``app.py``) and never ask whether they are clustered:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from operator_server.store import NO_COURSE, PendingRow, RequestCourse, SessionRecord
@@ -57,6 +58,8 @@ class RequestRelay(Protocol):
         data: dict[str, Any],
         via: str = "socket",
         principal: str = "",
+        *,
+        trace: Mapping[str, str] | None = None,
     ) -> None:
         """Hand a reply to ``owner``, the node that issued the request (``via``
         and ``principal``: where it came from and who sent it over REST)."""
@@ -129,6 +132,8 @@ class NoRelay:
         data: dict[str, Any],
         via: str = "socket",
         principal: str = "",
+        *,
+        trace: Mapping[str, str] | None = None,
     ) -> None:
         # Only a request another node issued is replied to through the relay,
         # and with one process there is none.

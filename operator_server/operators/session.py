@@ -230,6 +230,8 @@ class OperatorSession:
         self._spawn = spawn
         self._passing: set[asyncio.Task[None]] = set()
         self.routed: dict[str, str] = {}  # req_id -> the node that issued it
+        # req_id -> its frame's trace context, so its reply's hop joins the task's trace.
+        self._routed_trace: dict[str, dict[str, str]] = {}
         self._sent: set[str] = set()  # req_ids written to the current socket
         self._epoch = 0  # of the current socket's attach (cluster mode)
         # While an attach reads the stored requests: frames sent meanwhile, held
@@ -327,12 +329,15 @@ class OperatorSession:
         answerable = frame.get("type") in _ANSWERABLE  # a hook_after is only told
         if answerable:
             self.routed[req_id] = owner
+            if trace := frame.get(p.TRACE):
+                self._routed_trace[req_id] = trace
         if self._send_once(req_id, frame, replay=replay) and not answerable:
             self._sent.discard(req_id)  # nothing will come back to forget it
 
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
         self.routed.pop(req_id, None)
+        self._routed_trace.pop(req_id, None)
         # A late reply here is then told what became of it.
         if reason == p.ANSWERED_ELSEWHERE:
             self._remember_answered(req_id)
@@ -373,6 +378,7 @@ class OperatorSession:
         self._pump = None
         self._sent = set()
         self.routed.clear()
+        self._routed_trace.clear()
         self.last_seen_at = time.time()
         self._relay.detach(self.sid)
         self.log.info("socket detached", pending=len(self.pending))
@@ -381,6 +387,7 @@ class OperatorSession:
         pump, self._pump = self._pump, None
         self._sent = set()
         self.routed.clear()
+        self._routed_trace.clear()
         if pump is not None:
             pump.close(code, reason)
         return pump
@@ -808,7 +815,9 @@ class OperatorSession:
     async def _reply_elsewhere(self, owner: str, kind: str, data: dict[str, Any]) -> None:
         req_id = data["req_id"]
         try:
-            await self._relay.reply(owner, self.sid, kind, data)
+            await self._relay.reply(
+                owner, self.sid, kind, data, trace=self._routed_trace.get(req_id)
+            )
         except ProtocolError as exc:
             self._refuse(exc)
             return
@@ -817,6 +826,7 @@ class OperatorSession:
             self._refuse(ProtocolError(code, f"{exc.message}; {req_id} was not answered", req_id))
             return
         self.routed.pop(req_id, None)
+        self._routed_trace.pop(req_id, None)
         self._sent.discard(req_id)
         self._remember_answered(req_id)
 

@@ -254,9 +254,13 @@ def _request(kind: str, req_id: str, parent_req_id: str | None, **body: Any) -> 
     return frame
 
 
+# The field of a request frame that carries its W3C trace context (``wire/trace.py``).
+TRACE = "trace"
+
+
 def with_trace(frame: dict[str, Any], carrier: dict[str, str]) -> dict[str, Any]:
     """``frame`` (a request) carrying the W3C context of its request's span."""
-    frame["trace"] = carrier
+    frame[TRACE] = carrier
     return frame
 
 

@@ -58,3 +58,40 @@ async def test_a_worker_call_passed_to_the_owner_node_is_one_trace_across_both_n
         s for s in ours if s.name == "cluster call worker_result" and s.kind == s.SPAN_KIND_SERVER
     ]
     assert found.node_of[served.span_id] == "node-a"
+
+
+async def test_a_reply_on_the_sockets_node_reaches_the_issuer_inside_the_tasks_trace(
+    pg_url: str, collector: tuple[Collector, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket is on B, the task runs on A: B passes the operator's reply to
+    A as a child of the request's span (the frame's context), not as a trace
+    of its own."""
+    found, collector_url = collector
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url)
+    a, b = await two_nodes(pg_url, 10, "--tracing-enabled", "true")
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        ws, task_id, spawn, auth = await spawned(http, socket_on=b, task_on=a)
+        result = {"task_id": task_id, "value": "v", "ok": True}
+        async with http.post(f"{a.base}/v1/worker/result", json=result, headers=auth) as resp:
+            assert resp.status == 200
+        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+        async with http.get(f"{a.base}/v1/tasks/{task_id}?wait=15") as resp:
+            assert (await resp.json())["status"] == "passed"
+        await ws.close()
+        for node in (a, b):
+            node.proc.send_signal(signal.SIGTERM)
+        for node in (a, b):
+            assert await asyncio.to_thread(node.proc.wait, 30) == 0
+
+    trace_id = bytes.fromhex(spawn["trace"]["traceparent"].split("-")[1])
+    ours = [s for s in found.spans if s.trace_id == trace_id]
+    by_id = {s.span_id: s for s in ours}
+    hops = {
+        (
+            found.node_of[s.span_id],
+            by_id[s.parent_span_id].name if s.parent_span_id in by_id else None,
+        )
+        for s in ours
+        if s.name == "cluster call operator_reply"
+    }
+    assert hops == {("node-b", "spawn"), ("node-a", "cluster call operator_reply")}, hops
