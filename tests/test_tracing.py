@@ -269,6 +269,34 @@ async def test_a_tracestate_too_long_for_a_frame_is_dropped_and_the_operator_sti
     assert named(spans)["task"].context.trace_id == int(CALLER_TRACE, 16)
 
 
+async def test_a_sampling_ratio_of_zero_records_nothing_and_says_so_downstream(
+    traced: Traced,
+) -> None:
+    """``sampling_ratio = 0`` (no caller's decision to follow): no span is
+    exported, and the frames tell the operator the trace is not sampled."""
+    client, spans = await traced(tracing__sampling_ratio=0.0)
+    sid, token = await mint(client, ["main"])
+    ws = await connect(client, sid, token)
+    task = await create_task(client, agent="echo", directive="x", operator={"spawn_hook": "main"})
+    hook = await expect(ws, "hook_before")
+    flags = int(hook["trace"]["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 1 == 0, hook["trace"]  # W3C: the "sampled" bit is off
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await ws.close()
+    assert spans.get_finished_spans() == ()
+
+
+async def test_the_service_name_is_the_resource_every_span_carries(traced: Traced) -> None:
+    client, spans = await traced(tracing__service_name="ops-eu", node_id="node-7")
+    task = await create_task(client, agent="echo", directive="x")
+    assert (await wait_task(client, task["id"]))["status"] == "passed"
+    await eventually(lambda: "task" in named(spans), what="the task's span")
+    resource = dict(named(spans)["task"].resource.attributes)
+    assert resource["service.name"] == "ops-eu", resource
+    assert "node-7" in resource.values(), resource
+
+
 async def test_a_malformed_traceparent_is_ignored_and_the_task_starts_its_own_trace(
     traced: Traced,
 ) -> None:

@@ -65,10 +65,12 @@ async def test_a_reply_on_the_sockets_node_reaches_the_issuer_inside_the_tasks_t
 ) -> None:
     """The socket is on B, the task runs on A: B passes the operator's reply to
     A as a child of the request's span (the frame's context), not as a trace
-    of its own."""
+    of its own.  (The collector is named by ``--tracing-otlp-endpoint`` here,
+    where the other tests use ``OTEL_EXPORTER_OTLP_ENDPOINT``.)"""
     found, collector_url = collector
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url)
-    a, b = await two_nodes(pg_url, 10, "--tracing-enabled", "true")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    endpoint = ("--tracing-otlp-endpoint", collector_url)
+    a, b = await two_nodes(pg_url, 10, "--tracing-enabled", "true", *endpoint)
     async with daemons(a, b), aiohttp.ClientSession() as http:
         ws, task_id, spawn, auth = await spawned(http, socket_on=b, task_on=a)
         result = {"task_id": task_id, "value": "v", "ok": True}
