@@ -564,8 +564,17 @@ def _notify_problems(data: dict[str, Any]) -> list[str]:
     problems = []
     smtp: SmtpSettings = data.get("smtp") or SmtpSettings()
     allowed = tuple(_webhook_host_key(h) for h in data.get("webhook_allow_hosts", []))
+    # What names a rule's queue (``notify/rules.rule_key``): two rules alike in
+    # it would share their notices and one's batch_s or include_text be lost.
+    seen: dict[tuple[Any, ...], int] = {}
     for i, rule in enumerate(data.get("notify") or ()):
         where = f"notify[{i}] ({rule.channel})"
+        same = (rule.channel, rule.url, tuple(rule.to), tuple(rule.roles), tuple(rule.kinds))
+        if (first := seen.setdefault(same, i)) != i:
+            problems.append(
+                f"{where}: the same channel, target, roles and kinds as notify[{first}]; "
+                "merge them into one rule"
+            )
         if rule.channel == "email" and not (smtp.host and smtp.sender):
             problems.append(f"{where}: email needs [smtp] host and from")
         if rule.channel == "webhook":

@@ -351,6 +351,10 @@ SMTP = "[smtp]\nhost = 'mail.example.com'\nfrom = 'server@example.com'\n"
             "[[notify]]\nchannel = 'webhook'\nurl = 'https://h.example/x'\n",
             "needs webhook_secret",
         ),
+        (
+            NOTIFY_EMAIL + NOTIFY_EMAIL + "batch_s = 5\n" + SMTP,
+            "notify[1] (email): the same channel, target, roles and kinds as notify[0]",
+        ),
         (SMTP + "tls = 'ssl'\n", "smtp.tls"),
         (SMTP + "password_env = 'NO_SUCH_VARIABLE_HERE'\n", "NO_SUCH_VARIABLE_HERE is not set"),
     ],
