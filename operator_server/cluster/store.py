@@ -8,9 +8,19 @@ operator requests in memory).  Cluster code takes a ``ClusterStore``; single
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol, runtime_checkable
 
-from operator_server.store.base import NO_COURSE, PendingRow, PlacedSession, RequestCourse, Store
+from operator_server.store.base import (
+    NO_COURSE,
+    Audit,
+    Events,
+    PendingRow,
+    PlacedSession,
+    RequestCourse,
+    Row,
+    Store,
+)
 
 
 @runtime_checkable
@@ -34,6 +44,29 @@ class ClusterStore(Protocol):
 
     async def task_owner(self, task_id: str) -> str | None:
         """The node whose lease on ``task_id`` is current, if any."""
+
+    async def socket_node_of(self, name: str) -> str | None:
+        """The live node holding the socket of the session ``name`` names (its
+        sid, or a role it holds), if any."""
+
+    async def place_task(
+        self,
+        record: dict[str, Any],
+        events: Events,
+        node: str,
+        notice: str,
+        *,
+        audit: Audit = (),
+    ) -> None:
+        """Store a new task (durably) leased to ``node``, not this one, and
+        send ``node`` the ``notice`` (a bus message) by the same transaction."""
+
+    async def claim_placed(
+        self, task_ids: Collection[str] | None, running: Collection[str]
+    ) -> list[Row]:
+        """Take the tasks leased to this node by another's ``place_task``
+        (those of ``task_ids``; None: all) that are not ``running`` here and
+        whose lease is still current: each at a new epoch, its lease renewed."""
 
     async def issue_request(
         self,

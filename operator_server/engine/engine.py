@@ -246,11 +246,22 @@ class Engine:
                 at=task.created_at,
             )
         ]
-        await self.store.put_task(task.to_record(), created, audit=audit)
+        # Cluster mode: a task whose operator's socket is on another node is
+        # stored leased to that node and run there (``cluster/placement.py``);
+        # a child of a spawn held here stays, to nest under it.
+        placed = None
+        if self.routing.shared and task.parent_task_id not in self.contexts:
+            placed = await self.routing.place(task, task.to_record(), created, audit)
+        if placed is None:
+            await self.store.put_task(task.to_record(), created, audit=audit)
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.tracing.task_created(task.id, task.agent, str(task.kind), trace_parent)
-        self.adopt(task)
+        if placed is None:
+            self.adopt(task)
+        else:
+            log.debug("task handed to the node holding its operator", task_id=task.id, node=placed)
+            self.tracing.task_let_go(task.id)
         return task
 
     def _stale(self, task_id: str) -> bool:
@@ -730,7 +741,13 @@ class Engine:
         events: list[TaskEvent] = []
         if self.recording:
             events.append(
-                self.events.make(task, EventType.ATTEMPT_STARTED, record.started_at, record.number)
+                self.events.make(
+                    task,
+                    EventType.ATTEMPT_STARTED,
+                    record.started_at,
+                    record.number,
+                    self.settings.node_id or None,
+                )
             )
             if before is not TaskStatus.RUNNING:
                 events.append(self.events.make(task, EventType.STATUS, record.started_at))

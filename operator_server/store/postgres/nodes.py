@@ -64,6 +64,33 @@ TAKE_OVER = """
     )
     SELECT id, data, epoch FROM bumped ORDER BY seq
 """
+# Tasks another node created and leased to this one (``place_task``) that this
+# node does not run yet (``$5``): ``$3`` names them, or NULL for all of them.
+# Only a lease still current is claimed — one that lapsed is anybody's
+# takeover — and, as a takeover, each moves to a new epoch and a fresh lease.
+CLAIM_PLACED = """
+    WITH placed AS (
+        SELECT l.task_id FROM task_leases l JOIN tasks t ON t.id = l.task_id
+        WHERE l.node_id = $1 AND l.expires_at > now() AND t.status = ANY($4::text[])
+          AND ($3::text[] IS NULL OR l.task_id = ANY($3::text[]))
+          AND NOT l.task_id = ANY($5::text[])
+        FOR UPDATE OF l, t
+    ), renewed AS (
+        UPDATE task_leases l SET expires_at = now() + make_interval(secs => $2)
+        FROM placed p WHERE l.task_id = p.task_id
+    ), bumped AS (
+        UPDATE tasks t SET epoch = t.epoch + 1 FROM placed p WHERE t.id = p.task_id
+        RETURNING t.id, t.data, t.epoch, t.seq
+    )
+    SELECT id, data, epoch FROM bumped ORDER BY seq
+"""
+# The live node holding the socket of the session named ``$1`` (its sid, or
+# a role it holds), if any.
+SOCKET_NODE_OF = """
+    SELECT n.node_id FROM operator_sessions s
+    JOIN cluster_nodes n ON n.node_id = s.socket_node AND n.expires_at > now()
+    WHERE s.sid = COALESCE((SELECT sid FROM operator_roles WHERE role = $1), $1)
+"""
 # Cluster routing (v5).  A request is inserted under a share lock on its
 # session's row, and a socket attaches under an update lock on it, so the two
 # take turns: either the attach's replay reads the request, or the request's
@@ -223,6 +250,37 @@ class NodeOps(GroupCommitWriter):
             )
             for row in rows
         ]
+
+    async def claim_placed(
+        self, task_ids: Collection[str] | None, running: Collection[str]
+    ) -> list[Row]:
+        args = (
+            self._node_id,
+            self._lease_s,
+            None if task_ids is None else list(task_ids),
+            list(self._live),
+            list(running),
+        )
+
+        async def work(
+            c: asyncpg.Connection,
+        ) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[Any]]]:
+            async with c.transaction():
+                return await with_asks_of(c, c.fetch(CLAIM_PLACED, *args))
+
+        rows, asks, outputs = await self._read(work, "claim placed tasks")
+        for row in rows:
+            self._epochs[row["id"]] = int(row["epoch"])
+        return [
+            decode_task_row(
+                row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
+            )
+            for row in rows
+        ]
+
+    async def socket_node_of(self, name: str) -> str | None:
+        node = await self._read(lambda c: c.fetchval(SOCKET_NODE_OF, name), f"socket of {name}")
+        return None if node is None else str(node)
 
     async def renew_leases(self, task_ids: Collection[str]) -> None:
         sent = time.monotonic()
