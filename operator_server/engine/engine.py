@@ -460,7 +460,10 @@ class Engine:
             )
         else:
             self.counts.moved(task.requeue(), TaskStatus.PENDING)
-            log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
+            if current is None:  # never started: handed here by the node that created it
+                log.debug("dispatching a task taken from another node", task_id=task.id)
+            else:
+                log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
             self.tracing.task_created(task.id, task.agent, str(task.kind), recovered=True)
             self.adopt(task)
 
