@@ -20,8 +20,9 @@ What stays as before:
 * A child task created while its parent's spawn is held here runs here, so
   its requests nest under that spawn.
 * An attempt in flight stays where it runs when the socket moves or a seat is
-  handed over (the relay carries its requests); the next task goes to the
-  socket's new node.
+  handed over (the relay carries its requests); the task's next attempt, if
+  it has one, is handed to the socket's new node (``place_next``: the lease
+  moves there, and that node claims it), as is the next task.
 * A ``Placed`` lost with the listener is claimed on the resync (every task
   leased here and not running is claimed); a target that dies before claiming
   lets the lease lapse, and any node takes the task over as it would a dead
@@ -110,6 +111,24 @@ class Placement:
         notice = Placed([task.id]).encode(self.cluster.node_id)
         await self._store.place_task(record, events, node, notice, audit=audit)
         return node
+
+    async def place_next(self, task: Task) -> str | None:
+        """Before a later attempt of a task running here: when its operator's
+        socket is now on another node (it moved, or the seat was handed over),
+        hand the task there, which runs the next attempt: that node.  None:
+        the next attempt runs here."""
+        name = self.operator_of(task)
+        if name is None or self.held_here(name):
+            return None
+        try:
+            node = await self._store.socket_node_of(name)
+            if node is None or node == self.cluster.node_id:
+                return None
+            notice = Placed([task.id]).encode(self.cluster.node_id)
+            return node if await self._store.hand_task(task.id, node, notice) else None
+        except StoreError as exc:  # then here, as before
+            log.warning("could not hand a task to its operator's node", error=str(exc))
+            return None
 
     # -- this node's side: claim what was placed here -----------------------
 

@@ -32,6 +32,8 @@ class Places(Protocol):
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
     ) -> str | None: ...
 
+    async def place_next(self, task: Task) -> str | None: ...
+
 
 class Routing(Protocol):
     @property
@@ -50,6 +52,10 @@ class Routing(Protocol):
         """A new task stored (with ``events`` and ``audit``) and handed to
         another node, which runs it: that node; None when it is to be stored
         and run here."""
+
+    async def place_next(self, task: Task) -> str | None:
+        """Before a later attempt of ``task``, running here: the node it was
+        handed to, which runs that attempt; None when it runs here."""
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         """Set when another node announces ``task_id`` ended (or: look again)."""
@@ -72,6 +78,10 @@ class LocalRouting:
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
     ) -> str | None:
         del task, record, events, audit
+        return None
+
+    async def place_next(self, task: Task) -> str | None:
+        del task
         return None
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
@@ -104,6 +114,9 @@ class ClusterRouting:
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
     ) -> str | None:
         return await self._placement.place(task, record, events, audit)
+
+    async def place_next(self, task: Task) -> str | None:
+        return await self._placement.place_next(task)
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         return self.cluster.watch_ended(task_id)

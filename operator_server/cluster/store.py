@@ -61,6 +61,11 @@ class ClusterStore(Protocol):
         """Store a new task (durably) leased to ``node``, not this one, and
         send ``node`` the ``notice`` (a bus message) by the same transaction."""
 
+    async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
+        """Lease a live task this node holds to ``node`` instead, and send it
+        ``notice`` in the same transaction (after every write queued before);
+        False when the lease was not this node's."""
+
     async def claim_placed(
         self, task_ids: Collection[str] | None, running: Collection[str]
     ) -> list[Row]:

@@ -526,6 +526,11 @@ class Engine:
             await self._end(task, replace(decided, final=final))
             if final:
                 break
+            # Cluster mode: the operator's socket may be on another node now;
+            # the next attempt then runs there (``cluster/placement.py``).
+            if self.routing.shared and (node := await self.routing.place_next(task)):
+                self._let_go_of(task, f"its next attempt runs on node {node}")
+                raise TakenOver(node)
             log.debug("retrying", attempt=task.attempt, after=str(decided.status))
 
     async def _outputs_kept(self, task: Task) -> None:

@@ -149,6 +149,30 @@ async def test_a_socket_moving_from_b_to_a_leaves_running_attempts_on_b_and_send
             await ws.close()
 
 
+async def test_the_next_attempt_of_a_task_goes_to_the_node_its_operators_socket_moved_to(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)
+        ws_b = await seated(http, b, op)
+        task_id = await create(http, a, {**THIN, "max_attempts": 2})
+        first = await next_of(ws_b, "spawn")  # attempt 1, on B
+        ws_a = await connect(http, a, op)  # the socket moves while it runs
+        assert [f["req_id"] for f in await until_pong(ws_a, "moved")] == [first["req_id"]]
+        # Answered on A, decided on B (where it runs): it failed, one attempt is left.
+        await ws_a.send_json({"type": "spawn_ack", "req_id": first["req_id"], "error": "again"})
+        second = await next_of(ws_a, "spawn")
+        assert (second["task_id"], second["attempt"]) == (task_id, 2)
+        assert a.base in second["directive"]
+        await ws_a.send_json({"type": "spawn_ack", "req_id": second["req_id"], "value": "ok"})
+        task = await ended(http, b, task_id)
+        assert task["status"] == "passed" and len(task["attempts"]) == 2
+        assert await started_on(http, b, task_id) == ["node-b", "node-a"]
+        for ws in (ws_a, ws_b):
+            await ws.close()
+
+
 async def test_a_sub_agent_given_a_directive_from_b_posts_its_result_through_a(
     pg_url: str,
 ) -> None:

@@ -84,6 +84,16 @@ CLAIM_PLACED = """
     )
     SELECT id, data, epoch FROM bumped ORDER BY seq
 """
+# A live task this node holds, leased to node ``$2`` instead, which the same
+# statement notifies (``$5``): it claims the task as it claims a new one
+# handed to it (``CLAIM_PLACED``).  Nothing when the lease is not this node's.
+HAND_TASK = f"""
+    WITH moved AS (
+        UPDATE task_leases SET node_id = $2, expires_at = now() + make_interval(secs => $3)
+        WHERE task_id = $1 AND node_id = $4 RETURNING task_id
+    )
+    SELECT pg_notify({SQL_CHANNEL.format("$2::text")}, $5) FROM moved
+"""
 # The live node holding the socket of the session named ``$1`` (its sid, or
 # a role it holds), if any.
 SOCKET_NODE_OF = """
@@ -277,6 +287,18 @@ class NodeOps(GroupCommitWriter):
             )
             for row in rows
         ]
+
+    async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
+        args = (task_id, node, self._lease_s, self._node_id, notice)
+
+        async def work(c: asyncpg.Connection) -> bool:
+            return await c.fetchrow(HAND_TASK, *args) is not None
+
+        # Through the writer: after every write of the task queued before it.
+        moved: bool = await self._call(work, f"hand {task_id} to {node}")
+        if moved:
+            self._epochs.pop(task_id, None)
+        return moved
 
     async def socket_node_of(self, name: str) -> str | None:
         node = await self._read(lambda c: c.fetchval(SOCKET_NODE_OF, name), f"socket of {name}")
