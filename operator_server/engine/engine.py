@@ -529,7 +529,7 @@ class Engine:
             # Cluster mode: the operator's socket may be on another node now;
             # the next attempt then runs there (``cluster/placement.py``).
             if self.routing.shared and (node := await self.routing.place_next(task)):
-                self._let_go_of(task, f"its next attempt runs on node {node}")
+                self._let_go_of(task, f"its next attempt runs on node {node}", handed=True)
                 raise TakenOver(node)
             log.debug("retrying", attempt=task.attempt, after=str(decided.status))
 
@@ -679,9 +679,13 @@ class Engine:
         this ending is stored (``_end`` waits for the store to answer)."""
         return task.interrupt(f"the store failed: {error.message}")
 
-    def _let_go_of(self, task: Task, why: str) -> None:
-        """Another node runs ``task`` now: forget it here without ending it."""
-        log.warning("another node took this task over; letting it go", reason=why)
+    def _let_go_of(self, task: Task, why: str, *, handed: bool = False) -> None:
+        """Another node runs ``task`` now: forget it here without ending it.
+        ``handed``: this node gave it away (no warning: nothing went wrong)."""
+        if handed:
+            log.info("handed the task to another node", reason=why)
+        else:
+            log.warning("another node took this task over; letting it go", reason=why)
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
