@@ -202,7 +202,10 @@ async def test_300_tasks_created_round_robin_all_pass_once_when_either_node_is_k
     node (a round-robin balancer at its worst), so each node runs half.  One
     node dies with all 300 in flight: the survivor takes its half over, the
     operator reconnects there, and every task passes, exactly once."""
-    lease_s = 2.0
+    # Long enough that no handed task's lease lapses before it is claimed on a
+    # loaded machine (then another node would take it over: still passed once,
+    # but not where this test expects it).
+    lease_s = 3.0
     nodes = await two_nodes(pg_url, lease_s, "--log-level", "warning")
     roles = ("ra", "rb")  # held on node a, on node b
     async with daemons(*nodes), aiohttp.ClientSession() as http:
