@@ -20,9 +20,10 @@ from operator_server.store.base import (
     Row,
     StoreError,
     decode_session,
+    decode_task,
     decode_task_row,
 )
-from operator_server.store.postgres.tasks import with_asks_of
+from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS, with_asks_of
 from operator_server.store.postgres.writer import GroupCommitWriter
 from operator_server.wire import json as wire_json
 from operator_server.wire.json import STORED_MAX_DEPTH
@@ -272,21 +273,38 @@ class NodeOps(GroupCommitWriter):
             list(running),
         )
 
-        async def work(
-            c: asyncpg.Connection,
-        ) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[Any]]]:
-            async with c.transaction():
-                return await with_asks_of(c, c.fetch(CLAIM_PLACED, *args))
+        async def work(c: asyncpg.Connection) -> list[Row]:
+            # One statement, atomic by itself: no transaction round trips.  A
+            # task new from its creator has no attempt, so no asks or outputs
+            # to read back; only one handed on between attempts does.
+            claimed, tried = [], []
+            for row in await c.fetch(CLAIM_PLACED, *args):
+                try:
+                    record = decode_task(row["data"])
+                except Exception:  # decoded again below, and skipped with a reason
+                    record = None
+                claimed.append((row, record))
+                if record is None or record.get("attempts"):
+                    tried.append(row["id"])
+            asks: dict[str, list[Any]] = {}
+            outputs: dict[str, list[Any]] = {}
+            if tried:
+                for sql, found in ((ASKS_OF_TASKS, asks), (OUTPUTS_OF_TASKS, outputs)):
+                    for task_id, attempt, data in await c.fetch(sql, tried):
+                        found.setdefault(task_id, []).append((attempt, data))
+            for row, _ in claimed:
+                self._epochs[row["id"]] = int(row["epoch"])
+            return [
+                Row(str(row["id"]), record)
+                if record is not None and row["id"] not in tried
+                else decode_task_row(
+                    row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
+                )
+                for row, record in claimed
+            ]
 
-        rows, asks, outputs = await self._read(work, "claim placed tasks")
-        for row in rows:
-            self._epochs[row["id"]] = int(row["epoch"])
-        return [
-            decode_task_row(
-                row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
-            )
-            for row in rows
-        ]
+        found: list[Row] = await self._read(work, "claim placed tasks")
+        return found
 
     async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
         args = (task_id, node, self._lease_s, self._node_id, notice)
