@@ -164,6 +164,8 @@ def build_app(
     authenticator = Authenticator(ApiKeys(store), settings.api_token, jwt)
     wired.follow_revocations(authenticator.forget)
     _sample_current_counts(meters, engine, directory)
+    if wired.bus is not None:
+        meters.sample_cluster_messages = wired.bus.counts
 
     # Outermost first.  Observe sees every answer, admission's refusals (403
     # host_not_allowed) too; admission sees the error middleware's (to close

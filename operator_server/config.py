@@ -663,7 +663,8 @@ class SettingsSchema(Schema):
         metadata=_help(
             "base URL sub-agents use to reach the worker endpoints, as written into spawn "
             "directives (empty: the URL the daemon listens on, http://<host>:<bound port>; "
-            "set it behind a proxy or on a wildcard host)"
+            "set it behind a proxy or on a wildcard host; in a cluster, this node's own "
+            "address: the node writing a directive is the one running the attempt)"
         ),
     )
     secret = fields.String(

@@ -61,6 +61,32 @@ class _Sampled(Collector):
         yield family
 
 
+class _SampledCounter(Collector):
+    """A counter kept by its owner (as numbers by label values), read at scrape time."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: tuple[str, ...],
+        sample: Callable[[], Callable[[], Mapping[tuple[str, ...], float]]],
+    ) -> None:
+        self._name, self._doc, self._labels, self._sample = name, doc, list(labels), sample
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._doc, labels=self._labels)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labels)
+        for key, count in self._sample()().items():
+            family.add_metric(list(key), count)
+        yield family
+
+
+def _no_counts() -> Mapping[tuple[str, ...], float]:
+    return {}
+
+
 class Counter(Collector):
     """A counter kept as plain numbers by label values, turned into samples at
     scrape time.  ``prometheus_client``'s own takes a lock and checks its
@@ -159,6 +185,8 @@ class Metrics:
         self.sample_tasks: Sample = _nothing
         self.sample_sessions: Sample = _nothing
         self.sample_pending: Sample = _nothing
+        # Cluster mode: messages heard from other nodes (``cluster/bus.py``).
+        self.sample_cluster_messages: Callable[[], Mapping[tuple[str, ...], float]] = _no_counts
         # Pre-bound series of the hottest counters (per frame, per request).
         self._frames_in: dict[str, list[float]] = {}
         self._frames_out: dict[str, list[float]] = {}
@@ -255,6 +283,16 @@ class Metrics:
             "failed), retried (a failed try to be made again), given_up.",
             ("channel", "outcome"),
             registry=reg,
+        )
+        reg.register(
+            _SampledCounter(
+                PREFIX + "cluster_messages",
+                "Cluster mode: messages heard from other nodes, by kind and scope "
+                "(direct: to this node alone, a crossing of some task's work; "
+                "broadcast: to every node, once per batch).",
+                ("kind", "scope"),
+                lambda: self.sample_cluster_messages,
+            )
         )
         reg.register(
             _Sampled(

@@ -9,6 +9,7 @@ the shape of what they say to each other (``tests/test_layering.py``):
   ends, following their events;
 * ``serving``: the engine methods other nodes may call here;
 * ``routing``: where a task's work is done (``LocalRouting`` in one process);
+* ``placement``: a new task goes to the node holding its operator's socket;
 * ``relay``: operator requests to whichever node holds the socket;
 * ``leases``: the lease round and the hand-over at stop (``NoLeases`` in one
   process);

@@ -9,6 +9,14 @@ A message is one of ``cluster/messages.py``, encoded there.  A
 ``cluster_messages`` and only ``#<id>`` is notified; the receiver reads it from
 there (the reaper deletes what is a minute old).
 
+Every message heard from another node is counted, by kind and by whether it
+was addressed to this node alone (``direct``) or to every node
+(``broadcast``): ``received``, exposed as
+``operator_server_cluster_messages_total``.  The direct ones are what a
+task's work costs in crossings (``cluster/placement.py`` keeps them to the
+one that hands a task over); the broadcasts are per batch, shared by every
+task in it.
+
 Messages are handed to their handler one at a time, in the order they arrived,
 on the event loop: handlers are plain functions that must not block; anything
 that has to wait is started by the handler itself as a background task.
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -62,7 +71,10 @@ class PgBus:
         self._ping_s = 5.0
         self._handlers: dict[str, Handler] = {}
         self._resync: list[Callable[[], None]] = []
-        self._inbox: asyncio.Queue[str] = asyncio.Queue()
+        # (channel, payload) as heard.
+        self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        # (kind, "direct" | "broadcast") -> messages heard from other nodes.
+        self.received: Counter[tuple[str, str]] = Counter()
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
 
@@ -130,8 +142,12 @@ class PgBus:
     # -- receiving ----------------------------------------------------------
 
     def _heard(self, conn: Any, pid: int, chan: str, payload: str) -> None:
-        del conn, pid, chan
-        self._inbox.put_nowait(payload)
+        del conn, pid
+        self._inbox.put_nowait((chan, payload))
+
+    def counts(self) -> dict[tuple[str, str], float]:
+        """Messages heard from other nodes so far, by (kind, direct or broadcast)."""
+        return {key: float(n) for key, n in self.received.items()}
 
     async def _listen_forever(self) -> None:
         first = True
@@ -165,7 +181,7 @@ class PgBus:
             # swallow a cancel that arrives as the inner call completes.
             try:
                 async with asyncio.timeout(self._ping_s):
-                    payload = await self._inbox.get()
+                    chan, payload = await self._inbox.get()
             except TimeoutError:
                 async with asyncio.timeout(self._ping_s):
                     await conn.execute("SELECT 1")
@@ -177,11 +193,13 @@ class PgBus:
                 if found is None:
                     continue
                 payload = found
-            self._dispatch(payload)
+            self._dispatch(payload, chan != ALL)
 
-    def _dispatch(self, payload: str) -> None:
+    def _dispatch(self, payload: str, direct: bool) -> None:
         try:
             sender, message = decode(payload)
+            if message is not None and sender != self.node_id:
+                self.received[message.KIND, "direct" if direct else "broadcast"] += 1
             handler = None if message is None else self._handlers.get(message.KIND)
             if handler is not None:
                 handler(sender, message)

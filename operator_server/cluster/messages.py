@@ -174,6 +174,18 @@ class Seated(Message):
     roles: list[str]
 
 
+# -- where a task runs (``cluster/placement.py``) -----------------------------
+
+
+@dataclass(frozen=True)
+class Placed(Message):
+    """To the node holding a task's operator socket: these tasks, created
+    elsewhere, are leased to you; take them and run their attempts there."""
+
+    KIND: ClassVar[str] = "placed"
+    ids: list[str]
+
+
 # -- calls between nodes (``cluster/calls.py``) --------------------------------
 
 
@@ -230,6 +242,7 @@ KINDS: dict[str, type[Message]] = {
         Replaced,
         SessionGone,
         Seated,
+        Placed,
         Call,
         Answer,
     )

@@ -5,19 +5,34 @@ it.  The engine asks its ``routing`` before doing such work itself:
 ``LocalRouting`` (one process) always says "here"; ``ClusterRouting`` asks
 the store which node holds the task's lease and, when it is another node,
 runs the method there (``cluster/serving.py`` serves it) and returns its
-answer.  It also waits for an end committed by another node.
+answer.  It also waits for an end committed by another node, and decides where a new
+task runs (``place``: ``cluster/placement.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from operator_server.cluster.calls import Cluster
 from operator_server.cluster.store import ClusterStore
+from operator_server.store.base import Audit, Events
+
+if TYPE_CHECKING:
+    from operator_server.engine.tasks import Task
 
 Args = Callable[[], dict[str, Any]]
+
+
+class Places(Protocol):
+    """Where a new task runs (``cluster/placement.py``, which imports the engine)."""
+
+    async def place(
+        self, task: Task, record: dict[str, Any], events: Events, audit: Audit
+    ) -> str | None: ...
+
+    async def place_next(self, task: Task) -> str | None: ...
 
 
 class Routing(Protocol):
@@ -30,6 +45,17 @@ class Routing(Protocol):
     ) -> dict[str, Any] | None:
         """``method`` run on the node that owns ``task_id``, with ``args()``
         (built only then), and its answer; None when it is to be done here."""
+
+    async def place(
+        self, task: Task, record: dict[str, Any], events: Events, audit: Audit
+    ) -> str | None:
+        """A new task stored (with ``events`` and ``audit``) and handed to
+        another node, which runs it: that node; None when it is to be stored
+        and run here."""
+
+    async def place_next(self, task: Task) -> str | None:
+        """Before a later attempt of ``task``, running here: the node it was
+        handed to, which runs that attempt; None when it runs here."""
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         """Set when another node announces ``task_id`` ended (or: look again)."""
@@ -48,6 +74,16 @@ class LocalRouting:
         del task_id, method, args, longer
         return None
 
+    async def place(
+        self, task: Task, record: dict[str, Any], events: Events, audit: Audit
+    ) -> str | None:
+        del task, record, events, audit
+        return None
+
+    async def place_next(self, task: Task) -> str | None:
+        del task
+        return None
+
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         del task_id  # nothing else ends a task: never set
         return asyncio.get_running_loop().create_future()
@@ -61,9 +97,10 @@ class ClusterRouting:
 
     shared = True
 
-    def __init__(self, cluster: Cluster, store: ClusterStore) -> None:
+    def __init__(self, cluster: Cluster, store: ClusterStore, placement: Places) -> None:
         self.cluster = cluster
         self._store = store
+        self._placement = placement
 
     async def on_owner(
         self, task_id: str, method: str, args: Args, *, longer: float = 0
@@ -72,6 +109,14 @@ class ClusterRouting:
         if owner is None or owner == self.cluster.node_id:
             return None
         return await self.cluster.call(owner, method, args(), longer=longer)
+
+    async def place(
+        self, task: Task, record: dict[str, Any], events: Events, audit: Audit
+    ) -> str | None:
+        return await self._placement.place(task, record, events, audit)
+
+    async def place_next(self, task: Task) -> str | None:
+        return await self._placement.place_next(task)
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         return self.cluster.watch_ended(task_id)

@@ -8,15 +8,19 @@ operator requests in memory).  Cluster code takes a ``ClusterStore``; single
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Protocol, runtime_checkable
 
 from operator_server.store.base import (
     NO_COURSE,
+    Audit,
+    Events,
     Notice,
     NoticeMessage,
     PendingRow,
     PlacedSession,
     RequestCourse,
+    Row,
     SessionRecord,
     Store,
 )
@@ -43,6 +47,34 @@ class ClusterStore(Protocol):
 
     async def task_owner(self, task_id: str) -> str | None:
         """The node whose lease on ``task_id`` is current, if any."""
+
+    async def socket_node_of(self, name: str) -> str | None:
+        """The live node holding the socket of the session ``name`` names (its
+        sid, or a role it holds), if any."""
+
+    async def place_task(
+        self,
+        record: dict[str, Any],
+        events: Events,
+        node: str,
+        notice: str,
+        *,
+        audit: Audit = (),
+    ) -> None:
+        """Store a new task (durably) leased to ``node``, not this one, and
+        send ``node`` the ``notice`` (a bus message) by the same transaction."""
+
+    async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
+        """Lease a live task this node holds to ``node`` instead, and send it
+        ``notice`` in the same transaction (after every write queued before);
+        False when the lease was not this node's."""
+
+    async def claim_placed(
+        self, task_ids: Collection[str] | None, running: Collection[str]
+    ) -> list[Row]:
+        """Take the tasks leased to this node by another's ``place_task``
+        (those of ``task_ids``; None: all) that are not ``running`` here and
+        whose lease is still current: each at a new epoch, its lease renewed."""
 
     async def issue_request(
         self,

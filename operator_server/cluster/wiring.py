@@ -21,6 +21,7 @@ from operator_server.background import Background
 from operator_server.cluster.calls import Cluster
 from operator_server.cluster.leases import LeaseKeeper, Leases, NoLeases
 from operator_server.cluster.messages import KeyRevoked
+from operator_server.cluster.placement import Placement
 from operator_server.cluster.relay import Relay, SessionsHere
 from operator_server.cluster.routing import ClusterRouting, LocalRouting, Routing
 from operator_server.cluster.serving import serve_calls
@@ -44,6 +45,7 @@ class Wired:
     bus: Any = None  # ``cluster.bus.PgBus``; None: one process
     cluster: Cluster | None = None
     shared: ClusterStore | None = None
+    placement: Placement | None = None
 
     @property
     def adopt_notices(self) -> AdoptNotices | None:
@@ -60,9 +62,12 @@ class Wired:
 
     def route(self, directory: SessionsHere) -> None:
         """Hand what other nodes send about sessions to ``directory`` (the
-        sessions held here); with one process nothing is sent."""
+        sessions held here); with one process nothing is sent.  New tasks
+        stay here when ``directory`` holds their operator's socket."""
         if self.relay is not None:
             self.relay.route(directory)
+        if self.placement is not None:
+            self.placement.held_here = directory.holds_socket
 
     def follow_revocations(self, forget: Callable[[str | None], None]) -> None:
         """Have ``forget(key_id)`` called as any node revokes an API key, and
@@ -91,24 +96,32 @@ class ClusterWiring:
             if self._shared is None
             else Cluster(self._shared.bus, background, settings.cluster.lease_s, tracing)
         )
+        self._placement = (
+            None
+            if self._cluster is None or self._shared is None
+            else Placement(self._cluster, self._shared, background)
+        )
         self.routing: Routing = (
             LocalRouting()
-            if self._cluster is None or self._shared is None
-            else ClusterRouting(self._cluster, self._shared)
+            if self._cluster is None or self._shared is None or self._placement is None
+            else ClusterRouting(self._cluster, self._shared, self._placement)
         )
 
     def finish(self, engine: Engine) -> Wired:
         """Set up the rest of cluster mode if the store is shared; before it opens."""
-        cluster, shared = self._cluster, self._shared
-        if cluster is None or shared is None:
+        cluster, shared, placement = self._cluster, self._shared, self._placement
+        if cluster is None or shared is None or placement is None:
             return Wired()
         # Streams publish what the tail reads from the rows, not this node's commits.
         self._store.observe_events(_published_by_the_tail)
         cluster.follow_events(engine.tail_events)
         serve_calls(engine, cluster)
+        placement.runs(engine)
         lease_s = self._settings.cluster.lease_s
         leases = LeaseKeeper(engine, self._store, shared, self._background, lease_s)
-        return Wired(Relay(shared, cluster), leases, shared.bus, cluster, shared)
+        return Wired(
+            Relay(shared, cluster), leases, shared.bus, cluster, shared, placement=placement
+        )
 
 
 def _published_by_the_tail(events: Events) -> None:

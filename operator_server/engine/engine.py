@@ -246,11 +246,22 @@ class Engine:
                 at=task.created_at,
             )
         ]
-        await self.store.put_task(task.to_record(), created, audit=audit)
+        # Cluster mode: a task whose operator's socket is on another node is
+        # stored leased to that node and run there (``cluster/placement.py``);
+        # a child of a spawn held here stays, to nest under it.
+        placed = None
+        if self.routing.shared and task.parent_task_id not in self.contexts:
+            placed = await self.routing.place(task, task.to_record(), created, audit)
+        if placed is None:
+            await self.store.put_task(task.to_record(), created, audit=audit)
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.tracing.task_created(task.id, task.agent, str(task.kind), trace_parent)
-        self.adopt(task)
+        if placed is None:
+            self.adopt(task)
+        else:
+            log.debug("task handed to the node holding its operator", task_id=task.id, node=placed)
+            self.tracing.task_let_go(task.id)
         return task
 
     def _stale(self, task_id: str) -> bool:
@@ -449,7 +460,10 @@ class Engine:
             )
         else:
             self.counts.moved(task.requeue(), TaskStatus.PENDING)
-            log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
+            if current is None:  # never started: handed here by the node that created it
+                log.debug("dispatching a task taken from another node", task_id=task.id)
+            else:
+                log.info("re-dispatching interrupted task", task_id=task.id, attempt=task.attempt)
             self.tracing.task_created(task.id, task.agent, str(task.kind), recovered=True)
             self.adopt(task)
 
@@ -512,6 +526,11 @@ class Engine:
             await self._end(task, replace(decided, final=final))
             if final:
                 break
+            # Cluster mode: the operator's socket may be on another node now;
+            # the next attempt then runs there (``cluster/placement.py``).
+            if self.routing.shared and (node := await self.routing.place_next(task)):
+                self._let_go_of(task, f"its next attempt runs on node {node}", handed=True)
+                raise TakenOver(node)
             log.debug("retrying", attempt=task.attempt, after=str(decided.status))
 
     async def _outputs_kept(self, task: Task) -> None:
@@ -660,9 +679,13 @@ class Engine:
         this ending is stored (``_end`` waits for the store to answer)."""
         return task.interrupt(f"the store failed: {error.message}")
 
-    def _let_go_of(self, task: Task, why: str) -> None:
-        """Another node runs ``task`` now: forget it here without ending it."""
-        log.warning("another node took this task over; letting it go", reason=why)
+    def _let_go_of(self, task: Task, why: str, *, handed: bool = False) -> None:
+        """Another node runs ``task`` now: forget it here without ending it.
+        ``handed``: this node gave it away (no warning: nothing went wrong)."""
+        if handed:
+            log.info("handed the task to another node", reason=why)
+        else:
+            log.warning("another node took this task over; letting it go", reason=why)
         self._let_go.add(task.id)
         self.unleased.add(task.id)
         self.tasks.pop(task.id, None)
@@ -730,7 +753,13 @@ class Engine:
         events: list[TaskEvent] = []
         if self.recording:
             events.append(
-                self.events.make(task, EventType.ATTEMPT_STARTED, record.started_at, record.number)
+                self.events.make(
+                    task,
+                    EventType.ATTEMPT_STARTED,
+                    record.started_at,
+                    record.number,
+                    self.settings.node_id or None,
+                )
             )
             if before is not TaskStatus.RUNNING:
                 events.append(self.events.make(task, EventType.STATUS, record.started_at))

@@ -97,6 +97,9 @@ class EventDataSchema(Schema):
         required=True, metadata={"description": "the task's status once the event applies"}
     )
     attempt = fields.Integer()
+    node = fields.String(
+        metadata={"description": "attempt_started: the node_id of the node running the attempt"}
+    )
     outcome = fields.String(metadata={"description": "attempt_ended: the attempt's status"})
     error_code = fields.String()
     kind = fields.String(metadata={"description": "output: final | output"})

@@ -125,6 +125,13 @@ class OperatorDirectory:
         for role in self._waited_for():
             self.engine.background.spawn(self._seat(role), name=f"seat:{role}")
 
+    def holds_socket(self, name: str) -> bool:
+        """A session with its socket on this node answers to ``name`` (a sid,
+        or a role it holds): a task naming it is run here."""
+        sid = name if name in self.sessions else self.engine.resolution.roles.resolve(name)
+        session = self.sessions.get(sid) if sid is not None else None
+        return session is not None and session.connected
+
     async def _seat(self, name: str) -> None:
         session = await self._holder_of(name)
         if session is not None:

@@ -35,7 +35,8 @@ _OPERATOR = ("attempt", "req_id", "face", "sid")
 FIELDS: dict[str, tuple[str, ...]] = {
     EventType.CREATED: (),
     EventType.STATUS: ("error_code",),
-    EventType.ATTEMPT_STARTED: ("attempt",),
+    # ``node``: the node running the attempt (its `node_id`).
+    EventType.ATTEMPT_STARTED: ("attempt", "node"),
     EventType.ATTEMPT_ENDED: ("attempt", "outcome", "error_code"),
     EventType.OUTPUT: ("attempt", "kind", "source", "ok"),
     EventType.REQUEST: _OPERATOR,

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.cluster.bus import ALL, PgBus
+from operator_server.cluster.bus import ALL, PgBus, channel
 from operator_server.cluster.messages import (
     EventsStored,
     TasksEnded,
@@ -209,19 +209,25 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
     # -- operations -------------------------------------------------------
 
     def _task_write(
-        self, record: dict[str, Any], events: Events, deliver_at: float | None = None
+        self,
+        record: dict[str, Any],
+        events: Events,
+        deliver_at: float | None = None,
+        placed: tuple[str, str] | None = None,
     ) -> tuple[Work, str, Events]:
         """The write for ``record`` and its events, snapshotted now, not when the
-        writer gets to it."""
+        writer gets to it.  ``placed``: (node, notice) — a new task leased to
+        that node, not this one, which the same transaction notifies."""
         task_id = record["id"]
         live = record["status"] in self._live
+        holder = self._node_id if placed is None else placed[0]
         args = (
             task_id,
             record["status"],
             float(record["created_at"]),
             float(record["updated_at"]),
             wire_json.dumps_bytes(record).decode(),
-            self._node_id,
+            holder,
             live,
             self._lease_s,
         )
@@ -239,7 +245,9 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
                     f"task {task_id} was taken over since this node last wrote it "
                     f"(epoch {found['epoch']}, not {expected or 0})"
                 )
-            if live:
+            if placed is not None:  # sent as this batch commits: after the row is there
+                await c.execute("SELECT pg_notify($1, $2)", channel(placed[0]), placed[1])
+            elif live:
                 self._epochs[task_id] = int(found["epoch"])
             else:
                 self._ended.append(task_id)  # announced as the batch commits
@@ -255,6 +263,17 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         audit: Audit = (),
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at), audit=audit)
+
+    async def place_task(
+        self,
+        record: dict[str, Any],
+        events: Events,
+        node: str,
+        notice: str,
+        *,
+        audit: Audit = (),
+    ) -> None:
+        await self._call(*self._task_write(record, events, placed=(node, notice)), audit=audit)
 
     def put_task_soon(
         self,
