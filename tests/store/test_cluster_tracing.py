@@ -60,23 +60,27 @@ async def test_a_worker_call_passed_to_the_owner_node_is_one_trace_across_both_n
     assert found.node_of[served.span_id] == "node-a"
 
 
-async def test_a_reply_on_the_sockets_node_reaches_the_issuer_inside_the_tasks_trace(
+async def test_a_rest_reply_on_another_node_reaches_the_issuer_inside_the_tasks_trace(
     pg_url: str, collector: tuple[Collector, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The socket is on B, the task runs on A: B passes the operator's reply to
-    A as a child of the request's span (the frame's context), not as a trace
-    of its own.  (The collector is named by ``--tracing-otlp-endpoint`` here,
-    where the other tests use ``OTEL_EXPORTER_OTLP_ENDPOINT``.)"""
+    """The task runs on A (its operator's socket is there); the spawn is
+    answered over REST on B, which passes the reply to A as a child of the
+    request's span (the frame's context), not as a trace of its own.  (The
+    collector is named by ``--tracing-otlp-endpoint`` here, where the other
+    tests use ``OTEL_EXPORTER_OTLP_ENDPOINT``.)"""
     found, collector_url = collector
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     endpoint = ("--tracing-otlp-endpoint", collector_url)
     a, b = await two_nodes(pg_url, 10, "--tracing-enabled", "true", *endpoint)
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        ws, task_id, spawn, auth = await spawned(http, socket_on=b, task_on=a)
+        ws, task_id, spawn, auth = await spawned(http, socket_on=a, task_on=a)
         result = {"task_id": task_id, "value": "v", "ok": True}
         async with http.post(f"{a.base}/v1/worker/result", json=result, headers=auth) as resp:
             assert resp.status == 200
-        await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"]})
+        reply = {"type": "spawn_ack"}
+        url = f"{b.base}/v1/requests/{spawn['req_id']}/reply"
+        async with http.post(url, json=reply) as resp:
+            assert resp.status == 200, await resp.text()
         async with http.get(f"{a.base}/v1/tasks/{task_id}?wait=15") as resp:
             assert (await resp.json())["status"] == "passed"
         await ws.close()
