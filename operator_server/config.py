@@ -238,6 +238,14 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+def _switch(default: bool, text: str) -> fields.Boolean:
+    """A true/false setting: TOML booleans, or exactly "true"/"false" from the
+    environment and the command line (never "yes", "1" or "on")."""
+    return fields.Boolean(
+        load_default=default, truthy={"true", True}, falsy={"false", False}, metadata=_help(text)
+    )
+
+
 def _seconds(default: float, help: str, *, allow_zero: bool = True) -> fields.Float:
     return fields.Float(
         load_default=default,
@@ -302,11 +310,9 @@ class ClusterSchema(Schema):
 
 
 class TracingSchema(Schema):
-    enabled = fields.Boolean(
-        load_default=TracingSettings.enabled,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help("export OpenTelemetry traces of tasks over OTLP/HTTP (false: none made)"),
+    enabled = _switch(
+        TracingSettings.enabled,
+        "export OpenTelemetry traces of tasks over OTLP/HTTP (false: none made)",
     )
     otlp_endpoint = fields.String(
         load_default=TracingSettings.otlp_endpoint,
@@ -483,17 +489,13 @@ class NotifyRuleSchema(Schema):
         validate=lambda v: not v or _URL(v),
         metadata=_help("chat: the incoming-webhook URL; webhook: the receiver's URL"),
     )
-    only_unattended = fields.Boolean(
-        load_default=NotifyRule.only_unattended,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help("only requests no connected session holds"),
+    only_unattended = _switch(
+        NotifyRule.only_unattended,
+        "only requests no connected session holds",
     )
-    include_text = fields.Boolean(
-        load_default=NotifyRule.include_text,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help("put the task's directive and the question in the message"),
+    include_text = _switch(
+        NotifyRule.include_text,
+        "put the task's directive and the question in the message",
     )
 
     @validates_schema
@@ -682,26 +684,18 @@ class SettingsSchema(Schema):
         load_default=Settings.metrics_token,
         metadata=_help("bearer token GET /metrics requires (empty: /metrics is open)"),
     )
-    access_log = fields.Boolean(
-        load_default=Settings.access_log,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help("log one info line per HTTP request (true | false)"),
+    access_log = _switch(
+        Settings.access_log,
+        "log one info line per HTTP request (true | false)",
     )
-    metrics = fields.Boolean(
-        load_default=Settings.metrics,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help("keep Prometheus metrics and serve GET /metrics (false: it answers 404)"),
+    metrics = _switch(
+        Settings.metrics,
+        "keep Prometheus metrics and serve GET /metrics (false: it answers 404)",
     )
-    events = fields.Boolean(
-        load_default=Settings.events,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help(
-            "record task events and serve their streams (false: none stored, the "
-            "event routes answer 404)"
-        ),
+    events = _switch(
+        Settings.events,
+        "record task events and serve their streams (false: none stored, the "
+        "event routes answer 404)",
     )
     log_level = fields.String(
         load_default="info",
@@ -883,14 +877,10 @@ class SettingsSchema(Schema):
             "hosts a task's callback_url may name: host (any port) or host:port (empty: none)"
         ),
     )
-    webhook_allow_private = fields.Boolean(
-        load_default=Settings.webhook_allow_private,
-        truthy={"true", True},
-        falsy={"false", False},
-        metadata=_help(
-            "deliver to allow-listed host names that resolve to loopback, link-local or "
-            "private addresses (false: only an allow-listed IP literal may be one)"
-        ),
+    webhook_allow_private = _switch(
+        Settings.webhook_allow_private,
+        "deliver to allow-listed host names that resolve to loopback, link-local or "
+        "private addresses (false: only an allow-listed IP literal may be one)",
     )
     webhook_max_attempts = fields.Integer(
         load_default=Settings.webhook_max_attempts,
