@@ -145,13 +145,12 @@ class Placement:
             return None
         try:
             node = await self._store.socket_node_of(name)
-            if node is None or node == self.cluster.node_id:
-                return None
-            notice = Placed([task.id]).encode(self.cluster.node_id)
-            return node if await self._store.hand_task(task.id, node, notice) else None
         except StoreError as exc:  # then here, as before
-            log.warning("could not hand a task to its operator's node", error=str(exc))
+            log.warning("could not look up where an operator's socket is", error=str(exc))
             return None
+        if node is None or node == self.cluster.node_id:
+            return None
+        return await self._hand(task, node)
 
     async def wait_for_socket(self, task: Task) -> str | None:
         """Before the first attempt of a task created here: while its
@@ -199,6 +198,8 @@ class Placement:
         return session is not None and not getattr(session, "stand_in", False)
 
     async def _hand(self, task: Task, node: str) -> str | None:
+        """Hand ``task``, running here, to ``node``: that node, or None when
+        it stays here (its lease is not this node's, or the write failed)."""
         notice = Placed([task.id]).encode(self.cluster.node_id)
         try:
             return node if await self._store.hand_task(task.id, node, notice) else None
