@@ -186,6 +186,16 @@ class Placed(Message):
     ids: list[str]
 
 
+@dataclass(frozen=True)
+class SocketAttached(Message):
+    """To every node: session ``sid``'s socket attached on the sender.  A node
+    holding tasks that wait for a socket of their operator looks again where
+    it is, and hands them there."""
+
+    KIND: ClassVar[str] = "socket_attached"
+    sid: str
+
+
 # -- calls between nodes (``cluster/calls.py``) --------------------------------
 
 
@@ -243,6 +253,7 @@ KINDS: dict[str, type[Message]] = {
         SessionGone,
         Seated,
         Placed,
+        SocketAttached,
         Call,
         Answer,
     )

@@ -23,6 +23,17 @@ What stays as before:
   handed over (the relay carries its requests); the task's next attempt, if
   it has one, is handed to the socket's new node (``place_next``: the lease
   moves there, and that node claims it), as is the next task.
+* A task created while no live node holds a socket of its operator, whose
+  session exists (its socket dropped, within or past its reconnect grace),
+  waits before its first attempt (``wait_for_socket``): nothing is issued
+  yet, so nothing the operator was shown has to be withdrawn.  When a socket
+  for it attaches on another node (``SocketAttached``, sent by the attach
+  itself), the task is handed there (``hand_task`` and ``Placed``, as for a
+  next attempt), which runs it; attached here, it runs here.  The wait lasts
+  at most ``reconnect_grace_s``: then the attempt starts here as before, and
+  its first request waits its own reconnect grace (so the operator has up to
+  twice the grace, never less than before).  An attempt whose requests were
+  issued already is never moved: the relay carries them.
 * A ``Placed`` lost with the listener is claimed on the resync (every task
   leased here and not running is claimed); a target that dies before claiming
   lets the lease lapse, and any node takes the task over as it would a dead
@@ -41,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from operator_server.background import Background
 from operator_server.cluster.calls import Cluster
-from operator_server.cluster.messages import Placed
+from operator_server.cluster.messages import Placed, SocketAttached
 from operator_server.cluster.store import ClusterStore
 from operator_server.engine.reads import decode_row
 from operator_server.logs import get_logger
@@ -59,10 +70,20 @@ PLACED_BY = (Face.BACKEND, Face.SPAWN_HOOK, Face.SENIOR_BRIDGE)
 
 
 class Placement:
-    def __init__(self, cluster: Cluster, store: ClusterStore, background: Background) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        store: ClusterStore,
+        background: Background,
+        reconnect_grace_s: float,
+    ) -> None:
         self.cluster = cluster
         self._store = store
         self._background = background
+        self._grace_s = reconnect_grace_s
+        # Set (and replaced) each time a socket attaches on any node, or such
+        # news may have been missed: each waiting task looks again.
+        self._attached = asyncio.Event()
         # Whether a session with a socket on this node answers to a name (a sid
         # or a role): set by the operator directory (``Wired.route``).
         self.held_here: Callable[[str], bool] = lambda name: False
@@ -76,7 +97,9 @@ class Placement:
         self._want_all = False
         self._claimer: asyncio.Task[None] | None = None
         cluster.on(Placed, self._heard)
+        cluster.on(SocketAttached, lambda _node, _message: self._look_again())
         cluster.bus.on_resync(lambda: self._claim_soon(None))
+        cluster.bus.on_resync(self._look_again)
 
     def runs(self, engine: Engine) -> None:
         """Claimed tasks are run by ``engine``."""
@@ -122,13 +145,71 @@ class Placement:
             return None
         try:
             node = await self._store.socket_node_of(name)
-            if node is None or node == self.cluster.node_id:
+        except StoreError as exc:  # then here, as before
+            log.warning("could not look up where an operator's socket is", error=str(exc))
+            return None
+        if node is None or node == self.cluster.node_id:
+            return None
+        return await self._hand(task, node)
+
+    async def wait_for_socket(self, task: Task) -> str | None:
+        """Before the first attempt of a task created here: while its
+        operator's session has no socket on any live node, wait (at most
+        ``reconnect_grace_s``) for one to attach; attached on another node,
+        hand the task there: that node.  None: the attempt runs here (the
+        socket is here, there is no such session, or the wait ran out)."""
+        name, engine = self.operator_of(task), self._engine
+        if name is None or engine is None:
+            return None
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._grace_s
+        while not self.held_here(name):
+            attached = self._attached  # before the look: an attach meanwhile wakes it
+            try:
+                node = await self._store.socket_node_of(name)
+                if node is None and not await self._session_waits(engine, task, name):
+                    return None
+            except StoreError as exc:  # then here, as before
+                log.warning("could not look up where an operator's socket is", error=str(exc))
                 return None
-            notice = Placed([task.id]).encode(self.cluster.node_id)
+            if node == self.cluster.node_id:
+                return None
+            if node is not None:
+                return await self._hand(task, node)
+            left = until - loop.time()
+            if left <= 0:
+                return None
+            try:
+                async with asyncio.timeout(left):
+                    await attached.wait()
+            except TimeoutError:
+                return None
+        return None
+
+    @staticmethod
+    async def _session_waits(engine: Engine, task: Task, name: str) -> bool:
+        """A session answers to ``name`` and none of its sockets is attached:
+        the task waits for one.  With no such session the attempt fails at
+        once (``operator_not_found``) or waits on a stand-in seat, as before."""
+        resolution = engine.resolution
+        await resolution.find_operators(task)
+        sid = name if name in resolution.sessions else resolution.roles.resolve(name)
+        session = resolution.get(sid) if sid is not None else None
+        return session is not None and not getattr(session, "stand_in", False)
+
+    async def _hand(self, task: Task, node: str) -> str | None:
+        """Hand ``task``, running here, to ``node``: that node, or None when
+        it stays here (its lease is not this node's, or the write failed)."""
+        notice = Placed([task.id]).encode(self.cluster.node_id)
+        try:
             return node if await self._store.hand_task(task.id, node, notice) else None
         except StoreError as exc:  # then here, as before
             log.warning("could not hand a task to its operator's node", error=str(exc))
             return None
+
+    def _look_again(self) -> None:
+        self._attached.set()
+        self._attached = asyncio.Event()
 
     # -- this node's side: claim what was placed here -----------------------
 

@@ -34,6 +34,8 @@ class Places(Protocol):
 
     async def place_next(self, task: Task) -> str | None: ...
 
+    async def wait_for_socket(self, task: Task) -> str | None: ...
+
 
 class Routing(Protocol):
     @property
@@ -56,6 +58,11 @@ class Routing(Protocol):
     async def place_next(self, task: Task) -> str | None:
         """Before a later attempt of ``task``, running here: the node it was
         handed to, which runs that attempt; None when it runs here."""
+
+    async def wait_for_socket(self, task: Task) -> str | None:
+        """Before the first attempt of ``task``, created here: the node it was
+        handed to once its operator's socket attached there; None when its
+        attempt runs here."""
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         """Set when another node announces ``task_id`` ended (or: look again)."""
@@ -81,6 +88,10 @@ class LocalRouting:
         return None
 
     async def place_next(self, task: Task) -> str | None:
+        del task
+        return None
+
+    async def wait_for_socket(self, task: Task) -> str | None:
         del task
         return None
 
@@ -117,6 +128,9 @@ class ClusterRouting:
 
     async def place_next(self, task: Task) -> str | None:
         return await self._placement.place_next(task)
+
+    async def wait_for_socket(self, task: Task) -> str | None:
+        return await self._placement.wait_for_socket(task)
 
     def watch_ended(self, task_id: str) -> asyncio.Future[None]:
         return self.cluster.watch_ended(task_id)

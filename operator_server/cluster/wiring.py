@@ -99,7 +99,7 @@ class ClusterWiring:
         self._placement = (
             None
             if self._cluster is None or self._shared is None
-            else Placement(self._cluster, self._shared, background)
+            else Placement(self._cluster, self._shared, background, settings.reconnect_grace_s)
         )
         self.routing: Routing = (
             LocalRouting()

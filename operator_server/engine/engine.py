@@ -514,6 +514,13 @@ class Engine:
 
     async def _attempts(self, task: Task, parent_req: str | None) -> None:
         """Dispatch attempts until one's end is final, storing each end."""
+        # Cluster mode: a new task whose operator has no socket on any node
+        # waits for one, and goes to the node it attaches on
+        # (``cluster/placement.py``); a child nesting under a held spawn stays.
+        first = self.routing.shared and task.attempt == 0 and parent_req is None
+        if first and (node := await self.routing.wait_for_socket(task)):
+            self._let_go_of(task, f"its operator's socket attached on node {node}", handed=True)
+            raise TakenOver(node)
         while True:
             decided = await self.dispatch_attempt(task, parent_req)
             if decided.error is not None and decided.error.code == Code.STORE_FAILED:

@@ -114,6 +114,26 @@ async def test_a_task_created_on_a_for_a_role_held_on_b_runs_on_b_crossing_at_mo
         await ws.close()
 
 
+async def test_a_task_waiting_for_its_operators_socket_runs_on_the_node_it_attaches_on(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        op = await mint(http, b)  # a session holds the role; no socket anywhere yet
+        before = await direct_messages(http, a, b)
+        task_id = await create(http, a, HOOKED)  # so it is stored and waits on A
+        ws = await seated(http, b, op)
+        assert await operate(ws, http) == task_id
+        task = await ended(http, a, task_id)
+        assert task["status"] == "passed" and task["result"]["value"] == {"by": task_id}
+        assert set(task["attempts"][0]["served_by"].values()) == {op["sid"]}
+        # Its one attempt ran on B, where the socket attached: handed there
+        # before it started (one message), nothing relayed between the nodes.
+        assert await started_on(http, a, task_id) == ["node-b"]
+        assert await direct_messages(http, a, b) - before <= 2
+        await ws.close()
+
+
 async def test_a_socket_moving_from_b_to_a_leaves_running_attempts_on_b_and_sends_the_next_to_a(
     pg_url: str,
 ) -> None:

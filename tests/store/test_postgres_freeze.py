@@ -33,7 +33,7 @@ Seen = list[tuple[float, dict[str, Any]]]
 
 async def hooks_waiting(http: aiohttp.ClientSession, node: Daemon, op: dict[str, Any]) -> list[str]:
     """``TASKS`` tasks on ``node`` for ``op``'s role, each waiting for its first
-    ``hook_before`` (the operator is not connected anywhere yet)."""
+    ``hook_before`` (shown on the operator's socket there, not answered)."""
     body = {"agent": "coder", "directive": "x", "operator": {"role": "main"}, "max_attempts": 1}
     ids = []
     for _ in range(TASKS):
@@ -113,6 +113,9 @@ async def test_a_node_woken_after_its_tasks_were_taken_over_and_finished_sends_a
     async with daemons(a, b), aiohttp.ClientSession() as http:
         async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
             op = await resp.json()
+        # Seated on A, so the tasks run there (a task whose operator has no
+        # socket anywhere would wait for one, and go where it attaches).
+        ws_a = await connect(http, a, op)
         ids = await hooks_waiting(http, a, op)
         a.proc.send_signal(signal.SIGSTOP)
         frozen = time.monotonic()
@@ -140,7 +143,8 @@ async def test_a_node_woken_after_its_tasks_were_taken_over_and_finished_sends_a
                 assert first["error"]["code"] == "interrupted"
                 assert second["status"] == "passed"
                 assert task["result"]["value"] == task_id
-        await ws.close()
+        for socket in (ws, ws_a):
+            await socket.close()
     statuses = await status_events(pg_url)
     for task_id in ids:
         assert statuses[task_id][-1] == "passed", statuses[task_id]  # nothing after the end

@@ -10,7 +10,13 @@ from typing import Any
 import asyncpg
 
 from operator_server.cluster.bus import ALL, SQL_CHANNEL, channel
-from operator_server.cluster.messages import Delivered, NodesGone, Replaced, Withdraw
+from operator_server.cluster.messages import (
+    Delivered,
+    NodesGone,
+    Replaced,
+    SocketAttached,
+    Withdraw,
+)
 from operator_server.logs import get_logger
 from operator_server.store.base import (
     NO_COURSE,
@@ -440,6 +446,9 @@ class NodeOps(GroupCommitWriter):
             delivered = Delivered(sid).encode(me)
             for owner in {row["owner_node"] for row in rows} - {me}:
                 await c.execute("SELECT pg_notify($1, $2)", channel(owner), delivered)
+            # Tasks waiting on any node for a socket of this session go where
+            # it is now (``cluster/placement.py``): told as the attach commits.
+            await c.execute("SELECT pg_notify($1, $2)", ALL, SocketAttached(sid).encode(me))
             return epoch, rows
 
         epoch, rows = await self._call(work, f"attach socket of {sid}")
