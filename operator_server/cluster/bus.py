@@ -21,6 +21,11 @@ Messages are handed to their handler one at a time, in the order they arrived,
 on the event loop: handlers are plain functions that must not block; anything
 that has to wait is started by the handler itself as a background task.
 
+A broadcast a node's store makes as a batch commits (``EventsStored``,
+``TasksEnded``) is sent only while another node has a row in
+``cluster_nodes``: a one-node cluster spends no ``NOTIFY`` on it, and hands it
+to its own handlers instead (``hear_own``).
+
 ``NOTIFY`` is fire-and-forget: a message sent while a node's listening
 connection is down is lost to it.  So nothing relies on a message alone: every
 state it announces is also a row, and when the connection comes back the bus
@@ -140,6 +145,17 @@ class PgBus:
             raise ConnectionError(f"cannot notify: {exc}") from exc
 
     # -- receiving ----------------------------------------------------------
+
+    def hear_own(self, message: Message) -> None:
+        """Handle a message of this node's own that was not sent, no other node
+        being there to hear it (the store's batch news on a one-node cluster):
+        as its echo would have been, so this node acts on it alike."""
+        handler = self._handlers.get(message.KIND)
+        try:
+            if handler is not None:
+                handler(self.node_id, message)
+        except Exception:  # as ``_dispatch``: one bad message must not stop the writer
+            log.exception("cluster message failed", kind=message.KIND)
 
     def _heard(self, conn: Any, pid: int, chan: str, payload: str) -> None:
         del conn, pid

@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,7 @@ import asyncpg
 from operator_server.cluster.bus import ALL, PgBus, channel
 from operator_server.cluster.messages import (
     EventsStored,
+    Message,
     TasksEnded,
 )
 from operator_server.logs import get_logger
@@ -45,10 +47,13 @@ from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
     DELETE_FINISHED,
+    EVENTS_LOCK,
     INSERT_OUTPUT,
+    JOINED,
     UPSERT_ASK,
     WRITE_TASK,
-    store_events,
+    number_events,
+    store_and_tell,
     with_asks_of,
 )
 from operator_server.store.postgres.writer import (
@@ -65,6 +70,26 @@ ENDED_PER_NOTIFY = 100
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A connection going back to the pool keeps its session as it is.  The
+    default reset (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``, unlocking
+    advisory locks) was one more round trip per acquire, a third of one per
+    task, for state this store never leaves behind: no ``SET``, no ``LISTEN``
+    (the bus listens on its own connection), no cursors, advisory locks only
+    per transaction but the migration's, which it unlocks itself.  A
+    transaction left open is still rolled back (asyncpg does that first)."""
+    del conn
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What a batch's transaction did as it ended: the tasks it ended, and the
+    messages it told nobody (no other node to hear them)."""
+
+    ended: list[str]
+    untold: list[Message]
 
 
 class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
@@ -125,6 +150,7 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
                 timeout=CONNECT_TIMEOUT_S,
                 # Whose task_counts rows this connection's writes move (v6).
                 server_settings={"operator_server.node_id": self._node_id},
+                reset=keep_session,
             )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -178,33 +204,44 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
 
     async def _batch_ends(
         self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
-    ) -> list[str]:
-        await store_events(conn, done)
+    ) -> Ending:
+        events = await number_events(conn, done)
         await append_audit(conn, self.audit_node, done)
-        return await self._announce(conn, batch)
+        ended, self._ended = self._ended, []
+        messages = self._announcements(events, ended)
+        if not events and not messages:
+            return Ending(ended, [])
+        if not events and not any(op.audit for op in done):
+            # Taken before the statement that looks for other nodes (``JOINED``).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+        texts = [m.encode(self._node_id) for m in messages]
+        sent = await store_and_tell(conn, events, ALL, texts, self._node_id)
+        return Ending(ended, [] if sent else messages)
 
-    def _batch_committed(self, ending: list[str]) -> None:
+    def _announcements(self, events: list[TaskEvent], ended: list[str]) -> list[Message]:
+        """What the batch tells every node as it commits: which tasks it ended
+        (their long-polls wake) and the newest event it stored (their streams
+        read on) — a few messages per batch, not one per write."""
+        messages: list[Message] = []
+        if events:
+            messages.append(EventsStored(max(e.id for e in events)))
+        for i in range(0, len(ended), ENDED_PER_NOTIFY):
+            messages.append(TasksEnded(ended[i : i + ENDED_PER_NOTIFY]))
+        return messages
+
+    def _batch_committed(self, ending: Ending) -> None:
         # Forgotten once the end is committed, not before: an end whose commit
         # failed is written again at the same epoch.
-        for task_id in ending:
+        for task_id in ending.ended:
             self._epochs.pop(task_id, None)
+        # Told nobody (no other node): this node still acts on its own news,
+        # once the writer has settled the batch (a read it starts need not wait
+        # for the next one).
+        for message in ending.untold:
+            asyncio.get_running_loop().call_soon(self._bus.hear_own, message)
 
     def _ops_committed(self, op: Op) -> None:
         self._events_committed(op.events)
-
-    async def _announce(self, conn: asyncpg.Connection, batch: list[Op]) -> list[str]:
-        """Tell every node, as the batch commits, which tasks it ended (their
-        long-polls wake) and the newest event it stored (their streams read on):
-        a few NOTIFYs per batch, not one per write.  The tasks ended."""
-        ended, self._ended = self._ended, []
-        last = max((e.id for op in batch for e in op.events), default=0)
-        if last:
-            body = EventsStored(last).encode(self._node_id)
-            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
-        for i in range(0, len(ended), ENDED_PER_NOTIFY):
-            body = TasksEnded(ended[i : i + ENDED_PER_NOTIFY]).encode(self._node_id)
-            await conn.execute("SELECT pg_notify($1, $2)", ALL, body)
-        return ended
 
     # -- operations -------------------------------------------------------
 
@@ -322,9 +359,12 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         self._soon(nothing, "save events", events, audit=audit)  # stored by the writer
 
     async def last_event_id(self) -> int:
-        found = await self._read(
-            lambda c: c.fetchval("SELECT MAX(id) FROM task_events"), "last event id"
-        )
+        async def joined(c: asyncpg.Connection) -> Any:
+            async with c.transaction():
+                await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+                return await c.fetchval(JOINED)
+
+        found = await self._read(joined, "last event id")
         return int(found or 0)
 
     async def load_events(self, after_id: int, task_id: str | None, limit: int) -> list[TaskEvent]:

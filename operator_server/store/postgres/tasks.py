@@ -54,7 +54,12 @@ WRITE_TASK = """
 # across nodes, so a reader following ``id > last`` never passes an id that
 # commits later.
 EVENTS_LOCK = 0x6F70_7365_7276_0002
-NEXT_EVENT_IDS = "SELECT nextval('task_event_ids') FROM generate_series(1, $1)"
+# The lock and the ids in one round trip: every id is drawn in the projection
+# of a row joined to the lock's, so after the lock is held.
+NEXT_EVENT_IDS = """
+    WITH locked AS MATERIALIZED (SELECT pg_advisory_xact_lock($1))
+    SELECT nextval('task_event_ids') FROM locked, generate_series(1, $2)
+"""
 # Retention on several nodes at once: SKIP LOCKED lets each sweep take rows the
 # others are not already deleting, rather than queueing behind them.
 DELETE_FINISHED = """
@@ -103,10 +108,27 @@ OUTPUTS_OF_TASKS = (
 ASKS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_asks WHERE task_id = ANY($1::text[]) ORDER BY seq"
 )
-INSERT_EVENTS = (
-    "INSERT INTO task_events (id, task_id, data) "
-    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
-)
+# A batch's last statement: its events, and what it tells the other nodes
+# (``$4``: the channel every node hears; ``$5``: the messages) — told only when
+# another node has a row to hear them by (``$6``: this node).  Run with
+# ``EVENTS_LOCK`` already held, so its snapshot sees every node that finished
+# joining before this batch took the lock (``JOINED``).  The number of
+# messages sent.
+STORE_EVENTS_AND_TELL = """
+    WITH stored AS (
+        INSERT INTO task_events (id, task_id, data)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+    ), told AS (
+        SELECT pg_notify($4, body) FROM unnest($5::text[]) AS body
+        WHERE EXISTS (SELECT 1 FROM cluster_nodes WHERE node_id <> $6)
+    )
+    SELECT count(*) FROM told
+"""
+# A node joining reads the newest event id under ``EVENTS_LOCK``, after its
+# heartbeat row committed: a batch that did not see the row (and told nobody)
+# held the lock from before, so it has committed and is read; every later
+# batch sees the row and tells.
+JOINED = "SELECT MAX(id) FROM task_events"
 
 
 async def with_asks_of(
@@ -126,18 +148,18 @@ async def with_asks_of(
     return rows, asks, outputs
 
 
-async def store_events(c: asyncpg.Connection, done: list[Op]) -> None:
-    """Store the events of the batch's operations that succeeded, under ids from
-    the shared sequence in the batch's order: three round trips per batch,
-    whatever their number, at the batch's end — so ``EVENTS_LOCK``, held to
-    commit, is held for those and the commit only, and writers of several
-    nodes run their operations side by side.  A run that rolls back leaves its
-    ids unused: gaps, never a reuse."""
+async def number_events(c: asyncpg.Connection, done: list[Op]) -> list[TaskEvent]:
+    """Number the events of the batch's operations that succeeded, under ids
+    from the shared sequence in the batch's order, taking ``EVENTS_LOCK`` (one
+    round trip, none without events); ``store_and_tell`` stores them.  The
+    lock is held to commit, for this and the batch's last statement only, so
+    writers of several nodes run their operations side by side.  A run that
+    rolls back leaves its ids unused: gaps, never a reuse."""
     wanted = sum(len(op.given) for op in done)
     if not wanted:
-        return
-    await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
-    ids = iter(sorted(int(r[0]) for r in await c.fetch(NEXT_EVENT_IDS, wanted)))
+        return []
+    rows = await c.fetch(NEXT_EVENT_IDS, EVENTS_LOCK, wanted)
+    ids = iter(sorted(int(r[0]) for r in rows))
     stored: list[TaskEvent] = []
     for op in done:
         numbered = []
@@ -145,7 +167,17 @@ async def store_events(c: asyncpg.Connection, done: list[Op]) -> None:
             numbered.append(event.renumbered(next(ids)))
         op.events[:] = numbered
         stored += numbered
-    await c.execute(INSERT_EVENTS, *_event_columns(stored))
+    return stored
+
+
+async def store_and_tell(
+    c: asyncpg.Connection, events: list[TaskEvent], channel: str, messages: list[str], node: str
+) -> int:
+    """Store ``events`` and send ``messages`` on ``channel`` if another node
+    may hear them, in one round trip, ``EVENTS_LOCK`` held; how many were sent."""
+    return int(
+        await c.fetchval(STORE_EVENTS_AND_TELL, *_event_columns(events), channel, messages, node)
+    )
 
 
 def _event_columns(events: list[TaskEvent]) -> tuple[list[int], list[str], list[str]]:
