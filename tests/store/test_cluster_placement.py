@@ -143,10 +143,14 @@ async def test_a_socket_moving_from_b_to_a_leaves_running_attempts_on_b_and_send
         ws_b = await seated(http, b, op)
         running = [await create(http, a, HOOKED) for _ in range(2)]
         holds = []
-        for _ in running:  # both attempts under way on B: their hooks answered
-            hook = await next_of(ws_b, "hook_before")
-            await ws_b.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
-            holds.append(await next_of(ws_b, "spawn"))
+        while len(holds) < len(running):  # both attempts under way on B: their hooks answered
+            # In whatever order they come: the second task's hook may come
+            # before the first one's spawn.
+            shown = await frame(ws_b)
+            if shown["type"] == "hook_before":
+                await ws_b.send_json({"type": "hook_ack", "req_id": shown["req_id"], "ok": True})
+            elif shown["type"] == "spawn":
+                holds.append(shown)
         assert {spawn["task_id"] for spawn in holds} == set(running)
 
         ws_a = await connect(http, a, op)  # the socket moves
