@@ -221,8 +221,8 @@ class Handovers:
                 await self.reassign(
                     session, req, target, principal=caller.name, note=data.get("note")
                 )
-            elif (owner := session.routed.get(req_id)) is not None:
-                await self.reassign_on(owner, req_id, target, caller, data.get("note"))
+            elif (routed := session.routed.get(req_id)) is not None:
+                await self.reassign_on(routed.owner, req_id, target, caller, data.get("note"))
             else:
                 raise self._not_held_by(session, req_id)
         except MoveRefused as exc:

@@ -43,7 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from operator_server import entropy
 from operator_server.audit.principals import SERVER, session_principal
@@ -86,6 +86,16 @@ REASSIGNED = "reassigned"
 MOVED_ON = frozenset({ESCALATED, HANDED_OVER, REASSIGNED})
 # Request kinds a reply answers (a hook_after is only told).
 _ANSWERABLE = frozenset(p.REPLY_TO.values())
+
+
+class Routed(NamedTuple):
+    """A request another node issued and this socket shows: where its reply
+    goes, and its frame's trace context (the reply's hop joins the task's trace)."""
+
+    owner: str
+    trace: dict[str, str] | None
+
+
 # What a ``reassign`` frame asks of the session that sent it (``operators/handover.py``):
 # refusals come back as ``ProtocolError``.
 Reassign = Callable[["OperatorSession", dict[str, Any]], Awaitable[None]]
@@ -229,9 +239,7 @@ class OperatorSession:
         # started through the server's one place for background tasks.
         self._spawn = spawn
         self._passing: set[asyncio.Task[None]] = set()
-        self.routed: dict[str, str] = {}  # req_id -> the node that issued it
-        # req_id -> its frame's trace context, so its reply's hop joins the task's trace.
-        self._routed_trace: dict[str, dict[str, str]] = {}
+        self.routed: dict[str, Routed] = {}  # req_id -> where its reply goes
         self._sent: set[str] = set()  # req_ids written to the current socket
         self._epoch = 0  # of the current socket's attach (cluster mode)
         # While an attach reads the stored requests: frames sent meanwhile, held
@@ -328,16 +336,13 @@ class OperatorSession:
         """Show the operator a request ``owner`` issued; its reply goes there."""
         answerable = frame.get("type") in _ANSWERABLE  # a hook_after is only told
         if answerable:
-            self.routed[req_id] = owner
-            if trace := frame.get(p.TRACE):
-                self._routed_trace[req_id] = trace
+            self.routed[req_id] = Routed(owner, frame.get(p.TRACE))
         if self._send_once(req_id, frame, replay=replay) and not answerable:
             self._sent.discard(req_id)  # nothing will come back to forget it
 
     def withdrawn_elsewhere(self, req_id: str, reason: str) -> None:
         """Its issuer withdrew a request this node showed: tell the operator."""
         self.routed.pop(req_id, None)
-        self._routed_trace.pop(req_id, None)
         # A late reply here is then told what became of it.
         if reason == p.ANSWERED_ELSEWHERE:
             self._remember_answered(req_id)
@@ -378,7 +383,6 @@ class OperatorSession:
         self._pump = None
         self._sent = set()
         self.routed.clear()
-        self._routed_trace.clear()
         self.last_seen_at = time.time()
         self._relay.detach(self.sid)
         self.log.info("socket detached", pending=len(self.pending))
@@ -387,7 +391,6 @@ class OperatorSession:
         pump, self._pump = self._pump, None
         self._sent = set()
         self.routed.clear()
-        self._routed_trace.clear()
         if pump is not None:
             pump.close(code, reason)
         return pump
@@ -769,11 +772,11 @@ class OperatorSession:
         self._metrics.frame_received(kind)
         if kind == "reassign":
             return self._reassign_frame(data)
-        owner = self.routed.get(str(data.get("req_id"))) if self.routed else None
-        if owner is not None and data["req_id"] not in self.pending and self._spawn is not None:
+        routed = self.routed.get(str(data.get("req_id"))) if self.routed else None
+        if routed is not None and data["req_id"] not in self.pending and self._spawn is not None:
             try:
                 passing = self._spawn(
-                    self._reply_elsewhere(owner, kind, data), name=f"reply:{data['req_id']}"
+                    self._reply_elsewhere(routed, kind, data), name=f"reply:{data['req_id']}"
                 )
             except RuntimeError:  # the server is shutting down: nothing is started now
                 self._refuse(
@@ -812,12 +815,10 @@ class OperatorSession:
         await asyncio.wait(passing)
         self._resolve("ping", data)
 
-    async def _reply_elsewhere(self, owner: str, kind: str, data: dict[str, Any]) -> None:
+    async def _reply_elsewhere(self, routed: Routed, kind: str, data: dict[str, Any]) -> None:
         req_id = data["req_id"]
         try:
-            await self._relay.reply(
-                owner, self.sid, kind, data, trace=self._routed_trace.get(req_id)
-            )
+            await self._relay.reply(routed.owner, self.sid, kind, data, trace=routed.trace)
         except ProtocolError as exc:
             self._refuse(exc)
             return
@@ -826,7 +827,6 @@ class OperatorSession:
             self._refuse(ProtocolError(code, f"{exc.message}; {req_id} was not answered", req_id))
             return
         self.routed.pop(req_id, None)
-        self._routed_trace.pop(req_id, None)
         self._sent.discard(req_id)
         self._remember_answered(req_id)
 
