@@ -13,7 +13,7 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +28,8 @@ from operator_server.cluster.serving import serve_calls
 from operator_server.cluster.store import ClusterStore, cluster_store
 from operator_server.config import Settings
 from operator_server.engine import Engine
-from operator_server.store import Events, Notice, NoticeMessage, Store
+from operator_server.store import AdoptNotices, Events, Store
 from operator_server.tracing import Tracing
-
-AdoptNotices = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 @dataclass

@@ -44,7 +44,7 @@ import dataclasses
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -71,7 +71,7 @@ from operator_server.notify.news import (
     news,
 )
 from operator_server.notify.rules import batch_of, covers, recipients
-from operator_server.store import Fenced, Notice, NoticeMessage, Store, StoreError
+from operator_server.store import AdoptNotices, Fenced, Notice, NoticeMessage, Store, StoreError
 
 log = get_logger(__name__)
 # With nothing due, look again this often anyway.
@@ -83,8 +83,6 @@ RETRY_S = 1.0
 SEEN_MAX = 4096
 FindTask = Callable[[str], TaskFacts | None]
 Observed = RequestReported | DueSoon
-# What stopped nodes had queued and still owed, now this node's (``ClusterStore.adopt_notices``).
-Adopt = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 class Notifier:
@@ -98,7 +96,7 @@ class Notifier:
         find_pending: FindPending,
         find_task: FindTask,
         minter: LinkMinter | None = None,
-        adopt: Adopt | None = None,
+        adopt: AdoptNotices | None = None,
     ) -> None:
         self.settings = settings
         self.store = store

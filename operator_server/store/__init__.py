@@ -9,6 +9,7 @@ or a process-local ``MemoryStore`` for ``":memory:"``.
 from operator_server.config import Settings
 from operator_server.store.base import (
     NO_COURSE,
+    AdoptNotices,
     Delivery,
     Events,
     Fenced,
@@ -42,6 +43,7 @@ def open_store(settings: Settings) -> Store:
 
 __all__ = [
     "NO_COURSE",
+    "AdoptNotices",
     "Delivery",
     "Events",
     "Fenced",

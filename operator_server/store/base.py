@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,6 +355,9 @@ class NoticeMessage:
 
 Events = Sequence[TaskEvent]
 Audit = Sequence[AuditEntry]
+# What stopped nodes had queued and still owed, taken over by this node
+# (``ClusterStore.adopt_notices``): the notices, and the messages cut for them.
+AdoptNotices = Callable[[], Awaitable[tuple[list[Notice], list[NoticeMessage]]]]
 
 
 @dataclass(frozen=True)
