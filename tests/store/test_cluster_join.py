@@ -4,79 +4,48 @@ news: two real daemons on one real PostgreSQL.
 A batch tells the other nodes only when its statement sees another node's row
 in ``cluster_nodes`` (``STORE_EVENTS_AND_TELL``), so a joining node reads the
 newest event id under the events' lock, after its heartbeat row committed
-(``JOINED``).  The race is made certain here, not hoped for: PostgreSQL
-triggers of the test's own hold the two transactions at the points that
-matter (a gate each, an advisory lock the test holds), and the test lets them
-go in the order that would lose a batch's news."""
+(``JOINED``).  The race is made certain here, not hoped for: test triggers
+hold the two transactions at the points that matter (``tests/store/gates.py``),
+and the test lets them go in the order that would lose a batch's news."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 import asyncpg
 
 from operator_server.store.postgres.tasks import EVENTS_LOCK
 from tests.http.sse import next_event
+from tests.store.gates import close, gate, open_, until, waiting_at, waiting_for
 from tests.store.test_cluster_placement import seated
 from tests.store.test_cluster_routing import THIN, create, mint, next_of
 from tests.store.test_postgres_cluster import common, daemons, ended
 from tests.test_daemon import start_daemon
 
-# Advisory keys (two int4) of the test's gates.
-GATE = 4242
 HEARTBEAT_GATE, END_GATE = 1, 2
-# Each trigger waits until the test lets its gate go (a shared lock on it).
-GATES = f"""
-    CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        PERFORM pg_advisory_xact_lock_shared({GATE}, TG_ARGV[0]::int);
-        RETURN NEW;
-    END $$;
-    -- node-b's heartbeat row, as it is written
-    CREATE TRIGGER gate_heartbeat BEFORE INSERT OR UPDATE ON cluster_nodes
-        FOR EACH ROW WHEN (NEW.node_id = 'node-b') EXECUTE FUNCTION test_gate({HEARTBEAT_GATE});
-    -- a task's end, as its batch stores its events (the statement's snapshot,
-    -- which decides whether it tells, is taken by then)
-    CREATE TRIGGER gate_end BEFORE INSERT ON task_events
-        FOR EACH ROW WHEN (NEW.data::jsonb ->> 3 = 'passed') EXECUTE FUNCTION test_gate({END_GATE});
-"""
-# Transactions of this database waiting for an advisory lock, by key.
-WAITING = """
-    SELECT count(*) FROM pg_locks
-    WHERE locktype = 'advisory' AND NOT granted
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = $3
-"""
 
 
-async def close(conn: asyncpg.Connection, gate: int) -> None:
-    """Hold ``gate``: a transaction reaching its trigger waits there."""
-    await conn.execute("SELECT pg_advisory_lock($1, $2)", GATE, gate)
-
-
-async def open_(conn: asyncpg.Connection, gate: int) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, $2)", GATE, gate)
-
-
-async def waiting_at(conn: asyncpg.Connection, gate: int) -> bool:
-    """A transaction waits at ``gate``."""
-    return bool(await conn.fetchval(WAITING, GATE, gate, 2))
+async def gate_the_race(conn: asyncpg.Connection) -> None:
+    # Node B's heartbeat row, as it is written.
+    await gate(
+        conn,
+        HEARTBEAT_GATE,
+        "BEFORE INSERT OR UPDATE ON cluster_nodes FOR EACH ROW WHEN (NEW.node_id = 'node-b')",
+    )
+    # A task's end, as its batch stores its events: the statement's snapshot,
+    # which decided whether it tells the other nodes, is taken by then.
+    await gate(
+        conn,
+        END_GATE,
+        "BEFORE INSERT ON task_events FOR EACH ROW WHEN (NEW.data::jsonb ->> 3 = 'passed')",
+    )
 
 
 async def waiting_for_the_events_lock(conn: asyncpg.Connection) -> bool:
-    """A transaction waits for the lock that event-storing batches take."""
-    return bool(await conn.fetchval(WAITING, EVENTS_LOCK >> 32, EVENTS_LOCK & 0xFFFF_FFFF, 1))
-
-
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    for _ in range(750):
-        if await condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the database never got there")
+    """A transaction waits for the lock event-storing batches take."""
+    return await waiting_for(conn, EVENTS_LOCK)
 
 
 async def statuses_until_the_end(stream: aiohttp.ClientResponse, after: int) -> list[str]:
@@ -105,7 +74,7 @@ async def test_a_node_joining_while_a_batch_ends_a_task_sees_the_end_on_its_stre
         task_id = await create(http, a, THIN)
         spawn = await next_of(ws, "spawn")  # it runs on A, alone
         conn = await asyncpg.connect(pg_url)
-        await conn.execute(GATES)
+        await gate_the_race(conn)
         await close(conn, HEARTBEAT_GATE)
         await close(conn, END_GATE)
         starting = asyncio.ensure_future(start_daemon(*common(pg_url, 3), "--node-id", "node-b"))

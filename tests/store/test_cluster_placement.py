@@ -9,9 +9,11 @@ import signal
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.http.sse import next_block, parse
+from tests.store.gates import close, gate, open_
 from tests.store.test_cluster_escalation import _mint
 from tests.store.test_cluster_routing import (
     THIN,
@@ -101,7 +103,19 @@ async def test_a_task_created_on_a_for_a_role_held_on_b_runs_on_b_crossing_at_mo
     async with daemons(a, b), aiohttp.ClientSession() as http:
         ws = await seated(http, b, await mint(http, b))
         before = await direct_messages(http, a, b)
-        task_id = await create(http, a, HOOKED)
+        db = await asyncpg.connect(pg_url)
+        try:
+            # A lease moved from node to node waits at the gate: the task must
+            # be stored leased to B by the write that creates it, not stored
+            # as A's and handed on after.
+            await gate(db, 1, "BEFORE UPDATE OF node_id ON task_leases FOR EACH ROW")
+            await close(db, 1)
+            task_id = await create(http, a, HOOKED)
+            lease = "SELECT node_id FROM task_leases WHERE task_id = $1"
+            assert await db.fetchval(lease, task_id) == "node-b"
+            await open_(db, 1)
+        finally:
+            await db.close()
         assert await operate(ws, http) == task_id
         task = await ended(http, a, task_id)
         assert task["status"] == "passed" and task["result"]["value"] == {"by": task_id}
@@ -109,8 +123,8 @@ async def test_a_task_created_on_a_for_a_role_held_on_b_runs_on_b_crossing_at_mo
             http, a, task_id
         ) == ["node-b"]
         # Its hook_before, spawn, prompt, result and hook_after, all on B: the
-        # hand-over is the only message between the nodes.
-        assert await direct_messages(http, a, b) - before <= 2
+        # hand-over is the only message between the nodes (and B counted it).
+        assert 1 <= await direct_messages(http, a, b) - before <= 2
         await ws.close()
 
 
