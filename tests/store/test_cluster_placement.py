@@ -211,6 +211,39 @@ async def test_the_next_attempt_of_a_task_goes_to_the_node_its_operators_socket_
             await ws.close()
 
 
+async def test_a_seat_handed_over_to_node_a_leaves_the_running_attempt_on_b_and_the_next_goes_to_a(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        source, target = await _mint(http, b.base, "main"), await _mint(http, a.base, "night")
+        ws_b, ws_a = await seated(http, b, source), await seated(http, a, target)
+        running = await create(http, a, HOOKED)  # runs on B, where "main" is seated
+        hook = await next_of(ws_b, "hook_before")
+        await ws_b.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+        spawn = await next_of(ws_b, "spawn")
+        async with http.post(  # through A, not the node holding the source's socket
+            f"{a.base}/v1/operators/{source['sid']}/handover",
+            json={"sid": target["sid"]},
+            headers={"Authorization": f"Bearer {source['token']}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["moved"] == [spawn["req_id"]]
+        # The request moves to the target's socket; the attempt stays on B.
+        assert (await next_of(ws_a, "spawn"))["req_id"] == spawn["req_id"]
+        await work_as_sub_agent(http, spawn)
+        await ws_a.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
+        assert (await ended(http, a, running))["status"] == "passed"
+        assert await started_on(http, a, running) == ["node-b"]
+
+        following = await create(http, b, HOOKED)  # created on B: goes to "main" on A
+        assert await operate(ws_a, http) == following
+        assert (await ended(http, b, following))["status"] == "passed"
+        assert await started_on(http, b, following) == ["node-a"]
+        for ws in (ws_a, ws_b):
+            await ws.close()
+
+
 async def test_a_sub_agent_given_a_directive_from_b_posts_its_result_through_a(
     pg_url: str,
 ) -> None:
