@@ -4,7 +4,6 @@ one real PostgreSQL, tasks created on the node that does not hold it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from typing import Any
 
@@ -24,8 +23,8 @@ from tests.store.test_cluster_routing import (
     two_nodes,
     until_pong,
 )
-from tests.store.test_postgres_cluster import connect, daemons, ended
-from tests.test_daemon import Daemon
+from tests.store.test_postgres_cluster import common, connect, daemons, ended
+from tests.test_daemon import Daemon, free_port, start_daemon
 
 # The default layers: hook_before, spawn, hook_after.
 HOOKED = {"agent": "coder", "directive": "write it", "operator": {"role": "main"}}
@@ -247,21 +246,32 @@ async def test_a_seat_handed_over_to_node_a_leaves_the_running_attempt_on_b_and_
 async def test_a_sub_agent_given_a_directive_from_b_posts_its_result_through_a(
     pg_url: str,
 ) -> None:
-    a, b = await two_nodes(pg_url)
+    # Each node names itself by its own public_url (here another spelling of
+    # the address it listens on): the directive names the running node's.
+    ports = free_port(), free_port()
+    a, b = [
+        await start_daemon(
+            *common(pg_url, 10), "--node-id", node, "--public-url", f"http://localhost:{port}",
+            port=port,
+        )
+        for node, port in zip(("node-a", "node-b"), ports, strict=True)
+    ]  # fmt: skip
     async with daemons(a, b), aiohttp.ClientSession() as http:
-        ws = await seated(http, b, await mint(http, b))
+        op = await mint(http, b)
+        ws = await seated(http, b, op)
         task_id = await create(http, a, HOOKED)
         hook = await next_of(ws, "hook_before")
         await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
         spawn = await next_of(ws, "spawn")
-        assert b.base in spawn["directive"] and a.base not in spawn["directive"]
+        assert f"http://localhost:{ports[1]}/v1/worker/prompt" in spawn["directive"]
+        assert f":{ports[0]}/" not in spawn["directive"]
         # Behind a balancer (or an old directive) the calls reach A, which
         # passes them to B, where the attempt runs.
         await work_as_sub_agent(http, spawn, via=a.base)
         await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
         task = await ended(http, b, task_id)
         assert task["status"] == "passed" and task["result"]["value"] == {"by": task_id}
-        assert json.dumps(task["attempts"][0]["served_by"])
+        assert set(task["attempts"][0]["served_by"].values()) == {op["sid"]}
         await ws.close()
 
 
