@@ -1,7 +1,8 @@
 """A node's PostgreSQL ``LISTEN`` connection is cut while an operator on it has
 requests pending from another node: the frames notified meanwhile are lost to
 it, so when it listens again it re-reads the stored requests — and the
-operator is shown each one exactly once, none lost, none twice."""
+operator is shown each one exactly once, none lost, none twice; and a task
+handed to it meanwhile is claimed there as it listens again."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from tests.store.test_cluster_routing import THIN, create, frame, mint, two_nodes
-from tests.store.test_postgres_cluster import connect, daemons
+from tests.store.gates import close, gate
+from tests.store.test_cluster_placement import seated, started_on
+from tests.store.test_cluster_routing import THIN, create, frame, mint, next_of, two_nodes
+from tests.store.test_postgres_cluster import connect, daemons, ended
 
 BATCH = 4
 # What a node's listener connection last ran: its LISTENs, its ping, or the
@@ -101,4 +104,33 @@ async def test_after_the_listener_is_cut_and_back_each_pending_request_reaches_i
         await ws.close()
     events = {e.get("event") for e in b.logs()}
     assert "cluster listener lost its connection" in events
+    assert "cluster listener is back; re-reading what it may have missed" in events
+
+
+async def test_a_task_placed_on_a_node_while_its_listener_is_cut_is_claimed_once_it_listens_again(
+    pg_url: str,
+) -> None:
+    """The notice handing the task over is lost with the listener; the node
+    claims what was placed on it when it listens again (``Placement``'s
+    resync), not once the lease lapsed and some node took it over: a lease
+    moved from node to node (a takeover) waits at a gate here."""
+    a, b = await two_nodes(pg_url, 6)  # the listener notices the cut within 2 s
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        ws = await seated(http, b, await mint(http, a))
+        db = await asyncpg.connect(pg_url)
+        try:
+            await gate(db, 1, "BEFORE UPDATE OF node_id ON task_leases FOR EACH ROW")
+            await close(db, 1)
+            await cut_listener(pg_url, b.proc.pid)
+            task_id = await create(http, a, THIN)  # stored leased to B; B hears nothing
+            spawn = await next_of(ws, "spawn")
+            assert spawn["task_id"] == task_id
+            await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": "ok"})
+            task = await ended(http, a, task_id)
+            assert task["status"] == "passed" and len(task["attempts"]) == 1, task
+            assert await started_on(http, a, task_id) == ["node-b"]
+        finally:
+            await db.close()
+        await ws.close()
+    events = {e.get("event") for e in b.logs()}
     assert "cluster listener is back; re-reading what it may have missed" in events
