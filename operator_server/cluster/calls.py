@@ -94,13 +94,17 @@ class Cluster:
         self._calls: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
         self._ids = itertools.count(1)
         self._ended: dict[str, set[asyncio.Future[None]]] = {}
-        self._tail: Callable[[], Awaitable[None]] | None = None
+        self._tail: Callable[[int | None], Awaitable[None]] | None = None
         self._tailing: asyncio.Task[None] | None = None
         self._tail_again = False
+        # The newest event id heard stored since the tail's last read began,
+        # and whether what was stored is unknown (a resync: read it all).
+        self._heard_stored = 0
+        self._must_read = False
         bus.on(Call, self._called)
         bus.on(Answer, self._answered)
         bus.on(TasksEnded, self._heard_ended)
-        bus.on(EventsStored, lambda _node, _message: self.read_events())
+        bus.on(EventsStored, lambda _node, message: self.read_events(message.last))
         bus.on(NodesGone, self._heard_gone)
         # Told of every burial after the calls are failed (``on_nodes_gone``).
         self._gone_watchers: list[Callable[[list[str]], None]] = []
@@ -251,12 +255,18 @@ class Cluster:
 
     # -- events -------------------------------------------------------------
 
-    def follow_events(self, tail: Callable[[], Awaitable[None]]) -> None:
-        """``tail`` reads every stored event after the newest published one."""
+    def follow_events(self, tail: Callable[[int | None], Awaitable[None]]) -> None:
+        """``tail`` reads every stored event after the newest published one;
+        it is given the newest id heard stored, or None when that is unknown."""
         self._tail = tail
 
-    def read_events(self) -> None:
-        """Have the tail read on: now, or again right after its current read."""
+    def read_events(self, stored: int | None = None) -> None:
+        """Have the tail read on: now, or again right after its current read.
+        ``stored``: events up to this id are stored (None: unknown)."""
+        if stored is None:
+            self._must_read = True
+        else:
+            self._heard_stored = max(self._heard_stored, stored)
         if self._tail is None:
             return
         if self._tailing is not None and not self._tailing.done():
@@ -264,11 +274,13 @@ class Cluster:
             return
         self._tailing = self._background.spawn(self._read_on(self._tail), name="event-tail")
 
-    async def _read_on(self, tail: Callable[[], Awaitable[None]]) -> None:
+    async def _read_on(self, tail: Callable[[int | None], Awaitable[None]]) -> None:
         while True:
             self._tail_again = False
+            stored = None if self._must_read else self._heard_stored
+            self._must_read = False
             try:
-                await tail()
+                await tail(stored)
             except Exception as exc:  # the next notice or resync reads on
                 log.warning("could not read other nodes' events", error=str(exc))
             if not self._tail_again:

@@ -434,6 +434,68 @@ async def test_a_run_of_soon_writes_of_one_kind_all_land_in_issue_order(pg_url: 
         await store.close()
 
 
+async def queued(write: Callable[..., None], *args: Any) -> None:
+    """A "soon" write queued when this coroutine first runs, in its turn."""
+    write(*args)
+
+
+async def test_a_batch_sends_each_kind_of_write_once_per_round_and_keeps_each_rows_order(
+    pg_url: str,
+) -> None:
+    """Gathered writes (``writer.Gathered``): a batch's task writes, request
+    rows, outputs and finishes are each one array statement per round, and a
+    row written twice in the batch is written in the batch's order."""
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    try:
+        await store.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        commits: list[float] = []
+        store.observe_commits(commits.append)
+        before = store.statements_sent
+        n = 30
+
+        def record(i: int, status: str) -> dict[str, Any]:
+            return {**task_record(f"t-{i}", status), "attempts": [{"number": 1}]}
+
+        # Queued together, in this order (each coroutine queues its write as it
+        # first runs, and they run in turn): one batch.
+        await asyncio.gather(
+            *(queued(store.put_task_soon, record(i, "running")) for i in range(n)),
+            *(store.issue_request("op-1", f"r-{i}", {"n": i}, float(i)) for i in range(n)),
+            *(store.put_output(f"t-{i}", 1, ["final", "w", i, True, 1.0]) for i in range(n)),
+            queued(store.put_task_soon, record(0, "passed")),
+            queued(store.finish_request_soon, "op-1", "r-0", None),
+            store.issue_request("op-1", "r-0", {"n": "again"}, 99.0),  # a move: the same id
+        )
+        assert len(commits) == 1
+        # Round 1: the task writes, the requests.  Round 2: the outputs (each
+        # after its task's write), r-0's finish.  Round 3: t-0's end, r-0 again.
+        # One statement per kind and round: 6, not 93.
+        assert store.statements_sent - before == 6
+        ended = await store.get_task("t-0")
+        assert ended is not None and ended.value["status"] == "passed"
+        assert {row.key for row in await store.load_tasks(["running"])} == {
+            f"t-{i}" for i in range(1, n)
+        }
+        last = await store.get_task(f"t-{n - 1}")
+        assert last is not None
+        assert last.value["attempts"][0]["tail"] == [["final", "w", n - 1, True, 1.0]]
+        conn = await asyncpg.connect(pg_url)
+        try:
+            outputs = await conn.fetchval("SELECT count(*) FROM task_outputs")
+            leased = await conn.fetch("SELECT task_id FROM task_leases")
+        finally:
+            await conn.close()
+        assert outputs == n
+        assert {row["task_id"] for row in leased} == {f"t-{i}" for i in range(1, n)}
+        pending = await store.pending_of("op-1")
+        assert [row.req_id for row in pending] == [f"r-{i}" for i in range(1, n)] + ["r-0"]
+        assert pending[-1].frame == {"n": "again"}
+    finally:
+        await store.close()
+
+
 async def test_a_node_renews_the_leases_of_the_runs_it_holds_and_no_other(pg_url: str) -> None:
     node = await start_daemon(*common(pg_url, 1), "--node-id", "node-a")
     async with daemons(node), aiohttp.ClientSession() as http:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
 from operator_server.cluster.bus import ALL
 from operator_server.cluster.messages import EventsStored, TasksEnded, decode
 from operator_server.store import PostgresStore
+from tests.conftest import Server, create_task, engine_of, wait_task
+from tests.http.sse import next_block, parse
 from tests.store.test_postgres import event, task_record
 
 MARKER = "test_marker"
@@ -107,3 +109,44 @@ async def test_a_connection_back_in_the_pool_is_not_reset_by_another_round_trip(
         assert not [q for q in statements if "RESET ALL" in q]
     finally:
         await store.close()
+
+
+async def test_a_node_with_no_stream_reads_no_events_back_and_a_later_stream_misses_none(
+    server: Server, pg_url: str
+) -> None:
+    """Events reach a node's streams by its tail reading them back from the
+    store, as other nodes' batches announce them; with no stream open nothing
+    is read (nobody to publish to), only the published id moves on."""
+    a = await server(store__url=pg_url, node_id="node-a")
+    b = await server(store__url=pg_url, node_id="node-b")
+    first = [await create_task(a, agent="echo", directive=n) for n in range(3)]
+    for task in first:
+        assert (await wait_task(a, task["id"]))["status"] == "passed"
+    newest = max(e.id for e in await engine_of(a).store.load_events(0, None, 1000))
+    for node in (a, b):  # each heard every batch's news: the published id is there
+        await until(lambda node=node: engine_of(node).published_event_id == newest)
+        assert engine_of(node).fanout.last_id == 0  # nothing was read back to publish
+    # A stream opened now on B catches up from the store, then follows live.
+    resp = await b.get("/v1/events", headers={"Last-Event-ID": "0"})
+    assert resp.status == 200
+    later = await create_task(a, agent="echo", directive="later")
+    seen: dict[str, list[str]] = {}
+    while seen.get(later["id"], [])[-1:] != ["status:passed"]:
+        block = await next_block(resp, 10)
+        assert block is not None
+        event = parse(block)
+        if event is None:
+            continue
+        kind = event.type + (f":{event.data['status']}" if event.type == "status" else "")
+        seen.setdefault(event.data["task_id"], []).append(kind)
+    assert {task["id"] for task in first} <= set(seen)
+    assert all(kinds[0] == "created" for kinds in seen.values())
+    resp.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 5) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)

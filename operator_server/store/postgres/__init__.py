@@ -7,12 +7,16 @@ runs it in one transaction, so many writes under load cost one commit.
 Durable callers are answered after the commit.
 
 The writer is a single server, so what bounds a node is the round trips it
-spends per operation, not the commit (docs/cluster.md).  Hence: an operation
-is one statement where it can be (a task's write — fence check, row, lease,
-events, delivery — is one data-modifying CTE); a batch runs without a
-savepoint per operation, and only if one of them fails is it rolled back and
-run again with a savepoint each, so a failing operation still fails alone;
-a run of plain "soon" writes of one statement is pipelined; and a batch's
+spends per operation, not the commit (docs/cluster.md).  Hence: the writes
+a task makes most — its own write (fence check, row, lease, delivery), a
+request issued, a request finished, an output, an ask — are each a row of
+an array statement, and a batch sends all of its rows of one kind in one
+statement (``writer.Gathered``: in rounds, so that two writes of one task or
+one request keep their order; a batch of a few hundred operations is a
+handful of statements, not one each); a batch runs without a savepoint per
+operation, and only if one of them fails is it rolled back and run again
+with a savepoint each, so a failing operation still fails alone; a run of
+other plain "soon" writes of one statement is pipelined; and a batch's
 events are stored together as it ends, in one statement (their ids drawn
 under ``EVENTS_LOCK``, which is then held only from there to the commit).
 

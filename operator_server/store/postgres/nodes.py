@@ -31,7 +31,7 @@ from operator_server.store.base import (
 )
 from operator_server.store.postgres.sessions import STAND_IN
 from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS, with_asks_of
-from operator_server.store.postgres.writer import GroupCommitWriter
+from operator_server.store.postgres.writer import Bulk, GroupCommitWriter, ignore
 from operator_server.wire import json as wire_json
 from operator_server.wire.json import STORED_MAX_DEPTH
 
@@ -114,21 +114,33 @@ SOCKET_NODE_OF = """
 # take turns: either the attach's replay reads the request, or the request's
 # writer reads the new socket node and sends the frame there.  (The lock is
 # held to commit, and the insert is seen only at commit, whatever order the
-# statement runs its parts in.)  One statement: one round trip.
-# ``$6``, when given, is the frame's notice to the node holding the socket,
-# sent by the same statement (as it commits): one transaction, not two.
-ISSUE_REQUEST = f"""
-    WITH session AS (
-        SELECT socket_node FROM operator_sessions WHERE sid = $2 FOR SHARE
+# statement runs its parts in.)  Any number of requests in one statement (one
+# round trip; an array per column, ``$1`` to ``$8``, one row per request; ``$9``:
+# this node, their issuer).  ``notice``, when given, is the frame's notice to
+# the node holding the socket, sent by the same statement (as it commits):
+# one transaction, not two.  One result row per request, in order: where its
+# session's socket is, and whether it was told.
+ISSUE_REQUESTS = f"""
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::text[],
+                             $6::float8[], $7::int[], $8::text[])
+            WITH ORDINALITY
+            AS i(req_id, sid, frame, issued_at, notice, deadline_at, step, moves, n)
+    ), session AS MATERIALIZED (
+        SELECT sid, socket_node FROM operator_sessions WHERE sid = ANY($2::text[])
+        ORDER BY sid FOR SHARE
     ), request AS (
         INSERT INTO pending_requests
             (req_id, sid, owner_node, frame, issued_at, deadline_at, step, moves)
-        VALUES ($1, $2, $3, $4, $5, $7, $8, $9)
-    ), told AS (
-        SELECT pg_notify({SQL_CHANNEL.format("socket_node")}, $6) FROM session
-        WHERE $6::text IS NOT NULL AND socket_node IS NOT NULL AND socket_node <> $3
+        SELECT req_id, sid, $9, frame, issued_at, deadline_at, step, moves
+        FROM input ORDER BY n
+    ), told AS MATERIALIZED (
+        SELECT i.n, pg_notify({SQL_CHANNEL.format("s.socket_node")}, i.notice)
+        FROM input i JOIN session s ON s.sid = i.sid
+        WHERE i.notice IS NOT NULL AND s.socket_node IS NOT NULL AND s.socket_node <> $9
     )
-    SELECT socket_node, (SELECT count(*) FROM told) > 0 AS told FROM session
+    SELECT s.socket_node, i.n = ANY(ARRAY(SELECT n FROM told)) AS told
+    FROM input i LEFT JOIN session s ON s.sid = i.sid ORDER BY i.n
 """
 SOCKET_NODE = "SELECT socket_node, socket_epoch FROM operator_sessions WHERE sid = $1 FOR UPDATE"
 ATTACH_SOCKET = "UPDATE operator_sessions SET socket_node = $2, socket_epoch = $3 WHERE sid = $1"
@@ -144,9 +156,14 @@ NOTIFY_SOCKET_NODE = (
     f"SELECT pg_notify({SQL_CHANNEL.format('socket_node')}, $2) FROM operator_sessions "
     "WHERE sid = $1 AND socket_node IS NOT NULL AND socket_node <> $3"
 )
-# A request answered: its row goes, and a withdrawal (if any) is told to the
-# node holding the socket — one statement.
-FINISH_REQUEST = "DELETE FROM pending_requests WHERE req_id = $1"
+# Requests answered, any number in one statement (``$1``: their ids): their
+# rows go.  One result row per request, in order.
+FINISH_REQUESTS = """
+    WITH finished AS (DELETE FROM pending_requests WHERE req_id = ANY($1::text[]))
+    SELECT n FROM unnest($1::text[]) WITH ORDINALITY AS i(req_id, n) ORDER BY n
+"""
+# A request answered whose withdrawal is told to the node holding the
+# socket: its row goes, and the notice, in one statement.
 FINISH_WITHDRAWN = (
     "WITH finished AS (DELETE FROM pending_requests WHERE req_id = $4) " + NOTIFY_SOCKET_NODE
 )
@@ -397,12 +414,10 @@ class NodeOps(GroupCommitWriter):
         notice: str | None = None,
         course: RequestCourse = NO_COURSE,
     ) -> tuple[str | None, bool]:
-        text = wire_json.dumps(frame)
-        args = (
+        row = (
             req_id,
             sid,
-            self._node_id,
-            text,
+            wire_json.dumps(frame),
             float(issued_at),
             notice,
             course.deadline_at,
@@ -410,23 +425,24 @@ class NodeOps(GroupCommitWriter):
             wire_json.dumps(list(course.moves)),
         )
 
-        async def work(c: asyncpg.Connection) -> tuple[str | None, bool]:
-            row = await c.fetchrow(ISSUE_REQUEST, *args)
-            if row is None or row["socket_node"] is None:
+        def finish(found: asyncpg.Record) -> tuple[str | None, bool]:
+            if found["socket_node"] is None:
                 return None, False
-            return str(row["socket_node"]), bool(row["told"])
+            return str(found["socket_node"]), bool(found["told"])
 
-        found: tuple[str | None, bool] = await self._call(work, f"issue request {req_id}")
+        keys = frozenset({f"request:{req_id}"})
+        bulk = Bulk(ISSUE_REQUESTS, row, keys, finish, (self._node_id,))
+        found: tuple[str | None, bool] = await self._bulk_future(bulk, f"issue request {req_id}")
         return found
 
     def finish_request_soon(self, sid: str, req_id: str, withdrawn: str | None) -> None:
         me = self._node_id
-        notice = None if withdrawn is None else withdraw_notice(me, sid, req_id, withdrawn)
-
         what = f"finish request {req_id}"
-        if notice is None:
-            self._soon_plain(what, FINISH_REQUEST, req_id)
+        if withdrawn is None:
+            bulk = Bulk(FINISH_REQUESTS, (req_id,), frozenset({f"request:{req_id}"}), ignore)
+            self._soon_bulk(bulk, what)
         else:
+            notice = withdraw_notice(me, sid, req_id, withdrawn)
             self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
 
     async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:

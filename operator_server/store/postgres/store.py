@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.cluster.bus import ALL, PgBus, channel
+from operator_server.cluster.bus import ALL, PgBus
 from operator_server.cluster.messages import (
     EventsStored,
     Message,
@@ -48,18 +48,19 @@ from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
     DELETE_FINISHED,
     EVENTS_LOCK,
-    INSERT_OUTPUT,
+    INSERT_OUTPUTS,
     JOINED,
-    UPSERT_ASK,
-    WRITE_TASK,
+    UPSERT_ASKS,
+    WRITE_TASKS,
     number_events,
     store_and_tell,
     with_asks_of,
 )
 from operator_server.store.postgres.writer import (
     CONNECTION_ERRORS,
+    Bulk,
     Op,
-    Work,
+    ignore,
     nothing,
 )
 from operator_server.wire import json as wire_json
@@ -248,17 +249,18 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
     def _task_write(
         self,
         record: dict[str, Any],
-        events: Events,
         deliver_at: float | None = None,
         placed: tuple[str, str] | None = None,
-    ) -> tuple[Work, str, Events]:
-        """The write for ``record`` and its events, snapshotted now, not when the
-        writer gets to it.  ``placed``: (node, notice) — a new task leased to
-        that node, not this one, which the same transaction notifies."""
+    ) -> Bulk:
+        """The write for ``record``, snapshotted now, not when the writer gets
+        to it: one row of ``WRITE_TASKS``.  ``placed``: (node, notice) — a
+        new task leased to that node, not this one, which the same
+        transaction notifies."""
         task_id = record["id"]
         live = record["status"] in self._live
-        holder = self._node_id if placed is None else placed[0]
-        args = (
+        holder, notice = (self._node_id, None) if placed is None else placed
+        expected = self._epochs.get(task_id)  # as of now, like the record
+        row = (
             task_id,
             record["status"],
             float(record["created_at"]),
@@ -266,13 +268,12 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
             wire_json.dumps_bytes(record).decode(),
             holder,
             live,
-            self._lease_s,
+            None if deliver_at is None else float(deliver_at),
+            expected,
+            notice,
         )
-        delivery = None if deliver_at is None else float(deliver_at)
-        expected = self._epochs.get(task_id)  # as of now, like the record
 
-        async def work(c: asyncpg.Connection) -> None:
-            found = await c.fetchrow(WRITE_TASK, *args, delivery, expected)
+        def finish(found: asyncpg.Record) -> None:
             if not found["ok"]:
                 self._epochs.pop(task_id, None)
                 owner = found["holder"]
@@ -282,14 +283,14 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
                     f"task {task_id} was taken over since this node last wrote it "
                     f"(epoch {found['epoch']}, not {expected or 0})"
                 )
-            if placed is not None:  # sent as this batch commits: after the row is there
-                await c.execute("SELECT pg_notify($1, $2)", channel(placed[0]), placed[1])
-            elif live:
+            if placed is not None:  # its holder takes it at an epoch of its own
+                return
+            if live:
                 self._epochs[task_id] = int(found["epoch"])
             else:
                 self._ended.append(task_id)  # announced as the batch commits
 
-        return work, f"save task {task_id}", events
+        return Bulk(WRITE_TASKS, row, frozenset({f"task:{task_id}"}), finish, (self._lease_s,))
 
     async def put_task(
         self,
@@ -299,7 +300,8 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         deliver_at: float | None = None,
         audit: Audit = (),
     ) -> None:
-        await self._call(*self._task_write(record, events, deliver_at), audit=audit)
+        bulk = self._task_write(record, deliver_at)
+        await self._bulk_future(bulk, f"save task {record['id']}", events, audit=audit)
 
     async def place_task(
         self,
@@ -310,7 +312,8 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         *,
         audit: Audit = (),
     ) -> None:
-        await self._call(*self._task_write(record, events, placed=(node, notice)), audit=audit)
+        bulk = self._task_write(record, placed=(node, notice))
+        await self._bulk_future(bulk, f"place task {record['id']}", events, audit=audit)
 
     def put_task_soon(
         self,
@@ -320,23 +323,14 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         deliver_at: float | None = None,
         audit: Audit = (),
     ) -> None:
-        self._soon(*self._task_write(record, events, deliver_at), audit=audit)
+        bulk = self._task_write(record, deliver_at)
+        self._soon_bulk(bulk, f"save task {record['id']}", events, audit=audit)
 
     def put_ask_soon(self, task_id: str, attempt: int, ask: dict[str, Any]) -> None:
-        row = ask_row(task_id, attempt, ask)
         epoch = self._epochs.get(task_id)  # as of now, like the ask
-        what = f"save ask {row[2]} of {task_id}"
-        self._soon_plain(what, UPSERT_ASK, *row, self._node_id, epoch)
-
-    def _output_write(self, task_id: str, attempt: int, output: list[Any]) -> tuple[Work, str]:
-        row = output_row(task_id, attempt, output)
-        epoch = self._epochs.get(task_id)  # as of now, like the output
-
-        async def work(c: asyncpg.Connection) -> None:
-            if await c.fetchval(INSERT_OUTPUT, *row, self._node_id, epoch) is None:
-                raise Fenced(f"task {task_id} was taken over; its output was not stored")
-
-        return work, f"save output of {task_id}"
+        row = (*ask_row(task_id, attempt, ask), epoch)
+        bulk = Bulk(UPSERT_ASKS, row, frozenset({f"task:{task_id}"}), ignore, (self._node_id,))
+        self._soon_bulk(bulk, f"save ask {row[2]} of {task_id}")
 
     async def put_output(
         self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
@@ -346,14 +340,16 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
     def put_output_soon(
         self, task_id: str, attempt: int, output: list[Any], *, audit: Audit = ()
     ) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._accepting:
-            fut.set_exception(StoreError("the store is not open"))
-        else:  # queued now, not when first awaited
-            work, what = self._output_write(task_id, attempt, output)
-            self._unsettled += 1
-            self._queue.put_nowait(Op(work, fut, what, audit=audit))
-        return fut
+        """Queued now, not when first awaited: the future says it committed."""
+        epoch = self._epochs.get(task_id)  # as of now, like the output
+        row = (*output_row(task_id, attempt, output), epoch)
+
+        def finish(found: asyncpg.Record) -> None:
+            if found["seq"] is None:
+                raise Fenced(f"task {task_id} was taken over; its output was not stored")
+
+        bulk = Bulk(INSERT_OUTPUTS, row, frozenset({f"task:{task_id}"}), finish, (self._node_id,))
+        return self._bulk_future(bulk, f"save output of {task_id}", audit=audit)
 
     def put_events_soon(self, events: Events, *, audit: Audit = ()) -> None:
         self._soon(nothing, "save events", events, audit=audit)  # stored by the writer

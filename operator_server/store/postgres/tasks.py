@@ -7,47 +7,67 @@ from typing import Any
 
 import asyncpg
 
+from operator_server.cluster.bus import SQL_CHANNEL
 from operator_server.store.base import TaskEvent
 from operator_server.store.postgres.writer import Op
 from operator_server.wire import json as wire_json
 
-# A task's write, in one statement (one round trip).  The lease row and the
-# task row are locked first — a takeover waits for this write's commit, or this
-# write sees the new holder and epoch — and nothing is written while another
-# node holds the lease, nor unless the row's epoch is the one the writer holds
-# (``$10``; NULL: a task new to this node, epoch 0): a takeover moves it on and
-# the row keeps it after its lease is gone, so a node woken after its task was
-# taken over and ended elsewhere is refused too (``Fenced``).  A missing row
-# may be written (a new task).  A live task's
-# first write leases it to its writer (a lease someone else holds stays
-# theirs); a task's end drops its lease.  The row is an upsert, so it keeps its
-# seq.  Its webhook delivery rides along; its events are stored by the writer.
-WRITE_TASK = """
-    WITH holder AS (
-        SELECT node_id FROM task_leases WHERE task_id = $1 FOR UPDATE
-    ), stored AS (
-        SELECT epoch FROM tasks WHERE id = $1 FOR UPDATE
-    ), mine AS (
-        SELECT NOT EXISTS (SELECT 1 FROM holder WHERE node_id <> $6)
-           AND NOT EXISTS (SELECT 1 FROM stored WHERE epoch <> COALESCE($10::bigint, 0)) AS ok
+# Tasks' writes, any number in one statement (one round trip: an array per
+# column, ``$1`` to ``$10``, one row per task; the writer gathers a batch's, and
+# never two of one task).  Each task's lease row and task row are locked first
+# — a takeover waits for this write's commit, or this write sees the new
+# holder and epoch — and a task is not written while another node holds its
+# lease (``holder``: the node it is leased to, this one unless placed), nor
+# unless its row's epoch is the one the writer holds (``expected``; NULL: a
+# task new to this node, epoch 0): a takeover moves it on and the row keeps
+# it after its lease is gone, so a node woken after its task was taken over
+# and ended elsewhere is refused too (``Fenced``).  A missing row may be
+# written (a new task).  A live task's first write leases it to ``holder``
+# (a lease someone else holds stays theirs); a task's end drops its lease.
+# The row is an upsert, so it keeps its seq.  Its webhook delivery rides
+# along, and a placed task's ``notice`` to its holder (sent as the batch
+# commits); its events are stored by the writer.  One result row per task,
+# in order: ``ok``, the lease's holder before, the row's epoch.
+WRITE_TASKS = f"""
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[],
+                             $6::text[], $7::bool[], $8::float8[], $9::bigint[], $10::text[])
+            WITH ORDINALITY
+            AS i(id, status, created_at, updated_at, data, holder, live, delivery, expected,
+                 notice, n)
+    ), holders AS MATERIALIZED (
+        SELECT task_id, node_id FROM task_leases WHERE task_id = ANY($1::text[])
+        ORDER BY task_id FOR UPDATE
+    ), stored AS MATERIALIZED (
+        SELECT id, epoch FROM tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+    ), mine AS MATERIALIZED (
+        SELECT i.*, h.node_id AS held_by, COALESCE(s.epoch, 0) AS epoch,
+            (h.node_id IS NULL OR h.node_id = i.holder)
+            AND (s.epoch IS NULL OR s.epoch = COALESCE(i.expected, 0)) AS ok
+        FROM input i
+        LEFT JOIN holders h ON h.task_id = i.id
+        LEFT JOIN stored s ON s.id = i.id
     ), task AS (
         INSERT INTO tasks (id, status, created_at, updated_at, data)
-        SELECT $1, $2, $3, $4, $5 FROM mine WHERE ok
+        SELECT id, status, created_at, updated_at, data FROM mine WHERE ok ORDER BY n
         ON CONFLICT (id) DO UPDATE SET
             status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
     ), leased AS (
         INSERT INTO task_leases (task_id, node_id, expires_at)
-        SELECT $1, $6, now() + make_interval(secs => $8) FROM mine WHERE ok AND $7
+        SELECT id, holder, now() + make_interval(secs => $11) FROM mine WHERE ok AND live
         ON CONFLICT (task_id) DO NOTHING
     ), unleased AS (
-        DELETE FROM task_leases WHERE task_id = $1 AND NOT $7 AND (SELECT ok FROM mine)
+        DELETE FROM task_leases l USING mine m WHERE l.task_id = m.id AND m.ok AND NOT m.live
     ), delivery AS (
         INSERT INTO webhook_deliveries (task_id, due_at)
-        SELECT $1, $9 FROM mine WHERE ok AND $9::float8 IS NOT NULL
+        SELECT id, delivery FROM mine WHERE ok AND delivery IS NOT NULL
         ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
+    ), told AS MATERIALIZED (
+        SELECT pg_notify({SQL_CHANNEL.format("holder")}, notice) FROM mine
+        WHERE ok AND notice IS NOT NULL
     )
-    SELECT (SELECT ok FROM mine) AS ok, (SELECT node_id FROM holder) AS holder,
-        COALESCE((SELECT epoch FROM stored), 0) AS epoch
+    SELECT ok, held_by AS holder, epoch, (SELECT count(*) FROM told) AS told
+    FROM mine ORDER BY n
 """
 # Event-storing transactions take turns (this lock, taken at a batch's end and
 # held to commit): event ids from the shared sequence increase in commit order
@@ -81,26 +101,48 @@ DELETE_FINISHED = """
     )
     SELECT status FROM gone
 """
-# One ask, written only while no other node holds its task's lease and the
-# task's epoch is the one its writer holds, as a task's own write is
-# (``WRITE_TASK``): a node that lost the task does not add to it, even after
-# the task ended elsewhere.  (Skipped, not refused: nobody waits for an ask's write.)
-UPSERT_ASK = """
-    INSERT INTO task_asks (task_id, attempt, ask_id, data)
-    SELECT $1, $2, $3, $4
-    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $5)
-      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($6::bigint, 0))
-    ON CONFLICT (task_id, ask_id) DO UPDATE SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
+# Asks, any number in one statement (``$1`` to ``$5``: task, attempt, ask id,
+# data, the epoch its writer holds; one row per task), each written only
+# while no other node (``$6``: this one) holds its task's lease and the task's
+# epoch is the one its writer holds, as a task's own write is
+# (``WRITE_TASKS``): a node that lost the task does not add to it, even after
+# the task ended elsewhere.  (Skipped, not refused: nobody waits for an ask's
+# write.)  One row per ask, in order.
+UPSERT_ASKS = """
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[])
+            WITH ORDINALITY AS i(task_id, attempt, ask_id, data, expected, n)
+    ), written AS (
+        INSERT INTO task_asks (task_id, attempt, ask_id, data)
+        SELECT task_id, attempt, ask_id, data FROM input i
+        WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = i.task_id AND node_id <> $6)
+          AND NOT EXISTS (
+              SELECT 1 FROM tasks WHERE id = i.task_id AND epoch <> COALESCE(i.expected, 0))
+        ORDER BY n
+        ON CONFLICT (task_id, ask_id) DO UPDATE
+            SET attempt = EXCLUDED.attempt, data = EXCLUDED.data
+    )
+    SELECT n FROM input ORDER BY n
 """
-# One output, fenced exactly as an ask is (``UPSERT_ASK``); it returns its seq
-# when written, nothing when fenced off: a worker waits on this write (its 200
-# says the result is on disk), so a fenced one is refused, not skipped.
-INSERT_OUTPUT = """
-    INSERT INTO task_outputs (task_id, attempt, data)
-    SELECT $1, $2, $3
-    WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = $1 AND node_id <> $4)
-      AND NOT EXISTS (SELECT 1 FROM tasks WHERE id = $1 AND epoch <> COALESCE($5::bigint, 0))
-    RETURNING seq
+# Outputs, any number in one statement (``$1`` to ``$4``: task, attempt, data,
+# epoch held; one row per task), fenced exactly as asks are (``UPSERT_ASKS``);
+# each answers its seq when written, NULL when fenced off: a worker waits on
+# this write (its 200 says the result is on disk), so a fenced one is
+# refused, not skipped.
+INSERT_OUTPUTS = """
+    WITH input AS (
+        SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[])
+            WITH ORDINALITY AS i(task_id, attempt, data, expected, n)
+    ), written AS (
+        INSERT INTO task_outputs (task_id, attempt, data)
+        SELECT task_id, attempt, data FROM input i
+        WHERE NOT EXISTS (SELECT 1 FROM task_leases WHERE task_id = i.task_id AND node_id <> $5)
+          AND NOT EXISTS (
+              SELECT 1 FROM tasks WHERE id = i.task_id AND epoch <> COALESCE(i.expected, 0))
+        ORDER BY n
+        RETURNING task_id, seq
+    )
+    SELECT w.seq FROM input i LEFT JOIN written w ON w.task_id = i.task_id ORDER BY i.n
 """
 OUTPUTS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_outputs WHERE task_id = ANY($1::text[]) ORDER BY seq"

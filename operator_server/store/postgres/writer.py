@@ -34,6 +34,40 @@ CONNECTION_ERRORS = (
 OP_ERRORS = (StoreError, asyncpg.PostgresError, ValueError, TypeError)
 
 
+@dataclass(frozen=True)
+class Bulk:
+    """An operation that is one row of an array statement: the rows of a
+    batch's operations with the same ``sql`` (and ``scalars``) are sent
+    together, one round trip for all of them, instead of one each.
+
+    ``sql`` takes one array per column of ``row`` (``$1`` to ``$k``), then
+    ``scalars``, and answers one result row per input row, in order.
+    ``keys`` name what the operation touches (``task:<id>``,
+    ``request:<id>``): operations sharing a key keep their order, so only
+    operations that commute are gathered.  ``finish`` turns this row's
+    result into the operation's value, or raises its ``StoreError``."""
+
+    sql: str
+    row: tuple[Any, ...]
+    keys: frozenset[str]
+    finish: Callable[[Any], Any]
+    scalars: tuple[Any, ...] = ()
+
+    async def run_alone(self, conn: asyncpg.Connection) -> Any:
+        return self.finish((await send_rows(conn, [self]))[0])
+
+
+async def send_rows(conn: asyncpg.Connection, bulks: list[Bulk]) -> list[Any]:
+    """Run ``bulks`` (of one ``sql`` and ``scalars``) as one statement: one
+    result per operation, in order."""
+    first = bulks[0]
+    columns = [list(column) for column in zip(*(b.row for b in bulks), strict=True)]
+    found = await conn.fetch(first.sql, *columns, *first.scalars)
+    if len(found) != len(bulks):  # a statement that lost or doubled a row is a bug
+        raise StoreError(f"{len(bulks)} rows sent, {len(found)} answered")
+    return list(found)
+
+
 @dataclass
 class Op:
     work: Work
@@ -48,6 +82,8 @@ class Op:
     plain: tuple[str, tuple[Any, ...]] | None = None
     # Audit entries chained as the batch ends, if the operation succeeded.
     audit: Audit = ()
+    # Set for a write that is one row of an array statement (``Bulk``).
+    bulk: Bulk | None = None
 
 
 class OpFailed(Exception):
@@ -71,6 +107,9 @@ class GroupCommitWriter:
     _unsettled: int  # writes queued and not yet committed (or failed)
     _commit_observer: Callable[[float], None] | None
     _healthy: bool
+    # Statements sent for the operations of batches (not their begin, end and
+    # commit): what gathering saves shows here (tests read it).
+    statements_sent: int
 
     def _writer_init(self) -> None:
         self._pool = None
@@ -79,6 +118,7 @@ class GroupCommitWriter:
         self._unsettled = 0
         self._commit_observer = None
         self._healthy = True
+        self.statements_sent = 0
 
     def _batch_starts(self) -> None:
         """A run of a batch begins (it may be run twice)."""
@@ -167,10 +207,12 @@ class GroupCommitWriter:
         self._batch_starts()
         async with conn.transaction():
             if not savepoints:
-                outcomes = await run_together(conn, batch)
+                outcomes, sent = await run_together(conn, batch)
+                self.statements_sent += sent
             else:
                 for op in batch:
                     outcomes.append(await run_in_savepoint(conn, op))
+                    self.statements_sent += op.work is not nothing
             done = [op for op, (ok, _) in zip(batch, outcomes, strict=True) if ok]
             ending = await self._batch_ends(conn, batch, done)
         self._batch_committed(ending)
@@ -191,6 +233,27 @@ class GroupCommitWriter:
         self._unsettled += 1
         self._queue.put_nowait(Op(work, fut, what, given, audit=audit))
         return await fut
+
+    def _bulk_future(
+        self, bulk: Bulk, what: str, given: Events = (), *, audit: Audit = ()
+    ) -> asyncio.Future[Any]:
+        """Queue a write that is one row of an array statement, now (not when
+        first awaited): a future for its value, set once it committed."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._accepting:
+            fut.set_exception(StoreError("the store is not open"))
+            return fut
+        self._unsettled += 1
+        self._queue.put_nowait(Op(bulk.run_alone, fut, what, given, audit=audit, bulk=bulk))
+        return fut
+
+    def _soon_bulk(self, bulk: Bulk, what: str, given: Events = (), *, audit: Audit = ()) -> None:
+        """A "soon" write that is one row of an array statement (see ``_soon``)."""
+        if not self._accepting:
+            log.error("store write after close dropped", what=what)
+            return
+        self._unsettled += 1
+        self._queue.put_nowait(Op(bulk.run_alone, None, what, given, audit=audit, bulk=bulk))
 
     async def flush_queue(self) -> None:
         """Return once everything queued before now has committed (the queue is in order)."""
@@ -248,34 +311,93 @@ class GroupCommitWriter:
         self._answered()
 
 
-async def run_together(conn: asyncpg.Connection, batch: list[Op]) -> list[tuple[bool, Any]]:
+class Gathered:
+    """The array-statement operations of a batch held back to be sent
+    together, in rounds: an operation goes in the round after the last one
+    holding an operation that shares a key with it (so operations on the same
+    task or request keep their order), else in the first; in a round, one
+    statement per kind sends all of its operations.  Operations sharing no key
+    commute, so this is the batch's order as far as anything can tell.  Any
+    other kind of operation sends everything held first (``send``)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[dict[tuple[str, tuple[Any, ...]], list[int]]] = []
+        self.round_of: dict[str, int] = {}  # key -> the last round touching it
+        self.sent = 0  # statements
+
+    def take(self, index: int, bulk: Bulk) -> None:
+        """Hold operation ``index`` of the batch."""
+        after = [self.round_of[key] + 1 for key in bulk.keys if key in self.round_of]
+        at = max(after, default=0)
+        if at == len(self.rounds):
+            self.rounds.append({})
+        self.rounds[at].setdefault((bulk.sql, bulk.scalars), []).append(index)
+        for key in bulk.keys:
+            self.round_of[key] = at
+
+    async def send(
+        self, conn: asyncpg.Connection, batch: list[Op], outcomes: list[tuple[bool, Any]]
+    ) -> None:
+        """Send every round, one statement per kind, and settle its operations
+        in ``outcomes``; the first failure raises ``OpFailed``."""
+        rounds, self.rounds, self.round_of = self.rounds, [], {}
+        for groups in rounds:
+            for indices in groups.values():
+                bulks = [batch[i].bulk for i in indices]
+                self.sent += 1
+                try:
+                    found = await send_rows(conn, bulks)  # type: ignore[arg-type]
+                except OP_ERRORS as exc:
+                    raise OpFailed(op_error(batch[indices[0]], exc)) from exc
+                for i, bulk, result in zip(indices, bulks, found, strict=True):
+                    try:
+                        outcomes[i] = (True, bulk.finish(result))  # type: ignore[union-attr]
+                    except OP_ERRORS as exc:
+                        raise OpFailed(op_error(batch[i], exc)) from exc
+
+
+async def run_together(
+    conn: asyncpg.Connection, batch: list[Op]
+) -> tuple[list[tuple[bool, Any]], int]:
     """Run ``batch`` without savepoints, in as few round trips as it allows:
-    each run of plain writes of the same statement pipelined.  The first
-    failure raises ``OpFailed`` (naming the operation, or the first of the
-    run it failed in)."""
-    op = batch[0]
-    outcomes: list[tuple[bool, Any]] = []
-    try:
-        i = 0
-        while i < len(batch):
-            op = batch[i]
-            run = 1
-            while (
-                op.plain is not None
-                and i + run < len(batch)
-                and (nxt := batch[i + run].plain) is not None
-                and nxt[0] == op.plain[0]
-            ):
-                run += 1
+    its array-statement operations gathered by statement (``Gathered``), each
+    run of plain writes of the same statement pipelined, and operations with
+    no statement (events only) not sent at all: the outcomes, and how many
+    statements it sent.  The first failure raises ``OpFailed`` (naming the
+    operation, or the first of the group or run it failed in)."""
+    outcomes: list[tuple[bool, Any]] = [(True, None)] * len(batch)
+    gathered = Gathered()
+    sent = 0
+    i = 0
+    while i < len(batch):
+        op = batch[i]
+        if op.bulk is not None:
+            gathered.take(i, op.bulk)
+            i += 1
+            continue
+        if op.work is nothing:  # its events are stored as the batch ends
+            i += 1
+            continue
+        await gathered.send(conn, batch, outcomes)  # in order before this one
+        run = 1
+        while (
+            op.plain is not None
+            and i + run < len(batch)
+            and (nxt := batch[i + run].plain) is not None
+            and nxt[0] == op.plain[0]
+        ):
+            run += 1
+        sent += 1
+        try:
             if run > 1:
                 await conn.executemany(op.plain[0], [o.plain[1] for o in batch[i : i + run]])  # type: ignore[index]
-                outcomes += [(True, None)] * run
             else:
-                outcomes.append((True, await op.work(conn)))
-            i += run
-    except OP_ERRORS as exc:
-        raise OpFailed(op_error(op, exc)) from exc
-    return outcomes
+                outcomes[i] = (True, await op.work(conn))
+        except OP_ERRORS as exc:
+            raise OpFailed(op_error(op, exc)) from exc
+        i += run
+    await gathered.send(conn, batch, outcomes)
+    return outcomes, sent + gathered.sent
 
 
 def op_error(op: Op, exc: Exception) -> StoreError:
@@ -301,6 +423,11 @@ async def run_in_savepoint(conn: asyncpg.Connection, op: Op) -> tuple[bool, Any]
 
 async def nothing(conn: asyncpg.Connection) -> None:
     del conn
+
+
+def ignore(found: Any) -> None:
+    """A ``Bulk.finish`` for a write whose result nobody needs."""
+    del found
 
 
 def deliver(op: Op, ok: bool, value: Any) -> None:
