@@ -228,7 +228,7 @@ def targets(rates: dict[str, float]) -> list[str]:
     lines = []
     for what, num, den, floor in TARGETS:
         ratio = rates[num] / rates[den]
-        lines.append(f"{what} >= {floor:g}x: **{ratio:.2f}** {verdict(ratio >= floor)}")
+        lines.append(f"{what} >= {floor:g}x: **{ratio:.3f}** {verdict(ratio >= floor)}")
     return lines
 
 

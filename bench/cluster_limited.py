@@ -231,9 +231,9 @@ async def run() -> dict[str, float]:
             ],
             rows,
         )
-        + f"\n\ntwo nodes (each way) >= 1.1x one node, capped: **{two_each:.2f}** "
+        + f"\n\ntwo nodes (each way) >= 1.1x one node, capped: **{two_each:.3f}** "
         + f"{verdict(two_each >= 1.1)}"
-        + f"\n\nround-robin >= 0.9x partitioned, capped: **{rr:.2f}** {verdict(rr >= 0.9)}"
+        + f"\n\nround-robin >= 0.9x partitioned, capped: **{rr:.3f}** {verdict(rr >= 0.9)}"
         + "\n\nThe model column assumes every node is bound by its cap (its CPU / cap "
         + "near 100%) and the machine is not (busy well below 100%); docs/cluster.md.",
     )

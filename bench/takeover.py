@@ -168,7 +168,7 @@ async def run() -> dict[float, float]:
             means[lease] = median(lasts)
             worst = max(lasts) / lease
             verdicts.append(
-                f"lease_s {lease:g}: slowest trial **{worst:.2f}** x lease_s "
+                f"lease_s {lease:g}: slowest trial **{worst:.3f}** x lease_s "
                 f"{verdict(worst <= TARGET)}"
             )
             rows.append(

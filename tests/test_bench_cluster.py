@@ -18,10 +18,10 @@ def test_targets_state_each_ratio_met_or_missed_at_its_bound() -> None:
     rates = {SQLITE: 500.0, ONE: 300.0, PARTITIONED: 330.0, ROUND_ROBIN: 296.0}
     lines = targets(rates)
     assert lines == [
-        "round-robin / partitioned >= 0.9x: **0.90** MISSED",  # 0.897
-        "two nodes partitioned / one node >= 1.1x: **1.10** met",
-        "two nodes round-robin / one node >= 1.1x: **0.99** MISSED",
-        "PostgreSQL one node / SQLite >= 0.6x: **0.60** met",
+        "round-robin / partitioned >= 0.9x: **0.897** MISSED",
+        "two nodes partitioned / one node >= 1.1x: **1.100** met",
+        "two nodes round-robin / one node >= 1.1x: **0.987** MISSED",
+        "PostgreSQL one node / SQLite >= 0.6x: **0.600** met",
     ]
 
 
