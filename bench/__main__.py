@@ -23,6 +23,7 @@ from bench import (
     bigasks,
     cli,
     cluster,
+    cluster_limited,
     deadlines,
     e2e,
     fanout,
@@ -46,6 +47,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], Awaitable[object
         lambda a: cli.run(),
     ),
     "cluster": ("e2e tasks/s: 1 vs 2 nodes on PostgreSQL, and vs SQLite", lambda a: cluster.run()),
+    "cluster-limited": (
+        "e2e tasks/s: 1 vs 2 nodes, each daemon capped at a fraction of a core (cgroups)",
+        lambda a: cluster_limited.run(),
+    ),
     "deadlines": (
         "10,000 pending requests' deadlines: one heap vs a timer each vs none",
         lambda a: deadlines.run(),

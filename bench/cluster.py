@@ -53,6 +53,7 @@ from bench.common import (
     progress,
     record,
     table,
+    verdict,
 )
 from operator_server.localcluster import Postgres, throwaway_postgres
 
@@ -61,8 +62,17 @@ TOTAL = 2000
 WARMUP = 200
 ROUNDS = 3
 COMMIT_SAMPLES = 200
+SQLITE = "SQLite, 1 node"
+ONE = "PostgreSQL, 1 node"
 ROUND_ROBIN = "PostgreSQL, 2 nodes, round-robin"
 PARTITIONED = "PostgreSQL, 2 nodes, partitioned"
+# Issue 26 §3's targets: (what, numerator, denominator, at least).
+TARGETS = (
+    ("round-robin / partitioned", ROUND_ROBIN, PARTITIONED, 0.9),
+    ("two nodes partitioned / one node", PARTITIONED, ONE, 1.1),
+    ("two nodes round-robin / one node", ROUND_ROBIN, ONE, 1.1),
+    ("PostgreSQL one node / SQLite", ONE, SQLITE, 0.6),
+)
 
 
 @dataclass
@@ -213,6 +223,15 @@ def pg_node(url: str, tmp: str, node_id: str, **extra: str) -> Daemon:
     return Daemon(str(workdir / "unused.sqlite"), str(workdir), settings=settings)
 
 
+def targets(rates: dict[str, float]) -> list[str]:
+    """One line per target of ``TARGETS``: the measured ratio, met or MISSED."""
+    lines = []
+    for what, num, den, floor in TARGETS:
+        ratio = rates[num] / rates[den]
+        lines.append(f"{what} >= {floor:g}x: **{ratio:.3f}** {verdict(ratio >= floor)}")
+    return lines
+
+
 async def run() -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
@@ -230,8 +249,8 @@ async def run() -> dict[str, float]:
             pg_node(pg.url("two"), tmp, "two-b"),
         ]
         configs: dict[str, Config] = {
-            "SQLite, 1 node": Config([Daemon(f"{tmp}/sqlite/bench.sqlite", f"{tmp}/sqlite")], None),
-            "PostgreSQL, 1 node": Config([pg_node(await database(pg, "one"), tmp, "one-a")], pg),
+            SQLITE: Config([Daemon(f"{tmp}/sqlite/bench.sqlite", f"{tmp}/sqlite")], None),
+            ONE: Config([pg_node(await database(pg, "one"), tmp, "one-a")], pg),
             ROUND_ROBIN: Config(two, pg, cross=True),
             PARTITIONED: Config(two, pg),
             "PostgreSQL fsync=off, 1 node": Config(
@@ -288,10 +307,12 @@ async def run() -> dict[str, float]:
             rows,
         )
         + "\n\n2 nodes / 1 node on PostgreSQL: "
-        + f"round-robin **{rates[ROUND_ROBIN] / rates['PostgreSQL, 1 node']:.2f}**, "
-        + f"partitioned **{rates[PARTITIONED] / rates['PostgreSQL, 1 node']:.2f}**"
+        + f"round-robin **{rates[ROUND_ROBIN] / rates[ONE]:.2f}**, "
+        + f"partitioned **{rates[PARTITIONED] / rates[ONE]:.2f}**"
         + "\n\nPostgreSQL / SQLite, 1 node: "
-        + f"**{rates['PostgreSQL, 1 node'] / rates['SQLite, 1 node']:.2f}**"
+        + f"**{rates[ONE] / rates[SQLITE]:.2f}**"
+        + "\n\nissue 26 §3, on this machine (daemons, PostgreSQL and peers on shared cores):\n"
+        + "\n".join(f"- {line}" for line in targets(rates))
         + "\n\nsingle-row commit latency, one at a time (median of "
         + f"{COMMIT_SAMPLES}): "
         + ", ".join(f"{k} {v:.2f} ms" for k, v in commit_ms.items()),
