@@ -375,6 +375,39 @@ async def test_a_node_whose_task_was_taken_over_adds_no_output_to_it(pg_url: str
         assert row is not None and row.value["attempts"][0]["tail"] == [out]
 
 
+async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_last_renewal(
+    pg_url: str,
+) -> None:
+    """A dead node's tasks are taken as soon as it is buried, not each when its
+    own lease runs out (up to a third of a lease later for one written after
+    its last renewal): a node trusts none of its leases from one ``lease_s``
+    after its last renewal, before its heartbeat lapses."""
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", 10, ["running"])
+    b.lease_tasks("node-b", 10, ["running"])
+    await a.open()
+    await b.open()
+    try:
+        await a.put_task(task_record("t-1", "running"))  # leased to node-a for 10 s
+        assert await b.take_over(at_start=False, limit=10) == []
+        conn = await asyncpg.connect(pg_url)
+        try:  # node-a stopped beating (its last heartbeat ran out)
+            await conn.execute(
+                "UPDATE cluster_nodes SET expires_at = now() - interval '1 second' "
+                "WHERE node_id = 'node-a'"
+            )
+        finally:
+            await conn.close()
+        assert await b.bury_dead_nodes() == ["node-a"]
+        taken = await b.take_over(at_start=False, limit=10)
+        assert [row.key for row in taken] == ["t-1"]
+        with pytest.raises(Fenced, match="node-b"):
+            await a.put_task(task_record("t-1", "passed"))
+    finally:
+        await a.close()
+        await b.close()
+
+
 def event(task_id: str, type: str) -> TaskEvent:
     return TaskEvent.of_data(0, task_id, {"task_id": task_id, "type": type, "at": "now"})
 

@@ -192,6 +192,13 @@ LIVE_NODES = "SELECT node_id FROM cluster_nodes WHERE expires_at > now() ORDER B
 # A node that stopped beating: its sockets are gone and its requests' waiters
 # too (their attempts are interrupted and taken over).  A node beats from the
 # moment its store opens, so a node with no row at all is gone as well.
+#
+# Their leases lapse with them, all at once: the takeover that follows takes
+# every task they ran, not only those whose own lease ran out.  A lease a dead
+# node wrote after its last renewal would run up to a third of a lease longer,
+# but its node stopped trusting it already: a node counts all of its leases as
+# lapsed one ``lease_s`` after its last renewal was sent (``leases_lapsed``),
+# which is before its heartbeat, written after that renewal, lapses.
 BURY_NODES = """
     WITH dead AS (
         DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
@@ -199,6 +206,9 @@ BURY_NODES = """
         UPDATE operator_sessions SET socket_node = NULL
         WHERE socket_node IN (SELECT node_id FROM dead)
            OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
+    ), lapsed AS (
+        UPDATE task_leases SET expires_at = now()
+        WHERE node_id IN (SELECT node_id FROM dead) AND expires_at > now()
     )
     SELECT node_id FROM dead
 """
