@@ -104,6 +104,8 @@ class Relay:
         frame: dict[str, Any],
         issued_at: float,
         course: RequestCourse = NO_COURSE,
+        *,
+        attached_here: bool = False,
     ) -> bool:
         """Store the request with its course; True when another node holds the
         socket and was sent the frame.  Raises ``StoreError`` (``Fenced``
@@ -114,8 +116,10 @@ class Relay:
             # Nothing is shown; the run's end is refused in turn, and it is let go.
             raise Fenced(f"{req_id} not issued: this node's leases lapsed")
         deliver = Deliver(sid, req_id, frame)
-        # Sent by the insert's own transaction when it fits in a NOTIFY.
-        notice = self.cluster.bus.inline(deliver)
+        # Sent by the insert's own transaction when it fits in a NOTIFY.  Not
+        # encoded for a socket attached here (the usual case once tasks run on
+        # their operator's node): if it moved meanwhile, it is sent after.
+        notice = None if attached_here else self.cluster.bus.inline(deliver)
         where, told = await self.store.issue_request(sid, req_id, frame, issued_at, notice, course)
         if where is None or where == self.node_id:
             return False

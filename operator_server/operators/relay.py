@@ -32,10 +32,14 @@ class RequestRelay(Protocol):
         frame: dict[str, Any],
         issued_at: float,
         course: RequestCourse = NO_COURSE,
+        *,
+        attached_here: bool = False,
     ) -> bool:
         """Record a request (and its course as it stands: a move or an
         escalation step records it again) before it is shown; True when
-        another node holds the socket and was sent the frame."""
+        another node holds the socket and was sent the frame.
+        ``attached_here``: the session's socket is on this node as far as it
+        knows (then the frame is not made ready for another node in advance)."""
         ...
 
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
@@ -112,6 +116,8 @@ class NoRelay:
         frame: dict[str, Any],
         issued_at: float,
         course: RequestCourse = NO_COURSE,
+        *,
+        attached_here: bool = False,
     ) -> bool:
         return False
 

@@ -739,7 +739,12 @@ class OperatorSession:
         node holds the socket, it was sent there (with one process: never)."""
         try:
             elsewhere = await self._relay.issue(
-                self.sid, req.req_id, req.frame, req.issued_at, req.course
+                self.sid,
+                req.req_id,
+                req.frame,
+                req.issued_at,
+                req.course,
+                attached_here=self._pump is not None,
             )
         except (StoreError, OSError) as exc:
             raise AttemptFailed(
