@@ -9,11 +9,12 @@ is SIGKILLed and the operator reconnects to B at once; the clock runs from the
 kill until B has sent a spawn for every one of the N tasks.  The operator then
 acknowledges them and every task must end ``passed``.
 
-What to expect (docs/cluster.md): a node renews its leases every lease_s / 3,
-so at the kill the last renewal is 0..lease_s/3 old and the leases lapse
-2/3..1 of lease_s later; B looks for lapsed leases every lease_s / 3, so it sees
-them up to lease_s / 3 after that: 2/3..4/3 of lease_s, lease_s on average,
-plus the time to re-dispatch N tasks.
+What to expect (docs/cluster.md): a node renews its leases and beats every
+lease_s / 3, so at the kill its last heartbeat is 0..lease_s/3 old and lapses
+2/3..1 of lease_s later; B looks for dead nodes every lease_s / 6, buries A
+(its leases lapse with it, all at once) and takes its tasks over up to
+lease_s / 6 after that: 2/3..7/6 of lease_s, about 11/12 on average, plus the
+time to re-dispatch N tasks.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ async def run() -> dict[float, float]:
                     f"{median(firsts):.2f}",
                     f"{median(lasts):.2f}",
                     f"{median(lasts) / lease:.2f}",
-                    f"{2 * lease / 3:.2f} to {4 * lease / 3:.2f}",
+                    f"{2 * lease / 3:.2f} to {7 * lease / 6:.2f}",
                 ]
             )
     record(
