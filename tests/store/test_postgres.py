@@ -408,6 +408,112 @@ async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_la
         await b.close()
 
 
+async def lease_expiry(url: str, task_id: str) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval("SELECT expires_at FROM task_leases WHERE task_id = $1", task_id)
+    finally:
+        await conn.close()
+
+
+async def test_a_renewal_whose_heartbeat_fails_renews_nothing_so_the_node_never_outtrusts_it(
+    pg_url: str,
+) -> None:
+    """A node's leases and its heartbeat are renewed together or not at all:
+    it trusts its leases from its last renewal, and the other nodes bury it
+    (letting its leases go at once) by its heartbeat."""
+    lease_s = 1.5
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", lease_s, ["running"])
+    b.lease_tasks("node-b", 10, ["running"])
+    await a.open()
+    await b.open()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await a.put_task(task_record("t-1", "running"))
+        before = await lease_expiry(pg_url, "t-1")
+        await conn.execute(
+            "CREATE FUNCTION no_beat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'heartbeat refused'; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER no_beat BEFORE INSERT OR UPDATE ON cluster_nodes FOR EACH ROW "
+            "WHEN (NEW.node_id = 'node-a') EXECUTE FUNCTION no_beat()"
+        )
+        with pytest.raises(StoreError, match="heartbeat refused"):
+            await a.renew_leases(["t-1"])
+        assert await lease_expiry(pg_url, "t-1") == before  # not renewed alone
+        await asyncio.sleep(lease_s + 0.1)  # node-a's heartbeat lapses
+        assert await b.bury_dead_nodes() == ["node-a"]
+        assert [row.key for row in await b.take_over(at_start=False, limit=10)] == ["t-1"]
+        assert a.leases_lapsed  # node-a stopped trusting it before
+    finally:
+        await conn.close()
+        await a.close()
+        await b.close()
+
+
+async def test_a_lease_its_own_batch_holds_locked_is_renewed_once_the_batch_commits(
+    pg_url: str,
+) -> None:
+    """The renewal skips leases a batch of the node holds locked, so as not to
+    wait in its way, then renews them once it committed: the node trusts
+    every lease it holds from the renewal on, so none may be left behind."""
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await store.put_task(task_record("t-1", "running"))
+        before = await lease_expiry(pg_url, "t-1")
+        tx = conn.transaction()
+        await tx.start()  # as a batch of node-a's writing t-1 would
+        await conn.execute("SELECT 1 FROM task_leases WHERE task_id = 't-1' FOR UPDATE")
+        renewal = asyncio.create_task(store.renew_leases(["t-1"]))
+        probe = await asyncpg.connect(pg_url)
+        try:
+            for _ in range(500):  # until it waits for the lock (or is done: skipped it)
+                if renewal.done() or await probe.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%UPDATE task_leases%'"
+                ):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await probe.close()
+        await tx.commit()
+        await renewal
+        assert await lease_expiry(pg_url, "t-1") > before
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_a_request_moved_back_in_keeps_its_place_before_one_issued_after_it(
+    pg_url: str,
+) -> None:
+    """Gathered writes keep a session's requests in issue order (their seq is
+    the order an attach replays them in), also past a move's finish."""
+    store = PostgresStore(pg_url)
+    store.lease_tasks("node-a", 10, ["running"])
+    await store.open()
+    try:
+        await store.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        await store.put_session(SessionRecord("op-2", "cd" * 32, ["other"], "", 1.0, 1.0))
+        await store.issue_request("op-1", "r-moved", {"n": 0}, 1.0)
+        commits: list[float] = []
+        store.observe_commits(commits.append)
+        await asyncio.gather(  # one batch, in this order
+            queued(store.finish_request_soon, "op-1", "r-moved", None),
+            store.issue_request("op-2", "r-moved", {"n": "moved"}, 2.0),
+            store.issue_request("op-2", "r-new", {"n": 1}, 3.0),
+        )
+        assert len(commits) == 1
+        assert [row.req_id for row in await store.pending_of("op-2")] == ["r-moved", "r-new"]
+    finally:
+        await store.close()
+
+
 def event(task_id: str, type: str) -> TaskEvent:
     return TaskEvent.of_data(0, task_id, {"task_id": task_id, "type": type, "at": "now"})
 

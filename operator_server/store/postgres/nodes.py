@@ -39,14 +39,31 @@ log = get_logger(__name__)
 
 # Only the runs a node holds: a lease of its without a run (an end it could not
 # store, a run it let go) lapses, and the task is taken over.  Leases a batch
-# of this node is writing right now are skipped (they are renewed next round):
-# the renewal never waits in a batch's way, or it in its.
+# of this node is writing right now are skipped here, so the renewal never
+# waits in a batch's way (or it in its), and renewed right after by
+# ``RENEW_LOCKED_LEASES``, which waits for that batch: the node trusts every
+# lease it holds for ``lease_s`` from the renewal, so none may be left behind.
+# The node's heartbeat is written by the same statement: a node trusts its
+# leases from its last renewal, and its heartbeat, by which the other nodes
+# bury it (and let its leases go at once, ``BURY_NODES``), must never be older.
 RENEW_HELD_LEASES = """
-    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
-    WHERE task_id IN (
-        SELECT task_id FROM task_leases WHERE node_id = $1 AND task_id = ANY($3::text[])
-        FOR UPDATE SKIP LOCKED
+    WITH renewed AS (
+        UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+        WHERE task_id IN (
+            SELECT task_id FROM task_leases WHERE node_id = $1 AND task_id = ANY($3::text[])
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING task_id
+    ), beat AS (
+        INSERT INTO cluster_nodes (node_id, expires_at)
+        VALUES ($1, now() + make_interval(secs => $2))
+        ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
     )
+    SELECT task_id FROM renewed
+"""
+RENEW_LOCKED_LEASES = """
+    UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
+    WHERE node_id = $1 AND task_id = ANY($3::text[])
 """
 RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id = $1"
 # Live tasks with a lapsed or missing lease, locked so that concurrent reapers
@@ -363,10 +380,17 @@ class NodeOps(GroupCommitWriter):
 
     async def renew_leases(self, task_ids: Collection[str]) -> None:
         sent = time.monotonic()
-        args = (self._node_id, self._lease_s, list(task_ids))
-        await self._direct(RENEW_HELD_LEASES, *args, what="renew leases")
+        held = list(task_ids)
+        rows = await self._direct(
+            RENEW_HELD_LEASES, self._node_id, self._lease_s, held, what="renew leases"
+        )
+        renewed = {row["task_id"] for row in rows}
+        if skipped := [task_id for task_id in held if task_id not in renewed]:
+            # Locked by a batch of this node's (or ended, or taken: then no row).
+            args = (self._node_id, self._lease_s, skipped)
+            await self._direct(RENEW_LOCKED_LEASES, *args, what="renew leases")
+        # Every lease held, and the heartbeat, run at least lease_s from ``sent``.
         self._renewal_sent = sent
-        await self._direct(HEARTBEAT, self._node_id, self._lease_s, what="node heartbeat")
 
     async def release_leases(self, task_ids: Collection[str] | None = None) -> None:
         if task_ids is not None:
@@ -441,7 +465,9 @@ class NodeOps(GroupCommitWriter):
             return str(found["socket_node"]), bool(found["told"])
 
         keys = frozenset({f"request:{req_id}"})
-        bulk = Bulk(ISSUE_REQUESTS, row, keys, finish, (self._node_id,))
+        # Its seq numbers it among its session's requests (replayed in that order).
+        follows = frozenset({f"issued:{sid}"})
+        bulk = Bulk(ISSUE_REQUESTS, row, keys, finish, (self._node_id,), follows)
         found: tuple[str | None, bool] = await self._bulk_future(bulk, f"issue request {req_id}")
         return found
 

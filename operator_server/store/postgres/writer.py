@@ -44,14 +44,19 @@ class Bulk:
     ``scalars``, and answers one result row per input row, in order.
     ``keys`` name what the operation touches (``task:<id>``,
     ``request:<id>``): operations sharing a key keep their order, so only
-    operations that commute are gathered.  ``finish`` turns this row's
-    result into the operation's value, or raises its ``StoreError``."""
+    operations that commute are gathered.  ``follows`` name orders that
+    must hold without keeping the operations apart (``issued:<sid>``: a
+    session's requests are numbered in the order they were issued): an
+    operation is sent no earlier than the last one sharing such a name, in
+    the same statement or a later one.  ``finish`` turns this row's result
+    into the operation's value, or raises its ``StoreError``."""
 
     sql: str
     row: tuple[Any, ...]
     keys: frozenset[str]
     finish: Callable[[Any], Any]
     scalars: tuple[Any, ...] = ()
+    follows: frozenset[str] = frozenset()
 
     async def run_alone(self, conn: asyncpg.Connection) -> Any:
         return self.finish((await send_rows(conn, [self]))[0])
@@ -295,20 +300,22 @@ class GroupCommitWriter:
         self._answered()
         return found
 
-    async def _direct(self, sql: str, *args: Any, what: str) -> None:
+    async def _direct(self, sql: str, *args: Any, what: str) -> list[Any]:
         """A write of this node's own lease rows: straight on the pool, not behind
-        the queue (nothing queued touches them but a task's first write)."""
+        the queue (nothing queued touches them but a task's first write); the
+        rows it returns."""
         if self._pool is None:
             raise StoreError("the store is not open")
         try:
             async with self._pool.acquire() as conn:
-                await conn.execute(sql, *args)
+                found: list[Any] = await conn.fetch(sql, *args)
         except CONNECTION_ERRORS as exc:
             self._lost(exc)
             raise StoreError(f"{what}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise StoreError(f"{what}: {exc}") from exc
         self._answered()
+        return found
 
 
 class Gathered:
@@ -323,24 +330,29 @@ class Gathered:
     def __init__(self) -> None:
         self.rounds: list[dict[tuple[str, tuple[Any, ...]], list[int]]] = []
         self.round_of: dict[str, int] = {}  # key -> the last round touching it
+        self.followed: dict[str, int] = {}  # order -> the last round in it
         self.sent = 0  # statements
 
     def take(self, index: int, bulk: Bulk) -> None:
-        """Hold operation ``index`` of the batch."""
+        """Hold operation ``index`` of the batch (a round's statement sends
+        its rows in the batch's order)."""
         after = [self.round_of[key] + 1 for key in bulk.keys if key in self.round_of]
+        after += [self.followed[name] for name in bulk.follows if name in self.followed]
         at = max(after, default=0)
         if at == len(self.rounds):
             self.rounds.append({})
         self.rounds[at].setdefault((bulk.sql, bulk.scalars), []).append(index)
         for key in bulk.keys:
             self.round_of[key] = at
+        for name in bulk.follows:
+            self.followed[name] = at
 
     async def send(
         self, conn: asyncpg.Connection, batch: list[Op], outcomes: list[tuple[bool, Any]]
     ) -> None:
         """Send every round, one statement per kind, and settle its operations
         in ``outcomes``; the first failure raises ``OpFailed``."""
-        rounds, self.rounds, self.round_of = self.rounds, [], {}
+        rounds, self.rounds, self.round_of, self.followed = self.rounds, [], {}, {}
         for groups in rounds:
             for indices in groups.values():
                 bulks = [batch[i].bulk for i in indices]
