@@ -262,6 +262,7 @@ class Engine:
         else:
             log.debug("task handed to the node holding its operator", task_id=task.id, node=placed)
             self.tracing.task_let_go(task.id)
+            self.reads.handed_away(task)
         return task
 
     def _stale(self, task_id: str) -> bool:
@@ -486,6 +487,7 @@ class Engine:
     def adopt(self, task: Task) -> None:
         """Track ``task`` and start its run (new, or recovered after a restart)."""
         self.tasks[task.id] = task
+        self.reads.came_back(task.id)
         # A child task started while its parent's spawn is held nests its
         # requests under that spawn.
         parent = self.contexts.get(task.parent_task_id or "")
