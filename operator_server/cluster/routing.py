@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from operator_server.cluster.calls import Cluster
@@ -25,12 +26,25 @@ if TYPE_CHECKING:
 Args = Callable[[], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Placing:
+    """Where a new task went: ``node`` runs it (None: this node), and
+    whether the placing write ``stored`` it already."""
+
+    node: str | None
+    stored: bool
+
+
+# To be stored and run here, as on one process.
+HERE = Placing(None, stored=False)
+
+
 class Places(Protocol):
     """Where a new task runs (``cluster/placement.py``, which imports the engine)."""
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None: ...
+    ) -> Placing: ...
 
     async def place_next(self, task: Task) -> str | None: ...
 
@@ -50,10 +64,10 @@ class Routing(Protocol):
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
-        """A new task stored (with ``events`` and ``audit``) and handed to
-        another node, which runs it: that node; None when it is to be stored
-        and run here."""
+    ) -> Placing:
+        """Where a new task runs: stored (with ``events`` and ``audit``) and
+        handed to another node, stored to run here, or ``HERE`` (to be
+        stored and run here)."""
 
     async def place_next(self, task: Task) -> str | None:
         """Before a later attempt of ``task``, running here: the node it was
@@ -83,9 +97,9 @@ class LocalRouting:
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
+    ) -> Placing:
         del task, record, events, audit
-        return None
+        return HERE
 
     async def place_next(self, task: Task) -> str | None:
         del task
@@ -123,7 +137,7 @@ class ClusterRouting:
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
+    ) -> Placing:
         return await self._placement.place(task, record, events, audit)
 
     async def place_next(self, task: Task) -> str | None:

@@ -37,7 +37,7 @@ import structlog
 from operator_server.audit.principals import SERVER
 from operator_server.audit.record import Action, AuditEntry
 from operator_server.background import Background
-from operator_server.cluster.routing import LocalRouting, Routing
+from operator_server.cluster.routing import HERE, LocalRouting, Routing
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer
@@ -249,11 +249,12 @@ class Engine:
         # Cluster mode: a task whose operator's socket is on another node is
         # stored leased to that node and run there (``cluster/placement.py``);
         # a child of a spawn held here stays, to nest under it.
-        placed = None
+        placing = HERE
         if self.routing.shared and task.parent_task_id not in self.contexts:
-            placed = await self.routing.place(task, task.to_record(), created, audit)
-        if placed is None:
+            placing = await self.routing.place(task, task.to_record(), created, audit)
+        if not placing.stored:
             await self.store.put_task(task.to_record(), created, audit=audit)
+        placed = placing.node
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.tracing.task_created(task.id, task.agent, str(task.kind), trace_parent)

@@ -5,10 +5,14 @@ real PostgreSQL, the store watched from outside."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 import asyncpg
 
+from operator_server.cluster.messages import Placed
+from operator_server.store import SessionRecord
+from operator_server.store.postgres import PostgresStore
 from tests.store.test_cluster_placement import HOOKED, seated, work_as_sub_agent
 from tests.store.test_cluster_routing import create, mint, next_of, two_nodes
 from tests.store.test_postgres_cluster import daemons, ended
@@ -53,3 +57,42 @@ async def test_a_long_poll_on_the_creating_node_reads_a_task_handed_away_only_on
         finally:
             await conn.close()
         await ws.close()
+
+
+async def test_the_write_storing_a_new_task_places_it_on_its_operators_node_and_tells_that_node(
+    pg_url: str,
+) -> None:
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", 10, ["pending", "running"])
+    b.lease_tasks("node-b", 10, ["pending", "running"])
+    await a.open()
+    await b.open()
+    try:
+        heard: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        b.bus.on(Placed, lambda _node, message: heard.set_result(message.ids))
+        await b.put_session(SessionRecord("op-b", "ab" * 32, ["main"], "", 1.0, 1.0))
+        await b.attach_socket("op-b")  # its socket is on node-b
+        notice = Placed(["t-1"]).encode("node-a")
+        # By role or by sid: the write itself finds node-b, leases it the task
+        # and tells it, in one transaction.
+        assert await a.place_new_task(record("t-1"), [], "main", notice) == "node-b"
+        assert await asyncio.wait_for(heard, 10) == ["t-1"]
+        assert await a.task_owner("t-1") == "node-b"
+        assert [row.key for row in await b.claim_placed(None, [])] == ["t-1"]
+        assert await a.place_new_task(record("t-2"), [], "op-b", notice) == "node-b"
+        # No socket on another live node (nobody holds the role; the socket
+        # is here): stored leased here, written on as any task of this node.
+        await a.put_session(SessionRecord("op-a", "cd" * 32, ["here"], "", 1.0, 1.0))
+        await a.attach_socket("op-a")
+        for name, task_id in (("nobody", "t-3"), ("here", "t-4")):
+            assert await a.place_new_task(record(task_id), [], name, notice) is None
+            assert await a.task_owner(task_id) == "node-a"
+            await a.put_task({**record(task_id), "status": "running"})
+            assert (await b.get_task(task_id)).value["status"] == "running"  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+def record(task_id: str) -> dict[str, Any]:
+    return {"id": task_id, "status": "pending", "created_at": 1.0, "updated_at": 1.0}

@@ -72,7 +72,7 @@ TAKE_OVER = """
     )
     SELECT id, data, epoch FROM bumped ORDER BY seq
 """
-# Tasks another node created and leased to this one (``place_task``) that this
+# Tasks another node created and leased to this one (``place_new_task``) that this
 # node does not run yet (``$5``): ``$3`` names them, or NULL for all of them.
 # Only a lease still current is claimed — one that lapsed is anybody's
 # takeover — and, as a takeover, each moves to a new epoch and a fresh lease.

@@ -43,6 +43,7 @@ from operator_server.store.postgres.nodes import (
     NodeOps,
 )
 from operator_server.store.postgres.notices import NoticeOps
+from operator_server.store.postgres.placing import PlacingOps
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
@@ -92,7 +93,7 @@ class Ending:
     untold: list[Message]
 
 
-class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
+class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -300,17 +301,6 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         audit: Audit = (),
     ) -> None:
         await self._call(*self._task_write(record, events, deliver_at), audit=audit)
-
-    async def place_task(
-        self,
-        record: dict[str, Any],
-        events: Events,
-        node: str,
-        notice: str,
-        *,
-        audit: Audit = (),
-    ) -> None:
-        await self._call(*self._task_write(record, events, placed=(node, notice)), audit=audit)
 
     def put_task_soon(
         self,
