@@ -68,6 +68,16 @@ from operator_server.wire import json as wire_json
 log = get_logger(__name__)
 # Task ids per "ended" notice: well within a NOTIFY payload.
 ENDED_PER_NOTIFY = 100
+# One task with its stored asks and outputs, in one round trip, not three (a
+# long-poll on a task another node ended reads it so, once per task).
+READ_TASK = """
+    SELECT t.data,
+        ARRAY(SELECT attempt FROM task_asks WHERE task_id = $1 ORDER BY seq) AS ask_attempts,
+        ARRAY(SELECT data FROM task_asks WHERE task_id = $1 ORDER BY seq) AS asks,
+        ARRAY(SELECT attempt FROM task_outputs WHERE task_id = $1 ORDER BY seq) AS output_attempts,
+        ARRAY(SELECT data FROM task_outputs WHERE task_id = $1 ORDER BY seq) AS outputs
+    FROM tasks t WHERE t.id = $1
+"""
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
@@ -418,17 +428,12 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         ]
 
     async def get_task(self, task_id: str) -> Row | None:
-        rows, asks, outputs = await self._read(
-            lambda c: with_asks_of(c, c.fetch("SELECT id, data FROM tasks WHERE id = $1", task_id)),
-            f"read task {task_id}",
-        )
-        return (
-            decode_task_row(
-                task_id, rows[0]["data"], asks.get(task_id, ()), outputs.get(task_id, ())
-            )
-            if rows
-            else None
-        )
+        row = await self._read(lambda c: c.fetchrow(READ_TASK, task_id), f"read task {task_id}")
+        if row is None:
+            return None
+        asks = zip(row["ask_attempts"], row["asks"], strict=True)
+        outputs = zip(row["output_attempts"], row["outputs"], strict=True)
+        return decode_task_row(task_id, row["data"], asks, outputs)
 
     async def task_seq(self, task_id: str) -> int | None:
         seq = await self._read(
