@@ -42,13 +42,12 @@ class Message:
     def parse(cls: type[M], body: Any) -> M:
         if not isinstance(body, dict):
             raise BadMessage(f"{cls.KIND}: the body is not an object")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        extra = sorted(set(body) - set(names))
+        hints, fields, names = _shape(cls)
+        extra = sorted(set(body) - names)
         if extra:
             raise BadMessage(f"{cls.KIND}: unknown fields {extra}")
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in fields:
             if f.name not in body:
                 if f.default is not dataclasses.MISSING:
                     continue
@@ -57,6 +56,22 @@ class Message:
                 raise BadMessage(f"{cls.KIND}: field {f.name!r} is not {hints[f.name]}")
             values[f.name] = body[f.name]
         return cls(**values)
+
+
+Shape = tuple[dict[str, Any], tuple[dataclasses.Field[Any], ...], frozenset[str]]
+_SHAPES: dict[type[Message], Shape] = {}
+
+
+def _shape(cls: type[Message]) -> Shape:
+    """A kind's field types, fields and field names, worked out once per kind:
+    ``get_type_hints`` evaluates (compiles) every annotation each time, which
+    was most of the cost of hearing a message."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = dataclasses.fields(cls)
+        shape = typing.get_type_hints(cls), fields, frozenset(f.name for f in fields)
+        _SHAPES[cls] = shape
+    return shape
 
 
 def _fits(value: Any, hint: Any) -> bool:
