@@ -93,7 +93,7 @@ class Cluster:
         self._served: dict[str, Served] = {}
         self._calls: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
         self._ids = itertools.count(1)
-        self._ended: dict[str, set[asyncio.Future[None]]] = {}
+        self._ended: dict[str, set[asyncio.Future[str | None]]] = {}
         self._tail: Callable[[], Awaitable[None]] | None = None
         self._tailing: asyncio.Task[None] | None = None
         self._tail_again = False
@@ -228,14 +228,15 @@ class Cluster:
 
     # -- tasks other nodes end ----------------------------------------------
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
-        """A future set when the store next announces ``task_id`` ended (or on a
-        resync: look again); ``unwatch`` it when done."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
+        """A future set when the store next announces ``task_id`` ended — to
+        the task's record as it ended (JSON text) when the news carried it —
+        or to None on a resync (look again); ``unwatch`` it when done."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._ended.setdefault(task_id, set()).add(future)
         return future
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         waiters = self._ended.get(task_id)
         if waiters is not None:
             waiters.discard(future)
@@ -247,7 +248,7 @@ class Cluster:
         for task_id in message.ids:
             for future in self._ended.get(task_id, ()):
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result((message.records or {}).get(task_id))
 
     # -- events -------------------------------------------------------------
 

@@ -106,10 +106,41 @@ class EventsStored(Message):
 
 @dataclass(frozen=True)
 class TasksEnded(Message):
-    """To every node: these tasks ended; their long-polls look again."""
+    """To every node: these tasks ended; their long-polls look again, or take
+    the task as it ended from ``records`` (by id: the whole task record, when
+    it fitted the payload: its JSON text, as a task row holds it) without
+    reading it."""
 
     KIND: ClassVar[str] = "ended"
     ids: list[str]
+    records: dict[str, str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"ids": self.ids} if not self.records else {"ids": self.ids, "records": self.records}
+
+    @classmethod
+    def packed(
+        cls, ids: list[str], told: dict[str, tuple[str, int]], most: int, budget: int
+    ) -> list[TasksEnded]:
+        """``ids`` in as few messages as hold them: at most ``most`` ids each,
+        with the records ``told`` has for them (each with its encoded size)
+        while each message stays within ``budget`` characters; a record that
+        fits in no message is left out (its long-polls read the task)."""
+        packs: list[tuple[list[str], dict[str, str]]] = []
+        size = 0
+        for task_id in ids:
+            record, length = told.get(task_id, (None, 0))
+            if record is None or len(task_id) + length > budget // 2:
+                record, length = None, 0  # too large to ride along: read
+            adds = 2 * len(task_id) + 8 + length  # its id, and its record's key
+            if not packs or len(packs[-1][0]) >= most or size + adds > budget:
+                packs.append(([], {}))
+                size = 0
+            packs[-1][0].append(task_id)
+            if record is not None:
+                packs[-1][1][task_id] = record
+            size += adds
+        return [cls(pack_ids, records or None) for pack_ids, records in packs]
 
 
 @dataclass(frozen=True)

@@ -78,10 +78,11 @@ class Routing(Protocol):
         handed to once its operator's socket attached there; None when its
         attempt runs here."""
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
-        """Set when another node announces ``task_id`` ended (or: look again)."""
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
+        """Set when another node announces ``task_id`` ended: to its record as
+        it ended (JSON text) when the news carried it, else None (look again)."""
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None: ...
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None: ...
 
 
 class LocalRouting:
@@ -109,11 +110,11 @@ class LocalRouting:
         del task
         return None
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
         del task_id  # nothing else ends a task: never set
         return asyncio.get_running_loop().create_future()
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         del task_id, future
 
 
@@ -146,8 +147,8 @@ class ClusterRouting:
     async def wait_for_socket(self, task: Task) -> str | None:
         return await self._placement.wait_for_socket(task)
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
         return self.cluster.watch_ended(task_id)
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         self.cluster.unwatch(task_id, future)

@@ -579,13 +579,19 @@ class Engine:
         audit = self._ending_audit(task, ending)
         fenced: Fenced | None = None
         delay = END_RETRY_FIRST_S
+        told_whole = ending.final and self.store.shared
         while True:
             try:
                 if self._stale(task.id):  # its end may be decided elsewhere: not written here
                     raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
                 await self._outputs_kept(task)
                 await self.store.put_task(
-                    task.record_with(ending), events, deliver_at=deliver, audit=audit
+                    task.record_with(ending),
+                    events,
+                    deliver_at=deliver,
+                    audit=audit,
+                    # Other nodes' long-polls on it take it from the end's news.
+                    ended_as=task.whole_record_with(ending) if told_whole else None,
                 )
             except Fenced as exc:
                 fenced = exc

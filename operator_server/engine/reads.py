@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from operator_server.engine.task_json import task_view
 from operator_server.engine.tasks import Task, TaskStatus
 from operator_server.logs import get_logger
+from operator_server.store.base import decode_task_row
 from operator_server.wire import json
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class TaskReads:
         self.routing = routing
         # Handed to another node, as created: the task and a watch set when
         # this node hears it end (or must look again: a resync).
-        self._away: dict[str, tuple[Task, asyncio.Future[None]]] = {}
+        self._away: dict[str, tuple[Task, asyncio.Future[str | None]]] = {}
 
     def handed_away(self, task: Task) -> None:
         """``task``, created here, now runs on another node: kept until this
@@ -55,7 +56,7 @@ class TaskReads:
         if entry is not None:
             self._forget(task_id, entry[1])
 
-    def _forget(self, task_id: str, ended: asyncio.Future[None]) -> None:
+    def _forget(self, task_id: str, ended: asyncio.Future[str | None]) -> None:
         entry = self._away.get(task_id)
         if entry is not None and entry[1] is ended:
             del self._away[task_id]
@@ -112,8 +113,9 @@ class TaskReads:
                         # has not been heard to end: this watch will hear it.
                         if self._unheard(task.id) is None:
                             task = await self.find(task.id) or task
-                        if not task.status.terminal:
-                            await ended
+                        if not task.status.terminal and (told := await ended) is not None:
+                            # The news carried it as it ended: no read.
+                            task = decode_row(decode_task_row(task.id, told)) or task
                     finally:
                         self.routing.unwatch(task.id, ended)
         if task is kept:  # still as created (the wait ran out): read it as it is

@@ -105,3 +105,20 @@ def test_a_call_carries_its_callers_trace_context_only_when_there_is_one() -> No
     assert "t" not in Call(id=9, m="worker_result", a={}).body()  # no bytes when not tracing
     with pytest.raises(BadMessage):
         Call.parse({"id": 9, "m": "worker_result", "a": {}, "t": "not an object"})
+
+
+def test_ended_news_carries_the_ended_records_that_fit_beside_their_ids() -> None:
+    told = {f"t-{n}": (f"{{{n}}}" + "x" * 3000, 3004) for n in (1, 2, 3)}
+    told["t-big"] = ("y" * 5000, 5000)
+    ids = ["t-1", "t-big", "t-2", "t-3", "t-4"]
+    messages = TasksEnded.packed(ids, told, most=100, budget=7000)
+    # Two records fill a message; one too large for any rides in none (its
+    # long-polls read it); every id is told once, in order.
+    assert [m.ids for m in messages] == [["t-1", "t-big", "t-2"], ["t-3", "t-4"]]
+    assert [sorted(m.records or {}) for m in messages] == [["t-1", "t-2"], ["t-3"]]
+    for message in messages:
+        assert decode(message.encode("node-a")) == ("node-a", message)
+        assert len(message.encode("node-a")) <= 7000
+    # Without records the payload is what it always was: ids alone.
+    assert TasksEnded.packed(["t-1"], {}, most=100, budget=7000)[0].body() == {"ids": ["t-1"]}
+    assert len(TasksEnded.packed([f"t-{n}" for n in range(5)], {}, most=2, budget=7000)) == 3

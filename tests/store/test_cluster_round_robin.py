@@ -59,6 +59,39 @@ async def test_a_long_poll_on_the_creating_node_reads_a_task_handed_away_only_on
         await ws.close()
 
 
+async def test_a_long_poll_on_the_creating_node_takes_the_ended_task_from_the_news_of_its_end(
+    pg_url: str,
+) -> None:
+    a, b = await two_nodes(pg_url)
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        ws = await seated(http, b, await mint(http, b))
+        task_id = await create(http, a, HOOKED)
+        hook = await next_of(ws, "hook_before")  # B runs it
+        conn = await asyncpg.connect(pg_url)
+        try:
+            async with conn.transaction():
+                # No read of the task can finish while this lock is held.
+                await conn.execute("LOCK TABLE task_asks IN ACCESS EXCLUSIVE MODE")
+                poll = asyncio.create_task(ended(http, a, task_id))
+                await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": True})
+                spawn = await next_of(ws, "spawn")
+                await work_as_sub_agent(http, spawn)
+                await ws.send_json({"type": "spawn_ack", "req_id": spawn["req_id"], "value": {}})
+                after = await next_of(ws, "hook_after")
+                await ws.send_json({"type": "hook_ack", "req_id": after["req_id"], "ok": True})
+                # B ends it; its end's news carries it whole, outputs in: A
+                # answers the long-poll without reading it.
+                task = await asyncio.wait_for(poll, 10)
+                assert await conn.fetchval(READS_WAITING) == 0
+        finally:
+            await conn.close()
+        assert task["status"] == "passed" and task["result"]["value"] == {"by": task_id}
+        assert task["attempts"][0]["outputs"]  # the worker's result, stored apart
+        async with http.get(f"{b.base}/v1/tasks/{task_id}") as resp:
+            assert await resp.json() == task  # what a read of it says
+        await ws.close()
+
+
 async def test_the_write_storing_a_new_task_places_it_on_its_operators_node_and_tells_that_node(
     pg_url: str,
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.cluster.bus import ALL, PgBus, channel
+from operator_server.cluster.bus import ALL, INLINE_MAX, PgBus, channel
 from operator_server.cluster.messages import (
     EventsStored,
     Message,
@@ -66,8 +66,10 @@ from operator_server.store.postgres.writer import (
 from operator_server.wire import json as wire_json
 
 log = get_logger(__name__)
-# Task ids per "ended" notice: well within a NOTIFY payload.
+# Task ids per "ended" notice: well within a NOTIFY payload; with the ended
+# records that fit beside them (room left for the envelope).
 ENDED_PER_NOTIFY = 100
+ENDED_BUDGET = INLINE_MAX - 200
 # One task with its stored asks and outputs, in one round trip, not three (a
 # long-poll on a task another node ended reads it so, once per task).
 READ_TASK = """
@@ -113,6 +115,8 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         self._live: frozenset[str] = frozenset()
         self._bus = PgBus(url)
         self._ended: list[str] = []  # tasks the batch being written ends
+        # The whole record (text, encoded size) of a task ``put_task`` is ending.
+        self._ended_as: dict[str, tuple[str, int]] = {}
         # The epoch of each live task this node writes (v8): every write of it
         # must match the row's, and a takeover moves the row's on.
         self._epochs: dict[str, int] = {}
@@ -236,8 +240,7 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         messages: list[Message] = []
         if events:
             messages.append(EventsStored(max(e.id for e in events)))
-        for i in range(0, len(ended), ENDED_PER_NOTIFY):
-            messages.append(TasksEnded(ended[i : i + ENDED_PER_NOTIFY]))
+        messages += TasksEnded.packed(ended, self._ended_as, ENDED_PER_NOTIFY, ENDED_BUDGET)
         return messages
 
     def _batch_committed(self, ending: Ending) -> None:
@@ -309,8 +312,15 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
-        await self._call(*self._task_write(record, events, deliver_at), audit=audit)
+        if ended_as is not None:  # told with the end as the batch commits (``_announcements``)
+            text = wire_json.dumps(ended_as)
+            self._ended_as[record["id"]] = (text, len(wire_json.dumps_bytes(text)))
+        try:
+            await self._call(*self._task_write(record, events, deliver_at), audit=audit)
+        finally:
+            self._ended_as.pop(record["id"], None)
 
     def put_task_soon(
         self,
