@@ -30,6 +30,7 @@ from operator_server.background import Background
 from operator_server.cluster.messages import (
     Answer,
     Call,
+    EndedAs,
     EventsStored,
     M,
     Message,
@@ -100,6 +101,7 @@ class Cluster:
         bus.on(Call, self._called)
         bus.on(Answer, self._answered)
         bus.on(TasksEnded, self._heard_ended)
+        bus.on(EndedAs, self._heard_ended_as)
         bus.on(EventsStored, lambda _node, _message: self.read_events())
         bus.on(NodesGone, self._heard_gone)
         # Told of every burial after the calls are failed (``on_nodes_gone``).
@@ -243,12 +245,19 @@ class Cluster:
             if not waiters:
                 del self._ended[task_id]
 
+    def _heard_ended_as(self, node: str, message: EndedAs) -> None:
+        del node
+        for task_id, record in message.records.items():
+            for future in self._ended.get(task_id, ()):
+                if not future.done():
+                    future.set_result(record)
+
     def _heard_ended(self, node: str, message: TasksEnded) -> None:
         del node
         for task_id in message.ids:
             for future in self._ended.get(task_id, ()):
                 if not future.done():
-                    future.set_result((message.records or {}).get(task_id))
+                    future.set_result(None)
 
     # -- events -------------------------------------------------------------
 

@@ -106,41 +106,41 @@ class EventsStored(Message):
 
 @dataclass(frozen=True)
 class TasksEnded(Message):
-    """To every node: these tasks ended; their long-polls look again, or take
-    the task as it ended from ``records`` (by id: the whole task record, when
-    it fitted the payload: its JSON text, as a task row holds it) without
-    reading it."""
+    """To every node: these tasks ended; their long-polls look again."""
 
     KIND: ClassVar[str] = "ended"
     ids: list[str]
-    records: dict[str, str] | None = None
 
-    def body(self) -> dict[str, Any]:
-        return {"ids": self.ids} if not self.records else {"ids": self.ids, "records": self.records}
+
+@dataclass(frozen=True)
+class EndedAs(Message):
+    """To every node, just before the ``TasksEnded`` naming them: these tasks
+    as they ended (by id: the whole task record, as JSON text, as a task row
+    holds it), for the long-polls on them to answer without reading them.  A
+    kind of its own, so that a node that does not know it still hears the
+    ids in ``TasksEnded``."""
+
+    KIND: ClassVar[str] = "ended_as"
+    records: dict[str, str]
 
     @classmethod
-    def packed(
-        cls, ids: list[str], told: dict[str, tuple[str, int]], most: int, budget: int
-    ) -> list[TasksEnded]:
-        """``ids`` in as few messages as hold them: at most ``most`` ids each,
-        with the records ``told`` has for them (each with its encoded size)
-        while each message stays within ``budget`` characters; a record that
-        fits in no message is left out (its long-polls read the task)."""
-        packs: list[tuple[list[str], dict[str, str]]] = []
-        size = 0
+    def packed(cls, ids: list[str], told: dict[str, tuple[str, int]], budget: int) -> list[EndedAs]:
+        """The records ``told`` has for ``ids`` (each with its encoded size), in
+        as few messages as hold them within ``budget`` characters each; a
+        record too large to ride along is left out (its long-polls read it)."""
+        packs: list[dict[str, str]] = []
+        size = budget
         for task_id in ids:
             record, length = told.get(task_id, (None, 0))
-            if record is None or len(task_id) + length > budget // 2:
-                record, length = None, 0  # too large to ride along: read
-            adds = 2 * len(task_id) + 8 + length  # its id, and its record's key
-            if not packs or len(packs[-1][0]) >= most or size + adds > budget:
-                packs.append(([], {}))
+            adds = len(task_id) + 6 + length
+            if record is None or adds > budget // 2:
+                continue
+            if size + adds > budget:
+                packs.append({})
                 size = 0
-            packs[-1][0].append(task_id)
-            if record is not None:
-                packs[-1][1][task_id] = record
+            packs[-1][task_id] = record
             size += adds
-        return [cls(pack_ids, records or None) for pack_ids, records in packs]
+        return [cls(records) for records in packs]
 
 
 @dataclass(frozen=True)
@@ -300,6 +300,7 @@ KINDS: dict[str, type[Message]] = {
         Seated,
         Placed,
         SocketAttached,
+        EndedAs,
         Call,
         Answer,
     )

@@ -15,6 +15,7 @@ import asyncpg
 
 from operator_server.cluster.bus import ALL, INLINE_MAX, PgBus, channel
 from operator_server.cluster.messages import (
+    EndedAs,
     EventsStored,
     Message,
     TasksEnded,
@@ -66,9 +67,9 @@ from operator_server.store.postgres.writer import (
 from operator_server.wire import json as wire_json
 
 log = get_logger(__name__)
-# Task ids per "ended" notice: well within a NOTIFY payload; with the ended
-# records that fit beside them (room left for the envelope).
+# Task ids per "ended" notice: well within a NOTIFY payload.
 ENDED_PER_NOTIFY = 100
+# The ended records per "ended_as" notice (room left for the envelope).
 ENDED_BUDGET = INLINE_MAX - 200
 # One task with its stored asks and outputs, in one round trip, not three (a
 # long-poll on a task another node ended reads it so, once per task).
@@ -240,7 +241,9 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         messages: list[Message] = []
         if events:
             messages.append(EventsStored(max(e.id for e in events)))
-        messages += TasksEnded.packed(ended, self._ended_as, ENDED_PER_NOTIFY, ENDED_BUDGET)
+        messages += EndedAs.packed(ended, self._ended_as, ENDED_BUDGET)  # before the ids
+        for i in range(0, len(ended), ENDED_PER_NOTIFY):
+            messages.append(TasksEnded(ended[i : i + ENDED_PER_NOTIFY]))
         return messages
 
     def _batch_committed(self, ending: Ending) -> None:
