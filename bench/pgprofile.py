@@ -1,17 +1,20 @@
 """Where one PostgreSQL node's time goes: a profile of each side under the
-cluster bench's load (``python -m bench.pgprofile [OUT_DIR]``).
+cluster bench's load (``python -m bench.pgprofile [--round-robin | --partitioned] [OUT_DIR]``).
 
-One daemon on a throwaway PostgreSQL (durable, as ``bench/cluster.py`` runs
-it) with ``pg_stat_statements`` preloaded, the e2e thin path from two peers,
-then:
+A throwaway PostgreSQL (durable, as ``bench/cluster.py`` runs it) with
+``pg_stat_statements`` preloaded, the e2e thin path from two peers, on one
+daemon (the default) or on two nodes as the cluster bench runs them:
+``--round-robin`` creates each peer's tasks on the node *not* holding its
+operator's socket, ``--partitioned`` on the node holding it.  Then:
 
-* the daemon's cProfile (``OUT_DIR/daemon.prof``; ``python -m pstats``), its
+* each daemon's cProfile (``OUT_DIR/<node>.prof``; ``python -m pstats``), its
   top functions by own time printed;
 * PostgreSQL's statements by total time, with calls per task: what each task
   costs the server, statement by statement.
 
 Not part of ``make bench`` (it measures where time goes, not how fast): run it
-by hand before and after a change to the store.
+by hand before and after a change to the store, and run round-robin and
+partitioned back to back to see what a task placed on the other node costs.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from pathlib import Path
 import asyncpg
 
 from bench.cluster import PEERS, database, pg_node
-from bench.common import WINDOW, e2e_load, progress
+from bench.common import WINDOW, Daemon, e2e_load, progress
 from operator_server.localcluster import throwaway_postgres
 
 TASKS = 2000
 WARMUP = 200
 TOP = 25
+MODES = {"--round-robin": "round-robin", "--partitioned": "partitioned"}
 
 
 async def statements(url: str) -> list[asyncpg.Record]:
@@ -56,7 +60,25 @@ async def reset(url: str) -> None:
         await conn.close()
 
 
-async def run(out: Path) -> None:
+async def peers(nodes: list[Daemon], tasks: int, cross: bool) -> int:
+    """``tasks`` tasks from PEERS peers, as ``bench.cluster.load`` spreads them:
+    peer i's operator on node i mod n, its tasks created on that node or
+    (``cross``) the next one; how many passed."""
+    runs = await asyncio.gather(
+        *(
+            e2e_load(
+                nodes[i % len(nodes)].url,
+                tasks // PEERS,
+                window=WINDOW // PEERS,
+                task_url=nodes[(i + cross) % len(nodes)].url,
+            )
+            for i in range(PEERS)
+        )
+    )
+    return sum(r.tasks for r in runs)
+
+
+async def run(out: Path, mode: str) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="bench-pgprofile-") as tmp,
         throwaway_postgres(durable=True) as pg,
@@ -74,23 +96,33 @@ async def run(out: Path) -> None:
             await conn.execute("CREATE EXTENSION pg_stat_statements")
         finally:
             await conn.close()
-        node = pg_node(url, tmp, "prof-a")
-        node.profile = str(out / "daemon.prof")
-        await node.start()
+        names = ["prof-a"] if mode == "one node" else ["prof-a", "prof-b"]
+        nodes = [pg_node(url, tmp, name) for name in names]
+        for node, name in zip(nodes, names, strict=True):
+            node.profile = str(out / f"{name}.prof")
+        started: list[Daemon] = []
         try:
-            await e2e_load(node.url, WARMUP)
+            for node in nodes:
+                await node.start()
+                started.append(node)
+            cross = mode == "round-robin"
+            await peers(nodes, WARMUP, cross)
             await reset(url)
-            progress(f"pgprofile: {TASKS} tasks, {WINDOW} in flight")
-            cpu0 = node.cpu_s()
-            runs = await asyncio.gather(
-                *(e2e_load(node.url, TASKS // PEERS, window=WINDOW // PEERS) for _ in range(PEERS))
-            )
-            cpu = node.cpu_s() - cpu0
+            progress(f"pgprofile ({mode}): {TASKS} tasks, {WINDOW} in flight")
+            cpu0 = [node.cpu_s() for node in nodes]
+            tasks = await peers(nodes, TASKS, cross)
+            cpu = [node.cpu_s() - c for node, c in zip(nodes, cpu0, strict=True)]
             rows = await statements(url)
         finally:
-            await node.stop()
-    tasks = sum(r.tasks for r in runs)
-    print(f"\n{tasks} tasks, daemon CPU {cpu * 1000 / tasks:.2f} ms/task (under cProfile)\n")
+            for node in started:
+                await node.stop()
+    per_node = ", ".join(
+        f"{name} {c * 1000 / tasks:.2f}" for name, c in zip(names, cpu, strict=True)
+    )
+    print(
+        f"\n{mode}: {tasks} tasks, daemon CPU {sum(cpu) * 1000 / tasks:.2f} ms/task"
+        f" ({per_node}; under cProfile)\n"
+    )
     print("| statement | calls/task | ms/task | rows/call |\n|---|---|---|---|")
     for row in rows:
         query = row["query"].replace("|", "\\|")
@@ -98,12 +130,17 @@ async def run(out: Path) -> None:
             f"| `{query}` | {row['calls'] / tasks:.2f} | {row['total_exec_time'] / tasks:.3f} "
             f"| {row['rows'] / max(row['calls'], 1):.1f} |"
         )
-    text = io.StringIO()
-    pstats.Stats(str(out / "daemon.prof"), stream=text).sort_stats("tottime").print_stats(TOP)
-    print(text.getvalue())
+    for name in names:
+        text = io.StringIO()
+        stats = pstats.Stats(str(out / f"{name}.prof"), stream=text)
+        stats.sort_stats("tottime").print_stats(TOP)
+        print(f"\n## {name}\n{text.getvalue()}")
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="pgprofile-"))
+    args = sys.argv[1:]
+    chosen = [MODES[a] for a in args if a in MODES]
+    paths = [a for a in args if a not in MODES]
+    target = Path(paths[0] if paths else tempfile.mkdtemp(prefix="pgprofile-"))
     target.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(target))
+    asyncio.run(run(target, chosen[0] if chosen else "one node"))

@@ -30,6 +30,7 @@ from operator_server.background import Background
 from operator_server.cluster.messages import (
     Answer,
     Call,
+    EndedAs,
     EventsStored,
     M,
     Message,
@@ -93,7 +94,7 @@ class Cluster:
         self._served: dict[str, Served] = {}
         self._calls: dict[int, tuple[str, asyncio.Future[Answer]]] = {}
         self._ids = itertools.count(1)
-        self._ended: dict[str, set[asyncio.Future[None]]] = {}
+        self._ended: dict[str, set[asyncio.Future[str | None]]] = {}
         self._tail: Callable[[int | None], Awaitable[None]] | None = None
         self._tailing: asyncio.Task[None] | None = None
         self._tail_again = False
@@ -104,6 +105,7 @@ class Cluster:
         bus.on(Call, self._called)
         bus.on(Answer, self._answered)
         bus.on(TasksEnded, self._heard_ended)
+        bus.on(EndedAs, self._heard_ended_as)
         bus.on(EventsStored, lambda _node, message: self.read_events(message.last))
         bus.on(NodesGone, self._heard_gone)
         # Told of every burial after the calls are failed (``on_nodes_gone``).
@@ -232,19 +234,27 @@ class Cluster:
 
     # -- tasks other nodes end ----------------------------------------------
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
-        """A future set when the store next announces ``task_id`` ended (or on a
-        resync: look again); ``unwatch`` it when done."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
+        """A future set when the store next announces ``task_id`` ended — to
+        the task's record as it ended (JSON text) when the news carried it —
+        or to None on a resync (look again); ``unwatch`` it when done."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._ended.setdefault(task_id, set()).add(future)
         return future
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         waiters = self._ended.get(task_id)
         if waiters is not None:
             waiters.discard(future)
             if not waiters:
                 del self._ended[task_id]
+
+    def _heard_ended_as(self, node: str, message: EndedAs) -> None:
+        del node
+        for task_id, record in message.records.items():
+            for future in self._ended.get(task_id, ()):
+                if not future.done():
+                    future.set_result(record)
 
     def _heard_ended(self, node: str, message: TasksEnded) -> None:
         del node

@@ -42,13 +42,12 @@ class Message:
     def parse(cls: type[M], body: Any) -> M:
         if not isinstance(body, dict):
             raise BadMessage(f"{cls.KIND}: the body is not an object")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        extra = sorted(set(body) - set(names))
+        hints, fields, names = _shape(cls)
+        extra = sorted(set(body) - names)
         if extra:
             raise BadMessage(f"{cls.KIND}: unknown fields {extra}")
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in fields:
             if f.name not in body:
                 if f.default is not dataclasses.MISSING:
                     continue
@@ -57,6 +56,22 @@ class Message:
                 raise BadMessage(f"{cls.KIND}: field {f.name!r} is not {hints[f.name]}")
             values[f.name] = body[f.name]
         return cls(**values)
+
+
+Shape = tuple[dict[str, Any], tuple[dataclasses.Field[Any], ...], frozenset[str]]
+_SHAPES: dict[type[Message], Shape] = {}
+
+
+def _shape(cls: type[Message]) -> Shape:
+    """A kind's field types, fields and field names, worked out once per kind:
+    ``get_type_hints`` evaluates (compiles) every annotation each time, which
+    was most of the cost of hearing a message."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = dataclasses.fields(cls)
+        shape = typing.get_type_hints(cls), fields, frozenset(f.name for f in fields)
+        _SHAPES[cls] = shape
+    return shape
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -95,6 +110,37 @@ class TasksEnded(Message):
 
     KIND: ClassVar[str] = "ended"
     ids: list[str]
+
+
+@dataclass(frozen=True)
+class EndedAs(Message):
+    """To every node, just before the ``TasksEnded`` naming them: these tasks
+    as they ended (by id: the whole task record, as JSON text, as a task row
+    holds it), for the long-polls on them to answer without reading them.  A
+    kind of its own, so that a node that does not know it still hears the
+    ids in ``TasksEnded``."""
+
+    KIND: ClassVar[str] = "ended_as"
+    records: dict[str, str]
+
+    @classmethod
+    def packed(cls, ids: list[str], told: dict[str, tuple[str, int]], budget: int) -> list[EndedAs]:
+        """The records ``told`` has for ``ids`` (each with its encoded size), in
+        as few messages as hold them within ``budget`` characters each; a
+        record too large to ride along is left out (its long-polls read it)."""
+        packs: list[dict[str, str]] = []
+        size = budget
+        for task_id in ids:
+            record, length = told.get(task_id, (None, 0))
+            adds = len(task_id) + 6 + length
+            if record is None or adds > budget // 2:
+                continue
+            if size + adds > budget:
+                packs.append({})
+                size = 0
+            packs[-1][task_id] = record
+            size += adds
+        return [cls(records) for records in packs]
 
 
 @dataclass(frozen=True)
@@ -254,6 +300,7 @@ KINDS: dict[str, type[Message]] = {
         Seated,
         Placed,
         SocketAttached,
+        EndedAs,
         Call,
         Answer,
     )

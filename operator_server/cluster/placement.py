@@ -5,8 +5,9 @@ reached, and its operator's socket may be on another.  Run there, every one
 of its requests, replies and worker calls would cross between the nodes
 (``relay.py``, ``calls.py``: a NOTIFY transaction each way).  So the work
 moves once instead: the creating node stores the task leased to the node
-holding the socket (``ClusterStore.place_task``), and the same transaction
-tells that node (``Placed``, one message); that node claims it
+holding the socket, found by the storing statement itself
+(``ClusterStore.place_new_task``: no read before it), and the same
+transaction tells that node (``Placed``, one message); that node claims it
 (``ClusterStore.claim_placed``: like a takeover, at a new epoch, but only
 while the lease is still current) and runs its attempts there.  Its spawn
 directives then name that node's ``public_url``, so the sub-agent's calls go
@@ -53,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from operator_server.background import Background
 from operator_server.cluster.calls import Cluster
 from operator_server.cluster.messages import Placed, SocketAttached
+from operator_server.cluster.routing import HERE, Placing
 from operator_server.cluster.store import ClusterStore
 from operator_server.engine.reads import decode_row
 from operator_server.logs import get_logger
@@ -116,24 +118,18 @@ class Placement:
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
+    ) -> Placing:
         """Store the new task leased to the node holding its operator's socket
-        and hand it there: that node.  None when it is to be stored and run
-        here (see the module's docstring).  Raises ``StoreError`` when the
-        handing write fails (nothing is stored then)."""
+        and hand it there, or, with that socket on no other live node, leased
+        here: where it runs.  ``HERE`` (not stored) when its operator's socket
+        is here or it names none: it is stored and run here as any task.
+        Raises ``StoreError`` when the write fails (nothing is stored then)."""
         name = self.operator_of(task)
         if name is None or self.held_here(name):
-            return None
-        try:
-            node = await self._store.socket_node_of(name)
-        except StoreError as exc:  # then here, as before: the write says how the store is
-            log.warning("could not look up where an operator's socket is", error=str(exc))
-            return None
-        if node is None or node == self.cluster.node_id:
-            return None
+            return HERE
         notice = Placed([task.id]).encode(self.cluster.node_id)
-        await self._store.place_task(record, events, node, notice, audit=audit)
-        return node
+        node = await self._store.place_new_task(record, events, name, notice, audit=audit)
+        return Placing(node, stored=True)
 
     async def place_next(self, task: Task) -> str | None:
         """Before a later attempt of a task running here: when its operator's

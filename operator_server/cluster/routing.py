@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from operator_server.cluster.calls import Cluster
@@ -25,12 +26,25 @@ if TYPE_CHECKING:
 Args = Callable[[], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Placing:
+    """Where a new task went: ``node`` runs it (None: this node), and
+    whether the placing write ``stored`` it already."""
+
+    node: str | None
+    stored: bool
+
+
+# To be stored and run here, as on one process.
+HERE = Placing(None, stored=False)
+
+
 class Places(Protocol):
     """Where a new task runs (``cluster/placement.py``, which imports the engine)."""
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None: ...
+    ) -> Placing: ...
 
     async def place_next(self, task: Task) -> str | None: ...
 
@@ -50,10 +64,10 @@ class Routing(Protocol):
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
-        """A new task stored (with ``events`` and ``audit``) and handed to
-        another node, which runs it: that node; None when it is to be stored
-        and run here."""
+    ) -> Placing:
+        """Where a new task runs: stored (with ``events`` and ``audit``) and
+        handed to another node, stored to run here, or ``HERE`` (to be
+        stored and run here)."""
 
     async def place_next(self, task: Task) -> str | None:
         """Before a later attempt of ``task``, running here: the node it was
@@ -64,10 +78,11 @@ class Routing(Protocol):
         handed to once its operator's socket attached there; None when its
         attempt runs here."""
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
-        """Set when another node announces ``task_id`` ended (or: look again)."""
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
+        """Set when another node announces ``task_id`` ended: to its record as
+        it ended (JSON text) when the news carried it, else None (look again)."""
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None: ...
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None: ...
 
 
 class LocalRouting:
@@ -83,9 +98,9 @@ class LocalRouting:
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
+    ) -> Placing:
         del task, record, events, audit
-        return None
+        return HERE
 
     async def place_next(self, task: Task) -> str | None:
         del task
@@ -95,11 +110,11 @@ class LocalRouting:
         del task
         return None
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
         del task_id  # nothing else ends a task: never set
         return asyncio.get_running_loop().create_future()
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         del task_id, future
 
 
@@ -123,7 +138,7 @@ class ClusterRouting:
 
     async def place(
         self, task: Task, record: dict[str, Any], events: Events, audit: Audit
-    ) -> str | None:
+    ) -> Placing:
         return await self._placement.place(task, record, events, audit)
 
     async def place_next(self, task: Task) -> str | None:
@@ -132,8 +147,8 @@ class ClusterRouting:
     async def wait_for_socket(self, task: Task) -> str | None:
         return await self._placement.wait_for_socket(task)
 
-    def watch_ended(self, task_id: str) -> asyncio.Future[None]:
+    def watch_ended(self, task_id: str) -> asyncio.Future[str | None]:
         return self.cluster.watch_ended(task_id)
 
-    def unwatch(self, task_id: str, future: asyncio.Future[None]) -> None:
+    def unwatch(self, task_id: str, future: asyncio.Future[str | None]) -> None:
         self.cluster.unwatch(task_id, future)

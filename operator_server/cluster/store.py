@@ -52,17 +52,20 @@ class ClusterStore(Protocol):
         """The live node holding the socket of the session ``name`` names (its
         sid, or a role it holds), if any."""
 
-    async def place_task(
+    async def place_new_task(
         self,
         record: dict[str, Any],
         events: Events,
-        node: str,
+        operator: str,
         notice: str,
         *,
         audit: Audit = (),
-    ) -> None:
-        """Store a new task (durably) leased to ``node``, not this one, and
-        send ``node`` the ``notice`` (a bus message) by the same transaction."""
+    ) -> str | None:
+        """Store a new task (durably) leased to the live node holding the
+        socket of the session ``operator`` names (its sid, or a role it holds)
+        and send that node ``notice`` (a bus message), by the same
+        transaction: that node.  With no such socket on another live node,
+        store it leased here, as ``put_task`` would: None."""
 
     async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
         """Lease a live task this node holds to ``node`` instead, and send it
@@ -72,7 +75,7 @@ class ClusterStore(Protocol):
     async def claim_placed(
         self, task_ids: Collection[str] | None, running: Collection[str]
     ) -> list[Row]:
-        """Take the tasks leased to this node by another's ``place_task``
+        """Take the tasks leased to this node by another's ``place_new_task``
         (those of ``task_ids``; None: all) that are not ``running`` here and
         whose lease is still current: each at a new epoch, its lease renewed."""
 

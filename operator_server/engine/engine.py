@@ -37,7 +37,7 @@ import structlog
 from operator_server.audit.principals import SERVER
 from operator_server.audit.record import Action, AuditEntry
 from operator_server.background import Background
-from operator_server.cluster.routing import LocalRouting, Routing
+from operator_server.cluster.routing import HERE, LocalRouting, Routing
 from operator_server.config import Settings
 from operator_server.engine.agents import AgentTable
 from operator_server.engine.capabilities import CapabilityIssuer
@@ -249,11 +249,12 @@ class Engine:
         # Cluster mode: a task whose operator's socket is on another node is
         # stored leased to that node and run there (``cluster/placement.py``);
         # a child of a spawn held here stays, to nest under it.
-        placed = None
+        placing = HERE
         if self.routing.shared and task.parent_task_id not in self.contexts:
-            placed = await self.routing.place(task, task.to_record(), created, audit)
-        if placed is None:
+            placing = await self.routing.place(task, task.to_record(), created, audit)
+        if not placing.stored:
             await self.store.put_task(task.to_record(), created, audit=audit)
+        placed = placing.node
         self.counts.moved(None, task.status)
         self.metrics.task_created()
         self.tracing.task_created(task.id, task.agent, str(task.kind), trace_parent)
@@ -262,6 +263,7 @@ class Engine:
         else:
             log.debug("task handed to the node holding its operator", task_id=task.id, node=placed)
             self.tracing.task_let_go(task.id)
+            self.reads.handed_away(task)
         return task
 
     def _stale(self, task_id: str) -> bool:
@@ -497,6 +499,7 @@ class Engine:
     def adopt(self, task: Task) -> None:
         """Track ``task`` and start its run (new, or recovered after a restart)."""
         self.tasks[task.id] = task
+        self.reads.came_back(task.id)
         # A child task started while its parent's spawn is held nests its
         # requests under that spawn.
         parent = self.contexts.get(task.parent_task_id or "")
@@ -587,13 +590,19 @@ class Engine:
         audit = self._ending_audit(task, ending)
         fenced: Fenced | None = None
         delay = END_RETRY_FIRST_S
+        told_whole = ending.final and self.store.shared
         while True:
             try:
                 if self._stale(task.id):  # its end may be decided elsewhere: not written here
                     raise Fenced(f"task {task.id}: this node's lease of it lapsed or was let go")
                 await self._outputs_kept(task)
                 await self.store.put_task(
-                    task.record_with(ending), events, deliver_at=deliver, audit=audit
+                    task.record_with(ending),
+                    events,
+                    deliver_at=deliver,
+                    audit=audit,
+                    # Other nodes' long-polls on it take it from the end's news.
+                    ended_as=task.whole_record_with(ending) if told_whole else None,
                 )
             except Fenced as exc:
                 fenced = exc

@@ -350,6 +350,18 @@ class Task:
         record["updated_at"] = ending.at
         return record
 
+    def whole_record_with(self, ending: Ending) -> dict[str, Any] | None:
+        """``record_with(ending)`` with each attempt's outputs in it (stored
+        apart, never in the row): the task as a read of it would rebuild it
+        once ``ending`` is stored.  None when an attempt has asks, whose stored
+        rows may still settle as the attempt ends: a read tells those."""
+        if any(attempt.asks for attempt in self.attempts):
+            return None
+        record = self.record_with(ending)
+        for stored, attempt in zip(record["attempts"], self.attempts, strict=True):
+            stored["tail"] = [event.to_record() for event in attempt.tail.events]
+        return record
+
     @property
     def attempts_used(self) -> int:
         return self.attempt - self.interruptions

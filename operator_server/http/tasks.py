@@ -132,6 +132,17 @@ async def _task(request: web.Request) -> Task:
     return task
 
 
+async def _task_to_wait(request: web.Request) -> Task:
+    """As ``_task``; a task handed to another node from here may be the copy
+    kept as created (``TaskReads.find_to_wait``): ``get_task`` reads it
+    unless it waits for its end."""
+    task_id = request.match_info["task_id"]
+    task = await request.app[ENGINE].reads.find_to_wait(task_id)
+    if task is None:
+        raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
+    return task
+
+
 @routes.post("/v1/tasks")
 @documented(
     Operation(
@@ -237,17 +248,19 @@ async def _cursor(engine: Engine, after: str | None) -> int:
         query=GetQuerySchema,
         tags=("tasks",),
     ),
-    subject=_task,
+    subject=_task_to_wait,
 )
 async def get_task(request: web.Request, subject: Task, query: dict[str, Any]) -> web.Response:
-    task = subject
+    task, reads = subject, request.app[ENGINE].reads
     wait = query["wait"]
     limit = request.app[SETTINGS].max_wait_s
     if wait > limit:
         raise ApiError(Code.BAD_REQUEST, f"wait: at most {limit:g} seconds")
     if wait and not task.status.terminal:
         # As it is after ``wait``, if it has not ended by then.
-        task = await request.app[ENGINE].reads.wait_finished(task, wait)
+        task = await reads.wait_finished(task, wait)
+    elif reads.kept(task):  # as created: read it as it is now
+        task = await reads.find(task.id) or task
     return json_response(task_view(task))
 
 

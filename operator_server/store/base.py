@@ -597,9 +597,13 @@ class Store(ABC):
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
         """Store ``record`` with ``events``; with ``deliver_at``, also a webhook
-        delivery of it due then — all in one commit."""
+        delivery of it due then — all in one commit.  ``ended_as``: the whole
+        task as this write ends it (its outputs and asks in), which a shared
+        store may tell the other nodes with the end, sparing their long-polls
+        a read."""
 
     @abstractmethod
     def put_task_soon(

@@ -139,7 +139,9 @@ class MemoryStore(Store):
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
+        del ended_as  # one process: nobody else to tell
         self.put_task_soon(record, events, deliver_at=deliver_at, audit=audit)
 
     def put_task_soon(

@@ -766,7 +766,9 @@ class SQLiteStore(Store):
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
+        del ended_as  # one process: nobody else to tell
         await self._call(*self._task_write(record, events, deliver_at, audit))
 
     def put_task_soon(

@@ -14,6 +14,7 @@ from operator_server.cluster.messages import (
     Call,
     Deliver,
     Delivered,
+    EndedAs,
     EventsStored,
     KeyRevoked,
     Message,
@@ -32,6 +33,7 @@ from operator_server.wire import json as wire_json
 ONE_OF_EACH: list[Message] = [
     EventsStored(last=42),
     TasksEnded(ids=["t-1", "t-2"]),
+    EndedAs(records={"t-1": '{"id": "t-1"}'}),
     NodesGone(nodes=["node-b"]),
     KeyRevoked(key_id="0123abcd"),
     Deliver(sid="s1", req_id="s1-ask-1", frame={"type": "ask", "question": {"q": [1, None]}}),
@@ -105,3 +107,17 @@ def test_a_call_carries_its_callers_trace_context_only_when_there_is_one() -> No
     assert "t" not in Call(id=9, m="worker_result", a={}).body()  # no bytes when not tracing
     with pytest.raises(BadMessage):
         Call.parse({"id": 9, "m": "worker_result", "a": {}, "t": "not an object"})
+
+
+def test_ended_news_carries_the_ended_records_that_fit() -> None:
+    told = {f"t-{n}": (f"{{{n}}}" + "x" * 3000, 3004) for n in (1, 2, 3)}
+    told["t-big"] = ("y" * 5000, 5000)
+    ids = ["t-1", "t-big", "t-2", "t-3", "t-4"]
+    messages = EndedAs.packed(ids, told, budget=7000)
+    # Two records fill a message; one too large for any rides in none (its
+    # long-polls read it), nor does one without a record.
+    assert [sorted(m.records) for m in messages] == [["t-1", "t-2"], ["t-3"]]
+    for message in messages:
+        assert decode(message.encode("node-a")) == ("node-a", message)
+        assert len(message.encode("node-a")) <= 7000
+    assert EndedAs.packed(["t-4"], told, budget=7000) == []

@@ -238,12 +238,15 @@ class EndsHeld(SQLiteStore):
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
         attempts = record["attempts"]
         if attempts and attempts[-1]["status"] != "running":
             self.holding.set()
             await self.release.wait()
-        await super().put_task(record, events, deliver_at=deliver_at, audit=audit)
+        await super().put_task(
+            record, events, deliver_at=deliver_at, audit=audit, ended_as=ended_as
+        )
 
 
 async def test_a_result_arriving_while_the_decided_end_is_written_is_refused_409(

@@ -26,11 +26,10 @@ from operator_server.store.base import (
     Row,
     StoreError,
     decode_session,
-    decode_task,
     decode_task_row,
 )
 from operator_server.store.postgres.sessions import STAND_IN
-from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS, with_asks_of
+from operator_server.store.postgres.tasks import with_asks_of
 from operator_server.store.postgres.writer import Bulk, GroupCommitWriter, ignore
 from operator_server.wire import json as wire_json
 from operator_server.wire.json import STORED_MAX_DEPTH
@@ -88,43 +87,6 @@ TAKE_OVER = """
         RETURNING t.id, t.data, t.epoch, t.seq
     )
     SELECT id, data, epoch FROM bumped ORDER BY seq
-"""
-# Tasks another node created and leased to this one (``place_task``) that this
-# node does not run yet (``$5``): ``$3`` names them, or NULL for all of them.
-# Only a lease still current is claimed — one that lapsed is anybody's
-# takeover — and, as a takeover, each moves to a new epoch and a fresh lease.
-CLAIM_PLACED = """
-    WITH placed AS (
-        SELECT l.task_id FROM task_leases l JOIN tasks t ON t.id = l.task_id
-        WHERE l.node_id = $1 AND l.expires_at > now() AND t.status = ANY($4::text[])
-          AND ($3::text[] IS NULL OR l.task_id = ANY($3::text[]))
-          AND NOT l.task_id = ANY($5::text[])
-        FOR UPDATE OF l, t
-    ), renewed AS (
-        UPDATE task_leases l SET expires_at = now() + make_interval(secs => $2)
-        FROM placed p WHERE l.task_id = p.task_id
-    ), bumped AS (
-        UPDATE tasks t SET epoch = t.epoch + 1 FROM placed p WHERE t.id = p.task_id
-        RETURNING t.id, t.data, t.epoch, t.seq
-    )
-    SELECT id, data, epoch FROM bumped ORDER BY seq
-"""
-# A live task this node holds, leased to node ``$2`` instead, which the same
-# statement notifies (``$5``): it claims the task as it claims a new one
-# handed to it (``CLAIM_PLACED``).  Nothing when the lease is not this node's.
-HAND_TASK = f"""
-    WITH moved AS (
-        UPDATE task_leases SET node_id = $2, expires_at = now() + make_interval(secs => $3)
-        WHERE task_id = $1 AND node_id = $4 RETURNING task_id
-    )
-    SELECT pg_notify({SQL_CHANNEL.format("$2::text")}, $5) FROM moved
-"""
-# The live node holding the socket of the session named ``$1`` (its sid, or
-# a role it holds), if any.
-SOCKET_NODE_OF = """
-    SELECT n.node_id FROM operator_sessions s
-    JOIN cluster_nodes n ON n.node_id = s.socket_node AND n.expires_at > now()
-    WHERE s.sid = COALESCE((SELECT sid FROM operator_roles WHERE role = $1), $1)
 """
 # Cluster routing (v5).  A request is inserted under a share lock on its
 # session's row, and a socket attaches under an update lock on it, so the two
@@ -317,66 +279,6 @@ class NodeOps(GroupCommitWriter):
             )
             for row in rows
         ]
-
-    async def claim_placed(
-        self, task_ids: Collection[str] | None, running: Collection[str]
-    ) -> list[Row]:
-        args = (
-            self._node_id,
-            self._lease_s,
-            None if task_ids is None else list(task_ids),
-            list(self._live),
-            list(running),
-        )
-
-        async def work(c: asyncpg.Connection) -> list[Row]:
-            # One statement, atomic by itself: no transaction round trips.  A
-            # task new from its creator has no attempt, so no asks or outputs
-            # to read back; only one handed on between attempts does.
-            claimed, tried = [], []
-            for row in await c.fetch(CLAIM_PLACED, *args):
-                try:
-                    record = decode_task(row["data"])
-                except Exception:  # decoded again below, and skipped with a reason
-                    record = None
-                claimed.append((row, record))
-                if record is None or record.get("attempts"):
-                    tried.append(row["id"])
-            asks: dict[str, list[Any]] = {}
-            outputs: dict[str, list[Any]] = {}
-            if tried:
-                for sql, found in ((ASKS_OF_TASKS, asks), (OUTPUTS_OF_TASKS, outputs)):
-                    for task_id, attempt, data in await c.fetch(sql, tried):
-                        found.setdefault(task_id, []).append((attempt, data))
-            for row, _ in claimed:
-                self._epochs[row["id"]] = int(row["epoch"])
-            return [
-                Row(str(row["id"]), record)
-                if record is not None and row["id"] not in tried
-                else decode_task_row(
-                    row["id"], row["data"], asks.get(row["id"], ()), outputs.get(row["id"], ())
-                )
-                for row, record in claimed
-            ]
-
-        found: list[Row] = await self._read(work, "claim placed tasks")
-        return found
-
-    async def hand_task(self, task_id: str, node: str, notice: str) -> bool:
-        args = (task_id, node, self._lease_s, self._node_id, notice)
-
-        async def work(c: asyncpg.Connection) -> bool:
-            return await c.fetchrow(HAND_TASK, *args) is not None
-
-        # Through the writer: after every write of the task queued before it.
-        moved: bool = await self._call(work, f"hand {task_id} to {node}")
-        if moved:
-            self._epochs.pop(task_id, None)
-        return moved
-
-    async def socket_node_of(self, name: str) -> str | None:
-        node = await self._read(lambda c: c.fetchval(SOCKET_NODE_OF, name), f"socket of {name}")
-        return None if node is None else str(node)
 
     async def renew_leases(self, task_ids: Collection[str]) -> None:
         sent = time.monotonic()

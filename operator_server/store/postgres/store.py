@@ -13,8 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from operator_server.cluster.bus import ALL, PgBus
+from operator_server.cluster.bus import ALL, INLINE_MAX, PgBus
 from operator_server.cluster.messages import (
+    EndedAs,
     EventsStored,
     Message,
     TasksEnded,
@@ -43,6 +44,7 @@ from operator_server.store.postgres.nodes import (
     NodeOps,
 )
 from operator_server.store.postgres.notices import NoticeOps
+from operator_server.store.postgres.placing import PlacingOps
 from operator_server.store.postgres.schema import migrate
 from operator_server.store.postgres.sessions import SessionOps
 from operator_server.store.postgres.tasks import (
@@ -68,6 +70,18 @@ from operator_server.wire import json as wire_json
 log = get_logger(__name__)
 # Task ids per "ended" notice: well within a NOTIFY payload.
 ENDED_PER_NOTIFY = 100
+# The ended records per "ended_as" notice (room left for the envelope).
+ENDED_BUDGET = INLINE_MAX - 200
+# One task with its stored asks and outputs, in one round trip, not three (a
+# long-poll on a task another node ended reads it so, once per task).
+READ_TASK = """
+    SELECT t.data,
+        ARRAY(SELECT attempt FROM task_asks WHERE task_id = $1 ORDER BY seq) AS ask_attempts,
+        ARRAY(SELECT data FROM task_asks WHERE task_id = $1 ORDER BY seq) AS asks,
+        ARRAY(SELECT attempt FROM task_outputs WHERE task_id = $1 ORDER BY seq) AS output_attempts,
+        ARRAY(SELECT data FROM task_outputs WHERE task_id = $1 ORDER BY seq) AS outputs
+    FROM tasks t WHERE t.id = $1
+"""
 POOL_MAX = 8
 CONNECT_TIMEOUT_S = 10
 CLOSE_TIMEOUT_S = 5
@@ -93,7 +107,7 @@ class Ending:
     untold: list[Message]
 
 
-class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
+class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._writer_init()
@@ -103,6 +117,8 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         self._live: frozenset[str] = frozenset()
         self._bus = PgBus(url)
         self._ended: list[str] = []  # tasks the batch being written ends
+        # The whole record (text, encoded size) of a task ``put_task`` is ending.
+        self._ended_as: dict[str, tuple[str, int]] = {}
         # The epoch of each live task this node writes (v8): every write of it
         # must match the row's, and a takeover moves the row's on.
         self._epochs: dict[str, int] = {}
@@ -226,6 +242,7 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         messages: list[Message] = []
         if events:
             messages.append(EventsStored(max(e.id for e in events)))
+        messages += EndedAs.packed(ended, self._ended_as, ENDED_BUDGET)  # before the ids
         for i in range(0, len(ended), ENDED_PER_NOTIFY):
             messages.append(TasksEnded(ended[i : i + ENDED_PER_NOTIFY]))
         return messages
@@ -299,21 +316,16 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         *,
         deliver_at: float | None = None,
         audit: Audit = (),
+        ended_as: dict[str, Any] | None = None,
     ) -> None:
-        bulk = self._task_write(record, deliver_at)
-        await self._bulk_future(bulk, f"save task {record['id']}", events, audit=audit)
-
-    async def place_task(
-        self,
-        record: dict[str, Any],
-        events: Events,
-        node: str,
-        notice: str,
-        *,
-        audit: Audit = (),
-    ) -> None:
-        bulk = self._task_write(record, placed=(node, notice))
-        await self._bulk_future(bulk, f"place task {record['id']}", events, audit=audit)
+        if ended_as is not None:  # told with the end as the batch commits (``_announcements``)
+            text = wire_json.dumps(ended_as)
+            self._ended_as[record["id"]] = (text, len(wire_json.dumps_bytes(text)))
+        try:
+            bulk = self._task_write(record, deliver_at)
+            await self._bulk_future(bulk, f"save task {record['id']}", events, audit=audit)
+        finally:
+            self._ended_as.pop(record["id"], None)
 
     def put_task_soon(
         self,
@@ -424,17 +436,12 @@ class PostgresStore(NodeOps, SessionOps, KeyOps, LinkOps, AuditOps, NoticeOps, S
         ]
 
     async def get_task(self, task_id: str) -> Row | None:
-        rows, asks, outputs = await self._read(
-            lambda c: with_asks_of(c, c.fetch("SELECT id, data FROM tasks WHERE id = $1", task_id)),
-            f"read task {task_id}",
-        )
-        return (
-            decode_task_row(
-                task_id, rows[0]["data"], asks.get(task_id, ()), outputs.get(task_id, ())
-            )
-            if rows
-            else None
-        )
+        row = await self._read(lambda c: c.fetchrow(READ_TASK, task_id), f"read task {task_id}")
+        if row is None:
+            return None
+        asks = zip(row["ask_attempts"], row["asks"], strict=True)
+        outputs = zip(row["output_attempts"], row["outputs"], strict=True)
+        return decode_task_row(task_id, row["data"], asks, outputs)
 
     async def task_seq(self, task_id: str) -> int | None:
         seq = await self._read(
