@@ -408,6 +408,43 @@ async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_la
         await b.close()
 
 
+async def test_placing_writes_are_gathered_with_the_other_task_writes_of_their_batch(
+    pg_url: str,
+) -> None:
+    """A new task placed on its operator's node is a row of the same array
+    statement as every other task write (``WRITE_TASKS`` with ``place_by``)."""
+    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
+    a.lease_tasks("node-a", 10, ["running"])
+    b.lease_tasks("node-b", 10, ["running"])
+    await a.open()
+    await b.open()
+    try:
+        await a.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
+        await b.attach_socket("op-1")  # its socket is on node-b
+        before = a.statements_sent
+        placed = await asyncio.gather(
+            *(
+                a.place_new_task(task_record(f"p-{i}", "running"), (), "main", "placed")
+                for i in range(10)
+            ),
+            *(queued(a.put_task_soon, task_record(f"t-{i}", "running")) for i in range(10)),
+        )
+        assert placed[:10] == ["node-b"] * 10
+        assert a.statements_sent - before == 1
+        conn = await asyncpg.connect(pg_url)
+        try:
+            leases = dict(await conn.fetch("SELECT task_id, node_id FROM task_leases"))
+        finally:
+            await conn.close()
+        assert leases == {
+            **{f"p-{i}": "node-b" for i in range(10)},
+            **{f"t-{i}": "node-a" for i in range(10)},
+        }
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def lease_expiry(url: str, task_id: str) -> Any:
     conn = await asyncpg.connect(url)
     try:

@@ -267,15 +267,16 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         self,
         record: dict[str, Any],
         deliver_at: float | None = None,
-        placed: tuple[str, str] | None = None,
+        *,
+        place_by: str | None = None,
+        notice: str | None = None,
     ) -> Bulk:
         """The write for ``record``, snapshotted now, not when the writer gets
-        to it: one row of ``WRITE_TASKS``.  ``placed``: (node, notice) — a
-        new task leased to that node, not this one, which the same
-        transaction notifies."""
+        to it: one row of ``WRITE_TASKS``, whose value is the node the task was
+        placed on (None: here).  ``place_by``: a new task's operator, whose
+        socket decides where it runs; ``notice``: what tells that node."""
         task_id = record["id"]
         live = record["status"] in self._live
-        holder, notice = (self._node_id, None) if placed is None else placed
         expected = self._epochs.get(task_id)  # as of now, like the record
         row = (
             task_id,
@@ -283,14 +284,15 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
             float(record["created_at"]),
             float(record["updated_at"]),
             wire_json.dumps_bytes(record).decode(),
-            holder,
+            self._node_id,
             live,
             None if deliver_at is None else float(deliver_at),
             expected,
             notice,
+            place_by,
         )
 
-        def finish(found: asyncpg.Record) -> None:
+        def finish(found: asyncpg.Record) -> str | None:
             if not found["ok"]:
                 self._epochs.pop(task_id, None)
                 owner = found["holder"]
@@ -300,12 +302,13 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
                     f"task {task_id} was taken over since this node last wrote it "
                     f"(epoch {found['epoch']}, not {expected or 0})"
                 )
-            if placed is not None:  # its holder takes it at an epoch of its own
-                return
+            if (node := found["placed_on"]) is not None:  # it claims it at an epoch of its own
+                return str(node)
             if live:
                 self._epochs[task_id] = int(found["epoch"])
             else:
                 self._ended.append(task_id)  # announced as the batch commits
+            return None
 
         return Bulk(WRITE_TASKS, row, frozenset({f"task:{task_id}"}), finish, (self._lease_s,))
 

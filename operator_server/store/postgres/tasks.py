@@ -13,40 +13,57 @@ from operator_server.store.postgres.writer import Op
 from operator_server.wire import json as wire_json
 
 # Tasks' writes, any number in one statement (one round trip: an array per
-# column, ``$1`` to ``$10``, one row per task; the writer gathers a batch's, and
-# never two of one task).  Each task's lease row and task row are locked first
-# — a takeover waits for this write's commit, or this write sees the new
-# holder and epoch — and a task is not written while another node holds its
-# lease (``holder``: the node it is leased to, this one unless placed), nor
-# unless its row's epoch is the one the writer holds (``expected``; NULL: a
-# task new to this node, epoch 0): a takeover moves it on and the row keeps
-# it after its lease is gone, so a node woken after its task was taken over
-# and ended elsewhere is refused too (``Fenced``).  A missing row may be
-# written (a new task).  A live task's first write leases it to ``holder``
-# (a lease someone else holds stays theirs); a task's end drops its lease.
-# The row is an upsert, so it keeps its seq.  Its webhook delivery rides
-# along, and a placed task's ``notice`` to its holder (sent as the batch
-# commits); its events are stored by the writer.  One result row per task,
-# in order: ``ok``, the lease's holder before, the row's epoch.
+# column, ``$1`` to ``$11``, one row per task; the writer gathers a batch's,
+# and never two of one task).  Each task's lease row and task row are locked
+# first — a takeover waits for this write's commit, or this write sees the
+# new holder and epoch — and a task is not written while another node holds
+# its lease (``holder``: this node), nor unless its row's epoch is the one
+# the writer holds (``expected``; NULL: a task new to this node, epoch 0): a
+# takeover moves it on and the row keeps it after its lease is gone, so a
+# node woken after its task was taken over and ended elsewhere is refused too
+# (``Fenced``).  A missing row may be written (a new task).  A live task's
+# first write leases it to its writer (a lease someone else holds stays
+# theirs); a task's end drops its lease.  The row is an upsert, so it keeps
+# its seq.  Its webhook delivery rides along; its events are stored by the
+# writer.
+#
+# A new task may be placed (``place_by``: the session, by sid or a role it
+# holds, whose socket decides where it runs; ``cluster/placement.py``): when
+# that socket is on another live node, the task is leased to that node
+# instead, which ``notice`` tells as the batch commits (it claims the task,
+# ``CLAIM_PLACED``).  Deciding in the write, not in a read before it, saves
+# the creating node a round trip and a wait for its writer's queue per task,
+# and placing writes gather like any other.  One result row per task, in
+# order: ``ok``, the lease's holder before, the row's epoch, and the node it
+# was placed on (NULL: here).
 WRITE_TASKS = f"""
     WITH input AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[], $5::text[],
-                             $6::text[], $7::bool[], $8::float8[], $9::bigint[], $10::text[])
+                             $6::text[], $7::bool[], $8::float8[], $9::bigint[], $10::text[],
+                             $11::text[])
             WITH ORDINALITY
             AS i(id, status, created_at, updated_at, data, holder, live, delivery, expected,
-                 notice, n)
+                 notice, place_by, n)
     ), holders AS MATERIALIZED (
         SELECT task_id, node_id FROM task_leases WHERE task_id = ANY($1::text[])
         ORDER BY task_id FOR UPDATE
     ), stored AS MATERIALIZED (
         SELECT id, epoch FROM tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+    ), target AS MATERIALIZED (
+        SELECT i.n, c.node_id FROM input i
+        JOIN operator_sessions s ON s.sid = COALESCE(
+            (SELECT sid FROM operator_roles WHERE role = i.place_by), i.place_by)
+        JOIN cluster_nodes c ON c.node_id = s.socket_node AND c.expires_at > now()
+        WHERE i.place_by IS NOT NULL AND c.node_id <> i.holder
     ), mine AS MATERIALIZED (
         SELECT i.*, h.node_id AS held_by, COALESCE(s.epoch, 0) AS epoch,
+            t.node_id AS placed_on,
             (h.node_id IS NULL OR h.node_id = i.holder)
             AND (s.epoch IS NULL OR s.epoch = COALESCE(i.expected, 0)) AS ok
         FROM input i
         LEFT JOIN holders h ON h.task_id = i.id
         LEFT JOIN stored s ON s.id = i.id
+        LEFT JOIN target t ON t.n = i.n
     ), task AS (
         INSERT INTO tasks (id, status, created_at, updated_at, data)
         SELECT id, status, created_at, updated_at, data FROM mine WHERE ok ORDER BY n
@@ -54,7 +71,8 @@ WRITE_TASKS = f"""
             status = EXCLUDED.status, updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
     ), leased AS (
         INSERT INTO task_leases (task_id, node_id, expires_at)
-        SELECT id, holder, now() + make_interval(secs => $11) FROM mine WHERE ok AND live
+        SELECT id, COALESCE(placed_on, holder), now() + make_interval(secs => $12)
+        FROM mine WHERE ok AND live
         ON CONFLICT (task_id) DO NOTHING
     ), unleased AS (
         DELETE FROM task_leases l USING mine m WHERE l.task_id = m.id AND m.ok AND NOT m.live
@@ -63,10 +81,10 @@ WRITE_TASKS = f"""
         SELECT id, delivery FROM mine WHERE ok AND delivery IS NOT NULL
         ON CONFLICT (task_id) DO UPDATE SET due_at = EXCLUDED.due_at
     ), told AS MATERIALIZED (
-        SELECT pg_notify({SQL_CHANNEL.format("holder")}, notice) FROM mine
-        WHERE ok AND notice IS NOT NULL
+        SELECT pg_notify({SQL_CHANNEL.format("placed_on")}, notice) FROM mine
+        WHERE ok AND placed_on IS NOT NULL AND notice IS NOT NULL
     )
-    SELECT ok, held_by AS holder, epoch, (SELECT count(*) FROM told) AS told
+    SELECT ok, held_by AS holder, epoch, placed_on, (SELECT count(*) FROM told) AS told
     FROM mine ORDER BY n
 """
 # Event-storing transactions take turns (this lock, taken at a batch's end and
