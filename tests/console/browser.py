@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -231,10 +231,22 @@ def until(driver: WebDriver, condition: Callable[[], T], timeout: float = 15) ->
     """Wait for ``condition()`` to be truthy and return it (WebDriverWait, no sleeps).
 
     An element redrawn while the condition reads it (stale) is a page still
-    changing: the condition is asked again, as for a falsy answer."""
+    changing: the condition is asked again, as for a falsy answer.  So is an
+    element of a document that navigation just replaced, which chromedriver
+    reports not as stale but as an inspector error (seen once in CI, reading
+    the body of a page whose form had just been posted)."""
+
+    def asked() -> T | None:
+        try:
+            return condition()
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+            return None
+
     result: T = WebDriverWait(
         driver, timeout, ignored_exceptions=(AssertionError, StaleElementReferenceException)
-    ).until(lambda _: condition())
+    ).until(lambda _: asked())
     return result
 
 
