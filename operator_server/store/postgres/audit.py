@@ -15,7 +15,6 @@ import asyncpg
 
 from operator_server.audit.chain import Anchor
 from operator_server.audit.record import (
-    COLUMNS,
     GENESIS,
     AuditEntry,
     AuditRow,
@@ -23,41 +22,50 @@ from operator_server.audit.record import (
     from_columns,
 )
 from operator_server.store.base import Audit, AuditQuery
-from operator_server.store.postgres.tasks import EVENTS_LOCK
+from operator_server.store.postgres.tasks import AUDIT_COLUMNS, AUDIT_TYPES, EVENTS_LOCK
 from operator_server.store.postgres.writer import GroupCommitWriter, Op, nothing
 
-AUDIT_COLUMNS = ", ".join(COLUMNS)
-# Column types, in ``COLUMNS`` order: a batch's rows go in one statement.
-_TYPES = ("bigint", "text", "float8", *["text"] * 10)
 INSERT_AUDIT = (
     f"INSERT INTO audit_log ({AUDIT_COLUMNS}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_TYPES, 1))
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(AUDIT_TYPES, 1))
     + ")"
 )
 HEAD = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1"
 ANCHOR = "SELECT seq, hash FROM audit_pruned"
 
 
-async def append_audit(c: asyncpg.Connection, node: str, done: list[Op]) -> None:
-    """Chain the entries of the batch's operations that succeeded, in queue order."""
+async def chain_audit(c: asyncpg.Connection, node: str, done: list[Op]) -> list[Any]:
+    """The audit rows of the batch's operations that succeeded, in queue
+    order, chained after the head (``EVENTS_LOCK`` taken first if the batch
+    has no events to take it): their columns, as arrays, for the batch's last
+    statement to insert (``STORE_EVENTS_AND_TELL``); none without entries."""
     entries = [entry for op in done for entry in op.audit]
-    # ``store_events`` holds the lock already when the batch has events.
-    await append_entries(c, node, entries, locked=any(op.given for op in done))
-
-
-async def append_entries(
-    c: asyncpg.Connection, node: str, entries: list[AuditEntry], *, locked: bool = False
-) -> None:
-    """Chain ``entries`` after the head, in the open transaction; ``locked``:
-    it already holds the lock event ids are drawn under (which orders writers)."""
     if not entries:
-        return
+        return []
+    # ``number_events`` holds the lock already when the batch has events.
+    return await chained(c, node, entries, locked=any(op.given for op in done))
+
+
+async def chained(
+    c: asyncpg.Connection, node: str, entries: list[AuditEntry], *, locked: bool
+) -> list[Any]:
+    """``entries`` chained after the head, as column arrays; ``locked``: the
+    transaction holds the lock event ids are drawn under (which orders writers)."""
     if not locked:
         await c.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
     head = await c.fetchrow(HEAD) or await c.fetchrow(ANCHOR)
     seq, prev = (int(head[0]), str(head[1])) if head is not None else (0, GENESIS)
     rows = chained_columns(seq + 1, node, entries, prev)
-    await c.execute(INSERT_AUDIT, *(list(column) for column in zip(*rows, strict=True)))
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+async def append_entries(
+    c: asyncpg.Connection, node: str, entries: list[AuditEntry], *, locked: bool = False
+) -> None:
+    """Chain ``entries`` after the head and insert them, in the open transaction."""
+    if not entries:
+        return
+    await c.execute(INSERT_AUDIT, *await chained(c, node, entries, locked=locked))
 
 
 def page_sql(query: AuditQuery) -> tuple[str, list[Any]]:

@@ -36,7 +36,7 @@ from operator_server.store.base import (
     decode_task_row,
     output_row,
 )
-from operator_server.store.postgres.audit import AuditOps, append_audit
+from operator_server.store.postgres.audit import AuditOps, chain_audit
 from operator_server.store.postgres.keys import KeyOps
 from operator_server.store.postgres.links import LinkOps
 from operator_server.store.postgres.nodes import (
@@ -223,16 +223,16 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         self, conn: asyncpg.Connection, batch: list[Op], done: list[Op]
     ) -> Ending:
         events = await number_events(conn, done)
-        await append_audit(conn, self.audit_node, done)
+        audit = await chain_audit(conn, self.audit_node, done)
         ended, self._ended = self._ended, []
         messages = self._announcements(events, ended)
-        if not events and not messages:
+        if not events and not messages and not audit:
             return Ending(ended, [])
-        if not events and not any(op.audit for op in done):
+        if not events and not audit:
             # Taken before the statement that looks for other nodes (``JOINED``).
             await conn.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         texts = [m.encode(self._node_id) for m in messages]
-        sent = await store_and_tell(conn, events, ALL, texts, self._node_id)
+        sent = await store_and_tell(conn, events, audit, ALL, texts, self._node_id)
         return Ending(ended, [] if sent else messages)
 
     def _announcements(self, events: list[TaskEvent], ended: list[str]) -> list[Message]:

@@ -7,11 +7,18 @@ from typing import Any
 
 import asyncpg
 
+from operator_server.audit.record import COLUMNS
 from operator_server.cluster.bus import SQL_CHANNEL
 from operator_server.store.base import TaskEvent
 from operator_server.store.postgres.writer import Op
 from operator_server.wire import json as wire_json
 
+# The audit log's columns and their types, in ``COLUMNS`` order: a batch's
+# rows go in one statement, an array per column.
+AUDIT_COLUMNS = ", ".join(COLUMNS)
+AUDIT_TYPES = ("bigint", "text", "float8", *["text"] * 10)
+# As the batch's last statement takes them (``STORE_EVENTS_AND_TELL``: ``$7`` on).
+AUDIT_ARRAYS = ", ".join(f"${i}::{t}[]" for i, t in enumerate(AUDIT_TYPES, 7))
 # Tasks' writes, any number in one statement (one round trip: an array per
 # column, ``$1`` to ``$11``, one row per task; the writer gathers a batch's,
 # and never two of one task).  Each task's lease row and task row are locked
@@ -168,16 +175,19 @@ OUTPUTS_OF_TASKS = (
 ASKS_OF_TASKS = (
     "SELECT task_id, attempt, data FROM task_asks WHERE task_id = ANY($1::text[]) ORDER BY seq"
 )
-# A batch's last statement: its events, and what it tells the other nodes
-# (``$4``: the channel every node hears; ``$5``: the messages) — told only when
-# another node has a row to hear them by (``$6``: this node).  Run with
-# ``EVENTS_LOCK`` already held, so its snapshot sees every node that finished
-# joining before this batch took the lock (``JOINED``).  The number of
-# messages sent.
-STORE_EVENTS_AND_TELL = """
+# A batch's last statement: its events, its audit rows (``$7`` to ``$19``,
+# chained by the writer: ``audit.chain_audit``), and what it tells the other
+# nodes (``$4``: the channel every node hears; ``$5``: the messages) — told
+# only when another node has a row to hear them by (``$6``: this node).  Run
+# with ``EVENTS_LOCK`` already held, so its snapshot sees every node that
+# finished joining before this batch took the lock (``JOINED``).  The number
+# of messages sent.
+STORE_EVENTS_AND_TELL = f"""
     WITH stored AS (
         INSERT INTO task_events (id, task_id, data)
         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+    ), audited AS (
+        INSERT INTO audit_log ({AUDIT_COLUMNS}) SELECT * FROM unnest({AUDIT_ARRAYS})
     ), told AS (
         SELECT pg_notify($4, body) FROM unnest($5::text[]) AS body
         WHERE EXISTS (SELECT 1 FROM cluster_nodes WHERE node_id <> $6)
@@ -231,12 +241,21 @@ async def number_events(c: asyncpg.Connection, done: list[Op]) -> list[TaskEvent
 
 
 async def store_and_tell(
-    c: asyncpg.Connection, events: list[TaskEvent], channel: str, messages: list[str], node: str
+    c: asyncpg.Connection,
+    events: list[TaskEvent],
+    audit: list[Any],
+    channel: str,
+    messages: list[str],
+    node: str,
 ) -> int:
-    """Store ``events`` and send ``messages`` on ``channel`` if another node
-    may hear them, in one round trip, ``EVENTS_LOCK`` held; how many were sent."""
+    """Store ``events`` and ``audit`` (chained rows' column arrays, or none)
+    and send ``messages`` on ``channel`` if another node may hear them, in one
+    round trip, ``EVENTS_LOCK`` held; how many were sent."""
+    columns = audit or [[] for _ in AUDIT_TYPES]
     return int(
-        await c.fetchval(STORE_EVENTS_AND_TELL, *_event_columns(events), channel, messages, node)
+        await c.fetchval(
+            STORE_EVENTS_AND_TELL, *_event_columns(events), channel, messages, node, *columns
+        )
     )
 
 
