@@ -299,11 +299,13 @@ def task_record(task_id: str, status: str) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def cut_off_pair(pg_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    """Two writers on one database: ``a`` with a 0.2 s lease it never renews
-    (a node about to be cut off), ``b`` with a 10 s one (the survivor)."""
+async def store_pair(
+    pg_url: str, lease_a: float = 10
+) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    """Two writers on one database, as nodes ``node-a`` (leasing for
+    ``lease_a``) and ``node-b`` (10 s)."""
     a, b = PostgresStore(pg_url), PostgresStore(pg_url)
-    a.lease_tasks("node-a", 0.2, ["running"])
+    a.lease_tasks("node-a", lease_a, ["running"])
     b.lease_tasks("node-b", 10, ["running"])
     await a.open()
     await b.open()
@@ -312,6 +314,14 @@ async def cut_off_pair(pg_url: str) -> AsyncIterator[tuple[PostgresStore, Postgr
     finally:
         await a.close()
         await b.close()
+
+
+def cut_off_pair(
+    pg_url: str,
+) -> contextlib.AbstractAsyncContextManager[tuple[PostgresStore, PostgresStore]]:
+    """``a`` with a 0.2 s lease it never renews (a node about to be cut off),
+    ``b`` with a 10 s one (the survivor)."""
+    return store_pair(pg_url, 0.2)
 
 
 async def test_a_node_whose_task_was_taken_over_cannot_write_it_any_more(pg_url: str) -> None:
@@ -382,12 +392,7 @@ async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_la
     own lease runs out (up to a third of a lease later for one written after
     its last renewal): a node trusts none of its leases from one ``lease_s``
     after its last renewal, before its heartbeat lapses."""
-    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
-    a.lease_tasks("node-a", 10, ["running"])
-    b.lease_tasks("node-b", 10, ["running"])
-    await a.open()
-    await b.open()
-    try:
+    async with store_pair(pg_url) as (a, b):
         await a.put_task(task_record("t-1", "running"))  # leased to node-a for 10 s
         assert await b.take_over(at_start=False, limit=10) == []
         conn = await asyncpg.connect(pg_url)
@@ -403,9 +408,6 @@ async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_la
         assert [row.key for row in taken] == ["t-1"]
         with pytest.raises(Fenced, match="node-b"):
             await a.put_task(task_record("t-1", "passed"))
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_placing_writes_are_gathered_with_the_other_task_writes_of_their_batch(
@@ -413,12 +415,7 @@ async def test_placing_writes_are_gathered_with_the_other_task_writes_of_their_b
 ) -> None:
     """A new task placed on its operator's node is a row of the same array
     statement as every other task write (``WRITE_TASKS`` with ``place_by``)."""
-    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
-    a.lease_tasks("node-a", 10, ["running"])
-    b.lease_tasks("node-b", 10, ["running"])
-    await a.open()
-    await b.open()
-    try:
+    async with store_pair(pg_url) as (a, b):
         await a.put_session(SessionRecord("op-1", "ab" * 32, ["main"], "", 1.0, 1.0))
         await b.attach_socket("op-1")  # its socket is on node-b
         before = a.statements_sent
@@ -440,9 +437,6 @@ async def test_placing_writes_are_gathered_with_the_other_task_writes_of_their_b
             **{f"p-{i}": "node-b" for i in range(10)},
             **{f"t-{i}": "node-a" for i in range(10)},
         }
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def lease_expiry(url: str, task_id: str) -> Any:
@@ -460,34 +454,28 @@ async def test_a_renewal_whose_heartbeat_fails_renews_nothing_so_the_node_never_
     it trusts its leases from its last renewal, and the other nodes bury it
     (letting its leases go at once) by its heartbeat."""
     lease_s = 1.5
-    a, b = PostgresStore(pg_url), PostgresStore(pg_url)
-    a.lease_tasks("node-a", lease_s, ["running"])
-    b.lease_tasks("node-b", 10, ["running"])
-    await a.open()
-    await b.open()
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await a.put_task(task_record("t-1", "running"))
-        before = await lease_expiry(pg_url, "t-1")
-        await conn.execute(
-            "CREATE FUNCTION no_beat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'heartbeat refused'; END $$"
-        )
-        await conn.execute(
-            "CREATE TRIGGER no_beat BEFORE INSERT OR UPDATE ON cluster_nodes FOR EACH ROW "
-            "WHEN (NEW.node_id = 'node-a') EXECUTE FUNCTION no_beat()"
-        )
-        with pytest.raises(StoreError, match="heartbeat refused"):
-            await a.renew_leases(["t-1"])
-        assert await lease_expiry(pg_url, "t-1") == before  # not renewed alone
-        await asyncio.sleep(lease_s + 0.1)  # node-a's heartbeat lapses
-        assert await b.bury_dead_nodes() == ["node-a"]
-        assert [row.key for row in await b.take_over(at_start=False, limit=10)] == ["t-1"]
-        assert a.leases_lapsed  # node-a stopped trusting it before
-    finally:
-        await conn.close()
-        await a.close()
-        await b.close()
+    async with store_pair(pg_url, lease_s) as (a, b):
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await a.put_task(task_record("t-1", "running"))
+            before = await lease_expiry(pg_url, "t-1")
+            await conn.execute(
+                "CREATE FUNCTION no_beat() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'heartbeat refused'; END $$"
+            )
+            await conn.execute(
+                "CREATE TRIGGER no_beat BEFORE INSERT OR UPDATE ON cluster_nodes FOR EACH ROW "
+                "WHEN (NEW.node_id = 'node-a') EXECUTE FUNCTION no_beat()"
+            )
+            with pytest.raises(StoreError, match="heartbeat refused"):
+                await a.renew_leases(["t-1"])
+            assert await lease_expiry(pg_url, "t-1") == before  # not renewed alone
+            await asyncio.sleep(lease_s + 0.1)  # node-a's heartbeat lapses
+            assert await b.bury_dead_nodes() == ["node-a"]
+            assert [row.key for row in await b.take_over(at_start=False, limit=10)] == ["t-1"]
+            assert a.leases_lapsed  # node-a stopped trusting it before
+        finally:
+            await conn.close()
 
 
 async def test_a_lease_its_own_batch_holds_locked_is_renewed_once_the_batch_commits(
