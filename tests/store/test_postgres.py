@@ -410,6 +410,33 @@ async def test_a_buried_nodes_leases_lapse_with_it_even_one_written_after_its_la
             await a.put_task(task_record("t-1", "passed"))
 
 
+async def test_a_burial_does_not_wait_for_a_lease_the_dead_node_froze_holding_locked(
+    pg_url: str,
+) -> None:
+    """A node frozen mid-batch keeps its transaction, and the lease rows it
+    locked, open: its burial skips them (they lapse on their own) rather than
+    hang the survivor's whole lease round on them."""
+    async with store_pair(pg_url) as (a, b):
+        await a.put_task(task_record("t-1", "running"))
+        await a.put_task(task_record("t-2", "running"))
+        conn = await asyncpg.connect(pg_url)
+        frozen = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(  # node-a stopped beating
+                "UPDATE cluster_nodes SET expires_at = now() - interval '1 second' "
+                "WHERE node_id = 'node-a'"
+            )
+            async with frozen.transaction():  # node-a's batch, as it froze
+                await frozen.execute("SELECT 1 FROM task_leases WHERE task_id = 't-1' FOR UPDATE")
+                buried = await asyncio.wait_for(b.bury_dead_nodes(), 10)  # not a hang
+                assert buried == ["node-a"]
+                taken = await b.take_over(at_start=False, limit=10)
+                assert [row.key for row in taken] == ["t-2"]  # t-1 lapses on its own
+        finally:
+            await frozen.close()
+            await conn.close()
+
+
 async def test_placing_writes_are_gathered_with_the_other_task_writes_of_their_batch(
     pg_url: str,
 ) -> None:

@@ -177,7 +177,10 @@ LIVE_NODES = "SELECT node_id FROM cluster_nodes WHERE expires_at > now() ORDER B
 # node wrote after its last renewal would run up to a third of a lease longer,
 # but its node stopped trusting it already: a node counts all of its leases as
 # lapsed one ``lease_s`` after its last renewal was sent (``leases_lapsed``),
-# which is before its heartbeat, written after that renewal, lapses.
+# which is before its heartbeat, written after that renewal, lapses.  A lease
+# row still locked (a node frozen mid-batch keeps its transaction open) is
+# skipped, never waited for: it lapses on its own, as before, and the burial
+# — and with it this node's whole lease round — does not hang on it.
 BURY_NODES = """
     WITH dead AS (
         DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
@@ -187,7 +190,11 @@ BURY_NODES = """
            OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
     ), lapsed AS (
         UPDATE task_leases SET expires_at = now()
-        WHERE node_id IN (SELECT node_id FROM dead) AND expires_at > now()
+        WHERE task_id IN (
+            SELECT task_id FROM task_leases
+            WHERE node_id IN (SELECT node_id FROM dead) AND expires_at > now()
+            FOR UPDATE SKIP LOCKED
+        )
     )
     SELECT node_id FROM dead
 """
