@@ -1,6 +1,7 @@
-"""A task placed on the node holding its operator's socket: a new one in the
-one write that stores it, a later attempt handed on, and the claim of what was
-placed here (``cluster/placement.py`` says why it moves)."""
+"""A task's write, and where the task runs: placed on the node holding its
+operator's socket (a new one by the write that stores it), a later attempt
+handed on, and the claim of what was placed here (``cluster/placement.py``
+says why it moves)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 import asyncpg
 
 from operator_server.cluster.bus import SQL_CHANNEL
-from operator_server.store.base import Audit, Events, Row, decode_task, decode_task_row
-from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS
+from operator_server.store.base import Audit, Events, Fenced, Row, decode_task, decode_task_row
+from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS, WRITE_TASKS
 from operator_server.store.postgres.writer import Bulk, GroupCommitWriter
+from operator_server.wire import json as wire_json
 
 # Tasks another node created and leased to this one (``place_new_task``) that this
 # node does not run yet (``$5``): ``$3`` names them, or NULL for all of them.
@@ -54,13 +56,14 @@ SOCKET_NODE_OF = """
 
 
 class PlacingOps(GroupCommitWriter):
-    """The PostgreSQL store's placing write, a mixin (``ClusterStore``)."""
+    """The PostgreSQL store's task write and placing, a mixin (``ClusterStore``)."""
 
     _node_id: str
     _lease_s: float
     _live: frozenset[str]
     # The epoch of each live task this node writes (v8).
     _epochs: dict[str, int]
+    _ended: list[str]  # tasks the batch being written ends
 
     def _task_write(
         self,
@@ -70,7 +73,46 @@ class PlacingOps(GroupCommitWriter):
         place_by: str | None = None,
         notice: str | None = None,
     ) -> Bulk:
-        raise NotImplementedError  # the store's own (``PostgresStore._task_write``)
+        """The write for ``record``, snapshotted now, not when the writer gets
+        to it: one row of ``WRITE_TASKS``, whose value is the node the task was
+        placed on (None: here).  ``place_by``: a new task's operator, whose
+        socket decides where it runs; ``notice``: what tells that node."""
+        task_id = record["id"]
+        live = record["status"] in self._live
+        expected = self._epochs.get(task_id)  # as of now, like the record
+        row = (
+            task_id,
+            record["status"],
+            float(record["created_at"]),
+            float(record["updated_at"]),
+            wire_json.dumps_bytes(record).decode(),
+            self._node_id,
+            live,
+            None if deliver_at is None else float(deliver_at),
+            expected,
+            notice,
+            place_by,
+        )
+
+        def finish(found: asyncpg.Record) -> str | None:
+            if not found["ok"]:
+                self._epochs.pop(task_id, None)
+                owner = found["holder"]
+                if owner is not None and owner != self._node_id:
+                    raise Fenced(f"task {task_id} is run by node {owner} now")
+                raise Fenced(
+                    f"task {task_id} was taken over since this node last wrote it "
+                    f"(epoch {found['epoch']}, not {expected or 0})"
+                )
+            if (node := found["placed_on"]) is not None:  # it claims it at an epoch of its own
+                return str(node)
+            if live:
+                self._epochs[task_id] = int(found["epoch"])
+            else:
+                self._ended.append(task_id)  # announced as the batch commits
+            return None
+
+        return Bulk(WRITE_TASKS, row, frozenset({f"task:{task_id}"}), finish, (self._lease_s,))
 
     async def place_new_task(
         self,

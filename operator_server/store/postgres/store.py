@@ -53,7 +53,6 @@ from operator_server.store.postgres.tasks import (
     INSERT_OUTPUTS,
     JOINED,
     UPSERT_ASKS,
-    WRITE_TASKS,
     number_events,
     store_and_tell,
     with_asks_of,
@@ -262,55 +261,6 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
         self._events_committed(op.events)
 
     # -- operations -------------------------------------------------------
-
-    def _task_write(
-        self,
-        record: dict[str, Any],
-        deliver_at: float | None = None,
-        *,
-        place_by: str | None = None,
-        notice: str | None = None,
-    ) -> Bulk:
-        """The write for ``record``, snapshotted now, not when the writer gets
-        to it: one row of ``WRITE_TASKS``, whose value is the node the task was
-        placed on (None: here).  ``place_by``: a new task's operator, whose
-        socket decides where it runs; ``notice``: what tells that node."""
-        task_id = record["id"]
-        live = record["status"] in self._live
-        expected = self._epochs.get(task_id)  # as of now, like the record
-        row = (
-            task_id,
-            record["status"],
-            float(record["created_at"]),
-            float(record["updated_at"]),
-            wire_json.dumps_bytes(record).decode(),
-            self._node_id,
-            live,
-            None if deliver_at is None else float(deliver_at),
-            expected,
-            notice,
-            place_by,
-        )
-
-        def finish(found: asyncpg.Record) -> str | None:
-            if not found["ok"]:
-                self._epochs.pop(task_id, None)
-                owner = found["holder"]
-                if owner is not None and owner != self._node_id:
-                    raise Fenced(f"task {task_id} is run by node {owner} now")
-                raise Fenced(
-                    f"task {task_id} was taken over since this node last wrote it "
-                    f"(epoch {found['epoch']}, not {expected or 0})"
-                )
-            if (node := found["placed_on"]) is not None:  # it claims it at an epoch of its own
-                return str(node)
-            if live:
-                self._epochs[task_id] = int(found["epoch"])
-            else:
-                self._ended.append(task_id)  # announced as the batch commits
-            return None
-
-        return Bulk(WRITE_TASKS, row, frozenset({f"task:{task_id}"}), finish, (self._lease_s,))
 
     async def put_task(
         self,
