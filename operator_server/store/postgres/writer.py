@@ -225,6 +225,25 @@ class GroupCommitWriter:
 
     # -- queueing ---------------------------------------------------------
 
+    def _future(
+        self,
+        work: Work,
+        what: str,
+        given: Events = (),
+        *,
+        audit: Audit = (),
+        bulk: Bulk | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue a write now (not when first awaited): a future for its value,
+        set once it committed."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self._accepting:
+            fut.set_exception(StoreError("the store is not open"))
+            return fut
+        self._unsettled += 1
+        self._queue.put_nowait(Op(work, fut, what, given, audit=audit, bulk=bulk))
+        return fut
+
     async def _call(
         self,
         work: Work,
@@ -232,33 +251,17 @@ class GroupCommitWriter:
         given: Events = (),
         audit: Audit = (),
     ) -> Any:
-        if not self._accepting:
-            raise StoreError("the store is not open")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._unsettled += 1
-        self._queue.put_nowait(Op(work, fut, what, given, audit=audit))
-        return await fut
+        return await self._future(work, what, given, audit=audit)
 
     def _bulk_future(
         self, bulk: Bulk, what: str, given: Events = (), *, audit: Audit = ()
     ) -> asyncio.Future[Any]:
-        """Queue a write that is one row of an array statement, now (not when
-        first awaited): a future for its value, set once it committed."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self._accepting:
-            fut.set_exception(StoreError("the store is not open"))
-            return fut
-        self._unsettled += 1
-        self._queue.put_nowait(Op(bulk.run_alone, fut, what, given, audit=audit, bulk=bulk))
-        return fut
+        """``_future`` for a write that is one row of an array statement."""
+        return self._future(bulk.run_alone, what, given, audit=audit, bulk=bulk)
 
     def _soon_bulk(self, bulk: Bulk, what: str, given: Events = (), *, audit: Audit = ()) -> None:
-        """A "soon" write that is one row of an array statement (see ``_soon``)."""
-        if not self._accepting:
-            log.error("store write after close dropped", what=what)
-            return
-        self._unsettled += 1
-        self._queue.put_nowait(Op(bulk.run_alone, None, what, given, audit=audit, bulk=bulk))
+        """``_soon`` for a write that is one row of an array statement."""
+        self._soon(bulk.run_alone, what, given, audit=audit, bulk=bulk)
 
     async def flush_queue(self) -> None:
         """Return once everything queued before now has committed (the queue is in order)."""
@@ -276,12 +279,13 @@ class GroupCommitWriter:
         *,
         plain: tuple[str, tuple[Any, ...]] | None = None,
         audit: Audit = (),
+        bulk: Bulk | None = None,
     ) -> None:
         if not self._accepting:
             log.error("store write after close dropped", what=what)
             return
         self._unsettled += 1
-        self._queue.put_nowait(Op(work, None, what, given, plain=plain, audit=audit))
+        self._queue.put_nowait(Op(work, None, what, given, plain=plain, audit=audit, bulk=bulk))
 
     async def _read(self, work: Work, what: str) -> Any:
         """Run a read on the pool once every write queued before it has committed."""
