@@ -425,6 +425,35 @@ class E2E:
 _roles = iter(range(1_000_000))
 
 
+async def interleaved(
+    label: str, daemons: dict[str, Daemon], rounds: int, total: int, warmup: int
+) -> tuple[dict[str, list[E2E]], dict[str, list[float]]]:
+    """Start ``daemons``, warm each up with ``warmup`` e2e tasks, then run
+    ``rounds`` rounds of ``total`` on each in turn, rotating who goes first so
+    a drift in machine load spreads evenly; stop them.  Each one's runs, and
+    its daemon CPU per task (ms) in each."""
+    results: dict[str, list[E2E]] = {name: [] for name in daemons}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in daemons}
+    try:
+        for daemon in daemons.values():
+            await daemon.start()
+        progress(f"{label}: warm-up, {warmup} tasks each")
+        for daemon in daemons.values():
+            await e2e_load(daemon.url, warmup)
+        for r in range(rounds):
+            progress(f"{label} round {r + 1}/{rounds}: {total} tasks each, {WINDOW} in flight")
+            names = list(daemons)
+            names = names[r % len(names) :] + names[: r % len(names)]
+            for name in names:
+                before = daemons[name].cpu_s()
+                results[name].append(await e2e_load(daemons[name].url, total))
+                cpu_ms[name].append((daemons[name].cpu_s() - before) * 1000 / total)
+    finally:
+        for daemon in daemons.values():
+            await daemon.stop()
+    return results, cpu_ms
+
+
 async def e2e_load(
     url: str,
     tasks: int,

@@ -25,12 +25,9 @@ import asyncio
 import tempfile
 
 from bench.common import (
-    E2E,
-    WINDOW,
     Daemon,
-    e2e_load,
+    interleaved,
     median,
-    progress,
     record,
     table,
     verdict,
@@ -54,26 +51,7 @@ async def run() -> float:
             name: Daemon(f"{tmp}/{i}.sqlite", tmp, settings=settings)
             for i, (name, settings) in enumerate(VARIANTS.items())
         }
-        results: dict[str, list[E2E]] = {name: [] for name in daemons}
-        cpu_ms: dict[str, list[float]] = {name: [] for name in daemons}
-        try:
-            for daemon in daemons.values():
-                await daemon.start()
-            progress(f"overhead: warm-up, {WARMUP} tasks each")
-            for daemon in daemons.values():
-                await e2e_load(daemon.url, WARMUP)
-            for r in range(ROUNDS):
-                progress(f"overhead round {r + 1}/{ROUNDS}: {TOTAL} tasks each, {WINDOW} in flight")
-                # Rotate who goes first, so a drift in machine load spreads evenly.
-                names = list(daemons)
-                names = names[r % len(names) :] + names[: r % len(names)]
-                for name in names:
-                    before = daemons[name].cpu_s()
-                    results[name].append(await e2e_load(daemons[name].url, TOTAL))
-                    cpu_ms[name].append((daemons[name].cpu_s() - before) * 1000 / TOTAL)
-        finally:
-            for daemon in daemons.values():
-                await daemon.stop()
+        results, cpu_ms = await interleaved("overhead", daemons, ROUNDS, TOTAL, WARMUP)
 
     rates = {name: median([e.rate for e in runs]) for name, runs in results.items()}
     base = rates["all off"]

@@ -30,13 +30,10 @@ from pathlib import Path
 from aiohttp import web
 
 from bench.common import (
-    E2E,
     ROOT,
-    WINDOW,
     Daemon,
-    e2e_load,
+    interleaved,
     median,
-    progress,
     record,
     serve,
     table,
@@ -91,25 +88,9 @@ async def run() -> float:
                 settings={"tracing_enabled": "true", "tracing_otlp_endpoint": sink_url},
             ),
         }
-        results: dict[str, list[E2E]] = {name: [] for name in daemons}
-        cpu_ms: dict[str, list[float]] = {name: [] for name in daemons}
         try:
-            for daemon in daemons.values():
-                await daemon.start()
-            progress(f"tracing: warm-up, {WARMUP} tasks each")
-            for daemon in daemons.values():
-                await e2e_load(daemon.url, WARMUP)
-            for r in range(ROUNDS):
-                progress(f"tracing round {r + 1}/{ROUNDS}: {TOTAL} tasks each, {WINDOW} in flight")
-                names = list(daemons)
-                names = names[r % len(names) :] + names[: r % len(names)]
-                for name in names:
-                    before = daemons[name].cpu_s()
-                    results[name].append(await e2e_load(daemons[name].url, TOTAL))
-                    cpu_ms[name].append((daemons[name].cpu_s() - before) * 1000 / TOTAL)
+            results, cpu_ms = await interleaved("tracing", daemons, ROUNDS, TOTAL, WARMUP)
         finally:
-            for daemon in daemons.values():
-                await daemon.stop()
             await runner.cleanup()
 
     rates = {name: median([e.rate for e in runs]) for name, runs in results.items()}
