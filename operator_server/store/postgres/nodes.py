@@ -45,7 +45,12 @@ log = get_logger(__name__)
 # The node's heartbeat is written by the same statement: a node trusts its
 # leases from its last renewal, and its heartbeat, by which the other nodes
 # bury it (and let its leases go at once, ``BURY_NODES``), must never be older.
-RENEW_HELD_LEASES = """
+HEARTBEAT = (
+    "INSERT INTO cluster_nodes (node_id, expires_at) "
+    "VALUES ($1, now() + make_interval(secs => $2)) "
+    "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
+)
+RENEW_HELD_LEASES = f"""
     WITH renewed AS (
         UPDATE task_leases SET expires_at = now() + make_interval(secs => $2)
         WHERE task_id IN (
@@ -53,11 +58,7 @@ RENEW_HELD_LEASES = """
             FOR UPDATE SKIP LOCKED
         )
         RETURNING task_id
-    ), beat AS (
-        INSERT INTO cluster_nodes (node_id, expires_at)
-        VALUES ($1, now() + make_interval(secs => $2))
-        ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
-    )
+    ), beat AS ({HEARTBEAT})
     SELECT task_id FROM renewed
 """
 RENEW_LOCKED_LEASES = """
@@ -161,11 +162,6 @@ PLACED_SESSIONS = """
     WHERE $1::text IS NULL OR s.sid = $1
     ORDER BY s.created_at, s.sid
 """
-HEARTBEAT = (
-    "INSERT INTO cluster_nodes (node_id, expires_at) "
-    "VALUES ($1, now() + make_interval(secs => $2)) "
-    "ON CONFLICT (node_id) DO UPDATE SET expires_at = EXCLUDED.expires_at"
-)
 # The nodes whose heartbeat is current (a move asks each for what it holds).
 LIVE_NODES = "SELECT node_id FROM cluster_nodes WHERE expires_at > now() ORDER BY node_id"
 # A node that stopped beating: its sockets are gone and its requests' waiters
