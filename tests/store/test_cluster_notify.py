@@ -65,6 +65,16 @@ async def eventually_async(condition: Callable[[], Awaitable[Any]], what: str) -
     raise AssertionError(f"{what} did not happen")
 
 
+async def tries_stored(pg_url: str, tries: int) -> bool:
+    """A notification message's stored attempts reached ``tries``."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        found = await conn.fetchval("SELECT max(attempts) FROM notice_messages")
+    finally:
+        await conn.close()
+    return found is not None and found >= tries
+
+
 def adopted(d: Daemon) -> int:
     """How many owed messages ``d`` adopted from stopped nodes (it has stopped)."""
     return sum(
@@ -198,6 +208,11 @@ async def test_a_node_frozen_past_its_heartbeat_does_not_send_what_a_live_node_a
         await next_of(ws, "hook_before")
         await eventually(lambda: receiver.tries >= 2, what="node A's failed tries")
         (key,) = set(receiver.keys)
+        # Frozen once its second try is stored, while it waits out its backoff:
+        # not in the middle of writing that try, whose open transaction would
+        # hold the message's row locked, and B's adoption of it waiting, until
+        # A woke (seen in CI about once in three runs).
+        await eventually_async(lambda: tries_stored(pg_url, 2), what="node A's second try stored")
         a.proc.send_signal(signal.SIGSTOP)  # its message stays due in its memory
         # A try of A's in flight as it stopped fails too; B's tries (it
         # adopted the message) come after, and the first to succeed is B's.
