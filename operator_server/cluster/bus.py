@@ -88,8 +88,17 @@ class PgBus:
         self._handlers[kind.KIND] = handler
 
     def on_resync(self, callback: Callable[[], None]) -> None:
-        """Called each time listening starts again after a lost connection."""
+        """Called each time listening starts again after a lost connection, and
+        when this node beats again after its leases lapsed (``resync``)."""
         self._resync.append(callback)
+
+    def resync(self) -> None:
+        """Have everything re-read what it may have missed: the listener was
+        cut, or the other nodes took this one for dead (frozen, or cut off from
+        the store for a whole lease) and buried it, unplugging the sockets it
+        holds and withdrawing its requests."""
+        for callback in self._resync:
+            callback()
 
     @property
     def listening(self) -> bool:
@@ -180,8 +189,7 @@ class PgBus:
                 self._listening.set()
                 if not first:
                     log.info("cluster listener is back; re-reading what it may have missed")
-                    for callback in self._resync:
-                        callback()
+                    self.resync()
                 first = False
                 await self._serve(conn)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -84,7 +84,8 @@ class LeaseKeeper:
         # Woken after its leases lapsed (SIGSTOP, a stalled host): another node may
         # run its tasks now.  Drop every run without a word, then renew; what
         # nobody took is taken back next round (not this one: the runs must end first).
-        lapsed_runs = store.leases_lapsed and engine.let_go_all("this node's leases lapsed")
+        lapsed = store.leases_lapsed
+        lapsed_runs = lapsed and engine.let_go_all("this node's leases lapsed")
         if lapsed_runs:
             log.warning(
                 "leases lapsed; let every run go to whichever node takes it", tasks=lapsed_runs
@@ -103,6 +104,15 @@ class LeaseKeeper:
                 log.warning("let running tasks go to the other nodes", tasks=dropped)
             return
         self.renewed = time.monotonic()
+        if lapsed:
+            # Beating again, after the other nodes may have buried this one and
+            # unplugged the sockets it holds: requests for those would wait,
+            # unseen, for an attach that never comes.  Re-read as after a cut
+            # listener (sockets attached again, their requests replayed), now
+            # that the heartbeat is back: a socket plugged in before it would
+            # be unplugged again as a dead node's.
+            log.warning("beating again after this node's leases lapsed; re-reading what changed")
+            self.shared.bus.resync()
         if dead:
             log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
         if not lapsed_runs:

@@ -132,8 +132,8 @@ class Relay:
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
         self.store.finish_request_soon(sid, req_id, withdrawn)
 
-    async def attach(self, sid: str) -> tuple[int, list[PendingRow]]:
-        return await self.store.attach_socket(sid)
+    async def attach(self, sid: str, again: int | None = None) -> tuple[int, list[PendingRow]]:
+        return await self.store.attach_socket(sid, again)
 
     def detach(self, sid: str) -> None:
         self.store.detach_socket_soon(sid)

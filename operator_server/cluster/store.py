@@ -97,10 +97,16 @@ class ClusterStore(Protocol):
         """Forget a request; ``withdrawn`` (a reason): also have the node showing
         it to the operator send a ``cancel``."""
 
-    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+    async def attach_socket(
+        self, sid: str, again: int | None = None
+    ) -> tuple[int, list[PendingRow]]:
         """This node now holds the session's socket (the node before it is told
         so): the attach's epoch (one more than the last), and every request
-        still unanswered, in issue order."""
+        still unanswered, in issue order.  ``again``: the epoch of the socket
+        attached here, to be this node's again in the store (after a cut
+        listener, or a burial that unplugged it) at the same epoch; when a
+        newer one attached since, nothing changes and the stored epoch is
+        returned with no requests."""
 
     def detach_socket_soon(self, sid: str) -> None:
         """This node no longer holds the session's socket."""

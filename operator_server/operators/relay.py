@@ -47,9 +47,12 @@ class RequestRelay(Protocol):
         node showing it gives the operator in its ``cancel``)."""
         ...
 
-    async def attach(self, sid: str) -> tuple[int, list[PendingRow]]:
+    async def attach(self, sid: str, again: int | None = None) -> tuple[int, list[PendingRow]]:
         """A socket attached here: its epoch, and every stored request of the
-        session in issue order, whichever node issued it."""
+        session in issue order, whichever node issued it.  ``again``: the
+        epoch of the socket already attached here, to be the session's again
+        (other nodes may have taken it for gone); an epoch returned that is
+        not ``again`` is a newer socket's, elsewhere (and no request comes)."""
         ...
 
     def detach(self, sid: str) -> None: ...
@@ -124,8 +127,8 @@ class NoRelay:
     def finish(self, sid: str, req_id: str, withdrawn: str | None) -> None:
         pass
 
-    async def attach(self, sid: str) -> tuple[int, list[PendingRow]]:
-        return 0, []
+    async def attach(self, sid: str, again: int | None = None) -> tuple[int, list[PendingRow]]:
+        return again or 0, []
 
     def detach(self, sid: str) -> None:
         pass

@@ -281,17 +281,21 @@ class OperatorSession:
 
     async def resync(self) -> None:
         """Re-read the stored requests for the socket attached here (frames sent
-        to this node may have been lost); nothing already shown is sent again."""
+        to this node may have been lost) and have the store say again that the
+        socket is here (the other nodes may have taken this one for dead);
+        nothing already shown is sent again.  A socket that a newer one on
+        another node replaced meanwhile (that news may have been lost too) is
+        closed, as ``replaced_elsewhere`` closes it."""
         if self._pump is not None:
-            await self._replay_stored(self._pump)
+            await self._replay_stored(self._pump, again=True)
 
-    async def _replay_stored(self, pump: SocketPump) -> None:
+    async def _replay_stored(self, pump: SocketPump, *, again: bool = False) -> None:
         """Every unanswered request of the session, whichever node issued it,
         from the relay's record (with one process: none) and then from memory,
         in issue order, once."""
         self._held = []
         try:
-            epoch, rows = await self._relay.attach(self.sid)
+            epoch, rows = await self._relay.attach(self.sid, self._epoch if again else None)
         except StoreError as exc:  # then only this node's own, from memory
             self.log.error("could not read stored requests", error=str(exc))
             epoch, rows = self._epoch, []
@@ -299,6 +303,9 @@ class OperatorSession:
             held, self._held = self._held, None
         if self._pump is not pump:
             return  # replaced while reading
+        if again and epoch != self._epoch:
+            self.replaced_elsewhere(epoch)
+            return
         self._epoch = epoch
         for row in rows:
             req = self.pending.get(row.req_id)

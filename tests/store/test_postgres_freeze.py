@@ -1,6 +1,7 @@
 """A node frozen (SIGSTOP) past its leases, then woken (SIGCONT), after the node
 that took its tasks over has finished them: the woken node shows the operator
-nothing of its stale runs and writes over nothing that was finished."""
+nothing of its stale runs and writes over nothing that was finished.  Buried
+meanwhile, it takes back the sockets it still holds."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import asyncpg
 import pytest
 
 from operator_server.store import Fenced, TaskEvent
+from operator_server.wire.frames import REPLACED_CLOSE_CODE
+from tests.store.gates import close, gate, open_, until, waiting_at
+from tests.store.test_cluster_routing import until_pong
 from tests.store.test_postgres import cut_off_pair, task_record
 from tests.store.test_postgres_cluster import common, connect, daemons
 from tests.test_daemon import Daemon, start_daemon
@@ -167,3 +171,175 @@ async def test_a_stale_writer_is_refused_after_the_task_ended_elsewhere_and_its_
         a.put_task_soon(task_record("t-1", "failed"))
         await a.flush()
         assert (await a.get_task("t-1")).value["status"] == "passed"  # type: ignore[union-attr]
+
+
+async def stored_socket_node(pg_url: str, sid: str) -> tuple[str | None, bool]:
+    """Where the store says ``sid``'s socket is, and whether node A is alive there."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        node = await conn.fetchval("SELECT socket_node FROM operator_sessions WHERE sid = $1", sid)
+        alive = await conn.fetchval(
+            "SELECT count(*) FROM cluster_nodes WHERE node_id = 'node-a' AND expires_at > now()"
+        )
+    finally:
+        await conn.close()
+    return node, alive == 1
+
+
+async def until_stored(pg_url: str, sid: str, want: tuple[str | None, bool], what: str) -> None:
+    for _ in range(300):
+        if await stored_socket_node(pg_url, sid) == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: {await stored_socket_node(pg_url, sid)}")
+
+
+async def test_a_node_woken_after_it_was_buried_takes_back_the_sockets_it_holds(
+    pg_url: str,
+) -> None:
+    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
+    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
+    async with daemons(a, b), aiohttp.ClientSession() as http:
+        async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
+            op = await resp.json()
+        ws = await connect(http, a, op)
+        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # B buries A: its sockets are unplugged, as a dead node's are.
+            await until_stored(pg_url, op["sid"], (None, False), "A buried")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # A beats again, and its socket, open all along, is its again: the
+        # store, whose word every node goes by, says so.
+        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket back on A")
+        async with http.get(
+            f"{b.base}/v1/operators/{op['sid']}",
+            headers={"Authorization": f"Bearer {op['token']}"},
+        ) as resp:
+            view = await resp.json()
+        assert (view["connected"], view["node"]) == (True, "node-a"), view
+        await reaches(http, b, ws)
+        await ws.close()
+
+
+async def reaches(
+    http: aiohttp.ClientSession, node: Daemon, ws: aiohttp.ClientWebSocketResponse
+) -> dict[str, Any]:
+    """Work created on ``node`` for the operator reaches the socket ``ws``: its
+    ``hook_before``."""
+    body = {"agent": "coder", "directive": "x", "operator": {"role": "main"}}
+    async with http.post(f"{node.base}/v1/tasks", json=body) as resp:
+        assert resp.status == 202
+        task_id = (await resp.json())["id"]
+    async with asyncio.timeout(10):
+        while (frame := json.loads((await ws.receive()).data)).get("task_id") != task_id:
+            pass
+    assert frame["type"] == "hook_before"
+    return frame
+
+
+# A's write of the session's row as its socket attaches waits here, in its
+# transaction, holding the row: the attach itself (its socket is on A once it
+# commits), or the touch that follows a committed attach.
+ATTACHING_ON_A = (
+    "AFTER UPDATE OF socket_epoch ON operator_sessions FOR EACH ROW "
+    "WHEN (NEW.socket_node = 'node-a')"
+)
+TOUCHED_ON_A = (
+    "AFTER UPDATE OF last_seen_at ON operator_sessions FOR EACH ROW "
+    "WHEN (NEW.socket_node = 'node-a')"
+)
+
+
+async def touching_the_session(
+    http: aiohttp.ClientSession, a: Daemon, op: dict[str, Any], db: asyncpg.Connection
+) -> aiohttp.ClientWebSocketResponse:
+    """A's socket attached, and A's transaction recording it holds the session's row."""
+    await gate(db, 1, TOUCHED_ON_A)
+    await close(db, 1)
+    return await connect(http, a, op)
+
+
+async def finishing_a_request(
+    http: aiohttp.ClientSession, a: Daemon, op: dict[str, Any], db: asyncpg.Connection
+) -> aiohttp.ClientWebSocketResponse:
+    """A's transaction writing a request answered holds the request's row."""
+    ws = await connect(http, a, op)
+    await until_pong(ws, "attached")
+    hook = await reaches(http, a, ws)
+    await gate(db, 1, "AFTER DELETE ON pending_requests FOR EACH ROW")
+    await close(db, 1)
+    await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
+    return ws
+
+
+@pytest.mark.parametrize("holding", [touching_the_session, finishing_a_request])
+async def test_a_node_frozen_holding_a_row_is_buried_and_takes_its_socket_back(
+    pg_url: str, holding: Any
+) -> None:
+    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
+    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
+    db = await asyncpg.connect(pg_url)
+    try:
+        async with daemons(a, b), aiohttp.ClientSession() as http:
+            async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
+                op = await resp.json()
+            ws = await holding(http, a, op, db)
+            await until(lambda: waiting_at(db, 1))
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                # Not waited for: B buries A, its own rounds going on, though
+                # A's open transaction holds a row the burial would write.
+                buried = "SELECT count(*) = 0 FROM cluster_nodes WHERE node_id = 'node-a'"
+                await until(lambda: db.fetchval(buried))
+                b_beats = "SELECT expires_at > now() FROM cluster_nodes WHERE node_id = 'node-b'"
+                assert await db.fetchval(b_beats)
+            finally:
+                await open_(db, 1)
+                a.proc.send_signal(signal.SIGCONT)
+            await until_stored(pg_url, op["sid"], ("node-a", True), "the socket back on A")
+            await reaches(http, b, ws)
+            await ws.close()
+    finally:
+        await db.close()
+
+
+async def test_a_socket_attached_while_its_node_was_frozen_mid_attach_stays_the_sessions(
+    pg_url: str,
+) -> None:
+    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
+    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
+    db = await asyncpg.connect(pg_url)
+    try:
+        async with daemons(a, b), aiohttp.ClientSession() as http:
+            async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
+                op = await resp.json()
+            await gate(db, 1, ATTACHING_ON_A)
+            await close(db, 1)
+            ws_a = await connect(http, a, op)
+            await until(lambda: waiting_at(db, 1))
+            a.proc.send_signal(signal.SIGSTOP)
+            try:
+                # A's attach goes on to wait for A itself, which is frozen: its
+                # transaction holds the session's row, idle.
+                await open_(db, 1)
+                # The operator tries B: its attach waits for that row only
+                # until PostgreSQL ends the frozen node's transaction.
+                ws_b = await connect(http, b, op)
+                await until_pong(ws_b, "attached on B")
+                await until_stored(pg_url, op["sid"], ("node-b", False), "the socket on B")
+            finally:
+                a.proc.send_signal(signal.SIGCONT)
+            # Woken, A finds the socket it holds replaced (its attach never
+            # committed; B's did) and closes it, rather than take the session
+            # back from the newer socket.
+            async with asyncio.timeout(10):
+                while (msg := await ws_a.receive()).type is aiohttp.WSMsgType.TEXT:
+                    pass
+            assert (msg.type, ws_a.close_code) == (aiohttp.WSMsgType.CLOSE, REPLACED_CLOSE_CODE)
+            await until_stored(pg_url, op["sid"], ("node-b", True), "A back, the socket on B")
+            await reaches(http, a, ws_b)
+            await ws_b.close()
+    finally:
+        await db.close()

@@ -173,17 +173,24 @@ LIVE_NODES = "SELECT node_id FROM cluster_nodes WHERE expires_at > now() ORDER B
 # node wrote after its last renewal would run up to a third of a lease longer,
 # but its node stopped trusting it already: a node counts all of its leases as
 # lapsed one ``lease_s`` after its last renewal was sent (``leases_lapsed``),
-# which is before its heartbeat, written after that renewal, lapses.  A lease
-# row still locked (a node frozen mid-batch keeps its transaction open) is
-# skipped, never waited for: it lapses on its own, as before, and the burial
-# — and with it this node's whole lease round — does not hang on it.
+# which is before its heartbeat, written after that renewal, lapses.
+#
+# A row still locked (a node frozen mid-batch keeps its transaction open, up
+# to ``idle_in_transaction_session_timeout``) is skipped, never waited for, so
+# that the burial, and with it this node's whole lease round, does not hang on
+# it: a lease lapses on its own, as before; a socket or a request of a node
+# that has no row is found again by the next round.
 BURY_NODES = """
     WITH dead AS (
         DELETE FROM cluster_nodes WHERE expires_at < now() RETURNING node_id
     ), unplugged AS (
         UPDATE operator_sessions SET socket_node = NULL
-        WHERE socket_node IN (SELECT node_id FROM dead)
-           OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
+        WHERE sid IN (
+            SELECT sid FROM operator_sessions
+            WHERE socket_node IN (SELECT node_id FROM dead)
+               OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
+            FOR UPDATE SKIP LOCKED
+        )
     ), lapsed AS (
         UPDATE task_leases SET expires_at = now()
         WHERE task_id IN (
@@ -198,17 +205,23 @@ BURY_NODES = """
 # live node shows them to an operator.
 DEAD_REQUESTS = """
     DELETE FROM pending_requests p USING operator_sessions s
-    WHERE s.sid = p.sid AND (
-        p.owner_node = ANY($1::text[])
-        OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = p.owner_node)
+    WHERE s.sid = p.sid AND p.req_id IN (
+        SELECT req_id FROM pending_requests
+        WHERE owner_node = ANY($1::text[])
+           OR NOT EXISTS (SELECT 1 FROM cluster_nodes n WHERE n.node_id = owner_node)
+        FOR UPDATE SKIP LOCKED
     )
     RETURNING p.req_id, p.sid, p.owner_node, s.socket_node
 """
 # Their stand-in seats (``sessions.STAND_IN``): nobody else issues to them.
-DEAD_SEATS = (
-    "DELETE FROM operator_sessions WHERE token_sha256 = ANY("
-    f"SELECT '{STAND_IN}' || unnest($1::text[]))"
-)
+# (One still locked is left: it only ever takes requests its node issues.)
+DEAD_SEATS = f"""
+    DELETE FROM operator_sessions WHERE sid IN (
+        SELECT sid FROM operator_sessions
+        WHERE token_sha256 = ANY(SELECT '{STAND_IN}' || unnest($1::text[]))
+        FOR UPDATE SKIP LOCKED
+    )
+"""
 OLD_MESSAGES = "DELETE FROM cluster_messages WHERE created_at < now() - interval '1 minute'"
 TASK_OWNER = "SELECT node_id FROM task_leases WHERE task_id = $1 AND expires_at > now()"
 
@@ -316,9 +329,13 @@ class NodeOps(GroupCommitWriter):
         they were waiting on; each such request still shown to an operator on a
         live node is withdrawn there, and every node hears which nodes died."""
         me = self._node_id
+        lock_wait = f"{int(self._lease_s * 1000 / 6)}ms"  # the time to the next round
 
         async def work(c: asyncpg.Connection) -> list[str]:
             async with c.transaction():
+                # Locked rows are skipped (``BURY_NODES``); any other lock a
+                # stalled node holds fails the round, and the next one tries again.
+                await c.execute("SELECT set_config('lock_timeout', $1, true)", lock_wait)
                 dead = {str(row["node_id"]) for row in await c.fetch(BURY_NODES)}
                 for req_id, sid, owner, node in await c.fetch(DEAD_REQUESTS, list(dead)):
                     dead.add(owner)
@@ -386,14 +403,19 @@ class NodeOps(GroupCommitWriter):
             notice = withdraw_notice(me, sid, req_id, withdrawn)
             self._soon_plain(what, FINISH_WITHDRAWN, sid, notice, me, req_id)
 
-    async def attach_socket(self, sid: str) -> tuple[int, list[PendingRow]]:
+    async def attach_socket(
+        self, sid: str, again: int | None = None
+    ) -> tuple[int, list[PendingRow]]:
         me = self._node_id
 
         async def work(c: asyncpg.Connection) -> tuple[int, list[Any]]:
             before = await c.fetchrow(SOCKET_NODE, sid)
             if before is None:
                 raise StoreError(f"no operator session {sid}")
-            epoch = int(before["socket_epoch"]) + 1
+            stored = int(before["socket_epoch"])
+            if again is not None and stored != again:
+                return stored, []  # a newer socket attached since: that one is the session's
+            epoch = stored + 1 if again is None else again
             await c.execute(ATTACH_SOCKET, sid, me, epoch)
             old = before["socket_node"]
             if old is not None and old != me:

@@ -164,8 +164,17 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
                 min_size=1,
                 max_size=POOL_MAX,
                 timeout=CONNECT_TIMEOUT_S,
-                # Whose task_counts rows this connection's writes move (v6).
-                server_settings={"operator_server.node_id": self._node_id},
+                server_settings={
+                    # Whose task_counts rows this connection's writes move (v6).
+                    "operator_server.node_id": self._node_id,
+                    # A node frozen (or stalled) mid-transaction keeps its row
+                    # locks, and every other node's write of those rows (a
+                    # socket attaching there, a burial) waits on it.  Past a
+                    # whole lease its leases have lapsed and whatever it would
+                    # still write is refused anyway: PostgreSQL ends its
+                    # transaction then and the locks go.
+                    "idle_in_transaction_session_timeout": str(int(self._lease_s * 1000)),
+                },
                 reset=keep_session,
             )
         except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
