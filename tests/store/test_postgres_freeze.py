@@ -6,9 +6,12 @@ meanwhile, it takes back the sockets it still holds."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -194,14 +197,37 @@ async def until_stored(pg_url: str, sid: str, want: tuple[str | None, bool], wha
     raise AssertionError(f"{what}: {await stored_socket_node(pg_url, sid)}")
 
 
+@dataclasses.dataclass
+class Pair:
+    """Nodes A and B, an operator minted on A, the test's HTTP client, and a
+    connection of its own to the database (for gates)."""
+
+    a: Daemon
+    b: Daemon
+    op: dict[str, Any]
+    http: aiohttp.ClientSession
+    db: asyncpg.Connection
+
+
+@contextlib.asynccontextmanager
+async def pair(pg_url: str) -> AsyncIterator[Pair]:
+    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
+    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
+    db = await asyncpg.connect(pg_url)
+    try:
+        async with daemons(a, b), aiohttp.ClientSession() as http:
+            async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
+                op = await resp.json()
+            yield Pair(a, b, op, http, db)
+    finally:
+        await db.close()
+
+
 async def test_a_node_woken_after_it_was_buried_takes_back_the_sockets_it_holds(
     pg_url: str,
 ) -> None:
-    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
-    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
-    async with daemons(a, b), aiohttp.ClientSession() as http:
-        async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
-            op = await resp.json()
+    async with pair(pg_url) as p:
+        a, b, op, http = p.a, p.b, p.op, p.http
         ws = await connect(http, a, op)
         await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
         a.proc.send_signal(signal.SIGSTOP)
@@ -252,24 +278,20 @@ TOUCHED_ON_A = (
 )
 
 
-async def touching_the_session(
-    http: aiohttp.ClientSession, a: Daemon, op: dict[str, Any], db: asyncpg.Connection
-) -> aiohttp.ClientWebSocketResponse:
+async def touching_the_session(p: Pair) -> aiohttp.ClientWebSocketResponse:
     """A's socket attached, and A's transaction recording it holds the session's row."""
-    await gate(db, 1, TOUCHED_ON_A)
-    await close(db, 1)
-    return await connect(http, a, op)
+    await gate(p.db, 1, TOUCHED_ON_A)
+    await close(p.db, 1)
+    return await connect(p.http, p.a, p.op)
 
 
-async def finishing_a_request(
-    http: aiohttp.ClientSession, a: Daemon, op: dict[str, Any], db: asyncpg.Connection
-) -> aiohttp.ClientWebSocketResponse:
+async def finishing_a_request(p: Pair) -> aiohttp.ClientWebSocketResponse:
     """A's transaction writing a request answered holds the request's row."""
-    ws = await connect(http, a, op)
+    ws = await connect(p.http, p.a, p.op)
     await until_pong(ws, "attached")
-    hook = await reaches(http, a, ws)
-    await gate(db, 1, "AFTER DELETE ON pending_requests FOR EACH ROW")
-    await close(db, 1)
+    hook = await reaches(p.http, p.a, ws)
+    await gate(p.db, 1, "AFTER DELETE ON pending_requests FOR EACH ROW")
+    await close(p.db, 1)
     await ws.send_json({"type": "hook_ack", "req_id": hook["req_id"], "ok": False})
     return ws
 
@@ -278,68 +300,54 @@ async def finishing_a_request(
 async def test_a_node_frozen_holding_a_row_is_buried_and_takes_its_socket_back(
     pg_url: str, holding: Any
 ) -> None:
-    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
-    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
-    db = await asyncpg.connect(pg_url)
-    try:
-        async with daemons(a, b), aiohttp.ClientSession() as http:
-            async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
-                op = await resp.json()
-            ws = await holding(http, a, op, db)
-            await until(lambda: waiting_at(db, 1))
-            a.proc.send_signal(signal.SIGSTOP)
-            try:
-                # Not waited for: B buries A, its own rounds going on, though
-                # A's open transaction holds a row the burial would write.
-                buried = "SELECT count(*) = 0 FROM cluster_nodes WHERE node_id = 'node-a'"
-                await until(lambda: db.fetchval(buried))
-                b_beats = "SELECT expires_at > now() FROM cluster_nodes WHERE node_id = 'node-b'"
-                assert await db.fetchval(b_beats)
-            finally:
-                await open_(db, 1)
-                a.proc.send_signal(signal.SIGCONT)
-            await until_stored(pg_url, op["sid"], ("node-a", True), "the socket back on A")
-            await reaches(http, b, ws)
-            await ws.close()
-    finally:
-        await db.close()
+    async with pair(pg_url) as p:
+        a, b, op, http, db = p.a, p.b, p.op, p.http, p.db
+        ws = await holding(p)
+        await until(lambda: waiting_at(db, 1))
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # Not waited for: B buries A, its own rounds going on, though
+            # A's open transaction holds a row the burial would write.
+            buried = "SELECT count(*) = 0 FROM cluster_nodes WHERE node_id = 'node-a'"
+            await until(lambda: db.fetchval(buried))
+            b_beats = "SELECT expires_at > now() FROM cluster_nodes WHERE node_id = 'node-b'"
+            assert await db.fetchval(b_beats)
+        finally:
+            await open_(db, 1)
+            a.proc.send_signal(signal.SIGCONT)
+        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket back on A")
+        await reaches(http, b, ws)
+        await ws.close()
 
 
 async def test_a_socket_attached_while_its_node_was_frozen_mid_attach_stays_the_sessions(
     pg_url: str,
 ) -> None:
-    a = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-a")
-    b = await start_daemon(*common(pg_url, LEASE_S), "--node-id", "node-b")
-    db = await asyncpg.connect(pg_url)
-    try:
-        async with daemons(a, b), aiohttp.ClientSession() as http:
-            async with http.post(f"{a.base}/v1/operators", json={"roles": ["main"]}) as resp:
-                op = await resp.json()
-            await gate(db, 1, ATTACHING_ON_A)
-            await close(db, 1)
-            ws_a = await connect(http, a, op)
-            await until(lambda: waiting_at(db, 1))
-            a.proc.send_signal(signal.SIGSTOP)
-            try:
-                # A's attach goes on to wait for A itself, which is frozen: its
-                # transaction holds the session's row, idle.
-                await open_(db, 1)
-                # The operator tries B: its attach waits for that row only
-                # until PostgreSQL ends the frozen node's transaction.
-                ws_b = await connect(http, b, op)
-                await until_pong(ws_b, "attached on B")
-                await until_stored(pg_url, op["sid"], ("node-b", False), "the socket on B")
-            finally:
-                a.proc.send_signal(signal.SIGCONT)
-            # Woken, A finds the socket it holds replaced (its attach never
-            # committed; B's did) and closes it, rather than take the session
-            # back from the newer socket.
-            async with asyncio.timeout(10):
-                while (msg := await ws_a.receive()).type is aiohttp.WSMsgType.TEXT:
-                    pass
-            assert (msg.type, ws_a.close_code) == (aiohttp.WSMsgType.CLOSE, REPLACED_CLOSE_CODE)
-            await until_stored(pg_url, op["sid"], ("node-b", True), "A back, the socket on B")
-            await reaches(http, a, ws_b)
-            await ws_b.close()
-    finally:
-        await db.close()
+    async with pair(pg_url) as p:
+        a, b, op, http, db = p.a, p.b, p.op, p.http, p.db
+        await gate(db, 1, ATTACHING_ON_A)
+        await close(db, 1)
+        ws_a = await connect(http, a, op)
+        await until(lambda: waiting_at(db, 1))
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            # A's attach goes on to wait for A itself, which is frozen: its
+            # transaction holds the session's row, idle.
+            await open_(db, 1)
+            # The operator tries B: its attach waits for that row only
+            # until PostgreSQL ends the frozen node's transaction.
+            ws_b = await connect(http, b, op)
+            await until_pong(ws_b, "attached on B")
+            await until_stored(pg_url, op["sid"], ("node-b", False), "the socket on B")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Woken, A finds the socket it holds replaced (its attach never
+        # committed; B's did) and closes it, rather than take the session
+        # back from the newer socket.
+        async with asyncio.timeout(10):
+            while (msg := await ws_a.receive()).type is aiohttp.WSMsgType.TEXT:
+                pass
+        assert (msg.type, ws_a.close_code) == (aiohttp.WSMsgType.CLOSE, REPLACED_CLOSE_CODE)
+        await until_stored(pg_url, op["sid"], ("node-b", True), "A back, the socket on B")
+        await reaches(http, a, ws_b)
+        await ws_b.close()
