@@ -294,15 +294,27 @@ class OperatorSession:
         from the relay's record (with one process: none) and then from memory,
         in issue order, once."""
         self._held = []
+        unstored = None
         try:
             epoch, rows = await self._relay.attach(self.sid, self._epoch if again else None)
-        except StoreError as exc:  # then only this node's own, from memory
+        except StoreError as exc:
+            # Attached again: the store still names this node, so only this
+            # node's own requests are shown (from memory) until the next resync.
             self.log.error("could not read stored requests", error=str(exc))
             epoch, rows = self._epoch, []
+            unstored = None if again else exc
         finally:
             held, self._held = self._held, None
         if self._pump is not pump:
             return  # replaced while reading
+        if unstored is not None:
+            # A new socket the store does not know of: no other node could
+            # reach it, and its epoch is unknown (whether a socket attached on
+            # another node is newer cannot be told).  The client is told to
+            # try again; its next attach is stored or refused in turn.
+            self.close_socket(p.UNSTORED_CLOSE_CODE, p.UNSTORED_REASON)
+            self._relay.detach(self.sid)  # in case the attach committed after all
+            return
         if again and epoch != self._epoch:
             self.replaced_elsewhere(epoch)
             return

@@ -35,6 +35,10 @@ FACE_OF = {
 # the client that sees it stops, rather than reconnecting and replacing it back.
 REPLACED_CLOSE_CODE = 4000
 REPLACED_REASON = "replaced by a newer connection for this session"
+# The close code of a socket whose attach the store could not record (cluster
+# mode: no other node could reach it): "try again later", and a client does.
+UNSTORED_CLOSE_CODE = 1013
+UNSTORED_REASON = "the attach could not be stored; connect again"
 # The ``cancel`` reason a socket is told when its request was answered by
 # someone else (over REST, or a batch).
 ANSWERED_ELSEWHERE = "answered_elsewhere"

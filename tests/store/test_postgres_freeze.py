@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from operator_server.store import Fenced, TaskEvent
-from operator_server.wire.frames import REPLACED_CLOSE_CODE
+from operator_server.wire.frames import REPLACED_CLOSE_CODE, UNSTORED_CLOSE_CODE
 from tests.store.gates import close, gate, open_, until, waiting_at
 from tests.store.test_cluster_routing import until_pong
 from tests.store.test_postgres import cut_off_pair, task_record
@@ -197,6 +197,31 @@ async def until_stored(pg_url: str, sid: str, want: tuple[str | None, bool], wha
     raise AssertionError(f"{what}: {await stored_socket_node(pg_url, sid)}")
 
 
+# Backends of the test's database (not this query's) inside a transaction or
+# a statement: a node frozen with one keeps its locks (an "active" one, frozen
+# between the messages of a statement, for as long as it is frozen).
+BUSY = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND state IN ('active', 'idle in transaction')
+"""
+
+
+async def freeze_quiet(db: asyncpg.Connection, node: Daemon, sid: str) -> None:
+    """SIGSTOP ``node`` once the attach of ``sid``'s socket there is stored, with
+    what follows it (the session's touch, audited), at a moment no transaction
+    is open: what a test means by a node frozen between its writes (one frozen
+    holding a row is another test's, with gates)."""
+    resumed = "SELECT count(*) FROM audit_log WHERE action = 'session.resumed' AND session_id = $1"
+    await until(lambda: db.fetchval(resumed, sid))
+    for _ in range(500):
+        if await db.fetchval(BUSY) == 0:
+            node.proc.send_signal(signal.SIGSTOP)
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the nodes never stopped writing")
+
+
 @dataclasses.dataclass
 class Pair:
     """Nodes A and B, an operator minted on A, the test's HTTP client, and a
@@ -230,7 +255,7 @@ async def test_a_node_woken_after_it_was_buried_takes_back_the_sockets_it_holds(
         a, b, op, http = p.a, p.b, p.op, p.http
         ws = await connect(http, a, op)
         await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
-        a.proc.send_signal(signal.SIGSTOP)
+        await freeze_quiet(p.db, a, op["sid"])
         try:
             # B buries A: its sockets are unplugged, as a dead node's are.
             await until_stored(pg_url, op["sid"], (None, False), "A buried")
@@ -320,7 +345,22 @@ async def test_a_node_frozen_holding_a_row_is_buried_and_takes_its_socket_back(
         await ws.close()
 
 
-async def test_a_socket_attached_while_its_node_was_frozen_mid_attach_stays_the_sessions(
+async def closed(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """The close code ``ws`` gets (what it is sent before is skipped)."""
+    async with asyncio.timeout(10):
+        while (msg := await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+            pass
+    assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+    return ws.close_code
+
+
+LAPSED = (
+    "beating again after this node's leases lapsed; re-reading what changed",
+    "leases lapsed; let every run go to whichever node takes it",
+)
+
+
+async def test_a_node_frozen_mid_attach_holds_another_nodes_attach_up_for_a_lease_at_most(
     pg_url: str,
 ) -> None:
     async with pair(pg_url) as p:
@@ -334,20 +374,75 @@ async def test_a_socket_attached_while_its_node_was_frozen_mid_attach_stays_the_
             # A's attach goes on to wait for A itself, which is frozen: its
             # transaction holds the session's row, idle.
             await open_(db, 1)
-            # The operator tries B: its attach waits for that row only
-            # until PostgreSQL ends the frozen node's transaction.
+            # The operator tries B: its attach waits for that row only until
+            # PostgreSQL ends the frozen node's transaction (after lease_s).
             ws_b = await connect(http, b, op)
             await until_pong(ws_b, "attached on B")
             await until_stored(pg_url, op["sid"], ("node-b", False), "the socket on B")
         finally:
             a.proc.send_signal(signal.SIGCONT)
-        # Woken, A finds the socket it holds replaced (its attach never
-        # committed; B's did) and closes it, rather than take the session
-        # back from the newer socket.
-        async with asyncio.timeout(10):
-            while (msg := await ws_a.receive()).type is aiohttp.WSMsgType.TEXT:
-                pass
-        assert (msg.type, ws_a.close_code) == (aiohttp.WSMsgType.CLOSE, REPLACED_CLOSE_CODE)
+        # Woken, A finds its attach was never stored, and has the client try
+        # again rather than keep a socket no other node could reach (or take
+        # the session back from B's, which may be newer).
+        assert await closed(ws_a) == UNSTORED_CLOSE_CODE
         await until_stored(pg_url, op["sid"], ("node-b", True), "A back, the socket on B")
         await reaches(http, a, ws_b)
         await ws_b.close()
+        # B renewed on time all along, though its writer waited on A's row.
+        b.proc.send_signal(signal.SIGTERM)
+        assert b.proc.wait(timeout=15) == 0
+        assert not [e for e in b.logs() if e.get("event") in LAPSED]
+
+
+async def test_a_socket_attached_elsewhere_while_its_node_was_buried_stays_the_sessions(
+    pg_url: str,
+) -> None:
+    async with pair(pg_url) as p:
+        a, b, op, http = p.a, p.b, p.op, p.http
+        ws_a = await connect(http, a, op)
+        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
+        await freeze_quiet(p.db, a, op["sid"])
+        try:
+            await until_stored(pg_url, op["sid"], (None, False), "A buried")
+            # The store names no node for the socket: B's attach tells A nothing.
+            ws_b = await connect(http, b, op)
+            await until_pong(ws_b, "attached on B")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        # Woken, A finds a newer socket than its own stored, and closes its
+        # own as replaced, rather than take the session back from it.
+        assert await closed(ws_a) == REPLACED_CLOSE_CODE
+        await until_stored(pg_url, op["sid"], ("node-b", True), "A back, the socket on B")
+        await reaches(http, a, ws_b)
+        await ws_b.close()
+
+
+async def test_a_node_whose_writes_wait_on_a_lock_for_longer_than_a_lease_renews_on_time(
+    pg_url: str,
+) -> None:
+    async with pair(pg_url) as p:
+        a, op, http, db = p.a, p.op, p.http, p.db
+        # The test holds the session's row, as a frozen node's transaction
+        # would (for longer than a lease, which PostgreSQL lets no node do).
+        held = db.transaction()
+        await held.start()
+        try:
+            await db.execute("SELECT 1 FROM operator_sessions WHERE sid = $1 FOR UPDATE", op["sid"])
+            ws = await connect(http, a, op)  # its attach, in A's writer, waits
+            beating = "SELECT expires_at > now() FROM cluster_nodes WHERE node_id = 'node-a'"
+            waited = asyncio.get_running_loop().time() + 2 * LEASE_S
+            look = await asyncpg.connect(pg_url)
+            try:
+                while asyncio.get_running_loop().time() < waited:
+                    assert await look.fetchval(beating)
+                    await asyncio.sleep(0.1)
+            finally:
+                await look.close()
+        finally:
+            await held.rollback()
+        await until_pong(ws, "attached")
+        await reaches(http, a, ws)
+        await ws.close()
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=15) == 0
+        assert not [e for e in a.logs() if e.get("event") in LAPSED]

@@ -189,7 +189,7 @@ BURY_NODES = """
             SELECT sid FROM operator_sessions
             WHERE socket_node IN (SELECT node_id FROM dead)
                OR socket_node NOT IN (SELECT node_id FROM cluster_nodes)
-            FOR UPDATE SKIP LOCKED
+            FOR NO KEY UPDATE SKIP LOCKED
         )
     ), lapsed AS (
         UPDATE task_leases SET expires_at = now()
@@ -329,7 +329,7 @@ class NodeOps(GroupCommitWriter):
         they were waiting on; each such request still shown to an operator on a
         live node is withdrawn there, and every node hears which nodes died."""
         me = self._node_id
-        lock_wait = f"{int(self._lease_s * 1000 / 6)}ms"  # the time to the next round
+        lock_wait = f"{max(1, int(self._lease_s * 1000 / 6))}ms"  # the time to the next look
 
         async def work(c: asyncpg.Connection) -> list[str]:
             async with c.transaction():

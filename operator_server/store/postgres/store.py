@@ -173,7 +173,7 @@ class PostgresStore(NodeOps, PlacingOps, SessionOps, KeyOps, LinkOps, AuditOps, 
                     # whole lease its leases have lapsed and whatever it would
                     # still write is refused anyway: PostgreSQL ends its
                     # transaction then and the locks go.
-                    "idle_in_transaction_session_timeout": str(int(self._lease_s * 1000)),
+                    "idle_in_transaction_session_timeout": str(max(1, int(self._lease_s * 1000))),
                 },
                 reset=keep_session,
             )
