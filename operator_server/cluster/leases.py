@@ -91,7 +91,9 @@ class LeaseKeeper:
         # (each read does), and those may wait on rows a frozen node holds
         # (up to ``lease_s``); renewals must never wait on them, or this node's
         # own leases would lapse.
-        self.background.spawn(self._every(3, self.renew_once), name="lease-renewer")
+        # The first renewal at once: recovery may have taken a while since the
+        # store opened (and beat), and leases count from that beat.
+        self.background.spawn(self._every(3, self.renew_once, at_once=True), name="lease-renewer")
         self.background.spawn(self._every(6, self.look_once), name="lease-looker")
 
     async def renew_once(self) -> None:
@@ -155,13 +157,15 @@ class LeaseKeeper:
             log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
         if self._runs_ending or store.leases_lapsed:
             self._runs_ending = False
-        else:
+        elif engine.accepting:  # not while stopping: what it took would be handed back
             await take_over_lapsed(engine, store)
         self._looks += 1
         if self._looks % 2 == 0:
             await engine.recount()
 
-    async def _every(self, per_lease: int, round_once: Callable[[], Awaitable[None]]) -> None:
+    async def _every(
+        self, per_lease: int, round_once: Callable[[], Awaitable[None]], *, at_once: bool = False
+    ) -> None:
         """``round_once`` every ``lease_s / per_lease``.  Renewals every third of
         a lease: two may fail before another node takes over.  Looks twice as
         often, so a dead node's tasks are taken at most a sixth of a lease
@@ -169,7 +173,7 @@ class LeaseKeeper:
         not added to the next wait), so those bounds hold however long a round
         takes."""
         step = self.lease_s / per_lease
-        due = time.monotonic()
+        due = time.monotonic() - (step if at_once else 0)
         while True:
             due = max(due + step, time.monotonic())
             await asyncio.sleep(due - time.monotonic())

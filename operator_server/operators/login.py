@@ -299,10 +299,10 @@ async def operator_socket(request: web.Request) -> web.WebSocketResponse:
         remote=request.remote,
     )
     directory = request.app[DIRECTORY]
-    await session.attach(pump)
-    directory.seen(session, attached=True)
     try:
-        await pump.read_loop(session.handle_text)
+        if await session.attach(pump):
+            directory.seen(session, attached=True)
+            await pump.read_loop(session.handle_text)
     finally:
         session.detach(pump)
         directory.seen(session)

@@ -245,6 +245,9 @@ class OperatorSession:
         # While an attach reads the stored requests: frames sent meanwhile, held
         # so that they follow the replay rather than overtake it.
         self._held: list[tuple[str, str, dict[str, Any]]] | None = None
+        # One replay at a time: a resync (two follow a lapse) and a new socket's
+        # attach may overlap, and each holds frames in ``_held`` while it reads.
+        self._replaying = asyncio.Lock()
         # Deadlines and reminders: the engine's one heap for every session.
         self._clock = clock if clock is not None else LoopTimers()
         self._due_soon = due_soon
@@ -269,8 +272,10 @@ class OperatorSession:
         """When the session was last seen, if no socket is attached."""
         return None if self._pump is not None else self.last_seen_at
 
-    async def attach(self, pump: SocketPump) -> None:
-        """Make ``pump`` the session's socket and replay what is unanswered."""
+    async def attach(self, pump: SocketPump) -> bool:
+        """Make ``pump`` the session's socket and replay what is unanswered;
+        False when it is not the session's socket after all (the store could
+        not record it, or a newer one replaced it meanwhile): it is closed."""
         old, self._pump = self._pump, pump
         self._sent = set()
         self.last_seen_at = time.time()
@@ -278,6 +283,7 @@ class OperatorSession:
             old.close(p.REPLACED_CLOSE_CODE, p.REPLACED_REASON)
             self.log.info("socket replaced by a newer one")
         await self._replay_stored(pump)
+        return self._pump is pump
 
     async def resync(self) -> None:
         """Re-read the stored requests for the socket attached here (frames sent
@@ -290,6 +296,11 @@ class OperatorSession:
             await self._replay_stored(self._pump, again=True)
 
     async def _replay_stored(self, pump: SocketPump, *, again: bool = False) -> None:
+        async with self._replaying:
+            if self._pump is pump:  # not replaced while waiting its turn
+                await self._replay_stored_now(pump, again=again)
+
+    async def _replay_stored_now(self, pump: SocketPump, *, again: bool) -> None:
         """Every unanswered request of the session, whichever node issued it,
         from the relay's record (with one process: none) and then from memory,
         in issue order, once."""

@@ -417,6 +417,12 @@ async def test_a_socket_attached_elsewhere_while_its_node_was_buried_stays_the_s
         await ws_b.close()
 
 
+WAITING_ON_A_LOCK = """
+    SELECT count(*) > 0 FROM pg_stat_activity
+    WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
 async def test_a_node_whose_writes_wait_on_a_lock_for_longer_than_a_lease_renews_on_time(
     pg_url: str,
 ) -> None:
@@ -430,9 +436,10 @@ async def test_a_node_whose_writes_wait_on_a_lock_for_longer_than_a_lease_renews
             await db.execute("SELECT 1 FROM operator_sessions WHERE sid = $1 FOR UPDATE", op["sid"])
             ws = await connect(http, a, op)  # its attach, in A's writer, waits
             beating = "SELECT expires_at > now() FROM cluster_nodes WHERE node_id = 'node-a'"
-            waited = asyncio.get_running_loop().time() + 2 * LEASE_S
             look = await asyncpg.connect(pg_url)
             try:
+                await until(lambda: look.fetchval(WAITING_ON_A_LOCK))
+                waited = asyncio.get_running_loop().time() + 2 * LEASE_S
                 while asyncio.get_running_loop().time() < waited:
                     assert await look.fetchval(beating)
                     await asyncio.sleep(0.1)
@@ -446,3 +453,24 @@ async def test_a_node_whose_writes_wait_on_a_lock_for_longer_than_a_lease_renews
         a.proc.send_signal(signal.SIGTERM)
         assert a.proc.wait(timeout=15) == 0
         assert not [e for e in a.logs() if e.get("event") in LAPSED]
+
+
+async def test_a_socket_that_replaces_one_still_attaching_is_attached_once_that_attach_ends(
+    pg_url: str,
+) -> None:
+    async with pair(pg_url) as p:
+        a, op, http, db = p.a, p.op, p.http, p.db
+        await gate(db, 1, ATTACHING_ON_A)
+        await close(db, 1)
+        first = await connect(http, a, op)
+        await until(lambda: waiting_at(db, 1))
+        # The operator connects again while the first attach still reads: the
+        # two replays take turns, not overlap (each holds frames while it reads).
+        second = await connect(http, a, op)
+        await asyncio.sleep(0.2)
+        await open_(db, 1)
+        assert await closed(first) == REPLACED_CLOSE_CODE
+        await until_pong(second, "attached")
+        await until_stored(pg_url, op["sid"], ("node-a", True), "the second socket on A")
+        await reaches(http, a, second)
+        await second.close()
