@@ -248,19 +248,27 @@ async def pair(pg_url: str) -> AsyncIterator[Pair]:
         await db.close()
 
 
+@contextlib.asynccontextmanager
+async def buried(pg_url: str, p: Pair) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """The operator's socket attached on A, then A frozen and buried by B (its
+    sockets unplugged, as a dead node's are) for the block, woken after it."""
+    ws = await connect(p.http, p.a, p.op)
+    await until_stored(pg_url, p.op["sid"], ("node-a", True), "the socket attached on A")
+    await freeze_quiet(p.db, p.a, p.op["sid"])
+    try:
+        await until_stored(pg_url, p.op["sid"], (None, False), "A buried")
+        yield ws
+    finally:
+        p.a.proc.send_signal(signal.SIGCONT)
+
+
 async def test_a_node_woken_after_it_was_buried_takes_back_the_sockets_it_holds(
     pg_url: str,
 ) -> None:
     async with pair(pg_url) as p:
-        a, b, op, http = p.a, p.b, p.op, p.http
-        ws = await connect(http, a, op)
-        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
-        await freeze_quiet(p.db, a, op["sid"])
-        try:
-            # B buries A: its sockets are unplugged, as a dead node's are.
-            await until_stored(pg_url, op["sid"], (None, False), "A buried")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
+        b, op, http = p.b, p.op, p.http
+        async with buried(pg_url, p) as ws:
+            pass
         # A beats again, and its socket, open all along, is its again: the
         # store, whose word every node goes by, says so.
         await until_stored(pg_url, op["sid"], ("node-a", True), "the socket back on A")
@@ -360,6 +368,13 @@ LAPSED = (
 )
 
 
+async def never_lapsed(node: Daemon) -> bool:
+    """Stop ``node``: its leases never lapsed, by its own log."""
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=15) == 0
+    return not [e for e in node.logs() if e.get("event") in LAPSED]
+
+
 async def test_a_node_frozen_mid_attach_holds_another_nodes_attach_up_for_a_lease_at_most(
     pg_url: str,
 ) -> None:
@@ -389,9 +404,7 @@ async def test_a_node_frozen_mid_attach_holds_another_nodes_attach_up_for_a_leas
         await reaches(http, a, ws_b)
         await ws_b.close()
         # B renewed on time all along, though its writer waited on A's row.
-        b.proc.send_signal(signal.SIGTERM)
-        assert b.proc.wait(timeout=15) == 0
-        assert not [e for e in b.logs() if e.get("event") in LAPSED]
+        assert await never_lapsed(b)
 
 
 async def test_a_socket_attached_elsewhere_while_its_node_was_buried_stays_the_sessions(
@@ -399,16 +412,10 @@ async def test_a_socket_attached_elsewhere_while_its_node_was_buried_stays_the_s
 ) -> None:
     async with pair(pg_url) as p:
         a, b, op, http = p.a, p.b, p.op, p.http
-        ws_a = await connect(http, a, op)
-        await until_stored(pg_url, op["sid"], ("node-a", True), "the socket attached on A")
-        await freeze_quiet(p.db, a, op["sid"])
-        try:
-            await until_stored(pg_url, op["sid"], (None, False), "A buried")
+        async with buried(pg_url, p) as ws_a:
             # The store names no node for the socket: B's attach tells A nothing.
             ws_b = await connect(http, b, op)
             await until_pong(ws_b, "attached on B")
-        finally:
-            a.proc.send_signal(signal.SIGCONT)
         # Woken, A finds a newer socket than its own stored, and closes its
         # own as replaced, rather than take the session back from it.
         assert await closed(ws_a) == REPLACED_CLOSE_CODE
@@ -450,9 +457,7 @@ async def test_a_node_whose_writes_wait_on_a_lock_for_longer_than_a_lease_renews
         await until_pong(ws, "attached")
         await reaches(http, a, ws)
         await ws.close()
-        a.proc.send_signal(signal.SIGTERM)
-        assert a.proc.wait(timeout=15) == 0
-        assert not [e for e in a.logs() if e.get("event") in LAPSED]
+        assert await never_lapsed(a)
 
 
 async def test_a_socket_that_replaces_one_still_attaching_is_attached_once_that_attach_ends(
