@@ -11,7 +11,7 @@ stops the server.
 
 With a store many nodes share (PostgreSQL), a node takes only the live tasks
 no live node owns: those whose lease lapsed or was let go (``Store.take_over``)
-— at start-up, and then every ``cluster.lease_s / 3`` (``take_over_lapsed``),
+— at start-up, and then every ``cluster.lease_s / 6`` (``take_over_lapsed``),
 which is how a surviving node picks up a dead or stopped node's work.  Their
 cut attempts are interruptions, exactly as after a restart.
 """
