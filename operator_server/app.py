@@ -47,6 +47,7 @@ from operator_server.cluster.leases import Leases
 from operator_server.cluster.wiring import ClusterWiring
 from operator_server.config import ConfigError, Settings
 from operator_server.engine import Engine
+from operator_server.engine.engine import RETENTION_BATCH
 from operator_server.engine.tasks import TaskStatus
 from operator_server.http import (
     audit,
@@ -279,9 +280,10 @@ async def _open_and_recover(app: web.Application) -> None:
 
 
 async def sweep_once(app: web.Application) -> None:
-    """Expire idle sessions, forget finished tasks past ``store.retention_s``,
-    and prune audit rows past ``audit_retention_days`` (task retention never
-    touches them: the trail outlives the tasks it speaks of)."""
+    """Expire idle sessions, forget finished tasks and given-up notification
+    messages past ``store.retention_s``, and prune audit rows past
+    ``audit_retention_days`` (task retention never touches them: the trail
+    outlives the tasks it speaks of)."""
     await app[DIRECTORY].sweep()
     now = time.time()
     try:
@@ -291,6 +293,14 @@ async def sweep_once(app: web.Application) -> None:
     else:
         if gone:
             log.info("expired finished tasks", count=gone)
+    try:
+        cutoff = now - app[SETTINGS].store.retention_s
+        dropped = await app[STORE].delete_given_up(cutoff, RETENTION_BATCH)
+    except StoreError as exc:  # they go next time
+        log.error("could not delete given-up notifications", error=str(exc))
+    else:
+        if dropped:
+            log.info("deleted given-up notifications past the retention", count=dropped)
     days = app[SETTINGS].audit_retention_days
     if days:
         try:

@@ -707,6 +707,12 @@ class Store(ABC):
         ``last_error``) goes too, one given up stays with its reason."""
 
     @abstractmethod
+    async def delete_given_up(self, created_before: float, limit: int) -> int:
+        """Delete up to ``limit`` messages given up (kept with their reason)
+        that were cut before the cutoff, oldest first, whichever node cut
+        them; how many went.  Retention's: nothing else ever removes them."""
+
+    @abstractmethod
     async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
         """The notices still to be sent and the messages still to be tried
         (``node``'s only, in a store many nodes share), oldest first."""

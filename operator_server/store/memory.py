@@ -254,6 +254,16 @@ class MemoryStore(Store):
             if message.last_error is None:
                 del self.notice_messages[message.id]
 
+    async def delete_given_up(self, created_before: float, limit: int) -> int:
+        old = sorted(
+            (m.created_at, m.id)
+            for m in self.notice_messages.values()
+            if m.due_at is None and m.created_at < created_before
+        )[:limit]
+        for _, message_id in old:
+            del self.notice_messages[message_id]
+        return len(old)
+
     async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
         del node  # one process: every notice is this node's
         notices = sorted(self.notices.values(), key=lambda n: (n.queued_at, n.id))

@@ -11,6 +11,12 @@ from operator_server.wire import json as wire_json
 
 NOTICE_COLUMNS = "id, batch, node, queued_at, data, message_id"
 MESSAGE_COLUMNS = "id, batch, node, created_at, due_at, attempts, last_error, data"
+# Retention of messages given up (``Store.delete_given_up``): the cutoff and the
+# batch are each store's placeholders.
+DELETE_GIVEN_UP = (
+    "DELETE FROM notice_messages WHERE id IN (SELECT id FROM notice_messages "
+    "WHERE due_at IS NULL AND created_at < {} ORDER BY created_at, id LIMIT {})"
+)
 
 
 def notice_row(n: Notice) -> tuple[Any, ...]:

@@ -87,6 +87,7 @@ from operator_server.store.base import (
     output_row,
 )
 from operator_server.store.notice_rows import (
+    DELETE_GIVEN_UP,
     MESSAGE_COLUMNS,
     NOTICE_COLUMNS,
     decode_message,
@@ -1011,6 +1012,13 @@ class SQLiteStore(Store):
                     c.execute("DELETE FROM notice_messages WHERE id = ?", (m.id,))
 
         await self._call(work, f"record notice message {m.id}")
+
+    async def delete_given_up(self, created_before: float, limit: int) -> int:
+        def work(c: sqlite3.Connection) -> int:
+            return c.execute(DELETE_GIVEN_UP.format("?", "?"), (created_before, limit)).rowcount
+
+        gone: int = await self._call(work, "delete given-up notice messages")
+        return gone
 
     async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
         del node  # one process: every notice is this node's, whatever its id was

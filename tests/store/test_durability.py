@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from structlog.testing import capture_logs
 
 from operator_server.app import build_app, sweep_once
 from operator_server.appkeys import STORE
-from operator_server.store import MemoryStore, SQLiteStore, StoreError
+from operator_server.store import MemoryStore, NoticeMessage, SQLiteStore, StoreError
 from operator_server.store.sqlite import MIGRATIONS
 from tests.conftest import Server, create_task, directory_of, engine_of, make_settings, wait_task
 from tests.wsop import connect, eventually, expect, mint
@@ -165,6 +167,24 @@ async def test_finished_tasks_are_removed_after_the_retention(server: Server, db
     assert (await client.get(f"/v1/tasks/{task['id']}")).status == 404
     await client.close()
     assert sqlite3.connect(db).execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+
+
+async def test_notifications_given_up_are_removed_after_the_retention(
+    server: Server, db: Path
+) -> None:
+    client = await server(store__path=str(db), store__retention_s=0.1)
+    store = client.app[STORE]  # type: ignore[index]
+    cut = NoticeMessage("m1", "b", "node-1", time.time(), time.time())
+    await store.cut_notice_message(cut, [])
+    given_up = dataclasses.replace(cut, due_at=None, attempts=3, last_error="HTTP 503")
+    await store.record_notice_message(given_up)
+    await sweep_once(client.app)  # type: ignore[arg-type]
+    count = "SELECT count(*) FROM notice_messages"
+    assert sqlite3.connect(db).execute(count).fetchone() == (1,)  # not yet past it
+    await asyncio.sleep(0.2)
+    await sweep_once(client.app)  # type: ignore[arg-type]
+    await client.close()
+    assert sqlite3.connect(db).execute(count).fetchone() == (0,)
 
 
 async def crash_image(store: MemoryStore) -> MemoryStore:

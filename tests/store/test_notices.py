@@ -50,3 +50,21 @@ async def test_a_message_given_up_takes_its_notices_and_is_no_longer_tried(
         dataclasses.replace(cut, due_at=None, attempts=3, last_error="HTTP 503")
     )
     assert await store.load_notices("node-1") == ([], [])
+
+
+async def test_messages_given_up_go_after_the_retention_oldest_first_those_owed_stay(
+    store: Store,  # noqa: F811
+) -> None:
+    owed = NoticeMessage("m-owed", "b", "node-1", 1.0, 1.0)
+    await store.cut_notice_message(owed, [])
+    for mid, at in (("m-new", 50.0), ("m-old", 2.0), ("m-older", 1.5)):
+        cut = NoticeMessage(mid, "b", "node-1", at, at)
+        await store.cut_notice_message(cut, [])
+        await store.record_notice_message(
+            dataclasses.replace(cut, due_at=None, attempts=3, last_error="HTTP 503")
+        )
+    assert await store.delete_given_up(10.0, 1) == 1  # the oldest first, one per batch
+    assert await store.delete_given_up(10.0, 100) == 1
+    assert await store.delete_given_up(10.0, 100) == 0  # m-new is younger than the cutoff
+    assert await store.delete_given_up(100.0, 100) == 1
+    assert (await store.load_notices("node-1"))[1] == [owed]  # still owed: never deleted

@@ -15,6 +15,7 @@ import asyncpg
 
 from operator_server.store.base import Fenced, Notice, NoticeMessage
 from operator_server.store.notice_rows import (
+    DELETE_GIVEN_UP,
     MESSAGE_COLUMNS,
     NOTICE_COLUMNS,
     decode_message,
@@ -103,6 +104,12 @@ class NoticeOps(GroupCommitWriter):
                     await c.execute("DELETE FROM notice_messages WHERE id = $1", m.id)
 
         await self._call(work, f"record notice message {m.id}")
+
+    async def delete_given_up(self, created_before: float, limit: int) -> int:
+        sql, cutoff = DELETE_GIVEN_UP.format("$1", "$2"), float(created_before)
+        what = "delete given-up notice messages"
+        status = await self._call(lambda c: c.execute(sql, cutoff, limit), what)
+        return int(str(status).rsplit(" ", 1)[-1])  # "DELETE <n>"
 
     async def load_notices(self, node: str) -> tuple[list[Notice], list[NoticeMessage]]:
         async def work(c: asyncpg.Connection) -> tuple[list[Any], list[Any]]:
