@@ -150,18 +150,24 @@ class LeaseKeeper:
                 await store.release_leases(let_go)
                 engine.unleased.difference_update(let_go)
             dead = await self.shared.bury_dead_nodes()
-        except StoreError as exc:  # the next look tries again
+        except StoreError as exc:
+            # The next look tries again.  Leases lapse on their own, so this
+            # one still takes over what lapsed: a burial held up (a frozen
+            # node's lock, past ``lock_timeout``) must not hold the takeover up.
             log.warning("could not look for dead nodes", error=str(exc))
-            return
+            dead = []
         if dead:
             log.warning("nodes stopped beating; their requests are withdrawn", nodes=dead)
-        if self._runs_ending or store.leases_lapsed:
-            self._runs_ending = False
-        elif engine.accepting:  # not while stopping: what it took would be handed back
-            await take_over_lapsed(engine, store)
-        self._looks += 1
-        if self._looks % 2 == 0:
-            await engine.recount()
+        try:
+            if self._runs_ending or store.leases_lapsed:
+                self._runs_ending = False
+            elif engine.accepting:  # not while stopping: what it took would be handed back
+                await take_over_lapsed(engine, store)
+            self._looks += 1
+            if self._looks % 2 == 0:
+                await engine.recount()
+        except StoreError as exc:  # the next look tries again
+            log.warning("could not take over lapsed tasks", error=str(exc))
 
     async def _every(
         self, per_lease: int, round_once: Callable[[], Awaitable[None]], *, at_once: bool = False

@@ -479,3 +479,31 @@ async def test_a_socket_that_replaces_one_still_attaching_is_attached_once_that_
         await until_stored(pg_url, op["sid"], ("node-a", True), "the second socket on A")
         await reaches(http, a, second)
         await second.close()
+
+
+async def test_a_dead_nodes_tasks_are_taken_over_while_its_burial_cannot_finish(
+    pg_url: str,
+) -> None:
+    async with pair(pg_url) as p:
+        a, b, op, http, db = p.a, p.b, p.op, p.http, p.db
+        ws = await connect(http, a, op)
+        task_id = (await reaches(http, a, ws))["task_id"]  # its attempt runs on A
+        a.proc.kill()
+        a.proc.wait()
+        # A's heartbeat row held, as a node frozen mid-statement would hold it:
+        # B's burials fail (their lock waits are bounded) until it goes.
+        held = db.transaction()
+        await held.start()
+        try:
+            await db.execute("SELECT 1 FROM cluster_nodes WHERE node_id = 'node-a' FOR UPDATE")
+            for _ in range(150):
+                async with http.get(f"{b.base}/v1/tasks/{task_id}") as resp:
+                    if len((await resp.json())["attempts"]) == 2:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("B did not take the dead node's task over")
+            assert await db.fetchval("SELECT count(*) FROM cluster_nodes WHERE node_id = 'node-a'")
+        finally:
+            await held.rollback()
+        await ws.close()
