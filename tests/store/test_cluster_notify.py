@@ -19,7 +19,7 @@ import asyncpg
 from tests.notify.receivers import Receiver
 from tests.notify.test_delivery import req_ids
 from tests.store.test_cluster_requests import HOOKED, ended, listed, reply
-from tests.store.test_cluster_routing import create, mint, next_of
+from tests.store.test_cluster_routing import create, create_when_ready, mint, next_of
 from tests.store.test_postgres_cluster import common, connect, daemons
 from tests.test_daemon import Daemon, start_daemon
 from tests.wsop import eventually
@@ -223,7 +223,7 @@ async def test_a_node_frozen_past_its_heartbeat_does_not_send_what_a_live_node_a
 
         a.proc.send_signal(signal.SIGCONT)
         # Its next news is told after it woke and looked at what it had due.
-        later = await create(http, a, HOOKED)
+        later = await create_when_ready(http, a, HOOKED)
         hook = await next_of(ws, "hook_before")
         while hook["task_id"] != later:
             hook = await next_of(ws, "hook_before")

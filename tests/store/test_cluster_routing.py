@@ -43,6 +43,21 @@ async def create(http: aiohttp.ClientSession, node: Daemon, body: dict[str, Any]
         return task_id
 
 
+async def create_when_ready(http: aiohttp.ClientSession, node: Daemon, body: dict[str, Any]) -> str:
+    """``create``, as a client does it: a 503 (a node just woken from a freeze
+    re-makes the store connection PostgreSQL cut meanwhile) is tried again
+    a moment later."""
+    for _ in range(40):
+        async with http.post(f"{node.base}/v1/tasks", json=body) as resp:
+            if resp.status == 503:
+                await asyncio.sleep(0.25)
+                continue
+            assert resp.status == 202, await resp.text()
+            task_id: str = (await resp.json())["id"]
+            return task_id
+    raise AssertionError(f"{node.base} refused new tasks throughout")
+
+
 async def frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> dict[str, Any]:
     msg = await asyncio.wait_for(ws.receive(), timeout)
     assert msg.type is aiohttp.WSMsgType.TEXT, msg

@@ -21,7 +21,7 @@ import pytest
 from operator_server.store import Fenced, TaskEvent
 from operator_server.wire.frames import REPLACED_CLOSE_CODE, UNSTORED_CLOSE_CODE
 from tests.store.gates import close, gate, open_, until, waiting_at
-from tests.store.test_cluster_routing import until_pong
+from tests.store.test_cluster_routing import create_when_ready, until_pong
 from tests.store.test_postgres import cut_off_pair, task_record
 from tests.store.test_postgres_cluster import common, connect, daemons
 from tests.test_daemon import Daemon, start_daemon
@@ -288,9 +288,7 @@ async def reaches(
     """Work created on ``node`` for the operator reaches the socket ``ws``: its
     ``hook_before``."""
     body = {"agent": "coder", "directive": "x", "operator": {"role": "main"}}
-    async with http.post(f"{node.base}/v1/tasks", json=body) as resp:
-        assert resp.status == 202
-        task_id = (await resp.json())["id"]
+    task_id = await create_when_ready(http, node, body)
     async with asyncio.timeout(10):
         while (frame := json.loads((await ws.receive()).data)).get("task_id") != task_id:
             pass
