@@ -29,7 +29,7 @@ from operator_server.store.base import (
     decode_task_row,
 )
 from operator_server.store.postgres.sessions import STAND_IN
-from operator_server.store.postgres.tasks import with_asks_of
+from operator_server.store.postgres.tasks import BUMP_EPOCHS, with_asks_of
 from operator_server.store.postgres.writer import Bulk, GroupCommitWriter, ignore
 from operator_server.wire import json as wire_json
 from operator_server.wire.json import STORED_MAX_DEPTH
@@ -70,7 +70,7 @@ RELEASE_LEASES = "UPDATE task_leases SET expires_at = '-infinity' WHERE node_id 
 # skip each other's; the upsert re-checks the lease row as it is now (a lease
 # renewed or taken since the scan's snapshot does not come back).  Each task
 # taken moves to a new epoch: whatever its former node still writes is refused.
-TAKE_OVER = """
+TAKE_OVER = f"""
     WITH lapsed AS (
         SELECT t.id FROM tasks t LEFT JOIN task_leases l ON l.task_id = t.id
         WHERE t.status = ANY($3::text[]) AND (l.task_id IS NULL OR l.expires_at < now())
@@ -83,11 +83,7 @@ TAKE_OVER = """
             SET node_id = EXCLUDED.node_id, expires_at = EXCLUDED.expires_at
             WHERE task_leases.expires_at < now()
         RETURNING task_id
-    ), bumped AS (
-        UPDATE tasks t SET epoch = t.epoch + 1 FROM taken k WHERE t.id = k.task_id
-        RETURNING t.id, t.data, t.epoch, t.seq
-    )
-    SELECT id, data, epoch FROM bumped ORDER BY seq
+    ), {BUMP_EPOCHS.format("taken")}
 """
 # Cluster routing (v5).  A request is inserted under a share lock on its
 # session's row, and a socket attaches under an update lock on it, so the two

@@ -12,7 +12,12 @@ import asyncpg
 
 from operator_server.cluster.bus import SQL_CHANNEL
 from operator_server.store.base import Audit, Events, Fenced, Row, decode_task, decode_task_row
-from operator_server.store.postgres.tasks import ASKS_OF_TASKS, OUTPUTS_OF_TASKS, WRITE_TASKS
+from operator_server.store.postgres.tasks import (
+    ASKS_OF_TASKS,
+    BUMP_EPOCHS,
+    OUTPUTS_OF_TASKS,
+    WRITE_TASKS,
+)
 from operator_server.store.postgres.writer import Bulk, GroupCommitWriter
 from operator_server.wire import json as wire_json
 
@@ -20,7 +25,7 @@ from operator_server.wire import json as wire_json
 # node does not run yet (``$5``): ``$3`` names them, or NULL for all of them.
 # Only a lease still current is claimed — one that lapsed is anybody's
 # takeover — and, as a takeover, each moves to a new epoch and a fresh lease.
-CLAIM_PLACED = """
+CLAIM_PLACED = f"""
     WITH placed AS (
         SELECT l.task_id FROM task_leases l JOIN tasks t ON t.id = l.task_id
         WHERE l.node_id = $1 AND l.expires_at > now() AND t.status = ANY($4::text[])
@@ -30,11 +35,7 @@ CLAIM_PLACED = """
     ), renewed AS (
         UPDATE task_leases l SET expires_at = now() + make_interval(secs => $2)
         FROM placed p WHERE l.task_id = p.task_id
-    ), bumped AS (
-        UPDATE tasks t SET epoch = t.epoch + 1 FROM placed p WHERE t.id = p.task_id
-        RETURNING t.id, t.data, t.epoch, t.seq
-    )
-    SELECT id, data, epoch FROM bumped ORDER BY seq
+    ), {BUMP_EPOCHS.format("placed")}
 """
 # A live task this node holds, leased to node ``$2`` instead, which the same
 # statement notifies (``$5``): it claims the task as it claims a new one

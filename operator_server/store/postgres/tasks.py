@@ -19,6 +19,15 @@ AUDIT_COLUMNS = ", ".join(COLUMNS)
 AUDIT_TYPES = ("bigint", "text", "float8", *["text"] * 10)
 # As the batch's last statement takes them (``STORE_EVENTS_AND_TELL``: ``$7`` on).
 AUDIT_ARRAYS = ", ".join(f"${i}::{t}[]" for i, t in enumerate(AUDIT_TYPES, 7))
+# The end of a statement that takes tasks over (``TAKE_OVER``) or claims those
+# placed here (``CLAIM_PLACED``): each task of its CTE ``{0}`` (a ``task_id``
+# column) moves to a new epoch, so whatever its former holder still writes is
+# refused, and is read back in creation order.
+BUMP_EPOCHS = """bumped AS (
+        UPDATE tasks t SET epoch = t.epoch + 1 FROM {0} k WHERE t.id = k.task_id
+        RETURNING t.id, t.data, t.epoch, t.seq
+    )
+    SELECT id, data, epoch FROM bumped ORDER BY seq"""
 # Tasks' writes, any number in one statement (one round trip: an array per
 # column, ``$1`` to ``$11``, one row per task; the writer gathers a batch's,
 # and never two of one task).  Each task's lease row and task row are locked
