@@ -126,10 +126,7 @@ def _callback_url(settings: Settings, url: str) -> str:
 async def _task(request: web.Request) -> Task:
     """The task named in the path: live from memory, finished from the store."""
     task_id = request.match_info["task_id"]
-    task = await request.app[ENGINE].reads.find(task_id)
-    if task is None:
-        raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
-    return task
+    return _known(task_id, await request.app[ENGINE].reads.find(task_id))
 
 
 async def _task_to_wait(request: web.Request) -> Task:
@@ -137,7 +134,10 @@ async def _task_to_wait(request: web.Request) -> Task:
     kept as created (``TaskReads.find_to_wait``): ``get_task`` reads it
     unless it waits for its end."""
     task_id = request.match_info["task_id"]
-    task = await request.app[ENGINE].reads.find_to_wait(task_id)
+    return _known(task_id, await request.app[ENGINE].reads.find_to_wait(task_id))
+
+
+def _known(task_id: str, task: Task | None) -> Task:
     if task is None:
         raise ApiError(Code.TASK_NOT_FOUND, f"no task {task_id!r}")
     return task
