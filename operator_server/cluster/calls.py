@@ -252,16 +252,19 @@ class Cluster:
     def _heard_ended_as(self, node: str, message: EndedAs) -> None:
         del node
         for task_id, record in message.records.items():
-            for future in self._ended.get(task_id, ()):
-                if not future.done():
-                    future.set_result(record)
+            self._tell_ended(task_id, record)
 
     def _heard_ended(self, node: str, message: TasksEnded) -> None:
         del node
         for task_id in message.ids:
-            for future in self._ended.get(task_id, ()):
-                if not future.done():
-                    future.set_result(None)
+            self._tell_ended(task_id, None)
+
+    def _tell_ended(self, task_id: str, record: str | None) -> None:
+        """Wake ``task_id``'s watchers: with its record as it ended, or None
+        (look again)."""
+        for future in self._ended.get(task_id, ()):
+            if not future.done():
+                future.set_result(record)
 
     # -- events -------------------------------------------------------------
 
@@ -297,8 +300,6 @@ class Cluster:
                 return
 
     def _resync(self) -> None:
-        for waiters in self._ended.values():
-            for future in waiters:
-                if not future.done():
-                    future.set_result(None)
+        for task_id in list(self._ended):
+            self._tell_ended(task_id, None)
         self.read_events()
